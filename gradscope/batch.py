@@ -1,0 +1,149 @@
+"""What a batch is: the tensors a trainer passes to ``model(**batch)``, plus the role tensors.
+
+A batch is a plain ``dict[str, torch.Tensor]``. ``input_ids`` is required; ``labels``, ``attention_mask``
+(2D, or a 4D custom mask), ``position_ids`` and any other model input pass through unchanged. The role tensors
+``completion_mask`` / ``assistant_masks`` (1 = a token the user means to train, TRL's names) say what the user
+intends and are never passed to the model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+
+from gradscope.errors import DataError
+
+IGNORE_INDEX = -100
+"""The label that masks a token out of the loss (transformers' and PyTorch's ignore_index)."""
+
+ROLE_KEYS = ("completion_mask", "assistant_masks")
+"""Batch keys that carry the user's roles; they describe the batch and are not model inputs."""
+
+# Role codes, per position.
+UNKNOWN, PROMPT, COMPLETION, PAD = -1, 0, 1, 2
+ROLE_NAMES = {UNKNOWN: None, PROMPT: "prompt", COMPLETION: "completion", PAD: "pad"}
+
+_PER_TOKEN_KEYS = ("labels", "position_ids", *ROLE_KEYS)
+
+
+def validate(batch: Mapping[str, torch.Tensor], vocab_size: int, source: str | None = None) -> None:
+    """Check that a batch is something a causal LM can be called on.
+
+    Args:
+        batch: The batch dict.
+        vocab_size: Rows of the model's input embedding.
+        source: The file the batch came from, for error messages.
+
+    Raises:
+        DataError: naming the key, row and position of the first problem.
+    """
+    if "input_ids" not in batch:
+        raise DataError("no 'input_ids' in the batch", path=source, hint="store the token ids under 'input_ids'")
+    ids = batch["input_ids"]
+    if not isinstance(ids, torch.Tensor) or ids.dim() != 2:
+        raise DataError("'input_ids' must be a 2D tensor (batch, sequence)", path=source)
+    if ids.numel() == 0:
+        raise DataError("the batch is empty", path=source, hint="give at least one row with one token")
+    if ids.dtype.is_floating_point or ids.dtype == torch.bool:
+        raise DataError(f"'input_ids' has dtype {ids.dtype}; token ids must be integers", path=source)
+    _check_range(ids, "input_ids", 0, vocab_size, source)
+    for key in _PER_TOKEN_KEYS + ("attention_mask",):
+        if key in batch:
+            _check_shape(batch, key, source)
+    if "labels" in batch:
+        labels = batch["labels"]
+        _check_range(torch.where(labels == IGNORE_INDEX, 0, labels), "labels", 0, vocab_size, source)
+
+
+def _check_shape(batch: Mapping[str, torch.Tensor], key: str, source: str | None) -> None:
+    """A per-token tensor must have input_ids' shape (a 4D attention mask is allowed as (B, 1|H, T, T))."""
+    shape = tuple(batch["input_ids"].shape)
+    got = tuple(batch[key].shape)
+    if key == "attention_mask" and len(got) == 4:
+        b, t = shape
+        if got[0] == b and got[2:] == (t, t):
+            return
+        raise DataError(f"4D 'attention_mask' has shape {got}; expected ({b}, 1, {t}, {t})", path=source)
+    if got != shape:
+        raise DataError(
+            f"'{key}' has shape {got} but 'input_ids' has shape {shape}",
+            path=source,
+            hint=f"give '{key}' one entry per token",
+        )
+
+
+def _check_range(values: torch.Tensor, key: str, low: int, high: int, source: str | None) -> None:
+    bad = (values < low) | (values >= high)
+    if bad.any():
+        row, pos = (int(i) for i in bad.nonzero()[0])
+        raise DataError(
+            f"'{key}' holds token id {int(values[row, pos])}, outside the model's vocabulary [0, {high})",
+            path=source,
+            row=row,
+            position=pos,
+            hint="tokenize with the model's own tokenizer",
+        )
+
+
+def with_default_labels(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Return the batch with ``labels`` added if absent: input_ids, -100 where attention_mask is 0.
+
+    This is what transformers' language-modeling collator does (with a pad token distinct from EOS).
+    """
+    out = dict(batch)
+    if "labels" not in out:
+        labels = out["input_ids"].clone()
+        mask = out.get("attention_mask")
+        if mask is not None and mask.dim() == 2:
+            labels[mask == 0] = IGNORE_INDEX
+        out["labels"] = labels
+    return out
+
+
+def model_inputs(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Everything a trainer would pass to ``model(**batch)``: the batch less its role tensors."""
+    return {k: v for k, v in batch.items() if k not in ROLE_KEYS}
+
+
+def roles(batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """Per-position role codes (B, T): PROMPT/COMPLETION from the role tensor, PAD where attention_mask is 0."""
+    ids = batch["input_ids"]
+    out = torch.full(ids.shape, UNKNOWN, dtype=torch.long)
+    role_key = next((k for k in ROLE_KEYS if k in batch), None)
+    if role_key is not None:
+        out = torch.where(batch[role_key].cpu().bool(), COMPLETION, PROMPT)
+    mask = batch.get("attention_mask")
+    if mask is not None and mask.dim() == 2:
+        out[mask.cpu() == 0] = PAD
+    return out
+
+
+def collate(rows: Sequence[Mapping[str, Sequence[int]]], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad pre-tokenized rows into a batch, as the standard collators do.
+
+    input_ids are padded with the pad id, labels with -100, attention_mask and role masks with 0; position_ids
+    continue counting so that padding never looks like the start of a packed document.
+    """
+    width = max(len(r["input_ids"]) for r in rows)
+    keys = [k for k in rows[0] if k != "input_ids"]
+    out = {"input_ids": _pad([r["input_ids"] for r in rows], width, pad_token_id)}
+    out["attention_mask"] = _pad([r.get("attention_mask", [1] * len(r["input_ids"])) for r in rows], width, 0)
+    for key in keys:
+        if key == "attention_mask":
+            continue
+        fill = IGNORE_INDEX if key == "labels" else 0
+        if key == "position_ids":
+            out[key] = torch.tensor([_continue(r[key], width) for r in rows])
+        else:
+            out[key] = _pad([r[key] for r in rows], width, fill)
+    return out
+
+
+def _pad(seqs: Sequence[Sequence[int]], width: int, fill: int) -> torch.Tensor:
+    return torch.tensor([list(s) + [fill] * (width - len(s)) for s in seqs], dtype=torch.long)
+
+
+def _continue(positions: Sequence[int], width: int) -> list[int]:
+    start = (positions[-1] + 1) if positions else 0
+    return list(positions) + list(range(start, start + width - len(positions)))

@@ -1,0 +1,311 @@
+"""Run: one forward and one backward of the user's model on the user's batch, with hooks.
+
+The model is called exactly as a trainer calls it, ``model(**batch)``; all parameters are frozen for the run so
+that the backward computes activation gradients only (no parameter ``.grad`` is allocated). Hooks read:
+
+- the gradient at the logits (per position: its norm, the target it pushes toward, the token's weight);
+- the gradient at the input embeddings' output;
+- the gradient at every decoder layer's output.
+
+Everything is reduced inside the hooks so that no (B, T, V) gradient outlives its hook. This module returns
+captured tensors and nothing else; ``gradscope.analyze`` turns them into findings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from gradscope.batch import model_inputs
+from gradscope.errors import ModelCallError
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+_DROPOUT_ATTRS = ("attention_dropout", "attn_dropout", "dropout", "hidden_dropout", "resid_dropout")
+
+
+@dataclass
+class Capture:
+    """What one instrumented forward + backward saw. Per-position tensors are (B, T) on the CPU, in fp32.
+
+    Values at position t describe token t as a prediction target, i.e. they come from the logits at t - 1;
+    position 0 is never predicted and holds NaN (loss, weight) or 0 (norms) and -1 (target).
+    """
+
+    loss: float
+    token_loss: torch.Tensor  # (B, T) -log p(input_ids[t] | prefix)
+    logit_grad_norm: torch.Tensor  # (B, T) ||dL/dlogits[t-1]||
+    target_id: torch.Tensor  # (B, T) argmin of dL/dlogits[t-1]; -1 where that gradient is zero
+    weight: torch.Tensor  # (B, T) dL/d(loss of token t), read off the logit gradient
+    embedding_grad_norm: torch.Tensor  # (B, T) ||dL/d embedding[t]||
+    layer_grad_norms: torch.Tensor  # (B, L, T) ||dL/dh_l[t]|| at each decoder layer's output
+    logits_finite: bool
+    grads_finite: bool
+    loss_uses_logits: bool
+    nonfinite_layers: list[int] = field(default_factory=list)
+
+
+def find_decoder_layers(model: nn.Module) -> nn.ModuleList | None:
+    """The model's stack of decoder layers, found by shape rather than by name.
+
+    The stack is the outermost ``nn.ModuleList`` of identical blocks whose length is the config's
+    ``num_hidden_layers`` (``model.layers`` in Llama, ``transformer.h`` in GPT-2); failing that, the longest.
+    """
+    n_layers = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+    stacks = [
+        m for m in model.modules() if isinstance(m, nn.ModuleList) and len(m) > 0 and len({type(c) for c in m}) == 1
+    ]
+    for stack in stacks:
+        if len(stack) == n_layers:
+            return stack
+    return max(stacks, key=len, default=None)
+
+
+def _first_tensor(output: object) -> torch.Tensor | None:
+    """The hidden states in a module's output: the tensor itself or the first element of a tuple/ModelOutput."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, Mapping):
+        output = tuple(output.values())
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    return None
+
+
+class _Recorder:
+    """Holds what the hooks capture during one forward and backward."""
+
+    def __init__(self, n_layers: int) -> None:
+        self.embedding: torch.Tensor | None = None
+        self.layer_norms: list[torch.Tensor | None] = [None] * n_layers
+
+    def embedding_hook(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        # Parameters are frozen, so nothing upstream requires grad: make the embedding output the leaf the
+        # backward runs to. The values are untouched.
+        if self.embedding is None:
+            if not output.requires_grad:
+                output = output.detach().requires_grad_(True)
+            self.embedding = output
+        return output
+
+    def layer_hook(self, index: int) -> Callable:
+        def hook(module: nn.Module, args: tuple, output: object) -> None:
+            hidden = _first_tensor(output)
+            if hidden is not None and hidden.requires_grad:
+                hidden.register_hook(self._store_norm(index))
+
+        return hook
+
+    def _store_norm(self, index: int) -> Callable[[torch.Tensor], None]:
+        def hook(grad: torch.Tensor) -> None:
+            norm = grad.detach().float().norm(dim=-1).cpu()  # (B, T)
+            self.layer_norms[index] = norm if self.layer_norms[index] is None else self.layer_norms[index] + norm
+
+        return hook
+
+
+@contextmanager
+def instrumented(model: nn.Module, *, keep_dropout: bool = False) -> Iterator[_Recorder]:
+    """Prepare ``model`` for a gradscope run and always put it back as it was.
+
+    Inside the context the model is in training mode (as a trainer runs it), every parameter is frozen, dropout is
+    off unless ``keep_dropout``, and hooks sit on the input embedding and on each decoder layer. On exit the hooks
+    are removed and requires_grad, the training flags and dropout probabilities are restored.
+    """
+    layers = find_decoder_layers(model)
+    recorder = _Recorder(len(layers) if layers is not None else 0)
+    saved_grad = [(p, p.requires_grad) for p in model.parameters()]
+    saved_mode = [(m, m.training) for m in model.modules()]
+    saved_dropout = [] if keep_dropout else _disable_dropout(model)
+    handles = [model.get_input_embeddings().register_forward_hook(recorder.embedding_hook)]
+    if layers is not None:
+        handles += [layer.register_forward_hook(recorder.layer_hook(i)) for i, layer in enumerate(layers)]
+    try:
+        for p, _ in saved_grad:
+            p.requires_grad_(False)
+        model.train()
+        yield recorder
+    finally:
+        for h in handles:
+            h.remove()
+        for p, flag in saved_grad:
+            p.requires_grad_(flag)
+        for m, flag in saved_mode:
+            m.training = flag
+        for obj, attr, value in saved_dropout:
+            setattr(obj, attr, value)
+
+
+def _disable_dropout(model: nn.Module) -> list[tuple[object, str, float]]:
+    """Set every dropout probability to 0 (modules and the float attributes attention code reads).
+
+    Returns what was changed, to be restored.
+    """
+    changed = []
+    for module in model.modules():
+        if isinstance(module, nn.modules.dropout._DropoutNd):
+            changed.append((module, "p", module.p))
+            module.p = 0.0
+        for attr in _DROPOUT_ATTRS:
+            value = module.__dict__.get(attr)
+            if isinstance(value, float) and value > 0:
+                changed.append((module, attr, value))
+                setattr(module, attr, 0.0)
+    return changed
+
+
+def forward_backward(
+    model: nn.Module,
+    batch: Mapping[str, torch.Tensor],
+    *,
+    loss_fn: LossFn | None = None,
+    keep_dropout: bool = False,
+) -> Capture:
+    """Run ``model(**batch)``, take the loss, and backpropagate it to the input embeddings with hooks.
+
+    Args:
+        model: A causal LM (``*ForCausalLM``); it is left as it was found.
+        batch: Tensors on the model's device, ``labels`` included; role tensors are not passed to the model.
+        loss_fn: ``fn(logits, labels) -> scalar``; when given, the model is called without labels and this computes
+            the loss, as a trainer with a custom ``compute_loss`` does. Otherwise the model's own ``outputs.loss``.
+        keep_dropout: Leave dropout on (the report is then not deterministic).
+
+    Returns:
+        The captured per-position quantities.
+
+    Raises:
+        ModelCallError: the model or loss fails on this batch, or the loss does not flow through the logits.
+    """
+    with instrumented(model, keep_dropout=keep_dropout) as rec:
+        logits, loss = _call(model, batch, loss_fn)
+        stats = _LogitStats(logits)
+        loss_uses_logits = False
+        embedding_grad = None
+        if loss.requires_grad and rec.embedding is not None:
+            logits.register_hook(stats.hook)
+            embedding_grad = torch.autograd.grad(loss, rec.embedding, allow_unused=True)[0]
+            loss_uses_logits = stats.grad_norm is not None
+        if loss.requires_grad and not loss_uses_logits:
+            raise ModelCallError(
+                "the loss does not flow through outputs.logits, so gradscope cannot read which tokens it trains",
+                hint="a fused loss that skips the logits? pass --loss with a function of (logits, labels)",
+            )
+        return _capture(batch, logits, loss, stats, embedding_grad, rec)
+
+
+def _call(model: nn.Module, batch: Mapping[str, torch.Tensor], loss_fn: LossFn | None) -> tuple[torch.Tensor, torch.Tensor]:
+    inputs = model_inputs(batch)
+    labels = inputs.pop("labels") if loss_fn is not None else inputs.get("labels")
+    try:
+        outputs = model(**inputs)
+        logits = outputs.logits if hasattr(outputs, "logits") else outputs[0]
+        loss = loss_fn(logits, labels) if loss_fn is not None else outputs.loss
+    except (RuntimeError, TypeError, ValueError, IndexError, KeyError) as err:
+        who = "the loss function" if loss_fn is not None else "model(**batch)"
+        raise ModelCallError(f"{who} failed: {type(err).__name__}: {err}") from err
+    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+        raise ModelCallError(
+            "the model returned no loss" if loss is None else f"the loss is not a scalar tensor (got {type(loss).__name__})",
+            hint="include 'labels' in the batch, or pass --loss FILE.py:FN returning a scalar tensor",
+        )
+    return logits, loss.reshape(())
+
+
+class _LogitStats:
+    """Reduces the gradient at the logits, inside its hook, to per-position numbers."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        self.logits = logits.detach()
+        self.grad_norm: torch.Tensor | None = None
+        self.target: torch.Tensor | None = None
+        self.weight: torch.Tensor | None = None
+
+    def hook(self, grad: torch.Tensor) -> None:
+        norms, targets, weights = [], [], []
+        for logits_b, grad_b in zip(self.logits, grad.detach()):  # one sample at a time bounds memory to (T, V)
+            n, t, w = logit_grad_stats(logits_b, grad_b)
+            norms.append(n)
+            targets.append(t)
+            weights.append(w)
+        self.grad_norm = torch.stack(norms).cpu()
+        self.target = torch.stack(targets).cpu()
+        self.weight = torch.stack(weights).cpu()
+
+
+def logit_grad_stats(logits: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-position norm, target and weight of the loss gradient at the logits of one sample.
+
+    For cross-entropy the gradient at the logits is ``w * (softmax(logits) - onehot(target))``: the target is its
+    most negative entry and ``w`` (the token's weight in the loss) is its projection on ``softmax - onehot``.
+
+    Args:
+        logits: (T, V) logits.
+        grad: (T, V) dL/dlogits.
+
+    Returns:
+        norm (T,), target (T,) with -1 where the gradient is zero, weight (T,), all fp32 / int64.
+    """
+    g = grad.float()
+    norm = g.norm(dim=-1)
+    target = g.argmin(dim=-1)
+    residual = logits.float().softmax(dim=-1)  # (T, V), becomes softmax - onehot(target)
+    residual[torch.arange(len(target), device=target.device), target] -= 1.0
+    weight = (g * residual).sum(-1) / (residual * residual).sum(-1).clamp_min(torch.finfo(torch.float32).tiny)
+    trained = norm > 0
+    return norm, torch.where(trained, target, -1), torch.where(trained, weight, 0.0)
+
+
+def token_losses(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """-log p(input_ids[t] | input_ids[:t]) for every t >= 1, NaN at t = 0. (B, T) fp32 on the CPU."""
+    logits = logits.detach()
+    out = torch.full(input_ids.shape, float("nan"))
+    for b in range(len(logits)):  # per sample: (T, V) at a time
+        logp = logits[b, :-1].float().log_softmax(dim=-1)
+        out[b, 1:] = -logp.gather(-1, input_ids[b, 1:, None].to(logp.device)).squeeze(-1).cpu()
+    return out
+
+
+def _shift(values: torch.Tensor, fill: float) -> torch.Tensor:
+    """Move per-logit values (from logits[t]) onto the token they predict (position t + 1)."""
+    out = torch.full_like(values, fill)
+    out[:, 1:] = values[:, :-1]
+    return out
+
+
+def _capture(
+    batch: Mapping[str, torch.Tensor],
+    logits: torch.Tensor,
+    loss: torch.Tensor,
+    stats: _LogitStats,
+    embedding_grad: torch.Tensor | None,
+    rec: _Recorder,
+) -> Capture:
+    ids = batch["input_ids"]
+    b, t = ids.shape
+    zeros = torch.zeros(b, t)
+    grad_norm = _shift(stats.grad_norm, 0.0) if stats.grad_norm is not None else zeros
+    target = _shift(stats.target, -1).long() if stats.target is not None else torch.full((b, t), -1)
+    weight = _shift(stats.weight, 0.0) if stats.weight is not None else zeros
+    weight[:, 0] = float("nan")
+    emb = embedding_grad.detach().float().norm(dim=-1).cpu() if embedding_grad is not None else zeros
+    layers = [n if n is not None else zeros for n in rec.layer_norms]
+    layer_norms = torch.stack(layers, dim=1) if layers else torch.zeros(b, 0, t)
+    nonfinite_layers = [i for i, n in enumerate(layers) if not torch.isfinite(n).all()]
+    grads_finite = bool(torch.isfinite(grad_norm).all() and torch.isfinite(emb).all()) and not nonfinite_layers
+    return Capture(
+        loss=float(loss.detach()),
+        token_loss=token_losses(logits, ids),
+        logit_grad_norm=grad_norm,
+        target_id=target,
+        weight=weight,
+        embedding_grad_norm=emb,
+        layer_grad_norms=layer_norms,
+        logits_finite=bool(torch.isfinite(logits.detach()).all()),
+        grads_finite=grads_finite,
+        loss_uses_logits=stats.grad_norm is not None,
+        nonfinite_layers=nonfinite_layers,
+    )

@@ -1,0 +1,43 @@
+"""Assertions for users' test suites: make masking correctness a CI check.
+
+    from gradscope.testing import assert_masking
+
+    def test_collator_masks_the_prompt(model, tokenizer, collator, rows):
+        assert_masking(model, collator(rows), tokenizer=tokenizer)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from gradscope.check import check
+from gradscope.report import Report
+
+
+def assert_masking(model: nn.Module, batch: Mapping[str, torch.Tensor], *, strict: bool = False, **kwargs: Any) -> Report:
+    """Run ``gradscope.check`` and fail with every finding listed when masking is wrong.
+
+    Args:
+        model: The causal LM, as for ``gradscope.check``.
+        batch: The batch, as for ``gradscope.check``.
+        strict: Fail on warnings too.
+        **kwargs: Passed to ``gradscope.check`` (tokenizer, loss_fn, end_token_ids, ...).
+
+    Returns:
+        The Report, when it passes.
+
+    Raises:
+        AssertionError: listing every finding (check, sample, positions, message).
+    """
+    __tracebackhide__ = True
+    report = check(model, batch, **kwargs)
+    failing = report.findings if strict else report.errors
+    if failing:
+        lines = [f"gradscope found {len(failing)} masking problem(s):"]
+        lines += [f"- {f.check} (sample {f.sample}, positions {f.positions}): {f.message}" for f in failing]
+        raise AssertionError("\n".join(lines))
+    return report

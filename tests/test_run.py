@@ -1,0 +1,140 @@
+"""gradscope.run against independent computations: F.cross_entropy, softmax - onehot, torch.autograd.grad."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gradscope.run import find_decoder_layers, forward_backward, instrumented, logit_grad_stats, token_losses
+from tests.conftest import make_batch, tiny_gpt2, tiny_llama
+
+
+def _reference(model, batch):
+    """The same quantities by plain autograd: per-token CE, the closed-form logit gradient, grads at activations."""
+    layers = find_decoder_layers(model)
+    outputs = []
+    handles = [layer.register_forward_hook(lambda m, a, o: outputs.append(o[0] if isinstance(o, tuple) else o)) for layer in layers]
+    embeds = model.get_input_embeddings()(batch["input_ids"]).detach().requires_grad_(True)
+    try:
+        out = model(inputs_embeds=embeds, attention_mask=batch["attention_mask"], labels=batch["labels"])
+    finally:
+        for h in handles:
+            h.remove()
+    grads = torch.autograd.grad(out.loss, [out.logits, embeds, *outputs])
+    return out, grads
+
+
+def test_token_loss_matches_cross_entropy(random_model):
+    batch = make_batch()
+    capture = forward_backward(random_model, batch)
+    with torch.no_grad():
+        logits = random_model(**{k: batch[k] for k in ("input_ids", "attention_mask")}).logits
+    expected = F.cross_entropy(logits[:, :-1].transpose(1, 2), batch["input_ids"][:, 1:], reduction="none")
+    torch.testing.assert_close(capture.token_loss[:, 1:], expected, rtol=0, atol=1e-5)
+    assert torch.isnan(capture.token_loss[:, 0]).all()
+
+
+def test_logit_gradient_is_softmax_minus_onehot(random_model):
+    batch = make_batch()
+    capture = forward_backward(random_model, batch)
+    with torch.no_grad():
+        logits = random_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    targets = batch["labels"][:, 1:]
+    trained = targets != -100
+    n = trained.sum()
+    # mean cross-entropy over n tokens: dL/dlogits[t] = (softmax - onehot(label[t+1])) / n
+    closed = (logits[:, :-1].softmax(-1) - F.one_hot(targets.clamp_min(0), logits.shape[-1])) / n
+    closed = closed * trained[..., None]
+    torch.testing.assert_close(capture.logit_grad_norm[:, 1:], closed.norm(dim=-1), rtol=1e-4, atol=1e-7)
+    assert torch.equal(capture.target_id[:, 1:], torch.where(trained, targets, -1))
+    torch.testing.assert_close(capture.weight[:, 1:], torch.where(trained, 1.0 / n, 0.0), rtol=1e-4, atol=1e-7)
+
+
+def test_hook_gradients_match_autograd(random_model):
+    batch = make_batch()
+    capture = forward_backward(random_model, batch)
+    out, grads = _reference(random_model, batch)
+    logit_grad, embed_grad, *layer_grads = grads
+    torch.testing.assert_close(capture.logit_grad_norm[:, 1:], logit_grad[:, :-1].norm(dim=-1), rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(capture.embedding_grad_norm, embed_grad.norm(dim=-1), rtol=1e-4, atol=1e-7)
+    expected = torch.stack([g.norm(dim=-1) for g in layer_grads], dim=1)  # (B, L, T)
+    assert capture.layer_grad_norms.shape == expected.shape
+    torch.testing.assert_close(capture.layer_grad_norms, expected, rtol=1e-4, atol=1e-7)
+    assert capture.loss == pytest.approx(float(out.loss.detach()), rel=1e-6)
+
+
+def test_logit_grad_stats_reads_weight_and_target():
+    torch.manual_seed(1)
+    logits = torch.randn(4, 11)
+    targets = torch.tensor([3, 0, 7, 10])
+    weights = torch.tensor([0.5, 0.0, 2.0, 0.125])
+    grad = weights[:, None] * (logits.softmax(-1) - F.one_hot(targets, 11))
+    norm, target, weight = logit_grad_stats(logits, grad)
+    assert target.tolist() == [3, -1, 7, 10]
+    torch.testing.assert_close(weight, weights, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(norm, grad.norm(dim=-1))
+
+
+def test_token_losses_position_zero_is_nan():
+    logits = torch.randn(1, 3, 5)
+    ids = torch.tensor([[1, 2, 3]])
+    out = token_losses(logits, ids)
+    assert torch.isnan(out[0, 0])
+    torch.testing.assert_close(out[0, 1:], F.cross_entropy(logits[0, :2], ids[0, 1:], reduction="none"))
+
+
+def test_custom_loss_fn_is_used():
+    model = tiny_llama()
+    batch = make_batch()
+    calls = []
+
+    def summed(logits, labels):  # sum, not mean: every trained token weighs 1
+        calls.append(labels.shape)
+        return F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100, reduction="sum")
+
+    capture = forward_backward(model, batch, loss_fn=summed)
+    assert calls == [batch["labels"].shape]
+    trained = batch["labels"][:, 1:] != -100
+    torch.testing.assert_close(capture.weight[:, 1:], torch.where(trained, 1.0, 0.0), rtol=1e-4, atol=1e-6)
+
+
+def test_parameters_get_no_grad_and_state_is_restored():
+    model = tiny_gpt2(dropout=0.1)
+    model.train()
+    model.transformer.h[0].mlp.c_fc.weight.requires_grad_(False)  # a user's own freezing survives
+    before = {n: p.requires_grad for n, p in model.named_parameters()}
+    forward_backward(model, make_batch())
+    assert all(p.grad is None for p in model.parameters())
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == before
+    assert all(m.training for m in model.modules())
+    assert model.transformer.drop.p == 0.1
+    model.eval()
+    forward_backward(model, make_batch())
+    assert not any(m.training for m in model.modules())
+
+
+def test_dropout_is_off_so_runs_are_deterministic():
+    model = tiny_gpt2(dropout=0.3)
+    first = forward_backward(model, make_batch())
+    second = forward_backward(model, make_batch())
+    assert first.loss == second.loss
+    assert torch.equal(first.layer_grad_norms, second.layer_grad_norms)
+    kept = {forward_backward(model, make_batch(), keep_dropout=True).loss for _ in range(3)}
+    assert len(kept) > 1  # with dropout kept the runs differ, so the default really turned it off
+
+
+def test_hooks_are_removed_even_on_error():
+    model = tiny_llama()
+    with pytest.raises(RuntimeError):
+        with instrumented(model):
+            raise RuntimeError("boom")
+    assert not model.get_input_embeddings()._forward_hooks
+    assert all(not layer._forward_hooks for layer in find_decoder_layers(model))
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_find_decoder_layers_without_names(random_model):
+    layers = find_decoder_layers(random_model)
+    assert len(layers) == random_model.config.num_hidden_layers
+    assert layers is (random_model.model.layers if hasattr(random_model, "model") else random_model.transformer.h)
