@@ -95,14 +95,19 @@ def exit_code(report: Report, strict: bool) -> int:
     return EXIT_FINDINGS if failing else EXIT_OK
 
 
-def _stderr() -> Console:
-    return Console(stderr=True)
-
-
 def _fail(err: GradscopeError) -> typer.Exit:
     """One ``Error:`` line on stderr, exit status 2."""
     print(f"Error: {err}", file=sys.stderr)
     return typer.Exit(EXIT_BAD_INPUT)
+
+
+def _report_or_exit(opts: RunOptions) -> Report:
+    """Run with a spinner on stderr; bad input becomes one Error line and exit status 2."""
+    try:
+        with Console(stderr=True).status("running forward and backward…"):
+            return _run(opts)
+    except GradscopeError as err:
+        raise _fail(err) from None
 
 
 @app.command()
@@ -123,11 +128,7 @@ def check(
 ) -> None:
     """Run MODEL forward and backward on DATA and report which tokens the loss trains, and every leak."""
     opts = RunOptions(model, data, samples, batch_size, loss, device, dtype, trust_remote_code, keep_dropout)
-    try:
-        with _stderr().status("running forward and backward…"):
-            report = _run(opts)
-    except GradscopeError as err:
-        raise _fail(err) from None
+    report = _report_or_exit(opts)
     if output is not None:
         output.write_text(to_json(report) + "\n", encoding="utf-8")
     if output_format is Format.json:
@@ -153,12 +154,8 @@ def inspect(
     # Run the row inside the batch it belongs to, so that its loss weights are the ones training sees.
     limit = None if data.suffix == ".safetensors" else (row // batch_size + 1) * batch_size
     opts = RunOptions(model, data, limit, batch_size, loss, device, dtype, trust_remote_code, keep_dropout)
-    try:
-        with _stderr().status("running forward and backward…"):
-            report = _run(opts)
-        if row >= len(report.samples):
-            raise DataError(f"there is no row {row}: the data has {len(report.samples)}", path=data, hint="pick --row from 0")
-    except GradscopeError as err:
-        raise _fail(err) from None
+    report = _report_or_exit(opts)
+    if row >= len(report.samples):
+        raise _fail(DataError(f"there is no row {row}: the data has {len(report.samples)}", path=data, hint="pick --row from 0"))
     Console(highlight=False).print(InspectView(report, report.samples[row]))
     raise typer.Exit(exit_code(report, strict=False))
