@@ -1,7 +1,8 @@
 """Analyze: small pure functions from what the run captured (plus roles) to findings.
 
 A token at position t >= 1 is *trained* when the loss gradient at the logits that predict it (logits[t - 1]) is
-non-zero. The checks compare that verdict with what the user meant (the roles). Root causes come first: a sample
+non-zero. The first token of a packed document is, like position 0, never a prediction target: ``boundary_leak``
+alone speaks about it. The checks compare that verdict with what the user meant (the roles). Root causes come first: a sample
 with no trained token gets ``no_loss`` alone, and a sample trained toward the wrong targets gets
 ``label_misaligned`` alone, since the role checks would only repeat their echoes.
 """
@@ -30,15 +31,17 @@ class SampleView:
     texts: Sequence[str | None]
     end_token_ids: frozenset[int]
     pad_token_id: int | None
+    document_starts: frozenset[int] = frozenset()  # first positions of packed documents after the first
 
     @property
     def roles_known(self) -> bool:
         return bool(((self.roles == PROMPT) | (self.roles == COMPLETION)).any())
 
     def where(self, mask: torch.Tensor) -> list[int]:
-        """Positions >= 1 where mask holds (position 0 is never a prediction target)."""
+        """Positions >= 1 where mask holds, documents' first tokens left out (they are never prediction targets)."""
         mask = mask.clone()
         mask[0] = False
+        mask[list(self.document_starts)] = False
         return mask.nonzero().flatten().tolist()
 
 
@@ -228,17 +231,35 @@ def eos_untrained(s: SampleView) -> Finding | None:
     )
 
 
+def boundary_leak(s: SampleView) -> Finding | None:
+    """The first token of a packed document is trained as the continuation of the previous document."""
+    leaked = sorted(p for p in s.document_starts if s.trained[p])
+    if not leaked:
+        return None
+    return Finding(
+        "boundary_leak",
+        "error",
+        s.index,
+        leaked,
+        f"the first {_tokens(len(leaked))} of the packed {'document' if len(leaked) == 1 else 'documents'} at "
+        f"{format_positions(leaked)} {'is' if len(leaked) == 1 else 'are'} trained as the continuation of the "
+        "previous document: the model learns to predict a new document from an unrelated one. Mask labels where "
+        "position_ids == 0, the first token of every packed document (TRL's padding-free collator does).",
+    )
+
+
 ROOT_CHECKS: tuple[Check, ...] = (no_loss, label_misaligned)
 ROLE_CHECKS: tuple[Check, ...] = (prompt_leak, pad_leak, completion_untrained, eos_untrained)
+SAMPLE_CHECKS: tuple[Check, ...] = (*ROLE_CHECKS, boundary_leak)
 
 
 def check_sample(s: SampleView) -> list[Finding]:
-    """All findings for one sample: a root cause alone, else every role check that fires."""
+    """All findings for one sample: a root cause alone, else every role and boundary check that fires."""
     for check in ROOT_CHECKS:
         finding = check(s)
         if finding is not None:
             return [finding]
-    return [f for check in ROLE_CHECKS if (f := check(s)) is not None]
+    return [f for check in SAMPLE_CHECKS if (f := check(s)) is not None]
 
 
 def nonfinite(capture: Capture) -> Finding | None:

@@ -4,6 +4,11 @@ A batch is a plain ``dict[str, torch.Tensor]``. ``input_ids`` is required; ``lab
 (2D, or a 4D custom mask), ``position_ids`` and any other model input pass through unchanged. The role tensors
 ``completion_mask`` / ``assistant_masks`` (1 = a token the user means to train, TRL's names) say what the user
 intends and are never passed to the model.
+
+Packed rows hold several documents. Their boundaries are read from what padding-free collators emit (TRL's and
+transformers'): ``position_ids`` that restart, ``seq_idx`` (the document index of each token) and
+``cu_seq_lens_q`` / ``cu_seq_lens_k`` (cumulative document lengths over the flattened batch, read by
+flash-attention's varlen kernels). These stay model inputs: a trainer passes them to the model.
 """
 
 from __future__ import annotations
@@ -24,7 +29,10 @@ ROLE_KEYS = ("completion_mask", "assistant_masks")
 UNKNOWN, PROMPT, COMPLETION, PAD = -1, 0, 1, 2
 ROLE_NAMES = {UNKNOWN: None, PROMPT: "prompt", COMPLETION: "completion", PAD: "pad"}
 
-_PER_TOKEN_KEYS = ("labels", "position_ids", *ROLE_KEYS)
+CU_SEQ_LENS_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k")
+"""Cumulative document lengths over the flattened (B * T) batch, as flash-attention varlen reads them."""
+
+_PER_TOKEN_KEYS = ("labels", "position_ids", "seq_idx", *ROLE_KEYS)
 
 
 def validate(batch: Mapping[str, torch.Tensor], vocab_size: int, source: str | None = None) -> None:
@@ -54,11 +62,30 @@ def validate(batch: Mapping[str, torch.Tensor], vocab_size: int, source: str | N
     if "labels" in batch:
         labels = batch["labels"]
         _check_range(torch.where(labels == IGNORE_INDEX, 0, labels), "labels", 0, vocab_size, source)
+    for key in CU_SEQ_LENS_KEYS:
+        if key in batch:
+            _check_cu_seq_lens(batch[key], ids.numel(), key, source)
+
+
+def _check_cu_seq_lens(cu: object, total: int, key: str, source: str | None) -> None:
+    """Cumulative lengths: a 1D integer tensor rising from 0 and ending within the B * T flattened tokens."""
+    ok = isinstance(cu, torch.Tensor) and cu.dim() == 1 and cu.numel() >= 2 and not cu.dtype.is_floating_point
+    if ok:
+        steps = cu[1:] - cu[:-1]
+        ok = int(cu[0]) == 0 and bool((steps >= 0).all()) and int(cu[-1]) <= total
+    if not ok:
+        raise DataError(
+            f"'{key}' must be a 1D integer tensor rising from 0 to at most {total} (the batch's tokens, flattened)",
+            path=source,
+            hint="give the cumulative document lengths as TRL's padding-free collator does, e.g. [0, 4, 7, 12]",
+        )
 
 
 def _check_shape(batch: Mapping[str, torch.Tensor], key: str, source: str | None) -> None:
     """A per-token tensor must have input_ids' shape (a 4D attention mask is allowed as (B, 1|H, T, T))."""
     shape = tuple(batch["input_ids"].shape)
+    if not isinstance(batch[key], torch.Tensor):
+        raise DataError(f"'{key}' must be a tensor of shape {shape}, like 'input_ids'", path=source)
     got = tuple(batch[key].shape)
     if key == "attention_mask" and len(got) == 4:
         b, t = shape
@@ -99,6 +126,42 @@ def with_default_labels(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Te
             labels[mask == 0] = IGNORE_INDEX
         out["labels"] = labels
     return out
+
+
+def document_starts(batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """Where packed documents start: (B, T) bool on the CPU, True at t >= 1 where a new document begins.
+
+    A document starts where ``position_ids`` do not continue (``position_ids[t] != position_ids[t - 1] + 1``,
+    transformers' own rule), where ``seq_idx`` changes, and at every inner boundary of ``cu_seq_lens_q/k``. The
+    union is taken: a boundary declared by any of them is one the user meant. Position 0 is never marked.
+    """
+    ids = batch["input_ids"]
+    rows, width = ids.shape
+    starts = torch.zeros(rows, width, dtype=torch.bool)
+    for key, restarts in (("position_ids", lambda v: v[:, 1:] != v[:, :-1] + 1), ("seq_idx", lambda v: v[:, 1:] != v[:, :-1])):
+        values = batch.get(key)
+        if isinstance(values, torch.Tensor) and values.shape == ids.shape:
+            starts[:, 1:] |= restarts(values.cpu())
+    flat = starts.view(-1)  # row-major, the flattened order varlen kernels index
+    for key in CU_SEQ_LENS_KEYS:
+        cu = batch.get(key)
+        if isinstance(cu, torch.Tensor) and cu.dim() == 1:
+            cu = cu.cpu().long()
+            flat[cu[(cu > 0) & (cu < flat.numel())]] = True
+    starts[:, 0] = False
+    return starts
+
+
+def is_per_row(value: object, rows: int) -> bool:
+    """A tensor with one entry per row: (B, T) tensors and 4D masks. Flattened varlen tensors and scalars are not."""
+    return isinstance(value, torch.Tensor) and value.dim() >= 2 and value.shape[0] == rows
+
+
+def select_rows(batch: Mapping[str, object], rows: slice | Sequence[int]) -> dict[str, object]:
+    """The batch restricted to some rows; values that are not per row (scalars, cu_seq_lens) are kept as they are."""
+    n = len(batch["input_ids"])
+    index = rows if isinstance(rows, slice) else torch.as_tensor(list(rows), dtype=torch.long)
+    return {k: v[index] if is_per_row(v, n) else v for k, v in batch.items()}
 
 
 def model_inputs(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -1,4 +1,4 @@
-"""The library entry point: run a batch through the model with hooks, analyze, and build the Report."""
+"""The library entry point: run a batch through the model with hooks and probes, analyze, and build the Report."""
 
 from __future__ import annotations
 
@@ -9,9 +9,19 @@ import torch
 from torch import nn
 
 from gradscope.analyze import SampleView, analyze
-from gradscope.batch import ROLE_NAMES, roles, validate, with_default_labels
-from gradscope.report import Report, SampleReport, TokenReport
+from gradscope.batch import PAD, ROLE_NAMES, document_starts, roles, validate, with_default_labels
+from gradscope.errors import DataError, InputError
+from gradscope.probes import PROBES, Dependence, ProbeRun, plan_windows
+from gradscope.report import AccumulationReport, Finding, ProbeReport, Report, SampleReport, TokenReport
 from gradscope.run import Capture, LossFn, find_decoder_layers, forward_backward
+from gradscope.structure import (
+    CallFacts,
+    accumulation_mismatch,
+    call_facts,
+    causal_leak,
+    cross_document_leak,
+    uneven_token_weights,
+)
 
 END_OF_TURN_TOKENS = frozenset(
     {"<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<end_of_turn>", "<|end|>", "</s>", "<|endoftext|>", "<|end_of_text|>"}
@@ -32,6 +42,8 @@ def check(
     loss_fn: LossFn | None = None,
     keep_dropout: bool = False,
     end_token_ids: Iterable[int] | None = None,
+    probes: Iterable[str] = PROBES,
+    accumulate: int | None = None,
 ) -> Report:
     """Check which tokens one batch trains and flag every masking leak.
 
@@ -45,15 +57,24 @@ def check(
         keep_dropout: Leave dropout on (the report is then not deterministic).
         end_token_ids: Token ids that close a completion; by default EOS from the config and tokenizer plus the
             tokenizer's end-of-turn tokens.
+        probes: Structural probes to run, from ``causal``, ``packing``, ``weights`` (default: all).
+        accumulate: Also re-run the batch as this many accumulated micro-batches and compare gradients.
 
     Returns:
         The Report; ``report.ok`` is False when there is an error finding.
 
     Raises:
-        InputError: the batch does not fit the model, or the model/loss fails on it.
+        InputError: the batch does not fit the model, or the model/loss fails on it, or an unknown probe.
     """
     return check_batches(
-        model, [batch], tokenizer=tokenizer, loss_fn=loss_fn, keep_dropout=keep_dropout, end_token_ids=end_token_ids
+        model,
+        [batch],
+        tokenizer=tokenizer,
+        loss_fn=loss_fn,
+        keep_dropout=keep_dropout,
+        end_token_ids=end_token_ids,
+        probes=probes,
+        accumulate=accumulate,
     )
 
 
@@ -66,27 +87,165 @@ def check_batches(
     keep_dropout: bool = False,
     end_token_ids: Iterable[int] | None = None,
     source: str | None = None,
+    probes: Iterable[str] = PROBES,
+    accumulate: int | None = None,
 ) -> Report:
-    """``check`` over several batches, one forward and backward each, merged into one Report.
+    """``check`` over several batches, one forward and backward each (plus the probes'), merged into one Report.
 
     Samples are numbered across batches in order, so a finding's ``sample`` is the row of the data.
     """
+    chosen = chosen_probes(probes, accumulate)
     ends = frozenset(end_token_ids) if end_token_ids is not None else default_end_token_ids(model, tokenizer)
     report = Report(model=describe_model(model, loss_fn))
+    runs, packed = [], (0, 0)
     vocab = model.get_input_embeddings().num_embeddings
     device = next(model.parameters()).device
     pad_id = _pad_token_id(model, tokenizer)
-    for batch in batches:
+    for index, batch in enumerate(batches):
         validate(batch, vocab, source)
+        _require_rows(batch, accumulate, index, source)
         full = with_default_labels(batch)
-        capture = forward_backward(model, _to(full, device), loss_fn=loss_fn, keep_dropout=keep_dropout)
-        views = _views(full, capture, tokenizer, ends, pad_id, len(report.samples))
-        report.findings += analyze(capture, views, full["labels"])
+        starts = document_starts(full)
+        run = ProbeRun(_windows(full, starts, chosen), accumulate)
+        capture = forward_backward(model, _to(full, device), loss_fn=loss_fn, keep_dropout=keep_dropout, after_backward=run)
+        views = _views(full, capture, tokenizer, ends, pad_id, len(report.samples), starts if "packing" in chosen else None)
+        findings = analyze(capture, views, full["labels"])
+        if not any(f.check == "nonfinite" for f in findings):
+            facts = call_facts(model, full, _restarts(full))
+            findings += _structural_findings(run, capture, views, facts, starts, chosen, index, report)
+        report.findings += findings
         report.samples += [_sample_report(v, full, capture, i) for i, v in enumerate(views)]
         report.losses.append(capture.loss)
+        runs.append(run)
+        packed = tuple(a + b for a, b in zip(packed, _packing_extent(starts, _real(full))))
         if not views[0].roles_known and ROLES_UNKNOWN_NOTE not in report.notes:
             report.notes.append(ROLES_UNKNOWN_NOTE)
+    report.probes = _probe_reports(runs, chosen, packed)
     return report
+
+
+def chosen_probes(probes: Iterable[str], accumulate: int | None = None) -> frozenset[str]:
+    """The probe names, checked; ``accumulate`` must be a number of micro-batches >= 1.
+
+    Raises:
+        InputError: an unknown probe name or a bad number of micro-batches.
+    """
+    names = frozenset(probes)
+    unknown = sorted(names - set(PROBES))
+    if unknown:
+        raise InputError(f"unknown probe {', '.join(map(repr, unknown))}", hint=f"choose from {', '.join(PROBES)}")
+    if accumulate is not None and accumulate < 1:
+        raise InputError(f"--accumulate {accumulate}: the number of micro-batches must be at least 1")
+    return names
+
+
+def _require_rows(batch: Mapping[str, torch.Tensor], accumulate: int | None, index: int, source: str | None) -> None:
+    rows = len(batch["input_ids"])
+    if accumulate and accumulate > rows:
+        raise DataError(
+            f"batch {index} has {rows} row(s), too few to split into {accumulate} micro-batches",
+            path=source,
+            hint="give --accumulate at most the number of rows (with JSONL, raise --batch-size)",
+        )
+
+
+def _real(batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """(B, T) bool: tokens that are not padding (a 2D attention_mask's ones; every token otherwise)."""
+    mask = batch.get("attention_mask")
+    if isinstance(mask, torch.Tensor) and mask.dim() == 2:
+        return mask.cpu() != 0
+    return torch.ones(batch["input_ids"].shape, dtype=torch.bool)
+
+
+def _restarts(batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """(B, T) bool: where position_ids restart, the only boundaries sdpa and eager attention honour."""
+    return document_starts({k: v for k, v in batch.items() if k in ("input_ids", "position_ids")})
+
+
+def _windows(batch: Mapping[str, torch.Tensor], starts: torch.Tensor, chosen: frozenset[str]):
+    return plan_windows(starts, _real(batch), causal="causal" in chosen, packing="packing" in chosen)
+
+
+def _structural_findings(
+    run: ProbeRun,
+    capture: Capture,
+    views: list[SampleView],
+    facts: CallFacts,
+    starts: torch.Tensor,
+    chosen: frozenset[str],
+    index: int,
+    report: Report,
+) -> list[Finding]:
+    """causal_leak and cross_document_leak per sample, then the batch's uneven_token_weights and accumulation."""
+    found: list[Finding | None] = []
+    if run.dependence is not None:
+        dep = run.dependence
+        for row, view in enumerate(views):
+            mine = [w for w in dep.windows if w.row == row]
+            found.append(causal_leak(view.index, mine, dep.seen[:, row], facts))
+            found.append(cross_document_leak(view.index, mine, dep.seen[:, row], facts, row))
+    trained = capture.logit_grad_norm > 0
+    if "weights" in chosen:
+        found.append(uneven_token_weights(capture.weight, trained, starts.cumsum(1), views[0].index))
+    if run.accumulation is not None:
+        acc = run.accumulation
+        counts = [int(trained[rows].sum()) for rows in acc.rows]
+        report.accumulation.append(AccumulationReport(index, acc.micro_batches, acc.cosine, acc.relative_error, counts))
+        found.append(accumulation_mismatch(acc, counts, index))
+    return [f for f in found if f is not None]
+
+
+def _probe_reports(runs: list[ProbeRun], chosen: frozenset[str], packed: tuple[int, int]) -> dict[str, ProbeReport]:
+    """The probes section: what each probe covered and cost, summed over the batches.
+
+    Args:
+        runs: Each batch's probe run.
+        chosen: The chosen probes.
+        packed: (document boundaries, packed rows) in the data.
+    """
+    cuts = sum(w.future for r in runs for w in r.windows)
+    tested = len({(i, w.row, w.start) for i, r in enumerate(runs) for w in r.windows if w.boundary})
+    deps = [r.dependence for r in runs if r.dependence is not None]
+    reports = {
+        "causal": _vjp_report(deps, cuts > 0, ["packing"] if tested else [], f"{cuts} cuts tested"),
+        "packing": _vjp_report(
+            deps, tested > 0, ["causal"] if cuts else [], f"{tested} of {packed[0]} document boundaries tested in {packed[1]} packed row(s)"
+        ),
+        "weights": ProbeReport(ran=True, note="token weights read off the core run's logit gradient: no extra pass"),
+    }
+    if not packed[0]:
+        reports["packing"].note = "no packed rows: no position_ids restart, seq_idx or cu_seq_lens_q/k boundary"
+    for name in PROBES:
+        if name not in chosen:
+            reports[name] = ProbeReport(note="not chosen (--probes)")
+    accumulations = [r.accumulation for r in runs if r.accumulation is not None]
+    if accumulations:
+        reports["accumulate"] = ProbeReport(
+            ran=True,
+            seconds=sum(a.seconds for a in accumulations),
+            forward_passes=sum(a.micro_batches for a in accumulations),
+            note=f"{accumulations[0].micro_batches} micro-batches per batch; gradients compared at the logits",
+        )
+    return reports
+
+
+def _vjp_report(deps: list[Dependence], ran: bool, shared: list[str], note: str) -> ProbeReport:
+    if not ran:
+        return ProbeReport(note="nothing to test")
+    return ProbeReport(
+        ran=True,
+        seconds=sum(d.seconds for d in deps),
+        backward_passes=sum(d.passes for d in deps),
+        batched=all(d.batched for d in deps),
+        shared=shared,
+        note=note,
+    )
+
+
+def _packing_extent(starts: torch.Tensor, real: torch.Tensor) -> tuple[int, int]:
+    """(document boundaries between real tokens, rows holding more than one document)."""
+    inner = starts & real
+    return int(inner.sum()), int(inner.any(1).sum())
 
 
 def default_end_token_ids(model: nn.Module, tokenizer: Any = None) -> frozenset[int]:
@@ -138,6 +297,7 @@ def _views(
     ends: frozenset[int],
     pad_id: int | None,
     first: int,
+    starts: torch.Tensor | None = None,
 ) -> list[SampleView]:
     role_codes = roles(batch)
     trained = capture.logit_grad_norm > 0
@@ -152,9 +312,18 @@ def _views(
             texts=[texts(int(i)) for i in batch["input_ids"][b]],
             end_token_ids=ends,
             pad_token_id=pad_id,
+            document_starts=_document_starts(starts[b], role_codes[b]) if starts is not None else frozenset(),
         )
         for b in range(len(batch["input_ids"]))
     ]
+
+
+def _document_starts(starts: torch.Tensor, role_codes: torch.Tensor) -> frozenset[int]:
+    """Starts of documents that follow a real document: padding is neither a document nor what one follows."""
+    real = role_codes != PAD
+    follows_real = torch.zeros_like(real)
+    follows_real[1:] = real[:-1]
+    return frozenset((starts & real & follows_real).nonzero().flatten().tolist())
 
 
 def _decoder(tokenizer: Any):

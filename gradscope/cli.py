@@ -14,9 +14,10 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from gradscope.check import check_batches
+from gradscope.check import check_batches, chosen_probes
 from gradscope.errors import DataError, GradscopeError
 from gradscope.load import load_batches, load_loss_fn, load_model, load_tokenizer
+from gradscope.probes import PROBES
 from gradscope.render import CheckView, InspectView, to_json
 from gradscope.report import Report
 
@@ -64,6 +65,17 @@ class RunOptions:
     dtype: DType
     trust_remote_code: bool
     keep_dropout: bool
+    probes: tuple[str, ...] = PROBES
+    accumulate: int | None = None
+
+
+def parse_probes(spec: str) -> tuple[str, ...]:
+    """``causal,packing`` -> ("causal", "packing"); ``all`` and ``none`` as said."""
+    if spec.strip() == "all":
+        return PROBES
+    if spec.strip() == "none":
+        return ()
+    return tuple(name.strip() for name in spec.split(",") if name.strip())
 
 
 def _quiet_transformers() -> None:
@@ -77,6 +89,7 @@ def _quiet_transformers() -> None:
 def _run(opts: RunOptions) -> Report:
     """Load everything named on the command line and check it."""
     _quiet_transformers()
+    chosen_probes(opts.probes, opts.accumulate)  # bad names fail before the model loads
     loss_fn = load_loss_fn(opts.loss) if opts.loss else None
     model = load_model(opts.model, device=opts.device, dtype=opts.dtype.value, trust_remote_code=opts.trust_remote_code)
     tokenizer = load_tokenizer(opts.model)
@@ -85,7 +98,14 @@ def _run(opts: RunOptions) -> Report:
         pad_id = getattr(model.config, "pad_token_id", None)
     batches = load_batches(opts.data, pad_token_id=pad_id, samples=opts.samples, batch_size=opts.batch_size)
     return check_batches(
-        model, batches, tokenizer=tokenizer, loss_fn=loss_fn, keep_dropout=opts.keep_dropout, source=str(opts.data)
+        model,
+        batches,
+        tokenizer=tokenizer,
+        loss_fn=loss_fn,
+        keep_dropout=opts.keep_dropout,
+        source=str(opts.data),
+        probes=opts.probes,
+        accumulate=opts.accumulate,
     )
 
 
@@ -125,9 +145,13 @@ def check(
     output: Annotated[Path | None, typer.Option("--output", help="Also write the JSON report to this file.")] = None,
     strict: Annotated[bool, typer.Option("--strict", help="Exit 1 on warnings too.")] = False,
     show: Annotated[int, typer.Option("--show", min=0, help="Token strips to show in the terminal report.")] = 8,
+    probes: Annotated[str, typer.Option("--probes", help="Structural probes, comma-separated: causal,packing,weights (or all, none).")] = "all",
+    accumulate: Annotated[int | None, typer.Option("--accumulate", min=1, help="Also run each batch as K accumulated micro-batches and compare gradients.")] = None,
 ) -> None:
     """Run MODEL forward and backward on DATA and report which tokens the loss trains, and every leak."""
-    opts = RunOptions(model, data, samples, batch_size, loss, device, dtype, trust_remote_code, keep_dropout)
+    opts = RunOptions(
+        model, data, samples, batch_size, loss, device, dtype, trust_remote_code, keep_dropout, parse_probes(probes), accumulate
+    )
     report = _report_or_exit(opts)
     if output is not None:
         output.write_text(to_json(report) + "\n", encoding="utf-8")

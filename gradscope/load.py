@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from gradscope.batch import collate
+from gradscope.batch import collate, select_rows
 from gradscope.errors import DataError, LossSpecError, ModelLoadError
 from gradscope.run import LossFn
 
@@ -126,7 +126,7 @@ def load_batches(
         raise DataError("no such data file", path=path, hint="give a .safetensors batch or a .jsonl of rows")
     if path.suffix == ".safetensors":
         batch = read_safetensors(path)
-        yield {k: v[:samples] for k, v in batch.items()} if samples else batch
+        yield select_rows(batch, slice(0, samples)) if samples else batch
     elif path.suffix == ".jsonl":
         rows = read_jsonl(path, samples)
         for start in range(0, len(rows), batch_size):
@@ -135,8 +135,12 @@ def load_batches(
         raise DataError(f"unknown data format {path.suffix!r}", path=path, hint="use .safetensors or .jsonl")
 
 
-def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    """A batch file's tensors, loaded without unpickling anything."""
+def read_safetensors(path: Path) -> dict[str, Any]:
+    """A batch file's tensors, loaded without unpickling anything.
+
+    A 0-d tensor is a scalar argument and becomes a Python bool, int or float, the form collators and trainers
+    give it (TRL's ``max_length_q``, the ``use_cache=False`` TRL's trainer adds): safetensors stores only tensors.
+    """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -146,7 +150,7 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         raise DataError(f"cannot read safetensors: {_first_line(err)}", path=path, hint="re-save it with safetensors.torch.save_file") from err
     if not batch:
         raise DataError("the batch file holds no tensors", path=path, hint="save at least 'input_ids'")
-    return batch
+    return {k: v.item() if v.dim() == 0 else v for k, v in batch.items()}
 
 
 def read_jsonl(path: Path, limit: int | None = None) -> list[dict[str, list[int]]]:

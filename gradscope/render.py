@@ -12,7 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from gradscope.analyze import format_positions
-from gradscope.report import Report, SampleReport, TokenReport
+from gradscope.report import ProbeReport, Report, SampleReport, TokenReport
 
 ROLE_STYLES = {"prompt": "cyan", "completion": "green", "pad": "grey42", None: "white"}
 LEAK_STYLE = "bold white on red"
@@ -104,6 +104,35 @@ def findings_table(report: Report) -> Table:
     return table
 
 
+def probes_table(report: Report) -> Table:
+    """What each structural probe did and cost; the accumulation probe's cosine and relative error."""
+    table = Table(title="Probes", title_justify="left", expand=True)
+    for name in ("probe", "extra passes", "seconds", "covered"):
+        table.add_column(name, justify="right" if name == "seconds" else "left", ratio=1 if name == "covered" else None)
+    for name, probe in report.probes.items():
+        table.add_row(name, _passes(probe), f"{probe.seconds:.3f}" if probe.ran else "–", _covered(name, probe, report))
+    return table
+
+
+def _passes(probe: ProbeReport) -> str:
+    if not probe.ran:
+        return "not run"
+    parts = [f"{probe.backward_passes} backward"] * bool(probe.backward_passes)
+    parts += [f"{probe.forward_passes} forward"] * bool(probe.forward_passes)
+    how = [] if probe.batched is None else ["batched" if probe.batched else "looped"]
+    how += [f"shared with {', '.join(probe.shared)}"] * bool(probe.shared)
+    return (", ".join(parts) or "none") + (f" ({'; '.join(how)})" if how else "")
+
+
+def _covered(name: str, probe: ProbeReport, report: Report) -> str:
+    if name != "accumulate" or not report.accumulation:
+        return probe.note
+    results = "; ".join(
+        f"batch {a.batch}: cosine {_fmt(a.cosine)}, relative error {_fmt(a.relative_error, 3)}" for a in report.accumulation
+    )
+    return f"{probe.note}; {results}"
+
+
 def _short_positions(positions: list[int]) -> str:
     return format_positions(positions) if positions else "–"
 
@@ -129,6 +158,8 @@ class CheckView:
         if len(shown) > self.max_samples:
             yield Text(f"… {len(shown) - self.max_samples} more sample(s) not shown (--show N)", style="grey50")
         yield Legend()
+        if r.probes:
+            yield probes_table(r)
         if r.findings:
             yield findings_table(r)
             yield Verdict(r)

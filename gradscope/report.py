@@ -61,6 +61,40 @@ class SampleReport:
 
 
 @dataclass
+class ProbeReport:
+    """What one structural probe did and cost, summed over the batches.
+
+    Attributes:
+        ran: False when it was not chosen (``--probes``) or had nothing to test.
+        seconds: Wall-clock time of its extra passes (the causal and packing probes share theirs, see ``shared``).
+        backward_passes: Extra backward passes (one per slice of a batched backward).
+        forward_passes: Extra forward passes.
+        batched: The backward passes ran as one vmapped call (True) or one by one (False); None without any.
+        shared: Other probes that ran in the same backward passes (their cost is counted once, here and there).
+        note: What it covered, or why it did not run, in plain words.
+    """
+
+    ran: bool = False
+    seconds: float = 0.0
+    backward_passes: int = 0
+    forward_passes: int = 0
+    batched: bool | None = None
+    shared: list[str] = field(default_factory=list)
+    note: str = ""
+
+
+@dataclass
+class AccumulationReport:
+    """One batch re-run as K accumulated micro-batches (``--accumulate K``), against the full batch."""
+
+    batch: int
+    micro_batches: int
+    cosine: float
+    relative_error: float
+    trained_tokens: list[int]  # per micro-batch
+
+
+@dataclass
 class Report:
     """Everything ``gradscope.check`` found.
 
@@ -70,6 +104,8 @@ class Report:
         findings: Problems found, errors and warnings.
         notes: What the run could not check and why (e.g. roles unknown), in plain words.
         losses: The loss of each batch that was run.
+        probes: What each structural probe (causal, packing, weights, accumulate) did and cost.
+        accumulation: ``--accumulate K`` results, one per batch.
     """
 
     model: dict[str, Any]
@@ -77,6 +113,8 @@ class Report:
     findings: list[Finding] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
+    probes: dict[str, ProbeReport] = field(default_factory=dict)
+    accumulation: list[AccumulationReport] = field(default_factory=list)
 
     @property
     def errors(self) -> list[Finding]:
@@ -113,6 +151,8 @@ class Report:
                 "model": self.model,
                 "samples": [asdict(s) for s in self.samples],
                 "findings": [asdict(f) for f in self.findings],
+                "probes": {name: asdict(p) for name, p in self.probes.items()},
+                "accumulation": [asdict(a) for a in self.accumulation],
                 "summary": self.summary(),
             }
         )

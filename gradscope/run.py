@@ -8,7 +8,9 @@ that the backward computes activation gradients only (no parameter ``.grad`` is 
 - the gradient at every decoder layer's output.
 
 Everything is reduced inside the hooks so that no (B, T, V) gradient outlives its hook. This module returns
-captured tensors and nothing else; ``gradscope.analyze`` turns them into findings.
+captured tensors and nothing else; ``gradscope.analyze`` turns them into findings. A caller that needs more
+backward passes through the same forward (``gradscope.probes``) passes ``after_backward``: it receives the live
+graph once the core backward is done and its hooks are removed.
 """
 
 from __future__ import annotations
@@ -49,6 +51,23 @@ class Capture:
     nonfinite_layers: list[int] = field(default_factory=list)
 
 
+@dataclass
+class Graph:
+    """The core run's forward, still differentiable, for extra backward passes after the core one.
+
+    ``embedding`` is the leaf every backward runs to; ``head_input`` is what the output embedding (the LM head)
+    received, None when the model has no output embedding module.
+    """
+
+    model: nn.Module
+    batch: Mapping[str, torch.Tensor]
+    loss_fn: LossFn | None
+    embedding: torch.Tensor  # (B, T, D)
+    head_input: torch.Tensor | None  # (B, T, D)
+    logits: torch.Tensor  # (B, T, V)
+    loss: torch.Tensor  # ()
+
+
 def find_decoder_layers(model: nn.Module) -> nn.ModuleList | None:
     """The model's stack of decoder layers, found by shape rather than by name.
 
@@ -81,7 +100,9 @@ class _Recorder:
 
     def __init__(self, n_layers: int) -> None:
         self.embedding: torch.Tensor | None = None
+        self.head_input: torch.Tensor | None = None
         self.layer_norms: list[torch.Tensor | None] = [None] * n_layers
+        self.gradient_hooks: list[torch.utils.hooks.RemovableHandle] = []
 
     def embedding_hook(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
         # Parameters are frozen, so nothing upstream requires grad: make the embedding output the leaf the
@@ -92,13 +113,23 @@ class _Recorder:
             self.embedding = output
         return output
 
+    def head_hook(self, module: nn.Module, args: tuple) -> None:
+        if self.head_input is None and args and isinstance(args[0], torch.Tensor):
+            self.head_input = args[0]
+
     def layer_hook(self, index: int) -> Callable:
         def hook(module: nn.Module, args: tuple, output: object) -> None:
             hidden = _first_tensor(output)
             if hidden is not None and hidden.requires_grad:
-                hidden.register_hook(self._store_norm(index))
+                self.gradient_hooks.append(hidden.register_hook(self._store_norm(index)))
 
         return hook
+
+    def remove_gradient_hooks(self) -> None:
+        """Detach the gradient hooks from the graph, so that later backward passes through it record nothing."""
+        for handle in self.gradient_hooks:
+            handle.remove()
+        self.gradient_hooks.clear()
 
     def _store_norm(self, index: int) -> Callable[[torch.Tensor], None]:
         def hook(grad: torch.Tensor) -> None:
@@ -122,6 +153,9 @@ def instrumented(model: nn.Module, *, keep_dropout: bool = False) -> Iterator[_R
     saved_mode = [(m, m.training) for m in model.modules()]
     saved_dropout = [] if keep_dropout else _disable_dropout(model)
     handles = [model.get_input_embeddings().register_forward_hook(recorder.embedding_hook)]
+    head = model.get_output_embeddings()
+    if isinstance(head, nn.Module):
+        handles.append(head.register_forward_pre_hook(recorder.head_hook))
     if layers is not None:
         handles += [layer.register_forward_hook(recorder.layer_hook(i)) for i, layer in enumerate(layers)]
     try:
@@ -164,6 +198,7 @@ def forward_backward(
     *,
     loss_fn: LossFn | None = None,
     keep_dropout: bool = False,
+    after_backward: Callable[[Graph], None] | None = None,
 ) -> Capture:
     """Run ``model(**batch)``, take the loss, and backpropagate it to the input embeddings with hooks.
 
@@ -173,6 +208,8 @@ def forward_backward(
         loss_fn: ``fn(logits, labels) -> scalar``; when given, the model is called without labels and this computes
             the loss, as a trainer with a custom ``compute_loss`` does. Otherwise the model's own ``outputs.loss``.
         keep_dropout: Leave dropout on (the report is then not deterministic).
+        after_backward: Called with the still differentiable forward once the core backward is done and its
+            hooks are removed, inside the same model state (training mode, dropout off, parameters frozen).
 
     Returns:
         The captured per-position quantities.
@@ -181,23 +218,35 @@ def forward_backward(
         ModelCallError: the model or loss fails on this batch, or the loss does not flow through the logits.
     """
     with instrumented(model, keep_dropout=keep_dropout) as rec:
-        logits, loss = _call(model, batch, loss_fn)
+        logits, loss = call_model(model, batch, loss_fn)
         stats = _LogitStats(logits)
         loss_uses_logits = False
         embedding_grad = None
+        keep_graph = after_backward is not None
         if loss.requires_grad and rec.embedding is not None:
-            logits.register_hook(stats.hook)
-            embedding_grad = torch.autograd.grad(loss, rec.embedding, allow_unused=True)[0]
+            rec.gradient_hooks.append(logits.register_hook(stats.hook))
+            embedding_grad = torch.autograd.grad(loss, rec.embedding, allow_unused=True, retain_graph=keep_graph)[0]
             loss_uses_logits = stats.grad_norm is not None
         if loss.requires_grad and not loss_uses_logits:
             raise ModelCallError(
                 "the loss does not flow through outputs.logits, so gradscope cannot read which tokens it trains",
                 hint="a fused loss that skips the logits? pass --loss with a function of (logits, labels)",
             )
-        return _capture(batch, logits, loss, stats, embedding_grad, rec)
+        capture = _capture(batch, logits, loss, stats, embedding_grad, rec)
+        if keep_graph and rec.embedding is not None and logits.requires_grad:
+            rec.remove_gradient_hooks()
+            after_backward(Graph(model, batch, loss_fn, rec.embedding, rec.head_input, logits, loss))
+        return capture
 
 
-def _call(model: nn.Module, batch: Mapping[str, torch.Tensor], loss_fn: LossFn | None) -> tuple[torch.Tensor, torch.Tensor]:
+def call_model(
+    model: nn.Module, batch: Mapping[str, torch.Tensor], loss_fn: LossFn | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``model(**batch)`` as a trainer calls it; returns the logits (B, T, V) and the scalar loss.
+
+    Raises:
+        ModelCallError: the model or the loss fails, or the loss is not a scalar tensor.
+    """
     inputs = model_inputs(batch)
     labels = inputs.pop("labels") if loss_fn is not None else inputs.get("labels")
     try:

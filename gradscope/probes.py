@@ -1,0 +1,254 @@
+"""Structural probes: extra backward passes through the forward ``gradscope.run`` already made.
+
+- **causal / packing**: vector-Jacobian products. Outputs in a window of positions ``[start, cut)`` of a row are
+  projected on a random direction and backpropagated to the input embeddings. The gradient must be exactly zero
+  at every position the window may not see: positions ``>= cut`` (the future) and, when ``start`` is a document
+  boundary, positions ``< start`` (earlier packed documents; in a causal model nothing else can carry them).
+  Several windows per row run as one batched backward (``is_grads_batched=True``, i.e. vmap), or one by one when
+  the model cannot be vmapped.
+- **accumulation**: the batch re-run as K micro-batches with the user's loss, each micro loss divided by K as
+  transformers' Trainer does without ``num_items_in_batch``, the sum compared with the full-batch gradient.
+
+The projection starts at the input of the output embedding (the LM head): the logits at t are a function of that
+hidden state at t alone, so a random projection there is a random projection of the logits (in the head's row
+space) at a cost of D instead of V numbers per position. Models without an output embedding start at the logits.
+This module returns tensors; ``gradscope.structure`` turns them into findings.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from gradscope.batch import select_rows
+from gradscope.run import Graph, call_model
+
+PROBES = ("causal", "packing", "weights")
+"""The probes ``--probes`` chooses from; all run by default."""
+
+WINDOWS_PER_ROW = 3
+"""Windows (cuts, document boundaries) tested per row, all in one batched backward."""
+
+SEED = 0
+
+
+@dataclass(frozen=True)
+class Window:
+    """One row's projected outputs in one slice of the batched backward.
+
+    Attributes:
+        slice: Which of the batched backward's slices it belongs to.
+        row: The row of the batch.
+        start: First projected position: the row's first real token, or a document start.
+        cut: Positions ``>= cut`` are the future of every projected position (== the row's end when the causal
+            probe is off, so nothing is checked there).
+        boundary: ``start`` is a document boundary: positions ``< start`` belong to earlier documents.
+        future: Positions ``>= cut`` are checked.
+    """
+
+    slice: int
+    row: int
+    start: int
+    cut: int
+    boundary: bool
+    future: bool
+
+
+@dataclass
+class Dependence:
+    """Which input positions each window's projected outputs depend on."""
+
+    windows: list[Window]
+    seen: torch.Tensor  # (n_slices, B, T) bool: the gradient at embedding[t] is non-zero
+    batched: bool  # one vmapped backward (True) or a loop of backward passes (False)
+    seconds: float
+
+    @property
+    def passes(self) -> int:
+        return len(self.seen)
+
+
+@dataclass
+class Accumulation:
+    """The full-batch gradient at the logits against the sum of K micro-batch gradients."""
+
+    micro_batches: int
+    rows: list[list[int]]  # the rows of each micro-batch
+    cosine: float
+    relative_error: float  # ||accumulated - full|| / ||full||
+    scale: float  # ||accumulated|| / ||full||
+    seconds: float
+
+
+def plan_windows(
+    starts: torch.Tensor, real: torch.Tensor, *, causal: bool, packing: bool, per_row: int = WINDOWS_PER_ROW
+) -> list[Window]:
+    """Where to cut each row: up to ``per_row`` windows, one per slice of the batched backward.
+
+    Each window begins at the row's first real token or at a document boundary (boundaries spread evenly over the
+    row when there are more than ``per_row``) and is cut inside its document at 1/(n+1), 2/(n+1), ... of its
+    length, so that both the future and earlier documents are checked by the same backward pass.
+
+    Args:
+        starts: (B, T) bool, document starts (``gradscope.batch.document_starts``).
+        real: (B, T) bool, tokens that are not padding.
+        causal: Check the future (cuts inside the row).
+        packing: Check earlier documents (windows that begin at a boundary).
+        per_row: Windows per row.
+    """
+    windows = []
+    for row in range(len(real)):
+        tokens = real[row].nonzero().flatten().tolist()
+        if len(tokens) < 2:
+            continue
+        first, end = tokens[0], tokens[-1] + 1
+        boundaries = [t for t in starts[row].nonzero().flatten().tolist() if first < t < end] if packing else []
+        windows += _row_windows(row, first, end, boundaries, causal, per_row)
+    return windows
+
+
+def _row_windows(row: int, first: int, end: int, boundaries: list[int], causal: bool, per_row: int) -> list[Window]:
+    begins = [first, *boundaries] if causal else boundaries
+    if not begins:
+        return []
+    if len(begins) > per_row:  # spread over the row: first, ..., last
+        begins = [begins[k * (len(begins) - 1) // max(per_row - 1, 1)] for k in range(per_row)]
+    elif causal:  # fewer documents than slices: cut the same documents at other points
+        begins = [begins[k % len(begins)] for k in range(per_row)]
+    out = []
+    for k, start in enumerate(begins):
+        doc_end = next((b for b in boundaries if b > start), end)
+        cut = min(start + max(1, round((doc_end - start) * (k + 1) / (per_row + 1))), end) if causal else end
+        future = causal and cut < end
+        if future or start > first:
+            out.append(Window(k, row, start, cut, boundary=start > first, future=future))
+    return out
+
+
+def trace_dependence(graph: Graph, windows: list[Window], *, seed: int = SEED) -> Dependence:
+    """Backpropagate a random projection of each window's outputs to the input embeddings, all slices at once.
+
+    Returns:
+        For every slice, row and position, whether the embedding there influences the slice's projected outputs.
+    """
+    began = _clock(graph.embedding.device)
+    output = graph.head_input if _aligned(graph.head_input, graph.logits) else graph.logits  # (B, T, D)
+    cotangent = _cotangents(output, windows, seed)  # (n, B, T, D)
+    seen, batched = _vjp_nonzero(output, graph.embedding, cotangent)
+    return Dependence(windows, seen, batched, _clock(graph.embedding.device) - began)
+
+
+def _aligned(head_input: torch.Tensor | None, logits: torch.Tensor) -> bool:
+    """The head's input has one vector per logits position (the head was called once, on every position)."""
+    return head_input is not None and head_input.requires_grad and head_input.shape[:-1] == logits.shape[:-1]
+
+
+def _cotangents(output: torch.Tensor, windows: list[Window], seed: int) -> torch.Tensor:
+    """One random projection per position, kept inside each slice's windows and zero elsewhere."""
+    n = 1 + max(w.slice for w in windows)
+    inside = torch.zeros(n, *output.shape[:2], 1, dtype=output.dtype, device=output.device)
+    for w in windows:
+        inside[w.slice, w.row, w.start : w.cut] = 1
+    generator = torch.Generator(device=output.device).manual_seed(seed)
+    projection = torch.randn(output.shape, generator=generator, device=output.device, dtype=output.dtype)
+    return inside * projection
+
+
+def _vjp_nonzero(output: torch.Tensor, leaf: torch.Tensor, cotangent: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """(n, B, T) bool: where each slice's gradient at ``leaf`` is non-zero; and whether vmap did it in one pass."""
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*performance drop.*")  # a vmap fallback is still correct
+            grads = torch.autograd.grad(output, leaf, cotangent, retain_graph=True, is_grads_batched=True)[0]
+        return (grads != 0).any(-1).cpu(), True
+    except (RuntimeError, NotImplementedError):
+        # Models with data-dependent control flow or ops without a batching rule cannot run under vmap.
+        seen = [(torch.autograd.grad(output, leaf, c, retain_graph=True)[0] != 0).any(-1).cpu() for c in cotangent]
+        return torch.stack(seen), False
+
+
+def accumulate(graph: Graph, micro_batches: int) -> Accumulation:
+    """Re-run the batch as gradient accumulation does and compare gradients at the logits.
+
+    The rows are split into ``micro_batches`` consecutive groups; each runs through the model with the user's loss,
+    divided by the number of micro-batches (transformers' Trainer without ``num_items_in_batch``). The full-batch
+    gradient comes from the core run's graph. Only the head's output is differentiable in the micro-batch runs:
+    no backward goes through the model.
+    """
+    began = _clock(graph.logits.device)
+    full = torch.autograd.grad(graph.loss, graph.logits, retain_graph=True)[0]  # (B, T, V)
+    parts = [rows.tolist() for rows in torch.tensor_split(torch.arange(len(full)), micro_batches)]
+    moments = torch.zeros(4, dtype=torch.float64)
+    with _differentiable_logits(graph.model):
+        for rows in parts:
+            logits, loss = call_model(graph.model, select_rows(graph.batch, rows), graph.loss_fn)
+            moments += _moments(full[rows], _grad_or_zero(loss / micro_batches, logits))
+    cosine, relative, scale = _compare(*moments.tolist())
+    return Accumulation(micro_batches, parts, cosine, relative, scale, _clock(graph.logits.device) - began)
+
+
+def _grad_or_zero(loss: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    if not loss.requires_grad:
+        return torch.zeros_like(logits)
+    grad = torch.autograd.grad(loss, logits, allow_unused=True)[0]
+    return torch.zeros_like(logits) if grad is None else grad
+
+
+def _moments(full: torch.Tensor, accumulated: torch.Tensor) -> torch.Tensor:
+    """<full, acc>, ||full||^2, ||acc||^2, ||acc - full||^2 in float64."""
+    a, b = full.double(), accumulated.double()
+    return torch.stack([(a * b).sum(), (a * a).sum(), (b * b).sum(), ((b - a) ** 2).sum()]).cpu()
+
+
+def _compare(dot: float, full_sq: float, acc_sq: float, diff_sq: float) -> tuple[float, float, float]:
+    """cosine, relative error and scale of the accumulated gradient against the full one."""
+    if full_sq == 0:
+        return (1.0, 0.0, 1.0) if acc_sq == 0 else (float("nan"), float("inf"), float("inf"))
+    cosine = dot / math.sqrt(full_sq * acc_sq) if acc_sq > 0 else 0.0
+    return cosine, math.sqrt(diff_sq / full_sq), math.sqrt(acc_sq / full_sq)
+
+
+@contextmanager
+def _differentiable_logits(model: nn.Module) -> Iterator[None]:
+    """Make the LM head's output a leaf that requires grad, so the logits carry a graph to the loss only.
+
+    Without an output embedding module, the input embedding's output is made the leaf instead (a full graph).
+    """
+    head = model.get_output_embeddings()
+    module = head if isinstance(head, nn.Module) else model.get_input_embeddings()
+    handle = module.register_forward_hook(lambda m, args, output: output.detach().requires_grad_(True))
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def _clock(device: torch.device) -> float:
+    """Seconds, after the device's queued work is done (GPU kernels run asynchronously)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+class ProbeRun:
+    """The probes of one batch, run from ``forward_backward``'s ``after_backward`` on the core run's graph."""
+
+    def __init__(self, windows: list[Window], micro_batches: int | None) -> None:
+        self.windows = windows
+        self.micro_batches = micro_batches
+        self.dependence: Dependence | None = None
+        self.accumulation: Accumulation | None = None
+
+    def __call__(self, graph: Graph) -> None:
+        # Accumulation first: it needs the loss -> logits part of the graph, which the VJPs leave intact anyway.
+        if self.micro_batches:
+            self.accumulation = accumulate(graph, self.micro_batches)
+        if self.windows:
+            self.dependence = trace_dependence(graph, self.windows)
