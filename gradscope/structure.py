@@ -179,9 +179,9 @@ def _packing_causes(facts: CallFacts, starts: Sequence[int], row: int) -> list[s
             "only when attention_mask is None (TRL's padding-free collator returns none)."
         )
     if facts.use_cache and facts.mask_dims != 4:
-        where = "the batch passes use_cache=True" if facts.use_cache_from == "batch" else "the model's config has use_cache=True"
+        where = "The batch passes use_cache=True" if facts.use_cache_from == "batch" else "The model's config has use_cache=True"
         causes.append(
-            f"{where.capitalize()}: transformers then builds a KV cache and skips packed-sequence masking. Pass "
+            f"{where}: transformers then builds a KV cache and skips packed-sequence masking. Pass "
             "use_cache=False (TRL's SFTTrainer does) or set model.config.use_cache = False (transformers' "
             "Trainer does, from TrainingArguments.use_cache)."
         )
