@@ -142,3 +142,22 @@ def test_nan_loss_from_zero_trained_tokens_is_no_loss():
     [f] = analyze(_capture(float("nan"), grads_finite=False), [s], torch.full((1, 8), -100))
     assert f.check == "no_loss"
     assert "NaN" in f.message
+
+
+def _packed(trained, starts, roles=None):
+    """Two packed documents [0, 4) and [4, 8); document starts as the packing probe gives them."""
+    ids = [10, 11, 12, EOS, 10, 11, 12, EOS]
+    s = view(ids, roles or [U] * 8, trained)
+    return SampleView(**{**s.__dict__, "document_starts": frozenset(starts)})
+
+
+def test_a_trained_document_start_is_a_boundary_leak():
+    assert checks(_packed([0, 1, 1, 1, 1, 1, 1, 1], {4})) == [("boundary_leak", [4])]
+    assert checks(_packed([0, 1, 1, 1, 0, 1, 1, 1], {4})) == []
+
+
+def test_a_boundary_leak_is_not_also_a_prompt_leak():
+    roles = [P, C, C, C, P, C, C, C]  # each document: a prompt token, then its completion
+    assert checks(_packed([0, 1, 1, 1, 1, 1, 1, 1], {4}, roles)) == [("boundary_leak", [4])]
+    # Without the packing probe the same token is an ordinary prompt leak.
+    assert checks(_packed([0, 1, 1, 1, 1, 1, 1, 1], set(), roles)) == [("prompt_leak", [4])]

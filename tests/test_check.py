@@ -13,7 +13,7 @@ import gradscope
 from gradscope.batch import with_default_labels
 from gradscope.load import load_batches, load_loss_fn
 from gradscope.testing import assert_masking
-from tests.conftest import FIXTURES, fixture_model
+from tests.conftest import FIXTURES, fixture_model, make_batch, tiny_gpt2, tiny_llama
 
 CATALOGUE = json.loads((FIXTURES / "catalogue.json").read_text())
 LLAMA, GPT2 = "models/tiny-llama-chat", "models/tiny-gpt2"
@@ -138,3 +138,86 @@ def test_bad_batch_raises_input_error():
         gradscope.check(model, {"input_ids": ids, "labels": torch.tensor([[1, 2]])})
     with pytest.raises(gradscope.DataError, match="row 0: position 2"):
         gradscope.check(model, {"input_ids": torch.tensor([[1, 2, 10**6]])})
+
+
+def _trl_padding_free(model):
+    """Three documents through TRL's own padding-free collator: one row, position_ids restarting per document."""
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    g = torch.Generator().manual_seed(0)
+    rows = [{"input_ids": torch.randint(6, 97, (n,), generator=g).tolist()} for n in (7, 5, 9)]
+    return dict(DataCollatorForLanguageModeling(pad_token_id=0, padding_free=True)(rows))
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+@pytest.mark.parametrize("make", [tiny_llama, tiny_gpt2], ids=["llama", "gpt2"])
+def test_trl_padding_free_batch_is_clean_only_when_the_call_isolates_documents(make, attention):
+    model = make()
+    model.set_attn_implementation(attention)
+    batch = _trl_padding_free(model)
+    model.config.use_cache = False  # what transformers' Trainer sets, and TRL passes
+    assert gradscope.check(model, batch).findings == []
+    ones = gradscope.check(model, {**batch, "attention_mask": torch.ones_like(batch["input_ids"])})
+    assert [(f.check, f.sample, f.positions) for f in ones.findings] == [("cross_document_leak", 0, list(range(12)))]
+    assert "attention_mask is passed" in ones.findings[0].message
+    model.config.use_cache = True
+    cached = gradscope.check(model, batch)
+    assert [(f.check, f.sample) for f in cached.findings] == [("cross_document_leak", 0)]
+    assert "config has use_cache=True" in cached.findings[0].message
+    assert gradscope.check(model, {**batch, "use_cache": False}).findings == []  # TRL's compute_loss passes it
+    packing = cached.probes["packing"]
+    assert packing.ran and packing.backward_passes == 3 and packing.batched and "2 of 2 document boundaries" in packing.note
+
+
+def test_documents_declared_only_for_flash_attention_leak_under_sdpa():
+    model = tiny_llama()
+    model.config.use_cache = False
+    ids = torch.randint(6, 97, (1, 12), generator=torch.Generator().manual_seed(1))
+    batch = {"input_ids": ids, "labels": ids.clone(), "cu_seq_lens_q": torch.tensor([0, 5, 12], dtype=torch.int32)}
+    batch["labels"][0, 5] = -100
+    report = gradscope.check(model, batch)
+    assert [(f.check, f.positions) for f in report.findings] == [("cross_document_leak", [0, 1, 2, 3, 4])]
+    assert "do not restart at 5" in report.findings[0].message and "flash-attention" in report.findings[0].message
+
+
+def test_eager_attention_adds_a_boolean_4d_mask_instead_of_masking():
+    """transformers 5.23: eager attention adds a 4D mask to the scores, so a correct boolean mask masks nothing."""
+    model = tiny_gpt2()
+    batch = make_batch()
+    causal = torch.ones(12, 12, dtype=torch.bool).tril() & batch["attention_mask"].bool()[:, None, None, :]
+    batch["attention_mask"] = causal
+    assert gradscope.check(model, batch).findings == []  # sdpa reads a boolean mask as "may attend"
+    model.set_attn_implementation("eager")
+    report = gradscope.check(model, batch)
+    assert [(f.check, f.sample) for f in report.findings] == [("causal_leak", 0), ("causal_leak", 1), ("causal_leak", 2)]
+    assert "additive float mask" in report.findings[0].message
+    additive = torch.zeros(causal.shape).masked_fill(~causal, torch.finfo(torch.float32).min)
+    assert gradscope.check(model, {**batch, "attention_mask": additive}).findings == []
+
+
+def test_probes_can_be_chosen_and_their_cost_is_reported():
+    model = tiny_llama()
+    model.config.use_cache = True
+    batch = _trl_padding_free(model)
+    report = gradscope.check(model, batch, probes=["causal"])
+    assert report.findings == []  # the cache leak is there, but packing was not probed
+    data = report.to_dict()["probes"]
+    assert set(data) == {"causal", "packing", "weights"}
+    assert data["causal"]["ran"] and data["causal"]["backward_passes"] == 3 and data["causal"]["shared"] == []
+    assert data["packing"] == {"ran": False, "seconds": 0.0, "backward_passes": 0, "forward_passes": 0, "batched": None,
+                               "shared": [], "note": "not chosen (--probes)"}
+    none = gradscope.check(model, batch, probes=[])
+    assert not any(p.ran for p in none.probes.values())
+    with pytest.raises(gradscope.InputError, match="unknown probe 'casual'"):
+        gradscope.check(model, batch, probes=["casual"])
+
+
+def test_accumulate_reports_each_batch_and_needs_enough_rows():
+    model, tokenizer = fixture_model(GPT2)
+    [batch] = load_batches(FIXTURES / "batches/gpt2_clean.safetensors", pad_token_id=tokenizer.pad_token_id)
+    report = gradscope.check(model, batch, tokenizer=tokenizer, accumulate=3)
+    [acc] = report.to_dict()["accumulation"]
+    assert acc["micro_batches"] == 3 and acc["trained_tokens"] == [14, 9, 9] and acc["relative_error"] > 0.1
+    assert report.probes["accumulate"].forward_passes == 3
+    with pytest.raises(gradscope.DataError, match="too few to split into 4"):
+        gradscope.check(model, batch, accumulate=4)

@@ -172,3 +172,36 @@ def test_every_command_has_help_and_is_in_the_readme():
         assert f"gradscope {command}" in readme
         for option in [o for o in result.stdout.split() if o.startswith("--") and o != "--help"]:
             assert option.strip(",") in readme, f"{command} {option} is not documented in README.md"
+
+
+def test_probes_and_accumulate_in_json_and_terminal():
+    result, data = run_json(GPT2, BATCHES / "gpt2_clean.safetensors", "--accumulate", "3", "--probes", "causal,weights")
+    assert result.exit_code == 1
+    assert [f["check"] for f in data["findings"]] == ["accumulation_mismatch"]
+    assert set(data["probes"]) == {"causal", "packing", "weights", "accumulate"}
+    assert data["probes"]["causal"]["ran"] and data["probes"]["causal"]["backward_passes"] == 3
+    assert not data["probes"]["packing"]["ran"] and data["probes"]["accumulate"]["forward_passes"] == 3
+    [acc] = data["accumulation"]
+    assert acc["micro_batches"] == 3 and 0 < acc["cosine"] < 1
+    text = run("check", LLAMA, BATCHES / "llama_packed_cache_leak.safetensors")
+    assert text.exit_code == 1 and "cross_document_leak" in text.stdout
+    assert "Probes" in text.stdout and "3 backward (batched; shared with causal)" in text.stdout
+
+
+def test_packed_batch_from_a_file_is_clean_when_it_passes_use_cache_false():
+    result, data = run_json(GPT2, BATCHES / "gpt2_packed_clean.safetensors")
+    assert result.exit_code == 0, result.output
+    assert data["probes"]["packing"]["ran"] and data["findings"] == []
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--probes", "causal,casual"], "unknown probe 'casual'"),
+        (["--accumulate", "4"], "batch 0 has 3 row(s), too few to split into 4 micro-batches"),
+    ],
+)
+def test_bad_probe_options_exit_2(args, expected):
+    result = run("check", LLAMA, BATCHES / "llama_clean.safetensors", *args)
+    assert result.exit_code == 2
+    assert result.stderr.startswith("Error: ") and expected in result.stderr

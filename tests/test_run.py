@@ -138,3 +138,23 @@ def test_find_decoder_layers_without_names(random_model):
     layers = find_decoder_layers(random_model)
     assert len(layers) == random_model.config.num_hidden_layers
     assert layers is (random_model.model.layers if hasattr(random_model, "model") else random_model.transformer.h)
+
+
+def test_after_backward_gets_the_live_graph_and_leaves_the_capture_alone(random_model):
+    batch = make_batch()
+    plain = forward_backward(random_model, batch)
+    graphs = []
+
+    def probe(graph):
+        graphs.append(graph)
+        # A batched backward through the same graph must not reach the core's hooks (they cannot run under vmap).
+        cotangents = torch.randn(2, *graph.logits.shape)
+        torch.autograd.grad(graph.logits, graph.embedding, cotangents, retain_graph=True, is_grads_batched=True)
+
+    probed = forward_backward(random_model, batch, after_backward=probe)
+    [graph] = graphs
+    assert graph.embedding.shape[:2] == graph.head_input.shape[:2] == graph.logits.shape[:2] == (3, 12)
+    assert graph.logits.requires_grad and graph.loss.requires_grad
+    torch.testing.assert_close(probed.layer_grad_norms, plain.layer_grad_norms, rtol=0, atol=0)
+    torch.testing.assert_close(probed.logit_grad_norm, plain.logit_grad_norm, rtol=0, atol=0)
+    assert all(p.requires_grad for p in random_model.parameters())  # restored after the probe ran
