@@ -202,9 +202,16 @@ def _grad_or_zero(loss: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
 
 
 def _moments(full: torch.Tensor, accumulated: torch.Tensor) -> torch.Tensor:
-    """<full, acc>, ||full||^2, ||acc||^2, ||acc - full||^2 in float64."""
-    a, b = full.double(), accumulated.double()
-    return torch.stack([(a * b).sum(), (a * a).sum(), (b * b).sum(), ((b - a) ** 2).sum()]).cpu()
+    """<full, acc>, ||full||^2, ||acc||^2, ||acc - full||^2, summed row by row into float64.
+
+    Each row's (T * V) products are reduced in fp32 (a copy of the gradients in float64 would cost more than the
+    micro-batch forward); the difference is taken before squaring, so equal gradients give exactly 0.
+    """
+    out = torch.zeros(4, dtype=torch.float64)
+    for a, b in zip(full.float().flatten(1), accumulated.float().flatten(1)):  # (T * V,) per row
+        sums = torch.stack([torch.dot(a, b), torch.dot(a, a), torch.dot(b, b), torch.linalg.vector_norm(b - a) ** 2])
+        out += sums.double().cpu()
+    return out
 
 
 def _compare(dot: float, full_sq: float, acc_sq: float, diff_sq: float) -> tuple[float, float, float]:
