@@ -61,3 +61,12 @@ def test_seq_idx_must_have_one_entry_per_token():
         validate({"input_ids": _ids(1, 4), "seq_idx": torch.zeros(1, 3, dtype=torch.int32)}, vocab_size=10)
     with pytest.raises(DataError, match="'labels' must be a tensor"):
         validate({"input_ids": _ids(1, 4), "labels": 3}, vocab_size=10)
+
+
+def test_position_id_documents_follow_transformers_rule():
+    from transformers.masking_utils import find_packed_sequence_indices
+
+    position_ids = torch.tensor([[0, 1, 2, 0, 1, 5, 6, 6, 0, 1]])  # restarts, a jump, a repeat
+    starts = document_starts({"input_ids": _ids(1, 10), "position_ids": position_ids})
+    documents = find_packed_sequence_indices(position_ids)  # transformers' own reading, used by sdpa and eager
+    assert torch.equal(starts.cumsum(1), documents)
