@@ -63,13 +63,17 @@ def _packed_batch():
     return {"input_ids": ids, "labels": ids.clone(), "position_ids": position_ids}
 
 
-@pytest.mark.parametrize("make", [tiny_llama, tiny_gpt2], ids=["llama", "gpt2"])
-def test_dependence_is_exactly_the_causal_document_prefix(make):
-    model = make()
-    model.config.use_cache = False
+def _packed_dependence(model, use_cache: bool):
+    """The packed batch through ``model`` (use_cache=True breaks isolation): its windows and their dependence."""
+    model.config.use_cache = use_cache
     graph = _graph(model, _packed_batch())
     windows = plan_windows(_starts(12, 5), torch.ones(1, 12, dtype=torch.bool), causal=True, packing=True)
-    dep = trace_dependence(graph, windows)
+    return graph, windows, trace_dependence(graph, windows)
+
+
+@pytest.mark.parametrize("make", [tiny_llama, tiny_gpt2], ids=["llama", "gpt2"])
+def test_dependence_is_exactly_the_causal_document_prefix(make):
+    _, windows, dep = _packed_dependence(make(), use_cache=False)
     assert dep.batched and dep.passes == 3
     for w in windows:
         doc_start = 5 if w.start >= 5 else 0
@@ -81,26 +85,19 @@ def test_dependence_is_exactly_the_causal_document_prefix(make):
 @pytest.mark.parametrize("make", [tiny_llama, tiny_gpt2], ids=["llama", "gpt2"])
 def test_dependence_matches_brute_force_jacobian_when_documents_leak(make):
     model = make()
-    model.config.use_cache = True  # the KV cache turns packed-sequence masking off
+    _, windows, dep = _packed_dependence(model, use_cache=True)  # the KV cache turns packed-sequence masking off
     batch = _packed_batch()
-    graph = _graph(model, batch)
-    windows = plan_windows(_starts(12, 5), torch.ones(1, 12, dtype=torch.bool), causal=True, packing=True)
-    seen = trace_dependence(graph, windows).seen
     # Independent: the full Jacobian of the logits with respect to the input embeddings, one output at a time.
     embeds = model.get_input_embeddings()(batch["input_ids"]).detach().requires_grad_(True)
     logits = model(inputs_embeds=embeds, position_ids=batch["position_ids"]).logits[0]  # (T, V)
     depends = torch.stack([torch.autograd.grad(logits[t].sum(), embeds, retain_graph=True)[0][0].ne(0).any(-1) for t in range(12)])
     for w in windows:
-        assert torch.equal(seen[w.slice, 0], depends[w.start : w.cut].any(0)), w
+        assert torch.equal(dep.seen[w.slice, 0], depends[w.start : w.cut].any(0)), w
     assert depends[5:, :5].any()  # the second document sees the first: the leak is real
 
 
 def test_loop_fallback_gives_the_same_answer(monkeypatch):
-    model = tiny_llama()
-    model.config.use_cache = False
-    graph = _graph(model, _packed_batch())
-    windows = plan_windows(_starts(12, 5), torch.ones(1, 12, dtype=torch.bool), causal=True, packing=True)
-    batched = trace_dependence(graph, windows)
+    graph, windows, batched = _packed_dependence(tiny_llama(), use_cache=False)
     real_grad = torch.autograd.grad
 
     def no_vmap(*args, **kwargs):
