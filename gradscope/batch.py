@@ -4,6 +4,11 @@ A batch is a plain ``dict[str, torch.Tensor]``. ``input_ids`` is required; ``lab
 (2D, or a 4D custom mask), ``position_ids`` and any other model input pass through unchanged. The role tensors
 ``completion_mask`` / ``assistant_masks`` (1 = a token the user means to train, TRL's names) say what the user
 intends and are never passed to the model.
+
+When gradscope derives the roles itself (raw data, a chat template), it attaches them as ``gradscope_roles``: role
+codes per token, -1 where a token is not judged (the template's glue after an assistant turn's closing token). It
+may also attach ``gradscope_cut`` (B,): how many completion tokens truncation removed from each row, and
+``gradscope_rows`` (B,): the data row each batch row holds. They describe the batch and are never passed to the model.
 """
 
 from __future__ import annotations
@@ -20,11 +25,23 @@ IGNORE_INDEX = -100
 ROLE_KEYS = ("completion_mask", "assistant_masks")
 """Batch keys that carry the user's roles; they describe the batch and are not model inputs."""
 
+ROLE_CODES_KEY = "gradscope_roles"
+"""Role codes per token derived by gradscope (from raw data or a chat template); wins over ROLE_KEYS."""
+
+CUT_KEY = "gradscope_cut"
+"""(B,) completion tokens that truncation removed from each row."""
+
+ROW_KEY = "gradscope_rows"
+"""(B,) the data row each batch row holds, when a pipeline dropped or reordered rows (sample indices follow it)."""
+
+META_KEYS = (*ROLE_KEYS, ROLE_CODES_KEY, CUT_KEY, ROW_KEY)
+"""Every key that describes the batch rather than feeding the model."""
+
 # Role codes, per position.
 UNKNOWN, PROMPT, COMPLETION, PAD = -1, 0, 1, 2
 ROLE_NAMES = {UNKNOWN: None, PROMPT: "prompt", COMPLETION: "completion", PAD: "pad"}
 
-_PER_TOKEN_KEYS = ("labels", "position_ids", *ROLE_KEYS)
+_PER_TOKEN_KEYS = ("labels", "position_ids", *ROLE_KEYS, ROLE_CODES_KEY)
 
 
 def validate(batch: Mapping[str, torch.Tensor], vocab_size: int, source: str | None = None) -> None:
@@ -102,16 +119,19 @@ def with_default_labels(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Te
 
 
 def model_inputs(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Everything a trainer would pass to ``model(**batch)``: the batch less its role tensors."""
-    return {k: v for k, v in batch.items() if k not in ROLE_KEYS}
+    """Everything a trainer would pass to ``model(**batch)``: the batch less its role and gradscope tensors."""
+    return {k: v for k, v in batch.items() if k not in META_KEYS}
 
 
 def roles(batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    """Per-position role codes (B, T): PROMPT/COMPLETION from the role tensor, PAD where attention_mask is 0."""
+    """Per-position role codes (B, T): gradscope's own codes, else PROMPT/COMPLETION from the user's role tensor;
+    PAD where attention_mask is 0."""
     ids = batch["input_ids"]
     out = torch.full(ids.shape, UNKNOWN, dtype=torch.long)
     role_key = next((k for k in ROLE_KEYS if k in batch), None)
-    if role_key is not None:
+    if ROLE_CODES_KEY in batch:
+        out = batch[ROLE_CODES_KEY].cpu().long().clone()
+    elif role_key is not None:
         out = torch.where(batch[role_key].cpu().bool(), COMPLETION, PROMPT)
     mask = batch.get("attention_mask")
     if mask is not None and mask.dim() == 2:

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from gradscope.analyze import SampleView, analyze
-from gradscope.batch import ROLE_NAMES, roles, validate, with_default_labels
+from gradscope.batch import CUT_KEY, ROLE_NAMES, ROW_KEY, roles, validate, with_default_labels
 from gradscope.report import Report, SampleReport, TokenReport
 from gradscope.run import Capture, LossFn, find_decoder_layers, forward_backward
 
@@ -142,9 +142,12 @@ def _views(
     role_codes = roles(batch)
     trained = capture.logit_grad_norm > 0
     texts = _decoder(tokenizer)
+    n = len(batch["input_ids"])
+    cut = batch[CUT_KEY].tolist() if CUT_KEY in batch else [0] * n
+    index = batch[ROW_KEY].tolist() if ROW_KEY in batch else list(range(first, first + n))
     return [
         SampleView(
-            index=first + b,
+            index=int(index[b]),
             input_ids=batch["input_ids"][b].cpu(),
             roles=role_codes[b],
             trained=trained[b],
@@ -152,6 +155,7 @@ def _views(
             texts=[texts(int(i)) for i in batch["input_ids"][b]],
             end_token_ids=ends,
             pad_token_id=pad_id,
+            completion_cut=int(cut[b]),
         )
         for b in range(len(batch["input_ids"]))
     ]
