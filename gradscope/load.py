@@ -231,13 +231,13 @@ def load_data(
     pad = pad_token_id if pad_token_id is not None else 0
     if not is_raw_file(path):
         batches = list(load_batches(path, pad_token_id=pad, samples=samples, batch_size=batch_size))
-        return Prepared(batches, {"source": str(path), "format": "tokens", "labels": "file"})
+        return Prepared(batches, {"source": str(path), "format": "tokens"})
     rows = read_rows(path, samples)
     if all(is_tokenized(r) for r in rows):
         toks = [tokenized_row(r, {"path": path, "row": i}) for i, r in enumerate(rows)]
         _require_same_keys(toks, Path(path))
         batches = [collate(toks[s : s + batch_size], pad) for s in range(0, len(toks), batch_size)]
-        return Prepared(batches, {"source": str(path), "format": "tokens", "labels": "file"})
+        return Prepared(batches, {"source": str(path), "format": "tokens"})
     if tokenizer is None:
         raise DataError("raw rows need a tokenizer, and the model directory has none", path=path,
                         hint="add the tokenizer files (tokenizer.json, tokenizer_config.json) to the model directory")
