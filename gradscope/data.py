@@ -7,6 +7,7 @@ pre-tokenized when it holds ``input_ids``. Reading never tokenizes: ``gradscope.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -62,15 +63,20 @@ def is_raw_file(path: str | Path) -> bool:
     return path.is_dir() or path.suffix in RAW_SUFFIXES
 
 
-def _read_jsonl(path: Path, limit: int | None) -> list[dict[str, Any]]:
-    rows = []
+def jsonl_lines(path: Path, limit: int | None = None) -> Iterator[tuple[int, str]]:
+    """The non-empty lines of a JSON-lines file with their 1-based line numbers, at most ``limit`` of them."""
+    count = 0
     with path.open(encoding="utf-8") as f:
         for number, line in enumerate(f, start=1):
-            if limit is not None and len(rows) >= limit:
-                break
+            if limit is not None and count >= limit:
+                return
             if line.strip():
-                rows.append(_object(_loads(line, path, f"line {number}"), path, f"line {number}"))
-    return rows
+                count += 1
+                yield number, line
+
+
+def _read_jsonl(path: Path, limit: int | None) -> list[dict[str, Any]]:
+    return [_object(_loads(line, path, f"line {n}"), path, f"line {n}") for n, line in jsonl_lines(path, limit)]
 
 
 def _read_json(path: Path) -> list[dict[str, Any]]:

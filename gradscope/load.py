@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from gradscope.batch import collate
-from gradscope.data import is_raw_file, is_tokenized, read_rows
+from gradscope.data import is_raw_file, is_tokenized, jsonl_lines, read_rows
 from gradscope.errors import DataError, InputError, LossSpecError, ModelLoadError
 from gradscope.pipelines import DataOptions, Prepared, collate_batches, reference_batches, role_rows, trl_batches
 from gradscope.roles import RoleRow, RoleSpec, row_kind, truncate
@@ -154,13 +154,7 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
 def read_jsonl(path: Path, limit: int | None = None) -> list[dict[str, list[int]]]:
     """Pre-tokenized rows, one JSON object per line, each with ``input_ids`` and optional per-token lists."""
-    rows = []
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if limit is not None and len(rows) >= limit:
-                break
-            if line.strip():
-                rows.append(_parse_row(line, path, number))
+    rows = [_parse_row(line, path, number) for number, line in jsonl_lines(path, limit)]
     if not rows:
         raise DataError("no rows", path=path, hint="write one JSON object with 'input_ids' per line")
     _require_same_keys(rows, path)

@@ -258,3 +258,17 @@ def test_trl_options_and_missing_trl_are_clear_errors(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "trl", None)
     with pytest.raises(DataError, match=r"--pipeline trl needs TRL and datasets .*pip install gradscope\[trl\]"):
         require_trl()
+
+
+def test_chat_rows_check_clean_on_gpt2_with_a_chat_template():
+    # GPT-2 has no chat template of its own; the fixture's BPE holds the ChatML tokens, so borrow the Llama one.
+    _, llama_tok = fixture_model(LLAMA)
+    _, tok = fixture_model(GPT2)
+    tok.chat_template = llama_tok.chat_template
+    try:
+        _, report = checked(RAW / "chat.jsonl", GPT2)
+    finally:
+        tok.chat_template = None
+    assert report.findings == [] and report.notes == []
+    for sample in report.samples:
+        assert sample.trained_positions == [t.position for t in sample.tokens if t.role == "completion"]
