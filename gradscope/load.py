@@ -223,15 +223,12 @@ def load_data(
     """
     options = options or DataOptions()
     pad = pad_token_id if pad_token_id is not None else 0
-    if not is_raw_file(path):
-        batches = list(load_batches(path, pad_token_id=pad, samples=samples, batch_size=batch_size))
-        return Prepared(batches, {"source": str(path), "format": "tokens"})
-    rows = read_rows(path, samples)
-    if all(is_tokenized(r) for r in rows):
-        toks = [tokenized_row(r, {"path": path, "row": i}) for i, r in enumerate(rows)]
-        _require_same_keys(toks, Path(path))
-        batches = [collate(toks[s : s + batch_size], pad) for s in range(0, len(toks), batch_size)]
-        return Prepared(batches, {"source": str(path), "format": "tokens"})
+    rows = read_rows(path, samples) if is_raw_file(path) else None
+    if rows is None or all(is_tokenized(r) for r in rows):
+        if options.collate or options.pipeline == "trl":
+            raise DataError("--collate and --pipeline trl build batches from raw rows; this data is already tokenized",
+                            path=path, hint="give rows with prompt/completion, messages or text")
+        return Prepared(_tokenized_batches(path, rows, pad, samples, batch_size), {"source": str(path), "format": "tokens"})
     if tokenizer is None:
         raise DataError("raw rows need a tokenizer, and the model directory has none", path=path,
                         hint="add the tokenizer files (tokenizer.json, tokenizer_config.json) to the model directory")
@@ -239,6 +236,17 @@ def load_data(
     prepared = _raw_batches(path, rows, tokenizer, model, spec, options, batch_size, pad)
     prepared.data = {"source": str(path), "rows": len(rows), "format": _formats(rows), **prepared.data}
     return prepared
+
+
+def _tokenized_batches(
+    path: str | Path, rows: list[dict[str, Any]] | None, pad: int, samples: int | None, batch_size: int
+) -> list[dict[str, torch.Tensor]]:
+    """A .safetensors batch or .jsonl as load_batches reads them; tokenized rows from .json/.parquet/datasets too."""
+    if rows is None:
+        return list(load_batches(path, pad_token_id=pad, samples=samples, batch_size=batch_size))
+    toks = [tokenized_row(r, {"path": path, "row": i}) for i, r in enumerate(rows)]
+    _require_same_keys(toks, Path(path))
+    return [collate(toks[s : s + batch_size], pad) for s in range(0, len(toks), batch_size)]
 
 
 def load_role_rows(

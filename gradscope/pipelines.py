@@ -314,18 +314,28 @@ def trl_batches(
     a copy of the tokenizer; gradscope then reads ``trainer.get_train_dataloader()``, the batches ``train()`` sees.
     """
     require_trl()
-    from datasets import Dataset
-
-    dataset = Dataset.from_list([dict(r) for r in raw])
+    dataset = _dataset(raw)
+    rows = role_rows(dataset.to_list(), tokenizer, spec)  # the rows as TRL sees them (missing fields as None)
     device = str(next(model.parameters()).device)
     with tempfile.TemporaryDirectory() as out, _restored(model):
         config = trl_config(options, batch_size, device, out)
         trainer = _sft_trainer(model, copy.deepcopy(tokenizer), config, dataset)
         batches = [dict(b) for b in trainer.get_train_dataloader()]
-    spec = copy.copy(spec)
-    spec.chat_template = trainer.chat_template  # TRL's training template, when it swapped one in
-    rows = role_rows(dataset.to_list(), tokenizer, spec)  # the rows as TRL saw them (missing fields as None)
+    if trainer.chat_template is not None:  # TRL swapped in its training template (assistant_only_loss)
+        spec = copy.copy(spec)
+        spec.chat_template = trainer.chat_template
+        rows = role_rows(dataset.to_list(), tokenizer, spec)
     return _trl_prepared(batches, rows, config, trainer)
+
+
+def _dataset(raw: Sequence[Mapping[str, Any]]) -> Any:
+    from datasets import Dataset
+
+    try:
+        return Dataset.from_list([dict(r) for r in raw])
+    except (ValueError, TypeError) as err:  # pyarrow cannot give the rows one schema
+        raise DataError(f"the rows do not make one datasets.Dataset, as TRL needs: {_first_line(err)}",
+                        hint="give every row the same fields with the same types") from err
 
 
 def _trl_prepared(batches: list[dict], rows: list[RoleRow], config: Any, trainer: Any) -> Prepared:
@@ -359,10 +369,12 @@ def _sft_trainer(model: nn.Module, tokenizer: Any, config: Any, dataset: Any) ->
     from trl import SFTTrainer
     from trl.chat_template_utils import has_generation_markers
 
+    from jinja2 import TemplateError
+
     template = getattr(tokenizer, "chat_template", None)
     try:
         return SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
-    except (ValueError, RuntimeError, TypeError, KeyError) as err:
+    except (ValueError, RuntimeError, TypeError, KeyError, TemplateError) as err:  # TRL rejecting the setup or data
         if config.assistant_only_loss and not (template and has_generation_markers(template)):
             raise DataError(
                 "assistant_only_loss=True needs a chat template with {% generation %} markers, and this tokenizer's "

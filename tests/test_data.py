@@ -24,12 +24,13 @@ def write(tmp_path, kind: str):
         path = tmp_path / "rows.json"
         path.write_text(json.dumps(ROWS))
     elif kind == "parquet":
-        import pyarrow as pa
+        pa = pytest.importorskip("pyarrow")  # installed with datasets, in the [trl] extra
         import pyarrow.parquet as pq
 
         path = tmp_path / "rows.parquet"
         pq.write_table(pa.Table.from_pylist(ROWS), path)
     else:
+        pytest.importorskip("datasets")  # the [trl] extra
         from datasets import Dataset, DatasetDict
 
         path = tmp_path / "saved"
@@ -69,6 +70,7 @@ def test_unreadable_data_names_the_file_and_row(tmp_path):
 
 
 def test_dataset_with_several_splits_and_no_train_is_refused(tmp_path):
+    pytest.importorskip("datasets")
     from datasets import Dataset, DatasetDict
 
     data = Dataset.from_list(ROWS)

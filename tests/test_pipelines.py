@@ -36,6 +36,8 @@ def derived(name: str = "chat.jsonl", model: str = LLAMA):
 
 
 def checked(path, model: str = LLAMA, batch_size: int = 3, **options):
+    if options.get("pipeline") == "trl":
+        pytest.importorskip("trl")  # the [trl] extra, which CI installs
     m, tok = fixture_model(model)
     prepared = load_data(path, tokenizer=tok, model=m, batch_size=batch_size, options=DataOptions(**options),
                          pad_token_id=tok.pad_token_id)
@@ -272,3 +274,16 @@ def test_chat_rows_check_clean_on_gpt2_with_a_chat_template():
     assert report.findings == [] and report.notes == []
     for sample in report.samples:
         assert sample.trained_positions == [t.position for t in sample.tokens if t.role == "completion"]
+
+
+def test_tokenized_rows_in_json_load_as_a_batch_and_refuse_raw_pipelines(tmp_path):
+    rows = [{"input_ids": [1, 2, 3], "labels": [-100, 2, 3]}, {"input_ids": [4, 5], "labels": [-100, 5]}]
+    path = tmp_path / "tokens.json"
+    path.write_text(json.dumps(rows))
+    prepared = load_data(path, tokenizer=None, batch_size=2, pad_token_id=0)
+    assert prepared.data == {"source": str(path), "format": "tokens"}
+    [batch] = prepared.batches
+    assert batch["input_ids"].tolist() == [[1, 2, 3], [4, 5, 0]]
+    assert batch["labels"].tolist() == [[-100, 2, 3], [-100, 5, -100]]
+    with pytest.raises(DataError, match="already tokenized"):
+        load_data(path, tokenizer=None, options=DataOptions(pipeline="trl"))

@@ -143,7 +143,8 @@ def test_find_decoder_layers_without_names(random_model):
 def test_mixed_precision_forward_returning_fp32_copies_reads_the_logits_the_loss_used():
     # accelerate wraps a mixed-precision forward so that it returns its outputs cast to fp32 after computing the loss
     # (Trainer with bf16=True): outputs.logits is then a copy outside the loss's graph.
-    from accelerate.utils import convert_outputs_to_fp32
+    accelerate_utils = pytest.importorskip("accelerate.utils")  # installed with the [trl] extra
+    convert_outputs_to_fp32 = accelerate_utils.convert_outputs_to_fp32
 
     model = tiny_llama().to(torch.bfloat16)
     batch = make_batch()
