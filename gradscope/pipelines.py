@@ -12,6 +12,7 @@ batch's tokens (``gradscope_roles``, ``gradscope_cut``); the check then compares
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import tempfile
 import warnings
@@ -270,11 +271,13 @@ def trl_config(options: DataOptions, batch_size: int, device: str, output_dir: s
         values["max_length"] = options.max_length
     if options.truncation_mode is not None:
         values["truncation_mode"] = options.truncation_mode
-    values.update(
+    forced = dict(
         output_dir=output_dir, report_to=[], save_strategy="no", logging_strategy="no", use_cpu=device == "cpu",
         train_sampling_strategy="sequential", shuffle_dataset=False, bf16=False, fp16=False,
         dataloader_num_workers=0, dataset_num_proc=None,
     )
+    known = {f.name for f in dataclasses.fields(SFTConfig)}  # older versions lack some (rows are matched in any order)
+    values.update({k: v for k, v in forced.items() if k in known})
     try:
         with warnings.catch_warnings():  # SFTConfig's own default gradient_checkpointing=True warns in transformers 5
             warnings.simplefilter("ignore", FutureWarning)

@@ -24,7 +24,6 @@ from gradscope.batch import COMPLETION, IGNORE_INDEX, PROMPT, UNKNOWN
 from gradscope.errors import DataError
 
 TRAIN_ON = ("all-assistant", "last-assistant")
-TRUNCATION_MODES = ("keep_start", "keep_end")
 
 
 @dataclass
@@ -67,6 +66,7 @@ class RoleSpec:
         response_template: Text that starts each completion in ``text`` rows.
         instruction_template: Text that starts each prompt turn in multi-turn ``text`` rows.
         chat_template: A chat template to use instead of the tokenizer's own.
+        source: The data file, for error messages.
     """
 
     end_token_ids: frozenset[int]
@@ -196,7 +196,7 @@ def _chat(row: Mapping[str, Any], index: int, tokenizer: Any, spec: RoleSpec, wh
     for k in range(len(messages)):
         owner[bounds[k] : bounds[k + 1]] = [k] * (bounds[k + 1] - bounds[k])
     for k in sorted(trained):
-        _mark_assistant(roles, full, bounds[k], bounds[k + 1], _header_end(render, k, full, bounds, tokenizer), spec)
+        _mark_assistant(roles, full, _header_end(render, k, full, bounds, tokenizer), bounds[k + 1], spec)
     return RoleRow(index, full, roles, owner, "chat")
 
 
@@ -246,8 +246,10 @@ def _header_end(render: _Renderer, k: int, full: list[int], bounds: list[int], t
     return len(ids)
 
 
-def _mark_assistant(roles: list[int], ids: list[int], start: int, end: int, header_end: int, spec: RoleSpec) -> None:
-    """Content and the closing end token are completion; the template's glue after that token is not judged.
+def _mark_assistant(roles: list[int], ids: list[int], header_end: int, end: int, spec: RoleSpec) -> None:
+    """Mark one trained assistant turn, whose content starts at header_end and whose tokens end before end.
+
+    Content and the closing end token are completion; the template's glue after that token is not judged.
 
     A template that gives the closing token to the next turn still has it trained: it is the turn's end.
     """
