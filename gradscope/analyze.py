@@ -130,8 +130,11 @@ def completion_truncated(s: SampleView) -> Finding | None:
 
 
 def label_misaligned(s: SampleView) -> Finding | None:
-    """A trained token is pushed toward a target other than itself (labels shifted twice, off by one)."""
-    wrong = s.where(s.trained & (s.target_id != s.input_ids))
+    """A trained token is pushed toward a target other than itself (labels shifted twice, off by one).
+
+    Padding is left to ``pad_leak``: a trained pad is a leak whatever its target.
+    """
+    wrong = s.where(s.trained & (s.target_id != s.input_ids) & (s.roles != PAD))
     if not wrong:
         return None
     offset = _likely_offset(s, wrong)

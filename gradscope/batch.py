@@ -44,13 +44,14 @@ ROLE_NAMES = {UNKNOWN: None, PROMPT: "prompt", COMPLETION: "completion", PAD: "p
 _PER_TOKEN_KEYS = ("labels", "position_ids", *ROLE_KEYS, ROLE_CODES_KEY)
 
 
-def validate(batch: Mapping[str, torch.Tensor], vocab_size: int, source: str | None = None) -> None:
+def validate(batch: Mapping[str, torch.Tensor], vocab_size: int, source: str | None = None, first_row: int = 0) -> None:
     """Check that a batch is something a causal LM can be called on.
 
     Args:
         batch: The batch dict.
         vocab_size: Rows of the model's input embedding.
         source: The file the batch came from, for error messages.
+        first_row: The data row of the batch's first sample, so errors name rows of the data.
 
     Raises:
         DataError: naming the key, row and position of the first problem.
@@ -64,13 +65,13 @@ def validate(batch: Mapping[str, torch.Tensor], vocab_size: int, source: str | N
         raise DataError("the batch is empty", path=source, hint="give at least one row with one token")
     if ids.dtype.is_floating_point or ids.dtype == torch.bool:
         raise DataError(f"'input_ids' has dtype {ids.dtype}; token ids must be integers", path=source)
-    _check_range(ids, "input_ids", 0, vocab_size, source)
+    _check_range(ids, "input_ids", 0, vocab_size, source, first_row)
     for key in _PER_TOKEN_KEYS + ("attention_mask",):
         if key in batch:
             _check_shape(batch, key, source)
     if "labels" in batch:
         labels = batch["labels"]
-        _check_range(torch.where(labels == IGNORE_INDEX, 0, labels), "labels", 0, vocab_size, source)
+        _check_range(torch.where(labels == IGNORE_INDEX, 0, labels), "labels", 0, vocab_size, source, first_row)
 
 
 def _check_shape(batch: Mapping[str, torch.Tensor], key: str, source: str | None) -> None:
@@ -90,14 +91,14 @@ def _check_shape(batch: Mapping[str, torch.Tensor], key: str, source: str | None
         )
 
 
-def _check_range(values: torch.Tensor, key: str, low: int, high: int, source: str | None) -> None:
+def _check_range(values: torch.Tensor, key: str, low: int, high: int, source: str | None, first_row: int) -> None:
     bad = (values < low) | (values >= high)
     if bad.any():
         row, pos = (int(i) for i in bad.nonzero()[0])
         raise DataError(
             f"'{key}' holds token id {int(values[row, pos])}, outside the model's vocabulary [0, {high})",
             path=source,
-            row=row,
+            row=first_row + row,
             position=pos,
             hint="tokenize with the model's own tokenizer",
         )

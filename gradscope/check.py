@@ -77,7 +77,7 @@ def check_batches(
     device = next(model.parameters()).device
     pad_id = _pad_token_id(model, tokenizer)
     for batch in batches:
-        validate(batch, vocab, source)
+        validate(batch, vocab, source, first_row=len(report.samples))
         full = with_default_labels(batch)
         capture = forward_backward(model, _to(full, device), loss_fn=loss_fn, keep_dropout=keep_dropout)
         views = _views(full, capture, tokenizer, ends, pad_id, len(report.samples))

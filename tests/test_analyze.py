@@ -131,6 +131,11 @@ def test_double_shift_is_one_label_misaligned():
     assert "t+1" in f.message
 
 
+def test_trained_padding_with_another_target_is_pad_leak():
+    targets = [-1, -1, -1, 13, 14, EOS, EOS, EOS]  # pads labelled with EOS, not with the pad id
+    assert checks(view(IDS, ROLES, [0, 0, 0, 1, 1, 1, 1, 1], targets)) == [("pad_leak", [6, 7])]
+
+
 def test_closing_positions():
     assert closing_positions(view(IDS, ROLES, [0] * 8)) == [5]
     truncated = [P, P, P, C, C, C, C, C]  # a completion cut before its end token has none

@@ -126,6 +126,10 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[list, str]]:
             [LLAMA, _tensors(tmp / "role.safetensors", input_ids=[[1, 2, 3]], completion_mask=[[1, 1, 1, 1]])],
             "'completion_mask' has shape",
         ),
+        "id outside vocab, later batch": (
+            [LLAMA, _jsonl(tmp / "later.jsonl", '{"input_ids": [1, 2]}\n{"input_ids": [1, 99999]}'), "--batch-size", "1"],
+            "row 1: position 1",
+        ),
         "jsonl length": ([LLAMA, _jsonl(tmp / "len.jsonl", '{"input_ids": [1, 2], "labels": [1]}')], "line 1: 'labels' has 1"),
         "unknown format": ([LLAMA, _jsonl(tmp / "data.csv", "a,b")], "unknown data format"),
         "loss file missing": ([LLAMA, good, "--loss", tmp / "nope.py:fn"], "nope.py: no such file"),
@@ -157,7 +161,7 @@ def _jsonl(path: Path, text: str) -> Path:
     "case",
     [
         "missing model", "not a model", "unreadable model", "model is a file", "missing data", "corrupt safetensors",
-        "invalid json line", "empty data", "id outside vocab", "labels shape", "role shape", "jsonl length",
+        "invalid json line", "empty data", "id outside vocab", "id outside vocab, later batch", "labels shape", "role shape", "jsonl length",
         "unknown format", "loss file missing", "loss function missing", "loss module missing", "loss spec malformed",
         "template not in tokens", "plain text, no template", "raw rows, no tokenizer", "collate and trl", "trl config key",
     ],
