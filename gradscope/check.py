@@ -84,7 +84,7 @@ def check_batches(
         report.findings += analyze(capture, views, full["labels"])
         report.samples += [_sample_report(v, full, capture, i) for i, v in enumerate(views)]
         report.losses.append(capture.loss)
-        if not views[0].roles_known and ROLES_UNKNOWN_NOTE not in report.notes:
+        if not all(v.roles_known for v in views) and ROLES_UNKNOWN_NOTE not in report.notes:
             report.notes.append(ROLES_UNKNOWN_NOTE)
     return report
 

@@ -129,13 +129,19 @@ def load_batches(
         raise DataError("no such data file", path=path, hint="give a .safetensors batch or a .jsonl of rows")
     if path.suffix == ".safetensors":
         batch = read_safetensors(path)
-        yield {k: v[:samples] for k, v in batch.items()} if samples else batch
+        yield first_rows(batch, samples) if samples else batch
     elif path.suffix == ".jsonl":
         rows = read_jsonl(path, samples)
         for start in range(0, len(rows), batch_size):
             yield collate(rows[start : start + batch_size], pad_token_id if pad_token_id is not None else 0)
     else:
         raise DataError(f"unknown data format {path.suffix!r}", path=path, hint="use .safetensors or .jsonl")
+
+
+def first_rows(batch: dict[str, torch.Tensor], n: int) -> dict[str, torch.Tensor]:
+    """The batch's first n rows: per-row tensors are sliced, the others (e.g. cu_seq_lens) kept whole."""
+    rows = len(batch["input_ids"]) if "input_ids" in batch else None
+    return {k: v[:n] if v.dim() > 0 and len(v) == rows else v for k, v in batch.items()}
 
 
 def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
