@@ -5,7 +5,15 @@
 """
 
 from gradscope.check import check, check_batches
-from gradscope.errors import DataError, GradscopeError, InputError, LossSpecError, ModelCallError, ModelLoadError
+from gradscope.errors import (
+    DataError,
+    GradscopeError,
+    InputError,
+    LossSpecError,
+    MaskingError,
+    ModelCallError,
+    ModelLoadError,
+)
 from gradscope.report import Finding, Report, SampleReport, TokenReport
 
 __version__ = "0.1.0"
@@ -16,6 +24,7 @@ __all__ = [
     "GradscopeError",
     "InputError",
     "LossSpecError",
+    "MaskingError",
     "ModelCallError",
     "ModelLoadError",
     "Report",

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from gradscope.analyze import SampleView, analyze
-from gradscope.batch import PAD, ROLE_NAMES, document_starts, roles, validate, with_default_labels
+from gradscope.batch import CUT_KEY, PAD, ROLE_NAMES, ROW_KEY, document_starts, roles, validate, with_default_labels
 from gradscope.errors import DataError, InputError
 from gradscope.probes import PROBES, Dependence, ProbeRun, plan_windows
 from gradscope.report import AccumulationReport, Finding, ProbeReport, Report, SampleReport, TokenReport
@@ -102,7 +102,7 @@ def check_batches(
     device = next(model.parameters()).device
     pad_id = _pad_token_id(model, tokenizer)
     for index, batch in enumerate(batches):
-        validate(batch, vocab, source)
+        validate(batch, vocab, source, first_row=len(report.samples))
         _require_rows(batch, accumulate, index, source)
         full = with_default_labels(batch)
         starts = document_starts(full)
@@ -118,7 +118,7 @@ def check_batches(
         report.losses.append(capture.loss)
         runs.append(run)
         packed = tuple(a + b for a, b in zip(packed, _packing_extent(starts, _real(full))))
-        if not views[0].roles_known and ROLES_UNKNOWN_NOTE not in report.notes:
+        if not all(v.roles_known for v in views) and ROLES_UNKNOWN_NOTE not in report.notes:
             report.notes.append(ROLES_UNKNOWN_NOTE)
     report.probes = _probe_reports(runs, chosen, packed)
     return report
@@ -186,7 +186,7 @@ def _structural_findings(
             found.append(cross_document_leak(view.index, mine, dep.seen[:, row], facts, row))
     trained = capture.logit_grad_norm > 0
     if "weights" in chosen:
-        found.append(uneven_token_weights(capture.weight, trained, starts.cumsum(1), views[0].index))
+        found.append(uneven_token_weights(capture.weight, trained, starts.cumsum(1), [v.index for v in views]))
     if run.accumulation is not None:
         acc = run.accumulation
         counts = [int(trained[rows].sum()) for rows in acc.rows]
@@ -302,9 +302,12 @@ def _views(
     role_codes = roles(batch)
     trained = capture.logit_grad_norm > 0
     texts = _decoder(tokenizer)
+    n = len(batch["input_ids"])
+    cut = batch[CUT_KEY].tolist() if CUT_KEY in batch else [0] * n
+    index = batch[ROW_KEY].tolist() if ROW_KEY in batch else list(range(first, first + n))
     return [
         SampleView(
-            index=first + b,
+            index=int(index[b]),
             input_ids=batch["input_ids"][b].cpu(),
             roles=role_codes[b],
             trained=trained[b],
@@ -312,6 +315,7 @@ def _views(
             texts=[texts(int(i)) for i in batch["input_ids"][b]],
             end_token_ids=ends,
             pad_token_id=pad_id,
+            completion_cut=int(cut[b]),
             document_starts=_document_starts(starts[b], role_codes[b]) if starts is not None else frozenset(),
         )
         for b in range(len(batch["input_ids"]))

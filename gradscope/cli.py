@@ -14,11 +14,12 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from gradscope.check import check_batches, chosen_probes
+from gradscope.check import check_batches, chosen_probes, default_end_token_ids
 from gradscope.errors import DataError, GradscopeError
-from gradscope.load import load_batches, load_loss_fn, load_model, load_tokenizer
+from gradscope.load import config_end_token_ids, load_data, load_loss_fn, load_model, load_role_rows, load_tokenizer
+from gradscope.pipelines import DataOptions
 from gradscope.probes import PROBES
-from gradscope.render import CheckView, InspectView, to_json
+from gradscope.render import CheckView, InspectView, RolesView, roles_to_json, to_json
 from gradscope.report import Report
 
 EXIT_OK, EXIT_FINDINGS, EXIT_BAD_INPUT = 0, 1, 2
@@ -41,8 +42,31 @@ class DType(str, Enum):
     float16 = "float16"
 
 
+class TrainOn(str, Enum):
+    all_assistant = "all-assistant"
+    last_assistant = "last-assistant"
+
+
+class Truncation(str, Enum):
+    keep_start = "keep_start"
+    keep_end = "keep_end"
+
+
+class Pipeline(str, Enum):
+    reference = "reference"
+    trl = "trl"
+
+
+class CollateInput(str, Enum):
+    raw = "raw"
+    tokens = "tokens"
+
+
 ModelArg = Annotated[Path, typer.Argument(help="Local Hugging Face model directory (config.json + *.safetensors).")]
-DataArg = Annotated[Path, typer.Argument(help="A .safetensors batch or a .jsonl of pre-tokenized rows.")]
+DataArg = Annotated[
+    Path,
+    typer.Argument(help="A .safetensors batch, pre-tokenized .jsonl, or raw rows: .jsonl, .json, .parquet or a saved dataset directory."),
+]
 SamplesOpt = Annotated[int | None, typer.Option("--samples", min=1, help="Use only the first N rows.")]
 BatchSizeOpt = Annotated[int, typer.Option("--batch-size", min=1, help="JSONL rows per batch (a .safetensors batch runs as is).")]
 LossOpt = Annotated[str | None, typer.Option("--loss", help="FILE.py:FN or module:FN, fn(logits, labels) -> scalar, instead of the model's loss.")]
@@ -50,6 +74,19 @@ DeviceOpt = Annotated[str, typer.Option("--device", help="torch device to run on
 DTypeOpt = Annotated[DType, typer.Option("--dtype", help="Model dtype (gradient norms are always computed in fp32).")]
 RemoteOpt = Annotated[bool, typer.Option("--trust-remote-code", help="Allow code from the model directory to run.")]
 DropoutOpt = Annotated[bool, typer.Option("--keep-dropout", help="Leave dropout on (the report is then not deterministic).")]
+ResponseOpt = Annotated[str | None, typer.Option("--response-template", help="Text that starts each completion in 'text' rows.")]
+InstructionOpt = Annotated[str | None, typer.Option("--instruction-template", help="Text that starts each prompt turn in multi-turn 'text' rows.")]
+TrainOnOpt = Annotated[TrainOn, typer.Option("--train-on", help="Which assistant turns of 'messages' rows are completion.")]
+MaxLengthOpt = Annotated[int | None, typer.Option("--max-length", min=1, help="Truncate each row to N tokens, as the trainer would.")]
+TruncationOpt = Annotated[Truncation | None, typer.Option("--truncation-mode", help="keep_start (default) or keep_end.")]
+CollateOpt = Annotated[str | None, typer.Option("--collate", help="FILE.py:FN or module:FN, your collator: fn(rows) -> batch dict.")]
+CollateInputOpt = Annotated[CollateInput, typer.Option("--collate-input", help="What --collate receives: raw rows or gradscope's tokens.")]
+PipelineOpt = Annotated[Pipeline, typer.Option("--pipeline", help="Who builds the labels of raw rows: gradscope's reference masking, or TRL.")]
+TrlConfigOpt = Annotated[Path | None, typer.Option("--trl-config", help="JSON file of SFTConfig options for --pipeline trl.")]
+CompletionOnlyOpt = Annotated[bool | None, typer.Option("--completion-only-loss/--no-completion-only-loss", help="SFTConfig.completion_only_loss.")]
+AssistantOnlyOpt = Annotated[bool | None, typer.Option("--assistant-only-loss/--no-assistant-only-loss", help="SFTConfig.assistant_only_loss.")]
+PackingOpt = Annotated[bool | None, typer.Option("--packing/--no-packing", help="SFTConfig.packing.")]
+PaddingFreeOpt = Annotated[bool | None, typer.Option("--padding-free/--no-padding-free", help="SFTConfig.padding_free.")]
 
 
 @dataclass
@@ -65,8 +102,36 @@ class RunOptions:
     dtype: DType
     trust_remote_code: bool
     keep_dropout: bool
+    data_options: DataOptions
     probes: tuple[str, ...] = PROBES
     accumulate: int | None = None
+
+
+def data_options(
+    response_template: str | None = None,
+    instruction_template: str | None = None,
+    train_on: TrainOn = TrainOn.all_assistant,
+    max_length: int | None = None,
+    truncation_mode: Truncation | None = None,
+    collate: str | None = None,
+    collate_input: CollateInput = CollateInput.raw,
+    pipeline: Pipeline = Pipeline.reference,
+    trl_config: Path | None = None,
+    **trl_flags: bool | None,
+) -> DataOptions:
+    """The data options from parsed flags; TRL flags left unset (None) defer to --trl-config and TRL's defaults."""
+    return DataOptions(
+        response_template=response_template,
+        instruction_template=instruction_template,
+        train_on=train_on.value,
+        max_length=max_length,
+        truncation_mode=truncation_mode.value if truncation_mode else None,
+        collate=collate,
+        collate_input=collate_input.value,
+        pipeline=pipeline.value,
+        trl_config=trl_config,
+        trl_options={k: v for k, v in trl_flags.items() if v is not None},
+    )
 
 
 def parse_probes(spec: str) -> tuple[str, ...]:
@@ -84,6 +149,12 @@ def _quiet_transformers() -> None:
 
     logging.set_verbosity_error()
     logging.disable_progress_bar()
+    try:
+        import datasets
+
+        datasets.disable_progress_bars()  # TRL's dataset preparation (--pipeline trl)
+    except ImportError:
+        pass
 
 
 def _run(opts: RunOptions) -> Report:
@@ -96,10 +167,13 @@ def _run(opts: RunOptions) -> Report:
     pad_id = getattr(tokenizer, "pad_token_id", None)
     if pad_id is None:
         pad_id = getattr(model.config, "pad_token_id", None)
-    batches = load_batches(opts.data, pad_token_id=pad_id, samples=opts.samples, batch_size=opts.batch_size)
-    return check_batches(
+    prepared = load_data(
+        opts.data, tokenizer=tokenizer, model=model, samples=opts.samples, batch_size=opts.batch_size,
+        options=opts.data_options, pad_token_id=pad_id, end_token_ids=default_end_token_ids(model, tokenizer),
+    )
+    report = check_batches(
         model,
-        batches,
+        prepared.batches,
         tokenizer=tokenizer,
         loss_fn=loss_fn,
         keep_dropout=opts.keep_dropout,
@@ -107,6 +181,9 @@ def _run(opts: RunOptions) -> Report:
         probes=opts.probes,
         accumulate=opts.accumulate,
     )
+    report.data = prepared.data
+    report.notes = prepared.notes + report.notes
+    return report
 
 
 def exit_code(report: Report, strict: bool) -> int:
@@ -145,12 +222,31 @@ def check(
     output: Annotated[Path | None, typer.Option("--output", help="Also write the JSON report to this file.")] = None,
     strict: Annotated[bool, typer.Option("--strict", help="Exit 1 on warnings too.")] = False,
     show: Annotated[int, typer.Option("--show", min=0, help="Token strips to show in the terminal report.")] = 8,
+    response_template: ResponseOpt = None,
+    instruction_template: InstructionOpt = None,
+    train_on: TrainOnOpt = TrainOn.all_assistant,
+    max_length: MaxLengthOpt = None,
+    truncation_mode: TruncationOpt = None,
+    collate: CollateOpt = None,
+    collate_input: CollateInputOpt = CollateInput.raw,
+    pipeline: PipelineOpt = Pipeline.reference,
+    trl_config: TrlConfigOpt = None,
+    completion_only_loss: CompletionOnlyOpt = None,
+    assistant_only_loss: AssistantOnlyOpt = None,
+    packing: PackingOpt = None,
+    padding_free: PaddingFreeOpt = None,
     probes: Annotated[str, typer.Option("--probes", help="Structural probes, comma-separated: causal,packing,weights (or all, none).")] = "all",
     accumulate: Annotated[int | None, typer.Option("--accumulate", min=1, help="Also run each batch as K accumulated micro-batches and compare gradients.")] = None,
 ) -> None:
     """Run MODEL forward and backward on DATA and report which tokens the loss trains, and every leak."""
+    data_opts = data_options(
+        response_template, instruction_template, train_on, max_length, truncation_mode, collate, collate_input,
+        pipeline, trl_config, completion_only_loss=completion_only_loss, assistant_only_loss=assistant_only_loss,
+        packing=packing, padding_free=padding_free,
+    )
     opts = RunOptions(
-        model, data, samples, batch_size, loss, device, dtype, trust_remote_code, keep_dropout, parse_probes(probes), accumulate
+        model, data, samples, batch_size, loss, device, dtype, trust_remote_code, keep_dropout, data_opts,
+        parse_probes(probes), accumulate,
     )
     report = _report_or_exit(opts)
     if output is not None:
@@ -173,13 +269,51 @@ def inspect(
     dtype: DTypeOpt = DType.float32,
     trust_remote_code: RemoteOpt = False,
     keep_dropout: DropoutOpt = False,
+    response_template: ResponseOpt = None,
+    instruction_template: InstructionOpt = None,
+    train_on: TrainOnOpt = TrainOn.all_assistant,
+    max_length: MaxLengthOpt = None,
+    truncation_mode: TruncationOpt = None,
 ) -> None:
     """Show one row in detail: a per-token table and a layers x positions heat map of gradient norms."""
     # Run the row inside the batch it belongs to, so that its loss weights are the ones training sees.
     limit = None if data.suffix == ".safetensors" else (row // batch_size + 1) * batch_size
-    opts = RunOptions(model, data, limit, batch_size, loss, device, dtype, trust_remote_code, keep_dropout)
+    data_opts = data_options(response_template, instruction_template, train_on, max_length, truncation_mode)
+    opts = RunOptions(model, data, limit, batch_size, loss, device, dtype, trust_remote_code, keep_dropout, data_opts)
     report = _report_or_exit(opts)
     if row >= len(report.samples):
         raise _fail(DataError(f"there is no row {row}: the data has {len(report.samples)}", path=data, hint="pick --row from 0"))
     Console(highlight=False).print(InspectView(report, report.samples[row]))
     raise typer.Exit(exit_code(report, strict=False))
+
+
+@app.command()
+def roles(
+    model: Annotated[Path, typer.Argument(help="A model or tokenizer directory: its tokenizer (and chat template) is used.")],
+    data: DataArg,
+    samples: SamplesOpt = None,
+    response_template: ResponseOpt = None,
+    instruction_template: InstructionOpt = None,
+    train_on: TrainOnOpt = TrainOn.all_assistant,
+    max_length: MaxLengthOpt = None,
+    truncation_mode: TruncationOpt = None,
+    output_format: Annotated[Format, typer.Option("--format", help="text: coloured token strips; json: every token's role.")] = Format.text,
+    show: Annotated[int, typer.Option("--show", min=0, help="Rows to show in the terminal view.")] = 8,
+) -> None:
+    """Show how gradscope splits DATA's raw rows into prompt and completion tokens, from the tokenizer and its chat
+    template; no model runs."""
+    opts = data_options(response_template, instruction_template, train_on, max_length, truncation_mode)
+    try:
+        _quiet_transformers()
+        tokenizer = load_tokenizer(model) if model.is_dir() else None
+        if tokenizer is None:
+            raise DataError("no tokenizer files in this directory", path=model, hint="give a model or tokenizer directory")
+        ends = frozenset(config_end_token_ids(model) | default_end_token_ids(None, tokenizer))
+        rows = load_role_rows(data, tokenizer, samples=samples, options=opts, end_token_ids=ends)
+    except GradscopeError as err:
+        raise _fail(err) from None
+    if output_format is Format.json:
+        info = {"source": str(data), "rows": len(rows), "train_on": opts.train_on, "max_length": opts.max_length}
+        sys.stdout.write(roles_to_json(rows, tokenizer, info) + "\n")
+    else:
+        Console(highlight=False).print(RolesView(rows, tokenizer, max_rows=show))

@@ -179,17 +179,20 @@ def accumulate(graph: Graph, micro_batches: int) -> Accumulation:
 
     The rows are split into ``micro_batches`` consecutive groups; each runs through the model with the user's loss,
     divided by the number of micro-batches (transformers' Trainer without ``num_items_in_batch``). The full-batch
-    gradient comes from the core run's graph. Only the head's output is differentiable in the micro-batch runs:
-    no backward goes through the model.
+    gradient comes from the core run's graph. Gradients are taken at the LM head's output (the logits, before any
+    soft-capping or dtype copy), which is the only differentiable tensor of the micro-batch runs: no backward goes
+    through the model. Models without an output embedding module are compared at the logits.
     """
     began = _clock(graph.logits.device)
-    full = torch.autograd.grad(graph.loss, graph.logits, retain_graph=True)[0]  # (B, T, V)
+    at_head = graph.head_output is not None and graph.head_output.requires_grad
+    full = torch.autograd.grad(graph.loss, graph.head_output if at_head else graph.logits, retain_graph=True)[0]
     parts = [rows.tolist() for rows in torch.tensor_split(torch.arange(len(full)), micro_batches)]
     moments = torch.zeros(4, dtype=torch.float64)
-    with _differentiable_logits(graph.model):
+    with _differentiable_head(graph.model) as leaves:
         for rows in parts:
             logits, loss = call_model(graph.model, select_rows(graph.batch, rows), graph.loss_fn)
-            moments += _moments(full[rows], _grad_or_zero(loss / micro_batches, logits))
+            output = leaves[-1] if at_head and leaves else logits  # (b, T, V)
+            moments += _moments(full[rows], _grad_or_zero(loss / micro_batches, output))
     cosine, relative, scale = _compare(*moments.tolist())
     return Accumulation(micro_batches, parts, cosine, relative, scale, _clock(graph.logits.device) - began)
 
@@ -223,16 +226,22 @@ def _compare(dot: float, full_sq: float, acc_sq: float, diff_sq: float) -> tuple
 
 
 @contextmanager
-def _differentiable_logits(model: nn.Module) -> Iterator[None]:
+def _differentiable_head(model: nn.Module) -> Iterator[list[torch.Tensor]]:
     """Make the LM head's output a leaf that requires grad, so the logits carry a graph to the loss only.
 
-    Without an output embedding module, the input embedding's output is made the leaf instead (a full graph).
+    Yields the list of leaves made, one per forward. Without an output embedding module, the input embedding's
+    output is made the leaf instead (a graph through the whole model).
     """
+    leaves: list[torch.Tensor] = []
+
+    def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        leaves.append(output.detach().requires_grad_(True))
+        return leaves[-1]
+
     head = model.get_output_embeddings()
-    module = head if isinstance(head, nn.Module) else model.get_input_embeddings()
-    handle = module.register_forward_hook(lambda m, args, output: output.detach().requires_grad_(True))
+    handle = (head if isinstance(head, nn.Module) else model.get_input_embeddings()).register_forward_hook(hook)
     try:
-        yield
+        yield leaves
     finally:
         handle.remove()
 

@@ -104,6 +104,7 @@ class Report:
         findings: Problems found, errors and warnings.
         notes: What the run could not check and why (e.g. roles unknown), in plain words.
         losses: The loss of each batch that was run.
+        data: Where the batches came from: the file, the row format, and what built the labels (raw data only).
         probes: What each structural probe (causal, packing, weights, accumulate) did and cost.
         accumulation: ``--accumulate K`` results, one per batch.
     """
@@ -113,6 +114,7 @@ class Report:
     findings: list[Finding] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
+    data: dict[str, Any] = field(default_factory=dict)
     probes: dict[str, ProbeReport] = field(default_factory=dict)
     accumulation: list[AccumulationReport] = field(default_factory=list)
 
@@ -149,6 +151,7 @@ class Report:
             {
                 "schema_version": SCHEMA_VERSION,
                 "model": self.model,
+                "data": self.data,
                 "samples": [asdict(s) for s in self.samples],
                 "findings": [asdict(f) for f in self.findings],
                 "probes": {name: asdict(p) for name, p in self.probes.items()},
@@ -156,6 +159,11 @@ class Report:
                 "summary": self.summary(),
             }
         )
+
+
+def format_findings(findings: list[Finding]) -> str:
+    """Findings as plain text lines, one per finding: check (sample, positions): message."""
+    return "\n".join(f"- {f.check} (sample {f.sample}, positions {f.positions}): {f.message}" for f in findings)
 
 
 def _finite_or_none(x: float | None) -> float | None:

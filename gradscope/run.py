@@ -55,8 +55,8 @@ class Capture:
 class Graph:
     """The core run's forward, still differentiable, for extra backward passes after the core one.
 
-    ``embedding`` is the leaf every backward runs to; ``head_input`` is what the output embedding (the LM head)
-    received, None when the model has no output embedding module.
+    ``embedding`` is the leaf every backward runs to; ``head_input`` and ``head_output`` are what the output
+    embedding (the LM head) received and returned, None when the model has no output embedding module.
     """
 
     model: nn.Module
@@ -64,6 +64,7 @@ class Graph:
     loss_fn: LossFn | None
     embedding: torch.Tensor  # (B, T, D)
     head_input: torch.Tensor | None  # (B, T, D)
+    head_output: torch.Tensor | None  # (B, T, V)
     logits: torch.Tensor  # (B, T, V)
     loss: torch.Tensor  # ()
 
@@ -101,6 +102,7 @@ class _Recorder:
     def __init__(self, n_layers: int) -> None:
         self.embedding: torch.Tensor | None = None
         self.head_input: torch.Tensor | None = None
+        self.head_output: torch.Tensor | None = None
         self.layer_norms: list[torch.Tensor | None] = [None] * n_layers
         self.gradient_hooks: list[torch.utils.hooks.RemovableHandle] = []
 
@@ -113,9 +115,10 @@ class _Recorder:
             self.embedding = output
         return output
 
-    def head_hook(self, module: nn.Module, args: tuple) -> None:
+    def head_hook(self, module: nn.Module, args: tuple, output: object) -> None:
+        self.head_output = _first_tensor(output)
         if self.head_input is None and args and isinstance(args[0], torch.Tensor):
-            self.head_input = args[0]
+            self.head_input = args[0]  # the last hidden state, where the probes' projections start
 
     def layer_hook(self, index: int) -> Callable:
         def hook(module: nn.Module, args: tuple, output: object) -> None:
@@ -153,9 +156,9 @@ def instrumented(model: nn.Module, *, keep_dropout: bool = False) -> Iterator[_R
     saved_mode = [(m, m.training) for m in model.modules()]
     saved_dropout = [] if keep_dropout else _disable_dropout(model)
     handles = [model.get_input_embeddings().register_forward_hook(recorder.embedding_hook)]
-    head = model.get_output_embeddings()
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if isinstance(head, nn.Module):
-        handles.append(head.register_forward_pre_hook(recorder.head_hook))
+        handles.append(head.register_forward_hook(recorder.head_hook))
     if layers is not None:
         handles += [layer.register_forward_hook(recorder.layer_hook(i)) for i, layer in enumerate(layers)]
     try:
@@ -219,6 +222,7 @@ def forward_backward(
     """
     with instrumented(model, keep_dropout=keep_dropout) as rec:
         logits, loss = call_model(model, batch, loss_fn)
+        logits = _loss_logits(logits, rec)
         stats = _LogitStats(logits)
         loss_uses_logits = False
         embedding_grad = None
@@ -235,8 +239,23 @@ def forward_backward(
         capture = _capture(batch, logits, loss, stats, embedding_grad, rec)
         if keep_graph and rec.embedding is not None and logits.requires_grad:
             rec.remove_gradient_hooks()
-            after_backward(Graph(model, batch, loss_fn, rec.embedding, rec.head_input, logits, loss))
+            after_backward(Graph(model, batch, loss_fn, rec.embedding, rec.head_input, rec.head_output, logits, loss))
         return capture
+
+
+def _loss_logits(logits: torch.Tensor, rec: _Recorder) -> torch.Tensor:
+    """The logits the loss was computed from.
+
+    Under mixed precision accelerate wraps the forward so that it returns its outputs cast to fp32 after the loss
+    was computed: ``outputs.logits`` is then a copy outside the loss's graph. The LM head's own output, of which it
+    is exactly a dtype copy, is the tensor the loss used.
+    """
+    head = rec.head_output
+    fn = logits.grad_fn
+    if head is None or head is logits or fn is None or type(fn).__name__ != "ToCopyBackward0":
+        return logits
+    source = fn.next_functions[0][0] if fn.next_functions else None
+    return head if source is not None and source is head.grad_fn and head.shape == logits.shape else logits
 
 
 def call_model(

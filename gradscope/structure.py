@@ -198,7 +198,7 @@ def _packing_causes(facts: CallFacts, starts: Sequence[int], row: int) -> list[s
 
 
 def uneven_token_weights(
-    weight: torch.Tensor, trained: torch.Tensor, documents: torch.Tensor, first: int
+    weight: torch.Tensor, trained: torch.Tensor, documents: torch.Tensor, samples: Sequence[int]
 ) -> Finding | None:
     """Trained tokens weigh differently across the batch: the mean weight per sequence is not the same.
 
@@ -206,7 +206,7 @@ def uneven_token_weights(
         weight: (B, T) each token's weight in the loss (``Capture.weight``).
         trained: (B, T) bool.
         documents: (B, T) document index within each row (packed rows: one sequence per document).
-        first: Index of the batch's first row in the data.
+        samples: Each row's sample index in the data.
     """
     groups = _mean_weights(weight, trained, documents)
     if len(groups) < 2 or min(g[0] for g in groups) <= 0:
@@ -220,8 +220,8 @@ def uneven_token_weights(
         None,
         [],
         f"trained tokens weigh differently across the batch: the mean weight per sequence ranges ×"
-        f"{high[0] / low[0]:.2f}, from {low[0]:.3g} ({_sequence(low, first)}) to {high[0]:.3g} "
-        f"({_sequence(high, first)}). A loss averaged per sequence (or per micro-batch) gives each token "
+        f"{high[0] / low[0]:.2f}, from {low[0]:.3g} ({_sequence(low, samples)}) to {high[0]:.3g} "
+        f"({_sequence(high, samples)}). A loss averaged per sequence (or per micro-batch) gives each token "
         "1/(its sequence's token count): short samples' tokens weigh more. Usual causes: a per-sequence mean loss, "
         "or averaging per-micro-batch means under gradient accumulation. Use one token mean over the batch "
         "(sum of token losses / number of trained tokens; with accumulation, pass num_items_in_batch).",
@@ -238,9 +238,9 @@ def _mean_weights(weight: torch.Tensor, trained: torch.Tensor, documents: torch.
     return groups
 
 
-def _sequence(group: tuple[float, int, int, int], first: int) -> str:
+def _sequence(group: tuple[float, int, int, int], samples: Sequence[int]) -> str:
     _, row, doc, count = group
-    where = f"sample {first + row}" + (f", document {doc}" if doc else "")
+    where = f"sample {samples[row]}" + (f", document {doc}" if doc else "")
     return f"{where}, {count} trained {'token' if count == 1 else 'tokens'}"
 
 

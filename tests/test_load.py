@@ -22,3 +22,14 @@ def test_scalars_become_python_values_and_samples_keep_them(tmp_path):
     [batch] = load_batches(path, pad_token_id=0, samples=1)
     assert batch["use_cache"] is False and batch["max_length_q"] == 3 and isinstance(batch["max_length_q"], int)
     assert batch["input_ids"].tolist() == [[5, 6, 7]] and batch["cu_seq_lens_q"].tolist() == [0, 3]
+
+
+def test_first_rows_slices_only_per_row_tensors():
+    import torch
+
+    from gradscope.load import first_rows
+
+    batch = {"input_ids": torch.ones(3, 4, dtype=torch.long), "cu_seq_lens_q": torch.tensor([0, 2, 4, 5, 9])}
+    out = first_rows(batch, 2)
+    assert out["input_ids"].shape == (2, 4)
+    assert out["cu_seq_lens_q"].tolist() == [0, 2, 4, 5, 9]

@@ -126,7 +126,8 @@ class _ItemInBackward(torch.autograd.Function):
 def test_a_model_that_cannot_be_vmapped_falls_back_to_a_loop():
     embedding = torch.randn(1, 6, 4, requires_grad=True)
     hidden = _ItemInBackward.apply(embedding).cumsum(1)  # position t sees positions <= t
-    graph = Graph(None, {}, None, embedding, hidden, hidden @ torch.randn(4, 9), torch.zeros(()))
+    logits = hidden @ torch.randn(4, 9)
+    graph = Graph(None, {}, None, embedding, hidden, logits, logits, torch.zeros(()))
     dep = trace_dependence(graph, [Window(0, 0, 0, 3, boundary=False, future=True)])
     assert not dep.batched
     assert dep.seen[0, 0].tolist() == [True, True, True, False, False, False]

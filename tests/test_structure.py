@@ -72,7 +72,7 @@ def test_uneven_weights_name_the_spread():
     trained = torch.tensor([[0, 1, 1, 1, 1], [0, 1, 1, 0, 0]], dtype=torch.bool)
     # per-sequence mean over 2 rows: row 0 tokens weigh 1/(2*4), row 1 tokens 1/(2*2)
     weight = torch.where(trained, torch.tensor([[1 / 8], [1 / 4]]), 0.0)
-    found = uneven_token_weights(weight, trained, torch.zeros(2, 5, dtype=torch.long), first=10)
+    found = uneven_token_weights(weight, trained, torch.zeros(2, 5, dtype=torch.long), samples=[10, 11])
     assert (found.check, found.severity, found.sample) == ("uneven_token_weights", "warning", None)
     assert "×2.00" in found.message and "sample 10, 4 trained tokens" in found.message
     assert "sample 11, 2 trained tokens" in found.message
@@ -82,10 +82,10 @@ def test_even_weights_and_documents_of_a_packed_row():
     trained = torch.tensor([[0, 1, 1, 0, 1, 1]], dtype=torch.bool)
     even = torch.where(trained, 0.25, 0.0)
     documents = torch.tensor([[0, 0, 0, 1, 1, 1]])
-    assert uneven_token_weights(even, trained, documents, 0) is None
-    assert uneven_token_weights(even * (1 + 0.005), trained, documents, 0) is None  # inside the tolerance
+    assert uneven_token_weights(even, trained, documents, [0]) is None
+    assert uneven_token_weights(even * (1 + 0.005), trained, documents, [0]) is None  # inside the tolerance
     per_document = torch.tensor([[0, 0.5, 0.5, 0, 0.25, 0.25]])
-    found = uneven_token_weights(per_document, trained, documents, 0)
+    found = uneven_token_weights(per_document, trained, documents, [0])
     assert found is not None and "document 1" in found.message
 
 
