@@ -73,13 +73,11 @@ def check_batches(
     """
     ends = frozenset(end_token_ids) if end_token_ids is not None else default_end_token_ids(model, tokenizer)
     report = Report(model=describe_model(model, loss_fn))
-    vocab = model.get_input_embeddings().num_embeddings
     device = next(model.parameters()).device
     pad_id = _pad_token_id(model, tokenizer)
     for batch in batches:
-        validate(batch, vocab, source)
-        full = with_default_labels(batch)
-        capture = forward_backward(model, _to(full, device), loss_fn=loss_fn, keep_dropout=keep_dropout)
+        full = prepare_batch(model, batch, source)
+        capture = forward_backward(model, to_device(full, device), loss_fn=loss_fn, keep_dropout=keep_dropout)
         views = _views(full, capture, tokenizer, ends, pad_id, len(report.samples))
         report.findings += analyze(capture, views, full["labels"])
         report.samples += [_sample_report(v, full, capture, i) for i, v in enumerate(views)]
@@ -127,7 +125,18 @@ def describe_model(model: nn.Module, loss_fn: LossFn | None = None) -> dict[str,
     }
 
 
-def _to(batch: Mapping[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+def prepare_batch(model: nn.Module, batch: Mapping[str, torch.Tensor], source: str | None = None) -> dict[str, torch.Tensor]:
+    """Validate a batch against the model and add the default ``labels`` when absent (tensors stay where they are).
+
+    Raises:
+        DataError: naming the key, row and position of the first problem.
+    """
+    validate(batch, model.get_input_embeddings().num_embeddings, source)
+    return with_default_labels(batch)
+
+
+def to_device(batch: Mapping[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """The batch with every tensor on ``device``."""
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
