@@ -148,12 +148,18 @@ class _Stats:
     zero: bool
 
 
+def _wide(t: torch.Tensor) -> torch.Tensor:
+    """At least fp32 for reductions: half-precision sums lose digits; float64 stays float64."""
+    t = t.detach()
+    return t if t.dtype == torch.float64 else t.float()
+
+
 def gradient_stats(param: torch.Tensor, grad: torch.Tensor | None) -> _Stats:
     """Reduce one parameter's gradient to its norm, Adam's first-step update norm and flags."""
-    weight_norm = float(param.detach().float().norm())
+    weight_norm = float(_wide(param).norm())
     if grad is None:
         return _Stats(None, None, weight_norm, True, False)
-    g = grad.detach().float()
+    g = _wide(grad)
     # Adam's first step with bias correction: m_hat = g, v_hat = g^2, update = lr * g / (|g| + eps)
     adam_unit = float((g / (g.abs() + ADAM_EPS)).norm())
     finite = bool(torch.isfinite(g).all())
@@ -211,7 +217,7 @@ def _ratio(lr: float, norm: float | None, weight_norm: float) -> float | None:
 
 
 def _param_grad(slot: Slot, stats: _Stats | None, status: str, lr: float) -> ParamGrad:
-    weight_norm = stats.weight_norm if stats is not None else float(slot.param.detach().float().norm())
+    weight_norm = stats.weight_norm if stats is not None else float(_wide(slot.param).norm())
     grad_norm = stats.grad_norm if stats is not None else None
     adam = stats.adam_unit_norm if stats is not None else None
     return ParamGrad(
@@ -250,7 +256,7 @@ def _module_row(slots: list[Slot], stats: dict[int, _Stats], lr: float) -> Modul
         parameters=sum(s.param.numel() for s in slots),
         trainable_parameters=sum(s.param.numel() for s in slots if s.param.requires_grad),
         grad_norm=grad_norm,
-        weight_norm=_root_sum_squares([float(s.param.detach().float().norm()) for s in slots]),
+        weight_norm=_root_sum_squares([float(_wide(s.param).norm()) for s in slots]),
         sgd_update_ratio=_ratio(lr, grad_norm, moved_weight),
         adam_update_ratio=_ratio(lr, adam, moved_weight),
     )

@@ -11,6 +11,7 @@ import importlib.util
 import json
 import os
 import sys
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -179,7 +180,10 @@ def load_adapter(path: str | Path, model: nn.Module) -> nn.Module:
             "loading an adapter directory needs peft", path=path, hint="pip install 'gradscope[peft]'"
         ) from err
     try:
-        return PeftModel.from_pretrained(model, str(path), is_trainable=True)
+        with warnings.catch_warnings():
+            # peft calls transformers APIs that transformers marks deprecated: nothing the user can act on.
+            warnings.simplefilter("ignore", FutureWarning)
+            return PeftModel.from_pretrained(model, str(path), is_trainable=True)
     except (OSError, ValueError, KeyError, TypeError, RuntimeError, AttributeError) as err:
         raise ModelLoadError(f"peft cannot load the adapter: {_first_line(err)}", path=path) from err
 
