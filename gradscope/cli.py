@@ -66,7 +66,7 @@ BaseOpt = Annotated[Path | None, typer.Option("--base", help="Base model directo
 FormatOpt = Annotated[Format, typer.Option("--format", help="text: a terminal report; json: schema v1 on stdout.")]
 OutputOpt = Annotated[Path | None, typer.Option("--output", help="Also write the JSON report to this file.")]
 StrictOpt = Annotated[bool, typer.Option("--strict", help="Exit 1 on warnings too.")]
-LrOpt = Annotated[float, typer.Option("--lr", min=0.0, help="Learning rate for the update-to-weight ratios and --overfit.")]
+LrOpt = Annotated[float, typer.Option("--lr", min=0.0, help="Learning rate of the update-to-weight ratios and of the overfit steps.")]
 MaxNormOpt = Annotated[float, typer.Option("--max-grad-norm", min=0.0, help="Clipping threshold the clip factor is computed for.")]
 
 
@@ -220,7 +220,7 @@ def grads(
     lr: LrOpt = DEFAULT_LR,
     max_grad_norm: MaxNormOpt = DEFAULT_MAX_GRAD_NORM,
     overfit: Annotated[int, typer.Option("--overfit", min=0, help="Also take N optimizer steps on the batch alone (on a copy) and report the loss curve.")] = 0,
-    optimizer: Annotated[Optimizer, typer.Option("--optimizer", help="Optimizer for --overfit.")] = Optimizer.adamw,
+    optimizer: Annotated[Optimizer, typer.Option("--optimizer", help="Optimizer of the overfit steps (AdamW with weight decay 0, or SGD).")] = Optimizer.adamw,
     output_format: FormatOpt = Format.text,
     output: OutputOpt = None,
     strict: StrictOpt = False,

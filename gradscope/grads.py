@@ -372,7 +372,8 @@ def _notes(slots: list[Slot], zero: list[nn.Parameter]) -> list[str]:
     if zero:
         notes.append(
             f"{format_count(len(zero), 'parameter')} had an exactly zero gradient and were looked at again after a "
-            f"sign step of {PROBE_STEP:g} on the others (a fresh LoRA's lora_A is zero until lora_B moves)"
+            f"sign step of {PROBE_STEP:g} on the others (a zero gradient can be temporary: a fresh LoRA's lora_A gets "
+            "one only once lora_B has moved)"
         )
     return notes
 

@@ -152,6 +152,9 @@ def test_model_is_left_exactly_as_it_was():
     assert all(m.training for m in model.modules()) and model.transformer.drop.p == 0.1
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     assert next(p for p in g.parameters if p.name == "transformer.h.0.mlp.c_fc.weight").status == "frozen"
+    model.eval()
+    grads(model, make_batch())
+    assert not any(m.training for m in model.modules())
 
 
 def _lora(model, **kwargs):
