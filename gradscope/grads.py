@@ -166,7 +166,13 @@ def gradient_stats(param: torch.Tensor, grad: torch.Tensor | None) -> _Stats:
     return _Stats(float(g.norm()), adam_unit, weight_norm, finite, finite and not bool(g.any()))
 
 
-def _backward(model: nn.Module, batch: Mapping[str, torch.Tensor], loss_fn: LossFn | None, params: Sequence[nn.Parameter], keep_dropout: bool):
+def _backward(
+    model: nn.Module,
+    batch: Mapping[str, torch.Tensor],
+    loss_fn: LossFn | None,
+    params: Sequence[nn.Parameter],
+    keep_dropout: bool,
+) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
     """The loss and dL/dp for each of ``params`` (None where nothing reaches p), without touching ``.grad``."""
     with training_state(model, keep_dropout=keep_dropout):
         _, loss = call_model(model, batch, loss_fn)
@@ -307,7 +313,7 @@ def _adapter_summary(model: nn.Module, params: list[ParamGrad]) -> dict[str, obj
     if not any(p.adapter for p in params):
         return None
     configs = getattr(model, "peft_config", None) or {}
-    types = sorted({str(getattr(getattr(c, "peft_type", None), "value", getattr(c, "peft_type", None))) for c in configs.values()})
+    types = sorted({getattr(c.peft_type, "value", str(c.peft_type)) for c in configs.values()})
 
     def part(adapter: bool) -> dict[str, object]:
         mine = [p for p in params if p.adapter == adapter]
@@ -453,7 +459,9 @@ def depth_gradient(g: GradReport, thresholds: GradThresholds = GradThresholds())
     present = [(i, v) for i, v in enumerate(g.block_grad_norms) if v is not None and v > 0]
     (first, a), (last, b) = present[0], present[-1]
     numbers = f"block {first}: {a:.3g}, block {last}: {b:.3g}, ratio {ratio:.3g} (threshold {limit:g})"
-    clip = f"; global norm {g.global_norm:.3g}, clip factor {g.clip_factor:.3g} at max norm {g.max_grad_norm:g}" if g.clip_factor is not None else ""
+    clip = ""
+    if g.clip_factor is not None:
+        clip = f"; global norm {g.global_norm:.3g}, clip factor {g.clip_factor:.3g} at max norm {g.max_grad_norm:g}"
     if ratio > limit:
         return Finding(
             "exploding_gradient",
@@ -520,7 +528,8 @@ def grads(
     """
     full = prepare_batch(model, batch, source)
     device = next(model.parameters()).device
-    g = gradient_report(model, to_device(full, device), loss_fn=loss_fn, lr=lr, max_grad_norm=max_grad_norm, keep_dropout=keep_dropout)
+    options = {"loss_fn": loss_fn, "lr": lr, "max_grad_norm": max_grad_norm, "keep_dropout": keep_dropout}
+    g = gradient_report(model, to_device(full, device), **options)
     if report is None:
         report = Report(model=describe_model(model, loss_fn), losses=[g.loss])
     report.grads = g

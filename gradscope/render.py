@@ -59,7 +59,8 @@ class Verdict:
 
 def _batch_verdict(r: Report, subject: str) -> Text:
     """The verdict of a report without samples (grads, verify): clean, or its errors by check."""
-    warnings = f", {len(r.warnings)} warning(s) ({', '.join(sorted({f.check for f in r.warnings}))})" if r.warnings else ""
+    names = ", ".join(sorted({f.check for f in r.warnings}))
+    warnings = f", {len(r.warnings)} warning(s) ({names})" if r.warnings else ""
     if r.ok:
         return Text.assemble(("✓ clean", "bold green"), warnings)
     what = ", ".join(f"{name} ×{n}" for name, n in Counter(f.check for f in r.errors).items())
@@ -332,7 +333,8 @@ def _sci(x: float | None) -> str:
 
 def _row_norm(g: GradReport, m: ModuleGrad) -> float | None:
     """The norm to draw: 0 when the row's trainable parameters are all untrained, NaN when one is non-finite."""
-    mine = [p for p in g.parameters if p.group == m.name.removesuffix(" (adapter)") and p.adapter == m.adapter and p.trainable]
+    group = m.name.removesuffix(" (adapter)")
+    mine = [p for p in g.parameters if p.group == group and p.adapter == m.adapter and p.trainable]
     if any(p.status == "nonfinite" for p in mine):
         return math.nan
     if m.grad_norm is None and any(p.status == "zero_gradient" for p in mine):

@@ -66,7 +66,10 @@ def autograd_gradients(fn: ScalarFn, inputs: Sequence[torch.Tensor]) -> tuple[fl
     return float(value.detach()), [torch.zeros_like(x) if g is None else g.detach() for x, g in zip(leaves, grads)]
 
 
-def _along(fn: ScalarFn, inputs: Sequence[torch.Tensor], index: int, direction: torch.Tensor) -> Callable[[float], float]:
+Point = Sequence[torch.Tensor]
+
+
+def _along(fn: ScalarFn, inputs: Point, index: int, direction: torch.Tensor) -> Callable[[float], float]:
     """t -> fn with input ``index`` moved by t * direction."""
 
     def f(t: float) -> float:
@@ -76,14 +79,14 @@ def _along(fn: ScalarFn, inputs: Sequence[torch.Tensor], index: int, direction: 
     return f
 
 
-def finite_difference(fn: ScalarFn, inputs: Sequence[torch.Tensor], index: int, direction: torch.Tensor, step: float) -> float:
+def finite_difference(fn: ScalarFn, inputs: Point, index: int, direction: torch.Tensor, step: float) -> float:
     """The derivative of fn along ``direction`` in input ``index``, by the fourth-order central difference
     (8 (f(h) - f(-h)) - (f(2h) - f(-2h))) / 12h: its error is O(h^4), so h can stay well above rounding noise."""
     f, h = _along(fn, inputs, index, direction), step
     return (8 * (f(h) - f(-h)) - (f(2 * h) - f(-2 * h))) / (12 * h)
 
 
-def effective_precision(fn: ScalarFn, inputs: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], value: float) -> Precision:
+def effective_precision(fn: ScalarFn, inputs: Point, grads: Sequence[torch.Tensor], value: float) -> Precision:
     """FLOAT64 when fn resolves a change 1e-9 of its size (far below float32's 6e-8) linearly, else FLOAT32.
 
     A float64 model is not computed in float64 when its code casts to float32 on the way (norms and losses that
@@ -190,7 +193,9 @@ def _precision_context(model: nn.Module) -> AbstractContextManager:
     return KeepFloat64() if next(model.parameters()).dtype == torch.float64 else nullcontext()
 
 
-def probe_copy(model: nn.Module, batch: Mapping[str, torch.Tensor], loss_fn: LossFn | None) -> tuple[nn.Module, dict[str, torch.Tensor], list[str]]:
+def probe_copy(
+    model: nn.Module, batch: Mapping[str, torch.Tensor], loss_fn: LossFn | None
+) -> tuple[nn.Module, dict[str, torch.Tensor], list[str]]:
     """A deep copy of the model in float64 when the model and loss run in it, else in float32; its batch; notes.
 
     Raises:
@@ -232,7 +237,9 @@ def _added_to_embeddings(model: nn.Module, delta: torch.Tensor) -> Iterator[None
         handle.remove()
 
 
-def model_loss_fn(model: nn.Module, batch: Mapping[str, torch.Tensor], loss_fn: LossFn | None, names: Sequence[str]) -> ScalarFn:
+def model_loss_fn(
+    model: nn.Module, batch: Mapping[str, torch.Tensor], loss_fn: LossFn | None, names: Sequence[str]
+) -> ScalarFn:
     """The loss as a function of [embedding perturbation, *parameter values for ``names``]."""
 
     def fn(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -318,23 +325,33 @@ def verify(
     """
     full = prepare_batch(model, batch, source)
     probe, cast, notes = probe_copy(model, to_device(full, next(model.parameters()).device), loss_fn)
-    with training_state(probe):
-        probe.requires_grad_(False)  # the substituted tensors are the leaves; nothing else needs a gradient
-        names = sample_parameters(model, parameters)
-        fn = model_loss_fn(probe, cast, loss_fn, names)
-        inputs = _start_point(probe, cast, names)
-        value, precision, checks = float(fn(inputs).detach()), FLOAT32, []
-        if math.isfinite(value):
-            value, precision, checks = check_gradient(fn, inputs, names=[EMBEDDINGS, *names], directions=directions, seed=seed)
+    names = sample_parameters(model, parameters)
+    value, precision, checks = _check_probe(probe, cast, loss_fn, names, directions=directions, seed=seed)
     dtype = str(next(probe.parameters()).dtype).removeprefix("torch.")
     if dtype == "float64" and precision is FLOAT32:
         notes.append(FLOAT32_NOTE)
-    v = VerifyReport(dtype, precision.name, precision.step, precision.tolerance, value, checks, max((c.relative_error for c in checks), default=None), notes)
+    worst = max((c.relative_error for c in checks), default=None)
+    precision = precision or FLOAT32
+    v = VerifyReport(dtype, precision.name, precision.step, precision.tolerance, value, checks, worst, notes)
     if report is None:
         report = Report(model=describe_model(model, loss_fn), losses=[value])
     report.verify = v
     report.findings += [f for f in [nonfinite_loss(v), gradient_mismatch(v)] if f is not None]
     return report
+
+
+def _check_probe(
+    probe: nn.Module, batch: Mapping[str, torch.Tensor], loss_fn: LossFn | None, names: Sequence[str], **options: int
+) -> tuple[float, Precision | None, list[DirectionCheck]]:
+    """check_gradient on the probe's loss; no checks (and no precision) when the loss is not finite."""
+    with training_state(probe):
+        probe.requires_grad_(False)  # the substituted tensors are the leaves; nothing else needs a gradient
+        fn = model_loss_fn(probe, batch, loss_fn, names)
+        inputs = _start_point(probe, batch, names)
+        value = float(fn(inputs).detach())
+        if not math.isfinite(value):
+            return value, None, []
+        return check_gradient(fn, inputs, names=[EMBEDDINGS, *names], **options)
 
 
 def _start_point(probe: nn.Module, batch: Mapping[str, torch.Tensor], names: Sequence[str]) -> list[torch.Tensor]:

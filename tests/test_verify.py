@@ -186,3 +186,9 @@ def test_falls_back_to_float32_when_the_loss_refuses_float64():
     assert (v.dtype, v.precision, v.tolerance) == ("float32", "float32", FLOAT32.tolerance)
     assert any("float32" in note for note in v.notes)
     assert report.findings == [], v.checks
+
+
+def test_a_nan_loss_is_nonfinite_with_nothing_to_compare():
+    report = verify(tiny_llama(), make_batch(), loss_fn=lambda logits, labels: logits.sum() * float("nan"), parameters=1)
+    assert [f.check for f in report.findings] == ["nonfinite"]
+    assert report.verify.checks == [] and report.verify.max_relative_error is None
