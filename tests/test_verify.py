@@ -128,7 +128,14 @@ def test_effective_precision_sees_float32_inside_a_float64_function():
         assert effective_precision(through_float32, x, grads, value) is FLOAT64
 
 
-MODELS = ["models/tiny-llama-chat", "models/tiny-gpt2", "adapters/tiny-llama-lora", "models/tiny-llama-exploding"]
+MODELS = [
+    "models/tiny-llama-chat",
+    "models/tiny-gpt2",
+    "adapters/tiny-llama-lora",
+    "adapters/tiny-llama-lora-detached",
+    "models/tiny-llama-frozen-block",
+    "models/tiny-llama-exploding",
+]
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -140,7 +147,7 @@ def test_verify_passes_on_the_fixture_models(name):
     v = report.verify
     assert report.findings == [], v.checks
     assert v.dtype == "float64" and v.precision == "float64"
-    assert len({c.target for c in v.checks}) == 2
+    assert {c.target for c in v.checks} == {"input embeddings", next(n for n, p in model.named_parameters() if p.requires_grad)}
     assert v.max_relative_error < FLOAT64.tolerance
     assert all(torch.equal(t, before[k]) for k, t in model.state_dict().items())
     assert next(model.parameters()).dtype == torch.float32
