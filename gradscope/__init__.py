@@ -6,7 +6,15 @@
 """
 
 from gradscope.check import check, check_batches
-from gradscope.errors import DataError, GradscopeError, InputError, LossSpecError, ModelCallError, ModelLoadError
+from gradscope.errors import (
+    DataError,
+    GradscopeError,
+    InputError,
+    LossSpecError,
+    MaskingError,
+    ModelCallError,
+    ModelLoadError,
+)
 from gradscope.grads import GradThresholds, grads
 from gradscope.overfit import overfit
 from gradscope.report import (
@@ -34,6 +42,7 @@ __all__ = [
     "GradscopeError",
     "InputError",
     "LossSpecError",
+    "MaskingError",
     "ModelCallError",
     "ModelLoadError",
     "ModuleGrad",

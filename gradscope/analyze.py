@@ -30,6 +30,7 @@ class SampleView:
     texts: Sequence[str | None]
     end_token_ids: frozenset[int]
     pad_token_id: int | None
+    completion_cut: int = 0  # completion tokens that truncation removed from this row (known when gradscope tokenized)
 
     @property
     def roles_known(self) -> bool:
@@ -105,24 +106,46 @@ def _runs(mask: torch.Tensor) -> list[tuple[int, int]]:
 
 
 def no_loss(s: SampleView) -> Finding | None:
-    """No token of the sample is trained."""
+    """No token of the sample is trained; the message names truncation when it removed the whole completion."""
     if s.trained.any():
         return None
+    head = f"no token of sample {s.index} is trained: every label is -100, so the sample adds nothing to the loss. "
+    if s.completion_cut and not (s.roles == COMPLETION).any():
+        cause = (
+            f"Truncation did it: the maximum length cut all {s.completion_cut} completion {_tokens(s.completion_cut)}. "
+            "Raise max_length, shorten the prompt, or drop the row (TRL drops such rows itself)."
+        )
+    else:
+        cause = (
+            "Usual causes: a response template that tokenizes differently in context and is never found, a template "
+            "containing the pad/eos id, a chat template without {% generation %} markers (assistant_only_loss), or "
+            "truncation that cut the whole completion. Check the template strings against the tokenized text."
+        )
+    return Finding("no_loss", "error", s.index, [], head + cause)
+
+
+def completion_truncated(s: SampleView) -> Finding | None:
+    """Truncation removed part of the completion: the model trains on an answer that stops mid-way."""
+    if not s.completion_cut:
+        return None
+    kept = int((s.roles == COMPLETION).sum())
     return Finding(
-        "no_loss",
-        "error",
+        "completion_truncated",
+        "warning",
         s.index,
         [],
-        f"no token of sample {s.index} is trained: every label is -100, so the sample adds nothing to the loss. "
-        "Usual causes: a response template that tokenizes differently in context and is never found, a template "
-        "containing the pad/eos id, a chat template without {% generation %} markers (assistant_only_loss), or "
-        "truncation that cut the whole completion. Check the template strings against the tokenized text.",
+        f"the maximum length cut {s.completion_cut} of the {s.completion_cut + kept} completion tokens of sample "
+        f"{s.index}: the model trains on part of an answer (keeping the start loses its end and closing token, "
+        "keeping the end loses its beginning). Raise max_length or drop rows longer than it.",
     )
 
 
 def label_misaligned(s: SampleView) -> Finding | None:
-    """A trained token is pushed toward a target other than itself (labels shifted twice, off by one)."""
-    wrong = s.where(s.trained & (s.target_id != s.input_ids))
+    """A trained token is pushed toward a target other than itself (labels shifted twice, off by one).
+
+    Padding is left to ``pad_leak``: a trained pad is a leak whatever its target.
+    """
+    wrong = s.where(s.trained & (s.target_id != s.input_ids) & (s.roles != PAD))
     if not wrong:
         return None
     offset = _likely_offset(s, wrong)
@@ -240,7 +263,7 @@ def eos_untrained(s: SampleView) -> Finding | None:
 
 
 ROOT_CHECKS: tuple[Check, ...] = (no_loss, label_misaligned)
-ROLE_CHECKS: tuple[Check, ...] = (prompt_leak, pad_leak, completion_untrained, eos_untrained)
+ROLE_CHECKS: tuple[Check, ...] = (prompt_leak, pad_leak, completion_untrained, eos_untrained, completion_truncated)
 
 
 def check_sample(s: SampleView) -> list[Finding]:

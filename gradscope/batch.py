@@ -4,6 +4,11 @@ A batch is a plain ``dict[str, torch.Tensor]``. ``input_ids`` is required; ``lab
 (2D, or a 4D custom mask), ``position_ids`` and any other model input pass through unchanged. The role tensors
 ``completion_mask`` / ``assistant_masks`` (1 = a token the user means to train, TRL's names) say what the user
 intends and are never passed to the model.
+
+When gradscope derives the roles itself (raw data, a chat template), it attaches them as ``gradscope_roles``: role
+codes per token, -1 where a token is not judged (the template's glue after an assistant turn's closing token). It
+may also attach ``gradscope_cut`` (B,): how many completion tokens truncation removed from each row, and
+``gradscope_rows`` (B,): the data row each batch row holds. They describe the batch and are never passed to the model.
 """
 
 from __future__ import annotations
@@ -20,20 +25,33 @@ IGNORE_INDEX = -100
 ROLE_KEYS = ("completion_mask", "assistant_masks")
 """Batch keys that carry the user's roles; they describe the batch and are not model inputs."""
 
+ROLE_CODES_KEY = "gradscope_roles"
+"""Role codes per token derived by gradscope (from raw data or a chat template); wins over ROLE_KEYS."""
+
+CUT_KEY = "gradscope_cut"
+"""(B,) completion tokens that truncation removed from each row."""
+
+ROW_KEY = "gradscope_rows"
+"""(B,) the data row each batch row holds, when a pipeline dropped or reordered rows (sample indices follow it)."""
+
+META_KEYS = (*ROLE_KEYS, ROLE_CODES_KEY, CUT_KEY, ROW_KEY)
+"""Every key that describes the batch rather than feeding the model."""
+
 # Role codes, per position.
 UNKNOWN, PROMPT, COMPLETION, PAD = -1, 0, 1, 2
 ROLE_NAMES = {UNKNOWN: None, PROMPT: "prompt", COMPLETION: "completion", PAD: "pad"}
 
-_PER_TOKEN_KEYS = ("labels", "position_ids", *ROLE_KEYS)
+_PER_TOKEN_KEYS = ("labels", "position_ids", *ROLE_KEYS, ROLE_CODES_KEY)
 
 
-def validate(batch: Mapping[str, torch.Tensor], vocab_size: int, source: str | None = None) -> None:
+def validate(batch: Mapping[str, torch.Tensor], vocab_size: int, source: str | None = None, first_row: int = 0) -> None:
     """Check that a batch is something a causal LM can be called on.
 
     Args:
         batch: The batch dict.
         vocab_size: Rows of the model's input embedding.
         source: The file the batch came from, for error messages.
+        first_row: The data row of the batch's first sample, so errors name rows of the data.
 
     Raises:
         DataError: naming the key, row and position of the first problem.
@@ -47,13 +65,13 @@ def validate(batch: Mapping[str, torch.Tensor], vocab_size: int, source: str | N
         raise DataError("the batch is empty", path=source, hint="give at least one row with one token")
     if ids.dtype.is_floating_point or ids.dtype == torch.bool:
         raise DataError(f"'input_ids' has dtype {ids.dtype}; token ids must be integers", path=source)
-    _check_range(ids, "input_ids", 0, vocab_size, source)
+    _check_range(ids, "input_ids", 0, vocab_size, source, first_row)
     for key in _PER_TOKEN_KEYS + ("attention_mask",):
         if key in batch:
             _check_shape(batch, key, source)
     if "labels" in batch:
         labels = batch["labels"]
-        _check_range(torch.where(labels == IGNORE_INDEX, 0, labels), "labels", 0, vocab_size, source)
+        _check_range(torch.where(labels == IGNORE_INDEX, 0, labels), "labels", 0, vocab_size, source, first_row)
 
 
 def _check_shape(batch: Mapping[str, torch.Tensor], key: str, source: str | None) -> None:
@@ -73,14 +91,14 @@ def _check_shape(batch: Mapping[str, torch.Tensor], key: str, source: str | None
         )
 
 
-def _check_range(values: torch.Tensor, key: str, low: int, high: int, source: str | None) -> None:
+def _check_range(values: torch.Tensor, key: str, low: int, high: int, source: str | None, first_row: int) -> None:
     bad = (values < low) | (values >= high)
     if bad.any():
         row, pos = (int(i) for i in bad.nonzero()[0])
         raise DataError(
             f"'{key}' holds token id {int(values[row, pos])}, outside the model's vocabulary [0, {high})",
             path=source,
-            row=row,
+            row=first_row + row,
             position=pos,
             hint="tokenize with the model's own tokenizer",
         )
@@ -102,16 +120,19 @@ def with_default_labels(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Te
 
 
 def model_inputs(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Everything a trainer would pass to ``model(**batch)``: the batch less its role tensors."""
-    return {k: v for k, v in batch.items() if k not in ROLE_KEYS}
+    """Everything a trainer would pass to ``model(**batch)``: the batch less its role and gradscope tensors."""
+    return {k: v for k, v in batch.items() if k not in META_KEYS}
 
 
 def roles(batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    """Per-position role codes (B, T): PROMPT/COMPLETION from the role tensor, PAD where attention_mask is 0."""
+    """Per-position role codes (B, T): gradscope's own codes, else PROMPT/COMPLETION from the user's role tensor;
+    PAD where attention_mask is 0."""
     ids = batch["input_ids"]
     out = torch.full(ids.shape, UNKNOWN, dtype=torch.long)
     role_key = next((k for k in ROLE_KEYS if k in batch), None)
-    if role_key is not None:
+    if ROLE_CODES_KEY in batch:
+        out = batch[ROLE_CODES_KEY].cpu().long().clone()
+    elif role_key is not None:
         out = torch.where(batch[role_key].cpu().bool(), COMPLETION, PROMPT)
     mask = batch.get("attention_mask")
     if mask is not None and mask.dim() == 2:

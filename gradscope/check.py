@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from gradscope.analyze import SampleView, analyze
-from gradscope.batch import ROLE_NAMES, roles, validate, with_default_labels
+from gradscope.batch import CUT_KEY, ROLE_NAMES, ROW_KEY, roles, validate, with_default_labels
 from gradscope.report import Report, SampleReport, TokenReport
 from gradscope.run import Capture, LossFn, find_decoder_layers, forward_backward
 
@@ -76,13 +76,13 @@ def check_batches(
     device = next(model.parameters()).device
     pad_id = _pad_token_id(model, tokenizer)
     for batch in batches:
-        full = prepare_batch(model, batch, source)
+        full = prepare_batch(model, batch, source, first_row=len(report.samples))
         capture = forward_backward(model, to_device(full, device), loss_fn=loss_fn, keep_dropout=keep_dropout)
         views = _views(full, capture, tokenizer, ends, pad_id, len(report.samples))
         report.findings += analyze(capture, views, full["labels"])
         report.samples += [_sample_report(v, full, capture, i) for i, v in enumerate(views)]
         report.losses.append(capture.loss)
-        if not views[0].roles_known and ROLES_UNKNOWN_NOTE not in report.notes:
+        if not all(v.roles_known for v in views) and ROLES_UNKNOWN_NOTE not in report.notes:
             report.notes.append(ROLES_UNKNOWN_NOTE)
     return report
 
@@ -125,13 +125,21 @@ def describe_model(model: nn.Module, loss_fn: LossFn | None = None) -> dict[str,
     }
 
 
-def prepare_batch(model: nn.Module, batch: Mapping[str, torch.Tensor], source: str | None = None) -> dict[str, torch.Tensor]:
+def prepare_batch(
+    model: nn.Module, batch: Mapping[str, torch.Tensor], source: str | None = None, first_row: int = 0
+) -> dict[str, torch.Tensor]:
     """Validate a batch against the model and add the default ``labels`` when absent (tensors stay where they are).
+
+    Args:
+        model: The causal LM the batch is for.
+        batch: The batch dict.
+        source: The file the batch came from, for error messages.
+        first_row: The data row of the batch's first sample, so errors name rows of the data.
 
     Raises:
         DataError: naming the key, row and position of the first problem.
     """
-    validate(batch, model.get_input_embeddings().num_embeddings, source)
+    validate(batch, model.get_input_embeddings().num_embeddings, source, first_row=first_row)
     return with_default_labels(batch)
 
 
@@ -151,9 +159,12 @@ def _views(
     role_codes = roles(batch)
     trained = capture.logit_grad_norm > 0
     texts = _decoder(tokenizer)
+    n = len(batch["input_ids"])
+    cut = batch[CUT_KEY].tolist() if CUT_KEY in batch else [0] * n
+    index = batch[ROW_KEY].tolist() if ROW_KEY in batch else list(range(first, first + n))
     return [
         SampleView(
-            index=first + b,
+            index=int(index[b]),
             input_ids=batch["input_ids"][b].cpu(),
             roles=role_codes[b],
             trained=trained[b],
@@ -161,6 +172,7 @@ def _views(
             texts=[texts(int(i)) for i in batch["input_ids"][b]],
             end_token_ids=ends,
             pad_token_id=pad_id,
+            completion_cut=int(cut[b]),
         )
         for b in range(len(batch["input_ids"]))
     ]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
@@ -17,13 +17,21 @@ import typer
 from rich.console import Console, Group
 from torch import nn
 
-from gradscope.check import check_batches
+from gradscope.check import check_batches, default_end_token_ids
 from gradscope.errors import DataError, GradscopeError
 from gradscope.grads import DEFAULT_LR, DEFAULT_MAX_GRAD_NORM
 from gradscope.grads import grads as grads_pass
-from gradscope.load import load_batches, load_loss_fn, load_model_and_tokenizer
+from gradscope.load import (
+    config_end_token_ids,
+    load_data,
+    load_loss_fn,
+    load_model_and_tokenizer,
+    load_role_rows,
+    load_tokenizer,
+)
 from gradscope.overfit import overfit as overfit_pass
-from gradscope.render import CheckView, GradsView, InspectView, VerifyView, to_json
+from gradscope.pipelines import DataOptions
+from gradscope.render import CheckView, GradsView, InspectView, RolesView, VerifyView, roles_to_json, to_json
 from gradscope.report import Report
 from gradscope.run import LossFn
 from gradscope.verify import verify as verify_pass
@@ -42,19 +50,42 @@ class Format(str, Enum):
     json = "json"
 
 
-class Optimizer(str, Enum):
-    adamw = "adamw"
-    sgd = "sgd"
-
-
 class DType(str, Enum):
     float32 = "float32"
     bfloat16 = "bfloat16"
     float16 = "float16"
 
 
+class Optimizer(str, Enum):
+    adamw = "adamw"
+    sgd = "sgd"
+
+
+class TrainOn(str, Enum):
+    all_assistant = "all-assistant"
+    last_assistant = "last-assistant"
+
+
+class Truncation(str, Enum):
+    keep_start = "keep_start"
+    keep_end = "keep_end"
+
+
+class Pipeline(str, Enum):
+    reference = "reference"
+    trl = "trl"
+
+
+class CollateInput(str, Enum):
+    raw = "raw"
+    tokens = "tokens"
+
+
 ModelArg = Annotated[Path, typer.Argument(help="Local Hugging Face model directory (config.json + *.safetensors), or a PEFT adapter directory (adapter_config.json).")]
-DataArg = Annotated[Path, typer.Argument(help="A .safetensors batch or a .jsonl of pre-tokenized rows.")]
+DataArg = Annotated[
+    Path,
+    typer.Argument(help="A .safetensors batch, pre-tokenized .jsonl, or raw rows: .jsonl, .json, .parquet or a saved dataset directory."),
+]
 SamplesOpt = Annotated[int | None, typer.Option("--samples", min=1, help="Use only the first N rows.")]
 BatchSizeOpt = Annotated[int, typer.Option("--batch-size", min=1, help="JSONL rows per batch (a .safetensors batch runs as is).")]
 LossOpt = Annotated[str | None, typer.Option("--loss", help="FILE.py:FN or module:FN, fn(logits, labels) -> scalar, instead of the model's loss.")]
@@ -62,6 +93,19 @@ DeviceOpt = Annotated[str, typer.Option("--device", help="torch device to run on
 DTypeOpt = Annotated[DType, typer.Option("--dtype", help="Model dtype (gradient norms are always computed in fp32).")]
 RemoteOpt = Annotated[bool, typer.Option("--trust-remote-code", help="Allow code from the model directory to run.")]
 DropoutOpt = Annotated[bool, typer.Option("--keep-dropout", help="Leave dropout on (the report is then not deterministic).")]
+ResponseOpt = Annotated[str | None, typer.Option("--response-template", help="Text that starts each completion in 'text' rows.")]
+InstructionOpt = Annotated[str | None, typer.Option("--instruction-template", help="Text that starts each prompt turn in multi-turn 'text' rows.")]
+TrainOnOpt = Annotated[TrainOn, typer.Option("--train-on", help="Which assistant turns of 'messages' rows are completion.")]
+MaxLengthOpt = Annotated[int | None, typer.Option("--max-length", min=1, help="Truncate each row to N tokens, as the trainer would.")]
+TruncationOpt = Annotated[Truncation | None, typer.Option("--truncation-mode", help="keep_start (default) or keep_end.")]
+CollateOpt = Annotated[str | None, typer.Option("--collate", help="FILE.py:FN or module:FN, your collator: fn(rows) -> batch dict.")]
+CollateInputOpt = Annotated[CollateInput, typer.Option("--collate-input", help="What --collate receives: raw rows or gradscope's tokens.")]
+PipelineOpt = Annotated[Pipeline, typer.Option("--pipeline", help="Who builds the labels of raw rows: gradscope's reference masking, or TRL.")]
+TrlConfigOpt = Annotated[Path | None, typer.Option("--trl-config", help="JSON file of SFTConfig options for --pipeline trl.")]
+CompletionOnlyOpt = Annotated[bool | None, typer.Option("--completion-only-loss/--no-completion-only-loss", help="SFTConfig.completion_only_loss.")]
+AssistantOnlyOpt = Annotated[bool | None, typer.Option("--assistant-only-loss/--no-assistant-only-loss", help="SFTConfig.assistant_only_loss.")]
+PackingOpt = Annotated[bool | None, typer.Option("--packing/--no-packing", help="SFTConfig.packing.")]
+PaddingFreeOpt = Annotated[bool | None, typer.Option("--padding-free/--no-padding-free", help="SFTConfig.padding_free.")]
 BaseOpt = Annotated[Path | None, typer.Option("--base", help="Base model directory of a PEFT adapter (default: base_model_name_or_path in its adapter_config.json).")]
 FormatOpt = Annotated[Format, typer.Option("--format", help="text: a terminal report; json: schema v1 on stdout.")]
 OutputOpt = Annotated[Path | None, typer.Option("--output", help="Also write the JSON report to this file.")]
@@ -83,6 +127,7 @@ class RunOptions:
     dtype: DType
     trust_remote_code: bool
     keep_dropout: bool
+    data_options: DataOptions
     base: Path | None = None
 
 
@@ -94,6 +139,35 @@ class Loaded:
     tokenizer: Any
     loss_fn: LossFn | None
     batches: list[dict[str, torch.Tensor]]
+    data: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def data_options(
+    response_template: str | None = None,
+    instruction_template: str | None = None,
+    train_on: TrainOn = TrainOn.all_assistant,
+    max_length: int | None = None,
+    truncation_mode: Truncation | None = None,
+    collate: str | None = None,
+    collate_input: CollateInput = CollateInput.raw,
+    pipeline: Pipeline = Pipeline.reference,
+    trl_config: Path | None = None,
+    **trl_flags: bool | None,
+) -> DataOptions:
+    """The data options from parsed flags; TRL flags left unset (None) defer to --trl-config and TRL's defaults."""
+    return DataOptions(
+        response_template=response_template,
+        instruction_template=instruction_template,
+        train_on=train_on.value,
+        max_length=max_length,
+        truncation_mode=truncation_mode.value if truncation_mode else None,
+        collate=collate,
+        collate_input=collate_input.value,
+        pipeline=pipeline.value,
+        trl_config=trl_config,
+        trl_options={k: v for k, v in trl_flags.items() if v is not None},
+    )
 
 
 def _quiet_transformers() -> None:
@@ -102,6 +176,12 @@ def _quiet_transformers() -> None:
 
     logging.set_verbosity_error()
     logging.disable_progress_bar()
+    try:
+        import datasets
+
+        datasets.disable_progress_bars()  # TRL's dataset preparation (--pipeline trl)
+    except ImportError:
+        pass
 
 
 def _load(opts: RunOptions) -> Loaded:
@@ -114,26 +194,36 @@ def _load(opts: RunOptions) -> Loaded:
     pad_id = getattr(tokenizer, "pad_token_id", None)
     if pad_id is None:
         pad_id = getattr(model.config, "pad_token_id", None)
-    batches = list(load_batches(opts.data, pad_token_id=pad_id, samples=opts.samples, batch_size=opts.batch_size))
-    return Loaded(model, tokenizer, loss_fn, batches)
+    prepared = load_data(
+        opts.data, tokenizer=tokenizer, model=model, samples=opts.samples, batch_size=opts.batch_size,
+        options=opts.data_options, pad_token_id=pad_id, end_token_ids=default_end_token_ids(model, tokenizer),
+    )
+    return Loaded(model, tokenizer, loss_fn, prepared.batches, prepared.data, prepared.notes)
 
 
 def _check(opts: RunOptions, loaded: Loaded) -> Report:
-    return check_batches(
-        loaded.model,
-        loaded.batches,
-        tokenizer=loaded.tokenizer,
-        loss_fn=loaded.loss_fn,
-        keep_dropout=opts.keep_dropout,
-        source=str(opts.data),
+    """The masking check of every batch."""
+    report = check_batches(
+        loaded.model, loaded.batches, tokenizer=loaded.tokenizer, loss_fn=loaded.loss_fn,
+        keep_dropout=opts.keep_dropout, source=str(opts.data),
     )
+    report.data = loaded.data
+    report.notes = loaded.notes + report.notes
+    return report
 
 
-def _first_batch_note(report: Report, loaded: Loaded, what: str) -> None:
-    """Parameter passes run on one batch, one optimizer step's worth: say so when the data holds more."""
+def _run(opts: RunOptions) -> Report:
+    """Load everything named on the command line and check it."""
+    return _check(opts, _load(opts))
+
+
+def _first_batch(report: Report, loaded: Loaded, what: str) -> dict[str, torch.Tensor]:
+    """Parameter passes run on one batch, one optimizer step's worth: the first; say so when the data holds more."""
+    report.data = report.data or loaded.data
     if len(loaded.batches) > 1:
         rows = len(loaded.batches[0]["input_ids"])
         report.notes.append(f"{what} ran on the first batch ({rows} row(s)) of {len(loaded.batches)}; use --batch-size to size it")
+    return loaded.batches[0]
 
 
 def exit_code(report: Report, strict: bool) -> int:
@@ -155,6 +245,11 @@ def _guarded(work: Callable[[], Report], status: str = "running forward and back
             return work()
     except GradscopeError as err:
         raise _fail(err) from None
+
+
+def _report_or_exit(opts: RunOptions) -> Report:
+    """Load and check with a spinner on stderr; bad input becomes one Error line and exit status 2."""
+    return _guarded(lambda: _run(opts))
 
 
 def _emit(report: Report, output_format: Format, output: Path | None, view: object, strict: bool) -> typer.Exit:
@@ -179,30 +274,78 @@ def check(
     dtype: DTypeOpt = DType.float32,
     trust_remote_code: RemoteOpt = False,
     keep_dropout: DropoutOpt = False,
-    base: BaseOpt = None,
-    output_format: FormatOpt = Format.text,
-    output: OutputOpt = None,
-    strict: StrictOpt = False,
+    output_format: Annotated[Format, typer.Option("--format", help="text: a terminal report; json: schema v1 on stdout.")] = Format.text,
+    output: Annotated[Path | None, typer.Option("--output", help="Also write the JSON report to this file.")] = None,
+    strict: Annotated[bool, typer.Option("--strict", help="Exit 1 on warnings too.")] = False,
     show: Annotated[int, typer.Option("--show", min=0, help="Token strips to show in the terminal report.")] = 8,
+    response_template: ResponseOpt = None,
+    instruction_template: InstructionOpt = None,
+    train_on: TrainOnOpt = TrainOn.all_assistant,
+    max_length: MaxLengthOpt = None,
+    truncation_mode: TruncationOpt = None,
+    collate: CollateOpt = None,
+    collate_input: CollateInputOpt = CollateInput.raw,
+    pipeline: PipelineOpt = Pipeline.reference,
+    trl_config: TrlConfigOpt = None,
+    completion_only_loss: CompletionOnlyOpt = None,
+    assistant_only_loss: AssistantOnlyOpt = None,
+    packing: PackingOpt = None,
+    padding_free: PaddingFreeOpt = None,
+    base: BaseOpt = None,
     params: Annotated[bool, typer.Option("--params", help="Also run the parameter-gradient pass (as gradscope grads) on the first batch.")] = False,
     lr: LrOpt = DEFAULT_LR,
     max_grad_norm: MaxNormOpt = DEFAULT_MAX_GRAD_NORM,
 ) -> None:
     """Run MODEL forward and backward on DATA and report which tokens the loss trains, and every leak."""
-    opts = RunOptions(model, data, samples, batch_size, loss, device, dtype, trust_remote_code, keep_dropout, base)
+    data_opts = data_options(
+        response_template, instruction_template, train_on, max_length, truncation_mode, collate, collate_input,
+        pipeline, trl_config, completion_only_loss=completion_only_loss, assistant_only_loss=assistant_only_loss,
+        packing=packing, padding_free=padding_free,
+    )
+    opts = RunOptions(model, data, samples, batch_size, loss, device, dtype, trust_remote_code, keep_dropout, data_opts, base)
 
     def work() -> Report:
         loaded = _load(opts)
         report = _check(opts, loaded)
         if params:
-            grads_pass(loaded.model, loaded.batches[0], loss_fn=loaded.loss_fn, lr=lr, max_grad_norm=max_grad_norm,
+            first = _first_batch(report, loaded, "the parameter-gradient pass")
+            grads_pass(loaded.model, first, loss_fn=loaded.loss_fn, lr=lr, max_grad_norm=max_grad_norm,
                        keep_dropout=keep_dropout, report=report, source=str(data))
-            _first_batch_note(report, loaded, "the parameter-gradient pass")
         return report
 
     report = _guarded(work)
     views = [CheckView(report, max_samples=show)] + ([GradsView(report)] if params else [])
     raise _emit(report, output_format, output, Group(*views), strict)
+
+
+@app.command()
+def inspect(
+    model: ModelArg,
+    data: DataArg,
+    row: Annotated[int, typer.Option("--row", min=0, help="The row to show (0-based).")] = 0,
+    batch_size: BatchSizeOpt = 1,
+    loss: LossOpt = None,
+    device: DeviceOpt = "cpu",
+    dtype: DTypeOpt = DType.float32,
+    trust_remote_code: RemoteOpt = False,
+    keep_dropout: DropoutOpt = False,
+    response_template: ResponseOpt = None,
+    instruction_template: InstructionOpt = None,
+    train_on: TrainOnOpt = TrainOn.all_assistant,
+    max_length: MaxLengthOpt = None,
+    truncation_mode: TruncationOpt = None,
+    base: BaseOpt = None,
+) -> None:
+    """Show one row in detail: a per-token table and a layers x positions heat map of gradient norms."""
+    # Run the row inside the batch it belongs to, so that its loss weights are the ones training sees.
+    limit = None if data.suffix == ".safetensors" else (row // batch_size + 1) * batch_size
+    data_opts = data_options(response_template, instruction_template, train_on, max_length, truncation_mode)
+    opts = RunOptions(model, data, limit, batch_size, loss, device, dtype, trust_remote_code, keep_dropout, data_opts, base)
+    report = _report_or_exit(opts)
+    if row >= len(report.samples):
+        raise _fail(DataError(f"there is no row {row}: the data has {len(report.samples)}", path=data, hint="pick --row from 0"))
+    Console(highlight=False).print(InspectView(report, report.samples[row]))
+    raise typer.Exit(exit_code(report, strict=False))
 
 
 @app.command()
@@ -224,18 +367,24 @@ def grads(
     output_format: FormatOpt = Format.text,
     output: OutputOpt = None,
     strict: StrictOpt = False,
+    response_template: ResponseOpt = None,
+    instruction_template: InstructionOpt = None,
+    train_on: TrainOnOpt = TrainOn.all_assistant,
+    max_length: MaxLengthOpt = None,
+    truncation_mode: TruncationOpt = None,
 ) -> None:
     """The gradient that reaches the weights: per-module norms, clipping, update ratios, untrained parameters."""
-    opts = RunOptions(model, data, samples, batch_size, loss, device, dtype, trust_remote_code, keep_dropout, base)
+    data_opts = data_options(response_template, instruction_template, train_on, max_length, truncation_mode)
+    opts = RunOptions(model, data, samples, batch_size, loss, device, dtype, trust_remote_code, keep_dropout, data_opts, base)
 
     def work() -> Report:
         loaded = _load(opts)
-        first = loaded.batches[0]
         common = {"loss_fn": loaded.loss_fn, "keep_dropout": keep_dropout, "source": str(data)}
+        first = loaded.batches[0]
         report = grads_pass(loaded.model, first, lr=lr, max_grad_norm=max_grad_norm, **common)
+        _first_batch(report, loaded, "gradscope grads")
         if overfit:
             overfit_pass(loaded.model, first, steps=overfit, lr=lr, optimizer=optimizer.value, report=report, **common)
-        _first_batch_note(report, loaded, "gradscope grads")
         return report
 
     report = _guarded(work)
@@ -258,15 +407,22 @@ def verify(
     output_format: FormatOpt = Format.text,
     output: OutputOpt = None,
     strict: StrictOpt = False,
+    response_template: ResponseOpt = None,
+    instruction_template: InstructionOpt = None,
+    train_on: TrainOnOpt = TrainOn.all_assistant,
+    max_length: MaxLengthOpt = None,
+    truncation_mode: TruncationOpt = None,
 ) -> None:
     """Check autograd's gradient of the loss against finite differences on a float64 copy of the model."""
-    opts = RunOptions(model, data, samples, batch_size, loss, device, DType.float32, trust_remote_code, False, base)
+    data_opts = data_options(response_template, instruction_template, train_on, max_length, truncation_mode)
+    opts = RunOptions(model, data, samples, batch_size, loss, device, DType.float32, trust_remote_code, False, data_opts, base)
 
     def work() -> Report:
         loaded = _load(opts)
-        report = verify_pass(loaded.model, loaded.batches[0], loss_fn=loaded.loss_fn, directions=directions,
+        first = loaded.batches[0]
+        report = verify_pass(loaded.model, first, loss_fn=loaded.loss_fn, directions=directions,
                              parameters=param_sample, seed=seed, source=str(data))
-        _first_batch_note(report, loaded, "gradscope verify")
+        _first_batch(report, loaded, "gradscope verify")
         return report
 
     report = _guarded(work, "comparing autograd with finite differences…")
@@ -274,24 +430,32 @@ def verify(
 
 
 @app.command()
-def inspect(
-    model: ModelArg,
+def roles(
+    model: Annotated[Path, typer.Argument(help="A model or tokenizer directory: its tokenizer (and chat template) is used.")],
     data: DataArg,
-    row: Annotated[int, typer.Option("--row", min=0, help="The row to show (0-based).")] = 0,
-    batch_size: BatchSizeOpt = 1,
-    loss: LossOpt = None,
-    device: DeviceOpt = "cpu",
-    dtype: DTypeOpt = DType.float32,
-    trust_remote_code: RemoteOpt = False,
-    keep_dropout: DropoutOpt = False,
-    base: BaseOpt = None,
+    samples: SamplesOpt = None,
+    response_template: ResponseOpt = None,
+    instruction_template: InstructionOpt = None,
+    train_on: TrainOnOpt = TrainOn.all_assistant,
+    max_length: MaxLengthOpt = None,
+    truncation_mode: TruncationOpt = None,
+    output_format: Annotated[Format, typer.Option("--format", help="text: coloured token strips; json: every token's role.")] = Format.text,
+    show: Annotated[int, typer.Option("--show", min=0, help="Rows to show in the terminal view.")] = 8,
 ) -> None:
-    """Show one row in detail: a per-token table and a layers x positions heat map of gradient norms."""
-    # Run the row inside the batch it belongs to, so that its loss weights are the ones training sees.
-    limit = None if data.suffix == ".safetensors" else (row // batch_size + 1) * batch_size
-    opts = RunOptions(model, data, limit, batch_size, loss, device, dtype, trust_remote_code, keep_dropout, base)
-    report = _guarded(lambda: _check(opts, _load(opts)))
-    if row >= len(report.samples):
-        raise _fail(DataError(f"there is no row {row}: the data has {len(report.samples)}", path=data, hint="pick --row from 0"))
-    Console(highlight=False).print(InspectView(report, report.samples[row]))
-    raise typer.Exit(exit_code(report, strict=False))
+    """Show how gradscope splits DATA's raw rows into prompt and completion tokens, from the tokenizer and its chat
+    template; no model runs."""
+    opts = data_options(response_template, instruction_template, train_on, max_length, truncation_mode)
+    try:
+        _quiet_transformers()
+        tokenizer = load_tokenizer(model) if model.is_dir() else None
+        if tokenizer is None:
+            raise DataError("no tokenizer files in this directory", path=model, hint="give a model or tokenizer directory")
+        ends = frozenset(config_end_token_ids(model) | default_end_token_ids(None, tokenizer))
+        rows = load_role_rows(data, tokenizer, samples=samples, options=opts, end_token_ids=ends)
+    except GradscopeError as err:
+        raise _fail(err) from None
+    if output_format is Format.json:
+        info = {"source": str(data), "rows": len(rows), "train_on": opts.train_on, "max_length": opts.max_length}
+        sys.stdout.write(roles_to_json(rows, tokenizer, info) + "\n")
+    else:
+        Console(highlight=False).print(RolesView(rows, tokenizer, max_rows=show))

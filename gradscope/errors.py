@@ -68,3 +68,15 @@ class LossSpecError(InputError):
 
 class ModelCallError(InputError):
     """``model(**batch)`` or the loss failed on the user's batch, or the loss did not use the logits."""
+
+
+class MaskingError(GradscopeError):
+    """A training run stopped by ``GradscopeCallback(fail_on=...)`` because its first batch has masking findings.
+
+    Attributes:
+        report: The full Report of the checked batch.
+    """
+
+    def __init__(self, message: str, report: object) -> None:
+        self.report = report
+        super().__init__(message)

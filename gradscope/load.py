@@ -20,7 +20,10 @@ import torch
 from torch import nn
 
 from gradscope.batch import collate
-from gradscope.errors import DataError, LossSpecError, ModelLoadError
+from gradscope.data import is_raw_file, is_tokenized, jsonl_lines, read_rows
+from gradscope.errors import DataError, InputError, LossSpecError, ModelLoadError
+from gradscope.pipelines import DataOptions, Prepared, collate_batches, reference_batches, role_rows, trl_batches
+from gradscope.roles import RoleRow, RoleSpec, row_kind, truncate
 from gradscope.run import LossFn
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -224,13 +227,19 @@ def load_batches(
         raise DataError("no such data file", path=path, hint="give a .safetensors batch or a .jsonl of rows")
     if path.suffix == ".safetensors":
         batch = read_safetensors(path)
-        yield {k: v[:samples] for k, v in batch.items()} if samples else batch
+        yield first_rows(batch, samples) if samples else batch
     elif path.suffix == ".jsonl":
         rows = read_jsonl(path, samples)
         for start in range(0, len(rows), batch_size):
             yield collate(rows[start : start + batch_size], pad_token_id if pad_token_id is not None else 0)
     else:
         raise DataError(f"unknown data format {path.suffix!r}", path=path, hint="use .safetensors or .jsonl")
+
+
+def first_rows(batch: dict[str, torch.Tensor], n: int) -> dict[str, torch.Tensor]:
+    """The batch's first n rows: per-row tensors are sliced, the others (e.g. cu_seq_lens) kept whole."""
+    rows = len(batch["input_ids"]) if "input_ids" in batch else None
+    return {k: v[:n] if v.dim() > 0 and len(v) == rows else v for k, v in batch.items()}
 
 
 def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -249,13 +258,7 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
 def read_jsonl(path: Path, limit: int | None = None) -> list[dict[str, list[int]]]:
     """Pre-tokenized rows, one JSON object per line, each with ``input_ids`` and optional per-token lists."""
-    rows = []
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if limit is not None and len(rows) >= limit:
-                break
-            if line.strip():
-                rows.append(_parse_row(line, path, number))
+    rows = [_parse_row(line, path, number) for number, line in jsonl_lines(path, limit)]
     if not rows:
         raise DataError("no rows", path=path, hint="write one JSON object with 'input_ids' per line")
     _require_same_keys(rows, path)
@@ -268,6 +271,11 @@ def _parse_row(line: str, path: Path, number: int) -> dict[str, list[int]]:
         obj = json.loads(line)
     except json.JSONDecodeError as err:
         raise DataError(f"invalid JSON ({err.msg} at column {err.colno})", **where, hint="each line must be one JSON object") from err
+    return tokenized_row(obj, where)
+
+
+def tokenized_row(obj: Any, where: dict[str, Any]) -> dict[str, list[int]]:
+    """A pre-tokenized row's per-token lists, checked: integer lists as long as ``input_ids``."""
     if not isinstance(obj, dict) or "input_ids" not in obj:
         raise DataError("the row has no 'input_ids'", **where, hint="each row needs a list of token ids under 'input_ids'")
     row = {k: obj[k] for k in _JSONL_KEYS if k in obj}
@@ -297,37 +305,168 @@ def _require_same_keys(rows: list[dict[str, list[int]]], path: Path) -> None:
             )
 
 
+def load_data(
+    path: str | Path,
+    *,
+    tokenizer: Any,
+    model: nn.Module | None = None,
+    samples: int | None = None,
+    batch_size: int = 1,
+    options: DataOptions | None = None,
+    pad_token_id: int | None = None,
+    end_token_ids: frozenset[int] | None = None,
+) -> Prepared:
+    """Batches from any data gradscope reads, with what the report should say about them.
+
+    A ``.safetensors`` batch or pre-tokenized rows load as ``load_batches`` does. Raw rows (prompt/completion,
+    messages, text) are tokenized with the tokenizer, given roles, and labelled by gradscope's reference masking, the
+    user's collator (``options.collate``) or TRL (``options.pipeline == "trl"``, which needs the model).
+
+    Raises:
+        InputError: unreadable data, rows gradscope cannot split into roles, a collator or TRL setup that fails.
+    """
+    options = options or DataOptions()
+    pad = pad_token_id if pad_token_id is not None else 0
+    rows = read_rows(path, samples) if is_raw_file(path) else None
+    if rows is None or all(is_tokenized(r) for r in rows):
+        if options.collate or options.pipeline == "trl":
+            raise DataError("--collate and --pipeline trl build batches from raw rows; this data is already tokenized",
+                            path=path, hint="give rows with prompt/completion, messages or text")
+        return Prepared(_tokenized_batches(path, rows, pad, samples, batch_size), {"source": str(path), "format": "tokens"})
+    if tokenizer is None:
+        raise DataError("raw rows need a tokenizer, and the model directory has none", path=path,
+                        hint="add the tokenizer files (tokenizer.json, tokenizer_config.json) to the model directory")
+    spec = role_spec(tokenizer, options, end_token_ids, source=str(path))
+    prepared = _raw_batches(path, rows, tokenizer, model, spec, options, batch_size, pad)
+    prepared.data = {"source": str(path), "rows": len(rows), "format": _formats(rows), **prepared.data}
+    return prepared
+
+
+def _tokenized_batches(
+    path: str | Path, rows: list[dict[str, Any]] | None, pad: int, samples: int | None, batch_size: int
+) -> list[dict[str, torch.Tensor]]:
+    """A .safetensors batch or .jsonl as load_batches reads them; tokenized rows from .json/.parquet/datasets too."""
+    if rows is None:
+        return list(load_batches(path, pad_token_id=pad, samples=samples, batch_size=batch_size))
+    toks = [tokenized_row(r, {"path": path, "row": i}) for i, r in enumerate(rows)]
+    _require_same_keys(toks, Path(path))
+    return [collate(toks[s : s + batch_size], pad) for s in range(0, len(toks), batch_size)]
+
+
+def load_role_rows(
+    path: str | Path,
+    tokenizer: Any,
+    *,
+    samples: int | None = None,
+    options: DataOptions | None = None,
+    end_token_ids: frozenset[int] | None = None,
+) -> list[RoleRow]:
+    """Raw rows tokenized and split into roles (truncated to ``options.max_length``), without running a model."""
+    options = options or DataOptions()
+    if tokenizer is None:
+        raise DataError("raw rows need a tokenizer, and the directory has none", hint="give a directory with tokenizer.json")
+    if not is_raw_file(path):
+        raise DataError("the data is a batch or pre-tokenized rows: roles are derived from raw rows", path=path,
+                        hint="give rows with prompt/completion, messages or text")
+    spec = role_spec(tokenizer, options, end_token_ids, source=str(path))
+    mode = options.truncation_mode or "keep_start"
+    return [truncate(r, options.max_length, mode) for r in role_rows(read_rows(path, samples), tokenizer, spec)]
+
+
+def config_end_token_ids(path: str | Path) -> set[int]:
+    """EOS ids named in a directory's config.json and generation_config.json (read as JSON: no model is built)."""
+    ids: set[int] = set()
+    for name in ("config.json", "generation_config.json"):
+        file = Path(path) / name
+        if file.is_file():
+            try:
+                value = json.loads(file.read_text(encoding="utf-8")).get("eos_token_id")
+            except (OSError, json.JSONDecodeError, AttributeError):
+                continue
+            ids.update([value] if isinstance(value, int) else [v for v in value or [] if isinstance(v, int)])
+    return ids
+
+
+def role_spec(tokenizer: Any, options: DataOptions, end_token_ids: frozenset[int] | None, source: str | None) -> RoleSpec:
+    """How rows split into roles, from the options; end tokens default to the tokenizer's EOS and end-of-turn."""
+    from gradscope.check import default_end_token_ids
+
+    ends = end_token_ids if end_token_ids is not None else default_end_token_ids(None, tokenizer)
+    return RoleSpec(ends, options.train_on, options.response_template, options.instruction_template, source=source)
+
+
+def _raw_batches(
+    path: str | Path, rows: list[dict[str, Any]], tokenizer: Any, model: nn.Module | None, spec: RoleSpec,
+    options: DataOptions, batch_size: int, pad: int,
+) -> Prepared:
+    """The reference, collate or TRL pipeline on raw rows."""
+    if options.pipeline == "trl":
+        if options.collate:
+            raise DataError("--collate and --pipeline trl both build the batch; pick one")
+        if model is None:
+            raise DataError("--pipeline trl needs the model (SFTTrainer is built on it)")
+        return trl_batches(model, tokenizer, rows, spec, options, batch_size)
+    derived = role_rows(rows, tokenizer, spec)
+    cut = [truncate(r, options.max_length, options.truncation_mode or "keep_start") for r in derived]
+    data = {"pipeline": "reference", "train_on": options.train_on, "max_length": options.max_length}
+    if options.collate:
+        fn = import_function(options.collate, "--collate", DataError, "fn(rows) -> batch dict", "my_collator.py:collate")
+        # The collator gets the truncated tokens (or raw rows); its batch is matched against the whole rows, so a
+        # truncation it makes is seen as one.
+        batches = collate_batches(fn, rows, derived, cut, options, batch_size, pad)
+        return Prepared(batches, {**data, "pipeline": "collate", "collate": options.collate, "collate_input": options.collate_input})
+    return Prepared(reference_batches(cut, batch_size, pad), data)
+
+
+def _formats(rows: list[dict[str, Any]]) -> str:
+    kinds = sorted({row_kind(r) or "unknown" for r in rows})
+    return ", ".join(kinds)
+
+
 def load_loss_fn(spec: str) -> LossFn:
     """Import ``FILE.py:FN`` or ``module:FN``; the function takes (logits, labels) and returns a scalar tensor.
 
     Importing runs the user's code: that is what the user asked for by naming it.
     """
+    return import_function(spec, "--loss", LossSpecError, "fn(logits, labels) -> scalar", "my_losses.py:token_mean")
+
+
+def import_function(spec: str, flag: str, error: type[InputError], signature: str, example: str) -> Any:
+    """Import the function named by ``FILE.py:FN`` or ``module:FN`` (the user's code runs: they asked for it).
+
+    Args:
+        spec: The ``FILE.py:FN`` or ``module:FN`` string.
+        flag: The option that named it, for messages.
+        error: The InputError subclass to raise.
+        signature: What the function must look like, for messages.
+        example: An example spec, for messages.
+    """
     target, sep, name = spec.rpartition(":")
     if not sep or not target or not name:
-        raise LossSpecError(f"--loss {spec!r} is not FILE.py:FN or module:FN", hint="e.g. --loss my_losses.py:token_mean")
-    module = _import_file(Path(target)) if target.endswith(".py") else _import_module(target)
+        raise error(f"{flag} {spec!r} is not FILE.py:FN or module:FN", hint=f"e.g. {flag} {example}")
+    module = _import_file(Path(target), error) if target.endswith(".py") else _import_module(target, error)
     fn = getattr(module, name, None)
     if not callable(fn):
-        raise LossSpecError(f"no function {name!r} in {target}", hint="name a function fn(logits, labels) -> scalar")
+        raise error(f"no function {name!r} in {target}", hint=f"name a function {signature}")
     return fn
 
 
-def _import_file(path: Path) -> Any:
+def _import_file(path: Path, error: type[InputError]) -> Any:
     if not path.is_file():
-        raise LossSpecError("no such file", path=path, hint="give the path of a .py file defining the loss")
-    spec = importlib.util.spec_from_file_location(f"gradscope_user_loss_{path.stem}", path)
+        raise error("no such file", path=path, hint="give the path of a .py file defining the function")
+    spec = importlib.util.spec_from_file_location(f"gradscope_user_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     try:
         spec.loader.exec_module(module)
     except Exception as err:  # the user's file: any failure is bad input, not a gradscope bug
-        raise LossSpecError(f"importing it failed: {type(err).__name__}: {err}", path=path) from err
+        raise error(f"importing it failed: {type(err).__name__}: {err}", path=path) from err
     return module
 
 
-def _import_module(name: str) -> Any:
+def _import_module(name: str, error: type[InputError]) -> Any:
     if str(Path.cwd()) not in sys.path:
         sys.path.insert(0, str(Path.cwd()))
     try:
         return importlib.import_module(name)
     except ImportError as err:
-        raise LossSpecError(f"cannot import module {name!r}: {err}", hint="check the module path, or use FILE.py:FN") from err
+        raise error(f"cannot import module {name!r}: {err}", hint="check the module path, or use FILE.py:FN") from err

@@ -13,7 +13,9 @@ from rich.table import Table
 from rich.text import Text
 
 from gradscope.analyze import format_positions, name_list
+from gradscope.batch import ROLE_NAMES
 from gradscope.report import GradReport, ModuleGrad, OverfitReport, Report, SampleReport, TokenReport, VerifyReport
+from gradscope.roles import RoleRow
 
 ROLE_STYLES = {"prompt": "cyan", "completion": "green", "pad": "grey42", None: "white"}
 LEAK_STYLE = "bold white on red"
@@ -132,6 +134,8 @@ class CheckView:
         r = self.report
         yield Verdict(r, "masking and gradient" if r.grads is not None else "masking")
         yield Text(_model_line(r), style="grey50")
+        if _data_line(r):
+            yield Text(_data_line(r), style="grey50")
         for note in r.notes:
             yield Text(f"note: {note}", style="yellow")
         yield Text()
@@ -146,6 +150,15 @@ class CheckView:
         if r.findings:
             yield findings_table(r)
             yield Verdict(r, "masking and gradient" if r.grads is not None else "masking")
+
+
+def _data_line(r: Report) -> str | None:
+    d = r.data
+    if not d.get("pipeline"):
+        return None
+    labels = {"reference": "gradscope's reference masking (what correct looks like)", "trl": "TRL's SFT preparation and collator",
+              "collate": f"your collator {d.get('collate')}"}[d["pipeline"]]
+    return f"data {d.get('source')} ({d.get('rows')} rows: {d.get('format')}); labels from {labels}"
 
 
 def _model_line(r: Report) -> str:
@@ -256,6 +269,50 @@ class InspectView:
             yield findings_table(sub)
         else:
             yield Text(f"✓ no finding for sample {self.sample.index}", style="bold green")
+
+
+def roles_sample(row: RoleRow, tokenizer: object) -> SampleReport:
+    """A derived row as a SampleReport with nothing run, so that TokenStrip can draw it (labels: the reference's)."""
+    tokens = [
+        TokenReport(t, i, tokenizer.decode([i]), ROLE_NAMES[r], label, False, None, None, None, 0.0, 0.0)
+        for t, (i, r, label) in enumerate(zip(row.input_ids, row.roles, row.labels))
+    ]
+    return SampleReport(index=row.index, tokens=tokens, layer_grad_norms=[])
+
+
+def roles_to_json(rows: list[RoleRow], tokenizer: object, data: dict) -> str:
+    """The ``gradscope roles --format json`` document."""
+    out = []
+    for row in rows:
+        tokens = [
+            {"position": t, "token_id": i, "text": tokenizer.decode([i]), "role": ROLE_NAMES[r], "message": m, "label": label}
+            for t, (i, r, m, label) in enumerate(zip(row.input_ids, row.roles, row.messages, row.labels))
+        ]
+        out.append({"index": row.index, "format": row.kind, "completion_cut": row.cut, "tokens": tokens})
+    return json.dumps({"schema_version": 1, "data": data, "rows": out}, indent=2)
+
+
+class RolesView:
+    """The ``gradscope roles`` terminal view: one token strip per row, coloured by role."""
+
+    def __init__(self, rows: list[RoleRow], tokenizer: object, max_rows: int = 8) -> None:
+        self.rows, self.tokenizer, self.max_rows = rows, tokenizer, max_rows
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        for row in self.rows[: self.max_rows]:
+            roles = [ROLE_NAMES[r] for r in row.roles]
+            title = (
+                f"row {row.index} ({row.kind}): {len(roles)} tokens, {roles.count('completion')} completion, "
+                f"{roles.count(None)} not judged" + (f", {row.cut} completion tokens cut by --max-length" if row.cut else "")
+            )
+            yield TokenStrip(roles_sample(row, self.tokenizer), set(), title)
+            yield Text()
+        if len(self.rows) > self.max_rows:
+            yield Text(f"… {len(self.rows) - self.max_rows} more row(s) not shown (--show N)", style="grey50")
+        yield Text.assemble(
+            "legend: ", ("prompt", ROLE_STYLES["prompt"]), "  ", ("completion", ROLE_STYLES["completion"]), "  ",
+            ("not judged (template glue after a closing token)", ROLE_STYLES[None]), ("  · separates tokens", "grey42"),
+        )
 
 
 def render(report: Report, console: Console, *, max_samples: int = 8) -> None:

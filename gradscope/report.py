@@ -225,6 +225,7 @@ class Report:
         findings: Problems found, errors and warnings.
         notes: What the run could not check and why (e.g. roles unknown), in plain words.
         losses: The loss of each batch that was run.
+        data: Where the batches came from: the file, the row format, and what built the labels (raw data only).
         grads: The parameter-gradient pass (``gradscope grads``, ``check --params``), else None.
         overfit: The ``--overfit`` run, else None.
         verify: The finite-difference check (``gradscope verify``), else None.
@@ -235,6 +236,7 @@ class Report:
     findings: list[Finding] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
+    data: dict[str, Any] = field(default_factory=dict)
     grads: GradReport | None = None
     overfit: OverfitReport | None = None
     verify: VerifyReport | None = None
@@ -272,6 +274,7 @@ class Report:
         out: dict[str, Any] = {
             "schema_version": SCHEMA_VERSION,
             "model": self.model,
+            "data": self.data,
             "samples": [asdict(s) for s in self.samples],
             "findings": [asdict(f) for f in self.findings],
             "summary": self.summary(),
@@ -281,6 +284,11 @@ class Report:
             if section is not None:
                 out[key] = asdict(section)
         return _clean(out)
+
+
+def format_findings(findings: list[Finding]) -> str:
+    """Findings as plain text lines, one per finding: check (sample, positions): message."""
+    return "\n".join(f"- {f.check} (sample {f.sample}, positions {f.positions}): {f.message}" for f in findings)
 
 
 def _finite_or_none(x: float | None) -> float | None:

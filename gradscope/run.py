@@ -81,6 +81,7 @@ class _Recorder:
 
     def __init__(self, n_layers: int) -> None:
         self.embedding: torch.Tensor | None = None
+        self.head_output: torch.Tensor | None = None
         self.layer_norms: list[torch.Tensor | None] = [None] * n_layers
 
     def embedding_hook(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
@@ -91,6 +92,9 @@ class _Recorder:
                 output = output.detach().requires_grad_(True)
             self.embedding = output
         return output
+
+    def head_hook(self, module: nn.Module, args: tuple, output: object) -> None:
+        self.head_output = _first_tensor(output)
 
     def layer_hook(self, index: int) -> Callable:
         def hook(module: nn.Module, args: tuple, output: object) -> None:
@@ -143,6 +147,9 @@ def instrumented(model: nn.Module, *, keep_dropout: bool = False) -> Iterator[_R
     recorder = _Recorder(len(layers) if layers is not None else 0)
     with training_state(model, keep_dropout=keep_dropout):
         handles = [model.get_input_embeddings().register_forward_hook(recorder.embedding_hook)]
+        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        if isinstance(head, nn.Module):
+            handles.append(head.register_forward_hook(recorder.head_hook))
         if layers is not None:
             handles += [layer.register_forward_hook(recorder.layer_hook(i)) for i, layer in enumerate(layers)]
         try:
@@ -196,6 +203,7 @@ def forward_backward(
     """
     with instrumented(model, keep_dropout=keep_dropout) as rec:
         logits, loss = call_model(model, batch, loss_fn)
+        logits = _loss_logits(logits, rec)
         stats = _LogitStats(logits)
         loss_uses_logits = False
         embedding_grad = None
@@ -209,6 +217,21 @@ def forward_backward(
                 hint="a fused loss that skips the logits? pass --loss with a function of (logits, labels)",
             )
         return _capture(batch, logits, loss, stats, embedding_grad, rec)
+
+
+def _loss_logits(logits: torch.Tensor, rec: _Recorder) -> torch.Tensor:
+    """The logits the loss was computed from.
+
+    Under mixed precision accelerate wraps the forward so that it returns its outputs cast to fp32 after the loss
+    was computed: ``outputs.logits`` is then a copy outside the loss's graph. The LM head's own output, of which it
+    is exactly a dtype copy, is the tensor the loss used.
+    """
+    head = rec.head_output
+    fn = logits.grad_fn
+    if head is None or head is logits or fn is None or type(fn).__name__ != "ToCopyBackward0":
+        return logits
+    source = fn.next_functions[0][0] if fn.next_functions else None
+    return head if source is not None and source is head.grad_fn and head.shape == logits.shape else logits
 
 
 def call_model(

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from gradscope.check import check
-from gradscope.report import Report
+from gradscope.report import Report, format_findings
 
 
 def assert_masking(model: nn.Module, batch: Mapping[str, torch.Tensor], *, strict: bool = False, **kwargs: Any) -> Report:
@@ -37,7 +37,5 @@ def assert_masking(model: nn.Module, batch: Mapping[str, torch.Tensor], *, stric
     report = check(model, batch, **kwargs)
     failing = report.findings if strict else report.errors
     if failing:
-        lines = [f"gradscope found {len(failing)} masking problem(s):"]
-        lines += [f"- {f.check} (sample {f.sample}, positions {f.positions}): {f.message}" for f in failing]
-        raise AssertionError("\n".join(lines))
+        raise AssertionError(f"gradscope found {len(failing)} masking problem(s):\n{format_findings(failing)}")
     return report

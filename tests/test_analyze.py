@@ -19,7 +19,7 @@ P, C, X, U = PROMPT, COMPLETION, PAD, UNKNOWN
 EOS, PAD_ID = 2, 0
 
 
-def view(ids, roles, trained, targets=None, pad_token_id=PAD_ID, index=0):
+def view(ids, roles, trained, targets=None, pad_token_id=PAD_ID, index=0, cut=0):
     ids = torch.tensor(ids)
     trained = torch.tensor(trained, dtype=torch.bool)
     target = torch.tensor(targets) if targets is not None else torch.where(trained, ids, -1)
@@ -32,6 +32,7 @@ def view(ids, roles, trained, targets=None, pad_token_id=PAD_ID, index=0):
         texts=[f"t{i}" for i in ids.tolist()],
         end_token_ids=frozenset({EOS}),
         pad_token_id=pad_token_id,
+        completion_cut=cut,
     )
 
 
@@ -104,6 +105,23 @@ def test_no_loss_is_reported_alone():
     assert checks(view(IDS, ROLES, [0] * 8)) == [("no_loss", [])]
 
 
+def test_completion_truncated_is_a_warning_counting_kept_and_cut_tokens():
+    truncated = [P, P, P, C, C, C, C, C]  # cut after 5 completion tokens; 4 more were cut
+    [f] = check_sample(view([10, 11, 12, 13, 14, 15, 16, 17], truncated, [0, 0, 0, 1, 1, 1, 1, 1], cut=4))
+    assert (f.check, f.severity, f.positions) == ("completion_truncated", "warning", [])
+    assert "cut 4 of the 9 completion tokens of sample 0" in f.message
+    assert checks(view(IDS, ROLES, [0, 0, 0, 1, 1, 1, 0, 0], cut=0)) == []
+
+
+def test_no_loss_names_truncation_when_it_cut_the_whole_completion():
+    all_cut = [P] * 8
+    [f] = check_sample(view([10, 11, 12, 13, 14, 15, 16, 17], all_cut, [0] * 8, cut=6))
+    assert f.check == "no_loss"
+    assert "Truncation did it: the maximum length cut all 6 completion tokens" in f.message
+    [generic] = check_sample(view(IDS, ROLES, [0] * 8, cut=2))  # completion left but untrained: not truncation's doing
+    assert "Truncation did it" not in generic.message and "Usual causes" in generic.message
+
+
 def test_double_shift_is_one_label_misaligned():
     # labels pre-shifted: position t is trained toward token t+1; the leak and the untrained EOS are echoes
     trained = [0, 0, 1, 1, 1, 0, 0, 0]
@@ -111,6 +129,11 @@ def test_double_shift_is_one_label_misaligned():
     [f] = check_sample(view(IDS, ROLES, trained, targets))
     assert (f.check, f.positions) == ("label_misaligned", [2, 3, 4])
     assert "t+1" in f.message
+
+
+def test_trained_padding_with_another_target_is_pad_leak():
+    targets = [-1, -1, -1, 13, 14, EOS, EOS, EOS]  # pads labelled with EOS, not with the pad id
+    assert checks(view(IDS, ROLES, [0, 0, 0, 1, 1, 1, 1, 1], targets)) == [("pad_leak", [6, 7])]
 
 
 def test_closing_positions():

@@ -18,6 +18,7 @@ runner = CliRunner()
 LLAMA = str(FIXTURES / "models/tiny-llama-chat")
 GPT2 = str(FIXTURES / "models/tiny-gpt2")
 BATCHES = FIXTURES / "batches"
+RAW = FIXTURES / "raw"
 
 
 def run(*args: str):
@@ -125,13 +126,30 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[list, str]]:
             [LLAMA, _tensors(tmp / "role.safetensors", input_ids=[[1, 2, 3]], completion_mask=[[1, 1, 1, 1]])],
             "'completion_mask' has shape",
         ),
+        "id outside vocab, later batch": (
+            [LLAMA, _jsonl(tmp / "later.jsonl", '{"input_ids": [1, 2]}\n{"input_ids": [1, 99999]}'), "--batch-size", "1"],
+            "row 1: position 1",
+        ),
         "jsonl length": ([LLAMA, _jsonl(tmp / "len.jsonl", '{"input_ids": [1, 2], "labels": [1]}')], "line 1: 'labels' has 1"),
         "unknown format": ([LLAMA, _jsonl(tmp / "data.csv", "a,b")], "unknown data format"),
         "loss file missing": ([LLAMA, good, "--loss", tmp / "nope.py:fn"], "nope.py: no such file"),
         "loss function missing": ([LLAMA, good, "--loss", f"{_jsonl(tmp / 'l.py', 'x = 1')}:fn"], "no function 'fn'"),
         "loss module missing": ([LLAMA, good, "--loss", "no_such_module_xyz:fn"], "cannot import module"),
         "loss spec malformed": ([LLAMA, good, "--loss", "justaname"], "is not FILE.py:FN"),
+        "template not in tokens": ([GPT2, RAW / "text.jsonl", "--response-template", "swer:"], "row 0: the response template 'swer:' is in the text but not in its tokens"),
+        "plain text, no template": ([GPT2, RAW / "text.jsonl"], "row 0: the row is plain text"),
+        "raw rows, no tokenizer": ([_no_tokenizer(tmp), RAW / "chat.jsonl"], "raw rows need a tokenizer"),
+        "collate and trl": ([LLAMA, RAW / "chat.jsonl", "--pipeline", "trl", "--collate", "x.py:f"], "pick one"),
+        "trl config key": ([LLAMA, RAW / "chat.jsonl", "--pipeline", "trl", "--trl-config", _jsonl(tmp / "c.json", '{"nope": 1}')], "SFTConfig rejects"),
     }
+
+
+def _no_tokenizer(tmp: Path) -> Path:
+    path = tmp / "no_tokenizer"
+    path.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (path / name).write_bytes((Path(LLAMA) / name).read_bytes())
+    return path
 
 
 def _jsonl(path: Path, text: str) -> Path:
@@ -143,8 +161,9 @@ def _jsonl(path: Path, text: str) -> Path:
     "case",
     [
         "missing model", "not a model", "unreadable model", "model is a file", "missing data", "corrupt safetensors",
-        "invalid json line", "empty data", "id outside vocab", "labels shape", "role shape", "jsonl length",
+        "invalid json line", "empty data", "id outside vocab", "id outside vocab, later batch", "labels shape", "role shape", "jsonl length",
         "unknown format", "loss file missing", "loss function missing", "loss module missing", "loss spec malformed",
+        "template not in tokens", "plain text, no template", "raw rows, no tokenizer", "collate and trl", "trl config key",
     ],
 )
 def test_bad_input_exits_2_with_one_error_line(case, tmp_path):
@@ -166,12 +185,63 @@ def test_inspect_row_out_of_range_exits_2():
 
 def test_every_command_has_help_and_is_in_the_readme():
     readme = (FIXTURES.parent / "README.md").read_text()
-    for command in ("check", "inspect", "grads", "verify"):
-        result = run(command, "--help")
+    for command in ("check", "inspect", "roles", "grads", "verify"):
+        result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "250"})  # wide: no option name cut short
         assert result.exit_code == 0
         assert f"gradscope {command}" in readme
         for option in [o for o in result.stdout.split() if o.startswith("--") and o != "--help"]:
             assert option.strip(",") in readme, f"{command} {option} is not documented in README.md"
+
+
+def test_raw_chat_and_prompt_completion_files_check_clean_with_reference_masking():
+    result, data = run_json(LLAMA, RAW / "chat.jsonl", "--batch-size", "3")
+    assert result.exit_code == 0, result.output
+    assert data["data"] == {"source": str(RAW / "chat.jsonl"), "rows": 3, "format": "chat", "pipeline": "reference",
+                            "train_on": "all-assistant", "max_length": None}
+    result, data = run_json(GPT2, RAW / "prompt_completion.jsonl")
+    assert result.exit_code == 0 and data["findings"] == []
+    text = run("check", LLAMA, RAW / "chat.jsonl", "--show", "1")
+    assert "labels from gradscope's reference masking" in " ".join(text.stdout.split())
+
+
+def test_max_length_warns_and_strict_fails_on_it():
+    result, data = run_json(LLAMA, RAW / "chat.jsonl", "--samples", "2", "--max-length", "20", "--truncation-mode", "keep_end")
+    assert result.exit_code == 0
+    assert [(f["check"], f["severity"], f["sample"]) for f in data["findings"]] == [("completion_truncated", "warning", 0)]
+    assert run("check", LLAMA, RAW / "chat.jsonl", "--samples", "2", "--max-length", "20", "--truncation-mode", "keep_end", "--strict").exit_code == 1
+
+
+def test_pipeline_trl_flags_and_config_file(tmp_path):
+    result, data = run_json(LLAMA, RAW / "chat.jsonl", "--pipeline", "trl", "--batch-size", "3")
+    assert result.exit_code == 1 and {f["check"] for f in data["findings"]} == {"prompt_leak"}
+    config = tmp_path / "sft.json"
+    config.write_text('{"assistant_only_loss": true, "per_device_train_batch_size": 2}')
+    result, data = run_json(LLAMA, RAW / "chat.jsonl", "--pipeline", "trl", "--trl-config", config)
+    assert result.exit_code == 0, result.output
+    assert data["data"]["trl"]["assistant_only_loss"] is True and len(data["summary"]["loss"]) == 2  # batches of 2
+    result, data = run_json(LLAMA, RAW / "chat.jsonl", "--pipeline", "trl", "--trl-config", config, "--no-assistant-only-loss")
+    assert result.exit_code == 1  # a flag overrides the file
+
+
+def test_collate_catches_a_collator_that_trains_the_prompt():
+    spec = f"{RAW / 'collators.py'}:labels_copy_input_ids"
+    result, data = run_json(LLAMA, RAW / "chat.jsonl", "--collate", spec, "--collate-input", "tokens")
+    assert result.exit_code == 1 and {f["check"] for f in data["findings"]} == {"prompt_leak"}
+    assert data["data"]["pipeline"] == "collate"
+
+
+def test_roles_prints_the_strip_and_json():
+    result = run("roles", LLAMA, RAW / "chat.jsonl", "--show", "1")
+    assert result.exit_code == 0, result.output
+    assert "row 0 (chat): 57 tokens, 18 completion, 2 not judged" in result.stdout
+    result = run("roles", str(FIXTURES / "tokenizers/llama3-chat"), RAW / "tool_chat.jsonl", "--format", "json")
+    assert result.exit_code == 0, result.output
+    [row] = json.loads(result.stdout)["rows"]
+    completion = "".join(t["text"] for t in row["tokens"] if t["role"] == "completion")
+    assert completion == '{"name": "add", "parameters": {"a": 2, "b": 3}}<|eot_id|>2 plus 3 is 5.<|eot_id|>'
+    assert all(t["label"] == (t["token_id"] if t["role"] == "completion" else -100) for t in row["tokens"])
+    bad = run("roles", LLAMA, BATCHES / "llama_clean.safetensors")
+    assert bad.exit_code == 2 and "roles are derived from raw rows" in bad.stderr
 
 
 ADAPTERS = FIXTURES / "adapters"

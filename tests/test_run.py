@@ -138,3 +138,22 @@ def test_find_decoder_layers_without_names(random_model):
     layers = find_decoder_layers(random_model)
     assert len(layers) == random_model.config.num_hidden_layers
     assert layers is (random_model.model.layers if hasattr(random_model, "model") else random_model.transformer.h)
+
+
+def test_mixed_precision_forward_returning_fp32_copies_reads_the_logits_the_loss_used():
+    # accelerate wraps a mixed-precision forward so that it returns its outputs cast to fp32 after computing the loss
+    # (Trainer with bf16=True): outputs.logits is then a copy outside the loss's graph.
+    accelerate_utils = pytest.importorskip("accelerate.utils")  # installed with the [trl] extra
+    convert_outputs_to_fp32 = accelerate_utils.convert_outputs_to_fp32
+
+    model = tiny_llama().to(torch.bfloat16)
+    batch = make_batch()
+    plain = forward_backward(model, batch)
+    model.forward = convert_outputs_to_fp32(model.forward)
+    try:
+        wrapped = forward_backward(model, batch)
+    finally:
+        del model.forward
+    assert torch.equal(wrapped.logit_grad_norm > 0, plain.logit_grad_norm > 0)
+    torch.testing.assert_close(wrapped.logit_grad_norm, plain.logit_grad_norm)
+    assert torch.equal(wrapped.target_id, plain.target_id)

@@ -1,0 +1,108 @@
+"""GradscopeCallback inside real training runs: TRL's SFTTrainer on the tiny Llama fixture, a couple of steps."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+import torch
+
+import gradscope
+from gradscope.integrations import GradscopeCallback
+from gradscope.load import load_model, load_tokenizer
+from tests.conftest import FIXTURES
+
+pytest.importorskip("trl")
+pytestmark = pytest.mark.filterwarnings("ignore:`gradient_checkpointing` is deprecated:FutureWarning")
+
+MODEL = FIXTURES / "models/tiny-llama-chat"
+CHATS = [json.loads(line) for line in (FIXTURES / "raw/chat.jsonl").read_text().splitlines()]
+
+
+def sft_run(tmp_path, callback, **options):
+    """A fresh copy of the fixture model trained for 2 steps by SFTTrainer; returns (model, trainer, error)."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    model, tokenizer = load_model(MODEL), load_tokenizer(MODEL)
+    args = SFTConfig(
+        output_dir=str(tmp_path), report_to=[], max_steps=2, per_device_train_batch_size=2, use_cpu=True,
+        save_strategy="no", logging_strategy="no", learning_rate=1e-2, **options,
+    )
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(CHATS), processing_class=tokenizer,
+                         callbacks=[callback])
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    error = None
+    try:
+        trainer.train()
+    except gradscope.MaskingError as err:
+        error = err
+    changed = any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+    return model, trainer, error, changed
+
+
+def test_callback_stops_a_run_that_trains_the_prompt(tmp_path):
+    callback = GradscopeCallback(fail_on="error")
+    model, trainer, error, changed = sft_run(tmp_path, callback, assistant_only_loss=False)
+    assert error is not None and error.report is callback.report
+    assert str(error).startswith("gradscope stopped training before the first optimizer step")
+    assert sorted((f.check, f.sample) for f in callback.report.findings) == [("prompt_leak", 0), ("prompt_leak", 1)]
+    assert trainer.state.global_step == 0 and not changed  # stopped before any weight moved
+    assert not model._forward_pre_hooks
+
+
+def test_callback_lets_a_correct_run_train(tmp_path):
+    callback = GradscopeCallback(fail_on="error")
+    model, trainer, error, changed = sft_run(tmp_path, callback, assistant_only_loss=True)
+    assert error is None and trainer.state.global_step == 2 and changed
+    report = callback.report
+    assert report.findings == [] and report.notes == []  # roles read from the chat template
+    roles = [[t.role for t in s.tokens] for s in report.samples]
+    assert all("completion" in r and "prompt" in r for r in roles)
+    assert not model._forward_pre_hooks
+
+
+# The hook itself, without a trainer: the fixture model called in training mode as a trainer calls it.
+
+
+def _hooked(callback):
+    model, tokenizer = load_model(MODEL), load_tokenizer(MODEL)
+    callback.on_train_begin(None, None, None, model=model, processing_class=tokenizer)
+    return model.train(), tokenizer
+
+
+def _leaky_batch(tokenizer):
+    ids = torch.tensor([tokenizer.apply_chat_template(CHATS[1]["messages"], tokenize=True, return_dict=True)["input_ids"]])
+    return {"input_ids": ids, "labels": ids.clone(), "attention_mask": torch.ones_like(ids)}
+
+
+def test_fail_on_none_logs_and_lets_the_forward_go_on(caplog):
+    callback = GradscopeCallback(fail_on=None)
+    model, tokenizer = _hooked(callback)
+    batch = _leaky_batch(tokenizer)
+    with caplog.at_level(logging.WARNING, logger="gradscope"):
+        outputs = model(**batch)
+    assert outputs.loss is not None
+    assert [f.check for f in callback.report.findings] == ["prompt_leak"]
+    assert "prompt_leak" in caplog.text and not model._forward_pre_hooks
+    with pytest.raises(gradscope.MaskingError, match="prompt_leak"):
+        model2, _ = _hooked(GradscopeCallback(fail_on="warning"))
+        model2(**batch)
+
+
+def test_a_forward_without_labels_is_not_checked(caplog):
+    callback = GradscopeCallback()
+    model, tokenizer = _hooked(callback)
+    batch = _leaky_batch(tokenizer)
+    del batch["labels"]
+    with caplog.at_level(logging.WARNING, logger="gradscope"):
+        model(**batch)
+    assert callback.report is None and "without labels" in caplog.text
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="fail_on"):
+        GradscopeCallback(fail_on="always")
+    with pytest.raises(ValueError, match="train_on"):
+        GradscopeCallback(train_on="everything")
