@@ -1,7 +1,8 @@
-"""gradscope: read from the loss gradient which tokens a causal-LM fine-tune really trains.
+"""gradscope: read from the loss gradient which tokens a causal-LM fine-tune really trains, and what reaches the weights.
 
     >>> report = gradscope.check(model, batch, tokenizer=tokenizer)
     >>> report.ok, [f.check for f in report.findings]
+    >>> gradscope.grads(model, batch, lr=2e-4).grads.global_norm
 """
 
 from gradscope.check import check, check_batches
@@ -14,22 +15,46 @@ from gradscope.errors import (
     ModelCallError,
     ModelLoadError,
 )
-from gradscope.report import Finding, Report, SampleReport, TokenReport
+from gradscope.grads import GradThresholds, grads
+from gradscope.overfit import overfit
+from gradscope.report import (
+    DirectionCheck,
+    Finding,
+    GradReport,
+    ModuleGrad,
+    OverfitReport,
+    ParamGrad,
+    Report,
+    SampleReport,
+    TokenReport,
+    VerifyReport,
+)
+from gradscope.verify import verify
 
 __version__ = "0.1.0"
 
 __all__ = [
     "DataError",
+    "DirectionCheck",
     "Finding",
+    "GradReport",
+    "GradThresholds",
     "GradscopeError",
     "InputError",
     "LossSpecError",
     "MaskingError",
     "ModelCallError",
     "ModelLoadError",
+    "ModuleGrad",
+    "OverfitReport",
+    "ParamGrad",
     "Report",
     "SampleReport",
     "TokenReport",
+    "VerifyReport",
     "check",
     "check_batches",
+    "grads",
+    "overfit",
+    "verify",
 ]

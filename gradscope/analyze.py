@@ -60,6 +60,17 @@ def format_positions(positions: Sequence[int]) -> str:
     return ", ".join(f"{a}" if a == b else f"{a}–{b}" for a, b in runs)
 
 
+def format_count(n: int, noun: str) -> str:
+    """(1, 'parameter') -> '1 parameter'; (3, 'parameter') -> '3 parameters'."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def name_list(names: Sequence[str], limit: int = 6) -> str:
+    """Names joined with commas, the first ``limit`` of them and how many more."""
+    shown = ", ".join(names[:limit])
+    return shown if len(names) <= limit else f"{shown} and {len(names) - limit} more"
+
+
 def _tokens(n: int) -> str:
     return "token" if n == 1 else "tokens"
 

@@ -98,16 +98,14 @@ def check_batches(
     ends = frozenset(end_token_ids) if end_token_ids is not None else default_end_token_ids(model, tokenizer)
     report = Report(model=describe_model(model, loss_fn))
     runs, packed = [], (0, 0)
-    vocab = model.get_input_embeddings().num_embeddings
     device = next(model.parameters()).device
     pad_id = _pad_token_id(model, tokenizer)
     for index, batch in enumerate(batches):
-        validate(batch, vocab, source, first_row=len(report.samples))
-        _require_rows(batch, accumulate, index, source)
-        full = with_default_labels(batch)
+        full = prepare_batch(model, batch, source, first_row=len(report.samples))
+        _require_rows(full, accumulate, index, source)
         starts = document_starts(full)
         run = ProbeRun(_windows(full, starts, chosen), accumulate)
-        capture = forward_backward(model, _to(full, device), loss_fn=loss_fn, keep_dropout=keep_dropout, after_backward=run)
+        capture = forward_backward(model, to_device(full, device), loss_fn=loss_fn, keep_dropout=keep_dropout, after_backward=run)
         views = _views(full, capture, tokenizer, ends, pad_id, len(report.samples), starts if "packing" in chosen else None)
         findings = analyze(capture, views, full["labels"])
         if not any(f.check == "nonfinite" for f in findings):
@@ -286,7 +284,26 @@ def describe_model(model: nn.Module, loss_fn: LossFn | None = None) -> dict[str,
     }
 
 
-def _to(batch: Mapping[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+def prepare_batch(
+    model: nn.Module, batch: Mapping[str, torch.Tensor], source: str | None = None, first_row: int = 0
+) -> dict[str, torch.Tensor]:
+    """Validate a batch against the model and add the default ``labels`` when absent (tensors stay where they are).
+
+    Args:
+        model: The causal LM the batch is for.
+        batch: The batch dict.
+        source: The file the batch came from, for error messages.
+        first_row: The data row of the batch's first sample, so errors name rows of the data.
+
+    Raises:
+        DataError: naming the key, row and position of the first problem.
+    """
+    validate(batch, model.get_input_embeddings().num_embeddings, source, first_row=first_row)
+    return with_default_labels(batch)
+
+
+def to_device(batch: Mapping[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """The batch with every tensor on ``device``."""
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 

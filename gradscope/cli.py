@@ -6,28 +6,43 @@ Exit codes: 0 no error finding; 1 error findings (warnings too with --strict); 2
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
+import torch
 import typer
-from rich.console import Console
+from rich.console import Console, Group
+from torch import nn
 
 from gradscope.check import check_batches, chosen_probes, default_end_token_ids
 from gradscope.errors import DataError, GradscopeError
-from gradscope.load import config_end_token_ids, load_data, load_loss_fn, load_model, load_role_rows, load_tokenizer
+from gradscope.grads import DEFAULT_LR, DEFAULT_MAX_GRAD_NORM
+from gradscope.grads import grads as grads_pass
+from gradscope.load import (
+    config_end_token_ids,
+    load_data,
+    load_loss_fn,
+    load_model_and_tokenizer,
+    load_role_rows,
+    load_tokenizer,
+)
+from gradscope.overfit import overfit as overfit_pass
 from gradscope.pipelines import DataOptions
 from gradscope.probes import PROBES
-from gradscope.render import CheckView, InspectView, RolesView, roles_to_json, to_json
+from gradscope.render import CheckView, GradsView, InspectView, RolesView, VerifyView, roles_to_json, to_json
 from gradscope.report import Report
+from gradscope.run import LossFn
+from gradscope.verify import verify as verify_pass
 
 EXIT_OK, EXIT_FINDINGS, EXIT_BAD_INPUT = 0, 1, 2
 
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
-    help="Read from the loss gradient which tokens a fine-tune really trains, and flag every masking leak.",
+    help="Read from the loss gradient which tokens a fine-tune really trains, flag every masking leak, and check the gradient that reaches the weights.",
 )
 
 
@@ -40,6 +55,11 @@ class DType(str, Enum):
     float32 = "float32"
     bfloat16 = "bfloat16"
     float16 = "float16"
+
+
+class Optimizer(str, Enum):
+    adamw = "adamw"
+    sgd = "sgd"
 
 
 class TrainOn(str, Enum):
@@ -62,7 +82,7 @@ class CollateInput(str, Enum):
     tokens = "tokens"
 
 
-ModelArg = Annotated[Path, typer.Argument(help="Local Hugging Face model directory (config.json + *.safetensors).")]
+ModelArg = Annotated[Path, typer.Argument(help="Local Hugging Face model directory (config.json + *.safetensors), or a PEFT adapter directory (adapter_config.json).")]
 DataArg = Annotated[
     Path,
     typer.Argument(help="A .safetensors batch, pre-tokenized .jsonl, or raw rows: .jsonl, .json, .parquet or a saved dataset directory."),
@@ -87,6 +107,12 @@ CompletionOnlyOpt = Annotated[bool | None, typer.Option("--completion-only-loss/
 AssistantOnlyOpt = Annotated[bool | None, typer.Option("--assistant-only-loss/--no-assistant-only-loss", help="SFTConfig.assistant_only_loss.")]
 PackingOpt = Annotated[bool | None, typer.Option("--packing/--no-packing", help="SFTConfig.packing.")]
 PaddingFreeOpt = Annotated[bool | None, typer.Option("--padding-free/--no-padding-free", help="SFTConfig.padding_free.")]
+BaseOpt = Annotated[Path | None, typer.Option("--base", help="Base model directory of a PEFT adapter (default: base_model_name_or_path in its adapter_config.json).")]
+FormatOpt = Annotated[Format, typer.Option("--format", help="text: a terminal report; json: schema v1 on stdout.")]
+OutputOpt = Annotated[Path | None, typer.Option("--output", help="Also write the JSON report to this file.")]
+StrictOpt = Annotated[bool, typer.Option("--strict", help="Exit 1 on warnings too.")]
+LrOpt = Annotated[float, typer.Option("--lr", min=0.0, help="Learning rate of the update-to-weight ratios and of the overfit steps.")]
+MaxNormOpt = Annotated[float, typer.Option("--max-grad-norm", min=0.0, help="Clipping threshold the clip factor is computed for.")]
 
 
 @dataclass
@@ -103,8 +129,21 @@ class RunOptions:
     trust_remote_code: bool
     keep_dropout: bool
     data_options: DataOptions
+    base: Path | None = None
     probes: tuple[str, ...] = PROBES
     accumulate: int | None = None
+
+
+@dataclass
+class Loaded:
+    """Everything named on the command line, loaded."""
+
+    model: nn.Module
+    tokenizer: Any
+    loss_fn: LossFn | None
+    batches: list[dict[str, torch.Tensor]]
+    data: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
 
 def data_options(
@@ -157,13 +196,14 @@ def _quiet_transformers() -> None:
         pass
 
 
-def _run(opts: RunOptions) -> Report:
-    """Load everything named on the command line and check it."""
+def _load(opts: RunOptions) -> Loaded:
+    """Load the model (or adapter on its base), tokenizer, loss and batches named on the command line."""
     _quiet_transformers()
-    chosen_probes(opts.probes, opts.accumulate)  # bad names fail before the model loads
+    chosen_probes(opts.probes, opts.accumulate)  # bad probe names fail before the model loads
     loss_fn = load_loss_fn(opts.loss) if opts.loss else None
-    model = load_model(opts.model, device=opts.device, dtype=opts.dtype.value, trust_remote_code=opts.trust_remote_code)
-    tokenizer = load_tokenizer(opts.model)
+    model, tokenizer = load_model_and_tokenizer(
+        opts.model, base=opts.base, device=opts.device, dtype=opts.dtype.value, trust_remote_code=opts.trust_remote_code
+    )
     pad_id = getattr(tokenizer, "pad_token_id", None)
     if pad_id is None:
         pad_id = getattr(model.config, "pad_token_id", None)
@@ -171,19 +211,32 @@ def _run(opts: RunOptions) -> Report:
         opts.data, tokenizer=tokenizer, model=model, samples=opts.samples, batch_size=opts.batch_size,
         options=opts.data_options, pad_token_id=pad_id, end_token_ids=default_end_token_ids(model, tokenizer),
     )
+    return Loaded(model, tokenizer, loss_fn, prepared.batches, prepared.data, prepared.notes)
+
+
+def _check(opts: RunOptions, loaded: Loaded) -> Report:
+    """The masking check of every batch."""
     report = check_batches(
-        model,
-        prepared.batches,
-        tokenizer=tokenizer,
-        loss_fn=loss_fn,
-        keep_dropout=opts.keep_dropout,
-        source=str(opts.data),
-        probes=opts.probes,
-        accumulate=opts.accumulate,
+        loaded.model, loaded.batches, tokenizer=loaded.tokenizer, loss_fn=loaded.loss_fn,
+        keep_dropout=opts.keep_dropout, source=str(opts.data), probes=opts.probes, accumulate=opts.accumulate,
     )
-    report.data = prepared.data
-    report.notes = prepared.notes + report.notes
+    report.data = loaded.data
+    report.notes = loaded.notes + report.notes
     return report
+
+
+def _run(opts: RunOptions) -> Report:
+    """Load everything named on the command line and check it."""
+    return _check(opts, _load(opts))
+
+
+def _first_batch(report: Report, loaded: Loaded, what: str) -> dict[str, torch.Tensor]:
+    """Parameter passes run on one batch, one optimizer step's worth: the first; say so when the data holds more."""
+    report.data = report.data or loaded.data
+    if len(loaded.batches) > 1:
+        rows = len(loaded.batches[0]["input_ids"])
+        report.notes.append(f"{what} ran on the first batch ({rows} row(s)) of {len(loaded.batches)}; use --batch-size to size it")
+    return loaded.batches[0]
 
 
 def exit_code(report: Report, strict: bool) -> int:
@@ -198,13 +251,29 @@ def _fail(err: GradscopeError) -> typer.Exit:
     return typer.Exit(EXIT_BAD_INPUT)
 
 
-def _report_or_exit(opts: RunOptions) -> Report:
+def _guarded(work: Callable[[], Report], status: str = "running forward and backward…") -> Report:
     """Run with a spinner on stderr; bad input becomes one Error line and exit status 2."""
     try:
-        with Console(stderr=True).status("running forward and backward…"):
-            return _run(opts)
+        with Console(stderr=True).status(status):
+            return work()
     except GradscopeError as err:
         raise _fail(err) from None
+
+
+def _report_or_exit(opts: RunOptions) -> Report:
+    """Load and check with a spinner on stderr; bad input becomes one Error line and exit status 2."""
+    return _guarded(lambda: _run(opts))
+
+
+def _emit(report: Report, output_format: Format, output: Path | None, view: object, strict: bool) -> typer.Exit:
+    """Write the JSON file, print the report as asked, and give the exit code."""
+    if output is not None:
+        output.write_text(to_json(report) + "\n", encoding="utf-8")
+    if output_format is Format.json:
+        sys.stdout.write(to_json(report) + "\n")
+    else:
+        Console(highlight=False).print(view)
+    return typer.Exit(exit_code(report, strict))
 
 
 @app.command()
@@ -235,6 +304,10 @@ def check(
     assistant_only_loss: AssistantOnlyOpt = None,
     packing: PackingOpt = None,
     padding_free: PaddingFreeOpt = None,
+    base: BaseOpt = None,
+    params: Annotated[bool, typer.Option("--params", help="Also run the parameter-gradient pass (as gradscope grads) on the first batch.")] = False,
+    lr: LrOpt = DEFAULT_LR,
+    max_grad_norm: MaxNormOpt = DEFAULT_MAX_GRAD_NORM,
     probes: Annotated[str, typer.Option("--probes", help="Structural probes, comma-separated: causal,packing,weights (or all, none).")] = "all",
     accumulate: Annotated[int | None, typer.Option("--accumulate", min=1, help="Also run each batch as K accumulated micro-batches and compare gradients.")] = None,
 ) -> None:
@@ -245,17 +318,22 @@ def check(
         packing=packing, padding_free=padding_free,
     )
     opts = RunOptions(
-        model, data, samples, batch_size, loss, device, dtype, trust_remote_code, keep_dropout, data_opts,
+        model, data, samples, batch_size, loss, device, dtype, trust_remote_code, keep_dropout, data_opts, base,
         parse_probes(probes), accumulate,
     )
-    report = _report_or_exit(opts)
-    if output is not None:
-        output.write_text(to_json(report) + "\n", encoding="utf-8")
-    if output_format is Format.json:
-        sys.stdout.write(to_json(report) + "\n")
-    else:
-        Console(highlight=False).print(CheckView(report, max_samples=show))
-    raise typer.Exit(exit_code(report, strict))
+
+    def work() -> Report:
+        loaded = _load(opts)
+        report = _check(opts, loaded)
+        if params:
+            first = _first_batch(report, loaded, "the parameter-gradient pass")
+            grads_pass(loaded.model, first, loss_fn=loaded.loss_fn, lr=lr, max_grad_norm=max_grad_norm,
+                       keep_dropout=keep_dropout, report=report, source=str(data))
+        return report
+
+    report = _guarded(work)
+    views = [CheckView(report, max_samples=show)] + ([GradsView(report)] if params else [])
+    raise _emit(report, output_format, output, Group(*views), strict)
 
 
 @app.command()
@@ -274,17 +352,99 @@ def inspect(
     train_on: TrainOnOpt = TrainOn.all_assistant,
     max_length: MaxLengthOpt = None,
     truncation_mode: TruncationOpt = None,
+    base: BaseOpt = None,
 ) -> None:
     """Show one row in detail: a per-token table and a layers x positions heat map of gradient norms."""
     # Run the row inside the batch it belongs to, so that its loss weights are the ones training sees.
     limit = None if data.suffix == ".safetensors" else (row // batch_size + 1) * batch_size
     data_opts = data_options(response_template, instruction_template, train_on, max_length, truncation_mode)
-    opts = RunOptions(model, data, limit, batch_size, loss, device, dtype, trust_remote_code, keep_dropout, data_opts)
+    opts = RunOptions(model, data, limit, batch_size, loss, device, dtype, trust_remote_code, keep_dropout, data_opts, base)
     report = _report_or_exit(opts)
     if row >= len(report.samples):
         raise _fail(DataError(f"there is no row {row}: the data has {len(report.samples)}", path=data, hint="pick --row from 0"))
     Console(highlight=False).print(InspectView(report, report.samples[row]))
     raise typer.Exit(exit_code(report, strict=False))
+
+
+@app.command()
+def grads(
+    model: ModelArg,
+    data: DataArg,
+    samples: SamplesOpt = None,
+    batch_size: BatchSizeOpt = 1,
+    loss: LossOpt = None,
+    device: DeviceOpt = "cpu",
+    dtype: DTypeOpt = DType.float32,
+    trust_remote_code: RemoteOpt = False,
+    keep_dropout: DropoutOpt = False,
+    base: BaseOpt = None,
+    lr: LrOpt = DEFAULT_LR,
+    max_grad_norm: MaxNormOpt = DEFAULT_MAX_GRAD_NORM,
+    overfit: Annotated[int, typer.Option("--overfit", min=0, help="Also take N optimizer steps on the batch alone (on a copy) and report the loss curve.")] = 0,
+    optimizer: Annotated[Optimizer, typer.Option("--optimizer", help="Optimizer of the overfit steps (AdamW with weight decay 0, or SGD).")] = Optimizer.adamw,
+    output_format: FormatOpt = Format.text,
+    output: OutputOpt = None,
+    strict: StrictOpt = False,
+    response_template: ResponseOpt = None,
+    instruction_template: InstructionOpt = None,
+    train_on: TrainOnOpt = TrainOn.all_assistant,
+    max_length: MaxLengthOpt = None,
+    truncation_mode: TruncationOpt = None,
+) -> None:
+    """The gradient that reaches the weights: per-module norms, clipping, update ratios, untrained parameters."""
+    data_opts = data_options(response_template, instruction_template, train_on, max_length, truncation_mode)
+    opts = RunOptions(model, data, samples, batch_size, loss, device, dtype, trust_remote_code, keep_dropout, data_opts, base)
+
+    def work() -> Report:
+        loaded = _load(opts)
+        common = {"loss_fn": loaded.loss_fn, "keep_dropout": keep_dropout, "source": str(data)}
+        first = loaded.batches[0]
+        report = grads_pass(loaded.model, first, lr=lr, max_grad_norm=max_grad_norm, **common)
+        _first_batch(report, loaded, "gradscope grads")
+        if overfit:
+            overfit_pass(loaded.model, first, steps=overfit, lr=lr, optimizer=optimizer.value, report=report, **common)
+        return report
+
+    report = _guarded(work)
+    raise _emit(report, output_format, output, GradsView(report), strict)
+
+
+@app.command()
+def verify(
+    model: ModelArg,
+    data: DataArg,
+    samples: SamplesOpt = None,
+    batch_size: BatchSizeOpt = 1,
+    loss: LossOpt = None,
+    device: DeviceOpt = "cpu",
+    trust_remote_code: RemoteOpt = False,
+    base: BaseOpt = None,
+    directions: Annotated[int, typer.Option("--directions", min=0, help="Random directions per tensor, after the gradient's own direction.")] = 2,
+    param_sample: Annotated[int, typer.Option("--param-sample", min=0, help="Parameters to check besides the input embeddings, spread over the model.")] = 4,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the random directions.")] = 0,
+    output_format: FormatOpt = Format.text,
+    output: OutputOpt = None,
+    strict: StrictOpt = False,
+    response_template: ResponseOpt = None,
+    instruction_template: InstructionOpt = None,
+    train_on: TrainOnOpt = TrainOn.all_assistant,
+    max_length: MaxLengthOpt = None,
+    truncation_mode: TruncationOpt = None,
+) -> None:
+    """Check autograd's gradient of the loss against finite differences on a float64 copy of the model."""
+    data_opts = data_options(response_template, instruction_template, train_on, max_length, truncation_mode)
+    opts = RunOptions(model, data, samples, batch_size, loss, device, DType.float32, trust_remote_code, False, data_opts, base)
+
+    def work() -> Report:
+        loaded = _load(opts)
+        first = loaded.batches[0]
+        report = verify_pass(loaded.model, first, loss_fn=loaded.loss_fn, directions=directions,
+                             parameters=param_sample, seed=seed, source=str(data))
+        _first_batch(report, loaded, "gradscope verify")
+        return report
+
+    report = _guarded(work, "comparing autograd with finite differences…")
+    raise _emit(report, output_format, output, VerifyView(report), strict)
 
 
 @app.command()

@@ -9,7 +9,9 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import json
+import os
 import sys
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -91,6 +93,102 @@ def _model_hint(err: BaseException, trust_remote_code: bool) -> str:
     if "trust_remote_code" in str(err) and not trust_remote_code:
         return "this model needs its own code: pass --trust-remote-code if you trust the directory"
     return "check that config.json and the weights belong together and describe a *ForCausalLM model"
+
+
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+
+def is_adapter_dir(path: str | Path) -> bool:
+    """True for a PEFT adapter directory (it holds ``adapter_config.json``)."""
+    return (Path(path) / ADAPTER_CONFIG).is_file()
+
+
+def load_model_and_tokenizer(
+    path: str | Path,
+    *,
+    base: str | Path | None = None,
+    device: str = "cpu",
+    dtype: str = "float32",
+    trust_remote_code: bool = False,
+) -> tuple[nn.Module, Any | None]:
+    """A model directory, or a PEFT adapter directory loaded on its base model, and the tokenizer that goes with it.
+
+    Args:
+        path: A model directory (config.json + *.safetensors) or an adapter directory (adapter_config.json +
+            adapter_model.safetensors).
+        base: The base model directory for an adapter; by default ``base_model_name_or_path`` of its
+            adapter_config.json, relative to the adapter directory or else to the working directory.
+        device: torch device.
+        dtype: Model dtype name.
+        trust_remote_code: Allow code from the model directory to run.
+
+    Returns:
+        The model (a ``peft.PeftModel`` for an adapter, its adapter parameters trainable) and the tokenizer of the
+        adapter directory, else of the base, else None.
+    """
+    path = Path(path)
+    if not is_adapter_dir(path):
+        model = load_model(path, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+        return model, load_tokenizer(path)
+    base_dir = resolve_base(path, base)
+    model = load_model(base_dir, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+    return load_adapter(path, model).to(device), load_tokenizer(path) or load_tokenizer(base_dir)
+
+
+def resolve_base(adapter: Path, base: str | Path | None = None) -> Path:
+    """The local base model directory of an adapter: ``base`` if given, else what adapter_config.json names."""
+    if base is not None:
+        return Path(base)
+    named = _adapter_config(adapter).get("base_model_name_or_path")
+    if not isinstance(named, str) or not named:
+        raise ModelLoadError("adapter_config.json names no base_model_name_or_path", path=adapter, hint="pass --base DIR")
+    for candidate in (Path(os.path.normpath(adapter / named)), Path(named)):
+        if (candidate / "config.json").is_file():
+            return candidate
+    raise ModelLoadError(
+        f"the base model {named!r} named in adapter_config.json is not a local model directory",
+        path=adapter,
+        hint="pass --base DIR with the base model's local directory (gradscope never downloads)",
+    )
+
+
+def _adapter_config(adapter: Path) -> dict[str, Any]:
+    try:
+        config = json.loads((adapter / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ModelLoadError(f"cannot read {ADAPTER_CONFIG}: {_first_line(err)}", path=adapter) from err
+    if not isinstance(config, dict):
+        raise ModelLoadError(f"{ADAPTER_CONFIG} is not a JSON object", path=adapter)
+    return config
+
+
+def load_adapter(path: str | Path, model: nn.Module) -> nn.Module:
+    """Load a PEFT adapter directory onto ``model`` through peft, trainable (``is_trainable=True``), as training does.
+
+    Raises:
+        ModelLoadError: peft is not installed, the weights are not safetensors, or peft cannot load the adapter.
+    """
+    path = Path(path)
+    if not (path / ADAPTER_WEIGHTS).is_file():
+        raise ModelLoadError(
+            f"no {ADAPTER_WEIGHTS}",
+            path=path,
+            hint="gradscope loads safetensors only (nothing pickled); re-save the adapter with save_pretrained",
+        )
+    try:
+        from peft import PeftModel
+    except ImportError as err:
+        raise ModelLoadError(
+            "loading an adapter directory needs peft", path=path, hint="pip install 'gradscope[peft]'"
+        ) from err
+    try:
+        with warnings.catch_warnings():
+            # peft calls transformers APIs that transformers marks deprecated: nothing the user can act on.
+            warnings.simplefilter("ignore", FutureWarning)
+            return PeftModel.from_pretrained(model, str(path), is_trainable=True)
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, AttributeError) as err:
+        raise ModelLoadError(f"peft cannot load the adapter: {_first_line(err)}", path=path) from err
 
 
 def load_tokenizer(path: str | Path) -> Any | None:

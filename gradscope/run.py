@@ -143,6 +143,29 @@ class _Recorder:
 
 
 @contextmanager
+def training_state(model: nn.Module, *, keep_dropout: bool = False) -> Iterator[None]:
+    """Run ``model`` as a trainer does, and always put it back as it was.
+
+    Inside the context the model is in training mode and dropout is off unless ``keep_dropout``. On exit
+    requires_grad, the training flags and dropout probabilities are restored (requires_grad too, so that a pass
+    that freezes parameters inside the context needs no restoring of its own).
+    """
+    saved_grad = [(p, p.requires_grad) for p in model.parameters()]
+    saved_mode = [(m, m.training) for m in model.modules()]
+    saved_dropout = [] if keep_dropout else _disable_dropout(model)
+    try:
+        model.train()
+        yield
+    finally:
+        for p, flag in saved_grad:
+            p.requires_grad_(flag)
+        for m, flag in saved_mode:
+            m.training = flag
+        for obj, attr, value in saved_dropout:
+            setattr(obj, attr, value)
+
+
+@contextmanager
 def instrumented(model: nn.Module, *, keep_dropout: bool = False) -> Iterator[_Recorder]:
     """Prepare ``model`` for a gradscope run and always put it back as it was.
 
@@ -152,29 +175,20 @@ def instrumented(model: nn.Module, *, keep_dropout: bool = False) -> Iterator[_R
     """
     layers = find_decoder_layers(model)
     recorder = _Recorder(len(layers) if layers is not None else 0)
-    saved_grad = [(p, p.requires_grad) for p in model.parameters()]
-    saved_mode = [(m, m.training) for m in model.modules()]
-    saved_dropout = [] if keep_dropout else _disable_dropout(model)
-    handles = [model.get_input_embeddings().register_forward_hook(recorder.embedding_hook)]
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if isinstance(head, nn.Module):
-        handles.append(head.register_forward_hook(recorder.head_hook))
-    if layers is not None:
-        handles += [layer.register_forward_hook(recorder.layer_hook(i)) for i, layer in enumerate(layers)]
-    try:
-        for p, _ in saved_grad:
-            p.requires_grad_(False)
-        model.train()
-        yield recorder
-    finally:
-        for h in handles:
-            h.remove()
-        for p, flag in saved_grad:
-            p.requires_grad_(flag)
-        for m, flag in saved_mode:
-            m.training = flag
-        for obj, attr, value in saved_dropout:
-            setattr(obj, attr, value)
+    with training_state(model, keep_dropout=keep_dropout):
+        handles = [model.get_input_embeddings().register_forward_hook(recorder.embedding_hook)]
+        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        if isinstance(head, nn.Module):
+            handles.append(head.register_forward_hook(recorder.head_hook))
+        if layers is not None:
+            handles += [layer.register_forward_hook(recorder.layer_hook(i)) for i, layer in enumerate(layers)]
+        try:
+            for p in model.parameters():
+                p.requires_grad_(False)
+            yield recorder
+        finally:
+            for h in handles:
+                h.remove()
 
 
 def _disable_dropout(model: nn.Module) -> list[tuple[object, str, float]]:
@@ -259,17 +273,27 @@ def _loss_logits(logits: torch.Tensor, rec: _Recorder) -> torch.Tensor:
 
 
 def call_model(
-    model: nn.Module, batch: Mapping[str, torch.Tensor], loss_fn: LossFn | None
+    model: nn.Module,
+    batch: Mapping[str, torch.Tensor],
+    loss_fn: LossFn | None,
+    forward: Callable[..., object] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``model(**batch)`` as a trainer calls it; returns the logits (B, T, V) and the scalar loss.
+    """Call the model as a trainer does and take the loss: ``(logits, scalar loss)``.
+
+    Args:
+        model: The causal LM.
+        batch: Tensors on the model's device; role tensors are dropped.
+        loss_fn: ``fn(logits, labels)``; when given, the model is called without labels. Otherwise ``outputs.loss``.
+        forward: Calls the model with the inputs as keywords; ``model`` itself by default (verify passes a
+            ``torch.func.functional_call`` here to substitute parameter values).
 
     Raises:
-        ModelCallError: the model or the loss fails, or the loss is not a scalar tensor.
+        ModelCallError: the model or loss fails, or returns no scalar loss.
     """
     inputs = model_inputs(batch)
     labels = inputs.pop("labels") if loss_fn is not None else inputs.get("labels")
     try:
-        outputs = model(**inputs)
+        outputs = (forward or model)(**inputs)
         logits = outputs.logits if hasattr(outputs, "logits") else outputs[0]
         loss = loss_fn(logits, labels) if loss_fn is not None else outputs.loss
     except (RuntimeError, TypeError, ValueError, IndexError, KeyError) as err:

@@ -10,6 +10,11 @@ import torch
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 
+# The test models are tiny: splitting a (57, 64) matmul across threads only adds waiting, and on a shared 2-core
+# machine a second thread that is not scheduled makes every op wait for it (measured: 15-30 ms for a tiny linear
+# with 2 threads under load, 0.03 ms with 1).
+torch.set_num_threads(1)
+
 
 def tiny_llama(dropout: float = 0.0):
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -63,9 +68,19 @@ _MODELS: dict[str, object] = {}
 
 
 def fixture_model(name: str):
-    """A committed fixture model and its tokenizer, loaded once per session."""
-    from gradscope.load import load_model, load_tokenizer
+    """A committed fixture model (or adapter on its base) and its tokenizer, loaded once per session.
+
+    Shared: a test must leave it as it found it (which is what every gradscope pass promises).
+    """
+    from gradscope.load import load_model_and_tokenizer
 
     if name not in _MODELS:
-        _MODELS[name] = (load_model(FIXTURES / name), load_tokenizer(FIXTURES / name))
+        _MODELS[name] = load_model_and_tokenizer(FIXTURES / name)
     return _MODELS[name]
+
+
+def fixture_batch(name: str) -> dict[str, torch.Tensor]:
+    """A committed fixture batch, e.g. 'llama_clean'."""
+    from gradscope.load import read_safetensors
+
+    return read_safetensors(FIXTURES / "batches" / f"{name}.safetensors")

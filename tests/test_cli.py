@@ -185,7 +185,7 @@ def test_inspect_row_out_of_range_exits_2():
 
 def test_every_command_has_help_and_is_in_the_readme():
     readme = (FIXTURES.parent / "README.md").read_text()
-    for command in ("check", "inspect", "roles"):
+    for command in ("check", "inspect", "roles", "grads", "verify"):
         result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "250"})  # wide: no option name cut short
         assert result.exit_code == 0
         assert f"gradscope {command}" in readme
@@ -242,6 +242,90 @@ def test_roles_prints_the_strip_and_json():
     assert all(t["label"] == (t["token_id"] if t["role"] == "completion" else -100) for t in row["tokens"])
     bad = run("roles", LLAMA, BATCHES / "llama_clean.safetensors")
     assert bad.exit_code == 2 and "roles are derived from raw rows" in bad.stderr
+
+
+ADAPTERS = FIXTURES / "adapters"
+MODELS = FIXTURES / "models"
+
+
+def run_wide(*args: str):
+    """The text report on a 200-column terminal, so that phrases are not wrapped."""
+    return runner.invoke(app, [str(a) for a in args], env={"COLUMNS": "200"})
+
+
+def run_command_json(command: str, *args: str):
+    result = run(command, *args, "--format", "json")
+    return result, json.loads(result.stdout) if result.stdout else None
+
+
+def test_grads_frozen_block_exits_1_naming_the_block():
+    result, data = run_command_json("grads", MODELS / "tiny-llama-frozen-block", BATCHES / "llama_clean.safetensors")
+    assert result.exit_code == 1, result.output
+    assert data["schema_version"] == 1 and data["samples"] == []
+    assert [f["check"] for f in data["findings"]] == ["untrained_parameters"]
+    assert "model.layers.1." in data["findings"][0]["message"]
+    zero = {p["module"] for p in data["grads"]["parameters"] if p["status"] == "zero_gradient"}
+    assert zero and all(m.startswith("model.layers.1.") for m in zero)
+    assert {"global_norm", "clip_factor", "depth_ratio", "block_grad_norms", "modules"} <= set(data["grads"])
+
+
+def test_grads_warning_exits_0_and_1_with_strict():
+    args = (MODELS / "tiny-llama-exploding", BATCHES / "llama_clean.safetensors")
+    result, data = run_command_json("grads", *args)
+    assert result.exit_code == 0 and [f["check"] for f in data["findings"]] == ["exploding_gradient"]
+    assert run("grads", *args, "--strict").exit_code == 1
+
+
+def test_grads_text_report_and_adapter_rows():
+    result = run_wide("grads", ADAPTERS / "tiny-llama-lora-detached", BATCHES / "llama_clean.safetensors")
+    assert result.exit_code == 1
+    assert "untrained_parameters" in result.stdout and "layer 1 attention (adapter)" in result.stdout
+    assert "frozen, not shown" in result.stdout
+
+
+def test_grads_overfit_reports_the_curve(tmp_path):
+    out = tmp_path / "grads.json"
+    args = ["--overfit", "4", "--lr", "1e-3", "--output", out]
+    result, data = run_command_json("grads", LLAMA, BATCHES / "llama_clean.safetensors", *args)
+    assert result.exit_code == 0, result.output
+    curve = data["overfit"]
+    assert len(curve["losses"]) == 5 and curve["losses"][-1] < curve["losses"][0]
+    assert curve["optimizer"] == "adamw" and curve["lr"] == 1e-3
+    assert json.loads(out.read_text()) == data
+    text = run_wide("grads", LLAMA, BATCHES / "llama_clean.safetensors", "--overfit", "2", "--optimizer", "sgd", "--lr", "0")
+    assert "cannot_overfit" in text.stdout and "the loss does not drop" in text.stdout
+
+
+def test_check_params_adds_the_gradient_pass_to_the_same_report():
+    result, plain = run_json(LLAMA, BATCHES / "llama_clean.jsonl", "--batch-size", "2")
+    assert result.exit_code == 0 and "grads" not in plain
+    result, data = run_json(LLAMA, BATCHES / "llama_clean.jsonl", "--batch-size", "2", "--params", "--lr", "1e-4")
+    assert result.exit_code == 0, result.output
+    assert data["samples"] == plain["samples"] and data["grads"]["lr"] == 1e-4
+    assert any("first batch (2 row(s)) of 2" in note for note in data["summary"]["notes"])
+
+
+def test_verify_catches_the_wrong_backward_and_passes_the_right_one():
+    losses = FIXTURES / "losses.py"
+    args = (LLAMA, BATCHES / "llama_clean.safetensors", "--param-sample", "1", "--directions", "1")
+    result, data = run_command_json("verify", *args, "--loss", f"{losses}:wrong_backward")
+    assert result.exit_code == 1 and [f["check"] for f in data["findings"]] == ["gradient_mismatch"]
+    assert data["verify"]["precision"] == "float64" and data["verify"]["max_relative_error"] > 0.5
+    result, data = run_command_json("verify", *args, "--loss", f"{losses}:fused_token_mean")
+    assert result.exit_code == 0 and data["findings"] == []
+    assert run("verify", *args).exit_code == 0
+
+
+def test_adapter_with_unknown_base_exits_2(tmp_path):
+    moved = tmp_path / "adapter"
+    moved.mkdir()
+    for f in (ADAPTERS / "tiny-llama-lora").iterdir():
+        (moved / f.name).write_bytes(f.read_bytes())
+    result = run("grads", moved, BATCHES / "llama_clean.safetensors")
+    assert result.exit_code == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and "--base" in lines[0]
+    assert run("grads", moved, BATCHES / "llama_clean.safetensors", "--base", LLAMA).exit_code == 0
 
 
 def test_probes_and_accumulate_in_json_and_terminal():
