@@ -11,7 +11,7 @@ from torch import nn
 from gradscope.analyze import SampleView, analyze
 from gradscope.batch import CUT_KEY, PAD, ROLE_NAMES, ROW_KEY, document_starts, roles, validate, with_default_labels
 from gradscope.errors import DataError, InputError
-from gradscope.probes import PROBES, Dependence, ProbeRun, plan_windows
+from gradscope.probes import PROBES, Accumulation, Dependence, ProbeRun, Window, plan_windows
 from gradscope.report import AccumulationReport, Finding, ProbeReport, Report, SampleReport, TokenReport
 from gradscope.run import Capture, LossFn, find_decoder_layers, forward_backward
 from gradscope.structure import (
@@ -110,7 +110,11 @@ def check_batches(
         findings = analyze(capture, views, full["labels"])
         if not any(f.check == "nonfinite" for f in findings):
             facts = call_facts(model, full, _restarts(full))
-            findings += _structural_findings(run, capture, views, facts, starts, chosen, index, report)
+            findings += _structural_findings(run, capture, views, facts, starts, chosen)
+            if run.accumulation is not None:
+                result, finding = _accumulation(run.accumulation, capture, index)
+                report.accumulation.append(result)
+                findings += [finding] if finding is not None else []
         report.findings += findings
         report.samples += [_sample_report(v, full, capture, i) for i, v in enumerate(views)]
         report.losses.append(capture.loss)
@@ -160,7 +164,7 @@ def _restarts(batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
     return document_starts({k: v for k, v in batch.items() if k in ("input_ids", "position_ids")})
 
 
-def _windows(batch: Mapping[str, torch.Tensor], starts: torch.Tensor, chosen: frozenset[str]):
+def _windows(batch: Mapping[str, torch.Tensor], starts: torch.Tensor, chosen: frozenset[str]) -> list[Window]:
     return plan_windows(starts, _real(batch), causal="causal" in chosen, packing="packing" in chosen)
 
 
@@ -171,10 +175,8 @@ def _structural_findings(
     facts: CallFacts,
     starts: torch.Tensor,
     chosen: frozenset[str],
-    index: int,
-    report: Report,
 ) -> list[Finding]:
-    """causal_leak and cross_document_leak per sample, then the batch's uneven_token_weights and accumulation."""
+    """causal_leak and cross_document_leak per sample, then the batch's uneven_token_weights."""
     found: list[Finding | None] = []
     if run.dependence is not None:
         dep = run.dependence
@@ -182,15 +184,18 @@ def _structural_findings(
             mine = [w for w in dep.windows if w.row == row]
             found.append(causal_leak(view.index, mine, dep.seen[:, row], facts))
             found.append(cross_document_leak(view.index, mine, dep.seen[:, row], facts, row))
-    trained = capture.logit_grad_norm > 0
     if "weights" in chosen:
+        trained = capture.logit_grad_norm > 0
         found.append(uneven_token_weights(capture.weight, trained, starts.cumsum(1), [v.index for v in views]))
-    if run.accumulation is not None:
-        acc = run.accumulation
-        counts = [int(trained[rows].sum()) for rows in acc.rows]
-        report.accumulation.append(AccumulationReport(index, acc.micro_batches, acc.cosine, acc.relative_error, counts))
-        found.append(accumulation_mismatch(acc, counts, index))
     return [f for f in found if f is not None]
+
+
+def _accumulation(acc: Accumulation, capture: Capture, index: int) -> tuple[AccumulationReport, Finding | None]:
+    """The accumulation section entry of batch ``index`` and its accumulation_mismatch, if any."""
+    trained = capture.logit_grad_norm > 0
+    counts = [int(trained[rows].sum()) for rows in acc.rows]
+    result = AccumulationReport(index, acc.micro_batches, acc.cosine, acc.relative_error, counts)
+    return result, accumulation_mismatch(acc, counts, index)
 
 
 def _probe_reports(runs: list[ProbeRun], chosen: frozenset[str], packed: tuple[int, int]) -> dict[str, ProbeReport]:
