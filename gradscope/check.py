@@ -149,7 +149,7 @@ def _views(
             roles=role_codes[b],
             trained=trained[b],
             target_id=capture.target_id[b],
-            texts=[texts(int(i)) for i in batch["input_ids"][b]],
+            texts=[texts(i) for i in batch["input_ids"][b].tolist()],
             end_token_ids=ends,
             pad_token_id=pad_id,
         )
@@ -170,23 +170,25 @@ def _decoder(tokenizer: Any):
 
 
 def _sample_report(view: SampleView, batch: Mapping[str, torch.Tensor], capture: Capture, b: int) -> SampleReport:
-    labels = batch["labels"][b].tolist()
-    tokens = []
-    for t, token_id in enumerate(view.input_ids.tolist()):
-        first = t == 0
-        tokens.append(
-            TokenReport(
-                position=t,
-                token_id=token_id,
-                text=view.texts[t],
-                role=ROLE_NAMES[int(view.roles[t])],
-                label=labels[t],
-                trained=bool(view.trained[t]),
-                target_id=None if view.target_id[t] < 0 else int(view.target_id[t]),
-                loss=None if first else float(capture.token_loss[b, t]),
-                weight=None if first else float(capture.weight[b, t]),
-                logit_grad_norm=float(capture.logit_grad_norm[b, t]),
-                embedding_grad_norm=float(capture.embedding_grad_norm[b, t]),
-            )
+    # One .tolist() per quantity: indexing tensors element by element costs microseconds per token.
+    ids, roles, trained = view.input_ids.tolist(), view.roles.tolist(), view.trained.tolist()
+    labels, targets = batch["labels"][b].tolist(), view.target_id.tolist()
+    loss, weight = capture.token_loss[b].tolist(), capture.weight[b].tolist()
+    logit_norm, embedding_norm = capture.logit_grad_norm[b].tolist(), capture.embedding_grad_norm[b].tolist()
+    tokens = [
+        TokenReport(
+            position=t,
+            token_id=ids[t],
+            text=view.texts[t],
+            role=ROLE_NAMES[roles[t]],
+            label=labels[t],
+            trained=trained[t],
+            target_id=None if targets[t] < 0 else targets[t],
+            loss=None if t == 0 else loss[t],
+            weight=None if t == 0 else weight[t],
+            logit_grad_norm=logit_norm[t],
+            embedding_grad_norm=embedding_norm[t],
         )
+        for t in range(len(ids))
+    ]
     return SampleReport(index=view.index, tokens=tokens, layer_grad_norms=capture.layer_grad_norms[b].tolist())

@@ -6,6 +6,7 @@ Exit codes: 0 no error finding; 1 error findings (warnings too with --strict); 2
 from __future__ import annotations
 
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -13,12 +14,13 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from gradscope.check import check_batches
 from gradscope.errors import DataError, GradscopeError
 from gradscope.load import load_batches, load_loss_fn, load_model, load_tokenizer
-from gradscope.render import CheckView, InspectView, to_json
-from gradscope.report import Report
+from gradscope.render import CheckView, InspectView, ScanView, to_json
+from gradscope.report import Report, ScanReport
 
 EXIT_OK, EXIT_FINDINGS, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -89,7 +91,7 @@ def _run(opts: RunOptions) -> Report:
     )
 
 
-def exit_code(report: Report, strict: bool) -> int:
+def exit_code(report: Report | ScanReport, strict: bool) -> int:
     """0 clean; 1 when there are error findings, or any finding with ``strict``."""
     failing = report.findings if strict else report.errors
     return EXIT_FINDINGS if failing else EXIT_OK
@@ -159,3 +161,46 @@ def inspect(
         raise _fail(DataError(f"there is no row {row}: the data has {len(report.samples)}", path=data, hint="pick --row from 0"))
     Console(highlight=False).print(InspectView(report, report.samples[row]))
     raise typer.Exit(exit_code(report, strict=False))
+
+
+@app.command()
+def scan(
+    data: Annotated[Path, typer.Argument(help="Tokenized rows: .jsonl, .parquet, .arrow, a saved datasets directory, or a .safetensors batch.")],
+    tokenizer: Annotated[Path | None, typer.Option("--tokenizer", help="Tokenizer or model directory: names the end and pad tokens, decodes texts.")] = None,
+    end_token_id: Annotated[list[int] | None, typer.Option("--end-token-id", help="A token id that closes a completion (repeatable); replaces the tokenizer's.")] = None,
+    num_proc: Annotated[int, typer.Option("--num-proc", min=1, help="Processes, through datasets' Dataset.map (1: stream in this process).")] = 1,
+    examples: Annotated[int, typer.Option("--examples", min=1, help="Rows of each failing check given in full.")] = 3,
+    worst: Annotated[int, typer.Option("--worst", min=0, help="Rows with the most flagged positions to list.")] = 10,
+    output_format: Annotated[Format, typer.Option("--format", help="text: a terminal report; json: schema v1 on stdout.")] = Format.text,
+    output: Annotated[Path | None, typer.Option("--output", help="Also write the JSON report to this file.")] = None,
+    strict: Annotated[bool, typer.Option("--strict", help="Exit 1 on warnings too.")] = False,
+) -> None:
+    """Audit every row of a tokenized dataset from its labels, without a model (same checks as check)."""
+    from gradscope.scan import scan as scan_dataset
+
+    try:
+        with _progress() as advance:
+            report = scan_dataset(data, tokenizer=tokenizer, end_token_ids=end_token_id, examples=examples,
+                                  worst=worst, num_proc=num_proc, progress=advance)
+    except GradscopeError as err:
+        raise _fail(err) from None
+    if output is not None:
+        output.write_text(to_json(report) + "\n", encoding="utf-8")
+    if output_format is Format.json:
+        sys.stdout.write(to_json(report) + "\n")
+    else:
+        Console(highlight=False).print(ScanView(report))
+    raise typer.Exit(exit_code(report, strict))
+
+
+@contextmanager
+def _progress():
+    """A rich progress bar on stderr (rows scanned); yields the callback the library calls."""
+    columns = (TextColumn("scanning"), BarColumn(), MofNCompleteColumn(), TextColumn("rows"), TimeElapsedColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("scan", total=None)
+
+        def advance(done: int, total: int | None) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield advance
