@@ -5,8 +5,9 @@ Measures, in one run, on the same model and the same batch, side by side:
     (a) a bare training step: forward + backward with parameter gradients (no optimizer step);
     (b) gradscope.check, core: per-token loss, trained map, per-position gradient norms, findings, Report;
     (c) gradscope.check with every probe (when this version of gradscope has probes);
-    (d) Captum's LayerGradientXActivation (multiply_by_inputs=False: the gradient at every decoder layer's output,
-        reduced to per-position norms), one attribution per target token, over --targets trained tokens.
+    (d) Captum's LayerGradientXActivation (multiply_by_inputs=False: the gradient at the input embedding's and every
+        decoder layer's output, reduced to per-position norms: what (b) reports for the loss), one attribution per
+        target token, over --targets trained tokens.
 
 Each case (model x sequence length) runs in a fresh Python process so that memory is measured from a clean
 start. On the CPU, peak memory is the process's peak resident set (VmHWM, reset through /proc/self/clear_refs)
@@ -162,7 +163,8 @@ def captum_attribution(model, batch, targets: list[int]) -> Callable[[], None]:
         logp = logits[:, position - 1].float().log_softmax(-1)
         return logp.gather(-1, input_ids[:, position, None]).squeeze(-1)
 
-    layers = list(find_decoder_layers(model))
+    # The embedding output too: (b) reports the gradient there as well, which takes the backward through layer 0.
+    layers = [model.get_input_embeddings(), *find_decoder_layers(model)]
     attribution = LayerGradientXActivation(target_logprob, layers, multiply_by_inputs=False)
 
     def run() -> None:

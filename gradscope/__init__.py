@@ -6,7 +6,8 @@
 
 from gradscope.check import check, check_batches
 from gradscope.errors import DataError, GradscopeError, InputError, LossSpecError, ModelCallError, ModelLoadError
-from gradscope.report import Finding, Report, SampleReport, TokenReport
+from gradscope.report import Finding, Report, SampleReport, ScanReport, TokenReport
+from gradscope.scan import scan
 
 __version__ = "0.1.0"
 
@@ -20,7 +21,9 @@ __all__ = [
     "ModelLoadError",
     "Report",
     "SampleReport",
+    "ScanReport",
     "TokenReport",
     "check",
     "check_batches",
+    "scan",
 ]

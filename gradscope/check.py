@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -157,13 +158,22 @@ def _views(
     ]
 
 
+_TEXTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def _decoder(tokenizer: Any):
-    """A cached id -> text function (None without a tokenizer)."""
-    cache: dict[int, str | None] = {}
+    """A cached id -> text function (None without a tokenizer); the cache lives as long as the tokenizer, so each
+    token id is decoded once across batches and calls."""
+    if tokenizer is None:
+        return lambda token_id: None
+    try:
+        cache = _TEXTS.setdefault(tokenizer, {})
+    except TypeError:  # a tokenizer that takes no weak reference: a cache for this call only
+        cache = {}
 
     def text(token_id: int) -> str | None:
         if token_id not in cache:
-            cache[token_id] = tokenizer.decode([token_id]) if tokenizer is not None else None
+            cache[token_id] = tokenizer.decode([token_id])
         return cache[token_id]
 
     return text

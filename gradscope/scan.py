@@ -205,9 +205,8 @@ class ScanAccumulator:
         if longest >= len(self.lengths):
             self.lengths = np.pad(self.lengths, (0, longest + 1 - len(self.lengths)))
         self.lengths += np.bincount(v.tokens, minlength=len(self.lengths))
-        fraction = v.trained / np.maximum(v.tokens, 1)
-        self.fractions += np.bincount(np.minimum((fraction * FRACTION_BINS).astype(np.int64), FRACTION_BINS - 1),
-                                      minlength=FRACTION_BINS)
+        bins = np.minimum(FRACTION_BINS * v.trained // np.maximum(v.tokens, 1), FRACTION_BINS - 1)  # exact integers
+        self.fractions += np.bincount(bins, minlength=FRACTION_BINS)
 
     def _findings(self, chunk: Chunk, r: int) -> list[Finding]:
         """The row's findings in full, exactly as ``check`` writes them (``analyze.check_sample``)."""
