@@ -75,7 +75,7 @@ def check_batches(
     ends = frozenset(end_token_ids) if end_token_ids is not None else default_end_token_ids(model, tokenizer)
     report = Report(model=describe_model(model, loss_fn))
     vocab = model.get_input_embeddings().num_embeddings
-    device = next(model.parameters()).device
+    device = model.get_input_embeddings().weight.device  # the first device when layers are spread (device_map)
     pad_id = _pad_token_id(model, tokenizer)
     for batch in batches:
         validate(batch, vocab, source, first_row=len(report.samples))
@@ -124,6 +124,7 @@ def describe_model(model: nn.Module, loss_fn: LossFn | None = None) -> dict[str,
         "parameters": sum(p.numel() for p in model.parameters()),
         "dtype": str(param.dtype).removeprefix("torch."),
         "device": str(param.device),
+        "device_map": getattr(model, "hf_device_map", None),
         "loss": "outputs.loss" if loss_fn is None else getattr(loss_fn, "__qualname__", repr(loss_fn)),
     }
 

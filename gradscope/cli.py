@@ -47,7 +47,11 @@ DataArg = Annotated[Path, typer.Argument(help="A .safetensors batch or a .jsonl 
 SamplesOpt = Annotated[int | None, typer.Option("--samples", min=1, help="Use only the first N rows.")]
 BatchSizeOpt = Annotated[int, typer.Option("--batch-size", min=1, help="JSONL rows per batch (a .safetensors batch runs as is).")]
 LossOpt = Annotated[str | None, typer.Option("--loss", help="FILE.py:FN or module:FN, fn(logits, labels) -> scalar, instead of the model's loss.")]
-DeviceOpt = Annotated[str, typer.Option("--device", help="torch device to run on.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="torch device to run on (cpu, cuda, cuda:N, mps).")]
+DeviceMapOpt = Annotated[
+    str | None,
+    typer.Option("--device-map", help="Spread the model over the available devices through accelerate (auto, balanced, sequential); overrides --device."),
+]
 DTypeOpt = Annotated[DType, typer.Option("--dtype", help="Model dtype (gradient norms are always computed in fp32).")]
 RemoteOpt = Annotated[bool, typer.Option("--trust-remote-code", help="Allow code from the model directory to run.")]
 DropoutOpt = Annotated[bool, typer.Option("--keep-dropout", help="Leave dropout on (the report is then not deterministic).")]
@@ -66,6 +70,7 @@ class RunOptions:
     dtype: DType
     trust_remote_code: bool
     keep_dropout: bool
+    device_map: str | None = None
 
 
 def _quiet_transformers() -> None:
@@ -80,7 +85,8 @@ def _run(opts: RunOptions) -> Report:
     """Load everything named on the command line and check it."""
     _quiet_transformers()
     loss_fn = load_loss_fn(opts.loss) if opts.loss else None
-    model = load_model(opts.model, device=opts.device, dtype=opts.dtype.value, trust_remote_code=opts.trust_remote_code)
+    model = load_model(opts.model, device=opts.device, dtype=opts.dtype.value, trust_remote_code=opts.trust_remote_code,
+                       device_map=opts.device_map)
     tokenizer = load_tokenizer(opts.model)
     pad_id = getattr(tokenizer, "pad_token_id", None)
     if pad_id is None:
@@ -120,6 +126,7 @@ def check(
     batch_size: BatchSizeOpt = 1,
     loss: LossOpt = None,
     device: DeviceOpt = "cpu",
+    device_map: DeviceMapOpt = None,
     dtype: DTypeOpt = DType.float32,
     trust_remote_code: RemoteOpt = False,
     keep_dropout: DropoutOpt = False,
@@ -129,7 +136,7 @@ def check(
     show: Annotated[int, typer.Option("--show", min=0, help="Token strips to show in the terminal report.")] = 8,
 ) -> None:
     """Run MODEL forward and backward on DATA and report which tokens the loss trains, and every leak."""
-    opts = RunOptions(model, data, samples, batch_size, loss, device, dtype, trust_remote_code, keep_dropout)
+    opts = RunOptions(model, data, samples, batch_size, loss, device, dtype, trust_remote_code, keep_dropout, device_map)
     report = _report_or_exit(opts)
     if output is not None:
         output.write_text(to_json(report) + "\n", encoding="utf-8")
@@ -148,6 +155,7 @@ def inspect(
     batch_size: BatchSizeOpt = 1,
     loss: LossOpt = None,
     device: DeviceOpt = "cpu",
+    device_map: DeviceMapOpt = None,
     dtype: DTypeOpt = DType.float32,
     trust_remote_code: RemoteOpt = False,
     keep_dropout: DropoutOpt = False,
@@ -155,7 +163,7 @@ def inspect(
     """Show one row in detail: a per-token table and a layers x positions heat map of gradient norms."""
     # Run the row inside the batch it belongs to, so that its loss weights are the ones training sees.
     limit = None if data.suffix == ".safetensors" else (row // batch_size + 1) * batch_size
-    opts = RunOptions(model, data, limit, batch_size, loss, device, dtype, trust_remote_code, keep_dropout)
+    opts = RunOptions(model, data, limit, batch_size, loss, device, dtype, trust_remote_code, keep_dropout, device_map)
     report = _report_or_exit(opts)
     if row >= len(report.samples):
         raise _fail(DataError(f"there is no row {row}: the data has {len(report.samples)}", path=data, hint="pick --row from 0"))

@@ -6,6 +6,7 @@ order. The few rows shown in full are read back from the dataset by index.
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,7 +26,8 @@ def parallel_checked_chunks(source: Source, end_token_ids: frozenset[int], num_p
     """Check every row in ``num_proc`` processes; yield (rows, verdicts) in the order of the data."""
     dataset = as_dataset(source)
     columns = [c for c in TOKEN_COLUMNS if c in dataset.column_names]
-    with _quiet_datasets():
+    # The verdict tables go to a temporary directory: by default datasets writes them beside the user's files.
+    with tempfile.TemporaryDirectory(prefix="gradscope-scan-") as tmp, _quiet_datasets():
         table = dataset.with_format("arrow").map(
             _verdict_table,
             batched=True,
@@ -33,12 +35,14 @@ def parallel_checked_chunks(source: Source, end_token_ids: frozenset[int], num_p
             with_indices=True,
             num_proc=num_proc,
             remove_columns=dataset.column_names,
+            cache_file_name=str(Path(tmp) / "verdicts.arrow"),
             fn_kwargs={"columns": columns, "ends": sorted(end_token_ids), "path": str(source.path)},
         )
-    first = 0
-    for batch in table.with_format("arrow").iter(batch_size=MAP_BATCH_ROWS * 4):
-        yield DatasetRows(dataset, columns, first, batch.num_rows, source.path), _verdicts_of(batch)
-        first += batch.num_rows
+        first = 0
+        for batch in table.with_format("arrow").iter(batch_size=MAP_BATCH_ROWS * 4):
+            yield DatasetRows(dataset, columns, first, batch.num_rows, source.path), _verdicts_of(batch)
+            first += batch.num_rows
+        del table  # its files are memory-mapped from tmp
 
 
 def as_dataset(source: Source):

@@ -265,6 +265,7 @@ class ScanView:
         yield _distributions(r)
         if r.worst_rows:
             yield _worst_table(r)
+            yield Text("look at one with: gradscope inspect MODEL DATA --row N", style="grey50")
         if r.findings:
             yield findings_table(r, "Findings (the first rows of each check and the worst rows)")
             yield _scan_verdict(r)
@@ -308,7 +309,7 @@ def _distributions(r: ScanReport) -> Group:
 
 
 def _worst_table(r: ScanReport) -> Table:
-    table = Table(title="Worst rows (look at one with: gradscope inspect MODEL DATA --row N)", title_justify="left")
+    table = Table(title="Worst rows", title_justify="left")
     table.add_column("row", justify="right")
     table.add_column("flagged positions", justify="right")
     table.add_column("checks")

@@ -60,8 +60,22 @@ class SampleReport:
         return [t.position for t in self.tokens if t.trained]
 
 
+class _Findings:
+    """Errors and warnings among a report's findings."""
+
+    findings: list[Finding]
+
+    @property
+    def errors(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity == "error"]
+
+    @property
+    def warnings(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity == "warning"]
+
+
 @dataclass
-class Report:
+class Report(_Findings):
     """Everything ``gradscope.check`` found.
 
     Attributes:
@@ -77,14 +91,6 @@ class Report:
     findings: list[Finding] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
-
-    @property
-    def errors(self) -> list[Finding]:
-        return [f for f in self.findings if f.severity == "error"]
-
-    @property
-    def warnings(self) -> list[Finding]:
-        return [f for f in self.findings if f.severity == "warning"]
 
     @property
     def ok(self) -> bool:
@@ -134,7 +140,7 @@ def _clean(obj: Any) -> Any:
 
 
 @dataclass
-class ScanReport:
+class ScanReport(_Findings):
     """Everything ``gradscope scan`` found in a dataset, from its labels alone.
 
     Attributes:
@@ -160,14 +166,6 @@ class ScanReport:
     worst_rows: list[dict[str, Any]] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-
-    @property
-    def errors(self) -> list[Finding]:
-        return [f for f in self.findings if f.severity == "error"]
-
-    @property
-    def warnings(self) -> list[Finding]:
-        return [f for f in self.findings if f.severity == "warning"]
 
     @property
     def failed_checks(self) -> list[str]:

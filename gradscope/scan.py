@@ -25,7 +25,7 @@ import torch
 
 from gradscope.analyze import SampleView, check_sample
 from gradscope.batch import COMPLETION, IGNORE_INDEX, PAD, PROMPT, UNKNOWN
-from gradscope.check import _pad_token_id, default_end_token_ids
+from gradscope.check import ROLES_UNKNOWN_NOTE, _pad_token_id, default_end_token_ids
 from gradscope.errors import ModelLoadError
 from gradscope.load import load_tokenizer
 from gradscope.report import Finding, ScanReport
@@ -44,7 +44,7 @@ class Verdicts:
     """What the checks say about each row of a chunk; every array is (R,)."""
 
     tokens: np.ndarray  # non-padding tokens
-    trained: np.ndarray  # trained tokens
+    trained: np.ndarray  # trained tokens, padding excepted (as in check's summary)
     positions: dict[str, np.ndarray]  # check -> flagged positions in the row (0 where the check does not fire)
     fails: dict[str, np.ndarray]  # check -> bool, root causes first as in analyze.check_sample
 
@@ -80,21 +80,21 @@ def verdicts(chunk: Chunk, end_token_ids: Iterable[int]) -> Verdicts:
     masks["eos_untrained"] = closing & ~trained
     counts = {name: _row_sums(mask, starts) for name, mask in masks.items()}
     tokens = _row_sums(~pad, starts)
-    trained_rows = _row_sums(trained, starts)
-    return Verdicts(tokens, trained_rows, *_with_precedence(counts, trained_rows, tokens))
+    any_trained = np.logical_or.reduceat(trained, starts)  # padding included: a trained pad is still a loss term
+    return Verdicts(tokens, _row_sums(trained & ~pad, starts), *_with_precedence(counts, any_trained, tokens))
 
 
 def _with_precedence(
-    counts: dict[str, np.ndarray], trained: np.ndarray, tokens: np.ndarray
+    counts: dict[str, np.ndarray], any_trained: np.ndarray, tokens: np.ndarray
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """A row with no trained token is no_loss alone; a misaligned row is label_misaligned alone."""
-    no_loss = trained == 0
+    no_loss = ~any_trained
     misaligned = ~no_loss & (counts["label_misaligned"] > 0)
     roles_apply = ~no_loss & ~misaligned
     fails = {"no_loss": no_loss, "label_misaligned": misaligned}
     positions = {"no_loss": np.where(no_loss, tokens, 0), "label_misaligned": np.where(misaligned, counts["label_misaligned"], 0)}
     for name in ROLE_CHECKS:
-        count = counts.get(name, np.zeros_like(trained))
+        count = counts.get(name, np.zeros_like(tokens))
         fails[name] = roles_apply & (count > 0)
         positions[name] = np.where(fails[name], count, 0)
     return positions, fails
@@ -146,9 +146,6 @@ class _Worst:
             heapq.heappush(self.heap, (*item, findings()))
         elif item > self.heap[0][:2]:
             heapq.heapreplace(self.heap, (*item, findings()))
-
-    def threshold(self) -> tuple[int, int] | None:
-        return self.heap[0][:2] if len(self.heap) == self.size else None
 
     def rows(self) -> list[tuple[int, int, list[Finding]]]:
         """(row, score, findings), worst first."""
@@ -222,19 +219,15 @@ class ScanAccumulator:
         r.findings = [f for row in sorted(shown) for f in shown[row]]
         r.distributions = {"length": _length_summary(self.lengths), "trained_fraction": self._fraction_summary()}
         if self.roles_missing:
-            r.notes.append(
-                "roles unknown (no completion_mask or assistant_masks): prompt_leak and completion_untrained were not "
-                "checked; eos_untrained looked at end tokens right after trained tokens"
-            )
+            r.notes.append(ROLES_UNKNOWN_NOTE)
         if not self.ends:
             r.notes.append("no end token ids (give --tokenizer DIR or --end-token-id): eos_untrained was not checked")
         return r
 
     def _fraction_summary(self) -> dict[str, Any]:
         edges = [round(i / FRACTION_BINS, 2) for i in range(FRACTION_BINS + 1)]
-        rows = self.report.rows
         mean = self.report.trained_tokens / self.report.tokens if self.report.tokens else None
-        return {"bins": edges, "rows": self.fractions.tolist(), "token_weighted_mean": mean, "rows_counted": rows}
+        return {"bins": edges, "rows": self.fractions.tolist(), "token_weighted_mean": mean}
 
 
 def _length_summary(lengths: np.ndarray) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from gradscope.errors import DataError
 TOKEN_COLUMNS = ("input_ids", "labels", "attention_mask", *ROLE_KEYS)
 RAW_COLUMNS = ("messages", "prompt", "completion", "text", "conversations")
 CHUNK_TOKENS = 1 << 21
-"""Small record batches are joined up to about this many tokens, so that per-chunk overhead stays negligible."""
+"""Tokens per chunk, about: bounds memory, and keeps per-chunk overhead negligible."""
 
 
 @dataclass
@@ -138,7 +138,7 @@ def chunks(source: Source) -> Iterator[Chunk]:
         yield _safetensors_chunk(source.path)
         return
     first = 0
-    for batch in _coalesce(_record_batches(source)):
+    for batch in _rechunk(_record_batches(source)):
         chunk = to_chunk(batch, first, source.path)
         first += chunk.rows
         yield chunk
@@ -153,7 +153,7 @@ def _record_batches(source: Source) -> Iterator:
         elif source.format == "parquet":
             import pyarrow.parquet as pq
 
-            file = pq.ParquetFile(source.path)
+            file = pq.ParquetFile(source.path, pre_buffer=False)  # pre-buffering keeps every row group read so far
             yield from file.iter_batches(batch_size=_PARQUET_BATCH_ROWS, columns=_wanted(file.schema_arrow.names, source.path))
         else:
             for path in source.files:
@@ -163,12 +163,34 @@ def _record_batches(source: Source) -> Iterator:
 
 
 def _json_batches(path: Path) -> Iterator:
+    """JSON lines parsed block by block (one block in memory at a time: pyarrow's own streaming reader reads ahead),
+    typed by the first block: token columns as lists of int64, other fields skipped."""
+    import pyarrow as pa
     import pyarrow.json as pj
 
-    reader = pj.open_json(path, read_options=pj.ReadOptions(block_size=_JSON_BLOCK_BYTES))
-    _wanted(reader.schema.names, path)
-    for batch in reader:
-        yield batch.select([c for c in TOKEN_COLUMNS if c in batch.schema.names])
+    options = None
+    for block in _line_blocks(path, _JSON_BLOCK_BYTES):
+        table = pj.read_json(pa.BufferReader(block), parse_options=options)
+        if options is None:
+            names = _wanted(table.schema.names, path)
+            schema = pa.schema([(name, pa.list_(pa.int64())) for name in names])
+            options = pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
+            table = table.select(names)
+        yield from table.combine_chunks().to_batches()
+
+
+def _line_blocks(path: Path, size: int) -> Iterator[bytes]:
+    """The file in blocks of about ``size`` bytes, each ending at a line end."""
+    rest = b""
+    with path.open("rb") as f:
+        while data := f.read(size):
+            data = rest + data
+            cut = data.rfind(b"\n") + 1
+            block, rest = (data[:cut], data[cut:]) if cut else (b"", data)
+            if block:
+                yield block
+    if rest.strip():
+        yield rest
 
 
 def _arrow_batches(path: Path) -> Iterator:
@@ -204,23 +226,44 @@ def _wanted(names: list[str], path: Path) -> list[str]:
     return [c for c in TOKEN_COLUMNS if c in names]
 
 
-def _coalesce(batches: Iterator) -> Iterator:
-    """Join consecutive small record batches (datasets writes 1,000 rows each) up to about CHUNK_TOKENS tokens."""
+def _rechunk(batches: Iterator) -> Iterator:
+    """Record batches of about CHUNK_TOKENS tokens: large ones sliced (no copy), small ones (datasets writes 1,000
+    rows each) joined, so that memory is bounded and per-chunk overhead stays negligible."""
     import pyarrow as pa
 
     group, tokens = [], 0
     for batch in batches:
-        if group and batch.schema != group[0].schema:
-            yield _join(pa, group)
-            group, tokens = [], 0
-        group.append(batch)
-        ids = batch.column("input_ids")
-        tokens += len(ids.values) if len(ids) else 0
-        if tokens >= CHUNK_TOKENS:
-            yield _join(pa, group)
-            group, tokens = [], 0
+        for piece in _slices(batch):
+            if group and piece.schema != group[0].schema:
+                yield _join(pa, group)
+                group, tokens = [], 0
+            group.append(piece)
+            tokens += _tokens(piece)
+            if tokens >= CHUNK_TOKENS:
+                yield _join(pa, group)
+                group, tokens = [], 0
     if group:
         yield _join(pa, group)
+
+
+def _tokens(batch) -> int:
+    offsets = batch.column("input_ids").offsets
+    return int(offsets[-1].as_py() - offsets[0].as_py()) if len(offsets) else 0
+
+
+def _slices(batch) -> Iterator:
+    """The batch cut between rows into pieces of at most about CHUNK_TOKENS tokens (at least one row each)."""
+    if _tokens(batch) <= CHUNK_TOKENS:
+        yield batch
+        return
+    offsets = np.asarray(batch.column("input_ids").offsets, dtype=np.int64)
+    offsets = offsets - offsets[0]
+    start = 0
+    while start < batch.num_rows:
+        stop = int(np.searchsorted(offsets, offsets[start] + CHUNK_TOKENS, side="right")) - 1
+        stop = min(max(stop, start + 1), batch.num_rows)
+        yield batch.slice(start, stop - start)
+        start = stop
 
 
 def _join(pa, group: list):
@@ -229,8 +272,16 @@ def _join(pa, group: list):
 
 def to_chunk(batch, first_row: int, path: Path) -> Chunk:
     """One Arrow record batch of list columns as a Chunk of flat arrays."""
-    ids, starts = _flat(batch, "input_ids", None, first_row, path)
-    columns = {name: _flat(batch, name, starts, first_row, path)[0] for name in TOKEN_COLUMNS[1:] if name in batch.schema.names}
+    ids, offsets = _flat(batch, "input_ids", first_row, path)
+    lengths = np.diff(offsets)
+    if len(lengths) and not lengths.all():
+        raise DataError("'input_ids' is empty", path=path, row=first_row + int(np.flatnonzero(lengths == 0)[0]))
+    columns = {}
+    for name in TOKEN_COLUMNS[1:]:
+        if name in batch.schema.names:
+            columns[name], own = _flat(batch, name, first_row, path)
+            _same_lengths(name, np.diff(own), lengths, first_row, path)
+    starts = offsets[:-1]
     _check_ids(ids, starts, first_row, path)
     attention = columns.get("attention_mask")
     role = next((columns[k] for k in ROLE_KEYS if k in columns), None)
@@ -240,30 +291,33 @@ def to_chunk(batch, first_row: int, path: Path) -> Chunk:
     return Chunk(first_row, starts, ids, labels, attention, role)
 
 
-def _flat(batch, name: str, starts: np.ndarray | None, first_row: int, path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """A list column's values (N,) and where each row starts; checks nulls and lengths against ``starts``."""
+def _flat(batch, name: str, first_row: int, path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """A list column's values (N,) and its offsets (R + 1,) from 0; nulls and non-integers are errors."""
     column = batch.column(name)
     if column.null_count:
         row = first_row + int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
         raise DataError(f"'{name}' is null", path=path, row=row)
+    if not hasattr(column, "offsets"):
+        raise DataError(f"'{name}' must hold lists of integers, not {column.type}", path=path, row=first_row)
     offsets = np.asarray(column.offsets, dtype=np.int64)
     values = column.values.slice(int(offsets[0]), int(offsets[-1] - offsets[0])).to_numpy(zero_copy_only=False)
     if values.dtype.kind not in "iub":
         raise DataError(f"'{name}' must hold lists of integers, not {column.type}", path=path, row=first_row)
-    own = offsets[:-1] - offsets[0]
-    if starts is not None and not np.array_equal(own, starts):
-        row = int(np.flatnonzero(own != starts)[0]) - 1
-        raise DataError(f"'{name}' and 'input_ids' differ in length", path=path, row=first_row + max(row, 0),
-                        hint=f"give '{name}' one entry per token")
-    if starts is None and len(values) and np.any(np.diff(offsets) == 0):
-        row = first_row + int(np.flatnonzero(np.diff(offsets) == 0)[0])
-        raise DataError("'input_ids' is empty", path=path, row=row)
-    return values, own
+    return values, offsets - offsets[0]
+
+
+def _same_lengths(name: str, lengths: np.ndarray, expected: np.ndarray, first_row: int, path: Path) -> None:
+    if not np.array_equal(lengths, expected):
+        row = int(np.flatnonzero(lengths != expected)[0])
+        raise DataError(
+            f"'{name}' has {int(lengths[row])} entries but 'input_ids' has {int(expected[row])}",
+            path=path,
+            row=first_row + row,
+            hint=f"give '{name}' one entry per token",
+        )
 
 
 def _check_ids(ids: np.ndarray, starts: np.ndarray, first_row: int, path: Path) -> None:
-    if len(starts) and len(ids) == 0:
-        raise DataError("'input_ids' is empty", path=path, row=first_row)
     if len(ids) and ids.min() < 0:
         at = int(np.flatnonzero(ids < 0)[0])
         row = int(np.searchsorted(starts, at, side="right")) - 1

@@ -135,7 +135,7 @@ def test_distributions_match_numpy():
         assert length[f"p{round(q * 100)}"] == int(np.quantile(tokens, q, method="inverted_cdf"))
     assert (length["min"], length["max"]) == (tokens.min(), tokens.max())
     assert length["mean"] == pytest.approx(tokens.mean())
-    trained = np.array([int(((r["labels"] != -100) & (np.arange(len(r["labels"])) > 0)).sum()) for r in rows])
+    trained = np.array([int(((r["labels"] != -100) & (np.arange(len(r["labels"])) > 0) & (r["attention_mask"] == 1)).sum()) for r in rows])
     bins = [min(9, math.floor(Fraction(int(n), max(int(d), 1)) * 10)) for n, d in zip(trained, tokens)]
     assert report.distributions["trained_fraction"]["rows"] == [bins.count(k) for k in range(10)]
     assert (report.rows, report.tokens, report.trained_tokens) == (500, tokens.sum(), trained.sum())
