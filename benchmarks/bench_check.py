@@ -40,11 +40,16 @@ ROOT = Path(__file__).resolve().parent.parent
 FIXTURE_MODEL = ROOT / "fixtures" / "models" / "tiny-llama-chat"
 MIB = 2**20
 ROWS = ("a", "b", "c", "d")
+BREAKDOWN = ("f", "g", "h", "t")
 ROW_NAMES = {
     "a": "(a) bare training step",
     "b": "(b) gradscope.check core",
     "c": "(c) core + all probes",
     "d": "(d) Captum LayerGradientXActivation",
+    "f": "forward only (no_grad)",
+    "g": "forward + activation-only backward, no hooks",
+    "h": "gradscope.run.forward_backward",
+    "t": "Captum, one target token",
 }
 
 
@@ -116,6 +121,49 @@ def bare_step(model, batch) -> Callable[[], None]:
     def run() -> None:
         model(**inputs).loss.backward()
         model.zero_grad(set_to_none=True)
+
+    return run
+
+
+def forward_only(model, batch) -> Callable[[], None]:
+    import torch
+
+    inputs = {k: v for k, v in batch.items() if k != "completion_mask"}
+
+    def run() -> None:
+        with torch.no_grad():
+            model(**inputs)
+
+    return run
+
+
+def activation_backward(model, batch) -> Callable[[], None]:
+    """The floor of a per-position gradient map: forward, and a backward to the input embeddings' output with every
+    parameter frozen (no parameter gradient), nothing else."""
+    import torch
+
+    inputs = {k: v for k, v in batch.items() if k not in ("completion_mask", "input_ids")}
+    embedding = model.get_input_embeddings()
+
+    def run() -> None:
+        flags = [(p, p.requires_grad) for p in model.parameters()]
+        for p, _ in flags:
+            p.requires_grad_(False)
+        embeds = embedding(batch["input_ids"]).requires_grad_(True)
+        loss = model(inputs_embeds=embeds, **inputs).loss
+        torch.autograd.grad(loss, embeds)
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+    return run
+
+
+def run_only(model, batch) -> Callable[[], None]:
+    from gradscope.batch import with_default_labels
+    from gradscope.run import forward_backward
+
+    def run() -> None:
+        forward_backward(model, with_default_labels(batch))
 
     return run
 
@@ -240,6 +288,9 @@ def worker(case: Case, targets: int, device: str, dtype: str, wanted: str = "abc
         "c": gradscope_check(model, batch, tokenizer, probes[1]) if probes else None,
         "d": captum_attribution(model, batch, measured) if _has_captum() else None,
     }
+    if "f" in wanted:  # --breakdown: where (b)'s time goes, next to the floor any per-position gradient map pays
+        rows.update(f=forward_only(model, batch), g=activation_backward(model, batch), h=run_only(model, batch),
+                    t=captum_attribution(model, batch, measured[:1]) if _has_captum() else None)
     rows = {k: fn if k in wanted else None for k, fn in rows.items()}
     memory = Memory(device)
     calibration = memory.peak_mib(lambda: torch.ones(256 * MIB // 4, device=device).add_(1))
@@ -304,7 +355,7 @@ def table(results: list[dict]) -> str:
     for res in results:
         model, seq = res["case"].split(":")
         base_t, base_m = res["seconds"]["a"], res["peak_mib"]["a"]
-        for key in ROWS:
+        for key in ROWS + tuple(k for k in BREAKDOWN if k in res["seconds"]):
             if key not in res["seconds"]:
                 why = _not_run(key, res)
                 lines.append(f"| {model} | {res['parameters'] / 1e6:.1f}M | {seq} | {ROW_NAMES[key]} | {why} | | | | |")
@@ -374,12 +425,17 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--rows", default="abcd", help="which rows to run, e.g. 'ab' (default abcd)")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="also time a forward alone, forward + activation-only backward, gradscope's run alone, "
+                             "and one Captum target")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice)")
     parser.add_argument("--clock", default="wall", choices=["wall", "cpu"],
                         help="wall clock (default), or process CPU time (use with --threads 1 on a shared machine)")
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.breakdown and "f" not in args.rows:
+        args.rows += "".join(BREAKDOWN)
     if args.worker:
         model, seq = args.worker.split(":")
         case = Case(model, int(seq), args.repeats, args.captum_measured)

@@ -2,7 +2,8 @@
 
 Generates SFT-style rows (a prompt masked with -100, a completion closed by EOS, 1% of the rows with their prompt
 trained and 0.5% with no trained token) as a saved ``datasets`` directory, Parquet and JSON lines, then scans each
-in a fresh process and reports rows, tokens, seconds, tokens/s and the process's peak resident set (VmHWM). The
+in a fresh process (with an empty datasets cache) and reports rows, tokens, seconds, tokens/s and the process's
+peak resident set (VmHWM); it stops if a scan finds other problems than those generated. The
 sizes scanned (--rows, default 100k, 300k and 1M) show whether memory stays flat as the dataset grows.
 
     python benchmarks/bench_scan.py --out /tmp/gradscope-scan-bench
@@ -15,6 +16,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -25,7 +27,8 @@ EOS, VOCAB = 2, 32000
 
 
 def generate(rows: int, seed: int = 0):
-    """A pyarrow Table of ``rows`` rows: input_ids int32, attention_mask int8, labels int64, completion_mask int8."""
+    """A pyarrow Table of ``rows`` rows (input_ids int32, attention_mask int8, labels int64, completion_mask int8),
+    and the rows that fail each check by construction."""
     import pyarrow as pa
 
     rng = np.random.default_rng(seed)
@@ -43,10 +46,11 @@ def generate(rows: int, seed: int = 0):
     no_loss = rng.random(rows) < 0.005
     labels[no_loss[row_of]] = -100
     lists = lambda values: pa.LargeListArray.from_arrays(offsets, values)  # noqa: E731
-    return pa.table({
+    table = pa.table({
         "input_ids": lists(ids), "attention_mask": lists(np.ones(n, np.int8)),
         "labels": lists(labels), "completion_mask": lists(completion),
     })
+    return table, {"no_loss": int(no_loss.sum()), "prompt_leak": int((leak & ~no_loss).sum())}
 
 
 def write_all(table, out: Path, rows: int, formats: list[str]) -> dict[str, Path]:
@@ -88,9 +92,11 @@ print(json.dumps({"rows": report.rows, "tokens": report.tokens, "seconds": secon
 
 
 def scan_in_child(path: Path, num_proc: int) -> dict:
-    env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-    out = subprocess.run([sys.executable, "-c", CHILD, str(path), str(num_proc)], env=env, check=True,
-                         capture_output=True, text=True)
+    """Scan in a fresh process, with an empty datasets cache (so --num-proc pays datasets' conversion every time)."""
+    with tempfile.TemporaryDirectory(prefix="gradscope-bench-cache-") as cache:
+        env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", HF_DATASETS_CACHE=cache)
+        out = subprocess.run([sys.executable, "-c", CHILD, str(path), str(num_proc)], env=env, check=True,
+                             capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -112,14 +118,16 @@ def main() -> None:
             jobs.setdefault(int(rows), []).append("jsonl")
     for rows, wanted in sorted(jobs.items()):
         start = time.perf_counter()
-        paths = write_all(generate(rows), args.out, rows, wanted)
+        table, expected = generate(rows)
+        paths = write_all(table, args.out, rows, wanted)
         print(f"generated {rows} rows in {time.perf_counter() - start:.0f} s", file=sys.stderr)
         for fmt, path in paths.items():
             for num_proc in [int(p) for p in args.num_proc.split(",")]:
                 r = scan_in_child(path, num_proc)
                 print(f"| {fmt} | {r['rows']:,} | {r['tokens']:,} | {num_proc} | {r['seconds']:.2f} | "
                       f"{r['tokens'] / r['seconds'] / 1e6:.1f}M | {r['peak_mib']:.0f} MiB | {r['scan_mib']:.0f} MiB |", flush=True)
-                print(f"  {fmt} {rows} rows, num_proc {num_proc}: failing rows {r['failed']}", file=sys.stderr)
+                if r["failed"] != expected:
+                    raise SystemExit(f"{fmt} {rows} rows, --num-proc {num_proc}: found {r['failed']}, generated {expected}")
 
 
 if __name__ == "__main__":

@@ -50,7 +50,7 @@ LossOpt = Annotated[str | None, typer.Option("--loss", help="FILE.py:FN or modul
 DeviceOpt = Annotated[str, typer.Option("--device", help="torch device to run on (cpu, cuda, cuda:N, mps).")]
 DeviceMapOpt = Annotated[
     str | None,
-    typer.Option("--device-map", help="Spread the model over the available devices through accelerate (auto, balanced, sequential); overrides --device."),
+    typer.Option("--device-map", help="Spread the model over the available devices through accelerate (auto, balanced, sequential); replaces --device when given."),
 ]
 DTypeOpt = Annotated[DType, typer.Option("--dtype", help="Model dtype (gradient norms are always computed in fp32).")]
 RemoteOpt = Annotated[bool, typer.Option("--trust-remote-code", help="Allow code from the model directory to run.")]

@@ -202,6 +202,7 @@ def test_logits_are_freed_before_the_backward():
     assert seen == [True]
 
 
+@pytest.mark.filterwarnings("ignore:`gradient_checkpointing_enable` is deprecated:FutureWarning")
 @pytest.mark.parametrize("reentrant", [True, False])
 def test_gradient_checkpointing_gives_the_same_norms(reentrant):
     model = tiny_llama()
