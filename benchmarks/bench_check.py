@@ -272,7 +272,6 @@ def timed(fn: Callable[[], None], cuda: bool, clock: str = "wall") -> float:
 def worker(case: Case, targets: int, device: str, dtype: str, wanted: str = "abcd", clock: str = "wall") -> dict:
     """Run every row of one case: warm up, one run each for peak memory, then timed repeats, interleaved."""
     import torch
-
     from transformers.utils import logging
 
     logging.set_verbosity_error()
@@ -282,34 +281,21 @@ def worker(case: Case, targets: int, device: str, dtype: str, wanted: str = "abc
     chosen = captum_targets(batch, targets)
     measured = chosen[: case.captum_measured]
     probes = probe_arguments()
-    rows: dict[str, Callable[[], None] | None] = {
-        "a": bare_step(model, batch),
-        "b": gradscope_check(model, batch, tokenizer, probes[0] if probes else {}),
-        "c": gradscope_check(model, batch, tokenizer, probes[1]) if probes else None,
-        "d": captum_attribution(model, batch, measured) if _has_captum() else None,
-    }
-    if "f" in wanted:  # --breakdown: where (b)'s time goes, next to the floor any per-position gradient map pays
-        rows.update(f=forward_only(model, batch), g=activation_backward(model, batch), h=run_only(model, batch),
-                    t=captum_attribution(model, batch, measured[:1]) if _has_captum() else None)
-    rows = {k: fn if k in wanted else None for k, fn in rows.items()}
+    rows = _rows(model, batch, tokenizer, measured, probes, wanted)
     memory = Memory(device)
     calibration = memory.peak_mib(lambda: torch.ones(256 * MIB // 4, device=device).add_(1))
+    # Captum's peak is that of one target: each target is the same forward and backward.
     peak_fns = dict(rows, d=captum_attribution(model, batch, measured[:1]) if rows["d"] else None)
     for fn in peak_fns.values():
         if fn is not None:
             fn()  # warm-up
     peaks = {k: memory.peak_mib(fn) for k, fn in peak_fns.items() if fn is not None}
-    times: dict[str, list[float]] = {k: [] for k, fn in rows.items() if fn is not None}
-    for r in range(case.repeats):
-        for key, fn in rows.items():
-            if fn is not None and (key != "d" or r < _captum_rounds(case)):
-                times[key].append(timed(fn, memory.cuda, clock))
+    times = _timings(rows, case, memory.cuda, clock)
     scale = len(chosen) / max(1, len(measured))
-    seconds = {k: statistics.median(v) * (scale if k == "d" else 1.0) for k, v in times.items()}
     return {
         "case": case.name,
         "parameters": sum(p.numel() for p in model.parameters()),
-        "seconds": seconds,
+        "seconds": {k: statistics.median(v) * (scale if k == "d" else 1.0) for k, v in times.items()},
         "runs": {k: len(v) for k, v in times.items()},
         "peak_mib": peaks,
         "calibration_mib": calibration,
@@ -318,6 +304,31 @@ def worker(case: Case, targets: int, device: str, dtype: str, wanted: str = "abc
         "captum": _has_captum(),
         "captum_measured": len(measured),
     }
+
+
+def _rows(model, batch, tokenizer, measured: list[int], probes, wanted: str) -> dict[str, Callable[[], None] | None]:
+    """The rows to run, by key; None for a row not wanted or not available."""
+    captum = _has_captum()
+    rows: dict[str, Callable[[], None] | None] = {
+        "a": bare_step(model, batch),
+        "b": gradscope_check(model, batch, tokenizer, probes[0] if probes else {}),
+        "c": gradscope_check(model, batch, tokenizer, probes[1]) if probes else None,
+        "d": captum_attribution(model, batch, measured) if captum else None,
+    }
+    if "f" in wanted:  # --breakdown: where (b)'s time goes, next to the floor any per-position gradient map pays
+        rows.update(f=forward_only(model, batch), g=activation_backward(model, batch), h=run_only(model, batch),
+                    t=captum_attribution(model, batch, measured[:1]) if captum else None)
+    return {k: fn if k in wanted else None for k, fn in rows.items()}
+
+
+def _timings(rows: dict, case: Case, cuda: bool, clock: str) -> dict[str, list[float]]:
+    """Repeats interleaved row by row, so that a change in the machine's load falls on every row alike."""
+    times: dict[str, list[float]] = {k: [] for k, fn in rows.items() if fn is not None}
+    for r in range(case.repeats):
+        for key, fn in rows.items():
+            if fn is not None and (key != "d" or r < _captum_rounds(case)):
+                times[key].append(timed(fn, cuda, clock))
+    return times
 
 
 def _captum_rounds(case: Case) -> int:

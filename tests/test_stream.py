@@ -68,13 +68,6 @@ def test_chunk_boundaries_change_nothing(tmp_path, reference, monkeypatch):
     assert summary(scan(path, end_token_ids=[2])) == reference
 
 
-def test_num_proc_gives_the_same_report(tmp_path, reference):
-    path = write(tmp_path, "datasets")
-    before = sorted(p.name for p in path.iterdir())
-    assert summary(scan(path, end_token_ids=[2], num_proc=2)) == reference
-    assert sorted(p.name for p in path.iterdir()) == before  # nothing written beside the user's data
-
-
 def test_rows_are_numbered_across_files_and_chunks(tmp_path):
     path = write(tmp_path, "datasets")
     firsts = [(c.first_row, c.rows) for c in chunks(open_source(path))]
