@@ -26,9 +26,11 @@ from gradscope.report import (
     ParamGrad,
     Report,
     SampleReport,
+    ScanReport,
     TokenReport,
     VerifyReport,
 )
+from gradscope.scan import scan
 from gradscope.verify import verify
 
 __version__ = "0.1.0"
@@ -50,6 +52,7 @@ __all__ = [
     "ParamGrad",
     "Report",
     "SampleReport",
+    "ScanReport",
     "TokenReport",
     "VerifyReport",
     "check",
@@ -57,4 +60,5 @@ __all__ = [
     "grads",
     "overfit",
     "verify",
+    "scan",
 ]

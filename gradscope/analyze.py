@@ -82,7 +82,7 @@ def closing_positions(s: SampleView) -> list[int]:
     the span (a template that hands the end-of-turn token to the next turn). Without roles the gradient is the
     evidence: an end token, not padding, right after a trained token closes what was being trained.
     """
-    ends = torch.tensor([int(i) in s.end_token_ids for i in s.input_ids], dtype=torch.bool)
+    ends = torch.isin(s.input_ids, torch.tensor(sorted(s.end_token_ids), dtype=s.input_ids.dtype))
     if not s.roles_known:
         after_trained = torch.zeros_like(s.trained)
         after_trained[1:] = s.trained[:-1]
@@ -179,7 +179,8 @@ def prompt_leak(s: SampleView) -> Finding | None:
     """A prompt-role token is trained."""
     closing = set(closing_positions(s))
     prompt = [p for p in s.where(s.roles == PROMPT) if p not in closing]
-    leaked = [p for p in prompt if s.trained[p]]
+    trained = s.trained.tolist()
+    leaked = [p for p in prompt if trained[p]]
     if not leaked:
         return None
     if len(leaked) == len(prompt):

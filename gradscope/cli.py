@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Annotated, Any
 import torch
 import typer
 from rich.console import Console, Group
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
 
 from gradscope.check import check_batches, chosen_probes, default_end_token_ids
@@ -32,8 +34,8 @@ from gradscope.load import (
 from gradscope.overfit import overfit as overfit_pass
 from gradscope.pipelines import DataOptions
 from gradscope.probes import PROBES
-from gradscope.render import CheckView, GradsView, InspectView, RolesView, VerifyView, roles_to_json, to_json
-from gradscope.report import Report
+from gradscope.render import CheckView, GradsView, InspectView, RolesView, ScanView, VerifyView, roles_to_json, to_json
+from gradscope.report import Report, ScanReport
 from gradscope.run import LossFn
 from gradscope.verify import verify as verify_pass
 
@@ -90,7 +92,11 @@ DataArg = Annotated[
 SamplesOpt = Annotated[int | None, typer.Option("--samples", min=1, help="Use only the first N rows.")]
 BatchSizeOpt = Annotated[int, typer.Option("--batch-size", min=1, help="JSONL rows per batch (a .safetensors batch runs as is).")]
 LossOpt = Annotated[str | None, typer.Option("--loss", help="FILE.py:FN or module:FN, fn(logits, labels) -> scalar, instead of the model's loss.")]
-DeviceOpt = Annotated[str, typer.Option("--device", help="torch device to run on.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="torch device to run on (cpu, cuda, cuda:N, mps).")]
+DeviceMapOpt = Annotated[
+    str | None,
+    typer.Option("--device-map", help="Spread the model over the available devices through accelerate (auto, balanced, sequential); replaces --device when given."),
+]
 DTypeOpt = Annotated[DType, typer.Option("--dtype", help="Model dtype (gradient norms are always computed in fp32).")]
 RemoteOpt = Annotated[bool, typer.Option("--trust-remote-code", help="Allow code from the model directory to run.")]
 DropoutOpt = Annotated[bool, typer.Option("--keep-dropout", help="Leave dropout on (the report is then not deterministic).")]
@@ -132,6 +138,7 @@ class RunOptions:
     base: Path | None = None
     probes: tuple[str, ...] = PROBES
     accumulate: int | None = None
+    device_map: str | None = None
 
 
 @dataclass
@@ -202,7 +209,8 @@ def _load(opts: RunOptions) -> Loaded:
     chosen_probes(opts.probes, opts.accumulate)  # bad probe names fail before the model loads
     loss_fn = load_loss_fn(opts.loss) if opts.loss else None
     model, tokenizer = load_model_and_tokenizer(
-        opts.model, base=opts.base, device=opts.device, dtype=opts.dtype.value, trust_remote_code=opts.trust_remote_code
+        opts.model, base=opts.base, device=opts.device, dtype=opts.dtype.value, trust_remote_code=opts.trust_remote_code,
+        device_map=opts.device_map,
     )
     pad_id = getattr(tokenizer, "pad_token_id", None)
     if pad_id is None:
@@ -239,7 +247,7 @@ def _first_batch(report: Report, loaded: Loaded, what: str) -> dict[str, torch.T
     return loaded.batches[0]
 
 
-def exit_code(report: Report, strict: bool) -> int:
+def exit_code(report: Report | ScanReport, strict: bool) -> int:
     """0 clean; 1 when there are error findings, or any finding with ``strict``."""
     failing = report.findings if strict else report.errors
     return EXIT_FINDINGS if failing else EXIT_OK
@@ -265,7 +273,7 @@ def _report_or_exit(opts: RunOptions) -> Report:
     return _guarded(lambda: _run(opts))
 
 
-def _emit(report: Report, output_format: Format, output: Path | None, view: object, strict: bool) -> typer.Exit:
+def _emit(report: Report | ScanReport, output_format: Format, output: Path | None, view: object, strict: bool) -> typer.Exit:
     """Write the JSON file, print the report as asked, and give the exit code."""
     if output is not None:
         output.write_text(to_json(report) + "\n", encoding="utf-8")
@@ -284,6 +292,7 @@ def check(
     batch_size: BatchSizeOpt = 1,
     loss: LossOpt = None,
     device: DeviceOpt = "cpu",
+    device_map: DeviceMapOpt = None,
     dtype: DTypeOpt = DType.float32,
     trust_remote_code: RemoteOpt = False,
     keep_dropout: DropoutOpt = False,
@@ -319,7 +328,7 @@ def check(
     )
     opts = RunOptions(
         model, data, samples, batch_size, loss, device, dtype, trust_remote_code, keep_dropout, data_opts, base,
-        parse_probes(probes), accumulate,
+        parse_probes(probes), accumulate, device_map,
     )
 
     def work() -> Report:
@@ -344,6 +353,7 @@ def inspect(
     batch_size: BatchSizeOpt = 1,
     loss: LossOpt = None,
     device: DeviceOpt = "cpu",
+    device_map: DeviceMapOpt = None,
     dtype: DTypeOpt = DType.float32,
     trust_remote_code: RemoteOpt = False,
     keep_dropout: DropoutOpt = False,
@@ -358,7 +368,10 @@ def inspect(
     # Run the row inside the batch it belongs to, so that its loss weights are the ones training sees.
     limit = None if data.suffix == ".safetensors" else (row // batch_size + 1) * batch_size
     data_opts = data_options(response_template, instruction_template, train_on, max_length, truncation_mode)
-    opts = RunOptions(model, data, limit, batch_size, loss, device, dtype, trust_remote_code, keep_dropout, data_opts, base)
+    opts = RunOptions(
+        model, data, limit, batch_size, loss, device, dtype, trust_remote_code, keep_dropout, data_opts, base,
+        device_map=device_map,
+    )
     report = _report_or_exit(opts)
     if row >= len(report.samples):
         raise _fail(DataError(f"there is no row {row}: the data has {len(report.samples)}", path=data, hint="pick --row from 0"))
@@ -374,6 +387,7 @@ def grads(
     batch_size: BatchSizeOpt = 1,
     loss: LossOpt = None,
     device: DeviceOpt = "cpu",
+    device_map: DeviceMapOpt = None,
     dtype: DTypeOpt = DType.float32,
     trust_remote_code: RemoteOpt = False,
     keep_dropout: DropoutOpt = False,
@@ -393,7 +407,10 @@ def grads(
 ) -> None:
     """The gradient that reaches the weights: per-module norms, clipping, update ratios, untrained parameters."""
     data_opts = data_options(response_template, instruction_template, train_on, max_length, truncation_mode)
-    opts = RunOptions(model, data, samples, batch_size, loss, device, dtype, trust_remote_code, keep_dropout, data_opts, base)
+    opts = RunOptions(
+        model, data, samples, batch_size, loss, device, dtype, trust_remote_code, keep_dropout, data_opts, base,
+        device_map=device_map,
+    )
 
     def work() -> Report:
         loaded = _load(opts)
@@ -477,3 +494,40 @@ def roles(
         sys.stdout.write(roles_to_json(rows, tokenizer, info) + "\n")
     else:
         Console(highlight=False).print(RolesView(rows, tokenizer, max_rows=show))
+
+
+@app.command()
+def scan(
+    data: Annotated[Path, typer.Argument(help="Tokenized rows: .jsonl, .parquet, .arrow, a saved datasets directory, or a .safetensors batch.")],
+    tokenizer: Annotated[Path | None, typer.Option("--tokenizer", help="Tokenizer or model directory: names the end and pad tokens, decodes texts.")] = None,
+    end_token_id: Annotated[list[int] | None, typer.Option("--end-token-id", help="A token id that closes a completion (repeatable); replaces the tokenizer's.")] = None,
+    num_proc: Annotated[int, typer.Option("--num-proc", min=1, help="Processes, through datasets' Dataset.map (1: stream in this process).")] = 1,
+    examples: Annotated[int, typer.Option("--examples", min=1, help="Rows of each failing check given in full.")] = 3,
+    worst: Annotated[int, typer.Option("--worst", min=0, help="Rows with the most flagged positions to list.")] = 10,
+    output_format: Annotated[Format, typer.Option("--format", help="text: a terminal report; json: schema v1 on stdout.")] = Format.text,
+    output: Annotated[Path | None, typer.Option("--output", help="Also write the JSON report to this file.")] = None,
+    strict: Annotated[bool, typer.Option("--strict", help="Exit 1 on warnings too.")] = False,
+) -> None:
+    """Audit every row of a tokenized dataset from its labels, without a model (same checks as check)."""
+    from gradscope.scan import scan as scan_dataset
+
+    try:
+        with _progress() as advance:
+            report = scan_dataset(data, tokenizer=tokenizer, end_token_ids=end_token_id, examples=examples,
+                                  worst=worst, num_proc=num_proc, progress=advance)
+    except GradscopeError as err:
+        raise _fail(err) from None
+    raise _emit(report, output_format, output, ScanView(report), strict)
+
+
+@contextmanager
+def _progress():
+    """A rich progress bar on stderr (rows scanned); yields the callback the library calls."""
+    columns = (TextColumn("scanning"), BarColumn(), MofNCompleteColumn(), TextColumn("rows"), TimeElapsedColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("scan", total=None)
+
+        def advance(done: int, total: int | None) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield advance

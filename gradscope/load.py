@@ -37,12 +37,21 @@ def load_model(
     device: str = "cpu",
     dtype: str = "float32",
     trust_remote_code: bool = False,
+    device_map: str | None = None,
 ) -> nn.Module:
     """Load a causal LM from a local Hugging Face directory (config.json + *.safetensors).
 
+    Args:
+        path: The model directory.
+        device: torch device to move the model to (``cpu``, ``cuda``, ``cuda:1``, ``mps``).
+        dtype: ``float32``, ``bfloat16`` or ``float16``.
+        trust_remote_code: Allow code from the directory to run.
+        device_map: Spread the layers over the available devices through accelerate (``auto``, ``balanced``,
+            ``sequential``) for models larger than one device; ``device`` is then not used.
+
     Raises:
         ModelLoadError: the directory is missing, is not a model, has no safetensors weights, needs remote code
-            that was not allowed, or transformers cannot build a causal LM from it.
+            that was not allowed, transformers cannot build a causal LM from it, or the device is not available.
     """
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -50,6 +59,8 @@ def load_model(
     _require_model_dir(path)
     if dtype not in DTYPES:
         raise ModelLoadError(f"unknown dtype {dtype!r}", hint=f"use one of {', '.join(DTYPES)}")
+    target = None if device_map else _device(device)
+    placement = {"device_map": device_map} if device_map else {}
     try:
         config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(
@@ -59,10 +70,32 @@ def load_model(
             local_files_only=True,
             use_safetensors=True,
             trust_remote_code=trust_remote_code,
+            **placement,
         )
     except (OSError, ValueError, KeyError, TypeError, RuntimeError, ImportError) as err:
         raise ModelLoadError(_first_line(err), path=path, hint=_model_hint(err, trust_remote_code)) from err
-    return model.to(device)
+    return model if target is None else _move(model, target)
+
+
+def _device(name: str) -> torch.device:
+    """The torch device named, checked to exist here (torch asserts or raises deep inside .to() otherwise)."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError) as err:
+        raise ModelLoadError(f"unknown device {name!r}", hint="use cpu, cuda, cuda:N or mps") from err
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (device.index is not None and device.index >= count):
+            raise ModelLoadError(f"device {name!r} is not available: this machine has {count} CUDA device(s)",
+                                 hint="use --device cpu, or cuda:N with N below the device count")
+    return device
+
+
+def _move(model: nn.Module, device: torch.device) -> nn.Module:
+    try:
+        return model.to(device)
+    except (RuntimeError, AssertionError) as err:  # torch asserts when built without the backend
+        raise ModelLoadError(f"cannot move the model to {device}: {_first_line(err)}") from err
 
 
 def _require_model_dir(path: Path) -> None:
@@ -111,6 +144,7 @@ def load_model_and_tokenizer(
     device: str = "cpu",
     dtype: str = "float32",
     trust_remote_code: bool = False,
+    device_map: str | None = None,
 ) -> tuple[nn.Module, Any | None]:
     """A model directory, or a PEFT adapter directory loaded on its base model, and the tokenizer that goes with it.
 
@@ -122,6 +156,7 @@ def load_model_and_tokenizer(
         device: torch device.
         dtype: Model dtype name.
         trust_remote_code: Allow code from the model directory to run.
+        device_map: Spread the model over devices through accelerate (replaces ``device``).
 
     Returns:
         The model (a ``peft.PeftModel`` for an adapter, its adapter parameters trainable) and the tokenizer of the
@@ -129,7 +164,7 @@ def load_model_and_tokenizer(
     """
     path = Path(path)
     if not is_adapter_dir(path):
-        model = load_model(path, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+        model = load_model(path, device=device, dtype=dtype, trust_remote_code=trust_remote_code, device_map=device_map)
         return model, load_tokenizer(path)
     base_dir = resolve_base(path, base)
     model = load_model(base_dir, device=device, dtype=dtype, trust_remote_code=trust_remote_code)

@@ -14,7 +14,17 @@ from rich.text import Text
 
 from gradscope.analyze import format_positions, name_list
 from gradscope.batch import ROLE_NAMES
-from gradscope.report import GradReport, ModuleGrad, OverfitReport, ProbeReport, Report, SampleReport, TokenReport, VerifyReport
+from gradscope.report import (
+    GradReport,
+    ModuleGrad,
+    OverfitReport,
+    ProbeReport,
+    Report,
+    SampleReport,
+    ScanReport,
+    TokenReport,
+    VerifyReport,
+)
 from gradscope.roles import RoleRow
 
 ROLE_STYLES = {"prompt": "cyan", "completion": "green", "pad": "grey42", None: "white"}
@@ -22,7 +32,7 @@ LEAK_STYLE = "bold white on red"
 HEAT = ["grey23", "blue", "cyan", "green", "yellow", "dark_orange", "red"]
 
 
-def to_json(report: Report) -> str:
+def to_json(report: Report | ScanReport) -> str:
     """The JSON form of a report (schema v1)."""
     return json.dumps(report.to_dict(), indent=2)
 
@@ -106,8 +116,8 @@ class Legend:
         )
 
 
-def findings_table(report: Report) -> Table:
-    table = Table(title="Findings", title_justify="left", show_lines=True, expand=True)
+def findings_table(report: Report | ScanReport, title: str = "Findings") -> Table:
+    table = Table(title=title, title_justify="left", show_lines=True, expand=True)
     table.add_column("check", style="bold", no_wrap=True)
     table.add_column("severity", no_wrap=True)
     table.add_column("sample", justify="right")
@@ -550,3 +560,73 @@ class VerifyView:
             for note in v.notes:
                 yield Text(f"note: {note}", style="yellow")
         yield from _notes_findings_verdict(r, "gradient")
+
+
+class ScanView:
+    """The ``gradscope scan`` terminal report: verdict, counts per check, distributions, worst rows, findings."""
+
+    def __init__(self, report: ScanReport) -> None:
+        self.report = report
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        r = self.report
+        yield _scan_verdict(r)
+        src = r.source
+        yield Text(f"data {src['path']} ({src['format']}); end token ids {src['end_token_ids'] or 'none'}", style="grey50")
+        for note in r.notes:
+            yield Text(f"note: {note}", style="yellow")
+        yield _checks_table(r)
+        yield _distributions(r)
+        if r.worst_rows:
+            yield _worst_table(r)
+            yield Text("look at one with: gradscope inspect MODEL DATA --row N", style="grey50")
+        if r.findings:
+            yield findings_table(r, "Findings (the first rows of each check and the worst rows)")
+            yield _scan_verdict(r)
+
+
+def _scan_verdict(r: ScanReport) -> Text:
+    s = r.summary()
+    if r.ok:
+        return Text.assemble(("✓ clean", "bold green"), f": {s['rows']} row(s), {s['trained_tokens']} of {s['tokens']} tokens trained")
+    what = ", ".join(f"{name} ×{r.checks[name]['rows']}" for name in r.failed_checks)
+    return Text.assemble(("✗ masking errors", "bold red"), f" in {s['rows']} row(s): {what}")
+
+
+def _checks_table(r: ScanReport) -> Table:
+    table = Table(title="Checks", title_justify="left")
+    for name, justify in (("check", "left"), ("rows", "right"), ("positions", "right"), ("first rows", "left")):
+        table.add_column(name, justify=justify)
+    for name, entry in r.checks.items():
+        style = "red" if entry["rows"] else "green"
+        first = ", ".join(map(str, entry["first_rows"])) + (" …" if entry["rows"] > len(entry["first_rows"]) else "")
+        table.add_row(Text(name, style=style), str(entry["rows"]), str(entry["positions"]), first)
+    return table
+
+
+def _distributions(r: ScanReport) -> Group:
+    length = r.distributions.get("length", {})
+    lines = [Text("Distributions", style="bold")]
+    if length.get("rows"):
+        lines.append(Text(
+            f"tokens per row: min {length['min']}, median {length['p50']}, p90 {length['p90']}, p99 {length['p99']}, "
+            f"max {length['max']}, mean {length['mean']:.1f}"
+        ))
+    fraction = r.distributions.get("trained_fraction", {})
+    rows = fraction.get("rows", [])
+    top = max(rows, default=0) or 1
+    for i, count in enumerate(rows):
+        low, high = fraction["bins"][i], fraction["bins"][i + 1]
+        bar = "█" * round(30 * count / top)
+        lines.append(Text.assemble(f"trained {low:.1f}–{high:.1f} ", (f"{bar:<30}", "cyan"), f" {count}"))
+    return Group(*lines)
+
+
+def _worst_table(r: ScanReport) -> Table:
+    table = Table(title="Worst rows", title_justify="left")
+    table.add_column("row", justify="right")
+    table.add_column("flagged positions", justify="right")
+    table.add_column("checks")
+    for w in r.worst_rows:
+        table.add_row(str(w["row"]), str(w["positions"]), ", ".join(w["checks"]))
+    return table

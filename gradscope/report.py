@@ -60,6 +60,20 @@ class SampleReport:
         return [t.position for t in self.tokens if t.trained]
 
 
+class _Findings:
+    """Errors and warnings among a report's findings."""
+
+    findings: list[Finding]
+
+    @property
+    def errors(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity == "error"]
+
+    @property
+    def warnings(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity == "warning"]
+
+
 @dataclass
 class ProbeReport:
     """What one structural probe did and cost, summed over the batches.
@@ -250,7 +264,7 @@ class VerifyReport:
 
 
 @dataclass
-class Report:
+class Report(_Findings):
     """Everything ``gradscope.check`` found.
 
     Attributes:
@@ -278,14 +292,6 @@ class Report:
     verify: VerifyReport | None = None
     probes: dict[str, ProbeReport] = field(default_factory=dict)
     accumulation: list[AccumulationReport] = field(default_factory=list)
-
-    @property
-    def errors(self) -> list[Finding]:
-        return [f for f in self.findings if f.severity == "error"]
-
-    @property
-    def warnings(self) -> list[Finding]:
-        return [f for f in self.findings if f.severity == "warning"]
 
     @property
     def ok(self) -> bool:
@@ -346,3 +352,68 @@ def _clean(obj: Any) -> Any:
     if isinstance(obj, list):
         return [_clean(v) for v in obj]
     return obj
+
+
+@dataclass
+class ScanReport(_Findings):
+    """Everything ``gradscope scan`` found in a dataset, from its labels alone.
+
+    Attributes:
+        source: What was scanned: path, format, tokenizer, end token ids.
+        rows: Rows scanned.
+        tokens: Non-padding tokens scanned.
+        trained_tokens: How many of them the labels train.
+        checks: Per check: ``rows`` that fail it, flagged ``positions`` in them, and the ``first_rows`` that fail.
+        distributions: ``length`` (non-padding tokens per row: exact quantiles) and ``trained_fraction``
+            (trained / non-padding tokens per row: rows per bin).
+        worst_rows: The rows with the most flagged positions: ``row``, ``positions``, ``checks``.
+        findings: Every finding of the rows shown in full (each check's first rows and the worst rows), exactly as
+            ``check`` writes them.
+        notes: What the scan could not check and why.
+    """
+
+    source: dict[str, Any]
+    rows: int = 0
+    tokens: int = 0
+    trained_tokens: int = 0
+    checks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    distributions: dict[str, Any] = field(default_factory=dict)
+    worst_rows: list[dict[str, Any]] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def failed_checks(self) -> list[str]:
+        return [name for name, entry in self.checks.items() if entry["rows"]]
+
+    @property
+    def ok(self) -> bool:
+        """True when no row fails a check (every scan check is an error)."""
+        return not self.failed_checks
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "rows": self.rows,
+            "tokens": self.tokens,
+            "trained_tokens": self.trained_tokens,
+            "errors": sum(entry["rows"] for entry in self.checks.values()),
+            "warnings": 0,
+            "checks_failed": sorted(self.failed_checks),
+            "notes": list(self.notes),
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form, schema v1, ``"kind": "scan"``."""
+        return _clean(
+            {
+                "schema_version": SCHEMA_VERSION,
+                "kind": "scan",
+                "source": self.source,
+                "checks": self.checks,
+                "distributions": self.distributions,
+                "worst_rows": self.worst_rows,
+                "findings": [asdict(f) for f in self.findings],
+                "summary": self.summary(),
+            }
+        )

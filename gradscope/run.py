@@ -27,6 +27,9 @@ from gradscope.errors import ModelCallError
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
+CHUNK_ELEMENTS = 1 << 22
+"""Largest (positions, V) temporary the logit reductions make: 16 MiB in fp32."""
+
 _DROPOUT_ATTRS = ("attention_dropout", "attn_dropout", "dropout", "hidden_dropout", "resid_dropout")
 
 
@@ -237,24 +240,63 @@ def forward_backward(
     with instrumented(model, keep_dropout=keep_dropout) as rec:
         logits, loss = call_model(model, batch, loss_fn)
         logits = _loss_logits(logits, rec)
-        stats = _LogitStats(logits)
+        stats = _LogitStats(logits, batch["input_ids"])
+        keep_graph = after_backward is not None
+        backward = loss.requires_grad and rec.embedding is not None and logits.requires_grad
+        if backward:
+            rec.gradient_hooks.append(logits.register_hook(stats.hook))
+        if not keep_graph:
+            # Freed before the backward (unless the loss saved them), as in a step that keeps only the loss.
+            rec.head_input = rec.head_output = None
+            del logits
         loss_uses_logits = False
         embedding_grad = None
-        keep_graph = after_backward is not None
-        if loss.requires_grad and rec.embedding is not None:
-            rec.gradient_hooks.append(logits.register_hook(stats.hook))
-            embedding_grad = torch.autograd.grad(loss, rec.embedding, allow_unused=True, retain_graph=keep_graph)[0]
+        if backward:
+            reentrant = _reentrant_checkpointing(model)
+            embedding_grad = _gradient_at(loss, rec.embedding, reentrant=reentrant, retain_graph=keep_graph)
             loss_uses_logits = stats.grad_norm is not None
         if loss.requires_grad and not loss_uses_logits:
             raise ModelCallError(
                 "the loss does not flow through outputs.logits, so gradscope cannot read which tokens it trains",
                 hint="a fused loss that skips the logits? pass --loss with a function of (logits, labels)",
             )
-        capture = _capture(batch, logits, loss, stats, embedding_grad, rec)
+        capture = _capture(batch, loss, stats, embedding_grad, rec)
         if keep_graph and rec.embedding is not None and logits.requires_grad:
             rec.remove_gradient_hooks()
             after_backward(Graph(model, batch, loss_fn, rec.embedding, rec.head_input, rec.head_output, logits, loss))
         return capture
+
+
+def _reentrant_checkpointing(model: nn.Module) -> bool:
+    """True when a layer runs under ``torch.utils.checkpoint`` with use_reentrant=True (transformers keeps the
+    checkpoint function, a partial, on each checkpointed layer; torch's own default is reentrant)."""
+    for module in model.modules():
+        function = getattr(module, "_gradient_checkpointing_func", None)
+        if function is not None and getattr(module, "gradient_checkpointing", False):
+            if getattr(function, "keywords", {}).get("use_reentrant", True):
+                return True
+    return False
+
+
+def _gradient_at(
+    loss: torch.Tensor, embedding: torch.Tensor, *, reentrant: bool, retain_graph: bool = False
+) -> torch.Tensor | None:
+    """dL/d(embedding output). ``autograd.grad`` computes only what leads there; reentrant checkpointing refuses it,
+    so there a plain backward fills ``.grad`` (every parameter is frozen: the embedding output is the only leaf
+    that requires grad)."""
+    if not reentrant:
+        try:
+            return torch.autograd.grad(loss, embedding, allow_unused=True, retain_graph=retain_graph)[0]
+        except RuntimeError as err:
+            if "use_reentrant=True" not in str(err):
+                raise
+            raise ModelCallError(
+                "the model's own code checkpoints its layers with use_reentrant=True, which allows no partial backward",
+                hint="enable checkpointing with transformers' gradient_checkpointing_enable(), or use use_reentrant=False",
+            ) from err
+    embedding.retain_grad()
+    loss.backward(retain_graph=retain_graph)
+    return embedding.grad
 
 
 def _loss_logits(logits: torch.Tensor, rec: _Recorder) -> torch.Tensor:
@@ -308,31 +350,73 @@ def call_model(
 
 
 class _LogitStats:
-    """Reduces the gradient at the logits, inside its hook, to per-position numbers."""
+    """What the run needs from the logits: read once after the forward, so the logits need not outlive it.
 
-    def __init__(self, logits: torch.Tensor) -> None:
-        self.logits = logits.detach()
+    After the forward: per-token loss, finiteness, and each position's two most likely tokens with their
+    log-probabilities. In the backward, a hook reduces the gradient at the logits, chunk by chunk, to its norm, its
+    target and the token's weight (``grad_stats``).
+    """
+
+    def __init__(self, logits: torch.Tensor, input_ids: torch.Tensor) -> None:
+        self.token_loss, self.top_ids, self.top_logp = read_logits(logits, input_ids)
+        self.finite = logits_finite(logits)
         self.grad_norm: torch.Tensor | None = None
         self.target: torch.Tensor | None = None
         self.weight: torch.Tensor | None = None
 
     def hook(self, grad: torch.Tensor) -> None:
-        norms, targets, weights = [], [], []
-        for logits_b, grad_b in zip(self.logits, grad.detach()):  # one sample at a time bounds memory to (T, V)
-            n, t, w = logit_grad_stats(logits_b, grad_b)
-            norms.append(n)
-            targets.append(t)
-            weights.append(w)
-        self.grad_norm = torch.stack(norms).cpu()
-        self.target = torch.stack(targets).cpu()
-        self.weight = torch.stack(weights).cpu()
+        b, t, v = grad.shape
+        norm = torch.empty(b, t, device=grad.device)
+        target = torch.empty(b, t, dtype=torch.long, device=grad.device)
+        weight = torch.empty(b, t, device=grad.device)
+        for i in range(b):
+            for rows in position_chunks(t, v):
+                stats = grad_stats(grad[i, rows].detach(), self.top_ids[i, rows], self.top_logp[i, rows])
+                norm[i, rows], target[i, rows], weight[i, rows] = stats
+        self.grad_norm, self.target, self.weight = norm.cpu(), target.cpu(), weight.cpu()
+
+
+def position_chunks(length: int, vocab: int) -> list[slice]:
+    """Slices of positions whose (positions, V) temporaries hold at most CHUNK_ELEMENTS values.
+
+    The logit reductions run when every activation is alive: (T, V) temporaries there would raise the peak memory
+    of the whole run (250 MiB each at T = 2048, V = 32000).
+    """
+    step = max(1, CHUNK_ELEMENTS // max(1, vocab))
+    return [slice(start, min(start + step, length)) for start in range(0, length, step)]
+
+
+def read_logits(logits: torch.Tensor, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-token loss (B, T) on the CPU, NaN at t = 0, and the two most likely tokens at each position with their
+    log-probabilities (B, T, 2) on the logits' device, fp32."""
+    logits = logits.detach()
+    b, t, v = logits.shape
+    loss = torch.full((b, t), float("nan"))
+    top_logp = torch.empty(b, t, min(2, v), device=logits.device)
+    top_ids = torch.empty(b, t, min(2, v), dtype=torch.long, device=logits.device)
+    for i in range(b):
+        for rows in position_chunks(t, v):
+            logp = logits[i, rows].float().log_softmax(dim=-1)  # (chunk, V)
+            top_logp[i, rows], top_ids[i, rows] = logp.topk(min(2, v), dim=-1)
+            predicted = slice(rows.start + 1, min(rows.stop + 1, t))  # logits[t] predict token t + 1
+            next_ids = input_ids[i, predicted, None].to(logp.device)
+            loss[i, predicted] = -logp[: len(next_ids)].gather(-1, next_ids).squeeze(-1).cpu()
+    return loss, top_ids, top_logp
+
+
+def token_losses(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """-log p(input_ids[t] | input_ids[:t]) for every t >= 1, NaN at t = 0. (B, T) fp32 on the CPU."""
+    return read_logits(logits, input_ids)[0]
+
+
+def logits_finite(logits: torch.Tensor) -> bool:
+    """True when no logit is NaN or +-Inf: their sum is then finite (one reduction, no (B, T, V) mask; a sum of
+    finite logits overflows only near 1e38 / (B T V), far beyond what a working model produces)."""
+    return bool(torch.isfinite(logits.detach().sum(dtype=torch.float32)))
 
 
 def logit_grad_stats(logits: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-position norm, target and weight of the loss gradient at the logits of one sample.
-
-    For cross-entropy the gradient at the logits is ``w * (softmax(logits) - onehot(target))``: the target is its
-    most negative entry and ``w`` (the token's weight in the loss) is its projection on ``softmax - onehot``.
 
     Args:
         logits: (T, V) logits.
@@ -341,24 +425,37 @@ def logit_grad_stats(logits: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Te
     Returns:
         norm (T,), target (T,) with -1 where the gradient is zero, weight (T,), all fp32 / int64.
     """
+    top_logp, top_ids = logits.detach().float().log_softmax(dim=-1).topk(min(2, logits.shape[-1]), dim=-1)
+    return grad_stats(grad, top_ids, top_logp)
+
+
+def grad_stats(
+    grad: torch.Tensor, top_ids: torch.Tensor, top_logp: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Norm, target and weight of the loss gradient at the logits, given each position's two most likely tokens.
+
+    For cross-entropy the gradient at the logits is ``w * (softmax(logits) - onehot(target))``: the target is its
+    most negative entry, and at any other token u it is ``w * p_u``, so ``w = grad_u / p_u``. u is the most likely
+    token other than the target, whose gradient entry has the most significant digits (reading w at the target,
+    ``w * (p - 1)``, loses them all when p is close to 1).
+
+    Args:
+        grad: (T, V) dL/dlogits.
+        top_ids: (T, 2) the two most likely tokens at each position.
+        top_logp: (T, 2) their log-probabilities.
+
+    Returns:
+        norm (T,), target (T,) with -1 where the gradient is zero, weight (T,), all fp32 / int64.
+    """
     g = grad.float()
-    norm = g.norm(dim=-1)
+    norm = torch.linalg.vector_norm(g, dim=-1)
     target = g.argmin(dim=-1)
-    residual = logits.float().softmax(dim=-1)  # (T, V), becomes softmax - onehot(target)
-    residual[torch.arange(len(target), device=target.device), target] -= 1.0
-    weight = (g * residual).sum(-1) / (residual * residual).sum(-1).clamp_min(torch.finfo(torch.float32).tiny)
+    second = (top_ids[:, 0] == target) & (top_ids.shape[-1] > 1)
+    pick = second.long()[:, None].clamp_max(top_ids.shape[-1] - 1)  # (T, 1): column of u in top_ids
+    other = top_ids.gather(-1, pick)
+    weight = (g.gather(-1, other).double() / top_logp.gather(-1, pick).double().exp()).squeeze(-1).float()
     trained = norm > 0
     return norm, torch.where(trained, target, -1), torch.where(trained, weight, 0.0)
-
-
-def token_losses(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-    """-log p(input_ids[t] | input_ids[:t]) for every t >= 1, NaN at t = 0. (B, T) fp32 on the CPU."""
-    logits = logits.detach()
-    out = torch.full(input_ids.shape, float("nan"))
-    for b in range(len(logits)):  # per sample: (T, V) at a time
-        logp = logits[b, :-1].float().log_softmax(dim=-1)
-        out[b, 1:] = -logp.gather(-1, input_ids[b, 1:, None].to(logp.device)).squeeze(-1).cpu()
-    return out
 
 
 def _shift(values: torch.Tensor, fill: float) -> torch.Tensor:
@@ -370,7 +467,6 @@ def _shift(values: torch.Tensor, fill: float) -> torch.Tensor:
 
 def _capture(
     batch: Mapping[str, torch.Tensor],
-    logits: torch.Tensor,
     loss: torch.Tensor,
     stats: _LogitStats,
     embedding_grad: torch.Tensor | None,
@@ -390,13 +486,13 @@ def _capture(
     grads_finite = bool(torch.isfinite(grad_norm).all() and torch.isfinite(emb).all()) and not nonfinite_layers
     return Capture(
         loss=float(loss.detach()),
-        token_loss=token_losses(logits, ids),
+        token_loss=stats.token_loss,
         logit_grad_norm=grad_norm,
         target_id=target,
         weight=weight,
         embedding_grad_norm=emb,
         layer_grad_norms=layer_norms,
-        logits_finite=bool(torch.isfinite(logits.detach()).all()),
+        logits_finite=stats.finite,
         grads_finite=grads_finite,
         loss_uses_logits=stats.grad_norm is not None,
         nonfinite_layers=nonfinite_layers,

@@ -221,3 +221,18 @@ def test_accumulate_reports_each_batch_and_needs_enough_rows():
     assert report.probes["accumulate"].forward_passes == 3
     with pytest.raises(gradscope.DataError, match="too few to split into 4"):
         gradscope.check(model, batch, accumulate=4)
+
+
+def test_bfloat16_model_reads_the_same_trained_tokens_with_fp32_norms():
+    from gradscope.load import load_model
+
+    model = load_model(FIXTURES / LLAMA, dtype="bfloat16")
+    _, tokenizer = fixture_model(LLAMA)
+    [batch] = load_batches(FIXTURES / "batches/llama_pad_leak.safetensors", pad_token_id=tokenizer.pad_token_id)
+    half = gradscope.check(model, batch, tokenizer=tokenizer)
+    full = gradscope.check(fixture_model(LLAMA)[0], batch, tokenizer=tokenizer)
+    assert half.model["dtype"] == "bfloat16"
+    assert [(f.check, f.sample, f.positions) for f in half.findings] == [(f.check, f.sample, f.positions) for f in full.findings]
+    for s_half, s_full in zip(half.samples, full.samples):
+        assert [t.trained for t in s_half.tokens] == [t.trained for t in s_full.tokens]
+        torch.testing.assert_close(torch.tensor(s_half.layer_grad_norms), torch.tensor(s_full.layer_grad_norms), rtol=0.1, atol=1e-4)

@@ -185,7 +185,7 @@ def test_inspect_row_out_of_range_exits_2():
 
 def test_every_command_has_help_and_is_in_the_readme():
     readme = (FIXTURES.parent / "README.md").read_text()
-    for command in ("check", "inspect", "roles", "grads", "verify"):
+    for command in ("check", "inspect", "roles", "grads", "verify", "scan"):
         result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "250"})  # wide: no option name cut short
         assert result.exit_code == 0
         assert f"gradscope {command}" in readme
@@ -348,6 +348,37 @@ def test_packed_batch_from_a_file_is_clean_when_it_passes_use_cache_false():
     assert data["probes"]["packing"]["ran"] and data["findings"] == []
 
 
+def test_scan_exit_codes_and_json():
+    result = run("scan", BATCHES / "llama_clean.jsonl", "--tokenizer", LLAMA, "--format", "json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["schema_version"] == 1 and data["kind"] == "scan" and data["summary"]["ok"] is True
+    assert data["summary"]["rows"] == 4 and data["findings"] == []
+    result = run("scan", BATCHES / "llama_prompt_leak.jsonl", "--tokenizer", LLAMA, "--format", "json", "--examples", "1")
+    assert result.exit_code == 1
+    data = json.loads(result.stdout)
+    assert data["checks"]["prompt_leak"]["rows"] == 4 and data["checks"]["prompt_leak"]["first_rows"] == [0]
+    assert data["summary"]["checks_failed"] == ["prompt_leak"] and data["summary"]["errors"] == 4
+    assert [w["row"] for w in data["worst_rows"]][:1] == [2]
+    assert set(data["distributions"]) == {"length", "trained_fraction"}
+
+
+def test_scan_text_report_and_output_file(tmp_path):
+    out = tmp_path / "scan.json"
+    result = run("scan", BATCHES / "gpt2_eos_untrained_lm_collator.safetensors", "--tokenizer", GPT2, "--output", out)
+    assert result.exit_code == 1
+    assert "eos_untrained" in result.stdout and "gradscope inspect MODEL DATA --row N" in result.stdout
+    assert json.loads(out.read_text())["checks"]["eos_untrained"]["rows"] == 3
+
+
+def test_scan_without_end_tokens_says_eos_was_not_checked():
+    result = run("scan", BATCHES / "llama_eos_untrained.safetensors", "--format", "json")
+    assert result.exit_code == 0
+    assert any("eos_untrained was not checked" in n for n in json.loads(result.stdout)["summary"]["notes"])
+    result = run("scan", BATCHES / "llama_eos_untrained.safetensors", "--end-token-id", "2", "--format", "json")
+    assert result.exit_code == 1
+
+
 @pytest.mark.parametrize(
     "args, expected",
     [
@@ -359,3 +390,38 @@ def test_bad_probe_options_exit_2(args, expected):
     result = run("check", LLAMA, BATCHES / "llama_clean.safetensors", *args)
     assert result.exit_code == 2
     assert result.stderr.startswith("Error: ") and expected in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["nope.jsonl"], "no such data"),
+        ([BATCHES / "llama_clean.jsonl", "--tokenizer", BATCHES], "no tokenizer files"),
+        (["RAW"], "raw text"),
+    ],
+)
+def test_scan_bad_input_exits_2_with_one_error_line(args, expected, tmp_path):
+    raw = tmp_path / "raw.jsonl"
+    raw.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n')
+    result = run("scan", *[raw if a == "RAW" else a for a in args])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and expected in lines[0], result.stderr
+    assert result.stdout == ""
+
+
+def test_device_map_auto_gives_the_same_report():
+    _, plain = run_json(LLAMA, BATCHES / "llama_prompt_leak.safetensors")
+    _, mapped = run_json(LLAMA, BATCHES / "llama_prompt_leak.safetensors", "--device-map", "auto")
+    assert plain["model"].pop("device_map") is None
+    assert mapped["model"].pop("device_map") in (None, {"": "cpu"})  # one CPU: accelerate may place nothing
+    for report in (plain, mapped):  # what the probes cost in seconds differs from run to run
+        for probe in report["probes"].values():
+            probe.pop("seconds")
+    assert mapped == plain
+
+
+def test_unavailable_device_exits_2():
+    result = run("check", LLAMA, BATCHES / "llama_clean.safetensors", "--device", "cuda:99")
+    assert result.exit_code == 2
+    assert result.stderr.startswith("Error: device 'cuda:99' is not available")

@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+import functools
+import weakref
+from types import SimpleNamespace
+
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
 
-from gradscope.run import find_decoder_layers, forward_backward, instrumented, logit_grad_stats, token_losses
+from gradscope import run
+from gradscope.run import (
+    find_decoder_layers,
+    forward_backward,
+    instrumented,
+    logit_grad_stats,
+    logits_finite,
+    token_losses,
+)
 from tests.conftest import make_batch, tiny_gpt2, tiny_llama
 
 
@@ -177,3 +191,105 @@ def test_after_backward_gets_the_live_graph_and_leaves_the_capture_alone(random_
     torch.testing.assert_close(probed.layer_grad_norms, plain.layer_grad_norms, rtol=0, atol=0)
     torch.testing.assert_close(probed.logit_grad_norm, plain.logit_grad_norm, rtol=0, atol=0)
     assert all(p.requires_grad for p in random_model.parameters())  # restored after the probe ran
+
+
+def test_weight_is_exact_where_the_target_is_the_most_likely_token():
+    # a confident model: p(target) close to 1, where w * (p - 1) has lost its digits
+    logits = torch.zeros(3, 40, dtype=torch.float64)
+    targets = torch.tensor([7, 0, 39])
+    logits[torch.arange(3), targets] = torch.tensor([12.0, 16.0, 9.0], dtype=torch.float64)
+    weights = torch.tensor([0.25, 1e-3, 3.0], dtype=torch.float64)
+    grad = weights[:, None] * (logits.softmax(-1) - F.one_hot(targets, 40))  # float64, then what autograd would hold
+    norm, target, weight = logit_grad_stats(logits.float(), grad.float())
+    assert target.tolist() == targets.tolist()
+    torch.testing.assert_close(weight, weights.float(), rtol=1e-5, atol=0)
+    torch.testing.assert_close(norm, grad.norm(dim=-1).float())
+
+
+def test_logits_finite_matches_isfinite():
+    finite = torch.randn(2, 5, 7)
+    assert logits_finite(finite)
+    for value in (float("nan"), float("inf"), float("-inf")):
+        broken = finite.clone()
+        broken[1, 3, 2] = value
+        assert logits_finite(broken) == bool(torch.isfinite(broken).all()) is False
+    both = finite.clone()
+    both[0, 0, 0], both[1, 1, 1] = float("inf"), float("-inf")
+    assert not logits_finite(both)
+
+
+def test_small_chunks_give_the_same_numbers(random_model, monkeypatch):
+    batch = make_batch()
+    whole = forward_backward(random_model, batch)
+    monkeypatch.setattr(run, "CHUNK_ELEMENTS", 97 * 5)  # 5 positions at a time, a partial chunk at the end
+    assert len(run.position_chunks(12, 97)) == 3
+    chunked = forward_backward(random_model, batch)
+    for name in ("token_loss", "logit_grad_norm", "target_id", "weight"):
+        torch.testing.assert_close(getattr(chunked, name), getattr(whole, name), rtol=0, atol=0, equal_nan=True)
+
+
+def test_logits_are_freed_before_the_backward():
+    seen = []
+
+    def loss_fn(logits, labels):
+        alive = weakref.ref(logits)
+        logp = logits[:, :-1].log_softmax(-1)
+        logp.register_hook(lambda g: seen.append(alive() is None))  # fires in the backward
+        return F.nll_loss(logp.flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
+
+    forward_backward(tiny_llama(), make_batch(), loss_fn=loss_fn)
+    assert seen == [True]
+
+
+@pytest.mark.filterwarnings("ignore:`gradient_checkpointing_enable` is deprecated:FutureWarning")
+@pytest.mark.parametrize("reentrant", [True, False])
+def test_gradient_checkpointing_gives_the_same_norms(reentrant):
+    model = tiny_llama()
+    batch = make_batch()
+    out, grads = _reference(model, batch)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
+    capture = forward_backward(model, batch)
+    _, embed_grad, *layer_grads = grads
+    expected = torch.stack([g.norm(dim=-1) for g in layer_grads], dim=1)
+    torch.testing.assert_close(capture.layer_grad_norms, expected, rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(capture.embedding_grad_norm, embed_grad.norm(dim=-1), rtol=1e-4, atol=1e-7)
+    assert all(p.grad is None for p in model.parameters())
+
+
+class _CheckpointedStack(nn.Module):
+    """A causal LM that checkpoints each layer's __call__ (transformers 4.x style): module hooks run inside the
+    checkpoint, so they fire again when the backward recomputes the layer."""
+
+    def __init__(self, reentrant: bool) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = nn.Embedding(97, 16)
+        self.layers = nn.ModuleList(nn.Sequential(nn.Linear(16, 16), nn.Tanh()) for _ in range(3))
+        self.head = nn.Linear(16, 97)
+        self.gradient_checkpointing = True
+        self._gradient_checkpointing_func = functools.partial(checkpoint, use_reentrant=reentrant)
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.embed
+
+    def forward(self, input_ids, labels, attention_mask=None):
+        h = self.embed(input_ids)
+        for layer in self.layers:
+            h = self._gradient_checkpointing_func(layer.__call__, h) if self.gradient_checkpointing else layer(h)
+        logits = self.head(h)
+        loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
+        return SimpleNamespace(logits=logits, loss=loss)
+
+
+@pytest.mark.parametrize("reentrant", [True, False])
+def test_layer_hooks_that_fire_again_in_recomputation_count_once(reentrant):
+    model, batch = _CheckpointedStack(reentrant), make_batch()
+    calls = []
+    model.layers[0].register_forward_hook(lambda *_: calls.append(1))
+    checkpointed = forward_backward(model, batch)
+    if reentrant:
+        assert len(calls) == 2  # the forward, then the recomputation in the backward (with grad this time)
+    model.gradient_checkpointing = False
+    plain = forward_backward(model, batch)
+    torch.testing.assert_close(checkpointed.layer_grad_norms, plain.layer_grad_norms, rtol=1e-6, atol=0)
+    torch.testing.assert_close(checkpointed.embedding_grad_norm, plain.embedding_grad_norm, rtol=1e-6, atol=0)

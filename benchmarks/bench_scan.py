@@ -1,0 +1,134 @@
+"""Throughput and memory of ``gradscope scan`` on generated pre-tokenized datasets.
+
+Generates SFT-style rows (a prompt masked with -100, a completion closed by EOS, 1% of the rows with their prompt
+trained and 0.5% with no trained token) as a saved ``datasets`` directory, Parquet and JSON lines, then scans each
+in a fresh process (with an empty datasets cache) and reports rows, tokens, seconds, tokens/s and the process's
+peak resident set (VmHWM); it stops if a scan finds other problems than those generated. The
+sizes scanned (--rows, default 100k, 300k and 1M) show whether memory stays flat as the dataset grows.
+
+    python benchmarks/bench_scan.py --out /tmp/gradscope-scan-bench
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+EOS, VOCAB = 2, 32000
+
+
+def generate(rows: int, seed: int = 0):
+    """A pyarrow Table of ``rows`` rows (input_ids int32, attention_mask int8, labels int64, completion_mask int8),
+    and the rows that fail each check by construction."""
+    import pyarrow as pa
+
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(32, 225, rows)  # mean 128 tokens
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    n = int(offsets[-1])
+    ids = rng.integers(4, VOCAB, n, dtype=np.int32)
+    ids[offsets[1:] - 1] = EOS
+    row_of = np.repeat(np.arange(rows), lengths)
+    position = np.arange(n) - offsets[:-1][row_of]
+    completion = (position >= (lengths // 2)[row_of]).astype(np.int8)
+    labels = np.where(completion == 1, ids, -100).astype(np.int64)
+    leak = rng.random(rows) < 0.01
+    labels = np.where(leak[row_of], ids, labels)
+    no_loss = rng.random(rows) < 0.005
+    labels[no_loss[row_of]] = -100
+    lists = lambda values: pa.LargeListArray.from_arrays(offsets, values)  # noqa: E731
+    table = pa.table({
+        "input_ids": lists(ids), "attention_mask": lists(np.ones(n, np.int8)),
+        "labels": lists(labels), "completion_mask": lists(completion),
+    })
+    return table, {"no_loss": int(no_loss.sum()), "prompt_leak": int((leak & ~no_loss).sum())}
+
+
+def write_all(table, out: Path, rows: int, formats: list[str]) -> dict[str, Path]:
+    import datasets
+    import pyarrow.parquet as pq
+
+    paths = {}
+    if "datasets" in formats:
+        paths["datasets"] = out / f"rows{rows}"
+        if not paths["datasets"].exists():
+            datasets.Dataset(table).save_to_disk(str(paths["datasets"]), max_shard_size="500MB")
+    if "parquet" in formats:
+        paths["parquet"] = out / f"rows{rows}.parquet"
+        if not paths["parquet"].exists():
+            pq.write_table(table, paths["parquet"], row_group_size=65536)
+    if "jsonl" in formats:
+        paths["jsonl"] = out / f"rows{rows}.jsonl"
+        if not paths["jsonl"].exists():
+            with paths["jsonl"].open("w") as f:
+                for batch in table.to_batches(max_chunksize=10000):
+                    for row in batch.to_pylist():
+                        f.write(json.dumps(row, separators=(",", ":")) + "\n")
+    return paths
+
+
+CHILD = """
+import json, sys, time
+from pathlib import Path
+from gradscope.scan import scan
+status = lambda key: next(int(l.split()[1]) for l in Path('/proc/self/status').read_text().splitlines() if l.startswith(key))
+before = status('VmRSS')
+start = time.perf_counter()
+report = scan(sys.argv[1], end_token_ids=[2], num_proc=int(sys.argv[2]))
+seconds = time.perf_counter() - start
+print(json.dumps({"rows": report.rows, "tokens": report.tokens, "seconds": seconds, "peak_mib": status('VmHWM') / 1024,
+                  "scan_mib": (status('VmHWM') - before) / 1024,
+                  "failed": {k: v["rows"] for k, v in report.checks.items() if v["rows"]}}))
+"""
+
+
+def scan_in_child(path: Path, num_proc: int) -> dict:
+    """Scan in a fresh process, with an empty datasets cache (so --num-proc pays datasets' conversion every time)."""
+    with tempfile.TemporaryDirectory(prefix="gradscope-bench-cache-") as cache:
+        env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", HF_DATASETS_CACHE=cache)
+        out = subprocess.run([sys.executable, "-c", CHILD, str(path), str(num_proc)], env=env, check=True,
+                             capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("/tmp/gradscope-scan-bench"))
+    parser.add_argument("--rows", default="100000,300000,1000000")
+    parser.add_argument("--formats", default="datasets,parquet", help="datasets, parquet, jsonl (comma-separated)")
+    parser.add_argument("--jsonl-rows", default="100000,300000", help="sizes for the JSON lines files (slow to write)")
+    parser.add_argument("--num-proc", default="1,2", help="process counts to try (comma-separated)")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    formats = args.formats.split(",")
+    print("| format | rows | tokens | --num-proc | seconds | tokens/s | peak RSS | peak RSS above the imports |")
+    print("|---|---|---|---|---|---|---|---|")
+    jobs: dict[int, list[str]] = {int(r): [f for f in formats if f != "jsonl"] for r in args.rows.split(",")}
+    if "jsonl" in formats:
+        for rows in args.jsonl_rows.split(","):
+            jobs.setdefault(int(rows), []).append("jsonl")
+    for rows, wanted in sorted(jobs.items()):
+        start = time.perf_counter()
+        table, expected = generate(rows)
+        paths = write_all(table, args.out, rows, wanted)
+        print(f"generated {rows} rows in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+        for fmt, path in paths.items():
+            for num_proc in [int(p) for p in args.num_proc.split(",")]:
+                r = scan_in_child(path, num_proc)
+                print(f"| {fmt} | {r['rows']:,} | {r['tokens']:,} | {num_proc} | {r['seconds']:.2f} | "
+                      f"{r['tokens'] / r['seconds'] / 1e6:.1f}M | {r['peak_mib']:.0f} MiB | {r['scan_mib']:.0f} MiB |", flush=True)
+                if r["failed"] != expected:
+                    raise SystemExit(f"{fmt} {rows} rows, --num-proc {num_proc}: found {r['failed']}, generated {expected}")
+
+
+if __name__ == "__main__":
+    main()

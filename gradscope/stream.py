@@ -1,0 +1,347 @@
+"""Stream pre-tokenized rows, chunk by chunk, as flat NumPy token arrays (``Chunk``), in bounded memory.
+
+Formats: JSON lines (``.jsonl``/``.json``), Parquet, Arrow (a ``.arrow`` file, IPC stream or file format), a
+directory saved with ``datasets``' ``save_to_disk``, and ``.safetensors`` batches (B, T). Row columns are lists of
+integers: ``input_ids`` and optionally ``labels``, ``attention_mask`` and a role mask (``completion_mask`` or
+``assistant_masks``); other columns are not read.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from gradscope.batch import IGNORE_INDEX, ROLE_KEYS
+from gradscope.errors import DataError
+
+TOKEN_COLUMNS = ("input_ids", "labels", "attention_mask", *ROLE_KEYS)
+RAW_COLUMNS = ("messages", "prompt", "completion", "text", "conversations")
+CHUNK_TOKENS = 1 << 21
+"""Tokens per chunk, about: bounds memory, and keeps per-chunk overhead negligible."""
+
+
+@dataclass
+class Chunk:
+    """Consecutive rows of pre-tokenized data, their tokens laid end to end in flat NumPy arrays (N,).
+
+    Attributes:
+        first_row: The index in the data of the chunk's first row.
+        starts: (R,) where each row begins in the flat arrays; rows are never empty.
+        input_ids: Token ids.
+        labels: Labels as given, or the default (input_ids, -100 where attention_mask is 0).
+        attention: attention_mask (0 = padding), or None when the data has none.
+        completion: The role mask (completion_mask / assistant_masks, 1 = meant to be trained), or None.
+    """
+
+    first_row: int
+    starts: np.ndarray
+    input_ids: np.ndarray
+    labels: np.ndarray
+    attention: np.ndarray | None = None
+    completion: np.ndarray | None = None
+
+    @property
+    def rows(self) -> int:
+        return len(self.starts)
+
+    @property
+    def has_roles(self) -> bool:
+        return self.completion is not None
+
+    def row(self, r: int) -> dict[str, np.ndarray]:
+        """Row r of the chunk (0-based within the chunk) as its own arrays."""
+        end = self.starts[r + 1] if r + 1 < self.rows else len(self.input_ids)
+        span = slice(int(self.starts[r]), int(end))
+        out = {"input_ids": self.input_ids[span], "labels": self.labels[span]}
+        if self.attention is not None:
+            out["attention_mask"] = self.attention[span]
+        if self.completion is not None:
+            out["completion_mask"] = self.completion[span]
+        return out
+
+
+_JSON_BLOCK_BYTES = 1 << 24
+_PARQUET_BATCH_ROWS = 8192
+
+
+@dataclass
+class Source:
+    """A dataset on disk, recognized but not yet read."""
+
+    path: Path
+    format: str  # jsonl | parquet | arrow | datasets | safetensors
+    rows: int | None  # known without reading the data, else None
+    files: list[Path]
+
+
+def open_source(path: str | Path) -> Source:
+    """Recognize a dataset's format and its files.
+
+    Raises:
+        DataError: no such path, an unknown format, or a DatasetDict directory (pick a split).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError("no such data file or directory", path=path, hint="give a .jsonl, .parquet, .arrow, .safetensors or a saved datasets directory")
+    if path.is_dir():
+        return _datasets_dir(path)
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".json"):
+        return Source(path, "jsonl", None, [path])
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return Source(path, "parquet", _parquet_rows(pq, path), [path])
+    if suffix == ".arrow":
+        return Source(path, "arrow", None, [path])
+    if suffix == ".safetensors":
+        return Source(path, "safetensors", None, [path])
+    raise DataError(f"unknown data format {path.suffix!r}", path=path, hint="use .jsonl, .parquet, .arrow, .safetensors or a saved datasets directory")
+
+
+def _parquet_rows(pq, path: Path) -> int:
+    try:
+        return pq.ParquetFile(path).metadata.num_rows
+    except Exception as err:  # pyarrow raises several types for a corrupt file
+        raise DataError(f"cannot read Parquet: {err}", path=path) from err
+
+
+def _datasets_dir(path: Path) -> Source:
+    """A directory written by ``Dataset.save_to_disk``: state.json names its Arrow files in order."""
+    if (path / "dataset_dict.json").is_file():
+        splits = json.loads((path / "dataset_dict.json").read_text()).get("splits", [])
+        raise DataError("this is a DatasetDict: scan one split", path=path, hint=f"give {path}/<split>, one of: {', '.join(splits)}")
+    state = path / "state.json"
+    if not state.is_file():
+        raise DataError("not a saved datasets directory (no state.json)", path=path, hint="give a directory written by Dataset.save_to_disk, or a data file")
+    files = [path / f["filename"] for f in json.loads(state.read_text()).get("_data_files", [])]
+    info = path / "dataset_info.json"
+    rows = None
+    if info.is_file():
+        splits = json.loads(info.read_text()).get("splits") or {}
+        rows = sum(s.get("num_examples", 0) for s in splits.values()) or None
+    return Source(path, "datasets", rows, files)
+
+
+def chunks(source: Source) -> Iterator[Chunk]:
+    """The source's rows, chunk by chunk, numbered from 0 across files.
+
+    Raises:
+        DataError: missing or raw-text columns, nulls, per-token lists whose length differs from input_ids', empty
+            rows, or negative token ids, naming the row.
+    """
+    if source.format == "safetensors":
+        yield _safetensors_chunk(source.path)
+        return
+    first = 0
+    for batch in _rechunk(_record_batches(source)):
+        chunk = to_chunk(batch, first, source.path)
+        first += chunk.rows
+        yield chunk
+
+
+def _record_batches(source: Source) -> Iterator:
+    import pyarrow as pa
+
+    try:
+        if source.format == "jsonl":
+            yield from _json_batches(source.path)
+        elif source.format == "parquet":
+            import pyarrow.parquet as pq
+
+            file = pq.ParquetFile(source.path, pre_buffer=False)  # pre-buffering keeps every row group read so far
+            yield from file.iter_batches(batch_size=_PARQUET_BATCH_ROWS, columns=_wanted(file.schema_arrow.names, source.path))
+        else:
+            for path in source.files:
+                yield from _arrow_batches(path)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as err:
+        raise DataError(f"cannot read {source.format}: {err}", path=source.path) from err
+
+
+def _json_batches(path: Path) -> Iterator:
+    """JSON lines parsed block by block (one block in memory at a time: pyarrow's own streaming reader reads ahead),
+    typed by the first block: token columns as lists of int64, other fields skipped."""
+    import pyarrow as pa
+    import pyarrow.json as pj
+
+    options = None
+    for block in _line_blocks(path, _JSON_BLOCK_BYTES):
+        table = pj.read_json(pa.BufferReader(block), parse_options=options)
+        if options is None:
+            names = _wanted(table.schema.names, path)
+            schema = pa.schema([(name, pa.list_(pa.int64())) for name in names])
+            options = pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
+            table = table.select(names)
+        yield from table.combine_chunks().to_batches()
+
+
+def _line_blocks(path: Path, size: int) -> Iterator[bytes]:
+    """The file in blocks of about ``size`` bytes, each ending at a line end."""
+    rest = b""
+    with path.open("rb") as f:
+        while data := f.read(size):
+            data = rest + data
+            cut = data.rfind(b"\n") + 1
+            block, rest = (data[:cut], data[cut:]) if cut else (b"", data)
+            if block:
+                yield block
+    if rest.strip():
+        yield rest
+
+
+def _arrow_batches(path: Path) -> Iterator:
+    """An Arrow file read batch by batch through ordinary reads (not memory-mapped: the resident set stays flat)."""
+    import pyarrow as pa
+
+    with pa.OSFile(str(path)) as f:
+        try:
+            reader = pa.ipc.open_stream(f)
+        except pa.ArrowInvalid:
+            f.seek(0)
+            file_reader = pa.ipc.open_file(f)
+            names = _wanted(file_reader.schema.names, path)
+            for i in range(file_reader.num_record_batches):
+                yield file_reader.get_batch(i).select(names)
+            return
+        names = _wanted(reader.schema.names, path)
+        for batch in reader:
+            yield batch.select(names)
+
+
+def _wanted(names: list[str], path: Path) -> list[str]:
+    """The token columns present; input_ids is required and raw text is said to be out of reach."""
+    if "input_ids" not in names:
+        raw = [c for c in RAW_COLUMNS if c in names]
+        if raw:
+            raise DataError(
+                f"rows hold raw text ({', '.join(raw)}), not token ids",
+                path=path,
+                hint="gradscope scan reads tokenized rows (input_ids, labels, ...): tokenize with your pipeline first",
+            )
+        raise DataError(f"no 'input_ids' column (columns: {', '.join(names)})", path=path, hint="store the token ids under 'input_ids'")
+    return [c for c in TOKEN_COLUMNS if c in names]
+
+
+def _rechunk(batches: Iterator) -> Iterator:
+    """Record batches of about CHUNK_TOKENS tokens: large ones sliced (no copy), small ones (datasets writes 1,000
+    rows each) joined, so that memory is bounded and per-chunk overhead stays negligible."""
+    import pyarrow as pa
+
+    group, tokens = [], 0
+    for batch in batches:
+        for piece in _slices(batch):
+            if group and piece.schema != group[0].schema:
+                yield _join(pa, group)
+                group, tokens = [], 0
+            group.append(piece)
+            tokens += _tokens(piece)
+            if tokens >= CHUNK_TOKENS:
+                yield _join(pa, group)
+                group, tokens = [], 0
+    if group:
+        yield _join(pa, group)
+
+
+def _tokens(batch) -> int:
+    offsets = batch.column("input_ids").offsets
+    return int(offsets[-1].as_py() - offsets[0].as_py()) if len(offsets) else 0
+
+
+def _slices(batch) -> Iterator:
+    """The batch cut between rows into pieces of at most about CHUNK_TOKENS tokens (at least one row each)."""
+    if _tokens(batch) <= CHUNK_TOKENS:
+        yield batch
+        return
+    offsets = np.asarray(batch.column("input_ids").offsets, dtype=np.int64)
+    offsets = offsets - offsets[0]
+    start = 0
+    while start < batch.num_rows:
+        stop = int(np.searchsorted(offsets, offsets[start] + CHUNK_TOKENS, side="right")) - 1
+        stop = min(max(stop, start + 1), batch.num_rows)
+        yield batch.slice(start, stop - start)
+        start = stop
+
+
+def _join(pa, group: list):
+    return group[0] if len(group) == 1 else pa.Table.from_batches(group).combine_chunks().to_batches()[0]
+
+
+def to_chunk(batch, first_row: int, path: Path) -> Chunk:
+    """One Arrow record batch of list columns as a Chunk of flat arrays."""
+    ids, offsets = _flat(batch, "input_ids", first_row, path)
+    lengths = np.diff(offsets)
+    if len(lengths) and not lengths.all():
+        raise DataError("'input_ids' is empty", path=path, row=first_row + int(np.flatnonzero(lengths == 0)[0]))
+    columns = {}
+    for name in TOKEN_COLUMNS[1:]:
+        if name in batch.schema.names:
+            columns[name], own = _flat(batch, name, first_row, path)
+            _same_lengths(name, np.diff(own), lengths, first_row, path)
+    starts = offsets[:-1]
+    _check_ids(ids, starts, first_row, path)
+    attention = columns.get("attention_mask")
+    role = next((columns[k] for k in ROLE_KEYS if k in columns), None)
+    labels = columns.get("labels")
+    if labels is None:  # what check does: input_ids, -100 where attention_mask is 0
+        labels = ids if attention is None else np.where(attention == 0, IGNORE_INDEX, ids)
+    return Chunk(first_row, starts, ids, labels, attention, role)
+
+
+def _flat(batch, name: str, first_row: int, path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """A list column's values (N,) and its offsets (R + 1,) from 0; nulls and non-integers are errors."""
+    column = batch.column(name)
+    if column.null_count:
+        row = first_row + int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
+        raise DataError(f"'{name}' is null", path=path, row=row)
+    if not hasattr(column, "offsets"):
+        raise DataError(f"'{name}' must hold lists of integers, not {column.type}", path=path, row=first_row)
+    offsets = np.asarray(column.offsets, dtype=np.int64)
+    values = column.values.slice(int(offsets[0]), int(offsets[-1] - offsets[0])).to_numpy(zero_copy_only=False)
+    if values.dtype.kind not in "iub":
+        raise DataError(f"'{name}' must hold lists of integers, not {column.type}", path=path, row=first_row)
+    return values, offsets - offsets[0]
+
+
+def _same_lengths(name: str, lengths: np.ndarray, expected: np.ndarray, first_row: int, path: Path) -> None:
+    if not np.array_equal(lengths, expected):
+        row = int(np.flatnonzero(lengths != expected)[0])
+        raise DataError(
+            f"'{name}' has {int(lengths[row])} entries but 'input_ids' has {int(expected[row])}",
+            path=path,
+            row=first_row + row,
+            hint=f"give '{name}' one entry per token",
+        )
+
+
+def _check_ids(ids: np.ndarray, starts: np.ndarray, first_row: int, path: Path) -> None:
+    if len(ids) and ids.min() < 0:
+        at = int(np.flatnonzero(ids < 0)[0])
+        row = int(np.searchsorted(starts, at, side="right")) - 1
+        raise DataError(f"'input_ids' holds a negative token id {int(ids[at])}", path=path, row=first_row + row,
+                        position=at - int(starts[row]))
+
+
+def _safetensors_chunk(path: Path) -> Chunk:
+    """A (B, T) batch file: each row is T tokens, padding marked by its attention_mask."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise DataError(f"cannot read safetensors: {err}", path=path) from err
+    if "input_ids" not in tensors or tensors["input_ids"].ndim != 2:
+        raise DataError("no 2D 'input_ids' (batch, sequence) in the batch file", path=path)
+    b, t = tensors["input_ids"].shape
+    flat = {k: v.reshape(-1) for k, v in tensors.items() if k in TOKEN_COLUMNS and v.shape == (b, t)}
+    attention = flat.get("attention_mask")
+    ids = flat["input_ids"]
+    labels = flat.get("labels")
+    if labels is None:
+        labels = ids if attention is None else np.where(attention == 0, IGNORE_INDEX, ids)
+    role = next((flat[k] for k in ROLE_KEYS if k in flat), None)
+    return Chunk(0, np.arange(b, dtype=np.int64) * t, ids, labels, attention, role)

@@ -1,0 +1,170 @@
+"""gradscope.scan: the vectorized checks against analyze's per-row checks, and scan against check on the catalogue."""
+
+from __future__ import annotations
+
+import json
+import math
+from fractions import Fraction
+
+import numpy as np
+import pytest
+import torch
+
+import gradscope
+from gradscope.analyze import SampleView, check_sample
+from gradscope.batch import COMPLETION, PAD, PROMPT, UNKNOWN
+from gradscope.load import load_batches
+from gradscope.scan import CHECKS, scan, verdicts
+from gradscope.stream import Chunk
+from tests.conftest import FIXTURES, fixture_model
+
+CATALOGUE = json.loads((FIXTURES / "catalogue.json").read_text())
+EOS, PAD_ID = 2, 0
+
+
+def random_rows(n: int, seed: int, roles: bool) -> list[dict[str, np.ndarray]]:
+    """Rows built to hit every rule: completion spans closed (or not) by EOS, padding that is EOS or not, and labels
+    corrupted in every way a pipeline corrupts them."""
+    rng = np.random.default_rng(seed)
+    return [_random_row(rng, roles) for _ in range(n)]
+
+
+def _random_row(rng: np.random.Generator, roles: bool) -> dict[str, np.ndarray]:
+    t = int(rng.integers(2, 24))
+    ids = rng.integers(3, 12, t)  # a small vocabulary: tokens repeat, so shifted labels sometimes match
+    completion = np.zeros(t, dtype=np.int64)
+    for _ in range(int(rng.integers(0, 3))):
+        start = int(rng.integers(0, t))
+        stop = min(t, start + int(rng.integers(1, 6)))
+        completion[start:stop] = 1
+        if rng.random() < 0.7:  # the span's closing token: inside the span or right after it
+            ids[min(t - 1, stop - int(rng.integers(0, 2)))] = EOS
+    ids[rng.random(t) < 0.05] = EOS
+    attention = np.ones(t, dtype=np.int64)
+    pads = int(rng.integers(0, 4)) if t > 4 else 0
+    if pads:
+        attention[-pads:] = 0
+        ids[-pads:] = EOS if rng.random() < 0.5 else PAD_ID
+        completion[-pads:] = 0
+    labels = np.where(completion == 1, ids, -100)
+    labels = _corrupt(rng, labels, ids, attention)
+    row = {"input_ids": ids, "labels": labels, "attention_mask": attention}
+    if roles:
+        row["completion_mask"] = completion
+    return row
+
+
+def _corrupt(rng: np.random.Generator, labels: np.ndarray, ids: np.ndarray, attention: np.ndarray) -> np.ndarray:
+    kind = rng.integers(0, 7)
+    labels = labels.copy()
+    if kind == 0:
+        labels = np.where(attention == 1, ids, -100)  # prompt trained
+    elif kind == 1:
+        labels[attention == 0] = ids[attention == 0]  # padding trained
+    elif kind == 2:
+        labels[:-1] = labels[1:].copy()  # pre-shifted
+    elif kind == 3:
+        labels[:] = -100
+    elif kind == 4:
+        labels[rng.random(len(labels)) < 0.3] = -100  # holes, the end token among them sometimes
+    elif kind == 5:
+        flip = rng.random(len(labels)) < 0.2
+        labels[flip] = ids[flip]
+    return labels
+
+
+def reference_view(row: dict[str, np.ndarray], index: int) -> SampleView:
+    """The row as check sees it, built independently of gradscope.scan."""
+    ids = torch.tensor(row["input_ids"])
+    labels = torch.tensor(row["labels"])
+    trained = (labels != -100) & (torch.arange(len(ids)) > 0)
+    role = torch.full(ids.shape, UNKNOWN)
+    if "completion_mask" in row:
+        role = torch.where(torch.tensor(row["completion_mask"]) == 1, COMPLETION, PROMPT)
+    role[torch.tensor(row["attention_mask"]) == 0] = PAD
+    return SampleView(index, ids, role, trained, torch.where(trained, labels, -1), [None] * len(ids), frozenset({EOS}), PAD_ID)
+
+
+def as_chunk(rows: list[dict[str, np.ndarray]]) -> Chunk:
+    lengths = [len(r["input_ids"]) for r in rows]
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    flat = {k: np.concatenate([r[k] for r in rows]) for k in rows[0]}
+    return Chunk(0, starts, flat["input_ids"], flat["labels"], flat["attention_mask"], flat.get("completion_mask"))
+
+
+@pytest.mark.parametrize("roles", [True, False], ids=["roles", "no roles"])
+def test_vectorized_checks_equal_analyze_row_by_row(roles):
+    rows = random_rows(3000, seed=1 if roles else 2, roles=roles)
+    v = verdicts(as_chunk(rows), [EOS])
+    seen = set()
+    for i, row in enumerate(rows):
+        expected = {f.check: len(f.positions) for f in check_sample(reference_view(row, i))}
+        got = {name: int(v.positions[name][i]) for name in CHECKS if v.fails[name][i]}
+        if "no_loss" in got:
+            got["no_loss"] = 0  # no_loss names no positions; the scan counts the row's tokens for ranking
+        assert got == expected, f"row {i}: {row}"
+        seen.update(got)
+    expected_checks = set(CHECKS) if roles else set(CHECKS) - {"prompt_leak", "completion_untrained"}
+    assert seen == expected_checks  # the random rows reached every check
+
+
+def _catalogue_scan(case: dict) -> gradscope.ScanReport:
+    return scan(FIXTURES / case["data"], tokenizer=FIXTURES / case["model"], examples=10)
+
+
+# The structural cases (causal, packed, loss and accumulation probes) need the model: scan reads labels only.
+LABEL_CASES = [
+    c for c in CATALOGUE
+    if {e["check"] for e in c["expect"]} <= set(CHECKS) and not c.get("loss") and not c.get("accumulate")
+]
+
+
+@pytest.mark.parametrize("case", LABEL_CASES, ids=[c["name"] for c in LABEL_CASES])
+def test_scan_finds_exactly_what_check_finds_on_the_catalogue(case):
+    report = _catalogue_scan(case)
+    failing = sorted((name, row) for name, entry in report.checks.items() for row in entry["first_rows"])
+    assert failing == sorted((e["check"], e["sample"]) for e in case["expect"])
+    assert sum(entry["rows"] for entry in report.checks.values()) == len(case["expect"])
+    model, tokenizer = fixture_model(case["model"])
+    batches = load_batches(FIXTURES / case["data"], pad_token_id=tokenizer.pad_token_id, batch_size=case.get("batch_size", 1))
+    checked = gradscope.check_batches(model, batches, tokenizer=tokenizer)
+    assert [(f.check, f.sample, f.positions) for f in report.findings] == [(f.check, f.sample, f.positions) for f in checked.findings]
+    for scanned, found in zip(report.findings, checked.findings):  # check may add that the loss is NaN, and why
+        assert found.message.endswith(scanned.message)
+
+
+def test_distributions_match_numpy():
+    rows = random_rows(500, seed=3, roles=True)
+    report = scan_rows(rows)
+    tokens = np.array([int(r["attention_mask"].sum()) for r in rows])
+    length = report.distributions["length"]
+    for q in (0.5, 0.9, 0.99):
+        assert length[f"p{round(q * 100)}"] == int(np.quantile(tokens, q, method="inverted_cdf"))
+    assert (length["min"], length["max"]) == (tokens.min(), tokens.max())
+    assert length["mean"] == pytest.approx(tokens.mean())
+    trained = np.array([int(((r["labels"] != -100) & (np.arange(len(r["labels"])) > 0) & (r["attention_mask"] == 1)).sum()) for r in rows])
+    bins = [min(9, math.floor(Fraction(int(n), max(int(d), 1)) * 10)) for n, d in zip(trained, tokens)]
+    assert report.distributions["trained_fraction"]["rows"] == [bins.count(k) for k in range(10)]
+    assert (report.rows, report.tokens, report.trained_tokens) == (500, tokens.sum(), trained.sum())
+
+
+def test_worst_rows_are_the_rows_with_most_flagged_positions():
+    rows = random_rows(400, seed=4, roles=True)
+    report = scan_rows(rows, worst=7)
+    score = []
+    for i, row in enumerate(rows):
+        found = check_sample(reference_view(row, i))
+        n = sum(int(row["attention_mask"].sum()) if f.check == "no_loss" else len(f.positions) for f in found)
+        score.append((-n, i))
+    expected = [i for n, i in sorted(score)[:7] if n < 0]
+    assert [w["row"] for w in report.worst_rows] == expected
+    assert {w["row"] for w in report.worst_rows} <= {f.sample for f in report.findings}
+
+
+def scan_rows(rows: list[dict[str, np.ndarray]], **kwargs) -> gradscope.ScanReport:
+    from gradscope.report import ScanReport
+    from gradscope.scan import scan_chunks
+
+    chunk = as_chunk(rows)
+    report = ScanReport(source={})
+    return scan_chunks(iter([(chunk, verdicts(chunk, [EOS]))]), report, end_token_ids=frozenset({EOS}), pad_token_id=PAD_ID, **kwargs)

@@ -1,0 +1,122 @@
+"""gradscope.stream: every format gives the same rows, chunk boundaries change nothing, bad data names its row."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from gradscope.errors import DataError
+from gradscope.scan import scan
+from gradscope.stream import chunks, open_source
+from tests.conftest import FIXTURES
+from tests.test_scan import random_rows
+
+ROWS = random_rows(300, seed=5, roles=True)
+COLUMNS = ("input_ids", "labels", "attention_mask", "completion_mask")
+
+
+def _table() -> pa.Table:
+    return pa.table({k: pa.array([r[k].tolist() for r in ROWS], pa.list_(pa.int32())) for k in COLUMNS})
+
+
+def write(tmp: Path, fmt: str) -> Path:
+    """The same rows in each format scan reads."""
+    if fmt == "jsonl":
+        path = tmp / "rows.jsonl"
+        path.write_text("".join(json.dumps({k: r[k].tolist() for k in COLUMNS}) + "\n" for r in ROWS))
+    elif fmt == "parquet":
+        path = tmp / "rows.parquet"
+        pq.write_table(_table(), path, row_group_size=128)
+    elif fmt == "arrow":
+        path = tmp / "rows.arrow"
+        with pa.OSFile(str(path), "wb") as f, pa.ipc.new_file(f, _table().schema) as writer:
+            writer.write_table(_table(), max_chunksize=100)
+    else:
+        import datasets
+
+        path = tmp / "saved"
+        datasets.Dataset(_table()).save_to_disk(str(path), num_shards=2)
+    return path
+
+
+def summary(report) -> tuple:
+    return (report.rows, report.tokens, report.trained_tokens, report.checks, report.distributions,
+            report.worst_rows, [vars(f) for f in report.findings])
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    return summary(scan(write(tmp_path_factory.mktemp("ref"), "jsonl"), end_token_ids=[2]))
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "arrow", "datasets"])
+def test_every_format_gives_the_same_report(fmt, tmp_path, reference):
+    assert summary(scan(write(tmp_path, fmt), end_token_ids=[2])) == reference
+
+
+def test_chunk_boundaries_change_nothing(tmp_path, reference, monkeypatch):
+    from gradscope import stream
+
+    monkeypatch.setattr(stream, "CHUNK_TOKENS", 50)  # many chunks, a row's findings kept across them
+    path = write(tmp_path, "datasets")
+    assert len(list(chunks(open_source(path)))) > 20
+    assert summary(scan(path, end_token_ids=[2])) == reference
+
+
+def test_rows_are_numbered_across_files_and_chunks(tmp_path):
+    path = write(tmp_path, "datasets")
+    firsts = [(c.first_row, c.rows) for c in chunks(open_source(path))]
+    assert firsts[0][0] == 0 and sum(n for _, n in firsts) == len(ROWS)
+    assert all(a + n == b for (a, n), (b, _) in zip(firsts, firsts[1:]))
+
+
+def test_safetensors_batch_is_read_as_rows():
+    [chunk] = chunks(open_source(FIXTURES / "batches/llama_pad_leak.safetensors"))
+    assert chunk.rows == 3 and len(chunk.input_ids) == 3 * 57
+    assert chunk.attention is not None and chunk.completion is not None
+
+
+def _jsonl(tmp: Path, *lines: str) -> Path:
+    path = tmp / "bad.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+BAD = {
+    "raw text": (['{"prompt": "hi", "completion": "there"}'], "raw text (prompt, completion)"),
+    "no input_ids": (['{"ids": [1, 2]}'], "no 'input_ids' column"),
+    "length differs": (['{"input_ids": [1, 2], "labels": [1, 2]}', '{"input_ids": [1, 2, 3], "labels": [1, 2]}'], "row 1: 'labels' has 2 entries but 'input_ids' has 3"),
+    "empty row": (['{"input_ids": [1, 2]}', '{"input_ids": []}'], "row 1: 'input_ids' is empty"),
+    "negative id": (['{"input_ids": [1, 2]}', '{"input_ids": [4, -3]}'], "row 1: position 1: 'input_ids' holds a negative"),
+    "null": (['{"input_ids": [1, 2], "labels": [1, 2]}', '{"input_ids": [1, 2], "labels": null}'], "row 1: 'labels' is null"),
+    "not json": (['{"input_ids": [1, 2]', "oops"], "cannot read jsonl"),
+    "strings": (['{"input_ids": ["a", "b"]}'], "lists of integers"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_rows_name_the_row(case, tmp_path):
+    lines, expected = BAD[case]
+    with pytest.raises(DataError) as err:
+        scan(_jsonl(tmp_path, *lines))
+    assert expected in str(err.value)
+
+
+def test_bad_paths(tmp_path):
+    with pytest.raises(DataError, match="no such data"):
+        open_source(tmp_path / "nope.jsonl")
+    (tmp_path / "data.csv").write_text("a,b\n")
+    with pytest.raises(DataError, match="unknown data format"):
+        open_source(tmp_path / "data.csv")
+    (tmp_path / "dd").mkdir()
+    (tmp_path / "dd" / "dataset_dict.json").write_text('{"splits": ["train", "test"]}')
+    with pytest.raises(DataError, match="DatasetDict.*train, test"):
+        open_source(tmp_path / "dd")
+    (tmp_path / "corrupt.parquet").write_bytes(b"PAR1 not really")
+    with pytest.raises(DataError, match="cannot read Parquet"):
+        open_source(tmp_path / "corrupt.parquet")
