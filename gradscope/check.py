@@ -106,7 +106,10 @@ def check_batches(
         _require_rows(full, accumulate, index, source)
         starts = document_starts(full)
         run = ProbeRun(_windows(full, starts, chosen), accumulate)
-        capture = forward_backward(model, to_device(full, device), loss_fn=loss_fn, keep_dropout=keep_dropout, after_backward=run)
+        capture = forward_backward(
+            model, to_device(full, device), loss_fn=loss_fn, keep_dropout=keep_dropout,
+            after_backward=run if run.needed else None,  # a graph kept for nothing costs the logits' memory
+        )
         views = _views(full, capture, tokenizer, ends, pad_id, len(report.samples), starts if "packing" in chosen else None)
         findings = analyze(capture, views, full["labels"])
         if not any(f.check == "nonfinite" for f in findings):

@@ -262,6 +262,11 @@ class ProbeRun:
         self.dependence: Dependence | None = None
         self.accumulation: Accumulation | None = None
 
+    @property
+    def needed(self) -> bool:
+        """Whether any probe pass is to run: otherwise the core run need not keep its graph."""
+        return bool(self.windows or self.micro_batches)
+
     def __call__(self, graph: Graph) -> None:
         # Accumulation first: it needs the loss -> logits part of the graph, which the VJPs leave intact anyway.
         if self.micro_batches:

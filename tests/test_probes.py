@@ -190,3 +190,25 @@ def test_compare_edge_cases():
     assert probes._compare(0.0, 0.0, 0.0, 0.0) == (1.0, 0.0, 1.0)  # nothing trained anywhere: equal
     cosine, relative, scale = probes._compare(2.0, 4.0, 1.0, 1.0)  # acc = full / 2
     assert (cosine, relative, scale) == (1.0, 0.5, 0.5)
+
+
+def test_core_only_run_keeps_no_graph(monkeypatch):
+    """With no probe pass to run, the core run is handed no after_backward, so it can free the logits."""
+    import sys
+
+    import gradscope
+
+    check_module = sys.modules["gradscope.check"]  # the package's `check` is the function
+
+    seen = []
+    real = check_module.forward_backward
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("after_backward"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(check_module, "forward_backward", spy)
+    model = tiny_llama()
+    gradscope.check(model, make_batch(), probes=())
+    gradscope.check(model, make_batch())
+    assert seen[0] is None and seen[1] is not None
