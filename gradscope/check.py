@@ -100,7 +100,7 @@ def check_batches(
     report = Report(model=describe_model(model, loss_fn))
     runs, packed = [], (0, 0)
     device = model.get_input_embeddings().weight.device  # the first device when layers are spread (device_map)
-    pad_id = _pad_token_id(model, tokenizer)
+    pad_id = resolve_pad_token_id(model, tokenizer)
     for index, batch in enumerate(batches):
         full = prepare_batch(model, batch, source, first_row=len(report.samples))
         _require_rows(full, accumulate, index, source)
@@ -267,7 +267,8 @@ def default_end_token_ids(model: nn.Module, tokenizer: Any = None) -> frozenset[
     return frozenset(ids)
 
 
-def _pad_token_id(model: nn.Module, tokenizer: Any) -> int | None:
+def resolve_pad_token_id(model: nn.Module, tokenizer: Any = None) -> int | None:
+    """The pad id: the tokenizer's, else the model config's, else None."""
     for source in (tokenizer, getattr(model, "config", None)):
         value = getattr(source, "pad_token_id", None)
         if isinstance(value, int):

@@ -19,7 +19,7 @@ from rich.console import Console, Group
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
 
-from gradscope.check import check_batches, chosen_probes, default_end_token_ids
+from gradscope.check import check_batches, chosen_probes, default_end_token_ids, resolve_pad_token_id
 from gradscope.errors import DataError, GradscopeError
 from gradscope.grads import DEFAULT_LR, DEFAULT_MAX_GRAD_NORM
 from gradscope.grads import grads as grads_pass
@@ -212,12 +212,10 @@ def _load(opts: RunOptions) -> Loaded:
         opts.model, base=opts.base, device=opts.device, dtype=opts.dtype.value, trust_remote_code=opts.trust_remote_code,
         device_map=opts.device_map,
     )
-    pad_id = getattr(tokenizer, "pad_token_id", None)
-    if pad_id is None:
-        pad_id = getattr(model.config, "pad_token_id", None)
     prepared = load_data(
         opts.data, tokenizer=tokenizer, model=model, samples=opts.samples, batch_size=opts.batch_size,
-        options=opts.data_options, pad_token_id=pad_id, end_token_ids=default_end_token_ids(model, tokenizer),
+        options=opts.data_options, pad_token_id=resolve_pad_token_id(model, tokenizer),
+        end_token_ids=default_end_token_ids(model, tokenizer),
     )
     return Loaded(model, tokenizer, loss_fn, prepared.batches, prepared.data, prepared.notes)
 

@@ -25,7 +25,7 @@ import torch
 
 from gradscope.analyze import SampleView, check_sample
 from gradscope.batch import COMPLETION, IGNORE_INDEX, PAD, PROMPT, UNKNOWN
-from gradscope.check import ROLES_UNKNOWN_NOTE, _pad_token_id, default_end_token_ids
+from gradscope.check import ROLES_UNKNOWN_NOTE, default_end_token_ids, resolve_pad_token_id
 from gradscope.errors import ModelLoadError
 from gradscope.load import load_tokenizer
 from gradscope.report import Finding, ScanReport
@@ -374,7 +374,7 @@ class TokenSettings:
         configs = SimpleNamespace(config=_json_config(directory / "config.json"),
                                   generation_config=_json_config(directory / "generation_config.json"))
         ends = frozenset(end_token_ids) if end_token_ids else default_end_token_ids(configs, tokenizer)
-        return cls(ends, _pad_token_id(configs, tokenizer), tokenizer, directory)
+        return cls(ends, resolve_pad_token_id(configs, tokenizer), tokenizer, directory)
 
     def decode(self, token_id: int) -> str | None:
         return self.tokenizer.decode([token_id]) if self.tokenizer is not None else None
