@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
@@ -37,6 +38,11 @@ class SampleView:
     @property
     def roles_known(self) -> bool:
         return bool(((self.roles == PROMPT) | (self.roles == COMPLETION)).any())
+
+    @cached_property
+    def closing(self) -> tuple[int, ...]:
+        """``closing_positions`` of this sample, computed once: three checks read it."""
+        return tuple(closing_positions(self))
 
     def where(self, mask: torch.Tensor) -> list[int]:
         """Positions >= 1 where mask holds, documents' first tokens left out (they are never prediction targets)."""
@@ -177,7 +183,7 @@ def _likely_offset(s: SampleView, positions: Sequence[int]) -> int:
 
 def prompt_leak(s: SampleView) -> Finding | None:
     """A prompt-role token is trained."""
-    closing = set(closing_positions(s))
+    closing = set(s.closing)
     prompt = [p for p in s.where(s.roles == PROMPT) if p not in closing]
     trained = s.trained.tolist()
     leaked = [p for p in prompt if trained[p]]
@@ -224,7 +230,7 @@ def pad_leak(s: SampleView) -> Finding | None:
 
 def completion_untrained(s: SampleView) -> Finding | None:
     """A completion token, other than the end token that closes it, is not trained."""
-    closing = set(closing_positions(s))
+    closing = set(s.closing)
     missed = [p for p in s.where((s.roles == COMPLETION) & ~s.trained) if p not in closing]
     if not missed:
         return None
@@ -242,7 +248,7 @@ def completion_untrained(s: SampleView) -> Finding | None:
 
 def eos_untrained(s: SampleView) -> Finding | None:
     """The end token (EOS or end-of-turn) that closes a completion is not trained."""
-    missed = [p for p in closing_positions(s) if not s.trained[p]]
+    missed = [p for p in s.closing if not s.trained[p]]
     if not missed:
         return None
     names = sorted({repr(s.texts[p]) if s.texts[p] is not None else f"id {int(s.input_ids[p])}" for p in missed})
