@@ -200,10 +200,16 @@ def roles(batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         out = batch[ROLE_CODES_KEY].cpu().long().clone()
     elif role_key is not None:
         out = torch.where(batch[role_key].cpu().bool(), COMPLETION, PROMPT)
-    mask = batch.get("attention_mask")
-    if mask is not None and mask.dim() == 2:
-        out[mask.cpu() == 0] = PAD
+    out[~real_tokens(batch)] = PAD
     return out
+
+
+def real_tokens(batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """(B, T) bool on the CPU: tokens that are not padding (a 2D attention_mask's ones; every token otherwise)."""
+    mask = batch.get("attention_mask")
+    if isinstance(mask, torch.Tensor) and mask.dim() == 2:
+        return mask.cpu() != 0
+    return torch.ones(batch["input_ids"].shape, dtype=torch.bool)
 
 
 def collate(rows: Sequence[Mapping[str, Sequence[int]]], pad_token_id: int) -> dict[str, torch.Tensor]:

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from gradscope.analyze import SampleView, analyze
-from gradscope.batch import CUT_KEY, PAD, ROLE_NAMES, ROW_KEY, document_starts, roles, validate, with_default_labels
+from gradscope.batch import CUT_KEY, PAD, ROLE_NAMES, ROW_KEY, document_starts, real_tokens, roles, validate, with_default_labels
 from gradscope.errors import DataError, InputError
 from gradscope.probes import PROBES, Accumulation, Dependence, ProbeRun, Window, plan_windows
 from gradscope.report import AccumulationReport, Finding, ProbeReport, Report, SampleReport, TokenReport
@@ -123,7 +123,7 @@ def check_batches(
         report.samples += [_sample_report(v, full, capture, i) for i, v in enumerate(views)]
         report.losses.append(capture.loss)
         runs.append(run)
-        packed = tuple(a + b for a, b in zip(packed, _packing_extent(starts, _real(full))))
+        packed = tuple(a + b for a, b in zip(packed, _packing_extent(starts, real_tokens(full))))
         if not all(v.roles_known for v in views) and ROLES_UNKNOWN_NOTE not in report.notes:
             report.notes.append(ROLES_UNKNOWN_NOTE)
     report.probes = _probe_reports(runs, chosen, packed)
@@ -155,21 +155,13 @@ def _require_rows(batch: Mapping[str, torch.Tensor], accumulate: int | None, ind
         )
 
 
-def _real(batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    """(B, T) bool: tokens that are not padding (a 2D attention_mask's ones; every token otherwise)."""
-    mask = batch.get("attention_mask")
-    if isinstance(mask, torch.Tensor) and mask.dim() == 2:
-        return mask.cpu() != 0
-    return torch.ones(batch["input_ids"].shape, dtype=torch.bool)
-
-
 def _restarts(batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
     """(B, T) bool: where position_ids restart, the only boundaries sdpa and eager attention honour."""
     return document_starts({k: v for k, v in batch.items() if k in ("input_ids", "position_ids")})
 
 
 def _windows(batch: Mapping[str, torch.Tensor], starts: torch.Tensor, chosen: frozenset[str]) -> list[Window]:
-    return plan_windows(starts, _real(batch), causal="causal" in chosen, packing="packing" in chosen)
+    return plan_windows(starts, real_tokens(batch), causal="causal" in chosen, packing="packing" in chosen)
 
 
 def _structural_findings(

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from gradscope.batch import COMPLETION, CUT_KEY, ROLE_CODES_KEY, ROW_KEY, UNKNOWN, collate
+from gradscope.batch import COMPLETION, CUT_KEY, ROLE_CODES_KEY, ROW_KEY, UNKNOWN, collate, real_tokens
 from gradscope.errors import DataError
 from gradscope.roles import RoleRow, RoleSpec, derive, truncate
 
@@ -186,10 +186,7 @@ def attach_roles(
 def _sequences(batch: Mapping[str, torch.Tensor], b: int) -> list[tuple[int, int]]:
     """(start, stop) of each sequence in row b: runs of attention_mask 1, split where position_ids restart at 0."""
     length = batch["input_ids"].shape[1]
-    real = torch.ones(length, dtype=torch.bool)
-    mask = batch.get("attention_mask")
-    if isinstance(mask, torch.Tensor) and mask.dim() == 2:
-        real = mask[b].cpu().bool()
+    real = real_tokens(batch)[b]
     starts = torch.zeros(length, dtype=torch.bool)
     positions = batch.get("position_ids")
     if isinstance(positions, torch.Tensor) and positions.dim() == 2:
