@@ -27,7 +27,7 @@ from torch import nn
 
 from gradscope.batch import COMPLETION, CUT_KEY, ROLE_CODES_KEY, ROW_KEY, UNKNOWN, collate, real_tokens
 from gradscope.errors import DataError
-from gradscope.roles import RoleRow, RoleSpec, derive, truncate
+from gradscope.roles import RoleRow, RoleSpec, derive
 
 PIPELINES = ("reference", "trl")
 TRL_FLAGS = ("completion_only_loss", "assistant_only_loss", "packing", "padding_free", "max_length", "truncation_mode")
