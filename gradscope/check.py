@@ -12,7 +12,7 @@ from torch import nn
 from gradscope.analyze import SampleView, analyze
 from gradscope.batch import CUT_KEY, PAD, ROLE_NAMES, ROW_KEY, document_starts, real_tokens, roles, validate, with_default_labels
 from gradscope.errors import DataError, InputError
-from gradscope.probes import PROBES, Accumulation, Dependence, ProbeRun, Window, plan_windows
+from gradscope.probes import PROBES, WINDOWS_PER_ROW, Accumulation, ProbeRun
 from gradscope.report import AccumulationReport, Finding, ProbeReport, Report, SampleReport, TokenReport
 from gradscope.run import Capture, LossFn, find_decoder_layers, forward_backward
 from gradscope.structure import (
@@ -45,6 +45,7 @@ def check(
     end_token_ids: Iterable[int] | None = None,
     probes: Iterable[str] = PROBES,
     accumulate: int | None = None,
+    windows: int = WINDOWS_PER_ROW,
 ) -> Report:
     """Check which tokens one batch trains and flag every masking leak.
 
@@ -60,6 +61,8 @@ def check(
             tokenizer's end-of-turn tokens.
         probes: Structural probes to run, from ``causal``, ``packing``, ``weights`` (default: all).
         accumulate: Also re-run the batch as this many accumulated micro-batches and compare gradients.
+        windows: Random-projection windows per row for the causal and packing probes, on top of the free screen
+            of the core run's gradient; each costs about one activation-only backward pass.
 
     Returns:
         The Report; ``report.ok`` is False when there is an error finding.
@@ -76,6 +79,7 @@ def check(
         end_token_ids=end_token_ids,
         probes=probes,
         accumulate=accumulate,
+        windows=windows,
     )
 
 
@@ -90,12 +94,13 @@ def check_batches(
     source: str | None = None,
     probes: Iterable[str] = PROBES,
     accumulate: int | None = None,
+    windows: int = WINDOWS_PER_ROW,
 ) -> Report:
     """``check`` over several batches, one forward and backward each (plus the probes'), merged into one Report.
 
     Samples are numbered across batches in order, so a finding's ``sample`` is the row of the data.
     """
-    chosen = chosen_probes(probes, accumulate)
+    chosen = chosen_probes(probes, accumulate, windows)
     ends = frozenset(end_token_ids) if end_token_ids is not None else default_end_token_ids(model, tokenizer)
     report = Report(model=describe_model(model, loss_fn))
     runs, packed = [], (0, 0)
@@ -105,7 +110,10 @@ def check_batches(
         full = prepare_batch(model, batch, source, first_row=len(report.samples))
         _require_rows(full, accumulate, index, source)
         starts = document_starts(full)
-        run = ProbeRun(_windows(full, starts, chosen), accumulate)
+        run = ProbeRun(
+            starts, real_tokens(full), causal="causal" in chosen, packing="packing" in chosen, per_row=windows,
+            micro_batches=accumulate,
+        )
         capture = forward_backward(
             model, to_device(full, device), loss_fn=loss_fn, keep_dropout=keep_dropout,
             after_backward=run if run.needed else None,  # a graph kept for nothing costs the logits' memory
@@ -130,11 +138,11 @@ def check_batches(
     return report
 
 
-def chosen_probes(probes: Iterable[str], accumulate: int | None = None) -> frozenset[str]:
-    """The probe names, checked; ``accumulate`` must be a number of micro-batches >= 1.
+def chosen_probes(probes: Iterable[str], accumulate: int | None = None, windows: int = 0) -> frozenset[str]:
+    """The probe names, checked; ``accumulate`` must be a number of micro-batches >= 1, ``windows`` >= 0.
 
     Raises:
-        InputError: an unknown probe name or a bad number of micro-batches.
+        InputError: an unknown probe name, a bad number of micro-batches or of windows.
     """
     names = frozenset(probes)
     unknown = sorted(names - set(PROBES))
@@ -142,6 +150,8 @@ def chosen_probes(probes: Iterable[str], accumulate: int | None = None) -> froze
         raise InputError(f"unknown probe {', '.join(map(repr, unknown))}", hint=f"choose from {', '.join(PROBES)}")
     if accumulate is not None and accumulate < 1:
         raise InputError(f"--accumulate {accumulate}: the number of micro-batches must be at least 1")
+    if windows < 0:
+        raise InputError(f"--windows {windows}: the number of windows per row must be at least 0")
     return names
 
 
@@ -158,10 +168,6 @@ def _require_rows(batch: Mapping[str, torch.Tensor], accumulate: int | None, ind
 def _restarts(batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
     """(B, T) bool: where position_ids restart, the only boundaries sdpa and eager attention honour."""
     return document_starts({k: v for k, v in batch.items() if k in ("input_ids", "position_ids")})
-
-
-def _windows(batch: Mapping[str, torch.Tensor], starts: torch.Tensor, chosen: frozenset[str]) -> list[Window]:
-    return plan_windows(starts, real_tokens(batch), causal="causal" in chosen, packing="packing" in chosen)
 
 
 def _structural_findings(
@@ -202,13 +208,28 @@ def _probe_reports(runs: list[ProbeRun], chosen: frozenset[str], packed: tuple[i
         chosen: The chosen probes.
         packed: (document boundaries, packed rows) in the data.
     """
+    screens = [r.screen for r in runs if r.screen is not None]
     cuts = sum(w.future for r in runs for w in r.windows)
     tested = len({(i, w.row, w.start) for i, r in enumerate(runs) for w in r.windows if w.boundary})
-    deps = [r.dependence for r in runs if r.dependence is not None]
+    after = sum(int(s.after.sum()) for s in screens)
+    rows = sum(int(s.after.any(1).sum()) for s in screens)
+    unexplained = sum(len(r.unexplained) for r in runs)
+    causal_note = (
+        f"free screen of the loss's own gradient: {after} token(s) after the last trained logit of their document, "
+        f"in {rows} row(s); {cuts} random-projection cut(s)"
+    )
+    if unexplained:
+        causal_note += (
+            f"; in {unexplained} row(s) the loss's gradient reaches such tokens but no window of the chosen probes "
+            "shows a logit depending on them (a loss term outside the logits, such as an auxiliary loss, does that)"
+        )
+    screened = sum(s.boundaries for s in screens)
     reports = {
-        "causal": _vjp_report(deps, cuts > 0, ["packing"] if tested else [], f"{cuts} cuts tested"),
+        "causal": _vjp_report(runs, after + cuts > 0, ["packing"] if tested else [], causal_note),
         "packing": _vjp_report(
-            deps, tested > 0, ["causal"] if cuts else [], f"{tested} of {packed[0]} document boundaries tested in {packed[1]} packed row(s)"
+            runs, screened + tested > 0, ["causal"] if cuts else [],
+            f"{screened} of {packed[0]} document boundaries screened free by the loss's own gradient, {tested} "
+            f"tested by random-projection windows, in {packed[1]} packed row(s)",
         ),
         "weights": ProbeReport(ran=True, note="token weights read off the core run's logit gradient: no extra pass"),
     }
@@ -228,14 +249,16 @@ def _probe_reports(runs: list[ProbeRun], chosen: frozenset[str], packed: tuple[i
     return reports
 
 
-def _vjp_report(deps: list[Dependence], ran: bool, shared: list[str], note: str) -> ProbeReport:
+def _vjp_report(runs: list[ProbeRun], ran: bool, shared: list[str], note: str) -> ProbeReport:
+    """The causal or packing entry: the screen's time plus the windows' backward passes (shared by both)."""
     if not ran:
         return ProbeReport(note="nothing to test")
+    deps = [r.dependence for r in runs if r.dependence is not None]
     return ProbeReport(
         ran=True,
-        seconds=sum(d.seconds for d in deps),
+        seconds=sum(r.screen.seconds for r in runs if r.screen is not None) + sum(d.seconds for d in deps),
         backward_passes=sum(d.passes for d in deps),
-        batched=all(d.batched for d in deps),
+        batched=all(d.batched for d in deps) if deps else None,
         shared=shared,
         note=note,
     )

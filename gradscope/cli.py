@@ -33,7 +33,7 @@ from gradscope.load import (
 )
 from gradscope.overfit import overfit as overfit_pass
 from gradscope.pipelines import DataOptions
-from gradscope.probes import PROBES
+from gradscope.probes import PROBES, WINDOWS_PER_ROW
 from gradscope.render import CheckView, GradsView, InspectView, RolesView, ScanView, VerifyView, roles_to_json, to_json
 from gradscope.report import Report, ScanReport
 from gradscope.run import LossFn
@@ -139,6 +139,7 @@ class RunOptions:
     probes: tuple[str, ...] = PROBES
     accumulate: int | None = None
     device_map: str | None = None
+    windows: int = WINDOWS_PER_ROW
 
 
 @dataclass
@@ -206,7 +207,7 @@ def _quiet_transformers() -> None:
 def _load(opts: RunOptions) -> Loaded:
     """Load the model (or adapter on its base), tokenizer, loss and batches named on the command line."""
     _quiet_transformers()
-    chosen_probes(opts.probes, opts.accumulate)  # bad probe names fail before the model loads
+    chosen_probes(opts.probes, opts.accumulate, opts.windows)  # bad probe names fail before the model loads
     loss_fn = load_loss_fn(opts.loss) if opts.loss else None
     model, tokenizer = load_model_and_tokenizer(
         opts.model, base=opts.base, device=opts.device, dtype=opts.dtype.value, trust_remote_code=opts.trust_remote_code,
@@ -225,6 +226,7 @@ def _check(opts: RunOptions, loaded: Loaded) -> Report:
     report = check_batches(
         loaded.model, loaded.batches, tokenizer=loaded.tokenizer, loss_fn=loaded.loss_fn,
         keep_dropout=opts.keep_dropout, source=str(opts.data), probes=opts.probes, accumulate=opts.accumulate,
+        windows=opts.windows,
     )
     report.data = loaded.data
     report.notes = loaded.notes + report.notes
@@ -317,6 +319,7 @@ def check(
     max_grad_norm: MaxNormOpt = DEFAULT_MAX_GRAD_NORM,
     probes: Annotated[str, typer.Option("--probes", help="Structural probes, comma-separated: causal,packing,weights (or all, none).")] = "all",
     accumulate: Annotated[int | None, typer.Option("--accumulate", min=1, help="Also run each batch as K accumulated micro-batches and compare gradients.")] = None,
+    windows: Annotated[int, typer.Option("--windows", min=0, help="Random-projection windows per row for the causal and packing probes, on top of the free screen (each about one activation-only backward).")] = WINDOWS_PER_ROW,
 ) -> None:
     """Run MODEL forward and backward on DATA and report which tokens the loss trains, and every leak."""
     data_opts = data_options(
@@ -326,7 +329,7 @@ def check(
     )
     opts = RunOptions(
         model, data, samples, batch_size, loss, device, dtype, trust_remote_code, keep_dropout, data_opts, base,
-        parse_probes(probes), accumulate, device_map,
+        parse_probes(probes), accumulate, device_map, windows,
     )
 
     def work() -> Report:

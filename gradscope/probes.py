@@ -1,11 +1,18 @@
-"""Structural probes: extra backward passes through the forward ``gradscope.run`` already made.
+"""Structural probes: what the core run's backward already shows, and extra backward passes through its forward.
 
-- **causal / packing**: vector-Jacobian products. Outputs in a window of positions ``[start, cut)`` of a row are
-  projected on a random direction and backpropagated to the input embeddings. The gradient must be exactly zero
-  at every position the window may not see: positions ``>= cut`` (the future) and, when ``start`` is a document
-  boundary, positions ``< start`` (earlier packed documents; in a causal model nothing else can carry them).
-  Several windows per row run as one batched backward (``is_grads_batched=True``, i.e. vmap), or one by one when
-  the model cannot be vmapped.
+- **screen** (free): in a causal model whose packed documents are isolated, the loss's gradient reaches
+  embedding[s] only through trained logits at t >= s in s's document. So it must be exactly zero at every real token
+  after the last trained logit of its document (under the shifted causal-LM loss, at least each row's last token;
+  in a packed row, each document's untrained last token). The core backward computed that gradient: reading it
+  costs nothing, and a non-zero value there is a leak from earlier tokens (the future is visible) or from later
+  documents (packed documents see each other), or a loss term outside the logits.
+- **causal / packing windows**: vector-Jacobian products. Outputs in a window of positions ``[start, cut)`` of a
+  row are projected on a random direction and backpropagated to the input embeddings. The gradient must be exactly
+  zero at every position the window may not see: positions ``>= cut`` (the future) and, when ``start`` is a
+  document boundary, positions ``< start`` (earlier packed documents; in a causal model nothing else can carry
+  them). Windows run where the screen fires (to say which leak it is), in rows the screen cannot cover, and
+  ``per_row`` more per row when asked (``--windows``); all slices run as one batched backward
+  (``is_grads_batched=True``, i.e. vmap), or one by one when the model cannot be vmapped.
 - **accumulation**: the batch re-run as K micro-batches with the user's loss, each micro loss divided by K as
   transformers' Trainer does without ``num_items_in_batch``, the sum compared with the full-batch gradient.
 
@@ -22,7 +29,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -33,8 +40,9 @@ from gradscope.run import Graph, call_model
 PROBES = ("causal", "packing", "weights")
 """The probes ``--probes`` chooses from; all run by default."""
 
-WINDOWS_PER_ROW = 3
-"""Windows (cuts, document boundaries) tested per row, all in one batched backward."""
+WINDOWS_PER_ROW = 0
+"""Random-projection windows per row on top of the screen, by default (``--windows``): each costs about one
+activation-only backward pass, while the screen is free."""
 
 SEED = 0
 
@@ -76,6 +84,30 @@ class Dependence:
 
 
 @dataclass
+class Screen:
+    """The core run's backward read as a probe (see the module docstring).
+
+    Attributes:
+        after: (B, T) bool, real tokens after the last trained logit of their document: the loss's gradient must
+            be exactly zero there.
+        reached: (B, T) bool, those tokens the loss's gradient reaches nonetheless.
+        boundaries: Inner document boundaries whose earlier document has such a token, so that every later
+            document's dependence on it is tested.
+        seconds: Time to read it.
+    """
+
+    after: torch.Tensor
+    reached: torch.Tensor
+    boundaries: int
+    seconds: float
+
+    @property
+    def rows(self) -> list[int]:
+        """Rows where the loss's gradient reaches a token it may not."""
+        return self.reached.any(1).nonzero().flatten().tolist()
+
+
+@dataclass
 class Accumulation:
     """The full-batch gradient at the logits against the sum of K micro-batch gradients."""
 
@@ -88,13 +120,14 @@ class Accumulation:
 
 
 def plan_windows(
-    starts: torch.Tensor, real: torch.Tensor, *, causal: bool, packing: bool, per_row: int = WINDOWS_PER_ROW
+    starts: torch.Tensor, real: torch.Tensor, *, causal: bool, packing: bool, per_row: int = 1
 ) -> list[Window]:
     """Where to cut each row: up to ``per_row`` windows, one per slice of the batched backward.
 
     Each window begins at the row's first real token or at a document boundary (boundaries spread evenly over the
-    row when there are more than ``per_row``) and is cut inside its document at 1/(n+1), 2/(n+1), ... of its
-    length, so that both the future and earlier documents are checked by the same backward pass.
+    row when there are more than ``per_row``; a single window takes the last document, which has every other one
+    before it) and is cut inside its document at 1/(n+1), 2/(n+1), ... of its length, so that both the future and
+    earlier documents are checked by the same backward pass.
 
     Args:
         starts: (B, T) bool, document starts (``gradscope.batch.document_starts``).
@@ -118,8 +151,10 @@ def _row_windows(row: int, first: int, end: int, boundaries: list[int], causal: 
     begins = [first, *boundaries] if causal else boundaries
     if not begins:
         return []
-    if len(begins) > per_row:  # spread over the row: first, ..., last
-        begins = [begins[k * (len(begins) - 1) // max(per_row - 1, 1)] for k in range(per_row)]
+    if len(begins) > per_row == 1:
+        begins = begins[-1:]
+    elif len(begins) > per_row:  # spread over the row: first, ..., last
+        begins = [begins[k * (len(begins) - 1) // (per_row - 1)] for k in range(per_row)]
     elif causal:  # fewer documents than slices: cut the same documents at other points
         begins = [begins[k % len(begins)] for k in range(per_row)]
     out = []
@@ -129,6 +164,88 @@ def _row_windows(row: int, first: int, end: int, boundaries: list[int], causal: 
         future = causal and cut < end
         if future or start > first:
             out.append(Window(k, row, start, cut, boundary=start > first, future=future))
+    return out
+
+
+def screen(graph: Graph, starts: torch.Tensor, real: torch.Tensor) -> Screen:
+    """Where the core backward's gradient reaches tokens after the last trained logit of their document.
+
+    Args:
+        graph: The core run, with its gradient at the embeddings and its trained logits.
+        starts: (B, T) bool, document starts (``gradscope.batch.document_starts``).
+        real: (B, T) bool, tokens that are not padding.
+    """
+    began = _clock(graph.embedding.device)
+    after = after_the_loss(graph.trained, starts, real)
+    reached = (graph.loss_grad != 0).any(-1).cpu() & after if graph.loss_grad is not None else torch.zeros_like(after)
+    return Screen(after, reached, _screened_boundaries(after, starts, real), _clock(graph.embedding.device) - began)
+
+
+def after_the_loss(trained: torch.Tensor, starts: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """(B, T) bool: real tokens after the last trained logit of their document (all of it when none is trained).
+
+    Args:
+        trained: (B, T) bool at logit positions: the logit at t (predicting t + 1) has a non-zero loss gradient.
+            A trained logit on padding counts for the document the padding follows.
+        starts: (B, T) bool, document starts.
+        real: (B, T) bool, tokens that are not padding.
+    """
+    doc = starts.long().cumsum(1)  # (B, T) document index within the row
+    position = torch.arange(doc.shape[1]).expand_as(doc)
+    last = torch.full((doc.shape[0], doc.shape[1] + 1), -1)  # (B, documents) last trained logit, -1 for none
+    last = last.scatter_reduce(1, doc, torch.where(trained, position, -1), "amax")
+    return real & (position > last.gather(1, doc))
+
+
+def _screened_boundaries(after: torch.Tensor, starts: torch.Tensor, real: torch.Tensor) -> int:
+    """Inner boundaries (between real tokens) whose earlier document holds a token after the loss."""
+    return int((_boundary_tested(after, starts.long().cumsum(1)) & starts & real).sum())
+
+
+def confirming_windows(found: Screen, starts: torch.Tensor, real: torch.Tensor, *, causal: bool, packing: bool) -> list[Window]:
+    """The windows that say what the screen found, in each row where it fired.
+
+    Take s, the last token the loss's gradient wrongly reaches. Its own logit is untrained and so are those after
+    it in its document, so the gradient came from an earlier logit (the future is visible: window ``[first, s)``,
+    cut at s) or from a later document (window from the next document start to the row's end, boundary); a model
+    with neither dependence has a loss term outside the logits, and both windows come back clean.
+    """
+    out = []
+    for row in found.rows:
+        s = int(found.reached[row].nonzero().max())
+        tokens = real[row].nonzero().flatten()
+        first, end = int(tokens[0]), int(tokens[-1]) + 1
+        later = [b for b in starts[row].nonzero().flatten().tolist() if s < b < end]
+        if causal and s > first:
+            out.append(Window(0, row, first, s, boundary=False, future=True))
+        if packing and later:
+            out.append(Window(0, row, later[0], end, boundary=True, future=False))
+    return out
+
+
+def uncovered_rows(found: Screen, starts: torch.Tensor, real: torch.Tensor, *, causal: bool, packing: bool) -> torch.Tensor:
+    """(B, T) ``real`` restricted to the rows the screen tests nothing in: no token after the loss (causal), or a
+    packed row none of whose boundaries it tests (packing). Those rows get windows."""
+    doc = starts.long().cumsum(1)
+    inner = starts & real
+    tested = _boundary_tested(found.after, doc) & inner
+    blind = (causal & ~found.after.any(1)) | (packing & inner.any(1) & ~tested.any(1))
+    return real & blind[:, None]
+
+
+def _boundary_tested(after: torch.Tensor, doc: torch.Tensor) -> torch.Tensor:
+    """(B, T) bool: the document before position t's document holds a token after the loss."""
+    has_after = torch.zeros(doc.shape[0], doc.shape[1] + 1, dtype=torch.long).scatter_reduce(1, doc, after.long(), "amax")
+    return has_after.gather(1, (doc - 1).clamp(min=0)).bool()
+
+
+def in_slices(windows: list[Window]) -> list[Window]:
+    """Number each row's windows 0, 1, ...: windows of different rows share a slice of the batched backward."""
+    count: dict[int, int] = {}
+    out = []
+    for w in windows:
+        out.append(replace(w, slice=count.get(w.row, 0)))
+        count[w.row] = count.get(w.row, 0) + 1
     return out
 
 
@@ -246,6 +363,11 @@ def _differentiable_head(model: nn.Module) -> Iterator[list[torch.Tensor]]:
         handle.remove()
 
 
+def _sees_forbidden(w: Window, seen: torch.Tensor) -> bool:
+    """The window's outputs depend on its future (when checked) or on earlier documents (when a boundary)."""
+    return bool((w.future and seen[w.cut:].any()) or (w.boundary and seen[: w.start].any()))
+
+
 def _clock(device: torch.device) -> float:
     """Seconds, after the device's queued work is done (GPU kernels run asynchronously)."""
     if device.type == "cuda":
@@ -254,22 +376,67 @@ def _clock(device: torch.device) -> float:
 
 
 class ProbeRun:
-    """The probes of one batch, run from ``forward_backward``'s ``after_backward`` on the core run's graph."""
+    """The probes of one batch, run from ``forward_backward``'s ``after_backward`` on the core run's graph.
 
-    def __init__(self, windows: list[Window], micro_batches: int | None) -> None:
-        self.windows = windows
+    Args:
+        starts: (B, T) bool, document starts.
+        real: (B, T) bool, tokens that are not padding.
+        causal: Check that no output depends on later tokens.
+        packing: Check that packed documents do not depend on each other.
+        per_row: Random-projection windows per row on top of the screen (``--windows``).
+        micro_batches: Re-run the batch as this many accumulated micro-batches (``--accumulate``).
+    """
+
+    def __init__(
+        self,
+        starts: torch.Tensor,
+        real: torch.Tensor,
+        *,
+        causal: bool,
+        packing: bool,
+        per_row: int = WINDOWS_PER_ROW,
+        micro_batches: int | None = None,
+    ) -> None:
+        self.starts, self.real = starts, real
+        self.causal, self.packing, self.per_row = causal, packing, per_row
         self.micro_batches = micro_batches
+        self.screen: Screen | None = None
+        self.windows: list[Window] = []
         self.dependence: Dependence | None = None
         self.accumulation: Accumulation | None = None
 
     @property
     def needed(self) -> bool:
-        """Whether any probe pass is to run: otherwise the core run need not keep its graph."""
-        return bool(self.windows or self.micro_batches)
+        """Whether any probe is to run: otherwise the core run need not keep its graph."""
+        return self.causal or self.packing or bool(self.micro_batches)
 
     def __call__(self, graph: Graph) -> None:
         # Accumulation first: it needs the loss -> logits part of the graph, which the VJPs leave intact anyway.
         if self.micro_batches:
             self.accumulation = accumulate(graph, self.micro_batches)
+        if self.causal or self.packing:
+            self.screen = screen(graph, self.starts, self.real)
+            self.windows = self._windows(self.screen)
         if self.windows:
             self.dependence = trace_dependence(graph, self.windows)
+
+    @property
+    def unexplained(self) -> list[int]:
+        """Rows where the screen fired but no window shows an output depending on a token it may not see: the
+        loss reaches those tokens by a path outside the logits (or through a leak of a probe not chosen)."""
+        if self.screen is None:
+            return []
+        dep = self.dependence
+        return [
+            r for r in self.screen.rows
+            if dep is None or not any(_sees_forbidden(w, dep.seen[w.slice, r]) for w in dep.windows if w.row == r)
+        ]
+
+    def _windows(self, found: Screen) -> list[Window]:
+        """Confirming windows where the screen fired, one window in rows it cannot test, and ``per_row`` more."""
+        flags = {"causal": self.causal, "packing": self.packing}
+        windows = confirming_windows(found, self.starts, self.real, **flags)
+        windows += plan_windows(self.starts, uncovered_rows(found, self.starts, self.real, **flags), **flags)
+        if self.per_row:
+            windows += plan_windows(self.starts, self.real, **flags, per_row=self.per_row)
+        return in_slices(windows)

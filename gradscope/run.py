@@ -60,6 +60,7 @@ class Graph:
 
     ``embedding`` is the leaf every backward runs to; ``head_input`` and ``head_output`` are what the output
     embedding (the LM head) received and returned, None when the model has no output embedding module.
+    ``loss_grad`` and ``trained`` are what the core backward found, for probes that read it as evidence.
     """
 
     model: nn.Module
@@ -70,6 +71,8 @@ class Graph:
     head_output: torch.Tensor | None  # (B, T, V)
     logits: torch.Tensor  # (B, T, V)
     loss: torch.Tensor  # ()
+    loss_grad: torch.Tensor | None = None  # (B, T, D) the core backward's dL/d embedding
+    trained: torch.Tensor | None = None  # (B, T) bool on the CPU: dL/dlogits[t] != 0 (logit positions, unshifted)
 
 
 def find_decoder_layers(model: nn.Module) -> nn.ModuleList | None:
@@ -263,7 +266,10 @@ def forward_backward(
         capture = _capture(batch, loss, stats, embedding_grad, rec)
         if keep_graph and rec.embedding is not None and logits.requires_grad:
             rec.remove_gradient_hooks()
-            after_backward(Graph(model, batch, loss_fn, rec.embedding, rec.head_input, rec.head_output, logits, loss))
+            trained = stats.grad_norm > 0 if stats.grad_norm is not None else None
+            after_backward(Graph(
+                model, batch, loss_fn, rec.embedding, rec.head_input, rec.head_output, logits, loss, embedding_grad, trained
+            ))
         return capture
 
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import gradscope
 from gradscope import probes
 from gradscope.probes import Window, accumulate, plan_windows, trace_dependence
 from gradscope.run import Graph, forward_backward
@@ -22,7 +23,7 @@ def _starts(t: int, *boundaries: int) -> torch.Tensor:
 
 
 def test_unpacked_row_is_cut_at_quarters():
-    windows = plan_windows(_starts(12), torch.ones(1, 12, dtype=torch.bool), causal=True, packing=True)
+    windows = plan_windows(_starts(12), torch.ones(1, 12, dtype=torch.bool), causal=True, packing=True, per_row=3)
     assert [(w.slice, w.start, w.cut, w.boundary, w.future) for w in windows] == [
         (0, 0, 3, False, True), (1, 0, 6, False, True), (2, 0, 9, False, True)
     ]
@@ -30,14 +31,14 @@ def test_unpacked_row_is_cut_at_quarters():
 
 def test_packed_row_windows_start_at_boundaries_and_cut_inside_documents():
     # documents [0, 4), [4, 10), [10, 12)
-    windows = plan_windows(_starts(12, 4, 10), torch.ones(1, 12, dtype=torch.bool), causal=True, packing=True)
+    windows = plan_windows(_starts(12, 4, 10), torch.ones(1, 12, dtype=torch.bool), causal=True, packing=True, per_row=3)
     assert [(w.start, w.cut, w.boundary) for w in windows] == [(0, 1, False), (4, 7, True), (10, 12, True)]
     assert [w.future for w in windows] == [True, True, False]  # the last document's cut is the row's end
 
 
 def test_packing_only_windows_run_to_the_end_and_padding_is_left_out():
     real = torch.tensor([[0, 1, 1, 1, 1, 1, 1, 0]], dtype=torch.bool)  # left and right padding
-    windows = plan_windows(_starts(8, 1, 4), real, causal=False, packing=True)
+    windows = plan_windows(_starts(8, 1, 4), real, causal=False, packing=True, per_row=3)
     assert [(w.start, w.cut, w.boundary, w.future) for w in windows] == [(4, 7, True, False)]
     assert plan_windows(_starts(8), real, causal=False, packing=True) == []
     assert plan_windows(_starts(3), torch.tensor([[1, 0, 0]], dtype=torch.bool), causal=True, packing=True) == []
@@ -67,7 +68,7 @@ def _packed_dependence(model, use_cache: bool):
     """The packed batch through ``model`` (use_cache=True breaks isolation): its windows and their dependence."""
     model.config.use_cache = use_cache
     graph = _graph(model, _packed_batch())
-    windows = plan_windows(_starts(12, 5), torch.ones(1, 12, dtype=torch.bool), causal=True, packing=True)
+    windows = plan_windows(_starts(12, 5), torch.ones(1, 12, dtype=torch.bool), causal=True, packing=True, per_row=3)
     return graph, windows, trace_dependence(graph, windows)
 
 
@@ -212,3 +213,80 @@ def test_core_only_run_keeps_no_graph(monkeypatch):
     gradscope.check(model, make_batch(), probes=())
     gradscope.check(model, make_batch())
     assert seen[0] is None and seen[1] is not None
+
+
+def test_tokens_after_the_loss_are_found_per_document():
+    # documents [0, 5), [5, 12); padding at 11; logits 1-3 trained in the first, 6-7 in the second
+    trained = torch.zeros(1, 12, dtype=torch.bool)
+    trained[0, [1, 2, 3, 6, 7]] = True
+    real = torch.ones(1, 12, dtype=torch.bool)
+    real[0, 11] = False
+    after = probes.after_the_loss(trained, _starts(12, 5), real)
+    assert after[0].nonzero().flatten().tolist() == [4, 8, 9, 10]
+    trained[0, 11] = True  # a trained logit on the padding: everything of the document before it may reach it
+    assert probes.after_the_loss(trained, _starts(12, 5), real)[0].nonzero().flatten().tolist() == [4]
+    untrained = probes.after_the_loss(torch.zeros(1, 12, dtype=torch.bool), _starts(12, 5), real)
+    assert torch.equal(untrained, real)  # nothing trained: no token may be reached
+
+
+def _independent_loss_grad(model, batch):
+    """dL/d(input embeddings) by plain autograd on a fresh forward (inputs_embeds), no gradscope code."""
+    embeds = model.get_input_embeddings()(batch["input_ids"]).detach().requires_grad_(True)
+    inputs = {k: v for k, v in batch.items() if k not in ("input_ids", "completion_mask")}
+    loss = model(inputs_embeds=embeds, **inputs).loss
+    return torch.autograd.grad(loss, embeds)[0]
+
+
+@pytest.mark.parametrize("make", [tiny_llama, tiny_gpt2], ids=["llama", "gpt2"])
+@pytest.mark.parametrize("use_cache", [False, True], ids=["isolated", "cache-leak"])
+def test_screen_reads_the_loss_gradient_where_no_trained_logit_may_look(make, use_cache):
+    model = make()
+    model.config.use_cache = use_cache
+    batch = _packed_batch()
+    batch["labels"][0, [3, 4, 5, 11]] = -100  # logits 2, 3, 4 (document 1's end, the boundary) and 10 untrained
+    starts, real = _starts(12, 5), torch.ones(1, 12, dtype=torch.bool)
+    found = probes.screen(_graph(model, batch), starts, real)
+    assert found.after[0].nonzero().flatten().tolist() == [2, 3, 4, 10, 11]  # 11: the last logit predicts nothing
+    reached = _independent_loss_grad(model, batch).ne(0).any(-1)  # (1, T)
+    assert torch.equal(found.reached, reached & found.after)
+    assert found.boundaries == 1
+    if use_cache:  # document 2 sees document 1's last tokens; the future stays unseen
+        assert found.reached[0].nonzero().flatten().tolist() == [2, 3, 4]
+        assert probes.confirming_windows(found, starts, real, causal=True, packing=True) == [
+            Window(0, 0, 0, 4, boundary=False, future=True), Window(0, 0, 5, 12, boundary=True, future=False)
+        ]
+    else:
+        assert not found.reached.any()
+
+
+def test_a_row_the_screen_cannot_test_gets_a_window():
+    model = tiny_llama()
+    batch = make_batch()
+    # A loss on unshifted labels trains every logit up to the last real token: no token is after the loss.
+    unshifted = lambda logits, labels: F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
+    labels = torch.where(batch["attention_mask"].bool(), batch["input_ids"], -100)
+    report = gradscope.check(model, {**batch, "labels": labels}, loss_fn=unshifted, probes=["causal"])
+    causal = report.probes["causal"]
+    assert causal.backward_passes == 1 and "3 random-projection cut(s)" in causal.note  # one per row, one slice
+    assert gradscope.check(model, batch, probes=["causal"]).probes["causal"].backward_passes == 0
+
+
+def test_a_single_window_takes_the_last_document():
+    windows = plan_windows(_starts(12, 4, 10), torch.ones(1, 12, dtype=torch.bool), causal=True, packing=True)
+    assert [(w.start, w.cut, w.boundary, w.future) for w in windows] == [(10, 11, True, True)]
+
+
+def test_a_loss_term_outside_the_logits_is_no_leak():
+    """Mixtral's router loss reads every token's router logits, so the loss reaches tokens no logit may see."""
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    torch.manual_seed(0)
+    config = MixtralConfig(
+        vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2, output_router_logits=True,
+        router_aux_loss_coef=0.1, eos_token_id=5, pad_token_id=0,
+    )
+    report = gradscope.check(MixtralForCausalLM(config).eval(), make_batch())
+    assert report.findings == []
+    assert report.probes["causal"].backward_passes == 1  # the confirming windows, all rows in one slice
+    assert "in 3 row(s) the loss's gradient reaches such tokens" in report.probes["causal"].note
