@@ -4,7 +4,8 @@ Measures, in one run, on the same model and the same batch, side by side:
 
     (a) a bare training step: forward + backward with parameter gradients (no optimizer step);
     (b) gradscope.check, core: per-token loss, trained map, per-position gradient norms, findings, Report;
-    (c) gradscope.check with every probe (when this version of gradscope has probes);
+    (c) gradscope.check with every probe at its defaults (when this version of gradscope has probes): on this clean
+        batch, the free screen of the core run's gradient (--breakdown adds (c) with one window per row);
     (d) Captum's LayerGradientXActivation (multiply_by_inputs=False: the gradient at the input embedding's and every
         decoder layer's output, reduced to per-position norms: what (b) reports for the loss), one attribution per
         target token, over --targets trained tokens.
@@ -40,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 FIXTURE_MODEL = ROOT / "fixtures" / "models" / "tiny-llama-chat"
 MIB = 2**20
 ROWS = ("a", "b", "c", "d")
-BREAKDOWN = ("f", "g", "h", "t")
+BREAKDOWN = ("f", "g", "h", "w", "t")
 ROW_NAMES = {
     "a": "(a) bare training step",
     "b": "(b) gradscope.check core",
@@ -49,6 +50,7 @@ ROW_NAMES = {
     "f": "forward only (no_grad)",
     "g": "forward + activation-only backward, no hooks",
     "h": "gradscope.run.forward_backward",
+    "w": "(c) with one window per row (--windows 1)",
     "t": "Captum, one target token",
 }
 
@@ -168,8 +170,9 @@ def run_only(model, batch) -> Callable[[], None]:
     return run
 
 
-def probe_arguments() -> tuple[dict, dict] | None:
-    """check() keyword arguments for (b) without probes and (c) with all, or None when check() has no probes."""
+def probe_arguments() -> tuple[dict, dict, dict | None] | None:
+    """check() keyword arguments for (b) without probes, (c) with all, and (c) with one window per row (None when
+    check() has no windows); None when check() has no probes."""
     import gradscope
 
     params = inspect.signature(gradscope.check).parameters
@@ -177,7 +180,7 @@ def probe_arguments() -> tuple[dict, dict] | None:
         return None
     default = params["probes"].default
     every = default if default not in (None, inspect.Parameter.empty, (), []) else ("causal", "packing", "weights")
-    return {"probes": ()}, {"probes": every}
+    return {"probes": ()}, {"probes": every}, ({"probes": every, "windows": 1} if "windows" in params else None)
 
 
 def gradscope_check(model, batch, tokenizer, kwargs: dict) -> Callable[[], None]:
@@ -315,8 +318,10 @@ def _rows(model, batch, tokenizer, measured: list[int], probes, wanted: str) -> 
         "c": gradscope_check(model, batch, tokenizer, probes[1]) if probes else None,
         "d": captum_attribution(model, batch, measured) if captum else None,
     }
-    if "f" in wanted:  # --breakdown: where (b)'s time goes, next to the floor any per-position gradient map pays
+    if set(BREAKDOWN) & set(wanted):  # --breakdown: where (b)'s time goes, next to the floor any per-position gradient map pays
+        windowed = probes[2] if probes else None
         rows.update(f=forward_only(model, batch), g=activation_backward(model, batch), h=run_only(model, batch),
+                    w=gradscope_check(model, batch, tokenizer, windowed) if windowed else None,
                     t=captum_attribution(model, batch, measured[:1]) if captum else None)
     return {k: fn if k in wanted else None for k, fn in rows.items()}
 
