@@ -208,18 +208,20 @@ def confirming_windows(found: Screen, starts: torch.Tensor, real: torch.Tensor, 
     Take s, the last token the loss's gradient wrongly reaches. Its own logit is untrained and so are those after
     it in its document, so the gradient came from an earlier logit (the future is visible: window ``[first, s)``,
     cut at s) or from a later document (window from the next document start to the row's end, boundary); a model
-    with neither dependence has a loss term outside the logits, and both windows come back clean.
+    with neither dependence has a loss term outside the logits, and both windows come back clean. When s is in the
+    last document, the boundary window starts at the last document and tells whether documents also see each other.
     """
     out = []
     for row in found.rows:
         s = int(found.reached[row].nonzero().max())
         tokens = real[row].nonzero().flatten()
         first, end = int(tokens[0]), int(tokens[-1]) + 1
-        later = [b for b in starts[row].nonzero().flatten().tolist() if s < b < end]
+        boundaries = [b for b in starts[row].nonzero().flatten().tolist() if first < b < end]
         if causal and s > first:
             out.append(Window(0, row, first, s, boundary=False, future=True))
-        if packing and later:
-            out.append(Window(0, row, later[0], end, boundary=True, future=False))
+        if packing and boundaries:
+            start = next((b for b in boundaries if b > s), boundaries[-1])
+            out.append(Window(0, row, start, end, boundary=True, future=False))
     return out
 
 

@@ -290,3 +290,14 @@ def test_a_loss_term_outside_the_logits_is_no_leak():
     assert report.findings == []
     assert report.probes["causal"].backward_passes == 1  # the confirming windows, all rows in one slice
     assert "in 3 row(s) the loss's gradient reaches such tokens" in report.probes["causal"].note
+
+
+def test_a_packed_row_that_sees_everything_has_both_leaks():
+    model = tiny_llama()
+    batch = _packed_batch()
+    batch["labels"][0, 5] = -100  # the second document's first token is not trained
+    batch["attention_mask"] = torch.zeros(1, 1, 12, 12)  # an additive 4D mask that masks nothing
+    report = gradscope.check(model, batch)
+    assert [(f.check, f.positions) for f in report.findings] == [
+        ("causal_leak", [11]), ("cross_document_leak", [0, 1, 2, 3, 4])
+    ]
