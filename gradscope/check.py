@@ -212,20 +212,9 @@ def _probe_reports(runs: list[ProbeRun], chosen: frozenset[str], packed: tuple[i
     cuts = sum(w.future for r in runs for w in r.windows)
     tested = len({(i, w.row, w.start) for i, r in enumerate(runs) for w in r.windows if w.boundary})
     after = sum(int(s.after.sum()) for s in screens)
-    rows = sum(int(s.after.any(1).sum()) for s in screens)
-    unexplained = sum(len(r.unexplained) for r in runs)
-    causal_note = (
-        f"free screen of the loss's own gradient: {after} token(s) after the last trained logit of their document, "
-        f"in {rows} row(s); {cuts} random-projection cut(s)"
-    )
-    if unexplained:
-        causal_note += (
-            f"; in {unexplained} row(s) the loss's gradient reaches such tokens but no window of the chosen probes "
-            "shows a logit depending on them (a loss term outside the logits, such as an auxiliary loss, does that)"
-        )
     screened = sum(s.boundaries for s in screens)
     reports = {
-        "causal": _vjp_report(runs, after + cuts > 0, ["packing"] if tested else [], causal_note),
+        "causal": _vjp_report(runs, after + cuts > 0, ["packing"] if tested else [], _causal_note(runs, cuts)),
         "packing": _vjp_report(
             runs, screened + tested > 0, ["causal"] if cuts else [],
             f"{screened} of {packed[0]} document boundaries screened free by the loss's own gradient, {tested} "
@@ -247,6 +236,24 @@ def _probe_reports(runs: list[ProbeRun], chosen: frozenset[str], packed: tuple[i
             note=f"{accumulations[0].micro_batches} micro-batches per batch; gradients compared at the logits",
         )
     return reports
+
+
+def _causal_note(runs: list[ProbeRun], cuts: int) -> str:
+    """What the causal probe covered: the screen's tokens, the windows' cuts, and rows the windows left unexplained."""
+    screens = [r.screen for r in runs if r.screen is not None]
+    after = sum(int(s.after.sum()) for s in screens)
+    rows = sum(int(s.after.any(1).sum()) for s in screens)
+    note = (
+        f"free screen of the loss's own gradient: {after} token(s) after the last trained logit of their document, "
+        f"in {rows} row(s); {cuts} random-projection cut(s)"
+    )
+    unexplained = sum(len(r.unexplained) for r in runs)
+    if unexplained:
+        note += (
+            f"; in {unexplained} row(s) the loss's gradient reaches such tokens but no window of the chosen probes "
+            "shows a logit depending on them (a loss term outside the logits, such as an auxiliary loss, does that)"
+        )
+    return note
 
 
 def _vjp_report(runs: list[ProbeRun], ran: bool, shared: list[str], note: str) -> ProbeReport:

@@ -176,7 +176,8 @@ def screen(graph: Graph, starts: torch.Tensor, real: torch.Tensor) -> Screen:
         real: (B, T) bool, tokens that are not padding.
     """
     began = _clock(graph.embedding.device)
-    after = after_the_loss(graph.trained, starts, real)
+    trained = graph.trained if graph.trained is not None else torch.zeros_like(real)
+    after = after_the_loss(trained, starts, real)
     reached = (graph.loss_grad != 0).any(-1).cpu() & after if graph.loss_grad is not None else torch.zeros_like(after)
     return Screen(after, reached, _screened_boundaries(after, starts, real), _clock(graph.embedding.device) - began)
 
