@@ -530,7 +530,8 @@ def scan(
 def _progress():
     """A rich progress bar on stderr (rows scanned); yields the callback the library calls."""
     columns = (TextColumn("scanning"), BarColumn(), MofNCompleteColumn(), TextColumn("rows"), TimeElapsedColumn())
-    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+    console = Console(stderr=True)
+    with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as bar:  # no bar in logs
         task = bar.add_task("scan", total=None)
 
         def advance(done: int, total: int | None) -> None:
