@@ -8,7 +8,9 @@ the very tokens, roles and labels ``check`` would train.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import chain
 from typing import Any
@@ -55,10 +57,25 @@ def raw_chunks(source: Source, settings: RawSettings) -> Iterator[Chunk]:
     first = 0
     mode = settings.options.truncation_mode or "keep_start"
     for rows in raw_row_batches(source):
-        derived = derive_rows(rows, settings.tokenizer, settings.spec, first)
-        settings.kinds.update(r.kind for r in derived)
-        yield role_chunk([truncate(r, settings.options.max_length, mode) for r in derived], first, source)
+        with _gc_paused():
+            derived = derive_rows(rows, settings.tokenizer, settings.spec, first)
+            settings.kinds.update(r.kind for r in derived)
+            chunk = role_chunk([truncate(r, settings.options.max_length, mode) for r in derived], first, source)
+        yield chunk
         first += len(rows)
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Python's cycle collector off while a chunk is derived: the chunk's millions of small objects (token ids, offset
+    pairs) hold no cycles, yet each collection walks them all (a third of the raw scan's time when left on)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def role_chunk(rows: list[RoleRow], first: int, source: Source) -> Chunk:

@@ -142,11 +142,21 @@ class Encoder:
         """Tokenize the texts not seen yet, in one batched call per kind."""
         new = list(dict.fromkeys(t for t in plain if t not in self.plain))
         if new:
-            self.plain.update(zip(new, self.tok(new, add_special_tokens=False)["input_ids"]))
+            self.plain.update(zip(new, self._encode(new, special=False, offsets=False)))
         new = list(dict.fromkeys(t for t in with_offsets if t not in self.offsets))
         if new:
-            enc = self.tok(new, return_offsets_mapping=True)
-            self.offsets.update(zip(new, zip(enc["input_ids"], enc["offset_mapping"])))
+            self.offsets.update(zip(new, self._encode(new, special=True, offsets=True)))
+
+    def _encode(self, texts: list[str], special: bool, offsets: bool) -> list:
+        """ids (or (ids, offsets)) per text: what ``tokenizer(texts, ...)`` gives. A fast tokenizer's Rust backend is
+        called directly when the call would leave it as it is (no truncation or padding set in tokenizer.json):
+        the same encodings, without building a BatchEncoding of Python lists first."""
+        backend = getattr(self.tok, "backend_tokenizer", None) if getattr(self.tok, "is_fast", False) else None
+        if backend is not None and backend.truncation is None and backend.padding is None:
+            encodings = backend.encode_batch(texts, add_special_tokens=special)
+            return [(e.ids, e.offsets) for e in encodings] if offsets else [e.ids for e in encodings]
+        enc = self.tok(texts, add_special_tokens=special, return_offsets_mapping=offsets)
+        return list(zip(enc["input_ids"], enc["offset_mapping"])) if offsets else list(enc["input_ids"])
 
     def ids(self, text: str) -> list[int]:
         """The text's token ids, without special tokens added."""
@@ -159,7 +169,7 @@ class Encoder:
         if text not in self.offsets:
             self.prepare([], [text])
         ids, offsets = self.offsets[text]
-        return list(ids), [tuple(o) for o in offsets]
+        return list(ids), [tuple(o) for o in offsets] if offsets and not isinstance(offsets[0], tuple) else list(offsets)
 
 
 @dataclass
