@@ -217,10 +217,11 @@ def _prompt_completion(row: Mapping[str, Any], index: int, tokenizer: Any, where
         raise DataError("'prompt' and 'completion' must both be strings or both be message lists", **where)
     _require_fast(tokenizer, where)
     text = _with_eos(prompt + completion, tokenizer)
+    boundary = len(prompt)  # the completion starts at the first token that ends past it
 
     def finish(encoder: Encoder) -> RoleRow:
         ids, offsets = encoder.ids_offsets(text)
-        start = next((t for t, (_, end) in enumerate(offsets) if end > len(prompt)), len(ids))
+        start = next((t for t, offset in enumerate(offsets) if offset[1] > boundary), len(ids))
         roles = [PROMPT] * start + [COMPLETION] * (len(ids) - start)
         return RoleRow(index, ids, roles, [None] * len(ids), "prompt-completion")
 
