@@ -15,9 +15,11 @@ so precisely: the row, the text, and the tokens alone vs in context.
 
 from __future__ import annotations
 
+import bisect
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from operator import itemgetter
 from typing import Any
 
 from gradscope.batch import COMPLETION, IGNORE_INDEX, PROMPT, UNKNOWN
@@ -211,6 +213,18 @@ def _require_fast(tokenizer: Any, where: dict) -> None:
         raise DataError("roles from text need a fast tokenizer (tokenizer.json) for character offsets", **where)
 
 
+def first_past(ends: list[int], boundary: int) -> int:
+    """The first index t with ends[t] > boundary, or len(ends) if none.
+
+    Token end offsets almost always grow along the text: a binary search finds the candidate, and a C-speed max over
+    the tokens before it proves that none of them ends past the boundary; otherwise a plain scan decides.
+    """
+    t = bisect.bisect_right(ends, boundary)  # ends[t] > boundary when t < len: bisect only moves hi onto such t
+    if t == 0 or max(ends[:t]) <= boundary:
+        return t
+    return next((i for i, end in enumerate(ends) if end > boundary), len(ends))
+
+
 def _prompt_completion(row: Mapping[str, Any], index: int, tokenizer: Any, where: dict) -> _Plan:
     prompt, completion = row["prompt"], row["completion"]
     if not isinstance(prompt, str) or not isinstance(completion, str):
@@ -221,7 +235,7 @@ def _prompt_completion(row: Mapping[str, Any], index: int, tokenizer: Any, where
 
     def finish(encoder: Encoder) -> RoleRow:
         ids, offsets = encoder.ids_offsets(text)
-        start = next((t for t, offset in enumerate(offsets) if offset[1] > boundary), len(ids))
+        start = first_past(list(map(itemgetter(1), offsets)), boundary)
         roles = [PROMPT] * start + [COMPLETION] * (len(ids) - start)
         return RoleRow(index, ids, roles, [None] * len(ids), "prompt-completion")
 

@@ -15,7 +15,7 @@ from gradscope.cli import app
 from gradscope.errors import DataError
 from gradscope.load import load_data, role_spec
 from gradscope.pipelines import DataOptions
-from gradscope.roles import RoleSpec, derive, derive_rows, truncate
+from gradscope.roles import RoleSpec, derive, derive_rows, first_past, truncate
 from gradscope.scan import scan
 from gradscope.stream import RAW_CHUNK_ROWS
 from tests.conftest import FIXTURES, fixture_model
@@ -185,3 +185,13 @@ def test_raw_scan_json_and_exit_codes():
     assert (partial.exit_code, summary["checks_failed"], summary["errors"]) == (0, ["completion_truncated"], 0)
     assert runner.invoke(app, [*args, "--max-length", "40", "--strict"]).exit_code == 1
     assert runner.invoke(app, [*args, "--max-length", "5"]).exit_code == 1
+
+
+def test_first_past_equals_a_plain_scan_on_any_offsets():
+    rng = random.Random(7)
+    for _ in range(3000):
+        ends = sorted(rng.randint(0, 30) for _ in range(rng.randint(0, 12)))
+        if rng.random() < 0.5 and ends:  # special tokens at (0, 0), overlapping pieces: ends that do not grow
+            ends[rng.randrange(len(ends))] = rng.randint(0, 30)
+        boundary = rng.randint(-1, 31)
+        assert first_past(ends, boundary) == next((i for i, e in enumerate(ends) if e > boundary), len(ends)), (ends, boundary)
