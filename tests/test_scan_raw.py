@@ -195,3 +195,21 @@ def test_first_past_equals_a_plain_scan_on_any_offsets():
             ends[rng.randrange(len(ends))] = rng.randint(0, 30)
         boundary = rng.randint(-1, 31)
         assert first_past(ends, boundary) == next((i for i, e in enumerate(ends) if e > boundary), len(ends)), (ends, boundary)
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "datasets", "json array"])
+def test_raw_rows_in_every_format_scan_alike(tmp_path, fmt):
+    import datasets
+
+    rows = gradscope.data.read_rows(RAW / "chat.jsonl") + gradscope.data.read_rows(RAW / "tool_chat.jsonl")
+    path = {"parquet": tmp_path / "rows.parquet", "datasets": tmp_path / "rows", "json array": tmp_path / "rows.json"}[fmt]
+    if fmt == "json array":
+        path.write_text(json.dumps(rows))
+    else:
+        dataset = datasets.Dataset.from_list(rows)
+        dataset.to_parquet(str(path)) if fmt == "parquet" else dataset.save_to_disk(str(path))
+    options = DataOptions(max_length=30)
+    report = scan(path, tokenizer=FIXTURES / LLAMA, options=options, examples=10)
+    assert report.rows == 4 and report.source["raw"]["kinds"] == ["chat"]
+    assert sorted((f.sample, f.check, f.positions, f.message) for f in report.findings) == checked(LLAMA, path, options)
+    assert report.findings  # the maximum length cuts completions: there is something to compare
