@@ -213,3 +213,18 @@ def test_raw_rows_in_every_format_scan_alike(tmp_path, fmt):
     assert report.rows == 4 and report.source["raw"]["kinds"] == ["chat"]
     assert sorted((f.sample, f.check, f.positions, f.message) for f in report.findings) == checked(LLAMA, path, options)
     assert report.findings  # the maximum length cuts completions: there is something to compare
+
+
+@pytest.mark.parametrize("name", sorted(TOKENIZERS))
+def test_encoder_gives_what_the_tokenizers_own_call_gives(name):
+    """The Encoder may call the Rust backend directly: its ids and offsets are those of ``tokenizer(text)``."""
+    from gradscope.roles import Encoder
+
+    t = tok(name)
+    texts = [json.dumps(r) for r in generated_rows(9, 40, chat=False)] + ["", " ", "<|im_end|>\n", "é\n\nx  y"]
+    encoder = Encoder(t)
+    encoder.prepare(texts, texts)
+    for text in texts:
+        plain, whole = t(text, add_special_tokens=False), t(text, return_offsets_mapping=True)
+        assert encoder.ids(text) == plain["input_ids"]
+        assert encoder.ids_offsets(text) == (whole["input_ids"], [tuple(o) for o in whole["offset_mapping"]])
