@@ -215,12 +215,24 @@ def test_raw_rows_in_every_format_scan_alike(tmp_path, fmt):
     assert report.findings  # the maximum length cuts completions: there is something to compare
 
 
-@pytest.mark.parametrize("name", sorted(TOKENIZERS))
+def with_bos():
+    """The ChatML fixture tokenizer made to add a BOS token, as Llama's do (no fixture tokenizer adds one)."""
+    from tokenizers.processors import TemplateProcessing
+    from transformers import AutoTokenizer
+
+    t = AutoTokenizer.from_pretrained(TOKENIZERS["chatml"])
+    bos = t.convert_tokens_to_ids("<|im_start|>")
+    t.backend_tokenizer.post_processor = TemplateProcessing(single="<|im_start|> $A", special_tokens=[("<|im_start|>", bos)])
+    assert t("a")["input_ids"] == [bos, *t("a", add_special_tokens=False)["input_ids"]]
+    return t
+
+
+@pytest.mark.parametrize("name", [*sorted(TOKENIZERS), "chatml with BOS"])
 def test_encoder_gives_what_the_tokenizers_own_call_gives(name):
     """The Encoder may call the Rust backend directly: its ids and offsets are those of ``tokenizer(text)``."""
     from gradscope.roles import Encoder
 
-    t = tok(name)
+    t = with_bos() if name == "chatml with BOS" else tok(name)
     texts = [json.dumps(r) for r in generated_rows(9, 40, chat=False)] + ["", " ", "<|im_end|>\n", "é\n\nx  y"]
     encoder = Encoder(t)
     encoder.prepare(texts, texts)
