@@ -151,10 +151,10 @@ class Encoder:
 
     def _encode(self, texts: list[str], special: bool, offsets: bool) -> list:
         """ids (or (ids, offsets)) per text: what ``tokenizer(texts, ...)`` gives. A fast tokenizer's Rust backend is
-        called directly when the call would leave it as it is (no truncation or padding set in tokenizer.json):
-        the same encodings, without building a BatchEncoding of Python lists first."""
+        called directly when the call would leave it as it is (no truncation or padding set, special tokens split as
+        the tokenizer says): the same encodings, without building a BatchEncoding of Python lists first."""
         backend = getattr(self.tok, "backend_tokenizer", None) if getattr(self.tok, "is_fast", False) else None
-        if backend is not None and backend.truncation is None and backend.padding is None:
+        if backend is not None and _as_its_call_leaves_it(backend, self.tok):
             encodings = backend.encode_batch(texts, add_special_tokens=special)
             return [(e.ids, e.offsets) for e in encodings] if offsets else [e.ids for e in encodings]
         enc = self.tok(texts, add_special_tokens=special, return_offsets_mapping=offsets)
@@ -172,6 +172,12 @@ class Encoder:
             self.prepare([], [text])
         ids, offsets = self.offsets[text]
         return list(ids), [tuple(o) for o in offsets] if offsets and not isinstance(offsets[0], tuple) else list(offsets)
+
+
+def _as_its_call_leaves_it(backend: Any, tokenizer: Any) -> bool:
+    """Whether the backend is set as transformers' own call sets it before encoding (which it does every call)."""
+    split = bool(getattr(tokenizer, "split_special_tokens", False))
+    return backend.truncation is None and backend.padding is None and backend.encode_special_tokens == split
 
 
 @dataclass

@@ -227,12 +227,25 @@ def with_bos():
     return t
 
 
-@pytest.mark.parametrize("name", [*sorted(TOKENIZERS), "chatml with BOS"])
+def splitting_special_tokens():
+    """The ChatML fixture tokenizer with split_special_tokens=True, its backend not yet told (transformers tells it
+    at each call)."""
+    from transformers import AutoTokenizer
+
+    t = AutoTokenizer.from_pretrained(TOKENIZERS["chatml"], split_special_tokens=True)
+    t.backend_tokenizer.encode_special_tokens = False
+    return t
+
+
+VARIANTS = {"chatml with BOS": with_bos, "chatml splitting special tokens": splitting_special_tokens}
+
+
+@pytest.mark.parametrize("name", [*sorted(TOKENIZERS), *VARIANTS])
 def test_encoder_gives_what_the_tokenizers_own_call_gives(name):
     """The Encoder may call the Rust backend directly: its ids and offsets are those of ``tokenizer(text)``."""
     from gradscope.roles import Encoder
 
-    t = with_bos() if name == "chatml with BOS" else tok(name)
+    t = VARIANTS[name]() if name in VARIANTS else tok(name)
     texts = [json.dumps(r) for r in generated_rows(9, 40, chat=False)] + ["", " ", "<|im_end|>\n", "é\n\nx  y"]
     encoder = Encoder(t)
     encoder.prepare(texts, texts)
