@@ -184,6 +184,8 @@ def test_raw_scan_json_and_exit_codes():
     summary = json.loads(partial.stdout)["summary"]
     assert (partial.exit_code, summary["checks_failed"], summary["errors"]) == (0, ["completion_truncated"], 0)
     assert runner.invoke(app, [*args, "--max-length", "40", "--strict"]).exit_code == 1
+    text = runner.invoke(app, [*args[:-2], "--max-length", "40"], env={"COLUMNS": "120"})
+    assert text.stdout.startswith("! warnings in 3 row(s): completion_truncated ×1\n")
     assert runner.invoke(app, [*args, "--max-length", "5"]).exit_code == 1
 
 
