@@ -7,6 +7,17 @@ peak resident set (VmHWM); it stops if a scan finds other problems than those ge
 sizes scanned (--rows, default 100k, 300k and 1M) show whether memory stays flat as the dataset grows.
 
     python benchmarks/bench_scan.py --out /tmp/gradscope-scan-bench
+
+``--raw`` measures raw rows instead: generated prompt/completion rows and multi-turn ``messages`` rows (JSON lines),
+tokenized with the fixture tokenizer fixtures/models/tiny-llama-chat and its chat template. In one fresh process per
+file it times, side by side, (i) the tokenizer's own batched work for the same token ids, as a trainer's
+preprocessing pays it (loading the tokenizer and reading the JSON lines, then for prompt/completion the batched
+encode of prompt + completion + EOS, the text check tokenizes; for messages ``apply_chat_template`` over every row, then the batched encode of the
+rendered texts), and (ii) ``gradscope.scan(FILE, tokenizer=...)`` on the same file, and prints the ratio (ii)/(i)
+for the 1.3x target (medians of --repeats runs, the two sides alternated); for prompt/completion also the ratio with the encode that returns character offsets, as check
+tokenizes those rows.
+
+    python benchmarks/bench_scan.py --raw --raw-rows 20000
 """
 
 from __future__ import annotations
@@ -100,6 +111,91 @@ def scan_in_child(path: Path, num_proc: int) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+TOKENIZER = ROOT / "fixtures/models/tiny-llama-chat"
+WORDS = ("the sky is blue and the capital of kenya is nairobi what colour is it reverse the word cat two plus three "
+         "is five answer briefly please explain why water boils at one hundred degrees").split()
+
+
+def generate_raw(rows: int, kind: str, seed: int = 0) -> list[dict]:
+    """Raw rows: prompt/completion strings (mean 40 + 25 words) or chats of 2 or 4 turns (mean 20 words a turn)."""
+    rng = np.random.default_rng(seed)
+    say = lambda mean: " ".join(rng.choice(WORDS, int(rng.integers(mean // 2, mean * 3 // 2 + 1))))  # noqa: E731
+    if kind == "prompt-completion":
+        return [{"prompt": f"Question: {say(40)}\nAnswer:", "completion": " " + say(25)} for _ in range(rows)]
+    out = []
+    for _ in range(rows):
+        turns = int(rng.choice([1, 2]))
+        messages = [{"role": "system", "content": "Answer briefly."}] if rng.random() < 0.5 else []
+        for _ in range(turns):
+            messages += [{"role": "user", "content": say(20)}, {"role": "assistant", "content": say(20)}]
+        out.append({"messages": messages})
+    return out
+
+
+RAW_CHILD = """
+import json, statistics, sys, time
+from pathlib import Path
+import pyarrow, pyarrow.json  # imports are not the work measured (scan imports them lazily)
+from gradscope.load import load_tokenizer
+from gradscope.scan import scan
+path, tokenizer_dir, kind, repeats = Path(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
+load_tokenizer(tokenizer_dir)  # warm: the first load imports the tokenizer classes
+
+def tokenizer_time():
+    times = {}
+    start = time.perf_counter()
+    tok = load_tokenizer(tokenizer_dir)
+    rows = [json.loads(line) for line in path.open()]
+    times["read"] = time.perf_counter() - start
+    start = time.perf_counter()
+    if kind == "prompt-completion":
+        texts, special = [r["prompt"] + r["completion"] + tok.eos_token for r in rows], True
+    else:
+        texts, special = [tok.apply_chat_template(r["messages"], tokenize=False) for r in rows], False
+    times["render"] = time.perf_counter() - start
+    for offsets in (False, True) if kind == "prompt-completion" else (False,):  # check reads p/c offsets
+        start, tokens = time.perf_counter(), 0
+        for i in range(0, len(texts), 1000):  # a trainer's map() batch
+            enc = tok(texts[i:i + 1000], add_special_tokens=special, return_offsets_mapping=offsets)
+            tokens += sum(map(len, enc["input_ids"]))
+        times["offsets" if offsets else "encode"] = time.perf_counter() - start
+    return times, tokens
+
+runs = []
+for _ in range(repeats):  # alternated, so that both sides see the same load on a shared machine
+    times, tokens = tokenizer_time()
+    start = time.perf_counter()
+    report = scan(path, tokenizer=tokenizer_dir)
+    times["scan"] = time.perf_counter() - start
+    assert report.tokens == tokens, (report.tokens, tokens)
+    runs.append(times)
+median = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+print(json.dumps({"rows": report.rows, "tokens": tokens, "offsets": None, **median, "failed": report.failed_checks}))
+"""
+
+
+def raw_main(rows: int, out: Path, repeats: int) -> None:
+    """The raw-data table: the tokenizer's batched time against scan --tokenizer on the same file (medians)."""
+    print("| rows | kind | tokens | load + read JSON | render | batched encode | tokenizer total (i) "
+          "| scan --tokenizer (ii) | (ii) / (i) | encode with offsets, as check | (ii) / (i) with it |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for kind in ("prompt-completion", "messages"):
+        path = out / f"raw-{kind}-{rows}.jsonl"
+        if not path.exists():
+            path.write_text("".join(json.dumps(r) + "\n" for r in generate_raw(rows, kind)))
+        env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+        done = subprocess.run([sys.executable, "-c", RAW_CHILD, str(path), str(TOKENIZER), kind, str(repeats)], env=env, check=True,
+                              capture_output=True, text=True)
+        r = json.loads(done.stdout.strip().splitlines()[-1])
+        if r["failed"]:
+            raise SystemExit(f"{kind}: the scan found {r['failed']} in generated rows")
+        base = r["read"] + r["render"] + r["encode"]
+        with_offsets = "–" if r["offsets"] is None else f"{r['offsets']:.2f} s"
+        ratio_offsets = "–" if r["offsets"] is None else f"{r['scan'] / (base - r['encode'] + r['offsets']):.2f}"
+        print(f"| {r['rows']:,} | {kind} | {r['tokens']:,} | {r['read']:.2f} s | {r['render']:.2f} s | {r['encode']:.2f} s "
+              f"| {base:.2f} s | {r['scan']:.2f} s | {r['scan'] / base:.2f} | {with_offsets} | {ratio_offsets} |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("/tmp/gradscope-scan-bench"))
@@ -107,8 +203,14 @@ def main() -> None:
     parser.add_argument("--formats", default="datasets,parquet", help="datasets, parquet, jsonl (comma-separated)")
     parser.add_argument("--jsonl-rows", default="100000,300000", help="sizes for the JSON lines files (slow to write)")
     parser.add_argument("--num-proc", default="1,2", help="process counts to try (comma-separated)")
+    parser.add_argument("--raw", action="store_true", help="measure raw rows (scan --tokenizer) instead")
+    parser.add_argument("--raw-rows", type=int, default=20000, help="rows of each raw file")
+    parser.add_argument("--repeats", type=int, default=3, help="raw: alternated repeats of each side (medians)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.raw:
+        raw_main(args.raw_rows, args.out, args.repeats)
+        return
     formats = args.formats.split(",")
     print("| format | rows | tokens | --num-proc | seconds | tokens/s | peak RSS | peak RSS above the imports |")
     print("|---|---|---|---|---|---|---|---|")

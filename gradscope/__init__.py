@@ -17,6 +17,7 @@ from gradscope.errors import (
 )
 from gradscope.grads import GradThresholds, grads
 from gradscope.overfit import overfit
+from gradscope.pipelines import DataOptions
 from gradscope.report import (
     DirectionCheck,
     Finding,
@@ -37,6 +38,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DataError",
+    "DataOptions",
     "DirectionCheck",
     "Finding",
     "GradReport",

@@ -499,8 +499,8 @@ def roles(
 
 @app.command()
 def scan(
-    data: Annotated[Path, typer.Argument(help="Tokenized rows: .jsonl, .parquet, .arrow, a saved datasets directory, or a .safetensors batch.")],
-    tokenizer: Annotated[Path | None, typer.Option("--tokenizer", help="Tokenizer or model directory: names the end and pad tokens, decodes texts.")] = None,
+    data: Annotated[Path, typer.Argument(help="Tokenized rows, or raw rows given a tokenizer: .jsonl, .json, .parquet, .arrow, a saved datasets directory, or a .safetensors batch.")],
+    tokenizer: Annotated[Path | None, typer.Option("--tokenizer", help="Tokenizer or model directory: names the end and pad tokens, decodes texts, tokenizes raw rows.")] = None,
     end_token_id: Annotated[list[int] | None, typer.Option("--end-token-id", help="A token id that closes a completion (repeatable); replaces the tokenizer's.")] = None,
     num_proc: Annotated[int, typer.Option("--num-proc", min=1, help="Processes, through datasets' Dataset.map (1: stream in this process).")] = 1,
     examples: Annotated[int, typer.Option("--examples", min=1, help="Rows of each failing check given in full.")] = 3,
@@ -508,14 +508,22 @@ def scan(
     output_format: Annotated[Format, typer.Option("--format", help="text: a terminal report; json: schema v1 on stdout.")] = Format.text,
     output: Annotated[Path | None, typer.Option("--output", help="Also write the JSON report to this file.")] = None,
     strict: Annotated[bool, typer.Option("--strict", help="Exit 1 on warnings too.")] = False,
+    response_template: ResponseOpt = None,
+    instruction_template: InstructionOpt = None,
+    train_on: TrainOnOpt = TrainOn.all_assistant,
+    max_length: MaxLengthOpt = None,
+    truncation_mode: TruncationOpt = None,
 ) -> None:
-    """Audit every row of a tokenized dataset from its labels, without a model (same checks as check)."""
+    """Audit every row of a dataset from its labels, without a model (same checks as check); raw rows are tokenized
+    with --tokenizer and labelled as check's reference pipeline does."""
     from gradscope.scan import scan as scan_dataset
 
+    opts = data_options(response_template, instruction_template, train_on, max_length, truncation_mode)
     try:
+        _quiet_transformers()
         with _progress() as advance:
-            report = scan_dataset(data, tokenizer=tokenizer, end_token_ids=end_token_id, examples=examples,
-                                  worst=worst, num_proc=num_proc, progress=advance)
+            report = scan_dataset(data, tokenizer=tokenizer, end_token_ids=end_token_id, options=opts,
+                                  examples=examples, worst=worst, num_proc=num_proc, progress=advance)
     except GradscopeError as err:
         raise _fail(err) from None
     raise _emit(report, output_format, output, ScanView(report), strict)
@@ -525,7 +533,8 @@ def scan(
 def _progress():
     """A rich progress bar on stderr (rows scanned); yields the callback the library calls."""
     columns = (TextColumn("scanning"), BarColumn(), MofNCompleteColumn(), TextColumn("rows"), TimeElapsedColumn())
-    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+    console = Console(stderr=True)
+    with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as bar:  # no bar in logs
         task = bar.add_task("scan", total=None)
 
         def advance(done: int, total: int | None) -> None:

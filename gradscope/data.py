@@ -75,8 +75,14 @@ def jsonl_lines(path: Path, limit: int | None = None) -> Iterator[tuple[int, str
                 yield number, line
 
 
+def iter_jsonl(path: Path, limit: int | None = None) -> Iterator[dict[str, Any]]:
+    """The rows of a JSON-lines file one by one; a line that is not a JSON object is a DataError naming it."""
+    for n, line in jsonl_lines(path, limit):
+        yield _object(_loads(line, path, f"line {n}"), path, f"line {n}")
+
+
 def _read_jsonl(path: Path, limit: int | None) -> list[dict[str, Any]]:
-    return [_object(_loads(line, path, f"line {n}"), path, f"line {n}") for n, line in jsonl_lines(path, limit)]
+    return list(iter_jsonl(path, limit))
 
 
 def _read_json(path: Path) -> list[dict[str, Any]]:

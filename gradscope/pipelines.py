@@ -27,7 +27,7 @@ from torch import nn
 
 from gradscope.batch import COMPLETION, CUT_KEY, ROLE_CODES_KEY, ROW_KEY, UNKNOWN, collate, real_tokens
 from gradscope.errors import DataError
-from gradscope.roles import RoleRow, RoleSpec, derive
+from gradscope.roles import RoleRow, RoleSpec, derive_rows
 
 PIPELINES = ("reference", "trl")
 TRL_FLAGS = ("completion_only_loss", "assistant_only_loss", "packing", "padding_free", "max_length", "truncation_mode")
@@ -70,8 +70,8 @@ class Prepared:
 
 
 def role_rows(rows: Sequence[Mapping[str, Any]], tokenizer: Any, spec: RoleSpec) -> list[RoleRow]:
-    """Every raw row tokenized with its roles."""
-    return [derive(row, i, tokenizer, spec) for i, row in enumerate(rows)]
+    """Every raw row tokenized with its roles (``roles.derive`` on each, the tokenizer called once per batch)."""
+    return derive_rows(rows, tokenizer, spec)
 
 
 # --- reference -------------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from gradscope.report import (
     OverfitReport,
     ProbeReport,
     Report,
+    SCAN_WARNINGS,
     SampleReport,
     ScanReport,
     TokenReport,
@@ -587,9 +588,11 @@ class ScanView:
 
 def _scan_verdict(r: ScanReport) -> Text:
     s = r.summary()
+    what = ", ".join(f"{name} ×{r.checks[name]['rows']}" for name in r.failed_checks)
+    if r.ok and what:
+        return Text.assemble(("! warnings", "bold yellow"), f" in {s['rows']} row(s): {what}")
     if r.ok:
         return Text.assemble(("✓ clean", "bold green"), f": {s['rows']} row(s), {s['trained_tokens']} of {s['tokens']} tokens trained")
-    what = ", ".join(f"{name} ×{r.checks[name]['rows']}" for name in r.failed_checks)
     return Text.assemble(("✗ masking errors", "bold red"), f" in {s['rows']} row(s): {what}")
 
 
@@ -598,7 +601,7 @@ def _checks_table(r: ScanReport) -> Table:
     for name, justify in (("check", "left"), ("rows", "right"), ("positions", "right"), ("first rows", "left")):
         table.add_column(name, justify=justify)
     for name, entry in r.checks.items():
-        style = "red" if entry["rows"] else "green"
+        style = ("yellow" if name in SCAN_WARNINGS else "red") if entry["rows"] else "green"
         first = ", ".join(map(str, entry["first_rows"])) + (" …" if entry["rows"] > len(entry["first_rows"]) else "")
         table.add_row(Text(name, style=style), str(entry["rows"]), str(entry["positions"]), first)
     return table

@@ -354,6 +354,10 @@ def _clean(obj: Any) -> Any:
     return obj
 
 
+SCAN_WARNINGS = frozenset({"completion_truncated"})
+"""Scan checks whose findings are warnings, as in check; every other scan check is an error."""
+
+
 @dataclass
 class ScanReport(_Findings):
     """Everything ``gradscope scan`` found in a dataset, from its labels alone.
@@ -388,8 +392,11 @@ class ScanReport(_Findings):
 
     @property
     def ok(self) -> bool:
-        """True when no row fails a check (every scan check is an error)."""
-        return not self.failed_checks
+        """True when no row fails an error check (``completion_truncated``, a warning, leaves it True)."""
+        return not [name for name in self.failed_checks if name not in SCAN_WARNINGS]
+
+    def _rows_failing(self, warnings: bool) -> int:
+        return sum(entry["rows"] for name, entry in self.checks.items() if (name in SCAN_WARNINGS) == warnings)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -397,8 +404,8 @@ class ScanReport(_Findings):
             "rows": self.rows,
             "tokens": self.tokens,
             "trained_tokens": self.trained_tokens,
-            "errors": sum(entry["rows"] for entry in self.checks.values()),
-            "warnings": 0,
+            "errors": self._rows_failing(warnings=False),
+            "warnings": self._rows_failing(warnings=True),
             "checks_failed": sorted(self.failed_checks),
             "notes": list(self.notes),
         }

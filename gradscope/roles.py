@@ -15,9 +15,11 @@ so precisely: the row, the text, and the tokens alone vs in context.
 
 from __future__ import annotations
 
+import bisect
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from operator import itemgetter
 from typing import Any
 
 from gradscope.batch import COMPLETION, IGNORE_INDEX, PROMPT, UNKNOWN
@@ -93,6 +95,101 @@ def derive(row: Mapping[str, Any], index: int, tokenizer: Any, spec: RoleSpec) -
         DataError: the row has no known fields, its fields have the wrong types, the template breaks the prefix
             property, or a template string is not found as tokens in context.
     """
+    return _plan(row, index, tokenizer, spec).finish(Encoder(tokenizer))
+
+
+def derive_rows(rows: Sequence[Mapping[str, Any]], tokenizer: Any, spec: RoleSpec, first: int = 0) -> list[RoleRow]:
+    """``derive`` on consecutive rows, with every text of every row tokenized in one batched tokenizer call.
+
+    The rows are those ``derive`` gives one by one (the same code turns token ids into roles); a bad row raises the
+    error ``derive`` raises for it, and the first bad row in order is the one reported, as row by row.
+
+    Args:
+        rows: Raw rows.
+        tokenizer: The tokenizer (a fast one tokenizes a batch of texts on every core).
+        spec: How to split rows into roles.
+        first: The index in the data of the first row (for RoleRow.index and error messages).
+    """
+    plans: list[_Plan | DataError] = []
+    for i, row in enumerate(rows):
+        try:
+            plans.append(_plan(row, first + i, tokenizer, spec))
+        except DataError as err:  # raised when its turn comes, so that earlier bad rows are reported first
+            plans.append(err)
+            break
+    encoder = Encoder(tokenizer)
+    ready = [p for p in plans if isinstance(p, _Plan)]
+    encoder.prepare([t for p in ready for t in p.plain], [t for p in ready for t in p.with_offsets])
+    out = []
+    for plan in plans:
+        if isinstance(plan, DataError):
+            raise plan
+        out.append(plan.finish(encoder))
+    return out
+
+
+class Encoder:
+    """Token ids (and character offsets) of texts, each text tokenized once; ``prepare`` tokenizes many in one call.
+
+    ``plain`` texts are tokenized as template pieces are (``add_special_tokens=False``), ``with_offsets`` texts as a
+    whole row is (the tokenizer's own special tokens added), with character offsets.
+    """
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tok = tokenizer
+        self.plain: dict[str, list[int]] = {}
+        self.offsets: dict[str, tuple[list[int], list[tuple[int, int]]]] = {}
+
+    def prepare(self, plain: Sequence[str], with_offsets: Sequence[str]) -> None:
+        """Tokenize the texts not seen yet, in one batched call per kind."""
+        new = list(dict.fromkeys(t for t in plain if t not in self.plain))
+        if new:
+            self.plain.update(zip(new, self._encode(new, special=False, offsets=False)))
+        new = list(dict.fromkeys(t for t in with_offsets if t not in self.offsets))
+        if new:
+            self.offsets.update(zip(new, self._encode(new, special=True, offsets=True)))
+
+    def _encode(self, texts: list[str], special: bool, offsets: bool) -> list:
+        """ids (or (ids, offsets)) per text: what ``tokenizer(texts, ...)`` gives. A fast tokenizer's Rust backend is
+        called directly when the call would leave it as it is (no truncation or padding set, special tokens split as
+        the tokenizer says): the same encodings, without building a BatchEncoding of Python lists first."""
+        backend = getattr(self.tok, "backend_tokenizer", None) if getattr(self.tok, "is_fast", False) else None
+        if backend is not None and _as_its_call_leaves_it(backend, self.tok):
+            encodings = backend.encode_batch(texts, add_special_tokens=special)
+            return [(e.ids, e.offsets) for e in encodings] if offsets else [e.ids for e in encodings]
+        enc = self.tok(texts, add_special_tokens=special, return_offsets_mapping=offsets)
+        return list(zip(enc["input_ids"], enc["offset_mapping"])) if offsets else list(enc["input_ids"])
+
+    def ids(self, text: str) -> list[int]:
+        """The text's token ids, without special tokens added."""
+        if text not in self.plain:
+            self.prepare([text], [])
+        return list(self.plain[text])
+
+    def ids_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """The text's token ids (special tokens added) and each token's (start, end) character offsets."""
+        if text not in self.offsets:
+            self.prepare([], [text])
+        ids, offsets = self.offsets[text]
+        return list(ids), [tuple(o) for o in offsets] if offsets and not isinstance(offsets[0], tuple) else list(offsets)
+
+
+def _as_its_call_leaves_it(backend: Any, tokenizer: Any) -> bool:
+    """Whether the backend is set as transformers' own call sets it before encoding (which it does every call)."""
+    split = bool(getattr(tokenizer, "split_special_tokens", False))
+    return backend.truncation is None and backend.padding is None and backend.encode_special_tokens == split
+
+
+@dataclass
+class _Plan:
+    """A row read and rendered, waiting for its texts' tokens: ``finish`` turns them into the RoleRow."""
+
+    plain: list[str]
+    with_offsets: list[str]
+    finish: Callable[[Encoder], RoleRow]
+
+
+def _plan(row: Mapping[str, Any], index: int, tokenizer: Any, spec: RoleSpec) -> _Plan:
     kind = row_kind(row)
     where = {"path": spec.source, "row": index}
     if kind == "prompt-completion":
@@ -117,21 +214,38 @@ def _with_eos(text: str, tokenizer: Any) -> str:
     return text if not eos or text.endswith(eos) else text + eos
 
 
-def _encode_with_offsets(tokenizer: Any, text: str, where: dict) -> tuple[list[int], list[tuple[int, int]]]:
+def _require_fast(tokenizer: Any, where: dict) -> None:
     if not getattr(tokenizer, "is_fast", False):
         raise DataError("roles from text need a fast tokenizer (tokenizer.json) for character offsets", **where)
-    enc = tokenizer(text, return_offsets_mapping=True)
-    return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
 
 
-def _prompt_completion(row: Mapping[str, Any], index: int, tokenizer: Any, where: dict) -> RoleRow:
+def first_past(ends: list[int], boundary: int) -> int:
+    """The first index t with ends[t] > boundary, or len(ends) if none.
+
+    Token end offsets almost always grow along the text: a binary search finds the candidate, and a C-speed max over
+    the tokens before it proves that none of them ends past the boundary; otherwise a plain scan decides.
+    """
+    t = bisect.bisect_right(ends, boundary)  # ends[t] > boundary when t < len: bisect only moves hi onto such t
+    if t == 0 or max(ends[:t]) <= boundary:
+        return t
+    return next((i for i, end in enumerate(ends) if end > boundary), len(ends))
+
+
+def _prompt_completion(row: Mapping[str, Any], index: int, tokenizer: Any, where: dict) -> _Plan:
     prompt, completion = row["prompt"], row["completion"]
     if not isinstance(prompt, str) or not isinstance(completion, str):
         raise DataError("'prompt' and 'completion' must both be strings or both be message lists", **where)
-    ids, offsets = _encode_with_offsets(tokenizer, _with_eos(prompt + completion, tokenizer), where)
-    start = next((t for t, (_, end) in enumerate(offsets) if end > len(prompt)), len(ids))
-    roles = [PROMPT] * start + [COMPLETION] * (len(ids) - start)
-    return RoleRow(index, ids, roles, [None] * len(ids), "prompt-completion")
+    _require_fast(tokenizer, where)
+    text = _with_eos(prompt + completion, tokenizer)
+    boundary = len(prompt)  # the completion starts at the first token that ends past it
+
+    def finish(encoder: Encoder) -> RoleRow:
+        ids, offsets = encoder.ids_offsets(text)
+        start = first_past(list(map(itemgetter(1), offsets)), boundary)
+        roles = [PROMPT] * start + [COMPLETION] * (len(ids) - start)
+        return RoleRow(index, ids, roles, [None] * len(ids), "prompt-completion")
+
+    return _Plan([], [text], finish)
 
 
 # --- chat rows: growing prefixes of the conversation -----------------------------------------------------------
@@ -165,6 +279,7 @@ class _Renderer:
 
     def __init__(self, tokenizer: Any, messages: list[dict], tools: Any, chat_template: str | None, where: dict):
         self.tok, self.messages, self.tools, self.template, self.where = tokenizer, messages, tools, chat_template, where
+        self.encoder = Encoder(tokenizer)  # replaced by the batch's own when the row is finished
 
     def text(self, k: int, generation_prompt: bool = False) -> str:
         try:
@@ -180,24 +295,30 @@ class _Renderer:
             ) from err
 
     def ids(self, text: str) -> list[int]:
-        return list(self.tok(text, add_special_tokens=False)["input_ids"])
+        return self.encoder.ids(text)
 
 
-def _chat(row: Mapping[str, Any], index: int, tokenizer: Any, spec: RoleSpec, where: dict) -> RoleRow:
+def _chat(row: Mapping[str, Any], index: int, tokenizer: Any, spec: RoleSpec, where: dict) -> _Plan:
     if not getattr(tokenizer, "chat_template", None) and spec.chat_template is None:
         raise DataError("chat rows need a tokenizer with a chat template, and this one has none", **where,
                         hint="add a chat_template to tokenizer_config.json, or give prompt/completion strings")
     messages, trained = _conversation(row, spec, where)
     render = _Renderer(tokenizer, messages, _tools(row), spec.chat_template, where)
     texts = [""] + [render.text(k) for k in range(1, len(messages) + 1)]
-    full = render.ids(texts[-1])
-    bounds = _prefix_bounds(render, texts, full, tokenizer)
-    roles, owner = [PROMPT] * len(full), [None] * len(full)
-    for k in range(len(messages)):
-        owner[bounds[k] : bounds[k + 1]] = [k] * (bounds[k + 1] - bounds[k])
-    for k in sorted(trained):
-        _mark_assistant(roles, full, _header_end(render, k, full, bounds, tokenizer), bounds[k + 1], spec)
-    return RoleRow(index, full, roles, owner, "chat")
+    headers = {k: render.text(k, generation_prompt=True) for k in sorted(trained)}
+
+    def finish(encoder: Encoder) -> RoleRow:
+        render.encoder = encoder
+        full = render.ids(texts[-1])
+        bounds = _prefix_bounds(render, texts, full, tokenizer)
+        roles, owner = [PROMPT] * len(full), [None] * len(full)
+        for k in range(len(messages)):
+            owner[bounds[k] : bounds[k + 1]] = [k] * (bounds[k + 1] - bounds[k])
+        for k in sorted(trained):
+            _mark_assistant(roles, full, _header_end(render, k, headers[k], full, bounds, tokenizer), bounds[k + 1], spec)
+        return RoleRow(index, full, roles, owner, "chat")
+
+    return _Plan([*texts, *headers.values()], [], finish)
 
 
 def _prefix_bounds(render: _Renderer, texts: list[str], full: list[int], tokenizer: Any) -> list[int]:
@@ -237,9 +358,9 @@ def _show(ids: Sequence[int], tokenizer: Any) -> str:
     return "[" + ", ".join(f"{i} {tokenizer.decode([i])!r}" for i in ids) + "]"
 
 
-def _header_end(render: _Renderer, k: int, full: list[int], bounds: list[int], tokenizer: Any) -> int:
-    """Where assistant message k's content starts: after what add_generation_prompt adds to the first k messages."""
-    text = render.text(k, generation_prompt=True)
+def _header_end(render: _Renderer, k: int, text: str, full: list[int], bounds: list[int], tokenizer: Any) -> int:
+    """Where assistant message k's content starts: after what add_generation_prompt adds to the first k messages
+    (``text``, their rendering with the generation prompt)."""
     ids = render.ids(text)
     if full[: len(ids)] != ids or not bounds[k] <= len(ids) <= bounds[k + 1]:
         raise _prefix_error(render, k, text, ids, full, tokenizer, header=True)
@@ -266,7 +387,7 @@ def _mark_assistant(roles: list[int], ids: list[int], header_end: int, end: int,
 # --- text rows with response / instruction templates ----------------------------------------------------------
 
 
-def _text(row: Mapping[str, Any], index: int, tokenizer: Any, spec: RoleSpec, where: dict) -> RoleRow:
+def _text(row: Mapping[str, Any], index: int, tokenizer: Any, spec: RoleSpec, where: dict) -> _Plan:
     text = row["text"]
     if not isinstance(text, str):
         raise DataError("'text' must be a string", **where)
@@ -276,21 +397,23 @@ def _text(row: Mapping[str, Any], index: int, tokenizer: Any, spec: RoleSpec, wh
             **where,
             hint="pass --response-template STR (and --instruction-template STR for several turns)",
         )
+    _require_fast(tokenizer, where)
     full_text = _with_eos(text, tokenizer)
-    ids, offsets = _encode_with_offsets(tokenizer, full_text, where)
-    find = _TemplateFinder(tokenizer, ids, offsets, full_text, where)
-    starts = find(spec.response_template, "response")
-    stops = find(spec.instruction_template, "instruction") if spec.instruction_template is not None else []
-    width = len(_template_ids(spec.response_template, tokenizer))
-    roles = [PROMPT] * len(ids)
-    for begin in (start + width for start in starts):
-        stop = min([s for s in stops if s >= begin], default=len(ids))
-        roles[begin:stop] = [COMPLETION] * (stop - begin)
-    return RoleRow(index, ids, roles, [None] * len(ids), "text")
+    templates = [t for t in (spec.response_template, spec.instruction_template) if t is not None]
 
+    def finish(encoder: Encoder) -> RoleRow:
+        ids, offsets = encoder.ids_offsets(full_text)
+        find = _TemplateFinder(tokenizer, encoder, ids, offsets, full_text, where)
+        starts = find(spec.response_template, "response")
+        stops = find(spec.instruction_template, "instruction") if spec.instruction_template is not None else []
+        width = len(encoder.ids(spec.response_template))
+        roles = [PROMPT] * len(ids)
+        for begin in (start + width for start in starts):
+            stop = min([s for s in stops if s >= begin], default=len(ids))
+            roles[begin:stop] = [COMPLETION] * (stop - begin)
+        return RoleRow(index, ids, roles, [None] * len(ids), "text")
 
-def _template_ids(template: str, tokenizer: Any) -> list[int]:
-    return list(tokenizer(template, add_special_tokens=False)["input_ids"])
+    return _Plan(templates, [full_text], finish)
 
 
 def find_subsequence(ids: Sequence[int], pattern: Sequence[int]) -> list[int]:
@@ -304,12 +427,13 @@ def find_subsequence(ids: Sequence[int], pattern: Sequence[int]) -> list[int]:
 class _TemplateFinder:
     """Finds a template string as tokens in one tokenized text, or says precisely why it is not there."""
 
-    def __init__(self, tokenizer: Any, ids: list[int], offsets: list[tuple[int, int]], text: str, where: dict):
-        self.tok, self.ids, self.offsets, self.text, self.where = tokenizer, ids, offsets, text, where
+    def __init__(self, tokenizer: Any, encoder: Encoder, ids: list[int], offsets: list[tuple[int, int]], text: str,
+                 where: dict):
+        self.tok, self.encoder, self.ids, self.offsets, self.text, self.where = tokenizer, encoder, ids, offsets, text, where
 
     def __call__(self, template: str, name: str) -> list[int]:
         """Token positions where the template starts; every occurrence in the text must be found as tokens."""
-        alone = _template_ids(template, self.tok)
+        alone = self.encoder.ids(template)
         found = find_subsequence(self.ids, alone)
         spans = [(self.offsets[p][0], self.offsets[p + len(alone) - 1][1]) for p in found]
         chars = _occurrences(self.text, template)

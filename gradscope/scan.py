@@ -27,12 +27,16 @@ from gradscope.analyze import SampleView, check_sample
 from gradscope.batch import COMPLETION, IGNORE_INDEX, PAD, PROMPT, UNKNOWN
 from gradscope.check import ROLES_UNKNOWN_NOTE, default_end_token_ids, resolve_pad_token_id
 from gradscope.errors import ModelLoadError
-from gradscope.load import load_tokenizer
+from gradscope.load import load_tokenizer, role_spec
 from gradscope.report import Finding, ScanReport
-from gradscope.stream import Chunk, Source, chunks, open_source
+from gradscope.pipelines import DataOptions
+from gradscope.rawscan import RawSettings, raw_chunks
+from gradscope.stream import Chunk, Source, chunks, open_source, raw_columns, raw_text_error
 
-CHECKS = ("no_loss", "label_misaligned", "prompt_leak", "pad_leak", "completion_untrained", "eos_untrained")
-"""What a scan checks, in the order of ``analyze``: a root cause first, then the role checks."""
+CHECKS = ("no_loss", "label_misaligned", "prompt_leak", "pad_leak", "completion_untrained", "eos_untrained",
+          "completion_truncated")
+"""What a scan checks, in the order of ``analyze``: a root cause first, then the role checks. completion_truncated
+(a warning) fires only on raw rows, where the scan truncates (``--max-length``) and so knows what was cut."""
 
 ROLE_CHECKS = CHECKS[2:]
 LENGTH_QUANTILES = (0.5, 0.9, 0.99)
@@ -79,6 +83,8 @@ def verdicts(chunk: Chunk, end_token_ids: Iterable[int]) -> Verdicts:
         closing = ends & ~pad & _after(trained, first)
     masks["eos_untrained"] = closing & ~trained
     counts = {name: _row_sums(mask, starts) for name, mask in masks.items()}
+    if chunk.cut is not None:
+        counts["completion_truncated"] = chunk.cut  # its "positions": the completion tokens cut
     tokens = _row_sums(~pad, starts)
     any_trained = np.logical_or.reduceat(trained, starts)  # padding included: a trained pad is still a loss term
     return Verdicts(tokens, _row_sums(trained & ~pad, starts), *_with_precedence(counts, any_trained, tokens))
@@ -256,6 +262,7 @@ def sample_view(row: dict[str, np.ndarray], index: int, ends: frozenset[int], pa
         roles = torch.where(torch.tensor(np.asarray(row["completion_mask"]) != 0), COMPLETION, PROMPT)
     if "attention_mask" in row:
         roles[torch.tensor(np.asarray(row["attention_mask"]) == 0)] = PAD
+    cut = int(row["completion_cut"][0]) if "completion_cut" in row else 0
     return SampleView(
         index=index,
         input_ids=ids,
@@ -265,6 +272,7 @@ def sample_view(row: dict[str, np.ndarray], index: int, ends: frozenset[int], pa
         texts=[decode(i) for i in ids.tolist()],
         end_token_ids=ends,
         pad_token_id=pad_id,
+        completion_cut=cut,
     )
 
 
@@ -305,30 +313,38 @@ def scan(
     *,
     tokenizer: str | Path | None = None,
     end_token_ids: Iterable[int] | None = None,
+    options: DataOptions | None = None,
     examples: int = 3,
     worst: int = 10,
     num_proc: int | None = None,
     progress: Callable[[int, int | None], None] | None = None,
 ) -> ScanReport:
-    """Audit every row of a tokenized dataset from its labels, without a model.
+    """Audit every row of a dataset from its labels, without a model.
 
     Args:
         data: A ``.jsonl``/``.json`` of rows, a ``.parquet``, an ``.arrow`` file, a directory saved with
-            ``datasets``' ``save_to_disk``, or a ``.safetensors`` batch; rows hold ``input_ids`` and optionally
-            ``labels``, ``attention_mask`` and ``completion_mask``/``assistant_masks``.
+            ``datasets``' ``save_to_disk``, or a ``.safetensors`` batch. Pre-tokenized rows hold ``input_ids`` and
+            optionally ``labels``, ``attention_mask`` and ``completion_mask``/``assistant_masks``. Raw rows
+            (``prompt``/``completion``, ``messages``, ``text``) need ``tokenizer``: they are tokenized and split into
+            roles as ``check`` does, and labelled by its reference masking.
         tokenizer: A tokenizer (or model) directory: names the end and pad tokens (with the directory's
-            config.json and generation_config.json, as ``check`` does) and decodes token texts in messages.
+            config.json and generation_config.json, as ``check`` does), decodes token texts in messages, and
+            tokenizes raw rows (with its chat template).
         end_token_ids: Token ids that close a completion, instead of the tokenizer's.
+        options: For raw rows: ``train_on``, ``response_template``, ``instruction_template``, ``max_length`` and
+            ``truncation_mode``, as ``check`` reads them (the other fields do not apply to a scan).
         examples: Rows of each check given in full (positions and message) in ``findings``.
         worst: How many of the rows with the most flagged positions to list.
-        num_proc: Processes for ``datasets.Dataset.map`` (None or 1: one process, streaming).
+        num_proc: Processes for ``datasets.Dataset.map`` (None or 1: one process, streaming); pre-tokenized data
+            only.
         progress: Called as ``progress(rows_done, total_rows_or_None)`` after each chunk.
 
     Returns:
-        The ScanReport; ``report.ok`` is False when a row fails a check.
+        The ScanReport; ``report.ok`` is False when a row fails an error check.
 
     Raises:
-        InputError: unreadable or malformed data, or a tokenizer directory that cannot be loaded.
+        InputError: unreadable or malformed data, raw rows without a tokenizer or that ``check`` would reject, or
+            a tokenizer directory that cannot be loaded.
     """
     source = open_source(data)
     settings = TokenSettings.load(tokenizer, end_token_ids)
@@ -342,14 +358,34 @@ def scan(
             progress(done, source.rows)
 
     ends = settings.end_token_ids
-    if num_proc and num_proc > 1 and source.format != "safetensors":
+    raw = _raw_settings(source, settings, options or DataOptions())
+    if raw is not None:
+        checked = ((chunk, verdicts(chunk, ends)) for chunk in raw_chunks(source, raw))
+        if num_proc and num_proc > 1:
+            report.notes.append("--num-proc was not used: raw rows are tokenized in this process, by the tokenizer's "
+                                "batched call")
+    elif num_proc and num_proc > 1 and source.format != "safetensors":
         from gradscope.parallel import parallel_checked_chunks
 
         checked = parallel_checked_chunks(source, ends, num_proc)
     else:
         checked = checked_chunks(source, ends)
-    return scan_chunks(checked, report, end_token_ids=settings.end_token_ids, pad_token_id=settings.pad_token_id,
-                       decode=settings.decode, examples=examples, worst=worst, progress=advance)
+    scanned = scan_chunks(checked, report, end_token_ids=settings.end_token_ids, pad_token_id=settings.pad_token_id,
+                          decode=settings.decode, examples=examples, worst=worst, progress=advance)
+    if raw is not None:
+        scanned.source["raw"] = raw.describe()
+    return scanned
+
+
+def _raw_settings(source: Source, settings: TokenSettings, options: DataOptions) -> RawSettings | None:
+    """How to read raw rows, or None when the data is tokenized; raw rows without a tokenizer are bad input."""
+    names = raw_columns(source)
+    if not names:
+        return None
+    if settings.tokenizer is None:
+        raise raw_text_error(names, source.path)
+    spec = role_spec(settings.tokenizer, options, settings.end_token_ids, source=str(source.path))
+    return RawSettings(settings.tokenizer, spec, options)
 
 
 @dataclass
@@ -386,6 +422,7 @@ class TokenSettings:
             "tokenizer": str(self.directory) if self.directory else None,
             "end_token_ids": sorted(self.end_token_ids),
             "pad_token_id": self.pad_token_id,
+            "raw": None,
         }
 
 

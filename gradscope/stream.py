@@ -1,5 +1,8 @@
 """Stream pre-tokenized rows, chunk by chunk, as flat NumPy token arrays (``Chunk``), in bounded memory.
 
+Raw rows (``messages``, ``prompt``/``completion``, ``text``) are read as plain dicts, a chunk of rows at a time
+(``raw_row_batches``), for the scan to tokenize.
+
 Formats: JSON lines (``.jsonl``/``.json``), Parquet, Arrow (a ``.arrow`` file, IPC stream or file format), a
 directory saved with ``datasets``' ``save_to_disk``, and ``.safetensors`` batches (B, T). Row columns are lists of
 integers: ``input_ids`` and optionally ``labels``, ``attention_mask`` and a role mask (``completion_mask`` or
@@ -9,13 +12,15 @@ integers: ``input_ids`` and optionally ``labels``, ``attention_mask`` and a role
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from gradscope.batch import IGNORE_INDEX, ROLE_KEYS
+from gradscope.data import iter_jsonl, read_rows
 from gradscope.errors import DataError
 
 TOKEN_COLUMNS = ("input_ids", "labels", "attention_mask", *ROLE_KEYS)
@@ -35,6 +40,8 @@ class Chunk:
         labels: Labels as given, or the default (input_ids, -100 where attention_mask is 0).
         attention: attention_mask (0 = padding), or None when the data has none.
         completion: The role mask (completion_mask / assistant_masks, 1 = meant to be trained), or None.
+        cut: (R,) completion tokens that truncation removed from each row, known when the scan tokenized raw rows
+            itself; else None.
     """
 
     first_row: int
@@ -43,6 +50,7 @@ class Chunk:
     labels: np.ndarray
     attention: np.ndarray | None = None
     completion: np.ndarray | None = None
+    cut: np.ndarray | None = None
 
     @property
     def rows(self) -> int:
@@ -61,6 +69,8 @@ class Chunk:
             out["attention_mask"] = self.attention[span]
         if self.completion is not None:
             out["completion_mask"] = self.completion[span]
+        if self.cut is not None:
+            out["completion_cut"] = self.cut[r : r + 1]
         return out
 
 
@@ -193,37 +203,131 @@ def _line_blocks(path: Path, size: int) -> Iterator[bytes]:
         yield rest
 
 
-def _arrow_batches(path: Path) -> Iterator:
-    """An Arrow file read batch by batch through ordinary reads (not memory-mapped: the resident set stays flat)."""
+def _arrow_batches(path: Path, columns: Callable[[list[str], Path], list[str]] | None = None) -> Iterator:
+    """An Arrow file read batch by batch through ordinary reads (not memory-mapped: the resident set stays flat),
+    with the columns ``columns(names, path)`` picks (default: the token columns)."""
     import pyarrow as pa
 
+    pick = columns or _wanted
     with pa.OSFile(str(path)) as f:
         try:
             reader = pa.ipc.open_stream(f)
         except pa.ArrowInvalid:
             f.seek(0)
             file_reader = pa.ipc.open_file(f)
-            names = _wanted(file_reader.schema.names, path)
+            names = pick(file_reader.schema.names, path)
             for i in range(file_reader.num_record_batches):
                 yield file_reader.get_batch(i).select(names)
             return
-        names = _wanted(reader.schema.names, path)
+        names = pick(reader.schema.names, path)
         for batch in reader:
             yield batch.select(names)
 
 
 def _wanted(names: list[str], path: Path) -> list[str]:
-    """The token columns present; input_ids is required and raw text is said to be out of reach."""
+    """The token columns present; input_ids is required, and raw text needs a tokenizer."""
     if "input_ids" not in names:
-        raw = [c for c in RAW_COLUMNS if c in names]
-        if raw:
-            raise DataError(
-                f"rows hold raw text ({', '.join(raw)}), not token ids",
-                path=path,
-                hint="gradscope scan reads tokenized rows (input_ids, labels, ...): tokenize with your pipeline first",
-            )
+        if _raw_names(names):
+            raise raw_text_error(names, path)
         raise DataError(f"no 'input_ids' column (columns: {', '.join(names)})", path=path, hint="store the token ids under 'input_ids'")
     return [c for c in TOKEN_COLUMNS if c in names]
+
+
+# ------------------------------------------------------------------------------------------------ raw rows
+
+RAW_CHUNK_ROWS = 1024
+"""Raw rows per chunk: enough for the tokenizer's batched call to pay, few enough to keep memory small."""
+
+
+def _raw_names(names: list[str]) -> list[str]:
+    return [c for c in RAW_COLUMNS if c in names] if "input_ids" not in names else []
+
+
+def raw_text_error(names: list[str], path: Path) -> DataError:
+    """Raw rows given without the tokenizer that turns them into tokens."""
+    return DataError(
+        f"rows hold raw text ({', '.join(_raw_names(names))}), not token ids",
+        path=path,
+        hint="pass --tokenizer DIR to tokenize them and derive their roles as check does, or tokenize them first",
+    )
+
+
+def raw_columns(source: Source) -> list[str]:
+    """The raw-text columns of the source (messages, prompt, completion, text, ...) when it holds no input_ids, else
+    []: the first row of JSON lines, the schema of Parquet and Arrow data.
+
+    Raises:
+        DataError: unreadable data.
+    """
+    import pyarrow as pa
+
+    if source.format == "safetensors":
+        return []
+    try:
+        return _raw_names(_column_names(source))
+    except (pa.ArrowInvalid, OSError) as err:
+        raise DataError(f"cannot read {source.format}: {err}", path=source.path) from err
+
+
+def _column_names(source: Source) -> list[str]:
+    if source.format == "jsonl":
+        if _is_json_array(source.path):
+            rows = read_rows(source.path, limit=1)
+            return list(rows[0])
+        try:
+            first = next(iter_jsonl(source.path, limit=1), None)
+        except DataError:  # not JSON: the token reader says so, as it always has
+            return []
+        return list(first) if first is not None else []
+    if source.format == "parquet":
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(source.path).schema_arrow.names
+    for batch in _arrow_batches(source.files[0], lambda names, _: names) if source.files else ():
+        return batch.schema.names
+    return []
+
+
+def _is_json_array(path: Path) -> bool:
+    """A .json file holding one array of rows (as check reads .json) rather than JSON lines."""
+    with path.open("rb") as f:
+        return f.read(4096).lstrip()[:1] == b"["
+
+
+def raw_row_batches(source: Source, size: int = RAW_CHUNK_ROWS) -> Iterator[list[dict[str, Any]]]:
+    """The source's raw rows as plain dicts, ``size`` at a time (a .json array is read whole, as check reads it).
+
+    Raises:
+        DataError: unreadable data, or a JSON line that is not an object (naming the line).
+    """
+    import pyarrow as pa
+
+    try:
+        if source.format == "jsonl":
+            rows = read_rows(source.path) if _is_json_array(source.path) else iter_jsonl(source.path)
+            yield from _groups(rows, size)
+        elif source.format == "parquet":
+            import pyarrow.parquet as pq
+
+            for batch in pq.ParquetFile(source.path, pre_buffer=False).iter_batches(batch_size=size):
+                yield batch.to_pylist()
+        else:
+            for path in source.files:
+                for batch in _arrow_batches(path, lambda names, _: names):
+                    yield from _groups(batch.to_pylist(), size)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as err:
+        raise DataError(f"cannot read {source.format}: {err}", path=source.path) from err
+
+
+def _groups(rows: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
+    group: list[dict[str, Any]] = []
+    for row in rows:
+        group.append(row)
+        if len(group) == size:
+            yield group
+            group = []
+    if group:
+        yield group
 
 
 def _rechunk(batches: Iterator) -> Iterator:

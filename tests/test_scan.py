@@ -51,6 +51,7 @@ def _random_row(rng: np.random.Generator, roles: bool) -> dict[str, np.ndarray]:
     row = {"input_ids": ids, "labels": labels, "attention_mask": attention}
     if roles:
         row["completion_mask"] = completion
+        row["completion_cut"] = np.array([int(rng.integers(1, 9)) if rng.random() < 0.2 else 0])  # raw rows truncated
     return row
 
 
@@ -82,14 +83,17 @@ def reference_view(row: dict[str, np.ndarray], index: int) -> SampleView:
     if "completion_mask" in row:
         role = torch.where(torch.tensor(row["completion_mask"]) == 1, COMPLETION, PROMPT)
     role[torch.tensor(row["attention_mask"]) == 0] = PAD
-    return SampleView(index, ids, role, trained, torch.where(trained, labels, -1), [None] * len(ids), frozenset({EOS}), PAD_ID)
+    cut = int(row["completion_cut"][0]) if "completion_cut" in row else 0
+    return SampleView(index, ids, role, trained, torch.where(trained, labels, -1), [None] * len(ids), frozenset({EOS}), PAD_ID,
+                      completion_cut=cut)
 
 
 def as_chunk(rows: list[dict[str, np.ndarray]]) -> Chunk:
     lengths = [len(r["input_ids"]) for r in rows]
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
     flat = {k: np.concatenate([r[k] for r in rows]) for k in rows[0]}
-    return Chunk(0, starts, flat["input_ids"], flat["labels"], flat["attention_mask"], flat.get("completion_mask"))
+    return Chunk(0, starts, flat["input_ids"], flat["labels"], flat["attention_mask"], flat.get("completion_mask"),
+                 flat.get("completion_cut"))
 
 
 @pytest.mark.parametrize("roles", [True, False], ids=["roles", "no roles"])
@@ -100,11 +104,13 @@ def test_vectorized_checks_equal_analyze_row_by_row(roles):
     for i, row in enumerate(rows):
         expected = {f.check: len(f.positions) for f in check_sample(reference_view(row, i))}
         got = {name: int(v.positions[name][i]) for name in CHECKS if v.fails[name][i]}
-        if "no_loss" in got:
-            got["no_loss"] = 0  # no_loss names no positions; the scan counts the row's tokens for ranking
+        for name in ("no_loss", "completion_truncated"):  # they name no positions; the scan counts tokens to rank rows
+            if name in got:
+                got[name] = 0
         assert got == expected, f"row {i}: {row}"
         seen.update(got)
-    expected_checks = set(CHECKS) if roles else set(CHECKS) - {"prompt_leak", "completion_untrained"}
+    no_roles = {"prompt_leak", "completion_untrained", "completion_truncated"}
+    expected_checks = set(CHECKS) if roles else set(CHECKS) - no_roles
     assert seen == expected_checks  # the random rows reached every check
 
 
@@ -154,7 +160,8 @@ def test_worst_rows_are_the_rows_with_most_flagged_positions():
     score = []
     for i, row in enumerate(rows):
         found = check_sample(reference_view(row, i))
-        n = sum(int(row["attention_mask"].sum()) if f.check == "no_loss" else len(f.positions) for f in found)
+        counts = {"no_loss": int(row["attention_mask"].sum()), "completion_truncated": int(row["completion_cut"][0])}
+        n = sum(counts.get(f.check, len(f.positions)) for f in found)
         score.append((-n, i))
     expected = [i for n, i in sorted(score)[:7] if n < 0]
     assert [w["row"] for w in report.worst_rows] == expected
