@@ -217,7 +217,7 @@ def _probe_reports(runs: list[ProbeRun], chosen: frozenset[str], packed: tuple[i
         "causal": _vjp_report(runs, after + cuts > 0, ["packing"] if tested else [], _causal_note(runs, cuts)),
         "packing": _vjp_report(
             runs, screened + tested > 0, ["causal"] if cuts else [],
-            f"{screened} of {packed[0]} document boundaries screened free by the loss's own gradient, {tested} "
+            f"{screened} of {packed[0]} document boundaries screened at no cost by the loss's own gradient, {tested} "
             f"tested by random-projection windows, in {packed[1]} packed row(s)",
         ),
         "weights": ProbeReport(ran=True, note="token weights read off the core run's logit gradient: no extra pass"),
