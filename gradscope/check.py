@@ -284,8 +284,12 @@ def default_end_token_ids(model: nn.Module, tokenizer: Any = None) -> frozenset[
         value = getattr(cfg, "eos_token_id", None)
         ids.update([value] if isinstance(value, int) else (value or []))
     if tokenizer is not None:
-        vocab = tokenizer.get_vocab()
-        ids.update(vocab[t] for t in END_OF_TURN_TOKENS if t in vocab)
+        # One lookup per token (get_vocab() copies the vocabulary). A token the vocabulary lacks maps to None or to
+        # the unknown token's id, which does not map back to it.
+        for token in END_OF_TURN_TOKENS:
+            token_id = tokenizer.convert_tokens_to_ids(token)
+            if isinstance(token_id, int) and tokenizer.convert_ids_to_tokens(token_id) == token:
+                ids.add(token_id)
     return frozenset(ids)
 
 

@@ -243,3 +243,22 @@ def test_bfloat16_model_reads_the_same_trained_tokens_with_fp32_norms():
     for s_half, s_full in zip(half.samples, full.samples):
         assert [t.trained for t in s_half.tokens] == [t.trained for t in s_full.tokens]
         torch.testing.assert_close(torch.tensor(s_half.layer_grad_norms), torch.tensor(s_full.layer_grad_norms), rtol=0.1, atol=1e-4)
+
+
+def test_end_token_ids_are_the_vocabulary_end_tokens_and_never_the_unknown_token():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from gradscope.check import END_OF_TURN_TOKENS, default_end_token_ids
+
+    vocab = {"[UNK]": 0, "hello": 1, "<|im_end|>": 2, "</s>": 3}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    with_unk = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]")
+    assert with_unk.convert_tokens_to_ids("<|eot_id|>") == 0  # absent tokens map to [UNK] ...
+    assert default_end_token_ids(None, with_unk) == {2, 3}  # ... which is not taken for an end token
+    for name in (LLAMA, GPT2):
+        tokenizer = fixture_model(name)[1]
+        known = tokenizer.get_vocab()
+        expected = {known[t] for t in END_OF_TURN_TOKENS if t in known} | {tokenizer.eos_token_id} - {None}
+        assert default_end_token_ids(None, tokenizer) == expected
