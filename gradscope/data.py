@@ -126,15 +126,21 @@ def _read_dataset_dir(path: Path, limit: int | None) -> list[dict[str, Any]]:
     except (FileNotFoundError, OSError, ValueError) as err:
         raise DataError(f"not a saved dataset ({err})", path=path, hint="save it with Dataset.save_to_disk(dir)") from err
     if isinstance(loaded, datasets.DatasetDict):
-        loaded = _pick_split(loaded, path)
+        loaded = loaded[pick_split(list(loaded), path)]
     if limit is not None:
         loaded = loaded.select(range(min(limit, len(loaded))))
     return loaded.to_list()
 
 
-def _pick_split(splits: Any, path: Path) -> Any:
+def pick_split(splits: list[str], path: Path) -> str:
+    """The split of a DatasetDict that a check or scan reads: ``train``, else the only one.
+
+    Raises:
+        DataError: several splits and none is ``train``.
+    """
     if "train" in splits:
-        return splits["train"]
+        return "train"
     if len(splits) == 1:
-        return next(iter(splits.values()))
-    raise DataError(f"the dataset has splits {sorted(splits)} and none is 'train'", path=path, hint="save the split to check on its own")
+        return splits[0]
+    raise DataError(f"the dataset has splits {sorted(splits)} and none is 'train'", path=path,
+                    hint=f"give {path}/<split> to read one of them")

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from gradscope.batch import IGNORE_INDEX, ROLE_KEYS
-from gradscope.data import iter_jsonl, read_rows
+from gradscope.data import iter_jsonl, pick_split, read_rows
 from gradscope.errors import DataError
 
 TOKEN_COLUMNS = ("input_ids", "labels", "attention_mask", *ROLE_KEYS)
@@ -92,7 +92,7 @@ def open_source(path: str | Path) -> Source:
     """Recognize a dataset's format and its files.
 
     Raises:
-        DataError: no such path, an unknown format, or a DatasetDict directory (pick a split).
+        DataError: no such path, an unknown format, or a DatasetDict with several splits, none of them train.
     """
     path = Path(path)
     if not path.exists():
@@ -122,9 +122,9 @@ def _parquet_rows(pq, path: Path) -> int:
 
 def _datasets_dir(path: Path) -> Source:
     """A directory written by ``Dataset.save_to_disk``: state.json names its Arrow files in order."""
-    if (path / "dataset_dict.json").is_file():
+    if (path / "dataset_dict.json").is_file():  # its train split, else its only one, as check reads it
         splits = json.loads((path / "dataset_dict.json").read_text()).get("splits", [])
-        raise DataError("this is a DatasetDict: scan one split", path=path, hint=f"give {path}/<split>, one of: {', '.join(splits)}")
+        return _datasets_dir(path / pick_split(splits, path))
     state = path / "state.json"
     if not state.is_file():
         raise DataError("not a saved datasets directory (no state.json)", path=path, hint="give a directory written by Dataset.save_to_disk, or a data file")

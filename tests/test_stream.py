@@ -113,9 +113,22 @@ def test_bad_paths(tmp_path):
     with pytest.raises(DataError, match="unknown data format"):
         open_source(tmp_path / "data.csv")
     (tmp_path / "dd").mkdir()
-    (tmp_path / "dd" / "dataset_dict.json").write_text('{"splits": ["train", "test"]}')
-    with pytest.raises(DataError, match="DatasetDict.*train, test"):
+    (tmp_path / "dd" / "dataset_dict.json").write_text('{"splits": ["valid", "test"]}')
+    with pytest.raises(DataError, match=r"splits \['test', 'valid'\] and none is 'train'"):
         open_source(tmp_path / "dd")
     (tmp_path / "corrupt.parquet").write_bytes(b"PAR1 not really")
     with pytest.raises(DataError, match="cannot read Parquet"):
         open_source(tmp_path / "corrupt.parquet")
+
+
+@pytest.mark.parametrize("splits", [("train", "test"), ("only",)])
+def test_a_dataset_dict_is_scanned_on_the_split_check_reads(tmp_path, splits):
+    import datasets
+
+    test = datasets.Dataset.from_list([{k: ROWS[0][k].tolist() for k in COLUMNS}])
+    chosen = datasets.Dataset.from_list([{k: r[k].tolist() for k in COLUMNS} for r in ROWS])
+    parts = {name: (chosen if name in ("train", "only") else test) for name in splits}
+    datasets.DatasetDict(parts).save_to_disk(str(tmp_path / "dd"))
+    source = open_source(tmp_path / "dd")
+    assert source.path == tmp_path / "dd" / splits[0]
+    assert scan(tmp_path / "dd").to_dict() == scan(tmp_path / "dd" / splits[0]).to_dict()
