@@ -12,6 +12,7 @@ integers: ``input_ids`` and optionally ``labels``, ``attention_mask`` and a role
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,7 +160,7 @@ def _record_batches(source: Source) -> Iterator:
 
     try:
         if source.format == "jsonl":
-            yield from _json_batches(source.path)
+            yield from (_json_array_batches if _is_json_array(source.path) else _json_batches)(source.path)
         elif source.format == "parquet":
             import pyarrow.parquet as pq
 
@@ -178,15 +179,55 @@ def _json_batches(path: Path) -> Iterator:
     import pyarrow as pa
     import pyarrow.json as pj
 
-    options = None
+    options, first = None, 0
     for block in _line_blocks(path, _JSON_BLOCK_BYTES):
-        table = pj.read_json(pa.BufferReader(block), parse_options=options)
+        table = _read_json_block(block, options, first, path)
+        first += table.num_rows
         if options is None:
             names = _wanted(table.schema.names, path)
             schema = pa.schema([(name, pa.list_(pa.int64())) for name in names])
             options = pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
             table = table.select(names)
         yield from table.combine_chunks().to_batches()
+
+
+def _read_json_block(block: bytes, options, first_row: int, path: Path):
+    """One block of JSON lines as a table; a parse error names the row in the file (pyarrow counts from the block)."""
+    import pyarrow as pa
+    import pyarrow.json as pj
+
+    try:
+        return pj.read_json(pa.BufferReader(block), parse_options=options)
+    except pa.ArrowInvalid as err:
+        found = re.search(r"\s*in row (\d+)$", str(err))
+        if found is None:
+            raise
+        raise DataError(f"cannot read JSON lines: {str(err)[: found.start()]}", path=path,
+                        row=first_row + int(found.group(1))) from err
+
+
+def _json_array_batches(path: Path) -> Iterator:
+    """A .json file holding one array of rows, as check reads it: parsed whole (an array cannot be streamed; JSON
+    lines can)."""
+    import pyarrow as pa
+
+    rows = read_rows(path)
+    names = _wanted(list(rows[0]), path)
+    for start in range(0, len(rows), _PARQUET_BATCH_ROWS):
+        part = rows[start : start + _PARQUET_BATCH_ROWS]
+        yield pa.record_batch([_json_column(part, name, start, path) for name in names], names=names)
+
+
+def _json_column(rows: list[dict[str, Any]], name: str, first_row: int, path: Path):
+    """One column of JSON rows as an Arrow array, its type inferred (floats stay floats, for the chunk to refuse)."""
+    import pyarrow as pa
+
+    values = [row.get(name) for row in rows]
+    try:
+        return pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
+        bad = next((i for i, v in enumerate(values) if not isinstance(v, list) or not all(isinstance(x, int) for x in v)), 0)
+        raise DataError(f"'{name}' must hold lists of integers ({err})", path=path, row=first_row + bad) from err
 
 
 def _line_blocks(path: Path, size: int) -> Iterator[bytes]:
@@ -404,7 +445,12 @@ def _flat(batch, name: str, first_row: int, path: Path) -> tuple[np.ndarray, np.
     if not hasattr(column, "offsets"):
         raise DataError(f"'{name}' must hold lists of integers, not {column.type}", path=path, row=first_row)
     offsets = np.asarray(column.offsets, dtype=np.int64)
-    values = column.values.slice(int(offsets[0]), int(offsets[-1] - offsets[0])).to_numpy(zero_copy_only=False)
+    inner = column.values.slice(int(offsets[0]), int(offsets[-1] - offsets[0]))
+    if inner.null_count:
+        at = int(np.flatnonzero(inner.is_null().to_numpy(zero_copy_only=False))[0])
+        row = first_row + int(np.searchsorted(offsets - offsets[0], at, side="right")) - 1
+        raise DataError(f"'{name}' holds a null", path=path, row=row, hint="every entry must be an integer")
+    values = inner.to_numpy(zero_copy_only=False)
     if values.dtype.kind not in "iub":
         raise DataError(f"'{name}' must hold lists of integers, not {column.type}", path=path, row=first_row)
     return values, offsets - offsets[0]

@@ -28,6 +28,9 @@ def write(tmp: Path, fmt: str) -> Path:
     if fmt == "jsonl":
         path = tmp / "rows.jsonl"
         path.write_text("".join(json.dumps({k: r[k].tolist() for k in COLUMNS}) + "\n" for r in ROWS))
+    elif fmt == "json array":  # as check reads .json
+        path = tmp / "rows.json"
+        path.write_text(json.dumps([{k: r[k].tolist() for k in COLUMNS} for r in ROWS], indent=1))
     elif fmt == "parquet":
         path = tmp / "rows.parquet"
         pq.write_table(_table(), path, row_group_size=128)
@@ -53,7 +56,7 @@ def reference(tmp_path_factory):
     return summary(scan(write(tmp_path_factory.mktemp("ref"), "jsonl"), end_token_ids=[2]))
 
 
-@pytest.mark.parametrize("fmt", ["parquet", "arrow", "datasets"])
+@pytest.mark.parametrize("fmt", ["parquet", "arrow", "datasets", "json array"])
 def test_every_format_gives_the_same_report(fmt, tmp_path, reference):
     assert summary(scan(write(tmp_path, fmt), end_token_ids=[2])) == reference
 
@@ -93,8 +96,11 @@ BAD = {
     "empty row": (['{"input_ids": [1, 2]}', '{"input_ids": []}'], "row 1: 'input_ids' is empty"),
     "negative id": (['{"input_ids": [1, 2]}', '{"input_ids": [4, -3]}'], "row 1: position 1: 'input_ids' holds a negative"),
     "null": (['{"input_ids": [1, 2], "labels": [1, 2]}', '{"input_ids": [1, 2], "labels": null}'], "row 1: 'labels' is null"),
-    "not json": (['{"input_ids": [1, 2]', "oops"], "cannot read jsonl"),
+    "not json": (['{"input_ids": [1, 2]}', '{"input_ids": [1, 2]', "oops"], "row 1: cannot read JSON lines"),
     "strings": (['{"input_ids": ["a", "b"]}'], "lists of integers"),
+    "strings later": (['{"input_ids": [1, 2]}', '{"input_ids": [3, 4]}', '{"input_ids": [5, "b"]}'], "row 2: "),
+    "null entry": (['{"input_ids": [1, 2]}', '{"input_ids": [3, 4]}', '{"input_ids": [1, null]}'], "row 2: 'input_ids' holds a null"),
+    "floats": (['{"input_ids": [1, 2.5]}'], "row 0: 'input_ids' must hold lists of integers"),
 }
 
 
@@ -104,6 +110,16 @@ def test_bad_rows_name_the_row(case, tmp_path):
     with pytest.raises(DataError) as err:
         scan(_jsonl(tmp_path, *lines))
     assert expected in str(err.value)
+
+
+@pytest.mark.parametrize("case", sorted(set(BAD) - {"not json"}))
+def test_bad_rows_of_a_json_array_name_the_row_as_json_lines_do(case, tmp_path):
+    lines, expected = BAD[case]
+    path = tmp_path / "bad.json"
+    path.write_text("[" + ",\n".join(lines) + "]")
+    with pytest.raises(DataError) as err:
+        scan(path)
+    assert expected.replace("row 1: 'input_ids' is empty", "row 1") in str(err.value)
 
 
 def test_bad_paths(tmp_path):
@@ -132,3 +148,12 @@ def test_a_dataset_dict_is_scanned_on_the_split_check_reads(tmp_path, splits):
     source = open_source(tmp_path / "dd")
     assert source.path == tmp_path / "dd" / splits[0]
     assert scan(tmp_path / "dd").to_dict() == scan(tmp_path / "dd" / splits[0]).to_dict()
+
+
+def test_a_parse_error_names_the_row_of_the_file_not_of_its_block(tmp_path, monkeypatch):
+    from gradscope import stream
+
+    monkeypatch.setattr(stream, "_JSON_BLOCK_BYTES", 64)  # about two rows a block
+    lines = ['{"input_ids": [1, 2, 3]}'] * 9 + ['{"input_ids": [5, "b"]}']
+    with pytest.raises(DataError, match="row 9: "):
+        scan(_jsonl(tmp_path, *lines))
