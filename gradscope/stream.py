@@ -401,7 +401,7 @@ def _slices(batch) -> Iterator:
     if _tokens(batch) <= CHUNK_TOKENS:
         yield batch
         return
-    offsets = np.asarray(batch.column("input_ids").offsets, dtype=np.int64)
+    offsets = _offsets(batch.column("input_ids"))
     offsets = offsets - offsets[0]
     start = 0
     while start < batch.num_rows:
@@ -436,6 +436,22 @@ def to_chunk(batch, first_row: int, path: Path) -> Chunk:
     return Chunk(first_row, starts, ids, labels, attention, role)
 
 
+def _offsets(column) -> np.ndarray:
+    """A list column's offsets as int64."""
+    return _integers(column.offsets).astype(np.int64, copy=False)
+
+
+def _integers(array) -> np.ndarray:
+    """An Arrow array as NumPy, without copying: integers without nulls straight from their buffer (pyarrow's own
+    ``to_numpy`` imports pandas on its first call, a third of a second); anything else through ``to_numpy``."""
+    import pyarrow as pa
+
+    if not pa.types.is_integer(array.type) or array.null_count or not len(array):
+        return array.to_numpy(zero_copy_only=False)
+    data = np.frombuffer(array.buffers()[1], dtype=np.dtype(str(array.type)))
+    return data[array.offset : array.offset + len(array)]
+
+
 def _flat(batch, name: str, first_row: int, path: Path) -> tuple[np.ndarray, np.ndarray]:
     """A list column's values (N,) and its offsets (R + 1,) from 0; nulls and non-integers are errors."""
     column = batch.column(name)
@@ -444,13 +460,13 @@ def _flat(batch, name: str, first_row: int, path: Path) -> tuple[np.ndarray, np.
         raise DataError(f"'{name}' is null", path=path, row=row)
     if not hasattr(column, "offsets"):
         raise DataError(f"'{name}' must hold lists of integers, not {column.type}", path=path, row=first_row)
-    offsets = np.asarray(column.offsets, dtype=np.int64)
+    offsets = _offsets(column)
     inner = column.values.slice(int(offsets[0]), int(offsets[-1] - offsets[0]))
     if inner.null_count:
         at = int(np.flatnonzero(inner.is_null().to_numpy(zero_copy_only=False))[0])
         row = first_row + int(np.searchsorted(offsets - offsets[0], at, side="right")) - 1
         raise DataError(f"'{name}' holds a null", path=path, row=row, hint="every entry must be an integer")
-    values = inner.to_numpy(zero_copy_only=False)
+    values = _integers(inner)
     if values.dtype.kind not in "iub":
         raise DataError(f"'{name}' must hold lists of integers, not {column.type}", path=path, row=first_row)
     return values, offsets - offsets[0]
