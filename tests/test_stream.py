@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -157,3 +158,14 @@ def test_a_parse_error_names_the_row_of_the_file_not_of_its_block(tmp_path, monk
     lines = ['{"input_ids": [1, 2, 3]}'] * 9 + ['{"input_ids": [5, "b"]}']
     with pytest.raises(DataError, match="row 9: "):
         scan(_jsonl(tmp_path, *lines))
+
+
+@pytest.mark.parametrize("kind", [pa.int8(), pa.int32(), pa.int64(), pa.uint16()])
+def test_integer_columns_read_from_their_buffers_equal_pyarrows_own_reading(kind):
+    from gradscope.stream import _integers, _offsets
+
+    values = pa.array([[1, 2, 3], [4], [5, 6], [7, 8, 9, 10]], pa.large_list(kind)).slice(1, 3)
+    assert _offsets(values).tolist() == values.offsets.to_pylist() and _offsets(values).dtype == np.int64
+    inner = values.values.slice(2, 5)
+    assert _integers(inner).tolist() == inner.to_pylist() == [3, 4, 5, 6, 7]
+    assert _integers(pa.array([1.5, 2.0])).dtype.kind == "f"  # not integers: pyarrow's own reading, refused later
