@@ -175,3 +175,15 @@ def scan_rows(rows: list[dict[str, np.ndarray]], **kwargs) -> gradscope.ScanRepo
     chunk = as_chunk(rows)
     report = ScanReport(source={})
     return scan_chunks(iter([(chunk, verdicts(chunk, [EOS]))]), report, end_token_ids=frozenset({EOS}), pad_token_id=PAD_ID, **kwargs)
+
+
+@pytest.mark.parametrize("density", [0.0, 0.001, 0.01, 0.2, 1.0])
+def test_row_sums_count_each_rows_hits_sparse_or_dense(density):
+    from gradscope.scan import _row_sums
+
+    rng = np.random.default_rng(3)
+    lengths = rng.integers(1, 300, 400)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    mask = rng.random(int(lengths.sum())) < density
+    expected = [int(mask[a : a + n].sum()) for a, n in zip(starts, lengths)]
+    assert _row_sums(mask, starts).tolist() == expected
