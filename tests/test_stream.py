@@ -120,7 +120,7 @@ def test_bad_rows_of_a_json_array_name_the_row_as_json_lines_do(case, tmp_path):
     path.write_text("[" + ",\n".join(lines) + "]")
     with pytest.raises(DataError) as err:
         scan(path)
-    assert expected.replace("row 1: 'input_ids' is empty", "row 1") in str(err.value)
+    assert expected in str(err.value)
 
 
 def test_bad_paths(tmp_path):
