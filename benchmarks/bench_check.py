@@ -87,7 +87,7 @@ def build_model(name: str, device: str, dtype: str):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from gradscope.load import load_model, load_tokenizer
+    from gradscope.model.load import load_model, load_tokenizer
 
     if name == "tiny-llama-chat":
         return load_model(FIXTURE_MODEL, device=device, dtype=dtype), load_tokenizer(FIXTURE_MODEL)
@@ -161,8 +161,8 @@ def activation_backward(model, batch) -> Callable[[], None]:
 
 
 def run_only(model, batch) -> Callable[[], None]:
-    from gradscope.batch import with_default_labels
-    from gradscope.run import forward_backward
+    from gradscope.data.batch import with_default_labels
+    from gradscope.engine.run import forward_backward
 
     def run() -> None:
         forward_backward(model, with_default_labels(batch))
@@ -205,7 +205,7 @@ def captum_attribution(model, batch, targets: list[int]) -> Callable[[], None]:
     """(d): per target token, Captum's gradient at every decoder layer's output, reduced to per-position norms."""
     from captum.attr import LayerGradientXActivation
 
-    from gradscope.run import find_decoder_layers
+    from gradscope.engine.run import find_decoder_layers
 
     mask = batch["attention_mask"]
 

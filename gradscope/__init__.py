@@ -5,7 +5,7 @@
     >>> gradscope.grads(model, batch, lr=2e-4).grads.global_norm
 """
 
-from gradscope.check import check, check_batches
+from gradscope.verbs.check import check, check_batches
 from gradscope.errors import (
     DataError,
     GradscopeError,
@@ -15,24 +15,16 @@ from gradscope.errors import (
     ModelCallError,
     ModelLoadError,
 )
-from gradscope.grads import GradThresholds, grads
-from gradscope.overfit import overfit
-from gradscope.pipelines import DataOptions
-from gradscope.report import (
-    DirectionCheck,
-    Finding,
-    GradReport,
-    ModuleGrad,
-    OverfitReport,
-    ParamGrad,
-    Report,
-    SampleReport,
-    ScanReport,
-    TokenReport,
-    VerifyReport,
-)
-from gradscope.scan import scan
-from gradscope.verify import verify
+from gradscope.checks.grads import GradThresholds
+from gradscope.verbs.grads import grads
+from gradscope.verbs.overfit import overfit
+from gradscope.data.pipelines import DataOptions
+from gradscope.report.weights import DirectionCheck, GradReport, ModuleGrad, OverfitReport, ParamGrad, VerifyReport
+from gradscope.report.finding import Finding
+from gradscope.report.check import Report, SampleReport, TokenReport
+from gradscope.report.scan import ScanReport
+from gradscope.scan.dataset import scan
+from gradscope.verbs.verify import verify
 
 __version__ = "0.1.0"
 

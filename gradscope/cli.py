@@ -19,25 +19,25 @@ from rich.console import Console, Group
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
 
-from gradscope.check import check_batches, chosen_probes, default_end_token_ids, resolve_pad_token_id
+from gradscope.checks.grads import DEFAULT_LR, DEFAULT_MAX_GRAD_NORM
+from gradscope.data.load import load_data, load_role_rows
+from gradscope.data.pipelines import DataOptions
+from gradscope.data.tokens import config_end_token_ids, default_end_token_ids, resolve_pad_token_id
+from gradscope.engine.probes import PROBES, WINDOWS_PER_ROW
 from gradscope.errors import DataError, GradscopeError
-from gradscope.grads import DEFAULT_LR, DEFAULT_MAX_GRAD_NORM
-from gradscope.grads import grads as grads_pass
-from gradscope.load import (
-    config_end_token_ids,
-    load_data,
-    load_loss_fn,
-    load_model_and_tokenizer,
-    load_role_rows,
-    load_tokenizer,
-)
-from gradscope.overfit import overfit as overfit_pass
-from gradscope.pipelines import DataOptions
-from gradscope.probes import PROBES, WINDOWS_PER_ROW
-from gradscope.render import CheckView, GradsView, InspectView, RolesView, ScanView, VerifyView, roles_to_json, to_json
-from gradscope.report import Report, ScanReport
-from gradscope.run import LossFn
-from gradscope.verify import verify as verify_pass
+from gradscope.model.load import load_model_and_tokenizer, load_tokenizer
+from gradscope.model.usercode import LossFn, load_loss_fn
+from gradscope.render.check import CheckView
+from gradscope.render.grads import GradsView, VerifyView
+from gradscope.render.inspect import InspectView, RolesView
+from gradscope.render.json import roles_to_json, to_json
+from gradscope.render.scan import ScanView
+from gradscope.report.check import Report
+from gradscope.report.scan import ScanReport
+from gradscope.verbs.check import check_batches, chosen_probes
+from gradscope.verbs.grads import grads as grads_pass
+from gradscope.verbs.overfit import overfit as overfit_pass
+from gradscope.verbs.verify import verify as verify_pass
 
 EXIT_OK, EXIT_FINDINGS, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -516,7 +516,7 @@ def scan(
 ) -> None:
     """Audit every row of a dataset from its labels, without a model (same checks as check); raw rows are tokenized
     with --tokenizer and labelled as check's reference pipeline does."""
-    from gradscope.scan import scan as scan_dataset
+    from gradscope.scan.dataset import scan as scan_dataset
 
     opts = data_options(response_template, instruction_template, train_on, max_length, truncation_mode)
     try:

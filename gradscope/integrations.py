@@ -21,11 +21,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from gradscope.batch import ROLE_CODES_KEY, ROLE_KEYS
-from gradscope.check import check, default_end_token_ids
+from gradscope.constants import ROLE_CODES_KEY, ROLE_KEYS
+from gradscope.data.roles import TRAIN_ON
+from gradscope.data.templates import template_markers
+from gradscope.data.tokens import default_end_token_ids
 from gradscope.errors import MaskingError
-from gradscope.report import Report, format_findings
-from gradscope.roles import TRAIN_ON, template_markers
+from gradscope.report.check import Report
+from gradscope.report.text import format_findings
+from gradscope.verbs.check import check
 
 try:
     from transformers import TrainerCallback

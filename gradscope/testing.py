@@ -14,8 +14,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from gradscope.check import check
-from gradscope.report import Report, format_findings
+from gradscope.report.check import Report
+from gradscope.report.text import format_findings
+from gradscope.verbs.check import check
 
 
 def assert_masking(model: nn.Module, batch: Mapping[str, torch.Tensor], *, strict: bool = False, **kwargs: Any) -> Report:

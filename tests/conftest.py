@@ -72,7 +72,7 @@ def fixture_model(name: str):
 
     Shared: a test must leave it as it found it (which is what every gradscope pass promises).
     """
-    from gradscope.load import load_model_and_tokenizer
+    from gradscope.model.load import load_model_and_tokenizer
 
     if name not in _MODELS:
         _MODELS[name] = load_model_and_tokenizer(FIXTURES / name)
@@ -81,6 +81,6 @@ def fixture_model(name: str):
 
 def fixture_batch(name: str) -> dict[str, torch.Tensor]:
     """A committed fixture batch, e.g. 'llama_clean'."""
-    from gradscope.load import read_safetensors
+    from gradscope.data.load import read_safetensors
 
     return read_safetensors(FIXTURES / "batches" / f"{name}.safetensors")

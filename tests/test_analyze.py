@@ -4,16 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from gradscope.analyze import (
-    SampleView,
-    analyze,
-    check_sample,
-    closing_positions,
-    format_positions,
-    nonfinite,
-)
-from gradscope.batch import COMPLETION, PAD, PROMPT, UNKNOWN
-from gradscope.run import Capture
+from gradscope.checks.masking import SampleView, analyze, check_sample, closing_positions, nonfinite
+from gradscope.constants import UNKNOWN
+from gradscope.data.batch import COMPLETION, PAD, PROMPT
+from gradscope.engine.run import Capture
+from gradscope.report.text import format_positions
 
 P, C, X, U = PROMPT, COMPLETION, PAD, UNKNOWN
 EOS, PAD_ID = 2, 0

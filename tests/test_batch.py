@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gradscope.batch import document_starts, select_rows, validate
+from gradscope.data.batch import document_starts, select_rows, validate
 from gradscope.errors import DataError
 
 

@@ -10,8 +10,9 @@ import torch
 import torch.nn.functional as F
 
 import gradscope
-from gradscope.batch import with_default_labels
-from gradscope.load import load_batches, load_loss_fn
+from gradscope.data.batch import with_default_labels
+from gradscope.data.load import load_batches
+from gradscope.model.usercode import load_loss_fn
 from gradscope.testing import assert_masking
 from tests.conftest import FIXTURES, fixture_model, make_batch, tiny_gpt2, tiny_llama
 
@@ -231,7 +232,7 @@ def test_accumulate_reports_each_batch_and_needs_enough_rows():
 
 
 def test_bfloat16_model_reads_the_same_trained_tokens_with_fp32_norms():
-    from gradscope.load import load_model
+    from gradscope.model.load import load_model
 
     model = load_model(FIXTURES / LLAMA, dtype="bfloat16")
     _, tokenizer = fixture_model(LLAMA)
@@ -249,7 +250,7 @@ def test_end_token_ids_are_the_vocabulary_end_tokens_and_never_the_unknown_token
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    from gradscope.check import END_OF_TURN_TOKENS, default_end_token_ids
+    from gradscope.data.tokens import END_OF_TURN_TOKENS, default_end_token_ids
 
     vocab = {"[UNK]": 0, "hello": 1, "<|im_end|>": 2, "</s>": 3}
     backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))

@@ -11,7 +11,8 @@ from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from gradscope.cli import app, exit_code
-from gradscope.report import Finding, Report
+from gradscope.report.check import Report
+from gradscope.report.finding import Finding
 from tests.conftest import FIXTURES
 
 runner = CliRunner()

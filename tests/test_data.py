@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from gradscope.data import is_raw_file, read_rows
+from gradscope.data.files import is_raw_file, read_rows
 from gradscope.errors import DataError
 
 ROWS = [

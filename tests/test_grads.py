@@ -11,16 +11,10 @@ import warnings
 import pytest
 import torch
 
-from gradscope.grads import (
-    GradThresholds,
-    block_part,
-    clip_factor,
-    depth_gradient,
-    depth_ratio,
-    grads,
-    parameter_layout,
-)
-from gradscope.report import GradReport
+from gradscope.checks.grads import GradThresholds, clip_factor, depth_gradient, depth_ratio
+from gradscope.engine.params import block_part, parameter_layout
+from gradscope.report.weights import GradReport
+from gradscope.verbs.grads import grads
 from tests.conftest import FIXTURES, fixture_batch, fixture_model, make_batch, tiny_gpt2, tiny_llama
 
 LR = 1e-3

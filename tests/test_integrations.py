@@ -10,7 +10,7 @@ import torch
 
 import gradscope
 from gradscope.integrations import GradscopeCallback
-from gradscope.load import load_model, load_tokenizer
+from gradscope.model.load import load_model, load_tokenizer
 from tests.conftest import FIXTURES
 
 pytest.importorskip("trl")

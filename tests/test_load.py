@@ -11,8 +11,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from gradscope.data.load import load_batches
 from gradscope.errors import ModelLoadError
-from gradscope.load import is_adapter_dir, load_batches, load_model_and_tokenizer, resolve_base
+from gradscope.model.load import is_adapter_dir, load_model_and_tokenizer, resolve_base
 from tests.conftest import FIXTURES
 
 ADAPTER = FIXTURES / "adapters/tiny-llama-lora"
@@ -91,7 +92,7 @@ def test_scalars_become_python_values_and_samples_keep_them(tmp_path):
 def test_first_rows_slices_only_per_row_tensors():
     import torch
 
-    from gradscope.load import first_rows
+    from gradscope.data.load import first_rows
 
     batch = {"input_ids": torch.ones(3, 4, dtype=torch.long), "cu_seq_lens_q": torch.tensor([0, 2, 4, 5, 9])}
     out = first_rows(batch, 2)

@@ -8,7 +8,8 @@ import math
 import pytest
 import torch
 
-from gradscope.overfit import dropped, overfit
+from gradscope.checks.overfit import dropped
+from gradscope.verbs.overfit import overfit
 from tests.conftest import fixture_batch, fixture_model, make_batch, tiny_llama
 
 MODEL_KEYS = ("input_ids", "attention_mask", "labels")

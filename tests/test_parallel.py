@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gradscope.scan import scan
+from gradscope.scan.dataset import scan
 from tests.test_stream import reference, summary, write  # noqa: F401  (reference is a fixture)
 
 

@@ -13,12 +13,14 @@ import pytest
 import torch
 
 import gradscope
-from gradscope.batch import COMPLETION, CUT_KEY, ROLE_CODES_KEY, ROLE_NAMES, ROW_KEY, UNKNOWN
-from gradscope.check import default_end_token_ids
+from gradscope.constants import CUT_KEY, ROLE_CODES_KEY, ROLE_NAMES, ROW_KEY, UNKNOWN
+from gradscope.data.batch import COMPLETION
+from gradscope.data.load import load_data
+from gradscope.data.pipelines import DataOptions, attach_roles, reference_batches, role_rows
+from gradscope.data.roles import RoleSpec
+from gradscope.data.tokens import default_end_token_ids
+from gradscope.data.trl import require_trl
 from gradscope.errors import DataError
-from gradscope.load import load_data
-from gradscope.pipelines import DataOptions, attach_roles, reference_batches, require_trl, role_rows
-from gradscope.roles import RoleSpec
 from tests.conftest import FIXTURES, fixture_model
 
 RAW = FIXTURES / "raw"

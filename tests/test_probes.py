@@ -10,9 +10,12 @@ import torch
 import torch.nn.functional as F
 
 import gradscope
-from gradscope import probes
-from gradscope.probes import Window, accumulate, plan_windows, trace_dependence
-from gradscope.run import Graph, forward_backward
+from gradscope.engine import accumulate as accumulate_module
+from gradscope.engine import screen
+from gradscope.engine.accumulate import accumulate
+from gradscope.engine.probes import trace_dependence
+from gradscope.engine.run import Graph, forward_backward
+from gradscope.engine.windows import Window, plan_windows
 from tests.conftest import FIXTURES, make_batch, tiny_gpt2, tiny_llama
 
 
@@ -106,7 +109,7 @@ def test_loop_fallback_gives_the_same_answer(monkeypatch):
             raise RuntimeError("vmap: batching rule not implemented")
         return real_grad(*args, **kwargs)
 
-    monkeypatch.setattr(probes.torch.autograd, "grad", no_vmap)
+    monkeypatch.setattr(torch.autograd, "grad", no_vmap)
     looped = trace_dependence(graph, windows)
     assert not looped.batched and looped.passes == batched.passes
     assert torch.equal(looped.seen, batched.seen)
@@ -188,8 +191,8 @@ def test_per_sequence_mean_accumulates_exactly():
 
 
 def test_compare_edge_cases():
-    assert probes._compare(0.0, 0.0, 0.0, 0.0) == (1.0, 0.0, 1.0)  # nothing trained anywhere: equal
-    cosine, relative, scale = probes._compare(2.0, 4.0, 1.0, 1.0)  # acc = full / 2
+    assert accumulate_module._compare(0.0, 0.0, 0.0, 0.0) == (1.0, 0.0, 1.0)  # nothing trained anywhere: equal
+    cosine, relative, scale = accumulate_module._compare(2.0, 4.0, 1.0, 1.0)  # acc = full / 2
     assert (cosine, relative, scale) == (1.0, 0.5, 0.5)
 
 
@@ -199,7 +202,7 @@ def test_core_only_run_keeps_no_graph(monkeypatch):
 
     import gradscope
 
-    check_module = sys.modules["gradscope.check"]  # the package's `check` is the function
+    check_module = sys.modules["gradscope.verbs.check"]
 
     seen = []
     real = check_module.forward_backward
@@ -221,11 +224,11 @@ def test_tokens_after_the_loss_are_found_per_document():
     trained[0, [1, 2, 3, 6, 7]] = True
     real = torch.ones(1, 12, dtype=torch.bool)
     real[0, 11] = False
-    after = probes.after_the_loss(trained, _starts(12, 5), real)
+    after = screen.after_the_loss(trained, _starts(12, 5), real)
     assert after[0].nonzero().flatten().tolist() == [4, 8, 9, 10]
     trained[0, 11] = True  # a trained logit on the padding: everything of the document before it may reach it
-    assert probes.after_the_loss(trained, _starts(12, 5), real)[0].nonzero().flatten().tolist() == [4]
-    untrained = probes.after_the_loss(torch.zeros(1, 12, dtype=torch.bool), _starts(12, 5), real)
+    assert screen.after_the_loss(trained, _starts(12, 5), real)[0].nonzero().flatten().tolist() == [4]
+    untrained = screen.after_the_loss(torch.zeros(1, 12, dtype=torch.bool), _starts(12, 5), real)
     assert torch.equal(untrained, real)  # nothing trained: no token may be reached
 
 
@@ -245,14 +248,14 @@ def test_screen_reads_the_loss_gradient_where_no_trained_logit_may_look(make, us
     batch = _packed_batch()
     batch["labels"][0, [3, 4, 5, 11]] = -100  # logits 2, 3, 4 (document 1's end, the boundary) and 10 untrained
     starts, real = _starts(12, 5), torch.ones(1, 12, dtype=torch.bool)
-    found = probes.screen(_graph(model, batch), starts, real)
+    found = screen.screen(_graph(model, batch), starts, real)
     assert found.after[0].nonzero().flatten().tolist() == [2, 3, 4, 10, 11]  # 11: the last logit predicts nothing
     reached = _independent_loss_grad(model, batch).ne(0).any(-1)  # (1, T)
     assert torch.equal(found.reached, reached & found.after)
     assert found.boundaries == 1
     if use_cache:  # document 2 sees document 1's last tokens; the future stays unseen
         assert found.reached[0].nonzero().flatten().tolist() == [2, 3, 4]
-        assert probes.confirming_windows(found, starts, real, causal=True, packing=True) == [
+        assert screen.confirming_windows(found, starts, real, causal=True, packing=True) == [
             Window(0, 0, 0, 4, boundary=False, future=True), Window(0, 0, 5, 12, boundary=True, future=False)
         ]
     else:

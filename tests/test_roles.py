@@ -10,10 +10,12 @@ from __future__ import annotations
 import pytest
 from transformers import AutoTokenizer
 
-from gradscope.batch import COMPLETION, PROMPT, UNKNOWN
-from gradscope.check import default_end_token_ids
+from gradscope.constants import UNKNOWN
+from gradscope.data.batch import COMPLETION, PROMPT
+from gradscope.data.roles import RoleSpec, derive, find_subsequence, truncate
+from gradscope.data.templates import template_markers
+from gradscope.data.tokens import default_end_token_ids
 from gradscope.errors import DataError
-from gradscope.roles import RoleSpec, derive, find_subsequence, template_markers, truncate
 from tests.conftest import FIXTURES
 
 P, C, U = PROMPT, COMPLETION, UNKNOWN

@@ -12,15 +12,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from gradscope import run
-from gradscope.run import (
-    find_decoder_layers,
-    forward_backward,
-    instrumented,
-    logit_grad_stats,
-    logits_finite,
-    token_losses,
-)
+from gradscope.engine import logits as engine_logits
+from gradscope.engine.logits import logit_grad_stats, logits_finite, token_losses
+from gradscope.engine.run import find_decoder_layers, forward_backward, instrumented
 from tests.conftest import make_batch, tiny_gpt2, tiny_llama
 
 
@@ -221,8 +215,8 @@ def test_logits_finite_matches_isfinite():
 def test_small_chunks_give_the_same_numbers(random_model, monkeypatch):
     batch = make_batch()
     whole = forward_backward(random_model, batch)
-    monkeypatch.setattr(run, "CHUNK_ELEMENTS", 97 * 5)  # 5 positions at a time, a partial chunk at the end
-    assert len(run.position_chunks(12, 97)) == 3
+    monkeypatch.setattr(engine_logits, "CHUNK_ELEMENTS", 97 * 5)  # 5 positions at a time, a partial chunk at the end
+    assert len(engine_logits.position_chunks(12, 97)) == 3
     chunked = forward_backward(random_model, batch)
     for name in ("token_loss", "logit_grad_norm", "target_id", "weight"):
         torch.testing.assert_close(getattr(chunked, name), getattr(whole, name), rtol=0, atol=0, equal_nan=True)

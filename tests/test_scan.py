@@ -11,11 +11,13 @@ import pytest
 import torch
 
 import gradscope
-from gradscope.analyze import SampleView, check_sample
-from gradscope.batch import COMPLETION, PAD, PROMPT, UNKNOWN
-from gradscope.load import load_batches
-from gradscope.scan import CHECKS, scan, verdicts
-from gradscope.stream import Chunk
+from gradscope.checks.masking import SampleView, check_sample
+from gradscope.constants import UNKNOWN
+from gradscope.data.batch import COMPLETION, PAD, PROMPT
+from gradscope.data.chunks import Chunk
+from gradscope.data.load import load_batches
+from gradscope.scan.dataset import scan
+from gradscope.scan.verdicts import CHECKS, verdicts
 from tests.conftest import FIXTURES, fixture_model
 
 CATALOGUE = json.loads((FIXTURES / "catalogue.json").read_text())
@@ -169,8 +171,8 @@ def test_worst_rows_are_the_rows_with_most_flagged_positions():
 
 
 def scan_rows(rows: list[dict[str, np.ndarray]], **kwargs) -> gradscope.ScanReport:
-    from gradscope.report import ScanReport
-    from gradscope.scan import scan_chunks
+    from gradscope.report.scan import ScanReport
+    from gradscope.scan.dataset import scan_chunks
 
     chunk = as_chunk(rows)
     report = ScanReport(source={})
@@ -179,7 +181,7 @@ def scan_rows(rows: list[dict[str, np.ndarray]], **kwargs) -> gradscope.ScanRepo
 
 @pytest.mark.parametrize("density", [0.0, 0.001, 0.01, 0.2, 1.0])
 def test_row_sums_count_each_rows_hits_sparse_or_dense(density):
-    from gradscope.scan import _row_sums
+    from gradscope.scan.verdicts import _row_sums
 
     rng = np.random.default_rng(3)
     lengths = rng.integers(1, 300, 400)

@@ -10,14 +10,15 @@ import pytest
 from typer.testing import CliRunner
 
 import gradscope
-from gradscope.check import default_end_token_ids
 from gradscope.cli import app
+from gradscope.data.files import read_rows
+from gradscope.data.load import load_data, role_spec
+from gradscope.data.pipelines import DataOptions
+from gradscope.data.roles import RoleSpec, derive, derive_rows, first_past, truncate
+from gradscope.data.stream import RAW_CHUNK_ROWS
+from gradscope.data.tokens import default_end_token_ids
 from gradscope.errors import DataError
-from gradscope.load import load_data, role_spec
-from gradscope.pipelines import DataOptions
-from gradscope.roles import RoleSpec, derive, derive_rows, first_past, truncate
-from gradscope.scan import scan
-from gradscope.stream import RAW_CHUNK_ROWS
+from gradscope.scan.dataset import scan
 from tests.conftest import FIXTURES, fixture_model
 from tests.test_roles import TOKENIZERS, tok
 
@@ -68,7 +69,7 @@ def test_batched_roles_equal_derive_row_by_row(name):
     first error."""
     t = tok(name)
     ends = default_end_token_ids(None, t)
-    cases = [gradscope.data.read_rows(RAW / f) for f in FILES] + [generated_rows(seed, 60, bool(t.chat_template)) for seed in range(3)]
+    cases = [read_rows(RAW / f) for f in FILES] + [generated_rows(seed, 60, bool(t.chat_template)) for seed in range(3)]
     compared = 0
     for rows in cases:
         for train_on in ("all-assistant", "last-assistant"):
@@ -203,7 +204,7 @@ def test_first_past_equals_a_plain_scan_on_any_offsets():
 def test_raw_rows_in_every_format_scan_alike(tmp_path, fmt):
     import datasets
 
-    rows = gradscope.data.read_rows(RAW / "chat.jsonl") + gradscope.data.read_rows(RAW / "tool_chat.jsonl")
+    rows = read_rows(RAW / "chat.jsonl") + read_rows(RAW / "tool_chat.jsonl")
     path = {"parquet": tmp_path / "rows.parquet", "datasets": tmp_path / "rows", "json array": tmp_path / "rows.json"}[fmt]
     if fmt == "json array":
         path.write_text(json.dumps(rows))
@@ -245,7 +246,7 @@ VARIANTS = {"chatml with BOS": with_bos, "chatml splitting special tokens": spli
 @pytest.mark.parametrize("name", [*sorted(TOKENIZERS), *VARIANTS])
 def test_encoder_gives_what_the_tokenizers_own_call_gives(name):
     """The Encoder may call the Rust backend directly: its ids and offsets are those of ``tokenizer(text)``."""
-    from gradscope.roles import Encoder
+    from gradscope.data.roles import Encoder
 
     t = VARIANTS[name]() if name in VARIANTS else tok(name)
     texts = [json.dumps(r) for r in generated_rows(9, 40, chat=False)] + ["", " ", "<|im_end|>\n", "é\n\nx  y"]

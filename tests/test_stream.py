@@ -10,9 +10,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from gradscope.data.stream import chunks, open_source
 from gradscope.errors import DataError
-from gradscope.scan import scan
-from gradscope.stream import chunks, open_source
+from gradscope.scan.dataset import scan
 from tests.conftest import FIXTURES
 from tests.test_scan import random_rows
 
@@ -63,9 +63,9 @@ def test_every_format_gives_the_same_report(fmt, tmp_path, reference):
 
 
 def test_chunk_boundaries_change_nothing(tmp_path, reference, monkeypatch):
-    from gradscope import stream
+    from gradscope.data import chunks as chunk_module
 
-    monkeypatch.setattr(stream, "CHUNK_TOKENS", 50)  # many chunks, a row's findings kept across them
+    monkeypatch.setattr(chunk_module, "CHUNK_TOKENS", 50)  # many chunks, a row's findings kept across them
     path = write(tmp_path, "datasets")
     assert len(list(chunks(open_source(path)))) > 20
     assert summary(scan(path, end_token_ids=[2])) == reference
@@ -152,7 +152,7 @@ def test_a_dataset_dict_is_scanned_on_the_split_check_reads(tmp_path, splits):
 
 
 def test_a_parse_error_names_the_row_of_the_file_not_of_its_block(tmp_path, monkeypatch):
-    from gradscope import stream
+    from gradscope.data import stream
 
     monkeypatch.setattr(stream, "_JSON_BLOCK_BYTES", 64)  # about two rows a block
     lines = ['{"input_ids": [1, 2, 3]}'] * 9 + ['{"input_ids": [5, "b"]}']
@@ -162,7 +162,7 @@ def test_a_parse_error_names_the_row_of_the_file_not_of_its_block(tmp_path, monk
 
 @pytest.mark.parametrize("kind", [pa.int8(), pa.int32(), pa.int64(), pa.uint16()])
 def test_integer_columns_read_from_their_buffers_equal_pyarrows_own_reading(kind):
-    from gradscope.stream import _integers, _offsets
+    from gradscope.data.chunks import _integers, _offsets
 
     values = pa.array([[1, 2, 3], [4], [5, 6], [7, 8, 9, 10]], pa.large_list(kind)).slice(1, 3)
     assert _offsets(values).tolist() == values.offsets.to_pylist() and _offsets(values).dtype == np.int64

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import torch
 
-from gradscope.probes import Accumulation, Window
-from gradscope.structure import (
+from gradscope.checks.structure import (
     CallFacts,
     accumulation_mismatch,
     causal_leak,
     cross_document_leak,
     uneven_token_weights,
 )
+from gradscope.engine.accumulate import Accumulation
+from gradscope.engine.windows import Window
 
 T = 10
 

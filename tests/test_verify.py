@@ -8,8 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gradscope.load import load_loss_fn
-from gradscope.verify import (
+from gradscope.engine.finite_diff import (
     FLOAT32,
     FLOAT64,
     KeepFloat64,
@@ -17,8 +16,9 @@ from gradscope.verify import (
     check_gradient,
     effective_precision,
     finite_difference,
-    verify,
 )
+from gradscope.model.usercode import load_loss_fn
+from gradscope.verbs.verify import verify
 from tests.conftest import FIXTURES, fixture_batch, fixture_model, make_batch, tiny_llama
 
 X, Y, W1, W2 = 0.5, 0.2, 0.8, -1.3

@@ -32,7 +32,7 @@ from trl import SFTConfig, SFTTrainer  # noqa: E402
 from trl.data_utils import common_prefix_length  # noqa: E402
 
 import gradscope  # noqa: E402
-from gradscope.check import ROLES_UNKNOWN_NOTE  # noqa: E402
+from gradscope.verbs.check import ROLES_UNKNOWN_NOTE  # noqa: E402
 
 TOKENIZER = Path(__file__).resolve().parents[2] / "fixtures" / "models" / "tiny-llama-chat"
 

@@ -1,0 +1,146 @@
+"""Raw data files: read rows from .jsonl, .json, .parquet files and saved Hugging Face ``datasets`` directories.
+
+A row is raw when it holds ``prompt`` + ``completion`` (strings or message lists), ``messages``, or ``text``; it is
+pre-tokenized when it holds ``input_ids``. Reading never tokenizes: ``gradscope.data.roles`` does that.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from gradscope.errors import DataError
+
+RAW_KEYS = ("prompt", "completion", "messages", "text")
+RAW_SUFFIXES = (".jsonl", ".json", ".parquet")
+
+
+def read_rows(path: str | Path, limit: int | None = None) -> list[dict[str, Any]]:
+    """The rows of a data file or saved dataset directory, as plain dicts, in order.
+
+    Args:
+        path: A ``.jsonl``, ``.json`` (an array of objects), ``.parquet`` file or a ``datasets.save_to_disk``
+            directory (its ``train`` split, or its only split).
+        limit: Keep only the first N rows.
+
+    Raises:
+        DataError: missing or unreadable data, or rows that are not JSON objects.
+    """
+    path = Path(path)
+    if path.is_dir():
+        rows = _read_dataset_dir(path, limit)
+    elif not path.is_file():
+        raise DataError("no such data file", path=path, hint="give a .safetensors batch, .jsonl, .json, .parquet or a saved dataset directory")
+    elif path.suffix == ".jsonl":
+        rows = _read_jsonl(path, limit)
+    elif path.suffix == ".json":
+        rows = _read_json(path)
+    elif path.suffix == ".parquet":
+        rows = _read_parquet(path)
+    else:
+        raise DataError(f"unknown data format {path.suffix!r}", path=path, hint="use .safetensors, .jsonl, .json, .parquet or a saved dataset directory")
+    rows = rows[:limit] if limit is not None else rows
+    if not rows:
+        raise DataError("no rows", path=path, hint="write at least one row")
+    return rows
+
+
+def is_tokenized(row: dict[str, Any]) -> bool:
+    """A row holding token ids rather than text."""
+    return "input_ids" in row
+
+
+def is_raw_file(path: str | Path) -> bool:
+    """Whether the data at path holds raw rows (text to tokenize) rather than a batch or pre-tokenized rows."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        return False
+    if path.suffix == ".jsonl" and path.is_file():
+        first = _read_jsonl(path, 1)
+        return bool(first) and not is_tokenized(first[0])
+    return path.is_dir() or path.suffix in RAW_SUFFIXES
+
+
+def jsonl_lines(path: Path, limit: int | None = None) -> Iterator[tuple[int, str]]:
+    """The non-empty lines of a JSON-lines file with their 1-based line numbers, at most ``limit`` of them."""
+    count = 0
+    with path.open(encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if limit is not None and count >= limit:
+                return
+            if line.strip():
+                count += 1
+                yield number, line
+
+
+def iter_jsonl(path: Path, limit: int | None = None) -> Iterator[dict[str, Any]]:
+    """The rows of a JSON-lines file one by one; a line that is not a JSON object is a DataError naming it."""
+    for n, line in jsonl_lines(path, limit):
+        yield _object(_loads(line, path, f"line {n}"), path, f"line {n}")
+
+
+def _read_jsonl(path: Path, limit: int | None) -> list[dict[str, Any]]:
+    return list(iter_jsonl(path, limit))
+
+
+def _read_json(path: Path) -> list[dict[str, Any]]:
+    data = _loads(path.read_text(encoding="utf-8"), path, None)
+    if not isinstance(data, list):
+        raise DataError("a .json data file must hold an array of row objects", path=path, hint="or write one row per line as .jsonl")
+    return [_object(row, path, i) for i, row in enumerate(data)]
+
+
+def _loads(text: str, path: Path, row: str | None) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise DataError(f"invalid JSON ({err.msg} at line {err.lineno} column {err.colno})", path=path, row=row) from err
+
+
+def _object(value: Any, path: Path, row: str | int) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise DataError(f"the row is a {type(value).__name__}, not a JSON object", path=path, row=row)
+    return value
+
+
+def _read_parquet(path: Path) -> list[dict[str, Any]]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError as err:
+        raise DataError("reading .parquet needs pyarrow", path=path, hint="pip install pyarrow") from err
+    try:
+        return pq.read_table(path).to_pylist()
+    except (OSError, ValueError) as err:
+        raise DataError(f"cannot read parquet: {err}", path=path) from err
+
+
+def _read_dataset_dir(path: Path, limit: int | None) -> list[dict[str, Any]]:
+    try:
+        import datasets
+    except ImportError as err:
+        raise DataError("reading a saved dataset needs the datasets library", path=path, hint="pip install gradscope[trl]") from err
+    try:
+        loaded = datasets.load_from_disk(str(path))
+    except (FileNotFoundError, OSError, ValueError) as err:
+        raise DataError(f"not a saved dataset ({err})", path=path, hint="save it with Dataset.save_to_disk(dir)") from err
+    if isinstance(loaded, datasets.DatasetDict):
+        loaded = loaded[pick_split(list(loaded), path)]
+    if limit is not None:
+        loaded = loaded.select(range(min(limit, len(loaded))))
+    return loaded.to_list()
+
+
+def pick_split(splits: list[str], path: Path) -> str:
+    """The split of a DatasetDict that a check or scan reads: ``train``, else the only one.
+
+    Raises:
+        DataError: several splits and none is ``train``.
+    """
+    if "train" in splits:
+        return "train"
+    if len(splits) == 1:
+        return splits[0]
+    raise DataError(f"the dataset has splits {sorted(splits)} and none is 'train'", path=path,
+                    hint=f"give {path}/<split> to read one of them")

@@ -1,0 +1,468 @@
+"""Roles: which tokens of a raw row are prompt and which completion, derived from the text and the chat template."""
+
+from __future__ import annotations
+
+import bisect
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from operator import itemgetter
+from typing import Any
+
+from gradscope.constants import IGNORE_INDEX, UNKNOWN
+from gradscope.data.batch import COMPLETION, PROMPT
+from gradscope.errors import DataError
+
+TRAIN_ON = ("all-assistant", "last-assistant")
+
+
+@dataclass
+class RoleRow:
+    """One raw row, tokenized, with the role of every token.
+
+    Attributes:
+        index: The row's index in the data.
+        input_ids: Token ids of the whole row.
+        roles: PROMPT, COMPLETION or UNKNOWN (not judged) per token.
+        messages: The message each token belongs to (chat rows), else None per token.
+        kind: ``prompt-completion``, ``chat`` or ``text``.
+        cut: Completion tokens that truncation removed.
+    """
+
+    index: int
+    input_ids: list[int]
+    roles: list[int]
+    messages: list[int | None]
+    kind: str
+    cut: int = 0
+
+    @property
+    def labels(self) -> list[int]:
+        """gradscope's reference labels: the token where the role is completion, else -100."""
+        return [i if r == COMPLETION else IGNORE_INDEX for i, r in zip(self.input_ids, self.roles)]
+
+    @property
+    def completion_mask(self) -> list[int]:
+        return [int(r == COMPLETION) for r in self.roles]
+
+
+@dataclass
+class RoleSpec:
+    """How to split rows into roles.
+
+    Attributes:
+        end_token_ids: Ids that close a turn (EOS and end-of-turn tokens).
+        train_on: ``all-assistant`` or ``last-assistant`` (chat rows).
+        response_template: Text that starts each completion in ``text`` rows.
+        instruction_template: Text that starts each prompt turn in multi-turn ``text`` rows.
+        chat_template: A chat template to use instead of the tokenizer's own.
+        source: The data file, for error messages.
+    """
+
+    end_token_ids: frozenset[int]
+    train_on: str = "all-assistant"
+    response_template: str | None = None
+    instruction_template: str | None = None
+    chat_template: str | None = None
+    source: str | None = field(default=None, repr=False)
+
+
+def row_kind(row: Mapping[str, Any]) -> str:
+    """``prompt-completion``, ``chat`` (messages, or prompt/completion message lists) or ``text``; '' if none."""
+    if "prompt" in row and "completion" in row:
+        return "chat" if isinstance(row["prompt"], list) else "prompt-completion"
+    if "messages" in row:
+        return "chat"
+    return "text" if "text" in row else ""
+
+
+def derive(row: Mapping[str, Any], index: int, tokenizer: Any, spec: RoleSpec) -> RoleRow:
+    """Tokenize one raw row and give every token its role.
+
+    Raises:
+        DataError: the row has no known fields, its fields have the wrong types, the template breaks the prefix
+            property, or a template string is not found as tokens in context.
+    """
+    return _plan(row, index, tokenizer, spec).finish(Encoder(tokenizer))
+
+
+def derive_rows(rows: Sequence[Mapping[str, Any]], tokenizer: Any, spec: RoleSpec, first: int = 0) -> list[RoleRow]:
+    """``derive`` on consecutive rows, with every text of every row tokenized in one batched tokenizer call.
+
+    The rows are those ``derive`` gives one by one (the same code turns token ids into roles); a bad row raises the
+    error ``derive`` raises for it, and the first bad row in order is the one reported, as row by row.
+
+    Args:
+        rows: Raw rows.
+        tokenizer: The tokenizer (a fast one tokenizes a batch of texts on every core).
+        spec: How to split rows into roles.
+        first: The index in the data of the first row (for RoleRow.index and error messages).
+    """
+    plans: list[_Plan | DataError] = []
+    for i, row in enumerate(rows):
+        try:
+            plans.append(_plan(row, first + i, tokenizer, spec))
+        except DataError as err:  # raised when its turn comes, so that earlier bad rows are reported first
+            plans.append(err)
+            break
+    encoder = Encoder(tokenizer)
+    ready = [p for p in plans if isinstance(p, _Plan)]
+    encoder.prepare([t for p in ready for t in p.plain], [t for p in ready for t in p.with_offsets])
+    out = []
+    for plan in plans:
+        if isinstance(plan, DataError):
+            raise plan
+        out.append(plan.finish(encoder))
+    return out
+
+
+class Encoder:
+    """Token ids (and character offsets) of texts, each text tokenized once; ``prepare`` tokenizes many in one call.
+
+    ``plain`` texts are tokenized as template pieces are (``add_special_tokens=False``), ``with_offsets`` texts as a
+    whole row is (the tokenizer's own special tokens added), with character offsets.
+    """
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tok = tokenizer
+        self.plain: dict[str, list[int]] = {}
+        self.offsets: dict[str, tuple[list[int], list[tuple[int, int]]]] = {}
+
+    def prepare(self, plain: Sequence[str], with_offsets: Sequence[str]) -> None:
+        """Tokenize the texts not seen yet, in one batched call per kind."""
+        new = list(dict.fromkeys(t for t in plain if t not in self.plain))
+        if new:
+            self.plain.update(zip(new, self._encode(new, special=False, offsets=False)))
+        new = list(dict.fromkeys(t for t in with_offsets if t not in self.offsets))
+        if new:
+            self.offsets.update(zip(new, self._encode(new, special=True, offsets=True)))
+
+    def _encode(self, texts: list[str], special: bool, offsets: bool) -> list:
+        """ids (or (ids, offsets)) per text: what ``tokenizer(texts, ...)`` gives. A fast tokenizer's Rust backend is
+        called directly when the call would leave it as it is (no truncation or padding set, special tokens split as
+        the tokenizer says): the same encodings, without building a BatchEncoding of Python lists first."""
+        backend = getattr(self.tok, "backend_tokenizer", None) if getattr(self.tok, "is_fast", False) else None
+        if backend is not None and _as_its_call_leaves_it(backend, self.tok):
+            encodings = backend.encode_batch(texts, add_special_tokens=special)
+            return [(e.ids, e.offsets) for e in encodings] if offsets else [e.ids for e in encodings]
+        enc = self.tok(texts, add_special_tokens=special, return_offsets_mapping=offsets)
+        return list(zip(enc["input_ids"], enc["offset_mapping"])) if offsets else list(enc["input_ids"])
+
+    def ids(self, text: str) -> list[int]:
+        """The text's token ids, without special tokens added."""
+        if text not in self.plain:
+            self.prepare([text], [])
+        return list(self.plain[text])
+
+    def ids_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """The text's token ids (special tokens added) and each token's (start, end) character offsets."""
+        if text not in self.offsets:
+            self.prepare([], [text])
+        ids, offsets = self.offsets[text]
+        return list(ids), [tuple(o) for o in offsets] if offsets and not isinstance(offsets[0], tuple) else list(offsets)
+
+
+def _as_its_call_leaves_it(backend: Any, tokenizer: Any) -> bool:
+    """Whether the backend is set as transformers' own call sets it before encoding (which it does every call)."""
+    split = bool(getattr(tokenizer, "split_special_tokens", False))
+    return backend.truncation is None and backend.padding is None and backend.encode_special_tokens == split
+
+
+@dataclass
+class _Plan:
+    """A row read and rendered, waiting for its texts' tokens: ``finish`` turns them into the RoleRow."""
+
+    plain: list[str]
+    with_offsets: list[str]
+    finish: Callable[[Encoder], RoleRow]
+
+
+def _plan(row: Mapping[str, Any], index: int, tokenizer: Any, spec: RoleSpec) -> _Plan:
+    kind = row_kind(row)
+    where = {"path": spec.source, "row": index}
+    if kind == "prompt-completion":
+        return _prompt_completion(row, index, tokenizer, where)
+    if kind == "chat":
+        return _chat(row, index, tokenizer, spec, where)
+    if kind == "text":
+        return _text(row, index, tokenizer, spec, where)
+    raise DataError(
+        f"the row has none of the fields gradscope reads (keys: {sorted(row)})",
+        **where,
+        hint="give 'prompt' + 'completion', 'messages', 'text' (with --response-template), or tokenized 'input_ids'",
+    )
+
+
+# --- prompt + completion strings -------------------------------------------------------------------------------
+
+
+def _with_eos(text: str, tokenizer: Any) -> str:
+    """Append the EOS token's text when missing, as TRL does for non-conversational rows."""
+    eos = getattr(tokenizer, "eos_token", None)
+    return text if not eos or text.endswith(eos) else text + eos
+
+
+def _require_fast(tokenizer: Any, where: dict) -> None:
+    if not getattr(tokenizer, "is_fast", False):
+        raise DataError("roles from text need a fast tokenizer (tokenizer.json) for character offsets", **where)
+
+
+def first_past(ends: list[int], boundary: int) -> int:
+    """The first index t with ends[t] > boundary, or len(ends) if none.
+
+    Token end offsets almost always grow along the text: a binary search finds the candidate, and a C-speed max over
+    the tokens before it proves that none of them ends past the boundary; otherwise a plain scan decides.
+    """
+    t = bisect.bisect_right(ends, boundary)  # ends[t] > boundary when t < len: bisect only moves hi onto such t
+    if t == 0 or max(ends[:t]) <= boundary:
+        return t
+    return next((i for i, end in enumerate(ends) if end > boundary), len(ends))
+
+
+def _prompt_completion(row: Mapping[str, Any], index: int, tokenizer: Any, where: dict) -> _Plan:
+    prompt, completion = row["prompt"], row["completion"]
+    if not isinstance(prompt, str) or not isinstance(completion, str):
+        raise DataError("'prompt' and 'completion' must both be strings or both be message lists", **where)
+    _require_fast(tokenizer, where)
+    text = _with_eos(prompt + completion, tokenizer)
+    boundary = len(prompt)  # the completion starts at the first token that ends past it
+
+    def finish(encoder: Encoder) -> RoleRow:
+        ids, offsets = encoder.ids_offsets(text)
+        start = first_past(list(map(itemgetter(1), offsets)), boundary)
+        roles = [PROMPT] * start + [COMPLETION] * (len(ids) - start)
+        return RoleRow(index, ids, roles, [None] * len(ids), "prompt-completion")
+
+    return _Plan([], [text], finish)
+
+
+# --- chat rows: growing prefixes of the conversation -----------------------------------------------------------
+
+
+def _conversation(row: Mapping[str, Any], spec: RoleSpec, where: dict) -> tuple[list[dict], set[int]]:
+    """The messages and the indices of the assistant messages to train."""
+    if "messages" in row:
+        messages = row["messages"]
+        first_trained = 0
+    else:
+        if not isinstance(row["completion"], list):
+            raise DataError("'prompt' and 'completion' must both be strings or both be message lists", **where)
+        messages = list(row["prompt"]) + list(row["completion"])
+        first_trained = len(row["prompt"])
+    if not isinstance(messages, list) or not all(isinstance(m, Mapping) and "role" in m for m in messages):
+        raise DataError("messages must be a list of objects with a 'role'", **where)
+    assistant = [k for k, m in enumerate(messages) if m["role"] == "assistant" and k >= first_trained]
+    if spec.train_on == "last-assistant" and "messages" in row:
+        assistant = assistant[-1:]
+    return [dict(m) for m in messages], set(assistant)
+
+
+def _tools(row: Mapping[str, Any]) -> Any:
+    tools = row.get("tools")
+    return json.loads(tools) if isinstance(tools, str) else tools
+
+
+class _Renderer:
+    """Renders and tokenizes prefixes of one conversation with the chat template, as apply_chat_template does."""
+
+    def __init__(self, tokenizer: Any, messages: list[dict], tools: Any, chat_template: str | None, where: dict):
+        self.tok, self.messages, self.tools, self.template, self.where = tokenizer, messages, tools, chat_template, where
+        self.encoder = Encoder(tokenizer)  # replaced by the batch's own when the row is finished
+
+    def text(self, k: int, generation_prompt: bool = False) -> str:
+        try:
+            return self.tok.apply_chat_template(
+                self.messages[:k], tools=self.tools, chat_template=self.template, tokenize=False,
+                add_generation_prompt=generation_prompt,
+            )
+        except Exception as err:  # jinja raises its own errors from the user's template: bad input, not a bug
+            raise DataError(
+                f"the chat template fails on the first {k} message(s): {type(err).__name__}: {err}",
+                **self.where,
+                hint="roles come from rendering growing prefixes of the conversation; the template must accept them",
+            ) from err
+
+    def ids(self, text: str) -> list[int]:
+        return self.encoder.ids(text)
+
+
+def _chat(row: Mapping[str, Any], index: int, tokenizer: Any, spec: RoleSpec, where: dict) -> _Plan:
+    if not getattr(tokenizer, "chat_template", None) and spec.chat_template is None:
+        raise DataError("chat rows need a tokenizer with a chat template, and this one has none", **where,
+                        hint="add a chat_template to tokenizer_config.json, or give prompt/completion strings")
+    messages, trained = _conversation(row, spec, where)
+    render = _Renderer(tokenizer, messages, _tools(row), spec.chat_template, where)
+    texts = [""] + [render.text(k) for k in range(1, len(messages) + 1)]
+    headers = {k: render.text(k, generation_prompt=True) for k in sorted(trained)}
+
+    def finish(encoder: Encoder) -> RoleRow:
+        render.encoder = encoder
+        full = render.ids(texts[-1])
+        bounds = _prefix_bounds(render, texts, full, tokenizer)
+        roles, owner = [PROMPT] * len(full), [None] * len(full)
+        for k in range(len(messages)):
+            owner[bounds[k] : bounds[k + 1]] = [k] * (bounds[k + 1] - bounds[k])
+        for k in sorted(trained):
+            _mark_assistant(roles, full, _header_end(render, k, headers[k], full, bounds, tokenizer), bounds[k + 1], spec)
+        return RoleRow(index, full, roles, owner, "chat")
+
+    return _Plan([*texts, *headers.values()], [], finish)
+
+
+def _prefix_bounds(render: _Renderer, texts: list[str], full: list[int], tokenizer: Any) -> list[int]:
+    """Where each message starts in the whole conversation's tokens: the token count of each rendered prefix.
+
+    What the template puts before the first message (a BOS, a default system turn) belongs to the first message.
+    """
+    bounds = [0]
+    for k in range(1, len(texts)):
+        ids = render.ids(texts[k])
+        if full[: len(ids)] != ids or len(ids) < bounds[-1]:
+            raise _prefix_error(render, k, texts[k], ids, full, tokenizer)
+        bounds.append(len(ids))
+    return bounds
+
+
+def _prefix_error(render: _Renderer, k: int, text: str, ids: list[int], full: list[int], tokenizer: Any,
+                  header: bool = False) -> DataError:
+    """The precise error for a rendered prefix whose tokens are not a prefix of the whole conversation's tokens."""
+    at = next((p for p, (a, b) in enumerate(zip(ids, full)) if a != b), min(len(ids), len(full)))
+    alone, context = ids[at : at + 4], full[at : at + 4]
+    if header:
+        what = f"at the header of message {k} (assistant): the first {k} message(s) with the generation prompt"
+    else:
+        what = f"at message {k - 1} ({render.messages[k - 1].get('role')}): the first {k} message(s)"
+    return DataError(
+        f"the chat template breaks the prefix property {what} render as text ending {text[-60:]!r}, whose tokens "
+        f"alone at position {at} are {_show(alone, tokenizer)} but in the whole conversation "
+        f"{_show(context, tokenizer)}; gradscope cannot tell which tokens belong to which message",
+        **render.where,
+        hint="use a template that renders earlier turns the same whatever follows "
+        "(TRL's get_training_chat_template patches the common ones)",
+    )
+
+
+def _show(ids: Sequence[int], tokenizer: Any) -> str:
+    return "[" + ", ".join(f"{i} {tokenizer.decode([i])!r}" for i in ids) + "]"
+
+
+def _header_end(render: _Renderer, k: int, text: str, full: list[int], bounds: list[int], tokenizer: Any) -> int:
+    """Where assistant message k's content starts: after what add_generation_prompt adds to the first k messages
+    (``text``, their rendering with the generation prompt)."""
+    ids = render.ids(text)
+    if full[: len(ids)] != ids or not bounds[k] <= len(ids) <= bounds[k + 1]:
+        raise _prefix_error(render, k, text, ids, full, tokenizer, header=True)
+    return len(ids)
+
+
+def _mark_assistant(roles: list[int], ids: list[int], header_end: int, end: int, spec: RoleSpec) -> None:
+    """Mark one trained assistant turn, whose content starts at header_end and whose tokens end before end.
+
+    Content and the closing end token are completion; the template's glue after that token is not judged.
+
+    A template that gives the closing token to the next turn still has it trained: it is the turn's end.
+    """
+    close = next((t for t in range(header_end, end) if ids[t] in spec.end_token_ids), None)
+    if close is None:
+        roles[header_end:end] = [COMPLETION] * (end - header_end)
+        if end < len(ids) and ids[end] in spec.end_token_ids:
+            roles[end] = COMPLETION
+        return
+    roles[header_end : close + 1] = [COMPLETION] * (close + 1 - header_end)
+    roles[close + 1 : end] = [UNKNOWN] * (end - close - 1)
+
+
+# --- text rows with response / instruction templates ----------------------------------------------------------
+
+
+def _text(row: Mapping[str, Any], index: int, tokenizer: Any, spec: RoleSpec, where: dict) -> _Plan:
+    text = row["text"]
+    if not isinstance(text, str):
+        raise DataError("'text' must be a string", **where)
+    if spec.response_template is None:
+        raise DataError(
+            "the row is plain text: gradscope cannot tell its prompt from its completion",
+            **where,
+            hint="pass --response-template STR (and --instruction-template STR for several turns)",
+        )
+    _require_fast(tokenizer, where)
+    full_text = _with_eos(text, tokenizer)
+    templates = [t for t in (spec.response_template, spec.instruction_template) if t is not None]
+
+    def finish(encoder: Encoder) -> RoleRow:
+        ids, offsets = encoder.ids_offsets(full_text)
+        find = _TemplateFinder(tokenizer, encoder, ids, offsets, full_text, where)
+        starts = find(spec.response_template, "response")
+        stops = find(spec.instruction_template, "instruction") if spec.instruction_template is not None else []
+        width = len(encoder.ids(spec.response_template))
+        roles = [PROMPT] * len(ids)
+        for begin in (start + width for start in starts):
+            stop = min([s for s in stops if s >= begin], default=len(ids))
+            roles[begin:stop] = [COMPLETION] * (stop - begin)
+        return RoleRow(index, ids, roles, [None] * len(ids), "text")
+
+    return _Plan(templates, [full_text], finish)
+
+
+def find_subsequence(ids: Sequence[int], pattern: Sequence[int]) -> list[int]:
+    """Start positions of every occurrence of pattern in ids."""
+    n = len(pattern)
+    if n == 0:
+        return []
+    return [p for p in range(len(ids) - n + 1) if list(ids[p : p + n]) == list(pattern)]
+
+
+class _TemplateFinder:
+    """Finds a template string as tokens in one tokenized text, or says precisely why it is not there."""
+
+    def __init__(self, tokenizer: Any, encoder: Encoder, ids: list[int], offsets: list[tuple[int, int]], text: str,
+                 where: dict):
+        self.tok, self.encoder, self.ids, self.offsets, self.text, self.where = tokenizer, encoder, ids, offsets, text, where
+
+    def __call__(self, template: str, name: str) -> list[int]:
+        """Token positions where the template starts; every occurrence in the text must be found as tokens."""
+        alone = self.encoder.ids(template)
+        found = find_subsequence(self.ids, alone)
+        spans = [(self.offsets[p][0], self.offsets[p + len(alone) - 1][1]) for p in found]
+        chars = _occurrences(self.text, template)
+        if not chars and name == "response":
+            raise DataError(f"the response template {template!r} does not occur in the text {self.text[:80]!r}",
+                            **self.where, hint="check --response-template against the data")
+        missed = [c for c in chars if not any(a < c + len(template) and b > c for a, b in spans)]
+        if missed:
+            raise self._not_in_tokens(template, alone, missed[0], name)
+        return found
+
+    def _not_in_tokens(self, template: str, alone: list[int], begin: int, name: str) -> DataError:
+        end = begin + len(template)
+        context = [i for i, (a, b) in zip(self.ids, self.offsets) if a < end and b > begin]
+        return DataError(
+            f"the {name} template {template!r} is in the text but not in its tokens: alone it tokenizes as "
+            f"{_show(alone, self.tok)}, in context as {_show(context, self.tok)} "
+            f"(text {self.text[max(0, begin - 30) : end + 30]!r})",
+            **self.where,
+            hint=f"give --{name}-template with the text that precedes it (e.g. a leading newline or space) so that "
+            "it tokenizes as in context",
+        )
+
+
+def _occurrences(text: str, pattern: str) -> list[int]:
+    out, at = [], text.find(pattern)
+    while at >= 0:
+        out.append(at)
+        at = text.find(pattern, at + len(pattern))
+    return out
+
+
+# --- truncation ------------------------------------------------------------------------------------------------
+
+
+def truncate(row: RoleRow, max_length: int | None, mode: str = "keep_start") -> RoleRow:
+    """Cut the row to max_length tokens (keep_start keeps the first ones, keep_end the last), counting the completion
+    tokens removed."""
+    if max_length is None or len(row.input_ids) <= max_length:
+        return row
+    keep = slice(None, max_length) if mode == "keep_start" else slice(len(row.input_ids) - max_length, None)
+    roles = row.roles[keep]
+    cut = row.completion_mask.count(1) - roles.count(COMPLETION)
+    return replace(row, input_ids=row.input_ids[keep], roles=roles, messages=row.messages[keep], cut=row.cut + cut)

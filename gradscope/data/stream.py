@@ -1,0 +1,301 @@
+"""Stream pre-tokenized rows from a data file, chunk by chunk, in bounded memory; raw rows a chunk of rows at a time."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gradscope.data.chunks import TOKEN_COLUMNS, Chunk, _groups, _rechunk, _safetensors_chunk, to_chunk
+from gradscope.data.files import iter_jsonl, pick_split, read_rows
+from gradscope.errors import DataError
+
+RAW_COLUMNS = ("messages", "prompt", "completion", "text", "conversations")
+
+
+_JSON_BLOCK_BYTES = 1 << 24
+_PARQUET_BATCH_ROWS = 8192
+
+
+@dataclass
+class Source:
+    """A dataset on disk, recognized but not yet read."""
+
+    path: Path
+    format: str  # jsonl | parquet | arrow | datasets | safetensors
+    rows: int | None  # known without reading the data, else None
+    files: list[Path]
+
+
+def open_source(path: str | Path) -> Source:
+    """Recognize a dataset's format and its files.
+
+    Raises:
+        DataError: no such path, an unknown format, or a DatasetDict with several splits, none of them train.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError("no such data file or directory", path=path, hint="give a .jsonl, .parquet, .arrow, .safetensors or a saved datasets directory")
+    if path.is_dir():
+        return _datasets_dir(path)
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".json"):
+        return Source(path, "jsonl", None, [path])
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return Source(path, "parquet", _parquet_rows(pq, path), [path])
+    if suffix == ".arrow":
+        return Source(path, "arrow", None, [path])
+    if suffix == ".safetensors":
+        return Source(path, "safetensors", None, [path])
+    raise DataError(f"unknown data format {path.suffix!r}", path=path, hint="use .jsonl, .parquet, .arrow, .safetensors or a saved datasets directory")
+
+
+def _parquet_rows(pq, path: Path) -> int:
+    try:
+        return pq.ParquetFile(path).metadata.num_rows
+    except Exception as err:  # pyarrow raises several types for a corrupt file
+        raise DataError(f"cannot read Parquet: {err}", path=path) from err
+
+
+def _datasets_dir(path: Path) -> Source:
+    """A directory written by ``Dataset.save_to_disk``: state.json names its Arrow files in order."""
+    if (path / "dataset_dict.json").is_file():  # its train split, else its only one, as check reads it
+        splits = json.loads((path / "dataset_dict.json").read_text()).get("splits", [])
+        return _datasets_dir(path / pick_split(splits, path))
+    state = path / "state.json"
+    if not state.is_file():
+        raise DataError("not a saved datasets directory (no state.json)", path=path, hint="give a directory written by Dataset.save_to_disk, or a data file")
+    files = [path / f["filename"] for f in json.loads(state.read_text()).get("_data_files", [])]
+    info = path / "dataset_info.json"
+    rows = None
+    if info.is_file():
+        splits = json.loads(info.read_text()).get("splits") or {}
+        rows = sum(s.get("num_examples", 0) for s in splits.values()) or None
+    return Source(path, "datasets", rows, files)
+
+
+def chunks(source: Source) -> Iterator[Chunk]:
+    """The source's rows, chunk by chunk, numbered from 0 across files.
+
+    Raises:
+        DataError: missing or raw-text columns, nulls, per-token lists whose length differs from input_ids', empty
+            rows, or negative token ids, naming the row.
+    """
+    if source.format == "safetensors":
+        yield _safetensors_chunk(source.path)
+        return
+    first = 0
+    for batch in _rechunk(_record_batches(source)):
+        chunk = to_chunk(batch, first, source.path)
+        first += chunk.rows
+        yield chunk
+
+
+def _record_batches(source: Source) -> Iterator:
+    import pyarrow as pa
+
+    try:
+        if source.format == "jsonl":
+            yield from (_json_array_batches if _is_json_array(source.path) else _json_batches)(source.path)
+        elif source.format == "parquet":
+            import pyarrow.parquet as pq
+
+            file = pq.ParquetFile(source.path, pre_buffer=False)  # pre-buffering keeps every row group read so far
+            yield from file.iter_batches(batch_size=_PARQUET_BATCH_ROWS, columns=_wanted(file.schema_arrow.names, source.path))
+        else:
+            for path in source.files:
+                yield from _arrow_batches(path)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as err:
+        raise DataError(f"cannot read {source.format}: {err}", path=source.path) from err
+
+
+def _json_batches(path: Path) -> Iterator:
+    """JSON lines parsed block by block (one block in memory at a time: pyarrow's own streaming reader reads ahead),
+    typed by the first block: token columns as lists of int64, other fields skipped."""
+    import pyarrow as pa
+    import pyarrow.json as pj
+
+    options, first = None, 0
+    for block in _line_blocks(path, _JSON_BLOCK_BYTES):
+        table = _read_json_block(block, options, first, path)
+        first += table.num_rows
+        if options is None:
+            names = _wanted(table.schema.names, path)
+            schema = pa.schema([(name, pa.list_(pa.int64())) for name in names])
+            options = pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
+            table = table.select(names)
+        yield from table.combine_chunks().to_batches()
+
+
+def _read_json_block(block: bytes, options, first_row: int, path: Path):
+    """One block of JSON lines as a table; a parse error names the row in the file (pyarrow counts from the block)."""
+    import pyarrow as pa
+    import pyarrow.json as pj
+
+    try:
+        return pj.read_json(pa.BufferReader(block), parse_options=options)
+    except pa.ArrowInvalid as err:
+        found = re.search(r"\s*in row (\d+)$", str(err))
+        if found is None:
+            raise
+        raise DataError(f"cannot read JSON lines: {str(err)[: found.start()]}", path=path,
+                        row=first_row + int(found.group(1))) from err
+
+
+def _json_array_batches(path: Path) -> Iterator:
+    """A .json file holding one array of rows, as check reads it: parsed whole (an array cannot be streamed; JSON
+    lines can)."""
+    import pyarrow as pa
+
+    rows = read_rows(path)
+    names = _wanted(list(rows[0]), path)
+    for start in range(0, len(rows), _PARQUET_BATCH_ROWS):
+        part = rows[start : start + _PARQUET_BATCH_ROWS]
+        yield pa.record_batch([_json_column(part, name, start, path) for name in names], names=names)
+
+
+def _json_column(rows: list[dict[str, Any]], name: str, first_row: int, path: Path):
+    """One column of JSON rows as an Arrow array, its type inferred (floats stay floats, for the chunk to refuse)."""
+    import pyarrow as pa
+
+    values = [row.get(name) for row in rows]
+    try:
+        return pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
+        bad = next((i for i, v in enumerate(values) if not isinstance(v, list) or not all(isinstance(x, int) for x in v)), 0)
+        raise DataError(f"'{name}' must hold lists of integers ({err})", path=path, row=first_row + bad) from err
+
+
+def _line_blocks(path: Path, size: int) -> Iterator[bytes]:
+    """The file in blocks of about ``size`` bytes, each ending at a line end."""
+    rest = b""
+    with path.open("rb") as f:
+        while data := f.read(size):
+            data = rest + data
+            cut = data.rfind(b"\n") + 1
+            block, rest = (data[:cut], data[cut:]) if cut else (b"", data)
+            if block:
+                yield block
+    if rest.strip():
+        yield rest
+
+
+def _arrow_batches(path: Path, columns: Callable[[list[str], Path], list[str]] | None = None) -> Iterator:
+    """An Arrow file read batch by batch through ordinary reads (not memory-mapped: the resident set stays flat),
+    with the columns ``columns(names, path)`` picks (default: the token columns)."""
+    import pyarrow as pa
+
+    pick = columns or _wanted
+    with pa.OSFile(str(path)) as f:
+        try:
+            reader = pa.ipc.open_stream(f)
+        except pa.ArrowInvalid:
+            f.seek(0)
+            file_reader = pa.ipc.open_file(f)
+            names = pick(file_reader.schema.names, path)
+            for i in range(file_reader.num_record_batches):
+                yield file_reader.get_batch(i).select(names)
+            return
+        names = pick(reader.schema.names, path)
+        for batch in reader:
+            yield batch.select(names)
+
+
+def _wanted(names: list[str], path: Path) -> list[str]:
+    """The token columns present; input_ids is required, and raw text needs a tokenizer."""
+    if "input_ids" not in names:
+        if _raw_names(names):
+            raise raw_text_error(names, path)
+        raise DataError(f"no 'input_ids' column (columns: {', '.join(names)})", path=path, hint="store the token ids under 'input_ids'")
+    return [c for c in TOKEN_COLUMNS if c in names]
+
+
+# ------------------------------------------------------------------------------------------------ raw rows
+
+RAW_CHUNK_ROWS = 1024
+"""Raw rows per chunk: enough for the tokenizer's batched call to pay, few enough to keep memory small."""
+
+
+def _raw_names(names: list[str]) -> list[str]:
+    return [c for c in RAW_COLUMNS if c in names] if "input_ids" not in names else []
+
+
+def raw_text_error(names: list[str], path: Path) -> DataError:
+    """Raw rows given without the tokenizer that turns them into tokens."""
+    return DataError(
+        f"rows hold raw text ({', '.join(_raw_names(names))}), not token ids",
+        path=path,
+        hint="pass --tokenizer DIR to tokenize them and derive their roles as check does, or tokenize them first",
+    )
+
+
+def raw_columns(source: Source) -> list[str]:
+    """The raw-text columns of the source (messages, prompt, completion, text, ...) when it holds no input_ids, else
+    []: the first row of JSON lines, the schema of Parquet and Arrow data.
+
+    Raises:
+        DataError: unreadable data.
+    """
+    import pyarrow as pa
+
+    if source.format == "safetensors":
+        return []
+    try:
+        return _raw_names(_column_names(source))
+    except (pa.ArrowInvalid, OSError) as err:
+        raise DataError(f"cannot read {source.format}: {err}", path=source.path) from err
+
+
+def _column_names(source: Source) -> list[str]:
+    if source.format == "jsonl":
+        if _is_json_array(source.path):
+            rows = read_rows(source.path, limit=1)
+            return list(rows[0])
+        try:
+            first = next(iter_jsonl(source.path, limit=1), None)
+        except DataError:  # not JSON: the token reader says so, as it always has
+            return []
+        return list(first) if first is not None else []
+    if source.format == "parquet":
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(source.path).schema_arrow.names
+    for batch in _arrow_batches(source.files[0], lambda names, _: names) if source.files else ():
+        return batch.schema.names
+    return []
+
+
+def _is_json_array(path: Path) -> bool:
+    """A .json file holding one array of rows (as check reads .json) rather than JSON lines."""
+    with path.open("rb") as f:
+        return f.read(4096).lstrip()[:1] == b"["
+
+
+def raw_row_batches(source: Source, size: int = RAW_CHUNK_ROWS) -> Iterator[list[dict[str, Any]]]:
+    """The source's raw rows as plain dicts, ``size`` at a time (a .json array is read whole, as check reads it).
+
+    Raises:
+        DataError: unreadable data, or a JSON line that is not an object (naming the line).
+    """
+    import pyarrow as pa
+
+    try:
+        if source.format == "jsonl":
+            rows = read_rows(source.path) if _is_json_array(source.path) else iter_jsonl(source.path)
+            yield from _groups(rows, size)
+        elif source.format == "parquet":
+            import pyarrow.parquet as pq
+
+            for batch in pq.ParquetFile(source.path, pre_buffer=False).iter_batches(batch_size=size):
+                yield batch.to_pylist()
+        else:
+            for path in source.files:
+                for batch in _arrow_batches(path, lambda names, _: names):
+                    yield from _groups(batch.to_pylist(), size)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as err:
+        raise DataError(f"cannot read {source.format}: {err}", path=source.path) from err

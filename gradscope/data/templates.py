@@ -1,0 +1,108 @@
+"""Chat-template markers: learn each role's opening and closing tokens by rendering probe conversations."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from gradscope.constants import UNKNOWN
+from gradscope.data.batch import COMPLETION, PROMPT
+from gradscope.data.roles import RoleRow, RoleSpec, derive, find_subsequence
+from gradscope.errors import DataError
+
+# --- roles of already tokenized chats, read back from the template's markers --------------------------------------
+
+_CALL = {"type": "function", "function": {"name": "add", "arguments": {"a": 2, "b": 3}}}
+_PROBES = (
+    [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Say one."},
+        {"role": "assistant", "content": "One."},
+        {"role": "user", "content": "Say two."},
+        {"role": "assistant", "content": "Two."},
+    ],
+    [
+        {"role": "user", "content": "Add 2 and 3."},
+        {"role": "assistant", "content": "", "tool_calls": [_CALL]},
+        {"role": "tool", "content": "5"},
+        {"role": "assistant", "content": "It is 5."},
+    ],
+)
+
+
+@dataclass
+class TemplateMarkers:
+    """What a chat template puts before and after assistant turns, learnt from probe chats, to find them in ids.
+
+    Attributes:
+        responses: Token runs that end right before an assistant completion (``<|im_start|>assistant\n``; for a
+            Mistral-style template ``[/INST]`` and ``[/TOOL_RESULTS]``).
+        glue: Template tokens after the closing token that are not judged (ChatML's ``\n``).
+        end_token_ids: Tokens that close a turn.
+    """
+
+    responses: list[list[int]]
+    glue: list[int]
+    end_token_ids: frozenset[int]
+
+    def roles(self, ids: Sequence[int], train_on: str = "all-assistant") -> list[int]:
+        """Roles of one token sequence: after each marker, through the first end token, is completion."""
+        starts = sorted({m + len(r) for r in self.responses for m in find_subsequence(ids, r)})
+        roles = [PROMPT] * len(ids)
+        for start in starts[-1:] if train_on == "last-assistant" else starts:
+            limit = next((s for s in starts if s > start), len(ids))
+            close = next((t for t in range(start, limit) if ids[t] in self.end_token_ids), None)
+            stop = limit if close is None else close + 1
+            roles[start:stop] = [COMPLETION] * (stop - start)
+            if close is not None and self.glue and list(ids[stop : stop + len(self.glue)]) == self.glue:
+                roles[stop : stop + len(self.glue)] = [UNKNOWN] * len(self.glue)
+        return roles
+
+
+def template_markers(tokenizer: Any, end_token_ids: frozenset[int], chat_template: str | None = None) -> TemplateMarkers | None:
+    """Learn a chat template's assistant markers from probe chats; None when they cannot be learnt reliably.
+
+    Each marker is the shortest run of tokens before an assistant completion that occurs nowhere else except before
+    completions, preferring one that starts with a special token. The markers are kept only if reading every probe
+    back with them gives the roles that rendering growing prefixes gave.
+    """
+    spec = RoleSpec(end_token_ids, chat_template=chat_template)
+    rows = []
+    for i, probe in enumerate(_PROBES):
+        try:
+            rows.append(derive({"messages": probe}, i, tokenizer, spec))
+        except DataError:  # a template that rejects a system turn or tool calls: learn from the others
+            continue
+    markers = _learn_markers(rows, tokenizer, end_token_ids) if rows else None
+    if markers is None or any(markers.roles(r.input_ids) != r.roles for r in rows):
+        return None
+    return markers
+
+
+def _learn_markers(rows: list[RoleRow], tokenizer: Any, end_token_ids: frozenset[int]) -> TemplateMarkers | None:
+    special = set(getattr(tokenizer, "all_special_ids", [])) | set(tokenizer.get_added_vocab().values())
+    responses: list[list[int]] = []
+    glue: list[int] | None = None
+    for row in rows:
+        ids, roles = row.input_ids, row.roles
+        starts = [t for t in range(1, len(ids)) if roles[t] == COMPLETION and roles[t - 1] != COMPLETION]
+        for start in starts:
+            if any(ids[start - len(r) : start] == r for r in responses):
+                continue
+            valid = [c for c in (ids[start - n : start] for n in range(1, min(12, start) + 1))
+                     if all(m + len(c) in starts for m in find_subsequence(ids, c))]
+            if not valid:
+                return None
+            responses.append(next((c for c in valid if c[0] in special), valid[0]))
+        glue = _glue(roles, ids) if glue is None else glue
+    return TemplateMarkers(responses, glue or [], end_token_ids) if responses else None
+
+
+def _glue(roles: list[int], ids: list[int]) -> list[int]:
+    """The not-judged tokens right after the first completion run."""
+    end = next((t for t in range(1, len(roles)) if roles[t - 1] == COMPLETION and roles[t] != COMPLETION), len(roles))
+    stop = end
+    while stop < len(roles) and roles[stop] == UNKNOWN:
+        stop += 1
+    return ids[end:stop]

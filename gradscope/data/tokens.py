@@ -1,0 +1,53 @@
+"""End and pad tokens: which ids close a completion, which id pads. One place for the rule."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+END_OF_TURN_TOKENS = frozenset(
+    {"<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<end_of_turn>", "<|end|>", "</s>", "<|endoftext|>", "<|end_of_text|>"}
+)
+"""Special tokens that close a turn or a document in common chat templates."""
+
+
+def default_end_token_ids(model: nn.Module, tokenizer: Any = None) -> frozenset[int]:
+    """EOS ids of the config, generation config and tokenizer, and the tokenizer's end-of-turn tokens."""
+    ids: set[int] = set()
+    for cfg in (getattr(model, "config", None), getattr(model, "generation_config", None), tokenizer):
+        value = getattr(cfg, "eos_token_id", None)
+        ids.update([value] if isinstance(value, int) else (value or []))
+    if tokenizer is not None:
+        # One lookup per token (get_vocab() copies the vocabulary). A token the vocabulary lacks maps to None or to
+        # the unknown token's id, which does not map back to it.
+        for token in END_OF_TURN_TOKENS:
+            token_id = tokenizer.convert_tokens_to_ids(token)
+            if isinstance(token_id, int) and tokenizer.convert_ids_to_tokens(token_id) == token:
+                ids.add(token_id)
+    return frozenset(ids)
+
+
+def resolve_pad_token_id(model: nn.Module, tokenizer: Any = None) -> int | None:
+    """The pad id: the tokenizer's, else the model config's, else None."""
+    for source in (tokenizer, getattr(model, "config", None)):
+        value = getattr(source, "pad_token_id", None)
+        if isinstance(value, int):
+            return value
+    return None
+
+
+def config_end_token_ids(path: str | Path) -> set[int]:
+    """EOS ids named in a directory's config.json and generation_config.json (read as JSON: no model is built)."""
+    ids: set[int] = set()
+    for name in ("config.json", "generation_config.json"):
+        file = Path(path) / name
+        if file.is_file():
+            try:
+                value = json.loads(file.read_text(encoding="utf-8")).get("eos_token_id")
+            except (OSError, json.JSONDecodeError, AttributeError):
+                continue
+            ids.update([value] if isinstance(value, int) else [v for v in value or [] if isinstance(v, int)])
+    return ids

@@ -1,0 +1,183 @@
+"""``--pipeline trl``: the batches TRL's own SFT preparation and collator build, with gradscope's roles matched onto them."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import tempfile
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from gradscope.data.pipelines import DataOptions, Prepared, attach_roles, role_rows
+from gradscope.data.roles import RoleRow, RoleSpec
+from gradscope.errors import DataError
+
+TRL_FLAGS = ("completion_only_loss", "assistant_only_loss", "packing", "padding_free", "max_length", "truncation_mode")
+
+
+# --- TRL -------------------------------------------------------------------------------------------------------
+
+
+def trl_config(options: DataOptions, batch_size: int, device: str, output_dir: str) -> Any:
+    """The SFTConfig: the JSON file's options, then the flags, then what gradscope needs to read batches in order.
+
+    Forced: sequential sampling and no shuffling (rows keep their order; labels do not depend on it), no mixed
+    precision (no training happens), no logging or saving, a temporary output_dir.
+    """
+    from trl import SFTConfig
+
+    values = _config_file(options.trl_config)
+    values.setdefault("per_device_train_batch_size", batch_size)
+    values.update(options.trl_options)
+    if options.max_length is not None:
+        values["max_length"] = options.max_length
+    if options.truncation_mode is not None:
+        values["truncation_mode"] = options.truncation_mode
+    forced = dict(
+        output_dir=output_dir, report_to=[], save_strategy="no", logging_strategy="no", use_cpu=device == "cpu",
+        train_sampling_strategy="sequential", shuffle_dataset=False, bf16=False, fp16=False,
+        dataloader_num_workers=0, dataset_num_proc=None,
+    )
+    known = {f.name for f in dataclasses.fields(SFTConfig)}  # older versions lack some (rows are matched in any order)
+    values.update({k: v for k, v in forced.items() if k in known})
+    try:
+        with warnings.catch_warnings():  # SFTConfig's own default gradient_checkpointing=True warns in transformers 5
+            warnings.simplefilter("ignore", FutureWarning)
+            return SFTConfig(**values)
+    except (TypeError, ValueError) as err:
+        raise DataError(f"SFTConfig rejects these options: {err}", path=options.trl_config, hint="use SFTConfig's field names and values") from err
+
+
+def _config_file(path: Path | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    try:
+        values = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise DataError(f"cannot read the TRL config: {err}", path=path, hint="give a JSON object of SFTConfig options") from err
+    if not isinstance(values, dict):
+        raise DataError("the TRL config must be a JSON object of SFTConfig options", path=path)
+    return values
+
+
+def require_trl() -> None:
+    """Raise a clear InputError when TRL (or datasets) is not installed."""
+    try:
+        import datasets  # noqa: F401
+        import trl  # noqa: F401
+    except ImportError as err:
+        raise DataError(f"--pipeline trl needs TRL and datasets ({err})", hint="pip install gradscope[trl]") from err
+
+
+def trl_batches(
+    model: nn.Module, tokenizer: Any, raw: Sequence[Mapping[str, Any]], spec: RoleSpec, options: DataOptions,
+    batch_size: int,
+) -> Prepared:
+    """TRL's own SFT data preparation and collator on the rows, with gradscope's roles matched onto its batches.
+
+    SFTTrainer is built on the model (it patches the model's forward and syncs its pad token; both are put back) and
+    a copy of the tokenizer; gradscope then reads ``trainer.get_train_dataloader()``, the batches ``train()`` sees.
+    """
+    require_trl()
+    dataset = _dataset(raw)
+    rows = role_rows(dataset.to_list(), tokenizer, spec)  # the rows as TRL sees them (missing fields as None)
+    device = str(next(model.parameters()).device)
+    with tempfile.TemporaryDirectory() as out, _restored(model):
+        config = trl_config(options, batch_size, device, out)
+        trainer = _sft_trainer(model, copy.deepcopy(tokenizer), config, dataset)
+        batches = [dict(b) for b in trainer.get_train_dataloader()]
+    if trainer.chat_template is not None:  # TRL swapped in its training template (assistant_only_loss)
+        spec = copy.copy(spec)
+        spec.chat_template = trainer.chat_template
+        rows = role_rows(dataset.to_list(), tokenizer, spec)
+    return _trl_prepared(batches, rows, config, trainer)
+
+
+def _dataset(raw: Sequence[Mapping[str, Any]]) -> Any:
+    from datasets import Dataset
+
+    try:
+        return Dataset.from_list([dict(r) for r in raw])
+    except (ValueError, TypeError) as err:  # pyarrow cannot give the rows one schema
+        raise DataError(f"the rows do not make one datasets.Dataset, as TRL needs: {_first_line(err)}",
+                        hint="give every row the same fields with the same types") from err
+
+
+def _trl_prepared(batches: list[dict], rows: list[RoleRow], config: Any, trainer: Any) -> Prepared:
+    wrapped = config.packing and config.packing_strategy != "bfd"
+    pad_id = trainer.processing_class.pad_token_id
+    used: set[int] = set()
+    out = []
+    for batch in batches:
+        batch, matched = attach_roles(batch, rows, pad_id, strict=not wrapped, count_cut=not wrapped)
+        out.append({**batch, "use_cache": False})  # SFTTrainer.compute_loss passes it with every batch
+        used |= matched
+    notes = []
+    dropped = [r.index for r in rows if r.index not in used]
+    if dropped:
+        notes.append(
+            f"TRL's data preparation left out row(s) {', '.join(map(str, dropped))}: it drops rows that truncation to "
+            f"max_length={config.max_length} leaves without a trained token, so they train nothing"
+        )
+    if wrapped:
+        notes.append("packing_strategy='wrapped' splits rows across sequences: pieces gradscope cannot match to a row have no role")
+    data = {"pipeline": "trl", "trl": {k: _jsonable(getattr(config, k)) for k in (*TRL_FLAGS, "packing_strategy")}}
+    data["trl"]["completion_only_loss"] = trainer.completion_only_loss
+    return Prepared(out, data, notes)
+
+
+def _jsonable(value: Any) -> Any:
+    return value if isinstance(value, (bool, int, float, str, type(None))) else str(value)
+
+
+def _sft_trainer(model: nn.Module, tokenizer: Any, config: Any, dataset: Any) -> Any:
+    from jinja2 import TemplateError
+    from trl import SFTTrainer
+    from trl.chat_template_utils import has_generation_markers
+
+    template = getattr(tokenizer, "chat_template", None)
+    try:
+        return SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
+    except (ValueError, RuntimeError, TypeError, KeyError, TemplateError) as err:  # TRL rejecting the setup or data
+        if config.assistant_only_loss and not (template and has_generation_markers(template)):
+            raise DataError(
+                "assistant_only_loss=True needs a chat template with {% generation %} markers, and this tokenizer's "
+                "template has none (nor is it one TRL knows how to patch): the assistant mask would be all zeros and "
+                f"every sample would train nothing (no_loss). TRL says: {_first_line(err)}",
+                hint="wrap each assistant turn's content and its closing token in {% generation %}...{% endgeneration %}, "
+                "or use completion_only_loss with prompt/completion rows",
+            ) from err
+        raise DataError(f"TRL's SFTTrainer rejects this setup: {_first_line(err)}", hint="fix the TRL options or the data") from err
+
+
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
+
+
+@contextmanager
+def _restored(model: nn.Module) -> Iterator[None]:
+    """Put back what building an SFTTrainer changes on the model: its forward (TRL's fused LM head), its pad/eos ids,
+    its use_cache (transformers' Trainer sets it from TrainingArguments) and its device."""
+    had_forward = "forward" in model.__dict__
+    forward = model.__dict__.get("forward")
+    configs = [c for c in (getattr(model, "config", None), getattr(model, "generation_config", None)) if c is not None]
+    saved = [(c, k, getattr(c, k, None)) for c in configs for k in ("pad_token_id", "eos_token_id", "use_cache")]
+    device = next(model.parameters()).device
+    try:
+        yield
+    finally:
+        if had_forward:
+            model.forward = forward
+        else:
+            model.__dict__.pop("forward", None)
+        for c, k, v in saved:
+            setattr(c, k, v)
+        if next(model.parameters()).device != device:
+            model.to(device)

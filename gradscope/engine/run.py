@@ -1,0 +1,373 @@
+"""Run: one forward and one backward of the user's model on the user's batch, with hooks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from gradscope.data.batch import model_inputs
+from gradscope.engine.logits import _LogitStats, _shift
+from gradscope.errors import ModelCallError
+from gradscope.model.usercode import LossFn
+
+_DROPOUT_ATTRS = ("attention_dropout", "attn_dropout", "dropout", "hidden_dropout", "resid_dropout")
+
+
+@dataclass
+class Capture:
+    """What one instrumented forward + backward saw. Per-position tensors are (B, T) on the CPU, in fp32.
+
+    Values at position t describe token t as a prediction target, i.e. they come from the logits at t - 1;
+    position 0 is never predicted and holds NaN (loss, weight) or 0 (norms) and -1 (target).
+    """
+
+    loss: float
+    token_loss: torch.Tensor  # (B, T) -log p(input_ids[t] | prefix)
+    logit_grad_norm: torch.Tensor  # (B, T) ||dL/dlogits[t-1]||
+    target_id: torch.Tensor  # (B, T) argmin of dL/dlogits[t-1]; -1 where that gradient is zero
+    weight: torch.Tensor  # (B, T) dL/d(loss of token t), read off the logit gradient
+    embedding_grad_norm: torch.Tensor  # (B, T) ||dL/d embedding[t]||
+    layer_grad_norms: torch.Tensor  # (B, L, T) ||dL/dh_l[t]|| at each decoder layer's output
+    logits_finite: bool
+    grads_finite: bool
+    loss_uses_logits: bool
+    nonfinite_layers: list[int] = field(default_factory=list)
+
+
+@dataclass
+class Graph:
+    """The core run's forward, still differentiable, for extra backward passes after the core one.
+
+    ``embedding`` is the leaf every backward runs to; ``head_input`` and ``head_output`` are what the output
+    embedding (the LM head) received and returned, None when the model has no output embedding module.
+    ``loss_grad`` and ``trained`` are what the core backward found, for probes that read it as evidence.
+    """
+
+    model: nn.Module
+    batch: Mapping[str, torch.Tensor]
+    loss_fn: LossFn | None
+    embedding: torch.Tensor  # (B, T, D)
+    head_input: torch.Tensor | None  # (B, T, D)
+    head_output: torch.Tensor | None  # (B, T, V)
+    logits: torch.Tensor  # (B, T, V)
+    loss: torch.Tensor  # ()
+    loss_grad: torch.Tensor | None = None  # (B, T, D) the core backward's dL/d embedding
+    trained: torch.Tensor | None = None  # (B, T) bool on the CPU: dL/dlogits[t] != 0 (logit positions, unshifted)
+
+
+def find_decoder_layers(model: nn.Module) -> nn.ModuleList | None:
+    """The model's stack of decoder layers, found by shape rather than by name.
+
+    The stack is the outermost ``nn.ModuleList`` of identical blocks whose length is the config's
+    ``num_hidden_layers`` (``model.layers`` in Llama, ``transformer.h`` in GPT-2); failing that, the longest.
+    """
+    n_layers = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+    stacks = [
+        m for m in model.modules() if isinstance(m, nn.ModuleList) and len(m) > 0 and len({type(c) for c in m}) == 1
+    ]
+    for stack in stacks:
+        if len(stack) == n_layers:
+            return stack
+    return max(stacks, key=len, default=None)
+
+
+def _first_tensor(output: object) -> torch.Tensor | None:
+    """The hidden states in a module's output: the tensor itself or the first element of a tuple/ModelOutput."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, Mapping):
+        output = tuple(output.values())
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    return None
+
+
+class _Recorder:
+    """Holds what the hooks capture during one forward and backward."""
+
+    def __init__(self, n_layers: int) -> None:
+        self.embedding: torch.Tensor | None = None
+        self.head_input: torch.Tensor | None = None
+        self.head_output: torch.Tensor | None = None
+        self.layer_norms: list[torch.Tensor | None] = [None] * n_layers
+        self.gradient_hooks: list[torch.utils.hooks.RemovableHandle] = []
+
+    def embedding_hook(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        # Parameters are frozen, so nothing upstream requires grad: make the embedding output the leaf the
+        # backward runs to. The values are untouched.
+        if self.embedding is None:
+            if not output.requires_grad:
+                output = output.detach().requires_grad_(True)
+            self.embedding = output
+        return output
+
+    def head_hook(self, module: nn.Module, args: tuple, output: object) -> None:
+        self.head_output = _first_tensor(output)
+        if self.head_input is None and args and isinstance(args[0], torch.Tensor):
+            self.head_input = args[0]  # the last hidden state, where the probes' projections start
+
+    def layer_hook(self, index: int) -> Callable:
+        def hook(module: nn.Module, args: tuple, output: object) -> None:
+            hidden = _first_tensor(output)
+            if hidden is not None and hidden.requires_grad:
+                self.gradient_hooks.append(hidden.register_hook(self._store_norm(index)))
+
+        return hook
+
+    def remove_gradient_hooks(self) -> None:
+        """Detach the gradient hooks from the graph, so that later backward passes through it record nothing."""
+        for handle in self.gradient_hooks:
+            handle.remove()
+        self.gradient_hooks.clear()
+
+    def _store_norm(self, index: int) -> Callable[[torch.Tensor], None]:
+        def hook(grad: torch.Tensor) -> None:
+            norm = grad.detach().float().norm(dim=-1).cpu()  # (B, T)
+            self.layer_norms[index] = norm if self.layer_norms[index] is None else self.layer_norms[index] + norm
+
+        return hook
+
+
+@contextmanager
+def training_state(model: nn.Module, *, keep_dropout: bool = False) -> Iterator[None]:
+    """Run ``model`` as a trainer does, and always put it back as it was.
+
+    Inside the context the model is in training mode and dropout is off unless ``keep_dropout``. On exit
+    requires_grad, the training flags and dropout probabilities are restored (requires_grad too, so that a pass
+    that freezes parameters inside the context needs no restoring of its own).
+    """
+    saved_grad = [(p, p.requires_grad) for p in model.parameters()]
+    saved_mode = [(m, m.training) for m in model.modules()]
+    saved_dropout = [] if keep_dropout else _disable_dropout(model)
+    try:
+        model.train()
+        yield
+    finally:
+        for p, flag in saved_grad:
+            p.requires_grad_(flag)
+        for m, flag in saved_mode:
+            m.training = flag
+        for obj, attr, value in saved_dropout:
+            setattr(obj, attr, value)
+
+
+@contextmanager
+def instrumented(model: nn.Module, *, keep_dropout: bool = False) -> Iterator[_Recorder]:
+    """Prepare ``model`` for a gradscope run and always put it back as it was.
+
+    Inside the context the model is in training mode (as a trainer runs it), every parameter is frozen, dropout is
+    off unless ``keep_dropout``, and hooks sit on the input embedding and on each decoder layer. On exit the hooks
+    are removed and requires_grad, the training flags and dropout probabilities are restored.
+    """
+    layers = find_decoder_layers(model)
+    recorder = _Recorder(len(layers) if layers is not None else 0)
+    with training_state(model, keep_dropout=keep_dropout):
+        handles = [model.get_input_embeddings().register_forward_hook(recorder.embedding_hook)]
+        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        if isinstance(head, nn.Module):
+            handles.append(head.register_forward_hook(recorder.head_hook))
+        if layers is not None:
+            handles += [layer.register_forward_hook(recorder.layer_hook(i)) for i, layer in enumerate(layers)]
+        try:
+            for p in model.parameters():
+                p.requires_grad_(False)
+            yield recorder
+        finally:
+            for h in handles:
+                h.remove()
+
+
+def _disable_dropout(model: nn.Module) -> list[tuple[object, str, float]]:
+    """Set every dropout probability to 0 (modules and the float attributes attention code reads).
+
+    Returns what was changed, to be restored.
+    """
+    changed = []
+    for module in model.modules():
+        if isinstance(module, nn.modules.dropout._DropoutNd):
+            changed.append((module, "p", module.p))
+            module.p = 0.0
+        for attr in _DROPOUT_ATTRS:
+            value = module.__dict__.get(attr)
+            if isinstance(value, float) and value > 0:
+                changed.append((module, attr, value))
+                setattr(module, attr, 0.0)
+    return changed
+
+
+def forward_backward(
+    model: nn.Module,
+    batch: Mapping[str, torch.Tensor],
+    *,
+    loss_fn: LossFn | None = None,
+    keep_dropout: bool = False,
+    after_backward: Callable[[Graph], None] | None = None,
+) -> Capture:
+    """Run ``model(**batch)``, take the loss, and backpropagate it to the input embeddings with hooks.
+
+    Args:
+        model: A causal LM (``*ForCausalLM``); it is left as it was found.
+        batch: Tensors on the model's device, ``labels`` included; role tensors are not passed to the model.
+        loss_fn: ``fn(logits, labels) -> scalar``; when given, the model is called without labels and this computes
+            the loss, as a trainer with a custom ``compute_loss`` does. Otherwise the model's own ``outputs.loss``.
+        keep_dropout: Leave dropout on (the report is then not deterministic).
+        after_backward: Called with the still differentiable forward once the core backward is done and its
+            hooks are removed, inside the same model state (training mode, dropout off, parameters frozen).
+
+    Returns:
+        The captured per-position quantities.
+
+    Raises:
+        ModelCallError: the model or loss fails on this batch, or the loss does not flow through the logits.
+    """
+    with instrumented(model, keep_dropout=keep_dropout) as rec:
+        logits, loss = call_model(model, batch, loss_fn)
+        logits = _loss_logits(logits, rec)
+        stats = _LogitStats(logits, batch["input_ids"])
+        keep_graph = after_backward is not None
+        backward = loss.requires_grad and rec.embedding is not None and logits.requires_grad
+        if backward:
+            rec.gradient_hooks.append(logits.register_hook(stats.hook))
+        if not keep_graph:
+            # Freed before the backward (unless the loss saved them), as in a step that keeps only the loss.
+            rec.head_input = rec.head_output = None
+            del logits
+        loss_uses_logits = False
+        embedding_grad = None
+        if backward:
+            reentrant = _reentrant_checkpointing(model)
+            embedding_grad = _gradient_at(loss, rec.embedding, reentrant=reentrant, retain_graph=keep_graph)
+            loss_uses_logits = stats.grad_norm is not None
+        if loss.requires_grad and not loss_uses_logits:
+            raise ModelCallError(
+                "the loss does not flow through outputs.logits, so gradscope cannot read which tokens it trains",
+                hint="a fused loss that skips the logits? pass --loss with a function of (logits, labels)",
+            )
+        capture = _capture(batch, loss, stats, embedding_grad, rec)
+        if keep_graph and rec.embedding is not None and logits.requires_grad:
+            rec.remove_gradient_hooks()
+            trained = stats.grad_norm > 0 if stats.grad_norm is not None else None
+            after_backward(Graph(
+                model, batch, loss_fn, rec.embedding, rec.head_input, rec.head_output, logits, loss, embedding_grad, trained
+            ))
+        return capture
+
+
+def _reentrant_checkpointing(model: nn.Module) -> bool:
+    """True when a layer runs under ``torch.utils.checkpoint`` with use_reentrant=True (transformers keeps the
+    checkpoint function, a partial, on each checkpointed layer; torch's own default is reentrant)."""
+    for module in model.modules():
+        function = getattr(module, "_gradient_checkpointing_func", None)
+        if function is not None and getattr(module, "gradient_checkpointing", False):
+            if getattr(function, "keywords", {}).get("use_reentrant", True):
+                return True
+    return False
+
+
+def _gradient_at(
+    loss: torch.Tensor, embedding: torch.Tensor, *, reentrant: bool, retain_graph: bool = False
+) -> torch.Tensor | None:
+    """dL/d(embedding output). ``autograd.grad`` computes only what leads there; reentrant checkpointing refuses it,
+    so there a plain backward fills ``.grad`` (every parameter is frozen: the embedding output is the only leaf
+    that requires grad)."""
+    if not reentrant:
+        try:
+            return torch.autograd.grad(loss, embedding, allow_unused=True, retain_graph=retain_graph)[0]
+        except RuntimeError as err:
+            if "use_reentrant=True" not in str(err):
+                raise
+            raise ModelCallError(
+                "the model's own code checkpoints its layers with use_reentrant=True, which allows no partial backward",
+                hint="enable checkpointing with transformers' gradient_checkpointing_enable(), or use use_reentrant=False",
+            ) from err
+    embedding.retain_grad()
+    loss.backward(retain_graph=retain_graph)
+    return embedding.grad
+
+
+def _loss_logits(logits: torch.Tensor, rec: _Recorder) -> torch.Tensor:
+    """The logits the loss was computed from.
+
+    Under mixed precision accelerate wraps the forward so that it returns its outputs cast to fp32 after the loss
+    was computed: ``outputs.logits`` is then a copy outside the loss's graph. The LM head's own output, of which it
+    is exactly a dtype copy, is the tensor the loss used.
+    """
+    head = rec.head_output
+    fn = logits.grad_fn
+    if head is None or head is logits or fn is None or type(fn).__name__ != "ToCopyBackward0":
+        return logits
+    source = fn.next_functions[0][0] if fn.next_functions else None
+    return head if source is not None and source is head.grad_fn and head.shape == logits.shape else logits
+
+
+def call_model(
+    model: nn.Module,
+    batch: Mapping[str, torch.Tensor],
+    loss_fn: LossFn | None,
+    forward: Callable[..., object] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Call the model as a trainer does and take the loss: ``(logits, scalar loss)``.
+
+    Args:
+        model: The causal LM.
+        batch: Tensors on the model's device; role tensors are dropped.
+        loss_fn: ``fn(logits, labels)``; when given, the model is called without labels. Otherwise ``outputs.loss``.
+        forward: Calls the model with the inputs as keywords; ``model`` itself by default (verify passes a
+            ``torch.func.functional_call`` here to substitute parameter values).
+
+    Raises:
+        ModelCallError: the model or loss fails, or returns no scalar loss.
+    """
+    inputs = model_inputs(batch)
+    labels = inputs.pop("labels") if loss_fn is not None else inputs.get("labels")
+    try:
+        outputs = (forward or model)(**inputs)
+        logits = outputs.logits if hasattr(outputs, "logits") else outputs[0]
+        loss = loss_fn(logits, labels) if loss_fn is not None else outputs.loss
+    except (RuntimeError, TypeError, ValueError, IndexError, KeyError) as err:
+        who = "the loss function" if loss_fn is not None else "model(**batch)"
+        raise ModelCallError(f"{who} failed: {type(err).__name__}: {err}") from err
+    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+        raise ModelCallError(
+            "the model returned no loss" if loss is None else f"the loss is not a scalar tensor (got {type(loss).__name__})",
+            hint="include 'labels' in the batch, or pass --loss FILE.py:FN returning a scalar tensor",
+        )
+    return logits, loss.reshape(())
+
+
+def _capture(
+    batch: Mapping[str, torch.Tensor],
+    loss: torch.Tensor,
+    stats: _LogitStats,
+    embedding_grad: torch.Tensor | None,
+    rec: _Recorder,
+) -> Capture:
+    ids = batch["input_ids"]
+    b, t = ids.shape
+    zeros = torch.zeros(b, t)
+    grad_norm = _shift(stats.grad_norm, 0.0) if stats.grad_norm is not None else zeros
+    target = _shift(stats.target, -1).long() if stats.target is not None else torch.full((b, t), -1)
+    weight = _shift(stats.weight, 0.0) if stats.weight is not None else zeros
+    weight[:, 0] = float("nan")
+    emb = embedding_grad.detach().float().norm(dim=-1).cpu() if embedding_grad is not None else zeros
+    layers = [n if n is not None else zeros for n in rec.layer_norms]
+    layer_norms = torch.stack(layers, dim=1) if layers else torch.zeros(b, 0, t)
+    nonfinite_layers = [i for i, n in enumerate(layers) if not torch.isfinite(n).all()]
+    grads_finite = bool(torch.isfinite(grad_norm).all() and torch.isfinite(emb).all()) and not nonfinite_layers
+    return Capture(
+        loss=float(loss.detach()),
+        token_loss=stats.token_loss,
+        logit_grad_norm=grad_norm,
+        target_id=target,
+        weight=weight,
+        embedding_grad_norm=emb,
+        layer_grad_norms=layer_norms,
+        logits_finite=stats.finite,
+        grads_finite=grads_finite,
+        loss_uses_logits=stats.grad_norm is not None,
+        nonfinite_layers=nonfinite_layers,
+    )

@@ -1,0 +1,216 @@
+"""The check view: verdict, token strips, findings and probes tables."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+from rich.console import Console, ConsoleOptions, Group, RenderResult
+from rich.table import Table
+from rich.text import Text
+
+from gradscope.report.check import ProbeReport, Report, SampleReport, TokenReport
+from gradscope.report.scan import ScanReport
+from gradscope.report.text import format_positions
+
+ROLE_STYLES = {"prompt": "cyan", "completion": "green", "pad": "grey42", None: "white"}
+LEAK_STYLE = "bold white on red"
+
+
+def token_label(token: TokenReport) -> str:
+    """A token's text made visible: newlines and tabs shown, empty or unknown text as its id."""
+    if token.text is None or token.text == "":
+        return f"[{token.token_id}]"
+    return token.text.replace("\n", "↵").replace("\t", "→")
+
+
+class Verdict:
+    """One line: clean, or how many errors of which checks in how many samples."""
+
+    def __init__(self, report: Report, subject: str = "masking") -> None:
+        self.report, self.subject = report, subject
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        r, s = self.report, self.report.summary()
+        if not r.samples:
+            yield _batch_verdict(r, self.subject)
+            return
+        if r.ok:
+            extra = f", {len(r.warnings)} warning(s)" if r.warnings else ""
+            yield Text.assemble(
+                ("✓ clean", "bold green"),
+                f": {s['samples']} sample(s), {s['trained_tokens']} of {s['tokens']} tokens trained{extra}",
+            )
+            return
+        counts = Counter(f.check for f in r.errors)
+        samples = {f.sample for f in r.errors}
+        what = ", ".join(f"{name} ×{n}" for name, n in counts.items())
+        where = "the batch" if samples == {None} else f"{len(samples - {None})} of {s['samples']} sample(s)"
+        yield Text.assemble((f"✗ {self.subject} errors", "bold red"), f": {len(r.errors)} in {where} ({what})")
+
+
+def _batch_verdict(r: Report, subject: str) -> Text:
+    """The verdict of a report without samples (grads, verify): clean, or its errors by check."""
+    names = ", ".join(sorted({f.check for f in r.warnings}))
+    warnings = f", {len(r.warnings)} warning(s) ({names})" if r.warnings else ""
+    if r.ok:
+        return Text.assemble(("✓ clean", "bold green"), warnings)
+    what = ", ".join(f"{name} ×{n}" for name, n in Counter(f.check for f in r.errors).items())
+    return Text.assemble((f"✗ {subject} errors", "bold red"), f": {len(r.errors)} ({what}){warnings}")
+
+
+class TokenStrip:
+    """A sample's tokens coloured by role, trained tokens underlined, leaked positions on red."""
+
+    def __init__(self, sample: SampleReport, flagged: set[int], title: str) -> None:
+        self.sample, self.flagged, self.title = sample, flagged, title
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        yield Text(self.title, style="bold")
+        strip = Text()
+        for token in self.sample.tokens:
+            style = LEAK_STYLE if token.position in self.flagged else ROLE_STYLES.get(token.role, "white")
+            if token.trained:
+                style += " underline bold"
+            strip.append(token_label(token), style=style)
+            strip.append("·", style="grey30")
+        yield strip
+
+
+class Legend:
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        yield Text.assemble(
+            "legend: ",
+            ("prompt", ROLE_STYLES["prompt"]),
+            "  ",
+            ("completion", ROLE_STYLES["completion"]),
+            "  ",
+            ("pad", ROLE_STYLES["pad"]),
+            "  ",
+            ("role unknown", ROLE_STYLES[None]),
+            "  ",
+            ("trained", "underline bold"),
+            "  ",
+            ("flagged", LEAK_STYLE),
+            ("  · separates tokens", "grey42"),
+        )
+
+
+def findings_table(report: Report | ScanReport, title: str = "Findings") -> Table:
+    table = Table(title=title, title_justify="left", show_lines=True, expand=True)
+    table.add_column("check", style="bold", no_wrap=True)
+    table.add_column("severity", no_wrap=True)
+    table.add_column("sample", justify="right")
+    table.add_column("positions")
+    table.add_column("message", ratio=1)
+    for f in report.findings:
+        severity = Text(f.severity, style="red" if f.severity == "error" else "yellow")
+        sample = "batch" if f.sample is None else str(f.sample)
+        table.add_row(f.check, severity, sample, _short_positions(f.positions), f.message)
+    return table
+
+
+def probes_table(report: Report) -> Table:
+    """What each structural probe did and cost; the accumulation probe's cosine and relative error."""
+    table = Table(title="Probes", title_justify="left", expand=True)
+    for name in ("probe", "extra passes", "seconds", "covered"):
+        table.add_column(name, justify="right" if name == "seconds" else "left", ratio=1 if name == "covered" else None)
+    for name, probe in report.probes.items():
+        table.add_row(name, _passes(probe), f"{probe.seconds:.3f}" if probe.ran else "–", _covered(name, probe, report))
+    return table
+
+
+def _passes(probe: ProbeReport) -> str:
+    if not probe.ran:
+        return "not run"
+    parts = [f"{probe.backward_passes} backward"] * bool(probe.backward_passes)
+    parts += [f"{probe.forward_passes} forward"] * bool(probe.forward_passes)
+    how = [] if probe.batched is None else ["batched" if probe.batched else "looped"]
+    how += [f"shared with {', '.join(probe.shared)}"] * bool(probe.shared)
+    return (", ".join(parts) or "none") + (f" ({'; '.join(how)})" if how else "")
+
+
+def _covered(name: str, probe: ProbeReport, report: Report) -> str:
+    if name != "accumulate" or not report.accumulation:
+        return probe.note
+    results = "; ".join(
+        f"batch {a.batch}: cosine {_fmt(a.cosine)}, relative error {_fmt(a.relative_error, 3)}" for a in report.accumulation
+    )
+    return f"{probe.note}; {results}"
+
+
+def _short_positions(positions: list[int]) -> str:
+    return format_positions(positions) if positions else "–"
+
+
+class CheckView:
+    """The ``gradscope check`` terminal report."""
+
+    def __init__(self, report: Report, max_samples: int = 8) -> None:
+        self.report, self.max_samples = report, max_samples
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        r = self.report
+        yield Verdict(r, "masking and gradient" if r.grads is not None else "masking")
+        yield Text(_model_line(r), style="grey50")
+        if _data_line(r):
+            yield Text(_data_line(r), style="grey50")
+        for note in r.notes:
+            yield Text(f"note: {note}", style="yellow")
+        yield Text()
+        flagged = _flagged_positions(r)
+        shown = [s for s in r.samples if s.index in flagged] or r.samples
+        for sample in shown[: self.max_samples]:
+            yield TokenStrip(sample, flagged.get(sample.index, set()), _sample_title(sample))
+            yield Text()
+        if len(shown) > self.max_samples:
+            yield Text(f"… {len(shown) - self.max_samples} more sample(s) not shown (--show N)", style="grey50")
+        yield Legend()
+        if r.probes:
+            yield probes_table(r)
+        if r.findings:
+            yield findings_table(r)
+            yield Verdict(r, "masking and gradient" if r.grads is not None else "masking")
+
+
+def _data_line(r: Report) -> str | None:
+    d = r.data
+    if not d.get("pipeline"):
+        return None
+    labels = {"reference": "gradscope's reference masking (what correct looks like)", "trl": "TRL's SFT preparation and collator",
+              "collate": f"your collator {d.get('collate')}"}[d["pipeline"]]
+    return f"data {d.get('source')} ({d.get('rows')} rows: {d.get('format')}); labels from {labels}"
+
+
+def _model_line(r: Report) -> str:
+    m = r.model
+    name = m.get("name_or_path") or m.get("architecture")
+    losses = ", ".join("nan" if not math.isfinite(x) else f"{x:.4f}" for x in r.losses)
+    return (
+        f"model {name} ({m.get('architecture')}, {m.get('num_layers')} layers, {m.get('dtype')}, {m.get('device')}); "
+        f"loss {m.get('loss')} = {losses}"
+    )
+
+
+def _sample_title(sample: SampleReport) -> str:
+    real = [t for t in sample.tokens if t.role != "pad"]
+    trained = sum(t.trained for t in real)
+    return f"sample {sample.index}: {len(real)} tokens, {trained} trained"
+
+
+def _flagged_positions(report: Report) -> dict[int, set[int]]:
+    flagged: dict[int, set[int]] = {}
+    for f in report.findings:
+        if f.sample is not None:
+            flagged.setdefault(f.sample, set()).update(f.positions)
+    return flagged
+
+
+def _fmt(x: float | None, digits: int = 4) -> str:
+    if x is None:
+        return "–"
+    return "nan" if not math.isfinite(x) else f"{x:.{digits}g}"
+
+
+def render(report: Report, console: Console, *, max_samples: int = 8) -> None:
+    console.print(Group(CheckView(report, max_samples=max_samples)))

@@ -1,0 +1,36 @@
+"""JSON views: a report (schema v1) and role rows."""
+
+from __future__ import annotations
+
+import json
+
+from gradscope.constants import ROLE_NAMES
+from gradscope.data.roles import RoleRow
+from gradscope.report.check import Report, SampleReport, TokenReport
+from gradscope.report.scan import ScanReport
+
+
+def to_json(report: Report | ScanReport) -> str:
+    """The JSON form of a report (schema v1)."""
+    return json.dumps(report.to_dict(), indent=2)
+
+
+def roles_sample(row: RoleRow, tokenizer: object) -> SampleReport:
+    """A derived row as a SampleReport with nothing run, so that TokenStrip can draw it (labels: the reference's)."""
+    tokens = [
+        TokenReport(t, i, tokenizer.decode([i]), ROLE_NAMES[r], label, False, None, None, None, 0.0, 0.0)
+        for t, (i, r, label) in enumerate(zip(row.input_ids, row.roles, row.labels))
+    ]
+    return SampleReport(index=row.index, tokens=tokens, layer_grad_norms=[])
+
+
+def roles_to_json(rows: list[RoleRow], tokenizer: object, data: dict) -> str:
+    """The ``gradscope roles --format json`` document."""
+    out = []
+    for row in rows:
+        tokens = [
+            {"position": t, "token_id": i, "text": tokenizer.decode([i]), "role": ROLE_NAMES[r], "message": m, "label": label}
+            for t, (i, r, m, label) in enumerate(zip(row.input_ids, row.roles, row.messages, row.labels))
+        ]
+        out.append({"index": row.index, "format": row.kind, "completion_cut": row.cut, "tokens": tokens})
+    return json.dumps({"schema_version": 1, "data": data, "rows": out}, indent=2)

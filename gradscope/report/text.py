@@ -1,0 +1,38 @@
+"""Plain-text helpers shared by the checks' messages and the views: counts, positions, name lists."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from gradscope.report.finding import Finding
+
+
+def format_positions(positions: Sequence[int]) -> str:
+    """[0, 1, 2, 3, 7, 9, 10] -> '0–3, 7, 9–10'."""
+    runs: list[list[int]] = []
+    for p in positions:
+        if runs and p == runs[-1][1] + 1:
+            runs[-1][1] = p
+        else:
+            runs.append([p, p])
+    return ", ".join(f"{a}" if a == b else f"{a}–{b}" for a, b in runs)
+
+
+def format_count(n: int, noun: str) -> str:
+    """(1, 'parameter') -> '1 parameter'; (3, 'parameter') -> '3 parameters'."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def name_list(names: Sequence[str], limit: int = 6) -> str:
+    """Names joined with commas, the first ``limit`` of them and how many more."""
+    shown = ", ".join(names[:limit])
+    return shown if len(names) <= limit else f"{shown} and {len(names) - limit} more"
+
+
+def _tokens(n: int) -> str:
+    return "token" if n == 1 else "tokens"
+
+
+def format_findings(findings: list[Finding]) -> str:
+    """Findings as plain text lines, one per finding: check (sample, positions): message."""
+    return "\n".join(f"- {f.check} (sample {f.sample}, positions {f.positions}): {f.message}" for f in findings)

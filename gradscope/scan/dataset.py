@@ -1,0 +1,183 @@
+"""Scan: a model-free audit of every row of a tokenized dataset, read from its labels alone."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from gradscope.data.chunks import Chunk
+from gradscope.data.load import role_spec
+from gradscope.data.pipelines import DataOptions
+from gradscope.data.stream import Source, chunks, open_source, raw_columns, raw_text_error
+from gradscope.data.tokens import default_end_token_ids, resolve_pad_token_id
+from gradscope.errors import ModelLoadError
+from gradscope.model.load import load_tokenizer
+from gradscope.report.scan import ScanReport
+from gradscope.scan.raw import RawSettings, raw_chunks
+from gradscope.scan.summary import ScanAccumulator
+from gradscope.scan.verdicts import CHECKS, Verdicts, verdicts
+
+
+def scan_chunks(
+    checked: Iterator[tuple[Chunk, Verdicts]],
+    report: ScanReport,
+    *,
+    end_token_ids: frozenset[int],
+    pad_token_id: int | None = None,
+    decode: Callable[[int], str | None] = lambda _: None,
+    examples: int = 3,
+    worst: int = 10,
+    progress: Callable[[int], None] | None = None,
+) -> ScanReport:
+    """Fold a stream of checked chunks into ``report``."""
+    for name in CHECKS:
+        report.checks.setdefault(name, {"rows": 0, "positions": 0, "first_rows": []})
+    acc = ScanAccumulator(report, end_token_ids=end_token_ids, pad_token_id=pad_token_id, decode=decode,
+                          examples=examples, worst=worst)
+    for chunk, v in checked:
+        acc.add(chunk, v)
+        if progress is not None:
+            progress(chunk.rows)
+    return acc.finish()
+
+
+def checked_chunks(source: Source, end_token_ids: frozenset[int]) -> Iterator[tuple[Chunk, Verdicts]]:
+    """Read and check chunk after chunk in this process."""
+    for chunk in chunks(source):
+        yield chunk, verdicts(chunk, end_token_ids)
+
+
+# ------------------------------------------------------------------------------------------------ entry point
+
+
+def scan(
+    data: str | Path,
+    *,
+    tokenizer: str | Path | None = None,
+    end_token_ids: Iterable[int] | None = None,
+    options: DataOptions | None = None,
+    examples: int = 3,
+    worst: int = 10,
+    num_proc: int | None = None,
+    progress: Callable[[int, int | None], None] | None = None,
+) -> ScanReport:
+    """Audit every row of a dataset from its labels, without a model.
+
+    Args:
+        data: A ``.jsonl``/``.json`` of rows, a ``.parquet``, an ``.arrow`` file, a directory saved with
+            ``datasets``' ``save_to_disk``, or a ``.safetensors`` batch. Pre-tokenized rows hold ``input_ids`` and
+            optionally ``labels``, ``attention_mask`` and ``completion_mask``/``assistant_masks``. Raw rows
+            (``prompt``/``completion``, ``messages``, ``text``) need ``tokenizer``: they are tokenized and split into
+            roles as ``check`` does, and labelled by its reference masking.
+        tokenizer: A tokenizer (or model) directory: names the end and pad tokens (with the directory's
+            config.json and generation_config.json, as ``check`` does), decodes token texts in messages, and
+            tokenizes raw rows (with its chat template).
+        end_token_ids: Token ids that close a completion, instead of the tokenizer's.
+        options: For raw rows: ``train_on``, ``response_template``, ``instruction_template``, ``max_length`` and
+            ``truncation_mode``, as ``check`` reads them (the other fields do not apply to a scan).
+        examples: Rows of each check given in full (positions and message) in ``findings``.
+        worst: How many of the rows with the most flagged positions to list.
+        num_proc: Processes for ``datasets.Dataset.map`` (None or 1: one process, streaming); pre-tokenized data
+            only.
+        progress: Called as ``progress(rows_done, total_rows_or_None)`` after each chunk.
+
+    Returns:
+        The ScanReport; ``report.ok`` is False when a row fails an error check.
+
+    Raises:
+        InputError: unreadable or malformed data, raw rows without a tokenizer or that ``check`` would reject, or
+            a tokenizer directory that cannot be loaded.
+    """
+    source = open_source(data)
+    settings = TokenSettings.load(tokenizer, end_token_ids)
+    report = ScanReport(source=settings.describe(source))
+    done = 0
+
+    def advance(rows: int) -> None:
+        nonlocal done
+        done += rows
+        if progress is not None:
+            progress(done, source.rows)
+
+    ends = settings.end_token_ids
+    raw = _raw_settings(source, settings, options or DataOptions())
+    if raw is not None:
+        checked = ((chunk, verdicts(chunk, ends)) for chunk in raw_chunks(source, raw))
+        if num_proc and num_proc > 1:
+            report.notes.append("--num-proc was not used: raw rows are tokenized in this process, by the tokenizer's "
+                                "batched call")
+    elif num_proc and num_proc > 1 and source.format != "safetensors":
+        from gradscope.scan.parallel import parallel_checked_chunks
+
+        checked = parallel_checked_chunks(source, ends, num_proc)
+    else:
+        checked = checked_chunks(source, ends)
+    scanned = scan_chunks(checked, report, end_token_ids=settings.end_token_ids, pad_token_id=settings.pad_token_id,
+                          decode=settings.decode, examples=examples, worst=worst, progress=advance)
+    if raw is not None:
+        scanned.source["raw"] = raw.describe()
+    return scanned
+
+
+def _raw_settings(source: Source, settings: TokenSettings, options: DataOptions) -> RawSettings | None:
+    """How to read raw rows, or None when the data is tokenized; raw rows without a tokenizer are bad input."""
+    names = raw_columns(source)
+    if not names:
+        return None
+    if settings.tokenizer is None:
+        raise raw_text_error(names, source.path)
+    spec = role_spec(settings.tokenizer, options, settings.end_token_ids, source=str(source.path))
+    return RawSettings(settings.tokenizer, spec, options)
+
+
+@dataclass
+class TokenSettings:
+    """What a scan knows of the tokens without a model: end ids, the pad id, and texts."""
+
+    end_token_ids: frozenset[int]
+    pad_token_id: int | None
+    tokenizer: Any = None
+    directory: Path | None = None
+
+    @classmethod
+    def load(cls, directory: str | Path | None, end_token_ids: Iterable[int] | None) -> TokenSettings:
+        """From a tokenizer or model directory (tokenizer files, config.json, generation_config.json)."""
+        if directory is None:
+            return cls(frozenset(end_token_ids or ()), None)
+        directory = Path(directory)
+        tokenizer = load_tokenizer(directory) if directory.is_dir() else None
+        if tokenizer is None:
+            raise ModelLoadError("no tokenizer files in this directory", path=directory,
+                                 hint="give the model's directory (tokenizer.json, tokenizer_config.json)")
+        configs = SimpleNamespace(config=_json_config(directory / "config.json"),
+                                  generation_config=_json_config(directory / "generation_config.json"))
+        ends = frozenset(end_token_ids) if end_token_ids else default_end_token_ids(configs, tokenizer)
+        return cls(ends, resolve_pad_token_id(configs, tokenizer), tokenizer, directory)
+
+    def decode(self, token_id: int) -> str | None:
+        return self.tokenizer.decode([token_id]) if self.tokenizer is not None else None
+
+    def describe(self, source: Source) -> dict[str, Any]:
+        return {
+            "path": str(source.path),
+            "format": source.format,
+            "tokenizer": str(self.directory) if self.directory else None,
+            "end_token_ids": sorted(self.end_token_ids),
+            "pad_token_id": self.pad_token_id,
+            "raw": None,
+        }
+
+
+def _json_config(path: Path) -> SimpleNamespace | None:
+    """A config file's eos/pad ids, read as plain JSON (nothing from the directory runs)."""
+    if not path.is_file():
+        return None
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise ModelLoadError(f"cannot read {path.name}: {err}", path=path) from err
+    return SimpleNamespace(eos_token_id=values.get("eos_token_id"), pad_token_id=values.get("pad_token_id"))

@@ -1,0 +1,163 @@
+"""What a scan accumulates: counts per check, distributions, the worst rows."""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from gradscope.checks.masking import SampleView, check_sample
+from gradscope.constants import IGNORE_INDEX, UNKNOWN
+from gradscope.data.batch import COMPLETION, PAD, PROMPT
+from gradscope.data.chunks import Chunk
+from gradscope.report.finding import Finding
+from gradscope.report.scan import ScanReport
+from gradscope.scan.verdicts import CHECKS, Verdicts
+from gradscope.verbs.check import ROLES_UNKNOWN_NOTE
+
+LENGTH_QUANTILES = (0.5, 0.9, 0.99)
+FRACTION_BINS = 10
+
+
+# ------------------------------------------------------------------------------------------------ accumulating
+
+
+@dataclass
+class _Worst:
+    """A bounded min-heap of the rows with the most flagged positions (ties: the earlier row wins)."""
+
+    size: int
+    heap: list[tuple[int, int, list[Finding]]] = field(default_factory=list)
+
+    def offer(self, score: int, row: int, findings: Callable[[], list[Finding]]) -> None:
+        item = (score, -row)
+        if len(self.heap) < self.size:
+            heapq.heappush(self.heap, (*item, findings()))
+        elif item > self.heap[0][:2]:
+            heapq.heapreplace(self.heap, (*item, findings()))
+
+    def rows(self) -> list[tuple[int, int, list[Finding]]]:
+        """(row, score, findings), worst first."""
+        return [(-neg_row, score, found) for score, neg_row, found in sorted(self.heap, reverse=True)]
+
+
+class ScanAccumulator:
+    """Folds the verdicts of chunk after chunk into one ScanReport, in memory that does not grow with the rows."""
+
+    def __init__(self, report: ScanReport, *, end_token_ids: frozenset[int], pad_token_id: int | None,
+                 decode: Callable[[int], str | None], examples: int, worst: int) -> None:
+        self.report, self.ends, self.pad_id, self.decode = report, end_token_ids, pad_token_id, decode
+        self.examples = examples
+        self.worst = _Worst(worst)
+        self.lengths = np.zeros(0, dtype=np.int64)  # rows per exact length: exact quantiles, size = longest row
+        self.fractions = np.zeros(FRACTION_BINS, dtype=np.int64)
+        self.shown: dict[int, list[Finding]] = {}
+        self.roles_missing = False
+
+    def add(self, chunk: Chunk, v: Verdicts) -> None:
+        """Count one chunk's verdicts; keep in full the first rows of each check and the worst rows so far."""
+        r = self.report
+        r.rows += chunk.rows
+        r.tokens += int(v.tokens.sum())
+        r.trained_tokens += int(v.trained.sum())
+        self.roles_missing |= not chunk.has_roles
+        self._distributions(v)
+        for name in CHECKS:
+            self._count(name, chunk, v)
+        self._offer_worst(chunk, v)
+
+    def _count(self, name: str, chunk: Chunk, v: Verdicts) -> None:
+        failing = np.flatnonzero(v.fails[name])
+        entry = self.report.checks[name]
+        entry["rows"] += len(failing)
+        entry["positions"] += int(v.positions[name][failing].sum())
+        for r in failing[: max(0, self.examples - len(entry["first_rows"]))]:
+            entry["first_rows"].append(chunk.first_row + int(r))
+            self.shown[chunk.first_row + int(r)] = self._findings(chunk, int(r))
+
+    def _offer_worst(self, chunk: Chunk, v: Verdicts) -> None:
+        score = sum(v.positions.values())  # (R,) flagged positions; a no_loss row counts all its tokens
+        candidates = np.flatnonzero(score > 0)
+        if self.worst.size == 0 or not len(candidates):
+            return
+        if len(candidates) > self.worst.size:  # only the chunk's own best can enter the heap
+            top = np.argpartition(-score[candidates], self.worst.size - 1)[: self.worst.size]
+            candidates = np.sort(candidates[top])
+        for r in candidates.tolist():
+            self.worst.offer(int(score[r]), chunk.first_row + r, lambda r=r: self._findings(chunk, r))
+
+    def _distributions(self, v: Verdicts) -> None:
+        longest = int(v.tokens.max()) if len(v.tokens) else 0
+        if longest >= len(self.lengths):
+            self.lengths = np.pad(self.lengths, (0, longest + 1 - len(self.lengths)))
+        self.lengths += np.bincount(v.tokens, minlength=len(self.lengths))
+        bins = np.minimum(FRACTION_BINS * v.trained // np.maximum(v.tokens, 1), FRACTION_BINS - 1)  # exact integers
+        self.fractions += np.bincount(bins, minlength=FRACTION_BINS)
+
+    def _findings(self, chunk: Chunk, r: int) -> list[Finding]:
+        """The row's findings in full, exactly as ``check`` writes them (``analyze.check_sample``)."""
+        return check_sample(sample_view(chunk.row(r), chunk.first_row + r, self.ends, self.pad_id, self.decode))
+
+    def finish(self) -> ScanReport:
+        """The report: counts, distributions, the worst rows and the findings of every row shown."""
+        r = self.report
+        worst = self.worst.rows()
+        r.worst_rows = [{"row": row, "positions": score, "checks": sorted({f.check for f in found})} for row, score, found in worst]
+        shown = dict(self.shown)
+        shown.update({row: found for row, _, found in worst})
+        r.findings = [f for row in sorted(shown) for f in shown[row]]
+        r.distributions = {"length": _length_summary(self.lengths), "trained_fraction": self._fraction_summary()}
+        if self.roles_missing:
+            r.notes.append(ROLES_UNKNOWN_NOTE)
+        if not self.ends:
+            r.notes.append("no end token ids (give --tokenizer DIR or --end-token-id): eos_untrained was not checked")
+        return r
+
+    def _fraction_summary(self) -> dict[str, Any]:
+        edges = [round(i / FRACTION_BINS, 2) for i in range(FRACTION_BINS + 1)]
+        mean = self.report.trained_tokens / self.report.tokens if self.report.tokens else None
+        return {"bins": edges, "rows": self.fractions.tolist(), "token_weighted_mean": mean}
+
+
+def _length_summary(lengths: np.ndarray) -> dict[str, Any]:
+    """Exact quantiles of non-padding tokens per row, from rows counted per length."""
+    total = int(lengths.sum())
+    if total == 0:
+        return {"rows": 0}
+    cumulative = np.cumsum(lengths)
+    values = np.arange(len(lengths))
+    out: dict[str, Any] = {"rows": total, "min": int(np.argmax(lengths > 0)), "max": int(len(lengths) - 1)}
+    out["mean"] = float((lengths * values).sum() / total)
+    for q in LENGTH_QUANTILES:
+        out[f"p{round(q * 100)}"] = int(np.searchsorted(cumulative, q * total))
+    return out
+
+
+def sample_view(row: dict[str, np.ndarray], index: int, ends: frozenset[int], pad_id: int | None,
+                decode: Callable[[int], str | None]) -> SampleView:
+    """One row as ``analyze`` sees it, with the trained map and targets read from the labels."""
+    ids = torch.tensor(np.asarray(row["input_ids"], dtype=np.int64))
+    labels = torch.tensor(np.asarray(row["labels"], dtype=np.int64))
+    trained = labels != IGNORE_INDEX
+    trained[0] = False
+    roles = torch.full(ids.shape, UNKNOWN, dtype=torch.long)
+    if "completion_mask" in row:
+        roles = torch.where(torch.tensor(np.asarray(row["completion_mask"]) != 0), COMPLETION, PROMPT)
+    if "attention_mask" in row:
+        roles[torch.tensor(np.asarray(row["attention_mask"]) == 0)] = PAD
+    cut = int(row["completion_cut"][0]) if "completion_cut" in row else 0
+    return SampleView(
+        index=index,
+        input_ids=ids,
+        roles=roles,
+        trained=trained,
+        target_id=torch.where(trained, labels, -1),
+        texts=[decode(i) for i in ids.tolist()],
+        end_token_ids=ends,
+        pad_token_id=pad_id,
+        completion_cut=cut,
+    )

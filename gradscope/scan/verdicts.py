@@ -1,0 +1,120 @@
+"""The scan's checks, vectorized over a chunk of rows: the same verdicts analyze gives row by row."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+from gradscope.constants import IGNORE_INDEX
+from gradscope.data.chunks import Chunk
+
+CHECKS = ("no_loss", "label_misaligned", "prompt_leak", "pad_leak", "completion_untrained", "eos_untrained",
+          "completion_truncated")
+"""What a scan checks, in the order of ``analyze``: a root cause first, then the role checks. completion_truncated
+(a warning) fires only on raw rows, where the scan truncates (``--max-length``) and so knows what was cut."""
+
+ROLE_CHECKS = CHECKS[2:]
+
+
+@dataclass
+class Verdicts:
+    """What the checks say about each row of a chunk; every array is (R,)."""
+
+    tokens: np.ndarray  # non-padding tokens
+    trained: np.ndarray  # trained tokens, padding excepted (as in check's summary)
+    positions: dict[str, np.ndarray]  # check -> flagged positions in the row (0 where the check does not fire)
+    fails: dict[str, np.ndarray]  # check -> bool, root causes first as in analyze.check_sample
+
+
+def verdicts(chunk: Chunk, end_token_ids: Iterable[int]) -> Verdicts:
+    """Every check on every row of a chunk, vectorized; the rules are those of ``gradscope.analyze``.
+
+    Args:
+        chunk: The rows.
+        end_token_ids: Ids of the tokens that close a completion (EOS, end of turn).
+
+    Returns:
+        Per-row counts and verdicts.
+    """
+    n, starts = len(chunk.input_ids), chunk.starts
+    first = np.zeros(n, dtype=bool)
+    first[starts] = True  # position 0 of each row: never a prediction target
+    pad = chunk.attention == 0 if chunk.attention is not None else np.zeros(n, dtype=bool)
+    trained = (chunk.labels != IGNORE_INDEX) & ~first
+    ends = _isin(chunk.input_ids, end_token_ids)
+    masks: dict[str, np.ndarray] = {
+        "label_misaligned": trained & (chunk.labels != chunk.input_ids),
+        "pad_leak": trained & pad,
+    }
+    if chunk.completion is not None:
+        completion = (chunk.completion != 0) & ~pad
+        prompt = ~completion & ~pad
+        closing = _closing_with_roles(completion, ends, pad, first)
+        masks["prompt_leak"] = prompt & trained & ~closing
+        masks["completion_untrained"] = completion & ~trained & ~closing & ~first
+    else:  # roles unknown: an end token right after a trained token closes what was trained
+        closing = ends & ~pad & _after(trained, first)
+    masks["eos_untrained"] = closing & ~trained
+    counts = {name: _row_sums(mask, starts) for name, mask in masks.items()}
+    if chunk.cut is not None:
+        counts["completion_truncated"] = chunk.cut  # its "positions": the completion tokens cut
+    tokens = np.diff(starts, append=n) - _row_sums(pad, starts)
+    trained_real = _row_sums(trained & ~pad, starts)
+    any_trained = (trained_real + counts["pad_leak"]) > 0  # padding included: a trained pad is still a loss term
+    return Verdicts(tokens, trained_real, *_with_precedence(counts, any_trained, tokens))
+
+
+def _with_precedence(
+    counts: dict[str, np.ndarray], any_trained: np.ndarray, tokens: np.ndarray
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """A row with no trained token is no_loss alone; a misaligned row is label_misaligned alone."""
+    no_loss = ~any_trained
+    misaligned = ~no_loss & (counts["label_misaligned"] > 0)
+    roles_apply = ~no_loss & ~misaligned
+    fails = {"no_loss": no_loss, "label_misaligned": misaligned}
+    positions = {"no_loss": np.where(no_loss, tokens, 0), "label_misaligned": np.where(misaligned, counts["label_misaligned"], 0)}
+    for name in ROLE_CHECKS:
+        count = counts.get(name, np.zeros_like(tokens))
+        fails[name] = roles_apply & (count > 0)
+        positions[name] = np.where(fails[name], count, 0)
+    return positions, fails
+
+
+def _isin(ids: np.ndarray, wanted: Iterable[int]) -> np.ndarray:
+    out = np.zeros(len(ids), dtype=bool)
+    for token_id in sorted(set(wanted)):  # a handful of ids: one comparison pass each
+        out |= ids == token_id
+    return out
+
+
+def _after(mask: np.ndarray, first: np.ndarray) -> np.ndarray:
+    """mask[t - 1] at every t, within each row (False at a row's first position)."""
+    out = np.empty_like(mask)
+    out[0] = False
+    out[1:] = mask[:-1]
+    out &= ~first
+    return out
+
+
+def _closing_with_roles(completion: np.ndarray, ends: np.ndarray, pad: np.ndarray, first: np.ndarray) -> np.ndarray:
+    """``analyze.closing_positions`` with roles: each completion span's last token if it is an end token, else the
+    end token right after the span (not padding)."""
+    continues = np.zeros_like(completion)
+    continues[:-1] = completion[1:] & ~first[1:]
+    last = completion & ~continues
+    closing = (last & ends) | (_after(last & ~ends, first) & ends & ~pad)
+    return closing & ~first
+
+
+SPARSE = 64
+"""A mask with fewer than one hit in SPARSE tokens is counted hit by hit (most checks, on most data)."""
+
+
+def _row_sums(mask: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Per-row counts of a boolean mask over a chunk's flat tokens (int64, one per row)."""
+    hits = np.count_nonzero(mask)
+    if hits * SPARSE < len(mask):  # each hit's row by binary search: a few hits cost far less than a full pass
+        return np.bincount(np.searchsorted(starts, np.flatnonzero(mask), side="right") - 1, minlength=len(starts))
+    return np.add.reduceat(mask.view(np.uint8), starts, dtype=np.int64)

@@ -1,0 +1,364 @@
+"""``check``: run a batch through the model with hooks and probes, analyze, and build the Report."""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from gradscope.checks.masking import SampleView, analyze
+from gradscope.checks.structure import (
+    CallFacts,
+    accumulation_mismatch,
+    call_facts,
+    causal_leak,
+    cross_document_leak,
+    uneven_token_weights,
+)
+from gradscope.constants import CUT_KEY, ROLE_NAMES, ROW_KEY
+from gradscope.data.batch import PAD, document_starts, real_tokens, roles
+from gradscope.data.tokens import default_end_token_ids, resolve_pad_token_id
+from gradscope.engine.accumulate import Accumulation
+from gradscope.engine.probes import PROBES, WINDOWS_PER_ROW, ProbeRun
+from gradscope.engine.run import Capture, forward_backward
+from gradscope.errors import DataError, InputError
+from gradscope.model.prepare import describe_model, prepare_batch, to_device
+from gradscope.model.usercode import LossFn
+from gradscope.report.check import AccumulationReport, ProbeReport, Report, SampleReport, TokenReport
+from gradscope.report.finding import Finding
+
+ROLES_UNKNOWN_NOTE = (
+    "roles unknown (no completion_mask or assistant_masks): prompt_leak and completion_untrained were not checked; "
+    "eos_untrained looked at end tokens right after trained tokens"
+)
+
+
+def check(
+    model: nn.Module,
+    batch: Mapping[str, torch.Tensor],
+    *,
+    tokenizer: Any = None,
+    loss_fn: LossFn | None = None,
+    keep_dropout: bool = False,
+    end_token_ids: Iterable[int] | None = None,
+    probes: Iterable[str] = PROBES,
+    accumulate: int | None = None,
+    windows: int = WINDOWS_PER_ROW,
+) -> Report:
+    """Check which tokens one batch trains and flag every masking leak.
+
+    Args:
+        model: A loaded causal LM (any ``*ForCausalLM``). It is called as ``model(**batch)`` and left as it was.
+        batch: ``input_ids`` (B, T) and optionally ``labels``, ``attention_mask``, ``position_ids``, other model
+            inputs, and a role tensor ``completion_mask`` or ``assistant_masks`` (1 = a token meant to be trained).
+            Absent ``labels`` means input_ids with -100 where attention_mask is 0.
+        tokenizer: Decodes token texts and names the end and pad tokens; optional.
+        loss_fn: ``fn(logits, labels) -> scalar`` replacing the model's own loss.
+        keep_dropout: Leave dropout on (the report is then not deterministic).
+        end_token_ids: Token ids that close a completion; by default EOS from the config and tokenizer plus the
+            tokenizer's end-of-turn tokens.
+        probes: Structural probes to run, from ``causal``, ``packing``, ``weights`` (default: all).
+        accumulate: Also re-run the batch as this many accumulated micro-batches and compare gradients.
+        windows: Random-projection windows per row for the causal and packing probes, on top of the free screen
+            of the core run's gradient; each costs about one activation-only backward pass.
+
+    Returns:
+        The Report; ``report.ok`` is False when there is an error finding.
+
+    Raises:
+        InputError: the batch does not fit the model, or the model/loss fails on it, or an unknown probe.
+    """
+    return check_batches(
+        model,
+        [batch],
+        tokenizer=tokenizer,
+        loss_fn=loss_fn,
+        keep_dropout=keep_dropout,
+        end_token_ids=end_token_ids,
+        probes=probes,
+        accumulate=accumulate,
+        windows=windows,
+    )
+
+
+def check_batches(
+    model: nn.Module,
+    batches: Iterable[Mapping[str, torch.Tensor]],
+    *,
+    tokenizer: Any = None,
+    loss_fn: LossFn | None = None,
+    keep_dropout: bool = False,
+    end_token_ids: Iterable[int] | None = None,
+    source: str | None = None,
+    probes: Iterable[str] = PROBES,
+    accumulate: int | None = None,
+    windows: int = WINDOWS_PER_ROW,
+) -> Report:
+    """``check`` over several batches, one forward and backward each (plus the probes'), merged into one Report.
+
+    Samples are numbered across batches in order, so a finding's ``sample`` is the row of the data.
+    """
+    chosen = chosen_probes(probes, accumulate, windows)
+    ends = frozenset(end_token_ids) if end_token_ids is not None else default_end_token_ids(model, tokenizer)
+    report = Report(model=describe_model(model, loss_fn))
+    runs, packed = [], (0, 0)
+    device = model.get_input_embeddings().weight.device  # the first device when layers are spread (device_map)
+    pad_id = resolve_pad_token_id(model, tokenizer)
+    for index, batch in enumerate(batches):
+        full = prepare_batch(model, batch, source, first_row=len(report.samples))
+        _require_rows(full, accumulate, index, source)
+        starts = document_starts(full)
+        run = ProbeRun(
+            starts, real_tokens(full), causal="causal" in chosen, packing="packing" in chosen, per_row=windows,
+            micro_batches=accumulate,
+        )
+        capture = forward_backward(
+            model, to_device(full, device), loss_fn=loss_fn, keep_dropout=keep_dropout,
+            after_backward=run if run.needed else None,  # a graph kept for nothing costs the logits' memory
+        )
+        views = _views(full, capture, tokenizer, ends, pad_id, len(report.samples), starts if "packing" in chosen else None)
+        findings = analyze(capture, views, full["labels"])
+        if not any(f.check == "nonfinite" for f in findings):
+            facts = call_facts(model, full, _restarts(full))
+            findings += _structural_findings(run, capture, views, facts, starts, chosen)
+            if run.accumulation is not None:
+                result, finding = _accumulation(run.accumulation, capture, index)
+                report.accumulation.append(result)
+                findings += [finding] if finding is not None else []
+        report.findings += findings
+        report.samples += [_sample_report(v, full, capture, i) for i, v in enumerate(views)]
+        report.losses.append(capture.loss)
+        runs.append(run)
+        packed = tuple(a + b for a, b in zip(packed, _packing_extent(starts, real_tokens(full))))
+        if not all(v.roles_known for v in views) and ROLES_UNKNOWN_NOTE not in report.notes:
+            report.notes.append(ROLES_UNKNOWN_NOTE)
+    report.probes = _probe_reports(runs, chosen, packed)
+    return report
+
+
+def chosen_probes(probes: Iterable[str], accumulate: int | None = None, windows: int = 0) -> frozenset[str]:
+    """The probe names, checked; ``accumulate`` must be a number of micro-batches >= 1, ``windows`` >= 0.
+
+    Raises:
+        InputError: an unknown probe name, a bad number of micro-batches or of windows.
+    """
+    names = frozenset(probes)
+    unknown = sorted(names - set(PROBES))
+    if unknown:
+        raise InputError(f"unknown probe {', '.join(map(repr, unknown))}", hint=f"choose from {', '.join(PROBES)}")
+    if accumulate is not None and accumulate < 1:
+        raise InputError(f"--accumulate {accumulate}: the number of micro-batches must be at least 1")
+    if windows < 0:
+        raise InputError(f"--windows {windows}: the number of windows per row must be at least 0")
+    return names
+
+
+def _require_rows(batch: Mapping[str, torch.Tensor], accumulate: int | None, index: int, source: str | None) -> None:
+    rows = len(batch["input_ids"])
+    if accumulate and accumulate > rows:
+        raise DataError(
+            f"batch {index} has {rows} row(s), too few to split into {accumulate} micro-batches",
+            path=source,
+            hint="give --accumulate at most the number of rows (with JSONL, raise --batch-size)",
+        )
+
+
+def _restarts(batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """(B, T) bool: where position_ids restart, the only boundaries sdpa and eager attention honour."""
+    return document_starts({k: v for k, v in batch.items() if k in ("input_ids", "position_ids")})
+
+
+def _structural_findings(
+    run: ProbeRun,
+    capture: Capture,
+    views: list[SampleView],
+    facts: CallFacts,
+    starts: torch.Tensor,
+    chosen: frozenset[str],
+) -> list[Finding]:
+    """causal_leak and cross_document_leak per sample, then the batch's uneven_token_weights."""
+    found: list[Finding | None] = []
+    if run.dependence is not None:
+        dep = run.dependence
+        for row, view in enumerate(views):
+            mine = [w for w in dep.windows if w.row == row]
+            found.append(causal_leak(view.index, mine, dep.seen[:, row], facts))
+            found.append(cross_document_leak(view.index, mine, dep.seen[:, row], facts, row))
+    if "weights" in chosen:
+        trained = capture.logit_grad_norm > 0
+        found.append(uneven_token_weights(capture.weight, trained, starts.cumsum(1), [v.index for v in views]))
+    return [f for f in found if f is not None]
+
+
+def _accumulation(acc: Accumulation, capture: Capture, index: int) -> tuple[AccumulationReport, Finding | None]:
+    """The accumulation section entry of batch ``index`` and its accumulation_mismatch, if any."""
+    trained = capture.logit_grad_norm > 0
+    counts = [int(trained[rows].sum()) for rows in acc.rows]
+    result = AccumulationReport(index, acc.micro_batches, acc.cosine, acc.relative_error, counts)
+    return result, accumulation_mismatch(acc, counts, index)
+
+
+def _probe_reports(runs: list[ProbeRun], chosen: frozenset[str], packed: tuple[int, int]) -> dict[str, ProbeReport]:
+    """The probes section: what each probe covered and cost, summed over the batches.
+
+    Args:
+        runs: Each batch's probe run.
+        chosen: The chosen probes.
+        packed: (document boundaries, packed rows) in the data.
+    """
+    screens = [r.screen for r in runs if r.screen is not None]
+    cuts = sum(w.future for r in runs for w in r.windows)
+    tested = len({(i, w.row, w.start) for i, r in enumerate(runs) for w in r.windows if w.boundary})
+    after = sum(int(s.after.sum()) for s in screens)
+    screened = sum(s.boundaries for s in screens)
+    reports = {
+        "causal": _vjp_report(runs, after + cuts > 0, ["packing"] if tested else [], _causal_note(runs, cuts)),
+        "packing": _vjp_report(
+            runs, screened + tested > 0, ["causal"] if cuts else [],
+            f"{screened} of {packed[0]} document boundaries screened at no cost by the loss's own gradient, {tested} "
+            f"tested by random-projection windows, in {packed[1]} packed row(s)",
+        ),
+        "weights": ProbeReport(ran=True, note="token weights read off the core run's logit gradient: no extra pass"),
+    }
+    if not packed[0]:
+        reports["packing"].note = "no packed rows: no position_ids restart, seq_idx or cu_seq_lens_q/k boundary"
+    for name in PROBES:
+        if name not in chosen:
+            reports[name] = ProbeReport(note="not chosen (--probes)")
+    accumulations = [r.accumulation for r in runs if r.accumulation is not None]
+    if accumulations:
+        reports["accumulate"] = ProbeReport(
+            ran=True,
+            seconds=sum(a.seconds for a in accumulations),
+            forward_passes=sum(a.micro_batches for a in accumulations),
+            note=f"{accumulations[0].micro_batches} micro-batches per batch; gradients compared at the logits",
+        )
+    return reports
+
+
+def _causal_note(runs: list[ProbeRun], cuts: int) -> str:
+    """What the causal probe covered: the screen's tokens, the windows' cuts, and rows the windows left unexplained."""
+    screens = [r.screen for r in runs if r.screen is not None]
+    after = sum(int(s.after.sum()) for s in screens)
+    rows = sum(int(s.after.any(1).sum()) for s in screens)
+    note = (
+        f"free screen of the loss's own gradient: {after} token(s) after the last trained logit of their document, "
+        f"in {rows} row(s); {cuts} random-projection cut(s)"
+    )
+    unexplained = sum(len(r.unexplained) for r in runs)
+    if unexplained:
+        note += (
+            f"; in {unexplained} row(s) the loss's gradient reaches such tokens but no window of the chosen probes "
+            "shows a logit depending on them (a loss term outside the logits, such as an auxiliary loss, does that)"
+        )
+    return note
+
+
+def _vjp_report(runs: list[ProbeRun], ran: bool, shared: list[str], note: str) -> ProbeReport:
+    """The causal or packing entry: the screen's time plus the windows' backward passes (shared by both)."""
+    if not ran:
+        return ProbeReport(note="nothing to test")
+    deps = [r.dependence for r in runs if r.dependence is not None]
+    return ProbeReport(
+        ran=True,
+        seconds=sum(r.screen.seconds for r in runs if r.screen is not None) + sum(d.seconds for d in deps),
+        backward_passes=sum(d.passes for d in deps),
+        batched=all(d.batched for d in deps) if deps else None,
+        shared=shared,
+        note=note,
+    )
+
+
+def _packing_extent(starts: torch.Tensor, real: torch.Tensor) -> tuple[int, int]:
+    """(document boundaries between real tokens, rows holding more than one document)."""
+    inner = starts & real
+    return int(inner.sum()), int(inner.any(1).sum())
+
+
+def _views(
+    batch: Mapping[str, torch.Tensor],
+    capture: Capture,
+    tokenizer: Any,
+    ends: frozenset[int],
+    pad_id: int | None,
+    first: int,
+    starts: torch.Tensor | None = None,
+) -> list[SampleView]:
+    role_codes = roles(batch)
+    trained = capture.logit_grad_norm > 0
+    texts = _decoder(tokenizer)
+    n = len(batch["input_ids"])
+    cut = batch[CUT_KEY].tolist() if CUT_KEY in batch else [0] * n
+    index = batch[ROW_KEY].tolist() if ROW_KEY in batch else list(range(first, first + n))
+    return [
+        SampleView(
+            index=int(index[b]),
+            input_ids=batch["input_ids"][b].cpu(),
+            roles=role_codes[b],
+            trained=trained[b],
+            target_id=capture.target_id[b],
+            texts=[texts(i) for i in batch["input_ids"][b].tolist()],
+            end_token_ids=ends,
+            pad_token_id=pad_id,
+            completion_cut=int(cut[b]),
+            document_starts=_document_starts(starts[b], role_codes[b]) if starts is not None else frozenset(),
+        )
+        for b in range(len(batch["input_ids"]))
+    ]
+
+
+def _document_starts(starts: torch.Tensor, role_codes: torch.Tensor) -> frozenset[int]:
+    """Starts of documents that follow a real document: padding is neither a document nor what one follows."""
+    real = role_codes != PAD
+    follows_real = torch.zeros_like(real)
+    follows_real[1:] = real[:-1]
+    return frozenset((starts & real & follows_real).nonzero().flatten().tolist())
+
+
+_TEXTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _decoder(tokenizer: Any):
+    """A cached id -> text function (None without a tokenizer); the cache lives as long as the tokenizer, so each
+    token id is decoded once across batches and calls."""
+    if tokenizer is None:
+        return lambda token_id: None
+    try:
+        cache = _TEXTS.setdefault(tokenizer, {})
+    except TypeError:  # a tokenizer that takes no weak reference: a cache for this call only
+        cache = {}
+
+    def text(token_id: int) -> str | None:
+        if token_id not in cache:
+            cache[token_id] = tokenizer.decode([token_id])
+        return cache[token_id]
+
+    return text
+
+
+def _sample_report(view: SampleView, batch: Mapping[str, torch.Tensor], capture: Capture, b: int) -> SampleReport:
+    # One .tolist() per quantity: indexing tensors element by element costs microseconds per token.
+    ids, roles, trained = view.input_ids.tolist(), view.roles.tolist(), view.trained.tolist()
+    labels, targets = batch["labels"][b].tolist(), view.target_id.tolist()
+    loss, weight = capture.token_loss[b].tolist(), capture.weight[b].tolist()
+    logit_norm, embedding_norm = capture.logit_grad_norm[b].tolist(), capture.embedding_grad_norm[b].tolist()
+    tokens = [
+        TokenReport(
+            position=t,
+            token_id=ids[t],
+            text=view.texts[t],
+            role=ROLE_NAMES[roles[t]],
+            label=labels[t],
+            trained=trained[t],
+            target_id=None if targets[t] < 0 else targets[t],
+            loss=None if t == 0 else loss[t],
+            weight=None if t == 0 else weight[t],
+            logit_grad_norm=logit_norm[t],
+            embedding_grad_norm=embedding_norm[t],
+        )
+        for t in range(len(ids))
+    ]
+    return SampleReport(index=view.index, tokens=tokens, layer_grad_norms=capture.layer_grad_norms[b].tolist())
