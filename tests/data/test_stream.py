@@ -14,7 +14,7 @@ from gradscope.data.stream import chunks, open_source
 from gradscope.errors import DataError
 from gradscope.scan.dataset import scan
 from tests.conftest import FIXTURES
-from tests.test_scan import random_rows
+from tests.scan.test_dataset import random_rows
 
 ROWS = random_rows(300, seed=5, roles=True)
 COLUMNS = ("input_ids", "labels", "attention_mask", "completion_mask")

@@ -20,7 +20,7 @@ from gradscope.data.tokens import default_end_token_ids
 from gradscope.errors import DataError
 from gradscope.scan.dataset import scan
 from tests.conftest import FIXTURES, fixture_model
-from tests.test_roles import TOKENIZERS, tok
+from tests.data.test_roles import TOKENIZERS, tok
 
 RAW = FIXTURES / "raw"
 LLAMA, GPT2 = "models/tiny-llama-chat", "models/tiny-gpt2"

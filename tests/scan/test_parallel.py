@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from gradscope.scan.dataset import scan
-from tests.test_stream import reference, summary, write  # noqa: F401  (reference is a fixture)
+from tests.data.test_stream import reference, summary, write  # noqa: F401  (reference is a fixture)
 
 
 def test_num_proc_gives_the_same_report(tmp_path, reference):  # noqa: F811
