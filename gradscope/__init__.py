@@ -3,6 +3,7 @@
     >>> report = gradscope.check(model, batch, tokenizer=tokenizer)
     >>> report.ok, [f.check for f in report.findings]
     >>> gradscope.grads(model, batch, lr=2e-4).grads.global_norm
+    >>> gradscope.check_files(gradscope.Inputs("models/my-sft", "batch.safetensors"))  # what `gradscope check` does
 """
 
 from gradscope.verbs.check import check, check_batches
@@ -14,6 +15,7 @@ from gradscope.errors import (
     MaskingError,
     ModelCallError,
     ModelLoadError,
+    OutputError,
 )
 from gradscope.checks.grads import GradThresholds
 from gradscope.verbs.grads import grads
@@ -24,6 +26,7 @@ from gradscope.report.finding import Finding
 from gradscope.report.check import Report, SampleReport, TokenReport
 from gradscope.report.scan import ScanReport
 from gradscope.scan.dataset import scan
+from gradscope.verbs.files import Inputs, check_files, grads_files, inspect_files, roles_files, verify_files
 from gradscope.verbs.verify import verify
 
 __version__ = "0.1.0"
@@ -41,6 +44,8 @@ __all__ = [
     "MaskingError",
     "ModelCallError",
     "ModelLoadError",
+    "OutputError",
+    "Inputs",
     "ModuleGrad",
     "OverfitReport",
     "ParamGrad",
@@ -51,6 +56,11 @@ __all__ = [
     "VerifyReport",
     "check",
     "check_batches",
+    "check_files",
+    "grads_files",
+    "inspect_files",
+    "roles_files",
+    "verify_files",
     "grads",
     "overfit",
     "verify",

@@ -63,11 +63,15 @@ class DataError(InputError):
 
 
 class LossSpecError(InputError):
-    """A ``--loss`` target that cannot be imported or called."""
+    """A user loss (``loss``: ``FILE.py:FN`` or ``module:FN``) that cannot be imported or called."""
 
 
 class ModelCallError(InputError):
     """``model(**batch)`` or the loss failed on the user's batch, or the loss did not use the logits."""
+
+
+class OutputError(InputError):
+    """A report that cannot be written where the user asked (a missing directory, a directory, no permission)."""
 
 
 class MaskingError(GradscopeError):

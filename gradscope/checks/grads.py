@@ -19,7 +19,7 @@ from gradscope.engine.params import (
     gradient_stats,
     parameter_layout,
 )
-from gradscope.engine.run import find_decoder_layers
+from gradscope.model.layers import find_decoder_layers
 from gradscope.model.usercode import LossFn
 from gradscope.report.finding import Finding
 from gradscope.report.text import format_count, name_list
@@ -102,6 +102,7 @@ def _module_row(slots: list[Slot], stats: dict[int, _Stats], lr: float) -> Modul
         weight_norm=_root_sum_squares([float(_wide(s.param).norm()) for s in slots]),
         sgd_update_ratio=_ratio(lr, grad_norm, moved_weight),
         adam_update_ratio=_ratio(lr, adam, moved_weight),
+        group=first.group,
     )
 
 
@@ -283,7 +284,7 @@ def nonfinite_gradients(g: GradReport) -> Finding | None:
         "error",
         None,
         [],
-        "; ".join(where) + ". Usual causes: fp16 overflow (try --dtype float32 or bfloat16), a loss that divides "
+        "; ".join(where) + ". Usual causes: fp16 overflow (try `dtype` float32 or bfloat16), a loss that divides "
         "by zero or takes log(0), NaN weights, or a learning rate that already blew the weights up.",
     )
 

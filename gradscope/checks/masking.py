@@ -289,7 +289,7 @@ def nonfinite(capture: Capture) -> Finding | None:
         "error",
         None,
         [],
-        "; ".join(where) + ". Usual causes: fp16 overflow (try --dtype float32 or bfloat16), a loss that divides by "
+        "; ".join(where) + ". Usual causes: fp16 overflow (try `dtype` float32 or bfloat16), a loss that divides by "
         "zero or takes log(0), or NaN weights. Which tokens are trained cannot be read from a non-finite gradient.",
     )
 

@@ -30,7 +30,7 @@ def cannot_overfit(o: OverfitReport, trainable: int) -> Finding | None:
     else:
         cause = (
             "usual causes: parameters that receive no gradient, a loss that does not reach the weights, a learning "
-            "rate far too small (try a larger --lr or more steps before concluding), or a broken backward "
+            "rate far too small (try a larger `lr` or more steps before concluding), or a broken backward "
             "(run gradscope verify)"
         )
     return Finding(

@@ -7,14 +7,12 @@ pre-tokenized when it holds ``input_ids``. Reading never tokenizes: ``gradscope.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from gradscope.data.sources import data_format
 from gradscope.errors import DataError
-
-RAW_KEYS = ("prompt", "completion", "messages", "text")
-RAW_SUFFIXES = (".jsonl", ".json", ".parquet")
 
 
 def read_rows(path: str | Path, limit: int | None = None) -> list[dict[str, Any]]:
@@ -29,18 +27,17 @@ def read_rows(path: str | Path, limit: int | None = None) -> list[dict[str, Any]
         DataError: missing or unreadable data, or rows that are not JSON objects.
     """
     path = Path(path)
-    if path.is_dir():
+    fmt = data_format(path)
+    if fmt == "datasets":
         rows = _read_dataset_dir(path, limit)
-    elif not path.is_file():
-        raise DataError("no such data file", path=path, hint="give a .safetensors batch, .jsonl, .json, .parquet or a saved dataset directory")
-    elif path.suffix == ".jsonl":
+    elif fmt == "jsonl":
         rows = _read_jsonl(path, limit)
-    elif path.suffix == ".json":
+    elif fmt == "json":
         rows = _read_json(path)
-    elif path.suffix == ".parquet":
-        rows = _read_parquet(path)
+    elif fmt in ("parquet", "arrow"):
+        rows = _read_table(path, fmt)
     else:
-        raise DataError(f"unknown data format {path.suffix!r}", path=path, hint="use .safetensors, .jsonl, .json, .parquet or a saved dataset directory")
+        raise DataError("a .safetensors file is a batch, not rows", path=path, hint="check it as a batch")
     rows = rows[:limit] if limit is not None else rows
     if not rows:
         raise DataError("no rows", path=path, hint="write at least one row")
@@ -54,13 +51,13 @@ def is_tokenized(row: dict[str, Any]) -> bool:
 
 def is_raw_file(path: str | Path) -> bool:
     """Whether the data at path holds raw rows (text to tokenize) rather than a batch or pre-tokenized rows."""
-    path = Path(path)
-    if path.suffix == ".safetensors":
+    fmt = data_format(path)
+    if fmt == "safetensors":
         return False
-    if path.suffix == ".jsonl" and path.is_file():
-        first = _read_jsonl(path, 1)
+    if fmt == "jsonl":
+        first = _read_jsonl(Path(path), 1)
         return bool(first) and not is_tokenized(first[0])
-    return path.is_dir() or path.suffix in RAW_SUFFIXES
+    return True
 
 
 def jsonl_lines(path: Path, limit: int | None = None) -> Iterator[tuple[int, str]]:
@@ -105,22 +102,45 @@ def _object(value: Any, path: Path, row: str | int) -> dict[str, Any]:
     return value
 
 
-def _read_parquet(path: Path) -> list[dict[str, Any]]:
+def _read_table(path: Path, fmt: str) -> list[dict[str, Any]]:
+    """The rows of a Parquet or Arrow file."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     try:
-        import pyarrow.parquet as pq
-    except ImportError as err:
-        raise DataError("reading .parquet needs pyarrow", path=path, hint="pip install pyarrow") from err
-    try:
-        return pq.read_table(path).to_pylist()
-    except (OSError, ValueError) as err:
-        raise DataError(f"cannot read parquet: {err}", path=path) from err
+        if fmt == "parquet":
+            return pq.read_table(path).to_pylist()
+        return [row for batch in arrow_batches(path, lambda names, _: names) for row in batch.to_pylist()]
+    except (OSError, ValueError, pa.ArrowException) as err:
+        raise DataError(f"cannot read {fmt}: {err}", path=path) from err
+
+
+def arrow_batches(path: Path, pick: Callable[[list[str], Path], list[str]]) -> Iterator:
+    """An Arrow file (IPC stream or file format) read batch by batch through ordinary reads (not memory-mapped: the
+    resident set stays flat), with the columns ``pick(names, path)`` chooses."""
+    import pyarrow as pa
+
+
+    with pa.OSFile(str(path)) as f:
+        try:
+            reader = pa.ipc.open_stream(f)
+        except pa.ArrowInvalid:
+            f.seek(0)
+            file_reader = pa.ipc.open_file(f)
+            names = pick(file_reader.schema.names, path)
+            for i in range(file_reader.num_record_batches):
+                yield file_reader.get_batch(i).select(names)
+            return
+        names = pick(reader.schema.names, path)
+        for batch in reader:
+            yield batch.select(names)
 
 
 def _read_dataset_dir(path: Path, limit: int | None) -> list[dict[str, Any]]:
     try:
         import datasets
     except ImportError as err:
-        raise DataError("reading a saved dataset needs the datasets library", path=path, hint="pip install gradscope[trl]") from err
+        raise DataError("reading a saved dataset needs the datasets library", path=path, hint="install the trl extra: pip install -e '.[trl]' in a clone of gradscope") from err
     try:
         loaded = datasets.load_from_disk(str(path))
     except (FileNotFoundError, OSError, ValueError) as err:

@@ -14,12 +14,11 @@ from gradscope.data.batch import collate, select_rows
 from gradscope.data.files import is_raw_file, is_tokenized, jsonl_lines, read_rows
 from gradscope.data.pipelines import DataOptions, Prepared, collate_batches, reference_batches, role_rows
 from gradscope.data.roles import RoleRow, RoleSpec, row_kind, truncate
+from gradscope.data.sources import TOKENIZED_KEYS, data_format
 from gradscope.data.trl import trl_batches
 from gradscope.errors import DataError
 from gradscope.model.load import _first_line
 from gradscope.model.usercode import import_function
-
-_JSONL_KEYS = ("input_ids", "labels", "attention_mask", "position_ids", "completion_mask", "assistant_masks")
 
 
 def load_batches(
@@ -29,29 +28,26 @@ def load_batches(
     samples: int | None = None,
     batch_size: int = 1,
 ) -> Iterator[dict[str, torch.Tensor]]:
-    """Batches from a ``.safetensors`` batch file (run as is) or a ``.jsonl`` of pre-tokenized rows.
+    """Batches from a ``.safetensors`` batch file (run as is) or pre-tokenized rows in any format gradscope reads.
 
     Args:
         path: The data file.
         pad_token_id: Pads JSONL rows (the tokenizer's pad id; 0 when there is none).
         samples: Keep only the first N rows.
-        batch_size: JSONL rows per batch.
+        batch_size: Rows per batch.
 
     Raises:
         DataError: missing, unreadable, corrupt or inconsistent data, naming the file, line and key.
     """
     path = Path(path)
-    if not path.is_file():
-        raise DataError("no such data file", path=path, hint="give a .safetensors batch or a .jsonl of rows")
-    if path.suffix == ".safetensors":
+    fmt = data_format(path)
+    if fmt == "safetensors":
         batch = read_safetensors(path)
         yield first_rows(batch, samples) if samples else batch
-    elif path.suffix == ".jsonl":
-        rows = read_jsonl(path, samples)
-        for start in range(0, len(rows), batch_size):
-            yield collate(rows[start : start + batch_size], pad_token_id if pad_token_id is not None else 0)
-    else:
-        raise DataError(f"unknown data format {path.suffix!r}", path=path, hint="use .safetensors or .jsonl")
+        return
+    rows = read_jsonl(path, samples) if fmt == "jsonl" else _tokenized_rows(path, read_rows(path, samples))
+    for start in range(0, len(rows), batch_size):
+        yield collate(rows[start : start + batch_size], pad_token_id if pad_token_id is not None else 0)
 
 
 def first_rows(batch: dict[str, Any], n: int) -> dict[str, Any]:
@@ -99,7 +95,7 @@ def tokenized_row(obj: Any, where: dict[str, Any]) -> dict[str, list[int]]:
     """A pre-tokenized row's per-token lists, checked: integer lists as long as ``input_ids``."""
     if not isinstance(obj, dict) or "input_ids" not in obj:
         raise DataError("the row has no 'input_ids'", **where, hint="each row needs a list of token ids under 'input_ids'")
-    row = {k: obj[k] for k in _JSONL_KEYS if k in obj}
+    row = {k: obj[k] for k in TOKENIZED_KEYS if k in obj}
     for key, values in row.items():
         if not isinstance(values, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
             raise DataError(f"'{key}' must be a list of integers", **where)
@@ -151,7 +147,7 @@ def load_data(
     rows = read_rows(path, samples) if is_raw_file(path) else None
     if rows is None or all(is_tokenized(r) for r in rows):
         if options.collate or options.pipeline == "trl":
-            raise DataError("--collate and --pipeline trl build batches from raw rows; this data is already tokenized",
+            raise DataError("`collate` and `pipeline` trl build batches from raw rows; this data is already tokenized",
                             path=path, hint="give rows with prompt/completion, messages or text")
         return Prepared(_tokenized_batches(path, rows, pad, samples, batch_size), {"source": str(path), "format": "tokens"})
     if tokenizer is None:
@@ -169,9 +165,15 @@ def _tokenized_batches(
     """A .safetensors batch or .jsonl as load_batches reads them; tokenized rows from .json/.parquet/datasets too."""
     if rows is None:
         return list(load_batches(path, pad_token_id=pad, samples=samples, batch_size=batch_size))
+    toks = _tokenized_rows(path, rows)
+    return [collate(toks[s : s + batch_size], pad) for s in range(0, len(toks), batch_size)]
+
+
+def _tokenized_rows(path: str | Path, rows: list[dict[str, Any]]) -> list[dict[str, list[int]]]:
+    """Tokenized rows read from a .json, .parquet, .arrow or datasets directory, checked as JSON lines are."""
     toks = [tokenized_row(r, {"path": path, "row": i}) for i, r in enumerate(rows)]
     _require_same_keys(toks, Path(path))
-    return [collate(toks[s : s + batch_size], pad) for s in range(0, len(toks), batch_size)]
+    return toks
 
 
 def load_role_rows(
@@ -209,15 +211,15 @@ def _raw_batches(
     """The reference, collate or TRL pipeline on raw rows."""
     if options.pipeline == "trl":
         if options.collate:
-            raise DataError("--collate and --pipeline trl both build the batch; pick one")
+            raise DataError("`collate` and `pipeline` trl both build the batch; pick one")
         if model is None:
-            raise DataError("--pipeline trl needs the model (SFTTrainer is built on it)")
+            raise DataError("`pipeline` trl needs the model (SFTTrainer is built on it)")
         return trl_batches(model, tokenizer, rows, spec, options, batch_size)
     derived = role_rows(rows, tokenizer, spec)
     cut = [truncate(r, options.max_length, options.truncation_mode or "keep_start") for r in derived]
     data = {"pipeline": "reference", "train_on": options.train_on, "max_length": options.max_length}
     if options.collate:
-        fn = import_function(options.collate, "--collate", DataError, "fn(rows) -> batch dict", "my_collator.py:collate")
+        fn = import_function(options.collate, "`collate`", DataError, "fn(rows) -> batch dict", "my_collator.py:collate")
         # The collator gets the truncated tokens (or raw rows); its batch is matched against the whole rows, so a
         # truncation it makes is seen as one.
         batches = collate_batches(fn, rows, derived, cut, options, batch_size, pad)

@@ -230,5 +230,5 @@ class _Matcher:
             f"batch row {b} from position {at} does not hold the tokens gradscope derived for data row "
             f"{expected.index}: they first differ at token {p} ({got} in the batch, {want} from gradscope's "
             "tokenization), so its roles are unknown",
-            hint="tokenize with the model's tokenizer and chat template, or pass --collate-input tokens",
+            hint="tokenize with the model's tokenizer and chat template, or pass `collate_input` tokens",
         )

@@ -9,41 +9,13 @@ from dataclasses import dataclass, field, replace
 from operator import itemgetter
 from typing import Any
 
-from gradscope.constants import IGNORE_INDEX, UNKNOWN
+from gradscope.constants import UNKNOWN
 from gradscope.data.batch import COMPLETION, PROMPT
+from gradscope.data.encoding import Encoder
 from gradscope.errors import DataError
+from gradscope.report.roles import RoleRow
 
 TRAIN_ON = ("all-assistant", "last-assistant")
-
-
-@dataclass
-class RoleRow:
-    """One raw row, tokenized, with the role of every token.
-
-    Attributes:
-        index: The row's index in the data.
-        input_ids: Token ids of the whole row.
-        roles: PROMPT, COMPLETION or UNKNOWN (not judged) per token.
-        messages: The message each token belongs to (chat rows), else None per token.
-        kind: ``prompt-completion``, ``chat`` or ``text``.
-        cut: Completion tokens that truncation removed.
-    """
-
-    index: int
-    input_ids: list[int]
-    roles: list[int]
-    messages: list[int | None]
-    kind: str
-    cut: int = 0
-
-    @property
-    def labels(self) -> list[int]:
-        """gradscope's reference labels: the token where the role is completion, else -100."""
-        return [i if r == COMPLETION else IGNORE_INDEX for i, r in zip(self.input_ids, self.roles)]
-
-    @property
-    def completion_mask(self) -> list[int]:
-        return [int(r == COMPLETION) for r in self.roles]
 
 
 @dataclass
@@ -116,58 +88,6 @@ def derive_rows(rows: Sequence[Mapping[str, Any]], tokenizer: Any, spec: RoleSpe
     return out
 
 
-class Encoder:
-    """Token ids (and character offsets) of texts, each text tokenized once; ``prepare`` tokenizes many in one call.
-
-    ``plain`` texts are tokenized as template pieces are (``add_special_tokens=False``), ``with_offsets`` texts as a
-    whole row is (the tokenizer's own special tokens added), with character offsets.
-    """
-
-    def __init__(self, tokenizer: Any) -> None:
-        self.tok = tokenizer
-        self.plain: dict[str, list[int]] = {}
-        self.offsets: dict[str, tuple[list[int], list[tuple[int, int]]]] = {}
-
-    def prepare(self, plain: Sequence[str], with_offsets: Sequence[str]) -> None:
-        """Tokenize the texts not seen yet, in one batched call per kind."""
-        new = list(dict.fromkeys(t for t in plain if t not in self.plain))
-        if new:
-            self.plain.update(zip(new, self._encode(new, special=False, offsets=False)))
-        new = list(dict.fromkeys(t for t in with_offsets if t not in self.offsets))
-        if new:
-            self.offsets.update(zip(new, self._encode(new, special=True, offsets=True)))
-
-    def _encode(self, texts: list[str], special: bool, offsets: bool) -> list:
-        """ids (or (ids, offsets)) per text: what ``tokenizer(texts, ...)`` gives. A fast tokenizer's Rust backend is
-        called directly when the call would leave it as it is (no truncation or padding set, special tokens split as
-        the tokenizer says): the same encodings, without building a BatchEncoding of Python lists first."""
-        backend = getattr(self.tok, "backend_tokenizer", None) if getattr(self.tok, "is_fast", False) else None
-        if backend is not None and _as_its_call_leaves_it(backend, self.tok):
-            encodings = backend.encode_batch(texts, add_special_tokens=special)
-            return [(e.ids, e.offsets) for e in encodings] if offsets else [e.ids for e in encodings]
-        enc = self.tok(texts, add_special_tokens=special, return_offsets_mapping=offsets)
-        return list(zip(enc["input_ids"], enc["offset_mapping"])) if offsets else list(enc["input_ids"])
-
-    def ids(self, text: str) -> list[int]:
-        """The text's token ids, without special tokens added."""
-        if text not in self.plain:
-            self.prepare([text], [])
-        return list(self.plain[text])
-
-    def ids_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
-        """The text's token ids (special tokens added) and each token's (start, end) character offsets."""
-        if text not in self.offsets:
-            self.prepare([], [text])
-        ids, offsets = self.offsets[text]
-        return list(ids), [tuple(o) for o in offsets] if offsets and not isinstance(offsets[0], tuple) else list(offsets)
-
-
-def _as_its_call_leaves_it(backend: Any, tokenizer: Any) -> bool:
-    """Whether the backend is set as transformers' own call sets it before encoding (which it does every call)."""
-    split = bool(getattr(tokenizer, "split_special_tokens", False))
-    return backend.truncation is None and backend.padding is None and backend.encode_special_tokens == split
-
-
 @dataclass
 class _Plan:
     """A row read and rendered, waiting for its texts' tokens: ``finish`` turns them into the RoleRow."""
@@ -189,7 +109,7 @@ def _plan(row: Mapping[str, Any], index: int, tokenizer: Any, spec: RoleSpec) ->
     raise DataError(
         f"the row has none of the fields gradscope reads (keys: {sorted(row)})",
         **where,
-        hint="give 'prompt' + 'completion', 'messages', 'text' (with --response-template), or tokenized 'input_ids'",
+        hint="give 'prompt' + 'completion', 'messages', 'text' (with `response_template`), or tokenized 'input_ids'",
     )
 
 
@@ -383,7 +303,7 @@ def _text(row: Mapping[str, Any], index: int, tokenizer: Any, spec: RoleSpec, wh
         raise DataError(
             "the row is plain text: gradscope cannot tell its prompt from its completion",
             **where,
-            hint="pass --response-template STR (and --instruction-template STR for several turns)",
+            hint="pass `response_template` STR (and `instruction_template` STR for several turns)",
         )
     _require_fast(tokenizer, where)
     full_text = _with_eos(text, tokenizer)
@@ -427,7 +347,7 @@ class _TemplateFinder:
         chars = _occurrences(self.text, template)
         if not chars and name == "response":
             raise DataError(f"the response template {template!r} does not occur in the text {self.text[:80]!r}",
-                            **self.where, hint="check --response-template against the data")
+                            **self.where, hint="check `response_template` against the data")
         missed = [c for c in chars if not any(a < c + len(template) and b > c for a, b in spans)]
         if missed:
             raise self._not_in_tokens(template, alone, missed[0], name)

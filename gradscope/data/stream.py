@@ -10,11 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from gradscope.data.chunks import TOKEN_COLUMNS, Chunk, _groups, _rechunk, _safetensors_chunk, to_chunk
-from gradscope.data.files import iter_jsonl, pick_split, read_rows
+from gradscope.data.files import arrow_batches, iter_jsonl, pick_split, read_rows
+from gradscope.data.sources import RAW_COLUMNS, data_format
 from gradscope.errors import DataError
-
-RAW_COLUMNS = ("messages", "prompt", "completion", "text", "conversations")
-
 
 _JSON_BLOCK_BYTES = 1 << 24
 _PARQUET_BATCH_ROWS = 8192
@@ -37,22 +35,14 @@ def open_source(path: str | Path) -> Source:
         DataError: no such path, an unknown format, or a DatasetDict with several splits, none of them train.
     """
     path = Path(path)
-    if not path.exists():
-        raise DataError("no such data file or directory", path=path, hint="give a .jsonl, .parquet, .arrow, .safetensors or a saved datasets directory")
-    if path.is_dir():
+    fmt = data_format(path)
+    if fmt == "datasets":
         return _datasets_dir(path)
-    suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".json"):
-        return Source(path, "jsonl", None, [path])
-    if suffix == ".parquet":
+    if fmt == "parquet":
         import pyarrow.parquet as pq
 
         return Source(path, "parquet", _parquet_rows(pq, path), [path])
-    if suffix == ".arrow":
-        return Source(path, "arrow", None, [path])
-    if suffix == ".safetensors":
-        return Source(path, "safetensors", None, [path])
-    raise DataError(f"unknown data format {path.suffix!r}", path=path, hint="use .jsonl, .parquet, .arrow, .safetensors or a saved datasets directory")
+    return Source(path, "jsonl" if fmt == "json" else fmt, None, [path])
 
 
 def _parquet_rows(pq, path: Path) -> int:
@@ -186,24 +176,8 @@ def _line_blocks(path: Path, size: int) -> Iterator[bytes]:
 
 
 def _arrow_batches(path: Path, columns: Callable[[list[str], Path], list[str]] | None = None) -> Iterator:
-    """An Arrow file read batch by batch through ordinary reads (not memory-mapped: the resident set stays flat),
-    with the columns ``columns(names, path)`` picks (default: the token columns)."""
-    import pyarrow as pa
-
-    pick = columns or _wanted
-    with pa.OSFile(str(path)) as f:
-        try:
-            reader = pa.ipc.open_stream(f)
-        except pa.ArrowInvalid:
-            f.seek(0)
-            file_reader = pa.ipc.open_file(f)
-            names = pick(file_reader.schema.names, path)
-            for i in range(file_reader.num_record_batches):
-                yield file_reader.get_batch(i).select(names)
-            return
-        names = pick(reader.schema.names, path)
-        for batch in reader:
-            yield batch.select(names)
+    """An Arrow file read batch by batch with the columns ``columns(names, path)`` picks (default: the token columns)."""
+    return arrow_batches(path, columns or _wanted)
 
 
 def _wanted(names: list[str], path: Path) -> list[str]:
@@ -230,7 +204,7 @@ def raw_text_error(names: list[str], path: Path) -> DataError:
     return DataError(
         f"rows hold raw text ({', '.join(_raw_names(names))}), not token ids",
         path=path,
-        hint="pass --tokenizer DIR to tokenize them and derive their roles as check does, or tokenize them first",
+        hint="pass `tokenizer` DIR to tokenize them and derive their roles as check does, or tokenize them first",
     )
 
 

@@ -72,7 +72,7 @@ def require_trl() -> None:
         import datasets  # noqa: F401
         import trl  # noqa: F401
     except ImportError as err:
-        raise DataError(f"--pipeline trl needs TRL and datasets ({err})", hint="pip install gradscope[trl]") from err
+        raise DataError(f"`pipeline` trl needs TRL and datasets ({err})", hint="install the trl extra: pip install -e '.[trl]' in a clone of gradscope") from err
 
 
 def trl_batches(

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from gradscope.engine.run import call_model, find_decoder_layers, training_state
+from gradscope.engine.run import call_model, training_state
+from gradscope.model.layers import find_decoder_layers
 from gradscope.model.usercode import LossFn
 
 ADAM_EPS = 1e-8

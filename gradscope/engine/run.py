@@ -12,6 +12,7 @@ from torch import nn
 from gradscope.data.batch import model_inputs
 from gradscope.engine.logits import _LogitStats, _shift
 from gradscope.errors import ModelCallError
+from gradscope.model.layers import find_decoder_layers
 from gradscope.model.usercode import LossFn
 
 _DROPOUT_ATTRS = ("attention_dropout", "attn_dropout", "dropout", "hidden_dropout", "resid_dropout")
@@ -57,22 +58,6 @@ class Graph:
     loss: torch.Tensor  # ()
     loss_grad: torch.Tensor | None = None  # (B, T, D) the core backward's dL/d embedding
     trained: torch.Tensor | None = None  # (B, T) bool on the CPU: dL/dlogits[t] != 0 (logit positions, unshifted)
-
-
-def find_decoder_layers(model: nn.Module) -> nn.ModuleList | None:
-    """The model's stack of decoder layers, found by shape rather than by name.
-
-    The stack is the outermost ``nn.ModuleList`` of identical blocks whose length is the config's
-    ``num_hidden_layers`` (``model.layers`` in Llama, ``transformer.h`` in GPT-2); failing that, the longest.
-    """
-    n_layers = getattr(getattr(model, "config", None), "num_hidden_layers", None)
-    stacks = [
-        m for m in model.modules() if isinstance(m, nn.ModuleList) and len(m) > 0 and len({type(c) for c in m}) == 1
-    ]
-    for stack in stacks:
-        if len(stack) == n_layers:
-            return stack
-    return max(stacks, key=len, default=None)
 
 
 def _first_tensor(output: object) -> torch.Tensor | None:
@@ -245,7 +230,7 @@ def forward_backward(
         if loss.requires_grad and not loss_uses_logits:
             raise ModelCallError(
                 "the loss does not flow through outputs.logits, so gradscope cannot read which tokens it trains",
-                hint="a fused loss that skips the logits? pass --loss with a function of (logits, labels)",
+                hint="a fused loss that skips the logits? pass `loss`, a function of (logits, labels)",
             )
         capture = _capture(batch, loss, stats, embedding_grad, rec)
         if keep_graph and rec.embedding is not None and logits.requires_grad:
@@ -334,7 +319,7 @@ def call_model(
     if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
         raise ModelCallError(
             "the model returned no loss" if loss is None else f"the loss is not a scalar tensor (got {type(loss).__name__})",
-            hint="include 'labels' in the batch, or pass --loss FILE.py:FN returning a scalar tensor",
+            hint="include 'labels' in the batch, or pass `loss` FILE.py:FN returning a scalar tensor",
         )
     return logits, loss.reshape(())
 

@@ -77,7 +77,7 @@ def _device(name: str) -> torch.device:
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0 or (device.index is not None and device.index >= count):
             raise ModelLoadError(f"device {name!r} is not available: this machine has {count} CUDA device(s)",
-                                 hint="use --device cpu, or cuda:N with N below the device count")
+                                 hint="set `device` to cpu, or cuda:N with N below the device count")
     return device
 
 
@@ -114,7 +114,7 @@ def _first_line(err: BaseException) -> str:
 
 def _model_hint(err: BaseException, trust_remote_code: bool) -> str:
     if "trust_remote_code" in str(err) and not trust_remote_code:
-        return "this model needs its own code: pass --trust-remote-code if you trust the directory"
+        return "this model needs its own code: pass `trust_remote_code` if you trust the directory"
     return "check that config.json and the weights belong together and describe a *ForCausalLM model"
 
 
@@ -167,14 +167,14 @@ def resolve_base(adapter: Path, base: str | Path | None = None) -> Path:
         return Path(base)
     named = _adapter_config(adapter).get("base_model_name_or_path")
     if not isinstance(named, str) or not named:
-        raise ModelLoadError("adapter_config.json names no base_model_name_or_path", path=adapter, hint="pass --base DIR")
+        raise ModelLoadError("adapter_config.json names no base_model_name_or_path", path=adapter, hint="pass `base` DIR")
     for candidate in (Path(os.path.normpath(adapter / named)), Path(named)):
         if (candidate / "config.json").is_file():
             return candidate
     raise ModelLoadError(
         f"the base model {named!r} named in adapter_config.json is not a local model directory",
         path=adapter,
-        hint="pass --base DIR with the base model's local directory (gradscope never downloads)",
+        hint="pass `base` DIR with the base model's local directory (gradscope never downloads)",
     )
 
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from gradscope.data.batch import validate, with_default_labels
-from gradscope.engine.run import find_decoder_layers
+from gradscope.model.layers import find_decoder_layers
 from gradscope.model.usercode import LossFn
 
 

@@ -19,22 +19,22 @@ def load_loss_fn(spec: str) -> LossFn:
 
     Importing runs the user's code: that is what the user asked for by naming it.
     """
-    return import_function(spec, "--loss", LossSpecError, "fn(logits, labels) -> scalar", "my_losses.py:token_mean")
+    return import_function(spec, "`loss`", LossSpecError, "fn(logits, labels) -> scalar", "my_losses.py:token_mean")
 
 
-def import_function(spec: str, flag: str, error: type[InputError], signature: str, example: str) -> Any:
+def import_function(spec: str, param: str, error: type[InputError], signature: str, example: str) -> Any:
     """Import the function named by ``FILE.py:FN`` or ``module:FN`` (the user's code runs: they asked for it).
 
     Args:
         spec: The ``FILE.py:FN`` or ``module:FN`` string.
-        flag: The option that named it, for messages.
+        param: The parameter that named it, for messages.
         error: The InputError subclass to raise.
         signature: What the function must look like, for messages.
         example: An example spec, for messages.
     """
     target, sep, name = spec.rpartition(":")
     if not sep or not target or not name:
-        raise error(f"{flag} {spec!r} is not FILE.py:FN or module:FN", hint=f"e.g. {flag} {example}")
+        raise error(f"{param} {spec!r} is not FILE.py:FN or module:FN", hint=f"e.g. {param} {example}")
     module = _import_file(Path(target), error) if target.endswith(".py") else _import_module(target, error)
     fn = getattr(module, name, None)
     if not callable(fn):

@@ -86,8 +86,7 @@ def _sci(x: float | None) -> str:
 
 def _row_norm(g: GradReport, m: ModuleGrad) -> float | None:
     """The norm to draw: 0 when the row's trainable parameters are all untrained, NaN when one is non-finite."""
-    group = m.name.removesuffix(" (adapter)")
-    mine = [p for p in g.parameters if p.group == group and p.adapter == m.adapter and p.trainable]
+    mine = [p for p in g.parameters if p.group == m.group and p.adapter == m.adapter and p.trainable]
     if any(p.status == "nonfinite" for p in mine):
         return math.nan
     if m.grad_norm is None and any(p.status == "zero_gradient" for p in mine):

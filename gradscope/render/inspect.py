@@ -10,10 +10,10 @@ from rich.table import Table
 from rich.text import Text
 
 from gradscope.constants import ROLE_NAMES
-from gradscope.data.roles import RoleRow
 from gradscope.render.check import LEAK_STYLE, ROLE_STYLES, TokenStrip, _fmt, _model_line, findings_table, token_label
 from gradscope.render.json import roles_sample
 from gradscope.report.check import Report, SampleReport
+from gradscope.report.roles import RolesReport
 
 HEAT = ["grey23", "blue", "cyan", "green", "yellow", "dark_orange", "red"]
 
@@ -101,17 +101,17 @@ class InspectView:
 class RolesView:
     """The ``gradscope roles`` terminal view: one token strip per row, coloured by role."""
 
-    def __init__(self, rows: list[RoleRow], tokenizer: object, max_rows: int = 8) -> None:
-        self.rows, self.tokenizer, self.max_rows = rows, tokenizer, max_rows
+    def __init__(self, report: RolesReport, max_rows: int = 8) -> None:
+        self.rows, self.texts, self.max_rows = report.rows, report.texts, max_rows
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
-        for row in self.rows[: self.max_rows]:
+        for row, texts in zip(self.rows[: self.max_rows], self.texts):
             roles = [ROLE_NAMES[r] for r in row.roles]
             title = (
                 f"row {row.index} ({row.kind}): {len(roles)} tokens, {roles.count('completion')} completion, "
                 f"{roles.count(None)} not judged" + (f", {row.cut} completion tokens cut by --max-length" if row.cut else "")
             )
-            yield TokenStrip(roles_sample(row, self.tokenizer), set(), title)
+            yield TokenStrip(roles_sample(row, texts), set(), title)
             yield Text()
         if len(self.rows) > self.max_rows:
             yield Text(f"… {len(self.rows) - self.max_rows} more row(s) not shown (--show N)", style="grey50")

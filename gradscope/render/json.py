@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 from gradscope.constants import ROLE_NAMES
-from gradscope.data.roles import RoleRow
 from gradscope.report.check import Report, SampleReport, TokenReport
+from gradscope.report.roles import RoleRow, RolesReport
 from gradscope.report.scan import ScanReport
 
 
@@ -15,22 +15,22 @@ def to_json(report: Report | ScanReport) -> str:
     return json.dumps(report.to_dict(), indent=2)
 
 
-def roles_sample(row: RoleRow, tokenizer: object) -> SampleReport:
+def roles_sample(row: RoleRow, texts: list[str]) -> SampleReport:
     """A derived row as a SampleReport with nothing run, so that TokenStrip can draw it (labels: the reference's)."""
     tokens = [
-        TokenReport(t, i, tokenizer.decode([i]), ROLE_NAMES[r], label, False, None, None, None, 0.0, 0.0)
-        for t, (i, r, label) in enumerate(zip(row.input_ids, row.roles, row.labels))
+        TokenReport(t, i, text, ROLE_NAMES[r], label, False, None, None, None, 0.0, 0.0)
+        for t, (i, text, r, label) in enumerate(zip(row.input_ids, texts, row.roles, row.labels))
     ]
     return SampleReport(index=row.index, tokens=tokens, layer_grad_norms=[])
 
 
-def roles_to_json(rows: list[RoleRow], tokenizer: object, data: dict) -> str:
+def roles_to_json(report: RolesReport) -> str:
     """The ``gradscope roles --format json`` document."""
     out = []
-    for row in rows:
+    for row, texts in zip(report.rows, report.texts):
         tokens = [
-            {"position": t, "token_id": i, "text": tokenizer.decode([i]), "role": ROLE_NAMES[r], "message": m, "label": label}
-            for t, (i, r, m, label) in enumerate(zip(row.input_ids, row.roles, row.messages, row.labels))
+            {"position": t, "token_id": i, "text": text, "role": ROLE_NAMES[r], "message": m, "label": label}
+            for t, (i, text, r, m, label) in enumerate(zip(row.input_ids, texts, row.roles, row.messages, row.labels))
         ]
         out.append({"index": row.index, "format": row.kind, "completion_cut": row.cut, "tokens": tokens})
-    return json.dumps({"schema_version": 1, "data": data, "rows": out}, indent=2)
+    return json.dumps({"schema_version": 1, "data": report.data, "rows": out}, indent=2)

@@ -58,6 +58,8 @@ class ModuleGrad:
     weight_norm: float
     sgd_update_ratio: float | None
     adam_update_ratio: float | None
+    group: str = ""
+    """The parameter group the row covers (``name`` without the adapter mark)."""
 
 
 @dataclass

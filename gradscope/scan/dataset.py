@@ -108,7 +108,7 @@ def scan(
     if raw is not None:
         checked = ((chunk, verdicts(chunk, ends)) for chunk in raw_chunks(source, raw))
         if num_proc and num_proc > 1:
-            report.notes.append("--num-proc was not used: raw rows are tokenized in this process, by the tokenizer's "
+            report.notes.append("`num_proc` was not used: raw rows are tokenized in this process, by the tokenizer's "
                                 "batched call")
     elif num_proc and num_proc > 1 and source.format != "safetensors":
         from gradscope.scan.parallel import parallel_checked_chunks

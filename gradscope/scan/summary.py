@@ -114,7 +114,7 @@ class ScanAccumulator:
         if self.roles_missing:
             r.notes.append(ROLES_UNKNOWN_NOTE)
         if not self.ends:
-            r.notes.append("no end token ids (give --tokenizer DIR or --end-token-id): eos_untrained was not checked")
+            r.notes.append("no end token ids (give `tokenizer` DIR or `end_token_ids`): eos_untrained was not checked")
         return r
 
     def _fraction_summary(self) -> dict[str, Any]:

@@ -150,9 +150,9 @@ def chosen_probes(probes: Iterable[str], accumulate: int | None = None, windows:
     if unknown:
         raise InputError(f"unknown probe {', '.join(map(repr, unknown))}", hint=f"choose from {', '.join(PROBES)}")
     if accumulate is not None and accumulate < 1:
-        raise InputError(f"--accumulate {accumulate}: the number of micro-batches must be at least 1")
+        raise InputError(f"`accumulate` {accumulate}: the number of micro-batches must be at least 1")
     if windows < 0:
-        raise InputError(f"--windows {windows}: the number of windows per row must be at least 0")
+        raise InputError(f"`windows` {windows}: the number of windows per row must be at least 0")
     return names
 
 
@@ -162,7 +162,7 @@ def _require_rows(batch: Mapping[str, torch.Tensor], accumulate: int | None, ind
         raise DataError(
             f"batch {index} has {rows} row(s), too few to split into {accumulate} micro-batches",
             path=source,
-            hint="give --accumulate at most the number of rows (with JSONL, raise --batch-size)",
+            hint="give `accumulate` at most the number of rows (with JSONL, raise `batch_size`)",
         )
 
 

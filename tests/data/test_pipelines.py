@@ -175,7 +175,7 @@ def test_collator_errors_are_bad_input(tmp_path):
         checked(RAW / "chat.jsonl", collate=f"{path}:collate")
     with pytest.raises(DataError, match="must return a dict with 'input_ids'"):
         checked(RAW / "chat.jsonl", collate=f"{path}:nothing")
-    with pytest.raises(DataError, match="--collate"):
+    with pytest.raises(DataError, match="`collate`"):
         checked(RAW / "chat.jsonl", collate="justaname")
 
 
@@ -260,7 +260,7 @@ def test_trl_options_and_missing_trl_are_clear_errors(tmp_path, monkeypatch):
     with pytest.raises(DataError, match=r"sft.json: SFTConfig rejects these options: .*no_such_option"):
         checked(RAW / "chat.jsonl", pipeline="trl", trl_config=config)
     monkeypatch.setitem(sys.modules, "trl", None)
-    with pytest.raises(DataError, match=r"--pipeline trl needs TRL and datasets .*pip install gradscope\[trl\]"):
+    with pytest.raises(DataError, match=r"`pipeline` trl needs TRL and datasets .*install the trl extra"):
         require_trl()
 
 

@@ -163,7 +163,7 @@ def test_response_template_absent_from_the_text():
 
 
 def test_plain_text_without_template_and_unknown_rows_are_errors():
-    with pytest.raises(DataError, match="--response-template"):
+    with pytest.raises(DataError, match="`response_template`"):
         derive({"text": "hello"}, 0, tok("gpt2"), spec("gpt2"))
     with pytest.raises(DataError, match=r"row 0: the row has none of the fields .*\['question'\]"):
         derive({"question": "hello"}, 0, tok("gpt2"), spec("gpt2"))

@@ -14,7 +14,8 @@ from torch.utils.checkpoint import checkpoint
 
 from gradscope.engine import logits as engine_logits
 from gradscope.engine.logits import logit_grad_stats, logits_finite, token_losses
-from gradscope.engine.run import find_decoder_layers, forward_backward, instrumented
+from gradscope.engine.run import forward_backward, instrumented
+from gradscope.model.layers import find_decoder_layers
 from tests.conftest import make_batch, tiny_gpt2, tiny_llama
 
 

@@ -41,7 +41,7 @@ def _moved_adapter(tmp_path):
 
 
 def test_a_base_that_is_not_local_asks_for_base(tmp_path):
-    with pytest.raises(ModelLoadError, match="not a local model directory.*--base"):
+    with pytest.raises(ModelLoadError, match="not a local model directory.*`base`"):
         load_model_and_tokenizer(_moved_adapter(tmp_path))
 
 

@@ -1,0 +1,121 @@
+"""The app and its one error boundary: every bad input and usage error becomes one ``Error:`` line and exit 2.
+
+Library errors (``GradscopeError``) name Python parameters in backticks (`` `batch_size` ``); the boundary renders
+them as the flags the user typed (``--batch-size``). Any other exception is a bug in gradscope and is not caught.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+from typer._click import exceptions as click  # typer vendors click; its errors are these
+from typer.core import TyperGroup
+
+from gradscope.errors import GradscopeError
+from gradscope.render.json import to_json
+from gradscope.report.check import Report
+from gradscope.report.output import write_text
+from gradscope.report.scan import ScanReport
+
+EXIT_OK, EXIT_FINDINGS, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+T = TypeVar("T")
+
+
+class _Boundary(TyperGroup):
+    """Typer's group with click's usage errors as one ``Error:`` line (typer draws a box around them)."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.NoArgsIsHelpError as err:
+            print(err.ctx.get_help())
+            code = EXIT_BAD_INPUT  # as click exits on a bare command
+        except click.UsageError as err:
+            command = f" (gradscope {err.ctx.info_name} --help)" if err.ctx and err.ctx.parent else ""
+            message = err.format_message().replace("Value error, ", "")  # typer's validator prefix
+            print(f"Error: {message}{command}", file=sys.stderr)
+            code = EXIT_BAD_INPUT
+        except typer.Abort:  # EOF on a prompt; gradscope never prompts, but click may
+            print("Error: interrupted", file=sys.stderr)
+            code = EXIT_INTERRUPTED
+        if not standalone_mode:
+            return code
+        sys.exit(code if isinstance(code, int) else EXIT_OK)
+
+
+app = typer.Typer(
+    cls=_Boundary,
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Read from the loss gradient which tokens a fine-tune really trains, flag every masking leak, and check the gradient that reaches the weights.",
+)
+
+
+FLAGS = {"end_token_ids": "--end-token-id", "parameters": "--param-sample"}
+"""Parameters whose flag is not their name with dashes."""
+
+
+def as_flags(text: str) -> str:
+    """`` `batch_size` `` → ``--batch-size``: the library names parameters, the command line names flags."""
+    return re.sub(r"`([a-z][a-z0-9_]*)`", lambda m: FLAGS.get(m.group(1), "--" + m.group(1).replace("_", "-")), text)
+
+
+def fail(err: GradscopeError) -> typer.Exit:
+    """One ``Error:`` line on stderr, exit status 2."""
+    print(f"Error: {as_flags(str(err))}", file=sys.stderr)
+    return typer.Exit(EXIT_BAD_INPUT)
+
+
+@contextmanager
+def boundary() -> Iterator[None]:
+    """The one place errors become exit codes: bad input exits 2 with one line, Ctrl-C exits 130 with one line."""
+    try:
+        yield
+    except GradscopeError as err:
+        raise fail(err) from None
+    except KeyboardInterrupt:
+        print("Error: interrupted", file=sys.stderr)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+
+
+def guarded(work: Callable[[], T], status: str = "running forward and backward…") -> T:
+    """Run the library call with a spinner on stderr, inside the boundary."""
+    with boundary(), Console(stderr=True).status(status):
+        return work()
+
+
+def exit_code(report: Report | ScanReport, strict: bool) -> int:
+    """0 clean; 1 when there are error findings, or any finding with ``strict``."""
+    failing = report.findings if strict else report.errors
+    return EXIT_FINDINGS if failing else EXIT_OK
+
+
+def in_flags(report: Report | ScanReport) -> Report | ScanReport:
+    """The report's notes and messages with parameter names rendered as flags, for the command line's output."""
+    report.notes = [as_flags(n) for n in report.notes]
+    for finding in report.findings:
+        finding.message = as_flags(finding.message)
+    return report
+
+
+def emit(report: Report | ScanReport, output_format: str, output: Path | None, view: object, strict: bool) -> typer.Exit:
+    """Write the JSON file, print the report as asked, and give the exit code."""
+    in_flags(report)
+    if output is not None:
+        with boundary():
+            write_text(output, to_json(report) + "\n")
+    if output_format == "json":
+        sys.stdout.write(to_json(report) + "\n")
+    else:
+        Console(highlight=False).print(view)
+    return typer.Exit(exit_code(report, strict))

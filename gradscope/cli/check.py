@@ -1,0 +1,139 @@
+"""``gradscope check`` and ``gradscope inspect``."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.console import Console, Group
+
+from gradscope.cli.app import app, emit, exit_code, guarded, in_flags
+from gradscope.cli.options import (
+    DEFAULT_LR,
+    DEFAULT_MAX_GRAD_NORM,
+    AssistantOnlyOpt,
+    BaseOpt,
+    BatchSizeOpt,
+    CollateInput,
+    CollateInputOpt,
+    CollateOpt,
+    CompletionOnlyOpt,
+    DataArg,
+    DeviceMapOpt,
+    DeviceOpt,
+    DropoutOpt,
+    DType,
+    DTypeOpt,
+    Format,
+    FormatOpt,
+    InstructionOpt,
+    LossOpt,
+    LrOpt,
+    MaxLengthOpt,
+    MaxNormOpt,
+    ModelArg,
+    OutputOpt,
+    PackingOpt,
+    PaddingFreeOpt,
+    Pipeline,
+    PipelineOpt,
+    RemoteOpt,
+    ResponseOpt,
+    SamplesOpt,
+    ShowOpt,
+    StrictOpt,
+    TrainOn,
+    TrainOnOpt,
+    TrlConfigOpt,
+    TruncationOpt,
+    data_options,
+    inputs,
+    parse_probes,
+    quiet_transformers,
+)
+from gradscope.engine.probes import WINDOWS_PER_ROW
+from gradscope.render.check import CheckView
+from gradscope.render.grads import GradsView
+from gradscope.render.inspect import InspectView
+from gradscope.verbs.files import check_files, inspect_files
+
+
+@app.command()
+def check(
+    model: ModelArg,
+    data: DataArg,
+    samples: SamplesOpt = None,
+    batch_size: BatchSizeOpt = 1,
+    loss: LossOpt = None,
+    device: DeviceOpt = "cpu",
+    device_map: DeviceMapOpt = None,
+    dtype: DTypeOpt = DType.float32,
+    trust_remote_code: RemoteOpt = False,
+    keep_dropout: DropoutOpt = False,
+    output_format: FormatOpt = Format.text,
+    output: OutputOpt = None,
+    strict: StrictOpt = False,
+    show: ShowOpt = 8,
+    response_template: ResponseOpt = None,
+    instruction_template: InstructionOpt = None,
+    train_on: TrainOnOpt = TrainOn.all_assistant,
+    max_length: MaxLengthOpt = None,
+    truncation_mode: TruncationOpt = None,
+    collate: CollateOpt = None,
+    collate_input: CollateInputOpt = CollateInput.raw,
+    pipeline: PipelineOpt = Pipeline.reference,
+    trl_config: TrlConfigOpt = None,
+    completion_only_loss: CompletionOnlyOpt = None,
+    assistant_only_loss: AssistantOnlyOpt = None,
+    packing: PackingOpt = None,
+    padding_free: PaddingFreeOpt = None,
+    base: BaseOpt = None,
+    params: Annotated[bool, typer.Option("--params", help="Also run the parameter-gradient pass (as gradscope grads) on the first batch.")] = False,
+    lr: LrOpt = DEFAULT_LR,
+    max_grad_norm: MaxNormOpt = DEFAULT_MAX_GRAD_NORM,
+    probes: Annotated[str, typer.Option("--probes", help="Structural probes, comma-separated: causal,packing,weights (or all, none).")] = "all",
+    accumulate: Annotated[int | None, typer.Option("--accumulate", min=1, help="Also run each batch as K accumulated micro-batches and compare gradients.")] = None,
+    windows: Annotated[int, typer.Option("--windows", min=0, help="Random-projection windows per row for the causal and packing probes, on top of the free screen (each about one activation-only backward).")] = WINDOWS_PER_ROW,
+) -> None:
+    """Run MODEL forward and backward on DATA and report which tokens the loss trains, and every leak."""
+    options = data_options(
+        response_template, instruction_template, train_on, max_length, truncation_mode, collate, collate_input,
+        pipeline, trl_config, completion_only_loss=completion_only_loss, assistant_only_loss=assistant_only_loss,
+        packing=packing, padding_free=padding_free,
+    )
+    named = inputs(model, data, samples, batch_size, loss, device, dtype, trust_remote_code, options, base, device_map)
+    quiet_transformers()
+    report = guarded(lambda: check_files(
+        named, keep_dropout=keep_dropout, probes=parse_probes(probes), accumulate=accumulate, windows=windows,
+        params=params, lr=lr, max_grad_norm=max_grad_norm,
+    ))
+    views = [CheckView(report, max_samples=show)] + ([GradsView(report)] if params else [])
+    raise emit(report, output_format.value, output, Group(*views), strict)
+
+
+@app.command()
+def inspect(
+    model: ModelArg,
+    data: DataArg,
+    row: Annotated[int, typer.Option("--row", min=0, help="The row to show (0-based).")] = 0,
+    batch_size: BatchSizeOpt = 1,
+    loss: LossOpt = None,
+    device: DeviceOpt = "cpu",
+    device_map: DeviceMapOpt = None,
+    dtype: DTypeOpt = DType.float32,
+    trust_remote_code: RemoteOpt = False,
+    keep_dropout: DropoutOpt = False,
+    response_template: ResponseOpt = None,
+    instruction_template: InstructionOpt = None,
+    train_on: TrainOnOpt = TrainOn.all_assistant,
+    max_length: MaxLengthOpt = None,
+    truncation_mode: TruncationOpt = None,
+    base: BaseOpt = None,
+) -> None:
+    """Show one row in detail: a per-token table and a layers x positions heat map of gradient norms."""
+    options = data_options(response_template, instruction_template, train_on, max_length, truncation_mode)
+    named = inputs(model, data, None, batch_size, loss, device, dtype, trust_remote_code, options, base, device_map)
+    quiet_transformers()
+    report, sample = guarded(lambda: inspect_files(named, row, keep_dropout=keep_dropout))
+    Console(highlight=False).print(InspectView(in_flags(report), sample))
+    raise typer.Exit(exit_code(report, strict=False))

@@ -1,0 +1,52 @@
+"""A raw row with the role of every token: what ``gradscope roles`` shows and what check's batches are built from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from gradscope.constants import COMPLETION, IGNORE_INDEX
+
+
+@dataclass
+class RoleRow:
+    """One raw row, tokenized, with the role of every token.
+
+    Attributes:
+        index: The row's index in the data.
+        input_ids: Token ids of the whole row.
+        roles: PROMPT, COMPLETION or UNKNOWN (not judged) per token.
+        messages: The message each token belongs to (chat rows), else None per token.
+        kind: ``prompt-completion``, ``chat`` or ``text``.
+        cut: Completion tokens that truncation removed.
+    """
+
+    index: int
+    input_ids: list[int]
+    roles: list[int]
+    messages: list[int | None]
+    kind: str
+    cut: int = 0
+
+    @property
+    def labels(self) -> list[int]:
+        """gradscope's reference labels: the token where the role is completion, else -100."""
+        return [i if r == COMPLETION else IGNORE_INDEX for i, r in zip(self.input_ids, self.roles)]
+
+    @property
+    def completion_mask(self) -> list[int]:
+        return [int(r == COMPLETION) for r in self.roles]
+
+
+@dataclass
+class RolesReport:
+    """What ``gradscope roles`` reports: the rows with their roles, each token's text decoded.
+
+    Attributes:
+        rows: The rows, in order.
+        texts: Per row, the text of each token (decoded one token at a time).
+        data: Where the rows came from and how they were cut (``source``, ``rows``, ``train_on``, ``max_length``).
+    """
+
+    rows: list[RoleRow]
+    texts: list[list[str]]
+    data: dict = field(default_factory=dict)
