@@ -205,7 +205,7 @@ def captum_attribution(model, batch, targets: list[int]) -> Callable[[], None]:
     """(d): per target token, Captum's gradient at every decoder layer's output, reduced to per-position norms."""
     from captum.attr import LayerGradientXActivation
 
-    from gradscope.engine.run import find_decoder_layers
+    from gradscope.model.layers import find_decoder_layers
 
     mask = batch["attention_mask"]
 
