@@ -3,24 +3,16 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
 from gradscope.engine.params import (
-    PROBE_STEP,
     Slot,
-    _backward,
     _Stats,
-    _still_zero,
     _wide,
-    gradient_stats,
-    parameter_layout,
 )
-from gradscope.model.layers import find_decoder_layers
-from gradscope.model.usercode import LossFn
 from gradscope.report.finding import Finding
 from gradscope.report.text import format_count, name_list
 from gradscope.report.weights import GradReport, ModuleGrad, ParamGrad
@@ -45,7 +37,7 @@ class GradThresholds:
     depth_ratio: float = 10.0
 
 
-def _status(slot: Slot, stats: _Stats | None, stuck: set[int]) -> str:
+def param_status(slot: Slot, stats: _Stats | None, stuck: set[int]) -> str:
     if not slot.param.requires_grad or stats is None:
         return "frozen"
     if stats.grad_norm is None:
@@ -59,7 +51,7 @@ def _ratio(lr: float, norm: float | None, weight_norm: float) -> float | None:
     return lr * norm / weight_norm if norm is not None and weight_norm > 0 else None
 
 
-def _param_grad(slot: Slot, stats: _Stats | None, status: str, lr: float) -> ParamGrad:
+def param_grad(slot: Slot, stats: _Stats | None, status: str, lr: float) -> ParamGrad:
     weight_norm = stats.weight_norm if stats is not None else float(_wide(slot.param).norm())
     grad_norm = stats.grad_norm if stats is not None else None
     adam = stats.adam_unit_norm if stats is not None else None
@@ -146,7 +138,7 @@ def clip_factor(norm: float | None, max_grad_norm: float) -> float | None:
     return min(1.0, max_grad_norm / (norm + CLIP_EPS))
 
 
-def _adapter_summary(model: nn.Module, params: list[ParamGrad]) -> dict[str, object] | None:
+def adapter_summary(model: nn.Module, params: list[ParamGrad]) -> dict[str, object] | None:
     """Adapter against base parameters, for a PEFT model; None when there is no adapter parameter."""
     if not any(p.adapter for p in params):
         return None
@@ -163,63 +155,6 @@ def _adapter_summary(model: nn.Module, params: list[ParamGrad]) -> dict[str, obj
         }
 
     return {"peft_type": types, "adapter": part(True), "base": part(False)}
-
-
-def gradient_report(
-    model: nn.Module,
-    batch: Mapping[str, torch.Tensor],
-    *,
-    loss_fn: LossFn | None = None,
-    lr: float = DEFAULT_LR,
-    max_grad_norm: float = DEFAULT_MAX_GRAD_NORM,
-    keep_dropout: bool = False,
-) -> GradReport:
-    """One backward with parameter gradients on a prepared batch (on the model's device), reduced to a GradReport.
-
-    Raises:
-        ModelCallError: the model or loss fails on this batch.
-    """
-    slots = parameter_layout(model)
-    trainable = [s.param for s in slots if s.param.requires_grad]
-    loss, grads = _backward(model, batch, loss_fn, trainable, keep_dropout)
-    stats = {id(p): gradient_stats(p, g) for p, g in zip(trainable, grads)}
-    zero = [p for p in trainable if stats[id(p)].zero]
-    moving = [(p, g) for p, g in zip(trainable, grads) if g is not None and stats[id(p)].finite and not stats[id(p)].zero]
-    del grads  # the reductions are all the report needs: free the full gradients before the probe
-    stuck = _still_zero(model, batch, loss_fn, keep_dropout, zero, moving) if zero else set()
-    del moving
-    params = [_param_grad(s, stats.get(id(s.param)), _status(s, stats.get(id(s.param)), stuck), lr) for s in slots]
-    layers = find_decoder_layers(model)
-    blocks = block_norms(params, slots, len(layers) if layers is not None else 0)
-    norm = global_norm(params)
-    return GradReport(
-        loss=float(loss),
-        lr=lr,
-        max_grad_norm=max_grad_norm,
-        global_norm=norm,
-        clip_factor=clip_factor(norm, max_grad_norm),
-        depth_ratio=depth_ratio(blocks),
-        block_grad_norms=blocks,
-        modules=module_rows(slots, stats, lr),
-        parameters=params,
-        adapter=_adapter_summary(model, params),
-        notes=_notes(slots, zero),
-    )
-
-
-def _notes(slots: list[Slot], zero: list[nn.Parameter]) -> list[str]:
-    notes = [
-        f"{s.name} is tied to {', '.join(s.tied_to)} (the same tensor): reported once, under {s.group}"
-        for s in slots
-        if s.tied_to
-    ]
-    if zero:
-        notes.append(
-            f"{format_count(len(zero), 'parameter')} had an exactly zero gradient and were looked at again after a "
-            f"sign step of {PROBE_STEP:g} on the others (a zero gradient can be temporary: a fresh LoRA's lora_A gets "
-            "one only once lora_B has moved)"
-        )
-    return notes
 
 
 # ---------------------------------------------------------------------------------------------------------- checks
