@@ -6,7 +6,8 @@
     >>> gradscope.check_files(gradscope.Inputs("models/my-sft", "batch.safetensors"))  # what `gradscope check` does
 """
 
-from gradscope.verbs.check import check, check_batches
+from gradscope.checks.grads import GradThresholds
+from gradscope.data.pipelines import DataOptions
 from gradscope.errors import (
     DataError,
     GradscopeError,
@@ -17,16 +18,16 @@ from gradscope.errors import (
     ModelLoadError,
     OutputError,
 )
-from gradscope.checks.grads import GradThresholds
+from gradscope.report.check import Report, SampleReport, TokenReport
+from gradscope.report.finding import Finding
+from gradscope.report.roles import RoleRow, RolesReport
+from gradscope.report.scan import ScanReport
+from gradscope.report.weights import DirectionCheck, GradReport, ModuleGrad, OverfitReport, ParamGrad, VerifyReport
+from gradscope.scan.dataset import scan
+from gradscope.verbs.check import check, check_batches
+from gradscope.verbs.files import Inputs, check_files, grads_files, inspect_files, roles_files, verify_files
 from gradscope.verbs.grads import grads
 from gradscope.verbs.overfit import overfit
-from gradscope.data.pipelines import DataOptions
-from gradscope.report.weights import DirectionCheck, GradReport, ModuleGrad, OverfitReport, ParamGrad, VerifyReport
-from gradscope.report.finding import Finding
-from gradscope.report.check import Report, SampleReport, TokenReport
-from gradscope.report.scan import ScanReport
-from gradscope.scan.dataset import scan
-from gradscope.verbs.files import Inputs, check_files, grads_files, inspect_files, roles_files, verify_files
 from gradscope.verbs.verify import verify
 
 __version__ = "0.1.0"
@@ -50,6 +51,8 @@ __all__ = [
     "OverfitReport",
     "ParamGrad",
     "Report",
+    "RoleRow",
+    "RolesReport",
     "SampleReport",
     "ScanReport",
     "TokenReport",
