@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from gradscope.data.sources import data_format
+from gradscope.data.sources import SUFFIXES, data_format
 from gradscope.errors import DataError
 
 
@@ -51,9 +51,9 @@ def is_tokenized(row: dict[str, Any]) -> bool:
 
 def is_raw_file(path: str | Path) -> bool:
     """Whether the data at path holds raw rows (text to tokenize) rather than a batch or pre-tokenized rows."""
-    fmt = data_format(path)
-    if fmt == "safetensors":
+    if SUFFIXES.get(Path(path).suffix.lower()) == "safetensors":  # a batch, whether it exists yet or not
         return False
+    fmt = data_format(path)
     if fmt == "jsonl":
         first = _read_jsonl(Path(path), 1)
         return bool(first) and not is_tokenized(first[0])
