@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 from gradscope.cli import app, exit_code
 from gradscope.report.check import Report
 from gradscope.report.finding import Finding
-from tests.conftest import FIXTURES
 
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 runner = CliRunner()
 LLAMA = str(FIXTURES / "models/tiny-llama-chat")
 GPT2 = str(FIXTURES / "models/tiny-gpt2")
