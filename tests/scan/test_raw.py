@@ -32,7 +32,7 @@ OPTIONS = {
     "last-assistant": DataOptions(train_on="last-assistant", response_template="\nAnswer:"),
 }
 TOKENIZERS = ("chatml", "gpt2", "llama3", "mistral")  # every tokenizer conftest's fixture_tokenizer loads
-runner = CliRunner()
+runner = CliRunner(env={"COLUMNS": "100"})  # the terminal width rich reads, whatever terminal pytest runs in
 
 
 def derived_or_error(rows, tokenizer, spec, batched: bool):
