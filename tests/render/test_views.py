@@ -10,9 +10,9 @@ from rich.cells import cell_len
 from rich.console import Console
 
 import gradscope
-from gradscope.data.load import load_batches, load_role_rows
-from gradscope.data.tokens import default_end_token_ids
+from gradscope.data.load import load_batches
 from gradscope.render import CheckView, GradsView, InspectView, RolesView, ScanView
+from gradscope.verbs.files import roles_files
 from gradscope.verbs.grads import grads
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
@@ -50,10 +50,8 @@ def test_inspect_view_of_one_row(fixture_model):
     assert "✓ no finding for sample 2" in rendered(InspectView(clean, clean.samples[2]))
 
 
-def test_roles_view_titles_each_row(fixture_model):
-    _, tokenizer = fixture_model(LLAMA)
-    rows = load_role_rows(FIXTURES / "raw/chat.jsonl", tokenizer, end_token_ids=default_end_token_ids(None, tokenizer))
-    text = rendered(RolesView(rows, tokenizer, max_rows=1))
+def test_roles_view_titles_each_row():
+    text = rendered(RolesView(roles_files(FIXTURES / LLAMA, FIXTURES / "raw/chat.jsonl"), max_rows=1))
     assert "row 0 (chat): 57 tokens, 18 completion, 2 not judged" in text
     assert "more row(s) not shown (--show N)" in text
 
