@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,8 +12,8 @@ import torch
 import gradscope
 from gradscope.integrations import GradscopeCallback
 from gradscope.model.load import load_model, load_tokenizer
-from tests.conftest import FIXTURES
 
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 pytest.importorskip("trl")
 pytestmark = pytest.mark.filterwarnings("ignore:`gradient_checkpointing` is deprecated:FutureWarning")
 

@@ -13,9 +13,11 @@ from typer.testing import CliRunner
 from gradscope.cli import app, exit_code
 from gradscope.report.check import Report
 from gradscope.report.finding import Finding
-from tests.conftest import FIXTURES
 
-runner = CliRunner()
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
+# rich sizes the text report from COLUMNS: every run gets a 100-column terminal, whatever terminal pytest runs in
+# (run_wide and the --help test ask for wider ones).
+runner = CliRunner(env={"COLUMNS": "100"})
 LLAMA = str(FIXTURES / "models/tiny-llama-chat")
 GPT2 = str(FIXTURES / "models/tiny-gpt2")
 BATCHES = FIXTURES / "batches"

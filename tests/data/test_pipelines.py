@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,8 +22,8 @@ from gradscope.data.roles import RoleSpec
 from gradscope.data.tokens import default_end_token_ids
 from gradscope.data.trl import require_trl
 from gradscope.errors import DataError
-from tests.conftest import FIXTURES, fixture_model
 
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 RAW = FIXTURES / "raw"
 LLAMA, GPT2 = "models/tiny-llama-chat", "models/tiny-gpt2"
 pytestmark = pytest.mark.filterwarnings("ignore:`gradient_checkpointing` is deprecated:FutureWarning")
@@ -32,19 +33,32 @@ def rows_of(name: str) -> list[dict]:
     return [json.loads(line) for line in (RAW / name).read_text().splitlines()]
 
 
-def derived(name: str = "chat.jsonl", model: str = LLAMA):
-    _, tok = fixture_model(model)
-    return role_rows(rows_of(name), tok, RoleSpec(default_end_token_ids(None, tok)))
+@pytest.fixture
+def derived(fixture_model):
+    """``derived(name="chat.jsonl", model=LLAMA)``: the raw fixture file's role rows with that model's tokenizer."""
+
+    def derive(name: str = "chat.jsonl", model: str = LLAMA):
+        _, tok = fixture_model(model)
+        return role_rows(rows_of(name), tok, RoleSpec(default_end_token_ids(None, tok)))
+
+    return derive
 
 
-def checked(path, model: str = LLAMA, batch_size: int = 3, **options):
-    if options.get("pipeline") == "trl":
-        pytest.importorskip("trl")  # the [trl] extra, which CI installs
-    m, tok = fixture_model(model)
-    prepared = load_data(path, tokenizer=tok, model=m, batch_size=batch_size, options=DataOptions(**options),
-                         pad_token_id=tok.pad_token_id)
-    report = gradscope.check_batches(m, prepared.batches, tokenizer=tok)
-    return prepared, report
+@pytest.fixture
+def checked(fixture_model):
+    """``checked(path, model=LLAMA, batch_size=3, **options) -> (prepared, report)``: the file loaded through the
+    pipeline the options name and checked."""
+
+    def check(path, model: str = LLAMA, batch_size: int = 3, **options):
+        if options.get("pipeline") == "trl":
+            pytest.importorskip("trl")  # the [trl] extra, which CI installs
+        m, tok = fixture_model(model)
+        prepared = load_data(path, tokenizer=tok, model=m, batch_size=batch_size, options=DataOptions(**options),
+                             pad_token_id=tok.pad_token_id)
+        report = gradscope.check_batches(m, prepared.batches, tokenizer=tok)
+        return prepared, report
+
+    return check
 
 
 def pairs(report):
@@ -54,7 +68,7 @@ def pairs(report):
 # --- reference masking ------------------------------------------------------------------------------------------
 
 
-def test_reference_batch_labels_exactly_the_completion():
+def test_reference_batch_labels_exactly_the_completion(derived):
     rows = derived()
     [batch] = reference_batches(rows, 3, pad_token_id=3)
     for b, row in enumerate(rows):
@@ -77,7 +91,7 @@ def test_reference_batch_labels_exactly_the_completion():
         (GPT2, "text.jsonl", {"response_template": "Answer:"}),
     ],
 )
-def test_reference_masking_checks_clean_and_trains_exactly_the_completion(model, data, options):
+def test_reference_masking_checks_clean_and_trains_exactly_the_completion(model, data, options, fixture_model, checked):
     prepared, report = checked(RAW / data, model, **options)
     assert report.findings == [] and report.notes == []
     assert prepared.data["pipeline"] == "reference"
@@ -90,7 +104,7 @@ def test_reference_masking_checks_clean_and_trains_exactly_the_completion(model,
         assert sample.trained_positions == [t for t, r in enumerate(row.roles) if r == COMPLETION]  # by the gradient
 
 
-def test_truncated_reference_reports_completion_truncated_and_no_loss_by_truncation():
+def test_truncated_reference_reports_completion_truncated_and_no_loss_by_truncation(derived, checked):
     _, report = checked(RAW / "chat.jsonl", batch_size=1, max_length=20)
     assert pairs(report) == [("completion_truncated", 1), ("no_loss", 0), ("no_loss", 2)]
     by = {(f.check, f.sample): f for f in report.findings}
@@ -104,7 +118,7 @@ def test_truncated_reference_reports_completion_truncated_and_no_loss_by_truncat
 # --- matching derived roles onto another pipeline's batch -------------------------------------------------------
 
 
-def test_attach_roles_to_left_padded_and_padding_free_batches():
+def test_attach_roles_to_left_padded_and_padding_free_batches(derived):
     rows = derived()
     pad = 3
     width = max(len(r.input_ids) for r in rows)
@@ -125,7 +139,7 @@ def test_attach_roles_to_left_padded_and_padding_free_batches():
     assert ROW_KEY not in out  # one batch row holds three data rows
 
 
-def test_attach_roles_counts_truncation_and_refuses_foreign_tokens():
+def test_attach_roles_counts_truncation_and_refuses_foreign_tokens(derived):
     rows = derived()
     row = rows[0]
     kept = row.input_ids[-12:]  # keep_end
@@ -142,7 +156,7 @@ def test_attach_roles_counts_truncation_and_refuses_foreign_tokens():
 # --- the user's collator ----------------------------------------------------------------------------------------
 
 
-def test_collator_that_trains_the_prompt_is_caught_and_a_correct_one_passes():
+def test_collator_that_trains_the_prompt_is_caught_and_a_correct_one_passes(checked):
     collators = RAW / "collators.py"
     _, leak = checked(RAW / "chat.jsonl", collate=f"{collators}:labels_copy_input_ids", collate_input="tokens")
     assert pairs(leak) == [("prompt_leak", 0), ("prompt_leak", 1), ("prompt_leak", 2)]
@@ -150,7 +164,7 @@ def test_collator_that_trains_the_prompt_is_caught_and_a_correct_one_passes():
     assert clean.findings == [] and prepared.data["pipeline"] == "collate"
 
 
-def test_collator_on_raw_rows_with_the_chat_template_passes(tmp_path):
+def test_collator_on_raw_rows_with_the_chat_template_passes(tmp_path, checked):
     path = tmp_path / "mine.py"
     path.write_text(
         "import torch\n"
@@ -168,7 +182,7 @@ def test_collator_on_raw_rows_with_the_chat_template_passes(tmp_path):
     assert report.findings == []
 
 
-def test_collator_errors_are_bad_input(tmp_path):
+def test_collator_errors_are_bad_input(tmp_path, checked):
     path = tmp_path / "broken.py"
     path.write_text("def collate(rows):\n    raise KeyError('input_ids')\n\ndef nothing(rows):\n    return [1]\n")
     with pytest.raises(DataError, match=r"rows 0–2: the collator failed: KeyError"):
@@ -193,7 +207,7 @@ def test_collator_errors_are_bad_input(tmp_path):
         ("chat_prompt_completion.json", {"completion_only_loss": False}, True),
     ],
 )
-def test_trl_labels_are_clean_or_leak_the_prompt(data, options, leak):
+def test_trl_labels_are_clean_or_leak_the_prompt(data, options, leak, checked):
     prepared, report = checked(RAW / data, pipeline="trl", trl_options=options)
     assert prepared.data["pipeline"] == "trl" and report.notes == []
     assert pairs(report) == ([("prompt_leak", i) for i in range(3)] if leak else [])
@@ -205,13 +219,13 @@ def test_trl_labels_are_clean_or_leak_the_prompt(data, options, leak):
         assert all(t.trained for t in sample.tokens if t.role == "completion")
 
 
-def test_trl_conversational_prompt_completion_trains_the_glue_after_the_closing_token():
+def test_trl_conversational_prompt_completion_trains_the_glue_after_the_closing_token(checked):
     _, report = checked(RAW / "chat_prompt_completion.json", pipeline="trl")
     last = report.samples[0].tokens[-1]
     assert (last.text, last.role, last.trained) == ("\n", None, True)  # trained by TRL, not judged by gradscope
 
 
-def test_trl_truncation_drops_rows_and_warns_on_cut_completions():
+def test_trl_truncation_drops_rows_and_warns_on_cut_completions(checked):
     prepared, report = checked(RAW / "chat.jsonl", pipeline="trl", max_length=20, trl_options={"assistant_only_loss": True})
     assert pairs(report) == [("completion_truncated", 1)]  # sample indices are data rows
     assert [s.index for s in report.samples] == [1]
@@ -222,7 +236,7 @@ def test_trl_truncation_drops_rows_and_warns_on_cut_completions():
 
 
 @pytest.mark.parametrize("options", [{"packing": True, "max_length": 64}, {"padding_free": True, "max_length": None}])
-def test_trl_packed_and_padding_free_batches_get_their_roles(options):
+def test_trl_packed_and_padding_free_batches_get_their_roles(options, derived, checked):
     prepared, report = checked(RAW / "chat.jsonl", pipeline="trl", trl_options={"assistant_only_loss": True, **options})
     assert report.findings == [] and report.notes == []
     codes = torch.cat([b[ROLE_CODES_KEY].flatten() for b in prepared.batches])
@@ -232,7 +246,7 @@ def test_trl_packed_and_padding_free_batches_get_their_roles(options):
     assert trained == sum(r.roles.count(COMPLETION) for r in rows)
 
 
-def test_trl_assistant_only_loss_without_generation_markers_is_a_clear_error():
+def test_trl_assistant_only_loss_without_generation_markers_is_a_clear_error(fixture_model, checked):
     model, tok = fixture_model(LLAMA)
     plain = tok.chat_template.replace("{% generation %}", "").replace("{% endgeneration %}", "")
     tok.chat_template, saved = plain, tok.chat_template
@@ -246,7 +260,7 @@ def test_trl_assistant_only_loss_without_generation_markers_is_a_clear_error():
     assert "no_loss" in message and "TRL says:" in message
 
 
-def test_trl_leaves_the_model_as_it_was():
+def test_trl_leaves_the_model_as_it_was(fixture_model, checked):
     model, tok = fixture_model(LLAMA)
     pad, eos = model.config.pad_token_id, model.config.eos_token_id
     checked(RAW / "prompt_completion.jsonl", pipeline="trl")
@@ -254,7 +268,7 @@ def test_trl_leaves_the_model_as_it_was():
     assert (model.config.pad_token_id, model.config.eos_token_id) == (pad, eos)
 
 
-def test_trl_options_and_missing_trl_are_clear_errors(tmp_path, monkeypatch):
+def test_trl_options_and_missing_trl_are_clear_errors(tmp_path, monkeypatch, checked):
     config = tmp_path / "sft.json"
     config.write_text('{"no_such_option": 1}')
     with pytest.raises(DataError, match=r"sft.json: SFTConfig rejects these options: .*no_such_option"):
@@ -264,7 +278,7 @@ def test_trl_options_and_missing_trl_are_clear_errors(tmp_path, monkeypatch):
         require_trl()
 
 
-def test_chat_rows_check_clean_on_gpt2_with_a_chat_template():
+def test_chat_rows_check_clean_on_gpt2_with_a_chat_template(fixture_model, checked):
     # GPT-2 has no chat template of its own; the fixture's BPE holds the ChatML tokens, so borrow the Llama one.
     _, llama_tok = fixture_model(LLAMA)
     _, tok = fixture_model(GPT2)
@@ -291,7 +305,7 @@ def test_tokenized_rows_in_json_load_as_a_batch_and_refuse_raw_pipelines(tmp_pat
         load_data(path, tokenizer=None, options=DataOptions(pipeline="trl"))
 
 
-def test_trl_padding_free_batches_are_checked_as_trl_calls_the_model():
+def test_trl_padding_free_batches_are_checked_as_trl_calls_the_model(fixture_model, checked):
     """TRL's SFTTrainer passes use_cache=False with every batch; the model's own config (use_cache=True) is put back."""
     model, _ = fixture_model(LLAMA)
     assert model.config.use_cache is True

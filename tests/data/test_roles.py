@@ -8,7 +8,6 @@ boundaries) and compares the role of every token with the role gradscope derived
 from __future__ import annotations
 
 import pytest
-from transformers import AutoTokenizer
 
 from gradscope.constants import UNKNOWN
 from gradscope.data.batch import COMPLETION, PROMPT
@@ -16,26 +15,24 @@ from gradscope.data.roles import RoleSpec, derive, find_subsequence, truncate
 from gradscope.data.templates import template_markers
 from gradscope.data.tokens import default_end_token_ids
 from gradscope.errors import DataError
-from tests.conftest import FIXTURES
 
 P, C, U = PROMPT, COMPLETION, UNKNOWN
-TOKENIZERS = {
-    "chatml": FIXTURES / "models/tiny-llama-chat",
-    "llama3": FIXTURES / "tokenizers/llama3-chat",
-    "mistral": FIXTURES / "tokenizers/mistral-chat",
-    "gpt2": FIXTURES / "models/tiny-gpt2",
-}
-_TOKS: dict[str, object] = {}
 
 
-def tok(name: str):
-    if name not in _TOKS:
-        _TOKS[name] = AutoTokenizer.from_pretrained(TOKENIZERS[name])
-    return _TOKS[name]
+@pytest.fixture
+def tok(fixture_tokenizer):
+    """``tok(name)``: the fixture tokenizer "chatml", "llama3", "mistral" or "gpt2" (conftest's ``fixture_tokenizer``)."""
+    return fixture_tokenizer
 
 
-def spec(name: str, **kwargs) -> RoleSpec:
-    return RoleSpec(default_end_token_ids(None, tok(name)), **kwargs)
+@pytest.fixture
+def spec(tok):
+    """``spec(name, **kwargs)``: the RoleSpec of that tokenizer's end tokens."""
+
+    def make(name: str, **kwargs) -> RoleSpec:
+        return RoleSpec(default_end_token_ids(None, tok(name)), **kwargs)
+
+    return make
 
 
 CALL = {"type": "function", "function": {"name": "add", "arguments": {"a": 2, "b": 3}}}
@@ -80,15 +77,21 @@ EXPECTED = {
 }
 
 
-def expected_roles(name: str, pieces: list[tuple[str, int]], ids: list[int]) -> list[int]:
-    t = tok(name)
-    piece_ids = [t(text, add_special_tokens=False)["input_ids"] for text, _ in pieces]
-    assert [i for p in piece_ids for i in p] == ids, "the pieces must cut the text on token boundaries"
-    return [role for p, (_, role) in zip(piece_ids, pieces) for _ in p]
+@pytest.fixture
+def expected_roles(tok):
+    """``expected_roles(name, pieces, ids)``: the role of each token, tokenizing the (text, role) pieces one by one."""
+
+    def roles(name: str, pieces: list[tuple[str, int]], ids: list[int]) -> list[int]:
+        t = tok(name)
+        piece_ids = [t(text, add_special_tokens=False)["input_ids"] for text, _ in pieces]
+        assert [i for p in piece_ids for i in p] == ids, "the pieces must cut the text on token boundaries"
+        return [role for p, (_, role) in zip(piece_ids, pieces) for _ in p]
+
+    return roles
 
 
 @pytest.mark.parametrize("name", ["chatml", "llama3", "mistral"])
-def test_multi_turn_chat_roles_token_by_token(name):
+def test_multi_turn_chat_roles_token_by_token(name, tok, spec, expected_roles):
     row = derive({"messages": TOOL_CHAT}, 0, tok(name), spec(name))
     rendered = tok(name).apply_chat_template(TOOL_CHAT, tokenize=True, return_dict=True)["input_ids"]
     assert row.input_ids == rendered  # the same ids apply_chat_template (and TRL) produce
@@ -97,7 +100,7 @@ def test_multi_turn_chat_roles_token_by_token(name):
     assert row.labels == [i if r == C else -100 for i, r in zip(row.input_ids, row.roles)]
 
 
-def test_messages_are_attributed_to_their_turns():
+def test_messages_are_attributed_to_their_turns(tok, spec):
     row = derive({"messages": TOOL_CHAT}, 0, tok("chatml"), spec("chatml"))
     t = tok("chatml")
     per_message = [t.apply_chat_template(TOOL_CHAT[: k + 1], tokenize=True, return_dict=True)["input_ids"] for k in range(len(TOOL_CHAT))]
@@ -105,13 +108,13 @@ def test_messages_are_attributed_to_their_turns():
     assert row.messages == [k for k in range(len(TOOL_CHAT)) for _ in range(bounds[k + 1] - bounds[k])]
 
 
-def test_last_assistant_policy_makes_earlier_turns_prompt():
+def test_last_assistant_policy_makes_earlier_turns_prompt(tok, spec, expected_roles):
     row = derive({"messages": TOOL_CHAT}, 0, tok("llama3"), spec("llama3", train_on="last-assistant"))
     pieces = [(text, P) for text, _ in EXPECTED["llama3"][:-1]] + [EXPECTED["llama3"][-1]]
     assert row.roles == expected_roles("llama3", pieces, row.input_ids)
 
 
-def test_conversational_prompt_completion_trains_only_the_completion_messages():
+def test_conversational_prompt_completion_trains_only_the_completion_messages(tok, spec, expected_roles):
     prompt, completion = TOOL_CHAT[:5], TOOL_CHAT[5:]
     row = derive({"prompt": prompt, "completion": completion}, 0, tok("chatml"), spec("chatml"))
     pieces = [(text, P) for text, _ in EXPECTED["chatml"][:9]] + EXPECTED["chatml"][9:]
@@ -120,14 +123,14 @@ def test_conversational_prompt_completion_trains_only_the_completion_messages():
 
 
 @pytest.mark.parametrize("name", ["chatml", "gpt2"])
-def test_prompt_completion_strings_split_by_character_offsets(name):
+def test_prompt_completion_strings_split_by_character_offsets(name, tok, spec, expected_roles):
     t = tok(name)
     row = derive({"prompt": "Question: What is 2 plus 3?\nAnswer:", "completion": " 5"}, 0, t, spec(name))
     pieces = [("Question: What is 2 plus 3?\nAnswer:", P), (" 5" + t.eos_token, C)]  # EOS appended, as TRL does
     assert row.roles == expected_roles(name, pieces, row.input_ids)
 
 
-def test_completion_starts_at_the_token_holding_its_first_character():
+def test_completion_starts_at_the_token_holding_its_first_character(tok, spec):
     t = tok("chatml")
     prompt, completion = "Reverse the word ca", "t: tac"  # "cat" is one token across the boundary
     row = derive({"prompt": prompt, "completion": completion}, 0, t, spec("chatml"))
@@ -137,7 +140,7 @@ def test_completion_starts_at_the_token_holding_its_first_character():
     assert row.roles == [P] * first + [C] * (len(row.input_ids) - first)
 
 
-def test_text_rows_with_response_and_instruction_templates():
+def test_text_rows_with_response_and_instruction_templates(tok, spec, expected_roles):
     t = tok("gpt2")
     text = "### Human: Add 2 and 3.\n### Assistant: 5\n### Human: Thanks.\n### Assistant: Welcome."
     row = derive({"text": text}, 0, t, spec("gpt2", response_template="### Assistant:", instruction_template="### Human:"))
@@ -148,7 +151,7 @@ def test_text_rows_with_response_and_instruction_templates():
     assert row.roles == expected_roles("gpt2", pieces, row.input_ids)
 
 
-def test_response_template_not_found_as_tokens_says_alone_vs_in_context():
+def test_response_template_not_found_as_tokens_says_alone_vs_in_context(tok, spec):
     with pytest.raises(DataError) as err:
         derive({"text": "Question: hi\nAnswer: yes"}, 3, tok("gpt2"), spec("gpt2", response_template="swer:"))
     message = str(err.value)
@@ -157,12 +160,12 @@ def test_response_template_not_found_as_tokens_says_alone_vs_in_context():
     assert "in context as [" in message and "'Answer'" in message
 
 
-def test_response_template_absent_from_the_text():
+def test_response_template_absent_from_the_text(tok, spec):
     with pytest.raises(DataError, match="row 1: the response template '### A:' does not occur in the text"):
         derive({"text": "Question: hi"}, 1, tok("gpt2"), spec("gpt2", response_template="### A:"))
 
 
-def test_plain_text_without_template_and_unknown_rows_are_errors():
+def test_plain_text_without_template_and_unknown_rows_are_errors(tok, spec):
     with pytest.raises(DataError, match="`response_template`"):
         derive({"text": "hello"}, 0, tok("gpt2"), spec("gpt2"))
     with pytest.raises(DataError, match=r"row 0: the row has none of the fields .*\['question'\]"):
@@ -171,7 +174,7 @@ def test_plain_text_without_template_and_unknown_rows_are_errors():
         derive({"messages": TOOL_CHAT[:2]}, 0, tok("gpt2"), spec("gpt2"))
 
 
-def test_template_that_breaks_the_prefix_property_is_named_precisely():
+def test_template_that_breaks_the_prefix_property_is_named_precisely(tok, spec):
     # Mistral v0.3-style: the system prompt joins the LAST user turn, so earlier turns render differently later.
     template = (
         "{% set ns = namespace(last=-1) %}{% for m in messages %}{% if m['role'] == 'user' %}"
@@ -192,7 +195,7 @@ def test_template_that_breaks_the_prefix_property_is_named_precisely():
     )
 
 
-def test_closing_token_the_template_gives_to_the_next_turn_is_still_completion():
+def test_closing_token_the_template_gives_to_the_next_turn_is_still_completion(tok, spec, expected_roles):
     # Failure mode 5: <|im_end|> is written at the start of the next turn, outside the assistant's own rendering.
     template = (
         "{% for m in messages %}{% if not loop.first %}{{ '<|im_end|>\\n' }}{% endif %}"
@@ -208,7 +211,7 @@ def test_closing_token_the_template_gives_to_the_next_turn_is_still_completion()
     assert row.roles == expected_roles("chatml", pieces, row.input_ids)
 
 
-def test_truncation_counts_the_completion_tokens_it_cuts():
+def test_truncation_counts_the_completion_tokens_it_cuts(tok, spec):
     row = derive({"messages": TOOL_CHAT}, 0, tok("chatml"), spec("chatml"))
     n, completion = len(row.input_ids), row.roles.count(C)
     start = truncate(row, n - 3, "keep_start")  # cuts ".", "<|im_end|>" (completion) and "\n" (not judged)
@@ -225,7 +228,7 @@ def test_find_subsequence():
 
 
 @pytest.mark.parametrize("name", ["chatml", "llama3", "mistral"])
-def test_template_markers_read_roles_back_from_token_ids(name):
+def test_template_markers_read_roles_back_from_token_ids(name, tok, spec):
     ends = default_end_token_ids(None, tok(name))
     markers = template_markers(tok(name), ends)
     assert markers is not None
@@ -234,5 +237,5 @@ def test_template_markers_read_roles_back_from_token_ids(name):
         assert markers.roles(row.input_ids, policy) == row.roles
 
 
-def test_template_markers_need_a_template():
+def test_template_markers_need_a_template(tok):
     assert template_markers(tok("gpt2"), default_end_token_ids(None, tok("gpt2"))) is None

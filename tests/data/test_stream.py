@@ -2,79 +2,38 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from gradscope.data.stream import chunks, open_source
 from gradscope.errors import DataError
 from gradscope.scan.dataset import scan
-from tests.conftest import FIXTURES
-from tests.scan.test_dataset import random_rows
 
-ROWS = random_rows(300, seed=5, roles=True)
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 COLUMNS = ("input_ids", "labels", "attention_mask", "completion_mask")
 
 
-def _table() -> pa.Table:
-    return pa.table({k: pa.array([r[k].tolist() for r in ROWS], pa.list_(pa.int32())) for k in COLUMNS})
-
-
-def write(tmp: Path, fmt: str) -> Path:
-    """The same rows in each format scan reads."""
-    if fmt == "jsonl":
-        path = tmp / "rows.jsonl"
-        path.write_text("".join(json.dumps({k: r[k].tolist() for k in COLUMNS}) + "\n" for r in ROWS))
-    elif fmt == "json array":  # as check reads .json
-        path = tmp / "rows.json"
-        path.write_text(json.dumps([{k: r[k].tolist() for k in COLUMNS} for r in ROWS], indent=1))
-    elif fmt == "parquet":
-        path = tmp / "rows.parquet"
-        pq.write_table(_table(), path, row_group_size=128)
-    elif fmt == "arrow":
-        path = tmp / "rows.arrow"
-        with pa.OSFile(str(path), "wb") as f, pa.ipc.new_file(f, _table().schema) as writer:
-            writer.write_table(_table(), max_chunksize=100)
-    else:
-        import datasets
-
-        path = tmp / "saved"
-        datasets.Dataset(_table()).save_to_disk(str(path), num_shards=2)
-    return path
-
-
-def summary(report) -> tuple:
-    return (report.rows, report.tokens, report.trained_tokens, report.checks, report.distributions,
-            report.worst_rows, [vars(f) for f in report.findings])
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    return summary(scan(write(tmp_path_factory.mktemp("ref"), "jsonl"), end_token_ids=[2]))
-
-
 @pytest.mark.parametrize("fmt", ["parquet", "arrow", "datasets", "json array"])
-def test_every_format_gives_the_same_report(fmt, tmp_path, reference):
-    assert summary(scan(write(tmp_path, fmt), end_token_ids=[2])) == reference
+def test_every_format_gives_the_same_report(fmt, tmp_path, write_stream_rows, scan_summary, stream_reference):
+    assert scan_summary(scan(write_stream_rows(tmp_path, fmt), end_token_ids=[2])) == stream_reference
 
 
-def test_chunk_boundaries_change_nothing(tmp_path, reference, monkeypatch):
+def test_chunk_boundaries_change_nothing(tmp_path, write_stream_rows, scan_summary, stream_reference, monkeypatch):
     from gradscope.data import chunks as chunk_module
 
     monkeypatch.setattr(chunk_module, "CHUNK_TOKENS", 50)  # many chunks, a row's findings kept across them
-    path = write(tmp_path, "datasets")
+    path = write_stream_rows(tmp_path, "datasets")
     assert len(list(chunks(open_source(path)))) > 20
-    assert summary(scan(path, end_token_ids=[2])) == reference
+    assert scan_summary(scan(path, end_token_ids=[2])) == stream_reference
 
 
-def test_rows_are_numbered_across_files_and_chunks(tmp_path):
-    path = write(tmp_path, "datasets")
+def test_rows_are_numbered_across_files_and_chunks(tmp_path, write_stream_rows, stream_rows):
+    path = write_stream_rows(tmp_path, "datasets")
     firsts = [(c.first_row, c.rows) for c in chunks(open_source(path))]
-    assert firsts[0][0] == 0 and sum(n for _, n in firsts) == len(ROWS)
+    assert firsts[0][0] == 0 and sum(n for _, n in firsts) == len(stream_rows)
     assert all(a + n == b for (a, n), (b, _) in zip(firsts, firsts[1:]))
 
 
@@ -139,11 +98,11 @@ def test_bad_paths(tmp_path):
 
 
 @pytest.mark.parametrize("splits", [("train", "test"), ("only",)])
-def test_a_dataset_dict_is_scanned_on_the_split_check_reads(tmp_path, splits):
+def test_a_dataset_dict_is_scanned_on_the_split_check_reads(tmp_path, splits, stream_rows):
     import datasets
 
-    test = datasets.Dataset.from_list([{k: ROWS[0][k].tolist() for k in COLUMNS}])
-    chosen = datasets.Dataset.from_list([{k: r[k].tolist() for k in COLUMNS} for r in ROWS])
+    test = datasets.Dataset.from_list([{k: stream_rows[0][k].tolist() for k in COLUMNS}])
+    chosen = datasets.Dataset.from_list([{k: r[k].tolist() for k in COLUMNS} for r in stream_rows])
     parts = {name: (chosen if name in ("train", "only") else test) for name in splits}
     datasets.DatasetDict(parts).save_to_disk(str(tmp_path / "dd"))
     source = open_source(tmp_path / "dd")

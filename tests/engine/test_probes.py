@@ -4,6 +4,7 @@ autograd per micro-batch, and the closed form of a token-mean loss accumulated o
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,7 +17,8 @@ from gradscope.engine.accumulate import accumulate
 from gradscope.engine.probes import trace_dependence
 from gradscope.engine.run import Graph, forward_backward
 from gradscope.engine.windows import Window, plan_windows
-from tests.conftest import FIXTURES, make_batch, tiny_gpt2, tiny_llama
+
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 
 
 def _starts(t: int, *boundaries: int) -> torch.Tensor:
@@ -75,9 +77,9 @@ def _packed_dependence(model, use_cache: bool):
     return graph, windows, trace_dependence(graph, windows)
 
 
-@pytest.mark.parametrize("make", [tiny_llama, tiny_gpt2], ids=["llama", "gpt2"])
-def test_dependence_is_exactly_the_causal_document_prefix(make):
-    _, windows, dep = _packed_dependence(make(), use_cache=False)
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_dependence_is_exactly_the_causal_document_prefix(arch, tiny_model):
+    _, windows, dep = _packed_dependence(tiny_model(arch), use_cache=False)
     assert dep.batched and dep.passes == 3
     for w in windows:
         doc_start = 5 if w.start >= 5 else 0
@@ -86,9 +88,9 @@ def test_dependence_is_exactly_the_causal_document_prefix(make):
         assert torch.equal(dep.seen[w.slice, 0], expected), w
 
 
-@pytest.mark.parametrize("make", [tiny_llama, tiny_gpt2], ids=["llama", "gpt2"])
-def test_dependence_matches_brute_force_jacobian_when_documents_leak(make):
-    model = make()
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_dependence_matches_brute_force_jacobian_when_documents_leak(arch, tiny_model):
+    model = tiny_model(arch)
     _, windows, dep = _packed_dependence(model, use_cache=True)  # the KV cache turns packed-sequence masking off
     batch = _packed_batch()
     # Independent: the full Jacobian of the logits with respect to the input embeddings, one output at a time.
@@ -100,8 +102,8 @@ def test_dependence_matches_brute_force_jacobian_when_documents_leak(make):
     assert depends[5:, :5].any()  # the second document sees the first: the leak is real
 
 
-def test_loop_fallback_gives_the_same_answer(monkeypatch):
-    graph, windows, batched = _packed_dependence(tiny_llama(), use_cache=False)
+def test_loop_fallback_gives_the_same_answer(monkeypatch, tiny_model):
+    graph, windows, batched = _packed_dependence(tiny_model("llama"), use_cache=False)
     real_grad = torch.autograd.grad
 
     def no_vmap(*args, **kwargs):
@@ -147,8 +149,8 @@ def _micro_reference(model, batch, k):
     return torch.cat(grads)
 
 
-def test_accumulation_matches_plain_autograd_and_the_closed_form():
-    model = tiny_llama()
+def test_accumulation_matches_plain_autograd_and_the_closed_form(tiny_model, make_batch):
+    model = tiny_model("llama")
     batch = {k: v for k, v in make_batch().items() if k != "completion_mask"}
     batch["labels"][2, 4:6] = -100  # trained tokens per row: 3, 3, 1
     graph = _graph(model, batch)
@@ -169,20 +171,20 @@ def test_accumulation_matches_plain_autograd_and_the_closed_form():
     assert acc.rows == [[0], [1], [2]]
 
 
-def test_accumulation_is_exact_when_micro_batches_hold_equal_tokens():
-    model = tiny_gpt2()
+def test_accumulation_is_exact_when_micro_batches_hold_equal_tokens(tiny_model, make_batch):
+    model = tiny_model("gpt2")
     batch = {k: v for k, v in make_batch().items() if k != "completion_mask"}
     acc = accumulate(_graph(model, batch), 3)  # every row trains positions 4-6
     assert acc.relative_error < 1e-6 and acc.cosine == pytest.approx(1.0, abs=1e-9)
 
 
-def test_per_sequence_mean_accumulates_exactly():
+def test_per_sequence_mean_accumulates_exactly(tiny_model, make_batch):
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("fixture_losses", FIXTURES / "losses.py")
     losses = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(losses)
-    model = tiny_llama()
+    model = tiny_model("llama")
     batch = {k: v for k, v in make_batch().items() if k != "completion_mask"}
     batch["labels"][2, 4:6] = -100
     kept = []
@@ -196,7 +198,7 @@ def test_compare_edge_cases():
     assert (cosine, relative, scale) == (1.0, 0.5, 0.5)
 
 
-def test_core_only_run_keeps_no_graph(monkeypatch):
+def test_core_only_run_keeps_no_graph(monkeypatch, tiny_model, make_batch):
     """With no probe pass to run, the core run is handed no after_backward, so it can free the logits."""
     import sys
 
@@ -212,7 +214,7 @@ def test_core_only_run_keeps_no_graph(monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(check_module, "forward_backward", spy)
-    model = tiny_llama()
+    model = tiny_model("llama")
     gradscope.check(model, make_batch(), probes=())
     gradscope.check(model, make_batch())
     assert seen[0] is None and seen[1] is not None
@@ -240,10 +242,10 @@ def _independent_loss_grad(model, batch):
     return torch.autograd.grad(loss, embeds)[0]
 
 
-@pytest.mark.parametrize("make", [tiny_llama, tiny_gpt2], ids=["llama", "gpt2"])
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
 @pytest.mark.parametrize("use_cache", [False, True], ids=["isolated", "cache-leak"])
-def test_screen_reads_the_loss_gradient_where_no_trained_logit_may_look(make, use_cache):
-    model = make()
+def test_screen_reads_the_loss_gradient_where_no_trained_logit_may_look(arch, use_cache, tiny_model):
+    model = tiny_model(arch)
     model.config.use_cache = use_cache
     batch = _packed_batch()
     batch["labels"][0, [3, 4, 5, 11]] = -100  # logits 2, 3, 4 (document 1's end, the boundary) and 10 untrained
@@ -262,8 +264,8 @@ def test_screen_reads_the_loss_gradient_where_no_trained_logit_may_look(make, us
         assert not found.reached.any()
 
 
-def test_a_row_the_screen_cannot_test_gets_a_window():
-    model = tiny_llama()
+def test_a_row_the_screen_cannot_test_gets_a_window(tiny_model, make_batch):
+    model = tiny_model("llama")
     batch = make_batch()
     # A loss on unshifted labels trains every logit up to the last real token: no token is after the loss.
     unshifted = lambda logits, labels: F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
@@ -279,7 +281,7 @@ def test_a_single_window_takes_the_last_document():
     assert [(w.start, w.cut, w.boundary, w.future) for w in windows] == [(10, 11, True, True)]
 
 
-def test_a_loss_term_outside_the_logits_is_no_leak():
+def test_a_loss_term_outside_the_logits_is_no_leak(make_batch):
     """Mixtral's router loss reads every token's router logits, so the loss reaches tokens no logit may see."""
     from transformers import MixtralConfig, MixtralForCausalLM
 
@@ -295,8 +297,8 @@ def test_a_loss_term_outside_the_logits_is_no_leak():
     assert "in 3 row(s) the loss's gradient reaches such tokens" in report.probes["causal"].note
 
 
-def test_a_packed_row_that_sees_everything_has_both_leaks():
-    model = tiny_llama()
+def test_a_packed_row_that_sees_everything_has_both_leaks(tiny_model):
+    model = tiny_model("llama")
     batch = _packed_batch()
     batch["labels"][0, 5] = -100  # the second document's first token is not trained
     batch["attention_mask"] = torch.zeros(1, 1, 12, 12)  # an additive 4D mask that masks nothing

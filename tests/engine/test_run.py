@@ -16,7 +16,6 @@ from gradscope.engine import logits as engine_logits
 from gradscope.engine.logits import logit_grad_stats, logits_finite, token_losses
 from gradscope.engine.run import forward_backward, instrumented
 from gradscope.model.layers import find_decoder_layers
-from tests.conftest import make_batch, tiny_gpt2, tiny_llama
 
 
 def _reference(model, batch):
@@ -34,7 +33,7 @@ def _reference(model, batch):
     return out, grads
 
 
-def test_token_loss_matches_cross_entropy(random_model):
+def test_token_loss_matches_cross_entropy(random_model, make_batch):
     batch = make_batch()
     capture = forward_backward(random_model, batch)
     with torch.no_grad():
@@ -44,7 +43,7 @@ def test_token_loss_matches_cross_entropy(random_model):
     assert torch.isnan(capture.token_loss[:, 0]).all()
 
 
-def test_logit_gradient_is_softmax_minus_onehot(random_model):
+def test_logit_gradient_is_softmax_minus_onehot(random_model, make_batch):
     batch = make_batch()
     capture = forward_backward(random_model, batch)
     with torch.no_grad():
@@ -60,7 +59,7 @@ def test_logit_gradient_is_softmax_minus_onehot(random_model):
     torch.testing.assert_close(capture.weight[:, 1:], torch.where(trained, 1.0 / n, 0.0), rtol=1e-4, atol=1e-7)
 
 
-def test_hook_gradients_match_autograd(random_model):
+def test_hook_gradients_match_autograd(random_model, make_batch):
     batch = make_batch()
     capture = forward_backward(random_model, batch)
     out, grads = _reference(random_model, batch)
@@ -93,8 +92,8 @@ def test_token_losses_position_zero_is_nan():
     torch.testing.assert_close(out[0, 1:], F.cross_entropy(logits[0, :2], ids[0, 1:], reduction="none"))
 
 
-def test_custom_loss_fn_is_used():
-    model = tiny_llama()
+def test_custom_loss_fn_is_used(tiny_model, make_batch):
+    model = tiny_model("llama")
     batch = make_batch()
     calls = []
 
@@ -108,8 +107,8 @@ def test_custom_loss_fn_is_used():
     torch.testing.assert_close(capture.weight[:, 1:], torch.where(trained, 1.0, 0.0), rtol=1e-4, atol=1e-6)
 
 
-def test_parameters_get_no_grad_and_state_is_restored():
-    model = tiny_gpt2(dropout=0.1)
+def test_parameters_get_no_grad_and_state_is_restored(tiny_model, make_batch):
+    model = tiny_model("gpt2", dropout=0.1)
     model.train()
     model.transformer.h[0].mlp.c_fc.weight.requires_grad_(False)  # a user's own freezing survives
     before = {n: p.requires_grad for n, p in model.named_parameters()}
@@ -123,8 +122,8 @@ def test_parameters_get_no_grad_and_state_is_restored():
     assert not any(m.training for m in model.modules())
 
 
-def test_dropout_is_off_so_runs_are_deterministic():
-    model = tiny_gpt2(dropout=0.3)
+def test_dropout_is_off_so_runs_are_deterministic(tiny_model, make_batch):
+    model = tiny_model("gpt2", dropout=0.3)
     first = forward_backward(model, make_batch())
     second = forward_backward(model, make_batch())
     assert first.loss == second.loss
@@ -133,8 +132,8 @@ def test_dropout_is_off_so_runs_are_deterministic():
     assert len(kept) > 1  # with dropout kept the runs differ, so the default really turned it off
 
 
-def test_hooks_are_removed_even_on_error():
-    model = tiny_llama()
+def test_hooks_are_removed_even_on_error(tiny_model):
+    model = tiny_model("llama")
     with pytest.raises(RuntimeError):
         with instrumented(model):
             raise RuntimeError("boom")
@@ -149,13 +148,13 @@ def test_find_decoder_layers_without_names(random_model):
     assert layers is (random_model.model.layers if hasattr(random_model, "model") else random_model.transformer.h)
 
 
-def test_mixed_precision_forward_returning_fp32_copies_reads_the_logits_the_loss_used():
+def test_mixed_precision_forward_returning_fp32_copies_reads_the_logits_the_loss_used(tiny_model, make_batch):
     # accelerate wraps a mixed-precision forward so that it returns its outputs cast to fp32 after computing the loss
     # (Trainer with bf16=True): outputs.logits is then a copy outside the loss's graph.
     accelerate_utils = pytest.importorskip("accelerate.utils")  # installed with the [trl] extra
     convert_outputs_to_fp32 = accelerate_utils.convert_outputs_to_fp32
 
-    model = tiny_llama().to(torch.bfloat16)
+    model = tiny_model("llama").to(torch.bfloat16)
     batch = make_batch()
     plain = forward_backward(model, batch)
     model.forward = convert_outputs_to_fp32(model.forward)
@@ -168,7 +167,7 @@ def test_mixed_precision_forward_returning_fp32_copies_reads_the_logits_the_loss
     assert torch.equal(wrapped.target_id, plain.target_id)
 
 
-def test_after_backward_gets_the_live_graph_and_leaves_the_capture_alone(random_model):
+def test_after_backward_gets_the_live_graph_and_leaves_the_capture_alone(random_model, make_batch):
     batch = make_batch()
     plain = forward_backward(random_model, batch)
     graphs = []
@@ -213,7 +212,7 @@ def test_logits_finite_matches_isfinite():
     assert not logits_finite(both)
 
 
-def test_small_chunks_give_the_same_numbers(random_model, monkeypatch):
+def test_small_chunks_give_the_same_numbers(random_model, monkeypatch, make_batch):
     batch = make_batch()
     whole = forward_backward(random_model, batch)
     monkeypatch.setattr(engine_logits, "CHUNK_ELEMENTS", 97 * 5)  # 5 positions at a time, a partial chunk at the end
@@ -223,7 +222,7 @@ def test_small_chunks_give_the_same_numbers(random_model, monkeypatch):
         torch.testing.assert_close(getattr(chunked, name), getattr(whole, name), rtol=0, atol=0, equal_nan=True)
 
 
-def test_logits_are_freed_before_the_backward():
+def test_logits_are_freed_before_the_backward(tiny_model, make_batch):
     seen = []
 
     def loss_fn(logits, labels):
@@ -232,14 +231,14 @@ def test_logits_are_freed_before_the_backward():
         logp.register_hook(lambda g: seen.append(alive() is None))  # fires in the backward
         return F.nll_loss(logp.flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
 
-    forward_backward(tiny_llama(), make_batch(), loss_fn=loss_fn)
+    forward_backward(tiny_model("llama"), make_batch(), loss_fn=loss_fn)
     assert seen == [True]
 
 
 @pytest.mark.filterwarnings("ignore:`gradient_checkpointing_enable` is deprecated:FutureWarning")
 @pytest.mark.parametrize("reentrant", [True, False])
-def test_gradient_checkpointing_gives_the_same_norms(reentrant):
-    model = tiny_llama()
+def test_gradient_checkpointing_gives_the_same_norms(reentrant, tiny_model, make_batch):
+    model = tiny_model("llama")
     batch = make_batch()
     out, grads = _reference(model, batch)
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
@@ -277,7 +276,7 @@ class _CheckpointedStack(nn.Module):
 
 
 @pytest.mark.parametrize("reentrant", [True, False])
-def test_layer_hooks_that_fire_again_in_recomputation_count_once(reentrant):
+def test_layer_hooks_that_fire_again_in_recomputation_count_once(reentrant, make_batch):
     model, batch = _CheckpointedStack(reentrant), make_batch()
     calls = []
     model.layers[0].register_forward_hook(lambda *_: calls.append(1))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,8 +15,8 @@ from safetensors.torch import save_file
 from gradscope.data.load import load_batches
 from gradscope.errors import ModelLoadError
 from gradscope.model.load import is_adapter_dir, load_model_and_tokenizer, resolve_base
-from tests.conftest import FIXTURES
 
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 ADAPTER = FIXTURES / "adapters/tiny-llama-lora"
 BASE = FIXTURES / "models/tiny-llama-chat"
 

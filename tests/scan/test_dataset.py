@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from fractions import Fraction
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,62 +19,10 @@ from gradscope.data.chunks import Chunk
 from gradscope.data.load import load_batches
 from gradscope.scan.dataset import scan
 from gradscope.scan.verdicts import CHECKS, verdicts
-from tests.conftest import FIXTURES, fixture_model
 
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 CATALOGUE = json.loads((FIXTURES / "catalogue.json").read_text())
 EOS, PAD_ID = 2, 0
-
-
-def random_rows(n: int, seed: int, roles: bool) -> list[dict[str, np.ndarray]]:
-    """Rows built to hit every rule: completion spans closed (or not) by EOS, padding that is EOS or not, and labels
-    corrupted in every way a pipeline corrupts them."""
-    rng = np.random.default_rng(seed)
-    return [_random_row(rng, roles) for _ in range(n)]
-
-
-def _random_row(rng: np.random.Generator, roles: bool) -> dict[str, np.ndarray]:
-    t = int(rng.integers(2, 24))
-    ids = rng.integers(3, 12, t)  # a small vocabulary: tokens repeat, so shifted labels sometimes match
-    completion = np.zeros(t, dtype=np.int64)
-    for _ in range(int(rng.integers(0, 3))):
-        start = int(rng.integers(0, t))
-        stop = min(t, start + int(rng.integers(1, 6)))
-        completion[start:stop] = 1
-        if rng.random() < 0.7:  # the span's closing token: inside the span or right after it
-            ids[min(t - 1, stop - int(rng.integers(0, 2)))] = EOS
-    ids[rng.random(t) < 0.05] = EOS
-    attention = np.ones(t, dtype=np.int64)
-    pads = int(rng.integers(0, 4)) if t > 4 else 0
-    if pads:
-        attention[-pads:] = 0
-        ids[-pads:] = EOS if rng.random() < 0.5 else PAD_ID
-        completion[-pads:] = 0
-    labels = np.where(completion == 1, ids, -100)
-    labels = _corrupt(rng, labels, ids, attention)
-    row = {"input_ids": ids, "labels": labels, "attention_mask": attention}
-    if roles:
-        row["completion_mask"] = completion
-        row["completion_cut"] = np.array([int(rng.integers(1, 9)) if rng.random() < 0.2 else 0])  # raw rows truncated
-    return row
-
-
-def _corrupt(rng: np.random.Generator, labels: np.ndarray, ids: np.ndarray, attention: np.ndarray) -> np.ndarray:
-    kind = rng.integers(0, 7)
-    labels = labels.copy()
-    if kind == 0:
-        labels = np.where(attention == 1, ids, -100)  # prompt trained
-    elif kind == 1:
-        labels[attention == 0] = ids[attention == 0]  # padding trained
-    elif kind == 2:
-        labels[:-1] = labels[1:].copy()  # pre-shifted
-    elif kind == 3:
-        labels[:] = -100
-    elif kind == 4:
-        labels[rng.random(len(labels)) < 0.3] = -100  # holes, the end token among them sometimes
-    elif kind == 5:
-        flip = rng.random(len(labels)) < 0.2
-        labels[flip] = ids[flip]
-    return labels
 
 
 def reference_view(row: dict[str, np.ndarray], index: int) -> SampleView:
@@ -99,7 +48,7 @@ def as_chunk(rows: list[dict[str, np.ndarray]]) -> Chunk:
 
 
 @pytest.mark.parametrize("roles", [True, False], ids=["roles", "no roles"])
-def test_vectorized_checks_equal_analyze_row_by_row(roles):
+def test_vectorized_checks_equal_analyze_row_by_row(roles, random_rows):
     rows = random_rows(3000, seed=1 if roles else 2, roles=roles)
     v = verdicts(as_chunk(rows), [EOS])
     seen = set()
@@ -128,7 +77,7 @@ LABEL_CASES = [
 
 
 @pytest.mark.parametrize("case", LABEL_CASES, ids=[c["name"] for c in LABEL_CASES])
-def test_scan_finds_exactly_what_check_finds_on_the_catalogue(case):
+def test_scan_finds_exactly_what_check_finds_on_the_catalogue(case, fixture_model):
     report = _catalogue_scan(case)
     failing = sorted((name, row) for name, entry in report.checks.items() for row in entry["first_rows"])
     assert failing == sorted((e["check"], e["sample"]) for e in case["expect"])
@@ -141,7 +90,7 @@ def test_scan_finds_exactly_what_check_finds_on_the_catalogue(case):
         assert found.message.endswith(scanned.message)
 
 
-def test_distributions_match_numpy():
+def test_distributions_match_numpy(random_rows):
     rows = random_rows(500, seed=3, roles=True)
     report = scan_rows(rows)
     tokens = np.array([int(r["attention_mask"].sum()) for r in rows])
@@ -156,7 +105,7 @@ def test_distributions_match_numpy():
     assert (report.rows, report.tokens, report.trained_tokens) == (500, tokens.sum(), trained.sum())
 
 
-def test_worst_rows_are_the_rows_with_most_flagged_positions():
+def test_worst_rows_are_the_rows_with_most_flagged_positions(random_rows):
     rows = random_rows(400, seed=4, roles=True)
     report = scan_rows(rows, worst=7)
     score = []

@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 from gradscope.scan.dataset import scan
-from tests.data.test_stream import reference, summary, write  # noqa: F401  (reference is a fixture)
 
 
-def test_num_proc_gives_the_same_report(tmp_path, reference):  # noqa: F811
-    path = write(tmp_path, "datasets")
+def test_num_proc_gives_the_same_report(tmp_path, write_stream_rows, scan_summary, stream_reference):
+    path = write_stream_rows(tmp_path, "datasets")
     before = sorted(p.name for p in path.iterdir())
-    assert summary(scan(path, end_token_ids=[2], num_proc=2)) == reference
+    assert scan_summary(scan(path, end_token_ids=[2], num_proc=2)) == stream_reference
     assert sorted(p.name for p in path.iterdir()) == before  # nothing written beside the user's data
 
 
-def test_num_proc_reads_json_lines_through_datasets(tmp_path, reference, monkeypatch):  # noqa: F811
+def test_num_proc_reads_json_lines_through_datasets(tmp_path, write_stream_rows, scan_summary, stream_reference, monkeypatch):
     import datasets
 
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")  # datasets converts JSON there
-    assert summary(scan(write(tmp_path, "jsonl"), end_token_ids=[2], num_proc=2)) == reference
+    assert scan_summary(scan(write_stream_rows(tmp_path, "jsonl"), end_token_ids=[2], num_proc=2)) == stream_reference
     assert any((tmp_path / "cache").iterdir())

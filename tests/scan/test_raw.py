@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -19,9 +20,8 @@ from gradscope.data.stream import RAW_CHUNK_ROWS
 from gradscope.data.tokens import default_end_token_ids
 from gradscope.errors import DataError
 from gradscope.scan.dataset import scan
-from tests.conftest import FIXTURES, fixture_model
-from tests.data.test_roles import TOKENIZERS, tok
 
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 RAW = FIXTURES / "raw"
 LLAMA, GPT2 = "models/tiny-llama-chat", "models/tiny-gpt2"
 FILES = ["prompt_completion.jsonl", "chat.jsonl", "tool_chat.jsonl", "chat_prompt_completion.json", "text.jsonl"]
@@ -31,7 +31,8 @@ OPTIONS = {
     "cut at 30, keep_end": DataOptions(response_template="\nAnswer:", max_length=30, truncation_mode="keep_end"),
     "last-assistant": DataOptions(train_on="last-assistant", response_template="\nAnswer:"),
 }
-runner = CliRunner()
+TOKENIZERS = ("chatml", "gpt2", "llama3", "mistral")  # every tokenizer conftest's fixture_tokenizer loads
+runner = CliRunner(env={"COLUMNS": "100"})  # the terminal width rich reads, whatever terminal pytest runs in
 
 
 def derived_or_error(rows, tokenizer, spec, batched: bool):
@@ -64,10 +65,10 @@ def generated_rows(seed: int, n: int, chat: bool = True) -> list[dict]:
 
 
 @pytest.mark.parametrize("name", sorted(TOKENIZERS))
-def test_batched_roles_equal_derive_row_by_row(name):
+def test_batched_roles_equal_derive_row_by_row(name, fixture_tokenizer):
     """The scan's derivation (all texts of a chunk in one tokenizer call) gives every row derive gives, or the same
     first error."""
-    t = tok(name)
+    t = fixture_tokenizer(name)
     ends = default_end_token_ids(None, t)
     cases = [read_rows(RAW / f) for f in FILES] + [generated_rows(seed, 60, bool(t.chat_template)) for seed in range(3)]
     compared = 0
@@ -80,26 +81,36 @@ def test_batched_roles_equal_derive_row_by_row(name):
     assert compared > 100
 
 
-def test_generated_rows_that_fail_fail_at_the_same_row():
+def test_the_tokenizers_compared_are_every_fixture_tokenizer(fixture_tokenizer_dirs):
+    """TOKENIZERS parametrizes while pytest collects, so it cannot come from the fixture: it must name all its keys."""
+    assert list(TOKENIZERS) == sorted(fixture_tokenizer_dirs)
+
+
+def test_generated_rows_that_fail_fail_at_the_same_row(fixture_tokenizer):
     rows = [{"prompt": "a", "completion": "b"}] * 5 + [{"text": "no template here"}] + [{"nothing": 1}]
     spec = RoleSpec(frozenset({2}), response_template="\nAnswer:")
     with pytest.raises(DataError, match="row 5: the response template '\\\\nAnswer:' does not occur"):
-        derive_rows(rows, tok("chatml"), spec)
+        derive_rows(rows, fixture_tokenizer("chatml"), spec)
     with pytest.raises(DataError, match="row 7: the row has none of the fields"):
-        derive_rows(rows[:5] + rows[6:], tok("chatml"), spec, first=2)
+        derive_rows(rows[:5] + rows[6:], fixture_tokenizer("chatml"), spec, first=2)
 
 
-def checked(model_name: str, path, options: DataOptions):
-    """check's per-row findings with its reference labels, or its error."""
-    model, tokenizer = fixture_model(model_name)
-    try:
-        prepared = load_data(path, tokenizer=tokenizer, model=model, options=options,
-                             end_token_ids=default_end_token_ids(model, tokenizer), pad_token_id=tokenizer.pad_token_id)
-    except DataError as err:
-        return str(err)
-    report = gradscope.check_batches(model, prepared.batches, tokenizer=tokenizer, probes=())
-    # check prefixes why the loss is NaN when no row of a batch is trained; the rest of the message is the scan's
-    return sorted((f.sample, f.check, f.positions, f.message.removeprefix(NAN)) for f in report.findings if f.sample is not None)
+@pytest.fixture
+def checked(fixture_model):
+    """``checked(model_name, path, options)``: check's per-row findings with its reference labels, or its error."""
+
+    def run(model_name: str, path, options: DataOptions):
+        model, tokenizer = fixture_model(model_name)
+        try:
+            prepared = load_data(path, tokenizer=tokenizer, model=model, options=options,
+                                 end_token_ids=default_end_token_ids(model, tokenizer), pad_token_id=tokenizer.pad_token_id)
+        except DataError as err:
+            return str(err)
+        report = gradscope.check_batches(model, prepared.batches, tokenizer=tokenizer, probes=())
+        # check prefixes why the loss is NaN when no row of a batch is trained; the rest of the message is the scan's
+        return sorted((f.sample, f.check, f.positions, f.message.removeprefix(NAN)) for f in report.findings if f.sample is not None)
+
+    return run
 
 
 NAN = "the loss is NaN, a mean over zero tokens, because "
@@ -115,7 +126,7 @@ def scanned(model_name: str, path, options: DataOptions):
 
 @pytest.mark.parametrize("option", sorted(OPTIONS))
 @pytest.mark.parametrize("model_name", [LLAMA, GPT2])
-def test_scan_finds_what_check_finds_on_raw_fixtures(model_name, option):
+def test_scan_finds_what_check_finds_on_raw_fixtures(model_name, option, checked):
     found = []
     for name in FILES:
         expected = checked(model_name, RAW / name, OPTIONS[option])
@@ -125,7 +136,7 @@ def test_scan_finds_what_check_finds_on_raw_fixtures(model_name, option):
         assert any(isinstance(f, list) and f for f in found)
 
 
-def test_truncation_that_cuts_the_completion_is_reported_as_check_reports_it():
+def test_truncation_that_cuts_the_completion_is_reported_as_check_reports_it(checked):
     options = DataOptions(max_length=14)
     report = scan(RAW / "prompt_completion.jsonl", tokenizer=FIXTURES / LLAMA, options=options, examples=10)
     assert report.checks["completion_truncated"]["rows"] >= 1 and report.ok is False
@@ -135,13 +146,13 @@ def test_truncation_that_cuts_the_completion_is_reported_as_check_reports_it():
     assert report.summary()["warnings"] == report.checks["completion_truncated"]["rows"]
 
 
-def test_rows_are_numbered_across_chunks(tmp_path):
+def test_rows_are_numbered_across_chunks(tmp_path, fixture_tokenizer):
     """Rows past the first chunk: counts and row numbers against derive + truncate row by row."""
     rng = random.Random(5)
     rows = [{"prompt": "q" * rng.randint(1, 12), "completion": "a" * rng.randint(1, 12)} for _ in range(RAW_CHUNK_ROWS + 300)]
     path = tmp_path / "pc.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    t = tok("chatml")
+    t = fixture_tokenizer("chatml")
     spec = role_spec(t, DataOptions(), None, None)
     cut = [truncate(derive(r, i, t, spec), 10) for i, r in enumerate(rows)]
     report = scan(path, tokenizer=FIXTURES / LLAMA, options=DataOptions(max_length=10), examples=5)
@@ -201,7 +212,7 @@ def test_first_past_equals_a_plain_scan_on_any_offsets():
 
 
 @pytest.mark.parametrize("fmt", ["parquet", "datasets", "json array"])
-def test_raw_rows_in_every_format_scan_alike(tmp_path, fmt):
+def test_raw_rows_in_every_format_scan_alike(tmp_path, fmt, checked):
     import datasets
 
     rows = read_rows(RAW / "chat.jsonl") + read_rows(RAW / "tool_chat.jsonl")
@@ -223,7 +234,7 @@ def with_bos():
     from tokenizers.processors import TemplateProcessing
     from transformers import AutoTokenizer
 
-    t = AutoTokenizer.from_pretrained(TOKENIZERS["chatml"])
+    t = AutoTokenizer.from_pretrained(FIXTURES / LLAMA)
     bos = t.convert_tokens_to_ids("<|im_start|>")
     t.backend_tokenizer.post_processor = TemplateProcessing(single="<|im_start|> $A", special_tokens=[("<|im_start|>", bos)])
     assert t("a")["input_ids"] == [bos, *t("a", add_special_tokens=False)["input_ids"]]
@@ -235,7 +246,7 @@ def splitting_special_tokens():
     at each call)."""
     from transformers import AutoTokenizer
 
-    t = AutoTokenizer.from_pretrained(TOKENIZERS["chatml"], split_special_tokens=True)
+    t = AutoTokenizer.from_pretrained(FIXTURES / LLAMA, split_special_tokens=True)
     t.backend_tokenizer.encode_special_tokens = False
     return t
 
@@ -244,11 +255,11 @@ VARIANTS = {"chatml with BOS": with_bos, "chatml splitting special tokens": spli
 
 
 @pytest.mark.parametrize("name", [*sorted(TOKENIZERS), *VARIANTS])
-def test_encoder_gives_what_the_tokenizers_own_call_gives(name):
+def test_encoder_gives_what_the_tokenizers_own_call_gives(name, fixture_tokenizer):
     """The Encoder may call the Rust backend directly: its ids and offsets are those of ``tokenizer(text)``."""
     from gradscope.data.roles import Encoder
 
-    t = VARIANTS[name]() if name in VARIANTS else tok(name)
+    t = VARIANTS[name]() if name in VARIANTS else fixture_tokenizer(name)
     texts = [json.dumps(r) for r in generated_rows(9, 40, chat=False)] + ["", " ", "<|im_end|>\n", "é\n\nx  y"]
     encoder = Encoder(t)
     encoder.prepare(texts, texts)

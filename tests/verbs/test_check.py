@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,19 +15,24 @@ from gradscope.data.batch import with_default_labels
 from gradscope.data.load import load_batches
 from gradscope.model.usercode import load_loss_fn
 from gradscope.testing import assert_masking
-from tests.conftest import FIXTURES, fixture_model, make_batch, tiny_gpt2, tiny_llama
 
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 CATALOGUE = json.loads((FIXTURES / "catalogue.json").read_text())
 LLAMA, GPT2 = "models/tiny-llama-chat", "models/tiny-gpt2"
 WARNINGS = {"uneven_token_weights"}
 
 
-def run_case(case: dict) -> gradscope.Report:
-    """A catalogue case as the CLI runs it: every probe on, with the case's --loss and --accumulate."""
-    model, tokenizer = fixture_model(case["model"])
-    batches = load_batches(FIXTURES / case["data"], pad_token_id=tokenizer.pad_token_id, batch_size=case.get("batch_size", 1))
-    loss_fn = load_loss_fn(str(FIXTURES / case["loss"])) if "loss" in case else None
-    return gradscope.check_batches(model, batches, tokenizer=tokenizer, loss_fn=loss_fn, accumulate=case.get("accumulate"))
+@pytest.fixture
+def run_case(fixture_model):
+    """``run_case(case)``: a catalogue case as the CLI runs it: every probe on, with the case's --loss and --accumulate."""
+
+    def run(case: dict) -> gradscope.Report:
+        model, tokenizer = fixture_model(case["model"])
+        batches = load_batches(FIXTURES / case["data"], pad_token_id=tokenizer.pad_token_id, batch_size=case.get("batch_size", 1))
+        loss_fn = load_loss_fn(str(FIXTURES / case["loss"])) if "loss" in case else None
+        return gradscope.check_batches(model, batches, tokenizer=tokenizer, loss_fn=loss_fn, accumulate=case.get("accumulate"))
+
+    return run
 
 
 def _key(check: str, sample: int | None) -> tuple[str, int]:
@@ -34,7 +40,7 @@ def _key(check: str, sample: int | None) -> tuple[str, int]:
 
 
 @pytest.mark.parametrize("case", CATALOGUE, ids=[c["name"] for c in CATALOGUE])
-def test_catalogue_case_yields_exactly_its_findings(case):
+def test_catalogue_case_yields_exactly_its_findings(case, run_case):
     report = run_case(case)
     got = sorted(_key(f.check, f.sample) for f in report.findings)
     assert got == sorted(_key(e["check"], e["sample"]) for e in case["expect"])
@@ -56,7 +62,7 @@ def test_catalogue_covers_every_check_on_both_architectures():
 
 
 @pytest.mark.parametrize("name", [LLAMA, GPT2])
-def test_per_token_loss_matches_cross_entropy_on_fixture_models(name):
+def test_per_token_loss_matches_cross_entropy_on_fixture_models(name, fixture_model):
     model, tokenizer = fixture_model(name)
     data = "llama_clean" if name == LLAMA else "gpt2_clean"
     [batch] = load_batches(FIXTURES / "batches" / f"{data}.safetensors", pad_token_id=tokenizer.pad_token_id)
@@ -68,7 +74,7 @@ def test_per_token_loss_matches_cross_entropy_on_fixture_models(name):
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
 
 
-def test_trained_tokens_are_exactly_the_labelled_ones():
+def test_trained_tokens_are_exactly_the_labelled_ones(fixture_model):
     model, tokenizer = fixture_model(LLAMA)
     [batch] = load_batches(FIXTURES / "batches/llama_clean.safetensors", pad_token_id=tokenizer.pad_token_id)
     report = gradscope.check(model, batch, tokenizer=tokenizer)
@@ -84,7 +90,7 @@ def test_trained_tokens_are_exactly_the_labelled_ones():
                 assert t.weight == pytest.approx(1 / n, rel=1e-4)
 
 
-def test_report_json_schema_v1():
+def test_report_json_schema_v1(run_case):
     report = run_case(next(c for c in CATALOGUE if c["name"].startswith("llama_prompt_leak")))
     data = json.loads(json.dumps(report.to_dict()))  # strictly JSON: no NaN
     assert data["schema_version"] == 1
@@ -100,14 +106,14 @@ def test_report_json_schema_v1():
     assert data["summary"]["ok"] is False and data["summary"]["errors"] == len(data["findings"])
 
 
-def test_roles_unknown_is_said():
+def test_roles_unknown_is_said(run_case):
     report = run_case(next(c for c in CATALOGUE if c["name"].startswith("llama_unknown_roles")))
     assert report.ok
     assert any("roles unknown" in n for n in report.notes)
     assert {t.role for s in report.samples for t in s.tokens} <= {None, "pad"}
 
 
-def test_nonfinite_weights_are_reported_once_for_the_batch():
+def test_nonfinite_weights_are_reported_once_for_the_batch(fixture_model):
     model, tokenizer = fixture_model(LLAMA)
     broken = copy.deepcopy(model)
     with torch.no_grad():
@@ -122,7 +128,7 @@ def test_missing_labels_default_to_input_ids_masked_at_padding():
     assert with_default_labels(batch)["labels"].tolist() == [[5, 6, 7, -100]]
 
 
-def test_assert_masking_lists_every_finding():
+def test_assert_masking_lists_every_finding(fixture_model):
     model, tokenizer = fixture_model(LLAMA)
     [leaky] = load_batches(FIXTURES / "batches/llama_prompt_leak.safetensors", pad_token_id=tokenizer.pad_token_id)
     with pytest.raises(AssertionError) as err:
@@ -132,7 +138,7 @@ def test_assert_masking_lists_every_finding():
     assert assert_masking(model, clean, tokenizer=tokenizer).ok
 
 
-def test_bad_batch_raises_input_error():
+def test_bad_batch_raises_input_error(fixture_model):
     model, _ = fixture_model(LLAMA)
     ids = torch.tensor([[1, 2, 3]])
     with pytest.raises(gradscope.DataError, match="shape"):
@@ -151,9 +157,9 @@ def _trl_padding_free(model):
 
 
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
-@pytest.mark.parametrize("make", [tiny_llama, tiny_gpt2], ids=["llama", "gpt2"])
-def test_trl_padding_free_batch_is_clean_only_when_the_call_isolates_documents(make, attention):
-    model = make()
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_trl_padding_free_batch_is_clean_only_when_the_call_isolates_documents(arch, attention, tiny_model):
+    model = tiny_model(arch)
     model.set_attn_implementation(attention)
     batch = _trl_padding_free(model)
     model.config.use_cache = False  # what transformers' Trainer sets, and TRL passes
@@ -173,8 +179,8 @@ def test_trl_padding_free_batch_is_clean_only_when_the_call_isolates_documents(m
     assert packing.ran and packing.backward_passes == 2 and packing.batched and "2 of 2 document boundaries" in packing.note
 
 
-def test_documents_declared_only_for_flash_attention_leak_under_sdpa():
-    model = tiny_llama()
+def test_documents_declared_only_for_flash_attention_leak_under_sdpa(tiny_model):
+    model = tiny_model("llama")
     model.config.use_cache = False
     ids = torch.randint(6, 97, (1, 12), generator=torch.Generator().manual_seed(1))
     batch = {"input_ids": ids, "labels": ids.clone(), "cu_seq_lens_q": torch.tensor([0, 5, 12], dtype=torch.int32)}
@@ -184,9 +190,9 @@ def test_documents_declared_only_for_flash_attention_leak_under_sdpa():
     assert "do not restart at 5" in report.findings[0].message and "flash-attention" in report.findings[0].message
 
 
-def test_eager_attention_adds_a_boolean_4d_mask_instead_of_masking():
+def test_eager_attention_adds_a_boolean_4d_mask_instead_of_masking(tiny_model, make_batch):
     """transformers 5.23: eager attention adds a 4D mask to the scores, so a correct boolean mask masks nothing."""
-    model = tiny_gpt2()
+    model = tiny_model("gpt2")
     batch = make_batch()
     causal = torch.ones(12, 12, dtype=torch.bool).tril() & batch["attention_mask"].bool()[:, None, None, :]
     batch["attention_mask"] = causal
@@ -199,8 +205,8 @@ def test_eager_attention_adds_a_boolean_4d_mask_instead_of_masking():
     assert gradscope.check(model, {**batch, "attention_mask": additive}).findings == []
 
 
-def test_probes_can_be_chosen_and_their_cost_is_reported():
-    model = tiny_llama()
+def test_probes_can_be_chosen_and_their_cost_is_reported(tiny_model):
+    model = tiny_model("llama")
     model.config.use_cache = True
     batch = _trl_padding_free(model)
     report = gradscope.check(model, batch, probes=["causal"])
@@ -220,7 +226,7 @@ def test_probes_can_be_chosen_and_their_cost_is_reported():
         gradscope.check(model, batch, probes=["casual"])
 
 
-def test_accumulate_reports_each_batch_and_needs_enough_rows():
+def test_accumulate_reports_each_batch_and_needs_enough_rows(fixture_model):
     model, tokenizer = fixture_model(GPT2)
     [batch] = load_batches(FIXTURES / "batches/gpt2_clean.safetensors", pad_token_id=tokenizer.pad_token_id)
     report = gradscope.check(model, batch, tokenizer=tokenizer, accumulate=3)
@@ -231,7 +237,7 @@ def test_accumulate_reports_each_batch_and_needs_enough_rows():
         gradscope.check(model, batch, accumulate=4)
 
 
-def test_bfloat16_model_reads_the_same_trained_tokens_with_fp32_norms():
+def test_bfloat16_model_reads_the_same_trained_tokens_with_fp32_norms(fixture_model):
     from gradscope.model.load import load_model
 
     model = load_model(FIXTURES / LLAMA, dtype="bfloat16")
@@ -246,7 +252,7 @@ def test_bfloat16_model_reads_the_same_trained_tokens_with_fp32_norms():
         torch.testing.assert_close(torch.tensor(s_half.layer_grad_norms), torch.tensor(s_full.layer_grad_norms), rtol=0.1, atol=1e-4)
 
 
-def test_end_token_ids_are_the_vocabulary_end_tokens_and_never_the_unknown_token():
+def test_end_token_ids_are_the_vocabulary_end_tokens_and_never_the_unknown_token(fixture_model):
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 

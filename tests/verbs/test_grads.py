@@ -7,6 +7,7 @@ import json
 import math
 import re
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,14 +16,14 @@ from gradscope.checks.grads import GradThresholds, clip_factor, depth_gradient, 
 from gradscope.engine.params import block_part, parameter_layout
 from gradscope.report.weights import GradReport
 from gradscope.verbs.grads import grads
-from tests.conftest import FIXTURES, fixture_batch, fixture_model, make_batch, tiny_gpt2, tiny_llama
 
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 LR = 1e-3
 MODEL_KEYS = ("input_ids", "attention_mask", "labels")
 
 
-def _float64_llama():
-    return tiny_llama().double().train()
+def _float64_llama(tiny_model):
+    return tiny_model("llama").double().train()
 
 
 def _reference(model, batch):
@@ -33,8 +34,8 @@ def _reference(model, batch):
     return ref
 
 
-def test_parameter_norms_match_backward():
-    model = _float64_llama()
+def test_parameter_norms_match_backward(make_batch, tiny_model):
+    model = _float64_llama(tiny_model)
     g = grads(model, make_batch()).grads
     ref = dict(_reference(model, make_batch()).named_parameters())
     assert len(g.parameters) == len(ref)
@@ -45,8 +46,8 @@ def test_parameter_norms_match_backward():
 
 
 @pytest.mark.parametrize("max_norm", [0.5, 100.0])
-def test_global_norm_and_clip_factor_match_clip_grad_norm(max_norm):
-    model = _float64_llama()
+def test_global_norm_and_clip_factor_match_clip_grad_norm(max_norm, make_batch, tiny_model):
+    model = _float64_llama(tiny_model)
     g = grads(model, make_batch(), max_grad_norm=max_norm).grads
     ref = _reference(model, make_batch())
     before = torch.cat([p.grad.flatten() for p in ref.parameters()]).clone()
@@ -72,8 +73,8 @@ def _step(model, batch, optimizer):
         ("adam_update_ratio", lambda ps: torch.optim.AdamW(ps, lr=LR, weight_decay=0.0)),
     ],
 )
-def test_update_ratios_match_a_real_optimizer_step(field, optimizer):
-    model = _float64_llama()
+def test_update_ratios_match_a_real_optimizer_step(field, optimizer, make_batch, tiny_model):
+    model = _float64_llama(tiny_model)
     g = grads(model, make_batch(), lr=LR).grads
     before, after = _step(model, make_batch(), optimizer)
     for p in g.parameters:
@@ -105,8 +106,8 @@ def test_groups_found_by_structure_agree_with_names(random_model):
     assert {s.name for s in slots} == {n for n, _ in random_model.named_parameters()}
 
 
-def test_tied_embedding_is_reported_once():
-    model = tiny_gpt2()
+def test_tied_embedding_is_reported_once(tiny_model, make_batch):
+    model = tiny_model("gpt2")
     g = grads(model, make_batch()).grads
     names = [p.name for p in g.parameters]
     assert "lm_head.weight" not in names
@@ -131,8 +132,8 @@ def test_block_part(name, child, part):
     assert block_part(name, child) == part
 
 
-def test_model_is_left_exactly_as_it_was():
-    model = tiny_gpt2(dropout=0.1)
+def test_model_is_left_exactly_as_it_was(tiny_model, make_batch):
+    model = tiny_model("gpt2", dropout=0.1)
     model.train()
     model.transformer.h[0].mlp.c_fc.weight.requires_grad_(False)  # the user's own freezing
     accumulated = torch.randn_like(model.lm_head.weight)
@@ -159,8 +160,8 @@ def _lora(model, **kwargs):
         return get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj", "v_proj"], **kwargs))
 
 
-def test_fresh_lora_is_clean_and_its_weights_are_restored_after_the_probe():
-    model = _lora(tiny_llama())
+def test_fresh_lora_is_clean_and_its_weights_are_restored_after_the_probe(tiny_model, make_batch):
+    model = _lora(tiny_model("llama"))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     report = grads(model, make_batch())
     g = report.grads
@@ -178,8 +179,8 @@ def _untrained_modules(report) -> set[str]:
     return {p.module for p in report.grads.parameters if p.status in ("no_gradient", "zero_gradient")}
 
 
-def test_reentrant_checkpointing_without_input_grads_detaches_the_adapters():
-    model = _lora(tiny_llama())
+def test_reentrant_checkpointing_without_input_grads_detaches_the_adapters(tiny_model, make_batch):
+    model = _lora(tiny_model("llama"))
     model.base_model.model.activation_checkpointing_enable({"use_reentrant": True})
     model.base_model.model.disable_input_require_grads()  # what a custom training loop forgets
     with warnings.catch_warnings():
@@ -192,8 +193,8 @@ def test_reentrant_checkpointing_without_input_grads_detaches_the_adapters():
     }
 
 
-def test_a_detached_block_cuts_everything_below_it():
-    model = tiny_llama()
+def test_a_detached_block_cuts_everything_below_it(tiny_model, make_batch):
+    model = tiny_model("llama")
     handle = model.model.layers[1].register_forward_hook(lambda m, a, out: out.detach())
     try:
         report = grads(model, make_batch())
@@ -204,8 +205,8 @@ def test_a_detached_block_cuts_everything_below_it():
     assert [f.check for f in report.findings] == ["untrained_parameters"]
 
 
-def test_frozen_model_is_the_only_finding():
-    model = tiny_llama()
+def test_frozen_model_is_the_only_finding(tiny_model, make_batch):
+    model = tiny_model("llama")
     model.requires_grad_(False)
     try:
         report = grads(model, make_batch())
@@ -215,8 +216,8 @@ def test_frozen_model_is_the_only_finding():
     assert report.grads.global_norm is None and report.grads.clip_factor is None
 
 
-def test_nan_weight_gives_nonfinite_and_no_depth_verdict():
-    model = tiny_llama()
+def test_nan_weight_gives_nonfinite_and_no_depth_verdict(tiny_model, make_batch):
+    model = tiny_model("llama")
     with torch.no_grad():
         model.model.layers[0].mlp.up_proj.weight[0, 0] = float("nan")
     report = grads(model, make_batch())
@@ -256,7 +257,7 @@ CASES = json.loads((FIXTURES / "grads_catalogue.json").read_text())
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
-def test_catalogue_case_yields_exactly_its_findings(case):
+def test_catalogue_case_yields_exactly_its_findings(case, fixture_model, fixture_batch):
     model, _ = fixture_model(case["model"])
     report = grads(model, fixture_batch(case["data"].removeprefix("batches/").removesuffix(".safetensors")))
     assert [f.check for f in report.findings] == case["expect"]

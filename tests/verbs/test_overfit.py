@@ -10,7 +10,6 @@ import torch
 
 from gradscope.checks.overfit import dropped
 from gradscope.verbs.overfit import overfit
-from tests.conftest import fixture_batch, fixture_model, make_batch, tiny_llama
 
 MODEL_KEYS = ("input_ids", "attention_mask", "labels")
 
@@ -39,14 +38,14 @@ def _plain_loop(model, batch, steps, make_optimizer):
         ("sgd", lambda ps: torch.optim.SGD(ps, lr=1e-2)),
     ],
 )
-def test_loss_curve_matches_a_plain_training_loop(name, make_optimizer):
-    model = tiny_llama()
+def test_loss_curve_matches_a_plain_training_loop(name, make_optimizer, tiny_model, make_batch):
+    model = tiny_model("llama")
     report = overfit(model, make_batch(), steps=3, lr=1e-2, optimizer=name)
     assert report.overfit.losses == pytest.approx(_plain_loop(model, make_batch(), 3, make_optimizer), rel=1e-5)
     assert report.overfit.optimizer == name and report.overfit.steps == 3
 
 
-def test_overfit_drives_the_fixture_models_loss_down_and_leaves_it_untouched():
+def test_overfit_drives_the_fixture_models_loss_down_and_leaves_it_untouched(fixture_model, fixture_batch):
     model, _ = fixture_model("models/tiny-llama-chat")
     batch = fixture_batch("llama_clean")
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -62,16 +61,16 @@ def test_overfit_drives_the_fixture_models_loss_down_and_leaves_it_untouched():
     assert all(p.grad is None for p in model.parameters())
 
 
-def test_a_learning_rate_of_zero_cannot_overfit():
-    report = overfit(tiny_llama(), make_batch(), steps=2, lr=0.0)
+def test_a_learning_rate_of_zero_cannot_overfit(tiny_model, make_batch):
+    report = overfit(tiny_model("llama"), make_batch(), steps=2, lr=0.0)
     o = report.overfit
     assert o.losses[0] == o.losses[-1] and not o.dropped
     assert [f.check for f in report.findings] == ["cannot_overfit"]
     assert report.findings[0].severity == "warning"
 
 
-def test_a_frozen_model_cannot_overfit_and_says_why():
-    model = tiny_llama()
+def test_a_frozen_model_cannot_overfit_and_says_why(tiny_model, make_batch):
+    model = tiny_model("llama")
     model.requires_grad_(False)
     report = overfit(model, make_batch(), steps=2, lr=1e-2)
     assert [f.check for f in report.findings] == ["cannot_overfit"]

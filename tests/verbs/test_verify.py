@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,8 +20,8 @@ from gradscope.engine.finite_diff import (
 )
 from gradscope.model.usercode import load_loss_fn
 from gradscope.verbs.verify import verify
-from tests.conftest import FIXTURES, fixture_batch, fixture_model, make_batch, tiny_llama
 
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 X, Y, W1, W2 = 0.5, 0.2, 0.8, -1.3
 
 
@@ -139,7 +140,7 @@ MODELS = [
 
 
 @pytest.mark.parametrize("name", MODELS)
-def test_verify_passes_on_the_fixture_models(name):
+def test_verify_passes_on_the_fixture_models(name, fixture_model, fixture_batch):
     model, _ = fixture_model(name)
     batch = fixture_batch("gpt2_clean" if "gpt2" in name else "llama_clean")
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -154,7 +155,7 @@ def test_verify_passes_on_the_fixture_models(name):
 
 
 @pytest.mark.parametrize("loss, mismatch", [("fused_token_mean", False), ("wrong_backward", True)])
-def test_verify_catches_the_wrong_backward_loss(loss, mismatch):
+def test_verify_catches_the_wrong_backward_loss(loss, mismatch, fixture_model, fixture_batch):
     model, _ = fixture_model("models/tiny-llama-chat")
     loss_fn = load_loss_fn(f"{FIXTURES / 'losses.py'}:{loss}")
     report = verify(model, fixture_batch("llama_clean"), loss_fn=loss_fn, directions=1, parameters=1)
@@ -182,20 +183,20 @@ def test_fixture_losses_agree_with_cross_entropy():
         torch.testing.assert_close(grad, scale * expected)
 
 
-def test_falls_back_to_float32_when_the_loss_refuses_float64():
+def test_falls_back_to_float32_when_the_loss_refuses_float64(tiny_model, make_batch):
     def float32_only(logits, labels):
         if logits.dtype == torch.float64:
             raise RuntimeError("this kernel has no float64 version")
         return F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
 
-    report = verify(tiny_llama(), make_batch(), loss_fn=float32_only, directions=1, parameters=1)
+    report = verify(tiny_model("llama"), make_batch(), loss_fn=float32_only, directions=1, parameters=1)
     v = report.verify
     assert (v.dtype, v.precision, v.tolerance) == ("float32", "float32", FLOAT32.tolerance)
     assert any("float32" in note for note in v.notes)
     assert report.findings == [], v.checks
 
 
-def test_a_nan_loss_is_nonfinite_with_nothing_to_compare():
-    report = verify(tiny_llama(), make_batch(), loss_fn=lambda logits, labels: logits.sum() * float("nan"), parameters=1)
+def test_a_nan_loss_is_nonfinite_with_nothing_to_compare(tiny_model, make_batch):
+    report = verify(tiny_model("llama"), make_batch(), loss_fn=lambda logits, labels: logits.sum() * float("nan"), parameters=1)
     assert [f.check for f in report.findings] == ["nonfinite"]
     assert report.verify.checks == [] and report.verify.max_relative_error is None
