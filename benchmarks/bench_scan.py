@@ -138,7 +138,7 @@ RAW_CHILD = """
 import json, statistics, sys, time
 from pathlib import Path
 import pyarrow, pyarrow.json  # imports are not the work measured (scan imports them lazily)
-from gradscope.load import load_tokenizer
+from gradscope.model.load import load_tokenizer
 from gradscope.scan import scan
 path, tokenizer_dir, kind, repeats = Path(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
 load_tokenizer(tokenizer_dir)  # warm: the first load imports the tokenizer classes

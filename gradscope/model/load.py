@@ -205,7 +205,7 @@ def load_adapter(path: str | Path, model: nn.Module) -> nn.Module:
         from peft import PeftModel
     except ImportError as err:
         raise ModelLoadError(
-            "loading an adapter directory needs peft", path=path, hint="pip install 'gradscope[peft]'"
+            "loading an adapter directory needs peft", path=path, hint="install the peft extra: pip install -e '.[peft]' in a clone of gradscope"
         ) from err
     try:
         with warnings.catch_warnings():
