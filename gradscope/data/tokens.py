@@ -39,6 +39,13 @@ def resolve_pad_token_id(model: nn.Module, tokenizer: Any = None) -> int | None:
     return None
 
 
+def resolve_bos_token_id(tokenizer: Any = None) -> int | None:
+    """The tokenizer's BOS id, or None: the model config's bos_token_id is not used, since many configs name one
+    that neither the tokenizer nor the template ever emits."""
+    value = getattr(tokenizer, "bos_token_id", None)
+    return value if isinstance(value, int) else None
+
+
 def config_end_token_ids(path: str | Path) -> set[int]:
     """EOS ids named in a directory's config.json and generation_config.json (read as JSON: no model is built)."""
     ids: set[int] = set()
