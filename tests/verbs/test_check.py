@@ -18,7 +18,7 @@ from tests.conftest import FIXTURES, fixture_model, make_batch, tiny_gpt2, tiny_
 
 CATALOGUE = json.loads((FIXTURES / "catalogue.json").read_text())
 LLAMA, GPT2 = "models/tiny-llama-chat", "models/tiny-gpt2"
-WARNINGS = {"uneven_token_weights"}
+WARNINGS = {"uneven_token_weights", "roles_unknown"}
 
 
 def run_case(case: dict) -> gradscope.Report:
@@ -26,7 +26,11 @@ def run_case(case: dict) -> gradscope.Report:
     model, tokenizer = fixture_model(case["model"])
     batches = load_batches(FIXTURES / case["data"], pad_token_id=tokenizer.pad_token_id, batch_size=case.get("batch_size", 1))
     loss_fn = load_loss_fn(str(FIXTURES / case["loss"])) if "loss" in case else None
-    return gradscope.check_batches(model, batches, tokenizer=tokenizer, loss_fn=loss_fn, accumulate=case.get("accumulate"))
+    roles_from = FIXTURES / case["roles_from"] if "roles_from" in case else None
+    return gradscope.check_batches(
+        model, batches, tokenizer=tokenizer, loss_fn=loss_fn, accumulate=case.get("accumulate"),
+        response_template=case.get("response_template"), roles_from=roles_from,
+    )
 
 
 def _key(check: str, sample: int | None) -> tuple[str, int]:
