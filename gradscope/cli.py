@@ -100,8 +100,12 @@ DeviceMapOpt = Annotated[
 DTypeOpt = Annotated[DType, typer.Option("--dtype", help="Model dtype (gradient norms are always computed in fp32).")]
 RemoteOpt = Annotated[bool, typer.Option("--trust-remote-code", help="Allow code from the model directory to run.")]
 DropoutOpt = Annotated[bool, typer.Option("--keep-dropout", help="Leave dropout on (the report is then not deterministic).")]
-ResponseOpt = Annotated[str | None, typer.Option("--response-template", help="Text that starts each completion in 'text' rows.")]
+ResponseOpt = Annotated[str | None, typer.Option("--response-template", help="Text that starts each completion in 'text' rows, and in a tokenized batch without roles (found as tokens).")]
 InstructionOpt = Annotated[str | None, typer.Option("--instruction-template", help="Text that starts each prompt turn in multi-turn 'text' rows.")]
+RolesFromOpt = Annotated[
+    Path | None,
+    typer.Option("--roles-from", help="The raw rows (.jsonl, .json, .parquet, dataset) a tokenized batch was made from: roles are read from them, matched token by token."),
+]
 TrainOnOpt = Annotated[TrainOn, typer.Option("--train-on", help="Which assistant turns of 'messages' rows are completion.")]
 MaxLengthOpt = Annotated[int | None, typer.Option("--max-length", min=1, help="Truncate each row to N tokens, as the trainer would.")]
 TruncationOpt = Annotated[Truncation | None, typer.Option("--truncation-mode", help="keep_start (default) or keep_end.")]
@@ -140,6 +144,7 @@ class RunOptions:
     accumulate: int | None = None
     device_map: str | None = None
     windows: int = WINDOWS_PER_ROW
+    roles_from: Path | None = None
 
 
 @dataclass
@@ -226,7 +231,9 @@ def _check(opts: RunOptions, loaded: Loaded) -> Report:
     report = check_batches(
         loaded.model, loaded.batches, tokenizer=loaded.tokenizer, loss_fn=loaded.loss_fn,
         keep_dropout=opts.keep_dropout, source=str(opts.data), probes=opts.probes, accumulate=opts.accumulate,
-        windows=opts.windows,
+        windows=opts.windows, response_template=opts.data_options.response_template,
+        instruction_template=opts.data_options.instruction_template, roles_from=opts.roles_from,
+        train_on=opts.data_options.train_on,
     )
     report.data = loaded.data
     report.notes = loaded.notes + report.notes
@@ -302,6 +309,7 @@ def check(
     show: Annotated[int, typer.Option("--show", min=0, help="Token strips to show in the terminal report.")] = 8,
     response_template: ResponseOpt = None,
     instruction_template: InstructionOpt = None,
+    roles_from: RolesFromOpt = None,
     train_on: TrainOnOpt = TrainOn.all_assistant,
     max_length: MaxLengthOpt = None,
     truncation_mode: TruncationOpt = None,
@@ -329,7 +337,7 @@ def check(
     )
     opts = RunOptions(
         model, data, samples, batch_size, loss, device, dtype, trust_remote_code, keep_dropout, data_opts, base,
-        parse_probes(probes), accumulate, device_map, windows,
+        parse_probes(probes), accumulate, device_map, windows, roles_from,
     )
 
     def work() -> Report:
@@ -360,6 +368,7 @@ def inspect(
     keep_dropout: DropoutOpt = False,
     response_template: ResponseOpt = None,
     instruction_template: InstructionOpt = None,
+    roles_from: RolesFromOpt = None,
     train_on: TrainOnOpt = TrainOn.all_assistant,
     max_length: MaxLengthOpt = None,
     truncation_mode: TruncationOpt = None,
@@ -371,7 +380,7 @@ def inspect(
     data_opts = data_options(response_template, instruction_template, train_on, max_length, truncation_mode)
     opts = RunOptions(
         model, data, limit, batch_size, loss, device, dtype, trust_remote_code, keep_dropout, data_opts, base,
-        device_map=device_map,
+        device_map=device_map, roles_from=roles_from,
     )
     report = _report_or_exit(opts)
     if row >= len(report.samples):
