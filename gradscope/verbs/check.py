@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from gradscope.checks.masking import SampleView, analyze
+from gradscope.checks.roles import roles_unknown
 from gradscope.checks.structure import (
     CallFacts,
     accumulation_mismatch,
@@ -19,7 +20,6 @@ from gradscope.checks.structure import (
     cross_document_leak,
     uneven_token_weights,
 )
-from gradscope.checks.roles import roles_unknown
 from gradscope.constants import CUT_KEY, ROLE_CODES_KEY, ROLE_NAMES, ROW_KEY
 from gradscope.data.batch import PAD, document_starts, real_tokens, roles
 from gradscope.data.load import load_role_rows

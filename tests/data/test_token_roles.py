@@ -67,7 +67,7 @@ def test_batch_roles_from_the_template_and_from_raw_rows_agree_token_by_token(fa
 
 
 def test_qwen3_think_blocks_and_tool_calls_are_completion():
-    rows, ends = raw_rows("qwen3-chat")
+    rows, _ = raw_rows("qwen3-chat")
     tok = tokenizer("qwen3-chat")
     think, call = tok.convert_tokens_to_ids("<think>"), tok.convert_tokens_to_ids("<tool_call>")
     response = tok.convert_tokens_to_ids("<tool_response>")
