@@ -105,4 +105,25 @@ def packed_without_boundaries(s: SampleView) -> Finding | None:
     )
 
 
-LAYOUT_CHECKS = (bos_duplicated, pads_attended, packed_without_boundaries)
+def media_tokens_trained(s: SampleView) -> Finding | None:
+    """Image, video or audio placeholder tokens are trained (whatever their role: they are never text to predict)."""
+    if not s.media_token_ids:
+        return None
+    ids = s.input_ids.tolist()
+    trained = [p for p in s.where(s.trained) if ids[p] in s.media_token_ids]
+    if not trained:
+        return None
+    names = sorted({repr(s.texts[p]) if s.texts[p] is not None else f"id {ids[p]}" for p in trained})
+    return Finding(
+        "media_tokens_trained",
+        "error",
+        s.index,
+        trained,
+        f"{len(trained)} media placeholder {_tokens(len(trained))} ({', '.join(names)}) at "
+        f"{format_positions(trained)} {'is' if len(trained) == 1 else 'are'} trained: the model learns to predict "
+        "where an image, video or audio goes, and these positions can outnumber the text. Usual cause: a VLM "
+        "collator that masks only padding. Set labels to -100 at every media token id (and the prompt).",
+    )
+
+
+LAYOUT_CHECKS = (bos_duplicated, pads_attended, packed_without_boundaries, media_tokens_trained)

@@ -31,6 +31,7 @@ class SampleView:
     document_starts: frozenset[int] = frozenset()  # first positions of packed documents after the first
     completion_cut: int = 0  # completion tokens that truncation removed from this row (known when gradscope tokenized)
     bos_token_id: int | None = None
+    media_token_ids: frozenset[int] = frozenset()  # image/video/audio placeholders (media_tokens_trained)
     boundaries_known: bool = False  # document_starts were read from the batch (the packing probe ran)
 
     @property
@@ -168,7 +169,8 @@ def _likely_offset(s: SampleView, positions: Sequence[int]) -> int:
 def prompt_leak(s: SampleView) -> Finding | None:
     """A prompt-role token is trained."""
     closing = set(s.closing)
-    prompt = [p for p in s.where(s.roles == PROMPT) if p not in closing]
+    ids = s.input_ids.tolist()
+    prompt = [p for p in s.where(s.roles == PROMPT) if p not in closing and ids[p] not in s.media_token_ids]
     trained = s.trained.tolist()
     leaked = [p for p in prompt if trained[p]]
     if not leaked:

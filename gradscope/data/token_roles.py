@@ -16,13 +16,16 @@ from __future__ import annotations
 import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from gradscope.constants import COMPLETION, PROMPT, ROLE_CODES_KEY, ROLE_KEYS, ROW_KEY, UNKNOWN
 from gradscope.data.batch import real_tokens
-from gradscope.data.roles import RoleRow, find_subsequence
+from gradscope.data.load import load_role_rows
+from gradscope.data.pipelines import DataOptions
+from gradscope.data.roles import TRAIN_ON, RoleRow, find_subsequence
 from gradscope.data.templates import TemplateMarkers, template_markers
 from gradscope.errors import DataError
 
@@ -99,6 +102,26 @@ def batch_roles(batch: Mapping[str, Any], tokenizer: Any, end_token_ids: frozens
         names.append(name)
         reasons.append(reason)
     return BatchRoles(codes, names, reasons)
+
+
+def role_sources(
+    tokenizer: Any, ends: frozenset[int], response_template: str | None, instruction_template: str | None,
+    roles_from: str | Path | None, train_on: str,
+) -> RoleSources:
+    """The role sources of a check; ``roles_from`` rows are read, tokenized and split into roles here.
+
+    Raises:
+        DataError: an unknown ``train_on``, or ``roles_from`` rows gradscope cannot read or split into roles.
+    """
+    if train_on not in TRAIN_ON:
+        raise DataError(f"train_on {train_on!r} is not one of {', '.join(TRAIN_ON)}")
+    rows = None
+    if roles_from is not None:
+        options = DataOptions(response_template=response_template, instruction_template=instruction_template,
+                              train_on=train_on)
+        rows = load_role_rows(roles_from, tokenizer, options=options, end_token_ids=ends)
+    return RoleSources(response_template, instruction_template, rows, None if roles_from is None else str(roles_from),
+                       train_on)
 
 
 def _first_reading(readers: list, ids: list[int], row: int) -> tuple[str, list[int] | None, str | None]:

@@ -22,11 +22,8 @@ from gradscope.checks.structure import (
 )
 from gradscope.constants import CUT_KEY, ROLE_CODES_KEY, ROLE_NAMES, ROW_KEY
 from gradscope.data.batch import PAD, document_starts, real_tokens, roles
-from gradscope.data.load import load_role_rows
-from gradscope.data.pipelines import DataOptions
-from gradscope.data.roles import TRAIN_ON
-from gradscope.data.token_roles import UNKNOWN_SOURCE, RoleSources, batch_roles
-from gradscope.data.tokens import default_end_token_ids, resolve_bos_token_id, resolve_pad_token_id
+from gradscope.data.token_roles import UNKNOWN_SOURCE, batch_roles, role_sources
+from gradscope.data.tokens import default_end_token_ids, media_token_ids, resolve_bos_token_id, resolve_pad_token_id
 from gradscope.engine.accumulate import Accumulation
 from gradscope.engine.probes import PROBES, WINDOWS_PER_ROW, ProbeRun
 from gradscope.engine.run import Capture, forward_backward
@@ -133,6 +130,7 @@ def check_batches(
     runs, packed = [], (0, 0)
     device = model.get_input_embeddings().weight.device  # the first device when layers are spread (device_map)
     pad_id = resolve_pad_token_id(model, tokenizer)
+    media = media_token_ids(model, tokenizer)
     sources = role_sources(tokenizer, ends, response_template, instruction_template, roles_from, train_on)
     unknown: list[tuple[int, str | None]] = []
     for index, batch in enumerate(batches):
@@ -150,7 +148,9 @@ def check_batches(
             model, to_device(full, device), loss_fn=loss_fn, keep_dropout=keep_dropout,
             after_backward=run if run.needed else None,  # a graph kept for nothing costs the logits' memory
         )
-        views = _views(full, capture, tokenizer, ends, pad_id, len(report.samples), starts if "packing" in chosen else None)
+        views = _views(
+            full, capture, tokenizer, ends, pad_id, len(report.samples), starts if "packing" in chosen else None, media
+        )
         findings = analyze(capture, views, full["labels"])
         if not any(f.check == "nonfinite" for f in findings):
             facts = call_facts(model, full, _restarts(full))
@@ -169,26 +169,6 @@ def check_batches(
     report.findings += [finding] if finding is not None else []
     report.probes = _probe_reports(runs, chosen, packed)
     return report
-
-
-def role_sources(
-    tokenizer: Any, ends: frozenset[int], response_template: str | None, instruction_template: str | None,
-    roles_from: str | Path | None, train_on: str,
-) -> RoleSources:
-    """The role sources of a check; ``roles_from`` rows are read, tokenized and split into roles here.
-
-    Raises:
-        InputError: an unknown ``train_on``, or ``roles_from`` rows gradscope cannot read or split into roles.
-    """
-    if train_on not in TRAIN_ON:
-        raise InputError(f"train_on {train_on!r} is not one of {', '.join(TRAIN_ON)}")
-    rows = None
-    if roles_from is not None:
-        options = DataOptions(response_template=response_template, instruction_template=instruction_template,
-                              train_on=train_on)
-        rows = load_role_rows(roles_from, tokenizer, options=options, end_token_ids=ends)
-    return RoleSources(response_template, instruction_template, rows, None if roles_from is None else str(roles_from),
-                       train_on)
 
 
 def chosen_probes(probes: Iterable[str], accumulate: int | None = None, windows: int = 0) -> frozenset[str]:
@@ -338,6 +318,7 @@ def _views(
     pad_id: int | None,
     first: int,
     starts: torch.Tensor | None = None,
+    media: frozenset[int] = frozenset(),
 ) -> list[SampleView]:
     role_codes = roles(batch)
     trained = capture.logit_grad_norm > 0
@@ -360,6 +341,7 @@ def _views(
             document_starts=_document_starts(starts[b], role_codes[b]) if starts is not None else frozenset(),
             bos_token_id=bos_id,
             boundaries_known=starts is not None,
+            media_token_ids=media,
         )
         for b in range(len(batch["input_ids"]))
     ]

@@ -90,3 +90,20 @@ def test_packed_without_boundaries_finds_inner_documents_not_declared():
     gpt2 = [ENDOFTEXT, 10, 11, ENDOFTEXT, 12, 13, ENDOFTEXT, ENDOFTEXT]
     s = view(gpt2, [P, P, C, C, P, C, C, X], [0] * 8, pad=ENDOFTEXT, bos=ENDOFTEXT)
     assert packed_without_boundaries(s).positions == [4]
+
+
+def test_media_tokens_trained_whatever_their_role_and_not_as_prompt_leak():
+    image = 40
+    ids = [10, image, image, 11, 12, IM_END]
+    roles = [P, P, P, P, C, C]
+    s = SampleView(
+        index=0, input_ids=torch.tensor(ids), roles=torch.tensor(roles), trained=torch.tensor([0, 1, 1, 0, 1, 1]).bool(),
+        target_id=torch.tensor([-1, image, image, -1, 12, IM_END]), texts=["a", "<image>", "<image>", "b", "c", "e"],
+        end_token_ids=frozenset({IM_END}), pad_token_id=PAD_ID, media_token_ids=frozenset({image}),
+    )
+    assert names(s) == [("media_tokens_trained", [1, 2])]
+    assert "'<image>'" in check_sample(s)[0].message
+    from dataclasses import replace
+
+    untrained = replace(s, trained=torch.tensor([0, 0, 0, 0, 1, 1]).bool())
+    assert names(untrained) == []
