@@ -50,7 +50,8 @@ def test_catalogue_case_yields_exactly_its_findings(case):
 def test_catalogue_covers_every_check_on_both_architectures():
     by_model = {LLAMA: set(), GPT2: set()}
     for case in CATALOGUE:
-        by_model[case["model"]].update(e["check"] for e in case["expect"]) or by_model[case["model"]].add("clean")
+        found = by_model.setdefault(case["model"], set())
+        found.update(e["check"] for e in case["expect"]) or found.add("clean")
     assert {"clean", "prompt_leak", "pad_leak", "eos_untrained", "no_loss", "label_misaligned"} <= by_model[GPT2] | {"clean"}
     assert {"prompt_leak", "pad_leak", "completion_untrained", "eos_untrained", "no_loss", "label_misaligned"} <= by_model[LLAMA]
     structural = {"causal_leak", "cross_document_leak", "boundary_leak", "uneven_token_weights", "accumulation_mismatch"}
