@@ -11,7 +11,7 @@ from gradscope.constants import IGNORE_INDEX
 from gradscope.data.chunks import Chunk
 
 CHECKS = ("no_loss", "label_misaligned", "prompt_leak", "pad_leak", "completion_untrained", "eos_untrained",
-          "turn_end_untrained", "completion_truncated")
+          "turn_end_untrained", "completion_truncated", "pads_attended")
 """What a scan checks, in the order of ``analyze``: a root cause first, then the role checks. completion_truncated
 (a warning) fires only on raw rows, where the scan truncates (``--max-length``) and so knows what was cut."""
 
@@ -50,7 +50,7 @@ def verdicts(chunk: Chunk, end_token_ids: Iterable[int], pad_token_id: int | Non
     pad_is_end = pad_token_id is not None and pad_token_id in end_token_ids
     eos_as_pad = pad & ~_after(pad, first) & (chunk.input_ids == pad_token_id) if pad_is_end else np.zeros_like(pad)
     masks: dict[str, np.ndarray] = {
-        "label_misaligned": trained & (chunk.labels != chunk.input_ids),
+        "label_misaligned": trained & (chunk.labels != chunk.input_ids) & ~pad,  # padding: pad_leak
         "pad_leak": trained & pad,
     }
     if chunk.completion is not None:
@@ -67,6 +67,8 @@ def verdicts(chunk: Chunk, end_token_ids: Iterable[int], pad_token_id: int | Non
         turn = _turn_ends_only(closing, trained, starts)
         counts["turn_end_untrained"] = np.where(turn, counts["eos_untrained"], 0)
         counts["eos_untrained"] = np.where(turn, 0, counts["eos_untrained"])
+    if pad_token_id is not None and not pad_is_end:
+        counts["pads_attended"] = _leading_pads_attended(chunk.input_ids == pad_token_id, pad, starts)
     if chunk.cut is not None:
         counts["completion_truncated"] = chunk.cut  # its "positions": the completion tokens cut
     tokens = np.diff(starts, append=n) - _row_sums(pad, starts)
@@ -123,6 +125,19 @@ def _closing_with_roles(
     last = completion & ~continues & ~np.isin(span, span[held])
     closing |= _after(last, first) & ends & (~pad | eos_as_pad)
     return closing & ~first
+
+
+def _leading_pads_attended(is_pad_id: np.ndarray, pad: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """(R,) ``layout.pads_attended``: per row, the attended tokens of its leading run of pad ids, 0 when the run is
+    the whole row."""
+    n = len(is_pad_id)
+    lengths = np.diff(starts, append=n)
+    where = np.arange(n)
+    first_other = np.minimum.reduceat(np.where(is_pad_id, n, where), starts) if n else np.zeros(0, dtype=np.int64)
+    row_first_other = np.repeat(first_other, lengths)
+    lead = where < row_first_other
+    counts = _row_sums(lead & ~pad, starts)
+    return np.where(first_other < starts + lengths, counts, 0)
 
 
 def _turn_ends_only(closing: np.ndarray, trained: np.ndarray, starts: np.ndarray) -> np.ndarray:
