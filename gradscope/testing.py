@@ -19,13 +19,22 @@ from gradscope.report.text import format_findings
 from gradscope.verbs.check import check
 
 
-def assert_masking(model: nn.Module, batch: Mapping[str, torch.Tensor], *, strict: bool = False, **kwargs: Any) -> Report:
+def assert_masking(
+    model: nn.Module,
+    batch: Mapping[str, torch.Tensor],
+    *,
+    strict: bool = False,
+    allow_unknown_roles: bool = False,
+    **kwargs: Any,
+) -> Report:
     """Run ``gradscope.check`` and fail with every finding listed when masking is wrong.
 
     Args:
         model: The causal LM, as for ``gradscope.check``.
         batch: The batch, as for ``gradscope.check``.
         strict: Fail on warnings too.
+        allow_unknown_roles: Pass although some rows' roles could not be derived (``roles_unknown``), so their
+            prompt was not checked; by default that fails, since such a batch is not verified.
         **kwargs: Passed to ``gradscope.check`` (tokenizer, loss_fn, end_token_ids, ...).
 
     Returns:
@@ -36,7 +45,10 @@ def assert_masking(model: nn.Module, batch: Mapping[str, torch.Tensor], *, stric
     """
     __tracebackhide__ = True
     report = check(model, batch, **kwargs)
-    failing = report.findings if strict else report.errors
+    failing = [
+        f for f in report.findings
+        if f.severity == "error" or strict or (f.check == "roles_unknown" and not allow_unknown_roles)
+    ]
     if failing:
         raise AssertionError(f"gradscope found {len(failing)} masking problem(s):\n{format_findings(failing)}")
     return report

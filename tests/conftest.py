@@ -185,6 +185,11 @@ def _random_row(rng: np.random.Generator, roles: bool) -> dict[str, np.ndarray]:
         attention[-pads:] = 0
         ids[-pads:] = EOS if rng.random() < 0.5 else PAD_ID
         completion[-pads:] = 0
+    if rng.random() < 0.05:  # left padding that the mask calls real (or, rarely, masked)
+        lead = int(rng.integers(1, 4))
+        ids = np.concatenate([np.full(lead, PAD_ID), ids])
+        attention = np.concatenate([np.full(lead, int(rng.random() < 0.8)), attention])
+        completion = np.concatenate([np.zeros(lead, dtype=np.int64), completion])
     labels = np.where(completion == 1, ids, -100)
     labels = _corrupt(rng, labels, ids, attention)
     row = {"input_ids": ids, "labels": labels, "attention_mask": attention}

@@ -3,84 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from functools import cached_property
 
 import torch
 
+from gradscope.checks.layout import LAYOUT_CHECKS
+from gradscope.checks.sample import SampleView
 from gradscope.constants import IGNORE_INDEX
 from gradscope.data.batch import COMPLETION, PAD, PROMPT
 from gradscope.engine.run import Capture
 from gradscope.report.finding import Finding
 from gradscope.report.text import _tokens, format_positions
 
-
-@dataclass(frozen=True)
-class SampleView:
-    """One sample as the checks see it. Tensors are 1D (T,) on the CPU."""
-
-    index: int
-    input_ids: torch.Tensor
-    roles: torch.Tensor  # role codes from gradscope.batch
-    trained: torch.Tensor  # bool
-    target_id: torch.Tensor  # -1 where untrained
-    texts: Sequence[str | None]
-    end_token_ids: frozenset[int]
-    pad_token_id: int | None
-    document_starts: frozenset[int] = frozenset()  # first positions of packed documents after the first
-    completion_cut: int = 0  # completion tokens that truncation removed from this row (known when gradscope tokenized)
-
-    @property
-    def roles_known(self) -> bool:
-        return bool(((self.roles == PROMPT) | (self.roles == COMPLETION)).any())
-
-    @cached_property
-    def closing(self) -> tuple[int, ...]:
-        """``closing_positions`` of this sample, computed once: three checks read it."""
-        return tuple(closing_positions(self))
-
-    def where(self, mask: torch.Tensor) -> list[int]:
-        """Positions >= 1 where mask holds, documents' first tokens left out (they are never prediction targets)."""
-        mask = mask.clone()
-        mask[0] = False
-        mask[list(self.document_starts)] = False
-        return mask.nonzero().flatten().tolist()
-
-
 Check = Callable[[SampleView], "Finding | None"]
-
-
-def closing_positions(s: SampleView) -> list[int]:
-    """Positions of the end tokens that close a completion, which must be trained for the model to stop.
-
-    With roles: for each completion span, its last token if that is an end token, else the end token right after
-    the span (a template that hands the end-of-turn token to the next turn). Without roles the gradient is the
-    evidence: an end token, not padding, right after a trained token closes what was being trained.
-    """
-    ends = torch.isin(s.input_ids, torch.tensor(sorted(s.end_token_ids), dtype=s.input_ids.dtype))
-    if not s.roles_known:
-        after_trained = torch.zeros_like(s.trained)
-        after_trained[1:] = s.trained[:-1]
-        return s.where(ends & (s.roles != PAD) & after_trained)
-    out = []
-    for _, last in _runs(s.roles == COMPLETION):
-        if ends[last]:
-            out.append(last)
-        elif last + 1 < len(ends) and ends[last + 1] and s.roles[last + 1] != PAD:
-            out.append(last + 1)
-    return [p for p in out if p > 0]
-
-
-def _runs(mask: torch.Tensor) -> list[tuple[int, int]]:
-    """Maximal runs of True as (first, last) pairs."""
-    runs, start = [], None
-    for i, flag in enumerate(mask.tolist() + [False]):
-        if flag and start is None:
-            start = i
-        elif not flag and start is not None:
-            runs.append((start, i - 1))
-            start = None
-    return runs
 
 
 def no_loss(s: SampleView) -> Finding | None:
@@ -153,7 +87,8 @@ def _likely_offset(s: SampleView, positions: Sequence[int]) -> int:
 def prompt_leak(s: SampleView) -> Finding | None:
     """A prompt-role token is trained."""
     closing = set(s.closing)
-    prompt = [p for p in s.where(s.roles == PROMPT) if p not in closing]
+    ids = s.input_ids.tolist()
+    prompt = [p for p in s.where(s.roles == PROMPT) if p not in closing and ids[p] not in s.media_token_ids]
     trained = s.trained.tolist()
     leaked = [p for p in prompt if trained[p]]
     if not leaked:
@@ -216,12 +151,24 @@ def completion_untrained(s: SampleView) -> Finding | None:
 
 
 def eos_untrained(s: SampleView) -> Finding | None:
-    """The end token (EOS or end-of-turn) that closes a completion is not trained."""
+    """The end token (EOS or end-of-turn) that closes a completion is not trained.
+
+    When every closing token is missed but the last one, the finding is ``turn_end_untrained``: the pattern of a
+    template that gives each turn's terminator to the next message and only the final turn its EOS.
+    """
     missed = [p for p in s.closing if not s.trained[p]]
     if not missed:
         return None
     names = sorted({repr(s.texts[p]) if s.texts[p] is not None else f"id {int(s.input_ids[p])}" for p in missed})
-    if s.pad_token_id is not None and s.pad_token_id in {int(s.input_ids[p]) for p in missed}:
+    if s.roles_known and len(s.closing) > 1 and missed == list(s.closing[:-1]):
+        return _turn_end_untrained(s, missed, names)
+    if any(s.roles[p] == PAD for p in missed):
+        cause = (
+            "pad_token == eos_token, and the attention_mask and labels were built from ids != pad, so the real end "
+            "token is taken for padding and masked. Use a pad token distinct from EOS, or build the masks from the "
+            "sequence lengths, not from the token id"
+        )
+    elif s.pad_token_id is not None and s.pad_token_id in {int(s.input_ids[p]) for p in missed}:
         cause = (
             "pad_token == eos_token, so the collator's padding mask (-100 on every pad id) also masks the real end "
             "token. Use a pad token distinct from EOS, or mask padding by attention_mask, not by token id"
@@ -238,6 +185,21 @@ def eos_untrained(s: SampleView) -> Finding | None:
         missed,
         f"the end {_tokens(len(missed))} {', '.join(names)} at {format_positions(missed)} closing the completion "
         f"{'is' if len(missed) == 1 else 'are'} not trained: the model will not learn to stop. {cause}.",
+    )
+
+
+def _turn_end_untrained(s: SampleView, missed: list[int], names: list[str]) -> Finding:
+    return Finding(
+        "turn_end_untrained",
+        "error",
+        s.index,
+        missed,
+        f"the end {_tokens(len(missed))} {', '.join(names)} at {format_positions(missed)} closing the "
+        f"{len(missed)} earlier assistant turn(s) {'is' if len(missed) == 1 else 'are'} not trained; only the final "
+        "turn's is. The model learns to stop after a last answer but to run on after every other one. Usual "
+        "cause: the template or masking gives each turn's terminator to the next message (GLM, Nemotron-style "
+        "templates; a per-turn mask that ends before the end-of-turn token) and only the last turn gets its EOS. "
+        "Include every assistant turn's closing token in its labels.",
     )
 
 
@@ -260,7 +222,7 @@ def boundary_leak(s: SampleView) -> Finding | None:
 
 ROOT_CHECKS: tuple[Check, ...] = (no_loss, label_misaligned)
 ROLE_CHECKS: tuple[Check, ...] = (prompt_leak, pad_leak, completion_untrained, eos_untrained, completion_truncated)
-SAMPLE_CHECKS: tuple[Check, ...] = (*ROLE_CHECKS, boundary_leak)
+SAMPLE_CHECKS: tuple[Check, ...] = (*ROLE_CHECKS, boundary_leak, *LAYOUT_CHECKS)
 
 
 def check_sample(s: SampleView) -> list[Finding]:

@@ -39,6 +39,7 @@ from gradscope.cli.options import (
     PipelineOpt,
     RemoteOpt,
     ResponseOpt,
+    RolesFromOpt,
     SamplesOpt,
     ShowOpt,
     StrictOpt,
@@ -76,6 +77,7 @@ def check(
     show: ShowOpt = 8,
     response_template: ResponseOpt = None,
     instruction_template: InstructionOpt = None,
+    roles_from: RolesFromOpt = None,
     train_on: TrainOnOpt = TrainOn.all_assistant,
     max_length: MaxLengthOpt = None,
     truncation_mode: TruncationOpt = None,
@@ -105,7 +107,7 @@ def check(
     quiet_transformers()
     report = guarded(lambda: check_files(
         named, keep_dropout=keep_dropout, probes=parse_probes(probes), accumulate=accumulate, windows=windows,
-        params=params, lr=lr, max_grad_norm=max_grad_norm,
+        params=params, lr=lr, max_grad_norm=max_grad_norm, roles_from=roles_from,
     ))
     views = [CheckView(report, max_samples=show)] + ([GradsView(report)] if params else [])
     raise emit(report, output_format.value, output, Group(*views), strict)
@@ -125,6 +127,7 @@ def inspect(
     keep_dropout: DropoutOpt = False,
     response_template: ResponseOpt = None,
     instruction_template: InstructionOpt = None,
+    roles_from: RolesFromOpt = None,
     train_on: TrainOnOpt = TrainOn.all_assistant,
     max_length: MaxLengthOpt = None,
     truncation_mode: TruncationOpt = None,
@@ -134,6 +137,6 @@ def inspect(
     options = data_options(response_template, instruction_template, train_on, max_length, truncation_mode)
     named = inputs(model, data, None, batch_size, loss, device, dtype, trust_remote_code, options, base, device_map)
     quiet_transformers()
-    report, sample = guarded(lambda: inspect_files(named, row, keep_dropout=keep_dropout))
+    report, sample = guarded(lambda: inspect_files(named, row, keep_dropout=keep_dropout, roles_from=roles_from))
     Console(highlight=False).print(InspectView(in_flags(report), sample))
     raise typer.Exit(exit_code(report, strict=False))

@@ -66,8 +66,12 @@ DeviceMapOpt = Annotated[
 DTypeOpt = Annotated[DType, typer.Option("--dtype", help="Model dtype (gradient norms are always computed in fp32).")]
 RemoteOpt = Annotated[bool, typer.Option("--trust-remote-code", help="Allow code from the model directory to run.")]
 DropoutOpt = Annotated[bool, typer.Option("--keep-dropout", help="Leave dropout on (the report is then not deterministic).")]
-ResponseOpt = Annotated[str | None, typer.Option("--response-template", help="Text that starts each completion in 'text' rows.")]
+ResponseOpt = Annotated[str | None, typer.Option("--response-template", help="Text that starts each completion in 'text' rows, and in a tokenized batch without roles (found as tokens).")]
 InstructionOpt = Annotated[str | None, typer.Option("--instruction-template", help="Text that starts each prompt turn in multi-turn 'text' rows.")]
+RolesFromOpt = Annotated[
+    Path | None,
+    typer.Option("--roles-from", help="The raw rows (.jsonl, .json, .parquet, dataset) a tokenized batch was made from: roles are read from them, matched token by token."),
+]
 TrainOnOpt = Annotated[TrainOn, typer.Option("--train-on", help="Which assistant turns of 'messages' rows are completion.")]
 MaxLengthOpt = Annotated[int | None, typer.Option("--max-length", min=1, help="Truncate each row to N tokens, as the trainer would.")]
 TruncationOpt = Annotated[Truncation | None, typer.Option("--truncation-mode", help="keep_start (default) or keep_end.")]

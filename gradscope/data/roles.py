@@ -233,14 +233,24 @@ def _prefix_bounds(render: _Renderer, texts: list[str], full: list[int], tokeniz
     """Where each message starts in the whole conversation's tokens: the token count of each rendered prefix.
 
     What the template puts before the first message (a BOS, a default system turn) belongs to the first message.
+    A template that ends every rendering with EOS (Phi-3's) breaks the prefix property only there: a prefix whose
+    one extra token is that closing EOS, also the conversation's last token, ends before it.
     """
     bounds = [0]
+    eos = getattr(tokenizer, "eos_token_id", None)
     for k in range(1, len(texts)):
         ids = render.ids(texts[k])
+        if full[: len(ids)] != ids and k < len(texts) - 1 and _trailing_eos(ids, full, eos):
+            ids = ids[:-1]
         if full[: len(ids)] != ids or len(ids) < bounds[-1]:
             raise _prefix_error(render, k, texts[k], ids, full, tokenizer)
         bounds.append(len(ids))
     return bounds
+
+
+def _trailing_eos(ids: list[int], full: list[int], eos: int | None) -> bool:
+    """The rendering is a prefix of the whole conversation but for a last token that is EOS, as the whole ends."""
+    return eos is not None and len(ids) > 1 and ids[-1] == eos == full[-1] and full[: len(ids) - 1] == ids[:-1]
 
 
 def _prefix_error(render: _Renderer, k: int, text: str, ids: list[int], full: list[int], tokenizer: Any,

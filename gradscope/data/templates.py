@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from gradscope.constants import UNKNOWN
@@ -40,11 +40,13 @@ class TemplateMarkers:
             Mistral-style template ``[/INST]`` and ``[/TOOL_RESULTS]``).
         glue: Template tokens after the closing token that are not judged (ChatML's ``\n``).
         end_token_ids: Tokens that close a turn.
+        tail: Tokens the template ends every rendering with, not judged (Phi-3's EOS after the last turn).
     """
 
     responses: list[list[int]]
     glue: list[int]
     end_token_ids: frozenset[int]
+    tail: list[int] = field(default_factory=list)
 
     def roles(self, ids: Sequence[int], train_on: str = "all-assistant") -> list[int]:
         """Roles of one token sequence: after each marker, through the first end token, is completion."""
@@ -57,6 +59,9 @@ class TemplateMarkers:
             roles[start:stop] = [COMPLETION] * (stop - start)
             if close is not None and self.glue and list(ids[stop : stop + len(self.glue)]) == self.glue:
                 roles[stop : stop + len(self.glue)] = [UNKNOWN] * len(self.glue)
+        n = len(self.tail)
+        if n and len(ids) > n and list(ids[-n:]) == self.tail and all(r == PROMPT for r in roles[-n:]):
+            roles[-n:] = [UNKNOWN] * n
         return roles
 
 
@@ -96,7 +101,8 @@ def _learn_markers(rows: list[RoleRow], tokenizer: Any, end_token_ids: frozenset
                 return None
             responses.append(next((c for c in valid if c[0] in special), valid[0]))
         glue = _glue(roles, ids) if glue is None else glue
-    return TemplateMarkers(responses, glue or [], end_token_ids) if responses else None
+    tail = _tail(rows[0].roles, rows[0].input_ids, glue or [])
+    return TemplateMarkers(responses, glue or [], end_token_ids, tail) if responses else None
 
 
 def _glue(roles: list[int], ids: list[int]) -> list[int]:
@@ -106,3 +112,14 @@ def _glue(roles: list[int], ids: list[int]) -> list[int]:
     while stop < len(roles) and roles[stop] == UNKNOWN:
         stop += 1
     return ids[end:stop]
+
+
+def _tail(roles: list[int], ids: list[int], glue: list[int]) -> list[int]:
+    """The not-judged tokens that end a rendering whose last message is a trained turn, past that turn's glue."""
+    start = len(roles)
+    while start > 0 and roles[start - 1] == UNKNOWN:
+        start -= 1
+    if start == len(roles) or start == 0 or roles[start - 1] != COMPLETION:
+        return []
+    run = ids[start:]
+    return run[len(glue):] if run[: len(glue)] == glue else []

@@ -39,6 +39,36 @@ def resolve_pad_token_id(model: nn.Module, tokenizer: Any = None) -> int | None:
     return None
 
 
+MEDIA_TOKENS = frozenset(
+    {"<image>", "<video>", "<audio>", "<|image_pad|>", "<|video_pad|>", "<|audio_pad|>", "<|AUDIO|>", "<|IMAGE|>",
+     "<image_soft_token>", "<audio_soft_token>", "<|image|>", "<|video|>", "<|audio|>", "<IMG_CONTEXT>", "[IMG]"}
+)
+"""Placeholder tokens that multimodal processors expand into image, video or audio features."""
+
+_MEDIA_CONFIG_KEYS = ("image_token_id", "image_token_index", "video_token_id", "video_token_index", "audio_token_id",
+                      "audio_token_index")
+
+
+def media_token_ids(model: nn.Module, tokenizer: Any = None) -> frozenset[int]:
+    """Ids of media placeholder tokens: those the model config names (``image_token_id`` and kin) and the
+    tokenizer's tokens from ``MEDIA_TOKENS``."""
+    config = getattr(model, "config", None)
+    ids = {v for k in _MEDIA_CONFIG_KEYS if isinstance(v := getattr(config, k, None), int)}
+    if tokenizer is not None:
+        for token in MEDIA_TOKENS:
+            token_id = tokenizer.convert_tokens_to_ids(token)
+            if isinstance(token_id, int) and tokenizer.convert_ids_to_tokens(token_id) == token:
+                ids.add(token_id)
+    return frozenset(ids)
+
+
+def resolve_bos_token_id(tokenizer: Any = None) -> int | None:
+    """The tokenizer's BOS id, or None: the model config's bos_token_id is not used, since many configs name one
+    that neither the tokenizer nor the template ever emits."""
+    value = getattr(tokenizer, "bos_token_id", None)
+    return value if isinstance(value, int) else None
+
+
 def config_end_token_ids(path: str | Path) -> set[int]:
     """EOS ids named in a directory's config.json and generation_config.json (read as JSON: no model is built)."""
     ids: set[int] = set()

@@ -35,6 +35,15 @@ class Verdict:
         if not r.samples:
             yield _batch_verdict(r, self.subject)
             return
+        unverified = {s.index for s in r.samples if s.roles_source == "unknown"}
+        if r.ok and unverified:
+            extra = f", {len(r.warnings)} warning(s)" if r.warnings else ""
+            yield Text.assemble(
+                ("? not verified", "bold yellow"),
+                f": roles unknown for {len(unverified)} of {s['samples']} sample(s), so their prompt was not checked "
+                f"(roles_unknown); {s['trained_tokens']} of {s['tokens']} tokens trained{extra}",
+            )
+            return
         if r.ok:
             extra = f", {len(r.warnings)} warning(s)" if r.warnings else ""
             yield Text.assemble(
@@ -106,7 +115,8 @@ def findings_table(report: Report | ScanReport, title: str = "Findings") -> Tabl
     for f in report.findings:
         severity = Text(f.severity, style="red" if f.severity == "error" else "yellow")
         sample = "batch" if f.sample is None else str(f.sample)
-        table.add_row(f.check, severity, sample, _short_positions(f.positions), f.message)
+        # Text, not a markup string: a message that says labels[t] must not lose its brackets to rich markup.
+        table.add_row(f.check, severity, sample, _short_positions(f.positions), Text(f.message))
     return table
 
 
@@ -116,7 +126,7 @@ def probes_table(report: Report) -> Table:
     for name in ("probe", "extra passes", "seconds", "covered"):
         table.add_column(name, justify="right" if name == "seconds" else "left", ratio=1 if name == "covered" else None)
     for name, probe in report.probes.items():
-        table.add_row(name, _passes(probe), f"{probe.seconds:.3f}" if probe.ran else "–", _covered(name, probe, report))
+        table.add_row(name, _passes(probe), f"{probe.seconds:.3f}" if probe.ran else "–", Text(_covered(name, probe, report)))
     return table
 
 

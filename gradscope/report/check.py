@@ -28,11 +28,17 @@ class TokenReport:
 
 @dataclass
 class SampleReport:
-    """One row of the data: its tokens and a layers x positions matrix of gradient norms."""
+    """One row of the data: its tokens, a layers x positions matrix of gradient norms, and where its roles came from.
+
+    ``roles_source`` is the batch key that held the roles (``completion_mask``, ``assistant_masks``,
+    ``gradscope_roles`` when gradscope derived them from raw rows), or ``roles_from``, ``response_template``,
+    ``chat_template`` when read from the tokens, or ``unknown`` (see docs/roles.md).
+    """
 
     index: int
     tokens: list[TokenReport]
     layer_grad_norms: list[list[float]]
+    roles_source: str | None = None
 
     @property
     def trained_positions(self) -> list[int]:
@@ -120,6 +126,7 @@ class Report(_Findings):
             "checks_failed": sorted({f.check for f in self.findings}),
             "loss": [_finite_or_none(x) for x in self.losses],
             "notes": list(self.notes),
+            "verified": not any(f.check == "roles_unknown" for f in self.findings),
         }
 
     def to_dict(self) -> dict[str, Any]:

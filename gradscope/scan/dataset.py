@@ -45,10 +45,12 @@ def scan_chunks(
     return acc.finish()
 
 
-def checked_chunks(source: Source, end_token_ids: frozenset[int]) -> Iterator[tuple[Chunk, Verdicts]]:
+def checked_chunks(
+    source: Source, end_token_ids: frozenset[int], pad_token_id: int | None = None
+) -> Iterator[tuple[Chunk, Verdicts]]:
     """Read and check chunk after chunk in this process."""
     for chunk in chunks(source):
-        yield chunk, verdicts(chunk, end_token_ids)
+        yield chunk, verdicts(chunk, end_token_ids, pad_token_id)
 
 
 # ------------------------------------------------------------------------------------------------ entry point
@@ -106,16 +108,16 @@ def scan(
     ends = settings.end_token_ids
     raw = _raw_settings(source, settings, options or DataOptions())
     if raw is not None:
-        checked = ((chunk, verdicts(chunk, ends)) for chunk in raw_chunks(source, raw))
+        checked = ((chunk, verdicts(chunk, ends, settings.pad_token_id)) for chunk in raw_chunks(source, raw))
         if num_proc and num_proc > 1:
             report.notes.append("`num_proc` was not used: raw rows are tokenized in this process, by the tokenizer's "
                                 "batched call")
     elif num_proc and num_proc > 1 and source.format != "safetensors":
         from gradscope.scan.parallel import parallel_checked_chunks
 
-        checked = parallel_checked_chunks(source, ends, num_proc)
+        checked = parallel_checked_chunks(source, ends, num_proc, settings.pad_token_id)
     else:
-        checked = checked_chunks(source, ends)
+        checked = checked_chunks(source, ends, settings.pad_token_id)
     scanned = scan_chunks(checked, report, end_token_ids=settings.end_token_ids, pad_token_id=settings.pad_token_id,
                           decode=settings.decode, examples=examples, worst=worst, progress=advance)
     if raw is not None:

@@ -19,7 +19,9 @@ from gradscope.scan.verdicts import CHECKS, Verdicts, verdicts
 MAP_BATCH_ROWS = 16384
 
 
-def parallel_checked_chunks(source: Source, end_token_ids: frozenset[int], num_proc: int) -> Iterator[tuple[Any, Verdicts]]:
+def parallel_checked_chunks(
+    source: Source, end_token_ids: frozenset[int], num_proc: int, pad_token_id: int | None = None
+) -> Iterator[tuple[Any, Verdicts]]:
     """Check every row in ``num_proc`` processes; yield (rows, verdicts) in the order of the data."""
     dataset = as_dataset(source)
     columns = [c for c in TOKEN_COLUMNS if c in dataset.column_names]
@@ -33,7 +35,7 @@ def parallel_checked_chunks(source: Source, end_token_ids: frozenset[int], num_p
             num_proc=num_proc,
             remove_columns=dataset.column_names,
             cache_file_name=str(Path(tmp) / "verdicts.arrow"),
-            fn_kwargs={"columns": columns, "ends": sorted(end_token_ids), "path": str(source.path)},
+            fn_kwargs={"columns": columns, "ends": sorted(end_token_ids), "path": str(source.path), "pad": pad_token_id},
         )
         first = 0
         for batch in table.with_format("arrow").iter(batch_size=MAP_BATCH_ROWS * 4):
@@ -73,14 +75,14 @@ def _quiet_datasets() -> Iterator[None]:
             datasets.enable_progress_bars()
 
 
-def _verdict_table(batch, indices: list[int], columns: list[str], ends: list[int], path: str):
+def _verdict_table(batch, indices: list[int], columns: list[str], ends: list[int], path: str, pad: int | None = None):
     """In a worker: one batch of rows (a pyarrow Table) to its verdicts, one row each."""
     import pyarrow as pa
 
     record = batch.select(columns).combine_chunks().to_batches()
     if not record:
         return pa.table({name: pa.array([], pa.int64()) for name in _verdict_columns()})
-    v = verdicts(to_chunk(record[0], indices[0], Path(path)), ends)
+    v = verdicts(to_chunk(record[0], indices[0], Path(path)), ends, pad)
     out = {"tokens": v.tokens, "trained": v.trained}
     for name in CHECKS:
         out[f"positions.{name}"] = v.positions[name]

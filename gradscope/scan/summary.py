@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from gradscope.checks.masking import SampleView, check_sample
+from gradscope.checks.masking import check_sample
+from gradscope.checks.sample import SampleView
 from gradscope.constants import IGNORE_INDEX, UNKNOWN
 from gradscope.data.batch import COMPLETION, PAD, PROMPT
 from gradscope.data.chunks import Chunk
@@ -85,8 +86,9 @@ class ScanAccumulator:
         if self.worst.size == 0 or not len(candidates):
             return
         if len(candidates) > self.worst.size:  # only the chunk's own best can enter the heap
-            top = np.argpartition(-score[candidates], self.worst.size - 1)[: self.worst.size]
-            candidates = np.sort(candidates[top])
+            # Every row tied with the k-th best too: the heap breaks ties by row, argpartition would not.
+            kth = np.partition(score[candidates], len(candidates) - self.worst.size)[len(candidates) - self.worst.size]
+            candidates = candidates[score[candidates] >= kth]
         for r in candidates.tolist():
             self.worst.offer(int(score[r]), chunk.first_row + r, lambda r=r: self._findings(chunk, r))
 

@@ -11,7 +11,7 @@ from gradscope.constants import IGNORE_INDEX
 from gradscope.data.chunks import Chunk
 
 CHECKS = ("no_loss", "label_misaligned", "prompt_leak", "pad_leak", "completion_untrained", "eos_untrained",
-          "completion_truncated")
+          "turn_end_untrained", "completion_truncated", "pads_attended")
 """What a scan checks, in the order of ``analyze``: a root cause first, then the role checks. completion_truncated
 (a warning) fires only on raw rows, where the scan truncates (``--max-length``) and so knows what was cut."""
 
@@ -28,12 +28,14 @@ class Verdicts:
     fails: dict[str, np.ndarray]  # check -> bool, root causes first as in analyze.check_sample
 
 
-def verdicts(chunk: Chunk, end_token_ids: Iterable[int]) -> Verdicts:
+def verdicts(chunk: Chunk, end_token_ids: Iterable[int], pad_token_id: int | None = None) -> Verdicts:
     """Every check on every row of a chunk, vectorized; the rules are those of ``gradscope.analyze``.
 
     Args:
         chunk: The rows.
         end_token_ids: Ids of the tokens that close a completion (EOS, end of turn).
+        pad_token_id: The pad id; when it is also an end token, an EOS masked as padding right after a completion
+            still closes it (``closing_positions``).
 
     Returns:
         Per-row counts and verdicts.
@@ -43,21 +45,30 @@ def verdicts(chunk: Chunk, end_token_ids: Iterable[int]) -> Verdicts:
     first[starts] = True  # position 0 of each row: never a prediction target
     pad = chunk.attention == 0 if chunk.attention is not None else np.zeros(n, dtype=bool)
     trained = (chunk.labels != IGNORE_INDEX) & ~first
+    end_token_ids = set(end_token_ids)
     ends = _isin(chunk.input_ids, end_token_ids)
+    pad_is_end = pad_token_id is not None and pad_token_id in end_token_ids
+    eos_as_pad = pad & ~_after(pad, first) & (chunk.input_ids == pad_token_id) if pad_is_end else np.zeros_like(pad)
     masks: dict[str, np.ndarray] = {
-        "label_misaligned": trained & (chunk.labels != chunk.input_ids),
+        "label_misaligned": trained & (chunk.labels != chunk.input_ids) & ~pad,  # padding: pad_leak
         "pad_leak": trained & pad,
     }
     if chunk.completion is not None:
         completion = (chunk.completion != 0) & ~pad
         prompt = ~completion & ~pad
-        closing = _closing_with_roles(completion, ends, pad, first)
+        closing = _closing_with_roles(completion, ends, pad, first, eos_as_pad)
         masks["prompt_leak"] = prompt & trained & ~closing
         masks["completion_untrained"] = completion & ~trained & ~closing & ~first
-    else:  # roles unknown: an end token right after a trained token closes what was trained
-        closing = ends & ~pad & _after(trained, first)
+    else:  # roles unknown: an end token right after a trained token (not itself one) closes what was trained
+        closing = ends & (~pad | eos_as_pad) & _after(trained & ~ends, first)
     masks["eos_untrained"] = closing & ~trained
     counts = {name: _row_sums(mask, starts) for name, mask in masks.items()}
+    if chunk.completion is not None:  # every closing token missed but the last: turn_end_untrained instead
+        turn = _turn_ends_only(closing, trained, starts)
+        counts["turn_end_untrained"] = np.where(turn, counts["eos_untrained"], 0)
+        counts["eos_untrained"] = np.where(turn, 0, counts["eos_untrained"])
+    if pad_token_id is not None and not pad_is_end:
+        counts["pads_attended"] = _leading_pads_attended(chunk.input_ids == pad_token_id, pad, starts)
     if chunk.cut is not None:
         counts["completion_truncated"] = chunk.cut  # its "positions": the completion tokens cut
     tokens = np.diff(starts, append=n) - _row_sums(pad, starts)
@@ -98,14 +109,50 @@ def _after(mask: np.ndarray, first: np.ndarray) -> np.ndarray:
     return out
 
 
-def _closing_with_roles(completion: np.ndarray, ends: np.ndarray, pad: np.ndarray, first: np.ndarray) -> np.ndarray:
-    """``analyze.closing_positions`` with roles: each completion span's last token if it is an end token, else the
-    end token right after the span (not padding)."""
+def _closing_with_roles(
+    completion: np.ndarray, ends: np.ndarray, pad: np.ndarray, first: np.ndarray, eos_as_pad: np.ndarray
+) -> np.ndarray:
+    """``analyze.closing_positions`` with roles: the last end token each completion span holds; for a span holding
+    none, the end token right after it (not padding, unless an EOS masked as padding)."""
+    begins = completion & ~_after(completion, first)
+    span = np.cumsum(begins)  # the span number of each completion token
+    held = np.flatnonzero(completion & ends)
+    closing = np.zeros_like(completion)
+    if len(held):
+        closing[held[np.append(span[held][1:] != span[held][:-1], True)]] = True  # the last held end of each span
     continues = np.zeros_like(completion)
     continues[:-1] = completion[1:] & ~first[1:]
-    last = completion & ~continues
-    closing = (last & ends) | (_after(last & ~ends, first) & ends & ~pad)
+    last = completion & ~continues & ~np.isin(span, span[held])
+    closing |= _after(last, first) & ends & (~pad | eos_as_pad)
     return closing & ~first
+
+
+def _leading_pads_attended(is_pad_id: np.ndarray, pad: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """(R,) ``layout.pads_attended``: per row, the attended tokens of its leading run of pad ids, 0 when the run is
+    the whole row."""
+    n = len(is_pad_id)
+    lengths = np.diff(starts, append=n)
+    where = np.arange(n)
+    first_other = np.minimum.reduceat(np.where(is_pad_id, n, where), starts) if n else np.zeros(0, dtype=np.int64)
+    row_first_other = np.repeat(first_other, lengths)
+    lead = where < row_first_other
+    counts = _row_sums(lead & ~pad, starts)
+    return np.where(first_other < starts + lengths, counts, 0)
+
+
+def _turn_ends_only(closing: np.ndarray, trained: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """(R,) rows with more than one closing token whose last is trained and every other one is not."""
+    idx = np.flatnonzero(closing)
+    out = np.zeros(len(starts), dtype=bool)
+    if not len(idx):
+        return out
+    row = np.searchsorted(starts, idx, side="right") - 1
+    count = np.bincount(row, minlength=len(starts))
+    missed = np.bincount(row, weights=~trained[idx], minlength=len(starts))
+    last = np.append(row[1:] != row[:-1], True)
+    last_trained = np.zeros(len(starts), dtype=bool)
+    last_trained[row[last]] = trained[idx[last]]
+    return (count > 1) & last_trained & (missed == count - 1)
 
 
 SPARSE = 64

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from gradscope.checks.masking import SampleView, analyze
+from gradscope.checks.masking import analyze
+from gradscope.checks.roles import roles_unknown
+from gradscope.checks.sample import SampleView
 from gradscope.checks.structure import (
     CallFacts,
     accumulation_mismatch,
@@ -18,9 +21,10 @@ from gradscope.checks.structure import (
     cross_document_leak,
     uneven_token_weights,
 )
-from gradscope.constants import CUT_KEY, ROLE_NAMES, ROW_KEY
+from gradscope.constants import CUT_KEY, ROLE_CODES_KEY, ROLE_NAMES, ROW_KEY
 from gradscope.data.batch import PAD, document_starts, real_tokens, roles
-from gradscope.data.tokens import default_end_token_ids, resolve_pad_token_id
+from gradscope.data.token_roles import UNKNOWN_SOURCE, batch_roles, role_sources
+from gradscope.data.tokens import default_end_token_ids, media_token_ids, resolve_bos_token_id, resolve_pad_token_id
 from gradscope.engine.accumulate import Accumulation
 from gradscope.engine.probes import PROBES, WINDOWS_PER_ROW, ProbeRun
 from gradscope.engine.run import Capture, forward_backward
@@ -34,7 +38,7 @@ ROLES_UNKNOWN_NOTE = (
     "roles unknown (no completion_mask or assistant_masks): prompt_leak and completion_untrained were not checked; "
     "eos_untrained looked at end tokens right after trained tokens"
 )
-
+"""What ``scan`` notes when rows carry no roles (``check`` reports a ``roles_unknown`` finding instead)."""
 
 def check(
     model: nn.Module,
@@ -47,6 +51,10 @@ def check(
     probes: Iterable[str] = PROBES,
     accumulate: int | None = None,
     windows: int = WINDOWS_PER_ROW,
+    response_template: str | None = None,
+    instruction_template: str | None = None,
+    roles_from: str | Path | None = None,
+    train_on: str = "all-assistant",
 ) -> Report:
     """Check which tokens one batch trains and flag every masking leak.
 
@@ -64,6 +72,14 @@ def check(
         accumulate: Also re-run the batch as this many accumulated micro-batches and compare gradients.
         windows: Random-projection windows per row for the causal and packing probes, on top of the free screen
             of the core run's gradient; each costs about one activation-only backward pass.
+        response_template: Without a role tensor: the text that starts each completion, found as tokens.
+        instruction_template: With response_template: the text that starts each later prompt turn.
+        roles_from: Without a role tensor: the raw rows (a data file) the batch was made from; each batch row's
+            tokens must be that row's tokens, in order.
+        train_on: ``all-assistant`` or ``last-assistant``, for roles read from chat-template markers or raw chats.
+
+    Without any of these, roles come from the tokenizer's chat template (see docs/roles.md); rows whose roles cannot
+    be derived get a ``roles_unknown`` warning: the report is not verified.
 
     Returns:
         The Report; ``report.ok`` is False when there is an error finding.
@@ -81,6 +97,10 @@ def check(
         probes=probes,
         accumulate=accumulate,
         windows=windows,
+        response_template=response_template,
+        instruction_template=instruction_template,
+        roles_from=roles_from,
+        train_on=train_on,
     )
 
 
@@ -96,6 +116,10 @@ def check_batches(
     probes: Iterable[str] = PROBES,
     accumulate: int | None = None,
     windows: int = WINDOWS_PER_ROW,
+    response_template: str | None = None,
+    instruction_template: str | None = None,
+    roles_from: str | Path | None = None,
+    train_on: str = "all-assistant",
 ) -> Report:
     """``check`` over several batches, one forward and backward each (plus the probes'), merged into one Report.
 
@@ -107,8 +131,14 @@ def check_batches(
     runs, packed = [], (0, 0)
     device = model.get_input_embeddings().weight.device  # the first device when layers are spread (device_map)
     pad_id = resolve_pad_token_id(model, tokenizer)
+    media = media_token_ids(model, tokenizer)
+    sources = role_sources(tokenizer, ends, response_template, instruction_template, roles_from, train_on)
+    unknown: list[tuple[int, str | None]] = []
     for index, batch in enumerate(batches):
         full = prepare_batch(model, batch, source, first_row=len(report.samples))
+        read = batch_roles(full, tokenizer, ends, sources, first_row=len(report.samples))
+        if read.codes is not None:
+            full[ROLE_CODES_KEY] = read.codes
         _require_rows(full, accumulate, index, source)
         starts = document_starts(full)
         run = ProbeRun(
@@ -119,7 +149,9 @@ def check_batches(
             model, to_device(full, device), loss_fn=loss_fn, keep_dropout=keep_dropout,
             after_backward=run if run.needed else None,  # a graph kept for nothing costs the logits' memory
         )
-        views = _views(full, capture, tokenizer, ends, pad_id, len(report.samples), starts if "packing" in chosen else None)
+        views = _views(
+            full, capture, tokenizer, ends, pad_id, len(report.samples), starts if "packing" in chosen else None, media
+        )
         findings = analyze(capture, views, full["labels"])
         if not any(f.check == "nonfinite" for f in findings):
             facts = call_facts(model, full, _restarts(full))
@@ -129,12 +161,13 @@ def check_batches(
                 report.accumulation.append(result)
                 findings += [finding] if finding is not None else []
         report.findings += findings
-        report.samples += [_sample_report(v, full, capture, i) for i, v in enumerate(views)]
+        report.samples += [_sample_report(v, full, capture, i, read.sources[i]) for i, v in enumerate(views)]
+        unknown += [(v.index, read.reasons[i]) for i, v in enumerate(views) if read.sources[i] == UNKNOWN_SOURCE]
         report.losses.append(capture.loss)
         runs.append(run)
         packed = tuple(a + b for a, b in zip(packed, _packing_extent(starts, real_tokens(full))))
-        if not all(v.roles_known for v in views) and ROLES_UNKNOWN_NOTE not in report.notes:
-            report.notes.append(ROLES_UNKNOWN_NOTE)
+    finding = roles_unknown([i for i, _ in unknown], [r for _, r in unknown])
+    report.findings += [finding] if finding is not None else []
     report.probes = _probe_reports(runs, chosen, packed)
     return report
 
@@ -286,10 +319,12 @@ def _views(
     pad_id: int | None,
     first: int,
     starts: torch.Tensor | None = None,
+    media: frozenset[int] = frozenset(),
 ) -> list[SampleView]:
     role_codes = roles(batch)
     trained = capture.logit_grad_norm > 0
     texts = _decoder(tokenizer)
+    bos_id = resolve_bos_token_id(tokenizer)
     n = len(batch["input_ids"])
     cut = batch[CUT_KEY].tolist() if CUT_KEY in batch else [0] * n
     index = batch[ROW_KEY].tolist() if ROW_KEY in batch else list(range(first, first + n))
@@ -305,6 +340,9 @@ def _views(
             pad_token_id=pad_id,
             completion_cut=int(cut[b]),
             document_starts=_document_starts(starts[b], role_codes[b]) if starts is not None else frozenset(),
+            bos_token_id=bos_id,
+            boundaries_known=starts is not None,
+            media_token_ids=media,
         )
         for b in range(len(batch["input_ids"]))
     ]
@@ -339,7 +377,9 @@ def _decoder(tokenizer: Any):
     return text
 
 
-def _sample_report(view: SampleView, batch: Mapping[str, torch.Tensor], capture: Capture, b: int) -> SampleReport:
+def _sample_report(
+    view: SampleView, batch: Mapping[str, torch.Tensor], capture: Capture, b: int, roles_source: str
+) -> SampleReport:
     # One .tolist() per quantity: indexing tensors element by element costs microseconds per token.
     ids, roles, trained = view.input_ids.tolist(), view.roles.tolist(), view.trained.tolist()
     labels, targets = batch["labels"][b].tolist(), view.target_id.tolist()
@@ -361,4 +401,6 @@ def _sample_report(view: SampleView, batch: Mapping[str, torch.Tensor], capture:
         )
         for t in range(len(ids))
     ]
-    return SampleReport(index=view.index, tokens=tokens, layer_grad_norms=capture.layer_grad_norms[b].tolist())
+    return SampleReport(
+        index=view.index, tokens=tokens, layer_grad_norms=capture.layer_grad_norms[b].tolist(), roles_source=roles_source
+    )

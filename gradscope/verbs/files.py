@@ -97,14 +97,21 @@ def check_files(
     params: bool = False,
     lr: float = DEFAULT_LR,
     max_grad_norm: float = DEFAULT_MAX_GRAD_NORM,
+    roles_from: str | Path | None = None,
 ) -> Report:
-    """``gradscope check``: the masking check of every batch, and with ``params`` the parameter pass on the first."""
+    """``gradscope check``: the masking check of every batch, and with ``params`` the parameter pass on the first.
+
+    Roles of tokenized batches without a role tensor come from ``roles_from`` (the raw rows they were made from),
+    the response/instruction templates of ``inputs.options``, or the chat template.
+    """
     probes = tuple(probes)
     chosen_probes(probes, accumulate, windows)  # bad probe names fail before the model loads
     loaded = load(inputs)
     report = check_batches(
         loaded.model, loaded.batches, tokenizer=loaded.tokenizer, loss_fn=loaded.loss_fn, keep_dropout=keep_dropout,
         source=str(inputs.data), probes=probes, accumulate=accumulate, windows=windows,
+        response_template=inputs.options.response_template, instruction_template=inputs.options.instruction_template,
+        roles_from=roles_from, train_on=inputs.options.train_on,
     )
     report.data = loaded.data
     report.notes = loaded.notes + report.notes
@@ -115,13 +122,14 @@ def check_files(
     return report
 
 
-def inspect_files(inputs: Inputs, row: int = 0, *, keep_dropout: bool = False) -> tuple[Report, SampleReport]:
+def inspect_files(inputs: Inputs, row: int = 0, *, keep_dropout: bool = False,
+                  roles_from: str | Path | None = None) -> tuple[Report, SampleReport]:
     """``gradscope inspect``: one row, run inside the batch it belongs to so that its loss weights are training's."""
     if row < 0:
         raise DataError(f"row {row}: rows count from 0")
     if Path(inputs.data).suffix != ".safetensors":
         inputs = replace(inputs, samples=(row // inputs.batch_size + 1) * inputs.batch_size)
-    report = check_files(inputs, keep_dropout=keep_dropout)
+    report = check_files(inputs, keep_dropout=keep_dropout, roles_from=roles_from)
     if row >= len(report.samples):
         raise DataError(f"there is no row {row}: the data has {len(report.samples)}", path=inputs.data,
                         hint="pick a row from 0")

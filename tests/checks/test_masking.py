@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from gradscope.checks.masking import SampleView, analyze, check_sample, closing_positions, nonfinite
+from gradscope.checks.masking import analyze, check_sample, nonfinite
+from gradscope.checks.sample import SampleView, closing_positions
 from gradscope.constants import UNKNOWN
 from gradscope.data.batch import COMPLETION, PAD, PROMPT
 from gradscope.engine.run import Capture

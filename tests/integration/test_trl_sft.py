@@ -32,7 +32,6 @@ from trl import SFTConfig, SFTTrainer  # noqa: E402
 from trl.data_utils import common_prefix_length  # noqa: E402
 
 import gradscope  # noqa: E402
-from gradscope.verbs.check import ROLES_UNKNOWN_NOTE  # noqa: E402
 
 TOKENIZER = Path(__file__).resolve().parents[2] / "fixtures" / "models" / "tiny-llama-chat"
 
@@ -219,11 +218,12 @@ def test_completion_only_loss_batch_is_clean(arch, tok, tmp_path):
     # TRL 1.16 folds completion_mask into the labels and drops the column: the collated batch has no role tensor.
     assert "completion_mask" not in trainer.train_dataset.column_names
 
-    # As TRL hands it over: roles unknown, so only pad/eos/no_loss/alignment are checked, and all pass.
+    # As TRL hands it over: the rows are not chats, so the ChatML markers find no turn and the roles are unknown:
+    # pad/eos/no_loss/alignment are checked and pass, and the report says it is not verified.
     plain = gradscope.check(model, batch, tokenizer=tok)
     assert plain.ok, plain.findings
-    assert plain.findings == []
-    assert ROLES_UNKNOWN_NOTE in plain.notes
+    assert pairs(plain) == {("roles_unknown", None)} and plain.summary()["verified"] is False
+    assert [s.roles_source for s in plain.samples] == ["unknown"] * len(ROWS)
 
     # With the user's roles (TRL's own prompt/completion split) added beside TRL's untouched labels.
     labels = batch["labels"].clone()
@@ -259,10 +259,9 @@ def test_full_sequence_loss_flags_prompt_leak(arch, tok, tmp_path):
     real = batch["attention_mask"].bool()
     assert torch.equal(batch["labels"][real], batch["input_ids"][real])  # TRL trains every real token
 
-    # Without roles gradscope cannot tell a prompt token from a completion token: the batch looks fine.
+    # Without roles gradscope cannot tell a prompt token from a completion token: not verified, never clean.
     plain = gradscope.check(model, batch, tokenizer=tok)
-    assert plain.findings == []
-    assert ROLES_UNKNOWN_NOTE in plain.notes
+    assert pairs(plain) == {("roles_unknown", None)}
 
     # TRL's collator drops the roles, but in this mode the prepared dataset keeps TRL's own completion_mask column
     # (it only folds it into labels when completion_only_loss=True). Pad it to the batch and add it as the role
@@ -307,11 +306,10 @@ def test_assistant_only_loss_multi_turn_is_clean(arch, tok, tmp_path):
     # assistant_masks is folded into the labels and dropped during preparation, like completion_mask.
     assert "assistant_masks" not in trainer.train_dataset.column_names
 
-    # Without roles: the user and system turns' <|im_end|> are untrained, and rightly not flagged (they close no
-    # trained span); the assistant turns' <|im_end|> are trained.
+    # Without a role tensor the roles come from the ChatML template's markers, and agree with TRL's labels.
     plain = gradscope.check(model, batch, tokenizer=tok)
     assert plain.findings == [], [(f.check, f.sample, f.positions) for f in plain.findings]
-    assert ROLES_UNKNOWN_NOTE in plain.notes
+    assert [s.roles_source for s in plain.samples] == ["chat_template"] * len(CONVERSATIONS)
 
     roles = chat_assistant_masks(tok, batch)
     report = gradscope.check(model, {**batch, "assistant_masks": roles}, tokenizer=tok)
@@ -332,6 +330,8 @@ def test_full_conversation_loss_flags_prompt_leak(arch, tok, tmp_path):
     model = build_model(arch, tok)
     rows = [{"messages": m} for m in CONVERSATIONS]
     _, batch = trl_batch(model, tok, tmp_path, rows, assistant_only_loss=False)
+    # TRL's batch as it is: the template's markers give the roles, so the leak is seen without a role tensor.
+    assert pairs(gradscope.check(model, batch, tokenizer=tok)) == {("prompt_leak", i) for i in range(len(CONVERSATIONS))}
     roles = chat_assistant_masks(tok, batch)
     report = gradscope.check(model, {**batch, "assistant_masks": roles}, tokenizer=tok)
     assert pairs(report) == {("prompt_leak", i) for i in range(len(CONVERSATIONS))}
@@ -357,8 +357,9 @@ def test_pad_equals_eos_collator_flags_eos_untrained(arch, tok, tmp_path):
 
     report = gradscope.check(model, batch, tokenizer=tok)
     assert not report.ok
-    assert pairs(report) == {("eos_untrained", i) for i in range(len(TEXTS))}
-    for finding in report.findings:
+    # Plain texts: no role source reads them (not verified), and the gradient shows the untrained EOS.
+    assert pairs(report) == {("eos_untrained", i) for i in range(len(TEXTS))} | {("roles_unknown", None)}
+    for finding in report.errors:
         n = len(rows[finding.sample]["input_ids"])
         assert finding.positions == [n - 1]
         assert "pad_token == eos_token" in finding.message

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 import gradscope
-from gradscope.checks.masking import SampleView, check_sample
+from gradscope.checks.masking import check_sample
+from gradscope.checks.sample import SampleView
 from gradscope.constants import UNKNOWN
 from gradscope.data.batch import COMPLETION, PAD, PROMPT
 from gradscope.data.chunks import Chunk
@@ -25,7 +26,7 @@ CATALOGUE = json.loads((FIXTURES / "catalogue.json").read_text())
 EOS, PAD_ID = 2, 0
 
 
-def reference_view(row: dict[str, np.ndarray], index: int) -> SampleView:
+def reference_view(row: dict[str, np.ndarray], index: int, pad_id: int = PAD_ID) -> SampleView:
     """The row as check sees it, built independently of gradscope.scan."""
     ids = torch.tensor(row["input_ids"])
     labels = torch.tensor(row["labels"])
@@ -35,7 +36,7 @@ def reference_view(row: dict[str, np.ndarray], index: int) -> SampleView:
         role = torch.where(torch.tensor(row["completion_mask"]) == 1, COMPLETION, PROMPT)
     role[torch.tensor(row["attention_mask"]) == 0] = PAD
     cut = int(row["completion_cut"][0]) if "completion_cut" in row else 0
-    return SampleView(index, ids, role, trained, torch.where(trained, labels, -1), [None] * len(ids), frozenset({EOS}), PAD_ID,
+    return SampleView(index, ids, role, trained, torch.where(trained, labels, -1), [None] * len(ids), frozenset({EOS}), pad_id,
                       completion_cut=cut)
 
 
@@ -47,21 +48,24 @@ def as_chunk(rows: list[dict[str, np.ndarray]]) -> Chunk:
                  flat.get("completion_cut"))
 
 
+@pytest.mark.parametrize("pad_id", [PAD_ID, EOS], ids=["pad", "pad is eos"])
 @pytest.mark.parametrize("roles", [True, False], ids=["roles", "no roles"])
-def test_vectorized_checks_equal_analyze_row_by_row(roles, random_rows):
+def test_vectorized_checks_equal_analyze_row_by_row(roles, pad_id, random_rows):
     rows = random_rows(3000, seed=1 if roles else 2, roles=roles)
-    v = verdicts(as_chunk(rows), [EOS])
+    v = verdicts(as_chunk(rows), [EOS], pad_token_id=pad_id)
     seen = set()
     for i, row in enumerate(rows):
-        expected = {f.check: len(f.positions) for f in check_sample(reference_view(row, i))}
+        expected = {f.check: len(f.positions) for f in check_sample(reference_view(row, i, pad_id))}
         got = {name: int(v.positions[name][i]) for name in CHECKS if v.fails[name][i]}
         for name in ("no_loss", "completion_truncated"):  # they name no positions; the scan counts tokens to rank rows
             if name in got:
                 got[name] = 0
         assert got == expected, f"row {i}: {row}"
         seen.update(got)
-    no_roles = {"prompt_leak", "completion_untrained", "completion_truncated"}
+    no_roles = {"prompt_leak", "completion_untrained", "turn_end_untrained", "completion_truncated"}
     expected_checks = set(CHECKS) if roles else set(CHECKS) - no_roles
+    if pad_id == EOS:  # a pad that is an end token is never read as left padding
+        expected_checks -= {"pads_attended"}
     assert seen == expected_checks  # the random rows reached every check
 
 
@@ -69,10 +73,27 @@ def _catalogue_scan(case: dict) -> gradscope.ScanReport:
     return scan(FIXTURES / case["data"], tokenizer=FIXTURES / case["model"], examples=10)
 
 
+def _roles_from_tokens(case: dict) -> bool:
+    """check reads this case's roles from its tokens (a response template, raw rows, or a chat template's markers
+    where the batch has no role tensor and something to find): scan reads roles from the batch only."""
+    if case.get("response_template") or case.get("roles_from"):
+        return True
+    path = FIXTURES / case["data"]
+    if path.suffix == ".jsonl":
+        keys = set(json.loads(path.read_text().splitlines()[0]))
+    else:
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            keys = set(f.keys())
+    return not keys & {"completion_mask", "assistant_masks"} and bool(case["expect"])
+
+
 # The structural cases (causal, packed, loss and accumulation probes) need the model: scan reads labels only.
 LABEL_CASES = [
     c for c in CATALOGUE
     if {e["check"] for e in c["expect"]} <= set(CHECKS) and not c.get("loss") and not c.get("accumulate")
+    and not _roles_from_tokens(c)
 ]
 
 
@@ -125,7 +146,7 @@ def scan_rows(rows: list[dict[str, np.ndarray]], **kwargs) -> gradscope.ScanRepo
 
     chunk = as_chunk(rows)
     report = ScanReport(source={})
-    return scan_chunks(iter([(chunk, verdicts(chunk, [EOS]))]), report, end_token_ids=frozenset({EOS}), pad_token_id=PAD_ID, **kwargs)
+    return scan_chunks(iter([(chunk, verdicts(chunk, [EOS], pad_token_id=PAD_ID))]), report, end_token_ids=frozenset({EOS}), pad_token_id=PAD_ID, **kwargs)
 
 
 @pytest.mark.parametrize("density", [0.0, 0.001, 0.01, 0.2, 1.0])

@@ -19,7 +19,7 @@ from gradscope.testing import assert_masking
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 CATALOGUE = json.loads((FIXTURES / "catalogue.json").read_text())
 LLAMA, GPT2 = "models/tiny-llama-chat", "models/tiny-gpt2"
-WARNINGS = {"uneven_token_weights"}
+WARNINGS = {"uneven_token_weights", "roles_unknown"}
 
 
 @pytest.fixture
@@ -30,7 +30,11 @@ def run_case(fixture_model):
         model, tokenizer = fixture_model(case["model"])
         batches = load_batches(FIXTURES / case["data"], pad_token_id=tokenizer.pad_token_id, batch_size=case.get("batch_size", 1))
         loss_fn = load_loss_fn(str(FIXTURES / case["loss"])) if "loss" in case else None
-        return gradscope.check_batches(model, batches, tokenizer=tokenizer, loss_fn=loss_fn, accumulate=case.get("accumulate"))
+        roles_from = FIXTURES / case["roles_from"] if "roles_from" in case else None
+        return gradscope.check_batches(
+            model, batches, tokenizer=tokenizer, loss_fn=loss_fn, accumulate=case.get("accumulate"),
+            response_template=case.get("response_template"), roles_from=roles_from,
+        )
 
     return run
 
@@ -52,7 +56,8 @@ def test_catalogue_case_yields_exactly_its_findings(case, run_case):
 def test_catalogue_covers_every_check_on_both_architectures():
     by_model = {LLAMA: set(), GPT2: set()}
     for case in CATALOGUE:
-        by_model[case["model"]].update(e["check"] for e in case["expect"]) or by_model[case["model"]].add("clean")
+        found = by_model.setdefault(case["model"], set())
+        found.update(e["check"] for e in case["expect"]) or found.add("clean")
     assert {"clean", "prompt_leak", "pad_leak", "eos_untrained", "no_loss", "label_misaligned"} <= by_model[GPT2] | {"clean"}
     assert {"prompt_leak", "pad_leak", "completion_untrained", "eos_untrained", "no_loss", "label_misaligned"} <= by_model[LLAMA]
     structural = {"causal_leak", "cross_document_leak", "boundary_leak", "uneven_token_weights", "accumulation_mismatch"}
@@ -106,11 +111,21 @@ def test_report_json_schema_v1(run_case):
     assert data["summary"]["ok"] is False and data["summary"]["errors"] == len(data["findings"])
 
 
-def test_roles_unknown_is_said(run_case):
+def test_roles_without_a_role_tensor_come_from_the_chat_template(run_case):
     report = run_case(next(c for c in CATALOGUE if c["name"].startswith("llama_unknown_roles")))
-    assert report.ok
-    assert any("roles unknown" in n for n in report.notes)
-    assert {t.role for s in report.samples for t in s.tokens} <= {None, "pad"}
+    assert report.ok and report.findings == []
+    assert [s.roles_source for s in report.samples] == ["chat_template"] * 3
+    [clean] = load_batches(FIXTURES / "batches/llama_clean.safetensors", pad_token_id=3)
+    # The template's markers give every token the role the fixture's completion_mask gives it, except the "\n" glue
+    # after each <|im_end|>, which is not judged.
+    for b, sample in enumerate(report.samples):
+        for t in sample.tokens:
+            if t.role == "pad":
+                assert not clean["attention_mask"][b, t.position]
+            elif t.role is not None:
+                assert (t.role == "completion") == bool(clean["completion_mask"][b, t.position])
+            else:
+                assert t.text == "\n" and not clean["completion_mask"][b, t.position]
 
 
 def test_nonfinite_weights_are_reported_once_for_the_batch(fixture_model):
@@ -147,6 +162,12 @@ def test_bad_batch_raises_input_error(fixture_model):
         gradscope.check(model, {"input_ids": torch.tensor([[1, 2, 10**6]])})
 
 
+def _beyond_roles(report: gradscope.Report) -> list:
+    """The findings other than roles_unknown: these batches have no roles and no tokenizer, so none are read."""
+    assert [f.check for f in report.findings if f.sample is None] == ["roles_unknown"]
+    return [f for f in report.findings if f.check != "roles_unknown"]
+
+
 def _trl_padding_free(model):
     """Three documents through TRL's own padding-free collator: one row, position_ids restarting per document."""
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
@@ -164,17 +185,17 @@ def test_trl_padding_free_batch_is_clean_only_when_the_call_isolates_documents(a
     batch = _trl_padding_free(model)
     model.config.use_cache = False  # what transformers' Trainer sets, and TRL passes
     clean = gradscope.check(model, batch)
-    assert clean.findings == []
+    assert _beyond_roles(clean) == []
     isolated = clean.probes["packing"]  # the screen tests both boundaries, so no extra backward pass runs
     assert isolated.ran and isolated.backward_passes == 0 and "2 of 2 document boundaries screened" in isolated.note
     ones = gradscope.check(model, {**batch, "attention_mask": torch.ones_like(batch["input_ids"])})
-    assert [(f.check, f.sample, f.positions) for f in ones.findings] == [("cross_document_leak", 0, list(range(12)))]
+    assert [(f.check, f.sample, f.positions) for f in _beyond_roles(ones)] == [("cross_document_leak", 0, list(range(12)))]
     assert "attention_mask is passed" in ones.findings[0].message
     model.config.use_cache = True
     cached = gradscope.check(model, batch)
-    assert [(f.check, f.sample) for f in cached.findings] == [("cross_document_leak", 0)]
+    assert [(f.check, f.sample) for f in _beyond_roles(cached)] == [("cross_document_leak", 0)]
     assert "config has use_cache=True" in cached.findings[0].message
-    assert gradscope.check(model, {**batch, "use_cache": False}).findings == []  # TRL's compute_loss passes it
+    assert _beyond_roles(gradscope.check(model, {**batch, "use_cache": False})) == []  # TRL's compute_loss passes it
     packing = cached.probes["packing"]  # the screen fired: two confirming windows (the future, later documents)
     assert packing.ran and packing.backward_passes == 2 and packing.batched and "2 of 2 document boundaries" in packing.note
 
@@ -186,7 +207,7 @@ def test_documents_declared_only_for_flash_attention_leak_under_sdpa(tiny_model)
     batch = {"input_ids": ids, "labels": ids.clone(), "cu_seq_lens_q": torch.tensor([0, 5, 12], dtype=torch.int32)}
     batch["labels"][0, 5] = -100
     report = gradscope.check(model, batch)
-    assert [(f.check, f.positions) for f in report.findings] == [("cross_document_leak", [0, 1, 2, 3, 4])]
+    assert [(f.check, f.positions) for f in _beyond_roles(report)] == [("cross_document_leak", [0, 1, 2, 3, 4])]
     assert "do not restart at 5" in report.findings[0].message and "flash-attention" in report.findings[0].message
 
 
@@ -210,7 +231,7 @@ def test_probes_can_be_chosen_and_their_cost_is_reported(tiny_model):
     model.config.use_cache = True
     batch = _trl_padding_free(model)
     report = gradscope.check(model, batch, probes=["causal"])
-    assert report.findings == []  # the cache leak is there, but packing was not probed
+    assert _beyond_roles(report) == []  # the cache leak is there, but packing was not probed
     data = report.to_dict()["probes"]
     assert set(data) == {"causal", "packing", "weights"}
     # The screen sees the loss reach tokens it may not; the causal window finds no future dependence.

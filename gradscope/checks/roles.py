@@ -1,0 +1,36 @@
+"""What could not be checked for want of roles: a finding, so that no report says clean when it did not look."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from gradscope.report.finding import Finding
+from gradscope.report.text import format_positions
+
+ROLES_HINT = (
+    "To give roles: a completion_mask in the batch; response_template (--response-template) with the text that "
+    "starts each completion; roles_from (--roles-from) with the raw rows the batch was made from; or a tokenizer "
+    "with a chat template gradscope can read"
+)
+
+
+def roles_unknown(samples: Sequence[int], reasons: Sequence[str | None]) -> Finding | None:
+    """A warning naming the samples whose roles are unknown and why: their prompt was not checked.
+
+    Args:
+        samples: Sample indices whose roles could not be derived, ascending.
+        reasons: Why, one per sample (repeats are said once).
+    """
+    if not samples:
+        return None
+    why = "; ".join(dict.fromkeys(r for r in reasons if r)) or "no role source"
+    which = f"sample {samples[0]}" if len(samples) == 1 else f"samples {format_positions(samples)}"
+    return Finding(
+        "roles_unknown",
+        "warning",
+        None,
+        [],
+        f"not verified: the roles of {which} are unknown ({why}). prompt_leak and completion_untrained were not "
+        "checked there, and eos_untrained looked only at end tokens right after trained tokens, so a trained prompt "
+        f"goes unseen. {ROLES_HINT}.",
+    )

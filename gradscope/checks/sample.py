@@ -1,0 +1,91 @@
+"""What every per-sample check reads: one sample's tokens, labels, roles and what the gradient trained."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
+
+import torch
+
+from gradscope.constants import COMPLETION, PAD, PROMPT
+
+
+@dataclass(frozen=True)
+class SampleView:
+    """One sample as the checks see it. Tensors are 1D (T,) on the CPU."""
+
+    index: int
+    input_ids: torch.Tensor
+    roles: torch.Tensor  # role codes from gradscope.batch
+    trained: torch.Tensor  # bool
+    target_id: torch.Tensor  # -1 where untrained
+    texts: Sequence[str | None]
+    end_token_ids: frozenset[int]
+    pad_token_id: int | None
+    document_starts: frozenset[int] = frozenset()  # first positions of packed documents after the first
+    completion_cut: int = 0  # completion tokens that truncation removed from this row (known when gradscope tokenized)
+    bos_token_id: int | None = None
+    media_token_ids: frozenset[int] = frozenset()  # image/video/audio placeholders (media_tokens_trained)
+    boundaries_known: bool = False  # document_starts were read from the batch (the packing probe ran)
+
+    @property
+    def roles_known(self) -> bool:
+        return bool(((self.roles == PROMPT) | (self.roles == COMPLETION)).any())
+
+    @cached_property
+    def closing(self) -> tuple[int, ...]:
+        """``closing_positions`` of this sample, computed once: three checks read it."""
+        return tuple(closing_positions(self))
+
+    def where(self, mask: torch.Tensor) -> list[int]:
+        """Positions >= 1 where mask holds, documents' first tokens left out (they are never prediction targets)."""
+        mask = mask.clone()
+        mask[0] = False
+        mask[list(self.document_starts)] = False
+        return mask.nonzero().flatten().tolist()
+
+
+def closing_positions(s: SampleView) -> list[int]:
+    """Positions of the end tokens that close a completion, which must be trained for the model to stop.
+
+    With roles: for each completion span, the end token the span itself holds (its last one); a span holding none is
+    closed by the end token right after it (a template that hands the end-of-turn token to the next turn). Padding
+    never closes a span, whatever its id, with one exception that is a bug in itself: when the pad id is an end
+    token and a span with no end token runs straight into padding, the first pad is where the span's EOS was, masked
+    as padding (``attention_mask = ids != pad``). Without roles the gradient is the evidence: an end token right
+    after a trained token that is not itself an end token closes what was being trained (the same exception kept).
+    """
+    ends = torch.isin(s.input_ids, torch.tensor(sorted(s.end_token_ids), dtype=s.input_ids.dtype))
+    pad = s.roles == PAD
+    if not s.roles_known:
+        after_trained = torch.zeros_like(s.trained)
+        after_trained[1:] = s.trained[:-1] & ~ends[:-1]
+        eos_as_pad = torch.zeros_like(pad)
+        eos_as_pad[1:] = pad[1:] & ~pad[:-1] & (s.input_ids[1:] == pad_token_of(s))
+        return s.where(ends & (~pad | eos_as_pad) & after_trained)
+    out = []
+    for first, last in true_runs(s.roles == COMPLETION):
+        held = [t for t in range(first, last + 1) if ends[t]]
+        if held:
+            out.append(held[-1])
+        elif last + 1 < len(ends) and ends[last + 1] and (not pad[last + 1] or int(s.input_ids[last + 1]) == pad_token_of(s)):
+            out.append(last + 1)
+    return [p for p in out if p > 0]
+
+
+def pad_token_of(s: SampleView) -> int:
+    """The pad id when it is also an end token (pad == eos), else -1 (matches no token)."""
+    return s.pad_token_id if s.pad_token_id is not None and s.pad_token_id in s.end_token_ids else -1
+
+
+def true_runs(mask: torch.Tensor) -> list[tuple[int, int]]:
+    """Maximal runs of True as (first, last) pairs."""
+    runs, start = [], None
+    for i, flag in enumerate(mask.tolist() + [False]):
+        if flag and start is None:
+            start = i
+        elif not flag and start is not None:
+            runs.append((start, i - 1))
+            start = None
+    return runs

@@ -1,0 +1,247 @@
+"""Roles of an already tokenized batch, read from its tokens: the role tensor, raw rows, templates, or nothing.
+
+Real pipelines hand the trainer ``input_ids`` + ``labels`` only (TRL's collator drops ``completion_mask``;
+transformers', axolotl's, LLaMA-Factory's and torchtune's collators never emit one), so the roles that decide
+``prompt_leak`` and ``completion_untrained`` must come from the tokens themselves. The sources, in order:
+
+1. a role tensor in the batch (``gradscope_roles``, ``completion_mask``, ``assistant_masks``);
+2. the raw rows the batch was made from (``roles_from``), tokenized again and matched token by token;
+3. ``response_template`` (and ``instruction_template``) as token sequences found in each row;
+4. the tokenizer's chat template: each assistant turn's opening and closing markers, learnt from probe chats;
+5. none: the row's roles are unknown, and the reason says why.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gradscope.constants import COMPLETION, PROMPT, ROLE_CODES_KEY, ROLE_KEYS, ROW_KEY, UNKNOWN
+from gradscope.data.batch import real_tokens
+from gradscope.data.load import load_role_rows
+from gradscope.data.pipelines import DataOptions
+from gradscope.data.roles import TRAIN_ON, RoleRow, find_subsequence
+from gradscope.data.templates import TemplateMarkers, template_markers
+from gradscope.errors import DataError
+
+UNKNOWN_SOURCE = "unknown"
+
+
+@dataclass
+class RoleSources:
+    """What the user gave gradscope to read roles from tokens.
+
+    Attributes:
+        response_template: Text that starts each completion (tokenized without special tokens).
+        instruction_template: Text that starts each prompt turn after a completion.
+        roles_from: The raw rows the batch was made from, tokenized and split into roles, in data order.
+        roles_from_path: Where those rows came from, for error messages.
+        train_on: ``all-assistant`` or ``last-assistant`` for chat-template markers.
+    """
+
+    response_template: str | None = None
+    instruction_template: str | None = None
+    roles_from: Sequence[RoleRow] | None = None
+    roles_from_path: str | None = None
+    train_on: str = "all-assistant"
+
+
+@dataclass
+class BatchRoles:
+    """Role codes for a batch and where each row's came from.
+
+    Attributes:
+        codes: (B, T) role codes (PAD left to ``batch.roles``, which reads the attention mask).
+        sources: Per row: a batch key, ``roles_from``, ``response_template``, ``chat_template`` or ``unknown``.
+        reasons: Per row: why the roles are unknown, else None.
+    """
+
+    codes: torch.Tensor | None
+    sources: list[str]
+    reasons: list[str | None]
+
+
+def batch_roles(batch: Mapping[str, Any], tokenizer: Any, end_token_ids: frozenset[int],
+                sources: RoleSources | None = None, first_row: int = 0) -> BatchRoles:
+    """The roles of every row of a tokenized batch, from the first source that gives them.
+
+    Args:
+        batch: The batch (``input_ids`` (B, T), optional ``attention_mask``, role tensors, ``gradscope_rows``).
+        tokenizer: Tokenizes the templates and carries the chat template; may be None.
+        end_token_ids: Tokens that close a turn.
+        sources: What the user gave to read roles from.
+        first_row: The data row of the batch's first row.
+
+    Returns:
+        The codes (None when the batch's own role tensor is used as is) and each row's source.
+
+    Raises:
+        DataError: ``roles_from`` rows that do not match the batch's tokens (naming the row and position).
+    """
+    sources = sources or RoleSources()
+    rows = len(batch["input_ids"])
+    key = next((k for k in (ROLE_CODES_KEY, *ROLE_KEYS) if k in batch), None)
+    if key is not None:
+        return BatchRoles(None, [key] * rows, [None] * rows)
+    real = real_tokens(batch)
+    index = batch[ROW_KEY].tolist() if ROW_KEY in batch else list(range(first_row, first_row + rows))
+    codes = torch.full(batch["input_ids"].shape, UNKNOWN, dtype=torch.long)
+    names, reasons = [], []
+    readers = _readers(tokenizer, end_token_ids, sources)
+    for b in range(rows):
+        positions = real[b].nonzero().flatten()
+        ids = batch["input_ids"][b][positions].tolist()
+        name, roles, reason = _first_reading(readers, ids, int(index[b]))
+        if roles is not None:
+            codes[b, positions] = torch.tensor(roles, dtype=torch.long)
+        names.append(name)
+        reasons.append(reason)
+    return BatchRoles(codes, names, reasons)
+
+
+def role_sources(
+    tokenizer: Any, ends: frozenset[int], response_template: str | None, instruction_template: str | None,
+    roles_from: str | Path | None, train_on: str,
+) -> RoleSources:
+    """The role sources of a check; ``roles_from`` rows are read, tokenized and split into roles here.
+
+    Raises:
+        DataError: an unknown ``train_on``, or ``roles_from`` rows gradscope cannot read or split into roles.
+    """
+    if train_on not in TRAIN_ON:
+        raise DataError(f"train_on {train_on!r} is not one of {', '.join(TRAIN_ON)}")
+    rows = None
+    if roles_from is not None:
+        options = DataOptions(response_template=response_template, instruction_template=instruction_template,
+                              train_on=train_on)
+        rows = load_role_rows(roles_from, tokenizer, options=options, end_token_ids=ends)
+    return RoleSources(response_template, instruction_template, rows, None if roles_from is None else str(roles_from),
+                       train_on)
+
+
+def _first_reading(readers: list, ids: list[int], row: int) -> tuple[str, list[int] | None, str | None]:
+    """(source, roles, None) from the first reader that reads the row, else ('unknown', None, every reason)."""
+    why = []
+    for name, read in readers:
+        roles, reason = read(ids, row)
+        if roles is not None:
+            return name, roles, None
+        why.append(reason)
+    return UNKNOWN_SOURCE, None, "; ".join(why) or "no role source"
+
+
+def _readers(tokenizer: Any, ends: frozenset[int], sources: RoleSources) -> list:
+    """(name, read(ids, row) -> (roles | None, reason)) for each source the user gave, in order."""
+    readers = []
+    if sources.roles_from is not None:
+        readers.append(("roles_from", _RawRows(sources.roles_from, sources.roles_from_path)))
+    if sources.response_template is not None:
+        if tokenizer is None:
+            raise DataError("response_template needs a tokenizer to turn it into tokens")
+        readers.append(("response_template", _ResponseTemplate(tokenizer, sources, ends)))
+    markers, why = chat_markers(tokenizer, ends)
+    if markers is not None:
+        readers.append(("chat_template", lambda ids, row: _marker_roles(markers, ids, sources.train_on)))
+    elif not readers:
+        readers.append(("chat_template", lambda ids, row: (None, f"the batch has no role tensor and {why}")))
+    return readers
+
+
+# --- raw rows -------------------------------------------------------------------------------------------------
+
+
+class _RawRows:
+    """Roles from the raw rows the batch was made from: the batch row's real tokens must be the raw row's tokens."""
+
+    def __init__(self, rows: Sequence[RoleRow], path: str | None) -> None:
+        self.rows, self.path = {r.index: r for r in rows}, path
+
+    def __call__(self, ids: list[int], row: int) -> tuple[list[int] | None, str | None]:
+        raw = self.rows.get(row)
+        if raw is None:
+            raise DataError(f"roles_from has no row {row}, which the batch holds", path=self.path,
+                            hint="give the raw rows the batch was made from, all of them, in the same order")
+        at = next((t for t, (a, b) in enumerate(zip(ids, raw.input_ids)) if a != b), None)
+        if at is None and len(ids) > len(raw.input_ids):
+            at = len(raw.input_ids)
+        if at is not None:
+            have = ids[at] if at < len(ids) else "nothing"
+            want = raw.input_ids[at] if at < len(raw.input_ids) else "nothing (the raw row ends)"
+            raise DataError(
+                f"the batch's tokens differ from the raw row's at real token {at}: the batch holds {have}, the raw "
+                f"row tokenizes to {want}", path=self.path, row=row, position=at,
+                hint="give the raw rows the batch was made from, in the same order, with the same tokenizer and "
+                "chat template (a batch truncated at the end is accepted)",
+            )
+        return list(raw.roles[: len(ids)]), None
+
+
+# --- response / instruction templates as tokens ----------------------------------------------------------------
+
+
+class _ResponseTemplate:
+    """After each response template is completion, through the first end token; it stops earlier at the next
+    instruction or response template, and runs to the row's end when neither nor an end token follows."""
+
+    def __init__(self, tokenizer: Any, sources: RoleSources, ends: frozenset[int]) -> None:
+        self.response = _template_ids(tokenizer, sources.response_template)
+        self.instruction = _template_ids(tokenizer, sources.instruction_template) if sources.instruction_template else []
+        self.text, self.ends = sources.response_template, ends
+
+    def __call__(self, ids: list[int], row: int) -> tuple[list[int] | None, str | None]:
+        starts = [p + len(self.response) for p in find_subsequence(ids, self.response)]
+        if not starts:
+            return None, f"the response template {self.text!r} (tokens {self.response}) is not in the row's tokens"
+        stops = find_subsequence(ids, self.instruction) if self.instruction else []
+        roles = [PROMPT] * len(ids)
+        for begin in starts:
+            stop = min([s for s in stops if s >= begin] + [s - len(self.response) for s in starts if s > begin],
+                       default=len(ids))
+            close = next((t for t in range(begin, stop) if ids[t] in self.ends), None)
+            stop = stop if close is None else close + 1
+            roles[begin:stop] = [COMPLETION] * (stop - begin)
+        return roles, None
+
+
+def _template_ids(tokenizer: Any, text: str) -> list[int]:
+    ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    if not ids:
+        raise DataError(f"the template {text!r} has no tokens", hint="give the text that starts each completion")
+    return ids
+
+
+# --- chat-template markers -------------------------------------------------------------------------------------
+
+_MARKERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def chat_markers(tokenizer: Any, ends: frozenset[int]) -> tuple[TemplateMarkers | None, str]:
+    """The tokenizer's chat-template markers (learnt once per tokenizer and end tokens), or None and why not."""
+    if tokenizer is None:
+        return None, "no tokenizer was given"
+    template = getattr(tokenizer, "chat_template", None)
+    if not template:
+        return None, "the tokenizer has no chat template"
+    try:
+        cache = _MARKERS.setdefault(tokenizer, {})
+    except TypeError:
+        cache = {}
+    key = (str(template), ends)
+    if key not in cache:
+        cache[key] = template_markers(tokenizer, ends)
+    if cache[key] is None:
+        return None, "the chat template's assistant markers could not be learnt from probe chats"
+    return cache[key], ""
+
+
+def _marker_roles(markers: TemplateMarkers, ids: list[int], train_on: str) -> tuple[list[int] | None, str | None]:
+    roles = markers.roles(ids, train_on)
+    if COMPLETION not in roles:
+        return None, "no assistant turn of the chat template is in the row's tokens"
+    return roles, None
+
