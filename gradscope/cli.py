@@ -5,6 +5,7 @@ Exit codes: 0 no error finding; 1 error findings (warnings too with --strict); 2
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -20,9 +21,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 
 from gradscope.check import check_batches, chosen_probes, default_end_token_ids, resolve_pad_token_id
-from gradscope.errors import DataError, GradscopeError
+from gradscope.errors import DataError, GradscopeError, InputError
 from gradscope.grads import DEFAULT_LR, DEFAULT_MAX_GRAD_NORM
 from gradscope.grads import grads as grads_pass
+from gradscope.html import to_html
+from gradscope.junit import github_annotations, to_junit
 from gradscope.load import (
     config_end_token_ids,
     load_data,
@@ -51,6 +54,7 @@ app = typer.Typer(
 class Format(str, Enum):
     text = "text"
     json = "json"
+    junit = "junit"
 
 
 class DType(str, Enum):
@@ -114,8 +118,21 @@ AssistantOnlyOpt = Annotated[bool | None, typer.Option("--assistant-only-loss/--
 PackingOpt = Annotated[bool | None, typer.Option("--packing/--no-packing", help="SFTConfig.packing.")]
 PaddingFreeOpt = Annotated[bool | None, typer.Option("--padding-free/--no-padding-free", help="SFTConfig.padding_free.")]
 BaseOpt = Annotated[Path | None, typer.Option("--base", help="Base model directory of a PEFT adapter (default: base_model_name_or_path in its adapter_config.json).")]
-FormatOpt = Annotated[Format, typer.Option("--format", help="text: a terminal report; json: schema v1 on stdout.")]
-OutputOpt = Annotated[Path | None, typer.Option("--output", help="Also write the JSON report to this file.")]
+
+
+def _output_path(path: Path | None) -> Path | None:
+    """Refuse a file gradscope could not write before the model runs: one Error line, exit status 2."""
+    if path is not None and (path.is_dir() or not path.parent.is_dir()):
+        what = "is a directory" if path.is_dir() else f"its directory {path.parent} does not exist"
+        print(f"Error: cannot write {path}: {what}; create the directory or give another path", file=sys.stderr)
+        raise typer.Exit(EXIT_BAD_INPUT)
+    return path
+
+
+FORMAT_HELP = "text: a terminal report; json: schema v1 on stdout; junit: JUnit XML on stdout (one test case per sample per check)."
+FormatOpt = Annotated[Format, typer.Option("--format", help=FORMAT_HELP)]
+OutputOpt = Annotated[Path | None, typer.Option("--output", callback=_output_path, help="Also write the JSON report to this file.")]
+HtmlOpt = Annotated[Path | None, typer.Option("--html", callback=_output_path, help="Also write the report as one self-contained HTML page to this file.")]
 StrictOpt = Annotated[bool, typer.Option("--strict", help="Exit 1 on warnings too.")]
 LrOpt = Annotated[float, typer.Option("--lr", min=0.0, help="Learning rate of the update-to-weight ratios and of the overfit steps.")]
 MaxNormOpt = Annotated[float, typer.Option("--max-grad-norm", min=0.0, help="Clipping threshold the clip factor is computed for.")]
@@ -273,14 +290,34 @@ def _report_or_exit(opts: RunOptions) -> Report:
     return _guarded(lambda: _run(opts))
 
 
-def _emit(report: Report | ScanReport, output_format: Format, output: Path | None, view: object, strict: bool) -> typer.Exit:
-    """Write the JSON file, print the report as asked, and give the exit code."""
-    if output is not None:
-        output.write_text(to_json(report) + "\n", encoding="utf-8")
+def _write(path: Path | None, text: Callable[[], str]) -> None:
+    """Write a report file; a failure to write is bad input (one Error line, exit status 2), not a traceback."""
+    if path is None:
+        return
+    try:
+        path.write_text(text(), encoding="utf-8")
+    except OSError as err:
+        print(f"Error: cannot write {path}: {err.strerror or err}; check the path and its permissions", file=sys.stderr)
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+
+
+def _emit(
+    report: Report | ScanReport, output_format: Format, output: Path | None, view: object, strict: bool,
+    html: Path | None = None,
+) -> typer.Exit:
+    """Write the JSON and HTML files, print the report as asked (and GitHub annotations under Actions), and give
+    the exit code."""
+    _write(output, lambda: to_json(report) + "\n")
+    _write(html, lambda: to_html(report))
     if output_format is Format.json:
         sys.stdout.write(to_json(report) + "\n")
+    elif output_format is Format.junit:
+        sys.stdout.write(to_junit(report, strict=strict))
     else:
         Console(highlight=False).print(view)
+    if os.environ.get("GITHUB_ACTIONS") == "true":
+        for line in github_annotations(report, strict=strict):
+            print(line, file=sys.stderr)
     return typer.Exit(exit_code(report, strict))
 
 
@@ -296,8 +333,9 @@ def check(
     dtype: DTypeOpt = DType.float32,
     trust_remote_code: RemoteOpt = False,
     keep_dropout: DropoutOpt = False,
-    output_format: Annotated[Format, typer.Option("--format", help="text: a terminal report; json: schema v1 on stdout.")] = Format.text,
-    output: Annotated[Path | None, typer.Option("--output", help="Also write the JSON report to this file.")] = None,
+    output_format: FormatOpt = Format.text,
+    output: OutputOpt = None,
+    html: HtmlOpt = None,
     strict: Annotated[bool, typer.Option("--strict", help="Exit 1 on warnings too.")] = False,
     show: Annotated[int, typer.Option("--show", min=0, help="Token strips to show in the terminal report.")] = 8,
     response_template: ResponseOpt = None,
@@ -343,7 +381,7 @@ def check(
 
     report = _guarded(work)
     views = [CheckView(report, max_samples=show)] + ([GradsView(report)] if params else [])
-    raise _emit(report, output_format, output, Group(*views), strict)
+    raise _emit(report, output_format, output, Group(*views), strict, html)
 
 
 @app.command()
@@ -364,6 +402,7 @@ def inspect(
     max_length: MaxLengthOpt = None,
     truncation_mode: TruncationOpt = None,
     base: BaseOpt = None,
+    html: Annotated[Path | None, typer.Option("--html", callback=_output_path, help="Also write this row's view (token strip, heat map, findings) as one self-contained HTML page.")] = None,
 ) -> None:
     """Show one row in detail: a per-token table and a layers x positions heat map of gradient norms."""
     # Run the row inside the batch it belongs to, so that its loss weights are the ones training sees.
@@ -376,6 +415,7 @@ def inspect(
     report = _report_or_exit(opts)
     if row >= len(report.samples):
         raise _fail(DataError(f"there is no row {row}: the data has {len(report.samples)}", path=data, hint="pick --row from 0"))
+    _write(html, lambda: to_html(report, sample=report.samples[row].index))
     Console(highlight=False).print(InspectView(report, report.samples[row]))
     raise typer.Exit(exit_code(report, strict=False))
 
@@ -399,6 +439,7 @@ def grads(
     optimizer: Annotated[Optimizer, typer.Option("--optimizer", help="Optimizer of the overfit steps (AdamW with weight decay 0, or SGD).")] = Optimizer.adamw,
     output_format: FormatOpt = Format.text,
     output: OutputOpt = None,
+    html: HtmlOpt = None,
     strict: StrictOpt = False,
     response_template: ResponseOpt = None,
     instruction_template: InstructionOpt = None,
@@ -424,7 +465,7 @@ def grads(
         return report
 
     report = _guarded(work)
-    raise _emit(report, output_format, output, GradsView(report), strict)
+    raise _emit(report, output_format, output, GradsView(report), strict, html)
 
 
 @app.command()
@@ -475,12 +516,14 @@ def roles(
     train_on: TrainOnOpt = TrainOn.all_assistant,
     max_length: MaxLengthOpt = None,
     truncation_mode: TruncationOpt = None,
-    output_format: Annotated[Format, typer.Option("--format", help="text: coloured token strips; json: every token's role.")] = Format.text,
+    output_format: Annotated[Format, typer.Option("--format", help="text: coloured token strips; json: every token's role (junit: not for roles).")] = Format.text,
     show: Annotated[int, typer.Option("--show", min=0, help="Rows to show in the terminal view.")] = 8,
 ) -> None:
     """Show how gradscope splits DATA's raw rows into prompt and completion tokens, from the tokenizer and its chat
     template; no model runs."""
     opts = data_options(response_template, instruction_template, train_on, max_length, truncation_mode)
+    if output_format is Format.junit:
+        raise _fail(InputError("--format junit reports checks; roles runs none", hint="use --format text or json"))
     try:
         _quiet_transformers()
         tokenizer = load_tokenizer(model) if model.is_dir() else None
@@ -505,8 +548,9 @@ def scan(
     num_proc: Annotated[int, typer.Option("--num-proc", min=1, help="Processes, through datasets' Dataset.map (1: stream in this process).")] = 1,
     examples: Annotated[int, typer.Option("--examples", min=1, help="Rows of each failing check given in full.")] = 3,
     worst: Annotated[int, typer.Option("--worst", min=0, help="Rows with the most flagged positions to list.")] = 10,
-    output_format: Annotated[Format, typer.Option("--format", help="text: a terminal report; json: schema v1 on stdout.")] = Format.text,
-    output: Annotated[Path | None, typer.Option("--output", help="Also write the JSON report to this file.")] = None,
+    output_format: FormatOpt = Format.text,
+    output: OutputOpt = None,
+    html: HtmlOpt = None,
     strict: Annotated[bool, typer.Option("--strict", help="Exit 1 on warnings too.")] = False,
     response_template: ResponseOpt = None,
     instruction_template: InstructionOpt = None,
@@ -526,7 +570,7 @@ def scan(
                                   examples=examples, worst=worst, num_proc=num_proc, progress=advance)
     except GradscopeError as err:
         raise _fail(err) from None
-    raise _emit(report, output_format, output, ScanView(report), strict)
+    raise _emit(report, output_format, output, ScanView(report), strict, html)
 
 
 @contextmanager

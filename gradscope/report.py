@@ -74,6 +74,21 @@ class _Findings:
         return [f for f in self.findings if f.severity == "warning"]
 
 
+class _HtmlView:
+    """The HTML view of a report: a page to write, and the same view inline in a notebook."""
+
+    def to_html(self, *, sample: int | None = None) -> str:
+        """One self-contained HTML page (inline CSS and JS, no network); ``sample``: that sample alone."""
+        from gradscope.html import to_html
+
+        return to_html(self, sample=sample)
+
+    def _repr_html_(self) -> str:
+        from gradscope.html import html_fragment
+
+        return html_fragment(self)
+
+
 @dataclass
 class ProbeReport:
     """What one structural probe did and cost, summed over the batches.
@@ -264,7 +279,7 @@ class VerifyReport:
 
 
 @dataclass
-class Report(_Findings):
+class Report(_Findings, _HtmlView):
     """Everything ``gradscope.check`` found.
 
     Attributes:
@@ -359,7 +374,7 @@ SCAN_WARNINGS = frozenset({"completion_truncated"})
 
 
 @dataclass
-class ScanReport(_Findings):
+class ScanReport(_Findings, _HtmlView):
     """Everything ``gradscope scan`` found in a dataset, from its labels alone.
 
     Attributes:
