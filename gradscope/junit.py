@@ -56,7 +56,7 @@ def to_junit(report: Report | ScanReport, *, strict: bool = False) -> str:
     suites = ET.Element("testsuites", name=f"gradscope {command}")
     for check in dict.fromkeys(c.check for c in cases):
         _suite(suites, f"gradscope.{check}", [c for c in cases if c.check == check], strict)
-    _totals(suites, suites.findall("testsuite"))
+    _totals(suites, suites.findall("testsuite"), skipped=False)  # the common schema has no skipped on testsuites
     ET.indent(suites)
     return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(suites, encoding="unicode") + "\n"
 
@@ -78,12 +78,13 @@ def _suite(parent: ET.Element, name: str, cases: Sequence[Case], strict: bool) -
     _totals(suite, [suite])
 
 
-def _totals(element: ET.Element, suites: Iterable[ET.Element]) -> None:
+def _totals(element: ET.Element, suites: Iterable[ET.Element], skipped: bool = True) -> None:
     cases = [c for s in suites for c in s.findall("testcase")]
     element.set("tests", str(len(cases)))
     element.set("failures", str(sum(c.find("failure") is not None for c in cases)))
     element.set("errors", "0")
-    element.set("skipped", str(sum(c.find("skipped") is not None for c in cases)))
+    if skipped:
+        element.set("skipped", str(sum(c.find("skipped") is not None for c in cases)))
     element.set("time", "0")
 
 
