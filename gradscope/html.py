@@ -274,9 +274,15 @@ def _probes_table(r: Report) -> str:
 
 def _samples(r: Report, root: str) -> str:
     flagged = _flags(r.findings)
-    first = [s.index for s in r.samples if s.index in flagged] or [s.index for s in r.samples]
+    failing: dict[int, list[str]] = {}
+    for f in r.findings:  # a finding without positions (no_loss) still marks its sample
+        if f.sample is not None:
+            failing.setdefault(f.sample, []).append(f.check)
+    first = [s.index for s in r.samples if s.index in failing] or [s.index for s in r.samples]
     opened = set(first[:OPEN_SAMPLES])
-    body = "\n".join(_sample(s, flagged.get(s.index, {}), root, s.index in opened) for s in r.samples)
+    body = "\n".join(
+        _sample(s, flagged.get(s.index, {}), failing.get(s.index, []), root, s.index in opened) for s in r.samples
+    )
     return f'<section class="samples"><h2>Samples ({len(r.samples)})</h2>\n{body}\n</section>'
 
 
@@ -291,9 +297,9 @@ def _flags(findings: Sequence[Finding]) -> dict[int, dict[int, list[str]]]:
     return out
 
 
-def _sample(s: SampleReport, flags: dict[int, list[str]], root: str, opened: bool) -> str:
+def _sample(s: SampleReport, flags: dict[int, list[str]], checks: list[str], root: str, opened: bool) -> str:
     real = [t for t in s.tokens if t.role != "pad"]
-    checks = sorted({c for names in flags.values() for c in names})
+    checks = list(dict.fromkeys(checks))
     mark = f' <b class="fail">✗ {html.escape(", ".join(checks))}</b>' if checks else ""
     summary = f"sample {s.index}: {len(real)} tokens, {sum(t.trained for t in real)} trained{mark}"
     label = html.escape(f"tokens of sample {s.index}", quote=True)
@@ -369,8 +375,9 @@ def _sample_json(s: SampleReport) -> str:
     ]
     if s.layer_grad_norms:
         parts.append(f'"heat":{json.dumps(heat_cells([[t.embedding_grad_norm for t in tokens], *s.layer_grad_norms]))}')
-    # "</" would end the <script> element early: a token's text can hold "</script>".
-    return ("{" + ",".join(parts) + "}").replace("</", "<\\/").replace("<!--", "<\\!--")
+    # A token's text can hold "</script>" or "<!--", which would end or change the <script> element: every "<"
+    # (only ever inside a JSON string) is written as its JSON escape.
+    return ("{" + ",".join(parts) + "}").replace("<", "\\u003c")
 
 
 def _ints(values: Iterable[int | None]) -> str:
