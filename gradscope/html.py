@@ -1,6 +1,6 @@
 """HTML: a report as one self-contained page (inline CSS and JS, nothing fetched), or as a notebook fragment.
 
-Views never import torch: this module reads the report's dataclasses and nothing else. Each token is one
+Views never import torch: this module reads the report's dataclasses (numpy encodes the number columns). Each token is one
 ``<span>`` carrying its ``data-pos``, ``data-id``, ``data-role``, ``data-trained`` and ``data-flag`` (the checks
 that flag it); the numbers a tooltip, the shading and the heat map need travel as one compact JSON block per
 sample, parsed only when that sample is opened or hovered. Samples are collapsible ``<details>``: a closed one is
@@ -9,6 +9,7 @@ parsed but not laid out, which keeps a 64 x 2,048-token page quick to open.
 
 from __future__ import annotations
 
+import base64
 import html
 import json
 import math
@@ -16,6 +17,8 @@ import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from typing import Any
+
+import numpy as np
 
 from gradscope.report import SCAN_WARNINGS, Finding, GradReport, ModuleGrad, Report, SampleReport, ScanReport, TokenReport
 
@@ -26,7 +29,6 @@ HEAT_LEVELS = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz-_"
 """One character per heat-map cell: 0 is a zero norm, the last is NaN/Inf, the rest a log scale lo..hi."""
 
 _SPECIAL_EDGES = (("<", ">"), ("[", "]"))
-_NONFINITE = {"nan": '"nan"', "inf": '"inf"', "-inf": '"-inf"'}
 
 
 def to_html(report: Report | ScanReport, *, sample: int | None = None, title: str | None = None) -> str:
@@ -86,14 +88,15 @@ def _only(report: Report, index: int) -> Report:
 
 
 def _report_sections(r: Report, root: str) -> list[str]:
+    columns = {s.index: _columns(s) for s in r.samples}
     parts = [_header(r), _notes(r.notes)]
     if r.samples:
-        parts += [_legend(), _controls(r)]
+        parts += [_legend(), _controls(columns)]
     parts += [_findings_table(r, root, linked=bool(r.samples))]
     if r.probes:
         parts.append(_probes_table(r))
     if r.samples:
-        parts.append(_samples(r, root))
+        parts.append(_samples(r, columns, root))
     if r.grads is not None:
         parts.append(_grads_section(r.grads))
     if r.overfit is not None:
@@ -107,15 +110,15 @@ def _header(r: Report) -> str:
     subject = {"check": "masking", "grads": "gradient", "verify": "gradient"}[_command(r)]
     if r.samples and r.grads is not None:
         subject = "masking and gradient"
+    summary = r.summary()
     return (
-        f'<header>\n<h1>gradscope {_command(r)}</h1>\n{_verdict(r, subject)}\n'
-        f'<dl class="summary">{_pairs(_model_summary(r))}{_pairs(_data_summary(r.data))}</dl>\n</header>'
+        f'<header>\n<h1>gradscope {_command(r)}</h1>\n{_verdict(r, summary, subject)}\n'
+        f'<dl class="summary">{_pairs(_model_summary(r, summary))}{_pairs(_data_summary(r.data))}</dl>\n</header>'
     )
 
 
-def _verdict(r: Report, subject: str) -> str:
-    """The terminal report's verdict line, in words a reader without colour reads the same."""
-    s = r.summary()
+def _verdict(r: Report, s: dict[str, Any], subject: str) -> str:
+    """The terminal report's verdict line (``s``: its summary), in words a reader without colour reads the same."""
     warnings = f", {len(r.warnings)} warning(s) ({', '.join(sorted({f.check for f in r.warnings}))})" if r.warnings else ""
     if r.ok:
         what = f": {s['samples']} sample(s), {s['trained_tokens']} of {s['tokens']} tokens trained" if r.samples else ""
@@ -135,9 +138,8 @@ def _counts(checks: Iterable[str]) -> str:
     return ", ".join(f"{name} ×{n}" for name, n in seen.items())
 
 
-def _model_summary(r: Report) -> dict[str, Any]:
+def _model_summary(r: Report, s: dict[str, Any]) -> dict[str, Any]:
     m = r.model
-    s = r.summary()
     out = {
         "model": m.get("name_or_path") or m.get("architecture"),
         "architecture": m.get("architecture"),
@@ -189,13 +191,13 @@ def _scale_key() -> str:
     )
 
 
-def _controls(r: Report) -> str:
+def _controls(columns: dict[int, dict[str, Any]]) -> str:
     modes = [("role", "role × trained"), ("loss", "per-token loss"), ("glog", "‖∂L/∂logits‖"), ("gemb", "‖∂L/∂embedding‖")]
     radios = "".join(
         f'<label><input type="radio" name="shade" value="{v}"{" checked" if v == "role" else ""}> {html.escape(t)}</label>'
         for v, t in modes
     )
-    ranges = html.escape(json.dumps(_ranges(r.samples)), quote=True)
+    ranges = html.escape(json.dumps(_ranges(columns.values())), quote=True)
     return (
         f'<fieldset class="controls" data-ranges="{ranges}"><legend>Shade tokens by</legend>{radios}'
         '<button type="button" data-act="open">open all samples</button>'
@@ -204,13 +206,15 @@ def _controls(r: Report) -> str:
     )
 
 
-def _ranges(samples: Sequence[SampleReport]) -> dict[str, list[float | None]]:
-    """Report-wide ranges of the shading quantities, so that colours compare across samples."""
-    losses = [t.loss for s in samples for t in s.tokens if t.loss is not None and math.isfinite(t.loss)]
-    logit = [t.logit_grad_norm for s in samples for t in s.tokens if t.logit_grad_norm > 0 and math.isfinite(t.logit_grad_norm)]
-    emb = [t.embedding_grad_norm for s in samples for t in s.tokens if t.embedding_grad_norm > 0 and math.isfinite(t.embedding_grad_norm)]
-    span = lambda xs: [min(xs), max(xs)] if xs else [None, None]  # noqa: E731
-    return {"loss": span(losses), "glog": span(logit), "gemb": span(emb)}
+def _ranges(columns: Iterable[dict[str, Any]]) -> dict[str, list[float | None]]:
+    """Report-wide ranges of the shading quantities, so that colours compare across samples (norms: positive ones)."""
+    out: dict[str, list[float | None]] = {}
+    columns = list(columns)
+    for key, positive in (("loss", False), ("glog", True), ("gemb", True)):
+        values = np.concatenate([c[key] for c in columns])  # None: NaN
+        kept = values[np.isfinite(values) & ((values > 0) if positive else True)]
+        out[key] = [float(kept.min()), float(kept.max())] if kept.size else [None, None]
+    return out
 
 
 def _findings_table(r: Report | ScanReport, root: str, linked: bool, title: str = "Findings") -> str:
@@ -272,7 +276,7 @@ def _probes_table(r: Report) -> str:
 # ------------------------------------------------------------------------------------------------ token strips
 
 
-def _samples(r: Report, root: str) -> str:
+def _samples(r: Report, columns: dict[int, dict[str, Any]], root: str) -> str:
     flagged = _flags(r.findings)
     failing: dict[int, list[str]] = {}
     for f in r.findings:  # a finding without positions (no_loss) still marks its sample
@@ -281,7 +285,8 @@ def _samples(r: Report, root: str) -> str:
     first = [s.index for s in r.samples if s.index in failing] or [s.index for s in r.samples]
     opened = set(first[:OPEN_SAMPLES])
     body = "\n".join(
-        _sample(s, flagged.get(s.index, {}), failing.get(s.index, []), root, s.index in opened) for s in r.samples
+        _sample(s, columns[s.index], flagged.get(s.index, {}), failing.get(s.index, []), root, s.index in opened)
+        for s in r.samples
     )
     return f'<section class="samples"><h2>Samples ({len(r.samples)})</h2>\n{body}\n</section>'
 
@@ -297,7 +302,9 @@ def _flags(findings: Sequence[Finding]) -> dict[int, dict[int, list[str]]]:
     return out
 
 
-def _sample(s: SampleReport, flags: dict[int, list[str]], checks: list[str], root: str, opened: bool) -> str:
+def _sample(
+    s: SampleReport, columns: dict[str, Any], flags: dict[int, list[str]], checks: list[str], root: str, opened: bool
+) -> str:
     real = [t for t in s.tokens if t.role != "pad"]
     checks = list(dict.fromkeys(checks))
     mark = f' <b class="fail">✗ {html.escape(", ".join(checks))}</b>' if checks else ""
@@ -307,27 +314,36 @@ def _sample(s: SampleReport, flags: dict[int, list[str]], checks: list[str], roo
         f'<details class="sample" id="{root}-s{s.index}" data-sample="{s.index}"{" open" if opened else ""}>'
         f"<summary>{summary}</summary>\n"
         f'<div class="strip" tabindex="0" role="group" aria-label="{label}">{_strip(s, flags, root)}</div>\n'
-        f'{_heat_frame(s)}<script type="application/json" class="gs-sample">{_sample_json(s)}</script></details>'
+        f'{_heat_frame(s)}<script type="application/json" class="gs-sample">{_sample_json(s, columns)}</script></details>'
     )
 
 
 def _strip(s: SampleReport, flags: dict[int, list[str]], root: str) -> str:
+    """One ``<span>`` per token. The hot loop of a big page (131k tokens at 64 x 2,048): one f-string per token,
+    the role's and text's parts of it worked out once per distinct value."""
     prefix = f"{root}-s{s.index}-p"
-    return "".join(_token(t, flags.get(t.position), prefix) for t in s.tokens)
+    roles = {role: f'" data-role="{role or "unknown"}"' for role in ("prompt", "completion", "pad", None)}
+    shown: dict[str | int, str] = {}
+    out = []
+    for t in s.tokens:
+        key = t.text or t.token_id  # an empty text shows its id
+        tail = shown.get(key)
+        if tail is None:
+            tail = shown[key] = _token_tail(t.text, t.token_id)
+        marks = " data-trained" if t.trained else ""
+        flagged = flags.get(t.position)
+        if flagged:
+            marks += f' id="{prefix}{t.position}" data-flag="{" ".join(dict.fromkeys(flagged))}"'
+        role = roles.get(t.role) or f'" data-role="{t.role}"'
+        out.append(f'<span data-pos="{t.position}" data-id="{t.token_id}{role}{marks}{tail}')
+    return "".join(out)
 
 
-def _token(t: TokenReport, flags: list[str] | None, prefix: str) -> str:
-    attrs = f'data-pos="{t.position}" data-id="{t.token_id}" data-role="{t.role or "unknown"}"'
-    if t.trained:
-        attrs += " data-trained"
-    if flags:
-        attrs += f' id="{prefix}{t.position}" data-flag="{" ".join(dict.fromkeys(flags))}"'
-    text = t.text
-    if text and _is_special(text):
-        attrs += " data-special"
-    shown = _visible(text, t.token_id)
+def _token_tail(text: str | None, token_id: int) -> str:
+    """What follows a token's attributes: its special-token mark, its visible text, and a line break after a newline."""
+    special = " data-special" if text and _is_special(text) else ""
     brk = "<br>" if text and "\n" in text else ""
-    return f"<span {attrs}>{shown}</span>{brk}"
+    return f"{special}>{_visible(text, token_id)}</span>{brk}"
 
 
 def _is_special(text: str) -> bool:
@@ -361,32 +377,43 @@ def _heat_frame(s: SampleReport) -> str:
     )
 
 
-def _sample_json(s: SampleReport) -> str:
-    """The per-token numbers as columns (4 significant digits) and the heat map as one character per cell."""
-    tokens = s.tokens
-    parts = [
-        f'"text":{json.dumps([t.text for t in tokens], ensure_ascii=False)}',
-        f'"label":{_ints(t.label for t in tokens)}',
-        f'"target":{_ints(t.target_id for t in tokens)}',
-        f'"weight":{_floats(t.weight for t in tokens)}',
-        f'"loss":{_floats(t.loss for t in tokens)}',
-        f'"glog":{_floats(t.logit_grad_norm for t in tokens)}',
-        f'"gemb":{_floats(t.embedding_grad_norm for t in tokens)}',
-    ]
+def _columns(s: SampleReport) -> dict[str, Any]:
+    """A sample's per-token values as columns, read in one pass over its tokens: ``text`` a list, the numbers
+    float64 arrays (None as NaN), ``none`` the positions of each column that hold None."""
+    rows = [(t.text, t.weight, t.loss, t.logit_grad_norm, t.embedding_grad_norm, t.label, t.target_id) for t in s.tokens]
+    texts, *numbers = map(list, zip(*rows)) if rows else [[]] * 7
+    out: dict[str, Any] = {"text": texts, "none": {}}
+    for key, values in zip((*FLOAT_COLUMNS, *INT_COLUMNS), numbers):
+        out[key] = np.asarray(values, dtype=np.float64)
+        nan = np.flatnonzero(np.isnan(out[key])).tolist()  # None or a real NaN: only the first is None
+        out["none"][key] = [i for i in nan if values[i] is None]
+    return out
+
+
+def _sample_json(s: SampleReport, columns: dict[str, Any]) -> str:
+    """The per-token numbers as base64 columns (float32 and int32, little-endian: exact, and no per-number
+    formatting) and the heat map as one character per cell; ``none`` lists the positions where a value is None."""
+    data: dict[str, Any] = {
+        "text": columns["text"],
+        "f32": {key: _b64(columns[key].astype("<f4")) for key in FLOAT_COLUMNS},
+        "i32": {key: _b64(np.nan_to_num(columns[key], nan=INT_NONE).astype("<i4")) for key in INT_COLUMNS},
+        "none": columns["none"],
+    }
     if s.layer_grad_norms:
-        parts.append(f'"heat":{json.dumps(heat_cells([[t.embedding_grad_norm for t in tokens], *s.layer_grad_norms]))}')
+        data["heat"] = heat_cells([columns["gemb"], *s.layer_grad_norms])
     # A token's text can hold "</script>" or "<!--", which would end or change the <script> element: every "<"
     # (only ever inside a JSON string) is written as its JSON escape.
-    return ("{" + ",".join(parts) + "}").replace("<", "\\u003c")
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":")).replace("<", "\\u003c")
 
 
-def _ints(values: Iterable[int | None]) -> str:
-    return "[" + ",".join("null" if v is None else str(v) for v in values) + "]"
+FLOAT_COLUMNS = ("weight", "loss", "glog", "gemb")
+INT_COLUMNS = ("label", "target")
+INT_NONE = -(2**31)
+"""The int32 written where an int column is None (``none`` lists those positions too)."""
 
 
-def _floats(values: Iterable[float | None]) -> str:
-    out = ("null" if v is None else format(v, ".4g") for v in values)
-    return "[" + ",".join(_NONFINITE.get(v, v) for v in out) + "]"
+def _b64(array: np.ndarray) -> str:
+    return base64.b64encode(array.tobytes()).decode("ascii")
 
 
 def heat_cells(rows: Sequence[Sequence[float]]) -> dict[str, Any]:
@@ -399,20 +426,16 @@ def heat_cells(rows: Sequence[Sequence[float]]) -> dict[str, Any]:
         ``lo`` and ``hi`` (the scale's ends) and ``cells``, one string of T characters from :data:`HEAT_LEVELS` per
         row: level 0 is a zero norm, the last level NaN/Inf, level k in between ``lo * (hi/lo) ** ((k-1)/(n-3))``.
     """
-    positive = [v for row in rows for v in row if v > 0 and math.isfinite(v)]
-    lo, hi = (min(positive), max(positive)) if positive else (1.0, 1.0)
-    top = len(HEAT_LEVELS) - 2
+    norms = np.asarray(rows, dtype=np.float64)  # (rows, T)
+    finite = np.isfinite(norms)
+    positive = finite & (norms > 0)
+    lo, hi = (float(norms[positive].min()), float(norms[positive].max())) if positive.any() else (1.0, 1.0)
     span = math.log(hi) - math.log(lo) or 1.0
-    log_lo = math.log(lo)
-
-    def level(v: float) -> str:
-        if not math.isfinite(v):
-            return HEAT_LEVELS[-1]
-        if v <= 0:
-            return HEAT_LEVELS[0]
-        return HEAT_LEVELS[1 + round((math.log(v) - log_lo) / span * (top - 1))]
-
-    return {"lo": lo, "hi": hi, "cells": ["".join(map(level, row)) for row in rows]}
+    top = len(HEAT_LEVELS) - 2
+    scaled = (np.log(np.where(positive, norms, lo)) - math.log(lo)) / span * (top - 1)
+    levels = np.where(positive, 1 + np.rint(scaled), np.where(finite, 0, len(HEAT_LEVELS) - 1)).astype(np.uint8)
+    chars = np.frombuffer(HEAT_LEVELS.encode("ascii"), dtype=np.uint8)[levels]
+    return {"lo": lo, "hi": hi, "cells": [row.tobytes().decode("ascii") for row in chars]}
 
 
 # ----------------------------------------------------------------------------------------- parameter gradients
@@ -711,14 +734,18 @@ const ROLE_RGB={prompt:[207,230,251],completion:[255,227,179],pad:[230,230,230],
 function ramp(f){f=Math.max(0,Math.min(1,f));const i=Math.min(3,Math.floor(f*4)),t=f*4-i,a=VIRIDIS[i],b=VIRIDIS[i+1];
   return [0,1,2].map(k=>Math.round(a[k]+(b[k]-a[k])*t));}
 function css(c){return "rgb("+c[0]+","+c[1]+","+c[2]+")";}
-function fmt(v){if(v===null||v===undefined)return "–";if(typeof v==="string")return v;
+function fmt(v){if(v===null||v===undefined)return "–";if(Number.isNaN(v))return "nan";if(!isFinite(v))return v>0?"inf":"-inf";
   return Math.abs(v)>=0.01||v===0?(+v.toPrecision(4)).toString():v.toExponential(2);}
-function data(d){if(!d._gs){d._gs=JSON.parse(d.querySelector("script.gs-sample").textContent);}return d._gs;}
+function column(s,Type){const b=atob(s),u=new Uint8Array(b.length);for(let i=0;i<b.length;i++)u[i]=b.charCodeAt(i);
+  return Array.from(new Type(u.buffer));}
+function data(d){if(d._gs)return d._gs;const g=JSON.parse(d.querySelector("script.gs-sample").textContent),out={text:g.text,heat:g.heat};
+  for(const k in g.f32)out[k]=column(g.f32[k],Float32Array);for(const k in g.i32)out[k]=column(g.i32[k],Int32Array);
+  for(const k in g.none)g.none[k].forEach(i=>{out[k][i]=null;});return d._gs=out;}
 function init(root){
   if(root.dataset.ready)return;root.dataset.ready="1";
   const tip=root.querySelector(".tip"),controls=root.querySelector(".controls");
   const ranges=controls?JSON.parse(controls.dataset.ranges):{};
-  function frac(mode,v){const r=ranges[mode];if(v===null||typeof v==="string"||!r||r[0]===null)return null;
+  function frac(mode,v){const r=ranges[mode];if(v===null||!isFinite(v)||!r||r[0]===null)return null;
     if(mode==="loss")return r[1]>r[0]?(v-r[0])/(r[1]-r[0]):1;
     if(v<=0)return null;return r[1]>r[0]?(Math.log(v)-Math.log(r[0]))/(Math.log(r[1])-Math.log(r[0])):1;}
   function shade(d){const mode=root.dataset.shade,spans=d.querySelectorAll(".strip>span");

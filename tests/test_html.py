@@ -5,8 +5,10 @@ Asserts on structure (html.parser), never on bytes.
 
 from __future__ import annotations
 
+import base64
 import json
 import math
+import struct
 from html.parser import HTMLParser
 
 import pytest
@@ -93,12 +95,23 @@ def flags_of(report: Report) -> dict[int, dict[int, set[str]]]:
     return out
 
 
-def close(a: float | None, b: float | str | None) -> bool:
-    if a is None:
-        return b is None
+def columns(raw: dict) -> dict[str, list]:
+    """A sample's JSON block decoded as the page's script decodes it: base64 little-endian columns, None where listed."""
+    out: dict[str, list] = {"text": raw["text"], "heat": raw.get("heat")}
+    for group, code in (("f32", "<f4"), ("i32", "<i4")):
+        for key, text in raw[group].items():
+            out[key] = struct.unpack(f"{code[0]}{len(base64.b64decode(text)) // 4}{code[1]}", base64.b64decode(text))
+            out[key] = [None if i in raw["none"][key] else v for i, v in enumerate(out[key])]
+    return out
+
+
+def close(a: float | None, b: float | None) -> bool:
+    """Equal to float32 precision, NaN and Inf included."""
+    if a is None or b is None:
+        return a is b
     if not math.isfinite(a):
-        return b == str(a)
-    return b is not None and math.isclose(a, b, rel_tol=1e-3, abs_tol=1e-12)
+        return (math.isnan(a) and math.isnan(b)) or a == b
+    return math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-30)
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +141,7 @@ def assert_tokens(page: Page, report: Report, root: str = "gs") -> None:
             assert (a.get("id") == f"{root}-s{s.index}-p{t.position}") == bool(mine)
             if t.text and t.text.isprintable() and not t.text.isspace():
                 assert a["text"] == t.text
-        data = page.json[s.index]
+        data = columns(page.json[s.index])
         assert data["text"] == [t.text for t in s.tokens]
         assert data["label"] == [t.label for t in s.tokens]
         assert data["target"] == [t.target_id for t in s.tokens]
@@ -197,7 +210,7 @@ def test_text_that_closes_a_script_or_starts_a_tag_stays_text():
     report = one_sample(texts, [Finding("prompt_leak", "error", 0, [0], "x </script> <i>")])
     page = Page(report.to_html())
     assert [a["text"] for a in page.tokens[0]] == texts
-    assert page.json[0]["text"] == texts
+    assert columns(page.json[0])["text"] == texts
     plain = Page(one_sample(["x"] * 4, [Finding("prompt_leak", "error", 0, [0], "x")]).to_html())
     tags = lambda p: [tag for tag, _ in p.elements if tag in ("b", "i")]  # noqa: E731
     assert tags(page) == tags(plain)  # no element came out of a token's text or a message
