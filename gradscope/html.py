@@ -313,9 +313,19 @@ def _sample(
     return (
         f'<details class="sample" id="{root}-s{s.index}" data-sample="{s.index}"{" open" if opened else ""}>'
         f"<summary>{summary}</summary>\n"
-        f'<div class="strip" tabindex="0" role="group" aria-label="{label}">{_strip(s, flags, root)}</div>\n'
+        f"{_strip_element(_strip(s, flags, root), label, opened)}\n"
         f'{_heat_frame(s)}<script type="application/json" class="gs-sample">{_sample_json(s, columns)}</script></details>'
     )
+
+
+def _strip_element(spans: str, label: str, opened: bool) -> str:
+    """An opened sample's strip inline; a closed one's kept as text in a ``<script type="text/html">`` that the page's
+    script inserts when the sample is opened: the browser then parses the spans of the samples one looks at only.
+    (Token texts are escaped, so the block holds no ``</script``.)"""
+    head = f'<div class="strip" tabindex="0" role="group" aria-label="{label}">'
+    if opened:
+        return f"{head}{spans}</div>"
+    return f'{head}</div><script type="text/html" class="gs-strip">{spans}</script>'
 
 
 def _strip(s: SampleReport, flags: dict[int, list[str]], root: str) -> str:
@@ -789,7 +799,8 @@ function init(root){
     const spans=d.querySelectorAll(".strip>span"),s=spans[i];if(!s)return;s.classList.add("cur");d._cur=i;
     const cur=d.querySelector(".cursor");if(cur){cur.hidden=false;cur.style.left=(100*(i+0.5)/spans.length)+"%";}
     if(scroll)s.scrollIntoView({block:"nearest"});return s;}
-  function opened(d){if(!d.open)return;shade(d);heat(d);}
+  function fill(d){const t=d.querySelector("script.gs-strip");if(!t)return;d.querySelector(".strip").innerHTML=t.textContent;t.remove();}
+  function opened(d){if(!d.open)return;fill(d);shade(d);heat(d);}
   root.querySelectorAll("details.sample").forEach(d=>{d.addEventListener("toggle",()=>opened(d));opened(d);
     const strip=d.querySelector(".strip");
     strip.addEventListener("mouseover",e=>{const s=e.target.closest("span[data-pos]");if(!s)return;
@@ -806,10 +817,10 @@ function init(root){
   if(controls){controls.addEventListener("change",e=>{if(e.target.name!=="shade")return;root.dataset.shade=e.target.value;
       root.querySelectorAll("details.sample[open]").forEach(opened);});
     controls.addEventListener("click",e=>{const a=e.target.dataset&&e.target.dataset.act;if(!a)return;
-      root.querySelectorAll("details.sample").forEach(d=>{d.open=a==="open";});});}
-  function go(hash){if(!hash||hash.length<2)return;const t=document.getElementById(decodeURIComponent(hash.slice(1)));
-    if(!t||!root.contains(t))return;const d=t.closest("details.sample");if(!d)return;d.open=true;opened(d);
-    if(t.dataset.pos!==undefined){select(d,+t.dataset.pos,true);}else{d.scrollIntoView();}}
+      root.querySelectorAll("details.sample").forEach(d=>{d.open=a==="open";opened(d);});});}
+  function go(hash){if(!hash||hash.length<2)return;const m=decodeURIComponent(hash.slice(1)).match(/^(.*-s\d+)(?:-p(\d+))?$/);
+    const d=m&&document.getElementById(m[1]);if(!d||!root.contains(d))return;d.open=true;opened(d);
+    if(m[2]!==undefined){select(d,+m[2],true);}else{d.scrollIntoView();}}
   root.addEventListener("click",e=>{const a=e.target.closest("a[href^='#']");if(!a)return;e.preventDefault();
     history.replaceState(null,"",a.getAttribute("href"));go(a.getAttribute("href"));});
   go(location.hash);
