@@ -93,10 +93,10 @@ def _report_sections(r: Report, root: str) -> list[str]:
     if r.samples:
         parts += [_legend(), _controls(columns)]
     parts += [_findings_table(r, root, linked=bool(r.samples))]
-    if r.probes:
-        parts.append(_probes_table(r))
     if r.samples:
         parts.append(_samples(r, columns, root))
+    if r.probes:
+        parts.append(_probes_table(r))
     if r.grads is not None:
         parts.append(_grads_section(r.grads))
     if r.overfit is not None:
