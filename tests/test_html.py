@@ -14,7 +14,8 @@ from html.parser import HTMLParser
 
 import pytest
 
-from gradscope.html import HEAT_LEVELS, heat_cells, html_fragment, to_html
+from gradscope.html import html_fragment, to_html
+from gradscope.html_data import HEAT_LEVELS, heat_cells
 from gradscope.report import Finding, ModuleGrad, Report, SampleReport, ScanReport, TokenReport
 from tests.conftest import FIXTURES, fixture_model
 from tests.test_check import CATALOGUE, run_case
@@ -285,14 +286,14 @@ def test_grads_page_charts_every_trainable_module():
 
 
 def test_depth_chart_orders_embedding_layers_head():
-    from gradscope.html import _depth_columns, depth_chart
+    from gradscope.html_grads import depth_chart, depth_columns
 
     def module(name, kind, layer):
         return ModuleGrad(name, kind, layer, False, [], 1, 1, 1.0, 1.0, None, None)
 
     modules = [module("head", "head", None), module("layer 1 mlp", "mlp", 1), module("embedding", "embedding", None),
                module("layer 0 attention", "attention", 0)]
-    assert _depth_columns(modules) == ["embedding", "L0", "L1", "head"]
+    assert depth_columns(modules) == ["embedding", "L0", "L1", "head"]
     modules[1].grad_norm, modules[3].grad_norm = None, math.nan
     marks = [a for tag, a in Page(depth_chart(modules)).elements if tag == "g"]
     assert [(a["data-module"], "none" in a["class"].split()) for a in marks] == [
