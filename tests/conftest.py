@@ -10,12 +10,18 @@ tiny model, a batch) is the caller's to change.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
+from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+
+import gradscope
+from gradscope.data.load import load_batches
+from gradscope.model.usercode import load_loss_fn
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 
@@ -291,3 +297,116 @@ def stream_reference(tmp_path_factory, write_stream_rows) -> tuple:
     from gradscope.scan.dataset import scan
 
     return _scan_summary(scan(write_stream_rows(tmp_path_factory.mktemp("ref"), "jsonl"), end_token_ids=[2]))
+
+
+@pytest.fixture(scope="session")
+def run_case(fixture_model, fixtures_dir):
+    """``run_case(case)``: a catalogue case as the CLI runs it: every probe on, with the case's --loss and --accumulate."""
+
+    def run(case: dict) -> gradscope.Report:
+        model, tokenizer = fixture_model(case["model"])
+        batches = load_batches(fixtures_dir / case["data"], pad_token_id=tokenizer.pad_token_id, batch_size=case.get("batch_size", 1))
+        loss_fn = load_loss_fn(str(fixtures_dir / case["loss"])) if "loss" in case else None
+        roles_from = fixtures_dir / case["roles_from"] if "roles_from" in case else None
+        return gradscope.check_batches(
+            model, batches, tokenizer=tokenizer, loss_fn=loss_fn, accumulate=case.get("accumulate"),
+            response_template=case.get("response_template"), roles_from=roles_from,
+        )
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def catalogue_reports(run_case, catalogue):
+    """Reports of the catalogue's cases by name, each run once and shared (leave them as you found them)."""
+    cases = {c["name"]: c for c in catalogue}
+
+    class Reports(dict):
+        def __missing__(self, name: str):
+            self[name] = run_case(cases[name])
+            return self[name]
+
+    return Reports()
+
+
+@pytest.fixture(scope="session")
+def html_page():
+    """``html_page(text)``: an HTML report parsed into what the tests read (tokens per sample, ids, findings)."""
+    return Page
+
+
+@pytest.fixture(scope="session")
+def junit_schema(fixtures_dir):
+    """The JUnit XML schema (fixtures/junit.xsd) the CI readers accept."""
+    import xmlschema
+
+    return xmlschema.XMLSchema(fixtures_dir / "junit.xsd")
+
+
+_DEFERRED = re.compile(r'</div><script type="text/html" class="gs-strip">(.*?)</script>', re.S)
+_VOID = {"br", "input", "meta", "img", "hr", "link", "source", "col", "wbr"}
+
+
+class Page(HTMLParser):
+    """What the tests read off a page: token spans per sample, ids, finding rows and their links, JSON blocks."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(convert_charrefs=True)
+        self.stack: list[tuple[str, dict[str, str | None]]] = []
+        self.tokens: dict[int, list[dict]] = {}
+        self.ids: dict[str, dict[str, str | None]] = {}
+        self.findings: list[dict] = []
+        self.json: dict[int, dict] = {}
+        self.details: dict[int, dict[str, str | None]] = {}
+        self.elements: list[tuple[str, dict[str, str | None]]] = []
+        self._text: list[str] | None = None
+        self.deferred = len(_DEFERRED.findall(text))
+        self.feed(_DEFERRED.sub(r"\1</div>", text))  # a closed sample's spans, as the page's script inserts them
+        self.close()
+        assert not self.stack, f"unclosed elements: {[t for t, _ in self.stack]}"
+
+    def _sample(self) -> int | None:
+        for tag, attrs in reversed(self.stack):
+            if tag == "details" and "data-sample" in attrs:
+                return int(attrs["data-sample"])
+        return None
+
+    def _inside(self, tag: str, cls: str | None = None) -> dict | None:
+        for t, attrs in reversed(self.stack):
+            if t == tag and (cls is None or cls in (attrs.get("class") or "").split()):
+                return attrs
+        return None
+
+    def handle_starttag(self, tag, attrs_list):
+        attrs = dict(attrs_list)
+        self.elements.append((tag, attrs))
+        if "id" in attrs:
+            assert attrs["id"] not in self.ids, f"duplicate id {attrs['id']}"
+            self.ids[attrs["id"]] = attrs
+        if tag == "details" and "data-sample" in attrs:
+            self.details[int(attrs["data-sample"])] = attrs
+        if tag == "tr" and "data-check" in attrs and self._inside("section", "findings"):
+            self.findings.append({**attrs, "links": []})
+        if tag == "a" and self.findings and self._inside("tr"):
+            self.findings[-1]["links"].append(attrs)
+        if tag == "span" and "data-pos" in attrs and self._inside("div", "strip"):
+            self.tokens.setdefault(self._sample(), []).append({**attrs, "text": ""})
+            self._text = []
+        if tag == "script" and attrs.get("class") == "gs-sample":
+            self._text = []
+        if tag not in _VOID:
+            self.stack.append((tag, attrs))
+
+    def handle_endtag(self, tag):
+        assert self.stack and self.stack[-1][0] == tag, f"</{tag}> closes {self.stack[-1:] or 'nothing'}"
+        _, attrs = self.stack.pop()
+        if tag == "span" and "data-pos" in attrs and self._text is not None and self._inside("div", "strip"):
+            self.tokens[self._sample()][-1]["text"] = "".join(self._text)
+            self._text = None
+        if tag == "script" and attrs.get("class") == "gs-sample":
+            self.json[self._sample()] = json.loads("".join(self._text))
+            self._text = None
+
+    def handle_data(self, data):
+        if self._text is not None:
+            self._text.append(data)

@@ -6,6 +6,7 @@ them as the flags the user typed (``--batch-size``). Any other exception is a bu
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from collections.abc import Callable, Iterator
@@ -20,6 +21,7 @@ from typer.core import TyperGroup
 
 from gradscope.errors import GradscopeError
 from gradscope.render.json import to_json
+from gradscope.render.junit import github_annotations, to_junit
 from gradscope.report.check import Report
 from gradscope.report.output import write_text
 from gradscope.report.scan import ScanReport
@@ -108,14 +110,27 @@ def in_flags(report: Report | ScanReport) -> Report | ScanReport:
     return report
 
 
-def emit(report: Report | ScanReport, output_format: str, output: Path | None, view: object, strict: bool) -> typer.Exit:
-    """Write the JSON file, print the report as asked, and give the exit code."""
+def emit(report: Report | ScanReport, output_format: str, output: Path | None, view: object, strict: bool,
+         html: Path | None = None) -> typer.Exit:
+    """Write the JSON and HTML files, print the report as asked (and GitHub annotations under Actions), and give
+    the exit code."""
     in_flags(report)
-    if output is not None:
-        with boundary():
-            write_text(output, to_json(report) + "\n")
+    write(output, lambda: to_json(report) + "\n")
+    write(html, report.to_html)
     if output_format == "json":
         sys.stdout.write(to_json(report) + "\n")
+    elif output_format == "junit":
+        sys.stdout.write(to_junit(report, strict=strict))
     else:
         Console(highlight=False).print(view)
+    if os.environ.get("GITHUB_ACTIONS") == "true":
+        for line in github_annotations(report, strict=strict):
+            print(line, file=sys.stderr)
     return typer.Exit(exit_code(report, strict))
+
+
+def write(path: Path | None, text: Callable[[], str]) -> None:
+    """Write a report file the user asked for, inside the boundary."""
+    if path is not None:
+        with boundary():
+            write_text(path, text())

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console, Group
 
-from gradscope.cli.app import app, emit, exit_code, guarded, in_flags
+from gradscope.cli.app import app, emit, exit_code, guarded, in_flags, write
 from gradscope.cli.options import (
     DEFAULT_LR,
     DEFAULT_MAX_GRAD_NORM,
@@ -26,6 +27,7 @@ from gradscope.cli.options import (
     DTypeOpt,
     Format,
     FormatOpt,
+    HtmlOpt,
     InstructionOpt,
     LossOpt,
     LrOpt,
@@ -51,6 +53,7 @@ from gradscope.cli.options import (
     inputs,
     parse_probes,
     quiet_transformers,
+    writable,
 )
 from gradscope.engine.probes import WINDOWS_PER_ROW
 from gradscope.render.check import CheckView
@@ -73,6 +76,7 @@ def check(
     keep_dropout: DropoutOpt = False,
     output_format: FormatOpt = Format.text,
     output: OutputOpt = None,
+    html: HtmlOpt = None,
     strict: StrictOpt = False,
     show: ShowOpt = 8,
     response_template: ResponseOpt = None,
@@ -110,7 +114,7 @@ def check(
         params=params, lr=lr, max_grad_norm=max_grad_norm, roles_from=roles_from,
     ))
     views = [CheckView(report, max_samples=show)] + ([GradsView(report)] if params else [])
-    raise emit(report, output_format.value, output, Group(*views), strict)
+    raise emit(report, output_format.value, output, Group(*views), strict, html)
 
 
 @app.command()
@@ -132,11 +136,14 @@ def inspect(
     max_length: MaxLengthOpt = None,
     truncation_mode: TruncationOpt = None,
     base: BaseOpt = None,
+    html: Annotated[Path | None, typer.Option("--html", callback=writable, help="Also write this row's view (token strip, heat map, findings) as one self-contained HTML page.")] = None,
 ) -> None:
     """Show one row in detail: a per-token table and a layers x positions heat map of gradient norms."""
     options = data_options(response_template, instruction_template, train_on, max_length, truncation_mode)
     named = inputs(model, data, None, batch_size, loss, device, dtype, trust_remote_code, options, base, device_map)
     quiet_transformers()
     report, sample = guarded(lambda: inspect_files(named, row, keep_dropout=keep_dropout, roles_from=roles_from))
-    Console(highlight=False).print(InspectView(in_flags(report), sample))
+    in_flags(report)
+    write(html, lambda: report.to_html(sample=sample.index))
+    Console(highlight=False).print(InspectView(report, sample))
     raise typer.Exit(exit_code(report, strict=False))

@@ -12,11 +12,12 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from gradscope.cli.app import app, boundary, emit
+from gradscope.cli.app import app, boundary, emit, fail
 from gradscope.cli.options import (
     DataArg,
     Format,
     FormatOpt,
+    HtmlOpt,
     InstructionOpt,
     MaxLengthOpt,
     OutputOpt,
@@ -29,6 +30,7 @@ from gradscope.cli.options import (
     data_options,
     quiet_transformers,
 )
+from gradscope.errors import InputError
 from gradscope.render.inspect import RolesView
 from gradscope.render.json import roles_to_json
 from gradscope.render.scan import ScanView
@@ -46,12 +48,14 @@ def roles(
     train_on: TrainOnOpt = TrainOn.all_assistant,
     max_length: MaxLengthOpt = None,
     truncation_mode: TruncationOpt = None,
-    output_format: Annotated[Format, typer.Option("--format", help="text: coloured token strips; json: every token's role.")] = Format.text,
+    output_format: Annotated[Format, typer.Option("--format", help="text: coloured token strips; json: every token's role (junit: not for roles).")] = Format.text,
     show: Annotated[int, typer.Option("--show", min=0, help="Rows to show in the terminal view.")] = 8,
 ) -> None:
     """Show how gradscope splits DATA's raw rows into prompt and completion tokens, from the tokenizer and its chat
     template; no model runs."""
     options = data_options(response_template, instruction_template, train_on, max_length, truncation_mode)
+    if output_format is Format.junit:
+        raise fail(InputError("`format` junit reports checks; roles runs none", hint="use text or json"))
     quiet_transformers()
     with boundary():
         report = roles_files(model, data, samples=samples, options=options)
@@ -71,6 +75,7 @@ def scan(
     worst: Annotated[int, typer.Option("--worst", min=0, help="Rows with the most flagged positions to list.")] = 10,
     output_format: FormatOpt = Format.text,
     output: OutputOpt = None,
+    html: HtmlOpt = None,
     strict: StrictOpt = False,
     response_template: ResponseOpt = None,
     instruction_template: InstructionOpt = None,
@@ -85,7 +90,7 @@ def scan(
     with boundary(), _progress() as advance:
         report = scan_dataset(data, tokenizer=tokenizer, end_token_ids=end_token_id, options=options,
                               examples=examples, worst=worst, num_proc=num_proc, progress=advance)
-    raise emit(report, output_format.value, output, ScanView(report), strict)
+    raise emit(report, output_format.value, output, ScanView(report), strict, html)
 
 
 @contextmanager

@@ -9,14 +9,18 @@ from typing import Annotated
 import typer
 
 from gradscope.checks.grads import DEFAULT_LR, DEFAULT_MAX_GRAD_NORM  # noqa: F401  (defaults of LrOpt, MaxNormOpt)
+from gradscope.cli.app import fail
 from gradscope.data.pipelines import DataOptions
 from gradscope.engine.probes import PROBES
+from gradscope.errors import OutputError
+from gradscope.report.output import check_writable
 from gradscope.verbs.files import Inputs
 
 
 class Format(str, Enum):
     text = "text"
     json = "json"
+    junit = "junit"
 
 
 class DType(str, Enum):
@@ -84,8 +88,22 @@ AssistantOnlyOpt = Annotated[bool | None, typer.Option("--assistant-only-loss/--
 PackingOpt = Annotated[bool | None, typer.Option("--packing/--no-packing", help="SFTConfig.packing.")]
 PaddingFreeOpt = Annotated[bool | None, typer.Option("--padding-free/--no-padding-free", help="SFTConfig.padding_free.")]
 BaseOpt = Annotated[Path | None, typer.Option("--base", help="Base model directory of a PEFT adapter (default: base_model_name_or_path in its adapter_config.json).")]
-FormatOpt = Annotated[Format, typer.Option("--format", help="text: a terminal report; json: schema v1 on stdout.")]
-OutputOpt = Annotated[Path | None, typer.Option("--output", help="Also write the JSON report to this file.")]
+
+
+def writable(path: Path | None) -> Path | None:
+    """Refuse a report path gradscope could not write before anything runs (one Error line, exit status 2)."""
+    if path is not None:
+        try:
+            check_writable(path)
+        except OutputError as err:
+            raise fail(err) from None
+    return path
+
+
+FORMAT_HELP = "text: a terminal report; json: schema v1 on stdout; junit: JUnit XML on stdout (one test case per sample per check)."
+FormatOpt = Annotated[Format, typer.Option("--format", help=FORMAT_HELP)]
+OutputOpt = Annotated[Path | None, typer.Option("--output", callback=writable, help="Also write the JSON report to this file.")]
+HtmlOpt = Annotated[Path | None, typer.Option("--html", callback=writable, help="Also write the report as one self-contained HTML page to this file.")]
 StrictOpt = Annotated[bool, typer.Option("--strict", help="Exit 1 on warnings too.")]
 LrOpt = Annotated[float, typer.Option("--lr", min=0.0, help="Learning rate of the update-to-weight ratios and of the overfit steps.")]
 MaxNormOpt = Annotated[float, typer.Option("--max-grad-norm", min=0.0, help="Clipping threshold the clip factor is computed for.")]

@@ -20,6 +20,7 @@ from gradscope.cli.options import (
     DTypeOpt,
     Format,
     FormatOpt,
+    HtmlOpt,
     InstructionOpt,
     LossOpt,
     LrOpt,
@@ -62,6 +63,7 @@ def grads(
     optimizer: Annotated[Optimizer, typer.Option("--optimizer", help="Optimizer of the overfit steps (AdamW with weight decay 0, or SGD).")] = Optimizer.adamw,
     output_format: FormatOpt = Format.text,
     output: OutputOpt = None,
+    html: HtmlOpt = None,
     strict: StrictOpt = False,
     response_template: ResponseOpt = None,
     instruction_template: InstructionOpt = None,
@@ -75,7 +77,7 @@ def grads(
     quiet_transformers()
     report = guarded(lambda: grads_files(named, keep_dropout=keep_dropout, lr=lr, max_grad_norm=max_grad_norm,
                                          overfit=overfit, optimizer=optimizer.value))
-    raise emit(report, output_format.value, output, GradsView(report), strict)
+    raise emit(report, output_format.value, output, GradsView(report), strict, html)
 
 
 @app.command()

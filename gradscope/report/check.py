@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from gradscope.report.finding import SCHEMA_VERSION, Finding, _clean, _Findings, _finite_or_none
+from gradscope.report.finding import SCHEMA_VERSION, Finding, _clean, _Findings, _finite_or_none, _HtmlView
 from gradscope.report.weights import GradReport, OverfitReport, VerifyReport
 
 
@@ -80,7 +80,7 @@ class AccumulationReport:
 
 
 @dataclass
-class Report(_Findings):
+class Report(_Findings, _HtmlView):
     """Everything ``gradscope.check`` found.
 
     Attributes:

@@ -57,3 +57,18 @@ def _clean(obj: Any) -> Any:
     if isinstance(obj, list):
         return [_clean(v) for v in obj]
     return obj
+
+
+class _HtmlView:
+    """The HTML view of a report: a page to write, and the same view inline in a notebook."""
+
+    def to_html(self, *, sample: int | None = None) -> str:
+        """One self-contained HTML page (inline CSS and JS, no network); ``sample``: that sample alone."""
+        from gradscope.report.html import to_html
+
+        return to_html(self, sample=sample)
+
+    def _repr_html_(self) -> str:
+        from gradscope.report.html import html_fragment
+
+        return html_fragment(self)

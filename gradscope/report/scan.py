@@ -5,14 +5,14 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from gradscope.report.finding import SCHEMA_VERSION, Finding, _clean, _Findings
+from gradscope.report.finding import SCHEMA_VERSION, Finding, _clean, _Findings, _HtmlView
 
 SCAN_WARNINGS = frozenset({"completion_truncated"})
 """Scan checks whose findings are warnings, as in check; every other scan check is an error."""
 
 
 @dataclass
-class ScanReport(_Findings):
+class ScanReport(_Findings, _HtmlView):
     """Everything ``gradscope scan`` found in a dataset, from its labels alone.
 
     Attributes:

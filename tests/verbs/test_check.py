@@ -13,30 +13,12 @@ import torch.nn.functional as F
 import gradscope
 from gradscope.data.batch import with_default_labels
 from gradscope.data.load import load_batches
-from gradscope.model.usercode import load_loss_fn
 from gradscope.testing import assert_masking
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 CATALOGUE = json.loads((FIXTURES / "catalogue.json").read_text())
 LLAMA, GPT2 = "models/tiny-llama-chat", "models/tiny-gpt2"
 WARNINGS = {"uneven_token_weights", "roles_unknown"}
-
-
-@pytest.fixture
-def run_case(fixture_model):
-    """``run_case(case)``: a catalogue case as the CLI runs it: every probe on, with the case's --loss and --accumulate."""
-
-    def run(case: dict) -> gradscope.Report:
-        model, tokenizer = fixture_model(case["model"])
-        batches = load_batches(FIXTURES / case["data"], pad_token_id=tokenizer.pad_token_id, batch_size=case.get("batch_size", 1))
-        loss_fn = load_loss_fn(str(FIXTURES / case["loss"])) if "loss" in case else None
-        roles_from = FIXTURES / case["roles_from"] if "roles_from" in case else None
-        return gradscope.check_batches(
-            model, batches, tokenizer=tokenizer, loss_fn=loss_fn, accumulate=case.get("accumulate"),
-            response_template=case.get("response_template"), roles_from=roles_from,
-        )
-
-    return run
 
 
 def _key(check: str, sample: int | None) -> tuple[str, int]:

@@ -1,0 +1,205 @@
+"""CI output: a report as JUnit XML (one test case per sample per check) and as GitHub Actions annotations.
+
+Views never import torch: this module reads the report's dataclasses only. Errors are failed test cases;
+warnings pass (their message in ``system-out``) unless ``strict``, as the exit code counts them.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from gradscope.report import SCAN_WARNINGS, Finding, Report, SampleReport, ScanReport
+
+ROOT_CHECKS = ("no_loss", "label_misaligned")
+"""A sample that fails one of these is not judged by the others (``gradscope.checks.masking.check_sample``): they are skipped."""
+
+SAMPLE_CHECKS = (
+    *ROOT_CHECKS, "prompt_leak", "pad_leak", "completion_untrained", "eos_untrained", "turn_end_untrained",
+    "completion_truncated", "boundary_leak", "bos_duplicated", "pads_attended", "packed_without_boundaries",
+    "media_tokens_trained", "causal_leak", "cross_document_leak",
+)
+"""Checks that judge one sample (row) each, in the order ``check`` runs them."""
+
+ROLE_CHECKS = ("prompt_leak", "completion_untrained")
+"""Checks that need the roles: skipped when a sample's roles are unknown (its ``roles_unknown`` warning says why)."""
+
+ROLES_UNKNOWN = "roles unknown: no role tensor, roles_from rows, response template or chat template gave them"
+
+PROBE_OF = {"causal_leak": "causal", "cross_document_leak": "packing", "uneven_token_weights": "weights",
+            "accumulation_mismatch": "accumulate"}
+"""Checks that a structural probe runs: skipped when the probe did not run (its note says why)."""
+
+
+@dataclass
+class Case:
+    """One JUnit test case: a check on one sample (or on the batch)."""
+
+    check: str
+    subject: str
+    failure: Finding | None = None
+    skipped: str | None = None
+    output: str | None = None
+
+
+def to_junit(report: Report | ScanReport, *, strict: bool = False) -> str:
+    """The report as JUnit XML: one ``testsuite`` per check, one ``testcase`` per sample (``check``) or per check
+    over all rows (``scan``).
+
+    Args:
+        report: What ``check``, ``grads``, ``verify`` or ``scan`` returned.
+        strict: Warnings fail too (``--strict``).
+
+    Returns:
+        The XML document, its failure messages the findings' own.
+    """
+    cases = _scan_cases(report) if isinstance(report, ScanReport) else _report_cases(report)
+    command = "scan" if isinstance(report, ScanReport) else ("check" if report.samples else "gradient")
+    suites = ET.Element("testsuites", name=f"gradscope {command}")
+    for check in dict.fromkeys(c.check for c in cases):
+        _suite(suites, f"gradscope.{check}", [c for c in cases if c.check == check], strict)
+    _totals(suites, suites.findall("testsuite"), skipped=False)  # the common schema has no skipped on testsuites
+    ET.indent(suites)
+    return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(suites, encoding="unicode") + "\n"
+
+
+def _suite(parent: ET.Element, name: str, cases: Sequence[Case], strict: bool) -> None:
+    suite = ET.SubElement(parent, "testsuite", name=name)
+    for case in cases:
+        element = ET.SubElement(suite, "testcase", name=case.subject, classname=name, time="0")
+        failing = case.failure is not None and (case.failure.severity == "error" or strict)
+        if failing:
+            f = case.failure
+            failure = ET.SubElement(element, "failure", message=_headline(f), type=f.severity)
+            failure.text = f.message
+        elif case.skipped is not None:
+            ET.SubElement(element, "skipped", message=case.skipped)
+        text = case.output or (f"warning: {case.failure.message}" if case.failure is not None and not failing else None)
+        if text:
+            ET.SubElement(element, "system-out").text = text
+    _totals(suite, [suite])
+
+
+def _totals(element: ET.Element, suites: Iterable[ET.Element], skipped: bool = True) -> None:
+    cases = [c for s in suites for c in s.findall("testcase")]
+    element.set("tests", str(len(cases)))
+    element.set("failures", str(sum(c.find("failure") is not None for c in cases)))
+    element.set("errors", "0")
+    if skipped:
+        element.set("skipped", str(sum(c.find("skipped") is not None for c in cases)))
+    element.set("time", "0")
+
+
+def _headline(f: Finding) -> str:
+    where = "the batch" if f.sample is None else f"sample {f.sample}"
+    positions = f", positions {_runs_text(f.positions)}" if f.positions else ""
+    return f"{f.check} ({where}{positions}): {f.message.split(': ')[0].split('. ')[0]}"
+
+
+def _runs_text(positions: Sequence[int]) -> str:
+    """[0, 1, 2, 7] -> '0-2, 7' (ASCII: CI logs and XML attributes)."""
+    runs: list[list[int]] = []
+    for p in positions:
+        if runs and p == runs[-1][1] + 1:
+            runs[-1][1] = p
+        else:
+            runs.append([p, p])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
+def _report_cases(r: Report) -> list[Case]:
+    """Per sample and check, then the batch-wide checks that ran; every finding is a case (none is dropped)."""
+    by_key = {(f.check, f.sample): f for f in r.findings}
+    cases = [case for s in r.samples for case in _sample_cases(r, s, by_key)]
+    for check in _batch_checks(r):
+        cases.append(Case(check, "the batch", by_key.get((check, None)), _probe_skip(r, check)))
+    covered = {id(c.failure) for c in cases}
+    for f in r.findings:  # a check this module does not know yet still fails its run
+        if id(f) not in covered:
+            cases.append(Case(f.check, "the batch" if f.sample is None else f"sample {f.sample}", f))
+    return cases
+
+
+def _sample_cases(r: Report, s: SampleReport, by_key: dict[tuple[str, int | None], Finding]) -> list[Case]:
+    root = next((c for c in ROOT_CHECKS if (c, s.index) in by_key), None)
+    roles_unknown = all(t.role is None for t in s.tokens if t.role != "pad")
+    cases = []
+    for check in SAMPLE_CHECKS:
+        skipped = _probe_skip(r, check)
+        if root is not None and check != root:
+            skipped = f"not judged: the sample fails {root}, the root cause"
+        elif roles_unknown and check in ROLE_CHECKS:
+            skipped = ROLES_UNKNOWN
+        cases.append(Case(check, f"sample {s.index}", by_key.get((check, s.index)), skipped))
+    return cases
+
+
+def _probe_skip(r: Report, check: str) -> str | None:
+    probe = r.probes.get(PROBE_OF.get(check, ""))
+    if probe is None or probe.ran:
+        return None
+    return f"the {PROBE_OF[check]} probe did not run: {probe.note}" if probe.note else f"the {PROBE_OF[check]} probe did not run"
+
+
+def _batch_checks(r: Report) -> list[str]:
+    """The batch-wide checks of the passes that ran."""
+    checks = ["nonfinite"] if r.samples else []
+    checks += [c for c in ("uneven_token_weights", "accumulation_mismatch") if PROBE_OF[c] in r.probes]
+    if r.grads is not None:
+        checks += ["frozen_model", "untrained_parameters", "nonfinite", "exploding_gradient", "vanishing_gradient"]
+    if r.overfit is not None:
+        checks.append("cannot_overfit")
+    if r.verify is not None:
+        checks += ["nonfinite", "gradient_mismatch"]
+    return list(dict.fromkeys(checks))
+
+
+def _scan_cases(r: ScanReport) -> list[Case]:
+    """One case per check over every row: a scan covers millions of rows; the message names the first ones."""
+    cases = []
+    for name, entry in r.checks.items():
+        failure = None
+        if entry["rows"]:
+            first = ", ".join(map(str, entry["first_rows"])) + (" ..." if entry["rows"] > len(entry["first_rows"]) else "")
+            examples = "\n".join(f"row {f.sample}: {f.message}" for f in r.findings if f.check == name)
+            severity = "warning" if name in SCAN_WARNINGS else "error"
+            failure = Finding(name, severity, None, [], f"{entry['rows']} of {r.rows} row(s) fail (rows {first})\n{examples}")
+        cases.append(Case(name, f"all {r.rows} rows", failure))
+    return cases
+
+
+def github_annotations(report: Report | ScanReport, *, strict: bool = False) -> list[str]:
+    """GitHub Actions workflow commands, one ``::error`` (or ``::warning``) line per finding.
+
+    Args:
+        report: The report.
+        strict: Warnings are ``::error`` lines too, as they fail the run.
+
+    Returns:
+        Lines for stderr; Actions shows each as an annotation on the run and its summary.
+    """
+    source = _source(report)
+    lines = []
+    for f in report.findings:
+        level = "error" if f.severity == "error" or strict else "warning"
+        where = "batch" if f.sample is None else f"{'row' if isinstance(report, ScanReport) else 'sample'} {f.sample}"
+        title = _escape_property(f"gradscope {f.check} ({where})")
+        file = f"file={_escape_property(source)}," if source else ""
+        positions = f"positions {_runs_text(f.positions)}: " if f.positions else ""
+        lines.append(f"::{level} {file}title={title}::{_escape_data(positions + f.message)}")
+    return lines
+
+
+def _source(report: Report | ScanReport) -> str | None:
+    """The data file, when it is a path relative to the workspace (Actions links those)."""
+    path = report.source.get("path") if isinstance(report, ScanReport) else report.data.get("source")
+    return str(path) if path and not str(path).startswith("/") else None
+
+
+def _escape_data(text: str) -> str:
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def _escape_property(text: str) -> str:
+    return _escape_data(text).replace(":", "%3A").replace(",", "%2C")

@@ -1,0 +1,10 @@
+"""The HTML view of a report: one self-contained page (inline CSS and JS, no network), and the same view inline in
+a notebook. Pure string building from the report's dataclasses: no torch, nothing recomputed.
+
+``page`` lays out the page, ``strip`` the token strips, ``grads`` the parameter-gradient sections, ``data`` the
+compact number encoding the page's script decodes, ``assets`` the CSS and JS.
+"""
+
+from gradscope.report.html.page import html_fragment, to_html
+
+__all__ = ["html_fragment", "to_html"]
