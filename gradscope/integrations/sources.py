@@ -1,0 +1,123 @@
+"""Where the watched step's roles come from, in order: role tensors in the trainer's inputs, the trainer's own
+train_dataset (its raw prompt/completion or messages columns, re-tokenized by gradscope and matched to the batch
+by token ids), else the chat template's assistant markers. A row none of them explains is *not judged* (roles
+unknown): a non-chat prompt-completion row is never called all-prompt."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from gradscope.batch import COMPLETION, PROMPT, ROLE_KEYS, UNKNOWN, document_starts, real_tokens
+from gradscope.errors import DataError
+from gradscope.roles import RoleSpec, TemplateMarkers, derive, row_kind, template_markers
+
+
+def from_inputs(inputs: Mapping[str, Any], *others: Mapping[str, Any]) -> torch.Tensor | None:
+    """Role codes (B, T) from a completion_mask / assistant_masks of input_ids' shape, in any of the mappings."""
+    shape = inputs["input_ids"].shape
+    for source in (inputs, *others):
+        for key in ROLE_KEYS:
+            mask = source.get(key)
+            if isinstance(mask, torch.Tensor) and mask.shape == shape:
+                return torch.where(mask.detach().cpu().bool(), COMPLETION, PROMPT)
+    return None
+
+
+class DatasetRoles:
+    """Roles of the trainer's dataset rows, found by token ids; gradscope derives them from the raw columns.
+
+    Args:
+        dataset: The trainer's (prepared) train_dataset: ``input_ids`` plus ``prompt``/``completion`` or
+            ``messages`` (TRL keeps them unless packing).
+        tokenizer: The trainer's tokenizer.
+        spec: How gradscope splits rows into roles.
+    """
+
+    def __init__(self, dataset: Any, tokenizer: Any, spec: RoleSpec) -> None:
+        self.dataset, self.tokenizer, self.spec = dataset, tokenizer, spec
+        self.mismatched: list[int] = []  # dataset rows gradscope tokenizes differently from the trainer
+        columns = set(getattr(dataset, "column_names", None) or [])
+        probe = {c: None for c in columns}
+        self.usable = "input_ids" in columns and tokenizer is not None and row_kind(probe) != ""
+        self._lengths: torch.Tensor | None = None
+
+    def roles(self, ids: list[int]) -> list[int] | None:
+        """Role codes of the dataset row whose input_ids are ``ids``, or None when there is none."""
+        if not self.usable:
+            return None
+        for index in self._candidates(len(ids)):
+            if list(self.dataset[index]["input_ids"]) == ids:
+                return self._derive(index, ids)
+        return None
+
+    def _candidates(self, length: int) -> list[int]:
+        """Rows of that length, read from the Arrow offsets (no row is decoded)."""
+        if self._lengths is None:
+            column = self.dataset.data.column("input_ids").combine_chunks()
+            offsets = torch.tensor(column.offsets.to_numpy(zero_copy_only=False).astype("int64"))
+            self._lengths = offsets[1:] - offsets[:-1]
+            indices = getattr(self.dataset, "_indices", None)
+            if indices is not None:  # a selected/shuffled Dataset: map positions through its indices mapping
+                order = torch.tensor(indices.column(0).to_numpy().astype("int64"))
+                self._lengths = self._lengths[order]
+        return (self._lengths == length).nonzero().flatten().tolist()
+
+    def _derive(self, index: int, ids: list[int]) -> list[int] | None:
+        row = {k: v for k, v in self.dataset[index].items() if k in ("prompt", "completion", "messages", "tools")}
+        try:
+            derived = derive(row, index, self.tokenizer, self.spec)
+        except DataError:
+            derived = None
+        if derived is None or derived.input_ids != ids:
+            self.mismatched.append(index)
+            return None
+        return derived.roles
+
+
+def row_roles(ids: torch.Tensor, starts: torch.Tensor, real: torch.Tensor, dataset: DatasetRoles | None,
+              markers: TemplateMarkers | None, train_on: str) -> tuple[list[int], str | None]:
+    """Role codes of one row and what gave them: each packed document (its real tokens, padding after them) looked
+    up in the dataset, else the template's markers over the row; UNKNOWN where neither applies."""
+    ids_list, keep = ids.tolist(), real.tolist()
+    codes = [UNKNOWN] * len(ids_list)
+    if dataset is not None and dataset.usable:
+        edges = [0, *starts.nonzero().flatten().tolist(), len(ids_list)]
+        found = False
+        for a, b in zip(edges, edges[1:]):
+            n = sum(keep[a:b])
+            roles = dataset.roles(ids_list[a : a + n]) if n and all(keep[a : a + n]) else None
+            if roles is not None:
+                codes[a : a + n], found = roles, True
+        if found:
+            return codes, "train_dataset"
+    if markers is not None:
+        marked = markers.roles(ids_list, train_on)
+        if COMPLETION in marked:
+            return marked, "chat_template"
+    return codes, None
+
+
+def batch_roles(inputs: Mapping[str, Any], context: Mapping[str, Any], dataset: DatasetRoles | None,
+                markers: TemplateMarkers | None, train_on: str) -> tuple[torch.Tensor, list[str | None]]:
+    """Role codes (B, T) for one observed forward and, per row, which source gave them (None: not judged)."""
+    given = from_inputs(inputs, context.get("inputs", {}))
+    rows = len(inputs["input_ids"])
+    if given is not None:
+        return given, ["inputs"] * rows
+    starts, real = document_starts(inputs), real_tokens(inputs)
+    codes, sources = [], []
+    for b in range(rows):
+        row, source = row_roles(inputs["input_ids"][b], starts[b], real[b], dataset, markers, train_on)
+        codes.append(row)
+        sources.append(source)
+    return torch.tensor(codes, dtype=torch.long), sources
+
+
+def chat_markers(tokenizer: Any, ends: frozenset[int]) -> TemplateMarkers | None:
+    """The tokenizer's chat-template markers, or None without a template gradscope can read."""
+    if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+        return None
+    return template_markers(tokenizer, ends)
