@@ -29,7 +29,7 @@ from gradscope.report import Report
 from gradscope.roles import TRAIN_ON, RoleSpec
 
 from gradscope.integrations.observe import Observer
-from gradscope.integrations.sources import DatasetRoles, batch_roles, chat_markers
+from gradscope.integrations.sources import DatasetRoles, PreferenceRoles, batch_roles, chat_markers
 from gradscope.integrations.verdict import RankVerdict, gather, merge, rank_verdict
 
 try:
@@ -169,13 +169,14 @@ class GradscopeCallback(TrainerCallback):
         ends = frozenset(self.end_token_ids) if self.end_token_ids is not None else default_end_token_ids(lm, tokenizer)
         spec = RoleSpec(ends, train_on=self.train_on)
         dataset = DatasetRoles(getattr(self.trainer, "train_dataset", None), tokenizer, spec) if self.trainer else None
+        preference = PreferenceRoles(getattr(self.trainer, "train_dataset", None))
         markers, prepared, notes = chat_markers(tokenizer, ends), [], []
         for n, record in enumerate(observer.records):
             if not record.reached:
                 notes.append(f"a training forward ({record.where or 'no logits or last hidden state'}) never received "
                              "gradient from the loss; it was not checked")
                 continue
-            codes, sources = batch_roles(record.inputs, record.context, dataset, markers, self.train_on)
+            codes, sources = batch_roles(record.inputs, record.context, dataset, markers, self.train_on, preference)
             prepared.append((record.context.get("micro_batch", n), record, codes, sources))
         comparable = not any(k in r.context.get("inputs", {}) for _, r, _, _ in prepared for k in PREFERENCE_KEYS)
         verdict = rank_verdict(_rank(), prepared, tokenizer, ends, resolve_pad_token_id(lm, tokenizer), comparable)

@@ -77,7 +77,27 @@ class DatasetRoles:
         return derived.roles
 
 
-def row_roles(ids: torch.Tensor, starts: torch.Tensor, real: torch.Tensor, dataset: DatasetRoles | None,
+class PreferenceRoles:
+    """Roles of preference rows (TRL's DPO dataset: ``prompt_ids`` with ``chosen_ids`` / ``rejected_ids``): the
+    prompt's tokens are prompt, the chosen or rejected tokens completion; the dataset's own split, so a collator's
+    completion_mask is checked against it rather than trusted."""
+
+    def __init__(self, dataset: Any) -> None:
+        columns = set(getattr(dataset, "column_names", None) or [])
+        self.usable = {"prompt_ids", "chosen_ids", "rejected_ids"} <= columns
+        self._prompt_length: dict[tuple[int, ...], int] = {}
+        if self.usable:
+            for prompt, *answers in zip(dataset["prompt_ids"], dataset["chosen_ids"], dataset["rejected_ids"]):
+                for answer in answers:
+                    self._prompt_length[tuple(prompt) + tuple(answer)] = len(prompt)
+
+    def roles(self, ids: list[int]) -> list[int] | None:
+        """Role codes of a prompt + chosen/rejected sequence of the dataset, or None when it is not one."""
+        n = self._prompt_length.get(tuple(ids))
+        return None if n is None else [PROMPT] * n + [COMPLETION] * (len(ids) - n)
+
+
+def row_roles(ids: torch.Tensor, starts: torch.Tensor, real: torch.Tensor, dataset: DatasetRoles | PreferenceRoles | None,
               markers: TemplateMarkers | None, train_on: str) -> tuple[list[int], str | None]:
     """Role codes of one row and what gave them: each packed document (its real tokens, padding after them) looked
     up in the dataset, else the template's markers over the row; UNKNOWN where neither applies."""
@@ -101,13 +121,22 @@ def row_roles(ids: torch.Tensor, starts: torch.Tensor, real: torch.Tensor, datas
 
 
 def batch_roles(inputs: Mapping[str, Any], context: Mapping[str, Any], dataset: DatasetRoles | None,
-                markers: TemplateMarkers | None, train_on: str) -> tuple[torch.Tensor, list[str | None]]:
-    """Role codes (B, T) for one observed forward and, per row, which source gave them (None: not judged)."""
-    given = from_inputs(inputs, context.get("inputs", {}))
+                markers: TemplateMarkers | None, train_on: str,
+                preference: PreferenceRoles | None = None) -> tuple[torch.Tensor, list[str | None]]:
+    """Role codes (B, T) for one observed forward and, per row, which source gave them (None: not judged).
+
+    Preference rows take their roles from the dataset's prompt/chosen/rejected ids first (the collator's
+    completion_mask is what is under test there); otherwise a role tensor in the inputs wins.
+    """
     rows = len(inputs["input_ids"])
+    starts, real = document_starts(inputs), real_tokens(inputs)
+    if preference is not None and preference.usable:
+        pairs = [row_roles(inputs["input_ids"][b], starts[b], real[b], preference, None, train_on) for b in range(rows)]
+        if all(source is not None for _, source in pairs):
+            return torch.tensor([codes for codes, _ in pairs], dtype=torch.long), ["train_dataset"] * rows
+    given = from_inputs(inputs, context.get("inputs", {}))
     if given is not None:
         return given, ["inputs"] * rows
-    starts, real = document_starts(inputs), real_tokens(inputs)
     codes, sources = [], []
     for b in range(rows):
         row, source = row_roles(inputs["input_ids"][b], starts[b], real[b], dataset, markers, train_on)
