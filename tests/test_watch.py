@@ -245,3 +245,38 @@ def test_watch_adds_the_callback_and_fail_on_none_lets_it_train(tmp_path):
 def test_the_first_step_only_is_watched(tmp_path):
     run = train(sft(PROMPT_COMPLETION, tmp_path, max_steps=3))
     assert run.trainer.state.global_step == 3 and len(run.callback.report.samples) == 2
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_observer_matches_an_independent_computation(fused):
+    """Loss, trained map and weight read from the real backward equal a plain recomputation, on both paths."""
+    from trl.trainer.utils import add_fused_lm_head
+
+    from gradscope.integrations.observe import Observer
+    from gradscope.load import load_model
+    from tests.watch_helpers import MODEL
+
+    torch.manual_seed(0)
+    model = load_model(MODEL)
+    add_fused_lm_head(model)
+    model.train()
+    ids = torch.randint(5, 300, (2, 12))
+    labels = ids.clone()
+    labels[0, :5] = labels[1, :8] = -100
+    count = int((labels[:, 1:] != -100).sum())
+    observer = Observer(model)
+    if fused:
+        out = model(input_ids=ids, labels=labels, fused_lm_head=True)
+        (-out.log_probs.sum() / count * 3).backward()
+    else:
+        (model(input_ids=ids, labels=labels).loss * 3).backward()
+    observer.close()
+    (record,) = observer.records
+    assert record.where == ("lm_head_input" if fused else "logits")
+    with torch.no_grad():
+        expected = -model(input_ids=ids).logits.log_softmax(-1)[:, :-1].gather(-1, ids[:, 1:, None]).squeeze(-1)
+    trained = labels[:, 1:] != -100  # logit position t predicts token t + 1
+    assert torch.equal(record.grad_norm[:, :-1] > 0, trained)
+    torch.testing.assert_close(record.token_loss[:, :-1][trained], expected[trained], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(record.weight[:, :-1][trained], torch.full((count,), 3 / count), rtol=1e-4, atol=0)
+    assert torch.equal(record.target[:, :-1][trained], ids[:, 1:][trained])

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from gradscope.run import position_chunks
+from gradscope.run import CHUNK_ELEMENTS, position_chunks
 
 ALIGNED_RESIDUAL = 0.5
 """The gradient of a cross-entropy on token y is w * (p - e_y) at the logits and w * W^T (p - e_y) at the LM head's
@@ -165,65 +165,63 @@ def _watch_logits(record: Observed, logits: torch.Tensor, ids: torch.Tensor, eps
     targets = _next_tokens(ids).to(logits.device)
     held = logits.detach()
 
-    def hook(grad: torch.Tensor) -> None:
-        b, t, v = grad.shape
-        outs = {k: torch.zeros(b, t, device=grad.device) for k in ("loss", "norm", "weight", "residual")}
-        other = torch.full((b, t), -2, dtype=torch.long, device=grad.device)
-        with torch.no_grad():
-            for i in range(b):
-                for rows in position_chunks(t, v):
-                    g, y = grad[i, rows].detach().float(), targets[i, rows]
-                    logp = held[i, rows].float().log_softmax(-1)  # (chunk, V)
-                    direction = logp.exp() - epsilon / v
-                    direction[torch.arange(len(y)), y] -= 1 - epsilon
-                    _fit(outs, i, rows, g, direction, -logp.gather(-1, y[:, None]).squeeze(-1))
-                    off = (outs["residual"][i, rows] > ALIGNED_RESIDUAL) & (outs["norm"][i, rows] > 0)
-                    if off.any():  # the token it pushes toward: the most negative entry (the most positive if w < 0)
-                        low, high = g[off].min(-1), g[off].max(-1)
-                        other[i, rows][off] = torch.where(-low.values >= high.values, low.indices, high.indices)
-        _store(record, outs, torch.where(outs["residual"] <= ALIGNED_RESIDUAL, targets, other))
+    def direction(i: int, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        y = targets[i, rows]
+        logp = held[i, rows].float().log_softmax(-1)  # (chunk, V)
+        d = logp.exp() - epsilon / logp.shape[-1]
+        d[torch.arange(len(y)), y] -= 1 - epsilon
+        return d, -logp.gather(-1, y[:, None]).squeeze(-1)
 
-    logits.register_hook(hook)
-
-
-def _fit(outs: Mapping[str, torch.Tensor], i: int, rows: slice, g: torch.Tensor, direction: torch.Tensor,
-         loss: torch.Tensor) -> None:
-    """Read g (chunk, N) as weight * direction plus a residual relative to ||g||; store them and the loss."""
-    scale = (g * direction).sum(-1) / (direction * direction).sum(-1).clamp_min(1e-30)
-    norm = torch.linalg.vector_norm(g, dim=-1)
-    outs["loss"][i, rows] = loss
-    outs["norm"][i, rows] = norm
-    outs["weight"][i, rows] = scale
-    outs["residual"][i, rows] = torch.linalg.vector_norm(g - scale[:, None] * direction, dim=-1) / norm.clamp_min(1e-30)
-
-
-def _store(record: Observed, outs: Mapping[str, torch.Tensor], target: torch.Tensor) -> None:
-    norm = outs["norm"]
-    record.token_loss = outs["loss"].cpu()
-    record.grad_norm = norm.cpu()
-    record.weight = torch.where(norm > 0, outs["weight"], 0.0).cpu()
-    record.target = torch.where(norm > 0, target, -1).cpu()
-    record.finite = bool(torch.isfinite(norm).all())
+    logits.register_hook(lambda grad: _read(record, grad, targets, direction, logits.shape[-1], True))
 
 
 def _watch_hidden(record: Observed, hidden: torch.Tensor, ids: torch.Tensor, head: nn.Module) -> None:
     """Read the loss at the LM head's input, in the backward: the loss and the direction W^T (p - e_y) the gradient
-    of a loss on token y has there come from a no-grad, chunked re-projection through the head."""
+    of a loss on token y has there come from a no-grad re-projection through the head of the trained positions."""
     targets = _next_tokens(ids).to(hidden.device)
-    weight, bias = head.weight, getattr(head, "bias", None)
 
-    def hook(grad: torch.Tensor) -> None:
-        b, t, _ = grad.shape
-        outs = {k: torch.zeros(b, t, device=grad.device) for k in ("loss", "norm", "weight", "residual")}
-        with torch.no_grad():
-            w = weight.detach().float()  # (V, D)
-            for i in range(b):
-                for rows in position_chunks(t, w.shape[0]):
-                    h, y = hidden[i, rows].detach().float(), targets[i, rows]
-                    logits = h @ w.T if bias is None else h @ w.T + bias.detach().float()  # (chunk, V)
-                    logp = logits.log_softmax(-1)
-                    direction = logp.exp() @ w - w[y]  # (chunk, D)
-                    _fit(outs, i, rows, grad[i, rows].detach().float(), direction, -logp.gather(-1, y[:, None]).squeeze(-1))
-        _store(record, outs, torch.where(outs["residual"] <= ALIGNED_RESIDUAL, targets, -2))
+    def direction(i: int, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        w, bias = head.weight.detach().float(), getattr(head, "bias", None)  # (V, D)
+        h, y = hidden[i, rows].detach().float(), targets[i, rows]
+        logits = h @ w.T if bias is None else h @ w.T + bias.detach().float()  # (chunk, V)
+        logp = logits.log_softmax(-1)
+        return logp.exp() @ w - w[y], -logp.gather(-1, y[:, None]).squeeze(-1)  # (chunk, D): W^T (p - e_y)
 
-    hidden.register_hook(hook)
+    hidden.register_hook(lambda grad: _read(record, grad, targets, direction, head.weight.shape[0], False))
+
+
+def _read(record: Observed, grad: torch.Tensor, targets: torch.Tensor, direction, vocab: int, find_other: bool) -> None:
+    """Reduce the gradient (B, T, N) at the logits (N = V) or the LM head's input (N = D), position by position.
+
+    Only positions the loss reaches (non-zero gradient: the trained ones) get the loss and the direction computed,
+    a chunk of positions at a time (``vocab`` sizes the (chunk, V) temporaries); the others keep loss NaN and weight
+    0. ``direction(i, positions)`` gives the direction of a loss on each position's own next token and its loss.
+    """
+    b, t, n = grad.shape
+    outs = {"loss": torch.full((b, t), float("nan"), device=grad.device)}
+    outs.update({k: torch.zeros(b, t, device=grad.device) for k in ("norm", "weight", "residual")})
+    other = torch.full((b, t), -2, dtype=torch.long, device=grad.device)
+    with torch.no_grad():
+        for i in range(b):
+            for rows in position_chunks(t, n):
+                outs["norm"][i, rows] = torch.linalg.vector_norm(grad[i, rows].detach().float(), dim=-1)
+            reached = (outs["norm"][i] > 0).nonzero().flatten()
+            for part in reached.split(max(1, CHUNK_ELEMENTS // vocab)):
+                d, loss = direction(i, part)
+                g = grad[i, part].detach().float()
+                scale = (g * d).sum(-1) / (d * d).sum(-1).clamp_min(1e-30)
+                norm = outs["norm"][i, part]
+                outs["loss"][i, part], outs["weight"][i, part] = loss, scale
+                residual = torch.linalg.vector_norm(g - scale[:, None] * d, dim=-1) / norm.clamp_min(1e-30)
+                outs["residual"][i, part] = residual
+                off = residual > ALIGNED_RESIDUAL
+                if find_other and off.any():  # the token it pushes toward: the most negative entry (most positive if w < 0)
+                    low, high = g[off].min(-1), g[off].max(-1)
+                    other[i, part[off]] = torch.where(-low.values >= high.values, low.indices, high.indices)
+    norm = outs["norm"]
+    aligned = outs["residual"] <= ALIGNED_RESIDUAL
+    record.token_loss = outs["loss"].cpu()
+    record.grad_norm = norm.cpu()
+    record.weight = torch.where(norm > 0, outs["weight"], 0.0).cpu()
+    record.target = torch.where(norm > 0, torch.where(aligned, targets, other), -1).cpu()
+    record.finite = bool(torch.isfinite(norm).all())
