@@ -25,11 +25,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gradscope.integrations import GradscopeCallback  # noqa: E402
-from gradscope.load import load_tokenizer  # noqa: E402
+from gradscope.integrations import GradscopeCallback
+from gradscope.load import load_tokenizer
 
 TOKENIZER = Path(__file__).resolve().parent.parent / "fixtures/models/tiny-llama-chat"
-WORDS = "the sky is blue and the sea is green while a cat sat on the mat near seven red books".split()
+WORDS = ["the", "sky", "is", "blue", "and", "the", "sea", "is", "green", "while", "a", "cat", "sat", "on", "the", "mat", "near", "seven", "red", "books"]
 
 
 class StepTimer:
@@ -52,7 +52,7 @@ class StepTimer:
 
 def rows(n: int, length: int) -> list[dict]:
     rng = random.Random(0)
-    text = lambda k: " ".join(rng.choice(WORDS) for _ in range(k))  # noqa: E731
+    text = lambda k: " ".join(rng.choice(WORDS) for _ in range(k))
     return [{"prompt": text(length // 4) + "\nAnswer:", "completion": " " + text(length // 8)} for _ in range(n)]
 
 
@@ -89,7 +89,7 @@ def plain_trainer(options, data, callbacks, out):
 
     def collate(batch):
         width = max(len(r["input_ids"]) for r in batch)
-        pad = lambda key, fill: torch.tensor([r[key] + [fill] * (width - len(r[key])) for r in batch])  # noqa: E731
+        pad = lambda key, fill: torch.tensor([r[key] + [fill] * (width - len(r[key])) for r in batch])
         mask = torch.tensor([[1] * len(r["input_ids"]) + [0] * (width - len(r["input_ids"])) for r in batch])
         return {"input_ids": pad("input_ids", 3), "labels": pad("labels", -100), "attention_mask": mask}
 

@@ -9,13 +9,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gradscope.integrations import REPORT_FILE, GradscopeCallback, watch
+from gradscope.integrations import REPORT_FILE, watch
 from tests.watch_helpers import (
     CHAT_PROMPT_COMPLETION,
     CHATS,
     PAD,
     PROMPT_COMPLETION,
-    pad_collator,
     plain,
     sft,
     tokenized,
@@ -227,8 +226,9 @@ def test_assistant_mask_without_generation_markers_stops(tmp_path):
 
 
 def test_watch_adds_the_callback_and_fail_on_none_lets_it_train(tmp_path):
-    from trl import SFTConfig, SFTTrainer
     from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
     from gradscope.load import load_model, load_tokenizer
     from tests.watch_helpers import COMMON, MODEL
 

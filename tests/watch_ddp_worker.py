@@ -13,7 +13,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 torch.set_num_threads(1)
 
-from tests.watch_helpers import sft, train  # noqa: E402
+from tests.watch_helpers import sft, train
 
 ROWS = [{"prompt": "Question: What colour is the sky?\nAnswer:", "completion": " blue"},
         {"prompt": "Question: Count to seven.\nAnswer:", "completion": " one two three four five six seven"}]

@@ -18,8 +18,8 @@ PAD = 3  # <|pad|> of the fixture
 PROMPT_COMPLETION = [json.loads(line) for line in (FIXTURES / "raw/prompt_completion.jsonl").read_text().splitlines()]
 CHATS = [json.loads(line) for line in (FIXTURES / "raw/chat.jsonl").read_text().splitlines()]
 CHAT_PROMPT_COMPLETION = json.loads((FIXTURES / "raw/chat_prompt_completion.json").read_text())
-COMMON = dict(report_to=[], use_cpu=True, save_strategy="no", logging_strategy="no", learning_rate=1e-2,
-              per_device_train_batch_size=2, max_steps=1)
+COMMON = {"report_to": [], "use_cpu": True, "save_strategy": "no", "logging_strategy": "no", "learning_rate": 1e-2,
+          "per_device_train_batch_size": 2, "max_steps": 1}
 
 
 @dataclass

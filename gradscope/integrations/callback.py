@@ -25,12 +25,16 @@ from torch import nn
 
 from gradscope.check import default_end_token_ids, describe_model, resolve_pad_token_id
 from gradscope.errors import GradscopeError, MaskingError
+from gradscope.integrations.observe import Observer
+from gradscope.integrations.sources import (
+    DatasetRoles,
+    PreferenceRoles,
+    batch_roles,
+    chat_markers,
+)
+from gradscope.integrations.verdict import RankVerdict, gather, merge, rank_verdict
 from gradscope.report import Report
 from gradscope.roles import TRAIN_ON, RoleSpec
-
-from gradscope.integrations.observe import Observer
-from gradscope.integrations.sources import DatasetRoles, PreferenceRoles, batch_roles, chat_markers
-from gradscope.integrations.verdict import RankVerdict, gather, merge, rank_verdict
 
 try:
     from transformers import Trainer, TrainerCallback
@@ -148,7 +152,7 @@ class GradscopeCallback(TrainerCallback):
         """This rank's verdict, gathered with the others' into one Report (an analysis error travels too)."""
         try:
             local = self._rank_verdict(observer)
-        except Exception as err:  # every rank must reach the gather, or the others wait for ever
+        except Exception as err:  # noqa: BLE001 - every rank must reach the gather, or the others wait for ever
             local = RankVerdict(_rank(), error=f"{type(err).__name__}: {err}")
         verdicts = gather(local)
         failed = [v for v in verdicts if v.error is not None]

@@ -15,7 +15,6 @@ moves them onto the token they predict, as ``gradscope.run`` does.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 

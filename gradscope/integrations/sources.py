@@ -6,13 +6,27 @@ unknown): a non-chat prompt-completion row is never called all-prompt."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from itertools import pairwise
 from typing import Any
 
 import torch
 
-from gradscope.batch import COMPLETION, PROMPT, ROLE_KEYS, UNKNOWN, document_starts, real_tokens
+from gradscope.batch import (
+    COMPLETION,
+    PROMPT,
+    ROLE_KEYS,
+    UNKNOWN,
+    document_starts,
+    real_tokens,
+)
 from gradscope.errors import DataError
-from gradscope.roles import RoleSpec, TemplateMarkers, derive, row_kind, template_markers
+from gradscope.roles import (
+    RoleSpec,
+    TemplateMarkers,
+    derive,
+    row_kind,
+    template_markers,
+)
 
 
 def from_inputs(inputs: Mapping[str, Any], *others: Mapping[str, Any]) -> torch.Tensor | None:
@@ -106,7 +120,7 @@ def row_roles(ids: torch.Tensor, starts: torch.Tensor, real: torch.Tensor, datas
     if dataset is not None and dataset.usable:
         edges = [0, *starts.nonzero().flatten().tolist(), len(ids_list)]
         found = False
-        for a, b in zip(edges, edges[1:]):
+        for a, b in pairwise(edges):
             n = sum(keep[a:b])
             roles = dataset.roles(ids_list[a : a + n]) if n and all(keep[a : a + n]) else None
             if roles is not None:

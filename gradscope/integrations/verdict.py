@@ -3,6 +3,7 @@ checks, the token weights of the whole step compared, and one agreed Report on e
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,12 +12,10 @@ import torch
 from gradscope.analyze import analyze
 from gradscope.batch import IGNORE_INDEX, ROLE_CODES_KEY, document_starts, real_tokens
 from gradscope.check import _sample_report, _views
+from gradscope.integrations.observe import Observed
 from gradscope.report import Finding, Report, SampleReport
 from gradscope.run import Capture
 from gradscope.structure import _mean_weights
-
-from gradscope.integrations.observe import Observed
-
 
 STEP_WEIGHT_TOLERANCE = 0.05
 """Token weights within 5% are equal: under bf16 autocast (TRL's default, on the CPU too) the weight read back from a
@@ -108,7 +107,7 @@ def rank_verdict(rank: int, records: list[tuple[int, Observed, torch.Tensor, lis
     for micro, record, codes, sources in records:
         batch = record_batch(record, codes)
         loss = float(record.context.get("loss", float("nan")))
-        capture = capture_of(record, loss if loss == loss else 0.0)
+        capture = capture_of(record, 0.0 if math.isnan(loss) else loss)
         starts = document_starts(batch)
         views = _views(batch, capture, tokenizer, ends, pad_id, 0, starts)
         for finding in analyze(capture, views, batch["labels"]):
