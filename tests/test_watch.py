@@ -245,6 +245,11 @@ def test_watch_adds_the_callback_and_fail_on_none_lets_it_train(tmp_path):
 def test_the_first_step_only_is_watched(tmp_path):
     run = train(sft(PROMPT_COMPLETION, tmp_path, max_steps=3))
     assert run.trainer.state.global_step == 3 and len(run.callback.report.samples) == 2
+    # Later steps run untouched: no gradscope hook is left on any module, no wrapper on the trainer.
+    hooks = [h for m in run.trainer.model.modules() for h in (*m._forward_hooks.values(), *m._forward_pre_hooks.values())]
+    assert not [h for h in hooks if "gradscope" in getattr(h, "__module__", "")]
+    assert all(h.__qualname__.startswith("PreTrainedModel.enable_input_require_grads") for h in hooks)  # TRL's own
+    assert "compute_loss" not in run.trainer.__dict__
 
 
 @pytest.mark.parametrize("fused", [True, False])
