@@ -65,13 +65,16 @@ class GradscopeCallback(TrainerCallback):
             from the chat template or from chat rows of the dataset.
         end_token_ids: Tokens that close a completion; by default EOS and the tokenizer's end-of-turn tokens.
         write_report: Write the report to ``output_dir/gradscope.json`` (rank 0).
+        keep_dropout: Accepted for compatibility and ignored: the watched step is the trainer's own, dropout
+            included (dropout changes activations, not which logits the labels put a loss on).
 
     Attributes:
         report: The Report of the first optimizer step, once it has been checked (on every rank).
     """
 
     def __init__(self, fail_on: str | None = "error", *, train_on: str = "all-assistant",
-                 end_token_ids: frozenset[int] | None = None, write_report: bool = True) -> None:
+                 end_token_ids: frozenset[int] | None = None, write_report: bool = True,
+                 keep_dropout: bool = False) -> None:
         if fail_on not in ("error", "warning", None):
             raise ValueError(f"fail_on must be 'error', 'warning' or None, not {fail_on!r}")
         if train_on not in TRAIN_ON:
