@@ -200,7 +200,7 @@ def uneven_token_weights(
         documents: (B, T) document index within each row (packed rows: one sequence per document).
         samples: Each row's sample index in the data.
     """
-    groups = _mean_weights(weight, trained, documents)
+    groups = mean_weights(weight, trained, documents)
     if len(groups) < 2 or min(g[0] for g in groups) <= 0:
         return None
     low, high = min(groups), max(groups)
@@ -220,7 +220,7 @@ def uneven_token_weights(
     )
 
 
-def _mean_weights(weight: torch.Tensor, trained: torch.Tensor, documents: torch.Tensor) -> list[tuple[float, int, int, int]]:
+def mean_weights(weight: torch.Tensor, trained: torch.Tensor, documents: torch.Tensor) -> list[tuple[float, int, int, int]]:
     """(mean weight, row, document, trained tokens) of every sequence with a trained token."""
     groups = []
     for row in range(len(weight)):

@@ -6,11 +6,18 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from gradscope.constants import CU_SEQ_LENS_KEYS, IGNORE_INDEX, META_KEYS, ROLE_CODES_KEY, ROLE_KEYS
+from gradscope.constants import (  # noqa: F401  (the role codes are re-exported: batches carry them)
+    COMPLETION,
+    CU_SEQ_LENS_KEYS,
+    IGNORE_INDEX,
+    META_KEYS,
+    PAD,
+    PROMPT,
+    ROLE_CODES_KEY,
+    ROLE_KEYS,
+    UNKNOWN,
+)
 from gradscope.errors import DataError
-
-# Role codes, per position.
-UNKNOWN, PROMPT, COMPLETION, PAD = -1, 0, 1, 2
 
 _PER_TOKEN_KEYS = ("labels", "position_ids", "seq_idx", *ROLE_KEYS, ROLE_CODES_KEY)
 

@@ -149,7 +149,7 @@ def check_batches(
             model, to_device(full, device), loss_fn=loss_fn, keep_dropout=keep_dropout,
             after_backward=run if run.needed else None,  # a graph kept for nothing costs the logits' memory
         )
-        views = _views(
+        views = sample_views(
             full, capture, tokenizer, ends, pad_id, len(report.samples), starts if "packing" in chosen else None, media
         )
         findings = analyze(capture, views, full["labels"])
@@ -161,7 +161,7 @@ def check_batches(
                 report.accumulation.append(result)
                 findings += [finding] if finding is not None else []
         report.findings += findings
-        report.samples += [_sample_report(v, full, capture, i, read.sources[i]) for i, v in enumerate(views)]
+        report.samples += [sample_report(v, full, capture, i, read.sources[i]) for i, v in enumerate(views)]
         unknown += [(v.index, read.reasons[i]) for i, v in enumerate(views) if read.sources[i] == UNKNOWN_SOURCE]
         report.losses.append(capture.loss)
         runs.append(run)
@@ -311,7 +311,7 @@ def _packing_extent(starts: torch.Tensor, real: torch.Tensor) -> tuple[int, int]
     return int(inner.sum()), int(inner.any(1).sum())
 
 
-def _views(
+def sample_views(
     batch: Mapping[str, torch.Tensor],
     capture: Capture,
     tokenizer: Any,
@@ -377,7 +377,7 @@ def _decoder(tokenizer: Any):
     return text
 
 
-def _sample_report(
+def sample_report(
     view: SampleView, batch: Mapping[str, torch.Tensor], capture: Capture, b: int, roles_source: str
 ) -> SampleReport:
     # One .tolist() per quantity: indexing tensors element by element costs microseconds per token.

@@ -7,9 +7,9 @@ import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-import gradscope.checks.masking as analyze
 import pytest
 
+import gradscope.checks.masking as analyze
 from gradscope.render.junit import ROLES_UNKNOWN, SAMPLE_CHECKS, github_annotations, to_junit
 from gradscope.report import Finding, Report, SampleReport, ScanReport, TokenReport
 

@@ -13,7 +13,7 @@ import gradscope
 from gradscope.integrations import GradscopeCallback
 from gradscope.model.load import load_model, load_tokenizer
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 pytest.importorskip("trl")
 pytestmark = pytest.mark.filterwarnings("ignore:`gradient_checkpointing` is deprecated:FutureWarning")
 
@@ -78,18 +78,28 @@ def _leaky_batch(tokenizer):
     return {"input_ids": ids, "labels": ids.clone(), "attention_mask": torch.ones_like(ids)}
 
 
+def _step(callback, model, batch):
+    """One training forward and backward as a trainer runs them, then the callback's pre-optimizer-step verdict."""
+    outputs = model(**batch)
+    if outputs.loss is not None:
+        outputs.loss.backward()
+    callback.on_pre_optimizer_step(None, None, None)
+    return outputs
+
+
 def test_fail_on_none_logs_and_lets_the_forward_go_on(caplog):
     callback = GradscopeCallback(fail_on=None)
     model, tokenizer = _hooked(callback)
     batch = _leaky_batch(tokenizer)
     with caplog.at_level(logging.WARNING, logger="gradscope"):
-        outputs = model(**batch)
+        outputs = _step(callback, model, batch)
     assert outputs.loss is not None
     assert [f.check for f in callback.report.findings] == ["prompt_leak"]
     assert "prompt_leak" in caplog.text and not model._forward_pre_hooks
     with pytest.raises(gradscope.MaskingError, match="prompt_leak"):
-        model2, _ = _hooked(GradscopeCallback(fail_on="warning"))
-        model2(**batch)
+        callback2 = GradscopeCallback(fail_on="warning")
+        model2, _ = _hooked(callback2)
+        _step(callback2, model2, batch)
 
 
 def test_a_forward_without_labels_is_not_checked(caplog):
@@ -97,9 +107,8 @@ def test_a_forward_without_labels_is_not_checked(caplog):
     model, tokenizer = _hooked(callback)
     batch = _leaky_batch(tokenizer)
     del batch["labels"]
-    with caplog.at_level(logging.WARNING, logger="gradscope"):
-        model(**batch)
-    assert callback.report is None and "without labels" in caplog.text
+    _step(callback, model, batch)
+    assert callback.report.samples == [] and "never received gradient" in callback.report.notes[0]
 
 
 def test_bad_arguments():

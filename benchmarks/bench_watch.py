@@ -1,0 +1,143 @@
+"""What watching the first optimizer step costs: watched vs unwatched training steps, side by side in one run.
+
+For each trainer (TRL's SFTTrainer on its default fused-LM-head path; a plain transformers Trainer, whose loss reads
+the logits), a fresh model with the same seed trains --steps steps with and without GradscopeCallback, the order
+alternating over --repeats rounds. A step is timed from on_step_begin to on_step_end (forward, backward, the
+verdict in on_pre_optimizer_step, the optimizer step). Reported: the median first step and the median later step
+(steps 2..N) of each mode, and their ratios.
+
+    python benchmarks/bench_watch.py                        # default: Llama, hidden 256, 4 layers, vocab 32000
+    python benchmarks/bench_watch.py --hidden 512 --layers 8 --length 256 --repeats 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from gradscope.integrations import GradscopeCallback
+from gradscope.model.load import load_tokenizer
+
+TOKENIZER = Path(__file__).resolve().parent.parent / "fixtures/models/tiny-llama-chat"
+WORDS = ["the", "sky", "is", "blue", "and", "the", "sea", "is", "green", "while", "a", "cat", "sat", "on", "the", "mat", "near", "seven", "red", "books"]
+
+
+class StepTimer:
+    """A TrainerCallback timing each optimizer step."""
+
+    def __init__(self) -> None:
+        from transformers import TrainerCallback
+
+        timer = self
+
+        class _Timer(TrainerCallback):
+            def on_step_begin(self, args, state, control, **kwargs):
+                timer.start = time.perf_counter()
+
+            def on_step_end(self, args, state, control, **kwargs):
+                timer.steps.append(time.perf_counter() - timer.start)
+
+        self.callback, self.steps, self.start = _Timer(), [], 0.0
+
+
+def rows(n: int, length: int) -> list[dict]:
+    rng = random.Random(0)
+    text = lambda k: " ".join(rng.choice(WORDS) for _ in range(k))
+    return [{"prompt": text(length // 4) + "\nAnswer:", "completion": " " + text(length // 8)} for _ in range(n)]
+
+
+def model(options):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=options.vocab, hidden_size=options.hidden, intermediate_size=options.hidden * 3,
+                         num_hidden_layers=options.layers, num_attention_heads=4, num_key_value_heads=4,
+                         eos_token_id=2, pad_token_id=3)
+    return LlamaForCausalLM(config)
+
+
+def sft_trainer(options, data, callbacks, out):
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    args = SFTConfig(output_dir=out, report_to=[], use_cpu=True, save_strategy="no", logging_strategy="no",
+                     max_steps=options.steps, per_device_train_batch_size=options.batch, disable_tqdm=True)
+    return SFTTrainer(model=model(options), args=args, train_dataset=Dataset.from_list(data),
+                      processing_class=load_tokenizer(TOKENIZER), callbacks=callbacks)
+
+
+def plain_trainer(options, data, callbacks, out):
+    from datasets import Dataset
+    from transformers import Trainer, TrainingArguments
+
+    tokenizer = load_tokenizer(TOKENIZER)
+    tokenized = []
+    for row in data:
+        prompt = tokenizer(row["prompt"])["input_ids"]
+        full = tokenizer(row["prompt"] + row["completion"] + tokenizer.eos_token)["input_ids"]
+        tokenized.append({"input_ids": full, "labels": [-100] * len(prompt) + full[len(prompt):]})
+
+    def collate(batch):
+        width = max(len(r["input_ids"]) for r in batch)
+        pad = lambda key, fill: torch.tensor([r[key] + [fill] * (width - len(r[key])) for r in batch])
+        mask = torch.tensor([[1] * len(r["input_ids"]) + [0] * (width - len(r["input_ids"])) for r in batch])
+        return {"input_ids": pad("input_ids", 3), "labels": pad("labels", -100), "attention_mask": mask}
+
+    args = TrainingArguments(output_dir=out, report_to=[], use_cpu=True, save_strategy="no", logging_strategy="no",
+                             max_steps=options.steps, per_device_train_batch_size=options.batch, disable_tqdm=True)
+    return Trainer(model=model(options), args=args, train_dataset=Dataset.from_list(tokenized),
+                   data_collator=collate, callbacks=callbacks)
+
+
+def measure(make, options, data) -> dict[str, list[float]]:
+    """First-step and later-step times of each mode over the rounds, the order alternating."""
+    times = {("unwatched", "first"): [], ("unwatched", "later"): [], ("watched", "first"): [], ("watched", "later"): []}
+    for round_ in range(options.repeats):
+        for mode in (("unwatched", "watched") if round_ % 2 == 0 else ("watched", "unwatched")):
+            timer = StepTimer()
+            callbacks = [timer.callback] + ([GradscopeCallback(write_report=False)] if mode == "watched" else [])
+            with tempfile.TemporaryDirectory() as out:
+                make(options, data, callbacks, out).train()
+            times[(mode, "first")].append(timer.steps[0])
+            times[(mode, "later")].append(statistics.median(timer.steps[1:]))
+    return {f"{m} {s}": v for (m, s), v in times.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--vocab", type=int, default=32000)
+    parser.add_argument("--length", type=int, default=256, help="about this many tokens per row")
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    options = parser.parse_args()
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    logging.disable(logging.WARNING)
+    data = rows(options.batch * options.steps, options.length)
+    print(f"Llama hidden {options.hidden}, {options.layers} layers, vocab {options.vocab}, batch {options.batch} x "
+          f"~{options.length} tokens, {options.steps} steps, {options.repeats} rounds, {torch.get_num_threads()} threads")
+    print("| trainer | unwatched first | watched first | ratio | unwatched later | watched later | ratio |")
+    print("|---|---|---|---|---|---|---|")
+    for name, make in (("SFTTrainer (fused LM head)", sft_trainer), ("Trainer (logits)", plain_trainer)):
+        t = {k: statistics.median(v) for k, v in measure(make, options, data).items()}
+        print(f"| {name} | {t['unwatched first']:.3f} s | {t['watched first']:.3f} s | "
+              f"{t['watched first'] / t['unwatched first']:.2f}x | {t['unwatched later']:.3f} s | "
+              f"{t['watched later']:.3f} s | {t['watched later'] / t['unwatched later']:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,226 @@
+"""Observe the trainer's own forward and backward: hooks that reduce, per token, what the real loss did.
+
+Nothing is re-run. Forward hooks on the causal LM, its backbone, its LM head and its input embeddings see each
+grad-enabled training forward the trainer makes; tensor hooks on the tensors the loss really consumed see the
+trainer's own backward. Where the loss enters:
+
+- at the logits when the LM head module built them (the model's loss, ``compute_loss_func``, label smoothing);
+- else at the LM head's input, the backbone's last hidden state: TRL's ``fused_lm_head=True`` and fused or chunked
+  cross-entropy project it themselves and never build the logits. The per-token loss and the direction a token's
+  gradient should have are then recomputed from it, without grad, a chunk of positions at a time.
+
+Every reduction gives (B, T) values per *logit position* t (the prediction of token t + 1); ``observed_capture``
+moves them onto the token they predict, as ``gradscope.run`` does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from gradscope.engine.logits import CHUNK_ELEMENTS, position_chunks
+
+ALIGNED_RESIDUAL = 0.5
+"""The gradient of a cross-entropy on token y is w * (p - e_y) at the logits and w * W^T (p - e_y) at the LM head's
+input; a relative residual above this after projecting on that direction means the loss pushes toward another token
+(a loss toward z leaves a residual near 1; bf16 rounding leaves a few percent)."""
+
+INPUT_KEYS = ("input_ids", "labels", "attention_mask", "position_ids", "seq_idx", "cu_seq_lens_q", "cu_seq_lens_k")
+"""Model inputs kept from each observed forward (on the CPU): what the checks read."""
+
+
+@dataclass
+class Observed:
+    """One grad-enabled training forward of the model and, once the backward ran, its per-position reductions.
+
+    Per-position tensors are (B, T) on the CPU, at logit positions: value t is about the prediction of token t + 1.
+    """
+
+    inputs: dict[str, Any]
+    context: dict[str, Any] = field(default_factory=dict)  # what the trainer's compute_loss was given, if seen
+    where: str = ""  # "logits" or "lm_head_input": where the trained map was read
+    token_loss: torch.Tensor | None = None  # -log p(token t + 1)
+    grad_norm: torch.Tensor | None = None  # ||dL/d(logits or last hidden)[t]||
+    weight: torch.Tensor | None = None  # dL/d(loss of token t + 1)
+    target: torch.Tensor | None = None  # token t + 1 where the gradient points at it, else another id or -2
+    embedding_grad_norm: torch.Tensor | None = None
+    finite: bool = True
+
+    @property
+    def reached(self) -> bool:
+        """True once the trainer's backward reached this forward's outputs."""
+        return self.grad_norm is not None
+
+
+def causal_lm(model: nn.Module) -> nn.Module:
+    """The ``*ForCausalLM`` inside a PEFT or DDP wrapper (the module whose forward the trainer's call reaches)."""
+    model = getattr(model, "module", model)  # DistributedDataParallel
+    if hasattr(model, "get_base_model"):  # peft.PeftModel
+        model = model.get_base_model()
+    return model
+
+
+def backbone(lm: nn.Module) -> nn.Module | None:
+    """The decoder stack whose output is the last hidden state (``model.model`` in Llama, ``transformer`` in GPT-2)."""
+    base = getattr(lm, "base_model", None)
+    return base if isinstance(base, nn.Module) and base is not lm else None
+
+
+class Observer:
+    """Hooks on a causal LM that record every grad-enabled training forward while ``active``; ``close`` removes them.
+
+    Args:
+        model: The trainer's model (PEFT and DDP wrappers are looked through).
+        label_smoothing: The trainer's label-smoothing epsilon, so that token weights are read exactly.
+    """
+
+    def __init__(self, model: nn.Module, label_smoothing: float = 0.0) -> None:
+        self.lm = causal_lm(model)
+        self.label_smoothing = label_smoothing
+        self.records: list[Observed] = []
+        self.context: dict[str, Any] = {}
+        self.active = True
+        self._current: Observed | None = None
+        self._hidden: torch.Tensor | None = None
+        self._logits: torch.Tensor | None = None
+        self._handles = [
+            self.lm.register_forward_pre_hook(self._begin, with_kwargs=True),
+            self.lm.register_forward_hook(self._end, with_kwargs=True),
+            self.lm.get_input_embeddings().register_forward_hook(self._embedding),
+        ]
+        head, body = self.lm.get_output_embeddings(), backbone(self.lm)
+        if isinstance(head, nn.Module):
+            self._handles.append(head.register_forward_hook(self._head))
+        if body is not None:
+            self._handles.append(body.register_forward_hook(self._body))
+
+    def close(self) -> None:
+        """Remove every forward hook (tensor hooks die with their graph)."""
+        self.active = False
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def _begin(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+        if not (self.active and module.training and torch.is_grad_enabled()) or self._current is not None:
+            return  # evaluation, a no-grad forward (reference model, metrics, generation), or a nested call
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if not isinstance(ids, torch.Tensor) or ids.dim() != 2:
+            return
+        kept = {k: kwargs[k] for k in INPUT_KEYS if isinstance(kwargs.get(k), torch.Tensor)}
+        kept["input_ids"] = ids
+        self._current = Observed(inputs=kept, context=dict(self.context))
+        self._hidden = self._logits = None
+
+    def _embedding(self, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+        record = self._current
+        if record is not None and record.embedding_grad_norm is None and output.requires_grad:
+            record.embedding_grad_norm = torch.zeros(output.shape[:2])
+
+            def hook(grad: torch.Tensor) -> None:
+                record.embedding_grad_norm = grad.detach().float().norm(dim=-1).cpu()
+
+            output.register_hook(hook)
+
+    def _body(self, module: nn.Module, args: tuple, output: Any) -> None:
+        if self._current is not None and self._hidden is None:
+            hidden = output[0] if isinstance(output, (tuple, list)) else getattr(output, "last_hidden_state", None)
+            self._hidden = hidden if isinstance(hidden, torch.Tensor) and hidden.requires_grad else None
+
+    def _head(self, module: nn.Module, args: tuple, output: Any) -> None:
+        if self._current is not None and isinstance(output, torch.Tensor) and output.requires_grad and output.dim() == 3:
+            self._logits = output
+
+    def _end(self, module: nn.Module, args: tuple, kwargs: dict[str, Any], output: Any) -> None:
+        record, self._current = self._current, None
+        if record is None:
+            return
+        ids = record.inputs["input_ids"]
+        if self._logits is not None and self._logits.shape[:2] == ids.shape:
+            record.where = "logits"
+            _watch_logits(record, self._logits, ids, self.label_smoothing)
+        elif self._hidden is not None and self._hidden.shape[:2] == ids.shape:
+            record.where = "lm_head_input"
+            _watch_hidden(record, self._hidden, ids, self.lm.get_output_embeddings())
+        record.inputs = {k: v.detach().cpu() for k, v in record.inputs.items()}
+        self._hidden = self._logits = None
+        self.records.append(record)
+
+
+def _next_tokens(ids: torch.Tensor) -> torch.Tensor:
+    """(B, T) the token each logit position predicts; 0 at the last position, which predicts nothing."""
+    out = torch.zeros_like(ids)
+    out[:, :-1] = ids[:, 1:]
+    return out
+
+
+def _watch_logits(record: Observed, logits: torch.Tensor, ids: torch.Tensor, epsilon: float) -> None:
+    """Read the loss at the logits, in the backward: the gradient there is read as w * d, d the cross-entropy
+    direction ``p - (1 - eps) e_y - eps / V`` (label smoothing eps), with a residual saying whether it points at y.
+    The logits are held (detached) until this micro-batch's backward."""
+    targets = _next_tokens(ids).to(logits.device)
+    held = logits.detach()
+
+    def direction(i: int, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        y = targets[i, rows]
+        logp = held[i, rows].float().log_softmax(-1)  # (chunk, V)
+        d = logp.exp() - epsilon / logp.shape[-1]
+        d[torch.arange(len(y)), y] -= 1 - epsilon
+        return d, -logp.gather(-1, y[:, None]).squeeze(-1)
+
+    logits.register_hook(lambda grad: _read(record, grad, targets, direction, logits.shape[-1], True))
+
+
+def _watch_hidden(record: Observed, hidden: torch.Tensor, ids: torch.Tensor, head: nn.Module) -> None:
+    """Read the loss at the LM head's input, in the backward: the loss and the direction W^T (p - e_y) the gradient
+    of a loss on token y has there come from a no-grad re-projection through the head of the trained positions."""
+    targets = _next_tokens(ids).to(hidden.device)
+
+    def direction(i: int, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        w, bias = head.weight.detach().float(), getattr(head, "bias", None)  # (V, D)
+        h, y = hidden[i, rows].detach().float(), targets[i, rows]
+        logits = h @ w.T if bias is None else h @ w.T + bias.detach().float()  # (chunk, V)
+        logp = logits.log_softmax(-1)
+        return logp.exp() @ w - w[y], -logp.gather(-1, y[:, None]).squeeze(-1)  # (chunk, D): W^T (p - e_y)
+
+    hidden.register_hook(lambda grad: _read(record, grad, targets, direction, head.weight.shape[0], False))
+
+
+def _read(record: Observed, grad: torch.Tensor, targets: torch.Tensor, direction, vocab: int, find_other: bool) -> None:
+    """Reduce the gradient (B, T, N) at the logits (N = V) or the LM head's input (N = D), position by position.
+
+    Only positions the loss reaches (non-zero gradient: the trained ones) get the loss and the direction computed,
+    a chunk of positions at a time (``vocab`` sizes the (chunk, V) temporaries); the others keep loss NaN and weight
+    0. ``direction(i, positions)`` gives the direction of a loss on each position's own next token and its loss.
+    """
+    b, t, n = grad.shape
+    outs = {"loss": torch.full((b, t), float("nan"), device=grad.device)}
+    outs.update({k: torch.zeros(b, t, device=grad.device) for k in ("norm", "weight", "residual")})
+    other = torch.full((b, t), -2, dtype=torch.long, device=grad.device)
+    with torch.no_grad():
+        for i in range(b):
+            for rows in position_chunks(t, n):
+                outs["norm"][i, rows] = torch.linalg.vector_norm(grad[i, rows].detach().float(), dim=-1)
+            reached = (outs["norm"][i] > 0).nonzero().flatten()
+            for part in reached.split(max(1, CHUNK_ELEMENTS // vocab)):
+                d, loss = direction(i, part)
+                g = grad[i, part].detach().float()
+                scale = (g * d).sum(-1) / (d * d).sum(-1).clamp_min(1e-30)
+                norm = outs["norm"][i, part]
+                outs["loss"][i, part], outs["weight"][i, part] = loss, scale
+                residual = torch.linalg.vector_norm(g - scale[:, None] * d, dim=-1) / norm.clamp_min(1e-30)
+                outs["residual"][i, part] = residual
+                off = residual > ALIGNED_RESIDUAL
+                if find_other and off.any():  # the token it pushes toward: the most negative entry (most positive if w < 0)
+                    low, high = g[off].min(-1), g[off].max(-1)
+                    other[i, part[off]] = torch.where(-low.values >= high.values, low.indices, high.indices)
+    norm = outs["norm"]
+    aligned = outs["residual"] <= ALIGNED_RESIDUAL
+    record.token_loss = outs["loss"].cpu()
+    record.grad_norm = norm.cpu()
+    record.weight = torch.where(norm > 0, outs["weight"], 0.0).cpu()
+    record.target = torch.where(norm > 0, torch.where(aligned, targets, other), -1).cpu()
+    record.finite = bool(torch.isfinite(norm).all())

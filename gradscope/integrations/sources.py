@@ -1,0 +1,155 @@
+"""Where the watched step's roles come from, in order: role tensors in the trainer's inputs, the trainer's own
+train_dataset (its raw prompt/completion or messages columns, re-tokenized by gradscope and matched to the batch
+by token ids), else the chat template's assistant markers. A row none of them explains is *not judged* (roles
+unknown): a non-chat prompt-completion row is never called all-prompt."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from itertools import pairwise
+from typing import Any
+
+import torch
+
+from gradscope.constants import COMPLETION, PROMPT, ROLE_KEYS, UNKNOWN
+from gradscope.data.batch import document_starts, real_tokens
+from gradscope.data.roles import RoleSpec, derive, row_kind
+from gradscope.data.templates import TemplateMarkers, template_markers
+from gradscope.errors import DataError
+
+
+def from_inputs(inputs: Mapping[str, Any], *others: Mapping[str, Any]) -> torch.Tensor | None:
+    """Role codes (B, T) from a completion_mask / assistant_masks of input_ids' shape, in any of the mappings."""
+    shape = inputs["input_ids"].shape
+    for source in (inputs, *others):
+        for key in ROLE_KEYS:
+            mask = source.get(key)
+            if isinstance(mask, torch.Tensor) and mask.shape == shape:
+                return torch.where(mask.detach().cpu().bool(), COMPLETION, PROMPT)
+    return None
+
+
+class DatasetRoles:
+    """Roles of the trainer's dataset rows, found by token ids; gradscope derives them from the raw columns.
+
+    Args:
+        dataset: The trainer's (prepared) train_dataset: ``input_ids`` plus ``prompt``/``completion`` or
+            ``messages`` (TRL keeps them unless packing).
+        tokenizer: The trainer's tokenizer.
+        spec: How gradscope splits rows into roles.
+    """
+
+    def __init__(self, dataset: Any, tokenizer: Any, spec: RoleSpec) -> None:
+        self.dataset, self.tokenizer, self.spec = dataset, tokenizer, spec
+        self.mismatched: list[int] = []  # dataset rows gradscope tokenizes differently from the trainer
+        columns = set(getattr(dataset, "column_names", None) or [])
+        probe = {c: None for c in columns}
+        self.usable = "input_ids" in columns and tokenizer is not None and row_kind(probe) != ""
+        self._lengths: torch.Tensor | None = None
+
+    def roles(self, ids: list[int]) -> list[int] | None:
+        """Role codes of the dataset row whose input_ids are ``ids``, or None when there is none."""
+        if not self.usable:
+            return None
+        for index in self._candidates(len(ids)):
+            if list(self.dataset[index]["input_ids"]) == ids:
+                return self._derive(index, ids)
+        return None
+
+    def _candidates(self, length: int) -> list[int]:
+        """Rows of that length, read from the Arrow offsets (no row is decoded)."""
+        if self._lengths is None:
+            column = self.dataset.data.column("input_ids").combine_chunks()
+            offsets = torch.tensor(column.offsets.to_numpy(zero_copy_only=False).astype("int64"))
+            self._lengths = offsets[1:] - offsets[:-1]
+            indices = getattr(self.dataset, "_indices", None)
+            if indices is not None:  # a selected/shuffled Dataset: map positions through its indices mapping
+                order = torch.tensor(indices.column(0).to_numpy().astype("int64"))
+                self._lengths = self._lengths[order]
+        return (self._lengths == length).nonzero().flatten().tolist()
+
+    def _derive(self, index: int, ids: list[int]) -> list[int] | None:
+        row = {k: v for k, v in self.dataset[index].items() if k in ("prompt", "completion", "messages", "tools")}
+        try:
+            derived = derive(row, index, self.tokenizer, self.spec)
+        except DataError:
+            derived = None
+        if derived is None or derived.input_ids != ids:
+            self.mismatched.append(index)
+            return None
+        return derived.roles
+
+
+class PreferenceRoles:
+    """Roles of preference rows (TRL's DPO dataset: ``prompt_ids`` with ``chosen_ids`` / ``rejected_ids``): the
+    prompt's tokens are prompt, the chosen or rejected tokens completion; the dataset's own split, so a collator's
+    completion_mask is checked against it rather than trusted."""
+
+    def __init__(self, dataset: Any) -> None:
+        columns = set(getattr(dataset, "column_names", None) or [])
+        self.usable = {"prompt_ids", "chosen_ids", "rejected_ids"} <= columns
+        self._prompt_length: dict[tuple[int, ...], int] = {}
+        if self.usable:
+            for prompt, *answers in zip(dataset["prompt_ids"], dataset["chosen_ids"], dataset["rejected_ids"]):
+                for answer in answers:
+                    self._prompt_length[tuple(prompt) + tuple(answer)] = len(prompt)
+
+    def roles(self, ids: list[int]) -> list[int] | None:
+        """Role codes of a prompt + chosen/rejected sequence of the dataset, or None when it is not one."""
+        n = self._prompt_length.get(tuple(ids))
+        return None if n is None else [PROMPT] * n + [COMPLETION] * (len(ids) - n)
+
+
+def row_roles(ids: torch.Tensor, starts: torch.Tensor, real: torch.Tensor, dataset: DatasetRoles | PreferenceRoles | None,
+              markers: TemplateMarkers | None, train_on: str) -> tuple[list[int], str | None]:
+    """Role codes of one row and what gave them: each packed document (its real tokens, padding after them) looked
+    up in the dataset, else the template's markers over the row; UNKNOWN where neither applies."""
+    ids_list, keep = ids.tolist(), real.tolist()
+    codes = [UNKNOWN] * len(ids_list)
+    if dataset is not None and dataset.usable:
+        edges = [0, *starts.nonzero().flatten().tolist(), len(ids_list)]
+        found = False
+        for a, b in pairwise(edges):
+            n = sum(keep[a:b])
+            roles = dataset.roles(ids_list[a : a + n]) if n and all(keep[a : a + n]) else None
+            if roles is not None:
+                codes[a : a + n], found = roles, True
+        if found:
+            return codes, "train_dataset"
+    if markers is not None:
+        marked = markers.roles(ids_list, train_on)
+        if COMPLETION in marked:
+            return marked, "chat_template"
+    return codes, None
+
+
+def batch_roles(inputs: Mapping[str, Any], context: Mapping[str, Any], dataset: DatasetRoles | None,
+                markers: TemplateMarkers | None, train_on: str,
+                preference: PreferenceRoles | None = None) -> tuple[torch.Tensor, list[str | None]]:
+    """Role codes (B, T) for one observed forward and, per row, which source gave them (None: not judged).
+
+    Preference rows take their roles from the dataset's prompt/chosen/rejected ids first (the collator's
+    completion_mask is what is under test there); otherwise a role tensor in the inputs wins.
+    """
+    rows = len(inputs["input_ids"])
+    starts, real = document_starts(inputs), real_tokens(inputs)
+    if preference is not None and preference.usable:
+        pairs = [row_roles(inputs["input_ids"][b], starts[b], real[b], preference, None, train_on) for b in range(rows)]
+        if all(source is not None for _, source in pairs):
+            return torch.tensor([codes for codes, _ in pairs], dtype=torch.long), ["train_dataset"] * rows
+    given = from_inputs(inputs, context.get("inputs", {}))
+    if given is not None:
+        return given, ["inputs"] * rows
+    codes, sources = [], []
+    for b in range(rows):
+        row, source = row_roles(inputs["input_ids"][b], starts[b], real[b], dataset, markers, train_on)
+        codes.append(row)
+        sources.append(source)
+    return torch.tensor(codes, dtype=torch.long), sources
+
+
+def chat_markers(tokenizer: Any, ends: frozenset[int]) -> TemplateMarkers | None:
+    """The tokenizer's chat-template markers, or None without a template gradscope can read."""
+    if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+        return None
+    return template_markers(tokenizer, ends)

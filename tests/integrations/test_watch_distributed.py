@@ -1,0 +1,55 @@
+"""GradscopeCallback under torchrun: 2 ranks, gloo, CPU, TRL's SFTTrainer on the tiny Llama fixture."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("trl")
+WORKER = Path(__file__).with_name("ddp_worker.py")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp")
+    env = {**os.environ, "PYTHONPATH": str(WORKER.parents[2]), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+               "--master_port", str(free_port()), str(WORKER), str(out)]
+    done = subprocess.run(command, check=False, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+
+
+def test_a_leak_on_one_rank_stops_both_with_the_same_error(ranks):
+    zero, one = (r["leak_on_rank_1"] for r in ranks)
+    assert zero["error"] is not None and zero["error"] == one["error"]  # the same MaskingError, no collective error
+    assert "on rank(s) 1" in zero["error"] and "rank 1, micro-batch 0" in zero["error"]
+    assert zero["findings"] == one["findings"] and {f[0] for f in zero["findings"]} == {"prompt_leak"}
+    assert all(f[1] == 1 for f in zero["findings"])
+    assert zero["ranks"] == 2 and sorted(s[0] for s in zero["samples"]) == [0, 1]  # every rank's batch checked
+    assert zero["global_step"] == one["global_step"] == 0 and not zero["changed"] and not one["changed"]
+
+
+def test_unequal_token_counts_without_averaging_across_devices_stop(ranks):
+    zero, one = (r["unequal_counts_not_averaged"] for r in ranks)
+    assert zero["error"] == one["error"] and "uneven_step_weights" in zero["error"]
+    assert "across ranks" in zero["error"] and "average_tokens_across_devices=True" in zero["error"]
+    assert not zero["changed"] and not one["changed"]
+
+
+def test_unequal_token_counts_averaged_across_devices_train(ranks):
+    for rank in ranks:
+        run = rank["unequal_counts_averaged"]
+        assert run["error"] is None and run["findings"] == [] and run["global_step"] == 1 and run["changed"]
