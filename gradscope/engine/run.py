@@ -36,6 +36,7 @@ class Capture:
     grads_finite: bool
     loss_uses_logits: bool
     nonfinite_layers: list[int] = field(default_factory=list)
+    network_backward: bool = True  # False at the masking-only depth: embedding and layer norms were not computed
 
 
 @dataclass
@@ -50,7 +51,7 @@ class Graph:
     model: nn.Module
     batch: Mapping[str, torch.Tensor]
     loss_fn: LossFn | None
-    embedding: torch.Tensor  # (B, T, D)
+    embedding: torch.Tensor | None  # (B, T, D); None at the masking-only depth
     head_input: torch.Tensor | None  # (B, T, D)
     head_output: torch.Tensor | None  # (B, T, V)
     logits: torch.Tensor  # (B, T, V)

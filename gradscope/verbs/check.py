@@ -22,6 +22,7 @@ from gradscope.constants import CUT_KEY, ROLE_NAMES, ROW_KEY
 from gradscope.data.batch import PAD, document_starts, real_tokens, roles
 from gradscope.data.tokens import default_end_token_ids, resolve_pad_token_id
 from gradscope.engine.accumulate import Accumulation
+from gradscope.engine.loss_only import DEPTHS, LOGITS_DEPTH_NOTE, NOT_RUN_AT_LOGITS, forward_loss_backward
 from gradscope.engine.probes import PROBES, WINDOWS_PER_ROW, ProbeRun
 from gradscope.engine.run import Capture, forward_backward
 from gradscope.errors import DataError, InputError
@@ -47,6 +48,7 @@ def check(
     probes: Iterable[str] = PROBES,
     accumulate: int | None = None,
     windows: int = WINDOWS_PER_ROW,
+    depth: str = "full",
 ) -> Report:
     """Check which tokens one batch trains and flag every masking leak.
 
@@ -64,6 +66,10 @@ def check(
         accumulate: Also re-run the batch as this many accumulated micro-batches and compare gradients.
         windows: Random-projection windows per row for the causal and packing probes, on top of the free screen
             of the core run's gradient; each costs about one activation-only backward pass.
+        depth: ``"full"`` (forward and a backward through the network: layer norms, causal and packing probes) or
+            ``"logits"``, the masking-only depth: a forward without autograd through the network and the loss's own
+            backward, giving the same trained map, targets, weights, losses and masking findings for about a
+            forward pass; layer and embedding norms and the causal and packing probes are then reported as not run.
 
     Returns:
         The Report; ``report.ok`` is False when there is an error finding.
@@ -81,6 +87,7 @@ def check(
         probes=probes,
         accumulate=accumulate,
         windows=windows,
+        depth=depth,
     )
 
 
@@ -96,14 +103,18 @@ def check_batches(
     probes: Iterable[str] = PROBES,
     accumulate: int | None = None,
     windows: int = WINDOWS_PER_ROW,
+    depth: str = "full",
 ) -> Report:
     """``check`` over several batches, one forward and backward each (plus the probes'), merged into one Report.
 
     Samples are numbered across batches in order, so a finding's ``sample`` is the row of the data.
     """
     chosen = chosen_probes(probes, accumulate, windows)
+    full_depth = chosen_depth(depth) == "full"
+    runner = forward_backward if full_depth else forward_loss_backward
     ends = frozenset(end_token_ids) if end_token_ids is not None else default_end_token_ids(model, tokenizer)
-    report = Report(model=describe_model(model, loss_fn))
+    report = Report(model=describe_model(model, loss_fn), depth=depth)
+    report.notes += [] if full_depth else [LOGITS_DEPTH_NOTE]
     runs, packed = [], (0, 0)
     device = model.get_input_embeddings().weight.device  # the first device when layers are spread (device_map)
     pad_id = resolve_pad_token_id(model, tokenizer)
@@ -112,10 +123,10 @@ def check_batches(
         _require_rows(full, accumulate, index, source)
         starts = document_starts(full)
         run = ProbeRun(
-            starts, real_tokens(full), causal="causal" in chosen, packing="packing" in chosen, per_row=windows,
-            micro_batches=accumulate,
+            starts, real_tokens(full), causal="causal" in chosen and full_depth,
+            packing="packing" in chosen and full_depth, per_row=windows, micro_batches=accumulate,
         )
-        capture = forward_backward(
+        capture = runner(
             model, to_device(full, device), loss_fn=loss_fn, keep_dropout=keep_dropout,
             after_backward=run if run.needed else None,  # a graph kept for nothing costs the logits' memory
         )
@@ -136,6 +147,8 @@ def check_batches(
         if not all(v.roles_known for v in views) and ROLES_UNKNOWN_NOTE not in report.notes:
             report.notes.append(ROLES_UNKNOWN_NOTE)
     report.probes = _probe_reports(runs, chosen, packed)
+    for name in () if full_depth else ("causal", "packing"):
+        report.probes[name] = ProbeReport(note=NOT_RUN_AT_LOGITS if name in chosen else "not chosen (--probes)")
     return report
 
 
@@ -154,6 +167,17 @@ def chosen_probes(probes: Iterable[str], accumulate: int | None = None, windows:
     if windows < 0:
         raise InputError(f"--windows {windows}: the number of windows per row must be at least 0")
     return names
+
+
+def chosen_depth(depth: str) -> str:
+    """``depth``, checked.
+
+    Raises:
+        InputError: a depth other than those in DEPTHS.
+    """
+    if depth not in DEPTHS:
+        raise InputError(f"depth {depth!r} is not known", hint=f"choose from {', '.join(DEPTHS)}")
+    return depth
 
 
 def _require_rows(batch: Mapping[str, torch.Tensor], accumulate: int | None, index: int, source: str | None) -> None:
@@ -345,6 +369,8 @@ def _sample_report(view: SampleView, batch: Mapping[str, torch.Tensor], capture:
     labels, targets = batch["labels"][b].tolist(), view.target_id.tolist()
     loss, weight = capture.token_loss[b].tolist(), capture.weight[b].tolist()
     logit_norm, embedding_norm = capture.logit_grad_norm[b].tolist(), capture.embedding_grad_norm[b].tolist()
+    if not capture.network_backward:  # the masking-only depth computed no gradient at the embeddings
+        embedding_norm = [None] * len(embedding_norm)
     tokens = [
         TokenReport(
             position=t,
