@@ -34,7 +34,7 @@ from gradscope.render.json import roles_to_json, to_json
 from gradscope.render.scan import ScanView
 from gradscope.report.check import Report
 from gradscope.report.scan import ScanReport
-from gradscope.verbs.check import check_batches, chosen_probes
+from gradscope.verbs.check import check_batches, chosen_depth, chosen_probes
 from gradscope.verbs.grads import grads as grads_pass
 from gradscope.verbs.overfit import overfit as overfit_pass
 from gradscope.verbs.verify import verify as verify_pass
@@ -140,6 +140,7 @@ class RunOptions:
     accumulate: int | None = None
     device_map: str | None = None
     windows: int = WINDOWS_PER_ROW
+    depth: str = "full"
 
 
 @dataclass
@@ -208,6 +209,7 @@ def _load(opts: RunOptions) -> Loaded:
     """Load the model (or adapter on its base), tokenizer, loss and batches named on the command line."""
     _quiet_transformers()
     chosen_probes(opts.probes, opts.accumulate, opts.windows)  # bad probe names fail before the model loads
+    chosen_depth(opts.depth)
     loss_fn = load_loss_fn(opts.loss) if opts.loss else None
     model, tokenizer = load_model_and_tokenizer(
         opts.model, base=opts.base, device=opts.device, dtype=opts.dtype.value, trust_remote_code=opts.trust_remote_code,
@@ -226,7 +228,7 @@ def _check(opts: RunOptions, loaded: Loaded) -> Report:
     report = check_batches(
         loaded.model, loaded.batches, tokenizer=loaded.tokenizer, loss_fn=loaded.loss_fn,
         keep_dropout=opts.keep_dropout, source=str(opts.data), probes=opts.probes, accumulate=opts.accumulate,
-        windows=opts.windows,
+        windows=opts.windows, depth=opts.depth,
     )
     report.data = loaded.data
     report.notes = loaded.notes + report.notes
@@ -320,6 +322,7 @@ def check(
     probes: Annotated[str, typer.Option("--probes", help="Structural probes, comma-separated: causal,packing,weights (or all, none).")] = "all",
     accumulate: Annotated[int | None, typer.Option("--accumulate", min=1, help="Also run each batch as K accumulated micro-batches and compare gradients.")] = None,
     windows: Annotated[int, typer.Option("--windows", min=0, help="Random-projection windows per row for the causal and packing probes, on top of the free screen (each about one activation-only backward).")] = WINDOWS_PER_ROW,
+    depth: Annotated[str, typer.Option("--depth", help="full: backward through the network (layer norms, causal and packing probes); logits: masking only, a forward and the loss's own backward (docs/performance.md).")] = "full",
 ) -> None:
     """Run MODEL forward and backward on DATA and report which tokens the loss trains, and every leak."""
     data_opts = data_options(
@@ -329,7 +332,7 @@ def check(
     )
     opts = RunOptions(
         model, data, samples, batch_size, loss, device, dtype, trust_remote_code, keep_dropout, data_opts, base,
-        parse_probes(probes), accumulate, device_map, windows,
+        parse_probes(probes), accumulate, device_map, windows, depth=depth,
     )
 
     def work() -> Report:

@@ -79,6 +79,12 @@ def fixture_model(name: str):
     return _MODELS[name]
 
 
+@pytest.fixture(scope="session")
+def load_fixture_model():
+    """``fixture_model`` as a fixture, for tests that take their helpers from here: name -> (model, tokenizer)."""
+    return fixture_model
+
+
 def fixture_batch(name: str) -> dict[str, torch.Tensor]:
     """A committed fixture batch, e.g. 'llama_clean'."""
     from gradscope.data.load import read_safetensors

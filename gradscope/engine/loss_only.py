@@ -17,7 +17,15 @@ import torch
 from torch import nn
 
 from gradscope.engine.logits import _LogitStats
-from gradscope.engine.run import Capture, Graph, _capture, _loss_logits, _Recorder, call_model, training_state
+from gradscope.engine.run import (
+    Capture,
+    Graph,
+    _capture,
+    _loss_logits,
+    _Recorder,
+    call_model,
+    training_state,
+)
 from gradscope.errors import ModelCallError
 from gradscope.model.usercode import LossFn
 
