@@ -78,10 +78,10 @@ class Case:
 # bare step takes minutes: one run per row, timed in the same call that measures its peak (repeats=0), no Captum.
 CASES = (
     Case("tiny-llama-chat", 512, repeats=9, captum_measured=32),
-    Case("tiny-llama-chat", 2048, repeats=9, captum_measured=32),
-    Case("tiny-llama-chat", 8192, repeats=5, captum_measured=8),
-    Case("llama-100m", 512, repeats=3, captum_measured=8),
-    Case("llama-100m", 2048, repeats=2, captum_measured=2),
+    Case("tiny-llama-chat", 2048, repeats=5, captum_measured=16),
+    Case("tiny-llama-chat", 8192, repeats=3, captum_measured=4),
+    Case("llama-100m", 512, repeats=2, captum_measured=4),
+    Case("llama-100m", 2048, repeats=1, captum_measured=1),
     Case("llama-100m", 8192, repeats=0, captum_measured=0),
 )
 

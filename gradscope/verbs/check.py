@@ -129,6 +129,7 @@ def check_batches(
         capture = runner(
             model, to_device(full, device), loss_fn=loss_fn, keep_dropout=keep_dropout,
             after_backward=run if run.needed else None,  # a graph kept for nothing costs the logits' memory
+            loss_graph=bool(accumulate),  # only the accumulation probe reads the loss -> logits graph
         )
         views = _views(full, capture, tokenizer, ends, pad_id, len(report.samples), starts if "packing" in chosen else None)
         findings = analyze(capture, views, full["labels"])
