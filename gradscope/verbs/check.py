@@ -112,6 +112,8 @@ def check_batches(
     chosen = chosen_probes(probes, accumulate, windows)
     full_depth = chosen_depth(depth) == "full"
     runner = forward_backward if full_depth else forward_loss_backward
+    # only the accumulation probe reads the loss -> logits graph; the logits depth has no other graph
+    graph_options = {"loss_graph": bool(accumulate)} if full_depth else {}
     ends = frozenset(end_token_ids) if end_token_ids is not None else default_end_token_ids(model, tokenizer)
     report = Report(model=describe_model(model, loss_fn), depth=depth)
     report.notes += [] if full_depth else [LOGITS_DEPTH_NOTE]
@@ -129,7 +131,7 @@ def check_batches(
         capture = runner(
             model, to_device(full, device), loss_fn=loss_fn, keep_dropout=keep_dropout,
             after_backward=run if run.needed else None,  # a graph kept for nothing costs the logits' memory
-            loss_graph=bool(accumulate),  # only the accumulation probe reads the loss -> logits graph
+            **graph_options,
         )
         views = _views(full, capture, tokenizer, ends, pad_id, len(report.samples), starts if "packing" in chosen else None)
         findings = analyze(capture, views, full["labels"])
