@@ -420,9 +420,11 @@ def table(results: list[dict]) -> str:
             floor = FLOORS.get(key)
             ft = f"{s[key] / s[floor]:.2f}" if floor in s else ""
             fm = f"{m[key] / m[floor]:.2f}" if floor in m else ""
+            at = f"{s[key] / s['a']:.2f}" if "a" in s else ""
+            am = f"{m[key] / m['a']:.2f}" if "a" in m else ""
             lines.append(
-                f"{lead} {ROW_NAMES[key]} | {_fmt_s(s[key])} | {s[key] / s['a']:.2f} | {ft} | {m[key]:.0f} MiB | "
-                f"{m[key] / m['a']:.2f} | {fm} | {_runs(key, res)} |"
+                f"{lead} {ROW_NAMES[key]} | {_fmt_s(s[key])} | {at} | {ft} | {m[key]:.0f} MiB | {am} | {fm} | "
+                f"{_runs(key, res)} |"
             )
     return "\n".join(lines)
 
@@ -532,6 +534,8 @@ def main() -> None:
         results.append(run_case(case, args))
         print(f"{case.name}: {time.perf_counter() - start:.0f} s, memory calibration: a 256 MiB tensor measured "
               f"{results[-1]['calibration_mib']:.0f} MiB", file=sys.stderr)
+        if args.json:  # after every case, so that a long run interrupted keeps what it measured
+            args.json.write_text(json.dumps({"machine": machine(args.threads), "clock": args.clock, "results": results}, indent=2))
     print(table(results))
     print()
     print(targets_report(results))
