@@ -152,3 +152,16 @@ def test_logits_depth_reports_what_it_did_not_run(random_model):
 def test_an_unknown_depth_is_an_input_error_naming_the_parameter(random_model):
     with pytest.raises(InputError, match="depth 'shallow'.*full, logits"):
         gradscope.check(random_model, _batch(), depth="shallow")
+
+
+def test_the_heat_map_of_a_logits_depth_sample_draws_without_the_norms_it_lacks(random_model):
+    import io
+
+    from rich.console import Console
+
+    from gradscope.render.inspect import HeatMap
+
+    report = gradscope.check(random_model, with_default_labels(_batch()), depth="logits")
+    console = Console(width=100, file=io.StringIO())
+    console.print(HeatMap(report.samples[0]))
+    assert "emb" not in console.file.getvalue() and "sample" in console.file.getvalue()
