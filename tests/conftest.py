@@ -301,16 +301,17 @@ def stream_reference(tmp_path_factory, write_stream_rows) -> tuple:
 
 @pytest.fixture(scope="session")
 def run_case(fixture_model, fixtures_dir):
-    """``run_case(case)``: a catalogue case as the CLI runs it: every probe on, with the case's --loss and --accumulate."""
+    """``run_case(case, **options)``: a catalogue case as the CLI runs it: every probe on, with the case's --loss and
+    --accumulate; ``options`` go to ``check_batches`` (e.g. ``depth``)."""
 
-    def run(case: dict) -> gradscope.Report:
+    def run(case: dict, **options) -> gradscope.Report:
         model, tokenizer = fixture_model(case["model"])
         batches = load_batches(fixtures_dir / case["data"], pad_token_id=tokenizer.pad_token_id, batch_size=case.get("batch_size", 1))
         loss_fn = load_loss_fn(str(fixtures_dir / case["loss"])) if "loss" in case else None
         roles_from = fixtures_dir / case["roles_from"] if "roles_from" in case else None
         return gradscope.check_batches(
             model, batches, tokenizer=tokenizer, loss_fn=loss_fn, accumulate=case.get("accumulate"),
-            response_template=case.get("response_template"), roles_from=roles_from,
+            response_template=case.get("response_template"), roles_from=roles_from, **options,
         )
 
     return run

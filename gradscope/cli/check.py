@@ -99,6 +99,7 @@ def check(
     max_grad_norm: MaxNormOpt = DEFAULT_MAX_GRAD_NORM,
     probes: Annotated[str, typer.Option("--probes", help="Structural probes, comma-separated: causal,packing,weights (or all, none).")] = "all",
     accumulate: Annotated[int | None, typer.Option("--accumulate", min=1, help="Also run each batch as K accumulated micro-batches and compare gradients.")] = None,
+    depth: Annotated[str, typer.Option("--depth", help="full: backward through the network (layer norms, causal and packing probes); logits: masking only, a forward and the loss's own backward (docs/performance.md).")] = "full",
     windows: Annotated[int, typer.Option("--windows", min=0, help="Random-projection windows per row for the causal and packing probes, on top of the free screen (each about one activation-only backward).")] = WINDOWS_PER_ROW,
 ) -> None:
     """Run MODEL forward and backward on DATA and report which tokens the loss trains, and every leak."""
@@ -111,7 +112,7 @@ def check(
     quiet_transformers()
     report = guarded(lambda: check_files(
         named, keep_dropout=keep_dropout, probes=parse_probes(probes), accumulate=accumulate, windows=windows,
-        params=params, lr=lr, max_grad_norm=max_grad_norm, roles_from=roles_from,
+        params=params, lr=lr, max_grad_norm=max_grad_norm, roles_from=roles_from, depth=depth,
     ))
     views = [CheckView(report, max_samples=show)] + ([GradsView(report)] if params else [])
     raise emit(report, output_format.value, output, Group(*views), strict, html)

@@ -47,9 +47,12 @@ def trace_dependence(graph: Graph, windows: list[Window], *, seed: int = SEED) -
     return Dependence(windows, seen, batched, _clock(graph.embedding.device) - began)
 
 
-def _aligned(head_input: torch.Tensor | None, logits: torch.Tensor) -> bool:
-    """The head's input has one vector per logits position (the head was called once, on every position)."""
-    return head_input is not None and head_input.requires_grad and head_input.shape[:-1] == logits.shape[:-1]
+def _aligned(head_input: torch.Tensor | None, logits: torch.Tensor | None) -> bool:
+    """The head's input has one vector per logits position (the head was called once, on every position); logits
+    freed before the probes were so only where it had."""
+    if head_input is None or not head_input.requires_grad:
+        return False
+    return logits is None or head_input.shape[:-1] == logits.shape[:-1]
 
 
 def _cotangents(output: torch.Tensor, windows: list[Window], seed: int) -> torch.Tensor:

@@ -11,6 +11,7 @@ from torch import nn
 
 from gradscope.data.batch import model_inputs
 from gradscope.engine.logits import _LogitStats, _shift
+from gradscope.engine.split_backward import backward_through_head, only_through
 from gradscope.errors import ModelCallError
 from gradscope.model.layers import find_decoder_layers
 from gradscope.model.usercode import LossFn
@@ -37,6 +38,7 @@ class Capture:
     grads_finite: bool
     loss_uses_logits: bool
     nonfinite_layers: list[int] = field(default_factory=list)
+    network_backward: bool = True  # False at the masking-only depth: embedding and layer norms were not computed
 
 
 @dataclass
@@ -51,10 +53,10 @@ class Graph:
     model: nn.Module
     batch: Mapping[str, torch.Tensor]
     loss_fn: LossFn | None
-    embedding: torch.Tensor  # (B, T, D)
+    embedding: torch.Tensor | None  # (B, T, D); None at the masking-only depth
     head_input: torch.Tensor | None  # (B, T, D)
     head_output: torch.Tensor | None  # (B, T, V)
-    logits: torch.Tensor  # (B, T, V)
+    logits: torch.Tensor | None  # (B, T, V); None when freed before the probes (forward_backward's loss_graph)
     loss: torch.Tensor  # ()
     loss_grad: torch.Tensor | None = None  # (B, T, D) the core backward's dL/d embedding
     trained: torch.Tensor | None = None  # (B, T) bool on the CPU: dL/dlogits[t] != 0 (logit positions, unshifted)
@@ -191,6 +193,7 @@ def forward_backward(
     loss_fn: LossFn | None = None,
     keep_dropout: bool = False,
     after_backward: Callable[[Graph], None] | None = None,
+    loss_graph: bool = True,
 ) -> Capture:
     """Run ``model(**batch)``, take the loss, and backpropagate it to the input embeddings with hooks.
 
@@ -202,6 +205,9 @@ def forward_backward(
         keep_dropout: Leave dropout on (the report is then not deterministic).
         after_backward: Called with the still differentiable forward once the core backward is done and its
             hooks are removed, inside the same model state (training mode, dropout off, parameters frozen).
+        loss_graph: Keep the loss -> logits part of the graph for ``after_backward`` (the accumulation probe
+            reads it). When False and the loss reaches the network only through the logits, the logits and the
+            loss's saved tensors are freed before the backward through the network; ``Graph.logits`` is then None.
 
     Returns:
         The captured per-position quantities.
@@ -214,8 +220,11 @@ def forward_backward(
         logits = _loss_logits(logits, rec)
         stats = _LogitStats(logits, batch["input_ids"])
         keep_graph = after_backward is not None
-        backward = loss.requires_grad and rec.embedding is not None and logits.requires_grad
-        if backward:
+        differentiable = rec.embedding is not None and logits.requires_grad
+        backward = loss.requires_grad and differentiable
+        reentrant = backward and _reentrant_checkpointing(model)
+        split = keep_graph and not loss_graph and backward and not reentrant and _splittable(loss, logits, rec)
+        if backward and not split:
             rec.gradient_hooks.append(logits.register_hook(stats.hook))
         if not keep_graph:
             # Freed before the backward (unless the loss saved them), as in a step that keeps only the loss.
@@ -223,9 +232,12 @@ def forward_backward(
             del logits
         loss_uses_logits = False
         embedding_grad = None
-        if backward:
-            reentrant = _reentrant_checkpointing(model)
+        if split:
+            embedding_grad = backward_through_head(loss, logits, rec.head_input, rec.embedding, stats.hook)
+            logits = rec.head_output = None  # the probes start at the head's input
+        elif backward:
             embedding_grad = _gradient_at(loss, rec.embedding, reentrant=reentrant, retain_graph=keep_graph)
+        if backward:
             loss_uses_logits = stats.grad_norm is not None
         if loss.requires_grad and not loss_uses_logits:
             raise ModelCallError(
@@ -233,13 +245,21 @@ def forward_backward(
                 hint="a fused loss that skips the logits? pass `loss`, a function of (logits, labels)",
             )
         capture = _capture(batch, loss, stats, embedding_grad, rec)
-        if keep_graph and rec.embedding is not None and logits.requires_grad:
+        if keep_graph and differentiable:
             rec.remove_gradient_hooks()
             trained = stats.grad_norm > 0 if stats.grad_norm is not None else None
             after_backward(Graph(
                 model, batch, loss_fn, rec.embedding, rec.head_input, rec.head_output, logits, loss, embedding_grad, trained
             ))
         return capture
+
+
+def _splittable(loss: torch.Tensor, logits: torch.Tensor, rec: _Recorder) -> bool:
+    """The probes can start at the LM head's input (one vector per logits position) and the loss reaches the
+    network only through the logits, so its backward can be taken apart (``backward_through_head``)."""
+    head_input = rec.head_input
+    aligned = head_input is not None and head_input.requires_grad and head_input.shape[:-1] == logits.shape[:-1]
+    return aligned and only_through(loss, logits, rec.embedding)
 
 
 def _reentrant_checkpointing(model: nn.Module) -> bool:

@@ -16,7 +16,7 @@ from gradscope.data.batch import document_starts, real_tokens
 from gradscope.engine.run import Capture
 from gradscope.integrations.observe import Observed
 from gradscope.report import Finding, Report, SampleReport
-from gradscope.verbs.check import sample_report, sample_views
+from gradscope.verbs.samples import sample_report, sample_views
 
 STEP_WEIGHT_TOLERANCE = 0.05
 """Token weights within 5% are equal: under bf16 autocast (TRL's default, on the CPU too) the weight read back from a

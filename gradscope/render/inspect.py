@@ -48,7 +48,8 @@ class HeatMap:
         self.sample = sample
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
-        rows = [("emb", [t.embedding_grad_norm for t in self.sample.tokens])]
+        emb = [t.embedding_grad_norm for t in self.sample.tokens]
+        rows = [("emb", emb)] if None not in emb else []  # None: not computed (depth logits)
         rows += [(f"L{i}", norms) for i, norms in enumerate(self.sample.layer_grad_norms)]
         scale = _LogScale(v for _, norms in rows for v in norms)
         width = max(8, options.max_width - 8)

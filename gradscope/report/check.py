@@ -23,7 +23,7 @@ class TokenReport:
     loss: float | None
     weight: float | None
     logit_grad_norm: float
-    embedding_grad_norm: float
+    embedding_grad_norm: float | None  # None where not computed (the masking-only depth)
 
 
 @dataclass
@@ -95,6 +95,8 @@ class Report(_Findings, _HtmlView):
         verify: The finite-difference check (``gradscope verify``), else None.
         probes: What each structural probe (causal, packing, weights, accumulate) did and cost.
         accumulation: ``--accumulate K`` results, one per batch.
+        depth: ``full`` (a backward through the network) or ``logits`` (the loss's backward only: no embedding or
+            layer norms, no causal or packing probe).
     """
 
     model: dict[str, Any]
@@ -108,6 +110,7 @@ class Report(_Findings, _HtmlView):
     verify: VerifyReport | None = None
     probes: dict[str, ProbeReport] = field(default_factory=dict)
     accumulation: list[AccumulationReport] = field(default_factory=list)
+    depth: str = "full"
 
     @property
     def ok(self) -> bool:
@@ -135,6 +138,7 @@ class Report(_Findings, _HtmlView):
         out: dict[str, Any] = {
             "schema_version": SCHEMA_VERSION,
             "model": self.model,
+            "depth": self.depth,
             "data": self.data,
             "samples": [asdict(s) for s in self.samples],
             "findings": [asdict(f) for f in self.findings],

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -21,18 +20,20 @@ from gradscope.checks.structure import (
     cross_document_leak,
     uneven_token_weights,
 )
-from gradscope.constants import CUT_KEY, ROLE_CODES_KEY, ROLE_NAMES, ROW_KEY
-from gradscope.data.batch import PAD, document_starts, real_tokens, roles
+from gradscope.constants import ROLE_CODES_KEY
+from gradscope.data.batch import document_starts, real_tokens
 from gradscope.data.token_roles import UNKNOWN_SOURCE, batch_roles, role_sources
-from gradscope.data.tokens import default_end_token_ids, media_token_ids, resolve_bos_token_id, resolve_pad_token_id
+from gradscope.data.tokens import default_end_token_ids, media_token_ids, resolve_pad_token_id
 from gradscope.engine.accumulate import Accumulation
+from gradscope.engine.loss_only import DEPTHS, LOGITS_DEPTH_NOTE, NOT_RUN_AT_LOGITS, forward_loss_backward
 from gradscope.engine.probes import PROBES, WINDOWS_PER_ROW, ProbeRun
 from gradscope.engine.run import Capture, forward_backward
 from gradscope.errors import DataError, InputError
 from gradscope.model.prepare import describe_model, prepare_batch, to_device
 from gradscope.model.usercode import LossFn
-from gradscope.report.check import AccumulationReport, ProbeReport, Report, SampleReport, TokenReport
+from gradscope.report.check import AccumulationReport, ProbeReport, Report
 from gradscope.report.finding import Finding
+from gradscope.verbs.samples import sample_report, sample_views
 
 ROLES_UNKNOWN_NOTE = (
     "roles unknown (no completion_mask or assistant_masks): prompt_leak and completion_untrained were not checked; "
@@ -55,6 +56,7 @@ def check(
     instruction_template: str | None = None,
     roles_from: str | Path | None = None,
     train_on: str = "all-assistant",
+    depth: str = "full",
 ) -> Report:
     """Check which tokens one batch trains and flag every masking leak.
 
@@ -80,6 +82,10 @@ def check(
 
     Without any of these, roles come from the tokenizer's chat template (see docs/roles.md); rows whose roles cannot
     be derived get a ``roles_unknown`` warning: the report is not verified.
+        depth: ``"full"`` (forward and a backward through the network: layer norms, causal and packing probes) or
+            ``"logits"``, the masking-only depth: a forward without autograd through the network and the loss's own
+            backward, giving the same trained map, targets, weights, losses and masking findings for about a
+            forward pass; layer and embedding norms and the causal and packing probes are then reported as not run.
 
     Returns:
         The Report; ``report.ok`` is False when there is an error finding.
@@ -101,6 +107,7 @@ def check(
         instruction_template=instruction_template,
         roles_from=roles_from,
         train_on=train_on,
+        depth=depth,
     )
 
 
@@ -120,14 +127,20 @@ def check_batches(
     instruction_template: str | None = None,
     roles_from: str | Path | None = None,
     train_on: str = "all-assistant",
+    depth: str = "full",
 ) -> Report:
     """``check`` over several batches, one forward and backward each (plus the probes'), merged into one Report.
 
     Samples are numbered across batches in order, so a finding's ``sample`` is the row of the data.
     """
     chosen = chosen_probes(probes, accumulate, windows)
+    full_depth = chosen_depth(depth) == "full"
+    runner = forward_backward if full_depth else forward_loss_backward
+    # only the accumulation probe reads the loss -> logits graph; the logits depth has no other graph
+    graph_options = {"loss_graph": bool(accumulate)} if full_depth else {}
     ends = frozenset(end_token_ids) if end_token_ids is not None else default_end_token_ids(model, tokenizer)
-    report = Report(model=describe_model(model, loss_fn))
+    report = Report(model=describe_model(model, loss_fn), depth=depth)
+    report.notes += [] if full_depth else [LOGITS_DEPTH_NOTE]
     runs, packed = [], (0, 0)
     device = model.get_input_embeddings().weight.device  # the first device when layers are spread (device_map)
     pad_id = resolve_pad_token_id(model, tokenizer)
@@ -142,12 +155,13 @@ def check_batches(
         _require_rows(full, accumulate, index, source)
         starts = document_starts(full)
         run = ProbeRun(
-            starts, real_tokens(full), causal="causal" in chosen, packing="packing" in chosen, per_row=windows,
-            micro_batches=accumulate,
+            starts, real_tokens(full), causal="causal" in chosen and full_depth,
+            packing="packing" in chosen and full_depth, per_row=windows, micro_batches=accumulate,
         )
-        capture = forward_backward(
+        capture = runner(
             model, to_device(full, device), loss_fn=loss_fn, keep_dropout=keep_dropout,
             after_backward=run if run.needed else None,  # a graph kept for nothing costs the logits' memory
+            **graph_options,
         )
         views = sample_views(
             full, capture, tokenizer, ends, pad_id, len(report.samples), starts if "packing" in chosen else None, media
@@ -169,6 +183,8 @@ def check_batches(
     finding = roles_unknown([i for i, _ in unknown], [r for _, r in unknown])
     report.findings += [finding] if finding is not None else []
     report.probes = _probe_reports(runs, chosen, packed)
+    for name in () if full_depth else ("causal", "packing"):
+        report.probes[name] = ProbeReport(note=NOT_RUN_AT_LOGITS if name in chosen else "not chosen (--probes)")
     return report
 
 
@@ -187,6 +203,17 @@ def chosen_probes(probes: Iterable[str], accumulate: int | None = None, windows:
     if windows < 0:
         raise InputError(f"`windows` {windows}: the number of windows per row must be at least 0")
     return names
+
+
+def chosen_depth(depth: str) -> str:
+    """``depth``, checked.
+
+    Raises:
+        InputError: a depth other than those in DEPTHS.
+    """
+    if depth not in DEPTHS:
+        raise InputError(f"depth {depth!r} is not known", hint=f"choose from {', '.join(DEPTHS)}")
+    return depth
 
 
 def _require_rows(batch: Mapping[str, torch.Tensor], accumulate: int | None, index: int, source: str | None) -> None:
@@ -309,98 +336,3 @@ def _packing_extent(starts: torch.Tensor, real: torch.Tensor) -> tuple[int, int]
     """(document boundaries between real tokens, rows holding more than one document)."""
     inner = starts & real
     return int(inner.sum()), int(inner.any(1).sum())
-
-
-def sample_views(
-    batch: Mapping[str, torch.Tensor],
-    capture: Capture,
-    tokenizer: Any,
-    ends: frozenset[int],
-    pad_id: int | None,
-    first: int,
-    starts: torch.Tensor | None = None,
-    media: frozenset[int] = frozenset(),
-) -> list[SampleView]:
-    role_codes = roles(batch)
-    trained = capture.logit_grad_norm > 0
-    texts = _decoder(tokenizer)
-    bos_id = resolve_bos_token_id(tokenizer)
-    n = len(batch["input_ids"])
-    cut = batch[CUT_KEY].tolist() if CUT_KEY in batch else [0] * n
-    index = batch[ROW_KEY].tolist() if ROW_KEY in batch else list(range(first, first + n))
-    return [
-        SampleView(
-            index=int(index[b]),
-            input_ids=batch["input_ids"][b].cpu(),
-            roles=role_codes[b],
-            trained=trained[b],
-            target_id=capture.target_id[b],
-            texts=[texts(i) for i in batch["input_ids"][b].tolist()],
-            end_token_ids=ends,
-            pad_token_id=pad_id,
-            completion_cut=int(cut[b]),
-            document_starts=_document_starts(starts[b], role_codes[b]) if starts is not None else frozenset(),
-            bos_token_id=bos_id,
-            boundaries_known=starts is not None,
-            media_token_ids=media,
-        )
-        for b in range(len(batch["input_ids"]))
-    ]
-
-
-def _document_starts(starts: torch.Tensor, role_codes: torch.Tensor) -> frozenset[int]:
-    """Starts of documents that follow a real document: padding is neither a document nor what one follows."""
-    real = role_codes != PAD
-    follows_real = torch.zeros_like(real)
-    follows_real[1:] = real[:-1]
-    return frozenset((starts & real & follows_real).nonzero().flatten().tolist())
-
-
-_TEXTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _decoder(tokenizer: Any):
-    """A cached id -> text function (None without a tokenizer); the cache lives as long as the tokenizer, so each
-    token id is decoded once across batches and calls."""
-    if tokenizer is None:
-        return lambda token_id: None
-    try:
-        cache = _TEXTS.setdefault(tokenizer, {})
-    except TypeError:  # a tokenizer that takes no weak reference: a cache for this call only
-        cache = {}
-
-    def text(token_id: int) -> str | None:
-        if token_id not in cache:
-            cache[token_id] = tokenizer.decode([token_id])
-        return cache[token_id]
-
-    return text
-
-
-def sample_report(
-    view: SampleView, batch: Mapping[str, torch.Tensor], capture: Capture, b: int, roles_source: str
-) -> SampleReport:
-    # One .tolist() per quantity: indexing tensors element by element costs microseconds per token.
-    ids, roles, trained = view.input_ids.tolist(), view.roles.tolist(), view.trained.tolist()
-    labels, targets = batch["labels"][b].tolist(), view.target_id.tolist()
-    loss, weight = capture.token_loss[b].tolist(), capture.weight[b].tolist()
-    logit_norm, embedding_norm = capture.logit_grad_norm[b].tolist(), capture.embedding_grad_norm[b].tolist()
-    tokens = [
-        TokenReport(
-            position=t,
-            token_id=ids[t],
-            text=view.texts[t],
-            role=ROLE_NAMES[roles[t]],
-            label=labels[t],
-            trained=trained[t],
-            target_id=None if targets[t] < 0 else targets[t],
-            loss=None if t == 0 else loss[t],
-            weight=None if t == 0 else weight[t],
-            logit_grad_norm=logit_norm[t],
-            embedding_grad_norm=embedding_norm[t],
-        )
-        for t in range(len(ids))
-    ]
-    return SampleReport(
-        index=view.index, tokens=tokens, layer_grad_norms=capture.layer_grad_norms[b].tolist(), roles_source=roles_source
-    )

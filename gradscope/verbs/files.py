@@ -27,7 +27,7 @@ from gradscope.model.load import load_model_and_tokenizer, load_tokenizer
 from gradscope.model.usercode import LossFn, load_loss_fn
 from gradscope.report.check import Report, SampleReport
 from gradscope.report.roles import RolesReport
-from gradscope.verbs.check import check_batches, chosen_probes
+from gradscope.verbs.check import check_batches, chosen_depth, chosen_probes
 from gradscope.verbs.grads import grads
 from gradscope.verbs.overfit import overfit as overfit_batch
 from gradscope.verbs.verify import verify
@@ -98,6 +98,7 @@ def check_files(
     lr: float = DEFAULT_LR,
     max_grad_norm: float = DEFAULT_MAX_GRAD_NORM,
     roles_from: str | Path | None = None,
+    depth: str = "full",
 ) -> Report:
     """``gradscope check``: the masking check of every batch, and with ``params`` the parameter pass on the first.
 
@@ -105,13 +106,14 @@ def check_files(
     the response/instruction templates of ``inputs.options``, or the chat template.
     """
     probes = tuple(probes)
-    chosen_probes(probes, accumulate, windows)  # bad probe names fail before the model loads
+    chosen_probes(probes, accumulate, windows)  # bad probe names and depths fail before the model loads
+    chosen_depth(depth)
     loaded = load(inputs)
     report = check_batches(
         loaded.model, loaded.batches, tokenizer=loaded.tokenizer, loss_fn=loaded.loss_fn, keep_dropout=keep_dropout,
         source=str(inputs.data), probes=probes, accumulate=accumulate, windows=windows,
         response_template=inputs.options.response_template, instruction_template=inputs.options.instruction_template,
-        roles_from=roles_from, train_on=inputs.options.train_on,
+        roles_from=roles_from, train_on=inputs.options.train_on, depth=depth,
     )
     report.data = loaded.data
     report.notes = loaded.notes + report.notes
