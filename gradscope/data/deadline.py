@@ -52,8 +52,10 @@ def _alarm(seconds: float) -> Iterator[None]:
 def _traced(seconds: float) -> Iterator[None]:
     deadline = time.monotonic() + seconds
 
-    def tracer(frame: object, event: str, arg: object):
-        if time.monotonic() > deadline:
+    def tracer(frame, event: str, arg: object):
+        if event == "call":
+            frame.f_trace_opcodes = True  # a one-line loop has no line events, only opcodes
+        elif time.monotonic() > deadline:
             raise RenderTimeout(seconds)
         return tracer
 
