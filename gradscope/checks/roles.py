@@ -8,8 +8,8 @@ from gradscope.report.finding import Finding
 from gradscope.report.text import format_positions
 
 ROLES_HINT = (
-    "To give roles: a completion_mask in the batch; response_template (--response-template) with the text that "
-    "starts each completion; roles_from (--roles-from) with the raw rows the batch was made from; or a tokenizer "
+    "To give roles: a completion_mask in the batch; `response_template` with the text that "
+    "starts each completion; `roles_from` with the raw rows the batch was made from; or a tokenizer "
     "with a chat template gradscope can read"
 )
 

@@ -44,6 +44,8 @@ class _Boundary(TyperGroup):
         except click.UsageError as err:
             command = f" (gradscope {err.ctx.info_name} --help)" if err.ctx and err.ctx.parent else ""
             message = err.format_message().replace("Value error, ", "")  # typer's validator prefix
+            if isinstance(err, click.MissingParameter) and getattr(err.param, "param_type_name", "") == "argument":
+                message = f"Missing argument {err.param.name.upper()}."
             print(f"Error: {message}{command}", file=sys.stderr)
             code = EXIT_BAD_INPUT
         except typer.Abort:  # EOF on a prompt; gradscope never prompts, but click may

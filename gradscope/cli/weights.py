@@ -92,7 +92,7 @@ def verify(
     base: BaseOpt = None,
     directions: Annotated[int, typer.Option("--directions", min=0, help="Random directions per tensor, after the gradient's own direction.")] = 2,
     param_sample: Annotated[int, typer.Option("--param-sample", min=0, help="Parameters to check besides the input embeddings, spread over the model.")] = 4,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the random directions.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", min=0, max=2**63 - 1, help="Seed of the random directions.")] = 0,
     output_format: FormatOpt = Format.text,
     output: OutputOpt = None,
     strict: StrictOpt = False,

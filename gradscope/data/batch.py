@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import difflib
+from collections.abc import Collection, Mapping, Sequence
 
 import torch
 
@@ -22,14 +23,25 @@ from gradscope.errors import DataError
 _PER_TOKEN_KEYS = ("labels", "position_ids", "seq_idx", *ROLE_KEYS, ROLE_CODES_KEY)
 
 
-def validate(batch: Mapping[str, torch.Tensor], vocab_size: int, source: str | None = None, first_row: int = 0) -> None:
-    """Check that a batch is something a causal LM can be called on.
+def validate(
+    batch: Mapping[str, object],
+    vocab_size: int | None,
+    source: str | None = None,
+    first_row: int = 0,
+    *,
+    accepted: Collection[str] | None = None,
+    max_positions: int | None = None,
+) -> None:
+    """Check that a batch is something a causal LM can be called on, and that each tensor holds what its key means.
 
     Args:
         batch: The batch dict.
-        vocab_size: Rows of the model's input embedding.
+        vocab_size: Rows of the model's input embedding (None: token ids are only checked to be non-negative).
         source: The file the batch came from, for error messages.
         first_row: The data row of the batch's first sample, so errors name rows of the data.
+        accepted: Every key the model's forward takes, besides gradscope's own; another key is an error (a
+            misspelled ``attention_masks`` would otherwise be dropped or passed on silently).
+        max_positions: The most positions the model has (learned position embeddings); longer rows are errors.
 
     Raises:
         DataError: naming the key, row and position of the first problem.
@@ -40,19 +52,78 @@ def validate(batch: Mapping[str, torch.Tensor], vocab_size: int, source: str | N
     if not isinstance(ids, torch.Tensor) or ids.dim() != 2:
         raise DataError("'input_ids' must be a 2D tensor (batch, sequence)", path=source)
     if ids.numel() == 0:
-        raise DataError("the batch is empty", path=source, hint="give at least one row with one token")
-    if ids.dtype.is_floating_point or ids.dtype == torch.bool:
-        raise DataError(f"'input_ids' has dtype {ids.dtype}; token ids must be integers", path=source)
+        raise DataError(f"the batch is empty: 'input_ids' has shape {tuple(ids.shape)}", path=source,
+                        hint="give at least one row with one token")
+    _require_integers(ids, "input_ids", source)
     _check_range(ids, "input_ids", 0, vocab_size, source, first_row)
+    if accepted is not None:
+        _check_keys(batch, accepted, source)
     for key in _PER_TOKEN_KEYS + ("attention_mask",):
         if key in batch:
             _check_shape(batch, key, source)
-    if "labels" in batch:
-        labels = batch["labels"]
-        _check_range(torch.where(labels == IGNORE_INDEX, 0, labels), "labels", 0, vocab_size, source, first_row)
+    _check_values(batch, vocab_size, source, first_row)
+    if max_positions is not None:
+        _check_positions(batch, max_positions, source, first_row)
     for key in CU_SEQ_LENS_KEYS:
         if key in batch:
             _check_cu_seq_lens(batch[key], ids.numel(), key, source)
+
+
+def _require_integers(values: torch.Tensor, key: str, source: str | None, exact: bool = False) -> None:
+    """Token ids and labels are integers (labels int64: the loss indexes with them)."""
+    if values.dtype.is_floating_point or values.dtype.is_complex or values.dtype == torch.bool:
+        raise DataError(f"'{key}' has dtype {values.dtype}; it must hold integers (torch.int64)", path=source,
+                        hint=f"store '{key}' as int64, e.g. tensor.long()")
+    if exact and values.dtype != torch.int64:
+        raise DataError(f"'{key}' has dtype {values.dtype}; the loss needs torch.int64 (long)", path=source,
+                        hint=f"store '{key}' as int64, e.g. tensor.long()")
+
+
+def _check_keys(batch: Mapping[str, object], accepted: Collection[str], source: str | None) -> None:
+    known = set(accepted) | set(META_KEYS) | set(CU_SEQ_LENS_KEYS) | {"input_ids", "labels"}
+    for key in batch:
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=1)
+            hint = f"did you mean '{close[0]}'?" if close else "remove it, or name one of the model's inputs"
+            raise DataError(f"unknown key '{key}' in the batch: the model takes no such input", path=source, hint=hint)
+
+
+def _check_values(batch: Mapping[str, object], vocab_size: int | None, source: str | None, first_row: int) -> None:
+    """labels: int64, -100 or a token id; masks: 0 or 1; position_ids: non-negative integers."""
+    if "labels" in batch:
+        labels = batch["labels"]
+        _require_integers(labels, "labels", source, exact=True)
+        _check_range(torch.where(labels == IGNORE_INDEX, 0, labels), "labels", 0, vocab_size, source, first_row,
+                     what="label", allowed=f"{IGNORE_INDEX} or ")
+    for key in ("attention_mask", *ROLE_KEYS):
+        mask = batch.get(key)
+        if isinstance(mask, torch.Tensor) and mask.dim() == 2:
+            _check_binary(mask, key, source, first_row)
+    if isinstance(batch.get("position_ids"), torch.Tensor):
+        _require_integers(batch["position_ids"], "position_ids", source)
+        _check_range(batch["position_ids"], "position_ids", 0, None, source, first_row, what="position")
+
+
+def _check_binary(mask: torch.Tensor, key: str, source: str | None, first_row: int) -> None:
+    if mask.dtype.is_complex:
+        raise DataError(f"'{key}' has dtype {mask.dtype}; it must hold 0 and 1", path=source)
+    bad = ~((mask == 0) | (mask == 1))  # NaN compares unequal to both
+    if bad.any():
+        row, pos = (int(i) for i in bad.nonzero()[0])
+        raise DataError(f"'{key}' holds {mask[row, pos].item()!r}; it must hold only 0 and 1", path=source,
+                        row=first_row + row, position=pos, hint=f"give '{key}' 1 for each real token and 0 for padding"
+                        if key == "attention_mask" else f"give '{key}' 1 for tokens meant to be trained, else 0")
+
+
+def _check_positions(batch: Mapping[str, object], max_positions: int, source: str | None, first_row: int) -> None:
+    """Rows no longer than the model's position table (an index past it fails deep in the model)."""
+    ids = batch["input_ids"]
+    positions = batch.get("position_ids")
+    if isinstance(positions, torch.Tensor) and positions.shape == ids.shape:
+        _check_range(positions, "position_ids", 0, max_positions, source, first_row, what="position")
+    elif ids.shape[1] > max_positions:
+        raise DataError(f"rows have {ids.shape[1]} tokens but the model has {max_positions} positions", path=source,
+                        hint=f"truncate rows to at most {max_positions} tokens (`max_length`)")
 
 
 def _check_cu_seq_lens(cu: object, total: int, key: str, source: str | None) -> None:
@@ -88,16 +159,21 @@ def _check_shape(batch: Mapping[str, torch.Tensor], key: str, source: str | None
         )
 
 
-def _check_range(values: torch.Tensor, key: str, low: int, high: int, source: str | None, first_row: int) -> None:
-    bad = (values < low) | (values >= high)
+def _check_range(
+    values: torch.Tensor, key: str, low: int, high: int | None, source: str | None, first_row: int,
+    what: str = "token id", allowed: str = "",
+) -> None:
+    bad = values < low if high is None else (values < low) | (values >= high)
     if bad.any():
         row, pos = (int(i) for i in bad.nonzero()[0])
+        span = f"[{low}, {high})" if high is not None else f"{low} or more"
+        where = "the model's vocabulary " if what != "position" and high is not None else ""
         raise DataError(
-            f"'{key}' holds token id {int(values[row, pos])}, outside the model's vocabulary [0, {high})",
+            f"'{key}' holds {what} {int(values[row, pos])}, outside {where}{allowed}{span}",
             path=source,
             row=first_row + row,
             position=pos,
-            hint="tokenize with the model's own tokenizer",
+            hint="tokenize with the model's own tokenizer" if what != "position" else f"give '{key}' values in {span}",
         )
 
 

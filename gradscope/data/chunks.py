@@ -94,7 +94,10 @@ def _rechunk(batches: Iterator) -> Iterator:
 
 
 def _tokens(batch) -> int:
-    offsets = batch.column("input_ids").offsets
+    column = batch.column("input_ids")
+    if not hasattr(column, "offsets"):  # not a list column: to_chunk names the row and the type
+        return 0
+    offsets = column.offsets
     return int(offsets[-1].as_py() - offsets[0].as_py()) if len(offsets) else 0
 
 
@@ -117,8 +120,9 @@ def _join(pa, group: list):
     return group[0] if len(group) == 1 else pa.Table.from_batches(group).combine_chunks().to_batches()[0]
 
 
-def to_chunk(batch, first_row: int, path: Path) -> Chunk:
-    """One Arrow record batch of list columns as a Chunk of flat arrays."""
+def to_chunk(batch, first_row: int, path: Path, vocab_size: int | None = None) -> Chunk:
+    """One Arrow record batch of list columns as a Chunk of flat arrays, its values checked (ids below
+    ``vocab_size`` when given)."""
     ids, offsets = _flat(batch, "input_ids", first_row, path)
     lengths = np.diff(offsets)
     if len(lengths) and not lengths.all():
@@ -130,6 +134,10 @@ def to_chunk(batch, first_row: int, path: Path) -> Chunk:
             _same_lengths(name, np.diff(own), lengths, first_row, path)
     starts = offsets[:-1]
     _check_ids(ids, starts, first_row, path)
+    if vocab_size is not None:
+        _check_vocab(ids, starts, vocab_size, first_row, path)
+    for name, values in columns.items():
+        _check_column(name, values, starts, first_row, path)
     attention = columns.get("attention_mask")
     role = next((columns[k] for k in ROLE_KEYS if k in columns), None)
     labels = columns.get("labels")
@@ -169,7 +177,7 @@ def _flat(batch, name: str, first_row: int, path: Path) -> tuple[np.ndarray, np.
         row = first_row + int(np.searchsorted(offsets - offsets[0], at, side="right")) - 1
         raise DataError(f"'{name}' holds a null", path=path, row=row, hint="every entry must be an integer")
     values = _integers(inner)
-    if values.dtype.kind not in "iub":
+    if values.dtype.kind not in "iu" and not (values.dtype.kind == "b" and name != "input_ids" and name != "labels"):
         raise DataError(f"'{name}' must hold lists of integers, not {column.type}", path=path, row=first_row)
     return values, offsets - offsets[0]
 
@@ -185,6 +193,26 @@ def _same_lengths(name: str, lengths: np.ndarray, expected: np.ndarray, first_ro
         )
 
 
+def _check_column(name: str, values: np.ndarray, starts: np.ndarray, first_row: int, path: Path) -> None:
+    """labels: -100 or a token id; masks: 0 or 1."""
+    bad = (values < 0) & (values != IGNORE_INDEX) if name == "labels" else (values != 0) & (values != 1)
+    if len(values) and bad.any():
+        at = int(np.flatnonzero(bad)[0])
+        row = int(np.searchsorted(starts, at, side="right")) - 1
+        allowed = f"{IGNORE_INDEX} or a token id" if name == "labels" else "only 0 and 1"
+        raise DataError(f"'{name}' holds {values[at].item()!r}; it must hold {allowed}", path=path,
+                        row=first_row + row, position=at - int(starts[row]))
+
+
+def _check_vocab(ids: np.ndarray, starts: np.ndarray, vocab_size: int, first_row: int, path: Path) -> None:
+    if len(ids) and ids.max() >= vocab_size:
+        at = int(np.flatnonzero(ids >= vocab_size)[0])
+        row = int(np.searchsorted(starts, at, side="right")) - 1
+        raise DataError(f"'input_ids' holds token id {int(ids[at])}, outside the tokenizer's vocabulary [0, {vocab_size})",
+                        path=path, row=first_row + row, position=at - int(starts[row]),
+                        hint="tokenize with this tokenizer, or give the tokenizer the data was made with")
+
+
 def _check_ids(ids: np.ndarray, starts: np.ndarray, first_row: int, path: Path) -> None:
     if len(ids) and ids.min() < 0:
         at = int(np.flatnonzero(ids < 0)[0])
@@ -193,19 +221,16 @@ def _check_ids(ids: np.ndarray, starts: np.ndarray, first_row: int, path: Path) 
                         position=at - int(starts[row]))
 
 
-def _safetensors_chunk(path: Path) -> Chunk:
-    """A (B, T) batch file: each row is T tokens, padding marked by its attention_mask."""
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
+def _safetensors_chunk(path: Path, vocab_size: int | None = None) -> Chunk:
+    """A (B, T) batch file: each row is T tokens, padding marked by its attention_mask; validated as check
+    validates a batch (bf16 ids, masks of 0.5, labels of -5 or of the wrong length are errors, not verdicts)."""
+    from gradscope.data.batch import validate
+    from gradscope.data.load import read_safetensors
 
-    try:
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as err:
-        raise DataError(f"cannot read safetensors: {err}", path=path) from err
-    if "input_ids" not in tensors or tensors["input_ids"].ndim != 2:
-        raise DataError("no 2D 'input_ids' (batch, sequence) in the batch file", path=path)
+    tensors = read_safetensors(path)
+    validate(tensors, vocab_size, str(path))
     b, t = tensors["input_ids"].shape
-    flat = {k: v.reshape(-1) for k, v in tensors.items() if k in TOKEN_COLUMNS and v.shape == (b, t)}
+    flat = {k: v.reshape(-1).long().numpy() for k, v in tensors.items() if k in TOKEN_COLUMNS and v.dim() == 2}
     attention = flat.get("attention_mask")
     ids = flat["input_ids"]
     labels = flat.get("labels")

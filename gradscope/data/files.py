@@ -6,11 +6,12 @@ pre-tokenized when it holds ``input_ids``. Reading never tokenizes: ``gradscope.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from gradscope.data.datasets_dir import check_saved_dataset
+from gradscope.data.jsonio import decode_line, iter_json_array, loads
 from gradscope.data.sources import SUFFIXES, data_format
 from gradscope.errors import DataError
 
@@ -33,9 +34,11 @@ def read_rows(path: str | Path, limit: int | None = None) -> list[dict[str, Any]
     elif fmt == "jsonl":
         rows = _read_jsonl(path, limit)
     elif fmt == "json":
-        rows = _read_json(path)
-    elif fmt in ("parquet", "arrow"):
-        rows = _read_table(path, fmt)
+        rows = _read_json(path, limit)
+    elif fmt == "parquet":
+        rows = _read_parquet(path, limit)
+    elif fmt == "arrow":
+        rows = _read_arrow(path, limit)
     else:
         raise DataError("a .safetensors file is a batch, not rows", path=path, hint="check it as a batch")
     rows = rows[:limit] if limit is not None else rows
@@ -63,10 +66,11 @@ def is_raw_file(path: str | Path) -> bool:
 def jsonl_lines(path: Path, limit: int | None = None) -> Iterator[tuple[int, str]]:
     """The non-empty lines of a JSON-lines file with their 1-based line numbers, at most ``limit`` of them."""
     count = 0
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
+    with path.open("rb") as f:
+        for number, data in enumerate(f, start=1):
             if limit is not None and count >= limit:
                 return
+            line = decode_line(data, path, f"line {number}")
             if line.strip():
                 count += 1
                 yield number, line
@@ -82,18 +86,13 @@ def _read_jsonl(path: Path, limit: int | None) -> list[dict[str, Any]]:
     return list(iter_jsonl(path, limit))
 
 
-def _read_json(path: Path) -> list[dict[str, Any]]:
-    data = _loads(path.read_text(encoding="utf-8"), path, None)
-    if not isinstance(data, list):
-        raise DataError("a .json data file must hold an array of row objects", path=path, hint="or write one row per line as .jsonl")
-    return [_object(row, path, i) for i, row in enumerate(data)]
+def _read_json(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
+    """The first ``limit`` rows of a .json array, parsed one by one (the rest of the file is not read)."""
+    return [_object(row, path, i) for i, row in enumerate(iter_json_array(path, limit))]
 
 
 def _loads(text: str, path: Path, row: str | None) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as err:
-        raise DataError(f"invalid JSON ({err.msg} at line {err.lineno} column {err.colno})", path=path, row=row) from err
+    return loads(text, path, row)
 
 
 def _object(value: Any, path: Path, row: str | int) -> dict[str, Any]:
@@ -102,17 +101,42 @@ def _object(value: Any, path: Path, row: str | int) -> dict[str, Any]:
     return value
 
 
-def _read_table(path: Path, fmt: str) -> list[dict[str, Any]]:
-    """The rows of a Parquet or Arrow file."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
+def _read_parquet(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
+    """The first ``limit`` rows of a Parquet file, read batch by batch (only the row groups needed)."""
     try:
-        if fmt == "parquet":
-            return pq.read_table(path).to_pylist()
-        return [row for batch in arrow_batches(path, lambda names, _: names) for row in batch.to_pylist()]
+        import pyarrow.parquet as pq
+    except ImportError as err:
+        raise DataError("reading .parquet needs pyarrow", path=path, hint="pip install pyarrow") from err
+    rows: list[dict[str, Any]] = []
+    try:
+        file = pq.ParquetFile(path, pre_buffer=False)
+        for batch in file.iter_batches(batch_size=min(limit or 8192, 8192)):
+            rows.extend(batch.to_pylist())
+            if limit is not None and len(rows) >= limit:
+                break
+    except (OSError, ValueError, TypeError) as err:  # pyarrow's ArrowInvalid is a ValueError
+        raise DataError(f"cannot read parquet: {_first_line(err)}", path=path) from err
+    return rows if limit is None else rows[:limit]
+
+
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
+
+
+def _read_arrow(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
+    """The first ``limit`` rows of an Arrow file, batch by batch."""
+    import pyarrow as pa
+
+    rows: list[dict[str, Any]] = []
+    try:
+        for batch in arrow_batches(path, lambda names, _: names):
+            rows.extend(batch.to_pylist())
+            if limit is not None and len(rows) >= limit:
+                break
     except (OSError, ValueError, pa.ArrowException) as err:
-        raise DataError(f"cannot read {fmt}: {err}", path=path) from err
+        raise DataError(f"cannot read arrow: {_first_line(err)}", path=path) from err
+    return rows if limit is None else rows[:limit]
 
 
 def arrow_batches(path: Path, pick: Callable[[list[str], Path], list[str]]) -> Iterator:
@@ -141,9 +165,10 @@ def _read_dataset_dir(path: Path, limit: int | None) -> list[dict[str, Any]]:
         import datasets
     except ImportError as err:
         raise DataError("reading a saved dataset needs the datasets library", path=path, hint="install the trl extra: pip install -e '.[trl]' in a clone of gradscope") from err
+    check_saved_dataset(path)
     try:
         loaded = datasets.load_from_disk(str(path))
-    except (FileNotFoundError, OSError, ValueError) as err:
+    except (FileNotFoundError, OSError, ValueError, TypeError, KeyError, AttributeError) as err:
         raise DataError(f"not a saved dataset ({err})", path=path, hint="save it with Dataset.save_to_disk(dir)") from err
     if isinstance(loaded, datasets.DatasetDict):
         loaded = loaded[pick_split(list(loaded), path)]

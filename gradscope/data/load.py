@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import difflib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +12,7 @@ from torch import nn
 
 from gradscope.data.batch import collate, select_rows
 from gradscope.data.files import is_raw_file, is_tokenized, jsonl_lines, read_rows
+from gradscope.data.jsonio import loads
 from gradscope.data.pipelines import DataOptions, Prepared, collate_batches, reference_batches, role_rows
 from gradscope.data.roles import RoleRow, RoleSpec, row_kind, truncate
 from gradscope.data.sources import TOKENIZED_KEYS, data_format
@@ -19,6 +20,8 @@ from gradscope.data.trl import trl_batches
 from gradscope.errors import DataError
 from gradscope.model.load import _first_line
 from gradscope.model.usercode import import_function
+
+_INT64 = (-(2**63), 2**63 - 1)
 
 
 def load_batches(
@@ -84,11 +87,7 @@ def read_jsonl(path: Path, limit: int | None = None) -> list[dict[str, list[int]
 
 def _parse_row(line: str, path: Path, number: int) -> dict[str, list[int]]:
     where = {"path": path, "row": f"line {number}"}
-    try:
-        obj = json.loads(line)
-    except json.JSONDecodeError as err:
-        raise DataError(f"invalid JSON ({err.msg} at column {err.colno})", **where, hint="each line must be one JSON object") from err
-    return tokenized_row(obj, where)
+    return tokenized_row(loads(line, path, where["row"]), where)
 
 
 def tokenized_row(obj: Any, where: dict[str, Any]) -> dict[str, list[int]]:
@@ -96,9 +95,14 @@ def tokenized_row(obj: Any, where: dict[str, Any]) -> dict[str, list[int]]:
     if not isinstance(obj, dict) or "input_ids" not in obj:
         raise DataError("the row has no 'input_ids'", **where, hint="each row needs a list of token ids under 'input_ids'")
     row = {k: obj[k] for k in TOKENIZED_KEYS if k in obj}
+    _unknown_token_keys(obj, where)
     for key, values in row.items():
         if not isinstance(values, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
             raise DataError(f"'{key}' must be a list of integers", **where)
+        big = next((i for i, v in enumerate(values) if not _INT64[0] <= v <= _INT64[1]), None)
+        if big is not None:
+            raise DataError(f"'{key}' holds {values[big]}, past int64", **{**where, "position": big},
+                            hint="token ids are small non-negative integers")
         if len(values) != len(row["input_ids"]):
             raise DataError(
                 f"'{key}' has {len(values)} entries but 'input_ids' has {len(row['input_ids'])}",
@@ -108,6 +112,17 @@ def tokenized_row(obj: Any, where: dict[str, Any]) -> dict[str, list[int]]:
     if not row["input_ids"]:
         raise DataError("'input_ids' is empty", **where)
     return row
+
+
+def _unknown_token_keys(obj: dict[str, Any], where: dict[str, Any]) -> None:
+    """A list with one entry per token under a key gradscope does not know is a misspelling (``attention_masks``),
+    not metadata: it would be dropped silently."""
+    ids = obj["input_ids"]
+    for key, value in obj.items():
+        if key not in TOKENIZED_KEYS and isinstance(value, list) and isinstance(ids, list) and len(value) == len(ids):
+            close = difflib.get_close_matches(key, TOKENIZED_KEYS, n=1)
+            raise DataError(f"unknown per-token key '{key}'", **where,
+                            hint=f"did you mean '{close[0]}'?" if close else f"use one of {', '.join(TOKENIZED_KEYS)}")
 
 
 def _require_same_keys(rows: list[dict[str, list[int]]], path: Path) -> None:

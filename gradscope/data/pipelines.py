@@ -107,7 +107,7 @@ def _call_collator(fn: Callable, inputs: list[Any], spec: str | None, start: int
     where = f"rows {start}–{start + len(inputs) - 1}"
     try:
         out = fn(inputs)
-    except Exception as err:  # the user's code: any failure is bad input, not a gradscope bug
+    except (Exception, SystemExit) as err:  # the user's code: any failure is bad input, not a gradscope bug
         raise DataError(f"the collator failed: {type(err).__name__}: {err}", path=spec, row=where) from err
     if not isinstance(out, Mapping) or "input_ids" not in out:
         raise DataError("the collator must return a dict with 'input_ids' (and 'labels')", path=spec, row=where)

@@ -10,6 +10,7 @@ from operator import itemgetter
 from typing import Any
 
 from gradscope.constants import UNKNOWN
+from gradscope.data import deadline
 from gradscope.data.batch import COMPLETION, PROMPT
 from gradscope.data.encoding import Encoder
 from gradscope.errors import DataError
@@ -177,9 +178,18 @@ def _conversation(row: Mapping[str, Any], spec: RoleSpec, where: dict) -> tuple[
     return [dict(m) for m in messages], set(assistant)
 
 
-def _tools(row: Mapping[str, Any]) -> Any:
+def _tools(row: Mapping[str, Any], where: dict) -> Any:
+    """The row's tool definitions: a list, or a JSON string of one (as datasets store them)."""
     tools = row.get("tools")
-    return json.loads(tools) if isinstance(tools, str) else tools
+    if isinstance(tools, str):
+        try:
+            tools = json.loads(tools)
+        except (json.JSONDecodeError, RecursionError) as err:
+            raise DataError(f"'tools' is a string but not JSON ({getattr(err, 'msg', 'nested too deeply')})", **where,
+                            hint="give 'tools' as a list of tool definitions, or a JSON string of one") from None
+    if tools is not None and not isinstance(tools, list):
+        raise DataError(f"'tools' is a {type(tools).__name__}; it must be a list of tool definitions", **where)
+    return tools
 
 
 class _Renderer:
@@ -191,10 +201,16 @@ class _Renderer:
 
     def text(self, k: int, generation_prompt: bool = False) -> str:
         try:
-            return self.tok.apply_chat_template(
-                self.messages[:k], tools=self.tools, chat_template=self.template, tokenize=False,
-                add_generation_prompt=generation_prompt,
-            )
+            with deadline.bounded(deadline.TEMPLATE_SECONDS):
+                return self.tok.apply_chat_template(
+                    self.messages[:k], tools=self.tools, chat_template=self.template, tokenize=False,
+                    add_generation_prompt=generation_prompt,
+                )
+        except deadline.RenderTimeout:
+            raise DataError(
+                f"the chat template did not finish rendering {k} message(s) within {deadline.TEMPLATE_SECONDS:g} s",
+                **self.where, hint="a loop that never ends? fix the chat_template in tokenizer_config.json",
+            ) from None
         except Exception as err:  # jinja raises its own errors from the user's template: bad input, not a bug
             raise DataError(
                 f"the chat template fails on the first {k} message(s): {type(err).__name__}: {err}",
@@ -211,7 +227,7 @@ def _chat(row: Mapping[str, Any], index: int, tokenizer: Any, spec: RoleSpec, wh
         raise DataError("chat rows need a tokenizer with a chat template, and this one has none", **where,
                         hint="add a chat_template to tokenizer_config.json, or give prompt/completion strings")
     messages, trained = _conversation(row, spec, where)
-    render = _Renderer(tokenizer, messages, _tools(row), spec.chat_template, where)
+    render = _Renderer(tokenizer, messages, _tools(row, where), spec.chat_template, where)
     texts = [""] + [render.text(k) for k in range(1, len(messages) + 1)]
     headers = {k: render.text(k, generation_prompt=True) for k in sorted(trained)}
 

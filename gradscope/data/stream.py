@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -10,7 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from gradscope.data.chunks import TOKEN_COLUMNS, Chunk, _groups, _rechunk, _safetensors_chunk, to_chunk
+from gradscope.data.datasets_dir import data_files, dataset_splits
+from gradscope.data.datasets_dir import num_rows as _num_rows
 from gradscope.data.files import arrow_batches, iter_jsonl, pick_split, read_rows
+from gradscope.data.jsonio import decode_line, iter_json_array, loads
 from gradscope.data.sources import RAW_COLUMNS, data_format
 from gradscope.errors import DataError
 
@@ -55,33 +57,27 @@ def _parquet_rows(pq, path: Path) -> int:
 def _datasets_dir(path: Path) -> Source:
     """A directory written by ``Dataset.save_to_disk``: state.json names its Arrow files in order."""
     if (path / "dataset_dict.json").is_file():  # its train split, else its only one, as check reads it
-        splits = json.loads((path / "dataset_dict.json").read_text()).get("splits", [])
-        return _datasets_dir(path / pick_split(splits, path))
+        return _datasets_dir(path / pick_split(dataset_splits(path), path))
     state = path / "state.json"
     if not state.is_file():
         raise DataError("not a saved datasets directory (no state.json)", path=path, hint="give a directory written by Dataset.save_to_disk, or a data file")
-    files = [path / f["filename"] for f in json.loads(state.read_text()).get("_data_files", [])]
-    info = path / "dataset_info.json"
-    rows = None
-    if info.is_file():
-        splits = json.loads(info.read_text()).get("splits") or {}
-        rows = sum(s.get("num_examples", 0) for s in splits.values()) or None
-    return Source(path, "datasets", rows, files)
+    return Source(path, "datasets", _num_rows(path / "dataset_info.json"), data_files(path))
 
 
-def chunks(source: Source) -> Iterator[Chunk]:
-    """The source's rows, chunk by chunk, numbered from 0 across files.
+def chunks(source: Source, vocab_size: int | None = None) -> Iterator[Chunk]:
+    """The source's rows, chunk by chunk, numbered from 0 across files; token ids checked against ``vocab_size``
+    when it is known (the tokenizer's).
 
     Raises:
         DataError: missing or raw-text columns, nulls, per-token lists whose length differs from input_ids', empty
             rows, or negative token ids, naming the row.
     """
     if source.format == "safetensors":
-        yield _safetensors_chunk(source.path)
+        yield _safetensors_chunk(source.path, vocab_size)
         return
     first = 0
     for batch in _rechunk(_record_batches(source)):
-        chunk = to_chunk(batch, first, source.path)
+        chunk = to_chunk(batch, first, source.path, vocab_size)
         first += chunk.rows
         yield chunk
 
@@ -112,14 +108,24 @@ def _json_batches(path: Path) -> Iterator:
 
     options, first = None, 0
     for block in _line_blocks(path, _JSON_BLOCK_BYTES):
-        table = _read_json_block(block, options, first, path)
-        first += table.num_rows
         if options is None:
-            names = _wanted(table.schema.names, path)
+            # Typed before pyarrow reads anything: left to infer types, pyarrow follows a 10,000-deep nested value
+            # of the first block down and crashes the process.
+            names = _wanted(_block_names(block, path), path)
             schema = pa.schema([(name, pa.list_(pa.int64())) for name in names])
             options = pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
-            table = table.select(names)
+        table = _read_json_block(block, options, first, path)
+        first += table.num_rows
         yield from table.combine_chunks().to_batches()
+
+
+def _block_names(block: bytes, path: Path) -> list[str]:
+    """The token columns the first block names, in the first row's order of keys (parsed with Python's checks)."""
+    row = next(iter_jsonl(path, limit=1), None)
+    if row is None:
+        raise DataError("no rows", path=path, hint="write at least one row")
+    names = list(row) + [c for c in TOKEN_COLUMNS if c not in row and f'"{c}"'.encode() in block]
+    return names
 
 
 def _read_json_block(block: bytes, options, first_row: int, path: Path):
@@ -130,6 +136,7 @@ def _read_json_block(block: bytes, options, first_row: int, path: Path):
     try:
         return pj.read_json(pa.BufferReader(block), parse_options=options)
     except pa.ArrowInvalid as err:
+        _locate_bad_row(block, options.explicit_schema.names, first_row, path)
         found = re.search(r"\s*in row (\d+)$", str(err))
         if found is None:
             raise
@@ -137,16 +144,52 @@ def _read_json_block(block: bytes, options, first_row: int, path: Path):
                         row=first_row + int(found.group(1))) from err
 
 
+def _locate_bad_row(block: bytes, names: list[str], first_row: int, path: Path) -> None:
+    """Find the row pyarrow refused, parsing the block line by line in Python, and say what is wrong with it."""
+    row = first_row
+    for data in block.splitlines():
+        text = decode_line(data, path, row)
+        if not text.strip():
+            continue
+        try:
+            value = loads(text, path, row)
+        except DataError:  # not JSON: pyarrow's own message names the row
+            return
+        if not isinstance(value, dict):
+            raise DataError(f"the row is a {type(value).__name__}, not a JSON object", path=path, row=row)
+        for name in names:
+            column = value.get(name)
+            if column is not None and not (isinstance(column, list) and all(
+                    isinstance(v, int) and not isinstance(v, bool) and -(2**63) <= v < 2**63 for v in column)):
+                raise DataError(f"'{name}' must hold lists of integers (int64)", path=path, row=row)
+        row += 1
+
+
 def _json_array_batches(path: Path) -> Iterator:
-    """A .json file holding one array of rows, as check reads it: parsed whole (an array cannot be streamed; JSON
-    lines can)."""
+    """A .json file holding one array of rows, parsed row by row (jsonio's incremental reader), in record batches."""
     import pyarrow as pa
 
-    rows = read_rows(path)
-    names = _wanted(list(rows[0]), path)
-    for start in range(0, len(rows), _PARQUET_BATCH_ROWS):
-        part = rows[start : start + _PARQUET_BATCH_ROWS]
+    names = None
+    for start, part in enumerate_groups(_json_array_rows(path), _PARQUET_BATCH_ROWS):
+        names = names or _wanted(list(part[0]), path)
         yield pa.record_batch([_json_column(part, name, start, path) for name in names], names=names)
+    if names is None:
+        raise DataError("no rows", path=path, hint="write at least one row")
+
+
+def _json_array_rows(path: Path) -> Iterator[dict[str, Any]]:
+    for i, row in enumerate(iter_json_array(path)):
+        if not isinstance(row, dict):
+            raise DataError(f"the row is a {type(row).__name__}, not a JSON object", path=path, row=i)
+        yield row
+
+
+def enumerate_groups(rows: Iterator[dict[str, Any]], size: int) -> Iterator[tuple[int, list[dict[str, Any]]]]:
+    """Groups of ``size`` rows with the index of each group's first row."""
+    start = 0
+    for group in _groups(rows, size):
+        yield start, group
+        start += len(group)
 
 
 def _json_column(rows: list[dict[str, Any]], name: str, first_row: int, path: Path):
@@ -156,15 +199,21 @@ def _json_column(rows: list[dict[str, Any]], name: str, first_row: int, path: Pa
     values = [row.get(name) for row in rows]
     try:
         return pa.array(values)
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
-        bad = next((i for i, v in enumerate(values) if not isinstance(v, list) or not all(isinstance(x, int) for x in v)), 0)
-        raise DataError(f"'{name}' must hold lists of integers ({err})", path=path, row=first_row + bad) from err
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as err:
+        bad = next((i for i, v in enumerate(values) if not isinstance(v, list) or not all(isinstance(x, int) for x in v)), None)
+        if bad is None and isinstance(err, OverflowError):
+            bad = next(i for i, v in enumerate(values) if any(not -(2**63) <= x < 2**63 for x in v))
+            raise DataError(f"'{name}' holds an integer past int64", path=path, row=first_row + bad,
+                            hint="token ids are small non-negative integers") from None
+        raise DataError(f"'{name}' must hold lists of integers ({err})", path=path, row=first_row + (bad or 0)) from err
 
 
 def _line_blocks(path: Path, size: int) -> Iterator[bytes]:
     """The file in blocks of about ``size`` bytes, each ending at a line end."""
     rest = b""
     with path.open("rb") as f:
+        if f.read(3) != b"\xef\xbb\xbf":  # a UTF-8 BOM is not part of the first row
+            f.seek(0)
         while data := f.read(size):
             data = rest + data
             cut = data.rfind(b"\n") + 1
@@ -247,7 +296,7 @@ def _column_names(source: Source) -> list[str]:
 def _is_json_array(path: Path) -> bool:
     """A .json file holding one array of rows (as check reads .json) rather than JSON lines."""
     with path.open("rb") as f:
-        return f.read(4096).lstrip()[:1] == b"["
+        return f.read(4096).removeprefix(b"\xef\xbb\xbf").lstrip()[:1] == b"["
 
 
 def raw_row_batches(source: Source, size: int = RAW_CHUNK_ROWS) -> Iterator[list[dict[str, Any]]]:
@@ -260,7 +309,7 @@ def raw_row_batches(source: Source, size: int = RAW_CHUNK_ROWS) -> Iterator[list
 
     try:
         if source.format == "jsonl":
-            rows = read_rows(source.path) if _is_json_array(source.path) else iter_jsonl(source.path)
+            rows = _json_array_rows(source.path) if _is_json_array(source.path) else iter_jsonl(source.path)
             yield from _groups(rows, size)
         elif source.format == "parquet":
             import pyarrow.parquet as pq

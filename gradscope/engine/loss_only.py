@@ -108,7 +108,7 @@ def forward_loss_backward(
     if loss.requires_grad and stats.grad_norm is None:
         raise ModelCallError(
             "the loss does not flow through outputs.logits, so gradscope cannot read which tokens it trains",
-            hint="a fused loss that skips the logits? pass --loss with a function of (logits, labels)",
+            hint="a fused loss that skips the logits? pass `loss`, a function of (logits, labels)",
         )
     capture = _capture(batch, loss, stats, None, rec)
     capture.network_backward = False

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from gradscope.engine.run import call_model, training_state
+from gradscope.engine.run import backward_error, call_model, training_state
 from gradscope.model.layers import find_decoder_layers
 from gradscope.model.usercode import LossFn
 
@@ -147,7 +147,10 @@ def _backward(
         _, loss = call_model(model, batch, loss_fn)
         if not params or not loss.requires_grad:
             return loss.detach(), [None] * len(params)
-        return loss.detach(), list(torch.autograd.grad(loss, list(params), allow_unused=True))
+        try:
+            return loss.detach(), list(torch.autograd.grad(loss, list(params), allow_unused=True))
+        except Exception as err:  # a custom autograd Function of the user's loss or model raised in its backward
+            raise backward_error(err) from err
 
 
 def _still_zero(

@@ -284,14 +284,25 @@ def _gradient_at(
             return torch.autograd.grad(loss, embedding, allow_unused=True, retain_graph=retain_graph)[0]
         except RuntimeError as err:
             if "use_reentrant=True" not in str(err):
-                raise
+                raise backward_error(err) from err
             raise ModelCallError(
                 "the model's own code checkpoints its layers with use_reentrant=True, which allows no partial backward",
                 hint="enable checkpointing with transformers' gradient_checkpointing_enable(), or use use_reentrant=False",
             ) from err
+        except Exception as err:  # a custom autograd Function of the user's loss or model raised in its backward
+            raise backward_error(err) from err
     embedding.retain_grad()
-    loss.backward(retain_graph=retain_graph)
+    try:
+        loss.backward(retain_graph=retain_graph)
+    except Exception as err:
+        raise backward_error(err) from err
     return embedding.grad
+
+
+def backward_error(err: BaseException) -> ModelCallError:
+    """The backward through the user's model or loss failed: bad input, named."""
+    return ModelCallError(f"the backward pass failed: {type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}",
+                          hint="a custom autograd Function in the loss or model raises in its backward?")
 
 
 def _loss_logits(logits: torch.Tensor, rec: _Recorder) -> torch.Tensor:

@@ -16,6 +16,13 @@ import torch
 from torch import nn
 
 from gradscope.errors import ModelLoadError
+from gradscope.model.checkpoint import (
+    adapter_tensor_names,
+    check_adapter_coverage,
+    check_config,
+    check_coverage,
+    check_weight_files,
+)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
@@ -43,6 +50,7 @@ def load_model(
         ModelLoadError: the directory is missing, is not a model, has no safetensors weights, needs remote code
             that was not allowed, transformers cannot build a causal LM from it, or the device is not available.
     """
+    from huggingface_hub.errors import StrictDataclassError
     from transformers import AutoConfig, AutoModelForCausalLM
 
     path = Path(path)
@@ -51,19 +59,26 @@ def load_model(
         raise ModelLoadError(f"unknown dtype {dtype!r}", hint=f"use one of {', '.join(DTYPES)}")
     target = None if device_map else _device(device)
     placement = {"device_map": device_map} if device_map else {}
+    check_weight_files(path)
     try:
         config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(
+        check_config(config, path)
+        model, info = AutoModelForCausalLM.from_pretrained(
             path,
             config=config,
             dtype=DTYPES[dtype],
             local_files_only=True,
             use_safetensors=True,
             trust_remote_code=trust_remote_code,
+            output_loading_info=True,
             **placement,
         )
+    except StrictDataclassError as err:  # config.json values of the wrong type: the first two lines name them
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()][:2]
+        raise ModelLoadError(f"config.json: {' '.join(lines).split('. Errors:')[0]}", path=path) from None
     except (OSError, ValueError, KeyError, TypeError, RuntimeError, ImportError) as err:
         raise ModelLoadError(_first_line(err), path=path, hint=_model_hint(err, trust_remote_code)) from err
+    check_coverage(info, path)
     return model if target is None else _move(model, target)
 
 
@@ -155,10 +170,11 @@ def load_model_and_tokenizer(
     path = Path(path)
     if not is_adapter_dir(path):
         model = load_model(path, device=device, dtype=dtype, trust_remote_code=trust_remote_code, device_map=device_map)
-        return model, load_tokenizer(path)
+        return model, load_tokenizer(path, trust_remote_code=trust_remote_code)
     base_dir = resolve_base(path, base)
     model = load_model(base_dir, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
-    return load_adapter(path, model).to(device), load_tokenizer(path) or load_tokenizer(base_dir)
+    tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
+    return load_adapter(path, model).to(device), tokenizer or load_tokenizer(base_dir, trust_remote_code=trust_remote_code)
 
 
 def resolve_base(adapter: Path, base: str | Path | None = None) -> Path:
@@ -207,23 +223,32 @@ def load_adapter(path: str | Path, model: nn.Module) -> nn.Module:
         raise ModelLoadError(
             "loading an adapter directory needs peft", path=path, hint="install the peft extra: pip install -e '.[peft]' in a clone of gradscope"
         ) from err
+    names = adapter_tensor_names(path)
     try:
         with warnings.catch_warnings():
             # peft calls transformers APIs that transformers marks deprecated: nothing the user can act on.
             warnings.simplefilter("ignore", FutureWarning)
-            return PeftModel.from_pretrained(model, str(path), is_trainable=True)
+            warnings.simplefilter("ignore", UserWarning)  # its missing-keys warning: checked below, as an error
+            adapted = PeftModel.from_pretrained(model, str(path), is_trainable=True)
     except (OSError, ValueError, KeyError, TypeError, RuntimeError, AttributeError) as err:
         raise ModelLoadError(f"peft cannot load the adapter: {_first_line(err)}", path=path) from err
+    check_adapter_coverage(adapted, names, path)
+    return adapted
 
 
-def load_tokenizer(path: str | Path) -> Any | None:
-    """The directory's tokenizer, or None when it has no tokenizer files."""
+def load_tokenizer(path: str | Path, *, trust_remote_code: bool = False) -> Any | None:
+    """The directory's tokenizer, or None when it has no tokenizer files.
+
+    ``trust_remote_code`` is always passed explicitly: left as None, transformers asks on standard input whether to
+    run a tokenizer's own code (``auto_map``), and a ``y`` there runs it.
+    """
     from transformers import AutoTokenizer
 
     path = Path(path)
     if not any((path / name).is_file() for name in _TOKENIZER_FILES):
         return None
     try:
-        return AutoTokenizer.from_pretrained(path, local_files_only=True)
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise ModelLoadError(f"cannot load the tokenizer: {_first_line(err)}", path=path) from err
+        return AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code)
+    except Exception as err:  # tokenizers raises a bare Exception for a corrupt tokenizer.json: bad input
+        raise ModelLoadError(f"cannot load the tokenizer: {_first_line(err)}", path=path,
+                             hint=_model_hint(err, trust_remote_code)) from None

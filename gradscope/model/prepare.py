@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 from typing import Any
 
@@ -46,8 +47,44 @@ def prepare_batch(
     Raises:
         DataError: naming the key, row and position of the first problem.
     """
-    validate(batch, model.get_input_embeddings().num_embeddings, source, first_row=first_row)
+    vocab = model.get_input_embeddings().num_embeddings
+    validate(batch, vocab, source, first_row=first_row, accepted=model_arguments(model),
+             max_positions=learned_positions(model))
     return with_default_labels(batch)
+
+
+_TRANSFORMERS_KWARGS = ("num_items_in_batch", "cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k",
+                        "position_ids", "is_causal", "seq_idx", "output_attentions", "output_hidden_states")
+"""What transformers' models take through ``**kwargs`` (TransformersKwargs: flash-attention varlen and loss)."""
+
+
+def model_arguments(model: nn.Module) -> frozenset[str] | None:
+    """The keyword arguments the model's forward takes; None when it takes any keyword it is given (a user model
+    whose ``**kwargs`` is not transformers')."""
+    if callable(getattr(model, "get_base_model", None)):  # a PEFT model passes its inputs on to its base
+        model = model.get_base_model()
+    forward = getattr(model, "forward", None)
+    try:
+        params = inspect.signature(forward).parameters
+    except (TypeError, ValueError):
+        return None
+    named = {n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        if getattr(model, "config", None) is None:
+            return None
+        named |= set(_TRANSFORMERS_KWARGS)
+    return frozenset(named - {"self"})
+
+
+def learned_positions(model: nn.Module) -> int | None:
+    """Rows of the model's learned position embedding (GPT-2's ``wpe``), or None when positions are computed (RoPE)."""
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Embedding) and name.rsplit(".", 1)[-1] in _POSITION_TABLES:
+            return module.num_embeddings
+    return None
+
+
+_POSITION_TABLES = ("wpe", "position_embeddings", "embed_positions")
 
 
 def to_device(batch: Mapping[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:

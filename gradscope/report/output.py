@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from gradscope.errors import OutputError
@@ -14,6 +15,8 @@ def check_writable(path: str | Path) -> None:
         raise OutputError(f"cannot write {path}: it is a directory", hint="give a file name for the report")
     if not path.parent.is_dir():
         raise OutputError(f"cannot write {path}: its directory {path.parent} does not exist", hint="create it first")
+    if not os.access(path.parent, os.W_OK):
+        raise OutputError(f"cannot write {path}: its directory {path.parent} is not writable")
 
 
 def write_text(path: str | Path, text: str) -> None:

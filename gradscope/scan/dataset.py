@@ -46,10 +46,10 @@ def scan_chunks(
 
 
 def checked_chunks(
-    source: Source, end_token_ids: frozenset[int], pad_token_id: int | None = None
+    source: Source, end_token_ids: frozenset[int], pad_token_id: int | None = None, vocab_size: int | None = None
 ) -> Iterator[tuple[Chunk, Verdicts]]:
-    """Read and check chunk after chunk in this process."""
-    for chunk in chunks(source):
+    """Read and check chunk after chunk in this process (token ids below ``vocab_size`` when it is known)."""
+    for chunk in chunks(source, vocab_size):
         yield chunk, verdicts(chunk, end_token_ids, pad_token_id)
 
 
@@ -117,7 +117,7 @@ def scan(
 
         checked = parallel_checked_chunks(source, ends, num_proc, settings.pad_token_id)
     else:
-        checked = checked_chunks(source, ends, settings.pad_token_id)
+        checked = checked_chunks(source, ends, settings.pad_token_id, settings.vocab_size)
     scanned = scan_chunks(checked, report, end_token_ids=settings.end_token_ids, pad_token_id=settings.pad_token_id,
                           decode=settings.decode, examples=examples, worst=worst, progress=advance)
     if raw is not None:
@@ -159,6 +159,11 @@ class TokenSettings:
                                   generation_config=_json_config(directory / "generation_config.json"))
         ends = frozenset(end_token_ids) if end_token_ids else default_end_token_ids(configs, tokenizer)
         return cls(ends, resolve_pad_token_id(configs, tokenizer), tokenizer, directory)
+
+    @property
+    def vocab_size(self) -> int | None:
+        """Ids the tokenizer knows (added tokens included), or None without one."""
+        return len(self.tokenizer) if self.tokenizer is not None else None
 
     def decode(self, token_id: int) -> str | None:
         return self.tokenizer.decode([token_id]) if self.tokenizer is not None else None
