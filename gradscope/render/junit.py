@@ -11,6 +11,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from gradscope.report import SCAN_WARNINGS, Finding, Report, SampleReport, ScanReport
+from gradscope.report.text import format_positions
 
 ROOT_CHECKS = ("no_loss", "label_misaligned")
 """A sample that fails one of these is not judged by the others (``gradscope.checks.masking.check_sample``): they are skipped."""
@@ -93,19 +94,8 @@ def _totals(element: ET.Element, suites: Iterable[ET.Element], skipped: bool = T
 
 def _headline(f: Finding) -> str:
     where = "the batch" if f.sample is None else f"sample {f.sample}"
-    positions = f", positions {_runs_text(f.positions)}" if f.positions else ""
+    positions = f", positions {_ascii_positions(f.positions)}" if f.positions else ""
     return f"{f.check} ({where}{positions}): {f.message.split(': ')[0].split('. ')[0]}"
-
-
-def _runs_text(positions: Sequence[int]) -> str:
-    """[0, 1, 2, 7] -> '0-2, 7' (ASCII: CI logs and XML attributes)."""
-    runs: list[list[int]] = []
-    for p in positions:
-        if runs and p == runs[-1][1] + 1:
-            runs[-1][1] = p
-        else:
-            runs.append([p, p])
-    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
 
 
 def _report_cases(r: Report) -> list[Case]:
@@ -186,7 +176,7 @@ def github_annotations(report: Report | ScanReport, *, strict: bool = False) -> 
         where = "batch" if f.sample is None else f"{'row' if isinstance(report, ScanReport) else 'sample'} {f.sample}"
         title = _escape_property(f"gradscope {f.check} ({where})")
         file = f"file={_escape_property(source)}," if source else ""
-        positions = f"positions {_runs_text(f.positions)}: " if f.positions else ""
+        positions = f"positions {_ascii_positions(f.positions)}: " if f.positions else ""
         lines.append(f"::{level} {file}title={title}::{_escape_data(positions + f.message)}")
     return lines
 
@@ -203,3 +193,7 @@ def _escape_data(text: str) -> str:
 
 def _escape_property(text: str) -> str:
     return _escape_data(text).replace(":", "%3A").replace(",", "%2C")
+
+
+def _ascii_positions(positions: Sequence[int]) -> str:
+    return format_positions(positions, dash="-")

@@ -7,15 +7,20 @@ from collections.abc import Sequence
 from gradscope.report.finding import Finding
 
 
-def format_positions(positions: Sequence[int]) -> str:
-    """[0, 1, 2, 3, 7, 9, 10] -> '0–3, 7, 9–10'."""
+def position_runs(positions: Sequence[int]) -> list[tuple[int, int]]:
+    """[0, 1, 2, 7, 9, 10] -> [(0, 2), (7, 7), (9, 10)]: ascending positions as runs of consecutive ones."""
     runs: list[list[int]] = []
     for p in positions:
         if runs and p == runs[-1][1] + 1:
             runs[-1][1] = p
         else:
             runs.append([p, p])
-    return ", ".join(f"{a}" if a == b else f"{a}–{b}" for a, b in runs)
+    return [(a, b) for a, b in runs]
+
+
+def format_positions(positions: Sequence[int], dash: str = "–") -> str:
+    """[0, 1, 2, 3, 7, 9, 10] -> '0–3, 7, 9–10' (``dash="-"`` for ASCII: CI logs, XML attributes)."""
+    return ", ".join(f"{a}" if a == b else f"{a}{dash}{b}" for a, b in position_runs(positions))
 
 
 def format_count(n: int, noun: str) -> str:

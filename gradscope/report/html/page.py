@@ -23,6 +23,7 @@ from gradscope.report.html.assets import CSS, JS
 from gradscope.report.html.data import fmt
 from gradscope.report.html.grads import grads_section, overfit_section, verify_section
 from gradscope.report.html.strip import samples
+from gradscope.report.text import position_runs
 
 
 def to_html(report: Report | ScanReport, *, sample: int | None = None, title: str | None = None) -> str:
@@ -223,25 +224,14 @@ def _finding_row(i: int, f: Finding, root: str, linked: bool) -> str:
     )
 
 
-def _runs(positions: Sequence[int]) -> list[tuple[int, int]]:
-    """[0, 1, 2, 7, 9, 10] -> [(0, 2), (7, 7), (9, 10)]."""
-    runs: list[list[int]] = []
-    for p in positions:
-        if runs and p == runs[-1][1] + 1:
-            runs[-1][1] = p
-        else:
-            runs.append([p, p])
-    return [(a, b) for a, b in runs]
-
-
 def _runs_text(positions: Sequence[int]) -> str:
-    return ", ".join(str(a) if a == b else f"{a}–{b}" for a, b in _runs(positions)) or "–"
+    return ", ".join(str(a) if a == b else f"{a}–{b}" for a, b in position_runs(positions)) or "–"
 
 
 def _position_links(f: Finding, root: str) -> str:
     """Each run of positions links to its first token."""
     links = [
-        f'<a href="#{root}-s{f.sample}-p{a}" data-pos="{a}">{a if a == b else f"{a}–{b}"}</a>' for a, b in _runs(f.positions)
+        f'<a href="#{root}-s{f.sample}-p{a}" data-pos="{a}">{a if a == b else f"{a}–{b}"}</a>' for a, b in position_runs(f.positions)
     ]
     return ", ".join(links) or "–"
 
