@@ -84,3 +84,13 @@ def test_json_output_file_equals_stdout(tmp_path):
 def test_data_errors_render_their_hint_as_flags():
     err = DataError("raw rows need a tokenizer", path="rows.jsonl", hint="pass `tokenizer` DIR")
     assert as_flags(str(err)) == "rows.jsonl: raw rows need a tokenizer; pass --tokenizer DIR"
+
+
+def test_ctrl_c_is_one_line_and_exit_130(monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("gradscope.cli.check.check_files", interrupted)
+    result = run("check", LLAMA, CLEAN)
+    assert result.exit_code == 130, result.output
+    assert result.stderr.strip().splitlines() == ["Error: interrupted"] and "Traceback" not in result.output
