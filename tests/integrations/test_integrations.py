@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import gradscope
+from fixtures.trainers import sft, train
 from gradscope.integrations import GradscopeCallback
 from gradscope.model.load import load_model, load_tokenizer
 
@@ -22,25 +23,9 @@ CHATS = [json.loads(line) for line in (FIXTURES / "raw/chat.jsonl").read_text().
 
 
 def sft_run(tmp_path, callback, **options):
-    """A fresh copy of the fixture model trained for 2 steps by SFTTrainer; returns (model, trainer, error)."""
-    from datasets import Dataset
-    from trl import SFTConfig, SFTTrainer
-
-    model, tokenizer = load_model(MODEL), load_tokenizer(MODEL)
-    args = SFTConfig(
-        output_dir=str(tmp_path), report_to=[], max_steps=2, per_device_train_batch_size=2, use_cpu=True,
-        save_strategy="no", logging_strategy="no", learning_rate=1e-2, **options,
-    )
-    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(CHATS), processing_class=tokenizer,
-                         callbacks=[callback])
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    error = None
-    try:
-        trainer.train()
-    except gradscope.MaskingError as err:
-        error = err
-    changed = any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
-    return model, trainer, error, changed
+    """A fresh copy of the fixture model trained for 2 steps by SFTTrainer; returns (model, trainer, error, changed)."""
+    run = train(sft(CHATS, tmp_path, max_steps=2, **options), callback)
+    return run.trainer.model, run.trainer, run.error, run.changed
 
 
 def test_callback_stops_a_run_that_trains_the_prompt(tmp_path):
