@@ -57,5 +57,19 @@ def main(out: Path) -> None:
     (out / f"rank{rank}.json").write_text(json.dumps(results))
 
 
+def shut_down() -> None:
+    """Leave the process group before the interpreter exits: gloo's threads torn down at exit abort the process
+    ("terminate called without an active exception"), which torchrun reports as a failed rank."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 if __name__ == "__main__":
     main(Path(sys.argv[1]))
+    shut_down()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
