@@ -27,7 +27,11 @@ class Chunk:
         input_ids: Token ids.
         labels: Labels as given, or the default (input_ids, -100 where attention_mask is 0).
         attention: attention_mask (0 = padding), or None when the data has none.
-        completion: The role mask (completion_mask / assistant_masks, 1 = meant to be trained), or None.
+        completion: The role mask (completion_mask / assistant_masks, 1 = meant to be trained), or None. Roles
+            gradscope read from the tokens (a chat template's markers) mark tokens of no role -1.
+        known: (R,) which rows' roles are known, when some are not (roles read from the tokens); None: all rows',
+            if ``completion`` is given.
+        role_reasons: Why the rows whose roles are not known have none (each reason once).
         cut: (R,) completion tokens that truncation removed from each row, known when the scan tokenized raw rows
             itself; else None.
     """
@@ -39,6 +43,8 @@ class Chunk:
     attention: np.ndarray | None = None
     completion: np.ndarray | None = None
     cut: np.ndarray | None = None
+    known: np.ndarray | None = None
+    role_reasons: tuple[str, ...] = ()
 
     @property
     def rows(self) -> int:
@@ -48,6 +54,16 @@ class Chunk:
     def has_roles(self) -> bool:
         return self.completion is not None
 
+    def known_rows(self) -> np.ndarray:
+        """(R,) True where the row's roles are known."""
+        if self.completion is None:
+            return np.zeros(self.rows, dtype=bool)
+        return np.ones(self.rows, dtype=bool) if self.known is None else self.known
+
+    def known_tokens(self) -> np.ndarray:
+        """(N,) True at the tokens of rows whose roles are known."""
+        return np.repeat(self.known_rows(), np.diff(self.starts, append=len(self.input_ids)))
+
     def row(self, r: int) -> dict[str, np.ndarray]:
         """Row r of the chunk (0-based within the chunk) as its own arrays."""
         end = self.starts[r + 1] if r + 1 < self.rows else len(self.input_ids)
@@ -55,7 +71,7 @@ class Chunk:
         out = {"input_ids": self.input_ids[span], "labels": self.labels[span]}
         if self.attention is not None:
             out["attention_mask"] = self.attention[span]
-        if self.completion is not None:
+        if self.completion is not None and (self.known is None or self.known[r]):
             out["completion_mask"] = self.completion[span]
         if self.cut is not None:
             out["completion_cut"] = self.cut[r : r + 1]

@@ -92,16 +92,33 @@ def batch_roles(batch: Mapping[str, Any], tokenizer: Any, end_token_ids: frozens
     index = batch[ROW_KEY].tolist() if ROW_KEY in batch else list(range(first_row, first_row + rows))
     codes = torch.full(batch["input_ids"].shape, UNKNOWN, dtype=torch.long)
     names, reasons = [], []
-    readers = _readers(tokenizer, end_token_ids, sources)
+    read = RowRoles(tokenizer, end_token_ids, sources)
     for b in range(rows):
         positions = real[b].nonzero().flatten()
         ids = batch["input_ids"][b][positions].tolist()
-        name, roles, reason = _first_reading(readers, ids, int(index[b]))
+        name, roles, reason = read(ids, int(index[b]))
         if roles is not None:
             codes[b, positions] = torch.tensor(roles, dtype=torch.long)
         names.append(name)
         reasons.append(reason)
     return BatchRoles(codes, names, reasons)
+
+
+class RowRoles:
+    """Reads the roles of one tokenized row (its real tokens) from the first source that gives them.
+
+    ``available`` is False when no source can give any row its roles (``reason`` says why), so that a caller with
+    many rows can skip reading them one by one.
+    """
+
+    def __init__(self, tokenizer: Any, end_token_ids: frozenset[int], sources: RoleSources | None = None) -> None:
+        self.readers = _readers(tokenizer, end_token_ids, sources or RoleSources())
+        self.available = not (len(self.readers) == 1 and getattr(self.readers[0][1], "unavailable", False))
+        self.reason = None if self.available else self.readers[0][1].reason
+
+    def __call__(self, ids: list[int], row: int) -> tuple[str, list[int] | None, str | None]:
+        """(source, roles, None), or ('unknown', None, why) when no source reads the row."""
+        return _first_reading(self.readers, ids, row)
 
 
 def role_sources(
@@ -148,8 +165,20 @@ def _readers(tokenizer: Any, ends: frozenset[int], sources: RoleSources) -> list
     if markers is not None:
         readers.append(("chat_template", lambda ids, row: _marker_roles(markers, ids, sources.train_on)))
     elif not readers:
-        readers.append(("chat_template", lambda ids, row: (None, f"the batch has no role tensor and {why}")))
+        readers.append(("chat_template", _NoSource(f"the batch has no role tensor and {why}")))
     return readers
+
+
+class _NoSource:
+    """The reader of a row when nothing can give roles: every row is unknown, for the same reason."""
+
+    unavailable = True
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def __call__(self, ids: list[int], row: int) -> tuple[None, str]:
+        return None, self.reason
 
 
 # --- raw rows -------------------------------------------------------------------------------------------------

@@ -36,6 +36,12 @@ class ScanView:
 def _scan_verdict(r: ScanReport) -> Text:
     s = r.summary()
     what = ", ".join(f"{name} ×{r.checks[name]['rows']}" for name in r.failed_checks)
+    if r.ok and not r.verified:
+        return Text.assemble(
+            ("? not verified", "bold yellow"),
+            f": roles unknown for {r.checks['roles_unknown']['rows']} of {s['rows']} row(s), so their prompt was not "
+            f"checked (roles_unknown); {s['trained_tokens']} of {s['tokens']} tokens trained",
+        )
     if r.ok and what:
         return Text.assemble(("! warnings", "bold yellow"), f" in {s['rows']} row(s): {what}")
     if r.ok:

@@ -7,7 +7,7 @@ from typing import Any
 
 from gradscope.report.finding import SCHEMA_VERSION, Finding, _clean, _Findings, _HtmlView
 
-SCAN_WARNINGS = frozenset({"completion_truncated"})
+SCAN_WARNINGS = frozenset({"completion_truncated", "roles_unknown"})
 """Scan checks whose findings are warnings, as in check; every other scan check is an error."""
 
 
@@ -48,12 +48,18 @@ class ScanReport(_Findings, _HtmlView):
         """True when no row fails an error check (``completion_truncated``, a warning, leaves it True)."""
         return not [name for name in self.failed_checks if name not in SCAN_WARNINGS]
 
+    @property
+    def verified(self) -> bool:
+        """False when some rows' roles are unknown: their prompt was not checked."""
+        return not self.checks.get("roles_unknown", {}).get("rows")
+
     def _rows_failing(self, warnings: bool) -> int:
         return sum(entry["rows"] for name, entry in self.checks.items() if (name in SCAN_WARNINGS) == warnings)
 
     def summary(self) -> dict[str, Any]:
         return {
             "ok": self.ok,
+            "verified": self.verified,
             "rows": self.rows,
             "tokens": self.tokens,
             "trained_tokens": self.trained_tokens,

@@ -13,13 +13,15 @@ from gradscope.data.chunks import Chunk
 from gradscope.data.load import role_spec
 from gradscope.data.pipelines import DataOptions
 from gradscope.data.stream import Source, chunks, open_source, raw_columns, raw_text_error
+from gradscope.data.token_roles import RoleSources, RowRoles
 from gradscope.data.tokens import default_end_token_ids, resolve_pad_token_id
 from gradscope.errors import ModelLoadError
 from gradscope.model.load import load_tokenizer
 from gradscope.report.scan import ScanReport
 from gradscope.scan.raw import RawSettings, raw_chunks
+from gradscope.scan.roles import with_token_roles
 from gradscope.scan.summary import ScanAccumulator
-from gradscope.scan.verdicts import CHECKS, Verdicts, verdicts
+from gradscope.scan.verdicts import CHECKS, UNKNOWN_ROLES, Verdicts, verdicts
 
 
 def scan_chunks(
@@ -32,12 +34,13 @@ def scan_chunks(
     examples: int = 3,
     worst: int = 10,
     progress: Callable[[int], None] | None = None,
+    no_roles: str | None = None,
 ) -> ScanReport:
-    """Fold a stream of checked chunks into ``report``."""
-    for name in CHECKS:
+    """Fold a stream of checked chunks into ``report`` (``no_roles``: why rows without a role mask have none)."""
+    for name in (*CHECKS, UNKNOWN_ROLES):
         report.checks.setdefault(name, {"rows": 0, "positions": 0, "first_rows": []})
     acc = ScanAccumulator(report, end_token_ids=end_token_ids, pad_token_id=pad_token_id, decode=decode,
-                          examples=examples, worst=worst)
+                          examples=examples, worst=worst, **({"no_roles": no_roles} if no_roles else {}))
     for chunk, v in checked:
         acc.add(chunk, v)
         if progress is not None:
@@ -46,10 +49,15 @@ def scan_chunks(
 
 
 def checked_chunks(
-    source: Source, end_token_ids: frozenset[int], pad_token_id: int | None = None, vocab_size: int | None = None
+    source: Source, end_token_ids: frozenset[int], pad_token_id: int | None = None, vocab_size: int | None = None,
+    read: RowRoles | None = None,
 ) -> Iterator[tuple[Chunk, Verdicts]]:
-    """Read and check chunk after chunk in this process (token ids below ``vocab_size`` when it is known)."""
-    for chunk in chunks(source, vocab_size):
+    """Read and check chunk after chunk in this process (token ids below ``vocab_size`` when it is known); rows
+    without a role mask get the roles ``read`` finds in their tokens."""
+    read_chunks = chunks(source, vocab_size)
+    if read is not None and read.available:
+        read_chunks = with_token_roles(read_chunks, read)
+    for chunk in read_chunks:
         yield chunk, verdicts(chunk, end_token_ids, pad_token_id)
 
 
@@ -106,23 +114,36 @@ def scan(
             progress(done, source.rows)
 
     ends = settings.end_token_ids
-    raw = _raw_settings(source, settings, options or DataOptions())
+    options = options or DataOptions()
+    raw = _raw_settings(source, settings, options)
+    read = None if raw is not None else _role_reader(settings, options)
     if raw is not None:
         checked = ((chunk, verdicts(chunk, ends, settings.pad_token_id)) for chunk in raw_chunks(source, raw))
         if num_proc and num_proc > 1:
             report.notes.append("`num_proc` was not used: raw rows are tokenized in this process, by the tokenizer's "
                                 "batched call")
-    elif num_proc and num_proc > 1 and source.format != "safetensors":
+    elif num_proc and num_proc > 1 and source.format != "safetensors" and not read.available:
         from gradscope.scan.parallel import parallel_checked_chunks
 
         checked = parallel_checked_chunks(source, ends, num_proc, settings.pad_token_id)
     else:
-        checked = checked_chunks(source, ends, settings.pad_token_id, settings.vocab_size)
+        if num_proc and num_proc > 1 and read.available:
+            report.notes.append("`num_proc` was not used: rows without a role mask have their roles read from their "
+                                "tokens in this process")
+        checked = checked_chunks(source, ends, settings.pad_token_id, settings.vocab_size, read)
     scanned = scan_chunks(checked, report, end_token_ids=settings.end_token_ids, pad_token_id=settings.pad_token_id,
-                          decode=settings.decode, examples=examples, worst=worst, progress=advance)
+                          decode=settings.decode, examples=examples, worst=worst, progress=advance,
+                          no_roles=None if read is None else read.reason)
     if raw is not None:
         scanned.source["raw"] = raw.describe()
     return scanned
+
+
+def _role_reader(settings: TokenSettings, options: DataOptions) -> RowRoles:
+    """How rows without a role mask get roles from their tokens: a response template, the chat template, or none."""
+    sources = RoleSources(response_template=options.response_template,
+                          instruction_template=options.instruction_template, train_on=options.train_on)
+    return RowRoles(settings.tokenizer, settings.end_token_ids, sources)
 
 
 def _raw_settings(source: Source, settings: TokenSettings, options: DataOptions) -> RawSettings | None:

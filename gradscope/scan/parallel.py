@@ -118,6 +118,10 @@ class DatasetRows:
     def has_roles(self) -> bool:
         return any(c in self.columns for c in ("completion_mask", "assistant_masks"))
 
+    def known_rows(self) -> np.ndarray:
+        """(R,) True where the row's roles are known: every row with a role column, none without."""
+        return np.full(self.rows, self.has_roles, dtype=bool)
+
     def row(self, r: int) -> dict[str, np.ndarray]:
         index = self.first_row + r
         table = self.dataset.with_format("arrow")[index : index + 1].select(self.columns)

@@ -11,14 +11,14 @@ import numpy as np
 import torch
 
 from gradscope.checks.masking import check_sample
+from gradscope.checks.roles import roles_unknown
 from gradscope.checks.sample import SampleView
 from gradscope.constants import IGNORE_INDEX, UNKNOWN
 from gradscope.data.batch import COMPLETION, PAD, PROMPT
 from gradscope.data.chunks import Chunk
 from gradscope.report.finding import Finding
 from gradscope.report.scan import ScanReport
-from gradscope.scan.verdicts import CHECKS, Verdicts
-from gradscope.verbs.check import ROLES_UNKNOWN_NOTE
+from gradscope.scan.verdicts import CHECKS, UNKNOWN_ROLES, Verdicts
 
 LENGTH_QUANTILES = (0.5, 0.9, 0.99)
 FRACTION_BINS = 10
@@ -50,14 +50,16 @@ class ScanAccumulator:
     """Folds the verdicts of chunk after chunk into one ScanReport, in memory that does not grow with the rows."""
 
     def __init__(self, report: ScanReport, *, end_token_ids: frozenset[int], pad_token_id: int | None,
-                 decode: Callable[[int], str | None], examples: int, worst: int) -> None:
+                 decode: Callable[[int], str | None], examples: int, worst: int,
+                 no_roles: str = "the rows hold no completion_mask or assistant_masks") -> None:
         self.report, self.ends, self.pad_id, self.decode = report, end_token_ids, pad_token_id, decode
         self.examples = examples
         self.worst = _Worst(worst)
         self.lengths = np.zeros(0, dtype=np.int64)  # rows per exact length: exact quantiles, size = longest row
         self.fractions = np.zeros(FRACTION_BINS, dtype=np.int64)
         self.shown: dict[int, list[Finding]] = {}
-        self.roles_missing = False
+        self.no_roles = no_roles  # why rows without a role mask have no roles
+        self.role_reasons: dict[str, None] = {}
 
     def add(self, chunk: Chunk, v: Verdicts) -> None:
         """Count one chunk's verdicts; keep in full the first rows of each check and the worst rows so far."""
@@ -65,7 +67,7 @@ class ScanAccumulator:
         r.rows += chunk.rows
         r.tokens += int(v.tokens.sum())
         r.trained_tokens += int(v.trained.sum())
-        self.roles_missing |= not chunk.has_roles
+        self._roles(chunk)
         self._distributions(v)
         for name in CHECKS:
             self._count(name, chunk, v)
@@ -92,6 +94,18 @@ class ScanAccumulator:
         for r in candidates.tolist():
             self.worst.offer(int(score[r]), chunk.first_row + r, lambda r=r: self._findings(chunk, r))
 
+    def _roles(self, chunk: Chunk) -> None:
+        """Count the rows whose roles are unknown (``roles_unknown``, a warning) and keep why."""
+        unknown = np.flatnonzero(~chunk.known_rows())
+        if not len(unknown):
+            return
+        entry = self.report.checks[UNKNOWN_ROLES]
+        entry["rows"] += len(unknown)
+        for r in unknown[: max(0, self.examples - len(entry["first_rows"]))]:
+            entry["first_rows"].append(chunk.first_row + int(r))
+        for reason in getattr(chunk, "role_reasons", ()) or (self.no_roles,):
+            self.role_reasons[reason] = None
+
     def _distributions(self, v: Verdicts) -> None:
         longest = int(v.tokens.max()) if len(v.tokens) else 0
         if longest >= len(self.lengths):
@@ -112,9 +126,10 @@ class ScanAccumulator:
         shown = dict(self.shown)
         shown.update({row: found for row, _, found in worst})
         r.findings = [f for row in sorted(shown) for f in shown[row]]
+        unknown = r.checks[UNKNOWN_ROLES]
+        finding = roles_unknown(unknown["first_rows"], list(self.role_reasons), noun="row", total=unknown["rows"])
+        r.findings += [finding] if finding is not None else []
         r.distributions = {"length": _length_summary(self.lengths), "trained_fraction": self._fraction_summary()}
-        if self.roles_missing:
-            r.notes.append(ROLES_UNKNOWN_NOTE)
         if not self.ends:
             r.notes.append("no end token ids (give `tokenizer` DIR or `end_token_ids`): eos_untrained was not checked")
         return r
@@ -147,8 +162,9 @@ def sample_view(row: dict[str, np.ndarray], index: int, ends: frozenset[int], pa
     trained = labels != IGNORE_INDEX
     trained[0] = False
     roles = torch.full(ids.shape, UNKNOWN, dtype=torch.long)
-    if "completion_mask" in row:
-        roles = torch.where(torch.tensor(np.asarray(row["completion_mask"]) != 0), COMPLETION, PROMPT)
+    if "completion_mask" in row:  # -1: a token of no role, read from a chat template
+        mask = torch.tensor(np.asarray(row["completion_mask"], dtype=np.int64))
+        roles = torch.where(mask > 0, COMPLETION, torch.where(mask == 0, PROMPT, UNKNOWN))
     if "attention_mask" in row:
         roles[torch.tensor(np.asarray(row["attention_mask"]) == 0)] = PAD
     cut = int(row["completion_cut"][0]) if "completion_cut" in row else 0

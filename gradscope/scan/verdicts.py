@@ -17,6 +17,9 @@ CHECKS = ("no_loss", "label_misaligned", "prompt_leak", "pad_leak", "completion_
 
 ROLE_CHECKS = CHECKS[2:]
 
+UNKNOWN_ROLES = "roles_unknown"
+"""Rows whose roles no source gave (a warning: their prompt was not checked); counted by the accumulator."""
+
 
 @dataclass
 class Verdicts:
@@ -53,18 +56,20 @@ def verdicts(chunk: Chunk, end_token_ids: Iterable[int], pad_token_id: int | Non
         "label_misaligned": trained & (chunk.labels != chunk.input_ids) & ~pad,  # padding: pad_leak
         "pad_leak": trained & pad,
     }
+    known = chunk.known_tokens()  # rows whose roles are known (all, or none without a role mask)
+    closing = np.zeros(n, dtype=bool)
     if chunk.completion is not None:
-        completion = (chunk.completion != 0) & ~pad
-        prompt = ~completion & ~pad
+        completion = (chunk.completion > 0) & ~pad & known
+        prompt = (chunk.completion == 0) & ~pad & known  # -1: a token of no role (a template's glue)
         closing = _closing_with_roles(completion, ends, pad, first, eos_as_pad)
         masks["prompt_leak"] = prompt & trained & ~closing
         masks["completion_untrained"] = completion & ~trained & ~closing & ~first
-    else:  # roles unknown: an end token right after a trained token (not itself one) closes what was trained
-        closing = ends & (~pad | eos_as_pad) & _after(trained & ~ends, first)
+    if not known.all():  # roles unknown: an end token right after a trained token (not itself one) closes it
+        closing |= ~known & ends & (~pad | eos_as_pad) & _after(trained & ~ends, first)
     masks["eos_untrained"] = closing & ~trained
     counts = {name: _row_sums(mask, starts) for name, mask in masks.items()}
     if chunk.completion is not None:  # every closing token missed but the last: turn_end_untrained instead
-        turn = _turn_ends_only(closing, trained, starts)
+        turn = _turn_ends_only(closing, trained, starts) & chunk.known_rows()
         counts["turn_end_untrained"] = np.where(turn, counts["eos_untrained"], 0)
         counts["eos_untrained"] = np.where(turn, 0, counts["eos_untrained"])
     if pad_token_id is not None and not pad_is_end:

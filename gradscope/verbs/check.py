@@ -35,11 +35,6 @@ from gradscope.report.check import AccumulationReport, ProbeReport, Report
 from gradscope.report.finding import Finding
 from gradscope.verbs.samples import sample_report, sample_views
 
-ROLES_UNKNOWN_NOTE = (
-    "roles unknown (no completion_mask or assistant_masks): prompt_leak and completion_untrained were not checked; "
-    "eos_untrained looked at end tokens right after trained tokens"
-)
-"""What ``scan`` notes when rows carry no roles (``check`` reports a ``roles_unknown`` finding instead)."""
 
 def check(
     model: nn.Module,

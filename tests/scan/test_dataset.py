@@ -18,6 +18,7 @@ from gradscope.constants import UNKNOWN
 from gradscope.data.batch import COMPLETION, PAD, PROMPT
 from gradscope.data.chunks import Chunk
 from gradscope.data.load import load_batches
+from gradscope.data.pipelines import DataOptions
 from gradscope.scan.dataset import scan
 from gradscope.scan.verdicts import CHECKS, verdicts
 
@@ -70,45 +71,64 @@ def test_vectorized_checks_equal_analyze_row_by_row(roles, pad_id, random_rows):
 
 
 def _catalogue_scan(case: dict) -> gradscope.ScanReport:
-    return scan(FIXTURES / case["data"], tokenizer=FIXTURES / case["model"], examples=10)
+    options = DataOptions(response_template=case.get("response_template"))
+    return scan(FIXTURES / case["data"], tokenizer=FIXTURES / case["model"], options=options, examples=10)
 
 
-def _roles_from_tokens(case: dict) -> bool:
-    """check reads this case's roles from its tokens (a response template, raw rows, or a chat template's markers
-    where the batch has no role tensor and something to find): scan reads roles from the batch only."""
-    if case.get("response_template") or case.get("roles_from"):
-        return True
-    path = FIXTURES / case["data"]
-    if path.suffix == ".jsonl":
-        keys = set(json.loads(path.read_text().splitlines()[0]))
-    else:
-        from safetensors import safe_open
-
-        with safe_open(str(path), "pt") as f:
-            keys = set(f.keys())
-    return not keys & {"completion_mask", "assistant_masks"} and bool(case["expect"])
-
-
-# The structural cases (causal, packed, loss and accumulation probes) need the model: scan reads labels only.
+# The structural cases (causal, packed, loss and accumulation probes) need the model: scan reads labels only; and
+# scan reads no raw rows beside a tokenized file (roles_from).
 LABEL_CASES = [
     c for c in CATALOGUE
-    if {e["check"] for e in c["expect"]} <= set(CHECKS) and not c.get("loss") and not c.get("accumulate")
-    and not _roles_from_tokens(c)
+    if {e["check"] for e in c["expect"]} <= {*CHECKS, "roles_unknown"} and not c.get("loss") and not c.get("accumulate")
+    and not c.get("roles_from")
 ]
+
+
+def _as_check_names(report: gradscope.ScanReport) -> list[tuple[str, int | None]]:
+    """(check, row) per failing row, as the catalogue lists findings: roles_unknown is one finding of the batch."""
+    rows = [(name, row) for name, entry in report.checks.items() for row in entry["first_rows"] if name != "roles_unknown"]
+    return sorted(rows + ([("roles_unknown", None)] if report.checks["roles_unknown"]["rows"] else []),
+                  key=lambda pair: (pair[0], -1 if pair[1] is None else pair[1]))
 
 
 @pytest.mark.parametrize("case", LABEL_CASES, ids=[c["name"] for c in LABEL_CASES])
 def test_scan_finds_exactly_what_check_finds_on_the_catalogue(case, fixture_model):
+    """Roles included: where the batch holds no role mask, scan reads them from the tokens as check does."""
     report = _catalogue_scan(case)
-    failing = sorted((name, row) for name, entry in report.checks.items() for row in entry["first_rows"])
-    assert failing == sorted((e["check"], e["sample"]) for e in case["expect"])
-    assert sum(entry["rows"] for entry in report.checks.values()) == len(case["expect"])
+    expected = sorted(((e["check"], e["sample"]) for e in case["expect"]),
+                      key=lambda pair: (pair[0], -1 if pair[1] is None else pair[1]))
+    assert _as_check_names(report) == expected
+    unknown = report.checks["roles_unknown"]["rows"]
+    assert sum(e["rows"] for e in report.checks.values()) - unknown == len([e for e in case["expect"] if e["sample"] is not None])
     model, tokenizer = fixture_model(case["model"])
     batches = load_batches(FIXTURES / case["data"], pad_token_id=tokenizer.pad_token_id, batch_size=case.get("batch_size", 1))
-    checked = gradscope.check_batches(model, batches, tokenizer=tokenizer)
+    checked = gradscope.check_batches(model, batches, tokenizer=tokenizer, response_template=case.get("response_template"))
     assert [(f.check, f.sample, f.positions) for f in report.findings] == [(f.check, f.sample, f.positions) for f in checked.findings]
     for scanned, found in zip(report.findings, checked.findings):  # check may add that the loss is NaN, and why
-        assert found.message.endswith(scanned.message)
+        if found.check == "roles_unknown":  # the same reason; check names samples, scan rows
+            assert scanned.message.split(" are unknown ")[1].split(".")[0] == found.message.split(" are unknown ")[1].split(".")[0]
+        else:
+            assert found.message.endswith(scanned.message)
+    assert report.summary()["verified"] == checked.summary()["verified"]
+
+
+def test_a_scan_without_roles_is_not_verified_and_names_the_rows():
+    report = scan(FIXTURES / "batches" / "gpt2_prompt_leak_noroles.safetensors", tokenizer=FIXTURES / "models" / "tiny-gpt2")
+    assert report.ok and not report.verified and report.checks["roles_unknown"]["rows"] == 3
+    (finding,) = report.findings
+    assert finding.check == "roles_unknown" and finding.severity == "warning"
+    assert "rows 0–2" in finding.message and "no chat template" in finding.message
+
+
+def test_roles_read_from_a_chat_template_find_the_copied_prompt():
+    """The copy-labels batch without a role mask: scan reads roles from the template's markers, as check does."""
+    report = scan(FIXTURES / "batches" / "llama_prompt_leak_noroles.safetensors",
+                  tokenizer=FIXTURES / "models" / "tiny-llama-chat")
+    assert not report.ok and report.verified
+    assert report.checks["prompt_leak"]["first_rows"] == [0, 1, 2]
+    twin = scan(FIXTURES / "batches" / "gpt2_clean_noroles.safetensors", tokenizer=FIXTURES / "models" / "tiny-gpt2",
+                options=DataOptions(response_template="Answer:"))
+    assert twin.ok and twin.verified and twin.failed_checks == [] and twin.findings == []
 
 
 def test_distributions_match_numpy(random_rows):

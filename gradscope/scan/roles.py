@@ -1,0 +1,46 @@
+"""Roles for tokenized rows that carry none, read from their tokens as ``check`` reads them.
+
+Pre-tokenized datasets rarely hold a role mask (TRL, axolotl, LLaMA-Factory and torchtune write ``input_ids`` and
+``labels``), so without roles a scan could not see a trained prompt. Given a tokenizer, each row's roles come from
+the first source that gives them, as in ``check``: ``response_template`` (and ``instruction_template``) as token
+sequences, else the chat template's assistant markers. A row no source reads keeps no roles and is counted under
+``roles_unknown``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import replace
+
+import numpy as np
+
+from gradscope.constants import COMPLETION, PROMPT
+from gradscope.data.chunks import Chunk
+from gradscope.data.token_roles import RowRoles
+
+
+def with_token_roles(chunks: Iterable[Chunk], read: RowRoles) -> Iterator[Chunk]:
+    """Each chunk, its rows given the roles ``read`` finds when the data holds no role mask."""
+    for chunk in chunks:
+        yield chunk if chunk.completion is not None else token_roles(chunk, read)
+
+
+def token_roles(chunk: Chunk, read: RowRoles) -> Chunk:
+    """The chunk with a role mask read from each row's real tokens (1 completion, 0 prompt, -1 neither) and
+    ``known`` rows; the reasons of the rows not read go to ``role_reasons``."""
+    n = len(chunk.input_ids)
+    completion = np.zeros(n, dtype=np.int8)
+    known = np.zeros(chunk.rows, dtype=bool)
+    reasons: dict[str, None] = {}
+    real = chunk.attention != 0 if chunk.attention is not None else np.ones(n, dtype=bool)
+    ends = np.append(chunk.starts[1:], n).tolist()
+    for r, (begin, end) in enumerate(zip(chunk.starts.tolist(), ends)):
+        positions = begin + np.flatnonzero(real[begin:end])
+        _, roles, reason = read(chunk.input_ids[positions].tolist(), chunk.first_row + r)
+        if roles is None:
+            reasons[reason or "no role source"] = None
+            continue
+        known[r] = True
+        codes = np.asarray(roles)
+        completion[positions] = np.where(codes == COMPLETION, 1, np.where(codes == PROMPT, 0, -1))
+    return replace(chunk, completion=completion, known=known, role_reasons=tuple(reasons))
