@@ -148,14 +148,20 @@ def _batch_checks(r: Report) -> list[str]:
 def _scan_cases(r: ScanReport) -> list[Case]:
     """One case per check over every row: a scan covers millions of rows; the message names the first ones."""
     cases = []
+    unknown = r.checks.get("roles_unknown", {}).get("rows", 0)
     for name, entry in r.checks.items():
         failure = None
         if entry["rows"]:
             first = ", ".join(map(str, entry["first_rows"])) + (" ..." if entry["rows"] > len(entry["first_rows"]) else "")
-            examples = "\n".join(f"row {f.sample}: {f.message}" for f in r.findings if f.check == name)
+            examples = "\n".join(f"{'batch' if f.sample is None else f'row {f.sample}'}: {f.message}"
+                                 for f in r.findings if f.check == name)
             severity = "warning" if name in SCAN_WARNINGS else "error"
             failure = Finding(name, severity, None, [], f"{entry['rows']} of {r.rows} row(s) fail (rows {first})\n{examples}")
-        cases.append(Case(name, f"all {r.rows} rows", failure))
+        subject, skipped = f"all {r.rows} rows", None
+        if name in ROLE_CHECKS and unknown:  # judged only where the roles are known
+            subject = f"the {r.rows - unknown} of {r.rows} rows with known roles"
+            skipped = None if r.rows > unknown or failure else ROLES_UNKNOWN
+        cases.append(Case(name, subject, failure, skipped))
     return cases
 
 

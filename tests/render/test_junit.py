@@ -118,6 +118,27 @@ def test_scan_junit_one_case_per_check(junit_schema):
     assert text.startswith("2 of 10 row(s) fail (rows 3, 7)") and "row 3: prompt tokens 1–2 are trained" in text
 
 
+def _scan_without_roles(unknown: int) -> ScanReport:
+    entry = lambda rows, first: {"rows": rows, "positions": 0, "first_rows": first}  # noqa: E731
+    return ScanReport(
+        source={"path": "rows.jsonl"}, rows=4,
+        checks={"prompt_leak": entry(0, []), "pad_leak": entry(0, []), "roles_unknown": entry(unknown, list(range(unknown)))},
+        findings=[Finding("roles_unknown", "warning", None, [], "not verified: the roles of rows ... are unknown")],
+    )
+
+
+def test_scan_role_checks_are_skipped_where_no_row_has_roles_and_narrowed_where_some_do(junit_schema):
+    xml = to_junit(_scan_without_roles(unknown=4))
+    junit_schema.validate(xml)
+    by_check = {c.get("classname"): c for c in cases(xml)}
+    assert by_check["gradscope.prompt_leak"].find("skipped").get("message") == ROLES_UNKNOWN
+    assert by_check["gradscope.pad_leak"].find("skipped") is None  # labels alone decide it
+    assert "batch: not verified" in by_check["gradscope.roles_unknown"].find("system-out").text
+    partly = {c.get("classname"): c for c in cases(to_junit(_scan_without_roles(unknown=3)))}
+    assert partly["gradscope.prompt_leak"].find("skipped") is None
+    assert partly["gradscope.prompt_leak"].get("name") == "the 1 of 4 rows with known roles"
+
+
 def test_xml_special_characters_survive(junit_schema):
     token = TokenReport(0, 1, "x", "prompt", -100, False, None, None, None, 0.0, 0.0)
     message = 'labels <-100> & "quoted" \x1b'.replace("\x1b", "")
