@@ -315,3 +315,36 @@ def test_trl_padding_free_batches_are_checked_as_trl_calls_the_model(fixture_mod
     assert report.probes["packing"].ran and report.findings == []
     leaky = gradscope.check_batches(model, [{k: v for k, v in b.items() if k != "use_cache"} for b in prepared.batches])
     assert {f.check for f in leaky.findings} == {"cross_document_leak"}  # the config's KV cache breaks isolation
+
+
+def _trl_qwen25_template() -> str:
+    config = json.loads((FIXTURES / "tokenizers" / "qwen2.5-trl-chat" / "tokenizer_config.json").read_text())
+    return config["chat_template"]
+
+
+@pytest.mark.parametrize("broken", [False, True])
+def test_trl_qwen25_training_template_is_clean_and_a_block_over_the_header_leaks_it(broken, fixture_model, checked):
+    """TRL's Qwen2.5 training template puts the header's '\\n' inside {% generation %}: TRL trains it, which is not a
+    prompt leak (the generation prompt holds it). Opening the block before '<|im_start|>assistant' trains the header."""
+    _, tok = fixture_model(LLAMA)
+    template = _trl_qwen25_template()
+    if broken:
+        template = template.replace("{{ '<|im_start|>assistant' }}{% generation %}", "{% generation %}{{ '<|im_start|>assistant' }}")
+        assert template != _trl_qwen25_template()
+    tok.chat_template, saved = template, tok.chat_template
+    try:
+        prepared, report = checked(RAW / "chat.jsonl", pipeline="trl", trl_options={"assistant_only_loss": True})
+    finally:
+        tok.chat_template = saved
+    if not broken:
+        assert report.findings == [] and report.notes == []
+        for sample in report.samples:
+            header = [t for t in sample.tokens if t.text == "\n" and t.role is None and t.trained]
+            assert header  # TRL trains the glue; gradscope does not judge it
+        return
+    assert pairs(report) == [("prompt_leak", i) for i in range(3)]
+    start = tok.convert_tokens_to_ids("<|im_start|>")
+    for f in report.findings:
+        tokens = report.samples[f.sample].tokens
+        headers = [t.position for t in tokens if t.token_id == start and tokens[t.position + 1].text == "assistant"]
+        assert f.positions == sorted(p + d for p in headers for d in (0, 1))

@@ -17,7 +17,7 @@ from gradscope.data.tokens import default_end_token_ids
 from gradscope.errors import DataError
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
-FAMILIES = ["chatml-chat", "qwen3-chat", "llama3-chat", "gemma-chat", "mistral-chat", "phi3-chat", "deepseek-chat"]
+FAMILIES = ["chatml-chat", "qwen3-chat", "qwen2.5-trl-chat", "llama3-chat", "gemma-chat", "mistral-chat", "phi3-chat", "deepseek-chat"]
 RAW_FILES = ("chat.jsonl", "tool_chat.jsonl", "think_chat.jsonl")
 
 
@@ -156,3 +156,24 @@ def test_roles_from_rows_that_differ_from_the_batch_name_row_and_position():
     read = batch_roles({"input_ids": torch.tensor([short])}, tokenizer("chatml-chat"), ends,
                        RoleSources(roles_from=rows), first_row=1)
     assert read.codes[0].tolist() == rows[1].roles[:9]
+
+
+def test_trl_qwen25_training_template_header_newline_in_the_generation_block_is_not_judged():
+    """TRL's Qwen2.5 training template opens {% generation %} before the '\\n' ending '<|im_start|>assistant': that
+    '\\n' is in transformers' assistant mask but also in the generation prompt, so it is glue, not prompt."""
+    tok = tokenizer("qwen2.5-trl-chat")
+    rows, ends = raw_rows("qwen2.5-trl-chat")
+    header = tok("<|im_start|>assistant", add_special_tokens=False)["input_ids"]
+    newline = tok("\n", add_special_tokens=False)["input_ids"]
+    for row, chat in zip(rows, conversations()):
+        mask = tok.apply_chat_template(chat, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+        assert mask["input_ids"] == row.input_ids
+        glue = [p + len(header) for p in range(len(row.input_ids)) if row.input_ids[p : p + len(header)] == header]
+        assert glue and all(row.input_ids[g : g + len(newline)] == newline for g in glue)
+        for t, (role, masked) in enumerate(zip(row.roles, mask["assistant_masks"])):
+            if t in glue:
+                assert (role, masked) == (UNKNOWN, 1)
+            elif role == COMPLETION:
+                assert masked == 1  # every completion token is in the block
+            elif role == PROMPT:
+                assert masked == 0  # and no prompt token
