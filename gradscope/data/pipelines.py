@@ -158,13 +158,20 @@ def attach_roles(
             for offset, row, first, length in matcher.match(seq, strict, pad_token_id, b):
                 codes[b, start + offset : start + offset + length] = torch.tensor(row.roles[first : first + length])
                 held[b].add(row.index)
-                if count_cut and length < len(row.input_ids):
+                if count_cut and length < len(row.input_ids) and not _rest_masked(ids[b], start + offset, row, first, length):
                     cut[b] += row.roles.count(COMPLETION) - row.roles[first : first + length].count(COMPLETION)
     out = dict(batch)
     out[ROLE_CODES_KEY], out[CUT_KEY] = codes, cut
     if all(len(h) == 1 for h in held):
         out[ROW_KEY] = torch.tensor([min(h) for h in held])
     return out, matcher.used
+
+
+def _rest_masked(ids: torch.Tensor, at: int, row: RoleRow, first: int, length: int) -> bool:
+    """Whether the row's tokens after the matched piece follow it in the batch row, masked as padding: not cut by
+    truncation but hidden by the mask (pad == eos and ``attention_mask = ids != pad`` hide the real EOS)."""
+    rest = row.input_ids[first + length :]
+    return first == 0 and ids[at + length : at + length + len(rest)].tolist() == rest
 
 
 def _sequences(batch: Mapping[str, torch.Tensor], b: int) -> list[tuple[int, int]]:
