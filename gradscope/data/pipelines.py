@@ -58,6 +58,15 @@ def role_rows(rows: Sequence[Mapping[str, Any]], tokenizer: Any, spec: RoleSpec)
     return derive_rows(rows, tokenizer, spec)
 
 
+def row_notes(rows: Sequence[RoleRow]) -> list[str]:
+    """The rows' notes on how their roles were read, each note once with the rows it concerns."""
+    by_note: dict[str, list[int]] = {}
+    for row in rows:
+        if row.note:
+            by_note.setdefault(row.note, []).append(row.index)
+    return [f"row(s) {', '.join(map(str, indices))}: {note}" for note, indices in by_note.items()]
+
+
 # --- reference -------------------------------------------------------------------------------------------------
 
 

@@ -11,6 +11,7 @@ from typing import Any
 from gradscope.constants import UNKNOWN
 from gradscope.data.batch import COMPLETION, PROMPT
 from gradscope.data.encoding import Encoder
+from gradscope.data.reasoning import DROPPED_REASONING, bounds_without_reasoning
 from gradscope.data.render import Renderer, row_tools
 from gradscope.errors import DataError
 from gradscope.report.roles import RoleRow
@@ -189,19 +190,32 @@ def _chat(row: Mapping[str, Any], index: int, tokenizer: Any, spec: RoleSpec, wh
     def finish(encoder: Encoder) -> RoleRow:
         render.encoder = encoder
         full = render.ids(texts[-1])
-        bounds = _prefix_bounds(render, texts, full, tokenizer)
+        bounds, starts, note = _message_bounds(render, texts, headers, full, tokenizer)
         roles, owner = [PROMPT] * len(full), [None] * len(full)
         for k in range(len(messages)):
             owner[bounds[k] : bounds[k + 1]] = [k] * (bounds[k + 1] - bounds[k])
         generation = render.generation_mask(full)
         for k in sorted(trained):
-            start = _header_end(render, k, headers[k], full, bounds, tokenizer)
-            _mark_assistant(roles, full, start, bounds[k + 1], spec)
+            _mark_assistant(roles, full, starts[k], bounds[k + 1], spec)
             if generation is not None:
-                _header_glue(roles, full, generation, bounds[k], start, tokenizer)
-        return RoleRow(index, full, roles, owner, "chat")
+                _header_glue(roles, full, generation, bounds[k], starts[k], tokenizer)
+        return RoleRow(index, full, roles, owner, "chat", note=note)
 
     return _Plan([*texts, *headers.values()], [], finish)
+
+
+def _message_bounds(render: Renderer, texts: list[str], headers: dict[int, str], full: list[int],
+                    tokenizer: Any) -> tuple[list[int], dict[int, int], str | None]:
+    """Where each message starts in the whole conversation's tokens, where each trained assistant's content starts,
+    and a note when the template drops earlier turns' reasoning (the one prefix break read anyway)."""
+    try:
+        bounds = _prefix_bounds(render, texts, full, tokenizer)
+        return bounds, {k: _header_end(render, k, h, full, bounds, tokenizer) for k, h in headers.items()}, None
+    except DataError:
+        found = bounds_without_reasoning(tokenizer, texts, headers, full)
+        if found is None:
+            raise
+        return found[0], found[1], DROPPED_REASONING
 
 
 def _prefix_bounds(render: Renderer, texts: list[str], full: list[int], tokenizer: Any) -> list[int]:
