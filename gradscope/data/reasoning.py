@@ -1,4 +1,4 @@
-"""Chat templates that drop the reasoning of earlier assistant turns (Qwen3, DeepSeek-R1), read as they render.
+"""Chat templates that drop the reasoning of earlier assistant turns (Qwen3 as it ships), read as they render.
 
 Such a template renders an assistant turn with its ``<think>…</think>`` block while it is the last one, and without it
 once a later user turn follows, so the rendering of the first k messages is not a prefix of the whole conversation's.
