@@ -50,28 +50,46 @@ def closing_positions(s: SampleView) -> list[int]:
     """Positions of the end tokens that close a completion, which must be trained for the model to stop.
 
     With roles: for each completion span, the end token the span itself holds (its last one); a span holding none is
-    closed by the end token right after it (a template that hands the end-of-turn token to the next turn). Padding
-    never closes a span, whatever its id, with one exception that is a bug in itself: when the pad id is an end
-    token and a span with no end token runs straight into padding, the first pad is where the span's EOS was, masked
-    as padding (``attention_mask = ids != pad``). Without roles the gradient is the evidence: an end token right
-    after a trained token that is not itself an end token closes what was being trained (the same exception kept).
+    closed by the end token right after it (a template that hands the end-of-turn token to the next turn). Without
+    roles the gradient is the evidence: an end token right after a trained token that is not itself an end token
+    closes what was being trained.
+
+    Padding (``padding``: a 2D mask's zeros, or the trailing run of untrained pad ids) never closes anything, whatever
+    its id, with one exception that is a bug in itself: when the pad id is an end token and a span (without roles:
+    a trained run) holding no end token runs straight into padding, the first pad is where the span's EOS was, masked
+    as padding (``attention_mask = ids != pad``, or ``labels[ids == pad] = -100``).
     """
     ends = torch.isin(s.input_ids, torch.tensor(sorted(s.end_token_ids), dtype=s.input_ids.dtype))
-    pad = s.roles == PAD
+    pad = padding(s)
+    first_pad = torch.zeros_like(pad)
+    first_pad[1:] = pad[1:] & ~pad[:-1] & (s.input_ids[1:] == pad_token_of(s))
     if not s.roles_known:
+        runs = true_runs(s.trained)
+        bare = [last for first, last in runs if last + 1 < len(ends) and not ends[first : last + 1].any()]
         after_trained = torch.zeros_like(s.trained)
         after_trained[1:] = s.trained[:-1] & ~ends[:-1]
         eos_as_pad = torch.zeros_like(pad)
-        eos_as_pad[1:] = pad[1:] & ~pad[:-1] & (s.input_ids[1:] == pad_token_of(s))
-        return s.where(ends & (~pad | eos_as_pad) & after_trained)
+        eos_as_pad[[last + 1 for last in bare]] = True
+        return s.where(ends & (~pad | (first_pad & eos_as_pad)) & after_trained)
     out = []
     for first, last in true_runs(s.roles == COMPLETION):
         held = [t for t in range(first, last + 1) if ends[t]]
         if held:
             out.append(held[-1])
-        elif last + 1 < len(ends) and ends[last + 1] and (not pad[last + 1] or int(s.input_ids[last + 1]) == pad_token_of(s)):
+        elif last + 1 < len(ends) and ends[last + 1] and (not pad[last + 1] or first_pad[last + 1]):
             out.append(last + 1)
     return [p for p in out if p > 0]
+
+
+def padding(s: SampleView) -> torch.Tensor:
+    """(T,) bool: padding, the 2D attention mask's zeros and the trailing run of untrained pad ids after the last
+    document (packed rows carry no 2D mask with zeros: a 4D mask, or padding marked 1 in attention_mask)."""
+    pad = s.roles == PAD
+    if s.pad_token_id is None:
+        return pad
+    like = pad | ((s.input_ids == s.pad_token_id) & ~s.trained)
+    rest = torch.cumprod(like.flip(0).to(torch.long), 0).flip(0).bool()  # every token from t to the end is pad-like
+    return pad | rest
 
 
 def pad_token_of(s: SampleView) -> int:

@@ -39,6 +39,8 @@ class CallFacts:
         is_causal: ``config.is_causal`` when set.
         restarts: (B, T) bool, where position_ids restart (the only boundaries sdpa and eager attention honour).
         declared_by: Batch keys that declare documents (``position_ids``, ``seq_idx``, ``cu_seq_lens_q``, ...).
+        bidirectional: (B, T) long, the span each position belongs to where the model attends bidirectionally
+            (Gemma 3's image tokens, ``token_type_ids == 1``), -1 elsewhere; None when the model declares none.
     """
 
     attention: str | None
@@ -49,6 +51,7 @@ class CallFacts:
     is_causal: bool | None
     restarts: torch.Tensor
     declared_by: tuple[str, ...]
+    bidirectional: torch.Tensor | None = None
 
 
 def call_facts(model: Any, batch: Mapping[str, Any], restarts: torch.Tensor) -> CallFacts:
@@ -69,7 +72,33 @@ def call_facts(model: Any, batch: Mapping[str, Any], restarts: torch.Tensor) -> 
         is_causal=getattr(config, "is_causal", None),
         restarts=restarts,
         declared_by=tuple(declared),
+        bidirectional=bidirectional_spans(config, batch),
     )
+
+
+BIDIRECTIONAL_MEDIA_MODELS = ("gemma3",)
+"""Model types whose attention is bidirectional inside each run of ``token_type_ids == 1`` (an image's tokens) and
+causal elsewhere: transformers' Gemma 3 builds that mask from ``token_type_ids`` in training."""
+
+
+def bidirectional_spans(config: Any, batch: Mapping[str, Any]) -> torch.Tensor | None:
+    """(B, T) span ids of the runs of ``token_type_ids == 1``, -1 elsewhere, for a model that declares such spans."""
+    types = batch.get("token_type_ids")
+    if getattr(config, "model_type", None) not in BIDIRECTIONAL_MEDIA_MODELS or not isinstance(types, torch.Tensor):
+        return None
+    if types.dim() != 2:
+        return None
+    media = types.cpu() == 1
+    begins = media.clone()
+    begins[:, 1:] &= ~media[:, :-1]
+    return torch.where(media, begins.long().cumsum(1) - 1, -1)
+
+
+def _explained(w: Window, positions: list[int], spans: torch.Tensor | None) -> list[int]:
+    """The positions at or after the window's cut that a bidirectional span holding its last output explains."""
+    if spans is None or w.cut <= w.start or int(spans[w.cut - 1]) < 0:
+        return []
+    return [p for p in positions if int(spans[p]) == int(spans[w.cut - 1])]
 
 
 def _seen(windows: Sequence[Window], seen: torch.Tensor, region) -> tuple[list[int], list[Window]]:
@@ -85,16 +114,30 @@ def _seen(windows: Sequence[Window], seen: torch.Tensor, region) -> tuple[list[i
     return sorted(positions), hit
 
 
-def causal_leak(sample: int, windows: Sequence[Window], seen: torch.Tensor, facts: CallFacts) -> Finding | None:
-    """The outputs before a cut depend on tokens at or after it.
+def causal_leak(sample: int, windows: Sequence[Window], seen: torch.Tensor, facts: CallFacts,
+                row: int = 0) -> Finding | None:
+    """The outputs before a cut depend on tokens at or after it, other than those of a span the model attends
+    bidirectionally (Gemma 3's image tokens) that holds the window's last output.
 
     Args:
         sample: The row's index in the data.
         windows: This row's windows.
         seen: (n_slices, T) bool for this row, from ``Dependence.seen``.
         facts: How the model was called.
+        row: The row in the batch (for ``facts.bidirectional``).
     """
-    leaked, hit = _seen([w for w in windows if w.future], seen, lambda w: (w.cut, seen.shape[1]))
+    spans = facts.bidirectional[row] if facts.bidirectional is not None else None
+    positions: set[int] = set()
+    hit = []
+    for w in windows:
+        if not w.future:
+            continue
+        found, _ = _seen([w], seen, lambda w: (w.cut, seen.shape[1]))
+        found = sorted(set(found) - set(_explained(w, found, spans)))
+        if found:
+            positions.update(found)
+            hit.append(w)
+    leaked = sorted(positions)
     if not leaked:
         return None
     cuts = sorted({w.cut for w in hit})

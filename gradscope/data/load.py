@@ -13,7 +13,7 @@ from torch import nn
 from gradscope.data.batch import collate, select_rows
 from gradscope.data.files import is_raw_file, is_tokenized, jsonl_lines, read_rows
 from gradscope.data.jsonio import loads
-from gradscope.data.pipelines import DataOptions, Prepared, collate_batches, reference_batches, role_rows
+from gradscope.data.pipelines import DataOptions, Prepared, collate_batches, reference_batches, role_rows, row_notes
 from gradscope.data.roles import RoleRow, RoleSpec, row_kind, truncate
 from gradscope.data.sources import TOKENIZED_KEYS, data_format
 from gradscope.data.trl import trl_batches
@@ -238,8 +238,9 @@ def _raw_batches(
         # The collator gets the truncated tokens (or raw rows); its batch is matched against the whole rows, so a
         # truncation it makes is seen as one.
         batches = collate_batches(fn, rows, derived, cut, options, batch_size, pad)
-        return Prepared(batches, {**data, "pipeline": "collate", "collate": options.collate, "collate_input": options.collate_input})
-    return Prepared(reference_batches(cut, batch_size, pad), data)
+        return Prepared(batches, {**data, "pipeline": "collate", "collate": options.collate, "collate_input": options.collate_input},
+                        row_notes(derived))
+    return Prepared(reference_batches(cut, batch_size, pad), data, row_notes(derived))
 
 
 def _formats(rows: list[dict[str, Any]]) -> str:

@@ -58,6 +58,15 @@ def role_rows(rows: Sequence[Mapping[str, Any]], tokenizer: Any, spec: RoleSpec)
     return derive_rows(rows, tokenizer, spec)
 
 
+def row_notes(rows: Sequence[RoleRow]) -> list[str]:
+    """The rows' notes on how their roles were read, each note once with the rows it concerns."""
+    by_note: dict[str, list[int]] = {}
+    for row in rows:
+        if row.note:
+            by_note.setdefault(row.note, []).append(row.index)
+    return [f"row(s) {', '.join(map(str, indices))}: {note}" for note, indices in by_note.items()]
+
+
 # --- reference -------------------------------------------------------------------------------------------------
 
 
@@ -158,13 +167,20 @@ def attach_roles(
             for offset, row, first, length in matcher.match(seq, strict, pad_token_id, b):
                 codes[b, start + offset : start + offset + length] = torch.tensor(row.roles[first : first + length])
                 held[b].add(row.index)
-                if count_cut and length < len(row.input_ids):
+                if count_cut and length < len(row.input_ids) and not _rest_masked(ids[b], start + offset, row, first, length):
                     cut[b] += row.roles.count(COMPLETION) - row.roles[first : first + length].count(COMPLETION)
     out = dict(batch)
     out[ROLE_CODES_KEY], out[CUT_KEY] = codes, cut
     if all(len(h) == 1 for h in held):
         out[ROW_KEY] = torch.tensor([min(h) for h in held])
     return out, matcher.used
+
+
+def _rest_masked(ids: torch.Tensor, at: int, row: RoleRow, first: int, length: int) -> bool:
+    """Whether the row's tokens after the matched piece follow it in the batch row, masked as padding: not cut by
+    truncation but hidden by the mask (pad == eos and ``attention_mask = ids != pad`` hide the real EOS)."""
+    rest = row.input_ids[first + length :]
+    return first == 0 and ids[at + length : at + length + len(rest)].tolist() == rest
 
 
 def _sequences(batch: Mapping[str, torch.Tensor], b: int) -> list[tuple[int, int]]:

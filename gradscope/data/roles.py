@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import bisect
-import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from operator import itemgetter
 from typing import Any
 
 from gradscope.constants import UNKNOWN
-from gradscope.data import deadline
 from gradscope.data.batch import COMPLETION, PROMPT
 from gradscope.data.encoding import Encoder
+from gradscope.data.reasoning import DROPPED_REASONING, bounds_without_reasoning
+from gradscope.data.render import Renderer, row_tools
 from gradscope.errors import DataError
 from gradscope.report.roles import RoleRow
 
@@ -178,74 +178,47 @@ def _conversation(row: Mapping[str, Any], spec: RoleSpec, where: dict) -> tuple[
     return [dict(m) for m in messages], set(assistant)
 
 
-def _tools(row: Mapping[str, Any], where: dict) -> Any:
-    """The row's tool definitions: a list, or a JSON string of one (as datasets store them)."""
-    tools = row.get("tools")
-    if isinstance(tools, str):
-        try:
-            tools = json.loads(tools)
-        except (json.JSONDecodeError, RecursionError) as err:
-            raise DataError(f"'tools' is a string but not JSON ({getattr(err, 'msg', 'nested too deeply')})", **where,
-                            hint="give 'tools' as a list of tool definitions, or a JSON string of one") from None
-    if tools is not None and not isinstance(tools, list):
-        raise DataError(f"'tools' is a {type(tools).__name__}; it must be a list of tool definitions", **where)
-    return tools
-
-
-class _Renderer:
-    """Renders and tokenizes prefixes of one conversation with the chat template, as apply_chat_template does."""
-
-    def __init__(self, tokenizer: Any, messages: list[dict], tools: Any, chat_template: str | None, where: dict):
-        self.tok, self.messages, self.tools, self.template, self.where = tokenizer, messages, tools, chat_template, where
-        self.encoder = Encoder(tokenizer)  # replaced by the batch's own when the row is finished
-
-    def text(self, k: int, generation_prompt: bool = False) -> str:
-        try:
-            with deadline.bounded(deadline.TEMPLATE_SECONDS):
-                return self.tok.apply_chat_template(
-                    self.messages[:k], tools=self.tools, chat_template=self.template, tokenize=False,
-                    add_generation_prompt=generation_prompt,
-                )
-        except deadline.RenderTimeout:
-            raise DataError(
-                f"the chat template did not finish rendering {k} message(s) within {deadline.TEMPLATE_SECONDS:g} s",
-                **self.where, hint="a loop that never ends? fix the chat_template in tokenizer_config.json",
-            ) from None
-        except Exception as err:  # jinja raises its own errors from the user's template: bad input, not a bug
-            raise DataError(
-                f"the chat template fails on the first {k} message(s): {type(err).__name__}: {err}",
-                **self.where,
-                hint="roles come from rendering growing prefixes of the conversation; the template must accept them",
-            ) from err
-
-    def ids(self, text: str) -> list[int]:
-        return self.encoder.ids(text)
-
-
 def _chat(row: Mapping[str, Any], index: int, tokenizer: Any, spec: RoleSpec, where: dict) -> _Plan:
     if not getattr(tokenizer, "chat_template", None) and spec.chat_template is None:
         raise DataError("chat rows need a tokenizer with a chat template, and this one has none", **where,
                         hint="add a chat_template to tokenizer_config.json, or give prompt/completion strings")
     messages, trained = _conversation(row, spec, where)
-    render = _Renderer(tokenizer, messages, _tools(row, where), spec.chat_template, where)
+    render = Renderer(tokenizer, messages, row_tools(row, where), spec.chat_template, where)
     texts = [""] + [render.text(k) for k in range(1, len(messages) + 1)]
     headers = {k: render.text(k, generation_prompt=True) for k in sorted(trained)}
 
     def finish(encoder: Encoder) -> RoleRow:
         render.encoder = encoder
         full = render.ids(texts[-1])
-        bounds = _prefix_bounds(render, texts, full, tokenizer)
+        bounds, starts, note = _message_bounds(render, texts, headers, full, tokenizer)
         roles, owner = [PROMPT] * len(full), [None] * len(full)
         for k in range(len(messages)):
             owner[bounds[k] : bounds[k + 1]] = [k] * (bounds[k + 1] - bounds[k])
+        generation = render.generation_mask(full)
         for k in sorted(trained):
-            _mark_assistant(roles, full, _header_end(render, k, headers[k], full, bounds, tokenizer), bounds[k + 1], spec)
-        return RoleRow(index, full, roles, owner, "chat")
+            _mark_assistant(roles, full, starts[k], bounds[k + 1], spec)
+            if generation is not None:
+                _header_glue(roles, full, generation, bounds[k], starts[k], tokenizer)
+        return RoleRow(index, full, roles, owner, "chat", note=note)
 
     return _Plan([*texts, *headers.values()], [], finish)
 
 
-def _prefix_bounds(render: _Renderer, texts: list[str], full: list[int], tokenizer: Any) -> list[int]:
+def _message_bounds(render: Renderer, texts: list[str], headers: dict[int, str], full: list[int],
+                    tokenizer: Any) -> tuple[list[int], dict[int, int], str | None]:
+    """Where each message starts in the whole conversation's tokens, where each trained assistant's content starts,
+    and a note when the template drops earlier turns' reasoning (the one prefix break read anyway)."""
+    try:
+        bounds = _prefix_bounds(render, texts, full, tokenizer)
+        return bounds, {k: _header_end(render, k, h, full, bounds, tokenizer) for k, h in headers.items()}, None
+    except DataError:
+        found = bounds_without_reasoning(tokenizer, texts, headers, full)
+        if found is None:
+            raise
+        return found[0], found[1], DROPPED_REASONING
+
+
+def _prefix_bounds(render: Renderer, texts: list[str], full: list[int], tokenizer: Any) -> list[int]:
     """Where each message starts in the whole conversation's tokens: the token count of each rendered prefix.
 
     What the template puts before the first message (a BOS, a default system turn) belongs to the first message.
@@ -269,7 +242,7 @@ def _trailing_eos(ids: list[int], full: list[int], eos: int | None) -> bool:
     return eos is not None and len(ids) > 1 and ids[-1] == eos == full[-1] and full[: len(ids) - 1] == ids[:-1]
 
 
-def _prefix_error(render: _Renderer, k: int, text: str, ids: list[int], full: list[int], tokenizer: Any,
+def _prefix_error(render: Renderer, k: int, text: str, ids: list[int], full: list[int], tokenizer: Any,
                   header: bool = False) -> DataError:
     """The precise error for a rendered prefix whose tokens are not a prefix of the whole conversation's tokens."""
     at = next((p for p, (a, b) in enumerate(zip(ids, full)) if a != b), min(len(ids), len(full)))
@@ -292,7 +265,7 @@ def _show(ids: Sequence[int], tokenizer: Any) -> str:
     return "[" + ", ".join(f"{i} {tokenizer.decode([i])!r}" for i in ids) + "]"
 
 
-def _header_end(render: _Renderer, k: int, text: str, full: list[int], bounds: list[int], tokenizer: Any) -> int:
+def _header_end(render: Renderer, k: int, text: str, full: list[int], bounds: list[int], tokenizer: Any) -> int:
     """Where assistant message k's content starts: after what add_generation_prompt adds to the first k messages
     (``text``, their rendering with the generation prompt)."""
     ids = render.ids(text)
@@ -316,6 +289,20 @@ def _mark_assistant(roles: list[int], ids: list[int], header_end: int, end: int,
         return
     roles[header_end : close + 1] = [COMPLETION] * (close + 1 - header_end)
     roles[close + 1 : end] = [UNKNOWN] * (end - close - 1)
+
+
+def _header_glue(roles: list[int], ids: list[int], generation: list[int], first: int, start: int, tokenizer: Any) -> None:
+    """Not judged: the whitespace that ends an assistant header inside the template's ``{% generation %}`` block.
+
+    TRL's Qwen2.5 training template opens the block before the ``\\n`` that ends ``<|im_start|>assistant``. The
+    generation prompt holds that ``\\n``, so the model never generates it: training it or not changes nothing, like
+    the ``\\n`` after ``<|im_end|>``. Header tokens that are not whitespace stay prompt (a block opened before
+    ``<|im_start|>`` trains the header: a ``prompt_leak``).
+    """
+    t = start - 1
+    while t >= first and generation[t] and roles[t] == PROMPT and not tokenizer.decode([ids[t]]).strip():
+        roles[t] = UNKNOWN
+        t -= 1
 
 
 # --- text rows with response / instruction templates ----------------------------------------------------------

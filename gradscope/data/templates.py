@@ -41,12 +41,15 @@ class TemplateMarkers:
         glue: Template tokens after the closing token that are not judged (ChatML's ``\n``).
         end_token_ids: Tokens that close a turn.
         tail: Tokens the template ends every rendering with, not judged (Phi-3's EOS after the last turn).
+        lead: Header tokens right before the completion that are not judged (the ``\\n`` TRL's Qwen2.5 training
+            template puts inside ``{% generation %}``).
     """
 
     responses: list[list[int]]
     glue: list[int]
     end_token_ids: frozenset[int]
     tail: list[int] = field(default_factory=list)
+    lead: list[int] = field(default_factory=list)
 
     def roles(self, ids: Sequence[int], train_on: str = "all-assistant") -> list[int]:
         """Roles of one token sequence: after each marker, through the first end token, is completion."""
@@ -57,6 +60,8 @@ class TemplateMarkers:
             close = next((t for t in range(start, limit) if ids[t] in self.end_token_ids), None)
             stop = limit if close is None else close + 1
             roles[start:stop] = [COMPLETION] * (stop - start)
+            if self.lead and start >= len(self.lead) and list(ids[start - len(self.lead) : start]) == self.lead:
+                roles[start - len(self.lead) : start] = [UNKNOWN] * len(self.lead)
             if close is not None and self.glue and list(ids[stop : stop + len(self.glue)]) == self.glue:
                 roles[stop : stop + len(self.glue)] = [UNKNOWN] * len(self.glue)
         n = len(self.tail)
@@ -102,7 +107,8 @@ def _learn_markers(rows: list[RoleRow], tokenizer: Any, end_token_ids: frozenset
             responses.append(next((c for c in valid if c[0] in special), valid[0]))
         glue = _glue(roles, ids) if glue is None else glue
     tail = _tail(rows[0].roles, rows[0].input_ids, glue or [])
-    return TemplateMarkers(responses, glue or [], end_token_ids, tail) if responses else None
+    lead = _lead(rows[0].roles, rows[0].input_ids)
+    return TemplateMarkers(responses, glue or [], end_token_ids, tail, lead) if responses else None
 
 
 def _glue(roles: list[int], ids: list[int]) -> list[int]:
@@ -112,6 +118,15 @@ def _glue(roles: list[int], ids: list[int]) -> list[int]:
     while stop < len(roles) and roles[stop] == UNKNOWN:
         stop += 1
     return ids[end:stop]
+
+
+def _lead(roles: list[int], ids: list[int]) -> list[int]:
+    """The not-judged tokens right before the first completion run."""
+    start = next((t for t in range(len(roles)) if roles[t] == COMPLETION), 0)
+    first = start
+    while first > 0 and roles[first - 1] == UNKNOWN:
+        first -= 1
+    return ids[first:start]
 
 
 def _tail(roles: list[int], ids: list[int], glue: list[int]) -> list[int]:

@@ -14,7 +14,7 @@ from typing import Any
 
 from torch import nn
 
-from gradscope.data.pipelines import DataOptions, Prepared, attach_roles, role_rows
+from gradscope.data.pipelines import DataOptions, Prepared, attach_roles, role_rows, row_notes
 from gradscope.data.roles import RoleRow, RoleSpec
 from gradscope.errors import DataError
 
@@ -118,7 +118,7 @@ def _trl_prepared(batches: list[dict], rows: list[RoleRow], config: Any, trainer
         batch, matched = attach_roles(batch, rows, pad_id, strict=not wrapped, count_cut=not wrapped)
         out.append({**batch, "use_cache": False})  # SFTTrainer.compute_loss passes it with every batch
         used |= matched
-    notes = []
+    notes = row_notes(rows)
     dropped = [r.index for r in rows if r.index not in used]
     if dropped:
         notes.append(

@@ -18,6 +18,8 @@ class RoleRow:
         messages: The message each token belongs to (chat rows), else None per token.
         kind: ``prompt-completion``, ``chat`` or ``text``.
         cut: Completion tokens that truncation removed.
+        note: What the report should say about how this row's roles were read (a template that drops earlier
+            turns' reasoning), else None.
     """
 
     index: int
@@ -26,6 +28,7 @@ class RoleRow:
     messages: list[int | None]
     kind: str
     cut: int = 0
+    note: str | None = None
 
     @property
     def labels(self) -> list[int]:

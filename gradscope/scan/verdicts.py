@@ -51,7 +51,8 @@ def verdicts(chunk: Chunk, end_token_ids: Iterable[int], pad_token_id: int | Non
     end_token_ids = set(end_token_ids)
     ends = _isin(chunk.input_ids, end_token_ids)
     pad_is_end = pad_token_id is not None and pad_token_id in end_token_ids
-    eos_as_pad = pad & ~_after(pad, first) & (chunk.input_ids == pad_token_id) if pad_is_end else np.zeros_like(pad)
+    padding = _padding(pad, (chunk.input_ids == pad_token_id) & ~trained, starts) if pad_token_id is not None else pad
+    eos_as_pad = padding & ~_after(padding, first) & (chunk.input_ids == pad_token_id) if pad_is_end else np.zeros_like(pad)
     masks: dict[str, np.ndarray] = {
         "label_misaligned": trained & (chunk.labels != chunk.input_ids) & ~pad,  # padding: pad_leak
         "pad_leak": trained & pad,
@@ -61,11 +62,12 @@ def verdicts(chunk: Chunk, end_token_ids: Iterable[int], pad_token_id: int | Non
     if chunk.completion is not None:
         completion = (chunk.completion > 0) & ~pad & known
         prompt = (chunk.completion == 0) & ~pad & known  # -1: a token of no role (a template's glue)
-        closing = _closing_with_roles(completion, ends, pad, first, eos_as_pad)
+        closing = _closing_with_roles(completion, ends, padding, first, eos_as_pad)
         masks["prompt_leak"] = prompt & trained & ~closing
         masks["completion_untrained"] = completion & ~trained & ~closing & ~first
     if not known.all():  # roles unknown: an end token right after a trained token (not itself one) closes it
-        closing |= ~known & ends & (~pad | eos_as_pad) & _after(trained & ~ends, first)
+        bare = _after(trained & ~_run_holds(trained, ends, first), first)  # after a trained run holding no end token
+        closing |= ~known & ends & (~padding | (eos_as_pad & bare)) & _after(trained & ~ends, first)
     masks["eos_untrained"] = closing & ~trained
     counts = {name: _row_sums(mask, starts) for name, mask in masks.items()}
     if chunk.completion is not None:  # every closing token missed but the last: turn_end_untrained instead
@@ -112,6 +114,24 @@ def _after(mask: np.ndarray, first: np.ndarray) -> np.ndarray:
     out[1:] = mask[:-1]
     out &= ~first
     return out
+
+
+def _padding(pad: np.ndarray, pad_like: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """``checks.sample.padding``: the mask's padding and each row's trailing run of padding or untrained pad ids."""
+    n = len(pad)
+    other = np.cumsum((~(pad | pad_like))[::-1])[::-1]  # tokens from t to the chunk's end that are not pad-like
+    row_end = np.repeat(np.append(starts[1:], n), np.diff(starts, append=n))
+    later = np.append(other, 0)[row_end]  # those of the rows after t's row
+    return pad | (other - later == 0)
+
+
+def _run_holds(mask: np.ndarray, ends: np.ndarray, first: np.ndarray) -> np.ndarray:
+    """True at every position of a run of mask (within a row) that holds an end token."""
+    begins = mask & ~_after(mask, first)
+    run = np.cumsum(begins)
+    holds = np.zeros(int(run[-1]) + 1 if len(run) else 1, dtype=bool)
+    holds[run[mask & ends]] = True
+    return mask & holds[run]
 
 
 def _closing_with_roles(

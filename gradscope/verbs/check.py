@@ -240,7 +240,7 @@ def _structural_findings(
         dep = run.dependence
         for row, view in enumerate(views):
             mine = [w for w in dep.windows if w.row == row]
-            found.append(causal_leak(view.index, mine, dep.seen[:, row], facts))
+            found.append(causal_leak(view.index, mine, dep.seen[:, row], facts, row))
             found.append(cross_document_leak(view.index, mine, dep.seen[:, row], facts, row))
     if "weights" in chosen:
         trained = capture.logit_grad_norm > 0

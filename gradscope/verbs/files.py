@@ -19,7 +19,7 @@ from torch import nn
 
 from gradscope.checks.grads import DEFAULT_LR, DEFAULT_MAX_GRAD_NORM
 from gradscope.data.load import load_data, load_role_rows
-from gradscope.data.pipelines import DataOptions
+from gradscope.data.pipelines import DataOptions, row_notes
 from gradscope.data.tokens import config_end_token_ids, default_end_token_ids, resolve_pad_token_id
 from gradscope.engine.probes import PROBES, WINDOWS_PER_ROW
 from gradscope.errors import DataError
@@ -180,6 +180,8 @@ def roles_files(tokenizer_dir: str | Path, data: str | Path, *, samples: int | N
     rows = load_role_rows(data, tokenizer, samples=samples, options=options, end_token_ids=ends)
     texts = [[tokenizer.decode([i]) for i in row.input_ids] for row in rows]
     info = {"source": str(data), "rows": len(rows), "train_on": options.train_on, "max_length": options.max_length}
+    if notes := row_notes(rows):
+        info["notes"] = notes
     return RolesReport(rows, texts, info)
 
 

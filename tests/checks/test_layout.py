@@ -6,7 +6,7 @@ import torch
 
 from gradscope.checks.layout import bos_duplicated, packed_without_boundaries, pads_attended
 from gradscope.checks.masking import check_sample
-from gradscope.checks.sample import SampleView, closing_positions
+from gradscope.checks.sample import SampleView, closing_positions, padding
 from gradscope.constants import COMPLETION, PAD, PROMPT, UNKNOWN
 
 P, C, X, U = PROMPT, COMPLETION, PAD, UNKNOWN
@@ -50,6 +50,36 @@ def test_a_pad_never_closes_a_span_unless_it_is_the_eos_masked_as_padding():
     # A trained real EOS followed by pads that are EOS too: the EOS closes, the pads close nothing.
     clean = view([10, 11, PAD_ID, PAD_ID, PAD_ID], [U, U, U, X, X], [0, 1, 1, 0, 0], ends=(PAD_ID,))
     assert closing_positions(clean) == [2] and names(clean) == []
+
+
+def test_without_roles_pads_after_a_run_that_holds_its_end_token_close_nothing():
+    """Packed rows with no 2D mask (a 4D mask, or padding marked 1): Qwen's <|endoftext|> pads the row after the last
+    document and is an end token too, while <|im_end|> ends the turn. The trained run "content <|im_end|> \\n" holds
+    its closing token; the pad after it is padding, not an untrained EOS."""
+    #       0   1   2   3       4   5          6          7
+    ids = [10, 11, 12, IM_END, 20, ENDOFTEXT, ENDOFTEXT, ENDOFTEXT]
+    clean = view(ids, [U] * 8, [0, 1, 1, 1, 1, 0, 0, 0], pad=ENDOFTEXT)
+    assert closing_positions(clean) == [3] and names(clean) == []
+    # The broken twin: <|im_end|> (and the "\\n" after it) untrained; the finding names it, and not as pad == eos.
+    broken = view(ids, [U] * 8, [0, 1, 1, 0, 0, 0, 0, 0], pad=ENDOFTEXT)
+    [finding] = check_sample(broken)
+    assert (finding.check, finding.positions) == ("eos_untrained", [3])
+    assert "pad_token == eos_token" not in finding.message
+    # With roles the same: the span's own <|im_end|> closes it, whatever follows.
+    roles = [P, C, C, C, U, U, U, U]
+    assert closing_positions(view(ids, roles, [0, 1, 1, 1, 1, 0, 0, 0], pad=ENDOFTEXT)) == [3]
+
+
+def test_the_trailing_run_of_untrained_pad_ids_is_padding_without_a_mask():
+    ids = [10, 11, ENDOFTEXT, 12, ENDOFTEXT, ENDOFTEXT]
+    s = view(ids, [U] * 6, [0, 1, 0, 1, 0, 0], pad=ENDOFTEXT)
+    assert padding(s).tolist() == [False, False, False, False, True, True]  # an inner pad id is not padding
+    # pad == eos without a 2D mask (transformers' LM collator: labels[ids == pad] = -100): the first pad after a run
+    # holding no end token is the real EOS, masked; still reported.
+    gpt2 = view([10, 11, 12, ENDOFTEXT, ENDOFTEXT], [U] * 5, [0, 1, 1, 0, 0], pad=ENDOFTEXT, ends=(ENDOFTEXT,))
+    [finding] = check_sample(gpt2)
+    assert (finding.check, finding.positions) == ("eos_untrained", [3])
+    assert "pad_token == eos_token" in finding.message
 
 
 def test_turn_end_untrained_when_every_turn_end_but_the_last_is_untrained():

@@ -106,3 +106,24 @@ def test_accumulation_mismatch_names_the_cause():
     assert empty is not None and "0/0 = NaN" in empty.message
     scaled = accumulation_mismatch(_acc(1.0, 2 / 3, 1 / 3), [4, 4, 4], 0)
     assert "scaled ×0.333" in scaled.message
+
+
+def test_dependence_inside_a_declared_bidirectional_span_is_not_a_causal_leak():
+    """Gemma 3 attends bidirectionally inside each image (a run of token_type_ids == 1): the outputs before a cut
+    inside such a run may depend on the run's later tokens, and on nothing after it."""
+    from gradscope.checks.structure import bidirectional_spans
+
+    types = torch.tensor([[0, 0, 1, 1, 1, 1, 0, 0, 1, 1]])
+    spans = bidirectional_spans(type("C", (), {"model_type": "gemma3"})(), {"token_type_ids": types})
+    assert spans.tolist() == [[-1, -1, 0, 0, 0, 0, -1, -1, 1, 1]]
+    assert bidirectional_spans(type("C", (), {"model_type": "llama"})(), {"token_type_ids": types}) is None
+    window = [Window(0, 0, 0, 4, boundary=False, future=True)]  # outputs 0-3, cut inside the first image
+    gemma = facts(bidirectional=spans)
+    assert causal_leak(0, window, seen(range(0, 6)), gemma) is None  # 4, 5: the same image
+    found = causal_leak(0, window, seen([*range(0, 6), 7]), gemma)
+    assert found is not None and found.positions == [7]  # 7 is after the image: a real leak
+    assert causal_leak(0, window, seen(range(0, 6)), facts()).positions == [4, 5]  # undeclared: a leak
+    # A cut right after an image's last output... inside a later image: only that image's tokens are explained.
+    late = [Window(0, 0, 2, 9, boundary=False, future=True)]
+    assert causal_leak(0, late, seen([*range(2, 9), 9]), gemma) is None
+    assert causal_leak(0, late, seen([*range(2, 10)]), facts()).positions == [9]

@@ -182,6 +182,40 @@ def test_collator_on_raw_rows_with_the_chat_template_passes(tmp_path, checked):
     assert report.findings == []
 
 
+PAD_IS_EOS_COLLATOR = """
+import torch
+PAD = 0  # tiny-gpt2: pad == eos == <|endoftext|>
+
+def _batch(rows, keep):
+    rows = [{"input_ids": r["input_ids"][:keep(r)], "completion_mask": r["completion_mask"][:keep(r)]} for r in rows]
+    width = max(len(r["input_ids"]) for r in rows) + 2
+    ids = torch.tensor([r["input_ids"] + [PAD] * (width - len(r["input_ids"])) for r in rows])
+    trained = torch.tensor([r["completion_mask"] + [0] * (width - len(r["input_ids"])) for r in rows]).bool()
+    mask = (ids != PAD).long()  # the pad == eos bug: the real EOS is taken for padding
+    return {"input_ids": ids, "attention_mask": mask, "labels": torch.where(trained & mask.bool(), ids, -100)}
+
+def by_id(rows):
+    return _batch(rows, lambda r: len(r["input_ids"]))
+
+def by_id_cut(rows):  # and a truncation that really cuts the completion's last token and its EOS
+    return _batch(rows, lambda r: len(r["input_ids"]) - 2)
+"""
+
+
+def test_pad_equal_eos_collator_is_eos_untrained_without_a_truncation_that_did_not_happen(tmp_path, derived, checked):
+    path = tmp_path / "pad_is_eos.py"
+    path.write_text(PAD_IS_EOS_COLLATOR)
+    _, report = checked(RAW / "prompt_completion.jsonl", GPT2, collate=f"{path}:by_id", collate_input="tokens")
+    assert pairs(report) == [("eos_untrained", i) for i in range(3)]
+    assert all("pad_token == eos_token" in f.message for f in report.findings)
+    _, cut = checked(RAW / "prompt_completion.jsonl", GPT2, collate=f"{path}:by_id_cut", collate_input="tokens")
+    assert ("completion_truncated", 0) in pairs(cut)
+    rows = derived("prompt_completion.jsonl", GPT2)
+    for f in cut.findings:
+        if f.check == "completion_truncated":  # the last completion token and the EOS: 2 of them
+            assert f"cut 2 of the {rows[f.sample].roles.count(COMPLETION)} completion tokens" in f.message
+
+
 def test_collator_errors_are_bad_input(tmp_path, checked):
     path = tmp_path / "broken.py"
     path.write_text("def collate(rows):\n    raise KeyError('input_ids')\n\ndef nothing(rows):\n    return [1]\n")
@@ -315,3 +349,36 @@ def test_trl_padding_free_batches_are_checked_as_trl_calls_the_model(fixture_mod
     assert report.probes["packing"].ran and report.findings == []
     leaky = gradscope.check_batches(model, [{k: v for k, v in b.items() if k != "use_cache"} for b in prepared.batches])
     assert {f.check for f in leaky.findings} == {"cross_document_leak"}  # the config's KV cache breaks isolation
+
+
+def _trl_qwen25_template() -> str:
+    config = json.loads((FIXTURES / "tokenizers" / "qwen2.5-trl-chat" / "tokenizer_config.json").read_text())
+    return config["chat_template"]
+
+
+@pytest.mark.parametrize("broken", [False, True])
+def test_trl_qwen25_training_template_is_clean_and_a_block_over_the_header_leaks_it(broken, fixture_model, checked):
+    """TRL's Qwen2.5 training template puts the header's '\\n' inside {% generation %}: TRL trains it, which is not a
+    prompt leak (the generation prompt holds it). Opening the block before '<|im_start|>assistant' trains the header."""
+    _, tok = fixture_model(LLAMA)
+    template = _trl_qwen25_template()
+    if broken:
+        template = template.replace("{{ '<|im_start|>assistant' }}{% generation %}", "{% generation %}{{ '<|im_start|>assistant' }}")
+        assert template != _trl_qwen25_template()
+    tok.chat_template, saved = template, tok.chat_template
+    try:
+        prepared, report = checked(RAW / "chat.jsonl", pipeline="trl", trl_options={"assistant_only_loss": True})
+    finally:
+        tok.chat_template = saved
+    if not broken:
+        assert report.findings == [] and report.notes == []
+        for sample in report.samples:
+            header = [t for t in sample.tokens if t.text == "\n" and t.role is None and t.trained]
+            assert header  # TRL trains the glue; gradscope does not judge it
+        return
+    assert pairs(report) == [("prompt_leak", i) for i in range(3)]
+    start = tok.convert_tokens_to_ids("<|im_start|>")
+    for f in report.findings:
+        tokens = report.samples[f.sample].tokens
+        headers = [t.position for t in tokens if t.token_id == start and tokens[t.position + 1].text == "assistant"]
+        assert f.positions == sorted(p + d for p in headers for d in (0, 1))

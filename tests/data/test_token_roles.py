@@ -17,7 +17,7 @@ from gradscope.data.tokens import default_end_token_ids
 from gradscope.errors import DataError
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
-FAMILIES = ["chatml-chat", "qwen3-chat", "llama3-chat", "gemma-chat", "mistral-chat", "phi3-chat", "deepseek-chat"]
+FAMILIES = ["chatml-chat", "qwen3-chat", "qwen3-original-chat", "qwen2.5-trl-chat", "llama3-chat", "gemma-chat", "mistral-chat", "phi3-chat", "deepseek-chat"]
 RAW_FILES = ("chat.jsonl", "tool_chat.jsonl", "think_chat.jsonl")
 
 
@@ -156,3 +156,71 @@ def test_roles_from_rows_that_differ_from_the_batch_name_row_and_position():
     read = batch_roles({"input_ids": torch.tensor([short])}, tokenizer("chatml-chat"), ends,
                        RoleSources(roles_from=rows), first_row=1)
     assert read.codes[0].tolist() == rows[1].roles[:9]
+
+
+def test_trl_qwen25_training_template_header_newline_in_the_generation_block_is_not_judged():
+    """TRL's Qwen2.5 training template opens {% generation %} before the '\\n' ending '<|im_start|>assistant': that
+    '\\n' is in transformers' assistant mask but also in the generation prompt, so it is glue, not prompt."""
+    tok = tokenizer("qwen2.5-trl-chat")
+    rows, ends = raw_rows("qwen2.5-trl-chat")
+    header = tok("<|im_start|>assistant", add_special_tokens=False)["input_ids"]
+    newline = tok("\n", add_special_tokens=False)["input_ids"]
+    for row, chat in zip(rows, conversations()):
+        mask = tok.apply_chat_template(chat, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+        assert mask["input_ids"] == row.input_ids
+        glue = [p + len(header) for p in range(len(row.input_ids)) if row.input_ids[p : p + len(header)] == header]
+        assert glue and all(row.input_ids[g : g + len(newline)] == newline for g in glue)
+        for t, (role, masked) in enumerate(zip(row.roles, mask["assistant_masks"])):
+            if t in glue:
+                assert (role, masked) == (UNKNOWN, 1)
+            elif role == COMPLETION:
+                assert masked == 1  # every completion token is in the block
+            elif role == PROMPT:
+                assert masked == 0  # and no prompt token
+
+
+def _completion_texts(tok, row) -> list[str]:
+    spans, current = [], None
+    for token, role in zip(row.input_ids, row.roles):
+        if role == COMPLETION:
+            current = (current or []) + [token]
+        elif current is not None:
+            spans.append(tok.decode(current))
+            current = None
+    return spans + ([tok.decode(current)] if current else [])
+
+
+def test_qwen3_original_template_that_drops_earlier_reasoning_is_read_on_the_whole_rendering():
+    """Qwen3 as shipped renders an assistant turn's <think> block only after the last user query: the earlier turns
+    are trained without their reasoning. Expected spans written from the messages, as the template renders them."""
+    from gradscope.data.load import load_data
+    from gradscope.data.pipelines import DataOptions
+
+    tok = tokenizer("qwen3-original-chat")
+    ends = default_end_token_ids(None, tok)
+    chats = conversations()
+    rows = [derive({"messages": c}, i, tok, RoleSpec(ends)) for i, c in enumerate(chats)]
+    think = chats[4]  # system, user, assistant (reasoned), user, assistant (reasoned)
+    first, last = think[2], think[4]
+    assert _completion_texts(tok, rows[4]) == [
+        first["content"] + "<|im_end|>",  # its reasoning is dropped by the template
+        f"<think>\n{last['reasoning_content']}\n</think>\n\n{last['content']}<|im_end|>",
+    ]
+    assert first["reasoning_content"] not in tok.decode(rows[4].input_ids)
+    assert rows[4].note is not None and "not in the training targets" in rows[4].note
+    single = chats[1]  # one exchange: no later turn drops anything, the last turn gets an empty think block
+    assert rows[1].note is None
+    assert _completion_texts(tok, rows[1]) == [f"<think>\n\n</think>\n\n{single[1]['content']}<|im_end|>"]
+    prepared = load_data(FIXTURES / "raw" / "think_chat.jsonl", tokenizer=tok, batch_size=2, options=DataOptions(),
+                         pad_token_id=tok.pad_token_id)
+    assert prepared.notes == [f"row(s) 0: {rows[4].note}"]
+
+
+def test_a_prefix_break_beyond_dropped_reasoning_is_still_refused():
+    tok = tokenizer("qwen3-original-chat")
+    template = tok.chat_template.replace("{% else %}{{ '<|im_start|>assistant\\n' + content }}",
+                                         "{% else %}{{ '<|im_start|>assistant\\n' + content | upper }}")
+    assert template != tok.chat_template
+    spec = RoleSpec(default_end_token_ids(None, tok), chat_template=template)
+    with pytest.raises(DataError, match="prefix property"):
+        derive({"messages": conversations()[0]}, 0, tok, spec)

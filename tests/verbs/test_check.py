@@ -272,3 +272,41 @@ def test_end_token_ids_are_the_vocabulary_end_tokens_and_never_the_unknown_token
         known = tokenizer.get_vocab()
         expected = {known[t] for t in END_OF_TURN_TOKENS if t in known} | {tokenizer.eos_token_id} - {None}
         assert default_end_token_ids(None, tokenizer) == expected
+
+
+def _tiny_gemma3():
+    """A random-init Gemma 3 (vision tower included) small enough for the CPU: 35k parameters, built in the test."""
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3TextConfig, SiglipVisionConfig
+
+    torch.manual_seed(0)
+    text = Gemma3TextConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=16, max_position_embeddings=128, sliding_window=64,
+        layer_types=["full_attention", "full_attention"],
+    )
+    vision = SiglipVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                image_size=28, patch_size=14)
+    config = Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4, image_token_index=60,
+                          boi_token_index=61, eoi_token_index=62)
+    model = Gemma3ForConditionalGeneration(config).eval()
+    model.config.use_cache = False
+    return model
+
+
+def test_gemma3_bidirectional_image_tokens_are_no_causal_leak_but_a_mask_without_its_causal_part_is(monkeypatch):
+    ids = torch.tensor([[5, 6, 61, 60, 60, 60, 60, 62, 7, 8, 9, 10, 11, 12]])
+    labels = torch.where(torch.arange(14) >= 8, ids, -100)
+    batch = {"input_ids": ids, "token_type_ids": (ids == 60).long(), "labels": labels}
+
+    def causal(model, **extra):
+        report = gradscope.check_batches(model, [{**batch, **extra}], windows=6, probes=("causal",))
+        return [f for f in report.findings if f.check == "causal_leak"]
+
+    assert causal(_tiny_gemma3()) == []
+    # A custom 4D additive mask of zeros lets every token see the future: a real leak, outside the image too.
+    broken = causal(_tiny_gemma3(), attention_mask=torch.zeros(1, 1, 14, 14))
+    assert broken and any(p >= 8 for p in broken[0].positions)
+    # The clean verdict is the span rule's: with the declaration ignored, the same windows see the image's future.
+    monkeypatch.setattr("gradscope.checks.structure.BIDIRECTIONAL_MEDIA_MODELS", ())
+    [leak] = causal(_tiny_gemma3())
+    assert set(leak.positions) <= {4, 5, 6}
