@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from gradscope.checks.layout import bos_duplicated, packed_without_boundaries, pads_attended
+from gradscope.checks.layout import bos_duplicated, bos_missing, packed_without_boundaries, pads_attended
 from gradscope.checks.masking import check_sample
 from gradscope.checks.sample import SampleView, closing_positions
 from gradscope.constants import COMPLETION, PAD, PROMPT, UNKNOWN
@@ -13,13 +13,13 @@ P, C, X, U = PROMPT, COMPLETION, PAD, UNKNOWN
 IM_END, ENDOFTEXT, PAD_ID, BOS = 2, 0, 3, 1
 
 
-def view(ids, roles, trained, *, pad=PAD_ID, bos=None, ends=(IM_END, ENDOFTEXT), starts=(), known=True):
+def view(ids, roles, trained, *, pad=PAD_ID, bos=None, ends=(IM_END, ENDOFTEXT), starts=(), known=True, adds_bos=False):
     ids = torch.tensor(ids)
     trained = torch.tensor(trained, dtype=torch.bool)
     return SampleView(
         index=0, input_ids=ids, roles=torch.tensor(roles), trained=trained, target_id=torch.where(trained, ids, -1),
         texts=[f"t{i}" for i in ids.tolist()], end_token_ids=frozenset(ends), pad_token_id=pad,
-        document_starts=frozenset(starts), bos_token_id=bos, boundaries_known=known,
+        document_starts=frozenset(starts), bos_token_id=bos, boundaries_known=known, bos_added=adds_bos,
     )
 
 
@@ -77,6 +77,31 @@ def test_bos_duplicated_after_left_padding():
     assert bos_duplicated(s).positions == [1, 2]
     assert bos_duplicated(view([BOS, 10, BOS, 11], [P, P, P, C], [0, 0, 0, 1], bos=BOS)) is None
     assert bos_duplicated(view([BOS, BOS, 10], [P, P, C], [0, 0, 1])) is None  # no BOS known
+
+
+def test_bos_missing_when_the_tokenizer_adds_one_and_the_row_lacks_it():
+    lacking = view([10, 11, IM_END], [P, C, C], [0, 1, 1], bos=BOS, adds_bos=True)
+    found = bos_missing(lacking)
+    assert (found.check, found.positions) == ("bos_missing", [0])
+    assert "add_special_tokens" in found.message and "--" not in found.message
+    assert names(lacking) == [("bos_missing", [0])]
+    assert bos_missing(view([BOS, 10, 11, IM_END], [P, P, C, C], [0, 0, 1, 1], bos=BOS, adds_bos=True)) is None
+    # A tokenizer that adds no BOS (GPT-2, ChatML/Qwen) says nothing about it, even with a BOS id known.
+    assert bos_missing(view([10, 11, IM_END], [P, C, C], [0, 1, 1], bos=BOS)) is None
+    # Left padding, masked or attended: the first real token is the BOS.
+    assert bos_missing(view([PAD_ID, PAD_ID, BOS, 10, IM_END], [X, X, P, C, C], [0, 0, 0, 1, 1], bos=BOS, adds_bos=True)) is None
+    attended = view([PAD_ID, PAD_ID, BOS, 10, IM_END], [P, P, P, C, C], [0, 0, 0, 1, 1], bos=BOS, adds_bos=True)
+    assert bos_missing(attended) is None and names(attended) == [("pads_attended", [0, 1])]
+    assert bos_missing(view([PAD_ID, 10, IM_END], [X, P, C], [0, 0, 1], bos=BOS, adds_bos=True)).positions == [1]
+
+
+def test_bos_missing_reads_every_declared_packed_document():
+    ids = [BOS, 10, IM_END, BOS, 11, IM_END, 12, 13]
+    roles = [P, C, C, P, C, C, P, C]
+    assert bos_missing(view(ids, roles, [0, 1, 1, 0, 1, 1, 0, 1], bos=BOS, adds_bos=True, starts=(3,))) is None
+    missing = view(ids, roles, [0, 1, 1, 0, 1, 1, 0, 1], bos=BOS, adds_bos=True, starts=(3, 6))
+    assert bos_missing(missing).positions == [6]
+    assert "packed documents" in bos_missing(missing).message
 
 
 def test_packed_without_boundaries_finds_inner_documents_not_declared():
