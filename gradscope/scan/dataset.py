@@ -13,7 +13,7 @@ from gradscope.data.chunks import Chunk
 from gradscope.data.load import role_spec
 from gradscope.data.pipelines import DataOptions
 from gradscope.data.stream import Source, chunks, open_source, raw_columns, raw_text_error
-from gradscope.data.tokens import default_end_token_ids, resolve_pad_token_id
+from gradscope.data.tokens import bos_added, default_end_token_ids, resolve_bos_token_id, resolve_pad_token_id
 from gradscope.errors import ModelLoadError
 from gradscope.model.load import load_tokenizer
 from gradscope.report.scan import ScanReport
@@ -32,12 +32,14 @@ def scan_chunks(
     examples: int = 3,
     worst: int = 10,
     progress: Callable[[int], None] | None = None,
+    bos_token_id: int | None = None,
+    bos_added: bool = False,
 ) -> ScanReport:
     """Fold a stream of checked chunks into ``report``."""
     for name in CHECKS:
         report.checks.setdefault(name, {"rows": 0, "positions": 0, "first_rows": []})
     acc = ScanAccumulator(report, end_token_ids=end_token_ids, pad_token_id=pad_token_id, decode=decode,
-                          examples=examples, worst=worst)
+                          examples=examples, worst=worst, bos_token_id=bos_token_id, bos_added=bos_added)
     for chunk, v in checked:
         acc.add(chunk, v)
         if progress is not None:
@@ -46,11 +48,12 @@ def scan_chunks(
 
 
 def checked_chunks(
-    source: Source, end_token_ids: frozenset[int], pad_token_id: int | None = None, vocab_size: int | None = None
+    source: Source, end_token_ids: frozenset[int], pad_token_id: int | None = None, vocab_size: int | None = None,
+    bos_token_id: int | None = None, bos_added: bool = False,
 ) -> Iterator[tuple[Chunk, Verdicts]]:
     """Read and check chunk after chunk in this process (token ids below ``vocab_size`` when it is known)."""
     for chunk in chunks(source, vocab_size):
-        yield chunk, verdicts(chunk, end_token_ids, pad_token_id)
+        yield chunk, verdicts(chunk, end_token_ids, pad_token_id, bos_token_id, bos_added)
 
 
 # ------------------------------------------------------------------------------------------------ entry point
@@ -105,21 +108,22 @@ def scan(
         if progress is not None:
             progress(done, source.rows)
 
-    ends = settings.end_token_ids
+    ends, bos = settings.end_token_ids, (settings.bos_token_id, settings.bos_added)
     raw = _raw_settings(source, settings, options or DataOptions())
     if raw is not None:
-        checked = ((chunk, verdicts(chunk, ends, settings.pad_token_id)) for chunk in raw_chunks(source, raw))
+        checked = ((chunk, verdicts(chunk, ends, settings.pad_token_id, *bos)) for chunk in raw_chunks(source, raw))
         if num_proc and num_proc > 1:
             report.notes.append("`num_proc` was not used: raw rows are tokenized in this process, by the tokenizer's "
                                 "batched call")
     elif num_proc and num_proc > 1 and source.format != "safetensors":
         from gradscope.scan.parallel import parallel_checked_chunks
 
-        checked = parallel_checked_chunks(source, ends, num_proc, settings.pad_token_id)
+        checked = parallel_checked_chunks(source, ends, num_proc, settings.pad_token_id, *bos)
     else:
-        checked = checked_chunks(source, ends, settings.pad_token_id, settings.vocab_size)
+        checked = checked_chunks(source, ends, settings.pad_token_id, settings.vocab_size, *bos)
     scanned = scan_chunks(checked, report, end_token_ids=settings.end_token_ids, pad_token_id=settings.pad_token_id,
-                          decode=settings.decode, examples=examples, worst=worst, progress=advance)
+                          decode=settings.decode, examples=examples, worst=worst, progress=advance,
+                          bos_token_id=settings.bos_token_id, bos_added=settings.bos_added)
     if raw is not None:
         scanned.source["raw"] = raw.describe()
     return scanned
@@ -138,12 +142,14 @@ def _raw_settings(source: Source, settings: TokenSettings, options: DataOptions)
 
 @dataclass
 class TokenSettings:
-    """What a scan knows of the tokens without a model: end ids, the pad id, and texts."""
+    """What a scan knows of the tokens without a model: end ids, the pad id, the BOS, and texts."""
 
     end_token_ids: frozenset[int]
     pad_token_id: int | None
     tokenizer: Any = None
     directory: Path | None = None
+    bos_token_id: int | None = None
+    bos_added: bool = False  # the tokenizer puts its BOS first in every encoding
 
     @classmethod
     def load(cls, directory: str | Path | None, end_token_ids: Iterable[int] | None) -> TokenSettings:
@@ -158,7 +164,8 @@ class TokenSettings:
         configs = SimpleNamespace(config=_json_config(directory / "config.json"),
                                   generation_config=_json_config(directory / "generation_config.json"))
         ends = frozenset(end_token_ids) if end_token_ids else default_end_token_ids(configs, tokenizer)
-        return cls(ends, resolve_pad_token_id(configs, tokenizer), tokenizer, directory)
+        return cls(ends, resolve_pad_token_id(configs, tokenizer), tokenizer, directory,
+                   resolve_bos_token_id(tokenizer), bos_added(tokenizer))
 
     @property
     def vocab_size(self) -> int | None:

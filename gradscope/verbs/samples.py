@@ -47,7 +47,7 @@ def sample_views(
             end_token_ids=ends,
             pad_token_id=pad_id,
             completion_cut=int(cut[b]),
-            document_starts=_document_starts(starts[b], role_codes[b]) if starts is not None else frozenset(),
+            document_starts=document_starts_of(starts[b], role_codes[b]) if starts is not None else frozenset(),
             bos_token_id=bos_id,
             bos_added=adds_bos,
             prefills=prefills,
@@ -58,7 +58,7 @@ def sample_views(
     ]
 
 
-def _document_starts(starts: torch.Tensor, role_codes: torch.Tensor) -> frozenset[int]:
+def document_starts_of(starts: torch.Tensor, role_codes: torch.Tensor) -> frozenset[int]:
     """Starts of documents that follow a real document: padding is neither a document nor what one follows."""
     real = role_codes != PAD
     follows_real = torch.zeros_like(real)
