@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from gradscope.checks.layout import bos_duplicated, bos_missing, packed_without_boundaries, pads_attended
+from gradscope.checks.layout import (
+    bos_duplicated,
+    bos_missing,
+    packed_without_boundaries,
+    pads_attended,
+    prefill_trained,
+)
 from gradscope.checks.masking import check_sample
 from gradscope.checks.sample import SampleView, closing_positions
 from gradscope.constants import COMPLETION, PAD, PROMPT, UNKNOWN
@@ -13,13 +19,15 @@ P, C, X, U = PROMPT, COMPLETION, PAD, UNKNOWN
 IM_END, ENDOFTEXT, PAD_ID, BOS = 2, 0, 3, 1
 
 
-def view(ids, roles, trained, *, pad=PAD_ID, bos=None, ends=(IM_END, ENDOFTEXT), starts=(), known=True, adds_bos=False):
+def view(ids, roles, trained, *, pad=PAD_ID, bos=None, ends=(IM_END, ENDOFTEXT), starts=(), known=True, adds_bos=False,
+         prefills=()):
     ids = torch.tensor(ids)
     trained = torch.tensor(trained, dtype=torch.bool)
     return SampleView(
         index=0, input_ids=ids, roles=torch.tensor(roles), trained=trained, target_id=torch.where(trained, ids, -1),
         texts=[f"t{i}" for i in ids.tolist()], end_token_ids=frozenset(ends), pad_token_id=pad,
         document_starts=frozenset(starts), bos_token_id=bos, boundaries_known=known, bos_added=adds_bos,
+        prefills=prefills,
     )
 
 
@@ -133,3 +141,35 @@ def test_media_tokens_trained_whatever_their_role_and_not_as_prompt_leak():
 
     untrained = replace(s, trained=torch.tensor([0, 0, 0, 0, 1, 1]).bool())
     assert names(untrained) == []
+
+
+THINK, UNTHINK, NL = 40, 41, 42
+EMPTY_THINK = (THINK, NL, UNTHINK, NL)
+
+
+def test_prefill_trained_at_the_start_of_an_assistant_turn():
+    #       0   1   2      3   4       5   6   7       8
+    ids = [10, 11, THINK, NL, UNTHINK, NL, 12, IM_END, 13]
+    roles = [P, P, C, C, C, C, C, C, U]
+    trained = [0, 0, 1, 1, 1, 1, 1, 1, 0]
+    s = view(ids, roles, trained, prefills=(EMPTY_THINK,))
+    assert names(s) == [("prefill_trained", [2, 3, 4, 5])]
+    finding = prefill_trained(s)
+    assert finding.severity == "warning" and "'t40t42t41t42'" in finding.message and "enable_thinking" in finding.message
+    # Masked, the fix: silent, and not completion_untrained either.
+    assert names(view(ids, roles, [0, 0, 0, 0, 0, 0, 1, 1, 0], prefills=(EMPTY_THINK,))) == []
+    # Without the template's prefill known, those are ordinary completion tokens.
+    assert names(view(ids, roles, [0, 0, 0, 0, 0, 0, 1, 1, 0])) == [("completion_untrained", [2, 3, 4, 5])]
+
+
+def test_prefill_counted_as_prompt_is_prefill_trained_not_prompt_leak():
+    ids = [10, 11, THINK, NL, UNTHINK, NL, 12, IM_END]
+    roles = [P, P, P, P, P, P, C, C]
+    s = view(ids, roles, [0, 0, 1, 1, 1, 1, 1, 1], prefills=(EMPTY_THINK,))
+    assert names(s) == [("prefill_trained", [2, 3, 4, 5])]
+    # A run of those tokens elsewhere (not at an assistant turn's start) is no prefill.
+    inside = view([10, 12, THINK, NL, UNTHINK, NL, IM_END], [P, C, C, C, C, C, C], [0, 1, 1, 1, 1, 1, 1],
+                  prefills=(EMPTY_THINK,))
+    assert names(inside) == []
+    unknown = view(ids, [U] * 8, [0, 0, 1, 1, 1, 1, 1, 1], prefills=(EMPTY_THINK,))
+    assert prefill_trained(unknown) is None
