@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from gradscope.engine.run import _loss_logits, backward_error, call_model, instrumented
+from gradscope.engine.run import _loss_logits, _reentrant_checkpointing, backward_error, call_model, instrumented
 from gradscope.model.usercode import LossFn
 
 
@@ -55,12 +55,18 @@ def padding_path(
         loss_fn: The user's loss, as in ``forward_backward``.
         keep_dropout: Leave dropout on.
 
+    Returns:
+        The padding reached outside the logits; none under reentrant gradient checkpointing, which refuses the
+        partial backward passes this needs.
+
     Raises:
         ModelCallError: the model or loss fails on this batch, or its backward does.
     """
     outputs: list[tuple[str, torch.Tensor]] = []
     names = {m: n for n, m in model.named_modules() if n}
     shape = tuple(batch["input_ids"].shape)
+    if _reentrant_checkpointing(model):  # it refuses the partial backward passes this needs: nothing to name
+        return PaddingPath(torch.zeros(shape, dtype=torch.bool), torch.zeros(shape), [])
     with instrumented(model, keep_dropout=keep_dropout) as rec:
         handles = [m.register_forward_hook(_recorder(name, outputs, shape)) for m, name in names.items()]
         try:
