@@ -21,8 +21,8 @@ def row_openings(skip: np.ndarray, starts: np.ndarray) -> np.ndarray:
     """(R,) the flat index of each row's first token not in ``skip`` (its padding); the row's end when none is."""
     n = len(skip)
     ends = np.append(starts[1:], n)
-    if not n:
-        return ends
+    if not n or not skip[starts].any():  # no row starts with padding: each opens at its first token
+        return starts.copy() if n else ends
     first = np.minimum.reduceat(np.where(skip, n, np.arange(n)), starts)
     return np.minimum(first, ends)
 
@@ -30,7 +30,7 @@ def row_openings(skip: np.ndarray, starts: np.ndarray) -> np.ndarray:
 def opening_skip(ids: np.ndarray, pad: np.ndarray, starts: np.ndarray, pad_id: int | None, bos: int | None) -> np.ndarray:
     """(N,) what comes before a row's first token: padding (attention_mask 0) and leading pad ids (attended left
     padding), unless the pad id is the BOS (with pad == bos a leading pad cannot be told from a BOS)."""
-    if pad_id is None or pad_id == bos:
+    if pad_id is None or pad_id == bos or not len(ids) or not (ids[starts] == pad_id).any():
         return pad
     lead = ids == pad_id
     first_other = row_openings(lead, starts)
@@ -61,17 +61,23 @@ def undeclared_documents(
     bos_is_end: bool,
 ) -> np.ndarray:
     """(N,) where a new document starts inside a row with nothing to declare it: a BOS after a real token (with BOS
-    == EOS, GPT-2's ``<|endoftext|>``, the token after an inner one), both real, and no declared start there."""
-    n = len(ids)
-    first = np.repeat(opening, np.diff(np.append(starts, n)))
-    t = np.arange(n)
-    prev, prev2 = np.roll(ids, 1), np.roll(ids, 2)
-    real_prev = np.roll(real, 1)
+    == EOS, GPT-2's ``<|endoftext|>``, the token after an inner one), both real, and no declared start there.
+
+    Only the positions at or after a BOS are looked at (a handful per row), not every token.
+    """
+    out = np.zeros(len(ids), dtype=bool)
+    at = np.flatnonzero(ids == bos)
+    t = at + 1 if bos_is_end else at  # candidate document starts
+    t = t[(t < len(ids)) & (t >= 1)]
+    first = opening[np.searchsorted(starts, t, side="right") - 1]  # the opening of each candidate's row
     if bos_is_end:  # the separator closes one document and opens the next
-        opens = (prev == bos) & (t - 2 >= first) & (prev2 != bos) & (ids != bos)
+        ok = (t - 2 >= first) & (ids[t] != bos)
+        ok[ok] &= ids[t[ok] - 2] != bos
     else:
-        opens = (ids == bos) & (prev != bos)
-    return opens & (t > first) & real & real_prev & ~documents
+        ok = ids[t - 1] != bos
+    ok &= (t > first) & real[t] & real[t - 1] & ~documents[t]
+    out[t[ok]] = True
+    return out
 
 
 def _row(s: SampleView) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
