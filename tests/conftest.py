@@ -115,19 +115,21 @@ def catalogue() -> list[dict]:
 
 @pytest.fixture(scope="session")
 def fixture_model() -> Callable[[str], tuple]:
-    """Factory ``fixture_model(name) -> (model, tokenizer)``: a committed fixture model (or adapter on its base) by
-    its path under fixtures/, e.g. "models/tiny-llama-chat", loaded once per session.
+    """Factory ``fixture_model(name, trust_remote_code=False) -> (model, tokenizer)``: a committed fixture model (or
+    adapter on its base) by its path under fixtures/, e.g. "models/tiny-llama-chat", loaded once per session (a
+    model with its own code, such as "models/tiny-mixtral-unmasked-aux", only with ``trust_remote_code``).
 
     Shared: a test must leave it as it found it (which is what every gradscope pass promises).
     """
     from gradscope.model.load import load_model_and_tokenizer
 
-    loaded: dict[str, tuple] = {}
+    loaded: dict[tuple[str, bool], tuple] = {}
 
-    def load(name: str) -> tuple:
-        if name not in loaded:
-            loaded[name] = load_model_and_tokenizer(FIXTURES / name)
-        return loaded[name]
+    def load(name: str, trust_remote_code: bool = False) -> tuple:
+        key = (name, trust_remote_code)
+        if key not in loaded:
+            loaded[key] = load_model_and_tokenizer(FIXTURES / name, trust_remote_code=trust_remote_code)
+        return loaded[key]
 
     return load
 
@@ -305,7 +307,7 @@ def run_case(fixture_model, fixtures_dir):
     --accumulate; ``options`` go to ``check_batches`` (e.g. ``depth``)."""
 
     def run(case: dict, **options) -> gradscope.Report:
-        model, tokenizer = fixture_model(case["model"])
+        model, tokenizer = fixture_model(case["model"], case.get("trust_remote_code", False))
         batches = load_batches(fixtures_dir / case["data"], pad_token_id=tokenizer.pad_token_id, batch_size=case.get("batch_size", 1))
         loss_fn = load_loss_fn(str(fixtures_dir / case["loss"])) if "loss" in case else None
         roles_from = fixtures_dir / case["roles_from"] if "roles_from" in case else None

@@ -88,7 +88,8 @@ def prompt_leak(s: SampleView) -> Finding | None:
     """A prompt-role token is trained."""
     closing = set(s.closing)
     ids = s.input_ids.tolist()
-    prompt = [p for p in s.where(s.roles == PROMPT) if p not in closing and ids[p] not in s.media_token_ids]
+    prompt = [p for p in s.where(s.roles == PROMPT)
+              if p not in closing and ids[p] not in s.media_token_ids and p not in s.prefill]
     trained = s.trained.tolist()
     leaked = [p for p in prompt if trained[p]]
     if not leaked:
@@ -135,7 +136,7 @@ def pad_leak(s: SampleView) -> Finding | None:
 def completion_untrained(s: SampleView) -> Finding | None:
     """A completion token, other than the end token that closes it, is not trained."""
     closing = set(s.closing)
-    missed = [p for p in s.where((s.roles == COMPLETION) & ~s.trained) if p not in closing]
+    missed = [p for p in s.where((s.roles == COMPLETION) & ~s.trained) if p not in closing and p not in s.prefill]
     if not missed:
         return None
     return Finding(

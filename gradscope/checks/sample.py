@@ -26,8 +26,10 @@ class SampleView:
     document_starts: frozenset[int] = frozenset()  # first positions of packed documents after the first
     completion_cut: int = 0  # completion tokens that truncation removed from this row (known when gradscope tokenized)
     bos_token_id: int | None = None
+    bos_added: bool = False  # the tokenizer puts bos_token_id first in every encoding (bos_missing)
     media_token_ids: frozenset[int] = frozenset()  # image/video/audio placeholders (media_tokens_trained)
     boundaries_known: bool = False  # document_starts were read from the batch (the packing probe ran)
+    prefills: tuple[tuple[int, ...], ...] = ()  # the chat template's generation-prompt prefills (prefill_trained)
 
     @property
     def roles_known(self) -> bool:
@@ -37,6 +39,23 @@ class SampleView:
     def closing(self) -> tuple[int, ...]:
         """``closing_positions`` of this sample, computed once: three checks read it."""
         return tuple(closing_positions(self))
+
+    @cached_property
+    def prefill(self) -> frozenset[int]:
+        """Positions of a generation-prompt prefill at the start of an assistant turn: right at the start of a
+        completion span, or right before it (roles that count the prefill as prompt). Not judged as prompt or
+        completion: ``prefill_trained`` reads them."""
+        if not self.prefills or not self.roles_known:
+            return frozenset()
+        ids, out = self.input_ids.tolist(), set()
+        for first, _ in true_runs(self.roles == COMPLETION):
+            for run in self.prefills:
+                n = len(run)
+                if tuple(ids[first : first + n]) == run:
+                    out.update(range(first, first + n))
+                elif first >= n and tuple(ids[first - n : first]) == run:
+                    out.update(range(first - n, first))
+        return frozenset(out)
 
     def where(self, mask: torch.Tensor) -> list[int]:
         """Positions >= 1 where mask holds, documents' first tokens left out (they are never prediction targets)."""

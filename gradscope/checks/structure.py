@@ -12,7 +12,7 @@ from gradscope.constants import CU_SEQ_LENS_KEYS
 from gradscope.engine.accumulate import Accumulation
 from gradscope.engine.windows import Window
 from gradscope.report.finding import Finding
-from gradscope.report.text import format_positions
+from gradscope.report.text import format_positions, name_list
 
 WEIGHT_SPREAD_TOLERANCE = 0.01
 """Per-sequence mean weights may differ by this fraction (bf16 rounding) before ``uneven_token_weights`` fires."""
@@ -317,4 +317,36 @@ def _accumulation_cause(acc: Accumulation, trained_per_micro: Sequence[int]) -> 
         "more (the gradient-accumulation bug transformers fixed in 4.46). Normalize by the trained tokens of the "
         "whole accumulated batch: let the Trainer pass num_items_in_batch to the model's loss, or compute "
         "sum of token losses / num_items_in_batch in a custom loss."
+    )
+
+
+def aux_loss_reaches_padding(
+    index: int, positions: Sequence[int], norm: float, sample_norm: float, modules: Sequence[str]
+) -> Finding | None:
+    """The loss's gradient reaches padding (attention_mask 0) by a path outside the logits, through ``modules``.
+
+    Args:
+        index: The sample.
+        positions: The padding reached (``engine.aux_path.padding_path``).
+        norm: The gradient's norm over those pads' embeddings.
+        sample_norm: The gradient's norm over the whole sample's embeddings.
+        modules: The modules whose outputs carry it, the last in forward order first.
+    """
+    if not positions:
+        return None
+    through = f"through {modules[0]}" if modules else "through no module gradscope could name"
+    if len(modules) > 1:
+        through += f" (and {name_list(list(modules[1:]), 4)}, of the same class)"
+    share = f", {100 * norm / sample_norm:.3g}% of the sample's" if sample_norm > 0 else ""
+    return Finding(
+        "aux_loss_reaches_padding",
+        "error",
+        index,
+        list(positions),
+        f"the loss reaches padding {format_positions(positions)} of sample {index} (attention_mask 0) {through}, a "
+        f"path outside the logits: the gradient at those pads' embeddings has norm {norm:.3g}{share}, where no "
+        "trained logit reads them. Usual cause: an auxiliary loss averaged over every position, padding included: "
+        "an MoE router's load-balancing loss computed without the attention mask, or a z-loss over all positions; "
+        "the padding then shifts what the router learns about the real tokens' load. Pass the attention_mask to the "
+        "auxiliary loss (transformers' load_balancing_loss_func takes it) or exclude padding from it.",
     )

@@ -12,7 +12,9 @@ import numpy as np
 from gradscope.constants import IGNORE_INDEX, ROLE_KEYS
 from gradscope.errors import DataError
 
-TOKEN_COLUMNS = ("input_ids", "labels", "attention_mask", *ROLE_KEYS)
+DOCUMENT_COLUMNS = ("position_ids", "seq_idx")
+"""Per-token columns that declare packed documents: a restart of position_ids, a change of seq_idx."""
+TOKEN_COLUMNS = ("input_ids", "labels", "attention_mask", *ROLE_KEYS, *DOCUMENT_COLUMNS)
 CHUNK_TOKENS = 1 << 21
 """Tokens per chunk, about: bounds memory, and keeps per-chunk overhead negligible."""
 
@@ -32,8 +34,13 @@ class Chunk:
         known: (R,) which rows' roles are known, when some are not (roles read from the tokens); None: all rows',
             if ``completion`` is given.
         role_reasons: Why the rows whose roles are not known have none (each reason once).
+        prefill: (N,) the chat template's generation-prompt prefill at the start of an assistant turn
+            (``SampleView.prefill``), when the template writes one; else None.
         cut: (R,) completion tokens that truncation removed from each row, known when the scan tokenized raw rows
             itself; else None.
+        documents: Where the data declares that a packed document starts (bool, never at a row's first token):
+            ``position_ids`` not continuing, ``seq_idx`` changing, a ``cu_seq_lens`` boundary; None when nothing
+            is declared.
     """
 
     first_row: int
@@ -45,6 +52,8 @@ class Chunk:
     cut: np.ndarray | None = None
     known: np.ndarray | None = None
     role_reasons: tuple[str, ...] = ()
+    prefill: np.ndarray | None = None
+    documents: np.ndarray | None = None
 
     @property
     def rows(self) -> int:
@@ -75,6 +84,8 @@ class Chunk:
             out["completion_mask"] = self.completion[span]
         if self.cut is not None:
             out["completion_cut"] = self.cut[r : r + 1]
+        if self.documents is not None:
+            out["document_starts"] = self.documents[span]
         return out
 
 
@@ -159,7 +170,22 @@ def to_chunk(batch, first_row: int, path: Path, vocab_size: int | None = None) -
     labels = columns.get("labels")
     if labels is None:  # what check does: input_ids, -100 where attention_mask is 0
         labels = ids if attention is None else np.where(attention == 0, IGNORE_INDEX, ids)
-    return Chunk(first_row, starts, ids, labels, attention, role)
+    return Chunk(first_row, starts, ids, labels, attention, role, documents=declared_documents(columns, starts))
+
+
+def declared_documents(columns: dict[str, np.ndarray], starts: np.ndarray) -> np.ndarray | None:
+    """(N,) bool, where the rows' ``position_ids`` do not continue (``previous + 1``, transformers' rule, as
+    ``gradscope.data.batch.document_starts`` reads a batch) or ``seq_idx`` changes; None when neither is given."""
+    found = None
+    for name, restarts in (("position_ids", lambda v: v[1:] != v[:-1] + 1), ("seq_idx", lambda v: v[1:] != v[:-1])):
+        values = columns.get(name)
+        if values is None:
+            continue
+        found = np.zeros(len(values), dtype=bool) if found is None else found
+        found[1:] |= restarts(values.astype(np.int64, copy=False))
+    if found is not None:
+        found[starts] = False  # a row's first token starts no document inside it
+    return found
 
 
 def _offsets(column) -> np.ndarray:
@@ -210,12 +236,16 @@ def _same_lengths(name: str, lengths: np.ndarray, expected: np.ndarray, first_ro
 
 
 def _check_column(name: str, values: np.ndarray, starts: np.ndarray, first_row: int, path: Path) -> None:
-    """labels: -100 or a token id; masks: 0 or 1."""
-    bad = (values < 0) & (values != IGNORE_INDEX) if name == "labels" else (values != 0) & (values != 1)
+    """labels: -100 or a token id; masks: 0 or 1; position_ids and seq_idx: not negative."""
+    if name in DOCUMENT_COLUMNS:
+        bad = values < 0
+    else:
+        bad = (values < 0) & (values != IGNORE_INDEX) if name == "labels" else (values != 0) & (values != 1)
     if len(values) and bad.any():
         at = int(np.flatnonzero(bad)[0])
         row = int(np.searchsorted(starts, at, side="right")) - 1
-        allowed = f"{IGNORE_INDEX} or a token id" if name == "labels" else "only 0 and 1"
+        allowed = {"labels": f"{IGNORE_INDEX} or a token id", "position_ids": "no negative value",
+                   "seq_idx": "no negative value"}.get(name, "only 0 and 1")
         raise DataError(f"'{name}' holds {values[at].item()!r}; it must hold {allowed}", path=path,
                         row=first_row + row, position=at - int(starts[row]))
 
@@ -240,7 +270,7 @@ def _check_ids(ids: np.ndarray, starts: np.ndarray, first_row: int, path: Path) 
 def _safetensors_chunk(path: Path, vocab_size: int | None = None) -> Chunk:
     """A (B, T) batch file: each row is T tokens, padding marked by its attention_mask; validated as check
     validates a batch (bf16 ids, masks of 0.5, labels of -5 or of the wrong length are errors, not verdicts)."""
-    from gradscope.data.batch import validate
+    from gradscope.data.batch import document_starts, validate
     from gradscope.data.load import read_safetensors
 
     tensors = read_safetensors(path)
@@ -253,4 +283,5 @@ def _safetensors_chunk(path: Path, vocab_size: int | None = None) -> Chunk:
     if labels is None:
         labels = ids if attention is None else np.where(attention == 0, IGNORE_INDEX, ids)
     role = next((flat[k] for k in ROLE_KEYS if k in flat), None)
-    return Chunk(0, np.arange(b, dtype=np.int64) * t, ids, labels, attention, role)
+    documents = document_starts(tensors).reshape(-1).numpy()  # every declaration check reads, cu_seq_lens included
+    return Chunk(0, np.arange(b, dtype=np.int64) * t, ids, labels, attention, role, documents=documents)

@@ -69,6 +69,24 @@ def resolve_bos_token_id(tokenizer: Any = None) -> int | None:
     return value if isinstance(value, int) else None
 
 
+_BOS_PROBE = "Hello world."
+
+
+def bos_added(tokenizer: Any = None) -> bool:
+    """Whether the tokenizer puts its BOS first in every encoding (``tokenizer(text)`` with special tokens, as
+    pipelines tokenize). Found by encoding a probe text with and without special tokens, not from a config flag
+    (``add_bos_token`` is absent from most fast tokenizers' files, and a post-processor can add it anyway)."""
+    bos = resolve_bos_token_id(tokenizer)
+    if bos is None:
+        return False
+    try:
+        with_special = list(tokenizer(_BOS_PROBE)["input_ids"])
+        plain = list(tokenizer(_BOS_PROBE, add_special_tokens=False)["input_ids"])
+    except (TypeError, ValueError, KeyError, AttributeError):  # no plain-text encoding (a stub): nothing to say
+        return False
+    return with_special[:1] == [bos] and plain[:1] != [bos]
+
+
 def config_end_token_ids(path: str | Path) -> set[int]:
     """EOS ids named in a directory's config.json and generation_config.json (read as JSON: no model is built)."""
     ids: set[int] = set()

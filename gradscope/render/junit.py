@@ -18,12 +18,13 @@ ROOT_CHECKS = ("no_loss", "label_misaligned")
 
 SAMPLE_CHECKS = (
     *ROOT_CHECKS, "prompt_leak", "pad_leak", "completion_untrained", "eos_untrained", "turn_end_untrained",
-    "completion_truncated", "boundary_leak", "bos_duplicated", "pads_attended", "packed_without_boundaries",
-    "media_tokens_trained", "causal_leak", "cross_document_leak",
+    "completion_truncated", "boundary_leak", "bos_duplicated", "bos_missing", "pads_attended",
+    "packed_without_boundaries", "media_tokens_trained", "prefill_trained", "causal_leak", "cross_document_leak",
+    "aux_loss_reaches_padding",
 )
 """Checks that judge one sample (row) each, in the order ``check`` runs them."""
 
-ROLE_CHECKS = ("prompt_leak", "completion_untrained")
+ROLE_CHECKS = ("prompt_leak", "completion_untrained", "prefill_trained")
 """Checks that need the roles: skipped when a sample's roles are unknown (its ``roles_unknown`` warning says why)."""
 
 ROLES_UNKNOWN = "roles unknown: no role tensor, roles_from rows, response template or chat template gave them"
@@ -125,7 +126,13 @@ def _sample_cases(r: Report, s: SampleReport, by_key: dict[tuple[str, int | None
     return cases
 
 
+NETWORK_CHECKS = ("aux_loss_reaches_padding",)
+"""Checks that read the gradient at the embeddings: skipped at the masking-only depth, which computes none."""
+
+
 def _probe_skip(r: Report, check: str) -> str | None:
+    if check in NETWORK_CHECKS and r.depth == "logits":
+        return "not run at the logits depth: no gradient at the embeddings was computed"
     probe = r.probes.get(PROBE_OF.get(check, ""))
     if probe is None or probe.ran:
         return None

@@ -7,7 +7,7 @@ from typing import Any
 
 from gradscope.report.finding import SCHEMA_VERSION, Finding, _clean, _Findings, _HtmlView
 
-SCAN_WARNINGS = frozenset({"completion_truncated", "roles_unknown"})
+SCAN_WARNINGS = frozenset({"completion_truncated", "roles_unknown", "prefill_trained"})
 """Scan checks whose findings are warnings, as in check; every other scan check is an error."""
 
 

@@ -12,14 +12,15 @@ from typing import Any
 from gradscope.data.chunks import Chunk
 from gradscope.data.load import role_spec
 from gradscope.data.pipelines import DataOptions
+from gradscope.data.prefill import generation_prefills
 from gradscope.data.stream import Source, chunks, open_source, raw_columns, raw_text_error
 from gradscope.data.token_roles import RoleSources, RowRoles
-from gradscope.data.tokens import default_end_token_ids, resolve_pad_token_id
+from gradscope.data.tokens import bos_added, default_end_token_ids, resolve_bos_token_id, resolve_pad_token_id
 from gradscope.errors import ModelLoadError
 from gradscope.model.load import load_tokenizer
 from gradscope.report.scan import ScanReport
 from gradscope.scan.raw import RawSettings, raw_chunks
-from gradscope.scan.roles import with_token_roles
+from gradscope.scan.roles import with_prefills, with_token_roles
 from gradscope.scan.summary import ScanAccumulator
 from gradscope.scan.verdicts import CHECKS, UNKNOWN_ROLES, Verdicts, verdicts
 
@@ -35,12 +36,17 @@ def scan_chunks(
     worst: int = 10,
     progress: Callable[[int], None] | None = None,
     no_roles: str | None = None,
+    bos_token_id: int | None = None,
+    bos_added: bool = False,
+    prefills: tuple[tuple[int, ...], ...] = (),
 ) -> ScanReport:
     """Fold a stream of checked chunks into ``report`` (``no_roles``: why rows without a role mask have none)."""
     for name in (*CHECKS, UNKNOWN_ROLES):
         report.checks.setdefault(name, {"rows": 0, "positions": 0, "first_rows": []})
     acc = ScanAccumulator(report, end_token_ids=end_token_ids, pad_token_id=pad_token_id, decode=decode,
-                          examples=examples, worst=worst, **({"no_roles": no_roles} if no_roles else {}))
+                          examples=examples, worst=worst, bos_token_id=bos_token_id, bos_added=bos_added,
+                          prefills=prefills,
+                          **({"no_roles": no_roles} if no_roles else {}))
     for chunk, v in checked:
         acc.add(chunk, v)
         if progress is not None:
@@ -50,15 +56,16 @@ def scan_chunks(
 
 def checked_chunks(
     source: Source, end_token_ids: frozenset[int], pad_token_id: int | None = None, vocab_size: int | None = None,
-    read: RowRoles | None = None,
+    read: RowRoles | None = None, bos_token_id: int | None = None, bos_added: bool = False,
+    prefills: tuple[tuple[int, ...], ...] = (),
 ) -> Iterator[tuple[Chunk, Verdicts]]:
     """Read and check chunk after chunk in this process (token ids below ``vocab_size`` when it is known); rows
     without a role mask get the roles ``read`` finds in their tokens."""
     read_chunks = chunks(source, vocab_size)
     if read is not None and read.available:
         read_chunks = with_token_roles(read_chunks, read)
-    for chunk in read_chunks:
-        yield chunk, verdicts(chunk, end_token_ids, pad_token_id)
+    for chunk in with_prefills(read_chunks, prefills):
+        yield chunk, verdicts(chunk, end_token_ids, pad_token_id, bos_token_id, bos_added)
 
 
 # ------------------------------------------------------------------------------------------------ entry point
@@ -113,27 +120,31 @@ def scan(
         if progress is not None:
             progress(done, source.rows)
 
-    ends = settings.end_token_ids
+    ends, bos = settings.end_token_ids, (settings.bos_token_id, settings.bos_added)
     options = options or DataOptions()
     raw = _raw_settings(source, settings, options)
     read = None if raw is not None else _role_reader(settings, options)
+    prefills = generation_prefills(settings.tokenizer)
+    in_process = raw is None and (read.available or bool(prefills))  # roles or prefills read row by row here
     if raw is not None:
-        checked = ((chunk, verdicts(chunk, ends, settings.pad_token_id)) for chunk in raw_chunks(source, raw))
+        checked = ((chunk, verdicts(chunk, ends, settings.pad_token_id, *bos))
+                   for chunk in with_prefills(raw_chunks(source, raw), prefills))
         if num_proc and num_proc > 1:
             report.notes.append("`num_proc` was not used: raw rows are tokenized in this process, by the tokenizer's "
                                 "batched call")
-    elif num_proc and num_proc > 1 and source.format != "safetensors" and not read.available:
+    elif num_proc and num_proc > 1 and source.format != "safetensors" and not in_process:
         from gradscope.scan.parallel import parallel_checked_chunks
 
-        checked = parallel_checked_chunks(source, ends, num_proc, settings.pad_token_id)
+        checked = parallel_checked_chunks(source, ends, num_proc, settings.pad_token_id, *bos)
     else:
-        if num_proc and num_proc > 1 and read.available:
-            report.notes.append("`num_proc` was not used: rows without a role mask have their roles read from their "
-                                "tokens in this process")
-        checked = checked_chunks(source, ends, settings.pad_token_id, settings.vocab_size, read)
+        if num_proc and num_proc > 1 and in_process:
+            report.notes.append("`num_proc` was not used: roles or the chat template's generation-prompt prefill are "
+                                "read from the rows' tokens in this process")
+        checked = checked_chunks(source, ends, settings.pad_token_id, settings.vocab_size, read, *bos, prefills)
     scanned = scan_chunks(checked, report, end_token_ids=settings.end_token_ids, pad_token_id=settings.pad_token_id,
                           decode=settings.decode, examples=examples, worst=worst, progress=advance,
-                          no_roles=None if read is None else read.reason)
+                          no_roles=None if read is None else read.reason,
+                          bos_token_id=settings.bos_token_id, bos_added=settings.bos_added, prefills=prefills)
     if raw is not None:
         scanned.source["raw"] = raw.describe()
     return scanned
@@ -159,12 +170,14 @@ def _raw_settings(source: Source, settings: TokenSettings, options: DataOptions)
 
 @dataclass
 class TokenSettings:
-    """What a scan knows of the tokens without a model: end ids, the pad id, and texts."""
+    """What a scan knows of the tokens without a model: end ids, the pad id, the BOS, and texts."""
 
     end_token_ids: frozenset[int]
     pad_token_id: int | None
     tokenizer: Any = None
     directory: Path | None = None
+    bos_token_id: int | None = None
+    bos_added: bool = False  # the tokenizer puts its BOS first in every encoding
 
     @classmethod
     def load(cls, directory: str | Path | None, end_token_ids: Iterable[int] | None) -> TokenSettings:
@@ -179,7 +192,8 @@ class TokenSettings:
         configs = SimpleNamespace(config=_json_config(directory / "config.json"),
                                   generation_config=_json_config(directory / "generation_config.json"))
         ends = frozenset(end_token_ids) if end_token_ids else default_end_token_ids(configs, tokenizer)
-        return cls(ends, resolve_pad_token_id(configs, tokenizer), tokenizer, directory)
+        return cls(ends, resolve_pad_token_id(configs, tokenizer), tokenizer, directory,
+                   resolve_bos_token_id(tokenizer), bos_added(tokenizer))
 
     @property
     def vocab_size(self) -> int | None:

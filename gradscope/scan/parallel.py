@@ -20,7 +20,8 @@ MAP_BATCH_ROWS = 16384
 
 
 def parallel_checked_chunks(
-    source: Source, end_token_ids: frozenset[int], num_proc: int, pad_token_id: int | None = None
+    source: Source, end_token_ids: frozenset[int], num_proc: int, pad_token_id: int | None = None,
+    bos_token_id: int | None = None, bos_added: bool = False,
 ) -> Iterator[tuple[Any, Verdicts]]:
     """Check every row in ``num_proc`` processes; yield (rows, verdicts) in the order of the data."""
     dataset = as_dataset(source)
@@ -35,7 +36,8 @@ def parallel_checked_chunks(
             num_proc=num_proc,
             remove_columns=dataset.column_names,
             cache_file_name=str(Path(tmp) / "verdicts.arrow"),
-            fn_kwargs={"columns": columns, "ends": sorted(end_token_ids), "path": str(source.path), "pad": pad_token_id},
+            fn_kwargs={"columns": columns, "ends": sorted(end_token_ids), "path": str(source.path), "pad": pad_token_id,
+                       "bos": bos_token_id, "adds_bos": bos_added},
         )
         first = 0
         for batch in table.with_format("arrow").iter(batch_size=MAP_BATCH_ROWS * 4):
@@ -75,14 +77,15 @@ def _quiet_datasets() -> Iterator[None]:
             datasets.enable_progress_bars()
 
 
-def _verdict_table(batch, indices: list[int], columns: list[str], ends: list[int], path: str, pad: int | None = None):
+def _verdict_table(batch, indices: list[int], columns: list[str], ends: list[int], path: str, pad: int | None = None,
+                   bos: int | None = None, adds_bos: bool = False):
     """In a worker: one batch of rows (a pyarrow Table) to its verdicts, one row each."""
     import pyarrow as pa
 
     record = batch.select(columns).combine_chunks().to_batches()
     if not record:
         return pa.table({name: pa.array([], pa.int64()) for name in _verdict_columns()})
-    v = verdicts(to_chunk(record[0], indices[0], Path(path)), ends, pad)
+    v = verdicts(to_chunk(record[0], indices[0], Path(path)), ends, pad, bos, adds_bos)
     out = {"tokens": v.tokens, "trained": v.trained}
     for name in CHECKS:
         out[f"positions.{name}"] = v.positions[name]

@@ -44,3 +44,37 @@ def token_roles(chunk: Chunk, read: RowRoles) -> Chunk:
         codes = np.asarray(roles)
         completion[positions] = np.where(codes == COMPLETION, 1, np.where(codes == PROMPT, 0, -1))
     return replace(chunk, completion=completion, known=known, role_reasons=tuple(reasons))
+
+
+def with_prefills(chunks: Iterable[Chunk], prefills: tuple[tuple[int, ...], ...]) -> Iterator[Chunk]:
+    """Each chunk with its prefill positions, when the template writes a generation-prompt prefill."""
+    for chunk in chunks:
+        yield chunk if not prefills or chunk.completion is None else replace(chunk, prefill=prefill_mask(chunk, prefills))
+
+
+def prefill_mask(chunk: Chunk, prefills: tuple[tuple[int, ...], ...]) -> np.ndarray:
+    """(N,) the positions ``SampleView.prefill`` names, for every row of the chunk at once: a prefill run right at
+    the start of a completion span, else right before it, within one row whose roles are known."""
+    n, ids = len(chunk.input_ids), chunk.input_ids
+    first = np.zeros(n, dtype=bool)
+    first[chunk.starts] = True
+    completion = (chunk.completion > 0) & chunk.known_tokens()
+    if chunk.attention is not None:
+        completion &= chunk.attention != 0
+    begins = completion & (first | ~np.concatenate([[False], completion[:-1]]))  # (N,) first token of each span
+    row = np.repeat(np.arange(chunk.rows), np.diff(chunk.starts, append=n))
+    out = np.zeros(n, dtype=bool)
+    for run in prefills:
+        k = len(run)
+        if not k or k > n:
+            continue
+        match = np.zeros(n, dtype=bool)  # the run starts here, inside one row
+        match[: n - k + 1] = row[: n - k + 1] == row[k - 1 :]
+        for j, token in enumerate(run):
+            match[: n - k + 1] &= ids[j : n - k + 1 + j] == token
+        at = match & begins
+        before = np.zeros(n, dtype=bool)
+        before[: n - k] = match[: n - k] & begins[k:] & ~match[k:] & (row[: n - k] == row[k:])
+        for where in (np.flatnonzero(at), np.flatnonzero(before)):
+            out[(where[:, None] + np.arange(k)).ravel()] = True
+    return out

@@ -19,6 +19,7 @@ from gradscope.data.chunks import Chunk
 from gradscope.report.finding import Finding
 from gradscope.report.scan import ScanReport
 from gradscope.scan.verdicts import CHECKS, UNKNOWN_ROLES, Verdicts
+from gradscope.verbs.samples import document_starts_of
 
 LENGTH_QUANTILES = (0.5, 0.9, 0.99)
 FRACTION_BINS = 10
@@ -50,9 +51,12 @@ class ScanAccumulator:
     """Folds the verdicts of chunk after chunk into one ScanReport, in memory that does not grow with the rows."""
 
     def __init__(self, report: ScanReport, *, end_token_ids: frozenset[int], pad_token_id: int | None,
-                 decode: Callable[[int], str | None], examples: int, worst: int,
-                 no_roles: str = "the rows hold no completion_mask or assistant_masks") -> None:
+                 decode: Callable[[int], str | None], examples: int, worst: int, bos_token_id: int | None = None,
+                 bos_added: bool = False, no_roles: str = "the rows hold no completion_mask or assistant_masks",
+                 prefills: tuple[tuple[int, ...], ...] = ()) -> None:
         self.report, self.ends, self.pad_id, self.decode = report, end_token_ids, pad_token_id, decode
+        self.bos = (bos_token_id, bos_added)
+        self.prefills = prefills
         self.examples = examples
         self.worst = _Worst(worst)
         self.lengths = np.zeros(0, dtype=np.int64)  # rows per exact length: exact quantiles, size = longest row
@@ -116,7 +120,9 @@ class ScanAccumulator:
 
     def _findings(self, chunk: Chunk, r: int) -> list[Finding]:
         """The row's findings in full, exactly as ``check`` writes them (``analyze.check_sample``)."""
-        return check_sample(sample_view(chunk.row(r), chunk.first_row + r, self.ends, self.pad_id, self.decode))
+        view = sample_view(chunk.row(r), chunk.first_row + r, self.ends, self.pad_id, self.decode, *self.bos,
+                           prefills=self.prefills)
+        return check_sample(view)
 
     def finish(self) -> ScanReport:
         """The report: counts, distributions, the worst rows and the findings of every row shown."""
@@ -155,8 +161,10 @@ def _length_summary(lengths: np.ndarray) -> dict[str, Any]:
 
 
 def sample_view(row: dict[str, np.ndarray], index: int, ends: frozenset[int], pad_id: int | None,
-                decode: Callable[[int], str | None]) -> SampleView:
-    """One row as ``analyze`` sees it, with the trained map and targets read from the labels."""
+                decode: Callable[[int], str | None], bos_token_id: int | None = None,
+                bos_added: bool = False, prefills: tuple[tuple[int, ...], ...] = ()) -> SampleView:
+    """One row as ``analyze`` sees it, with the trained map and targets read from the labels; its declared
+    documents (``document_starts``) are read as check reads a batch's (``verbs.samples``)."""
     ids = torch.tensor(np.asarray(row["input_ids"], dtype=np.int64))
     labels = torch.tensor(np.asarray(row["labels"], dtype=np.int64))
     trained = labels != IGNORE_INDEX
@@ -168,6 +176,7 @@ def sample_view(row: dict[str, np.ndarray], index: int, ends: frozenset[int], pa
     if "attention_mask" in row:
         roles[torch.tensor(np.asarray(row["attention_mask"]) == 0)] = PAD
     cut = int(row["completion_cut"][0]) if "completion_cut" in row else 0
+    declared = torch.tensor(np.asarray(row.get("document_starts", np.zeros(len(ids), dtype=bool)), dtype=bool))
     return SampleView(
         index=index,
         input_ids=ids,
@@ -178,4 +187,9 @@ def sample_view(row: dict[str, np.ndarray], index: int, ends: frozenset[int], pa
         end_token_ids=ends,
         pad_token_id=pad_id,
         completion_cut=cut,
+        document_starts=document_starts_of(declared, roles),
+        bos_token_id=bos_token_id,
+        bos_added=bos_added,
+        boundaries_known=True,
+        prefills=prefills,
     )

@@ -7,13 +7,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from gradscope.checks.layout import bos_absent, bos_twice, opening_skip, row_openings, undeclared_documents
 from gradscope.constants import IGNORE_INDEX
 from gradscope.data.chunks import Chunk
 
 CHECKS = ("no_loss", "label_misaligned", "prompt_leak", "pad_leak", "completion_untrained", "eos_untrained",
-          "turn_end_untrained", "completion_truncated", "pads_attended")
-"""What a scan checks, in the order of ``analyze``: a root cause first, then the role checks. completion_truncated
-(a warning) fires only on raw rows, where the scan truncates (``--max-length``) and so knows what was cut."""
+          "turn_end_untrained", "completion_truncated", "boundary_leak", "bos_duplicated", "bos_missing",
+          "pads_attended", "packed_without_boundaries", "prefill_trained")
+"""What a scan checks, in the order of ``analyze``: a root cause first, then the role and layout checks.
+completion_truncated (a warning) fires only on raw rows, where the scan truncates (``--max-length``) and so knows
+what was cut. The BOS checks need the tokenizer's BOS (``bos_missing``: a tokenizer that adds it); the packing
+checks read the documents the data declares (``Chunk.documents``)."""
 
 ROLE_CHECKS = CHECKS[2:]
 
@@ -31,7 +35,10 @@ class Verdicts:
     fails: dict[str, np.ndarray]  # check -> bool, root causes first as in analyze.check_sample
 
 
-def verdicts(chunk: Chunk, end_token_ids: Iterable[int], pad_token_id: int | None = None) -> Verdicts:
+def verdicts(
+    chunk: Chunk, end_token_ids: Iterable[int], pad_token_id: int | None = None, bos_token_id: int | None = None,
+    bos_added: bool = False,
+) -> Verdicts:
     """Every check on every row of a chunk, vectorized; the rules are those of ``gradscope.analyze``.
 
     Args:
@@ -39,6 +46,8 @@ def verdicts(chunk: Chunk, end_token_ids: Iterable[int], pad_token_id: int | Non
         end_token_ids: Ids of the tokens that close a completion (EOS, end of turn).
         pad_token_id: The pad id; when it is also an end token, an EOS masked as padding right after a completion
             still closes it (``closing_positions``).
+        bos_token_id: The tokenizer's BOS, for the BOS and packing checks.
+        bos_added: The tokenizer puts that BOS first in every encoding (``bos_missing``).
 
     Returns:
         Per-row counts and verdicts.
@@ -47,11 +56,13 @@ def verdicts(chunk: Chunk, end_token_ids: Iterable[int], pad_token_id: int | Non
     first = np.zeros(n, dtype=bool)
     first[starts] = True  # position 0 of each row: never a prediction target
     pad = chunk.attention == 0 if chunk.attention is not None else np.zeros(n, dtype=bool)
-    trained = (chunk.labels != IGNORE_INDEX) & ~first
+    documents = _documents(chunk.documents, pad, first)
+    labelled = (chunk.labels != IGNORE_INDEX) & ~first
+    trained = labelled & ~documents  # a document's first token is no prediction target either: boundary_leak
     end_token_ids = set(end_token_ids)
     ends = _isin(chunk.input_ids, end_token_ids)
     pad_is_end = pad_token_id is not None and pad_token_id in end_token_ids
-    padding = _padding(pad, (chunk.input_ids == pad_token_id) & ~trained, starts) if pad_token_id is not None else pad
+    padding = _padding(pad, (chunk.input_ids == pad_token_id) & ~labelled, starts) if pad_token_id is not None else pad
     eos_as_pad = padding & ~_after(padding, first) & (chunk.input_ids == pad_token_id) if pad_is_end else np.zeros_like(pad)
     masks: dict[str, np.ndarray] = {
         "label_misaligned": trained & (chunk.labels != chunk.input_ids) & ~pad,  # padding: pad_leak
@@ -63,15 +74,19 @@ def verdicts(chunk: Chunk, end_token_ids: Iterable[int], pad_token_id: int | Non
         completion = (chunk.completion > 0) & ~pad & known
         prompt = (chunk.completion == 0) & ~pad & known  # -1: a token of no role (a template's glue)
         closing = _closing_with_roles(completion, ends, padding, first, eos_as_pad)
-        masks["prompt_leak"] = prompt & trained & ~closing
-        masks["completion_untrained"] = completion & ~trained & ~closing & ~first
+        prefill = chunk.prefill if chunk.prefill is not None else np.zeros(n, dtype=bool)  # judged on its own
+        masks["prompt_leak"] = prompt & trained & ~closing & ~prefill
+        masks["completion_untrained"] = completion & ~labelled & ~closing & ~first & ~documents & ~prefill
+        masks["prefill_trained"] = prefill & trained
     if not known.all():  # roles unknown: an end token right after a trained token (not itself one) closes it
-        bare = _after(trained & ~_run_holds(trained, ends, first), first)  # after a trained run holding no end token
-        closing |= ~known & ends & (~padding | (eos_as_pad & bare)) & _after(trained & ~ends, first)
-    masks["eos_untrained"] = closing & ~trained
+        bare = _after(labelled & ~_run_holds(labelled, ends, first), first)  # after a trained run holding no end token
+        closing |= ~known & ends & (~padding | (eos_as_pad & bare)) & _after(labelled & ~ends, first) & ~documents
+    masks["eos_untrained"] = closing & ~labelled
+    masks["boundary_leak"] = documents & labelled
     counts = {name: _row_sums(mask, starts) for name, mask in masks.items()}
+    counts.update(_layout_counts(chunk, pad, documents, end_token_ids, pad_token_id, bos_token_id, bos_added))
     if chunk.completion is not None:  # every closing token missed but the last: turn_end_untrained instead
-        turn = _turn_ends_only(closing, trained, starts) & chunk.known_rows()
+        turn = _turn_ends_only(closing, labelled, starts) & chunk.known_rows()
         counts["turn_end_untrained"] = np.where(turn, counts["eos_untrained"], 0)
         counts["eos_untrained"] = np.where(turn, 0, counts["eos_untrained"])
     if pad_token_id is not None and not pad_is_end:
@@ -79,9 +94,34 @@ def verdicts(chunk: Chunk, end_token_ids: Iterable[int], pad_token_id: int | Non
     if chunk.cut is not None:
         counts["completion_truncated"] = chunk.cut  # its "positions": the completion tokens cut
     tokens = np.diff(starts, append=n) - _row_sums(pad, starts)
-    trained_real = _row_sums(trained & ~pad, starts)
+    trained_real = _row_sums(labelled & ~pad, starts)
     any_trained = (trained_real + counts["pad_leak"]) > 0  # padding included: a trained pad is still a loss term
     return Verdicts(tokens, trained_real, *_with_precedence(counts, any_trained, tokens))
+
+
+def _documents(declared: np.ndarray | None, pad: np.ndarray, first: np.ndarray) -> np.ndarray:
+    """(N,) declared document starts that follow a real token and are real (padding is no document), as
+    ``verbs.samples`` gives them to check."""
+    if declared is None:
+        return np.zeros_like(pad)
+    return declared & ~pad & _after(~pad, first)
+
+
+def _layout_counts(
+    chunk: Chunk, pad: np.ndarray, documents: np.ndarray, ends: set[int], pad_token_id: int | None,
+    bos: int | None, bos_added: bool,
+) -> dict[str, np.ndarray]:
+    """bos_duplicated, bos_missing and packed_without_boundaries per row, by ``checks.layout``'s own rules."""
+    if bos is None:
+        return {}
+    ids, starts = chunk.input_ids, chunk.starts
+    opening = row_openings(opening_skip(ids, pad, starts, pad_token_id, bos), starts)
+    out = {"bos_duplicated": 2 * bos_twice(ids, starts, opening, bos).astype(np.int64),
+           "packed_without_boundaries": _row_sums(undeclared_documents(ids, ~pad, starts, opening, documents, bos,
+                                                                        bos in ends), starts)}
+    if bos_added:
+        out["bos_missing"] = _row_sums(bos_absent(ids, starts, opening, documents, bos), starts)
+    return out
 
 
 def _with_precedence(

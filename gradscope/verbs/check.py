@@ -15,6 +15,7 @@ from gradscope.checks.sample import SampleView
 from gradscope.checks.structure import (
     CallFacts,
     accumulation_mismatch,
+    aux_loss_reaches_padding,
     call_facts,
     causal_leak,
     cross_document_leak,
@@ -25,6 +26,7 @@ from gradscope.data.batch import document_starts, real_tokens
 from gradscope.data.token_roles import UNKNOWN_SOURCE, batch_roles, role_sources
 from gradscope.data.tokens import default_end_token_ids, media_token_ids, resolve_pad_token_id
 from gradscope.engine.accumulate import Accumulation
+from gradscope.engine.aux_path import padding_path
 from gradscope.engine.loss_only import DEPTHS, LOGITS_DEPTH_NOTE, NOT_RUN_AT_LOGITS, forward_loss_backward
 from gradscope.engine.probes import PROBES, WINDOWS_PER_ROW, ProbeRun
 from gradscope.engine.run import Capture, forward_backward
@@ -165,6 +167,8 @@ def check_batches(
         if not any(f.check == "nonfinite" for f in findings):
             facts = call_facts(model, full, _restarts(full))
             findings += _structural_findings(run, capture, views, facts, starts, chosen)
+            if full_depth:
+                findings += _padding_reached(model, to_device(full, device), capture, views, loss_fn, keep_dropout)
             if run.accumulation is not None:
                 result, finding = _accumulation(run.accumulation, capture, index)
                 report.accumulation.append(result)
@@ -245,6 +249,23 @@ def _structural_findings(
     if "weights" in chosen:
         trained = capture.logit_grad_norm > 0
         found.append(uneven_token_weights(capture.weight, trained, starts.cumsum(1), [v.index for v in views]))
+    return [f for f in found if f is not None]
+
+
+def _padding_reached(
+    model: nn.Module, batch: Mapping[str, torch.Tensor], capture: Capture, views: list[SampleView],
+    loss_fn: LossFn | None, keep_dropout: bool,
+) -> list[Finding]:
+    """aux_loss_reaches_padding per sample: run only where the core run's gradient reaches a pad's embedding."""
+    pad = ~real_tokens(batch)
+    if not (pad & (capture.embedding_grad_norm > 0)).any():
+        return []
+    path = padding_path(model, batch, pad, loss_fn=loss_fn, keep_dropout=keep_dropout)
+    found = []
+    for row, view in enumerate(views):
+        positions = path.reached[row].nonzero().flatten().tolist()
+        norm, total = float(path.norms[row].norm()), float(capture.embedding_grad_norm[row].norm())
+        found.append(aux_loss_reaches_padding(view.index, positions, norm, total, path.modules))
     return [f for f in found if f is not None]
 
 

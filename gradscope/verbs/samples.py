@@ -11,7 +11,8 @@ import torch
 from gradscope.checks.sample import SampleView
 from gradscope.constants import CUT_KEY, ROLE_NAMES, ROW_KEY
 from gradscope.data.batch import PAD, roles
-from gradscope.data.tokens import resolve_bos_token_id
+from gradscope.data.prefill import generation_prefills
+from gradscope.data.tokens import bos_added, resolve_bos_token_id
 from gradscope.engine.run import Capture
 from gradscope.report.check import SampleReport, TokenReport
 
@@ -30,6 +31,8 @@ def sample_views(
     trained = capture.logit_grad_norm > 0
     texts = _decoder(tokenizer)
     bos_id = resolve_bos_token_id(tokenizer)
+    adds_bos = bos_added(tokenizer)
+    prefills = generation_prefills(tokenizer)
     n = len(batch["input_ids"])
     cut = batch[CUT_KEY].tolist() if CUT_KEY in batch else [0] * n
     index = batch[ROW_KEY].tolist() if ROW_KEY in batch else list(range(first, first + n))
@@ -44,8 +47,10 @@ def sample_views(
             end_token_ids=ends,
             pad_token_id=pad_id,
             completion_cut=int(cut[b]),
-            document_starts=_document_starts(starts[b], role_codes[b]) if starts is not None else frozenset(),
+            document_starts=document_starts_of(starts[b], role_codes[b]) if starts is not None else frozenset(),
             bos_token_id=bos_id,
+            bos_added=adds_bos,
+            prefills=prefills,
             boundaries_known=starts is not None,
             media_token_ids=media,
         )
@@ -53,7 +58,7 @@ def sample_views(
     ]
 
 
-def _document_starts(starts: torch.Tensor, role_codes: torch.Tensor) -> frozenset[int]:
+def document_starts_of(starts: torch.Tensor, role_codes: torch.Tensor) -> frozenset[int]:
     """Starts of documents that follow a real document: padding is neither a document nor what one follows."""
     real = role_codes != PAD
     follows_real = torch.zeros_like(real)

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from gradscope.checks.layout import bos_duplicated, packed_without_boundaries, pads_attended
+from gradscope.checks.layout import (
+    bos_duplicated,
+    bos_missing,
+    packed_without_boundaries,
+    pads_attended,
+    prefill_trained,
+)
 from gradscope.checks.masking import check_sample
 from gradscope.checks.sample import SampleView, closing_positions, padding
 from gradscope.constants import COMPLETION, PAD, PROMPT, UNKNOWN
@@ -13,13 +19,15 @@ P, C, X, U = PROMPT, COMPLETION, PAD, UNKNOWN
 IM_END, ENDOFTEXT, PAD_ID, BOS = 2, 0, 3, 1
 
 
-def view(ids, roles, trained, *, pad=PAD_ID, bos=None, ends=(IM_END, ENDOFTEXT), starts=(), known=True):
+def view(ids, roles, trained, *, pad=PAD_ID, bos=None, ends=(IM_END, ENDOFTEXT), starts=(), known=True, adds_bos=False,
+         prefills=()):
     ids = torch.tensor(ids)
     trained = torch.tensor(trained, dtype=torch.bool)
     return SampleView(
         index=0, input_ids=ids, roles=torch.tensor(roles), trained=trained, target_id=torch.where(trained, ids, -1),
         texts=[f"t{i}" for i in ids.tolist()], end_token_ids=frozenset(ends), pad_token_id=pad,
-        document_starts=frozenset(starts), bos_token_id=bos, boundaries_known=known,
+        document_starts=frozenset(starts), bos_token_id=bos, boundaries_known=known, bos_added=adds_bos,
+        prefills=prefills,
     )
 
 
@@ -109,6 +117,31 @@ def test_bos_duplicated_after_left_padding():
     assert bos_duplicated(view([BOS, BOS, 10], [P, P, C], [0, 0, 1])) is None  # no BOS known
 
 
+def test_bos_missing_when_the_tokenizer_adds_one_and_the_row_lacks_it():
+    lacking = view([10, 11, IM_END], [P, C, C], [0, 1, 1], bos=BOS, adds_bos=True)
+    found = bos_missing(lacking)
+    assert (found.check, found.positions) == ("bos_missing", [0])
+    assert "add_special_tokens" in found.message and "--" not in found.message
+    assert names(lacking) == [("bos_missing", [0])]
+    assert bos_missing(view([BOS, 10, 11, IM_END], [P, P, C, C], [0, 0, 1, 1], bos=BOS, adds_bos=True)) is None
+    # A tokenizer that adds no BOS (GPT-2, ChatML/Qwen) says nothing about it, even with a BOS id known.
+    assert bos_missing(view([10, 11, IM_END], [P, C, C], [0, 1, 1], bos=BOS)) is None
+    # Left padding, masked or attended: the first real token is the BOS.
+    assert bos_missing(view([PAD_ID, PAD_ID, BOS, 10, IM_END], [X, X, P, C, C], [0, 0, 0, 1, 1], bos=BOS, adds_bos=True)) is None
+    attended = view([PAD_ID, PAD_ID, BOS, 10, IM_END], [P, P, P, C, C], [0, 0, 0, 1, 1], bos=BOS, adds_bos=True)
+    assert bos_missing(attended) is None and names(attended) == [("pads_attended", [0, 1])]
+    assert bos_missing(view([PAD_ID, 10, IM_END], [X, P, C], [0, 0, 1], bos=BOS, adds_bos=True)).positions == [1]
+
+
+def test_bos_missing_reads_every_declared_packed_document():
+    ids = [BOS, 10, IM_END, BOS, 11, IM_END, 12, 13]
+    roles = [P, C, C, P, C, C, P, C]
+    assert bos_missing(view(ids, roles, [0, 1, 1, 0, 1, 1, 0, 1], bos=BOS, adds_bos=True, starts=(3,))) is None
+    missing = view(ids, roles, [0, 1, 1, 0, 1, 1, 0, 1], bos=BOS, adds_bos=True, starts=(3, 6))
+    assert bos_missing(missing).positions == [6]
+    assert "packed documents" in bos_missing(missing).message
+
+
 def test_packed_without_boundaries_finds_inner_documents_not_declared():
     # BOS distinct from EOS (Llama 3): a BOS after real tokens starts a document.
     ids = [BOS, 10, IM_END, BOS, 11, IM_END, BOS, 12]
@@ -138,3 +171,35 @@ def test_media_tokens_trained_whatever_their_role_and_not_as_prompt_leak():
 
     untrained = replace(s, trained=torch.tensor([0, 0, 0, 0, 1, 1]).bool())
     assert names(untrained) == []
+
+
+THINK, UNTHINK, NL = 40, 41, 42
+EMPTY_THINK = (THINK, NL, UNTHINK, NL)
+
+
+def test_prefill_trained_at_the_start_of_an_assistant_turn():
+    #       0   1   2      3   4       5   6   7       8
+    ids = [10, 11, THINK, NL, UNTHINK, NL, 12, IM_END, 13]
+    roles = [P, P, C, C, C, C, C, C, U]
+    trained = [0, 0, 1, 1, 1, 1, 1, 1, 0]
+    s = view(ids, roles, trained, prefills=(EMPTY_THINK,))
+    assert names(s) == [("prefill_trained", [2, 3, 4, 5])]
+    finding = prefill_trained(s)
+    assert finding.severity == "warning" and "'t40t42t41t42'" in finding.message and "enable_thinking" in finding.message
+    # Masked, the fix: silent, and not completion_untrained either.
+    assert names(view(ids, roles, [0, 0, 0, 0, 0, 0, 1, 1, 0], prefills=(EMPTY_THINK,))) == []
+    # Without the template's prefill known, those are ordinary completion tokens.
+    assert names(view(ids, roles, [0, 0, 0, 0, 0, 0, 1, 1, 0])) == [("completion_untrained", [2, 3, 4, 5])]
+
+
+def test_prefill_counted_as_prompt_is_prefill_trained_not_prompt_leak():
+    ids = [10, 11, THINK, NL, UNTHINK, NL, 12, IM_END]
+    roles = [P, P, P, P, P, P, C, C]
+    s = view(ids, roles, [0, 0, 1, 1, 1, 1, 1, 1], prefills=(EMPTY_THINK,))
+    assert names(s) == [("prefill_trained", [2, 3, 4, 5])]
+    # A run of those tokens elsewhere (not at an assistant turn's start) is no prefill.
+    inside = view([10, 12, THINK, NL, UNTHINK, NL, IM_END], [P, C, C, C, C, C, C], [0, 1, 1, 1, 1, 1, 1],
+                  prefills=(EMPTY_THINK,))
+    assert names(inside) == []
+    unknown = view(ids, [U] * 8, [0, 0, 1, 1, 1, 1, 1, 1], prefills=(EMPTY_THINK,))
+    assert prefill_trained(unknown) is None

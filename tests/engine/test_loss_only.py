@@ -17,7 +17,8 @@ from gradscope.errors import InputError, ModelCallError
 
 FIXTURES = Path(__file__).resolve().parent.parent.parent / "fixtures"
 CATALOGUE = json.loads((FIXTURES / "catalogue.json").read_text())
-NETWORK_CHECKS = {"causal_leak", "cross_document_leak"}  # the only findings that need a backward through the network
+# the only findings that need a backward through the network
+NETWORK_CHECKS = {"causal_leak", "cross_document_leak", "aux_loss_reaches_padding"}
 
 
 def _batch(vocab: int = 97, seed: int = 0) -> dict[str, torch.Tensor]:

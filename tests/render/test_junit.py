@@ -91,7 +91,7 @@ def test_checks_that_did_not_run_are_skipped_not_passed(reports):
 
 def test_sample_checks_are_every_check_analyze_runs():
     """The JUnit list names every per-sample check of analyze and structure (a new check must be added there)."""
-    structural = {"causal_leak", "cross_document_leak"}
+    structural = {"causal_leak", "cross_document_leak", "aux_loss_reaches_padding"}
     per_turn = {"turn_end_untrained"}  # eos_untrained's finding when every turn's closing token but the last is missed
     names = {c.__name__ for c in (*analyze.ROOT_CHECKS, *analyze.SAMPLE_CHECKS)} | structural | per_turn
     assert set(SAMPLE_CHECKS) == names

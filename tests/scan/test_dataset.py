@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from gradscope.data.chunks import Chunk
 from gradscope.data.load import load_batches
 from gradscope.data.pipelines import DataOptions
 from gradscope.scan.dataset import scan
+from gradscope.scan.roles import prefill_mask
 from gradscope.scan.verdicts import CHECKS, verdicts
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
@@ -27,7 +29,7 @@ CATALOGUE = json.loads((FIXTURES / "catalogue.json").read_text())
 EOS, PAD_ID = 2, 0
 
 
-def reference_view(row: dict[str, np.ndarray], index: int, pad_id: int = PAD_ID) -> SampleView:
+def reference_view(row: dict[str, np.ndarray], index: int, pad_id: int = PAD_ID, prefills: tuple = ()) -> SampleView:
     """The row as check sees it, built independently of gradscope.scan."""
     ids = torch.tensor(row["input_ids"])
     labels = torch.tensor(row["labels"])
@@ -38,7 +40,7 @@ def reference_view(row: dict[str, np.ndarray], index: int, pad_id: int = PAD_ID)
     role[torch.tensor(row["attention_mask"]) == 0] = PAD
     cut = int(row["completion_cut"][0]) if "completion_cut" in row else 0
     return SampleView(index, ids, role, trained, torch.where(trained, labels, -1), [None] * len(ids), frozenset({EOS}), pad_id,
-                      completion_cut=cut)
+                      completion_cut=cut, prefills=prefills)
 
 
 def as_chunk(rows: list[dict[str, np.ndarray]]) -> Chunk:
@@ -64,10 +66,58 @@ def test_vectorized_checks_equal_analyze_row_by_row(roles, pad_id, random_rows):
         assert got == expected, f"row {i}: {row}"
         seen.update(got)
     no_roles = {"prompt_leak", "completion_untrained", "turn_end_untrained", "completion_truncated"}
-    expected_checks = set(CHECKS) if roles else set(CHECKS) - no_roles
+    layout = {"boundary_leak", "bos_duplicated", "bos_missing", "packed_without_boundaries",  # tests/scan/test_verdicts
+              "prefill_trained"}  # below
+    expected_checks = (set(CHECKS) if roles else set(CHECKS) - no_roles) - layout
     if pad_id == EOS:  # a pad that is an end token is never read as left padding
         expected_checks -= {"pads_attended"}
     assert seen == expected_checks  # the random rows reached every check
+
+
+PREFILL = (7, 8, 9)
+
+
+def _with_prefills(rows: list[dict[str, np.ndarray]], rng: np.random.Generator) -> list[dict[str, np.ndarray]]:
+    """The rows with the prefill written at (or right before) some completion spans' starts, trained or not."""
+    k = len(PREFILL)
+    for row in rows:
+        completion = (row["completion_mask"] == 1) & (row["attention_mask"] == 1)
+        begins = np.flatnonzero(completion & ~np.concatenate([[False], completion[:-1]]))
+        for b in begins:
+            at = b + rng.choice([0, -k, 1])  # at the start, right before it, or not at a start at all
+            if 1 <= at and at + k <= len(row["input_ids"]) and rng.random() < 0.7:
+                row["input_ids"][at : at + k] = PREFILL
+                row["labels"][at : at + k] = np.where(rng.random(k) < 0.5, PREFILL, -100)
+    return rows
+
+
+def test_prefill_positions_and_verdicts_equal_check_row_by_row(random_rows):
+    """scan's vectorized prefill positions (prefill_trained; left out of prompt_leak / completion_untrained) against
+    check's per-row SampleView.prefill, on random rows with the prefill written at, before and away from span starts."""
+    rows = _with_prefills(random_rows(3000, seed=3, roles=True), np.random.default_rng(0))
+    chunk = as_chunk(rows)
+    chunk = replace(chunk, prefill=prefill_mask(chunk, (PREFILL,)))
+    v = verdicts(chunk, [EOS], pad_token_id=PAD_ID)
+    fired = 0
+    for i, row in enumerate(rows):
+        view = reference_view(row, i, PAD_ID, prefills=(PREFILL,))
+        begin = int(chunk.starts[i])
+        assert set(np.flatnonzero(chunk.prefill[begin : begin + len(row["input_ids"])]).tolist()) == set(view.prefill)
+        expected = {f.check: len(f.positions) for f in check_sample(view)}
+        got = {name: int(v.positions[name][i]) for name in CHECKS if v.fails[name][i]}
+        for name in ("no_loss", "completion_truncated"):
+            if name in got:
+                got[name] = 0
+        assert got == expected, f"row {i}"
+        fired += "prefill_trained" in got
+    assert fired > 100  # the rows reached the check
+
+
+def test_a_scan_reports_a_trained_prefill_as_check_does():
+    scanned = scan(FIXTURES / "batches" / "qwen3_prefill_trained.safetensors", tokenizer=FIXTURES / "models" / "tiny-qwen3-chat")
+    assert scanned.checks["prefill_trained"]["rows"] > 0 and scanned.ok  # a warning
+    twin = scan(FIXTURES / "batches" / "qwen3_prefill_masked.safetensors", tokenizer=FIXTURES / "models" / "tiny-qwen3-chat")
+    assert twin.failed_checks == [] and twin.verified
 
 
 def _catalogue_scan(case: dict) -> gradscope.ScanReport:

@@ -1,0 +1,87 @@
+"""Generation-prompt prefills: what a chat template writes after the assistant header when it prompts for an answer.
+
+Qwen3's template with ``enable_thinking=False`` ends the generation prompt (``add_generation_prompt=True``) with an
+empty think block, ``<think>\\n\\n</think>\\n\\n``; DeepSeek-R1's ends it with ``<think>\\n``. At inference these tokens
+are part of the prompt: the model never generates them. gradscope learns them from the template itself, by rendering
+a probe conversation with and without the generation prompt and taking away the assistant header that the template
+writes before an earlier answer.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+from gradscope.data import deadline
+
+_PROBE = [
+    {"role": "user", "content": "Say one."},
+    {"role": "assistant", "content": "One."},
+    {"role": "user", "content": "Say two."},
+]
+"""The assistant turn comes before the last user turn: templates that write a think block only in answers after the
+last user turn (Qwen3's) write none there, so its header is the bare role marker."""
+
+PREFILL_OPTIONS: tuple[dict[str, Any], ...] = ({}, {"enable_thinking": False})
+"""Template variables the generation prompt is rendered with: the default, and Qwen3's switch to non-thinking
+answers (``apply_chat_template(..., enable_thinking=False)``)."""
+
+_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def generation_prefills(tokenizer: Any) -> tuple[tuple[int, ...], ...]:
+    """The token runs the template's generation prompt writes after the assistant header, one per template option
+    that writes one (none for most templates); learnt once per tokenizer and template.
+
+    A template that fails on the probe, or whose generation prompt does not continue the conversation as its
+    assistant turns do, gives none: gradscope then says nothing about prefills.
+    """
+    template = getattr(tokenizer, "chat_template", None) if tokenizer is not None else None
+    if not isinstance(template, str) or not template:
+        return ()
+    try:
+        cache = _CACHE.setdefault(tokenizer, {})
+    except TypeError:
+        cache = {}
+    if template not in cache:
+        cache[template] = _learn(tokenizer)
+    return cache[template]
+
+
+def _learn(tokenizer: Any) -> tuple[tuple[int, ...], ...]:
+    base, history = _render(tokenizer, _PROBE[:1]), _render(tokenizer, _PROBE)
+    if base is None or history is None or not history.startswith(base) or "One." not in history[len(base):]:
+        return ()
+    header = history[len(base) : history.index("One.", len(base))]
+    found: list[tuple[int, ...]] = []
+    for options in PREFILL_OPTIONS:
+        prompted = _render(tokenizer, _PROBE[:1], generation_prompt=True, **options)
+        if prompted is None or not prompted.startswith(base + header):
+            continue
+        prefill = prompted[len(base + header):]
+        ids = _ids_in_context(tokenizer, base + header, prefill) if prefill.strip() else ()
+        if ids and ids not in found:
+            found.append(ids)
+    return tuple(found)
+
+
+def _render(tokenizer: Any, messages: list[dict], generation_prompt: bool = False, **options: Any) -> str | None:
+    try:
+        with deadline.bounded(deadline.TEMPLATE_SECONDS):
+            text = tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=generation_prompt, **options
+            )
+    except deadline.RenderTimeout:
+        return None
+    except Exception:  # jinja raises its own errors from the user's template: no prefill can be learnt from it
+        return None
+    return text if isinstance(text, str) else None
+
+
+def _ids_in_context(tokenizer: Any, before: str, prefill: str) -> tuple[int, ...]:
+    """The prefill's tokens as they follow the header (tokenized alone when the context merges them)."""
+    head = list(tokenizer(before, add_special_tokens=False)["input_ids"])
+    whole = list(tokenizer(before + prefill, add_special_tokens=False)["input_ids"])
+    if whole[: len(head)] == head and len(whole) > len(head):
+        return tuple(whole[len(head):])
+    return tuple(tokenizer(prefill, add_special_tokens=False)["input_ids"])
