@@ -97,7 +97,7 @@ function init(root){
     c.addEventListener("mousemove",e=>{const b=c.getBoundingClientRect(),x=Math.floor((e.clientX-b.left)/b.width*T),
       r=Math.floor((e.clientY-b.top)/b.height*rows);if(x<0||x>=T)return;select(d,x,false);
       const name=r<2?["role × trained","flagged"][r]:(r===2?"emb":"L"+(r-3));
-      let v="";if(r>=2){const n=h.at(r-2,x);v=r>2&&n>0&&n<Infinity?"≈ "+n.toPrecision(3):fmt(n);}
+      let v="";if(r>=2){const n=h.at(r-2,x);v=r>2&&n>0&&n<Infinity?"≈ "+(n>=0.01?(+n.toPrecision(3)).toString():n.toExponential(2)):fmt(n);}
       show(d,x,e.clientX,e.clientY,name+(v?": ‖∂L/∂h‖ "+v:""));});
     c.addEventListener("mouseleave",()=>hide());
     c.addEventListener("click",e=>{const s=d.querySelector(".strip>span.cur");if(s)s.scrollIntoView({block:"nearest"});});}
