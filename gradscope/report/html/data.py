@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import math
+import struct
 import sys
 from array import array
 from collections.abc import Iterable, Sequence
@@ -50,16 +51,27 @@ def encoded(col: dict[str, Any]) -> dict[str, Any]:
     """The columns as the page's script reads them: ``f32`` and ``i32`` base64 of little-endian bytes, ``none``."""
     return {
         "text": col["text"],
-        "f32": {key: _b64(array("f", col[key])) for key in FLOAT_COLUMNS},
-        "i32": {key: _b64(array("i", col[key])) for key in INT_COLUMNS},
+        "f32": {key: _b64(little_endian("f", col[key])) for key in FLOAT_COLUMNS},
+        "i32": {key: _b64(little_endian("i", col[key])) for key in INT_COLUMNS},
         "none": col["none"],
     }
 
 
-def _b64(values: array) -> str:
-    if sys.byteorder == "big":
-        values.byteswap()
-    return base64.b64encode(values.tobytes()).decode("ascii")
+def little_endian(code: str, values: Sequence[float]) -> bytes:
+    """``values`` as little-endian float32 (``code`` "f") or int32 ("i") bytes, packed by ``struct`` (several times
+    faster than ``array``'s conversion of each item). A finite float beyond float32's range becomes Inf, as a float32
+    cast makes it (``struct`` refuses it; ``array`` writes Inf)."""
+    try:
+        return struct.pack(f"<{len(values)}{code}", *values)
+    except OverflowError:
+        out = array(code, values)
+        if sys.byteorder == "big":
+            out.byteswap()
+        return out.tobytes()
+
+
+def _b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode("ascii")
 
 
 def ranges(cols: Iterable[dict[str, Any]]) -> dict[str, list[float | None]]:
@@ -94,15 +106,10 @@ def heat_norms(rows: Sequence[Sequence[float]]) -> str:
     Returns:
         The base64 text of rows x T little-endian 16-bit values.
     """
-    values = array("f")
-    for row in rows:
-        values.fromlist(row if isinstance(row, list) else list(row))
-    if sys.byteorder == "big":
-        values.byteswap()
-    raw = values.tobytes()
+    raw = b"".join(little_endian("f", row) for row in rows)
     halves = bytearray(len(raw) // 2)  # the high half of each little-endian float32: its bytes 2 and 3
     halves[0::2], halves[1::2] = raw[2::4], raw[3::4]
-    return base64.b64encode(halves).decode("ascii")
+    return _b64(halves)
 
 
 def fmt(x: float | None, digits: int = 4) -> str:
