@@ -70,7 +70,11 @@ function heatmap(g,h){const T=g.text.length,norms=bf16(h.bf16),rows=h.layers+1;
 function data(d){if(d._gs)return d._gs;const g=JSON.parse(d.querySelector("script.gs-sample").textContent),out={text:g.text};
   for(const k in g.f32)out[k]=column(g.f32[k],Float32Array);for(const k in g.i32)out[k]=column(g.i32[k],Int32Array);
   for(const k in g.none)g.none[k].forEach(i=>{out[k][i]=null;});if(g.heat)out.heat=heatmap(out,g.heat);return d._gs=out;}
-function heatRGB(h,v){if(v===null||!(v<Infinity))return [0,0,0];return v>0?ramp(h.frac(v)):[217,217,217];}
+function paint(h,px,o,v){const bad=v===null||Number.isNaN(v)||v===Infinity;  // NaN/Inf black, zero grey
+  if(bad||v<=0){px[o]=px[o+1]=px[o+2]=bad?0:217;}
+  else{const f=Math.max(0,Math.min(1,h.frac(v)))*4,i=f<3?Math.floor(f):3,t=f-i,a=VIRIDIS[i],b=VIRIDIS[i+1];
+    px[o]=Math.round(a[0]+(b[0]-a[0])*t);px[o+1]=Math.round(a[1]+(b[1]-a[1])*t);px[o+2]=Math.round(a[2]+(b[2]-a[2])*t);}
+  px[o+3]=255;}
 function init(root){
   if(root.dataset.ready)return;root.dataset.ready="1";
   const tip=root.querySelector(".tip"),controls=root.querySelector(".controls");
@@ -92,7 +96,7 @@ function init(root){
     function put(x,y,rgb){const o=(y*T+x)*4;px[o]=rgb[0];px[o+1]=rgb[1];px[o+2]=rgb[2];px[o+3]=255;}
     spans.forEach((s,x)=>{const base=ROLE_RGB[s.dataset.role]||ROLE_RGB.unknown;
       put(x,0,s.hasAttribute("data-trained")?[11,47,107]:base);put(x,1,s.hasAttribute("data-flag")?[192,58,0]:[255,255,255]);});
-    for(let r=0;r<h.rows;r++)for(let x=0;x<T;x++)put(x,r+2,heatRGB(h,h.at(r,x)));
+    for(let r=0;r<h.rows;r++)for(let x=0;x<T;x++)paint(h,px,((r+2)*T+x)*4,h.at(r,x));
     ctx.putImageData(img,0,0);
     c.addEventListener("mousemove",e=>{const b=c.getBoundingClientRect(),x=Math.floor((e.clientX-b.left)/b.width*T),
       r=Math.floor((e.clientY-b.top)/b.height*rows);if(x<0||x>=T)return;select(d,x,false);
