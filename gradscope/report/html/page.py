@@ -1,6 +1,6 @@
 """HTML: a report as one self-contained page (inline CSS and JS, nothing fetched), or as a notebook fragment.
 
-Views never import torch (nor numpy): this module reads the report's dataclasses, ``html_data`` encodes the numbers. Each
+Views never import torch (nor numpy): this module reads the report's dataclasses, ``data`` encodes the numbers. Each
 token is one ``<span>`` carrying its ``data-pos``, ``data-id``, ``data-role``, ``data-trained`` and ``data-flag``
 (the checks that flag it); the numbers a tooltip, the shading and the heat map need travel as one compact JSON block
 per sample, decoded when that sample is opened or hovered. Samples are collapsible ``<details>``: the first ones with

@@ -57,9 +57,9 @@ def _sample(
     mark = f' <b class="fail">✗ {html.escape(", ".join(checks))}</b>' if checks else ""
     summary = f"sample {s.index}: {len(real)} tokens, {real.count(True)} trained{mark}"
     label = html.escape(f"tokens of sample {s.index}", quote=True)
+    head = f'<details class="sample" id="{root}-s{s.index}" data-sample="{s.index}"{" open" if opened else ""}>'
     return [
-        f'<details class="sample" id="{root}-s{s.index}" data-sample="{s.index}"{" open" if opened else ""}>'
-        f"<summary>{summary}</summary>\n",
+        f"{head}<summary>{summary}</summary>\n",
         *_strip_element(_strip(s, flags, root), label, opened),
         f'\n{_heat_frame(s)}<script type="application/json" class="gs-sample">',
         *_sample_json(s, columns),
