@@ -15,11 +15,10 @@ import pytest
 
 from gradscope.report import Finding, ModuleGrad, Report, SampleReport, ScanReport, TokenReport
 from gradscope.report.html import html_fragment, to_html
-from gradscope.report.html.data import HEAT_LEVELS, heat_cells
+from gradscope.report.html.data import heat_norms
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 CATALOGUE = json.loads((FIXTURES / "catalogue.json").read_text())
-HEAT_LOG_STEP = 1 / (len(HEAT_LEVELS) - 3)
 
 
 def flags_of(report: Report) -> dict[int, dict[int, set[str]]]:
@@ -32,13 +31,26 @@ def flags_of(report: Report) -> dict[int, dict[int, set[str]]]:
 
 
 def columns(raw: dict) -> dict[str, list]:
-    """A sample's JSON block decoded as the page's script decodes it: base64 little-endian columns, None where listed."""
-    out: dict[str, list] = {"text": raw["text"], "heat": raw.get("heat")}
+    """A sample's JSON block decoded as the page's script decodes it: base64 little-endian columns, None where listed;
+    ``heat`` the layer rows' 16-bit words."""
+    out: dict[str, list] = {"text": raw["text"]}
     for group, code in (("f32", "<f4"), ("i32", "<i4")):
         for key, text in raw[group].items():
             out[key] = struct.unpack(f"{code[0]}{len(base64.b64decode(text)) // 4}{code[1]}", base64.b64decode(text))
             out[key] = [None if i in raw["none"][key] else v for i, v in enumerate(out[key])]
+    if "heat" in raw:
+        words = base64.b64decode(raw["heat"]["bf16"])
+        out["heat"] = {"layers": raw["heat"]["layers"], "words": list(struct.unpack(f"<{len(words) // 2}H", words))}
     return out
+
+
+def bf16_words(rows: list[list[float]]) -> list[int]:
+    """Each value's float32 bit pattern, its top 16 bits: bfloat16 by truncation, one value at a time."""
+    return [struct.unpack("<I", struct.pack("<f", v))[0] >> 16 for row in rows for v in row]
+
+
+def from_bf16(word: int) -> float:
+    return struct.unpack("<f", struct.pack("<I", word << 16))[0]
 
 
 def close(a: float | None, b: float | None) -> bool:
@@ -81,8 +93,11 @@ def assert_tokens(page, report: Report, root: str = "gs") -> None:
         assert data["target"] == [t.target_id for t in s.tokens]
         for key, attr in (("loss", "loss"), ("weight", "weight"), ("glog", "logit_grad_norm"), ("gemb", "embedding_grad_norm")):
             assert all(close(getattr(t, attr), v) for t, v in zip(s.tokens, data[key])), key
-        assert len(data["heat"]["cells"]) == 1 + len(s.layer_grad_norms)
-        assert {len(row) for row in data["heat"]["cells"]} == {len(s.tokens)}
+        if s.layer_grad_norms:  # the heat map's layer rows, each norm's bfloat16; its embedding row is gemb
+            assert data["heat"]["layers"] == len(s.layer_grad_norms) and {len(r) for r in s.layer_grad_norms} == {len(s.tokens)}
+            assert data["heat"]["words"] == bf16_words(s.layer_grad_norms)
+        else:
+            assert "heat" not in data
 
 
 def assert_findings_linked(page, report: Report, root: str = "gs") -> None:
@@ -172,18 +187,19 @@ def test_inspect_view_is_one_sample_and_its_findings(html_page):
     assert [r["data-check"] for r in page.findings] == ["pad_leak", "nonfinite"]
 
 
-def test_heat_cells_against_the_log_scale():
-    rows = [[0.0, 1e-3, 1e-2, 1e-1, 1.0], [math.nan, 0.5, math.inf, 2e-3, 1e-3]]
-    heat = heat_cells(rows)
-    assert (heat["lo"], heat["hi"]) == (1e-3, 1.0)
-    assert heat["cells"][0][0] == HEAT_LEVELS[0] and heat["cells"][1][0] == heat["cells"][1][2] == HEAT_LEVELS[-1]
-    for row, cells in zip(rows, heat["cells"]):
-        for v, c in zip(row, cells):
-            k = HEAT_LEVELS.index(c)
-            if 0 < k < len(HEAT_LEVELS) - 1:  # decodes back to within half a level of the log scale
-                decoded = math.log(heat["lo"]) + (k - 1) * HEAT_LOG_STEP * (math.log(heat["hi"]) - math.log(heat["lo"]))
-                assert abs(decoded - math.log(v)) <= 0.5 * HEAT_LOG_STEP * math.log(1e3) + 1e-9
-    assert heat["cells"][0][1] == HEAT_LEVELS[1] and heat["cells"][0][4] == HEAT_LEVELS[-2]
+def test_heat_norms_are_bfloat16_truncations():
+    rows = [[0.0, 1e-3, 0.1, 1.0, 3.0e38, 1e-40], [math.nan, 0.5, math.inf, 2e-3, 123.456, 1e300]]
+    words = base64.b64decode(heat_norms(rows))
+    got = [from_bf16(w) for w in struct.unpack(f"<{len(words) // 2}H", words)]
+    assert len(got) == 12
+    assert got[0] == 0.0 and math.isnan(got[6]) and got[8] == math.inf and got[11] == math.inf  # beyond float32: Inf
+    assert got[3] == 1.0 and got[7] == 0.5  # exact in 8 significant bits
+    for v, g in zip([*rows[0], *rows[1]], got):
+        if math.isfinite(v) and 1.2e-38 <= v <= 3.4e38:  # a normal float32, truncated: at most 2**-7 below, never above
+            f32 = struct.unpack("<f", struct.pack("<f", v))[0]
+            assert f32 * (1 - 2**-7) <= g <= f32, (v, g)
+    assert 0 < got[5] <= 1e-40  # a float32 subnormal stays positive, shown as a norm rather than a zero
+    assert heat_norms([]) == "" and heat_norms([[], []]) == ""
 
 
 def test_shading_ranges_span_the_report(html_page):

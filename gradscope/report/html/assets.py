@@ -52,7 +52,6 @@ border-radius:4px;max-width:420px;pointer-events:none;white-space:pre-wrap}
 JS = r"""
 (function(){
 const VIRIDIS=[[68,1,84],[59,82,139],[33,145,140],[94,201,98],[253,231,37]];
-const LEVELS="0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz-_";
 const ROLE_RGB={prompt:[207,230,251],completion:[255,227,179],pad:[230,230,230],unknown:[255,255,255]};
 function ramp(f){f=Math.max(0,Math.min(1,f));const i=Math.min(3,Math.floor(f*4)),t=f*4-i,a=VIRIDIS[i],b=VIRIDIS[i+1];
   return [0,1,2].map(k=>Math.round(a[k]+(b[k]-a[k])*t));}
@@ -61,9 +60,21 @@ function fmt(v){if(v===null||v===undefined)return "–";if(Number.isNaN(v))retur
   return Math.abs(v)>=0.01||v===0?(+v.toPrecision(4)).toString():v.toExponential(2);}
 function column(s,Type){const b=atob(s),u=new Uint8Array(b.length);for(let i=0;i<b.length;i++)u[i]=b.charCodeAt(i);
   return Array.from(new Type(u.buffer));}
-function data(d){if(d._gs)return d._gs;const g=JSON.parse(d.querySelector("script.gs-sample").textContent),out={text:g.text,heat:g.heat};
+function bf16(s){const b=atob(s),n=b.length>>1,u=new Uint32Array(n);
+  for(let i=0;i<n;i++)u[i]=(b.charCodeAt(2*i)|b.charCodeAt(2*i+1)<<8)<<16;return new Float32Array(u.buffer);}
+function heatmap(g,h){const T=g.text.length,norms=bf16(h.bf16),rows=h.layers+1;
+  const at=(r,x)=>r===0?g.gemb[x]:norms[(r-1)*T+x];let lo=Infinity,hi=0;
+  for(let r=0;r<rows;r++)for(let x=0;x<T;x++){const v=at(r,x);if(v>0&&v<Infinity){if(v<lo)lo=v;if(v>hi)hi=v;}}
+  if(lo>hi)lo=hi=1;const a=Math.log(lo),w=Math.log(hi)-a;
+  return {rows,at,lo,hi,frac:v=>w>0?(Math.log(v)-a)/w:1};}
+function data(d){if(d._gs)return d._gs;const g=JSON.parse(d.querySelector("script.gs-sample").textContent),out={text:g.text};
   for(const k in g.f32)out[k]=column(g.f32[k],Float32Array);for(const k in g.i32)out[k]=column(g.i32[k],Int32Array);
-  for(const k in g.none)g.none[k].forEach(i=>{out[k][i]=null;});return d._gs=out;}
+  for(const k in g.none)g.none[k].forEach(i=>{out[k][i]=null;});if(g.heat)out.heat=heatmap(out,g.heat);return d._gs=out;}
+function paint(h,px,o,v){const bad=v===null||Number.isNaN(v)||v===Infinity;  // NaN/Inf black, zero grey
+  if(bad||v<=0){px[o]=px[o+1]=px[o+2]=bad?0:217;}
+  else{const f=Math.max(0,Math.min(1,h.frac(v)))*4,i=f<3?Math.floor(f):3,t=f-i,a=VIRIDIS[i],b=VIRIDIS[i+1];
+    px[o]=Math.round(a[0]+(b[0]-a[0])*t);px[o+1]=Math.round(a[1]+(b[1]-a[1])*t);px[o+2]=Math.round(a[2]+(b[2]-a[2])*t);}
+  px[o+3]=255;}
 function init(root){
   if(root.dataset.ready)return;root.dataset.ready="1";
   const tip=root.querySelector(".tip"),controls=root.querySelector(".controls");
@@ -78,22 +89,19 @@ function init(root){
     spans.forEach((s,i)=>{const f=frac(mode,vals[i]);if(f===null){s.style.backgroundColor="#d9d9d9";s.style.color="";return;}
       const c=ramp(f);s.style.backgroundColor=css(c);s.style.color=f<0.6?"#fff":"#000";});}
   function heat(d){const c=d.querySelector("canvas");if(!c||c._drawn)return;c._drawn=1;
-    const g=data(d),h=g.heat,spans=d.querySelectorAll(".strip>span"),T=spans.length,rows=h.cells.length+2;
+    const g=data(d),h=g.heat,spans=d.querySelectorAll(".strip>span"),T=spans.length,rows=h.rows+2;
     const rowPx=Math.max(3,Math.min(10,Math.floor(220/rows)));d.querySelector(".heat-grid").style.setProperty("--row",rowPx+"px");
     c.width=T;c.height=rows;c.style.height=(rows*rowPx)+"px";
     const ctx=c.getContext("2d"),img=ctx.createImageData(T,rows),px=img.data;
     function put(x,y,rgb){const o=(y*T+x)*4;px[o]=rgb[0];px[o+1]=rgb[1];px[o+2]=rgb[2];px[o+3]=255;}
-    const n=LEVELS.length-2;
     spans.forEach((s,x)=>{const base=ROLE_RGB[s.dataset.role]||ROLE_RGB.unknown;
       put(x,0,s.hasAttribute("data-trained")?[11,47,107]:base);put(x,1,s.hasAttribute("data-flag")?[192,58,0]:[255,255,255]);});
-    h.cells.forEach((row,r)=>{for(let x=0;x<T;x++){const k=LEVELS.indexOf(row[x]);
-      put(x,r+2,k===0?[217,217,217]:k===n+1?[0,0,0]:ramp((k-1)/(n-1)));}});
+    for(let r=0;r<h.rows;r++)for(let x=0;x<T;x++)paint(h,px,((r+2)*T+x)*4,h.at(r,x));
     ctx.putImageData(img,0,0);
     c.addEventListener("mousemove",e=>{const b=c.getBoundingClientRect(),x=Math.floor((e.clientX-b.left)/b.width*T),
       r=Math.floor((e.clientY-b.top)/b.height*rows);if(x<0||x>=T)return;select(d,x,false);
       const name=r<2?["role × trained","flagged"][r]:(r===2?"emb":"L"+(r-3));
-      let v="";if(r>=2){const k=LEVELS.indexOf(h.cells[r-2][x]);
-        v=k===0?"0":k===n+1?"NaN/Inf":"≈ "+fmt(h.lo*Math.pow(h.hi/h.lo,(k-1)/(n-1)));}
+      let v="";if(r>=2){const n=h.at(r-2,x);v=r>2&&n>0&&n<Infinity?"≈ "+(n>=0.01?(+n.toPrecision(3)).toString():n.toExponential(2)):fmt(n);}
       show(d,x,e.clientX,e.clientY,name+(v?": ‖∂L/∂h‖ "+v:""));});
     c.addEventListener("mouseleave",()=>hide());
     c.addEventListener("click",e=>{const s=d.querySelector(".strip>span.cur");if(s)s.scrollIntoView({block:"nearest"});});}

@@ -1,6 +1,6 @@
 """HTML: a report as one self-contained page (inline CSS and JS, nothing fetched), or as a notebook fragment.
 
-Views never import torch (nor numpy): this module reads the report's dataclasses, ``html_data`` encodes the numbers. Each
+Views never import torch (nor numpy): this module reads the report's dataclasses, ``data`` encodes the numbers. Each
 token is one ``<span>`` carrying its ``data-pos``, ``data-id``, ``data-role``, ``data-trained`` and ``data-flag``
 (the checks that flag it); the numbers a tooltip, the shading and the heat map need travel as one compact JSON block
 per sample, decoded when that sample is opened or hovered. Samples are collapsible ``<details>``: the first ones with
@@ -37,19 +37,19 @@ def to_html(report: Report | ScanReport, *, sample: int | None = None, title: st
     Returns:
         The page: no external resource, readable offline.
     """
-    body = _body(report, sample, root="gs")
     head_title = html.escape(title or _title(report))
-    return (
+    head = (
         f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         f'<meta name="viewport" content="width=device-width, initial-scale=1">\n<title>{head_title}</title>\n'
-        f"<style>{CSS}</style>\n</head>\n<body>\n{body}\n<script>{JS}</script>\n</body>\n</html>\n"
+        f"<style>{CSS}</style>\n</head>\n<body>\n"
     )
+    return "".join([head, *_body(report, sample, root="gs"), f"\n<script>{JS}</script>\n</body>\n</html>\n"])
 
 
 def html_fragment(report: Report | ScanReport, *, sample: int | None = None) -> str:
     """The same view as a fragment for a notebook cell: its style and script inline, its ids unique to it."""
     root = f"gs-{secrets.token_hex(4)}"
-    return f"<style>{CSS}</style>\n{_body(report, sample, root)}\n<script>{JS}</script>"
+    return "".join([f"<style>{CSS}</style>\n", *_body(report, sample, root), f"\n<script>{JS}</script>"])
 
 
 def _title(report: Report | ScanReport) -> str:
@@ -64,12 +64,21 @@ def _command(report: Report | ScanReport) -> str:
     return "check" if report.samples else "grads"
 
 
-def _body(report: Report | ScanReport, sample: int | None, root: str) -> str:
+def _body(report: Report | ScanReport, sample: int | None, root: str) -> list[str]:
+    """The view's root element as pieces to concatenate: a 64 x 2,048-token page is tens of MB, and joining it
+    once, at the end, copies it once."""
     if isinstance(report, ScanReport):
-        parts = _scan_sections(report)
+        parts: list[str | list[str]] = list(_scan_sections(report))
     else:
         parts = _report_sections(_only(report, sample) if sample is not None else report, root)
-    return f'<div class="gs" id="{root}" data-shade="role">\n' + "\n".join(parts) + '\n<div class="tip" hidden></div>\n</div>'
+    pieces = [f'<div class="gs" id="{root}" data-shade="role">']
+    for part in [*parts, '<div class="tip" hidden></div>\n</div>']:
+        pieces.append("\n")
+        if isinstance(part, list):
+            pieces += part
+        else:
+            pieces.append(part)
+    return pieces
 
 
 def _only(report: Report, index: int) -> Report:
@@ -82,9 +91,10 @@ def _only(report: Report, index: int) -> Report:
 # ------------------------------------------------------------------------------------------- check, grads, verify
 
 
-def _report_sections(r: Report, root: str) -> list[str]:
+def _report_sections(r: Report, root: str) -> list[str | list[str]]:
+    """The sections in order; the samples' section as its pieces."""
     columns = {s.index: data.columns(s) for s in r.samples}
-    parts = [_header(r), _notes(r.notes)]
+    parts: list[str | list[str]] = [_header(r), _notes(r.notes)]
     if r.samples:
         parts += [_legend(), _controls(columns)]
     parts += [_findings_table(r, root, linked=bool(r.samples))]

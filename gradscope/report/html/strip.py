@@ -21,7 +21,8 @@ OPEN_SAMPLES = 8
 _SPECIAL_EDGES = (("<", ">"), ("[", "]"))
 
 
-def samples(r: Report, columns: dict[int, dict[str, Any]], root: str) -> str:
+def samples(r: Report, columns: dict[int, dict[str, Any]], root: str) -> list[str]:
+    """The samples' section as pieces to concatenate (the page joins them once)."""
     flagged = _flags(r.findings)
     failing: dict[int, list[str]] = {}
     for f in r.findings:  # a finding without positions (no_loss) still marks its sample
@@ -29,11 +30,12 @@ def samples(r: Report, columns: dict[int, dict[str, Any]], root: str) -> str:
             failing.setdefault(f.sample, []).append(f.check)
     first = [s.index for s in r.samples if s.index in failing] or [s.index for s in r.samples]
     opened = set(first[:OPEN_SAMPLES])
-    body = "\n".join(
-        _sample(s, columns[s.index], flagged.get(s.index, {}), failing.get(s.index, []), root, s.index in opened)
-        for s in r.samples
-    )
-    return f'<section class="samples"><h2>Samples ({len(r.samples)})</h2>\n{body}\n</section>'
+    out = [f'<section class="samples"><h2>Samples ({len(r.samples)})</h2>']
+    for s in r.samples:
+        out.append("\n")
+        out += _sample(s, columns[s.index], flagged.get(s.index, {}), failing.get(s.index, []), root, s.index in opened)
+    out.append("\n</section>")
+    return out
 
 
 def _flags(findings: Sequence[Finding]) -> dict[int, dict[int, list[str]]]:
@@ -49,33 +51,35 @@ def _flags(findings: Sequence[Finding]) -> dict[int, dict[int, list[str]]]:
 
 def _sample(
     s: SampleReport, columns: dict[str, Any], flags: dict[int, list[str]], checks: list[str], root: str, opened: bool
-) -> str:
-    real = [t for t in s.tokens if t.role != "pad"]
+) -> list[str]:
+    real = [t.trained for t in s.tokens if t.role != "pad"]
     checks = list(dict.fromkeys(checks))
     mark = f' <b class="fail">✗ {html.escape(", ".join(checks))}</b>' if checks else ""
-    summary = f"sample {s.index}: {len(real)} tokens, {sum(t.trained for t in real)} trained{mark}"
+    summary = f"sample {s.index}: {len(real)} tokens, {real.count(True)} trained{mark}"
     label = html.escape(f"tokens of sample {s.index}", quote=True)
-    return (
-        f'<details class="sample" id="{root}-s{s.index}" data-sample="{s.index}"{" open" if opened else ""}>'
-        f"<summary>{summary}</summary>\n"
-        f"{_strip_element(_strip(s, flags, root), label, opened)}\n"
-        f'{_heat_frame(s)}<script type="application/json" class="gs-sample">{_sample_json(s, columns)}</script></details>'
-    )
+    head = f'<details class="sample" id="{root}-s{s.index}" data-sample="{s.index}"{" open" if opened else ""}>'
+    return [
+        f"{head}<summary>{summary}</summary>\n",
+        *_strip_element(_strip(s, flags, root), label, opened),
+        f'\n{_heat_frame(s)}<script type="application/json" class="gs-sample">',
+        *_sample_json(s, columns),
+        "</script></details>",
+    ]
 
 
-def _strip_element(spans: str, label: str, opened: bool) -> str:
+def _strip_element(spans: list[str], label: str, opened: bool) -> list[str]:
     """An opened sample's strip inline; a closed one's kept as text in a ``<script type="text/html">`` that the page's
     script inserts when the sample is opened: the browser then parses the spans of the samples one looks at only.
     (Token texts are escaped, so the block holds no ``</script``.)"""
     head = f'<div class="strip" tabindex="0" role="group" aria-label="{label}">'
     if opened:
-        return f"{head}{spans}</div>"
-    return f'{head}</div><script type="text/html" class="gs-strip">{spans}</script>'
+        return [head, *spans, "</div>"]
+    return [f'{head}</div><script type="text/html" class="gs-strip">', *spans, "</script>"]
 
 
-def _strip(s: SampleReport, flags: dict[int, list[str]], root: str) -> str:
-    """One ``<span>`` per token. The hot loop of a big page (131k tokens at 64 x 2,048): one f-string per token,
-    the role's and text's parts of it worked out once per distinct value."""
+def _strip(s: SampleReport, flags: dict[int, list[str]], root: str) -> list[str]:
+    """One ``<span>`` per token, as a list the page joins. The hot loop of a big page (131k tokens at 64 x 2,048):
+    one f-string per token, the role's and text's parts of it worked out once per distinct value."""
     prefix = f"{root}-s{s.index}-p"
     roles = {role: f'" data-role="{role or "unknown"}"' for role in ("prompt", "completion", "pad", None)}
     shown: dict[str | int, str] = {}
@@ -91,7 +95,7 @@ def _strip(s: SampleReport, flags: dict[int, list[str]], root: str) -> str:
             marks += f' id="{prefix}{t.position}" data-flag="{" ".join(dict.fromkeys(flagged))}"'
         role = roles.get(t.role) or f'" data-role="{t.role}"'
         out.append(f'<span data-pos="{t.position}" data-id="{t.token_id}{role}{marks}{tail}')
-    return "".join(out)
+    return out
 
 
 def _token_tail(text: str | None, token_id: int) -> str:
@@ -132,11 +136,13 @@ def _heat_frame(s: SampleReport) -> str:
     )
 
 
-def _sample_json(s: SampleReport, columns: dict[str, Any]) -> str:
-    """The sample's block: its texts, its number columns (``html_data.encoded``) and its heat map."""
-    block = data.encoded(columns)
-    if s.layer_grad_norms:
-        block["heat"] = data.heat_cells([columns["gemb"], *s.layer_grad_norms])
+def _sample_json(s: SampleReport, columns: dict[str, Any]) -> list[str]:
+    """The sample's JSON block as pieces: its texts and number columns (``data.encoded``), then its heat map's layer
+    rows (the embedding row is the ``gemb`` column), whose base64 goes in as it is: it needs no escaping, and it is
+    most of the block."""
     # A token's text can hold "</script>" or "<!--", which would end or change the <script> element: every "<"
     # (only ever inside a JSON string) is written as its JSON escape.
-    return json.dumps(block, ensure_ascii=False, separators=(",", ":")).replace("<", "\\u003c")
+    block = json.dumps(data.encoded(columns), ensure_ascii=False, separators=(",", ":")).replace("<", "\\u003c")
+    if not s.layer_grad_norms:
+        return [block]
+    return [block[:-1], f',"heat":{{"layers":{len(s.layer_grad_norms)},"bf16":"', data.heat_norms(s.layer_grad_norms), '"}}']
