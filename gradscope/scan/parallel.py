@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -65,14 +66,18 @@ def as_dataset(source: Source):
 
 @contextmanager
 def _quiet_datasets() -> Iterator[None]:
-    """datasets' own progress bars off for the map (gradscope draws its own on stderr), then as they were."""
+    """datasets' own progress bars off for the map (gradscope draws its own on stderr), then as they were; and the
+    process's ``os.environ`` given back: ``Dataset.map`` with ``num_proc`` replaces it with a copy, which the caller's
+    later changes to the environment (and anything holding the original, as rich's consoles do) no longer see."""
     import datasets
 
     was_disabled = datasets.are_progress_bars_disabled()
+    environ = os.environ
     datasets.disable_progress_bars()
     try:
         yield
     finally:
+        os.environ = environ
         if not was_disabled:
             datasets.enable_progress_bars()
 
