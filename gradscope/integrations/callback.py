@@ -29,9 +29,9 @@ from gradscope.errors import GradscopeError, MaskingError
 from gradscope.integrations.observe import Observer
 from gradscope.integrations.sources import (
     DatasetRoles,
+    LazyMarkers,
     PreferenceRoles,
     batch_roles,
-    chat_markers,
     rl_rows,
 )
 from gradscope.integrations.verdict import RankVerdict, gather, merge, rank_verdict
@@ -179,7 +179,7 @@ class GradscopeCallback(TrainerCallback):
         spec = RoleSpec(ends, train_on=self.train_on)
         dataset = DatasetRoles(getattr(self.trainer, "train_dataset", None), tokenizer, spec) if self.trainer else None
         preference = PreferenceRoles(getattr(self.trainer, "train_dataset", None))
-        markers, prepared, notes, idle = chat_markers(tokenizer, ends), [], [], []
+        markers, prepared, notes, idle = LazyMarkers(tokenizer, ends), [], [], []
         for n, record in enumerate(observer.records):
             if not record.reached:
                 notes.append(f"a training forward ({record.where or 'no logits or last hidden state'}) never received "

@@ -164,27 +164,36 @@ def _watch_logits(record: Observed, logits: torch.Tensor, ids: torch.Tensor, eps
     targets = _next_tokens(ids).to(logits.device)
     held = logits.detach()
 
-    def direction(i: int, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        y = targets[i, rows]
-        logp = held[i, rows].float().log_softmax(-1)  # (chunk, V)
-        d = logp.exp() - epsilon / logp.shape[-1]
-        d[torch.arange(len(y)), y] -= 1 - epsilon
-        return d, -logp.gather(-1, y[:, None]).squeeze(-1)
+    def direction(rows: torch.Tensor, cols: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        y = targets[rows, cols]
+        logp = held[rows, cols].float().log_softmax(-1)  # (chunk, V)
+        loss = -logp.gather(-1, y[:, None]).squeeze(-1)
+        d = logp.exp_()
+        if epsilon:
+            d.sub_(epsilon / d.shape[-1])
+        d[torch.arange(len(y), device=d.device), y] -= 1 - epsilon
+        return d, loss
 
     logits.register_hook(lambda grad: _read(record, grad, targets, direction, logits.shape[-1], True))
 
 
 def _watch_hidden(record: Observed, hidden: torch.Tensor, ids: torch.Tensor, head: nn.Module) -> None:
     """Read the loss at the LM head's input, in the backward: the loss and the direction W^T (p - e_y) the gradient
-    of a loss on token y has there come from a no-grad re-projection through the head of the trained positions."""
+    of a loss on token y has there come from a no-grad re-projection through the head of the trained positions
+    (of every row at once: one (positions, D) x (D, V) product per chunk, not one per row)."""
     targets = _next_tokens(ids).to(hidden.device)
+    weights: list[torch.Tensor] = []
 
-    def direction(i: int, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        w, bias = head.weight.detach().float(), getattr(head, "bias", None)  # (V, D)
-        h, y = hidden[i, rows].detach().float(), targets[i, rows]
-        logits = h @ w.T if bias is None else h @ w.T + bias.detach().float()  # (chunk, V)
+    def direction(rows: torch.Tensor, cols: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if not weights:  # the head's weight in fp32, made once per backward
+            bias = getattr(head, "bias", None)
+            weights.extend([head.weight.detach().float(), *([] if bias is None else [bias.detach().float()])])
+        w = weights[0]  # (V, D)
+        h, y = hidden.detach()[rows, cols].float(), targets[rows, cols]
+        logits = h @ w.T if len(weights) == 1 else torch.addmm(weights[1], h, w.T)  # (chunk, V)
         logp = logits.log_softmax(-1)
-        return logp.exp() @ w - w[y], -logp.gather(-1, y[:, None]).squeeze(-1)  # (chunk, D): W^T (p - e_y)
+        loss = -logp.gather(-1, y[:, None]).squeeze(-1)
+        return logp.exp_() @ w - w[y], loss  # (chunk, D): W^T (p - e_y)
 
     hidden.register_hook(lambda grad: _read(record, grad, targets, direction, head.weight.shape[0], False))
 
@@ -193,34 +202,36 @@ def _read(record: Observed, grad: torch.Tensor, targets: torch.Tensor, direction
     """Reduce the gradient (B, T, N) at the logits (N = V) or the LM head's input (N = D), position by position.
 
     Only positions the loss reaches (non-zero gradient: the trained ones) get the loss and the direction computed,
-    a chunk of positions at a time (``vocab`` sizes the (chunk, V) temporaries); the others keep loss NaN and weight
-    0. ``direction(i, positions)`` gives the direction of a loss on each position's own next token and its loss.
+    chunks of positions of all rows at once (``vocab`` sizes the (chunk, V) temporaries); the others keep loss NaN
+    and weight 0. ``direction(rows, cols)`` gives the direction of a loss on each position's own next token and
+    its loss. The residual of the gradient off that direction, |g - scale * d| / |g|, is computed as
+    sqrt(|g|^2 - <g, d>^2 / |d|^2) / |g|, without a third (chunk, N) temporary.
     """
     b, t, n = grad.shape
-    outs = {"loss": torch.full((b, t), float("nan"), device=grad.device)}
-    outs.update({k: torch.zeros(b, t, device=grad.device) for k in ("norm", "weight", "residual")})
+    grad = grad.detach()
+    norm = torch.zeros(b, t, device=grad.device)
+    for i in range(b):
+        for rows in position_chunks(t, n):
+            norm[i, rows] = torch.linalg.vector_norm(grad[i, rows].float(), dim=-1)
+    loss = torch.full((b, t), float("nan"), device=grad.device)
+    weight, residual = torch.zeros(b, t, device=grad.device), torch.zeros(b, t, device=grad.device)
     other = torch.full((b, t), -2, dtype=torch.long, device=grad.device)
     with torch.no_grad():
-        for i in range(b):
-            for rows in position_chunks(t, n):
-                outs["norm"][i, rows] = torch.linalg.vector_norm(grad[i, rows].detach().float(), dim=-1)
-            reached = (outs["norm"][i] > 0).nonzero().flatten()
-            for part in reached.split(max(1, CHUNK_ELEMENTS // vocab)):
-                d, loss = direction(i, part)
-                g = grad[i, part].detach().float()
-                scale = (g * d).sum(-1) / (d * d).sum(-1).clamp_min(1e-30)
-                norm = outs["norm"][i, part]
-                outs["loss"][i, part], outs["weight"][i, part] = loss, scale
-                residual = torch.linalg.vector_norm(g - scale[:, None] * d, dim=-1) / norm.clamp_min(1e-30)
-                outs["residual"][i, part] = residual
-                off = residual > ALIGNED_RESIDUAL
-                if find_other and off.any():  # the token it pushes toward: the most negative entry (most positive if w < 0)
-                    low, high = g[off].min(-1), g[off].max(-1)
-                    other[i, part[off]] = torch.where(-low.values >= high.values, low.indices, high.indices)
-    norm = outs["norm"]
-    aligned = outs["residual"] <= ALIGNED_RESIDUAL
-    record.token_loss = outs["loss"].cpu()
+        for part in (norm > 0).nonzero().split(max(1, CHUNK_ELEMENTS // vocab)):
+            rows, cols = part[:, 0], part[:, 1]
+            d, part_loss = direction(rows, cols)
+            g = grad[rows, cols].float()
+            gd, dd = (g * d).sum(-1), (d * d).sum(-1).clamp_min(1e-30)
+            size = norm[rows, cols]
+            off_direction = (size.square() - gd.square() / dd).clamp_min(0).sqrt() / size.clamp_min(1e-30)
+            loss[rows, cols], weight[rows, cols], residual[rows, cols] = part_loss, gd / dd, off_direction
+            off = off_direction > ALIGNED_RESIDUAL
+            if find_other and off.any():  # the token it pushes toward: the most negative entry (most positive if w < 0)
+                low, high = g[off].min(-1), g[off].max(-1)
+                other[rows[off], cols[off]] = torch.where(-low.values >= high.values, low.indices, high.indices)
+    aligned = residual <= ALIGNED_RESIDUAL
+    record.token_loss = loss.cpu()
     record.grad_norm = norm.cpu()
-    record.weight = torch.where(norm > 0, outs["weight"], 0.0).cpu()
+    record.weight = torch.where(norm > 0, weight, 0.0).cpu()
     record.target = torch.where(norm > 0, torch.where(aligned, targets, other), -1).cpu()
     record.finite = bool(torch.isfinite(norm).all())

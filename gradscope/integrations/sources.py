@@ -149,7 +149,7 @@ def rl_rows(inputs: Mapping[str, Any], given: Mapping[str, Any]) -> RLRows | Non
 
 
 def row_roles(ids: torch.Tensor, starts: torch.Tensor, real: torch.Tensor, dataset: DatasetRoles | PreferenceRoles | None,
-              markers: TemplateMarkers | None, train_on: str) -> tuple[list[int], str | None]:
+              markers: TemplateMarkers | LazyMarkers | None, train_on: str) -> tuple[list[int], str | None]:
     """Role codes of one row and what gave them: each packed document (its real tokens, padding after them) looked
     up in the dataset, else the template's markers over the row; UNKNOWN where neither applies."""
     ids_list, keep = ids.tolist(), real.tolist()
@@ -172,7 +172,7 @@ def row_roles(ids: torch.Tensor, starts: torch.Tensor, real: torch.Tensor, datas
 
 
 def batch_roles(inputs: Mapping[str, Any], context: Mapping[str, Any], dataset: DatasetRoles | None,
-                markers: TemplateMarkers | None, train_on: str,
+                markers: TemplateMarkers | LazyMarkers | None, train_on: str,
                 preference: PreferenceRoles | None = None) -> tuple[torch.Tensor, list[str | None]]:
     """Role codes (B, T) for one observed forward and, per row, which source gave them (None: not judged).
 
@@ -201,3 +201,19 @@ def chat_markers(tokenizer: Any, ends: frozenset[int]) -> TemplateMarkers | None
     if tokenizer is None or not getattr(tokenizer, "chat_template", None):
         return None
     return template_markers(tokenizer, ends)
+
+
+class LazyMarkers:
+    """The chat template's markers, learnt the first time a row needs them: most watched steps never do (the inputs
+    or the train_dataset give every row's roles), and learning them renders a dozen probe chats."""
+
+    def __init__(self, tokenizer: Any, ends: frozenset[int]) -> None:
+        self.tokenizer, self.ends = tokenizer, ends
+        self._markers: TemplateMarkers | None = None
+        self._learnt = False
+
+    def roles(self, ids: list[int], train_on: str = "all-assistant") -> list[int]:
+        """The markers' roles of ``ids``; every token UNKNOWN without a template gradscope can read."""
+        if not self._learnt:
+            self._markers, self._learnt = chat_markers(self.tokenizer, self.ends), True
+        return [UNKNOWN] * len(ids) if self._markers is None else self._markers.roles(ids, train_on)
