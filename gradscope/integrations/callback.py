@@ -180,6 +180,9 @@ class GradscopeCallback(TrainerCallback):
         dataset = DatasetRoles(getattr(self.trainer, "train_dataset", None), tokenizer, spec) if self.trainer else None
         preference = PreferenceRoles(getattr(self.trainer, "train_dataset", None))
         markers, prepared, notes, idle = LazyMarkers(tokenizer, ends), [], [], []
+        failed = [r.error for r in observer.records if r.error is not None]
+        if failed:
+            raise GradscopeError(f"reading the backward of a training forward failed: {failed[0]}")
         for n, record in enumerate(observer.records):
             if not record.reached:
                 notes.append(f"a training forward ({record.where or 'no logits or last hidden state'}) never received "

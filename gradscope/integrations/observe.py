@@ -48,6 +48,7 @@ class Observed:
     target: torch.Tensor | None = None  # token t + 1 where the gradient points at it, else another id or -2
     embedding_grad_norm: torch.Tensor | None = None
     finite: bool = True
+    error: str | None = None  # what went wrong reading the backward, if anything
 
     @property
     def reached(self) -> bool:
@@ -160,42 +161,74 @@ def _next_tokens(ids: torch.Tensor) -> torch.Tensor:
 def _watch_logits(record: Observed, logits: torch.Tensor, ids: torch.Tensor, epsilon: float) -> None:
     """Read the loss at the logits, in the backward: the gradient there is read as w * d, d the cross-entropy
     direction ``p - (1 - eps) e_y - eps / V`` (label smoothing eps), with a residual saying whether it points at y.
-    The logits are held (detached) until this micro-batch's backward."""
+    The logits are held (detached) until this micro-batch's backward has been read, then let go."""
     targets = _next_tokens(ids).to(logits.device)
-    held = logits.detach()
+    held, vocab = [logits.detach()], logits.shape[-1]
 
     def direction(rows: torch.Tensor, cols: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         y = targets[rows, cols]
-        logp = held[rows, cols].float().log_softmax(-1)  # (chunk, V)
+        logp = held[0][rows, cols].float().log_softmax(-1)  # (chunk, V)
         loss = -logp.gather(-1, y[:, None]).squeeze(-1)
         d = logp.exp_()
         if epsilon:
-            d.sub_(epsilon / d.shape[-1])
+            d.sub_(epsilon / vocab)
         d[torch.arange(len(y), device=d.device), y] -= 1 - epsilon
         return d, loss
 
-    logits.register_hook(lambda grad: _read(record, grad, targets, direction, logits.shape[-1], True))
+    def hook(grad: torch.Tensor) -> None:
+        _read(record, grad, targets, direction, vocab, True)
+
+    logits.register_hook(_guarded(record, hook, held))
 
 
 def _watch_hidden(record: Observed, hidden: torch.Tensor, ids: torch.Tensor, head: nn.Module) -> None:
     """Read the loss at the LM head's input, in the backward: the loss and the direction W^T (p - e_y) the gradient
     of a loss on token y has there come from a no-grad re-projection through the head of the trained positions
-    (of every row at once: one (positions, D) x (D, V) product per chunk, not one per row)."""
+    (of every row at once: one (positions, D) x (D, V) product per chunk, not one per row).
+
+    The head's weight is taken once per backward, in fp32; a weight sharded by FSDP2 (a DTensor when the head is
+    its own ``fully_shard`` unit) is gathered first, on every rank alike, since each rank reads each of its forwards.
+    """
     targets = _next_tokens(ids).to(hidden.device)
-    weights: list[torch.Tensor] = []
+    held = [hidden.detach()]
 
-    def direction(rows: torch.Tensor, cols: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if not weights:  # the head's weight in fp32, made once per backward
-            bias = getattr(head, "bias", None)
-            weights.extend([head.weight.detach().float(), *([] if bias is None else [bias.detach().float()])])
-        w = weights[0]  # (V, D)
-        h, y = hidden.detach()[rows, cols].float(), targets[rows, cols]
-        logits = h @ w.T if len(weights) == 1 else torch.addmm(weights[1], h, w.T)  # (chunk, V)
-        logp = logits.log_softmax(-1)
-        loss = -logp.gather(-1, y[:, None]).squeeze(-1)
-        return logp.exp_() @ w - w[y], loss  # (chunk, D): W^T (p - e_y)
+    def hook(grad: torch.Tensor) -> None:
+        w, bias = _full(head.weight).float(), getattr(head, "bias", None)  # (V, D)
+        bias = None if bias is None else _full(bias).float()
 
-    hidden.register_hook(lambda grad: _read(record, grad, targets, direction, head.weight.shape[0], False))
+        def direction(rows: torch.Tensor, cols: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            h, y = held[0][rows, cols].float(), targets[rows, cols]
+            logits = h @ w.T if bias is None else torch.addmm(bias, h, w.T)  # (chunk, V)
+            logp = logits.log_softmax(-1)
+            loss = -logp.gather(-1, y[:, None]).squeeze(-1)
+            return logp.exp_() @ w - w[y], loss  # (chunk, D): W^T (p - e_y)
+
+        _read(record, grad, targets, direction, w.shape[0], False)
+
+    hidden.register_hook(_guarded(record, hook, held))
+
+
+def _full(tensor: torch.Tensor) -> torch.Tensor:
+    """The whole tensor, detached: a DTensor (FSDP2's sharded parameter) gathered, anything else as it is."""
+    tensor = tensor.detach()
+    full_tensor = getattr(tensor, "full_tensor", None)
+    return full_tensor() if callable(full_tensor) else tensor
+
+
+def _guarded(record: Observed, hook, held: list):
+    """The hook, recording instead of raising what goes wrong in it (an exception inside the trainer's backward
+    would break the run, and on one rank only leave the others waiting in a collective); the verdict reports it on
+    every rank. What it held is let go either way."""
+
+    def run(grad: torch.Tensor) -> None:
+        try:
+            hook(grad)
+        except Exception as err:  # noqa: BLE001 - reported by the verdict as a failed check, on every rank
+            record.error = f"{type(err).__name__}: {err}"
+        finally:
+            held.clear()
+
+    return run
 
 
 def _read(record: Observed, grad: torch.Tensor, targets: torch.Tensor, direction, vocab: int, find_other: bool) -> None:

@@ -285,3 +285,24 @@ def test_observer_matches_an_independent_computation(fused):
     torch.testing.assert_close(record.token_loss[:, :-1][trained], expected[trained], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(record.weight[:, :-1][trained], torch.full((count,), 3 / count), rtol=1e-4, atol=0)
     assert torch.equal(record.target[:, :-1][trained], ids[:, 1:][trained])
+
+
+def test_a_failure_inside_the_backward_hook_leaves_the_backward_alone_and_is_reported(monkeypatch):
+    import gradscope
+    from fixtures.trainers import MODEL
+    from gradscope.integrations import GradscopeCallback, observe
+    from gradscope.model.load import load_model
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("cannot read this gradient")
+
+    monkeypatch.setattr(observe, "_read", broken)
+    model = load_model(MODEL)
+    callback = GradscopeCallback(write_report=False)
+    callback.on_train_begin(None, None, None, model=model)
+    model.train()
+    ids = torch.randint(5, 300, (1, 8))
+    model(input_ids=ids, labels=ids).loss.backward()  # the trainer's backward completes
+    assert model.get_input_embeddings().weight.grad is not None
+    with pytest.raises(gradscope.GradscopeError, match="RuntimeError: cannot read this gradient"):
+        callback.on_pre_optimizer_step(None, None, None)
