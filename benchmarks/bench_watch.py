@@ -123,6 +123,42 @@ def measure(make, options, data) -> dict[tuple[str, str, str], list[float]]:
     return times
 
 
+PROFILED = {
+    "forward hooks": ("integrations/observe.py", ("_begin", "_end", "_embedding", "_body", "_head")),
+    "backward reads": ("integrations/observe.py", ("run",)),
+    "verdict": ("integrations/callback.py", ("on_pre_optimizer_step",)),
+}
+"""gradscope's own parts of a watched step, as cProfile names them (file, functions): the hooks on the forward, the
+gradient hooks of the backward (``run`` wraps each read), and the verdict before the optimizer step."""
+
+
+def profile_first_step(make, options, data) -> dict[str, float]:
+    """Seconds of one watched first step spent in each of gradscope's parts, and in the whole step (cProfile, whose
+    own overhead inflates Python-heavy code: read the parts as shares of the profiled step)."""
+    import cProfile
+    import pstats
+
+    from transformers import TrainerCallback
+
+    profiler = cProfile.Profile()
+
+    class _Profile(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            if state.global_step == 0:
+                profiler.enable()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            profiler.disable()
+
+    with tempfile.TemporaryDirectory() as out:
+        make(options, data, [_Profile(), GradscopeCallback(write_report=False)], out).train()
+    stats = pstats.Stats(profiler).stats  # (file, line, function) -> (calls, calls, own time, cumulative, callers)
+    parts = {name: sum(v[3] for (path, _, fn), v in stats.items() if path.endswith(where) and fn in functions)
+             for name, (where, functions) in PROFILED.items()}
+    parts["step"] = sum(v[2] for v in stats.values())
+    return parts
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hidden", type=int, default=256)
@@ -133,6 +169,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--profile", action="store_true", help="also profile one watched first step per trainer")
     options = parser.parse_args()
     if options.threads:
         torch.set_num_threads(options.threads)
@@ -150,6 +187,10 @@ def main() -> None:
             print(f"| {name} | {clock} | {t['unwatched', 'first']:.3f} s | {t['watched', 'first']:.3f} s | "
                   f"{ratio['first']:.2f}x | {t['unwatched', 'later']:.3f} s | {t['watched', 'later']:.3f} s | "
                   f"{ratio['later']:.2f}x |")
+        if options.profile:
+            parts = profile_first_step(make, options, data)
+            shares = ", ".join(f"{part} {parts[part] * 1000:.0f} ms ({parts[part] / parts['step']:.1%})" for part in PROFILED)
+            print(f"  profiled watched first step of {name}: {parts['step']:.3f} s; gradscope: {shares}")
 
 
 def paired_ratio(watched: list[float], unwatched: list[float]) -> float:

@@ -87,6 +87,7 @@ class Observer:
         self._current: Observed | None = None
         self._hidden: torch.Tensor | None = None
         self._logits: torch.Tensor | None = None
+        self._autocast: torch.dtype | None = None
         self._handles = [
             self.lm.register_forward_pre_hook(self._begin, with_kwargs=True),
             self.lm.register_forward_hook(self._end, with_kwargs=True),
@@ -130,6 +131,8 @@ class Observer:
         if self._current is not None and self._hidden is None:
             hidden = output[0] if isinstance(output, (tuple, list)) else getattr(output, "last_hidden_state", None)
             self._hidden = hidden if isinstance(hidden, torch.Tensor) and hidden.requires_grad else None
+            if self._hidden is not None:  # inside the model's forward: the autocast the LM head will run under
+                self._autocast = autocast_dtype(self._hidden.device.type)
 
     def _head(self, module: nn.Module, args: tuple, output: Any) -> None:
         if self._current is not None and isinstance(output, torch.Tensor) and output.requires_grad and output.dim() == 3:
@@ -145,7 +148,7 @@ class Observer:
             _watch_logits(record, self._logits, ids, self.label_smoothing)
         elif self._hidden is not None and self._hidden.shape[:2] == ids.shape:
             record.where = "lm_head_input"
-            _watch_hidden(record, self._hidden, ids, self.lm.get_output_embeddings())
+            _watch_hidden(record, self._hidden, ids, self.lm.get_output_embeddings(), self._autocast)
         record.inputs = {k: v.detach().cpu() for k, v in record.inputs.items()}
         self._hidden = self._logits = None
         self.records.append(record)
@@ -181,31 +184,48 @@ def _watch_logits(record: Observed, logits: torch.Tensor, ids: torch.Tensor, eps
     logits.register_hook(_guarded(record, hook, held))
 
 
-def _watch_hidden(record: Observed, hidden: torch.Tensor, ids: torch.Tensor, head: nn.Module) -> None:
+def _watch_hidden(record: Observed, hidden: torch.Tensor, ids: torch.Tensor, head: nn.Module,
+                  autocast: torch.dtype | None = None) -> None:
     """Read the loss at the LM head's input, in the backward: the loss and the direction W^T (p - e_y) the gradient
     of a loss on token y has there come from a no-grad re-projection through the head of the trained positions
     (of every row at once: one (positions, D) x (D, V) product per chunk, not one per row).
 
-    The head's weight is taken once per backward, in fp32; a weight sharded by FSDP2 (a DTensor when the head is
-    its own ``fully_shard`` unit) is gathered first, on every rank alike, since each rank reads each of its forwards.
+    The products run in the precision the head ran in (the forward's autocast dtype, else the weight's own), as the
+    trainer's own forward and backward did: an fp32 copy of a bf16 head would cost memory and, on accelerators, many
+    times the head's own time; the softmax and the dot products are fp32. The weight is taken once per backward; a
+    weight sharded by FSDP2 (a DTensor when the head is its own ``fully_shard`` unit) is gathered first, on every
+    rank alike, since each rank reads each of its forwards.
     """
     targets = _next_tokens(ids).to(hidden.device)
     held = [hidden.detach()]
 
     def hook(grad: torch.Tensor) -> None:
-        w, bias = _full(head.weight).float(), getattr(head, "bias", None)  # (V, D)
-        bias = None if bias is None else _full(bias).float()
+        w, bias = _full(head.weight), getattr(head, "bias", None)  # (V, D)
+        dtype = autocast or w.dtype
+        w, bias = w.to(dtype), None if bias is None else _full(bias).to(dtype)
 
         def direction(rows: torch.Tensor, cols: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            h, y = held[0][rows, cols].float(), targets[rows, cols]
+            h, y = held[0][rows, cols].to(dtype), targets[rows, cols]
             logits = h @ w.T if bias is None else torch.addmm(bias, h, w.T)  # (chunk, V)
-            logp = logits.log_softmax(-1)
+            logp = logits.float().log_softmax(-1)
             loss = -logp.gather(-1, y[:, None]).squeeze(-1)
-            return logp.exp_() @ w - w[y], loss  # (chunk, D): W^T (p - e_y)
+            delta = logp.exp_()
+            delta[torch.arange(len(y), device=delta.device), y] -= 1  # p - e_y, in fp32 before the product
+            return (delta.to(dtype) @ w).float(), loss  # (chunk, D): W^T (p - e_y), as the head's backward forms it
 
         _read(record, grad, targets, direction, w.shape[0], False)
 
     hidden.register_hook(_guarded(record, hook, held))
+
+
+def autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The dtype autocast computes matrix products in on this device type, or None when autocast is off."""
+    try:
+        return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
+    except (AttributeError, TypeError):  # torch < 2.4: per-device functions
+        if device_type == "cpu":
+            return torch.get_autocast_cpu_dtype() if torch.is_autocast_cpu_enabled() else None
+        return torch.get_autocast_gpu_dtype() if torch.is_autocast_enabled() else None
 
 
 def _full(tensor: torch.Tensor) -> torch.Tensor:
