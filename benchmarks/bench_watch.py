@@ -2,9 +2,10 @@
 
 For each trainer (TRL's SFTTrainer on its default fused-LM-head path; a plain transformers Trainer, whose loss reads
 the logits), a fresh model with the same seed trains --steps steps with and without GradscopeCallback, the order
-alternating over --repeats rounds. A step is timed from on_step_begin to on_step_end (forward, backward, the
-verdict in on_pre_optimizer_step, the optimizer step). Reported: the median first step and the median later step
-(steps 2..N) of each mode, and their ratios.
+alternating over --repeats rounds (after one untimed round). A step is timed from on_step_begin to on_step_end
+(forward, backward, the verdict in on_pre_optimizer_step, the optimizer step), in wall-clock time and in this
+process's CPU time. Reported: the median first step and the median later step (steps 2..N) of each mode, and their
+ratios, each the median over rounds of the ratio within a round.
 
     python benchmarks/bench_watch.py                        # default: Llama, hidden 256, 4 layers, vocab 32000
     python benchmarks/bench_watch.py --hidden 512 --layers 8 --length 256 --repeats 5
@@ -32,8 +33,13 @@ TOKENIZER = Path(__file__).resolve().parent.parent / "fixtures/models/tiny-llama
 WORDS = ["the", "sky", "is", "blue", "and", "the", "sea", "is", "green", "while", "a", "cat", "sat", "on", "the", "mat", "near", "seven", "red", "books"]
 
 
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+"""Wall-clock time, and this process's CPU time: on a machine shared with other jobs the CPU time leaves out the
+time the process waited for a core (with --threads 1 and no data-loader workers it is one thread's time)."""
+
+
 class StepTimer:
-    """A TrainerCallback timing each optimizer step."""
+    """A TrainerCallback timing each optimizer step on every clock."""
 
     def __init__(self) -> None:
         from transformers import TrainerCallback
@@ -42,12 +48,12 @@ class StepTimer:
 
         class _Timer(TrainerCallback):
             def on_step_begin(self, args, state, control, **kwargs):
-                timer.start = time.perf_counter()
+                timer.start = {name: clock() for name, clock in CLOCKS.items()}
 
             def on_step_end(self, args, state, control, **kwargs):
-                timer.steps.append(time.perf_counter() - timer.start)
+                timer.steps.append({name: clock() - timer.start[name] for name, clock in CLOCKS.items()})
 
-        self.callback, self.steps, self.start = _Timer(), [], 0.0
+        self.callback, self.steps, self.start = _Timer(), [], {}
 
 
 def rows(n: int, length: int) -> list[dict]:
@@ -99,18 +105,58 @@ def plain_trainer(options, data, callbacks, out):
                    data_collator=collate, callbacks=callbacks)
 
 
-def measure(make, options, data) -> dict[str, list[float]]:
-    """First-step and later-step times of each mode over the rounds, the order alternating."""
-    times = {("unwatched", "first"): [], ("unwatched", "later"): [], ("watched", "first"): [], ("watched", "later"): []}
-    for round_ in range(options.repeats):
+def measure(make, options, data) -> dict[tuple[str, str, str], list[float]]:
+    """(clock, mode, first/later) -> step times over the rounds, the order alternating; one untimed round first
+    (the process's first training pays one-off costs that are no part of either mode)."""
+    times: dict[tuple[str, str, str], list[float]] = {}
+    for round_ in range(-1, options.repeats):
         for mode in (("unwatched", "watched") if round_ % 2 == 0 else ("watched", "unwatched")):
             timer = StepTimer()
             callbacks = [timer.callback] + ([GradscopeCallback(write_report=False)] if mode == "watched" else [])
             with tempfile.TemporaryDirectory() as out:
                 make(options, data, callbacks, out).train()
-            times[(mode, "first")].append(timer.steps[0])
-            times[(mode, "later")].append(statistics.median(timer.steps[1:]))
-    return {f"{m} {s}": v for (m, s), v in times.items()}
+            if round_ < 0:
+                continue
+            for clock in CLOCKS:
+                times.setdefault((clock, mode, "first"), []).append(timer.steps[0][clock])
+                times.setdefault((clock, mode, "later"), []).append(statistics.median(s[clock] for s in timer.steps[1:]))
+    return times
+
+
+PROFILED = {
+    "forward hooks": ("integrations/observe.py", ("_begin", "_end", "_embedding", "_body", "_head")),
+    "backward reads": ("integrations/observe.py", ("run",)),
+    "verdict": ("integrations/callback.py", ("on_pre_optimizer_step",)),
+}
+"""gradscope's own parts of a watched step, as cProfile names them (file, functions): the hooks on the forward, the
+gradient hooks of the backward (``run`` wraps each read), and the verdict before the optimizer step."""
+
+
+def profile_first_step(make, options, data) -> dict[str, float]:
+    """Seconds of one watched first step spent in each of gradscope's parts, and in the whole step (cProfile, whose
+    own overhead inflates Python-heavy code: read the parts as shares of the profiled step)."""
+    import cProfile
+    import pstats
+
+    from transformers import TrainerCallback
+
+    profiler = cProfile.Profile()
+
+    class _Profile(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            if state.global_step == 0:
+                profiler.enable()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            profiler.disable()
+
+    with tempfile.TemporaryDirectory() as out:
+        make(options, data, [_Profile(), GradscopeCallback(write_report=False)], out).train()
+    stats = pstats.Stats(profiler).stats  # (file, line, function) -> (calls, calls, own time, cumulative, callers)
+    parts = {name: sum(v[3] for (path, _, fn), v in stats.items() if path.endswith(where) and fn in functions)
+             for name, (where, functions) in PROFILED.items()}
+    parts["step"] = sum(v[2] for v in stats.values())
+    return parts
 
 
 def main() -> None:
@@ -123,6 +169,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--profile", action="store_true", help="also profile one watched first step per trainer")
     options = parser.parse_args()
     if options.threads:
         torch.set_num_threads(options.threads)
@@ -130,14 +177,26 @@ def main() -> None:
     data = rows(options.batch * options.steps, options.length)
     print(f"Llama hidden {options.hidden}, {options.layers} layers, vocab {options.vocab}, batch {options.batch} x "
           f"~{options.length} tokens, {options.steps} steps, {options.repeats} rounds, {torch.get_num_threads()} threads")
-    print("| trainer | unwatched first | watched first | ratio | unwatched later | watched later | ratio |")
-    print("|---|---|---|---|---|---|---|")
+    print("| trainer | clock | unwatched first | watched first | ratio | unwatched later | watched later | ratio |")
+    print("|---|---|---|---|---|---|---|---|")
     for name, make in (("SFTTrainer (fused LM head)", sft_trainer), ("Trainer (logits)", plain_trainer)):
-        t = {k: statistics.median(v) for k, v in measure(make, options, data).items()}
-        print(f"| {name} | {t['unwatched first']:.3f} s | {t['watched first']:.3f} s | "
-              f"{t['watched first'] / t['unwatched first']:.2f}x | {t['unwatched later']:.3f} s | "
-              f"{t['watched later']:.3f} s | {t['watched later'] / t['unwatched later']:.2f}x |")
+        times = measure(make, options, data)
+        for clock in CLOCKS:
+            t = {(m, s): statistics.median(times[(clock, m, s)]) for m in ("unwatched", "watched") for s in ("first", "later")}
+            ratio = {s: paired_ratio(times[(clock, "watched", s)], times[(clock, "unwatched", s)]) for s in ("first", "later")}
+            print(f"| {name} | {clock} | {t['unwatched', 'first']:.3f} s | {t['watched', 'first']:.3f} s | "
+                  f"{ratio['first']:.2f}x | {t['unwatched', 'later']:.3f} s | {t['watched', 'later']:.3f} s | "
+                  f"{ratio['later']:.2f}x |")
+        if options.profile:
+            parts = profile_first_step(make, options, data)
+            shares = ", ".join(f"{part} {parts[part] * 1000:.0f} ms ({parts[part] / parts['step']:.1%})" for part in PROFILED)
+            print(f"  profiled watched first step of {name}: {parts['step']:.3f} s; gradscope: {shares}")
 
+
+def paired_ratio(watched: list[float], unwatched: list[float]) -> float:
+    """The median over rounds of watched / unwatched within a round: the two runs of a round are back to back, so
+    load that drifts over the benchmark cancels out of each ratio."""
+    return statistics.median(w / u for w, u in zip(watched, unwatched))
 
 if __name__ == "__main__":
     main()

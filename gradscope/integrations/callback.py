@@ -29,9 +29,10 @@ from gradscope.errors import GradscopeError, MaskingError
 from gradscope.integrations.observe import Observer
 from gradscope.integrations.sources import (
     DatasetRoles,
+    LazyMarkers,
     PreferenceRoles,
     batch_roles,
-    chat_markers,
+    rl_rows,
 )
 from gradscope.integrations.verdict import RankVerdict, gather, merge, rank_verdict
 from gradscope.model.prepare import describe_model
@@ -178,16 +179,29 @@ class GradscopeCallback(TrainerCallback):
         spec = RoleSpec(ends, train_on=self.train_on)
         dataset = DatasetRoles(getattr(self.trainer, "train_dataset", None), tokenizer, spec) if self.trainer else None
         preference = PreferenceRoles(getattr(self.trainer, "train_dataset", None))
-        markers, prepared, notes = chat_markers(tokenizer, ends), [], []
+        markers, prepared, notes, idle = LazyMarkers(tokenizer, ends), [], [], []
+        failed = [r.error for r in observer.records if r.error is not None]
+        if failed:
+            raise GradscopeError(f"reading the backward of a training forward failed: {failed[0]}")
         for n, record in enumerate(observer.records):
             if not record.reached:
                 notes.append(f"a training forward ({record.where or 'no logits or last hidden state'}) never received "
                              "gradient from the loss; it was not checked")
                 continue
-            codes, sources = batch_roles(record.inputs, record.context, dataset, markers, self.train_on, preference)
-            prepared.append((record.context.get("micro_batch", n), record, codes, sources))
+            micro, rl = record.context.get("micro_batch", n), rl_rows(record.inputs, record.context.get("inputs", {}))
+            if rl is not None:  # GRPO-style inputs: prompt_ids + completion_ids, the loss over completion_mask
+                codes, sources = rl.codes, ["inputs"] * len(rl.codes)
+                idle += [(micro, b) for b in rl.idle]
+            else:
+                codes, sources = batch_roles(record.inputs, record.context, dataset, markers, self.train_on, preference)
+            prepared.append((micro, record, codes, sources))
         comparable = not any(k in r.context.get("inputs", {}) for _, r, _, _ in prepared for k in PREFERENCE_KEYS)
-        verdict = rank_verdict(_rank(), prepared, tokenizer, ends, resolve_pad_token_id(lm, tokenizer), comparable)
+        verdict = rank_verdict(_rank(), prepared, tokenizer, ends, resolve_pad_token_id(lm, tokenizer), comparable,
+                               frozenset(idle))
+        if idle:
+            notes.append(f"{len(idle)} RL row(s) (micro-batch, row) {sorted(idle)[:8]} have advantage 0 (equal rewards "
+                         "in their group) or an empty completion_mask: the trainer's loss gives them no gradient on "
+                         "purpose; no_loss, completion_untrained and eos_untrained were not checked there")
         if not observer.records:
             notes.append("no training forward was observed before the first optimizer step: nothing was checked")
         if any(None in sources for _, _, _, sources in prepared):

@@ -1,11 +1,13 @@
-"""Where the watched step's roles come from, in order: role tensors in the trainer's inputs, the trainer's own
-train_dataset (its raw prompt/completion or messages columns, re-tokenized by gradscope and matched to the batch
-by token ids), else the chat template's assistant markers. A row none of them explains is *not judged* (roles
-unknown): a non-chat prompt-completion row is never called all-prompt."""
+"""Where the watched step's roles come from, in order: the prompt_ids / completion_ids of an RL trainer's inputs
+(GRPO), role tensors in the trainer's inputs, the trainer's own train_dataset (its raw prompt/completion or
+messages columns, re-tokenized by gradscope and matched to the batch by token ids), else the chat template's
+assistant markers. A row none of them explains is *not judged* (roles unknown): a non-chat prompt-completion row
+is never called all-prompt."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any
 
@@ -100,8 +102,54 @@ class PreferenceRoles:
         return None if n is None else [PROMPT] * n + [COMPLETION] * (len(ids) - n)
 
 
+RL_KEYS = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask")
+"""Inputs of TRL's online RL trainers (GRPO, RLOO): the model is called on prompt_ids + completion_ids."""
+
+
+@dataclass
+class RLRows:
+    """Roles of an observed forward over an RL batch, and the rows its loss leaves untrained on purpose."""
+
+    codes: torch.Tensor  # (B, T) role codes
+    idle: list[int]  # rows with advantage 0 or an empty loss mask: no gradient is expected there
+
+
+def rl_rows(inputs: Mapping[str, Any], given: Mapping[str, Any]) -> RLRows | None:
+    """Roles of a forward over TRL's RL inputs (``prompt_ids``/``prompt_mask``, ``completion_ids``/
+    ``completion_mask``, ``advantages``, optional ``tool_mask``), or None when the inputs are not those.
+
+    The prompt's tokens are prompt; completion tokens in the loss mask (completion_mask, times tool_mask) are
+    completion; tool output inside the completion is prompt (the model does not produce it). Each observed row is
+    matched to a row of prompt_ids + completion_ids by its token ids, so a forward over a sub-batch is read too.
+    """
+    if not all(isinstance(given.get(k), torch.Tensor) for k in RL_KEYS):
+        return None
+    prompt, _, completion, mask = (given[k].detach().cpu() for k in RL_KEYS)
+    full, ids = torch.cat([prompt, completion], 1), inputs["input_ids"]
+    if full.shape[1] != ids.shape[1]:
+        return None
+    loss_mask = mask.bool()
+    if isinstance(given.get("tool_mask"), torch.Tensor) and given["tool_mask"].shape == mask.shape:
+        loss_mask &= given["tool_mask"].detach().cpu().bool()
+    codes = torch.cat([torch.full_like(prompt, PROMPT), torch.where(loss_mask, COMPLETION, PROMPT)], 1).long()
+    advantages = given.get("advantages")
+    active = loss_mask.any(1)
+    if isinstance(advantages, torch.Tensor):
+        adv = advantages.detach().cpu().reshape(len(full), -1)
+        if adv.shape[1] in (1, loss_mask.shape[1]):
+            active &= ((adv != 0) & loss_mask).any(1)
+    rows, free = [], list(range(len(full)))
+    for row in ids.detach().cpu():
+        match = next((j for j in free if torch.equal(full[j], row)), None)
+        if match is None:
+            return None
+        free.remove(match)
+        rows.append(match)
+    return RLRows(codes[rows], [b for b, j in enumerate(rows) if not active[j]])
+
+
 def row_roles(ids: torch.Tensor, starts: torch.Tensor, real: torch.Tensor, dataset: DatasetRoles | PreferenceRoles | None,
-              markers: TemplateMarkers | None, train_on: str) -> tuple[list[int], str | None]:
+              markers: TemplateMarkers | LazyMarkers | None, train_on: str) -> tuple[list[int], str | None]:
     """Role codes of one row and what gave them: each packed document (its real tokens, padding after them) looked
     up in the dataset, else the template's markers over the row; UNKNOWN where neither applies."""
     ids_list, keep = ids.tolist(), real.tolist()
@@ -124,7 +172,7 @@ def row_roles(ids: torch.Tensor, starts: torch.Tensor, real: torch.Tensor, datas
 
 
 def batch_roles(inputs: Mapping[str, Any], context: Mapping[str, Any], dataset: DatasetRoles | None,
-                markers: TemplateMarkers | None, train_on: str,
+                markers: TemplateMarkers | LazyMarkers | None, train_on: str,
                 preference: PreferenceRoles | None = None) -> tuple[torch.Tensor, list[str | None]]:
     """Role codes (B, T) for one observed forward and, per row, which source gave them (None: not judged).
 
@@ -153,3 +201,19 @@ def chat_markers(tokenizer: Any, ends: frozenset[int]) -> TemplateMarkers | None
     if tokenizer is None or not getattr(tokenizer, "chat_template", None):
         return None
     return template_markers(tokenizer, ends)
+
+
+class LazyMarkers:
+    """The chat template's markers, learnt the first time a row needs them: most watched steps never do (the inputs
+    or the train_dataset give every row's roles), and learning them renders a dozen probe chats."""
+
+    def __init__(self, tokenizer: Any, ends: frozenset[int]) -> None:
+        self.tokenizer, self.ends = tokenizer, ends
+        self._markers: TemplateMarkers | None = None
+        self._learnt = False
+
+    def roles(self, ids: list[int], train_on: str = "all-assistant") -> list[int]:
+        """The markers' roles of ``ids``; every token UNKNOWN without a template gradscope can read."""
+        if not self._learnt:
+            self._markers, self._learnt = chat_markers(self.tokenizer, self.ends), True
+        return [UNKNOWN] * len(ids) if self._markers is None else self._markers.roles(ids, train_on)

@@ -22,6 +22,9 @@ STEP_WEIGHT_TOLERANCE = 0.05
 """Token weights within 5% are equal: under bf16 autocast (TRL's default, on the CPU too) the weight read back from a
 bf16 gradient scatters by about 2%; the bugs it looks for differ by the ratio of token counts (x1.1 and more)."""
 
+UNTRAINED_CHECKS = frozenset({"no_loss", "completion_untrained", "eos_untrained", "turn_end_untrained"})
+"""Findings that a token meant to be trained is not: not reported on rows whose loss is zero on purpose."""
+
 
 @dataclass
 class WatchedFinding(Finding):
@@ -93,7 +96,8 @@ def record_batch(record: Observed, codes: torch.Tensor) -> dict[str, Any]:
 
 
 def rank_verdict(rank: int, records: list[tuple[int, Observed, torch.Tensor, list[str | None]]], tokenizer: Any,
-                 ends: frozenset[int], pad_id: int | None, compare_weights: bool) -> RankVerdict:
+                 ends: frozenset[int], pad_id: int | None, compare_weights: bool,
+                 idle: frozenset[tuple[int, int]] = frozenset()) -> RankVerdict:
     """Check one rank's micro-batches.
 
     Args:
@@ -103,6 +107,8 @@ def rank_verdict(rank: int, records: list[tuple[int, Observed, torch.Tensor, lis
         ends: End-token ids.
         pad_id: The pad token id.
         compare_weights: Whether token weights are meant to be equal (token-mean losses; not DPO/GRPO).
+        idle: (micro-batch, row) the trainer's loss leaves untrained on purpose (GRPO: advantage 0): findings that
+            a trained token is missing are not reported there.
     """
     out = RankVerdict(rank, weights_comparable=compare_weights)
     for micro, record, codes, sources in records:
@@ -112,6 +118,8 @@ def rank_verdict(rank: int, records: list[tuple[int, Observed, torch.Tensor, lis
         starts = document_starts(batch)
         views = sample_views(batch, capture, tokenizer, ends, pad_id, 0, starts)
         for finding in analyze(capture, views, batch["labels"]):
+            if (micro, finding.sample) in idle and finding.check in UNTRAINED_CHECKS:
+                continue
             out.findings.append(WatchedFinding(**vars(finding), rank=rank, micro_batch=micro, row=finding.sample))
         for b, view in enumerate(views):
             sample = sample_report(view, batch, capture, b, sources[b] or "unknown")

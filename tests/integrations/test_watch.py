@@ -285,3 +285,57 @@ def test_observer_matches_an_independent_computation(fused):
     torch.testing.assert_close(record.token_loss[:, :-1][trained], expected[trained], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(record.weight[:, :-1][trained], torch.full((count,), 3 / count), rtol=1e-4, atol=0)
     assert torch.equal(record.target[:, :-1][trained], ids[:, 1:][trained])
+
+
+def test_a_failure_inside_the_backward_hook_leaves_the_backward_alone_and_is_reported(monkeypatch):
+    import gradscope
+    from fixtures.trainers import MODEL
+    from gradscope.integrations import GradscopeCallback, observe
+    from gradscope.model.load import load_model
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("cannot read this gradient")
+
+    monkeypatch.setattr(observe, "_read", broken)
+    model = load_model(MODEL)
+    callback = GradscopeCallback(write_report=False)
+    callback.on_train_begin(None, None, None, model=model)
+    model.train()
+    ids = torch.randint(5, 300, (1, 8))
+    model(input_ids=ids, labels=ids).loss.backward()  # the trainer's backward completes
+    assert model.get_input_embeddings().weight.grad is not None
+    with pytest.raises(gradscope.GradscopeError, match="RuntimeError: cannot read this gradient"):
+        callback.on_pre_optimizer_step(None, None, None)
+
+
+@pytest.mark.parametrize("dtype, autocast", [(torch.bfloat16, False), (torch.float32, True)])
+def test_fused_path_re_projects_in_the_precision_the_head_ran_in(dtype, autocast):
+    """A bf16 head, or bf16 autocast: the per-token loss read back is the trainer's own log-probability (an fp32
+    re-projection is off by about 3e-2 here), and the weight is the loss's 1 / count."""
+    import contextlib
+
+    from trl.trainer.utils import add_fused_lm_head
+
+    from fixtures.trainers import MODEL
+    from gradscope.integrations.observe import Observer
+    from gradscope.model.load import load_model
+
+    torch.manual_seed(1)
+    model = load_model(MODEL).to(dtype)
+    add_fused_lm_head(model)
+    model.train()
+    ids = torch.randint(5, 300, (3, 40))
+    labels = ids.clone()
+    labels[0, :5] = labels[1, :20] = labels[2, :39] = -100
+    observer = Observer(model)
+    with torch.autocast("cpu", torch.bfloat16) if autocast else contextlib.nullcontext():
+        out = model(input_ids=ids, labels=labels, fused_lm_head=True)
+    (-out.log_probs.sum() / 7).backward()
+    observer.close()
+    (record,) = observer.records
+    trained = labels[:, 1:] != -100
+    assert torch.equal(record.grad_norm[:, :-1] > 0, trained)
+    own = -out.log_probs.detach().float()
+    torch.testing.assert_close(record.token_loss[:, :-1][trained], own[trained], rtol=0, atol=1e-5)
+    torch.testing.assert_close(record.weight[:, :-1][trained], torch.full((int(trained.sum()),), 1 / 7), rtol=0.01, atol=0)
+    assert torch.equal(record.target[:, :-1][trained], ids[:, 1:][trained])

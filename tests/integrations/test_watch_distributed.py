@@ -1,4 +1,5 @@
-"""GradscopeCallback under torchrun: 2 ranks, gloo, CPU, TRL's SFTTrainer on the tiny Llama fixture."""
+"""GradscopeCallback under torchrun: 2 ranks, gloo, CPU, the tiny Llama fixture: TRL's SFTTrainer under DDP, and a
+hand-driven step under FSDP2 (``fully_shard``)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 pytest.importorskip("trl")
 WORKER = Path(__file__).with_name("ddp_worker.py")
+FSDP_WORKER = Path(__file__).with_name("fsdp_worker.py")
 
 
 def free_port() -> int:
@@ -21,15 +24,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def ranks(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ddp")
-    env = {**os.environ, "PYTHONPATH": str(WORKER.parents[2]), "OMP_NUM_THREADS": "1"}
+def launch(worker: Path, out: Path) -> list[dict]:
+    env = {**os.environ, "PYTHONPATH": str(worker.parents[2]), "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-               "--master_port", str(free_port()), str(WORKER), str(out)]
+               "--master_port", str(free_port()), str(worker), str(out)]
     done = subprocess.run(command, check=False, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-4000:]
     return [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory):
+    return launch(WORKER, tmp_path_factory.mktemp("ddp"))
+
+
+@pytest.fixture(scope="module")
+def fsdp_ranks(tmp_path_factory):
+    return launch(FSDP_WORKER, tmp_path_factory.mktemp("fsdp"))
 
 
 def test_a_leak_on_one_rank_stops_both_with_the_same_error(ranks):
@@ -53,3 +64,37 @@ def test_unequal_token_counts_averaged_across_devices_train(ranks):
     for rank in ranks:
         run = rank["unequal_counts_averaged"]
         assert run["error"] is None and run["findings"] == [] and run["global_step"] == 1 and run["changed"]
+
+
+# --- FSDP2: every parameter sharded over the two ranks, the LM head its own unit --------------------------------
+
+
+@pytest.mark.parametrize("path, read_at", [("fused", "lm_head_input"), ("logits", "logits")])
+def test_fsdp_token_mean_over_the_step_trains(fsdp_ranks, path, read_at):
+    for rank in fsdp_ranks:
+        run = rank[f"{path} clean"]
+        assert run["error"] is None and run["findings"] == [] and run["changed"]
+        assert run["read_at"] == [read_at] and run["roles_from"] == ["chat_template"]
+        # Each token weighs 1 / (trained tokens of both ranks), read off the sharded model's real gradient.
+        for weights, roles in zip(run["weights"], run["roles"]):
+            torch.testing.assert_close(torch.tensor(weights), torch.full((len(weights),), 1 / run["trained_tokens"]),
+                                       rtol=1e-3, atol=0)
+            assert weights and set(roles) == {"completion"}
+
+
+@pytest.mark.parametrize("path", ["fused", "logits"])
+def test_fsdp_leak_on_one_rank_stops_both_before_the_step(fsdp_ranks, path):
+    zero, one = (rank[f"{path} leak_on_rank_1"] for rank in fsdp_ranks)
+    assert zero["error"] is not None and zero["error"] == one["error"] and "on rank(s) 1" in zero["error"]
+    assert zero["findings"] == one["findings"] == [["prompt_leak", 1, 1]]
+    assert not zero["changed"] and not one["changed"]
+
+
+@pytest.mark.parametrize("path", ["fused", "logits"])
+def test_fsdp_per_rank_means_stop_with_uneven_step_weights(fsdp_ranks, path):
+    zero, one = (rank[f"{path} rank_means"] for rank in fsdp_ranks)
+    assert zero["error"] == one["error"] and "across ranks" in zero["error"]
+    assert {f[0] for f in zero["findings"]} == {"uneven_step_weights"} and not zero["changed"]
+    for weights in zero["weights"]:  # each rank's own token mean: 1 / (that rank's trained tokens)
+        torch.testing.assert_close(torch.tensor(weights), torch.full((len(weights),), 1 / len(weights)), rtol=1e-3,
+                                   atol=0)
