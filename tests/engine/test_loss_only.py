@@ -44,15 +44,23 @@ def test_logits_depth_gives_the_full_checks_verdict_on_every_catalogue_case(case
     full = run_case(case, depth="full")
     masking = run_case(case, depth="logits")
     assert [s.trained_positions for s in masking.samples] == [s.trained_positions for s in full.samples]
+    assert [[(t.trained, t.role) for t in s.tokens] for s in masking.samples] == [
+        [(t.trained, t.role) for t in s.tokens] for s in full.samples
+    ]
     for key in ("target_id", "label", "token_id"):
         torch.testing.assert_close(_per_token(masking, key), _per_token(full, key), rtol=0, atol=0, equal_nan=True)
     for key in ("loss", "weight", "logit_grad_norm"):
         torch.testing.assert_close(_per_token(masking, key), _per_token(full, key), rtol=1e-5, atol=1e-7, equal_nan=True)
     torch.testing.assert_close(torch.tensor(masking.losses), torch.tensor(full.losses), equal_nan=True)
-    expected = [(f.check, f.sample, f.positions) for f in full.findings if f.check not in NETWORK_CHECKS]
-    assert [(f.check, f.sample, f.positions) for f in masking.findings] == expected
-    assert [(a.cosine, a.trained_tokens) for a in masking.accumulation] == pytest.approx(
-        [(a.cosine, a.trained_tokens) for a in full.accumulation]
+    def findings(report):
+        return [(f.check, f.severity, f.sample, f.positions, f.message) for f in report.findings]
+
+    assert findings(masking) == [f for f in findings(full) if f[0] not in NETWORK_CHECKS]
+    assert [(a.batch, a.micro_batches, a.trained_tokens) for a in masking.accumulation] == [
+        (a.batch, a.micro_batches, a.trained_tokens) for a in full.accumulation
+    ]
+    assert [(a.cosine, a.relative_error) for a in masking.accumulation] == pytest.approx(
+        [(a.cosine, a.relative_error) for a in full.accumulation], rel=1e-4, abs=1e-6
     )
 
 
@@ -61,6 +69,7 @@ def test_the_catalogue_has_leaks_only_the_full_depth_sees():
     and cases with masking findings it must give."""
     expected = {e["check"] for c in CATALOGUE for e in c["expect"]}
     assert expected & NETWORK_CHECKS and expected - NETWORK_CHECKS >= {"prompt_leak", "eos_untrained", "no_loss"}
+    assert any(c.get("accumulate") for c in CATALOGUE) and any("loss" in c for c in CATALOGUE)
 
 
 def test_capture_matches_cross_entropy_computed_independently(random_model):
