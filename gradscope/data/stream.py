@@ -298,7 +298,7 @@ def _is_json_array(path: Path) -> bool:
 
 
 def raw_row_batches(source: Source, size: int = RAW_CHUNK_ROWS) -> Iterator[list[dict[str, Any]]]:
-    """The source's raw rows as plain dicts, ``size`` at a time (a .json array is read whole, as check reads it).
+    """The source's raw rows as plain dicts, ``size`` at a time (a .json array parsed row by row, as check reads it).
 
     Raises:
         DataError: unreadable data, or a JSON line that is not an object (naming the line).
