@@ -102,14 +102,10 @@ def _object(value: Any, path: Path, row: str | int) -> dict[str, Any]:
 
 
 def _read_parquet(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
-    """The first ``limit`` rows of a Parquet file, read batch by batch (only the row groups needed)."""
-    try:
-        import pyarrow.parquet as pq
-    except ImportError as err:
-        raise DataError("reading .parquet needs pyarrow", path=path, hint="pip install pyarrow") from err
+    """The first ``limit`` rows of a Parquet file, read batch by batch (only the pages needed)."""
     rows: list[dict[str, Any]] = []
     try:
-        file = pq.ParquetFile(path, pre_buffer=False)
+        file = open_parquet(path)
         for batch in file.iter_batches(batch_size=min(limit or 8192, 8192)):
             rows.extend(batch.to_pylist())
             if limit is not None and len(rows) >= limit:
@@ -117,6 +113,21 @@ def _read_parquet(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
     except (OSError, ValueError, TypeError) as err:  # pyarrow's ArrowInvalid is a ValueError
         raise DataError(f"cannot read parquet: {_first_line(err)}", path=path) from err
     return rows if limit is None else rows[:limit]
+
+
+PARQUET_READ_BYTES = 1 << 20
+"""Bytes read at a time from a Parquet column chunk (else a batch of one row reads its whole row group's chunks)."""
+
+
+def open_parquet(path: Path) -> Any:
+    """A Parquet file opened to be read batch by batch in bounded memory: each column chunk through a read buffer,
+    and no pre-buffering (which keeps every row group read so far)."""
+    try:
+        import pyarrow.parquet as pq
+    except ImportError as err:
+        raise DataError("reading .parquet needs pyarrow", path=path, hint="pip install pyarrow") from err
+
+    return pq.ParquetFile(path, pre_buffer=False, buffer_size=PARQUET_READ_BYTES)
 
 
 def _first_line(err: BaseException) -> str:

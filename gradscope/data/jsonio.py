@@ -102,6 +102,8 @@ class _ArrayReader:
         self.path, self.file = path, path.open("rb")
         self.decoder = codecs.getincrementaldecoder("utf-8")()
         self.buffer, self.pos, self.read_bytes, self.eof = "", 0, 0, False
+        # Where the buffer starts in the text, and the lines before it, to name a position as line and column.
+        self.dropped, self.lines, self.line_start = 0, 0, 0
         self._more()
         self.buffer = self.buffer.removeprefix(_BOM)
 
@@ -111,15 +113,32 @@ class _ArrayReader:
         data = self.file.read(size)
         self.eof = not data
         try:
-            self.buffer = self.buffer[self.pos :] + self.decoder.decode(data, final=self.eof)
+            text = self.decoder.decode(data, final=self.eof)
         except UnicodeDecodeError as err:
             raise DataError(f"invalid UTF-8 at byte {self.read_bytes + err.start}", path=self.path,
                             hint="save the file as UTF-8") from err
+        self._drop()
+        self.buffer += text
         self.read_bytes += len(data)
-        self.pos = 0
         if self.eof:
             self.file.close()
         return True
+
+    def _drop(self) -> None:
+        """Forget the text before ``pos`` (already parsed), counting its lines to name later positions."""
+        last = self.buffer.rfind("\n", 0, self.pos)
+        if last >= 0:
+            self.lines += self.buffer.count("\n", 0, self.pos)
+            self.line_start = self.dropped + last + 1
+        self.dropped += self.pos
+        self.buffer, self.pos = self.buffer[self.pos :], 0
+
+    def where(self, pos: int) -> str:
+        """Line and column (1-based) in the file of the buffer's character ``pos``."""
+        last = self.buffer.rfind("\n", 0, pos)
+        start = self.dropped + last + 1 if last >= 0 else self.line_start
+        line = self.lines + self.buffer.count("\n", 0, pos) + 1
+        return f"line {line} column {self.dropped + pos - start + 1}"
 
     def peek(self) -> str:
         """The next character that is not whitespace ('' at the end)."""
@@ -134,12 +153,12 @@ class _ArrayReader:
 
     def expect(self, char: str, message: str) -> None:
         if self.peek() != char:
-            raise DataError(f"invalid JSON: {message}", path=self.path, hint="or write one row per line as .jsonl")
+            raise DataError(f"invalid JSON: {message} (at {self.where(self.pos)})", path=self.path, hint="or write one row per line as .jsonl")
         self.take()
 
     def expect_end(self) -> None:
         if self.peek():
-            raise DataError("invalid JSON: extra data after the array", path=self.path)
+            raise DataError(f"invalid JSON: extra data after the array (at {self.where(self.pos)})", path=self.path)
 
     def value(self, index: int) -> Any:
         self.peek()
@@ -149,7 +168,7 @@ class _ArrayReader:
             except json.JSONDecodeError as err:
                 if self._more(max(_READ_BYTES, len(self.buffer))):
                     continue  # the row may run past what is read so far
-                raise DataError(f"invalid JSON ({err.msg})", path=self.path, row=index) from err
+                raise DataError(f"invalid JSON ({err.msg} at {self.where(err.pos)})", path=self.path, row=index) from err
             except RecursionError:
                 raise DataError("JSON nested too deeply to read", path=self.path, row=index,
                                 hint="flatten the row") from None

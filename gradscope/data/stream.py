@@ -11,7 +11,7 @@ from typing import Any
 from gradscope.data.chunks import TOKEN_COLUMNS, Chunk, _groups, _rechunk, _safetensors_chunk, to_chunk
 from gradscope.data.datasets_dir import data_files, dataset_splits
 from gradscope.data.datasets_dir import num_rows as _num_rows
-from gradscope.data.files import arrow_batches, iter_jsonl, pick_split, read_rows
+from gradscope.data.files import arrow_batches, iter_jsonl, open_parquet, pick_split, read_rows
 from gradscope.data.jsonio import decode_line, iter_json_array, loads
 from gradscope.data.sources import RAW_COLUMNS, data_format
 from gradscope.errors import DataError
@@ -89,9 +89,7 @@ def _record_batches(source: Source) -> Iterator:
         if source.format == "jsonl":
             yield from (_json_array_batches if _is_json_array(source.path) else _json_batches)(source.path)
         elif source.format == "parquet":
-            import pyarrow.parquet as pq
-
-            file = pq.ParquetFile(source.path, pre_buffer=False)  # pre-buffering keeps every row group read so far
+            file = open_parquet(source.path)
             yield from file.iter_batches(batch_size=_PARQUET_BATCH_ROWS, columns=_wanted(file.schema_arrow.names, source.path))
         else:
             for path in source.files:
@@ -300,7 +298,7 @@ def _is_json_array(path: Path) -> bool:
 
 
 def raw_row_batches(source: Source, size: int = RAW_CHUNK_ROWS) -> Iterator[list[dict[str, Any]]]:
-    """The source's raw rows as plain dicts, ``size`` at a time (a .json array is read whole, as check reads it).
+    """The source's raw rows as plain dicts, ``size`` at a time (a .json array parsed row by row, as check reads it).
 
     Raises:
         DataError: unreadable data, or a JSON line that is not an object (naming the line).
@@ -312,9 +310,7 @@ def raw_row_batches(source: Source, size: int = RAW_CHUNK_ROWS) -> Iterator[list
             rows = _json_array_rows(source.path) if _is_json_array(source.path) else iter_jsonl(source.path)
             yield from _groups(rows, size)
         elif source.format == "parquet":
-            import pyarrow.parquet as pq
-
-            for batch in pq.ParquetFile(source.path, pre_buffer=False).iter_batches(batch_size=size):
+            for batch in open_parquet(source.path).iter_batches(batch_size=size):
                 yield batch.to_pylist()
         else:
             for path in source.files:

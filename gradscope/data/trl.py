@@ -14,6 +14,7 @@ from typing import Any
 
 from torch import nn
 
+from gradscope.data import deadline
 from gradscope.data.pipelines import DataOptions, Prepared, attach_roles, role_rows, row_notes
 from gradscope.data.roles import RoleRow, RoleSpec
 from gradscope.errors import DataError
@@ -88,15 +89,55 @@ def trl_batches(
     dataset = _dataset(raw)
     rows = role_rows(dataset.to_list(), tokenizer, spec)  # the rows as TRL sees them (missing fields as None)
     device = str(next(model.parameters()).device)
+    trl_tokenizer = copy.deepcopy(tokenizer)
+    rendering = _bounded_renders(trl_tokenizer)
     with tempfile.TemporaryDirectory() as out, _restored(model):
         config = trl_config(options, batch_size, device, out)
-        trainer = _sft_trainer(model, copy.deepcopy(tokenizer), config, dataset)
-        batches = [dict(b) for b in trainer.get_train_dataloader()]
+        try:
+            trainer = _sft_trainer(model, trl_tokenizer, config, dataset)
+            batches = [dict(b) for b in trainer.get_train_dataloader()]
+        except deadline.RenderTimeout:
+            raise _render_timeout(rendering, dataset.to_list(), spec.source) from None
     if trainer.chat_template is not None:  # TRL swapped in its training template (assistant_only_loss)
         spec = copy.copy(spec)
         spec.chat_template = trainer.chat_template
         rows = role_rows(dataset.to_list(), tokenizer, spec)
     return _trl_prepared(batches, rows, config, trainer)
+
+
+def _bounded_renders(tokenizer: Any) -> list:
+    """Bound each chat-template rendering TRL asks of ``tokenizer`` (gradscope's copy, given to TRL alone) as
+    gradscope bounds its own; the returned list holds the conversation being rendered, to name its row."""
+    render = tokenizer.apply_chat_template
+    rendering: list = []
+
+    def apply_chat_template(conversation: Any, *args: Any, **kwargs: Any) -> Any:
+        rendering[:] = [conversation]
+        with deadline.bounded(deadline.TEMPLATE_SECONDS):
+            return render(conversation, *args, **kwargs)
+
+    tokenizer.apply_chat_template = apply_chat_template
+    return rendering
+
+
+def _render_timeout(rendering: list, rows: list[dict[str, Any]], source: str | None) -> DataError:
+    """The error for a rendering TRL started that did not end, naming the row whose conversation it was."""
+    conversation = rendering[0] if rendering else None
+    row = next((i for i, r in enumerate(rows) if conversation is not None and conversation in _conversations(r)), None)
+    size = f"{len(conversation)} message(s)" if isinstance(conversation, list) else "a conversation"
+    return DataError(
+        f"the chat template did not finish rendering {size} within {deadline.TEMPLATE_SECONDS:g} s in TRL's data "
+        "preparation", path=source, row=row,
+        hint="a loop that never ends? fix the chat_template in tokenizer_config.json (TRL renders it with the row's "
+        "chat_template_kwargs and tools)",
+    )
+
+
+def _conversations(row: dict[str, Any]) -> list[Any]:
+    """What TRL renders of a row: its messages, its prompt, its prompt and completion."""
+    prompt, completion = row.get("prompt"), row.get("completion")
+    both = [prompt + completion] if isinstance(prompt, list) and isinstance(completion, list) else []
+    return [c for c in (row.get("messages"), prompt, *both) if c is not None]
 
 
 def _dataset(raw: Sequence[Mapping[str, Any]]) -> Any:
