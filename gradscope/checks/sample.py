@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
+import numpy as np
 import torch
 
 from gradscope.constants import COMPLETION, PAD, PROMPT
@@ -47,15 +48,9 @@ class SampleView:
         completion: ``prefill_trained`` reads them."""
         if not self.prefills or not self.roles_known:
             return frozenset()
-        ids, out = self.input_ids.tolist(), set()
-        for first, _ in true_runs(self.roles == COMPLETION):
-            for run in self.prefills:
-                n = len(run)
-                if tuple(ids[first : first + n]) == run:
-                    out.update(range(first, first + n))
-                elif first >= n and tuple(ids[first - n : first]) == run:
-                    out.update(range(first - n, first))
-        return frozenset(out)
+        completion = (self.roles == COMPLETION).numpy()
+        found = prefill_positions(self.input_ids.numpy(), completion, np.zeros(1, dtype=np.int64), self.prefills)
+        return frozenset(np.flatnonzero(found).tolist())
 
     def where(self, mask: torch.Tensor) -> list[int]:
         """Positions >= 1 where mask holds, documents' first tokens left out (they are never prediction targets)."""
@@ -106,9 +101,47 @@ def padding(s: SampleView) -> torch.Tensor:
     pad = s.roles == PAD
     if s.pad_token_id is None:
         return pad
-    like = pad | ((s.input_ids == s.pad_token_id) & ~s.trained)
-    rest = torch.cumprod(like.flip(0).to(torch.long), 0).flip(0).bool()  # every token from t to the end is pad-like
-    return pad | rest
+    like = ((s.input_ids == s.pad_token_id) & ~s.trained).numpy()
+    return torch.from_numpy(trailing_padding(pad.numpy(), like, np.zeros(1, dtype=np.int64)))
+
+
+# --- rules over rows laid end to end (flat (N,) arrays, ``starts`` (R,)): check reads one row, scan a chunk -----
+
+
+def trailing_padding(pad: np.ndarray, pad_like: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """(N,) the mask's padding and each row's trailing run of padding or ``pad_like`` tokens (untrained pad ids)."""
+    n = len(pad)
+    other = np.cumsum((~(pad | pad_like))[::-1])[::-1]  # tokens from t to the end that are not pad-like
+    row_end = np.repeat(np.append(starts[1:], n), np.diff(starts, append=n))
+    later = np.append(other, 0)[row_end]  # those of the rows after t's row
+    return pad | (other - later == 0)
+
+
+def prefill_positions(
+    ids: np.ndarray, completion: np.ndarray, starts: np.ndarray, prefills: Sequence[Sequence[int]]
+) -> np.ndarray:
+    """(N,) where a generation-prompt prefill stands at the start of an assistant turn: a prefill run right at the
+    start of a completion span, else right before it, within the span's row."""
+    n = len(ids)
+    first = np.zeros(n, dtype=bool)
+    first[starts] = True
+    begins = completion & (first | ~np.concatenate([[False], completion[:-1]]))  # each span's first token
+    row = np.repeat(np.arange(len(starts)), np.diff(starts, append=n))
+    out = np.zeros(n, dtype=bool)
+    for run in prefills:
+        k = len(run)
+        if not k or k > n:
+            continue
+        match = np.zeros(n, dtype=bool)  # the run starts here, inside one row
+        match[: n - k + 1] = row[: n - k + 1] == row[k - 1 :]
+        for j, token in enumerate(run):
+            match[: n - k + 1] &= ids[j : n - k + 1 + j] == token
+        at = match & begins
+        before = np.zeros(n, dtype=bool)
+        before[: n - k] = match[: n - k] & begins[k:] & ~match[k:] & (row[: n - k] == row[k:])
+        for where in (np.flatnonzero(at), np.flatnonzero(before)):
+            out[(where[:, None] + np.arange(k)).ravel()] = True
+    return out
 
 
 def pad_token_of(s: SampleView) -> int:

@@ -113,8 +113,9 @@ class RowRoles:
 
     def __init__(self, tokenizer: Any, end_token_ids: frozenset[int], sources: RoleSources | None = None) -> None:
         self.readers = _readers(tokenizer, end_token_ids, sources or RoleSources())
-        self.available = not (len(self.readers) == 1 and getattr(self.readers[0][1], "unavailable", False))
-        self.reason = None if self.available else self.readers[0][1].reason
+        nothing = self.readers[0][1] if isinstance(self.readers[0][1], _NoSource) else None
+        self.available = nothing is None
+        self.reason = None if nothing is None else nothing.reason
 
     def __call__(self, ids: list[int], row: int) -> tuple[str, list[int] | None, str | None]:
         """(source, roles, None), or ('unknown', None, why) when no source reads the row."""
@@ -171,8 +172,6 @@ def _readers(tokenizer: Any, ends: frozenset[int], sources: RoleSources) -> list
 
 class _NoSource:
     """The reader of a row when nothing can give roles: every row is unknown, for the same reason."""
-
-    unavailable = True
 
     def __init__(self, reason: str) -> None:
         self.reason = reason

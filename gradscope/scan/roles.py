@@ -14,6 +14,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from gradscope.checks.sample import prefill_positions
 from gradscope.constants import COMPLETION, PROMPT
 from gradscope.data.chunks import Chunk
 from gradscope.data.token_roles import RowRoles
@@ -53,28 +54,9 @@ def with_prefills(chunks: Iterable[Chunk], prefills: tuple[tuple[int, ...], ...]
 
 
 def prefill_mask(chunk: Chunk, prefills: tuple[tuple[int, ...], ...]) -> np.ndarray:
-    """(N,) the positions ``SampleView.prefill`` names, for every row of the chunk at once: a prefill run right at
-    the start of a completion span, else right before it, within one row whose roles are known."""
-    n, ids = len(chunk.input_ids), chunk.input_ids
-    first = np.zeros(n, dtype=bool)
-    first[chunk.starts] = True
+    """(N,) the positions ``SampleView.prefill`` names, for every row of the chunk at once (rows with known roles,
+    padding no completion)."""
     completion = (chunk.completion > 0) & chunk.known_tokens()
     if chunk.attention is not None:
         completion &= chunk.attention != 0
-    begins = completion & (first | ~np.concatenate([[False], completion[:-1]]))  # (N,) first token of each span
-    row = np.repeat(np.arange(chunk.rows), np.diff(chunk.starts, append=n))
-    out = np.zeros(n, dtype=bool)
-    for run in prefills:
-        k = len(run)
-        if not k or k > n:
-            continue
-        match = np.zeros(n, dtype=bool)  # the run starts here, inside one row
-        match[: n - k + 1] = row[: n - k + 1] == row[k - 1 :]
-        for j, token in enumerate(run):
-            match[: n - k + 1] &= ids[j : n - k + 1 + j] == token
-        at = match & begins
-        before = np.zeros(n, dtype=bool)
-        before[: n - k] = match[: n - k] & begins[k:] & ~match[k:] & (row[: n - k] == row[k:])
-        for where in (np.flatnonzero(at), np.flatnonzero(before)):
-            out[(where[:, None] + np.arange(k)).ravel()] = True
-    return out
+    return prefill_positions(chunk.input_ids, completion, chunk.starts, prefills)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from gradscope.checks.layout import bos_absent, bos_twice, opening_skip, row_openings, undeclared_documents
+from gradscope.checks.sample import trailing_padding
 from gradscope.constants import IGNORE_INDEX
 from gradscope.data.chunks import Chunk
 
@@ -62,7 +63,7 @@ def verdicts(
     end_token_ids = set(end_token_ids)
     ends = _isin(chunk.input_ids, end_token_ids)
     pad_is_end = pad_token_id is not None and pad_token_id in end_token_ids
-    padding = _padding(pad, (chunk.input_ids == pad_token_id) & ~labelled, starts) if pad_token_id is not None else pad
+    padding = trailing_padding(pad, (chunk.input_ids == pad_token_id) & ~labelled, starts) if pad_token_id is not None else pad
     eos_as_pad = padding & ~_after(padding, first) & (chunk.input_ids == pad_token_id) if pad_is_end else np.zeros_like(pad)
     masks: dict[str, np.ndarray] = {
         "label_misaligned": trained & (chunk.labels != chunk.input_ids) & ~pad,  # padding: pad_leak
@@ -154,15 +155,6 @@ def _after(mask: np.ndarray, first: np.ndarray) -> np.ndarray:
     out[1:] = mask[:-1]
     out &= ~first
     return out
-
-
-def _padding(pad: np.ndarray, pad_like: np.ndarray, starts: np.ndarray) -> np.ndarray:
-    """``checks.sample.padding``: the mask's padding and each row's trailing run of padding or untrained pad ids."""
-    n = len(pad)
-    other = np.cumsum((~(pad | pad_like))[::-1])[::-1]  # tokens from t to the chunk's end that are not pad-like
-    row_end = np.repeat(np.append(starts[1:], n), np.diff(starts, append=n))
-    later = np.append(other, 0)[row_end]  # those of the rows after t's row
-    return pad | (other - later == 0)
 
 
 def _run_holds(mask: np.ndarray, ends: np.ndarray, first: np.ndarray) -> np.ndarray:
