@@ -14,8 +14,10 @@ ratios, each the median over rounds of the ratio within a round.
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import random
+import resource
 import statistics
 import sys
 import tempfile
@@ -33,9 +35,12 @@ TOKENIZER = Path(__file__).resolve().parent.parent / "fixtures/models/tiny-llama
 WORDS = ["the", "sky", "is", "blue", "and", "the", "sea", "is", "green", "while", "a", "cat", "sat", "on", "the", "mat", "near", "seven", "red", "books"]
 
 
-CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
-"""Wall-clock time, and this process's CPU time: on a machine shared with other jobs the CPU time leaves out the
-time the process waited for a core (with --threads 1 and no data-loader workers it is one thread's time)."""
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time,
+          "faults": lambda: resource.getrusage(resource.RUSAGE_SELF).ru_minflt}
+"""Wall-clock time; this process's CPU time (on a machine shared with other jobs it leaves out the time the process
+waited for a core; with --threads 1 and no data-loader workers it is one thread's time); and the minor page faults
+(memory the step touched for the first time: on a CPU each costs the kernel a zeroed page, so a step whose heap
+cannot reuse freed memory is slower for reasons that are no part of the code it runs)."""
 
 
 class StepTimer:
@@ -107,10 +112,15 @@ def plain_trainer(options, data, callbacks, out):
 
 def measure(make, options, data) -> dict[tuple[str, str, str], list[float]]:
     """(clock, mode, first/later) -> step times over the rounds, the order alternating; one untimed round first
-    (the process's first training pays one-off costs that are no part of either mode)."""
+    (the process's first training pays one-off costs that are no part of either mode). Each run starts after a full
+    garbage collection (unless --no-collect): a finished Trainer is freed only by the cyclic collector, and whether
+    its memory is still held, free in the heap or given back to the system when the next run starts decides how
+    many of that run's allocations fault in fresh pages, whichever mode it is."""
     times: dict[tuple[str, str, str], list[float]] = {}
     for round_ in range(-1, options.repeats):
         for mode in (("unwatched", "watched") if round_ % 2 == 0 else ("watched", "unwatched")):
+            if options.collect:
+                gc.collect()  # the previous round's trainer, kept by reference cycles, freed before this one starts
             timer = StepTimer()
             callbacks = [timer.callback] + ([GradscopeCallback(write_report=False)] if mode == "watched" else [])
             with tempfile.TemporaryDirectory() as out:
@@ -170,6 +180,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--profile", action="store_true", help="also profile one watched first step per trainer")
+    parser.add_argument("--no-collect", dest="collect", action="store_false",
+                        help="do not collect garbage before each run (the previous run's memory then skews the next)")
     options = parser.parse_args()
     if options.threads:
         torch.set_num_threads(options.threads)
@@ -181,12 +193,16 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     for name, make in (("SFTTrainer (fused LM head)", sft_trainer), ("Trainer (logits)", plain_trainer)):
         times = measure(make, options, data)
-        for clock in CLOCKS:
+        for clock in ("wall", "cpu"):
             t = {(m, s): statistics.median(times[(clock, m, s)]) for m in ("unwatched", "watched") for s in ("first", "later")}
             ratio = {s: paired_ratio(times[(clock, "watched", s)], times[(clock, "unwatched", s)]) for s in ("first", "later")}
             print(f"| {name} | {clock} | {t['unwatched', 'first']:.3f} s | {t['watched', 'first']:.3f} s | "
                   f"{ratio['first']:.2f}x | {t['unwatched', 'later']:.3f} s | {t['watched', 'later']:.3f} s | "
                   f"{ratio['later']:.2f}x |")
+        faults = {(m, s): statistics.median(times[("faults", m, s)]) for m in ("unwatched", "watched") for s in ("first", "later")}
+        print(f"  minor page faults of {name} (medians): first step {faults['unwatched', 'first']:,.0f} unwatched, "
+              f"{faults['watched', 'first']:,.0f} watched; later steps {faults['unwatched', 'later']:,.0f} unwatched, "
+              f"{faults['watched', 'later']:,.0f} watched")
         if options.profile:
             parts = profile_first_step(make, options, data)
             shares = ", ".join(f"{part} {parts[part] * 1000:.0f} ms ({parts[part] / parts['step']:.1%})" for part in PROFILED)

@@ -18,6 +18,7 @@ import functools
 import inspect
 import json
 import logging
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,8 @@ class GradscopeCallback(TrainerCallback):
 
     Attributes:
         report: The Report of the first optimizer step, once it has been checked (on every rank).
+        trainer: The Trainer being watched, once found (held weakly: the callback adds no reference cycle, so a
+            finished Trainer is freed when its last reference goes, as it would be without the callback).
     """
 
     def __init__(self, fail_on: str | None = "error", *, train_on: str = "all-assistant",
@@ -83,11 +86,18 @@ class GradscopeCallback(TrainerCallback):
             raise ValueError(f"train_on must be one of {TRAIN_ON}, not {train_on!r}")
         self.fail_on, self.train_on, self.end_token_ids, self.write_report = fail_on, train_on, end_token_ids, write_report
         self.report: Report | None = None
-        self.trainer: Any = None
+        self._trainer: weakref.ref | None = None
         self._observer: Observer | None = None
         self._tokenizer: Any = None
-        self._model: nn.Module | None = None
         self._micro_batch = 0
+
+    @property
+    def trainer(self) -> Any:
+        return self._trainer() if self._trainer is not None else None
+
+    @trainer.setter
+    def trainer(self, trainer: Any) -> None:
+        self._trainer = weakref.ref(trainer) if trainer is not None else None
 
     def on_train_begin(self, args: Any, state: Any, control: Any, model: nn.Module | None = None,
                        processing_class: Any = None, **kwargs: Any) -> None:
@@ -97,7 +107,6 @@ class GradscopeCallback(TrainerCallback):
         if model is None or self.report is not None or state is not None and state.global_step > 0:
             return
         self.trainer = self.trainer or _calling_trainer()
-        self._model = model
         smoothing = getattr(getattr(self.trainer, "label_smoother", None), "epsilon", 0.0)
         self._observer = Observer(model, label_smoothing=float(smoothing))
         if self.trainer is not None:

@@ -19,7 +19,7 @@ from fixtures.trainers import (
     tokenized,
     train,
 )
-from gradscope.integrations import REPORT_FILE, watch
+from gradscope.integrations import REPORT_FILE, GradscopeCallback, watch
 
 pytest.importorskip("trl")
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
@@ -240,6 +240,26 @@ def test_watch_adds_the_callback_and_fail_on_none_lets_it_train(tmp_path):
     trainer.train()
     assert trainer.state.global_step == 1 and [f.check for f in callback.report.findings] == ["prompt_leak"] * 2
     assert "compute_loss" not in trainer.__dict__  # the wrapper is gone after the first step
+
+
+@pytest.mark.parametrize("watched", [False, True])
+def test_a_finished_trainer_is_freed_by_its_last_reference(tmp_path, watched):
+    """The callback adds no reference cycle: a plain Trainer (which has none of its own, the unwatched case shows)
+    is freed, model, gradients and optimizer state with it, as soon as its last reference goes, with the cyclic
+    collector off. Held by a cycle, its memory would wait for the next collection."""
+    import gc
+    import weakref
+
+    trainer = plain(tokenized(PROMPT_COMPLETION), tmp_path)([GradscopeCallback(write_report=False)] if watched else [])
+    gc.collect()
+    gc.disable()
+    try:
+        trainer.train()
+        model = weakref.ref(trainer.model)
+        del trainer
+        assert model() is None
+    finally:
+        gc.enable()
 
 
 def test_the_first_step_only_is_watched(tmp_path):
