@@ -170,7 +170,7 @@ def _watch_logits(record: Observed, logits: torch.Tensor, ids: torch.Tensor, eps
 
     def direction(rows: torch.Tensor, cols: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         y = targets[rows, cols]
-        logp = held[0][rows, cols].float().log_softmax(-1)  # (chunk, V)
+        logp = positions(held[0], rows, cols).float().log_softmax(-1)  # (chunk, V)
         loss = -logp.gather(-1, y[:, None]).squeeze(-1)
         d = logp.exp_()
         if epsilon:
@@ -251,6 +251,15 @@ def _guarded(record: Observed, hook, held: list):
     return run
 
 
+def positions(values: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """``values[rows, cols]`` of a (B, T, N) tensor: one gather of contiguous rows (of a contiguous tensor) rather
+    than advanced indexing over two dimensions, which on a CPU is several times slower."""
+    b, t, n = values.shape
+    if not values.is_contiguous():
+        return values[rows, cols]
+    return values.view(b * t, n).index_select(0, rows * t + cols)
+
+
 def _read(record: Observed, grad: torch.Tensor, targets: torch.Tensor, direction, vocab: int, find_other: bool) -> None:
     """Reduce the gradient (B, T, N) at the logits (N = V) or the LM head's input (N = D), position by position.
 
@@ -273,8 +282,8 @@ def _read(record: Observed, grad: torch.Tensor, targets: torch.Tensor, direction
         for part in (norm > 0).nonzero().split(max(1, CHUNK_ELEMENTS // vocab)):
             rows, cols = part[:, 0], part[:, 1]
             d, part_loss = direction(rows, cols)
-            g = grad[rows, cols].float()
-            gd, dd = (g * d).sum(-1), (d * d).sum(-1).clamp_min(1e-30)
+            g = positions(grad, rows, cols).float()
+            gd, dd = torch.linalg.vecdot(g, d), torch.linalg.vecdot(d, d).clamp_min(1e-30)
             size = norm[rows, cols]
             off_direction = (size.square() - gd.square() / dd).clamp_min(0).sqrt() / size.clamp_min(1e-30)
             loss[rows, cols], weight[rows, cols], residual[rows, cols] = part_loss, gd / dd, off_direction

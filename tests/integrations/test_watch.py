@@ -272,6 +272,15 @@ def test_the_first_step_only_is_watched(tmp_path):
     assert "compute_loss" not in run.trainer.__dict__
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "transposed"])
+def test_positions_gathers_what_advanced_indexing_gives(layout):
+    from gradscope.integrations.observe import positions
+
+    values = torch.randn(3, 7, 5) if layout == "contiguous" else torch.randn(7, 3, 5).transpose(0, 1)
+    rows, cols = torch.tensor([0, 2, 2, 1, 0]), torch.tensor([6, 0, 3, 3, 0])
+    assert torch.equal(positions(values, rows, cols), torch.stack([values[r, c] for r, c in zip(rows, cols)]))
+
+
 @pytest.mark.parametrize("fused", [True, False])
 def test_observer_matches_an_independent_computation(fused):
     """Loss, trained map and weight read from the real backward equal a plain recomputation, on both paths."""
