@@ -113,14 +113,15 @@ def plain_trainer(options, data, callbacks, out):
 def measure(make, options, data) -> dict[tuple[str, str, str], list[float]]:
     """(clock, mode, first/later) -> step times over the rounds, the order alternating; one untimed round first
     (the process's first training pays one-off costs that are no part of either mode). Each run starts after a full
-    garbage collection (unless --no-collect): a finished Trainer is freed only by the cyclic collector, and whether
-    its memory is still held, free in the heap or given back to the system when the next run starts decides how
-    many of that run's allocations fault in fresh pages, whichever mode it is."""
+    garbage collection (unless --no-collect): a finished Trainer with reference cycles (SFTTrainer has some of its
+    own) is freed only by the cyclic collector, and whether its memory is still held, free in the heap or given
+    back to the system when the next run starts decides how many of that run's allocations fault in fresh pages,
+    whichever mode it is."""
     times: dict[tuple[str, str, str], list[float]] = {}
     for round_ in range(-1, options.repeats):
         for mode in (("unwatched", "watched") if round_ % 2 == 0 else ("watched", "unwatched")):
             if options.collect:
-                gc.collect()  # the previous round's trainer, kept by reference cycles, freed before this one starts
+                gc.collect()  # the previous run's trainer, if reference cycles keep it, freed before this one starts
             timer = StepTimer()
             callbacks = [timer.callback] + ([GradscopeCallback(write_report=False)] if mode == "watched" else [])
             with tempfile.TemporaryDirectory() as out:
