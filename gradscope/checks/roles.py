@@ -19,7 +19,7 @@ ROLES_HINT = (
 
 
 def roles_unknown(samples: Sequence[int], reasons: Sequence[str | None], noun: str = "sample",
-                  total: int | None = None) -> Finding | None:
+                  total: int | None = None, hint: str | None = None) -> Finding | None:
     """A warning naming the samples whose roles are unknown and why: their prompt was not checked.
 
     Args:
@@ -28,6 +28,7 @@ def roles_unknown(samples: Sequence[int], reasons: Sequence[str | None], noun: s
         reasons: Why (repeats are said once).
         noun: What an index counts: ``sample`` (check) or ``row`` (scan).
         total: How many there are in all, when ``samples`` holds only the first.
+        hint: How to give roles, where the caller knows better than check's or scan's own hint.
     """
     if not samples:
         return None
@@ -43,5 +44,5 @@ def roles_unknown(samples: Sequence[int], reasons: Sequence[str | None], noun: s
         [],
         f"not verified: the roles of {which} are unknown ({why}). prompt_leak and completion_untrained were not "
         "checked there, and eos_untrained looked only at end tokens right after trained tokens, so a trained prompt "
-        f"goes unseen. {ROLES_HINT if noun == 'sample' else SCAN_ROLES_HINT}.",
+        f"goes unseen. {hint or (ROLES_HINT if noun == 'sample' else SCAN_ROLES_HINT)}.",
     )

@@ -206,17 +206,13 @@ class GradscopeCallback(TrainerCallback):
             prepared.append((micro, record, codes, sources))
         comparable = not any(k in r.context.get("inputs", {}) for _, r, _, _ in prepared for k in PREFERENCE_KEYS)
         verdict = rank_verdict(_rank(), prepared, tokenizer, ends, resolve_pad_token_id(lm, tokenizer), comparable,
-                               frozenset(idle))
+                               frozenset(idle), _unknown_reason(tokenizer, dataset))
         if idle:
             notes.append(f"{len(idle)} RL row(s) (micro-batch, row) {sorted(idle)[:8]} have advantage 0 (equal rewards "
                          "in their group) or an empty completion_mask: the trainer's loss gives them no gradient on "
                          "purpose; no_loss, completion_untrained and eos_untrained were not checked there")
         if not observer.records:
             notes.append("no training forward was observed before the first optimizer step: nothing was checked")
-        if any(None in sources for _, _, _, sources in prepared):
-            notes.append("roles unknown for some rows (no role tensor in the inputs, no matching train_dataset row with "
-                         "prompt/completion or messages, no chat-template marker): prompt_leak and "
-                         "completion_untrained were not checked there")
         if dataset is not None and dataset.mismatched:
             notes.append(f"gradscope tokenizes train_dataset rows {sorted(set(dataset.mismatched))[:8]} differently "
                          "from the trainer: their roles were not read from the dataset")
@@ -245,13 +241,23 @@ class GradscopeCallback(TrainerCallback):
             )
 
 
+def _unknown_reason(tokenizer: Any, dataset: DatasetRoles | None) -> str:
+    """Why a row of the watched step has no role source."""
+    if tokenizer is None:
+        return ("no role tensor in the inputs, and the Trainer was given no processing_class (tokenizer), so neither "
+                "the train_dataset rows nor a chat template could be read")
+    return ("no role tensor in the inputs, no train_dataset row with prompt/completion or messages whose tokens "
+            "match the row's, no chat-template marker in it")
+
+
 def format_watched(findings: list) -> str:
     """One line per finding, saying where in the step it came from."""
     lines = []
     for f in findings:
         where = [f"{k} {v}" for k, v in (("rank", getattr(f, "rank", None)), ("micro-batch", getattr(f, "micro_batch", None)),
                                          ("sample", f.sample), ("row", getattr(f, "row", None))) if v is not None]
-        lines.append(f"- {f.check} ({', '.join(where) or 'whole step'}; positions {f.positions}): {f.message}")
+        at = f"; positions {f.positions}" if f.positions else ""
+        lines.append(f"- {f.check} ({', '.join(where) or 'whole step'}{at}): {f.message}")
     return "\n".join(lines)
 
 

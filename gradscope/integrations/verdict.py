@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from gradscope.checks.masking import analyze
+from gradscope.checks.roles import roles_unknown
 from gradscope.checks.structure import mean_weights
 from gradscope.constants import IGNORE_INDEX, ROLE_CODES_KEY
 from gradscope.data.batch import document_starts, real_tokens
@@ -21,6 +22,12 @@ from gradscope.verbs.samples import sample_report, sample_views
 STEP_WEIGHT_TOLERANCE = 0.05
 """Token weights within 5% are equal: under bf16 autocast (TRL's default, on the CPU too) the weight read back from a
 bf16 gradient scatters by about 2%; the bugs it looks for differ by the ratio of token counts (x1.1 and more)."""
+
+WATCHED_ROLES_HINT = (
+    "To give roles: a completion_mask in the trainer's inputs (TRL's completion-only and assistant-only collators "
+    "add one); processing_class=tokenizer on the Trainer and a train_dataset with prompt/completion or messages "
+    "columns whose tokens are the trainer's; or a tokenizer whose chat template gradscope can read"
+)
 
 UNTRAINED_CHECKS = frozenset({"no_loss", "completion_untrained", "eos_untrained", "turn_end_untrained"})
 """Findings that a token meant to be trained is not: not reported on rows whose loss is zero on purpose."""
@@ -97,7 +104,7 @@ def record_batch(record: Observed, codes: torch.Tensor) -> dict[str, Any]:
 
 def rank_verdict(rank: int, records: list[tuple[int, Observed, torch.Tensor, list[str | None]]], tokenizer: Any,
                  ends: frozenset[int], pad_id: int | None, compare_weights: bool,
-                 idle: frozenset[tuple[int, int]] = frozenset()) -> RankVerdict:
+                 idle: frozenset[tuple[int, int]] = frozenset(), unknown_reason: str | None = None) -> RankVerdict:
     """Check one rank's micro-batches.
 
     Args:
@@ -109,6 +116,8 @@ def rank_verdict(rank: int, records: list[tuple[int, Observed, torch.Tensor, lis
         compare_weights: Whether token weights are meant to be equal (token-mean losses; not DPO/GRPO).
         idle: (micro-batch, row) the trainer's loss leaves untrained on purpose (GRPO: advantage 0): findings that
             a trained token is missing are not reported there.
+        unknown_reason: Why rows without a role source have none (a ``roles_unknown`` warning per micro-batch
+            names them: the step is then not verified).
     """
     out = RankVerdict(rank, weights_comparable=compare_weights)
     for micro, record, codes, sources in records:
@@ -125,6 +134,10 @@ def rank_verdict(rank: int, records: list[tuple[int, Observed, torch.Tensor, lis
             sample = sample_report(view, batch, capture, b, sources[b] or "unknown")
             out.samples.append(WatchedSample(**vars(sample), rank=rank, micro_batch=micro, row=b,
                                              read_at=record.where, roles_from=sources[b]))
+        unjudged = [b for b, source in enumerate(sources) if source is None]
+        finding = roles_unknown(unjudged, [unknown_reason], noun="row", hint=WATCHED_ROLES_HINT)
+        if finding is not None:
+            out.findings.append(WatchedFinding(**vars(finding), rank=rank, micro_batch=micro))
         # Weights are compared where the gradient is the loss of the token itself (a wrong target has no such weight).
         trained = (capture.logit_grad_norm > 0) & (capture.target_id == batch["input_ids"]) & real_tokens(batch) & ~starts
         trained[:, 0] = False

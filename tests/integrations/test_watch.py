@@ -82,9 +82,19 @@ def test_sft_conversational_prompt_completion_trains(tmp_path):
     assert any(t.role == "prompt" and not t.trained for t in first) and any(t.role == "completion" for t in first)
 
 
+def assert_not_verified(run, *words):
+    """The run trained (fail_on="error"), and its report says the step was not verified, never clean."""
+    __tracebackhide__ = True
+    assert run.error is None and run.changed
+    report = run.callback.report
+    assert [(f.check, f.severity) for f in report.findings] == [("roles_unknown", "warning")]
+    assert not report.summary()["verified"] and report.data["watched"]["roles_from"] == ["not judged"]
+    assert all(w in report.findings[0].message for w in words), report.findings[0].message
+    return report
+
+
 def test_sft_packing_trains_and_says_what_it_could_not_judge(tmp_path):
-    report = assert_trains(train(sft(PROMPT_COMPLETION, tmp_path, packing=True)), read_at="lm_head_input")
-    assert report.data["watched"]["roles_from"] == ["not judged"] and "roles unknown" in report.notes[0]
+    assert_not_verified(train(sft(PROMPT_COMPLETION, tmp_path, packing=True)), "row 0", "not verified")
 
 
 def test_sft_packed_chats_without_assistant_only_stops(tmp_path):
@@ -149,6 +159,14 @@ def test_plain_trainer_with_a_correct_collator_trains(tmp_path):
 
 def test_plain_trainer_with_a_collator_that_trains_the_prompt_stops(tmp_path):
     assert_stops(train(plain(tokenized(PROMPT_COMPLETION, mask_prompt=False), tmp_path)), ["prompt_leak"])
+
+
+def test_plain_trainer_without_a_tokenizer_is_not_verified(tmp_path):
+    """No processing_class and no role tensor: no source gives the roles, so a collator that trains the prompt
+    cannot be seen; the step is not verified (a warning naming what is missing), never clean."""
+    leak = plain(tokenized(PROMPT_COMPLETION, mask_prompt=False), tmp_path, with_tokenizer=False)
+    assert_not_verified(train(leak), "processing_class", "not verified")
+    assert_stops(train(leak, GradscopeCallback(fail_on="warning")), ["roles_unknown"])
 
 
 def token_mean(outputs, labels, num_items_in_batch=None):
