@@ -206,7 +206,7 @@ class GradscopeCallback(TrainerCallback):
             prepared.append((micro, record, codes, sources))
         comparable = not any(k in r.context.get("inputs", {}) for _, r, _, _ in prepared for k in PREFERENCE_KEYS)
         verdict = rank_verdict(_rank(), prepared, tokenizer, ends, resolve_pad_token_id(lm, tokenizer), comparable,
-                               frozenset(idle), _unknown_reason(tokenizer, dataset))
+                               frozenset(idle), _unknown_reason(tokenizer))
         if idle:
             notes.append(f"{len(idle)} RL row(s) (micro-batch, row) {sorted(idle)[:8]} have advantage 0 (equal rewards "
                          "in their group) or an empty completion_mask: the trainer's loss gives them no gradient on "
@@ -241,7 +241,7 @@ class GradscopeCallback(TrainerCallback):
             )
 
 
-def _unknown_reason(tokenizer: Any, dataset: DatasetRoles | None) -> str:
+def _unknown_reason(tokenizer: Any) -> str:
     """Why a row of the watched step has no role source."""
     if tokenizer is None:
         return ("no role tensor in the inputs, and the Trainer was given no processing_class (tokenizer), so neither "
