@@ -10,13 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 import gradscope
 from gradscope.checks.masking import check_sample
-from gradscope.checks.sample import SampleView
-from gradscope.constants import UNKNOWN
-from gradscope.data.batch import COMPLETION, PAD, PROMPT
 from gradscope.data.chunks import Chunk
 from gradscope.data.load import load_batches
 from gradscope.data.pipelines import DataOptions
@@ -29,20 +25,6 @@ CATALOGUE = json.loads((FIXTURES / "catalogue.json").read_text())
 EOS, PAD_ID = 2, 0
 
 
-def reference_view(row: dict[str, np.ndarray], index: int, pad_id: int = PAD_ID, prefills: tuple = ()) -> SampleView:
-    """The row as check sees it, built independently of gradscope.scan."""
-    ids = torch.tensor(row["input_ids"])
-    labels = torch.tensor(row["labels"])
-    trained = (labels != -100) & (torch.arange(len(ids)) > 0)
-    role = torch.full(ids.shape, UNKNOWN)
-    if "completion_mask" in row:
-        role = torch.where(torch.tensor(row["completion_mask"]) == 1, COMPLETION, PROMPT)
-    role[torch.tensor(row["attention_mask"]) == 0] = PAD
-    cut = int(row["completion_cut"][0]) if "completion_cut" in row else 0
-    return SampleView(index, ids, role, trained, torch.where(trained, labels, -1), [None] * len(ids), frozenset({EOS}), pad_id,
-                      completion_cut=cut, prefills=prefills)
-
-
 def as_chunk(rows: list[dict[str, np.ndarray]]) -> Chunk:
     lengths = [len(r["input_ids"]) for r in rows]
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
@@ -53,7 +35,7 @@ def as_chunk(rows: list[dict[str, np.ndarray]]) -> Chunk:
 
 @pytest.mark.parametrize("pad_id", [PAD_ID, EOS], ids=["pad", "pad is eos"])
 @pytest.mark.parametrize("roles", [True, False], ids=["roles", "no roles"])
-def test_vectorized_checks_equal_analyze_row_by_row(roles, pad_id, random_rows):
+def test_vectorized_checks_equal_analyze_row_by_row(roles, pad_id, random_rows, reference_view):
     rows = random_rows(3000, seed=1 if roles else 2, roles=roles)
     v = verdicts(as_chunk(rows), [EOS], pad_token_id=pad_id)
     seen = set()
@@ -91,7 +73,7 @@ def _with_prefills(rows: list[dict[str, np.ndarray]], rng: np.random.Generator) 
     return rows
 
 
-def test_prefill_positions_and_verdicts_equal_check_row_by_row(random_rows):
+def test_prefill_positions_and_verdicts_equal_check_row_by_row(random_rows, reference_view):
     """scan's vectorized prefill positions (prefill_trained; left out of prompt_leak / completion_untrained) against
     check's per-row SampleView.prefill, on random rows with the prefill written at, before and away from span starts."""
     rows = _with_prefills(random_rows(3000, seed=3, roles=True), np.random.default_rng(0))
@@ -196,7 +178,7 @@ def test_distributions_match_numpy(random_rows):
     assert (report.rows, report.tokens, report.trained_tokens) == (500, tokens.sum(), trained.sum())
 
 
-def test_worst_rows_are_the_rows_with_most_flagged_positions(random_rows):
+def test_worst_rows_are_the_rows_with_most_flagged_positions(random_rows, reference_view):
     rows = random_rows(400, seed=4, roles=True)
     report = scan_rows(rows, worst=7)
     score = []

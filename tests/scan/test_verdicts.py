@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from gradscope.checks.masking import check_sample
-from gradscope.checks.sample import SampleView
-from gradscope.data.batch import COMPLETION, PAD, PROMPT, UNKNOWN
 from gradscope.data.chunks import Chunk
 from gradscope.scan.verdicts import CHECKS, verdicts
 
@@ -60,26 +57,6 @@ def packed_row(rng: np.random.Generator, bos: int) -> dict[str, np.ndarray]:
     return row
 
 
-def reference_view(row: dict[str, np.ndarray], index: int, bos: int, adds_bos: bool) -> SampleView:
-    """The row as check sees it, built independently of gradscope.scan: documents where position_ids do not
-    continue, between real tokens."""
-    ids = torch.tensor(row["input_ids"])
-    labels = torch.tensor(row["labels"])
-    trained = (labels != -100) & (torch.arange(len(ids)) > 0)
-    role = torch.full(ids.shape, UNKNOWN)
-    if "completion_mask" in row:
-        role = torch.where(torch.tensor(row["completion_mask"]) == 1, COMPLETION, PROMPT)
-    real = torch.tensor(row["attention_mask"]) == 1
-    role[~real] = PAD
-    starts = set()
-    if "position_ids" in row:
-        p = row["position_ids"]
-        starts = {t for t in range(1, len(p)) if p[t] != p[t - 1] + 1 and real[t] and real[t - 1]}
-    return SampleView(index, ids, role, trained, torch.where(trained, labels, -1), [None] * len(ids), frozenset({EOS}),
-                      PAD_ID, document_starts=frozenset(starts), bos_token_id=bos, bos_added=adds_bos,
-                      boundaries_known=True)
-
-
 def as_chunk(rows: list[dict[str, np.ndarray]]) -> Chunk:
     lengths = [len(r["input_ids"]) for r in rows]
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
@@ -97,7 +74,7 @@ def as_chunk(rows: list[dict[str, np.ndarray]]) -> Chunk:
 @pytest.mark.parametrize("roles", [True, False], ids=["roles", "no roles"])
 @pytest.mark.parametrize("bos", [BOS, EOS], ids=["bos", "bos is eos"])
 @pytest.mark.parametrize("adds_bos", [True, False], ids=["adds bos", "adds none"])
-def test_layout_verdicts_equal_check_row_by_row(bos, adds_bos, roles):
+def test_layout_verdicts_equal_check_row_by_row(bos, adds_bos, roles, reference_view):
     rng = np.random.default_rng(11 + bos + 2 * adds_bos + 4 * roles)
     rows = [packed_row(rng, bos) for _ in range(1500)]
     if not roles:
@@ -105,7 +82,8 @@ def test_layout_verdicts_equal_check_row_by_row(bos, adds_bos, roles):
     v = verdicts(as_chunk(rows), [EOS], pad_token_id=PAD_ID, bos_token_id=bos, bos_added=adds_bos)
     seen = set()
     for i, row in enumerate(rows):
-        expected = {f.check: len(f.positions) for f in check_sample(reference_view(row, i, bos, adds_bos))}
+        view = reference_view(row, i, bos=bos, adds_bos=adds_bos, documents=True)
+        expected = {f.check: len(f.positions) for f in check_sample(view)}
         got = {name: int(v.positions[name][i]) for name in CHECKS if v.fails[name][i]}
         if "no_loss" in got:
             got["no_loss"] = 0
