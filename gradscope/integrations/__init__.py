@@ -6,5 +6,6 @@
 
 from gradscope.integrations.callback import REPORT_FILE, GradscopeCallback, watch
 from gradscope.integrations.verdict import WatchedFinding, WatchedSample
+from gradscope.integrations.watch import StepWatcher
 
-__all__ = ["REPORT_FILE", "GradscopeCallback", "WatchedFinding", "WatchedSample", "watch"]
+__all__ = ["REPORT_FILE", "GradscopeCallback", "StepWatcher", "WatchedFinding", "WatchedSample", "watch"]

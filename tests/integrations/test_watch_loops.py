@@ -1,0 +1,293 @@
+"""StepWatcher around the first optimizer step of loops without a Trainer: a plain PyTorch loop and an accelerate
+loop with ``accelerator.accumulate``. Each correct loop trains; each broken one stops before the first optimizer step
+with the weights unchanged; a uniformly mis-scaled step gets ``step_scale`` with its factor."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import gradscope
+from fixtures.trainers import MODEL, PROMPT_COMPLETION, pad_collator, tokenized
+from gradscope.integrations import StepWatcher
+from gradscope.model.load import load_model, load_tokenizer
+
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
+
+
+
+@dataclass
+class Step:
+    """What a loss may know of the optimizer step: its trained tokens, its predicted positions (attention_mask
+    from position 1), its accumulation steps."""
+
+    tokens: int
+    positions: int
+    accumulation: int
+
+
+Loss = Callable[[Any, dict[str, torch.Tensor], Step], torch.Tensor]
+
+
+@dataclass
+class LoopRun:
+    watcher: StepWatcher
+    error: gradscope.MaskingError | None
+    changed: bool
+
+    @property
+    def checks(self) -> list[str]:
+        return sorted({f.check for f in self.watcher.report.findings})
+
+
+def step_of(batches: list[dict[str, torch.Tensor]], accumulation: int) -> Step:
+    return Step(sum(trained_tokens(b) for b in batches), sum(int(b["attention_mask"][:, 1:].sum()) for b in batches),
+                accumulation)
+
+
+def trained_tokens(batch: dict[str, torch.Tensor]) -> int:
+    return int((batch["labels"][:, 1:] != -100).sum())
+
+
+def token_sum(model: Any, batch: dict[str, torch.Tensor], labels: torch.Tensor | None = None) -> torch.Tensor:
+    """Sum of the token losses where the labels are not -100 (the labels of the batch unless given)."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    labels = batch["labels"] if labels is None else labels
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100,
+                           reduction="sum")
+
+
+def token_mean(model, batch, step: Step) -> torch.Tensor:
+    """Correct: the summed token losses over the trained tokens of the whole step."""
+    return token_sum(model, batch) / step.tokens
+
+
+def ignores_the_mask(model, batch, step: Step) -> torch.Tensor:
+    """A loss that trains every real position, whatever the labels say."""
+    return token_sum(model, batch, torch.where(batch["attention_mask"] == 1, batch["input_ids"], -100)) / step.tokens
+
+
+def micro_batch_mean(model, batch, step: Step) -> torch.Tensor:
+    """Each micro-batch averaged by itself, then divided by the accumulation steps (transformers PR #34191)."""
+    return token_sum(model, batch) / trained_tokens(batch) / step.accumulation
+
+
+def accumulation_inflated(model, batch, step: Step) -> torch.Tensor:
+    """A token mean over the step multiplied by the accumulation steps (transformers #47688)."""
+    return token_sum(model, batch) / step.tokens * step.accumulation
+
+
+def divided_twice(model, batch, step: Step) -> torch.Tensor:
+    """A token mean over the step divided again by the accumulation steps (unsloth #8261)."""
+    return token_sum(model, batch) / step.tokens / step.accumulation
+
+
+def over_every_position(model, batch, step: Step) -> torch.Tensor:
+    """The denominator counts every predicted position (attention_mask), masked prompt tokens included."""
+    return token_sum(model, batch) / step.positions
+
+
+def equal_rows(mask_prompt: bool = True) -> list[dict[str, Any]]:
+    """Four rows with equal trained-token counts, so per-micro-batch means weigh alike (a uniform scale)."""
+    rows = [{"prompt": f"Question {i}?\nAnswer:", "completion": " a b c"} for i in range(4)]
+    return tokenized(rows, mask_prompt=mask_prompt)
+
+
+def varied_rows() -> list[dict[str, Any]]:
+    words = [" blue", " a b c", " one two three four five six seven", " x y"]
+    return tokenized([{"prompt": f"Question {i}?\nAnswer:", "completion": w} for i, w in enumerate(words)])
+
+
+def plain_loop(rows: list[dict[str, Any]], loss: Loss, accumulation: int = 1, batch_size: int = 2,
+               **options: Any) -> LoopRun:
+    """One optimizer step of a plain PyTorch loop over ``rows``, watched as the module docstring of
+    gradscope.integrations.watch shows."""
+    torch.manual_seed(0)
+    model, tokenizer = load_model(MODEL), load_tokenizer(MODEL)
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-2)
+    before = [p.detach().clone() for p in model.parameters()]
+    batches = [pad_collator(rows[i : i + batch_size]) for i in range(0, batch_size * accumulation, batch_size)]
+    step = step_of(batches, accumulation)
+    watcher, error = StepWatcher(model, tokenizer=tokenizer, dataset=rows, **options), None
+    try:
+        for batch in batches:
+            loss(model, batch, step).backward()
+        watcher.check()
+        optimizer.step()
+    except gradscope.MaskingError as err:
+        error = err
+    changed = any(not torch.equal(b, p) for b, p in zip(before, model.parameters(), strict=True))
+    return LoopRun(watcher, error, changed)
+
+
+def assert_trains(run: LoopRun) -> None:
+    __tracebackhide__ = True
+    assert run.error is None, str(run.error)
+    assert run.changed and run.watcher.report.findings == [] and run.watcher.report.summary()["verified"]
+    assert not run.watcher.watching
+
+
+def assert_stops(run: LoopRun, expected: list[str]) -> None:
+    __tracebackhide__ = True
+    assert run.error is not None, "the loop was not stopped"
+    assert not run.changed and run.error.report is run.watcher.report
+    assert run.checks == sorted(expected), run.error
+    assert "StepWatcher(fail_on=None)" in str(run.error)
+
+
+# --- a plain PyTorch loop ------------------------------------------------------------------------------------------
+
+
+def test_plain_loop_token_mean_trains():
+    run = plain_loop(prompt_completion_rows(), token_mean)
+    assert_trains(run)
+    report = run.watcher.report
+    assert report.data["watched"]["roles_from"] == ["train_dataset"] and report.data["watched"]["read_at"] == ["logits"]
+    weights = torch.tensor([t.weight for s in report.samples for t in s.tokens if t.trained])
+    torch.testing.assert_close(weights, torch.full_like(weights, 1 / len(weights)), rtol=0.03, atol=0)
+
+
+def prompt_completion_rows(mask_prompt: bool = True) -> list[dict[str, Any]]:
+    return tokenized(PROMPT_COMPLETION, mask_prompt=mask_prompt)
+
+
+def test_plain_loop_labels_that_copy_the_prompt_stop():
+    assert_stops(plain_loop(prompt_completion_rows(mask_prompt=False), token_mean), ["prompt_leak"])
+
+
+def test_plain_loop_loss_that_ignores_the_mask_stops():
+    assert_stops(plain_loop(prompt_completion_rows(), ignores_the_mask), ["prompt_leak"])
+
+
+def test_plain_loop_per_micro_batch_means_under_accumulation_stop():
+    run = plain_loop(varied_rows(), micro_batch_mean, accumulation=4, batch_size=1)
+    assert_stops(run, ["uneven_step_weights"])
+    assert run.watcher.report.data["watched"]["micro_batches"] == 4
+
+
+def test_plain_loop_accumulation_with_a_step_token_mean_trains():
+    run = plain_loop(varied_rows(), token_mean, accumulation=4, batch_size=1)
+    assert_trains(run)
+    assert run.watcher.report.data["watched"]["micro_batches"] == 4
+
+
+@pytest.mark.parametrize("loss, factor, cause", [
+    (accumulation_inflated, "×2 of a token mean", "×2 = the gradient accumulation steps"),
+    (divided_twice, "×0.5 of a token mean", "÷2 = the gradient accumulation steps"),
+])
+def test_plain_loop_mis_scaled_accumulation_gets_step_scale(loss, factor, cause):
+    run = plain_loop(equal_rows(), loss, accumulation=2, batch_size=2)
+    assert_stops(run, ["step_scale"])
+    assert factor in str(run.error) and cause in str(run.error)
+
+
+def test_plain_loop_denominator_counting_masked_tokens_gets_step_scale():
+    rows = equal_rows()
+    run = plain_loop(rows, over_every_position, accumulation=2, batch_size=2)
+    assert_stops(run, ["step_scale"])
+    # Independent: the factor is the trained tokens over the predicted positions the denominator counted.
+    step = step_of([pad_collator(rows[0:2]), pad_collator(rows[2:4])], 2)
+    assert step.positions > step.tokens
+    assert f"×{step.tokens}/{step.positions}" in str(run.error)
+    assert f"×{step.tokens / step.positions:.3g} of a token mean" in str(run.error)
+
+
+def test_watcher_as_a_context_manager_stops_before_the_step_and_removes_its_hooks():
+    torch.manual_seed(0)
+    model, tokenizer, rows = load_model(MODEL), load_tokenizer(MODEL), prompt_completion_rows(mask_prompt=False)
+    model.train()
+    batch = pad_collator(rows[:2])
+    stepped = False
+    with pytest.raises(gradscope.MaskingError, match="prompt_leak"):
+        with StepWatcher(model, tokenizer=tokenizer, dataset=rows) as watcher:
+            token_mean(model, batch, step_of([batch], 1)).backward()
+        stepped = True
+    assert not stepped and not watcher.watching and not model._forward_hooks and not model._forward_pre_hooks
+    assert watcher.check() is None  # checked once: later steps are not watched
+
+
+def test_role_tensor_given_with_the_micro_batch_judges_the_rows():
+    """No tokenizer and no dataset: a completion_mask given with the micro-batch gives the roles."""
+    torch.manual_seed(0)
+    model, rows = load_model(MODEL), prompt_completion_rows(mask_prompt=False)
+    model.train()
+    batch = pad_collator(rows[:2])
+    masked = pad_collator(prompt_completion_rows()[:2])
+    watcher = StepWatcher(model, fail_on=None)
+    with watcher.micro_batch({"completion_mask": masked["labels"] != -100}) as micro:
+        micro.loss = token_mean(model, batch, step_of([batch], 1))
+    micro.loss.backward()
+    report = watcher.check()
+    assert report.data["watched"]["roles_from"] == ["inputs"]
+    assert {f.check for f in report.findings} == {"prompt_leak"} and report.losses == [pytest.approx(float(micro.loss))]
+
+
+# --- accelerate: accelerator.accumulate, accelerator.backward ----------------------------------------------------
+
+
+def accelerate_loop(rows: list[dict[str, Any]], loss: Loss, accumulation: int = 2, batch_size: int = 1) -> LoopRun:
+    """An accelerate loop: ``accelerator.backward`` divides each loss by the accumulation steps, and the step is
+    taken when ``accelerator.sync_gradients``; the watcher checks right before it."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+
+    torch.manual_seed(0)
+    accelerator = Accelerator(gradient_accumulation_steps=accumulation, cpu=True)
+    model, tokenizer = load_model(MODEL), load_tokenizer(MODEL)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-2)
+    loader = torch.utils.data.DataLoader(rows[: accumulation * batch_size], batch_size=batch_size,
+                                         collate_fn=pad_collator)
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    model.train()
+    before = [p.detach().clone() for p in model.parameters()]
+    step = step_of(list(loader), accumulation)
+    watcher, error = StepWatcher(model, tokenizer=tokenizer, dataset=rows), None
+    try:
+        for batch in loader:
+            with accelerator.accumulate(model):
+                # accelerate divides by the accumulation steps: a token mean over the step multiplies by them.
+                accelerator.backward(loss(model, batch, step) * accumulation)
+                if accelerator.sync_gradients:
+                    watcher.check()
+                optimizer.step()
+                optimizer.zero_grad()
+    except gradscope.MaskingError as err:
+        error = err
+    finally:
+        AcceleratorState._reset_state(True)
+        GradientState._reset_state()
+    changed = any(not torch.equal(b, p) for b, p in zip(before, model.parameters(), strict=True))
+    return LoopRun(watcher, error, changed)
+
+
+def test_accelerate_accumulate_token_mean_trains():
+    run = accelerate_loop(varied_rows(), token_mean, accumulation=4)
+    assert_trains(run)
+    assert run.watcher.report.data["watched"]["micro_batches"] == 4
+    weights = torch.tensor([t.weight for s in run.watcher.report.samples for t in s.tokens if t.trained])
+    torch.testing.assert_close(weights, torch.full_like(weights, 1 / len(weights)), rtol=0.03, atol=0)
+
+
+def test_accelerate_labels_that_copy_the_prompt_stop():
+    assert_stops(accelerate_loop(prompt_completion_rows(mask_prompt=False), token_mean), ["prompt_leak"])
+
+
+def test_accelerate_loss_that_ignores_the_mask_stops():
+    assert_stops(accelerate_loop(prompt_completion_rows(), ignores_the_mask), ["prompt_leak"])
+
+
+def test_accelerate_per_micro_batch_means_stop():
+    assert_stops(accelerate_loop(varied_rows(), micro_batch_mean, accumulation=4), ["uneven_step_weights"])
+
+
+def test_accelerate_loss_not_multiplied_back_gets_step_scale():
+    """The plain per-step token mean handed to accelerator.backward, which divides it by the accumulation steps."""
+    run = accelerate_loop(equal_rows(), divided_twice, accumulation=2, batch_size=2)
+    assert_stops(run, ["step_scale"])
+    assert "×0.5 of a token mean" in str(run.error)
