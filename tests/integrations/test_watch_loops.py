@@ -291,3 +291,79 @@ def test_accelerate_loss_not_multiplied_back_gets_step_scale():
     run = accelerate_loop(equal_rows(), divided_twice, accumulation=2, batch_size=2)
     assert_stops(run, ["step_scale"])
     assert "×0.5 of a token mean" in str(run.error)
+
+
+# --- an RL policy-gradient step (verl / OpenRLHF shape): prompt + completion ids, per-token advantages ---------
+
+
+def policy_gradient_step(train_tool_output: bool = False, train_prompt: bool = False) -> LoopRun:
+    """One actor update: the model on prompt + completion, -advantage * log p of each completion token in the loss
+    mask (completion_mask times tool_mask: a tool's output inside the completion is not the model's), summed over
+    the step's loss-mask tokens and divided by their count; the three watcher lines around it."""
+    torch.manual_seed(0)
+    model, tokenizer = load_model(MODEL), load_tokenizer(MODEL)
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-2)
+    before = [p.detach().clone() for p in model.parameters()]
+    prompts = [tokenizer("Question: What colour is the sky?\nAnswer:").input_ids,
+               tokenizer("Question: Add 2 and 3.\nAnswer:").input_ids]
+    width = max(map(len, prompts))
+    prompt_ids = torch.tensor([[3] * (width - len(p)) + p for p in prompts])  # left-padded, as RL trainers do
+    prompt_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    completion_ids = torch.tensor([tokenizer(" calling a tool: result 42 blue").input_ids[:8],
+                                   tokenizer(" the sum is five, done now").input_ids[:8]])
+    completion_mask = torch.ones_like(completion_ids)
+    completion_mask[1, 6:] = 0  # the second completion ended early: padding after it
+    tool_mask = torch.ones_like(completion_ids)
+    tool_mask[0, 3:6] = 0  # a tool's output inside the first completion
+    advantages = torch.tensor([[1.0], [-0.5]]).expand_as(completion_ids)  # per token (GRPO: per row)
+    inputs = {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "completion_ids": completion_ids,
+              "completion_mask": completion_mask, "tool_mask": tool_mask, "advantages": advantages}
+    loss_mask = completion_mask * (1 if train_tool_output else tool_mask)
+    watcher, error = StepWatcher(model, tokenizer=tokenizer), None
+    try:
+        with watcher.micro_batch(inputs) as micro:  # the watcher's lines: this one, the constructor, check()
+            ids = torch.cat([prompt_ids, completion_ids], 1)
+            logits = model(input_ids=ids, attention_mask=torch.cat([prompt_mask, completion_mask], 1)).logits
+            logp = logits[:, width - 1 : -1].float().log_softmax(-1).gather(-1, completion_ids[..., None]).squeeze(-1)
+            if train_prompt:  # a loss that also takes the prompt's log-probabilities
+                prompt_logp = logits[:, :width - 1].float().log_softmax(-1).gather(-1, ids[:, 1:width, None])
+                logp = torch.cat([prompt_logp.squeeze(-1), logp], 1)
+                loss_mask = torch.cat([prompt_mask[:, 1:], loss_mask], 1)
+                advantages = torch.cat([advantages[:, :1].expand(-1, width - 1), advantages], 1)
+            micro.loss = -(advantages * logp * loss_mask).sum() / loss_mask.sum()
+        micro.loss.backward()
+        watcher.check()
+        optimizer.step()
+    except gradscope.MaskingError as err:
+        error = err
+    changed = any(not torch.equal(b, p) for b, p in zip(before, model.parameters(), strict=True))
+    return LoopRun(watcher, error, changed)
+
+
+def test_policy_gradient_step_trains_the_model_tokens_only():
+    run = policy_gradient_step()
+    assert run.error is None and run.changed and run.watcher.report.findings == []
+    first, second = run.watcher.report.samples
+    width = len(first.tokens) - 8
+    assert [t.trained for t in first.tokens[width:]] == [True] * 3 + [False] * 3 + [True] * 2  # not the tool output
+    assert [t.trained for t in second.tokens[width:]] == [True] * 6 + [False] * 2
+    # Weights: the token's advantage over the step's loss-mask tokens (11), sign included; not a token mean.
+    torch.testing.assert_close(torch.tensor([t.weight for t in first.tokens if t.trained]), torch.full((5,), 1 / 11),
+                               rtol=0.03, atol=0)
+    torch.testing.assert_close(torch.tensor([t.weight for t in second.tokens if t.trained]),
+                               torch.full((6,), -0.5 / 11), rtol=0.03, atol=0)
+
+
+def test_policy_gradient_step_that_trains_the_tool_output_stops():
+    run = policy_gradient_step(train_tool_output=True)
+    assert_stops(run, ["prompt_leak"])
+    (finding,) = run.watcher.report.findings
+    width = len(run.watcher.report.samples[0].tokens) - 8
+    assert finding.sample == 0 and finding.positions == [width + 3, width + 4, width + 5]
+
+
+def test_policy_gradient_step_that_trains_the_prompt_stops():
+    run = policy_gradient_step(train_prompt=True)
+    assert_stops(run, ["prompt_leak"])
+    assert {f.sample for f in run.watcher.report.findings} == {0, 1}
