@@ -12,7 +12,14 @@ import gradscope
 from fixtures.trainers import MODEL, PROMPT_COMPLETION, pad_collator, tokenized
 from gradscope.integrations.lightning import GradscopeLightningCallback
 from gradscope.model.load import load_model, load_tokenizer
-from tests.integrations.test_watch_loops import Step, ignores_the_mask, micro_batch_mean, step_of, token_mean, varied_rows
+from tests.integrations.test_watch_loops import (
+    Step,
+    ignores_the_mask,
+    micro_batch_mean,
+    step_of,
+    token_mean,
+    varied_rows,
+)
 
 pl = pytest.importorskip("pytorch_lightning")
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
@@ -70,7 +77,8 @@ def test_lightning_token_mean_with_accumulation_trains():
     (varied_rows(), micro_batch_mean, 4, "uneven_step_weights"),
 ], ids=["labels_copy_the_prompt", "loss_ignores_the_mask", "per_micro_batch_means"])
 def test_lightning_broken_steps_stop_before_the_optimizer_step(rows, loss, accumulation, expected):
-    callback, trainer, error, changed = fit(rows, loss, accumulation=accumulation, batch_size=1 if accumulation > 1 else 2)
+    batch_size = 1 if accumulation > 1 else 2
+    callback, trainer, error, changed = fit(rows, loss, accumulation=accumulation, batch_size=batch_size)
     assert error is not None and not changed and trainer.global_step == 0
     assert {f.check for f in callback.watcher.report.findings} == {expected}
     assert "GradscopeLightningCallback(fail_on=None)" in str(error)
