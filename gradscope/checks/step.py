@@ -23,7 +23,8 @@ class StepTokens:
     """What the step-scale check reads of a watched step.
 
     Attributes:
-        weight_sum: Sum of the read weights of the trained tokens (all micro-batches, all ranks).
+        weight_sum: Sum of the read weights of the trained tokens (all micro-batches, all ranks), times the factor
+            the loop scales the gradients by after the backward, if any.
         trained: Number of trained tokens whose weight was read (N).
         predicted: Positions that predict a real token (real tokens minus each row's first), all micro-batches
             and ranks: what a denominator that counts masked tokens counts.

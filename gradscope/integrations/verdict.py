@@ -161,9 +161,11 @@ def gather(local: RankVerdict) -> list[RankVerdict]:
     return everyone
 
 
-def merge(verdicts: list[RankVerdict], model: dict[str, Any], ranks_averaged: bool = True) -> Report:
+def merge(verdicts: list[RankVerdict], model: dict[str, Any], ranks_averaged: bool = True,
+          grad_scale: float = 1.0) -> Report:
     """One Report of the step: samples numbered in (rank, micro-batch, row) order, findings pointing at them;
-    ``ranks_averaged``: the ranks' gradients are averaged (DDP, FSDP), not summed."""
+    ``ranks_averaged``: the ranks' gradients are averaged (DDP, FSDP), not summed; ``grad_scale``: the factor the
+    loop multiplies the gradients by after the backward."""
     report = Report(model=model)
     number: dict[tuple[int, int, int], int] = {}
     for verdict in sorted(verdicts, key=lambda v: v.rank):
@@ -182,16 +184,19 @@ def merge(verdicts: list[RankVerdict], model: dict[str, Any], ranks_averaged: bo
     # The scale of a step whose masking is otherwise right: tokens trained toward another target, or at a packed
     # document's start, carry weight that is not counted among the tokens compared.
     scaled = step is None and comparable and groups and min(g[4] for g in groups) > 0 and not report.errors
-    scale = step_scale(step_tokens(verdicts, ranks_averaged)) if scaled else None
+    scale = step_scale(step_tokens(verdicts, ranks_averaged, grad_scale)) if scaled else None
     report.findings += [WatchedFinding(**vars(scale))] if scale is not None else []
+    if not comparable and groups:
+        report.notes.append("token weights were not compared, nor the step's scale (step_scale): a preference or RL "
+                            "loss (DPO, GRPO: advantages, chosen/rejected ids) weighs tokens differently by design")
     return report
 
 
-def step_tokens(verdicts: list[RankVerdict], ranks_averaged: bool) -> StepTokens:
+def step_tokens(verdicts: list[RankVerdict], ranks_averaged: bool, grad_scale: float = 1.0) -> StepTokens:
     """What the step-scale check reads: the trained tokens' weights and counts over every micro-batch and rank."""
     groups = [g for v in verdicts for g in v.groups]
     micro = max((len({g[1] for g in v.groups}) for v in verdicts), default=0)
-    return StepTokens(sum(g[4] * g[5] for g in groups), sum(g[5] for g in groups),
+    return StepTokens(sum(g[4] * g[5] for g in groups) * grad_scale, sum(g[5] for g in groups),
                       sum(v.predicted for v in verdicts), micro, len(verdicts), ranks_averaged)
 
 

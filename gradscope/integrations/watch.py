@@ -33,7 +33,7 @@ from torch import nn
 from gradscope.data.roles import TRAIN_ON, RoleSpec
 from gradscope.data.tokens import default_end_token_ids, resolve_pad_token_id
 from gradscope.errors import GradscopeError, MaskingError
-from gradscope.integrations.observe import Observed, Observer, causal_lm
+from gradscope.integrations.observe import Observed, Observer, causal_lm, input_embeddings
 from gradscope.integrations.sources import DatasetRoles, LazyMarkers, PreferenceRoles, batch_roles, rl_rows
 from gradscope.integrations.verdict import RankVerdict, WatchedSample, gather, merge, rank_verdict
 from gradscope.model.prepare import describe_model
@@ -151,14 +151,19 @@ class StepWatcher:
                     record.context["loss"] = float(loss.detach())
         self._micro_batch += 1
 
-    def check(self) -> Report | None:
+    def check(self, grad_scale: float = 1.0) -> Report | None:
         """Check every observed micro-batch of every rank, once; raise before the optimizer step when the step
-        leaks (per ``fail_on``). Returns the report, or None when nothing is being watched."""
+        leaks (per ``fail_on``). Returns the report, or None when nothing is being watched.
+
+        Args:
+            grad_scale: The factor the loop multiplies the gradients by after the backward and before the step
+                (torchtune's ``scale_grads(model, 1 / num_tokens)``), for the step's scale.
+        """
         observer = self.observer
         if observer is None:
             return None
         self.close()
-        self.report = self._verdict(observer)
+        self.report = self._verdict(observer, grad_scale)
         if self.report_path is not None and _rank() == 0:
             path = Path(self.report_path)
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -183,7 +188,7 @@ class StepWatcher:
             self.check()
         self.close()
 
-    def _verdict(self, observer: Observer) -> Report:
+    def _verdict(self, observer: Observer, grad_scale: float = 1.0) -> Report:
         """This rank's verdict, gathered with the others' into one Report (an analysis error travels too)."""
         try:
             local = self._rank_verdict(observer)
@@ -194,7 +199,8 @@ class StepWatcher:
         if failed:
             raise GradscopeError("gradscope could not check the first optimizer step: " + "; ".join(
                 f"rank {v.rank}: {v.error}" for v in failed))
-        report = merge(verdicts, describe_model(observer.lm), ranks_averaged=self.rank_reduction == "mean")
+        report = merge(verdicts, model_section(observer.lm), ranks_averaged=self.rank_reduction == "mean",
+                       grad_scale=grad_scale)
         samples = [s for s in report.samples if isinstance(s, WatchedSample)]
         report.data = {"watched": {
             "ranks": len(verdicts),
@@ -268,14 +274,29 @@ class StepWatcher:
 def find_causal_lm(model: nn.Module) -> nn.Module:
     """The causal LM the loop trains: the model itself (a DDP or PEFT wrapper is looked through by the observer),
     else the first submodule with input and output embeddings (a LightningModule or a user's wrapper holding it)."""
-    inner = causal_lm(model)
-    if hasattr(inner, "get_input_embeddings") and hasattr(inner, "get_output_embeddings"):
+    if _is_lm(causal_lm(model)):
         return model
     for module in model.modules():
-        if hasattr(module, "get_input_embeddings") and hasattr(module, "get_output_embeddings"):
+        if _is_lm(module):
             return module
-    raise GradscopeError(f"{type(model).__name__} holds no causal LM with get_input_embeddings and "
-                         "get_output_embeddings (a transformers PreTrainedModel): pass that model to the watcher")
+    raise GradscopeError(f"{type(model).__name__} holds no causal LM (a transformers PreTrainedModel with "
+                         "get_input_embeddings, or a torchtune TransformerDecoder): pass that model to the watcher")
+
+
+def _is_lm(module: nn.Module) -> bool:
+    return callable(getattr(module, "get_input_embeddings", None)) or (
+        isinstance(getattr(module, "tok_embeddings", None), nn.Embedding) and hasattr(module, "output"))
+
+
+def model_section(lm: nn.Module) -> dict[str, Any]:
+    """The report's ``model`` section (of a torchtune model too, which has no config)."""
+    if callable(getattr(lm, "get_input_embeddings", None)):
+        return describe_model(lm)
+    param = next(lm.parameters())
+    return {"name_or_path": None, "architecture": type(lm).__name__, "model_type": None,
+            "num_layers": len(getattr(lm, "layers", [])), "vocab_size": input_embeddings(lm).num_embeddings,
+            "parameters": sum(p.numel() for p in lm.parameters()), "dtype": str(param.dtype).removeprefix("torch."),
+            "device": str(param.device), "device_map": None, "loss": "the loop's loss"}
 
 
 def failing_findings(report: Report, fail_on: FailOn) -> list:

@@ -344,6 +344,7 @@ def policy_gradient_step(train_tool_output: bool = False, train_prompt: bool = F
 def test_policy_gradient_step_trains_the_model_tokens_only():
     run = policy_gradient_step()
     assert run.error is None and run.changed and run.watcher.report.findings == []
+    assert any("step_scale" in note for note in run.watcher.report.notes)  # RL weights: the scale is not compared
     first, second = run.watcher.report.samples
     width = len(first.tokens) - 8
     assert [t.trained for t in first.tokens[width:]] == [True] * 3 + [False] * 3 + [True] * 2  # not the tool output
