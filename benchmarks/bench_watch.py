@@ -1,8 +1,8 @@
 """What watching the first optimizer step costs: watched vs unwatched training steps, side by side in one run.
 
 For each trainer (TRL's SFTTrainer on its default fused-LM-head path; a plain transformers Trainer, whose loss reads
-the logits; a plain PyTorch loop watched by StepWatcher), a fresh model with the same seed trains --steps steps with and without GradscopeCallback, the order
-alternating over --repeats rounds (after one untimed round). A step is timed from on_step_begin to on_step_end
+the logits; a plain PyTorch loop watched by StepWatcher), a fresh model with the same seed trains --steps steps with
+and without GradscopeCallback (StepWatcher for the loop), the order alternating over --repeats rounds (after one untimed round). A step is timed from on_step_begin to on_step_end
 (forward, backward, the verdict in on_pre_optimizer_step, the optimizer step), in wall-clock time and in this
 process's CPU time. Reported: the median first step and the median later step (steps 2..N) of each mode, and their
 ratios, each the median over rounds of the ratio within a round.
