@@ -219,6 +219,7 @@ class StepWatcher:
         preference = PreferenceRoles(rows)
         markers, notes, idle = LazyMarkers(tokenizer, ends), [], []
         prepared: list[tuple[int, Observed, torch.Tensor, list[str | None]]] = []
+        sources: list[str | None]
         failed = [r.error for r in observer.records if r.error is not None]
         if failed:
             raise GradscopeError(f"reading the backward of a training forward failed: {failed[0]}")
@@ -229,7 +230,7 @@ class StepWatcher:
                 continue
             micro, rl = record.context.get("micro_batch", n), rl_rows(record.inputs, record.context.get("inputs", {}))
             if rl is not None:  # GRPO-style inputs: prompt_ids + completion_ids, the loss over completion_mask
-                codes, sources = rl.codes, list[str | None](["inputs"] * len(rl.codes))
+                codes, sources = rl.codes, ["inputs"] * len(rl.codes)
                 idle += [(micro, b) for b in rl.idle]
             else:
                 codes, sources = batch_roles(record.inputs, record.context, dataset, markers, self.train_on, preference)

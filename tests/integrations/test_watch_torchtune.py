@@ -2,7 +2,7 @@
 model builder (``llama3``, small and randomly initialised, the fixture's vocabulary), its tokenizer
 (``HuggingFaceBaseTokenizer`` on the fixture's tokenizer.json), ``CEWithChunkedOutputLoss`` over the model's chunked
 output, gradient accumulation with the recipe's ``loss * current_num_tokens`` and ``scale_grads(model, 1 /
-num_tokens)``. The three lines a copied recipe adds are marked ``# gradscope``."""
+num_tokens)`` (restated here, see below). The three lines a copied recipe adds are marked ``# gradscope``."""
 
 from __future__ import annotations
 
@@ -69,7 +69,6 @@ def recipe_step(rows: list[dict[str, Any]], accumulation: int = 2, batch_size: i
                 per_micro_batch_mean: bool = False, loss_ignores_labels: bool = False, scale_grads_after: bool = True):
     """One optimizer step of the recipe's train loop (``full_finetune_single_device.train``, torchtune 0.6)."""
     from torchtune.modules.loss import CEWithChunkedOutputLoss
-    from torchtune.training import scale_grads
 
     net, loss_fn = model(), CEWithChunkedOutputLoss()
     net.set_num_output_chunks(loss_fn.num_output_chunks)
@@ -102,6 +101,15 @@ def recipe_step(rows: list[dict[str, Any]], accumulation: int = 2, batch_size: i
         error = err
     changed = any(not torch.equal(b, p) for b, p in zip(before, net.parameters(), strict=True))
     return watcher, error, changed
+
+
+def scale_grads(model: torch.nn.Module, scaler: torch.Tensor) -> None:
+    """torchtune.training.scale_grads, restated: ``torchtune.training`` cannot be imported next to peft 0.21, since
+    its quantization module imports torchao's ``int4_weight_only`` (gone from torchao 0.16 on) and peft refuses a
+    torchao older than 0.16."""
+    for p in model.parameters():
+        if p.grad is not None:
+            p.grad *= scaler
 
 
 def varied() -> list[dict[str, Any]]:
