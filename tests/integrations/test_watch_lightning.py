@@ -9,10 +9,7 @@ import pytest
 import torch
 
 import gradscope
-from fixtures.trainers import MODEL, PROMPT_COMPLETION, pad_collator, tokenized
-from gradscope.integrations.lightning import GradscopeLightningCallback
-from gradscope.model.load import load_model, load_tokenizer
-from tests.integrations.test_watch_loops import (
+from fixtures.loops import (
     Step,
     ignores_the_mask,
     micro_batch_mean,
@@ -20,6 +17,9 @@ from tests.integrations.test_watch_loops import (
     token_mean,
     varied_rows,
 )
+from fixtures.trainers import MODEL, PROMPT_COMPLETION, pad_collator, tokenized
+from gradscope.integrations.lightning import GradscopeLightningCallback
+from gradscope.model.load import load_model, load_tokenizer
 
 pl = pytest.importorskip("pytorch_lightning")
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")

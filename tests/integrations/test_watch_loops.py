@@ -4,34 +4,32 @@ with the weights unchanged; a uniformly mis-scaled step gets ``step_scale`` with
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import gradscope
-from fixtures.trainers import MODEL, PROMPT_COMPLETION, pad_collator, tokenized
+from fixtures.loops import (
+    Loss,
+    accumulation_inflated,
+    divided_twice,
+    equal_rows,
+    ignores_the_mask,
+    micro_batch_mean,
+    over_every_position,
+    prompt_completion_rows,
+    step_of,
+    token_mean,
+    varied_rows,
+)
+from fixtures.trainers import MODEL, pad_collator
 from gradscope.integrations import StepWatcher
 from gradscope.model.load import load_model, load_tokenizer
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
 
-
-
-@dataclass
-class Step:
-    """What a loss may know of the optimizer step: its trained tokens, its predicted positions (attention_mask
-    from position 1), its accumulation steps."""
-
-    tokens: int
-    positions: int
-    accumulation: int
-
-
-Loss = Callable[[Any, dict[str, torch.Tensor], Step], torch.Tensor]
 
 
 @dataclass
@@ -43,64 +41,6 @@ class LoopRun:
     @property
     def checks(self) -> list[str]:
         return sorted({f.check for f in self.watcher.report.findings})
-
-
-def step_of(batches: list[dict[str, torch.Tensor]], accumulation: int) -> Step:
-    return Step(sum(trained_tokens(b) for b in batches), sum(int(b["attention_mask"][:, 1:].sum()) for b in batches),
-                accumulation)
-
-
-def trained_tokens(batch: dict[str, torch.Tensor]) -> int:
-    return int((batch["labels"][:, 1:] != -100).sum())
-
-
-def token_sum(model: Any, batch: dict[str, torch.Tensor], labels: torch.Tensor | None = None) -> torch.Tensor:
-    """Sum of the token losses where the labels are not -100 (the labels of the batch unless given)."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    labels = batch["labels"] if labels is None else labels
-    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100,
-                           reduction="sum")
-
-
-def token_mean(model, batch, step: Step) -> torch.Tensor:
-    """Correct: the summed token losses over the trained tokens of the whole step."""
-    return token_sum(model, batch) / step.tokens
-
-
-def ignores_the_mask(model, batch, step: Step) -> torch.Tensor:
-    """A loss that trains every real position, whatever the labels say."""
-    return token_sum(model, batch, torch.where(batch["attention_mask"] == 1, batch["input_ids"], -100)) / step.tokens
-
-
-def micro_batch_mean(model, batch, step: Step) -> torch.Tensor:
-    """Each micro-batch averaged by itself, then divided by the accumulation steps (transformers PR #34191)."""
-    return token_sum(model, batch) / trained_tokens(batch) / step.accumulation
-
-
-def accumulation_inflated(model, batch, step: Step) -> torch.Tensor:
-    """A token mean over the step multiplied by the accumulation steps (transformers #47688)."""
-    return token_sum(model, batch) / step.tokens * step.accumulation
-
-
-def divided_twice(model, batch, step: Step) -> torch.Tensor:
-    """A token mean over the step divided again by the accumulation steps (unsloth #8261)."""
-    return token_sum(model, batch) / step.tokens / step.accumulation
-
-
-def over_every_position(model, batch, step: Step) -> torch.Tensor:
-    """The denominator counts every predicted position (attention_mask), masked prompt tokens included."""
-    return token_sum(model, batch) / step.positions
-
-
-def equal_rows(mask_prompt: bool = True) -> list[dict[str, Any]]:
-    """Four rows with equal trained-token counts, so per-micro-batch means weigh alike (a uniform scale)."""
-    rows = [{"prompt": f"Question {i}?\nAnswer:", "completion": " a b c"} for i in range(4)]
-    return tokenized(rows, mask_prompt=mask_prompt)
-
-
-def varied_rows() -> list[dict[str, Any]]:
-    words = [" blue", " a b c", " one two three four five six seven", " x y"]
-    return tokenized([{"prompt": f"Question {i}?\nAnswer:", "completion": w} for i, w in enumerate(words)])
 
 
 def plain_loop(rows: list[dict[str, Any]], loss: Loss, accumulation: int = 1, batch_size: int = 2,
@@ -151,10 +91,6 @@ def test_plain_loop_token_mean_trains():
     assert report.data["watched"]["roles_from"] == ["train_dataset"] and report.data["watched"]["read_at"] == ["logits"]
     weights = torch.tensor([t.weight for s in report.samples for t in s.tokens if t.trained])
     torch.testing.assert_close(weights, torch.full_like(weights, 1 / len(weights)), rtol=0.03, atol=0)
-
-
-def prompt_completion_rows(mask_prompt: bool = True) -> list[dict[str, Any]]:
-    return tokenized(PROMPT_COMPLETION, mask_prompt=mask_prompt)
 
 
 def test_plain_loop_labels_that_copy_the_prompt_stop():
