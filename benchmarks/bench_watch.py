@@ -1,8 +1,8 @@
 """What watching the first optimizer step costs: watched vs unwatched training steps, side by side in one run.
 
 For each trainer (TRL's SFTTrainer on its default fused-LM-head path; a plain transformers Trainer, whose loss reads
-the logits), a fresh model with the same seed trains --steps steps with and without GradscopeCallback, the order
-alternating over --repeats rounds (after one untimed round). A step is timed from on_step_begin to on_step_end
+the logits; a plain PyTorch loop watched by StepWatcher), a fresh model with the same seed trains --steps steps with
+and without GradscopeCallback (StepWatcher for the loop), the order alternating over --repeats rounds (after one untimed round). A step is timed from on_step_begin to on_step_end
 (forward, backward, the verdict in on_pre_optimizer_step, the optimizer step), in wall-clock time and in this
 process's CPU time. Reported: the median first step and the median later step (steps 2..N) of each mode, and their
 ratios, each the median over rounds of the ratio within a round.
@@ -28,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gradscope.integrations import GradscopeCallback
+from gradscope.integrations import GradscopeCallback, StepWatcher
 from gradscope.model.load import load_tokenizer
 
 TOKENIZER = Path(__file__).resolve().parent.parent / "fixtures/models/tiny-llama-chat"
@@ -87,10 +87,8 @@ def sft_trainer(options, data, callbacks, out):
                       processing_class=load_tokenizer(TOKENIZER), callbacks=callbacks)
 
 
-def plain_trainer(options, data, callbacks, out):
-    from datasets import Dataset
-    from transformers import Trainer, TrainingArguments
-
+def tokenize(data):
+    """Rows tokenized with the prompt masked in the labels, and a right-padding collator."""
     tokenizer = load_tokenizer(TOKENIZER)
     tokenized = []
     for row in data:
@@ -104,10 +102,49 @@ def plain_trainer(options, data, callbacks, out):
         mask = torch.tensor([[1] * len(r["input_ids"]) + [0] * (width - len(r["input_ids"])) for r in batch])
         return {"input_ids": pad("input_ids", 3), "labels": pad("labels", -100), "attention_mask": mask}
 
+    return tokenized, collate
+
+
+def plain_trainer(options, data, callbacks, out):
+    from datasets import Dataset
+    from transformers import Trainer, TrainingArguments
+
+    tokenized, collate = tokenize(data)
     args = TrainingArguments(output_dir=out, report_to=[], use_cpu=True, save_strategy="no", logging_strategy="no",
                              max_steps=options.steps, per_device_train_batch_size=options.batch, disable_tqdm=True)
     return Trainer(model=model(options), args=args, train_dataset=Dataset.from_list(tokenized),
                    data_collator=collate, callbacks=callbacks)
+
+
+def plain_loop(options, data, callbacks, out):
+    """A plain PyTorch loop (no Trainer: AdamW at the Trainer's default learning rate, the model's own loss) over the
+    plain Trainer's batches; watched by StepWatcher (its three lines) when ``callbacks`` holds a GradscopeCallback,
+    timed by the StepTimer's callback like the trainers."""
+    tokenized, collate = tokenize(data)
+    timer, watched = callbacks[0], any(isinstance(c, GradscopeCallback) for c in callbacks)
+
+    class Loop:
+        def train(self) -> None:
+            net = model(options)
+            net.train()
+            optimizer = torch.optim.AdamW(net.parameters(), lr=5e-5)
+            watcher = StepWatcher(net, fail_on=None) if watched else None
+            for step in range(options.steps):
+                batch = collate(tokenized[step * options.batch : (step + 1) * options.batch])
+                timer.on_step_begin(None, None, None)
+                if watcher is not None:
+                    with watcher.micro_batch({"completion_mask": batch["labels"] != -100}):
+                        loss = net(**batch).loss
+                else:
+                    loss = net(**batch).loss
+                loss.backward()
+                if watcher is not None:
+                    watcher.check()
+                optimizer.step()
+                optimizer.zero_grad()
+                timer.on_step_end(None, None, None)
+
+    return Loop()
 
 
 def measure(make, options, data) -> dict[tuple[str, str, str], list[float]]:
@@ -183,6 +220,8 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="also profile one watched first step per trainer")
     parser.add_argument("--no-collect", dest="collect", action="store_false",
                         help="do not collect garbage before each run (the previous run's memory then skews the next)")
+    parser.add_argument("--only", nargs="+", choices=["sft", "trainer", "loop"], default=["sft", "trainer", "loop"],
+                        help="which runs to measure (default: all three)")
     options = parser.parse_args()
     if options.threads:
         torch.set_num_threads(options.threads)
@@ -192,7 +231,9 @@ def main() -> None:
           f"~{options.length} tokens, {options.steps} steps, {options.repeats} rounds, {torch.get_num_threads()} threads")
     print("| trainer | clock | unwatched first | watched first | ratio | unwatched later | watched later | ratio |")
     print("|---|---|---|---|---|---|---|---|")
-    for name, make in (("SFTTrainer (fused LM head)", sft_trainer), ("Trainer (logits)", plain_trainer)):
+    trainers = {"sft": ("SFTTrainer (fused LM head)", sft_trainer), "trainer": ("Trainer (logits)", plain_trainer),
+                "loop": ("plain loop, StepWatcher (logits)", plain_loop)}
+    for name, make in (trainers[key] for key in options.only):
         times = measure(make, options, data)
         for clock in ("wall", "cpu"):
             t = {(m, s): statistics.median(times[(clock, m, s)]) for m in ("unwatched", "watched") for s in ("first", "later")}
@@ -204,7 +245,7 @@ def main() -> None:
         print(f"  minor page faults of {name} (medians): first step {faults['unwatched', 'first']:,.0f} unwatched, "
               f"{faults['watched', 'first']:,.0f} watched; later steps {faults['unwatched', 'later']:,.0f} unwatched, "
               f"{faults['watched', 'later']:,.0f} watched")
-        if options.profile:
+        if options.profile and make is not plain_loop:
             parts = profile_first_step(make, options, data)
             shares = ", ".join(f"{part} {parts[part] * 1000:.0f} ms ({parts[part] / parts['step']:.1%})" for part in PROFILED)
             print(f"  profiled watched first step of {name}: {parts['step']:.3f} s; gradscope: {shares}")

@@ -16,27 +16,13 @@ from __future__ import annotations
 
 import functools
 import inspect
-import json
-import logging
 import weakref
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from gradscope.data.roles import TRAIN_ON, RoleSpec
-from gradscope.data.tokens import default_end_token_ids, resolve_pad_token_id
-from gradscope.errors import GradscopeError, MaskingError
-from gradscope.integrations.observe import Observer
-from gradscope.integrations.sources import (
-    DatasetRoles,
-    LazyMarkers,
-    PreferenceRoles,
-    batch_roles,
-    rl_rows,
-)
-from gradscope.integrations.verdict import RankVerdict, gather, merge, rank_verdict
-from gradscope.model.prepare import describe_model
+from gradscope.integrations.watch import FailOn, StepWatcher, format_watched
 from gradscope.report import Report
 
 try:
@@ -44,17 +30,16 @@ try:
 except ImportError:  # transformers is a dependency; this only keeps the import honest
     Trainer, TrainerCallback = None, object  # type: ignore[assignment,misc]
 
-logger = logging.getLogger("gradscope")
-
 REPORT_FILE = "gradscope.json"
 """Written to the trainer's output_dir (by rank 0) when the first step has been checked."""
 
-PREFERENCE_KEYS = ("chosen_input_ids", "rejected_input_ids", "prompt_ids", "completion_ids", "advantages")
-"""Trainer inputs of preference / RL losses, whose token weights differ on purpose."""
+__all__ = ["REPORT_FILE", "GradscopeCallback", "format_watched", "watch"]
 
 
 class GradscopeCallback(TrainerCallback):
-    """Check the first optimizer step a transformers Trainer really takes, before that step changes any weight.
+    """Check the first optimizer step a transformers Trainer really takes, before that step changes any weight: an
+    adapter over ``gradscope.integrations.watch.StepWatcher``, given the Trainer's model, processing_class,
+    train_dataset, label smoothing and the inputs its ``compute_loss`` sees.
 
     Roles come from a ``completion_mask`` / ``assistant_masks`` in the trainer's inputs, else from the trainer's
     train_dataset (raw ``prompt``/``completion`` or ``messages`` columns, re-tokenized and matched by token ids),
@@ -75,21 +60,20 @@ class GradscopeCallback(TrainerCallback):
         report: The Report of the first optimizer step, once it has been checked (on every rank).
         trainer: The Trainer being watched, once found (held weakly: the callback adds no reference cycle, so a
             finished Trainer is freed when its last reference goes, as it would be without the callback).
+        watcher: The StepWatcher that observes the step and gives the verdict.
     """
 
-    def __init__(self, fail_on: str | None = "error", *, train_on: str = "all-assistant",
+    def __init__(self, fail_on: FailOn = "error", *, train_on: str = "all-assistant",
                  end_token_ids: frozenset[int] | None = None, write_report: bool = True,
                  keep_dropout: bool = False) -> None:
-        if fail_on not in ("error", "warning", None):
-            raise ValueError(f"fail_on must be 'error', 'warning' or None, not {fail_on!r}")
-        if train_on not in TRAIN_ON:
-            raise ValueError(f"train_on must be one of {TRAIN_ON}, not {train_on!r}")
-        self.fail_on, self.train_on, self.end_token_ids, self.write_report = fail_on, train_on, end_token_ids, write_report
-        self.report: Report | None = None
+        self.watcher = StepWatcher(fail_on=fail_on, train_on=train_on, end_token_ids=end_token_ids,
+                                   name="GradscopeCallback")
+        self.write_report = write_report
         self._trainer: weakref.ref | None = None
-        self._observer: Observer | None = None
-        self._tokenizer: Any = None
-        self._micro_batch = 0
+
+    @property
+    def report(self) -> Report | None:
+        return self.watcher.report
 
     @property
     def trainer(self) -> Any:
@@ -102,163 +86,52 @@ class GradscopeCallback(TrainerCallback):
     def on_train_begin(self, args: Any, state: Any, control: Any, model: nn.Module | None = None,
                        processing_class: Any = None, **kwargs: Any) -> None:
         """Start observing the model's training forwards (and the trainer's compute_loss when it is found)."""
-        self._tokenizer = getattr(processing_class, "tokenizer", processing_class)
+        self.watcher.tokenizer = getattr(processing_class, "tokenizer", processing_class)
         self._close()
         if model is None or self.report is not None or state is not None and state.global_step > 0:
             return
         self.trainer = self.trainer or _calling_trainer()
-        smoothing = getattr(getattr(self.trainer, "label_smoother", None), "epsilon", 0.0)
-        self._observer = Observer(model, label_smoothing=float(smoothing))
+        self.watcher.label_smoothing = getattr(getattr(self.trainer, "label_smoother", None), "epsilon", 0.0)
+        self.watcher.dataset = getattr(self.trainer, "train_dataset", None)
+        self.watcher.attach(model)
         if self.trainer is not None:
             self._wrap_compute_loss(self.trainer)
 
     def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         """Check every observed micro-batch of every rank; raise before the optimizer step when the step leaks."""
-        if self._observer is None:
+        if not self.watcher.watching:
             return
-        observer = self._observer
-        self._close()
-        self.report = self._verdict(observer)
-        if self.write_report and args is not None and getattr(args, "output_dir", None) and _rank() == 0:
-            path = Path(args.output_dir) / REPORT_FILE
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(self.report.to_dict(), indent=1))
-        self._act(self.report)
+        self._unwrap()
+        output_dir = getattr(args, "output_dir", None)
+        self.watcher.report_path = Path(output_dir) / REPORT_FILE if self.write_report and output_dir else None
+        self.watcher.check()
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         """Remove the hooks if no optimizer step came."""
         self._close()
 
     def _close(self) -> None:
-        if self._observer is not None:
-            self._observer.close()
-            self._observer = None
+        self.watcher.close()
+        self._unwrap()
+
+    def _unwrap(self) -> None:
         trainer = self.trainer
         if trainer is not None and getattr(trainer.__dict__.get("compute_loss"), "_gradscope", False):
             del trainer.compute_loss  # the class's own method again
 
     def _wrap_compute_loss(self, trainer: Any) -> None:
         original = trainer.compute_loss
-        self._micro_batch = 0
 
         @functools.wraps(original)
         def compute_loss(model: nn.Module, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
-            observer = self._observer
-            if observer is None or not model.training:
+            if not self.watcher.watching or not model.training:
                 return original(model, inputs, *args, **kwargs)
-            observer.context = {"inputs": dict(inputs), "micro_batch": self._micro_batch,
-                                "num_items_in_batch": kwargs.get("num_items_in_batch")}
-            try:
-                result = original(model, inputs, *args, **kwargs)
-            finally:
-                observer.context = {}
-            loss = result[0] if isinstance(result, tuple) else result
-            for record in observer.records:
-                if record.context.get("micro_batch") == self._micro_batch:
-                    record.context["loss"] = float(loss.detach())
-            self._micro_batch += 1
-            return result
+            with self.watcher.micro_batch(inputs, num_items_in_batch=kwargs.get("num_items_in_batch")) as micro:
+                micro.loss = original(model, inputs, *args, **kwargs)
+            return micro.loss
 
         compute_loss._gradscope = True  # type: ignore[attr-defined]
         trainer.compute_loss = compute_loss
-
-    def _verdict(self, observer: Observer) -> Report:
-        """This rank's verdict, gathered with the others' into one Report (an analysis error travels too)."""
-        try:
-            local = self._rank_verdict(observer)
-        except Exception as err:  # noqa: BLE001 - every rank must reach the gather, or the others wait for ever
-            local = RankVerdict(_rank(), error=f"{type(err).__name__}: {err}")
-        verdicts = gather(local)
-        failed = [v for v in verdicts if v.error is not None]
-        if failed:
-            raise GradscopeError("gradscope could not check the first optimizer step: " + "; ".join(
-                f"rank {v.rank}: {v.error}" for v in failed))
-        report = merge(verdicts, describe_model(observer.lm))
-        report.data = {"watched": {
-            "ranks": len(verdicts),
-            "micro_batches": max((s.micro_batch for s in report.samples), default=-1) + 1,
-            "read_at": sorted({s.read_at for s in report.samples}),
-            "roles_from": sorted({s.roles_from or "not judged" for s in report.samples}),
-        }}
-        return report
-
-    def _rank_verdict(self, observer: Observer) -> RankVerdict:
-        lm, tokenizer = observer.lm, self._tokenizer
-        ends = frozenset(self.end_token_ids) if self.end_token_ids is not None else default_end_token_ids(lm, tokenizer)
-        spec = RoleSpec(ends, train_on=self.train_on)
-        dataset = DatasetRoles(getattr(self.trainer, "train_dataset", None), tokenizer, spec) if self.trainer else None
-        preference = PreferenceRoles(getattr(self.trainer, "train_dataset", None))
-        markers, prepared, notes, idle = LazyMarkers(tokenizer, ends), [], [], []
-        failed = [r.error for r in observer.records if r.error is not None]
-        if failed:
-            raise GradscopeError(f"reading the backward of a training forward failed: {failed[0]}")
-        for n, record in enumerate(observer.records):
-            if not record.reached:
-                notes.append(f"a training forward ({record.where or 'no logits or last hidden state'}) never received "
-                             "gradient from the loss; it was not checked")
-                continue
-            micro, rl = record.context.get("micro_batch", n), rl_rows(record.inputs, record.context.get("inputs", {}))
-            if rl is not None:  # GRPO-style inputs: prompt_ids + completion_ids, the loss over completion_mask
-                codes, sources = rl.codes, ["inputs"] * len(rl.codes)
-                idle += [(micro, b) for b in rl.idle]
-            else:
-                codes, sources = batch_roles(record.inputs, record.context, dataset, markers, self.train_on, preference)
-            prepared.append((micro, record, codes, sources))
-        comparable = not any(k in r.context.get("inputs", {}) for _, r, _, _ in prepared for k in PREFERENCE_KEYS)
-        verdict = rank_verdict(_rank(), prepared, tokenizer, ends, resolve_pad_token_id(lm, tokenizer), comparable,
-                               frozenset(idle), _unknown_reason(tokenizer))
-        if idle:
-            notes.append(f"{len(idle)} RL row(s) (micro-batch, row) {sorted(idle)[:8]} have advantage 0 (equal rewards "
-                         "in their group) or an empty completion_mask: the trainer's loss gives them no gradient on "
-                         "purpose; no_loss, completion_untrained and eos_untrained were not checked there")
-        if not observer.records:
-            notes.append("no training forward was observed before the first optimizer step: nothing was checked")
-        if dataset is not None and dataset.mismatched:
-            notes.append(f"gradscope tokenizes train_dataset rows {sorted(set(dataset.mismatched))[:8]} differently "
-                         "from the trainer: their roles were not read from the dataset")
-        verdict.notes += notes
-        return verdict
-
-    def _act(self, report: Report) -> None:
-        """Log the verdict; raise MaskingError (the same on every rank) when the findings reach fail_on."""
-        summary = report.summary()
-        if not report.findings:
-            logger.info("gradscope: first optimizer step clean: %d of %d tokens trained", summary["trained_tokens"],
-                        summary["tokens"])
-            return
-        text = format_watched(report.findings)
-        logger.warning("gradscope: first optimizer step: %d error(s), %d warning(s)\n%s", summary["errors"],
-                       summary["warnings"], text)
-        failing = report.errors if self.fail_on == "error" else report.findings if self.fail_on == "warning" else []
-        if failing:
-            ranks = sorted({f.rank for f in failing if getattr(f, "rank", None) is not None})
-            where = f" on rank(s) {', '.join(map(str, ranks))}" if ranks else ""
-            raise MaskingError(
-                f"gradscope stopped training before the first optimizer step: the step has {len(failing)} masking "
-                f"problem(s){where}:\n{format_watched(failing)}\n"
-                "(GradscopeCallback(fail_on=None) logs them and lets training go on)",
-                report,
-            )
-
-
-def _unknown_reason(tokenizer: Any) -> str:
-    """Why a row of the watched step has no role source."""
-    if tokenizer is None:
-        return ("no role tensor in the inputs, and the Trainer was given no processing_class (tokenizer), so neither "
-                "the train_dataset rows nor a chat template could be read")
-    return ("no role tensor in the inputs, no train_dataset row with prompt/completion or messages whose tokens "
-            "match the row's, no chat-template marker in it")
-
-
-def format_watched(findings: list) -> str:
-    """One line per finding, saying where in the step it came from."""
-    lines = []
-    for f in findings:
-        where = [f"{k} {v}" for k, v in (("rank", getattr(f, "rank", None)), ("micro-batch", getattr(f, "micro_batch", None)),
-                                         ("sample", f.sample), ("row", getattr(f, "row", None))) if v is not None]
-        at = f"; positions {f.positions}" if f.positions else ""
-        lines.append(f"- {f.check} ({', '.join(where) or 'whole step'}{at}): {f.message}")
-    return "\n".join(lines)
 
 
 def watch(trainer: Any, **options: Any) -> GradscopeCallback:
@@ -288,9 +161,3 @@ def _calling_trainer() -> Any:
         if isinstance(owner, Trainer):
             return owner
     return None
-
-
-def _rank() -> int:
-    import torch.distributed as dist
-
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0

@@ -64,6 +64,23 @@ def causal_lm(model: nn.Module) -> nn.Module:
     return model
 
 
+def input_embeddings(lm: nn.Module) -> nn.Module:
+    """The token embedding: transformers' ``get_input_embeddings()``, else the model's first ``nn.Embedding``
+    (torchtune's ``tok_embeddings``)."""
+    get = getattr(lm, "get_input_embeddings", None)
+    if callable(get):
+        return get()
+    return next(m for m in lm.modules() if isinstance(m, nn.Embedding))
+
+
+def output_head(lm: nn.Module) -> nn.Module | None:
+    """The LM head module: transformers' ``get_output_embeddings()``, else torchtune's ``output`` (None when the
+    head is not a module, as torchtune's ``TiedLinear``: the logits are then found in the model's output)."""
+    get = getattr(lm, "get_output_embeddings", None)
+    head = get() if callable(get) else getattr(lm, "output", None)
+    return head if isinstance(head, nn.Module) else None
+
+
 def backbone(lm: nn.Module) -> nn.Module | None:
     """The decoder stack whose output is the last hidden state (``model.model`` in Llama, ``transformer`` in GPT-2)."""
     base = getattr(lm, "base_model", None)
@@ -91,9 +108,9 @@ class Observer:
         self._handles = [
             self.lm.register_forward_pre_hook(self._begin, with_kwargs=True),
             self.lm.register_forward_hook(self._end, with_kwargs=True),
-            self.lm.get_input_embeddings().register_forward_hook(self._embedding),
+            input_embeddings(self.lm).register_forward_hook(self._embedding),
         ]
-        head, body = self.lm.get_output_embeddings(), backbone(self.lm)
+        head, body = output_head(self.lm), backbone(self.lm)
         if isinstance(head, nn.Module):
             self._handles.append(head.register_forward_hook(self._head))
         if body is not None:
@@ -109,7 +126,7 @@ class Observer:
     def _begin(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
         if not (self.active and module.training and torch.is_grad_enabled()) or self._current is not None:
             return  # evaluation, a no-grad forward (reference model, metrics, generation), or a nested call
-        ids = kwargs.get("input_ids", args[0] if args else None)
+        ids = kwargs.get("input_ids", kwargs.get("tokens", args[0] if args else None))  # tokens: torchtune
         if not isinstance(ids, torch.Tensor) or ids.dim() != 2:
             return
         kept = {k: kwargs[k] for k in INPUT_KEYS if isinstance(kwargs.get(k), torch.Tensor)}
@@ -146,6 +163,9 @@ class Observer:
         if self._logits is not None and self._logits.shape[:2] == ids.shape:
             record.where = "logits"
             _watch_logits(record, self._logits, ids, self.label_smoothing)
+        elif (chunks := _logit_chunks(output, ids)) is not None:  # torchtune: a list of chunks, or bare logits
+            record.where = "logits"
+            _watch_chunks(record, chunks, ids, self.label_smoothing)
         elif self._hidden is not None and self._hidden.shape[:2] == ids.shape:
             record.where = "lm_head_input"
             _watch_hidden(record, self._hidden, ids, self.lm.get_output_embeddings(), self._autocast)
@@ -161,11 +181,44 @@ def _next_tokens(ids: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _watch_logits(record: Observed, logits: torch.Tensor, ids: torch.Tensor, epsilon: float) -> None:
+def _logit_chunks(output: Any, ids: torch.Tensor) -> list[torch.Tensor] | None:
+    """The model's output when it is the logits (B, T, V) or a list of chunks of them along the sequence (torchtune
+    with ``set_num_output_chunks``, for ``CEWithChunkedOutputLoss``), else None."""
+    chunks = [output] if isinstance(output, torch.Tensor) else output if isinstance(output, list) else None
+    if not chunks or not all(isinstance(c, torch.Tensor) and c.dim() == 3 and c.requires_grad for c in chunks):
+        return None
+    if any(c.shape[0] != ids.shape[0] for c in chunks) or sum(c.shape[1] for c in chunks) != ids.shape[1]:
+        return None
+    return chunks
+
+
+def _watch_chunks(record: Observed, chunks: list[torch.Tensor], ids: torch.Tensor, epsilon: float) -> None:
+    """Read each chunk of the logits in its own backward, as ``_watch_logits`` reads whole logits (the target of a
+    chunk's last position is the next chunk's first token); the record is whole once every chunk has been read."""
+    targets, parts, start = _next_tokens(ids), [], 0
+    for chunk in chunks:
+        part, width = Observed(inputs={}), chunk.shape[1]
+        _watch_logits(part, chunk, ids[:, start : start + width], epsilon, targets[:, start : start + width])
+        parts.append(part)
+        start += width
+
+    def assemble(grad: torch.Tensor) -> None:
+        record.error = next((p.error for p in parts if p.error is not None), record.error)
+        if record.grad_norm is None and all(p.reached for p in parts):
+            for name in ("token_loss", "grad_norm", "weight", "target"):
+                setattr(record, name, torch.cat([getattr(p, name) for p in parts], 1))
+            record.finite = all(p.finite for p in parts)
+
+    for chunk in chunks:
+        chunk.register_hook(assemble)
+
+
+def _watch_logits(record: Observed, logits: torch.Tensor, ids: torch.Tensor, epsilon: float,
+                  targets: torch.Tensor | None = None) -> None:
     """Read the loss at the logits, in the backward: the gradient there is read as w * d, d the cross-entropy
     direction ``p - (1 - eps) e_y - eps / V`` (label smoothing eps), with a residual saying whether it points at y.
     The logits are held (detached) until this micro-batch's backward has been read, then let go."""
-    targets = _next_tokens(ids).to(logits.device)
+    targets = (_next_tokens(ids) if targets is None else targets).to(logits.device)
     held, vocab = [logits.detach()], logits.shape[-1]
 
     def direction(rows: torch.Tensor, cols: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -11,6 +11,7 @@ import torch
 
 from gradscope.checks.masking import analyze
 from gradscope.checks.roles import roles_unknown
+from gradscope.checks.step import StepTokens, step_scale
 from gradscope.checks.structure import mean_weights
 from gradscope.constants import IGNORE_INDEX, ROLE_CODES_KEY
 from gradscope.data.batch import document_starts, real_tokens
@@ -63,6 +64,7 @@ class RankVerdict:
     groups: list[tuple[int, int, int, int, float, int]] = field(default_factory=list)  # rank, mb, row, doc, w, n
     weights_comparable: bool = True
     losses: list[float] = field(default_factory=list)
+    predicted: int = 0  # positions that predict a real token (what a denominator over attention_mask counts)
     notes: list[str] = field(default_factory=list)
     error: str | None = None
 
@@ -141,6 +143,7 @@ def rank_verdict(rank: int, records: list[tuple[int, Observed, torch.Tensor, lis
         # Weights are compared where the gradient is the loss of the token itself (a wrong target has no such weight).
         trained = (capture.logit_grad_norm > 0) & (capture.target_id == batch["input_ids"]) & real_tokens(batch) & ~starts
         trained[:, 0] = False
+        out.predicted += int((real_tokens(batch) & ~starts)[:, 1:].sum())
         for mean, row, doc, count in mean_weights(capture.weight, trained, starts.cumsum(1)):
             out.groups.append((rank, micro, row, doc, mean, count))
         out.losses.append(loss)
@@ -158,8 +161,11 @@ def gather(local: RankVerdict) -> list[RankVerdict]:
     return everyone
 
 
-def merge(verdicts: list[RankVerdict], model: dict[str, Any]) -> Report:
-    """One Report of the step: samples numbered in (rank, micro-batch, row) order, findings pointing at them."""
+def merge(verdicts: list[RankVerdict], model: dict[str, Any], ranks_averaged: bool = True,
+          grad_scale: float = 1.0) -> Report:
+    """One Report of the step: samples numbered in (rank, micro-batch, row) order, findings pointing at them;
+    ``ranks_averaged``: the ranks' gradients are averaged (DDP, FSDP), not summed; ``grad_scale``: the factor the
+    loop multiplies the gradients by after the backward."""
     report = Report(model=model)
     number: dict[tuple[int, int, int], int] = {}
     for verdict in sorted(verdicts, key=lambda v: v.rank):
@@ -172,9 +178,26 @@ def merge(verdicts: list[RankVerdict], model: dict[str, Any]) -> Report:
             report.findings.append(finding)
         report.losses += verdict.losses
         report.notes += [n for n in verdict.notes if n not in report.notes]
-    step = step_weights([g for v in verdicts for g in v.groups], all(v.weights_comparable for v in verdicts))
+    groups, comparable = [g for v in verdicts for g in v.groups], all(v.weights_comparable for v in verdicts)
+    step = step_weights(groups, comparable)
     report.findings += [step] if step is not None else []
+    # The scale of a step whose masking is otherwise right: tokens trained toward another target, or at a packed
+    # document's start, carry weight that is not counted among the tokens compared.
+    scaled = step is None and comparable and groups and min(g[4] for g in groups) > 0 and not report.errors
+    scale = step_scale(step_tokens(verdicts, ranks_averaged, grad_scale)) if scaled else None
+    report.findings += [WatchedFinding(**vars(scale))] if scale is not None else []
+    if not comparable and groups:
+        report.notes.append("token weights were not compared, nor the step's scale (step_scale): a preference or RL "
+                            "loss (DPO, GRPO: advantages, chosen/rejected ids) weighs tokens differently by design")
     return report
+
+
+def step_tokens(verdicts: list[RankVerdict], ranks_averaged: bool, grad_scale: float = 1.0) -> StepTokens:
+    """What the step-scale check reads: the trained tokens' weights and counts over every micro-batch and rank."""
+    groups = [g for v in verdicts for g in v.groups]
+    micro = max((len({g[1] for g in v.groups}) for v in verdicts), default=0)
+    return StepTokens(sum(g[4] * g[5] for g in groups) * grad_scale, sum(g[5] for g in groups),
+                      sum(v.predicted for v in verdicts), micro, len(verdicts), ranks_averaged)
 
 
 def step_weights(groups: list[tuple[int, int, int, int, float, int]], comparable: bool) -> WatchedFinding | None:

@@ -48,7 +48,7 @@ def sharded_model(fused: bool):
     return model
 
 
-def step(fused: bool, leak_on: int | None, token_mean: bool) -> dict:
+def step(fused: bool, leak_on: int | None, token_mean: bool, per_world: bool = True) -> dict:
     """One watched step: forward, backward, the callback's verdict, then the optimizer step unless it raised."""
     rank, tokenizer = dist.get_rank(), load_tokenizer(MODEL)
     model = sharded_model(fused)
@@ -61,7 +61,9 @@ def step(fused: bool, leak_on: int | None, token_mean: bool) -> dict:
     extra = {"num_items_in_batch": trained} if token_mean else {}  # else each rank's own token mean
     model.train()
     out = model(**batch, **extra, **({"fused_lm_head": True} if fused else {}))
-    out.loss.backward()
+    # FSDP averages the ranks' gradients: a token mean over both ranks' tokens multiplies by the world size (as
+    # transformers does with average_tokens_across_devices); without it the update is half a token mean.
+    (out.loss * (dist.get_world_size() if token_mean and per_world else 1)).backward()
     before = [p.detach().to_local().clone() for p in model.parameters()]
     error = None
     try:
@@ -84,10 +86,11 @@ def step(fused: bool, leak_on: int | None, token_mean: bool) -> dict:
 
 def main(out: Path) -> None:
     dist.init_process_group("gloo")
-    results = {f"{'fused' if fused else 'logits'} {name}": step(fused, leak_on, token_mean)
+    results = {f"{'fused' if fused else 'logits'} {name}": step(fused, leak_on, token_mean, per_world)
                for fused in (True, False)
-               for name, leak_on, token_mean in (("clean", None, True), ("leak_on_rank_1", 1, True),
-                                                 ("rank_means", None, False))}
+               for name, leak_on, token_mean, per_world in (
+                   ("clean", None, True, True), ("leak_on_rank_1", 1, True, True), ("rank_means", None, False, True),
+                   ("not_per_world", None, True, False))}
     (out / f"rank{dist.get_rank()}.json").write_text(json.dumps(results))
     dist.barrier()
     dist.destroy_process_group()  # before exit: gloo threads torn down at interpreter exit abort the process

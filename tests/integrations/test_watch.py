@@ -224,6 +224,18 @@ def test_accumulation_with_num_items_in_batch_trains(tmp_path):
     torch.testing.assert_close(weights, torch.full_like(weights, 1 / len(weights)), rtol=0.03, atol=0)
 
 
+def test_accumulation_with_equal_micro_batch_means_gets_step_scale(tmp_path):
+    """Each micro-batch's own token mean with equal token counts: every token weighs alike (no uneven weights), but
+    the Trainer does not divide a compute_loss_func's loss by the accumulation steps: ×2 of a token mean."""
+    rows = tokenized([{"prompt": f"Question {i}?\nAnswer:", "completion": " a b c"} for i in range(4)])
+    run = train(plain(rows, tmp_path, compute_loss_func=micro_batch_mean, gradient_accumulation_steps=2))
+    assert_stops(run, ["step_scale"])
+    message = run.callback.report.findings[0].message
+    assert "×2 of a token mean" in message and "×2 = the gradient accumulation steps" in message
+    weights = torch.tensor([t.weight for s in run.callback.report.samples for t in s.tokens if t.trained])
+    torch.testing.assert_close(weights, torch.full_like(weights, 2 / len(weights)), rtol=0.03, atol=0)
+
+
 def test_assistant_mask_without_generation_markers_stops(tmp_path):
     # transformers' assistant mask from a template without {% generation %} is all zeros: nothing is trained.
     from fixtures.trainers import MODEL

@@ -75,9 +75,10 @@ def test_fsdp_token_mean_over_the_step_trains(fsdp_ranks, path, read_at):
         run = rank[f"{path} clean"]
         assert run["error"] is None and run["findings"] == [] and run["changed"]
         assert run["read_at"] == [read_at] and run["roles_from"] == ["chat_template"]
-        # Each token weighs 1 / (trained tokens of both ranks), read off the sharded model's real gradient.
+        # Each token weighs 2 / (trained tokens of both ranks) at its own backward, 1 / N once FSDP averages the
+        # two ranks' gradients, read off the sharded model's real gradient.
         for weights, roles in zip(run["weights"], run["roles"]):
-            torch.testing.assert_close(torch.tensor(weights), torch.full((len(weights),), 1 / run["trained_tokens"]),
+            torch.testing.assert_close(torch.tensor(weights), torch.full((len(weights),), 2 / run["trained_tokens"]),
                                        rtol=1e-3, atol=0)
             assert weights and set(roles) == {"completion"}
 
@@ -98,3 +99,16 @@ def test_fsdp_per_rank_means_stop_with_uneven_step_weights(fsdp_ranks, path):
     for weights in zero["weights"]:  # each rank's own token mean: 1 / (that rank's trained tokens)
         torch.testing.assert_close(torch.tensor(weights), torch.full((len(weights),), 1 / len(weights)), rtol=1e-3,
                                    atol=0)
+
+
+@pytest.mark.parametrize("path", ["fused", "logits"])
+def test_fsdp_token_mean_not_scaled_by_the_world_size_stops_with_step_scale(fsdp_ranks, path):
+    """Each rank divides by both ranks' tokens but FSDP averages the gradients: every token weighs half a token
+    mean over the step, uniformly (no uneven_step_weights); the step_scale finding gives the factor and the fix."""
+    zero, one = (rank[f"{path} not_per_world"] for rank in fsdp_ranks)
+    assert zero["error"] == one["error"] and not zero["changed"] and not one["changed"]
+    assert [f[0] for f in zero["findings"]] == ["step_scale"]
+    assert "×0.5 of a token mean" in zero["error"] and "÷2 = the ranks" in zero["error"]
+    for weights in zero["weights"]:  # read: 1 / (both ranks' trained tokens); in the update, half that
+        torch.testing.assert_close(torch.tensor(weights), torch.full((len(weights),), 1 / zero["trained_tokens"]),
+                                   rtol=1e-3, atol=0)

@@ -119,3 +119,72 @@ def test_rl_rows_match_a_sub_batch_and_read_tool_output_as_prompt():
     assert rl.idle == [1]  # row 1 of the forward is input row 1: advantage 0
     assert rl_rows({"input_ids": torch.tensor([[7, 8, 9, 13, 2, 4]])}, given) is None  # no such row
     assert rl_rows({"input_ids": torch.tensor([[7, 8, 9, 13, 2]])}, given) is None  # not prompt + completion
+
+
+def grpo_with_tools(drop_tool_mask: bool):
+    """GRPOTrainer whose completions carry a tool's output at completion positions 1-2 (``tool_mask`` 0 there, as
+    TRL sets it after a tool call); with ``drop_tool_mask`` a loss bug: ``_compute_loss`` drops the tool mask, so
+    the tool's output is trained."""
+    from trl import GRPOTrainer
+
+    class WithTools(GRPOTrainer):
+        seen: list = []
+
+        def _generate_and_score_completions(self, inputs):
+            out = super()._generate_and_score_completions(inputs)
+            tool = torch.ones_like(out["completion_mask"])
+            tool[:, 1:3] = 0
+            out["tool_mask"] = tool
+            return out
+
+        def _compute_loss(self, model, inputs):
+            self.seen.append(inputs)
+            if drop_tool_mask:
+                inputs = {k: v for k, v in inputs.items() if k != "tool_mask"}
+            return super()._compute_loss(model, inputs)
+
+    WithTools.seen = []
+    return WithTools
+
+
+def grpo_tools(tmp_path, drop_tool_mask: bool):
+    from datasets import Dataset
+    from trl import GRPOConfig
+
+    from gradscope.model.load import load_model, load_tokenizer
+
+    def make(callbacks):
+        args = GRPOConfig(output_dir=str(tmp_path), **{**COMMON, "per_device_train_batch_size": 4}, num_generations=2,
+                          max_completion_length=4)
+        return grpo_with_tools(drop_tool_mask)(model=load_model(MODEL), reward_funcs=text_reward, args=args,
+                                               train_dataset=Dataset.from_list(PROMPTS),
+                                               processing_class=load_tokenizer(MODEL), callbacks=callbacks)
+
+    return make
+
+
+def test_grpo_with_tools_trains_the_model_tokens_only(tmp_path):
+    run = train(grpo_tools(tmp_path, drop_tool_mask=False))
+    assert run.error is None and run.changed and run.callback.report.findings == []
+    (inputs,) = run.trainer.seen
+    width = inputs["prompt_ids"].shape[1]
+    for sample, mask, advantage in zip(run.callback.report.samples, inputs["completion_mask"], inputs["advantages"],
+                                       strict=True):
+        trained = torch.tensor([t.trained for t in sample.tokens[width:]])
+        expected = mask.bool() & (inputs["tool_mask"][0].bool()) & (advantage != 0)
+        assert torch.equal(trained, expected)  # the tool's output is not trained
+        assert all(t.role != "completion" for t in sample.tokens[width + 1 : width + 3])
+
+
+def test_grpo_loss_that_trains_the_tool_output_stops_with_prompt_leak(tmp_path):
+    run = train(grpo_tools(tmp_path, drop_tool_mask=True))
+    assert run.error is not None and run.trainer.state.global_step == 0 and not run.changed
+    assert sorted({c for c, _ in run.checks}) == ["prompt_leak"]
+    (inputs,) = run.trainer.seen
+    width = inputs["prompt_ids"].shape[1]
+    leaking = {b for b, (a, m) in enumerate(zip(inputs["advantages"].tolist(), inputs["completion_mask"], strict=True))
+               if a != 0 and m[1:3].any()}
+    assert {s for _, s in run.checks} == leaking and leaking
+    for finding in run.callback.report.findings:  # exactly the tool's tokens inside the completion mask
+        mask = inputs["completion_mask"][finding.sample]
+        assert finding.positions == [width + p for p in (1, 2) if mask[p]]
