@@ -11,6 +11,7 @@ from gradscope.checks.sample import SampleView
 from gradscope.constants import IGNORE_INDEX
 from gradscope.data.batch import COMPLETION, PAD, PROMPT
 from gradscope.engine.run import Capture
+from gradscope.report import catalogue
 from gradscope.report.finding import Finding
 from gradscope.report.text import _tokens, format_positions
 
@@ -221,9 +222,16 @@ def boundary_leak(s: SampleView) -> Finding | None:
     )
 
 
-ROOT_CHECKS: tuple[Check, ...] = (no_loss, label_misaligned)
-ROLE_CHECKS: tuple[Check, ...] = (prompt_leak, pad_leak, completion_untrained, eos_untrained, completion_truncated)
-SAMPLE_CHECKS: tuple[Check, ...] = (*ROLE_CHECKS, boundary_leak, *LAYOUT_CHECKS)
+FUNCTIONS: dict[str, Check] = {check.__name__: check for check in (
+    no_loss, label_misaligned, prompt_leak, pad_leak, completion_untrained, eos_untrained, completion_truncated,
+    boundary_leak, *LAYOUT_CHECKS,
+)}
+"""The per-sample check functions by the name their findings carry (``eos_untrained`` also gives
+``turn_end_untrained``); the catalogue orders them."""
+ROOT_CHECKS: tuple[Check, ...] = tuple(FUNCTIONS[name] for name in catalogue.ROOT_CHECKS)
+SAMPLE_CHECKS: tuple[Check, ...] = tuple(
+    FUNCTIONS[name] for name in catalogue.SAMPLE_CHECKS if name in FUNCTIONS and name not in catalogue.ROOT_CHECKS
+)
 
 
 def check_sample(s: SampleView) -> list[Finding]:

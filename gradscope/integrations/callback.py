@@ -38,6 +38,7 @@ from gradscope.integrations.sources import (
 from gradscope.integrations.verdict import RankVerdict, gather, merge, rank_verdict
 from gradscope.model.prepare import describe_model
 from gradscope.report import Report
+from gradscope.report.verdict import verdict
 
 try:
     from transformers import Trainer, TrainerCallback
@@ -62,8 +63,10 @@ class GradscopeCallback(TrainerCallback):
     says so.
 
     Args:
-        fail_on: ``"error"`` (default): raise ``gradscope.MaskingError`` when the step has an error finding;
-            ``"warning"``: on any finding; ``None``: only log.
+        fail_on: ``"error"`` (default): raise ``gradscope.MaskingError`` when the step's verdict is ``errors``
+            (``gradscope.report.verdict``); ``"warning"``: on any verdict but ``clean``, ``not verified`` included;
+            ``None``: only log. A step that is not verified is logged as a warning, saying so, and does not stop
+            training under ``"error"``: stopping a correct run gradscope cannot read would be worse.
         train_on: ``all-assistant`` or ``last-assistant``: which assistant turns are completion when roles come
             from the chat template or from chat rows of the dataset.
         end_token_ids: Tokens that close a completion; by default EOS and the tokenizer's end-of-turn tokens.
@@ -227,10 +230,13 @@ class GradscopeCallback(TrainerCallback):
                         summary["tokens"])
             return
         text = format_watched(report.findings)
-        logger.warning("gradscope: first optimizer step: %d error(s), %d warning(s)\n%s", summary["errors"],
-                       summary["warnings"], text)
-        failing = report.errors if self.fail_on == "error" else report.findings if self.fail_on == "warning" else []
-        if failing:
+        v = verdict(report)  # not verified is logged as a warning: only fail_on="warning" stops a run it cannot read
+        policy = " (logged as a warning; GradscopeCallback(fail_on='warning') stops on it)" if (
+            v.status == "not verified" and self.fail_on != "warning") else ""
+        logger.warning("gradscope: first optimizer step %s%s: %d error(s), %d warning(s)\n%s", v.status, policy,
+                       summary["errors"], summary["warnings"], text)
+        if self.fail_on is not None and v.fails(strict=self.fail_on == "warning", allow_unknown_roles=True):
+            failing = report.errors if self.fail_on == "error" else report.findings
             ranks = sorted({f.rank for f in failing if getattr(f, "rank", None) is not None})
             where = f" on rank(s) {', '.join(map(str, ranks))}" if ranks else ""
             raise MaskingError(

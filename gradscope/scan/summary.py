@@ -16,6 +16,7 @@ from gradscope.checks.sample import SampleView
 from gradscope.constants import IGNORE_INDEX, UNKNOWN
 from gradscope.data.batch import COMPLETION, PAD, PROMPT
 from gradscope.data.chunks import Chunk
+from gradscope.report.catalogue import SCAN_WARNINGS
 from gradscope.report.finding import Finding
 from gradscope.report.scan import ScanReport
 from gradscope.scan.verdicts import CHECKS, UNKNOWN_ROLES, Verdicts
@@ -75,6 +76,8 @@ class ScanAccumulator:
         self._distributions(v)
         for name in CHECKS:
             self._count(name, chunk, v)
+        r.error_rows = (r.error_rows or 0) + _rows_failing(v, [c for c in CHECKS if c not in SCAN_WARNINGS])
+        r.warning_rows = (r.warning_rows or 0) + _rows_failing(v, [c for c in CHECKS if c in SCAN_WARNINGS])
         self._offer_worst(chunk, v)
 
     def _count(self, name: str, chunk: Chunk, v: Verdicts) -> None:
@@ -144,6 +147,12 @@ class ScanAccumulator:
         edges = [round(i / FRACTION_BINS, 2) for i in range(FRACTION_BINS + 1)]
         mean = self.report.trained_tokens / self.report.tokens if self.report.tokens else None
         return {"bins": edges, "rows": self.fractions.tolist(), "token_weighted_mean": mean}
+
+
+def _rows_failing(v: Verdicts, names: list[str]) -> int:
+    """Rows of a chunk that fail at least one of the named checks (a row failing two counts once)."""
+    fails = [v.fails[name] for name in names if name in v.fails]
+    return int(np.logical_or.reduce(fails).sum()) if fails else 0
 
 
 def _length_summary(lengths: np.ndarray) -> dict[str, Any]:
