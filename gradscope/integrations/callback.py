@@ -224,19 +224,19 @@ class GradscopeCallback(TrainerCallback):
 
     def _act(self, report: Report) -> None:
         """Log the verdict; raise MaskingError (the same on every rank) when the findings reach fail_on."""
-        summary = report.summary()
-        if not report.findings:
+        summary, v = report.summary(), verdict(report)
+        if v.status == "clean":
             logger.info("gradscope: first optimizer step clean: %d of %d tokens trained", summary["trained_tokens"],
                         summary["tokens"])
             return
         text = format_watched(report.findings)
-        v = verdict(report)  # not verified is logged as a warning: only fail_on="warning" stops a run it cannot read
+        # not verified is logged as a warning: only fail_on="warning" stops a run gradscope cannot read
         policy = " (logged as a warning; GradscopeCallback(fail_on='warning') stops on it)" if (
             v.status == "not verified" and self.fail_on != "warning") else ""
         logger.warning("gradscope: first optimizer step %s%s: %d error(s), %d warning(s)\n%s", v.status, policy,
                        summary["errors"], summary["warnings"], text)
         if self.fail_on is not None and v.fails(strict=self.fail_on == "warning", allow_unknown_roles=True):
-            failing = report.errors if self.fail_on == "error" else report.findings
+            failing = (report.errors if self.fail_on == "error" else report.findings) or report.findings
             ranks = sorted({f.rank for f in failing if getattr(f, "rank", None) is not None})
             where = f" on rank(s) {', '.join(map(str, ranks))}" if ranks else ""
             raise MaskingError(
