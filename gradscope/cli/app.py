@@ -109,6 +109,8 @@ def exit_code(report: Report | ScanReport, strict: bool, allow_unknown_roles: bo
 def in_flags(report: Report | ScanReport) -> Report | ScanReport:
     """The report's notes and messages with parameter names rendered as flags, for the command line's output."""
     report.notes = [as_flags(n) for n in report.notes]
+    if isinstance(report, ScanReport):
+        report.not_run = {name: as_flags(why) for name, why in report.not_run.items()}
     for finding in report.findings:
         finding.message = as_flags(finding.message)
     return report

@@ -12,6 +12,7 @@ from gradscope.cli.app import app, emit, exit_code, guarded, in_flags, write
 from gradscope.cli.options import (
     DEFAULT_LR,
     DEFAULT_MAX_GRAD_NORM,
+    AllowUnknownOpt,
     AssistantOnlyOpt,
     BaseOpt,
     BatchSizeOpt,
@@ -44,7 +45,6 @@ from gradscope.cli.options import (
     RolesFromOpt,
     SamplesOpt,
     ShowOpt,
-    AllowUnknownOpt,
     StrictOpt,
     TrainOn,
     TrainOnOpt,

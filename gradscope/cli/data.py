@@ -14,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from gradscope.cli.app import app, boundary, emit, fail
 from gradscope.cli.options import (
+    AllowUnknownOpt,
     DataArg,
     Format,
     FormatOpt,
@@ -23,7 +24,6 @@ from gradscope.cli.options import (
     OutputOpt,
     ResponseOpt,
     SamplesOpt,
-    AllowUnknownOpt,
     StrictOpt,
     TrainOn,
     TrainOnOpt,

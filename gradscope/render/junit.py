@@ -166,8 +166,8 @@ def _scan_cases(r: ScanReport) -> list[Case]:
                                  for f in r.findings if f.check == name)
             severity = "warning" if name in SCAN_WARNINGS else "error"
             failure = Finding(name, severity, None, [], f"{entry['rows']} of {r.rows} row(s) fail (rows {first})\n{examples}")
-        subject, skipped = f"all {r.rows} rows", None
-        if name in ROLE_CHECKS and unknown:  # judged only where the roles are known
+        subject, skipped = f"all {r.rows} rows", (f"not run: {r.not_run[name]}" if name in r.not_run else None)
+        if name in ROLE_CHECKS and unknown and not skipped:  # judged only where the roles are known
             subject = f"the {r.rows - unknown} of {r.rows} rows with known roles"
             skipped = None if r.rows > unknown or failure else ROLES_UNKNOWN
         cases.append(Case(name, subject, failure, skipped))

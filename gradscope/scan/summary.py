@@ -16,7 +16,7 @@ from gradscope.checks.sample import SampleView
 from gradscope.constants import IGNORE_INDEX, UNKNOWN
 from gradscope.data.batch import COMPLETION, PAD, PROMPT
 from gradscope.data.chunks import Chunk
-from gradscope.report.catalogue import SCAN_WARNINGS
+from gradscope.report.catalogue import ROLE_CHECKS, SCAN_WARNINGS
 from gradscope.report.finding import Finding
 from gradscope.report.scan import ScanReport
 from gradscope.scan.verdicts import CHECKS, UNKNOWN_ROLES, Verdicts
@@ -141,7 +141,23 @@ class ScanAccumulator:
         r.distributions = {"length": _length_summary(self.lengths), "trained_fraction": self._fraction_summary()}
         if not self.ends:
             r.notes.append("no end token ids (give `tokenizer` DIR or `end_token_ids`): eos_untrained was not checked")
+        r.not_run = self._not_run()
         return r
+
+    def _not_run(self) -> dict[str, str]:
+        """The checks that could not run on any row, and why: shown as not run, never as a count of 0."""
+        r, (bos, bos_added) = self.report, self.bos
+        out = {}
+        if r.rows and r.checks[UNKNOWN_ROLES]["rows"] == r.rows:
+            out.update(dict.fromkeys(ROLE_CHECKS, "no row's roles are known (roles_unknown)"))
+        if not self.ends:
+            out.update(dict.fromkeys(("eos_untrained", "turn_end_untrained"),
+                                     "no end token ids: give `tokenizer` DIR or `end_token_ids`"))
+        if bos is None:
+            out.update(dict.fromkeys(("bos_duplicated", "bos_missing"), "no tokenizer names a BOS token"))
+        elif not bos_added:
+            out["bos_missing"] = "the tokenizer puts no BOS first in its encodings"
+        return {name: why for name, why in out.items() if name in r.checks}
 
     def _fraction_summary(self) -> dict[str, Any]:
         edges = [round(i / FRACTION_BINS, 2) for i in range(FRACTION_BINS + 1)]
