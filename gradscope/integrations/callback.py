@@ -24,6 +24,7 @@ from typing import Any
 
 from torch import nn
 
+from gradscope.checks.masking import for_trainer
 from gradscope.data.roles import TRAIN_ON, RoleSpec
 from gradscope.data.tokens import default_end_token_ids, resolve_pad_token_id
 from gradscope.errors import GradscopeError, MaskingError
@@ -192,6 +193,7 @@ class GradscopeCallback(TrainerCallback):
         dataset = DatasetRoles(getattr(self.trainer, "train_dataset", None), tokenizer, spec) if self.trainer else None
         preference = PreferenceRoles(getattr(self.trainer, "train_dataset", None))
         markers, prepared, notes, idle = LazyMarkers(tokenizer, ends), [], [], []
+        rl_seen = False
         failed = [r.error for r in observer.records if r.error is not None]
         if failed:
             raise GradscopeError(f"reading the backward of a training forward failed: {failed[0]}")
@@ -202,7 +204,7 @@ class GradscopeCallback(TrainerCallback):
                 continue
             micro, rl = record.context.get("micro_batch", n), rl_rows(record.inputs, record.context.get("inputs", {}))
             if rl is not None:  # GRPO-style inputs: prompt_ids + completion_ids, the loss over completion_mask
-                codes, sources = rl.codes, ["inputs"] * len(rl.codes)
+                codes, sources, rl_seen = rl.codes, ["inputs"] * len(rl.codes), True
                 idle += [(micro, b) for b in rl.idle]
             else:
                 codes, sources = batch_roles(record.inputs, record.context, dataset, markers, self.train_on, preference)
@@ -210,6 +212,7 @@ class GradscopeCallback(TrainerCallback):
         comparable = not any(k in r.context.get("inputs", {}) for _, r, _, _ in prepared for k in PREFERENCE_KEYS)
         verdict = rank_verdict(_rank(), prepared, tokenizer, ends, resolve_pad_token_id(lm, tokenizer), comparable,
                                frozenset(idle), _unknown_reason(tokenizer))
+        for_trainer(verdict.findings, "rl" if rl_seen else "preference" if preference.usable or not comparable else "sft")
         if idle:
             notes.append(f"{len(idle)} RL row(s) (micro-batch, row) {sorted(idle)[:8]} have advantage 0 (equal rewards "
                          "in their group) or an empty completion_mask: the trainer's loss gives them no gradient on "
