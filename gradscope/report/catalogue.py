@@ -32,7 +32,9 @@ class CheckSpec:
         full_depth: Needs the gradient at the embeddings: not run at the ``logits`` depth.
         scan: Its name in ``gradscope scan`` (the same verdict from the labels alone), or None when a scan cannot
             run it (it needs a model's gradient).
-        docs: The doc whose table or section describes it.
+        docs: The doc whose table describes it (a ``| `name` | severity |`` row).
+        fixture: Where it is reproduced when no case of fixtures/catalogue.json or fixtures/grads_catalogue.json
+            expects it: ``tests/PATH.py::test_name``.
     """
 
     name: str
@@ -46,6 +48,7 @@ class CheckSpec:
     full_depth: bool = False
     scan: str | None = None
     docs: str = "docs/findings.md"
+    fixture: str | None = None
 
 
 def _sample(name: str, severity: Literal["error", "warning"] = "error", *, scan: bool = True, **kw: object) -> CheckSpec:
@@ -61,7 +64,8 @@ CATALOGUE: tuple[CheckSpec, ...] = (
     _sample("completion_untrained", needs_roles=True),
     _sample("eos_untrained"),
     _sample("turn_end_untrained", docs="docs/roles.md"),
-    _sample("completion_truncated", "warning"),
+    _sample("completion_truncated", "warning",
+            fixture="tests/checks/test_masking.py::test_completion_truncated_is_a_warning_counting_kept_and_cut_tokens"),
     _sample("boundary_leak", probe="packing"),
     _sample("bos_duplicated", docs="docs/roles.md"),
     _sample("bos_missing"),
@@ -76,15 +80,20 @@ CATALOGUE: tuple[CheckSpec, ...] = (
     # What could not be judged: a warning that makes the report "not verified", never "clean".
     CheckSpec("roles_unknown", "warning", "batch", not_verified=True, scan="roles_unknown", docs="docs/roles.md"),
     # Once per batch or run.
-    CheckSpec("nonfinite", "error", "batch", passes=("check", "grads", "verify")),
+    CheckSpec("nonfinite", "error", "batch", passes=("check", "grads", "verify"),
+              fixture="tests/checks/test_masking.py::test_nonfinite_is_batch_level_and_suppresses_role_checks"),
     CheckSpec("uneven_token_weights", "warning", "batch", probe="weights"),
     CheckSpec("accumulation_mismatch", "error", "batch", probe="accumulate"),
-    CheckSpec("frozen_model", "error", "batch", passes=("grads",)),
+    CheckSpec("frozen_model", "error", "batch", passes=("grads",),
+              fixture="tests/verbs/test_grads.py::test_frozen_model_is_the_only_finding"),
     CheckSpec("untrained_parameters", "error", "batch", passes=("grads",)),
     CheckSpec("exploding_gradient", "warning", "batch", passes=("grads",)),
-    CheckSpec("vanishing_gradient", "warning", "batch", passes=("grads",)),
-    CheckSpec("cannot_overfit", "warning", "batch", passes=("overfit",)),
-    CheckSpec("gradient_mismatch", "error", "batch", passes=("verify",)),
+    CheckSpec("vanishing_gradient", "warning", "batch", passes=("grads",),
+              fixture="tests/verbs/test_grads.py::test_depth_checks"),
+    CheckSpec("cannot_overfit", "warning", "batch", passes=("overfit",),
+              fixture="tests/verbs/test_overfit.py::test_a_learning_rate_of_zero_cannot_overfit"),
+    CheckSpec("gradient_mismatch", "error", "batch", passes=("verify",),
+              fixture="tests/verbs/test_verify.py::test_verify_catches_the_wrong_backward_loss"),
 )
 
 BY_NAME: dict[str, CheckSpec] = {spec.name: spec for spec in CATALOGUE}
