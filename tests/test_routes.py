@@ -169,3 +169,48 @@ def test_assert_masking_route(name, catalogue_reports, fixture_model):
         report = assert_masking(model, batch, **kwargs)
         assert found(report) == found(reference) and verdict(report).status == verdict(reference).status
     assert torch.is_grad_enabled()
+
+
+def _callback_cannot(case: dict) -> str | None:
+    keys = _keys(case)
+    if not keys:
+        return "JSON lines in several batches: a Trainer step is one batch here"
+    if case.get("response_template") or case.get("roles_from"):
+        return "the callback reads roles from the trainer (inputs, train_dataset, chat template): no response template or roles_from"
+    if case.get("loss") or case.get("accumulate"):
+        return "the trainer computes its own loss, one micro-batch per step here"
+    if {e["check"] for e in case["expect"]} & STRUCTURAL or any(len(s) != 2 for s in keys.values()):
+        return "the structural probes (causal, packing) run in check only: the watched step adds no pass"
+    if set(keys) - {"input_ids", "labels", "attention_mask", "completion_mask"}:
+        return "packing metadata: the probes that judge it run in check only"
+    if case.get("trust_remote_code"):
+        return "remote code models are not trained here"
+    return None
+
+
+ROUTES["callback"] = _callback_cannot
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if _callback_cannot(case_of(n)) is None])
+def test_trainer_callback_route(name, catalogue_reports, tmp_path):
+    """The batch as a plain Trainer's one step (its collator returns it): the callback finds what check finds."""
+    from transformers import Trainer, TrainingArguments
+
+    from gradscope.integrations import GradscopeCallback
+    from gradscope.model.load import load_model, load_tokenizer
+
+    case = case_of(name)
+    tokenizer = load_tokenizer(FIXTURES / case["model"])
+    [batch] = load_batches(FIXTURES / case["data"], pad_token_id=tokenizer.pad_token_id)
+    rows = len(batch["input_ids"])
+    callback = GradscopeCallback(fail_on=None, write_report=False)
+    args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True, save_strategy="no",
+                             logging_strategy="no", per_device_train_batch_size=rows, max_steps=1,
+                             remove_unused_columns=False, learning_rate=1e-2, disable_tqdm=True)
+    trainer = Trainer(model=load_model(FIXTURES / case["model"]), args=args, train_dataset=[{"row": i} for i in range(rows)],
+                      processing_class=tokenizer, data_collator=lambda _: {k: v.clone() for k, v in batch.items()},
+                      callbacks=[callback])
+    trainer.train()
+    reference = catalogue_reports[name]
+    assert found(callback.report) == [f for f in found(reference) if f[0] != "uneven_token_weights"]
+    assert verdict(callback.report).status == verdict(reference).status

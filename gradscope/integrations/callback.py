@@ -26,7 +26,7 @@ from torch import nn
 
 from gradscope.checks.masking import for_trainer
 from gradscope.data.roles import TRAIN_ON, RoleSpec
-from gradscope.data.tokens import default_end_token_ids, resolve_pad_token_id
+from gradscope.data.tokens import default_end_token_ids, media_token_ids, resolve_pad_token_id
 from gradscope.errors import GradscopeError, MaskingError
 from gradscope.integrations.observe import Observer
 from gradscope.integrations.sources import (
@@ -211,7 +211,7 @@ class GradscopeCallback(TrainerCallback):
             prepared.append((micro, record, codes, sources))
         comparable = not any(k in r.context.get("inputs", {}) for _, r, _, _ in prepared for k in PREFERENCE_KEYS)
         verdict = rank_verdict(_rank(), prepared, tokenizer, ends, resolve_pad_token_id(lm, tokenizer), comparable,
-                               frozenset(idle), _unknown_reason(tokenizer))
+                               frozenset(idle), _unknown_reason(tokenizer), media_token_ids(lm, tokenizer))
         for_trainer(verdict.findings, "rl" if rl_seen else "preference" if preference.usable or not comparable else "sft")
         if idle:
             notes.append(f"{len(idle)} RL row(s) (micro-batch, row) {sorted(idle)[:8]} have advantage 0 (equal rewards "
