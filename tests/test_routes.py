@@ -23,8 +23,8 @@ from rich.console import Console
 import gradscope
 from gradscope.cli import exit_code
 from gradscope.data.load import load_batches
-from gradscope.model.usercode import load_loss_fn
 from gradscope.data.pipelines import DataOptions
+from gradscope.model.usercode import load_loss_fn
 from gradscope.render.check import CheckView
 from gradscope.render.junit import to_junit
 from gradscope.report.verdict import verdict
