@@ -237,3 +237,18 @@ def test_checks_a_scan_could_not_run_are_shown_as_not_run_never_as_zero():
     known = scan(FIXTURES / "batches" / "gpt2_prompt_leak_noroles.safetensors", tokenizer=FIXTURES / "models" / "tiny-gpt2",
                  options=DataOptions(response_template="Answer:"))
     assert "prompt_leak" not in known.not_run and "eos_untrained" not in known.not_run
+
+
+def test_failing_rows_are_counted_once_each(write_stream_rows, tmp_path):
+    """summary.errors (the headline's N) is the number of distinct rows failing an error check, against the union of
+    every error check's failing rows (all of them listed: examples covers every row); a row failing two counts once."""
+    from gradscope.report.catalogue import NOT_VERIFIED, SCAN_WARNINGS
+
+    report = scan(write_stream_rows(tmp_path, "jsonl"), end_token_ids=[2], examples=10_000)
+
+    def union(warnings: bool) -> set[int]:
+        return {row for name, entry in report.checks.items() if (name in SCAN_WARNINGS) == warnings
+                and name not in NOT_VERIFIED for row in entry["first_rows"]}
+    per_check = sum(e["rows"] for n, e in report.checks.items() if n not in SCAN_WARNINGS)
+    assert report.summary()["errors"] == len(union(False)) < per_check  # some rows fail two checks
+    assert report.summary()["warnings"] == len(union(True))
