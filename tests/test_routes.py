@@ -4,7 +4,8 @@ findings (check, sample, positions) and the same status, and every view of one r
 Routes: the tensors as given (``check_batches`` on the .safetensors or .jsonl file: the reference); the same rows as
 JSON lines; ``scan`` (labels only); ``assert_masking``; a transformers Trainer with ``GradscopeCallback``. The views
 (terminal, HTML, JUnit, JSON) and the exit code are read from the reference report. A case a route cannot carry is
-listed below with the reason. The reports of the reference route are the session's (``catalogue_reports``); each
+listed below with the reason. The raw-row routes (reference pipeline, ``--pipeline trl``, ``--collate``, and the rows
+tokenized with ``--roles-from``) take raw rows, which the catalogue's tensors are not: they run on fixtures/raw. The reports of the reference route are the session's (``catalogue_reports``); each
 fixture model is loaded once (``fixture_model``).
 """
 
@@ -214,3 +215,47 @@ def test_trainer_callback_route(name, catalogue_reports, tmp_path):
     reference = catalogue_reports[name]
     assert found(callback.report) == [f for f in found(reference) if f[0] != "uneven_token_weights"]
     assert verdict(callback.report).status == verdict(reference).status
+
+
+# ------------------------------------------------------------------------------------------ raw rows
+
+RAW = ("prompt_completion", "chat")
+"""Raw-row routes take raw rows, not the catalogue's tensors: the same rows go through the reference pipeline,
+``--pipeline trl``, ``--collate`` and, tokenized, ``--roles-from``."""
+COLLATORS = FIXTURES / "raw" / "collators.py"
+
+
+def cli_check(*args: object) -> dict:
+    from typer.testing import CliRunner
+
+    from gradscope.cli import app
+
+    result = CliRunner().invoke(app, ["check", str(FIXTURES / "models/tiny-llama-chat"), *map(str, args),
+                                      "--depth", "logits", "--batch-size", "3", "--format", "json"])
+    assert result.exit_code in (0, 1), result.output
+    data = json.loads(result.stdout)
+    assert result.exit_code == int(data["summary"]["status"] != "clean")
+    return data
+
+
+def json_found(data: dict) -> tuple[str, list[tuple[str, int | None, list[int]]]]:
+    return data["summary"]["status"], [(f["check"], f["sample"], f["positions"]) for f in data["findings"]]
+
+
+@pytest.mark.parametrize("name", RAW)
+def test_raw_rows_routes_agree(name, tmp_path):
+    """A correct pipeline is clean on every route; the labels-copy bug is the same prompt_leak on every route."""
+    rows = FIXTURES / "raw" / f"{name}.jsonl"
+    trl = ["--pipeline", "trl"] + (["--assistant-only-loss"] if name == "chat" else [])
+    clean = [cli_check(rows), cli_check(rows, *trl),
+             cli_check(rows, "--collate", f"{COLLATORS}:mask_prompt", "--collate-input", "tokens")]
+    assert [json_found(d) for d in clean] == [("clean", [])] * 3
+    leaking = cli_check(rows, "--collate", f"{COLLATORS}:labels_copy_input_ids", "--collate-input", "tokens")
+    status, findings = json_found(leaking)
+    assert status == "errors" and {f[0] for f in findings} == {"prompt_leak"}
+    if name == "chat":  # TRL without assistant_only_loss trains the whole conversation: the same bug
+        assert json_found(cli_check(rows, "--pipeline", "trl")) == (status, findings)
+    tokens = [[t["token_id"] for t in s["tokens"] if t["role"] != "pad"] for s in leaking["samples"]]
+    tokenized = tmp_path / "tokenized.jsonl"
+    tokenized.write_text("".join(json.dumps({"input_ids": ids, "labels": ids}) + "\n" for ids in tokens))
+    assert json_found(cli_check(tokenized, "--roles-from", rows)) == (status, findings)
