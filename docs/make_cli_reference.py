@@ -24,8 +24,9 @@ HEADER = f"""# Command reference
 
 Generated from the commands' own `--help` by `{REFRESH}`: do not edit it by hand (a
 test fails when this file is stale). `gradscope COMMAND --help` prints the same options in the terminal. What
-the findings mean: [findings.md](findings.md); what DATA can be: [inputs.md](inputs.md). Exit codes: 0 no error
-finding, 1 error findings (warnings too with `--strict`), 2 bad input or usage.
+the findings mean: [findings.md](findings.md); what DATA can be: [inputs.md](inputs.md). Exit codes: 0 clean (or
+warnings), 1 error findings, or a report that is not verified (some rows' roles unknown; `--allow-unknown-roles`
+lets it exit 0), or warnings too with `--strict`; 2 bad input or usage.
 """
 
 

@@ -14,8 +14,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from gradscope.report.catalogue import NOT_VERIFIED
 from gradscope.report.check import Report
 from gradscope.report.text import format_findings
+from gradscope.report.verdict import verdict
 from gradscope.verbs.check import check
 
 
@@ -45,10 +47,8 @@ def assert_masking(
     """
     __tracebackhide__ = True
     report = check(model, batch, **kwargs)
-    failing = [
-        f for f in report.findings
-        if f.severity == "error" or strict or (f.check == "roles_unknown" and not allow_unknown_roles)
-    ]
-    if failing:
-        raise AssertionError(f"gradscope found {len(failing)} masking problem(s):\n{format_findings(failing)}")
+    v = verdict(report)
+    if v.fails(strict=strict, allow_unknown_roles=allow_unknown_roles):
+        shown = [f for f in report.findings if f.severity == "error" or strict or f.check in NOT_VERIFIED]
+        raise AssertionError(f"gradscope found {len(shown)} masking problem(s) ({v.status}):\n{format_findings(shown)}")
     return report

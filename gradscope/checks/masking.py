@@ -11,6 +11,7 @@ from gradscope.checks.sample import SampleView
 from gradscope.constants import IGNORE_INDEX
 from gradscope.data.batch import COMPLETION, PAD, PROMPT
 from gradscope.engine.run import Capture
+from gradscope.report import catalogue
 from gradscope.report.finding import Finding
 from gradscope.report.text import _tokens, format_positions
 
@@ -84,6 +85,25 @@ def _likely_offset(s: SampleView, positions: Sequence[int]) -> int:
     return best if best_hits * 2 > len(positions) else 0
 
 
+FIXES = {
+    "sft": "the labels copy input_ids instead of masking the prompt; set them to -100 (TRL: "
+           "completion_only_loss=True or assistant_only_loss=True)",
+    "preference": "the loss's completion mask covers the prompt: a preference loss (DPO) sums log-probabilities over "
+                  "the chosen and rejected completions only; TRL's DPOTrainer masks the prompt itself, so a custom "
+                  "collator must set completion_mask to 0 on the prompt",
+    "rl": "the loss's completion mask covers the prompt: an RL loss (GRPO) trains the completion_ids only; set "
+          "completion_mask to 0 on the prompt",
+}
+"""prompt_leak's fix when the whole prompt is trained, by the kind of trainer in use (``for_trainer``)."""
+
+
+def for_trainer(findings: Sequence[Finding], trainer: str) -> None:
+    """Name each finding's fix for the trainer in use (``sft``, ``preference``, ``rl``): in place."""
+    for f in findings:
+        if trainer in FIXES and f.check == "prompt_leak":
+            f.message = f.message.replace(FIXES["sft"], FIXES[trainer])
+
+
 def prompt_leak(s: SampleView) -> Finding | None:
     """A prompt-role token is trained."""
     closing = set(s.closing)
@@ -95,10 +115,7 @@ def prompt_leak(s: SampleView) -> Finding | None:
     if not leaked:
         return None
     if len(leaked) == len(prompt):
-        cause = (
-            "the labels copy input_ids instead of masking the prompt; set them to -100 "
-            "(TRL: completion_only_loss=True or assistant_only_loss=True)"
-        )
+        cause = FIXES["sft"]
     elif all(p + 1 < len(s.roles) and s.roles[p + 1] == COMPLETION for p in leaked):
         cause = (
             "the mask boundary is off by a token: the prompt tokenized alone is not a prefix of prompt + "
@@ -221,9 +238,16 @@ def boundary_leak(s: SampleView) -> Finding | None:
     )
 
 
-ROOT_CHECKS: tuple[Check, ...] = (no_loss, label_misaligned)
-ROLE_CHECKS: tuple[Check, ...] = (prompt_leak, pad_leak, completion_untrained, eos_untrained, completion_truncated)
-SAMPLE_CHECKS: tuple[Check, ...] = (*ROLE_CHECKS, boundary_leak, *LAYOUT_CHECKS)
+FUNCTIONS: dict[str, Check] = {check.__name__: check for check in (
+    no_loss, label_misaligned, prompt_leak, pad_leak, completion_untrained, eos_untrained, completion_truncated,
+    boundary_leak, *LAYOUT_CHECKS,
+)}
+"""The per-sample check functions by the name their findings carry (``eos_untrained`` also gives
+``turn_end_untrained``); the catalogue orders them."""
+ROOT_CHECKS: tuple[Check, ...] = tuple(FUNCTIONS[name] for name in catalogue.ROOT_CHECKS)
+SAMPLE_CHECKS: tuple[Check, ...] = tuple(
+    FUNCTIONS[name] for name in catalogue.SAMPLE_CHECKS if name in FUNCTIONS and name not in catalogue.ROOT_CHECKS
+)
 
 
 def check_sample(s: SampleView) -> list[Finding]:

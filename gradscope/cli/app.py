@@ -25,6 +25,7 @@ from gradscope.render.junit import github_annotations, to_junit
 from gradscope.report.check import Report
 from gradscope.report.output import write_text
 from gradscope.report.scan import ScanReport
+from gradscope.report.verdict import verdict
 
 EXIT_OK, EXIT_FINDINGS, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -98,22 +99,25 @@ def guarded(work: Callable[[], T], status: str = "running forward and backwardâ€
         return work()
 
 
-def exit_code(report: Report | ScanReport, strict: bool) -> int:
-    """0 clean; 1 when there are error findings, or any finding with ``strict``."""
-    failing = report.findings if strict else report.errors
+def exit_code(report: Report | ScanReport, strict: bool, allow_unknown_roles: bool = False) -> int:
+    """0 when the report passes, 1 when its verdict fails (``Verdict.fails``): errors; a report that is not
+    verified, unless ``allow_unknown_roles``; any finding with ``strict``."""
+    failing = verdict(report).fails(strict=strict, allow_unknown_roles=allow_unknown_roles)
     return EXIT_FINDINGS if failing else EXIT_OK
 
 
 def in_flags(report: Report | ScanReport) -> Report | ScanReport:
     """The report's notes and messages with parameter names rendered as flags, for the command line's output."""
     report.notes = [as_flags(n) for n in report.notes]
+    if isinstance(report, ScanReport):
+        report.not_run = {name: as_flags(why) for name, why in report.not_run.items()}
     for finding in report.findings:
         finding.message = as_flags(finding.message)
     return report
 
 
 def emit(report: Report | ScanReport, output_format: str, output: Path | None, view: object, strict: bool,
-         html: Path | None = None) -> typer.Exit:
+         html: Path | None = None, allow_unknown_roles: bool = False) -> typer.Exit:
     """Write the JSON and HTML files, print the report as asked (and GitHub annotations under Actions), and give
     the exit code."""
     in_flags(report)
@@ -122,13 +126,13 @@ def emit(report: Report | ScanReport, output_format: str, output: Path | None, v
     if output_format == "json":
         sys.stdout.write(to_json(report) + "\n")
     elif output_format == "junit":
-        sys.stdout.write(to_junit(report, strict=strict))
+        sys.stdout.write(to_junit(report, strict=strict, allow_unknown_roles=allow_unknown_roles))
     else:
         Console(highlight=False).print(view)
     if os.environ.get("GITHUB_ACTIONS") == "true":
         for line in github_annotations(report, strict=strict):
             print(line, file=sys.stderr)
-    return typer.Exit(exit_code(report, strict))
+    return typer.Exit(exit_code(report, strict, allow_unknown_roles))
 
 
 def write(path: Path | None, text: Callable[[], str]) -> None:

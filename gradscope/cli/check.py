@@ -12,6 +12,7 @@ from gradscope.cli.app import app, emit, exit_code, guarded, in_flags, write
 from gradscope.cli.options import (
     DEFAULT_LR,
     DEFAULT_MAX_GRAD_NORM,
+    AllowUnknownOpt,
     AssistantOnlyOpt,
     BaseOpt,
     BatchSizeOpt,
@@ -78,6 +79,7 @@ def check(
     output: OutputOpt = None,
     html: HtmlOpt = None,
     strict: StrictOpt = False,
+    allow_unknown_roles: AllowUnknownOpt = False,
     show: ShowOpt = 8,
     response_template: ResponseOpt = None,
     instruction_template: InstructionOpt = None,
@@ -115,7 +117,7 @@ def check(
         params=params, lr=lr, max_grad_norm=max_grad_norm, roles_from=roles_from, depth=depth,
     ))
     views = [CheckView(report, max_samples=show)] + ([GradsView(report)] if params else [])
-    raise emit(report, output_format.value, output, Group(*views), strict, html)
+    raise emit(report, output_format.value, output, Group(*views), strict, html, allow_unknown_roles)
 
 
 @app.command()
@@ -137,6 +139,7 @@ def inspect(
     max_length: MaxLengthOpt = None,
     truncation_mode: TruncationOpt = None,
     base: BaseOpt = None,
+    allow_unknown_roles: AllowUnknownOpt = False,
     html: Annotated[Path | None, typer.Option("--html", callback=writable, help="Also write this row's view (token strip, heat map, findings) as one self-contained HTML page.")] = None,
 ) -> None:
     """Show one row in detail: a per-token table and a layers x positions heat map of gradient norms."""
@@ -147,4 +150,4 @@ def inspect(
     in_flags(report)
     write(html, lambda: report.to_html(sample=sample.index))
     Console(highlight=False).print(InspectView(report, sample))
-    raise typer.Exit(exit_code(report, strict=False))
+    raise typer.Exit(exit_code(report, strict=False, allow_unknown_roles=allow_unknown_roles))

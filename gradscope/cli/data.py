@@ -14,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from gradscope.cli.app import app, boundary, emit, fail
 from gradscope.cli.options import (
+    AllowUnknownOpt,
     DataArg,
     Format,
     FormatOpt,
@@ -77,6 +78,7 @@ def scan(
     output: OutputOpt = None,
     html: HtmlOpt = None,
     strict: StrictOpt = False,
+    allow_unknown_roles: AllowUnknownOpt = False,
     response_template: ResponseOpt = None,
     instruction_template: InstructionOpt = None,
     train_on: TrainOnOpt = TrainOn.all_assistant,
@@ -90,7 +92,7 @@ def scan(
     with boundary(), _progress() as advance:
         report = scan_dataset(data, tokenizer=tokenizer, end_token_ids=end_token_id, options=options,
                               examples=examples, worst=worst, num_proc=num_proc, progress=advance)
-    raise emit(report, output_format.value, output, ScanView(report), strict, html)
+    raise emit(report, output_format.value, output, ScanView(report), strict, html, allow_unknown_roles)
 
 
 @contextmanager

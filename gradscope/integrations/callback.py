@@ -47,8 +47,10 @@ class GradscopeCallback(TrainerCallback):
     says so.
 
     Args:
-        fail_on: ``"error"`` (default): raise ``gradscope.MaskingError`` when the step has an error finding;
-            ``"warning"``: on any finding; ``None``: only log.
+        fail_on: ``"error"`` (default): raise ``gradscope.MaskingError`` when the step's verdict is ``errors``
+            (``gradscope.report.verdict``); ``"warning"``: on any verdict but ``clean``, ``not verified`` included;
+            ``None``: only log. A step that is not verified is logged as a warning, saying so, and does not stop
+            training under ``"error"``: stopping a correct run gradscope cannot read would be worse.
         train_on: ``all-assistant`` or ``last-assistant``: which assistant turns are completion when roles come
             from the chat template or from chat rows of the dataset.
         end_token_ids: Tokens that close a completion; by default EOS and the tokenizer's end-of-turn tokens.

@@ -106,7 +106,8 @@ def record_batch(record: Observed, codes: torch.Tensor) -> dict[str, Any]:
 
 def rank_verdict(rank: int, records: list[tuple[int, Observed, torch.Tensor, list[str | None]]], tokenizer: Any,
                  ends: frozenset[int], pad_id: int | None, compare_weights: bool,
-                 idle: frozenset[tuple[int, int]] = frozenset(), unknown_reason: str | None = None) -> RankVerdict:
+                 idle: frozenset[tuple[int, int]] = frozenset(), unknown_reason: str | None = None,
+                 media: frozenset[int] = frozenset()) -> RankVerdict:
     """Check one rank's micro-batches.
 
     Args:
@@ -120,6 +121,7 @@ def rank_verdict(rank: int, records: list[tuple[int, Observed, torch.Tensor, lis
             a trained token is missing are not reported there.
         unknown_reason: Why rows without a role source have none (a ``roles_unknown`` warning per micro-batch
             names them: the step is then not verified).
+        media: Image, video and audio placeholder ids (``media_tokens_trained``), as ``check`` reads them.
     """
     out = RankVerdict(rank, weights_comparable=compare_weights)
     for micro, record, codes, sources in records:
@@ -127,7 +129,7 @@ def rank_verdict(rank: int, records: list[tuple[int, Observed, torch.Tensor, lis
         loss = float(record.context.get("loss", float("nan")))
         capture = capture_of(record, 0.0 if math.isnan(loss) else loss)
         starts = document_starts(batch)
-        views = sample_views(batch, capture, tokenizer, ends, pad_id, 0, starts)
+        views = sample_views(batch, capture, tokenizer, ends, pad_id, 0, starts, media)
         for finding in analyze(capture, views, batch["labels"]):
             if (micro, finding.sample) in idle and finding.check in UNTRAINED_CHECKS:
                 continue

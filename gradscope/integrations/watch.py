@@ -30,14 +30,16 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from gradscope.checks.masking import for_trainer
 from gradscope.data.roles import TRAIN_ON, RoleSpec
-from gradscope.data.tokens import default_end_token_ids, resolve_pad_token_id
+from gradscope.data.tokens import default_end_token_ids, media_token_ids, resolve_pad_token_id
 from gradscope.errors import GradscopeError, MaskingError
 from gradscope.integrations.observe import Observed, Observer, causal_lm, input_embeddings
 from gradscope.integrations.sources import DatasetRoles, LazyMarkers, PreferenceRoles, batch_roles, rl_rows
 from gradscope.integrations.verdict import RankVerdict, WatchedSample, gather, merge, rank_verdict
 from gradscope.model.prepare import describe_model
 from gradscope.report import Report
+from gradscope.report.verdict import verdict as status_of
 
 logger = logging.getLogger("gradscope")
 
@@ -220,6 +222,7 @@ class StepWatcher:
         markers, notes, idle = LazyMarkers(tokenizer, ends), [], []
         prepared: list[tuple[int, Observed, torch.Tensor, list[str | None]]] = []
         sources: list[str | None]
+        rl_seen = False
         failed = [r.error for r in observer.records if r.error is not None]
         if failed:
             raise GradscopeError(f"reading the backward of a training forward failed: {failed[0]}")
@@ -230,14 +233,15 @@ class StepWatcher:
                 continue
             micro, rl = record.context.get("micro_batch", n), rl_rows(record.inputs, record.context.get("inputs", {}))
             if rl is not None:  # GRPO-style inputs: prompt_ids + completion_ids, the loss over completion_mask
-                codes, sources = rl.codes, ["inputs"] * len(rl.codes)
+                codes, sources, rl_seen = rl.codes, ["inputs"] * len(rl.codes), True
                 idle += [(micro, b) for b in rl.idle]
             else:
                 codes, sources = batch_roles(record.inputs, record.context, dataset, markers, self.train_on, preference)
             prepared.append((micro, record, codes, sources))
         comparable = not any(k in r.context.get("inputs", {}) for _, r, _, _ in prepared for k in PREFERENCE_KEYS)
         verdict = rank_verdict(_rank(), prepared, tokenizer, ends, resolve_pad_token_id(lm, tokenizer), comparable,
-                               frozenset(idle), unknown_reason(tokenizer))
+                               frozenset(idle), unknown_reason(tokenizer), media_token_ids(lm, tokenizer))
+        for_trainer(verdict.findings, "rl" if rl_seen else "preference" if preference.usable or not comparable else "sft")
         if idle:
             notes.append(f"{len(idle)} RL row(s) (micro-batch, row) {sorted(idle)[:8]} have advantage 0 (equal rewards "
                          "in their group) or an empty completion_mask: the trainer's loss gives them no gradient on "
@@ -251,15 +255,18 @@ class StepWatcher:
         return verdict
 
     def _act(self, report: Report) -> None:
-        """Log the verdict; raise MaskingError (the same on every rank) when the findings reach fail_on."""
-        summary = report.summary()
-        if not report.findings:
+        """Log the verdict; raise MaskingError (the same on every rank) when the verdict reaches fail_on."""
+        summary, v = report.summary(), status_of(report)
+        if v.status == "clean":
             logger.info("gradscope: first optimizer step clean: %d of %d tokens trained", summary["trained_tokens"],
                         summary["tokens"])
             return
         text = format_watched(report.findings)
-        logger.warning("gradscope: first optimizer step: %d error(s), %d warning(s)\n%s", summary["errors"],
-                       summary["warnings"], text)
+        # not verified is logged as a warning: only fail_on="warning" stops a run gradscope cannot read
+        policy = f" (logged as a warning; {self.name}(fail_on='warning') stops on it)" if (
+            v.status == "not verified" and self.fail_on != "warning") else ""
+        logger.warning("gradscope: first optimizer step %s%s: %d error(s), %d warning(s)\n%s", v.status, policy,
+                       summary["errors"], summary["warnings"], text)
         failing = failing_findings(report, self.fail_on)
         if failing:
             ranks = sorted({f.rank for f in failing if getattr(f, "rank", None) is not None})
@@ -301,8 +308,12 @@ def model_section(lm: nn.Module) -> dict[str, Any]:
 
 
 def failing_findings(report: Report, fail_on: FailOn) -> list:
-    """The pass/fail policy of a watched step: the findings that stop the run under ``fail_on``."""
-    return report.errors if fail_on == "error" else report.findings if fail_on == "warning" else []
+    """The pass/fail policy of a watched step: the findings that stop the run under ``fail_on``, read from the one
+    verdict (``gradscope.report.verdict``). ``"error"`` stops on the status ``errors``; ``"warning"`` on any status
+    but ``clean``, ``not verified`` included; a step that is not verified does not stop a run under ``"error"``."""
+    if fail_on is None or not status_of(report).fails(strict=fail_on == "warning", allow_unknown_roles=True):
+        return []
+    return (report.errors if fail_on == "error" else report.findings) or report.findings
 
 
 def as_dataset(rows: Any) -> Any:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections import Counter
 
 from rich.console import Console, ConsoleOptions, Group, RenderResult
 from rich.table import Table
@@ -12,6 +11,7 @@ from rich.text import Text
 from gradscope.report.check import ProbeReport, Report, SampleReport, TokenReport
 from gradscope.report.scan import ScanReport
 from gradscope.report.text import format_positions
+from gradscope.report.verdict import headline
 
 ROLE_STYLES = {"prompt": "cyan", "completion": "green", "pad": "grey42", None: "white"}
 LEAK_STYLE = "bold white on red"
@@ -25,47 +25,17 @@ def token_label(token: TokenReport) -> str:
 
 
 class Verdict:
-    """One line: clean, or how many errors of which checks in how many samples."""
+    """One line: the report's status and counts, worded by ``gradscope.report.verdict.headline``."""
 
     def __init__(self, report: Report, subject: str = "masking") -> None:
         self.report, self.subject = report, subject
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
-        r, s = self.report, self.report.summary()
-        if not r.samples:
-            yield _batch_verdict(r, self.subject)
-            return
-        unverified = {s.index for s in r.samples if s.roles_source == "unknown"}
-        if r.ok and unverified:
-            extra = f", {len(r.warnings)} warning(s)" if r.warnings else ""
-            yield Text.assemble(
-                ("? not verified", "bold yellow"),
-                f": roles unknown for {len(unverified)} of {s['samples']} sample(s), so their prompt was not checked "
-                f"(roles_unknown); {s['trained_tokens']} of {s['tokens']} tokens trained{extra}",
-            )
-            return
-        if r.ok:
-            extra = f", {len(r.warnings)} warning(s)" if r.warnings else ""
-            yield Text.assemble(
-                ("✓ clean", "bold green"),
-                f": {s['samples']} sample(s), {s['trained_tokens']} of {s['tokens']} tokens trained{extra}",
-            )
-            return
-        counts = Counter(f.check for f in r.errors)
-        samples = {f.sample for f in r.errors}
-        what = ", ".join(f"{name} ×{n}" for name, n in counts.items())
-        where = "the batch" if samples == {None} else f"{len(samples - {None})} of {s['samples']} sample(s)"
-        yield Text.assemble((f"✗ {self.subject} errors", "bold red"), f": {len(r.errors)} in {where} ({what})")
+        v, label, rest = headline(self.report, self.subject)
+        yield Text.assemble((label, STATUS_STYLES[v.status]), rest)
 
 
-def _batch_verdict(r: Report, subject: str) -> Text:
-    """The verdict of a report without samples (grads, verify): clean, or its errors by check."""
-    names = ", ".join(sorted({f.check for f in r.warnings}))
-    warnings = f", {len(r.warnings)} warning(s) ({names})" if r.warnings else ""
-    if r.ok:
-        return Text.assemble(("✓ clean", "bold green"), warnings)
-    what = ", ".join(f"{name} ×{n}" for name, n in Counter(f.check for f in r.errors).items())
-    return Text.assemble((f"✗ {subject} errors", "bold red"), f": {len(r.errors)} ({what}){warnings}")
+STATUS_STYLES = {"clean": "bold green", "not verified": "bold yellow", "warnings": "bold yellow", "errors": "bold red"}
 
 
 class TokenStrip:

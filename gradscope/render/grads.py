@@ -134,10 +134,9 @@ class OverfitView:
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         o = self.o
-        verdict = ("✓ the loss drops", "bold green") if o.dropped else ("✗ the loss does not drop", "bold yellow")
-        change = "" if o.drop is None else f" ({-o.drop:+.0%})"
+        verdict = (f"✓ {o.sentence()}", "bold green") if o.dropped else (f"✗ {o.sentence()}", "bold yellow")
         yield Text.assemble(
-            f"overfit one batch: {o.steps} {o.optimizer} steps at lr {o.lr:g}: {_fmt(o.losses[0])} → {_fmt(o.losses[-1])}{change}  ",
+            f"overfit one batch: {o.steps} {o.optimizer} steps at lr {o.lr:g}: {_fmt(o.losses[0])} → {_fmt(o.losses[-1])}  ",
             verdict,
         )
         yield Text(sparkline(o.losses), style="cyan")

@@ -11,27 +11,17 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from gradscope.report import SCAN_WARNINGS, Finding, Report, SampleReport, ScanReport
-from gradscope.report.text import format_positions
-
-ROOT_CHECKS = ("no_loss", "label_misaligned")
-"""A sample that fails one of these is not judged by the others (``gradscope.checks.masking.check_sample``): they are skipped."""
-
-SAMPLE_CHECKS = (
-    *ROOT_CHECKS, "prompt_leak", "pad_leak", "completion_untrained", "eos_untrained", "turn_end_untrained",
-    "completion_truncated", "boundary_leak", "bos_duplicated", "bos_missing", "pads_attended",
-    "packed_without_boundaries", "media_tokens_trained", "prefill_trained", "causal_leak", "cross_document_leak",
-    "aux_loss_reaches_padding",
+from gradscope.report.catalogue import (
+    FULL_DEPTH,
+    PROBE_OF,
+    ROLE_CHECKS,
+    ROOT_CHECKS,
+    SAMPLE_CHECKS,
 )
-"""Checks that judge one sample (row) each, in the order ``check`` runs them."""
-
-ROLE_CHECKS = ("prompt_leak", "completion_untrained", "prefill_trained")
-"""Checks that need the roles: skipped when a sample's roles are unknown (its ``roles_unknown`` warning says why)."""
+from gradscope.report.text import format_positions
+from gradscope.report.verdict import Verdict, verdict
 
 ROLES_UNKNOWN = "roles unknown: no role tensor, roles_from rows, response template or chat template gave them"
-
-PROBE_OF = {"causal_leak": "causal", "cross_document_leak": "packing", "uneven_token_weights": "weights",
-            "accumulation_mismatch": "accumulate"}
-"""Checks that a structural probe runs: skipped when the probe did not run (its note says why)."""
 
 
 @dataclass
@@ -45,13 +35,15 @@ class Case:
     output: str | None = None
 
 
-def to_junit(report: Report | ScanReport, *, strict: bool = False) -> str:
+def to_junit(report: Report | ScanReport, *, strict: bool = False, allow_unknown_roles: bool = False) -> str:
     """The report as JUnit XML: one ``testsuite`` per check, one ``testcase`` per sample (``check``) or per check
-    over all rows (``scan``).
+    over all rows (``scan``), and a last ``gradscope.verdict`` suite whose one case is named by the report's status
+    (``gradscope.report.verdict``) and fails as the exit code does.
 
     Args:
         report: What ``check``, ``grads``, ``verify`` or ``scan`` returned.
         strict: Warnings fail too (``--strict``).
+        allow_unknown_roles: A ``not verified`` report passes (``--allow-unknown-roles``).
 
     Returns:
         The XML document, its failure messages the findings' own.
@@ -61,6 +53,7 @@ def to_junit(report: Report | ScanReport, *, strict: bool = False) -> str:
     suites = ET.Element("testsuites", name=f"gradscope {command}")
     for check in dict.fromkeys(c.check for c in cases):
         _suite(suites, f"gradscope.{check}", [c for c in cases if c.check == check], strict)
+    _verdict_suite(suites, verdict(report), strict, allow_unknown_roles)
     _totals(suites, suites.findall("testsuite"), skipped=False)  # the common schema has no skipped on testsuites
     ET.indent(suites)
     return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(suites, encoding="unicode") + "\n"
@@ -80,6 +73,19 @@ def _suite(parent: ET.Element, name: str, cases: Sequence[Case], strict: bool) -
         text = case.output or (f"warning: {case.failure.message}" if case.failure is not None and not failing else None)
         if text:
             ET.SubElement(element, "system-out").text = text
+    _totals(suite, [suite])
+
+
+def _verdict_suite(parent: ET.Element, v: Verdict, strict: bool, allow_unknown_roles: bool) -> None:
+    """The status every view shows, as one case: it fails when the report fails (``Verdict.fails``)."""
+    suite = ET.SubElement(parent, "testsuite", name="gradscope.verdict")
+    element = ET.SubElement(suite, "testcase", name=v.status, classname="gradscope.verdict", time="0")
+    counts = f"{v.errors} error(s), {v.warnings} warning(s), {v.unverified} not verified"
+    if v.fails(strict=strict, allow_unknown_roles=allow_unknown_roles):
+        why = " (--allow-unknown-roles lets it pass)" if v.status == "not verified" else ""
+        ET.SubElement(element, "failure", message=f"{v.status}: {counts}{why}", type=v.status).text = counts
+    else:
+        ET.SubElement(element, "system-out").text = f"{v.status}: {counts}"
     _totals(suite, [suite])
 
 
@@ -126,12 +132,8 @@ def _sample_cases(r: Report, s: SampleReport, by_key: dict[tuple[str, int | None
     return cases
 
 
-NETWORK_CHECKS = ("aux_loss_reaches_padding",)
-"""Checks that read the gradient at the embeddings: skipped at the masking-only depth, which computes none."""
-
-
 def _probe_skip(r: Report, check: str) -> str | None:
-    if check in NETWORK_CHECKS and r.depth == "logits":
+    if check in FULL_DEPTH and r.depth == "logits":
         return "not run at the logits depth: no gradient at the embeddings was computed"
     probe = r.probes.get(PROBE_OF.get(check, ""))
     if probe is None or probe.ran:
@@ -164,8 +166,8 @@ def _scan_cases(r: ScanReport) -> list[Case]:
                                  for f in r.findings if f.check == name)
             severity = "warning" if name in SCAN_WARNINGS else "error"
             failure = Finding(name, severity, None, [], f"{entry['rows']} of {r.rows} row(s) fail (rows {first})\n{examples}")
-        subject, skipped = f"all {r.rows} rows", None
-        if name in ROLE_CHECKS and unknown:  # judged only where the roles are known
+        subject, skipped = f"all {r.rows} rows", (f"not run: {r.not_run[name]}" if name in r.not_run else None)
+        if name in ROLE_CHECKS and unknown and not skipped:  # judged only where the roles are known
             subject = f"the {r.rows - unknown} of {r.rows} rows with known roles"
             skipped = None if r.rows > unknown or failure else ROLES_UNKNOWN
         cases.append(Case(name, subject, failure, skipped))

@@ -6,8 +6,9 @@ from rich.console import Console, ConsoleOptions, Group, RenderResult
 from rich.table import Table
 from rich.text import Text
 
-from gradscope.render.check import findings_table
+from gradscope.render.check import STATUS_STYLES, findings_table
 from gradscope.report.scan import SCAN_WARNINGS, ScanReport
+from gradscope.report.verdict import headline
 
 
 class ScanView:
@@ -34,19 +35,8 @@ class ScanView:
 
 
 def _scan_verdict(r: ScanReport) -> Text:
-    s = r.summary()
-    what = ", ".join(f"{name} ×{r.checks[name]['rows']}" for name in r.failed_checks)
-    if r.ok and not r.verified:
-        return Text.assemble(
-            ("? not verified", "bold yellow"),
-            f": roles unknown for {r.checks['roles_unknown']['rows']} of {s['rows']} row(s), so their prompt was not "
-            f"checked (roles_unknown); {s['trained_tokens']} of {s['tokens']} tokens trained",
-        )
-    if r.ok and what:
-        return Text.assemble(("! warnings", "bold yellow"), f" in {s['rows']} row(s): {what}")
-    if r.ok:
-        return Text.assemble(("✓ clean", "bold green"), f": {s['rows']} row(s), {s['trained_tokens']} of {s['tokens']} tokens trained")
-    return Text.assemble(("✗ masking errors", "bold red"), f" in {s['rows']} row(s): {what}")
+    v, label, rest = headline(r)
+    return Text.assemble((label, STATUS_STYLES[v.status]), rest)
 
 
 def _checks_table(r: ScanReport) -> Table:
@@ -54,6 +44,9 @@ def _checks_table(r: ScanReport) -> Table:
     for name, justify in (("check", "left"), ("rows", "right"), ("positions", "right"), ("first rows", "left")):
         table.add_column(name, justify=justify)
     for name, entry in r.checks.items():
+        if name in r.not_run:
+            table.add_row(Text(name, style="grey50"), "not run", "", r.not_run[name])
+            continue
         style = ("yellow" if name in SCAN_WARNINGS else "red") if entry["rows"] else "green"
         first = ", ".join(map(str, entry["first_rows"])) + (" …" if entry["rows"] > len(entry["first_rows"]) else "")
         table.add_row(Text(name, style=style), str(entry["rows"]), str(entry["positions"]), first)

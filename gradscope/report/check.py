@@ -5,7 +5,15 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from gradscope.report.finding import SCHEMA_VERSION, Finding, _clean, _Findings, _finite_or_none, _HtmlView
+from gradscope.report.catalogue import NOT_VERIFIED
+from gradscope.report.finding import (
+    SCHEMA_VERSION,
+    Finding,
+    _clean,
+    _Findings,
+    _finite_or_none,
+    _HtmlView,
+)
 from gradscope.report.weights import GradReport, OverfitReport, VerifyReport
 
 
@@ -118,8 +126,11 @@ class Report(_Findings, _HtmlView):
         return not self.errors
 
     def summary(self) -> dict[str, Any]:
+        from gradscope.report.verdict import verdict
+
         tokens = [t for s in self.samples for t in s.tokens if t.role != "pad"]
         return {
+            "status": verdict(self).status,
             "ok": self.ok,
             "samples": len(self.samples),
             "tokens": len(tokens),
@@ -129,7 +140,7 @@ class Report(_Findings, _HtmlView):
             "checks_failed": sorted({f.check for f in self.findings}),
             "loss": [_finite_or_none(x) for x in self.losses],
             "notes": list(self.notes),
-            "verified": not any(f.check == "roles_unknown" for f in self.findings),
+            "verified": not any(f.check in NOT_VERIFIED for f in self.findings),
         }
 
     def to_dict(self) -> dict[str, Any]:

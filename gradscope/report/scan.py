@@ -5,10 +5,14 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from gradscope.report.finding import SCHEMA_VERSION, Finding, _clean, _Findings, _HtmlView
-
-SCAN_WARNINGS = frozenset({"completion_truncated", "roles_unknown", "prefill_trained"})
-"""Scan checks whose findings are warnings, as in check; every other scan check is an error."""
+from gradscope.report.catalogue import NOT_VERIFIED, SCAN_WARNINGS
+from gradscope.report.finding import (
+    SCHEMA_VERSION,
+    Finding,
+    _clean,
+    _Findings,
+    _HtmlView,
+)
 
 
 @dataclass
@@ -27,6 +31,10 @@ class ScanReport(_Findings, _HtmlView):
         findings: Every finding of the rows shown in full (each check's first rows and the worst rows), exactly as
             ``check`` writes them.
         notes: What the scan could not check and why.
+        not_run: Checks the scan could not run at all, and why (no tokenizer, no end token, no row's roles known).
+        error_rows: Rows that fail at least one error check (a row failing two checks counts once); None when
+            not counted (a report built by hand): then the largest count of one error check.
+        warning_rows: Rows that fail at least one warning check other than ``roles_unknown``; None as above.
     """
 
     source: dict[str, Any]
@@ -38,6 +46,9 @@ class ScanReport(_Findings, _HtmlView):
     worst_rows: list[dict[str, Any]] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    not_run: dict[str, str] = field(default_factory=dict)
+    error_rows: int | None = None
+    warning_rows: int | None = None
 
     @property
     def failed_checks(self) -> list[str]:
@@ -53,19 +64,28 @@ class ScanReport(_Findings, _HtmlView):
         """False when some rows' roles are unknown: their prompt was not checked."""
         return not self.checks.get("roles_unknown", {}).get("rows")
 
-    def _rows_failing(self, warnings: bool) -> int:
-        return sum(entry["rows"] for name, entry in self.checks.items() if (name in SCAN_WARNINGS) == warnings)
+    def rows_failing(self, warnings: bool) -> int:
+        """Rows that fail an error check (or, with ``warnings``, a warning check other than ``roles_unknown``)."""
+        counted = self.warning_rows if warnings else self.error_rows
+        if counted is not None:
+            return counted
+        return max((entry["rows"] for name, entry in self.checks.items()
+                    if (name in SCAN_WARNINGS) == warnings and name not in NOT_VERIFIED), default=0)
 
     def summary(self) -> dict[str, Any]:
+        from gradscope.report.verdict import verdict
+
         return {
+            "status": verdict(self).status,
             "ok": self.ok,
             "verified": self.verified,
             "rows": self.rows,
             "tokens": self.tokens,
             "trained_tokens": self.trained_tokens,
-            "errors": self._rows_failing(warnings=False),
-            "warnings": self._rows_failing(warnings=True),
+            "errors": self.rows_failing(warnings=False),
+            "warnings": self.rows_failing(warnings=True),
             "checks_failed": sorted(self.failed_checks),
+            "checks_not_run": dict(self.not_run),
             "notes": list(self.notes),
         }
 

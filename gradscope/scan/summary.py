@@ -16,6 +16,7 @@ from gradscope.checks.sample import SampleView
 from gradscope.constants import IGNORE_INDEX, UNKNOWN
 from gradscope.data.batch import COMPLETION, PAD, PROMPT
 from gradscope.data.chunks import Chunk
+from gradscope.report.catalogue import ROLE_CHECKS, SCAN_WARNINGS
 from gradscope.report.finding import Finding
 from gradscope.report.scan import ScanReport
 from gradscope.scan.verdicts import CHECKS, UNKNOWN_ROLES, Verdicts
@@ -75,6 +76,8 @@ class ScanAccumulator:
         self._distributions(v)
         for name in CHECKS:
             self._count(name, chunk, v)
+        r.error_rows = (r.error_rows or 0) + _rows_failing(v, [c for c in CHECKS if c not in SCAN_WARNINGS])
+        r.warning_rows = (r.warning_rows or 0) + _rows_failing(v, [c for c in CHECKS if c in SCAN_WARNINGS])
         self._offer_worst(chunk, v)
 
     def _count(self, name: str, chunk: Chunk, v: Verdicts) -> None:
@@ -138,12 +141,34 @@ class ScanAccumulator:
         r.distributions = {"length": _length_summary(self.lengths), "trained_fraction": self._fraction_summary()}
         if not self.ends:
             r.notes.append("no end token ids (give `tokenizer` DIR or `end_token_ids`): eos_untrained was not checked")
+        r.not_run = self._not_run()
         return r
+
+    def _not_run(self) -> dict[str, str]:
+        """The checks that could not run on any row, and why: shown as not run, never as a count of 0."""
+        r, (bos, bos_added) = self.report, self.bos
+        out = {}
+        if r.rows and r.checks[UNKNOWN_ROLES]["rows"] == r.rows:
+            out.update(dict.fromkeys(ROLE_CHECKS, "no row's roles are known (roles_unknown)"))
+        if not self.ends:
+            out.update(dict.fromkeys(("eos_untrained", "turn_end_untrained"),
+                                     "no end token ids: give `tokenizer` DIR or `end_token_ids`"))
+        if bos is None:
+            out.update(dict.fromkeys(("bos_duplicated", "bos_missing"), "no tokenizer names a BOS token"))
+        elif not bos_added:
+            out["bos_missing"] = "the tokenizer puts no BOS first in its encodings"
+        return {name: why for name, why in out.items() if name in r.checks}
 
     def _fraction_summary(self) -> dict[str, Any]:
         edges = [round(i / FRACTION_BINS, 2) for i in range(FRACTION_BINS + 1)]
         mean = self.report.trained_tokens / self.report.tokens if self.report.tokens else None
         return {"bins": edges, "rows": self.fractions.tolist(), "token_weighted_mean": mean}
+
+
+def _rows_failing(v: Verdicts, names: list[str]) -> int:
+    """Rows of a chunk that fail at least one of the named checks (a row failing two counts once)."""
+    fails = [v.fails[name] for name in names if name in v.fails]
+    return int(np.logical_or.reduce(fails).sum()) if fails else 0
 
 
 def _length_summary(lengths: np.ndarray) -> dict[str, Any]:

@@ -7,20 +7,26 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gradscope.checks.layout import bos_absent, bos_twice, opening_skip, row_openings, undeclared_documents
+from gradscope.checks.layout import (
+    bos_absent,
+    bos_twice,
+    opening_skip,
+    row_openings,
+    undeclared_documents,
+)
 from gradscope.checks.sample import trailing_padding
 from gradscope.constants import IGNORE_INDEX
 from gradscope.data.chunks import Chunk
+from gradscope.report.catalogue import ROOT_CHECKS, SCAN_CHECKS
 
-CHECKS = ("no_loss", "label_misaligned", "prompt_leak", "pad_leak", "completion_untrained", "eos_untrained",
-          "turn_end_untrained", "completion_truncated", "boundary_leak", "bos_duplicated", "bos_missing",
-          "pads_attended", "packed_without_boundaries", "prefill_trained")
-"""What a scan checks, in the order of ``analyze``: a root cause first, then the role and layout checks.
-completion_truncated (a warning) fires only on raw rows, where the scan truncates (``--max-length``) and so knows
-what was cut. The BOS checks need the tokenizer's BOS (``bos_missing``: a tokenizer that adds it); the packing
-checks read the documents the data declares (``Chunk.documents``)."""
+CHECKS = SCAN_CHECKS
+"""What a scan checks (the catalogue's scan twins), in the order of ``analyze``: a root cause first, then the role
+and layout checks. completion_truncated (a warning) fires only on raw rows, where the scan truncates
+(``--max-length``) and so knows what was cut. The BOS checks need the tokenizer's BOS (``bos_missing``: a tokenizer
+that adds it); the packing checks read the documents the data declares (``Chunk.documents``)."""
 
-ROLE_CHECKS = CHECKS[2:]
+JUDGED = tuple(name for name in CHECKS if name not in ROOT_CHECKS)
+"""Checks that judge a row only when no root cause (no_loss, label_misaligned) fired."""
 
 UNKNOWN_ROLES = "roles_unknown"
 """Rows whose roles no source gave (a warning: their prompt was not checked); counted by the accumulator."""
@@ -134,7 +140,7 @@ def _with_precedence(
     roles_apply = ~no_loss & ~misaligned
     fails = {"no_loss": no_loss, "label_misaligned": misaligned}
     positions = {"no_loss": np.where(no_loss, tokens, 0), "label_misaligned": np.where(misaligned, counts["label_misaligned"], 0)}
-    for name in ROLE_CHECKS:
+    for name in JUDGED:
         count = counts.get(name, np.zeros_like(tokens))
         fails[name] = roles_apply & (count > 0)
         positions[name] = np.where(fails[name], count, 0)

@@ -61,7 +61,8 @@ def test_the_correct_twin_is_clean(model, batch, extra):
 def test_no_template_and_no_response_template_is_not_verified():
     batch = BATCHES / "gpt2_prompt_leak_noroles.safetensors"
     code, data, _ = check(GPT2, batch)
-    assert code == 0
+    assert code == 1 and data["summary"]["status"] == "not verified"  # never a silent pass
+    assert check(GPT2, batch, "--allow-unknown-roles")[0] == 0
     assert pairs(data) == [("roles_unknown", None)]
     assert data["findings"][0]["severity"] == "warning"
     assert "the tokenizer has no chat template" in data["findings"][0]["message"]

@@ -64,3 +64,6 @@ def test_dpo_with_a_collator_that_unmasks_the_prompt_stops(tmp_path):
     assert run.error is not None and run.trainer.state.global_step == 0 and not run.changed
     assert sorted({c for c, _ in run.checks}) == ["prompt_leak"]
     assert {s for _, s in run.checks} == {0, 1, 2, 3}
+    for finding in run.callback.report.findings:  # the fix named for the trainer in use, not SFT's options
+        assert "completion_only_loss" not in finding.message and "assistant_only_loss" not in finding.message
+        assert "chosen and rejected" in finding.message

@@ -6,12 +6,14 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import pytest
 from rich.cells import cell_len
 from rich.console import Console
 
 import gradscope
 from gradscope.data.load import load_batches
 from gradscope.render import CheckView, GradsView, InspectView, RolesView, ScanView
+from gradscope.report import Report
 from gradscope.verbs.files import roles_files
 from gradscope.verbs.grads import grads
 
@@ -66,3 +68,20 @@ def test_scan_view_points_to_inspect():
     report = gradscope.scan(FIXTURES / "batches/gpt2_eos_untrained_lm_collator.safetensors", tokenizer=FIXTURES / "models/tiny-gpt2")
     text = rendered(ScanView(report))
     assert "eos_untrained" in text and "gradscope inspect MODEL DATA --row N" in text
+
+
+@pytest.mark.parametrize("drop, dropped, expected", [
+    (0.34, False, "the loss does not halve (it fell 34%, it must fall 50%)"),
+    (-0.10, False, "the loss does not halve (it rose 10%, it must fall 50%)"),
+    (0.62, True, "the loss at least halves (it fell 62%)"),
+])
+def test_the_overfit_sentence_states_its_rule(drop, dropped, expected):
+    """A loss that fell 34% is not a loss that "does not drop": the rule is that it at least halves."""
+    from gradscope.render.grads import OverfitView
+    from gradscope.report import OverfitReport
+
+    o = OverfitReport(1, "adamw", 1e-3, [1.0, 1.0 - drop], drop, dropped, 0.5)
+    out = io.StringIO()
+    Console(file=out, width=200, highlight=False).print(OverfitView(o))
+    assert out.getvalue().splitlines()[0].endswith(expected)
+    assert expected in Report(model={}, overfit=o).to_html()

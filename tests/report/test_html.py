@@ -128,7 +128,14 @@ def test_catalogue_page(reports, case, html_page):
     assert opened == (failing or [s.index for s in report.samples])[:8]  # the failing samples open, as --show
     assert page.deferred == len(report.samples) - len(opened)  # the others' spans wait in a text block
     verdict = [a for tag, a in page.elements if tag == "p" and "verdict" in (a.get("class") or "")]
-    assert [v["class"] for v in verdict] == ["verdict " + ("ok" if report.ok else "fail")]
+    status = summary_status(report)
+    css = {"clean": "ok", "not verified": "warn", "warnings": "warn", "errors": "fail"}[status]
+    assert [(v["class"], v["data-status"]) for v in verdict] == [("verdict " + css, status)]
+
+
+def summary_status(report: Report) -> str:
+    """The status the JSON summary gives (the verdict function's)."""
+    return report.summary()["status"]
 
 
 def test_fragment_is_the_same_view_with_its_own_ids(reports, html_page):

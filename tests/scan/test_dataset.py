@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
+import xml.etree.ElementTree as ET
 from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import pytest
+from rich.console import Console
 
 import gradscope
 from gradscope.checks.masking import check_sample
 from gradscope.data.chunks import Chunk
 from gradscope.data.load import load_batches
 from gradscope.data.pipelines import DataOptions
+from gradscope.render.junit import to_junit
+from gradscope.render.scan import ScanView
 from gradscope.scan.dataset import scan
 from gradscope.scan.roles import prefill_mask
 from gradscope.scan.verdicts import CHECKS, verdicts
@@ -211,3 +216,39 @@ def test_row_sums_count_each_rows_hits_sparse_or_dense(density):
     mask = rng.random(int(lengths.sum())) < density
     expected = [int(mask[a : a + n].sum()) for a, n in zip(starts, lengths)]
     assert _row_sums(mask, starts).tolist() == expected
+
+
+def test_checks_a_scan_could_not_run_are_shown_as_not_run_never_as_zero():
+    """Without a tokenizer a tokenized batch without a role mask has no roles and no end token: prompt_leak,
+    completion_untrained, prefill_trained, eos_untrained and turn_end_untrained did not run; no view counts them 0."""
+    report = scan(FIXTURES / "batches" / "gpt2_prompt_leak_noroles.safetensors")
+    assert set(report.not_run) == {"prompt_leak", "completion_untrained", "prefill_trained", "eos_untrained",
+                                   "turn_end_untrained", "bos_duplicated", "bos_missing"}
+    assert report.summary()["checks_not_run"] == report.not_run
+    out = io.StringIO()
+    Console(file=out, width=200, highlight=False).print(ScanView(report))
+    rows = {line.split("│")[1].strip(): line.split("│")[2].strip() for line in out.getvalue().splitlines()
+            if line.count("│") >= 4}
+    assert rows["prompt_leak"] == rows["eos_untrained"] == "not run" and rows["pad_leak"] == "0"
+    assert 'data-check="prompt_leak" data-state="not run"' in report.to_html()
+    junit = {c.get("classname"): c for c in ET.fromstring(to_junit(report)).iter("testcase")}
+    assert junit["gradscope.prompt_leak"].find("skipped") is not None
+    assert junit["gradscope.pad_leak"].find("skipped") is None
+    known = scan(FIXTURES / "batches" / "gpt2_prompt_leak_noroles.safetensors", tokenizer=FIXTURES / "models" / "tiny-gpt2",
+                 options=DataOptions(response_template="Answer:"))
+    assert "prompt_leak" not in known.not_run and "eos_untrained" not in known.not_run
+
+
+def test_failing_rows_are_counted_once_each(write_stream_rows, tmp_path):
+    """summary.errors (the headline's N) is the number of distinct rows failing an error check, against the union of
+    every error check's failing rows (all of them listed: examples covers every row); a row failing two counts once."""
+    from gradscope.report.catalogue import NOT_VERIFIED, SCAN_WARNINGS
+
+    report = scan(write_stream_rows(tmp_path, "jsonl"), end_token_ids=[2], examples=10_000)
+
+    def union(warnings: bool) -> set[int]:
+        return {row for name, entry in report.checks.items() if (name in SCAN_WARNINGS) == warnings
+                and name not in NOT_VERIFIED for row in entry["first_rows"]}
+    per_check = sum(e["rows"] for n, e in report.checks.items() if n not in SCAN_WARNINGS)
+    assert report.summary()["errors"] == len(union(False)) < per_check  # some rows fail two checks
+    assert report.summary()["warnings"] == len(union(True))

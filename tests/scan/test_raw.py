@@ -197,7 +197,7 @@ def test_raw_scan_json_and_exit_codes():
     assert (partial.exit_code, summary["checks_failed"], summary["errors"]) == (0, ["completion_truncated"], 0)
     assert runner.invoke(app, [*args, "--max-length", "40", "--strict"]).exit_code == 1
     text = runner.invoke(app, [*args[:-2], "--max-length", "40"], env={"COLUMNS": "120"})
-    assert text.stdout.startswith("! warnings in 3 row(s): completion_truncated ×1\n")
+    assert text.stdout.startswith("! warnings in 1 of 3 row(s): completion_truncated ×1\n")  # rows that fail
     assert runner.invoke(app, [*args, "--max-length", "5"]).exit_code == 1
 
 

@@ -149,7 +149,7 @@ def overfit_section(r: Report) -> str:
     o = r.overfit
     steps = "".join(f"<td>{fmt(x)}</td>" for x in o.losses)
     heads = "".join(f"<th>{i}</th>" for i in range(len(o.losses)))
-    verdict = "the loss drops" if o.dropped else "the loss does not drop"
+    verdict = html.escape(o.sentence())
     return (
         f'<section class="overfit"><h2>Overfit one batch</h2><p>{o.steps} {html.escape(o.optimizer)} steps at lr '
         f"{o.lr:g}: {verdict}</p><table><tr><th>step</th>{heads}</tr><tr><th>loss</th>{steps}</tr></table></section>"

@@ -13,7 +13,7 @@ from __future__ import annotations
 import html
 import json
 import secrets
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -24,6 +24,7 @@ from gradscope.report.html.data import fmt
 from gradscope.report.html.grads import grads_section, overfit_section, verify_section
 from gradscope.report.html.strip import samples
 from gradscope.report.text import position_runs
+from gradscope.report.verdict import headline, verdict
 
 
 def to_html(report: Report | ScanReport, *, sample: int | None = None, title: str | None = None) -> str:
@@ -53,7 +54,7 @@ def html_fragment(report: Report | ScanReport, *, sample: int | None = None) -> 
 
 
 def _title(report: Report | ScanReport) -> str:
-    return f"gradscope {_command(report)}: {'clean' if report.ok else 'errors'}"
+    return f"gradscope {_command(report)}: {verdict(report).status}"
 
 
 def _command(report: Report | ScanReport) -> str:
@@ -117,30 +118,18 @@ def _header(r: Report) -> str:
         subject = "masking and gradient"
     summary = r.summary()
     return (
-        f'<header>\n<h1>gradscope {_command(r)}</h1>\n{_verdict(r, summary, subject)}\n'
+        f'<header>\n<h1>gradscope {_command(r)}</h1>\n{_verdict(r, subject)}\n'
         f'<dl class="summary">{_pairs(_model_summary(r, summary))}{_pairs(_data_summary(r.data))}</dl>\n</header>'
     )
 
 
-def _verdict(r: Report, s: dict[str, Any], subject: str) -> str:
-    """The terminal report's verdict line (``s``: its summary), in words a reader without colour reads the same."""
-    warnings = f", {len(r.warnings)} warning(s) ({', '.join(sorted({f.check for f in r.warnings}))})" if r.warnings else ""
-    if r.ok:
-        what = f": {s['samples']} sample(s), {s['trained_tokens']} of {s['tokens']} tokens trained" if r.samples else ""
-        return f'<p class="verdict ok" role="status"><b>✓ clean</b>{html.escape(what + warnings)}</p>'
-    counts = _counts(f.check for f in r.errors)
-    samples = {f.sample for f in r.errors}
-    where = "the batch" if samples == {None} else f"{len(samples - {None})} of {s['samples']} sample(s)"
-    where = f" in {where}" if r.samples else ""
-    text = f": {len(r.errors)}{where} ({counts}){warnings}"
-    return f'<p class="verdict fail" role="status"><b>✗ {subject} errors</b>{html.escape(text)}</p>'
-
-
-def _counts(checks: Iterable[str]) -> str:
-    seen: dict[str, int] = {}
-    for name in checks:
-        seen[name] = seen.get(name, 0) + 1
-    return ", ".join(f"{name} ×{n}" for name, n in seen.items())
+def _verdict(r: Report | ScanReport, subject: str = "masking") -> str:
+    """The terminal report's verdict line (``gradscope.report.verdict.headline``), in words a reader without colour
+    reads the same."""
+    v, label, rest = headline(r, subject)
+    css = {"clean": "ok", "not verified": "warn", "warnings": "warn", "errors": "fail"}[v.status]
+    return (f'<p class="verdict {css}" role="status" data-status="{html.escape(v.status)}"><b>{html.escape(label)}</b>'
+            f"{html.escape(rest)}</p>")
 
 
 def _model_summary(r: Report, s: dict[str, Any]) -> dict[str, Any]:
@@ -263,7 +252,7 @@ def _scan_sections(r: ScanReport) -> list[str]:
     src = r.source
     line = f"data {src.get('path')} ({src.get('format')}); end token ids {src.get('end_token_ids') or 'none'}"
     parts = [
-        f'<header><h1>gradscope scan</h1>{_scan_verdict(r)}<p class="source">{html.escape(line)}</p></header>',
+        f'<header><h1>gradscope scan</h1>{_verdict(r)}<p class="source">{html.escape(line)}</p></header>',
         _notes(r.notes),
         _scan_checks(r),
         _scan_distributions(r),
@@ -273,21 +262,14 @@ def _scan_sections(r: ScanReport) -> list[str]:
     return [p for p in parts if p]
 
 
-def _scan_verdict(r: ScanReport) -> str:
-    s = r.summary()
-    what = ", ".join(f"{name} ×{r.checks[name]['rows']}" for name in r.failed_checks)
-    if r.ok and what:
-        return f'<p class="verdict warn" role="status"><b>! warnings</b> in {s["rows"]} row(s): {html.escape(what)}</p>'
-    if r.ok:
-        text = f": {s['rows']} row(s), {s['trained_tokens']} of {s['tokens']} tokens trained"
-        return f'<p class="verdict ok" role="status"><b>✓ clean</b>{html.escape(text)}</p>'
-    return f'<p class="verdict fail" role="status"><b>✗ masking errors</b> in {s["rows"]} row(s): {html.escape(what)}</p>'
-
-
 def _scan_checks(r: ScanReport) -> str:
     head = "<tr><th>check</th><th>rows</th><th>positions</th><th>first rows</th></tr>"
     rows = ""
     for name, entry in r.checks.items():
+        if name in r.not_run:
+            rows += (f'<tr data-check="{html.escape(name)}" data-state="not run"><td class="not-run">'
+                     f'{html.escape(name)}</td><td colspan="3">not run: {html.escape(r.not_run[name])}</td></tr>')
+            continue
         state = ("warning" if name in SCAN_WARNINGS else "error") if entry["rows"] else "pass"
         first = ", ".join(map(str, entry["first_rows"])) + (" …" if entry["rows"] > len(entry["first_rows"]) else "")
         rows += (
