@@ -39,7 +39,7 @@ from gradscope.integrations.sources import DatasetRoles, LazyMarkers, Preference
 from gradscope.integrations.verdict import RankVerdict, WatchedSample, gather, merge, rank_verdict
 from gradscope.model.prepare import describe_model
 from gradscope.report import Report
-from gradscope.report.verdict import verdict as status_of
+from gradscope.report.verdict import verdict
 
 logger = logging.getLogger("gradscope")
 
@@ -256,7 +256,7 @@ class StepWatcher:
 
     def _act(self, report: Report) -> None:
         """Log the verdict; raise MaskingError (the same on every rank) when the verdict reaches fail_on."""
-        summary, v = report.summary(), status_of(report)
+        summary, v = report.summary(), verdict(report)
         if v.status == "clean":
             logger.info("gradscope: first optimizer step clean: %d of %d tokens trained", summary["trained_tokens"],
                         summary["tokens"])
@@ -267,8 +267,8 @@ class StepWatcher:
             v.status == "not verified" and self.fail_on != "warning") else ""
         logger.warning("gradscope: first optimizer step %s%s: %d error(s), %d warning(s)\n%s", v.status, policy,
                        summary["errors"], summary["warnings"], text)
-        failing = failing_findings(report, self.fail_on)
-        if failing:
+        if stops(report, self.fail_on):
+            failing = (report.errors if self.fail_on == "error" else report.findings) or report.findings
             ranks = sorted({f.rank for f in failing if getattr(f, "rank", None) is not None})
             where = f" on rank(s) {', '.join(map(str, ranks))}" if ranks else ""
             raise MaskingError(
@@ -307,13 +307,11 @@ def model_section(lm: nn.Module) -> dict[str, Any]:
             "device": str(param.device), "device_map": None, "loss": "the loop's loss"}
 
 
-def failing_findings(report: Report, fail_on: FailOn) -> list:
-    """The pass/fail policy of a watched step: the findings that stop the run under ``fail_on``, read from the one
-    verdict (``gradscope.report.verdict``). ``"error"`` stops on the status ``errors``; ``"warning"`` on any status
-    but ``clean``, ``not verified`` included; a step that is not verified does not stop a run under ``"error"``."""
-    if fail_on is None or not status_of(report).fails(strict=fail_on == "warning", allow_unknown_roles=True):
-        return []
-    return (report.errors if fail_on == "error" else report.findings) or report.findings
+def stops(report: Report, fail_on: FailOn) -> bool:
+    """The pass/fail policy of a watched step, read from the one verdict (``gradscope.report.verdict``): under
+    ``"error"`` a step stops on the status ``errors``; under ``"warning"`` on any status but ``clean``, ``not
+    verified`` included; a step that is not verified does not stop a run under ``"error"``."""
+    return fail_on is not None and verdict(report).fails(strict=fail_on == "warning", allow_unknown_roles=True)
 
 
 def as_dataset(rows: Any) -> Any:
