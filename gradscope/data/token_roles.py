@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from gradscope.constants import COMPLETION, PROMPT, ROLE_CODES_KEY, ROLE_KEYS, ROW_KEY, UNKNOWN
-from gradscope.data.batch import real_tokens
+from gradscope.data.batch import held_tokens
 from gradscope.data.load import load_role_rows
 from gradscope.data.pipelines import DataOptions
 from gradscope.data.roles import TRAIN_ON, RoleRow, find_subsequence
@@ -88,7 +88,7 @@ def batch_roles(batch: Mapping[str, Any], tokenizer: Any, end_token_ids: frozens
     key = next((k for k in (ROLE_CODES_KEY, *ROLE_KEYS) if k in batch), None)
     if key is not None:
         return BatchRoles(None, [key] * rows, [None] * rows)
-    real = real_tokens(batch)
+    real = held_tokens(batch, end_token_ids)
     index = batch[ROW_KEY].tolist() if ROW_KEY in batch else list(range(first_row, first_row + rows))
     codes = torch.full(batch["input_ids"].shape, UNKNOWN, dtype=torch.long)
     names, reasons = [], []
