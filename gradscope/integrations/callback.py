@@ -25,16 +25,11 @@ from typing import Any
 from torch import nn
 
 from gradscope.data.roles import TRAIN_ON, RoleSpec
+from gradscope.data.token_roles import RoleSources
 from gradscope.data.tokens import default_end_token_ids, resolve_pad_token_id
 from gradscope.errors import GradscopeError, MaskingError
 from gradscope.integrations.observe import Observer
-from gradscope.integrations.sources import (
-    DatasetRoles,
-    LazyMarkers,
-    PreferenceRoles,
-    batch_roles,
-    rl_rows,
-)
+from gradscope.integrations.sources import DatasetRoles, PreferenceRoles, rendered_with, rl_rows, step_roles
 from gradscope.integrations.verdict import RankVerdict, gather, merge, rank_verdict
 from gradscope.model.prepare import describe_model
 from gradscope.report import Report
@@ -185,10 +180,12 @@ class GradscopeCallback(TrainerCallback):
     def _rank_verdict(self, observer: Observer) -> RankVerdict:
         lm, tokenizer = observer.lm, self._tokenizer
         ends = frozenset(self.end_token_ids) if self.end_token_ids is not None else default_end_token_ids(lm, tokenizer)
-        spec = RoleSpec(ends, train_on=self.train_on)
+        template = rendered_with(self.trainer)
+        spec = RoleSpec(ends, train_on=self.train_on, chat_template=template)
         dataset = DatasetRoles(getattr(self.trainer, "train_dataset", None), tokenizer, spec) if self.trainer else None
-        preference = PreferenceRoles(getattr(self.trainer, "train_dataset", None))
-        markers, prepared, notes, idle = LazyMarkers(tokenizer, ends), [], [], []
+        sources = RoleSources(train_on=self.train_on, chat_template=template, dataset=dataset,
+                              preference=PreferenceRoles(getattr(self.trainer, "train_dataset", None)))
+        prepared, notes, idle = [], [], []
         failed = [r.error for r in observer.records if r.error is not None]
         if failed:
             raise GradscopeError(f"reading the backward of a training forward failed: {failed[0]}")
@@ -198,12 +195,13 @@ class GradscopeCallback(TrainerCallback):
                              "gradient from the loss; it was not checked")
                 continue
             micro, rl = record.context.get("micro_batch", n), rl_rows(record.inputs, record.context.get("inputs", {}))
+            names: list[str | None]
             if rl is not None:  # GRPO-style inputs: prompt_ids + completion_ids, the loss over completion_mask
-                codes, sources = rl.codes, ["inputs"] * len(rl.codes)
+                codes, names = rl.codes, ["inputs"] * len(rl.codes)
                 idle += [(micro, b) for b in rl.idle]
             else:
-                codes, sources = batch_roles(record.inputs, record.context, dataset, markers, self.train_on, preference)
-            prepared.append((micro, record, codes, sources))
+                codes, names = step_roles(record.inputs, record.context, tokenizer, ends, sources)
+            prepared.append((micro, record, codes, names))
         comparable = not any(k in r.context.get("inputs", {}) for _, r, _, _ in prepared for k in PREFERENCE_KEYS)
         verdict = rank_verdict(_rank(), prepared, tokenizer, ends, resolve_pad_token_id(lm, tokenizer), comparable,
                                frozenset(idle), _unknown_reason(tokenizer))

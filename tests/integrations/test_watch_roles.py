@@ -1,0 +1,148 @@
+"""The callback reads roles with the one roles engine, from the template the data is really rendered with, and takes
+the labels as declared intent: TRL's swapped-in training template, preference glue, a loss that ignores the labels,
+pad == eos."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fixtures.trainers import CHATS, COMMON, FIXTURES, MODEL, PROMPT_COMPLETION, plain, tokenized, train
+from gradscope.integrations import GradscopeCallback
+from gradscope.model.load import load_model, load_tokenizer
+
+pytest.importorskip("trl")
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
+
+QWEN25 = FIXTURES / "tokenizers/qwen2.5-chat"
+
+
+def resized(tokenizer):
+    """The fixture model with room for the chat tokenizer's special tokens (ids from 480 on)."""
+    model = load_model(MODEL)
+    model.resize_token_embeddings(len(tokenizer))
+    return model
+
+
+def test_qwen25_assistant_only_loss_trains_under_trls_training_template(tmp_path):
+    """TRL swaps its qwen2_5_training.jinja in (kept on the trainer): it trains the header's "\\n"; the roles are read
+    from that template, where the "\\n" is unjudged, so a correct run trains."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    tokenizer = load_tokenizer(QWEN25)
+
+    def make(callbacks):
+        args = SFTConfig(output_dir=str(tmp_path), assistant_only_loss=True, **COMMON)
+        return SFTTrainer(model=resized(tokenizer), args=args, train_dataset=Dataset.from_list(CHATS),
+                          processing_class=tokenizer, callbacks=callbacks)
+
+    run = train(make)
+    assert run.trainer.chat_template is not None and run.trainer.chat_template != tokenizer.chat_template
+    assert run.error is None and run.changed, run.error
+    report = run.callback.report
+    assert report.findings == [] and report.data["watched"]["roles_from"] == ["train_dataset"]
+    # The tokens trained are the training template's assistant mask: judged or unjudged, never a prompt token.
+    for sample in report.samples:
+        assert not any(t.trained for t in sample.tokens if t.role == "prompt")
+        assert any(t.trained and t.role is None and t.text == "\n" for t in sample.tokens)
+
+
+def test_qwen25_without_assistant_only_loss_still_stops(tmp_path):
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    tokenizer = load_tokenizer(QWEN25)
+
+    def make(callbacks):
+        args = SFTConfig(output_dir=str(tmp_path), assistant_only_loss=False, **COMMON)
+        return SFTTrainer(model=resized(tokenizer), args=args, train_dataset=Dataset.from_list(CHATS),
+                          processing_class=tokenizer, callbacks=callbacks)
+
+    run = train(make)
+    assert run.error is not None and not run.changed
+    assert {c for c, _ in run.checks} == {"prompt_leak"}
+
+
+def test_a_loss_that_ignores_the_labels_stops_a_trainer_without_processing_class(tmp_path):
+    """No processing_class: no roles. The labels mask the prompt, the loss trains it: masked_label_trained, an error
+    that needs no roles, stops the run before its first optimizer step."""
+    from fixtures.losses import ignores_labels
+
+    def loss(outputs, labels, num_items_in_batch=None):
+        return ignores_labels(outputs.logits, labels)
+
+    run = train(plain(tokenized(PROMPT_COMPLETION), tmp_path, compute_loss_func=loss, with_tokenizer=False))
+    assert run.error is not None and not run.changed
+    checks = {c for c, _ in run.checks}
+    assert "masked_label_trained" in checks and checks <= {"masked_label_trained", "roles_unknown"}
+    finding = next(f for f in run.callback.report.findings if f.check == "masked_label_trained")
+    assert "-100" in finding.message and "compute_loss_func" in finding.message
+
+
+def test_a_loss_that_ignores_the_mask_is_named_as_such(tmp_path):
+    """A loss that turns -100 into a real target trains masked positions: the root cause is the mask, not a shift."""
+    def pad_as_target(outputs, labels, num_items_in_batch=None):
+        logits = outputs.logits[:, :-1].flatten(0, 1).float()
+        targets = torch.where(labels == -100, 3, labels)[:, 1:].flatten()
+        return F.cross_entropy(logits, targets, reduction="sum") / num_items_in_batch
+
+    run = train(plain(tokenized(PROMPT_COMPLETION), tmp_path, compute_loss_func=pad_as_target))
+    assert run.error is not None and {c for c, _ in run.checks} == {"masked_label_trained"}
+
+
+def test_dpo_conversational_leaves_the_template_glue_unjudged(tmp_path):
+    """DPO on chat rows: the "\\n" ChatML writes after <|im_end|> is template glue, unjudged as in SFT and check."""
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    pairs = [
+        {"prompt": [{"role": "user", "content": "What colour is the sky?"}],
+         "chosen": [{"role": "assistant", "content": "Blue."}], "rejected": [{"role": "assistant", "content": "Green."}]},
+        {"prompt": [{"role": "user", "content": "What is 2 plus 3?"}],
+         "chosen": [{"role": "assistant", "content": "5."}], "rejected": [{"role": "assistant", "content": "Seven."}]},
+    ]
+
+    def make(callbacks):
+        return DPOTrainer(model=load_model(MODEL), args=DPOConfig(output_dir=str(tmp_path), **COMMON),
+                          train_dataset=Dataset.from_list(pairs), processing_class=load_tokenizer(MODEL),
+                          callbacks=callbacks)
+
+    run = train(make)
+    assert run.error is None and run.changed, run.error
+    report = run.callback.report
+    assert report.findings == [] and report.data["watched"]["roles_from"] == ["train_dataset"]
+    for sample in report.samples:
+        ids = [t.text for t in sample.tokens]
+        end = max(i for i, text in enumerate(ids) if text == "<|im_end|>")
+        if end + 1 < len(ids) and ids[end + 1] == "\n":
+            assert sample.tokens[end + 1].role is None
+
+
+def test_pad_equal_to_eos_masked_interior_end_token_is_eos_untrained_alone(tmp_path):
+    """Llama-3 style, <|eot_id|> as pad, attention_mask = ids != pad and labels[ids == pad] = -100: every turn's
+    <|eot_id|> is hidden. The callback says eos_untrained, and nothing else (no completion run on over a user turn)."""
+    from tests.verbs.test_pad_eos import pad_eos_batch, pad_eos_tokenizer_and_model
+
+    tokenizer, model = pad_eos_tokenizer_and_model(tmp_path)
+    batch = pad_eos_batch(tokenizer)
+
+    class Once(torch.utils.data.Dataset):
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, i):
+            return {k: v[i] for k, v in batch.items()}
+
+    from transformers import Trainer, TrainingArguments
+
+    def make(callbacks):
+        args = TrainingArguments(output_dir=str(tmp_path), **COMMON)
+        return Trainer(model=model, args=args, train_dataset=Once(), processing_class=tokenizer,
+                       data_collator=lambda rows: {k: torch.stack([r[k] for r in rows]) for k in rows[0]},
+                       callbacks=callbacks)
+
+    run = train(make, GradscopeCallback())
+    assert run.error is not None
+    assert {c for c, _ in run.checks} == {"eos_untrained"}
