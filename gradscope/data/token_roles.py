@@ -194,6 +194,7 @@ class RowRoles:
 
     def __init__(self, tokenizer: Any, end_token_ids: frozenset[int], sources: RoleSources | None = None) -> None:
         self.readers = _readers(tokenizer, end_token_ids, sources or RoleSources())
+        self.end_token_ids = end_token_ids
         nothing = self.readers[0][1] if isinstance(self.readers[0][1], _NoSource) else None
         self.available = nothing is None
         self.reason = None if nothing is None else nothing.reason

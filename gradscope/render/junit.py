@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from gradscope.report import SCAN_WARNINGS, Finding, Report, SampleReport, ScanReport
 from gradscope.report.text import format_positions
 
-ROOT_CHECKS = ("no_loss", "label_misaligned")
+ROOT_CHECKS = ("no_loss", "masked_label_trained", "label_misaligned")
 """A sample that fails one of these is not judged by the others (``gradscope.checks.masking.check_sample``): they are skipped."""
 
 SAMPLE_CHECKS = (

@@ -49,6 +49,23 @@ def test_qwen25_assistant_only_loss_trains_under_trls_training_template(tmp_path
         assert any(t.trained and t.role is None and t.text == "\n" for t in sample.tokens)
 
 
+def test_check_pipeline_trl_agrees_on_the_same_model_and_rows(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from gradscope.cli import app
+
+    tokenizer = load_tokenizer(QWEN25)
+    resized(tokenizer).save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    result = CliRunner().invoke(app, ["check", str(tmp_path / "model"), str(FIXTURES / "raw/chat.jsonl"), "--pipeline",
+                                      "trl", "--assistant-only-loss", "--probes", "none", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["findings"] == [] and len(data["samples"]) == len(CHATS)
+
+
 def test_qwen25_without_assistant_only_loss_still_stops(tmp_path):
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
@@ -66,30 +83,29 @@ def test_qwen25_without_assistant_only_loss_still_stops(tmp_path):
 
 
 def test_a_loss_that_ignores_the_labels_stops_a_trainer_without_processing_class(tmp_path):
-    """No processing_class: no roles. The labels mask the prompt, the loss trains it: masked_label_trained, an error
-    that needs no roles, stops the run before its first optimizer step."""
-    from fixtures.losses import ignores_labels
+    """No processing_class: no roles. The labels mask the prompt, the loss trains it anyway: masked_label_trained, an
+    error that needs no roles, stops the run before its first optimizer step."""
+    from fixtures.losses import drops_the_mask
 
     def loss(outputs, labels, num_items_in_batch=None):
-        return ignores_labels(outputs.logits, labels)
+        return drops_the_mask(outputs.logits, labels)
 
     run = train(plain(tokenized(PROMPT_COMPLETION), tmp_path, compute_loss_func=loss, with_tokenizer=False))
-    assert run.error is not None and not run.changed
-    checks = {c for c, _ in run.checks}
-    assert "masked_label_trained" in checks and checks <= {"masked_label_trained", "roles_unknown"}
-    finding = next(f for f in run.callback.report.findings if f.check == "masked_label_trained")
+    assert run.error is not None and not run.changed and run.trainer.state.global_step == 0
+    assert run.checks == [("masked_label_trained", 0), ("masked_label_trained", 1), ("roles_unknown", None)]
+    finding = run.callback.report.findings[0]
     assert "-100" in finding.message and "compute_loss_func" in finding.message
 
 
-def test_a_loss_that_ignores_the_mask_is_named_as_such(tmp_path):
-    """A loss that turns -100 into a real target trains masked positions: the root cause is the mask, not a shift."""
-    def pad_as_target(outputs, labels, num_items_in_batch=None):
-        logits = outputs.logits[:, :-1].flatten(0, 1).float()
-        targets = torch.where(labels == -100, 3, labels)[:, 1:].flatten()
-        return F.cross_entropy(logits, targets, reduction="sum") / num_items_in_batch
-
-    run = train(plain(tokenized(PROMPT_COMPLETION), tmp_path, compute_loss_func=pad_as_target))
-    assert run.error is not None and {c for c, _ in run.checks} == {"masked_label_trained"}
+def test_not_verified_says_what_the_labels_alone_establish(tmp_path):
+    """Roles unknown (no processing_class): the warning says what the labels show, next to "not verified"."""
+    copy = train(plain(tokenized(PROMPT_COMPLETION, mask_prompt=False), tmp_path, with_tokenizer=False))
+    (finding,) = copy.callback.report.findings
+    assert "not verified" in finding.message and "rows 0–1: they copy input_ids" in finding.message
+    masked = train(plain(tokenized(PROMPT_COMPLETION), tmp_path, with_tokenizer=False))
+    (finding,) = masked.callback.report.findings
+    assert "not verified" in finding.message and "mask some real tokens (-100) and the gradient trains none" in \
+        finding.message
 
 
 def test_dpo_conversational_leaves_the_template_glue_unjudged(tmp_path):

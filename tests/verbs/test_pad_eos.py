@@ -116,3 +116,14 @@ def test_cli_check_roles_from_and_collate_agree(tmp_path):
         seen[name] = sorted((f["check"], f["sample"], tuple(f["positions"])) for f in data["findings"])
         assert findings(data) == {"eos_untrained"}, (name, data["findings"])
     assert seen["check"] == seen["roles-from"] == seen["collate"]
+
+
+def test_scan_reads_the_same_roles_and_agrees_with_check(tmp_path):
+    tokenizer, model = pad_eos_tokenizer_and_model(tmp_path)
+    batch = pad_eos_batch(tokenizer)
+    save_file(batch, tmp_path / "batch.safetensors")
+    scanned = gradscope.scan(tmp_path / "batch.safetensors", tokenizer=tmp_path / "model")
+    checked = gradscope.check(model, batch, tokenizer=tokenizer, probes=())
+    assert [(f.check, f.sample, f.positions) for f in scanned.findings] == \
+        [(f.check, f.sample, f.positions) for f in checked.findings]
+    assert {f.check for f in scanned.findings} == {"eos_untrained"}
