@@ -16,6 +16,7 @@ from __future__ import annotations
 import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -156,7 +157,7 @@ def _documents(ids: list[int], edges: list[int], lookups: Sequence[RowLookup | N
         if lookup is None or not lookup.usable:
             continue
         roles, found = [UNKNOWN] * len(ids), False
-        for a, b in zip(bounds, bounds[1:]):
+        for a, b in pairwise(bounds):
             part = lookup.roles(ids[a:b]) if b > a else None
             if part is not None:
                 roles[a:b], found = part, True

@@ -51,10 +51,12 @@ PREFERENCE_KEYS = ("chosen_input_ids", "rejected_input_ids", "prompt_ids", "comp
 class GradscopeCallback(TrainerCallback):
     """Check the first optimizer step a transformers Trainer really takes, before that step changes any weight.
 
-    Roles come from a ``completion_mask`` / ``assistant_masks`` in the trainer's inputs, else from the trainer's
-    train_dataset (raw ``prompt``/``completion`` or ``messages`` columns, re-tokenized and matched by token ids),
-    else from the chat template's assistant markers; rows none of them explains are not judged, and the report
-    says so.
+    Roles are read by gradscope's one roles engine (``gradscope.data.token_roles``): a ``completion_mask`` /
+    ``assistant_masks`` in the trainer's inputs, else the trainer's train_dataset (raw ``prompt``/``completion`` or
+    ``messages`` columns, re-tokenized and matched by token ids), else the chat template's assistant markers, with
+    the template the data is rendered with (TRL's training template, kept on the trainer); rows none of them
+    explains are not judged, and the report says so. Positions the labels mask and the loss trains are an error
+    whatever the roles (``masked_label_trained``).
 
     Args:
         fail_on: ``"error"`` (default): raise ``gradscope.MaskingError`` when the step has an error finding;

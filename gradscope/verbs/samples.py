@@ -37,7 +37,9 @@ def sample_views(
     cut = batch[CUT_KEY].tolist() if CUT_KEY in batch else [0] * n
     index = batch[ROW_KEY].tolist() if ROW_KEY in batch else list(range(first, first + n))
     labels = batch.get("labels")
-    labelled = labels.cpu() != IGNORE_INDEX if isinstance(labels, torch.Tensor) and labels.shape == trained.shape else None
+    labelled: torch.Tensor | None = None  # the labels' declared intent (masked_label_trained)
+    if isinstance(labels, torch.Tensor) and labels.shape == trained.shape:
+        labelled = labels.cpu() != IGNORE_INDEX
     return [
         SampleView(
             index=int(index[b]),

@@ -20,7 +20,8 @@ runner = CliRunner()
     ("tiny-gpt2", "gpt2_clean_noroles", "unknown"),
 ])
 def test_check_with_a_loss_that_drops_the_mask_fails(model, batch, roles):
-    result = runner.invoke(app, ["check", str(FIXTURES / "models" / model), str(FIXTURES / "batches" / f"{batch}.safetensors"),
+    result = runner.invoke(app, ["check", str(FIXTURES / "models" / model),
+                                 str(FIXTURES / "batches" / f"{batch}.safetensors"),
                                  "--loss", f"{FIXTURES / 'losses.py'}:drops_the_mask", "--probes", "none",
                                  "--format", "json"])
     assert result.exit_code == 1, result.output
@@ -34,6 +35,7 @@ def test_check_with_a_loss_that_drops_the_mask_fails(model, batch, roles):
 def test_the_same_batch_with_a_loss_that_honours_the_mask_has_no_such_finding():
     result = runner.invoke(app, ["check", str(FIXTURES / "models/tiny-llama-chat"),
                                  str(FIXTURES / "batches/llama_clean.safetensors"),
-                                 "--loss", f"{FIXTURES / 'losses.py'}:token_mean", "--probes", "none", "--format", "json"])
+                                 "--loss", f"{FIXTURES / 'losses.py'}:token_mean", "--probes", "none",
+                                 "--format", "json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["findings"] == []

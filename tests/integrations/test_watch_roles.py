@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from fixtures.trainers import CHATS, COMMON, FIXTURES, MODEL, PROMPT_COMPLETION, plain, tokenized, train
 from gradscope.integrations import GradscopeCallback
@@ -115,9 +114,11 @@ def test_dpo_conversational_leaves_the_template_glue_unjudged(tmp_path):
 
     pairs = [
         {"prompt": [{"role": "user", "content": "What colour is the sky?"}],
-         "chosen": [{"role": "assistant", "content": "Blue."}], "rejected": [{"role": "assistant", "content": "Green."}]},
+         "chosen": [{"role": "assistant", "content": "Blue."}],
+         "rejected": [{"role": "assistant", "content": "Green."}]},
         {"prompt": [{"role": "user", "content": "What is 2 plus 3?"}],
-         "chosen": [{"role": "assistant", "content": "5."}], "rejected": [{"role": "assistant", "content": "Seven."}]},
+         "chosen": [{"role": "assistant", "content": "5."}],
+         "rejected": [{"role": "assistant", "content": "Seven."}]},
     ]
 
     def make(callbacks):
