@@ -139,27 +139,20 @@ def test_dpo_conversational_leaves_the_template_glue_unjudged(tmp_path):
 
 def test_pad_equal_to_eos_masked_interior_end_token_is_eos_untrained_alone(tmp_path):
     """Llama-3 style, <|eot_id|> as pad, attention_mask = ids != pad and labels[ids == pad] = -100: every turn's
-    <|eot_id|> is hidden. The callback says eos_untrained, and nothing else (no completion run on over a user turn)."""
-    from tests.verbs.test_pad_eos import pad_eos_batch, pad_eos_tokenizer_and_model
-
-    tokenizer, model = pad_eos_tokenizer_and_model(tmp_path)
-    batch = pad_eos_batch(tokenizer)
-
-    class Once(torch.utils.data.Dataset):
-        def __len__(self):
-            return 2
-
-        def __getitem__(self, i):
-            return {k: v[i] for k, v in batch.items()}
-
+    <|eot_id|> is hidden. The callback says eos_untrained, and nothing else, as check does on the same batch."""
+    from safetensors.torch import load_file
     from transformers import Trainer, TrainingArguments
 
-    def make(callbacks):
-        args = TrainingArguments(output_dir=str(tmp_path), **COMMON)
-        return Trainer(model=model, args=args, train_dataset=Once(), processing_class=tokenizer,
-                       data_collator=lambda rows: {k: torch.stack([r[k] for r in rows]) for k in rows[0]},
-                       callbacks=callbacks)
+    llama3 = FIXTURES / "models/tiny-llama3-chat"
+    batch = load_file(FIXTURES / "batches/llama3_eos_untrained_mask_by_id.safetensors")
+    rows = [{k: v[i] for k, v in batch.items()} for i in range(len(batch["input_ids"]))]
 
-    run = train(make, GradscopeCallback())
-    assert run.error is not None
+    def make(callbacks):
+        args = TrainingArguments(output_dir=str(tmp_path), **{**COMMON, "per_device_train_batch_size": 3})
+        return Trainer(model=load_model(llama3), args=args, train_dataset=rows, processing_class=load_tokenizer(llama3),
+                       data_collator=lambda r: {k: torch.stack([x[k] for x in r]) for k in r[0]}, callbacks=callbacks)
+
+    run = train(make)
+    assert run.error is not None and not run.changed
     assert {c for c, _ in run.checks} == {"eos_untrained"}
+    assert len(run.checks) == 3
