@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from fixtures.trainers import CHATS, COMMON, FIXTURES, MODEL, PROMPT_COMPLETION, plain, tokenized, train
-from gradscope.integrations import GradscopeCallback
 from gradscope.model.load import load_model, load_tokenizer
 
 pytest.importorskip("trl")
