@@ -155,3 +155,35 @@ def test_pad_equal_to_eos_masked_interior_end_token_is_eos_untrained_alone(tmp_p
     assert run.error is not None and not run.changed
     assert {c for c, _ in run.checks} == {"eos_untrained"}
     assert len(run.checks) == 3
+
+
+def test_the_engine_reads_roles_with_the_template_the_data_is_rendered_with():
+    """The same tokens, read with the tokenizer's template and with TRL's training template handed to the engine
+    (as the callback hands it what the trainer or its collator holds): only the header's "\\n" differs, prompt in
+    the first, unjudged in the second."""
+    from types import SimpleNamespace
+
+    from trl.chat_template_utils import get_training_chat_template
+
+    from gradscope.constants import PROMPT, UNKNOWN
+    from gradscope.data.token_roles import RoleSources
+    from gradscope.integrations.sources import rendered_with, step_roles
+
+    tokenizer = load_tokenizer(QWEN25)
+    training = get_training_chat_template(tokenizer)
+    assert training is not None and training != tokenizer.chat_template
+    assert rendered_with(SimpleNamespace(chat_template=training)) == training
+    assert rendered_with(SimpleNamespace(chat_template=None, data_collator=SimpleNamespace(chat_template=training))) \
+        == training
+    assert rendered_with(SimpleNamespace()) is None
+    ids = tokenizer.apply_chat_template(CHATS[1]["messages"], tokenize=True, return_dict=True)["input_ids"]
+    inputs = {"input_ids": torch.tensor([list(ids)])}
+    ends = frozenset({tokenizer.eos_token_id})
+    plain, _ = step_roles(inputs, {}, tokenizer, ends, RoleSources())
+    swapped, names = step_roles(inputs, {}, tokenizer, ends, RoleSources(chat_template=training))
+    assert names == ["chat_template"]
+    differ = (plain != swapped).nonzero()[:, 1].tolist()
+    header = tokenizer("<|im_start|>assistant", add_special_tokens=False)["input_ids"]
+    newline = [t for t in range(len(ids)) if list(ids[t - len(header) : t]) == header]
+    assert differ == newline and len(differ) == 1
+    assert plain[0, differ[0]] == PROMPT and swapped[0, differ[0]] == UNKNOWN
