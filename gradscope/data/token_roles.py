@@ -7,8 +7,13 @@ transformers', axolotl's, LLaMA-Factory's and torchtune's collators never emit o
 1. a role tensor in the batch (``gradscope_roles``, ``completion_mask``, ``assistant_masks``);
 2. the raw rows the batch was made from (``roles_from``), tokenized again and matched token by token;
 3. ``response_template`` (and ``instruction_template``) as token sequences found in each row;
-4. the tokenizer's chat template: each assistant turn's opening and closing markers, learnt from probe chats;
+4. the chat template the data is rendered with (``RoleSources.chat_template``, else the tokenizer's): each assistant
+   turn's opening and closing markers, learnt from probe chats;
 5. none: the row's roles are unknown, and the reason says why.
+
+A trainer's rows (the callback's ``dataset`` and ``preference`` lookups, matched by token ids per packed document)
+come before 2-4; preference rows before the role tensor too. Every route reads the tokens a row holds
+(``held_tokens``: an end token a 2D mask hides between real tokens is the EOS, not padding).
 """
 
 from __future__ import annotations
@@ -107,7 +112,8 @@ def batch_roles(batch: Mapping[str, Any], tokenizer: Any, end_token_ids: frozens
     held, starts = held_tokens(batch, end_token_ids), document_starts(batch)
     key = next((k for k in (ROLE_CODES_KEY, *ROLE_KEYS) if k in batch), None)
     if key is not None:
-        preferred = _looked_up(batch, held, starts, sources.preference, _glue_of(tokenizer, end_token_ids, sources))
+        glue = _glue_of(tokenizer, end_token_ids, sources)
+        preferred = _looked_up(batch, held, starts, sources.preference, glue, end_token_ids)
         if preferred is None:
             return BatchRoles(None, [key] * rows, [None] * rows)
         return BatchRoles(preferred, [LOOKUP_SOURCE] * rows, [None] * rows)
@@ -120,7 +126,7 @@ def batch_roles(batch: Mapping[str, Any], tokenizer: Any, end_token_ids: frozens
         positions = held[b].nonzero().flatten()
         ids = batch["input_ids"][b][positions].tolist()
         edges = [int(e) for e in (starts[b][positions].nonzero().flatten())]
-        looked = _documents(ids, edges, (sources.preference, sources.dataset), glue)
+        looked = _documents(ids, edges, (sources.preference, sources.dataset), glue, end_token_ids)
         name, roles, reason = (LOOKUP_SOURCE, looked, None) if looked is not None else read(ids, int(index[b]))
         if roles is not None:
             codes[b, positions] = torch.tensor(roles, dtype=torch.long)
@@ -133,7 +139,7 @@ def batch_roles(batch: Mapping[str, Any], tokenizer: Any, end_token_ids: frozens
 
 
 def _looked_up(batch: Mapping[str, Any], held: torch.Tensor, starts: torch.Tensor, lookup: RowLookup | None,
-               glue: list[int] | None) -> torch.Tensor | None:
+               glue: list[int] | None, ends: frozenset[int]) -> torch.Tensor | None:
     """Role codes of every row from ``lookup``, or None unless it gives every row's."""
     if lookup is None or not lookup.usable:
         return None
@@ -141,15 +147,15 @@ def _looked_up(batch: Mapping[str, Any], held: torch.Tensor, starts: torch.Tenso
     for b in range(len(codes)):
         positions = held[b].nonzero().flatten()
         ids = batch["input_ids"][b][positions].tolist()
-        roles = _documents(ids, [int(e) for e in starts[b][positions].nonzero().flatten()], (lookup,), glue)
+        roles = _documents(ids, [int(e) for e in starts[b][positions].nonzero().flatten()], (lookup,), glue, ends)
         if roles is None:
             return None
         codes[b, positions] = torch.tensor(roles, dtype=torch.long)
     return codes
 
 
-def _documents(ids: list[int], edges: list[int], lookups: Sequence[RowLookup | None],
-               glue: list[int] | None) -> list[int] | None:
+def _documents(ids: list[int], edges: list[int], lookups: Sequence[RowLookup | None], glue: list[int] | None,
+               ends: frozenset[int]) -> list[int] | None:
     """Roles of a row's documents (split at ``edges``) from the first lookup that finds any of them; documents it
     does not find stay UNKNOWN. The template's glue after a closing token is not judged (``unjudged_glue``)."""
     bounds = [0, *[e for e in edges if e > 0], len(ids)]
@@ -162,17 +168,17 @@ def _documents(ids: list[int], edges: list[int], lookups: Sequence[RowLookup | N
             if part is not None:
                 roles[a:b], found = part, True
         if found:
-            return unjudged_glue(roles, ids, glue) if glue else roles
+            return unjudged_glue(roles, ids, glue, ends) if glue else roles
     return None
 
 
-def unjudged_glue(roles: list[int], ids: list[int], glue: list[int]) -> list[int]:
+def unjudged_glue(roles: list[int], ids: list[int], glue: list[int], ends: frozenset[int]) -> list[int]:
     """``roles`` with the template's glue (ChatML's ``\n`` after ``<|im_end|>``) unjudged where a completion's
     closing token is followed by it inside the completion: the model stops at the closing token and never
     generates the glue (preference rows put it in the chosen and rejected ids)."""
     out, n = list(roles), len(glue)
     for t in range(len(ids) - n):
-        if out[t] == COMPLETION and out[t + 1] == COMPLETION and ids[t + 1 : t + 1 + n] == glue:
+        if ids[t] in ends and out[t] == out[t + 1] == COMPLETION and ids[t + 1 : t + 1 + n] == glue:
             if t + 1 + n == len(ids) or out[t + 1 + n] != COMPLETION:
                 out[t + 1 : t + 1 + n] = [UNKNOWN] * n
     return out

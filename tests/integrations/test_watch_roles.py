@@ -187,3 +187,19 @@ def test_the_engine_reads_roles_with_the_template_the_data_is_rendered_with():
     newline = [t for t in range(len(ids)) if list(ids[t - len(header) : t]) == header]
     assert differ == newline and len(differ) == 1
     assert plain[0, differ[0]] == PROMPT and swapped[0, differ[0]] == UNKNOWN
+
+
+def test_glue_is_unjudged_only_right_after_a_closing_token_at_the_completion_end():
+    from gradscope.constants import COMPLETION as C
+    from gradscope.constants import PROMPT as P
+    from gradscope.constants import UNKNOWN as U
+    from gradscope.data.token_roles import unjudged_glue
+
+    end, nl = 2, 202
+    ends = frozenset({end})
+    # prompt, answer "5 <end> \n": the "\n" after the closing token is glue
+    assert unjudged_glue([P, P, C, C, C], [7, 8, 5, end, nl], [nl], ends) == [P, P, C, C, U]
+    # an answer that itself ends with "\n" (no closing token before it) keeps it as completion
+    assert unjudged_glue([P, P, C, C, C], [7, 8, 5, 6, nl], [nl], ends) == [P, P, C, C, C]
+    # a "\n" after the closing token but inside a longer completion (the next turn's text) is completion too
+    assert unjudged_glue([P, C, C, C, C], [7, 5, end, nl, 9], [nl], ends) == [P, C, C, C, C]
