@@ -39,3 +39,18 @@ def test_the_same_batch_with_a_loss_that_honours_the_mask_has_no_such_finding():
                                  "--format", "json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["findings"] == []
+
+
+def test_not_verified_says_what_the_labels_alone_establish():
+    """Roles unknown (GPT-2, no chat template): next to "not verified", what the labels alone show."""
+    def unknown(batch: str) -> str:
+        result = runner.invoke(app, ["check", str(FIXTURES / "models/tiny-gpt2"), str(FIXTURES / "batches" / batch),
+                                     "--probes", "none", "--format", "json"])
+        (finding,) = [f for f in json.loads(result.stdout)["findings"] if f["check"] == "roles_unknown"]
+        assert "not verified" in finding["message"]
+        return finding["message"]
+
+    assert "the labels train every real token of samples 0–2: they copy input_ids" in \
+        unknown("gpt2_prompt_leak_noroles.safetensors")
+    assert "the labels of samples 0–2 mask some real tokens (-100) and the gradient trains none of them" in \
+        unknown("gpt2_clean_noroles.safetensors")
