@@ -53,6 +53,31 @@ def completion_truncated(s: SampleView) -> Finding | None:
     )
 
 
+def masked_label_trained(s: SampleView) -> Finding | None:
+    """A position the labels mask (-100) is trained: the loss does not honour the labels' mask.
+
+    The labels are the pipeline's declared intent and need no roles, so this holds on every route. It is a root
+    cause: what the labels say about prompt, padding and end tokens cannot be read from a gradient that ignores them.
+    """
+    if s.labelled is None:
+        return None
+    leaked = s.where(s.trained & ~s.labelled)
+    if not leaked:
+        return None
+    return Finding(
+        "masked_label_trained",
+        "error",
+        s.index,
+        leaked,
+        f"{len(leaked)} {_tokens(len(leaked))} {format_positions(leaked)} whose label is -100 "
+        f"{'is' if len(leaked) == 1 else 'are'} trained: the loss does not honour labels == -100, so every token "
+        "the pipeline masked (prompt, padding) is trained anyway. Usual causes: a custom loss or compute_loss_func "
+        "without ignore_index=-100 (or one that replaces or clamps -100 to a real token id), a fused or kernel loss "
+        "that drops the mask (TRL with use_liger_kernel ignoring assistant_only_loss / completion_only_loss, trl "
+        "#3781). Use cross_entropy(..., ignore_index=-100) or weight each token's loss by labels != -100.",
+    )
+
+
 def label_misaligned(s: SampleView) -> Finding | None:
     """A trained token is pushed toward a target other than itself (labels shifted twice, off by one).
 
@@ -239,7 +264,7 @@ def boundary_leak(s: SampleView) -> Finding | None:
 
 
 FUNCTIONS: dict[str, Check] = {check.__name__: check for check in (
-    no_loss, label_misaligned, prompt_leak, pad_leak, completion_untrained, eos_untrained, completion_truncated,
+    no_loss, masked_label_trained, label_misaligned, prompt_leak, pad_leak, completion_untrained, eos_untrained, completion_truncated,
     boundary_leak, *LAYOUT_CHECKS,
 )}
 """The per-sample check functions by the name their findings carry (``eos_untrained`` also gives

@@ -31,6 +31,7 @@ class SampleView:
     media_token_ids: frozenset[int] = frozenset()  # image/video/audio placeholders (media_tokens_trained)
     boundaries_known: bool = False  # document_starts were read from the batch (the packing probe ran)
     prefills: tuple[tuple[int, ...], ...] = ()  # the chat template's generation-prompt prefills (prefill_trained)
+    labelled: torch.Tensor | None = None  # bool: labels[t] != -100, the pipeline's declared intent; None: no labels
 
     @property
     def roles_known(self) -> bool:

@@ -258,6 +258,20 @@ def real_tokens(batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
     return torch.ones(batch["input_ids"].shape, dtype=torch.bool)
 
 
+def held_tokens(batch: Mapping[str, torch.Tensor], end_token_ids: Collection[int]) -> torch.Tensor:
+    """(B, T) bool on the CPU: the tokens each row holds: its real tokens and, between its first and last real
+    token, the end tokens a 2D attention mask hides. With pad == eos and ``attention_mask = ids != pad`` every turn's
+    end token is hidden, yet it is the model's EOS, not padding: padding never sits between real tokens."""
+    real = real_tokens(batch)
+    if not end_token_ids or bool(real.all()):
+        return real
+    ids = batch["input_ids"].cpu()
+    ends = torch.isin(ids, torch.tensor(sorted(end_token_ids), dtype=ids.dtype))
+    before = real.long().cumsum(1) > 0
+    after = real.flip(1).long().cumsum(1).flip(1) > 0
+    return real | (ends & before & after)
+
+
 def collate(rows: Sequence[Mapping[str, Sequence[int]]], pad_token_id: int) -> dict[str, torch.Tensor]:
     """Right-pad pre-tokenized rows into a batch, as the standard collators do.
 

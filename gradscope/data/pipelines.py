@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from gradscope.constants import CUT_KEY, ROLE_CODES_KEY, ROW_KEY, UNKNOWN
-from gradscope.data.batch import COMPLETION, collate, real_tokens
+from gradscope.data.batch import COMPLETION, collate, held_tokens
 from gradscope.data.roles import RoleRow, RoleSpec, derive_rows
 from gradscope.errors import DataError
 
@@ -161,8 +161,9 @@ def attach_roles(
     cut = torch.zeros(len(ids), dtype=torch.long)
     held: list[set[int]] = [set() for _ in range(len(ids))]
     matcher = _Matcher(rows)
+    holds = held_tokens(batch, () if pad_token_id is None else (pad_token_id,))
     for b in range(len(ids)):
-        for start, stop in _sequences(batch, b):
+        for start, stop in _sequences(batch, b, holds[b]):
             seq = ids[b, start:stop].tolist()
             for offset, row, first, length in matcher.match(seq, strict, pad_token_id, b):
                 codes[b, start + offset : start + offset + length] = torch.tensor(row.roles[first : first + length])
@@ -183,10 +184,10 @@ def _rest_masked(ids: torch.Tensor, at: int, row: RoleRow, first: int, length: i
     return first == 0 and ids[at + length : at + length + len(rest)].tolist() == rest
 
 
-def _sequences(batch: Mapping[str, torch.Tensor], b: int) -> list[tuple[int, int]]:
-    """(start, stop) of each sequence in row b: runs of attention_mask 1, split where position_ids restart at 0."""
+def _sequences(batch: Mapping[str, torch.Tensor], b: int, real: torch.Tensor) -> list[tuple[int, int]]:
+    """(start, stop) of each sequence in row b: runs of the tokens it holds (``held_tokens``: attention_mask 1, and
+    hidden pad ids between real tokens), split where position_ids restart at 0."""
     length = batch["input_ids"].shape[1]
-    real = real_tokens(batch)[b]
     starts = torch.zeros(length, dtype=torch.bool)
     positions = batch.get("position_ids")
     if isinstance(positions, torch.Tensor) and positions.dim() == 2:

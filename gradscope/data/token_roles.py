@@ -7,8 +7,13 @@ transformers', axolotl's, LLaMA-Factory's and torchtune's collators never emit o
 1. a role tensor in the batch (``gradscope_roles``, ``completion_mask``, ``assistant_masks``);
 2. the raw rows the batch was made from (``roles_from``), tokenized again and matched token by token;
 3. ``response_template`` (and ``instruction_template``) as token sequences found in each row;
-4. the tokenizer's chat template: each assistant turn's opening and closing markers, learnt from probe chats;
+4. the chat template the data is rendered with (``RoleSources.chat_template``, else the tokenizer's): each assistant
+   turn's opening and closing markers, learnt from probe chats;
 5. none: the row's roles are unknown, and the reason says why.
+
+A trainer's rows (the callback's ``dataset`` and ``preference`` lookups, matched by token ids per packed document)
+come before 2-4; preference rows before the role tensor too. Every route reads the tokens a row holds
+(``held_tokens``: an end token a 2D mask hides between real tokens is the EOS, not padding).
 """
 
 from __future__ import annotations
@@ -16,13 +21,14 @@ from __future__ import annotations
 import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
 from gradscope.constants import COMPLETION, PROMPT, ROLE_CODES_KEY, ROLE_KEYS, ROW_KEY, UNKNOWN
-from gradscope.data.batch import real_tokens
+from gradscope.data.batch import document_starts, held_tokens
 from gradscope.data.load import load_role_rows
 from gradscope.data.pipelines import DataOptions
 from gradscope.data.roles import TRAIN_ON, RoleRow, find_subsequence
@@ -30,6 +36,7 @@ from gradscope.data.templates import TemplateMarkers, template_markers
 from gradscope.errors import DataError
 
 UNKNOWN_SOURCE = "unknown"
+LOOKUP_SOURCE = "train_dataset"
 
 
 @dataclass
@@ -42,6 +49,11 @@ class RoleSources:
         roles_from: The raw rows the batch was made from, tokenized and split into roles, in data order.
         roles_from_path: Where those rows came from, for error messages.
         train_on: ``all-assistant`` or ``last-assistant`` for chat-template markers.
+        chat_template: The template the data is really rendered with, when it is not the tokenizer's (TRL's
+            training template swapped in for ``assistant_only_loss``, a ``chat_template`` given to a collator).
+        dataset: The trainer's dataset rows, looked up by token ids per packed document (``train_dataset``).
+        preference: Preference rows (prompt + chosen / rejected ids), looked up the same way; they win over a role
+            tensor in the batch when they give every row's roles, since the collator's mask is what is under test.
     """
 
     response_template: str | None = None
@@ -49,6 +61,18 @@ class RoleSources:
     roles_from: Sequence[RoleRow] | None = None
     roles_from_path: str | None = None
     train_on: str = "all-assistant"
+    chat_template: str | None = None
+    dataset: RowLookup | None = None
+    preference: RowLookup | None = None
+
+
+class RowLookup(Protocol):
+    """Roles of a document found by its token ids in rows the trainer was given (its train_dataset)."""
+
+    usable: bool
+
+    def roles(self, ids: list[int]) -> list[int] | None:
+        """Role codes of the row whose tokens are ``ids``, or None when there is none."""
 
 
 @dataclass
@@ -85,23 +109,87 @@ def batch_roles(batch: Mapping[str, Any], tokenizer: Any, end_token_ids: frozens
     """
     sources = sources or RoleSources()
     rows = len(batch["input_ids"])
+    held, starts = held_tokens(batch, end_token_ids), document_starts(batch)
     key = next((k for k in (ROLE_CODES_KEY, *ROLE_KEYS) if k in batch), None)
     if key is not None:
-        return BatchRoles(None, [key] * rows, [None] * rows)
-    real = real_tokens(batch)
+        glue = _glue_of(tokenizer, end_token_ids, sources)
+        preferred = _looked_up(batch, held, starts, sources.preference, glue, end_token_ids)
+        if preferred is None:
+            return BatchRoles(None, [key] * rows, [None] * rows)
+        return BatchRoles(preferred, [LOOKUP_SOURCE] * rows, [None] * rows)
     index = batch[ROW_KEY].tolist() if ROW_KEY in batch else list(range(first_row, first_row + rows))
     codes = torch.full(batch["input_ids"].shape, UNKNOWN, dtype=torch.long)
     names, reasons = [], []
     read = RowRoles(tokenizer, end_token_ids, sources)
+    glue = _glue_of(tokenizer, end_token_ids, sources) if sources.preference is not None else None
     for b in range(rows):
-        positions = real[b].nonzero().flatten()
+        positions = held[b].nonzero().flatten()
         ids = batch["input_ids"][b][positions].tolist()
-        name, roles, reason = read(ids, int(index[b]))
+        edges = [int(e) for e in (starts[b][positions].nonzero().flatten())]
+        looked = _documents(ids, edges, (sources.preference, sources.dataset), glue, end_token_ids)
+        name, roles, reason = (LOOKUP_SOURCE, looked, None) if looked is not None else read(ids, int(index[b]))
         if roles is not None:
             codes[b, positions] = torch.tensor(roles, dtype=torch.long)
         names.append(name)
         reasons.append(reason)
     return BatchRoles(codes, names, reasons)
+
+
+# --- rows the trainer was given, looked up by token ids ---------------------------------------------------------
+
+
+def _looked_up(batch: Mapping[str, Any], held: torch.Tensor, starts: torch.Tensor, lookup: RowLookup | None,
+               glue: list[int] | None, ends: frozenset[int]) -> torch.Tensor | None:
+    """Role codes of every row from ``lookup``, or None unless it gives every row's."""
+    if lookup is None or not lookup.usable:
+        return None
+    codes = torch.full(batch["input_ids"].shape, UNKNOWN, dtype=torch.long)
+    for b in range(len(codes)):
+        positions = held[b].nonzero().flatten()
+        ids = batch["input_ids"][b][positions].tolist()
+        roles = _documents(ids, [int(e) for e in starts[b][positions].nonzero().flatten()], (lookup,), glue, ends)
+        if roles is None:
+            return None
+        codes[b, positions] = torch.tensor(roles, dtype=torch.long)
+    return codes
+
+
+def _documents(ids: list[int], edges: list[int], lookups: Sequence[RowLookup | None], glue: list[int] | None,
+               ends: frozenset[int]) -> list[int] | None:
+    """Roles of a row's documents (split at ``edges``) from the first lookup that finds any of them; documents it
+    does not find stay UNKNOWN. The template's glue after a closing token is not judged (``unjudged_glue``)."""
+    bounds = [0, *[e for e in edges if e > 0], len(ids)]
+    for lookup in lookups:
+        if lookup is None or not lookup.usable:
+            continue
+        roles, found = [UNKNOWN] * len(ids), False
+        for a, b in pairwise(bounds):
+            part = lookup.roles(ids[a:b]) if b > a else None
+            if part is not None:
+                roles[a:b], found = part, True
+        if found:
+            return unjudged_glue(roles, ids, glue, ends) if glue else roles
+    return None
+
+
+def unjudged_glue(roles: list[int], ids: list[int], glue: list[int], ends: frozenset[int]) -> list[int]:
+    """``roles`` with the template's glue (ChatML's ``\n`` after ``<|im_end|>``) unjudged where a completion's
+    closing token is followed by it inside the completion: the model stops at the closing token and never
+    generates the glue (preference rows put it in the chosen and rejected ids)."""
+    out, n = list(roles), len(glue)
+    for t in range(len(ids) - n):
+        if ids[t] in ends and out[t] == out[t + 1] == COMPLETION and ids[t + 1 : t + 1 + n] == glue:
+            if t + 1 + n == len(ids) or out[t + 1 + n] != COMPLETION:
+                out[t + 1 : t + 1 + n] = [UNKNOWN] * n
+    return out
+
+
+def _glue_of(tokenizer: Any, ends: frozenset[int], sources: RoleSources) -> list[int] | None:
+    """The chat template's glue tokens after a closing token, when the rows are chats under a readable template."""
+    if sources.preference is None or not sources.preference.usable:
+        return None
+    markers, _ = chat_markers(tokenizer, ends, sources.chat_template)
+    return markers.glue if markers is not None and markers.glue else None
 
 
 class RowRoles:
@@ -113,6 +201,7 @@ class RowRoles:
 
     def __init__(self, tokenizer: Any, end_token_ids: frozenset[int], sources: RoleSources | None = None) -> None:
         self.readers = _readers(tokenizer, end_token_ids, sources or RoleSources())
+        self.end_token_ids = end_token_ids
         nothing = self.readers[0][1] if isinstance(self.readers[0][1], _NoSource) else None
         self.available = nothing is None
         self.reason = None if nothing is None else nothing.reason
@@ -162,7 +251,7 @@ def _readers(tokenizer: Any, ends: frozenset[int], sources: RoleSources) -> list
         if tokenizer is None:
             raise DataError("response_template needs a tokenizer to turn it into tokens")
         readers.append(("response_template", _ResponseTemplate(tokenizer, sources, ends)))
-    markers, why = chat_markers(tokenizer, ends)
+    markers, why = chat_markers(tokenizer, ends, sources.chat_template)
     if markers is not None:
         readers.append(("chat_template", lambda ids, row: _marker_roles(markers, ids, sources.train_on)))
     elif not readers:
@@ -248,11 +337,15 @@ def _template_ids(tokenizer: Any, text: str) -> list[int]:
 _MARKERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def chat_markers(tokenizer: Any, ends: frozenset[int]) -> tuple[TemplateMarkers | None, str]:
-    """The tokenizer's chat-template markers (learnt once per tokenizer and end tokens), or None and why not."""
+def chat_markers(tokenizer: Any, ends: frozenset[int],
+                 chat_template: str | None = None) -> tuple[TemplateMarkers | None, str]:
+    """The chat-template markers (learnt once per tokenizer, template and end tokens), or None and why not.
+
+    ``chat_template`` is the template the data is rendered with when it is not the tokenizer's own.
+    """
     if tokenizer is None:
         return None, "no tokenizer was given"
-    template = getattr(tokenizer, "chat_template", None)
+    template = chat_template or getattr(tokenizer, "chat_template", None)
     if not template:
         return None, "the tokenizer has no chat template"
     try:
@@ -261,7 +354,7 @@ def chat_markers(tokenizer: Any, ends: frozenset[int]) -> tuple[TemplateMarkers 
         cache = {}
     key = (str(template), ends)
     if key not in cache:
-        cache[key] = template_markers(tokenizer, ends)
+        cache[key] = template_markers(tokenizer, ends, chat_template)
     if cache[key] is None:
         return None, "the chat template's assistant markers could not be learnt from probe chats"
     return cache[key], ""

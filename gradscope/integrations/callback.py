@@ -22,6 +22,7 @@ from typing import Any
 
 from torch import nn
 
+from gradscope.integrations.sources import rendered_with
 from gradscope.integrations.watch import FailOn, StepWatcher, format_watched
 from gradscope.report import Report
 
@@ -95,6 +96,7 @@ class GradscopeCallback(TrainerCallback):
         self.trainer = self.trainer or _calling_trainer()
         self.watcher.label_smoothing = getattr(getattr(self.trainer, "label_smoother", None), "epsilon", 0.0)
         self.watcher.dataset = getattr(self.trainer, "train_dataset", None)
+        self.watcher.chat_template = rendered_with(self.trainer)
         self.watcher.attach(model)
         if self.trainer is not None:
             self._wrap_compute_loss(self.trainer)

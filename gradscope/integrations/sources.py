@@ -1,34 +1,23 @@
-"""Where the watched step's roles come from, in order: the prompt_ids / completion_ids of an RL trainer's inputs
-(GRPO), role tensors in the trainer's inputs, the trainer's own train_dataset (its raw prompt/completion or
-messages columns, re-tokenized by gradscope and matched to the batch by token ids), else the chat template's
-assistant markers. A row none of them explains is *not judged* (roles unknown): a non-chat prompt-completion row
-is never called all-prompt."""
+"""What the watched step gives the roles engine (``gradscope.data.token_roles``) to read roles from: the
+prompt_ids / completion_ids of an RL trainer's inputs (GRPO), role tensors in the trainer's inputs, the trainer's
+own train_dataset (its raw prompt/completion or messages columns, re-tokenized by gradscope and matched to the batch
+by token ids; preference rows' prompt + chosen / rejected ids), and the template the data is rendered with. The
+engine reads them in its one order; a row none of them explains is *not judged* (roles unknown): a non-chat
+prompt-completion row is never called all-prompt."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from itertools import pairwise
 from typing import Any
 
 import torch
 
-from gradscope.constants import COMPLETION, PROMPT, ROLE_KEYS, UNKNOWN
-from gradscope.data.batch import document_starts, real_tokens
+from gradscope.constants import COMPLETION, PROMPT, ROLE_KEYS
+from gradscope.data.batch import roles
 from gradscope.data.roles import RoleSpec, derive, row_kind
-from gradscope.data.templates import TemplateMarkers, template_markers
+from gradscope.data.token_roles import UNKNOWN_SOURCE, RoleSources, batch_roles
 from gradscope.errors import DataError
-
-
-def from_inputs(inputs: Mapping[str, Any], *others: Mapping[str, Any]) -> torch.Tensor | None:
-    """Role codes (B, T) from a completion_mask / assistant_masks of input_ids' shape, in any of the mappings."""
-    shape = inputs["input_ids"].shape
-    for source in (inputs, *others):
-        for key in ROLE_KEYS:
-            mask = source.get(key)
-            if isinstance(mask, torch.Tensor) and mask.shape == shape:
-                return torch.where(mask.detach().cpu().bool(), COMPLETION, PROMPT)
-    return None
 
 
 class DatasetRoles:
@@ -148,72 +137,29 @@ def rl_rows(inputs: Mapping[str, Any], given: Mapping[str, Any]) -> RLRows | Non
     return RLRows(codes[rows], [b for b, j in enumerate(rows) if not active[j]])
 
 
-def row_roles(ids: torch.Tensor, starts: torch.Tensor, real: torch.Tensor, dataset: DatasetRoles | PreferenceRoles | None,
-              markers: TemplateMarkers | LazyMarkers | None, train_on: str) -> tuple[list[int], str | None]:
-    """Role codes of one row and what gave them: each packed document (its real tokens, padding after them) looked
-    up in the dataset, else the template's markers over the row; UNKNOWN where neither applies."""
-    ids_list, keep = ids.tolist(), real.tolist()
-    codes = [UNKNOWN] * len(ids_list)
-    if dataset is not None and dataset.usable:
-        edges = [0, *starts.nonzero().flatten().tolist(), len(ids_list)]
-        found = False
-        for a, b in pairwise(edges):
-            n = sum(keep[a:b])
-            roles = dataset.roles(ids_list[a : a + n]) if n and all(keep[a : a + n]) else None
-            if roles is not None:
-                codes[a : a + n], found = roles, True
-        if found:
-            return codes, "train_dataset"
-    if markers is not None:
-        marked = markers.roles(ids_list, train_on)
-        if COMPLETION in marked:
-            return marked, "chat_template"
-    return codes, None
+def step_roles(inputs: Mapping[str, Any], context: Mapping[str, Any], tokenizer: Any, ends: frozenset[int],
+               sources: RoleSources) -> tuple[torch.Tensor, list[str | None]]:
+    """Role codes (B, T) of one observed forward and, per row, which source gave them (None: not judged), read by
+    the roles engine (``gradscope.data.token_roles.batch_roles``) like every other route. A role tensor the trainer's
+    ``compute_loss`` received but the model did not is the batch's too."""
+    batch = dict(inputs)
+    given = context.get("inputs", {})
+    for key in ROLE_KEYS:
+        mask = given.get(key)
+        if key not in batch and isinstance(mask, torch.Tensor) and mask.shape == inputs["input_ids"].shape:
+            batch[key] = mask.detach().cpu()
+    read = batch_roles(batch, tokenizer, ends, sources)
+    if read.codes is None:  # the batch's own role tensor, as the checks read it
+        return roles(batch), ["inputs"] * len(read.sources)
+    return read.codes, [None if name == UNKNOWN_SOURCE else name for name in read.sources]
 
 
-def batch_roles(inputs: Mapping[str, Any], context: Mapping[str, Any], dataset: DatasetRoles | None,
-                markers: TemplateMarkers | LazyMarkers | None, train_on: str,
-                preference: PreferenceRoles | None = None) -> tuple[torch.Tensor, list[str | None]]:
-    """Role codes (B, T) for one observed forward and, per row, which source gave them (None: not judged).
-
-    Preference rows take their roles from the dataset's prompt/chosen/rejected ids first (the collator's
-    completion_mask is what is under test there); otherwise a role tensor in the inputs wins.
-    """
-    rows = len(inputs["input_ids"])
-    starts, real = document_starts(inputs), real_tokens(inputs)
-    if preference is not None and preference.usable:
-        pairs = [row_roles(inputs["input_ids"][b], starts[b], real[b], preference, None, train_on) for b in range(rows)]
-        if all(source is not None for _, source in pairs):
-            return torch.tensor([codes for codes, _ in pairs], dtype=torch.long), ["train_dataset"] * rows
-    given = from_inputs(inputs, context.get("inputs", {}))
-    if given is not None:
-        return given, ["inputs"] * rows
-    codes, sources = [], []
-    for b in range(rows):
-        row, source = row_roles(inputs["input_ids"][b], starts[b], real[b], dataset, markers, train_on)
-        codes.append(row)
-        sources.append(source)
-    return torch.tensor(codes, dtype=torch.long), sources
-
-
-def chat_markers(tokenizer: Any, ends: frozenset[int]) -> TemplateMarkers | None:
-    """The tokenizer's chat-template markers, or None without a template gradscope can read."""
-    if tokenizer is None or not getattr(tokenizer, "chat_template", None):
-        return None
-    return template_markers(tokenizer, ends)
-
-
-class LazyMarkers:
-    """The chat template's markers, learnt the first time a row needs them: most watched steps never do (the inputs
-    or the train_dataset give every row's roles), and learning them renders a dozen probe chats."""
-
-    def __init__(self, tokenizer: Any, ends: frozenset[int]) -> None:
-        self.tokenizer, self.ends = tokenizer, ends
-        self._markers: TemplateMarkers | None = None
-        self._learnt = False
-
-    def roles(self, ids: list[int], train_on: str = "all-assistant") -> list[int]:
-        """The markers' roles of ``ids``; every token UNKNOWN without a template gradscope can read."""
-        if not self._learnt:
-            self._markers, self._learnt = chat_markers(self.tokenizer, self.ends), True
-        return [UNKNOWN] * len(ids) if self._markers is None else self._markers.roles(ids, train_on)
+def rendered_with(trainer: Any) -> str | None:
+    """The chat template the trainer's data is really rendered with when it is not the tokenizer's: TRL keeps the
+    training template it swaps in for ``assistant_only_loss`` on the trainer (``chat_template``); a collator may be
+    given one."""
+    for owner in (trainer, getattr(trainer, "data_collator", None)):
+        template = getattr(owner, "chat_template", None)
+        if isinstance(template, str) and template:
+            return template
+    return None

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from gradscope.checks.masking import analyze
-from gradscope.checks.roles import roles_unknown
+from gradscope.checks.roles import label_facts, labels_evidence, roles_unknown
 from gradscope.checks.step import StepTokens, step_scale
 from gradscope.checks.structure import mean_weights
 from gradscope.constants import IGNORE_INDEX, ROLE_CODES_KEY
@@ -139,7 +139,8 @@ def rank_verdict(rank: int, records: list[tuple[int, Observed, torch.Tensor, lis
             out.samples.append(WatchedSample(**vars(sample), rank=rank, micro_batch=micro, row=b,
                                              read_at=record.where, roles_from=sources[b]))
         unjudged = [b for b, source in enumerate(sources) if source is None]
-        finding = roles_unknown(unjudged, [unknown_reason], noun="row", hint=WATCHED_ROLES_HINT)
+        finding = roles_unknown(unjudged, [unknown_reason], noun="row", hint=WATCHED_ROLES_HINT,
+                                evidence=labels_evidence(*label_facts([views[b] for b in unjudged]), noun="row"))
         if finding is not None:
             out.findings.append(WatchedFinding(**vars(finding), rank=rank, micro_batch=micro))
         # Weights are compared where the gradient is the loss of the token itself (a wrong target has no such weight).

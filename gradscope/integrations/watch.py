@@ -35,7 +35,8 @@ from gradscope.data.roles import TRAIN_ON, RoleSpec
 from gradscope.data.tokens import default_end_token_ids, media_token_ids, resolve_pad_token_id
 from gradscope.errors import GradscopeError, MaskingError
 from gradscope.integrations.observe import Observed, Observer, causal_lm, input_embeddings
-from gradscope.integrations.sources import DatasetRoles, LazyMarkers, PreferenceRoles, batch_roles, rl_rows
+from gradscope.data.token_roles import RoleSources
+from gradscope.integrations.sources import DatasetRoles, PreferenceRoles, rl_rows, step_roles
 from gradscope.integrations.verdict import RankVerdict, WatchedSample, gather, merge, rank_verdict
 from gradscope.model.prepare import describe_model
 from gradscope.report import Report
@@ -71,6 +72,8 @@ class StepWatcher:
         tokenizer: The loop's tokenizer: for the dataset rows, the chat template and the end tokens.
         dataset: Rows with ``input_ids`` and raw ``prompt``/``completion`` or ``messages`` columns (a
             ``datasets.Dataset`` or a list of dicts).
+        chat_template: The chat template the data is really rendered with, when it is not the tokenizer's (TRL's
+            training template for ``assistant_only_loss``, a collator's ``chat_template``).
         fail_on: ``"error"`` (default): raise ``gradscope.MaskingError`` when the step has an error finding;
             ``"warning"``: on any finding; ``None``: only log.
         train_on: ``all-assistant`` or ``last-assistant``: which assistant turns are completion.
@@ -85,6 +88,7 @@ class StepWatcher:
     """
 
     def __init__(self, model: nn.Module | None = None, *, tokenizer: Any = None, dataset: Any = None,
+                 chat_template: str | None = None,
                  fail_on: FailOn = "error", train_on: str = "all-assistant",
                  end_token_ids: frozenset[int] | None = None, label_smoothing: float = 0.0,
                  report_path: str | Path | None = None, rank_reduction: Literal["mean", "sum"] = "mean",
@@ -96,6 +100,7 @@ class StepWatcher:
         if rank_reduction not in ("mean", "sum"):
             raise ValueError(f"rank_reduction must be 'mean' or 'sum', not {rank_reduction!r}")
         self.tokenizer, self.dataset, self.fail_on, self.train_on = tokenizer, dataset, fail_on, train_on
+        self.chat_template = chat_template
         self.end_token_ids, self.label_smoothing, self.report_path = end_token_ids, label_smoothing, report_path
         self.rank_reduction, self.name = rank_reduction, name
         self.report: Report | None = None
@@ -215,13 +220,15 @@ class StepWatcher:
     def _rank_verdict(self, observer: Observer) -> RankVerdict:
         lm, tokenizer = observer.lm, self.tokenizer
         ends = frozenset(self.end_token_ids) if self.end_token_ids is not None else default_end_token_ids(lm, tokenizer)
-        spec = RoleSpec(ends, train_on=self.train_on)
+        spec = RoleSpec(ends, train_on=self.train_on, chat_template=self.chat_template)
         rows = as_dataset(self.dataset)
         dataset = DatasetRoles(rows, tokenizer, spec) if rows is not None else None
         preference = PreferenceRoles(rows)
-        markers, notes, idle = LazyMarkers(tokenizer, ends), [], []
+        sources = RoleSources(train_on=self.train_on, chat_template=self.chat_template, dataset=dataset,
+                              preference=preference)
+        notes, idle = [], []
         prepared: list[tuple[int, Observed, torch.Tensor, list[str | None]]] = []
-        sources: list[str | None]
+        names: list[str | None]
         rl_seen = False
         failed = [r.error for r in observer.records if r.error is not None]
         if failed:
@@ -233,11 +240,11 @@ class StepWatcher:
                 continue
             micro, rl = record.context.get("micro_batch", n), rl_rows(record.inputs, record.context.get("inputs", {}))
             if rl is not None:  # GRPO-style inputs: prompt_ids + completion_ids, the loss over completion_mask
-                codes, sources, rl_seen = rl.codes, ["inputs"] * len(rl.codes), True
+                codes, names, rl_seen = rl.codes, ["inputs"] * len(rl.codes), True
                 idle += [(micro, b) for b in rl.idle]
             else:
-                codes, sources = batch_roles(record.inputs, record.context, dataset, markers, self.train_on, preference)
-            prepared.append((micro, record, codes, sources))
+                codes, names = step_roles(record.inputs, record.context, tokenizer, ends, sources)
+            prepared.append((micro, record, codes, names))
         comparable = not any(k in r.context.get("inputs", {}) for _, r, _, _ in prepared for k in PREFERENCE_KEYS)
         verdict = rank_verdict(_rank(), prepared, tokenizer, ends, resolve_pad_token_id(lm, tokenizer), comparable,
                                frozenset(idle), unknown_reason(tokenizer), media_token_ids(lm, tokenizer))

@@ -58,6 +58,7 @@ def _sample(name: str, severity: Literal["error", "warning"] = "error", *, scan:
 CATALOGUE: tuple[CheckSpec, ...] = (
     # Per sample, in the order check runs them: the root causes first, then role, boundary and layout checks.
     _sample("no_loss", root=True),
+    _sample("masked_label_trained", root=True, scan=False),
     _sample("label_misaligned", root=True),
     _sample("prompt_leak", needs_roles=True),
     _sample("pad_leak"),
@@ -84,6 +85,8 @@ CATALOGUE: tuple[CheckSpec, ...] = (
               fixture="tests/checks/test_masking.py::test_nonfinite_is_batch_level_and_suppresses_role_checks"),
     CheckSpec("uneven_token_weights", "warning", "batch", probe="weights"),
     CheckSpec("accumulation_mismatch", "error", "batch", probe="accumulate"),
+    CheckSpec("step_scale", "error", "batch", docs="docs/findings.md",
+              fixture="tests/integrations/test_watch_loops.py::test_plain_loop_mis_scaled_accumulation_gets_step_scale"),
     CheckSpec("frozen_model", "error", "batch", passes=("grads",),
               fixture="tests/verbs/test_grads.py::test_frozen_model_is_the_only_finding"),
     CheckSpec("untrained_parameters", "error", "batch", passes=("grads",)),

@@ -34,9 +34,10 @@ def token_roles(chunk: Chunk, read: RowRoles) -> Chunk:
     known = np.zeros(chunk.rows, dtype=bool)
     reasons: dict[str, None] = {}
     real = chunk.attention != 0 if chunk.attention is not None else np.ones(n, dtype=bool)
+    hidden_ends = ~real & np.isin(chunk.input_ids, sorted(read.end_token_ids))
     ends = np.append(chunk.starts[1:], n).tolist()
     for r, (begin, end) in enumerate(zip(chunk.starts.tolist(), ends)):
-        positions = begin + np.flatnonzero(real[begin:end])
+        positions = begin + _held(real[begin:end], hidden_ends[begin:end])
         _, roles, reason = read(chunk.input_ids[positions].tolist(), chunk.first_row + r)
         if roles is None:
             reasons[reason or "no role source"] = None
@@ -45,6 +46,17 @@ def token_roles(chunk: Chunk, read: RowRoles) -> Chunk:
         codes = np.asarray(roles)
         completion[positions] = np.where(codes == COMPLETION, 1, np.where(codes == PROMPT, 0, -1))
     return replace(chunk, completion=completion, known=known, role_reasons=tuple(reasons))
+
+
+def _held(real: np.ndarray, hidden_ends: np.ndarray) -> np.ndarray:
+    """Positions of one row's held tokens: its real ones, and the end tokens the mask hides between its first and
+    last real token (``gradscope.data.batch.held_tokens``, for one row of a chunk)."""
+    inside = np.flatnonzero(real)
+    if len(inside) == 0 or not hidden_ends.any():
+        return inside
+    held = real.copy()
+    held[inside[0] : inside[-1] + 1] |= hidden_ends[inside[0] : inside[-1] + 1]
+    return np.flatnonzero(held)
 
 
 def with_prefills(chunks: Iterable[Chunk], prefills: tuple[tuple[int, ...], ...]) -> Iterator[Chunk]:

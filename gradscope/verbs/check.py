@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from gradscope.checks.masking import analyze
-from gradscope.checks.roles import roles_unknown
+from gradscope.checks.roles import label_facts, labels_evidence, roles_unknown
 from gradscope.checks.sample import SampleView
 from gradscope.checks.structure import (
     CallFacts,
@@ -144,6 +144,7 @@ def check_batches(
     media = media_token_ids(model, tokenizer)
     sources = role_sources(tokenizer, ends, response_template, instruction_template, roles_from, train_on)
     unknown: list[tuple[int, str | None]] = []
+    said: tuple[list[int], list[int]] = ([], [])  # what the labels of those samples establish (label_facts)
     for index, batch in enumerate(batches):
         full = prepare_batch(model, batch, source, first_row=len(report.samples))
         read = batch_roles(full, tokenizer, ends, sources, first_row=len(report.samples))
@@ -175,11 +176,14 @@ def check_batches(
                 findings += [finding] if finding is not None else []
         report.findings += findings
         report.samples += [sample_report(v, full, capture, i, read.sources[i]) for i, v in enumerate(views)]
-        unknown += [(v.index, read.reasons[i]) for i, v in enumerate(views) if read.sources[i] == UNKNOWN_SOURCE]
+        unjudged = [(v, read.reasons[i]) for i, v in enumerate(views) if read.sources[i] == UNKNOWN_SOURCE]
+        unknown += [(v.index, reason) for v, reason in unjudged]
+        copies, masks = label_facts([v for v, _ in unjudged])
+        said = (said[0] + copies, said[1] + masks)
         report.losses.append(capture.loss)
         runs.append(run)
         packed = tuple(a + b for a, b in zip(packed, _packing_extent(starts, real_tokens(full))))
-    finding = roles_unknown([i for i, _ in unknown], [r for _, r in unknown])
+    finding = roles_unknown([i for i, _ in unknown], [r for _, r in unknown], evidence=labels_evidence(*said))
     report.findings += [finding] if finding is not None else []
     report.probes = _probe_reports(runs, chosen, packed)
     for name in () if full_depth else ("causal", "packing"):

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from gradscope.checks.sample import SampleView
-from gradscope.constants import CUT_KEY, ROLE_NAMES, ROW_KEY
+from gradscope.constants import CUT_KEY, IGNORE_INDEX, ROLE_NAMES, ROW_KEY
 from gradscope.data.batch import PAD, roles
 from gradscope.data.prefill import generation_prefills
 from gradscope.data.tokens import bos_added, resolve_bos_token_id
@@ -36,6 +36,10 @@ def sample_views(
     n = len(batch["input_ids"])
     cut = batch[CUT_KEY].tolist() if CUT_KEY in batch else [0] * n
     index = batch[ROW_KEY].tolist() if ROW_KEY in batch else list(range(first, first + n))
+    labels = batch.get("labels")
+    labelled: torch.Tensor | None = None  # the labels' declared intent (masked_label_trained)
+    if isinstance(labels, torch.Tensor) and labels.shape == trained.shape:
+        labelled = labels.cpu() != IGNORE_INDEX
     return [
         SampleView(
             index=int(index[b]),
@@ -53,6 +57,7 @@ def sample_views(
             prefills=prefills,
             boundaries_known=starts is not None,
             media_token_ids=media,
+            labelled=labelled[b] if labelled is not None else None,
         )
         for b in range(len(batch["input_ids"]))
     ]
