@@ -73,7 +73,7 @@ def test_lightning_token_mean_with_accumulation_trains():
 
 @pytest.mark.parametrize("rows, loss, accumulation, expected", [
     (tokenized(PROMPT_COMPLETION, mask_prompt=False), token_mean, 1, "prompt_leak"),
-    (tokenized(PROMPT_COMPLETION), ignores_the_mask, 1, "prompt_leak"),
+    (tokenized(PROMPT_COMPLETION), ignores_the_mask, 1, "masked_label_trained"),
     (varied_rows(), micro_batch_mean, 4, "uneven_step_weights"),
 ], ids=["labels_copy_the_prompt", "loss_ignores_the_mask", "per_micro_batch_means"])
 def test_lightning_broken_steps_stop_before_the_optimizer_step(rows, loss, accumulation, expected):
