@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from gradscope.report import Finding, Report, SampleReport, TokenReport  # noqa: E402
-from gradscope.report.html import to_html  # noqa: E402
+from gradscope.render.html import to_html  # noqa: E402
 
 WORDS = [" the", " model", " learns", " to", " answer", " a", " question", ",", ".", " and", " it", " is", "\n",
          " capital", " of", " Kenya", " Nairobi", " sky", " blue", " token", " mask", " label", " loss", "ing", "s"]

@@ -20,7 +20,7 @@ from gradscope.errors import (
 )
 from gradscope.report.check import Report, SampleReport, TokenReport
 from gradscope.report.finding import Finding
-from gradscope.report.roles import RoleRow, RolesReport
+from gradscope.data.rows import RoleRow, RolesReport
 from gradscope.report.scan import ScanReport
 from gradscope.report.weights import DirectionCheck, GradReport, ModuleGrad, OverfitReport, ParamGrad, VerifyReport
 from gradscope.scan.dataset import scan

@@ -23,7 +23,7 @@ from gradscope.errors import GradscopeError
 from gradscope.render.json import to_json
 from gradscope.render.junit import github_annotations, to_junit
 from gradscope.report.check import Report
-from gradscope.report.output import write_text
+from gradscope.cli.output import write_text
 from gradscope.report.scan import ScanReport
 
 EXIT_OK, EXIT_FINDINGS, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130

@@ -13,7 +13,7 @@ from gradscope.cli.app import fail
 from gradscope.data.pipelines import DataOptions
 from gradscope.engine.probes import PROBES
 from gradscope.errors import OutputError
-from gradscope.report.output import check_writable
+from gradscope.cli.output import check_writable
 from gradscope.verbs.files import Inputs
 
 

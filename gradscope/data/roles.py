@@ -12,9 +12,9 @@ from gradscope.constants import UNKNOWN
 from gradscope.data.batch import COMPLETION, PROMPT
 from gradscope.data.encoding import Encoder
 from gradscope.data.reasoning import DROPPED_REASONING, bounds_without_reasoning
-from gradscope.data.render import Renderer, row_tools
+from gradscope.data.chat_template import Renderer, row_tools
 from gradscope.errors import DataError
-from gradscope.report.roles import RoleRow
+from gradscope.data.rows import RoleRow
 
 TRAIN_ON = ("all-assistant", "last-assistant")
 

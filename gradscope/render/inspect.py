@@ -13,7 +13,7 @@ from gradscope.constants import ROLE_NAMES
 from gradscope.render.check import LEAK_STYLE, ROLE_STYLES, TokenStrip, _fmt, _model_line, findings_table, token_label
 from gradscope.render.json import roles_sample
 from gradscope.report.check import Report, SampleReport
-from gradscope.report.roles import RolesReport
+from gradscope.data.rows import RolesReport
 
 HEAT = ["grey23", "blue", "cyan", "green", "yellow", "dark_orange", "red"]
 

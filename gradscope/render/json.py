@@ -6,7 +6,7 @@ import json
 
 from gradscope.constants import ROLE_NAMES
 from gradscope.report.check import Report, SampleReport, TokenReport
-from gradscope.report.roles import RoleRow, RolesReport
+from gradscope.data.rows import RoleRow, RolesReport
 from gradscope.report.scan import ScanReport
 
 

@@ -64,11 +64,11 @@ class _HtmlView:
 
     def to_html(self, *, sample: int | None = None) -> str:
         """One self-contained HTML page (inline CSS and JS, no network); ``sample``: that sample alone."""
-        from gradscope.report.html import to_html
+        from gradscope.render.html import to_html
 
         return to_html(self, sample=sample)
 
     def _repr_html_(self) -> str:
-        from gradscope.report.html import html_fragment
+        from gradscope.render.html import html_fragment
 
         return html_fragment(self)

@@ -17,12 +17,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from typing import Any
 
-import gradscope.report.html.data as data
+import gradscope.render.html.data as data
 from gradscope.report import SCAN_WARNINGS, Finding, Report, ScanReport
-from gradscope.report.html.assets import CSS, JS
-from gradscope.report.html.data import fmt
-from gradscope.report.html.grads import grads_section, overfit_section, verify_section
-from gradscope.report.html.strip import samples
+from gradscope.render.html.assets import CSS, JS
+from gradscope.render.html.data import fmt
+from gradscope.render.html.grads import grads_section, overfit_section, verify_section
+from gradscope.render.html.strip import samples
 from gradscope.report.text import position_runs
 
 

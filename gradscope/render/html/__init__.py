@@ -5,6 +5,6 @@ a notebook. Pure string building from the report's dataclasses: no torch, nothin
 compact number encoding the page's script decodes, ``assets`` the CSS and JS.
 """
 
-from gradscope.report.html.page import html_fragment, to_html
+from gradscope.render.html.page import html_fragment, to_html
 
 __all__ = ["html_fragment", "to_html"]

@@ -20,7 +20,7 @@ import pytest
 
 from benchmarks.bench_html import synthetic_report
 from gradscope.report import Report, SampleReport, TokenReport
-from gradscope.report.html import to_html
+from gradscope.render.html import to_html
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 LOAD_LIMIT_S = 15.0

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from gradscope.report import Finding, ModuleGrad, Report, SampleReport, ScanReport, TokenReport
-from gradscope.report.html import html_fragment, to_html
-from gradscope.report.html.data import heat_norms
+from gradscope.render.html import html_fragment, to_html
+from gradscope.render.html.data import heat_norms
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 CATALOGUE = json.loads((FIXTURES / "catalogue.json").read_text())
@@ -232,7 +232,7 @@ def test_grads_page_charts_every_trainable_module(html_page, fixture_model):
 
 
 def test_depth_chart_orders_embedding_layers_head(html_page):
-    from gradscope.report.html.grads import depth_chart, depth_columns
+    from gradscope.render.html.grads import depth_chart, depth_columns
 
     def module(name, kind, layer):
         return ModuleGrad(name, kind, layer, False, [], 1, 1, 1.0, 1.0, None, None)

@@ -12,7 +12,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-import gradscope.report.html.data as data
+import gradscope.render.html.data as data
 from gradscope.report import Finding, Report, SampleReport
 
 OPEN_SAMPLES = 8

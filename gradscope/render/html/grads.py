@@ -8,7 +8,7 @@ import math
 from collections.abc import Sequence
 
 from gradscope.report import GradReport, ModuleGrad, Report
-from gradscope.report.html.data import fmt
+from gradscope.render.html.data import fmt
 
 
 def grads_section(g: GradReport) -> str:
