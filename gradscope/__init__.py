@@ -18,9 +18,11 @@ from gradscope.errors import (
     ModelLoadError,
     OutputError,
 )
+import gradscope.render.html  # noqa: F401  (installs the HTML view behind Report.to_html and _repr_html_)
 from gradscope.report.check import Report, SampleReport, TokenReport
 from gradscope.report.finding import Finding
-from gradscope.data.rows import RoleRow, RolesReport
+from gradscope.data.rows import RoleRow
+from gradscope.report.roles import RolesReport
 from gradscope.report.scan import ScanReport
 from gradscope.report.weights import DirectionCheck, GradReport, ModuleGrad, OverfitReport, ParamGrad, VerifyReport
 from gradscope.scan.dataset import scan

@@ -6,6 +6,7 @@ import difflib
 from collections.abc import Collection, Mapping, Sequence
 
 import torch
+from torch import nn
 
 from gradscope.constants import (  # noqa: F401  (the role codes are re-exported: batches carry them)
     COMPLETION,
@@ -19,6 +20,7 @@ from gradscope.constants import (  # noqa: F401  (the role codes are re-exported
     UNKNOWN,
 )
 from gradscope.errors import DataError
+from gradscope.model.prepare import learned_positions, model_arguments
 
 _PER_TOKEN_KEYS = ("labels", "position_ids", "seq_idx", *ROLE_KEYS, ROLE_CODES_KEY)
 
@@ -286,3 +288,23 @@ def _pad(seqs: Sequence[Sequence[int]], width: int, fill: int) -> torch.Tensor:
 def _continue(positions: Sequence[int], width: int) -> list[int]:
     start = (positions[-1] + 1) if positions else 0
     return list(positions) + list(range(start, start + width - len(positions)))
+
+
+def prepare_batch(
+    model: nn.Module, batch: Mapping[str, torch.Tensor], source: str | None = None, first_row: int = 0
+) -> dict[str, torch.Tensor]:
+    """Validate a batch against the model and add the default ``labels`` when absent (tensors stay where they are).
+
+    Args:
+        model: The causal LM the batch is for.
+        batch: The batch dict.
+        source: The file the batch came from, for error messages.
+        first_row: The data row of the batch's first sample, so errors name rows of the data.
+
+    Raises:
+        DataError: naming the key, row and position of the first problem.
+    """
+    vocab = model.get_input_embeddings().num_embeddings
+    validate(batch, vocab, source, first_row=first_row, accepted=model_arguments(model),
+             max_positions=learned_positions(model))
+    return with_default_labels(batch)

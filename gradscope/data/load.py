@@ -17,8 +17,7 @@ from gradscope.data.pipelines import DataOptions, Prepared, collate_batches, ref
 from gradscope.data.roles import RoleRow, RoleSpec, row_kind, truncate
 from gradscope.data.sources import TOKENIZED_KEYS, data_format
 from gradscope.data.trl import trl_batches
-from gradscope.errors import DataError
-from gradscope.model.load import _first_line
+from gradscope.errors import DataError, first_line
 from gradscope.model.usercode import import_function
 
 _INT64 = (-(2**63), 2**63 - 1)
@@ -70,7 +69,7 @@ def read_safetensors(path: Path) -> dict[str, Any]:
     try:
         batch = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as err:
-        raise DataError(f"cannot read safetensors: {_first_line(err)}", path=path, hint="re-save it with safetensors.torch.save_file") from err
+        raise DataError(f"cannot read safetensors: {first_line(err)}", path=path, hint="re-save it with safetensors.torch.save_file") from err
     if not batch:
         raise DataError("the batch file holds no tensors", path=path, hint="save at least 'input_ids'")
     return {k: v.item() if v.dim() == 0 else v for k, v in batch.items()}

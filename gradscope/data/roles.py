@@ -8,8 +8,7 @@ from dataclasses import dataclass, field, replace
 from operator import itemgetter
 from typing import Any
 
-from gradscope.constants import UNKNOWN
-from gradscope.data.batch import COMPLETION, PROMPT
+from gradscope.constants import COMPLETION, PROMPT, UNKNOWN
 from gradscope.data.encoding import Encoder
 from gradscope.data.reasoning import DROPPED_REASONING, bounds_without_reasoning
 from gradscope.data.chat_template import Renderer, row_tools

@@ -1,8 +1,8 @@
-"""A raw row with the role of every token: what ``gradscope roles`` shows and what check's batches are built from."""
+"""A raw row with the role of every token (the data stage's type): what check's batches are built from."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from gradscope.constants import COMPLETION, IGNORE_INDEX
 
@@ -38,18 +38,3 @@ class RoleRow:
     @property
     def completion_mask(self) -> list[int]:
         return [int(r == COMPLETION) for r in self.roles]
-
-
-@dataclass
-class RolesReport:
-    """What ``gradscope roles`` reports: the rows with their roles, each token's text decoded.
-
-    Attributes:
-        rows: The rows, in order.
-        texts: Per row, the text of each token (decoded one token at a time).
-        data: Where the rows came from and how they were cut (``source``, ``rows``, ``train_on``, ``max_length``).
-    """
-
-    rows: list[RoleRow]
-    texts: list[list[str]]
-    data: dict = field(default_factory=dict)

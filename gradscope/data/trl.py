@@ -17,7 +17,7 @@ from torch import nn
 from gradscope.data import deadline
 from gradscope.data.pipelines import DataOptions, Prepared, attach_roles, role_rows, row_notes
 from gradscope.data.roles import RoleRow, RoleSpec
-from gradscope.errors import DataError
+from gradscope.errors import DataError, first_line
 
 TRL_FLAGS = ("completion_only_loss", "assistant_only_loss", "packing", "padding_free", "max_length", "truncation_mode")
 
@@ -146,7 +146,7 @@ def _dataset(raw: Sequence[Mapping[str, Any]]) -> Any:
     try:
         return Dataset.from_list([dict(r) for r in raw])
     except (ValueError, TypeError) as err:  # pyarrow cannot give the rows one schema
-        raise DataError(f"the rows do not make one datasets.Dataset, as TRL needs: {_first_line(err)}",
+        raise DataError(f"the rows do not make one datasets.Dataset, as TRL needs: {first_line(err)}",
                         hint="give every row the same fields with the same types") from err
 
 
@@ -190,16 +190,11 @@ def _sft_trainer(model: nn.Module, tokenizer: Any, config: Any, dataset: Any) ->
             raise DataError(
                 "assistant_only_loss=True needs a chat template with {% generation %} markers, and this tokenizer's "
                 "template has none (nor is it one TRL knows how to patch): the assistant mask would be all zeros and "
-                f"every sample would train nothing (no_loss). TRL says: {_first_line(err)}",
+                f"every sample would train nothing (no_loss). TRL says: {first_line(err)}",
                 hint="wrap each assistant turn's content and its closing token in {% generation %}...{% endgeneration %}, "
                 "or use completion_only_loss with prompt/completion rows",
             ) from err
-        raise DataError(f"TRL's SFTTrainer rejects this setup: {_first_line(err)}", hint="fix the TRL options or the data") from err
-
-
-def _first_line(err: BaseException) -> str:
-    lines = str(err).strip().splitlines()
-    return lines[0] if lines else type(err).__name__
+        raise DataError(f"TRL's SFTTrainer rejects this setup: {first_line(err)}", hint="fix the TRL options or the data") from err
 
 
 @contextmanager

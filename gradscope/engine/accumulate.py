@@ -9,7 +9,7 @@ import torch
 
 from gradscope.data.batch import select_rows
 from gradscope.engine.run import Graph, call_model
-from gradscope.engine.windows import _clock, _differentiable_head
+from gradscope.engine.windows import synced_clock, differentiable_head
 
 
 @dataclass
@@ -33,18 +33,18 @@ def accumulate(graph: Graph, micro_batches: int) -> Accumulation:
     soft-capping or dtype copy), which is the only differentiable tensor of the micro-batch runs: no backward goes
     through the model. Models without an output embedding module are compared at the logits.
     """
-    began = _clock(graph.logits.device)
+    began = synced_clock(graph.logits.device)
     at_head = graph.head_output is not None and graph.head_output.requires_grad
     full = torch.autograd.grad(graph.loss, graph.head_output if at_head else graph.logits, retain_graph=True)[0]
     parts = [rows.tolist() for rows in torch.tensor_split(torch.arange(len(full)), micro_batches)]
     moments = torch.zeros(4, dtype=torch.float64)
-    with _differentiable_head(graph.model) as leaves:
+    with differentiable_head(graph.model) as leaves:
         for rows in parts:
             logits, loss = call_model(graph.model, select_rows(graph.batch, rows), graph.loss_fn)
             output = leaves[-1] if at_head and leaves else logits  # (b, T, V)
             moments += _moments(full[rows], _grad_or_zero(loss / micro_batches, output))
     cosine, relative, scale = _compare(*moments.tolist())
-    return Accumulation(micro_batches, parts, cosine, relative, scale, _clock(graph.logits.device) - began)
+    return Accumulation(micro_batches, parts, cosine, relative, scale, synced_clock(graph.logits.device) - began)
 
 
 def _grad_or_zero(loss: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:

@@ -178,7 +178,7 @@ class KeepFloat64(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def _precision_context(model: nn.Module) -> AbstractContextManager:
+def precision_context(model: nn.Module) -> AbstractContextManager:
     return KeepFloat64() if next(model.parameters()).dtype == torch.float64 else nullcontext()
 
 
@@ -193,7 +193,7 @@ def probe_copy(
     for dtype in (torch.float64, torch.float32):
         probe, cast = copy.deepcopy(model).to(dtype), _cast(batch, dtype)
         try:
-            with training_state(probe), torch.no_grad(), _precision_context(probe):
+            with training_state(probe), torch.no_grad(), precision_context(probe):
                 call_model(probe, cast, loss_fn)
         except ModelCallError:
             if dtype == torch.float32:
@@ -238,7 +238,7 @@ def model_loss_fn(
         def forward(**inputs: torch.Tensor) -> object:
             return torch.func.functional_call(model, overrides, (), inputs)
 
-        with _added_to_embeddings(model, delta), _precision_context(model):
+        with _added_to_embeddings(model, delta), precision_context(model):
             return call_model(model, batch, loss_fn, forward=forward)[1]
 
     return fn

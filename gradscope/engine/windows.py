@@ -94,7 +94,7 @@ def in_slices(windows: list[Window]) -> list[Window]:
 
 
 @contextmanager
-def _differentiable_head(model: nn.Module) -> Iterator[list[torch.Tensor]]:
+def differentiable_head(model: nn.Module) -> Iterator[list[torch.Tensor]]:
     """Make the LM head's output a leaf that requires grad, so the logits carry a graph to the loss only.
 
     Yields the list of leaves made, one per forward. Without an output embedding module, the input embedding's
@@ -114,7 +114,7 @@ def _differentiable_head(model: nn.Module) -> Iterator[list[torch.Tensor]]:
         handle.remove()
 
 
-def _clock(device: torch.device) -> float:
+def synced_clock(device: torch.device) -> float:
     """Seconds, after the device's queued work is done (GPU kernels run asynchronously)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)

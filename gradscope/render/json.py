@@ -6,7 +6,7 @@ import json
 
 from gradscope.constants import ROLE_NAMES
 from gradscope.report.check import Report, SampleReport, TokenReport
-from gradscope.data.rows import RoleRow, RolesReport
+from gradscope.report.roles import RolesReport, RolesRow
 from gradscope.report.scan import ScanReport
 
 
@@ -15,7 +15,7 @@ def to_json(report: Report | ScanReport) -> str:
     return json.dumps(report.to_dict(), indent=2)
 
 
-def roles_sample(row: RoleRow, texts: list[str]) -> SampleReport:
+def roles_sample(row: RolesRow, texts: list[str]) -> SampleReport:
     """A derived row as a SampleReport with nothing run, so that TokenStrip can draw it (labels: the reference's)."""
     tokens = [
         TokenReport(t, i, text, ROLE_NAMES[r], label, False, None, None, None, 0.0, 0.0)

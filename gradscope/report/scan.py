@@ -5,14 +5,14 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from gradscope.report.finding import SCHEMA_VERSION, Finding, _clean, _Findings, _HtmlView
+from gradscope.report.finding import SCHEMA_VERSION, Finding, Findings, HtmlView, clean_json
 
 SCAN_WARNINGS = frozenset({"completion_truncated", "roles_unknown", "prefill_trained"})
 """Scan checks whose findings are warnings, as in check; every other scan check is an error."""
 
 
 @dataclass
-class ScanReport(_Findings, _HtmlView):
+class ScanReport(Findings, HtmlView):
     """Everything ``gradscope scan`` found in a dataset, from its labels alone.
 
     Attributes:
@@ -71,7 +71,7 @@ class ScanReport(_Findings, _HtmlView):
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form, schema v1, ``"kind": "scan"``."""
-        return _clean(
+        return clean_json(
             {
                 "schema_version": SCHEMA_VERSION,
                 "kind": "scan",

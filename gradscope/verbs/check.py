@@ -31,7 +31,8 @@ from gradscope.engine.loss_only import DEPTHS, LOGITS_DEPTH_NOTE, NOT_RUN_AT_LOG
 from gradscope.engine.probes import PROBES, WINDOWS_PER_ROW, ProbeRun
 from gradscope.engine.run import Capture, forward_backward
 from gradscope.errors import DataError, InputError
-from gradscope.model.prepare import describe_model, prepare_batch, to_device
+from gradscope.data.batch import prepare_batch
+from gradscope.model.prepare import describe_model, to_device
 from gradscope.model.usercode import LossFn
 from gradscope.report.check import AccumulationReport, ProbeReport, Report
 from gradscope.report.finding import Finding

@@ -26,7 +26,7 @@ from gradscope.errors import DataError
 from gradscope.model.load import load_model_and_tokenizer, load_tokenizer
 from gradscope.model.usercode import LossFn, load_loss_fn
 from gradscope.report.check import Report, SampleReport
-from gradscope.data.rows import RolesReport
+from gradscope.report.roles import RolesReport
 from gradscope.verbs.check import check_batches, chosen_depth, chosen_probes
 from gradscope.verbs.grads import grads
 from gradscope.verbs.overfit import overfit as overfit_batch

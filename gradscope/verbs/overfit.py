@@ -13,7 +13,8 @@ from gradscope.checks.grads import DEFAULT_LR
 from gradscope.checks.overfit import MIN_DROP, cannot_overfit, dropped
 from gradscope.engine.optimize import OPTIMIZERS, loss_curve
 from gradscope.errors import InputError
-from gradscope.model.prepare import describe_model, prepare_batch, to_device
+from gradscope.data.batch import prepare_batch
+from gradscope.model.prepare import describe_model, to_device
 from gradscope.model.usercode import LossFn
 from gradscope.report.check import Report
 from gradscope.report.weights import OverfitReport

@@ -14,14 +14,15 @@ from gradscope.engine.finite_diff import (
     FLOAT32,
     FLOAT32_NOTE,
     Precision,
-    _precision_context,
+    precision_context,
     check_gradient,
     model_loss_fn,
     probe_copy,
     sample_parameters,
 )
 from gradscope.engine.run import training_state
-from gradscope.model.prepare import describe_model, prepare_batch, to_device
+from gradscope.data.batch import prepare_batch
+from gradscope.model.prepare import describe_model, to_device
 from gradscope.model.usercode import LossFn
 from gradscope.report.check import Report
 from gradscope.report.weights import DirectionCheck, VerifyReport
@@ -89,7 +90,7 @@ def _check_probe(
 
 def _start_point(probe: nn.Module, batch: Mapping[str, torch.Tensor], names: Sequence[str]) -> list[torch.Tensor]:
     """[zero perturbation of the input embeddings (B, T, H), the current values of the sampled parameters]."""
-    with torch.no_grad(), _precision_context(probe):
+    with torch.no_grad(), precision_context(probe):
         embedded = probe.get_input_embeddings()(batch["input_ids"])
     params = dict(probe.named_parameters())
     return [torch.zeros_like(embedded)] + [params[n].detach() for n in names]

@@ -6,5 +6,8 @@ compact number encoding the page's script decodes, ``assets`` the CSS and JS.
 """
 
 from gradscope.render.html.page import html_fragment, to_html
+from gradscope.report.finding import install_html_view
+
+install_html_view(to_html, html_fragment)
 
 __all__ = ["html_fragment", "to_html"]

@@ -111,9 +111,3 @@ def heat_norms(rows: Sequence[Sequence[float]]) -> str:
     halves[0::2], halves[1::2] = raw[2::4], raw[3::4]
     return _b64(halves)
 
-
-def fmt(x: float | None, digits: int = 4) -> str:
-    """A number for a reader: ``digits`` significant digits, ``nan`` when not finite, ``–`` when None."""
-    if x is None:
-        return "–"
-    return "nan" if not math.isfinite(x) else f"{x:.{digits}g}"

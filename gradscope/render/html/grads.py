@@ -8,7 +8,7 @@ import math
 from collections.abc import Sequence
 
 from gradscope.report import GradReport, ModuleGrad, Report
-from gradscope.render.html.data import fmt
+from gradscope.report.text import format_number as fmt
 
 
 def grads_section(g: GradReport) -> str:

@@ -20,7 +20,7 @@ from typing import Any
 import gradscope.render.html.data as data
 from gradscope.report import SCAN_WARNINGS, Finding, Report, ScanReport
 from gradscope.render.html.assets import CSS, JS
-from gradscope.render.html.data import fmt
+from gradscope.report.text import format_number as fmt
 from gradscope.render.html.grads import grads_section, overfit_section, verify_section
 from gradscope.render.html.strip import samples
 from gradscope.report.text import position_runs
