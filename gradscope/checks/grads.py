@@ -79,9 +79,9 @@ def _module_row(slots: list[Slot], stats: dict[int, ParamStats], lr: float) -> M
     """One row: the group's (or its adapter part's) parameters summed."""
     first = slots[0]
     moved = [stats[id(s.param)] for s in slots if id(s.param) in stats and stats[id(s.param)].grad_norm is not None]
-    grad_norm = _root_sum_squares([m.grad_norm for m in moved]) if moved else None
+    grad_norm = _root_sum_squares([m.grad_norm for m in moved if m.grad_norm is not None]) if moved else None
     moved_weight = _root_sum_squares([m.weight_norm for m in moved])
-    adam = _root_sum_squares([m.adam_unit_norm for m in moved]) if moved else None
+    adam = _root_sum_squares([m.adam_unit_norm for m in moved if m.adam_unit_norm is not None]) if moved else None
     return ModuleGrad(
         name=first.group + (" (adapter)" if first.adapter else ""),
         kind=first.kind,
@@ -109,7 +109,7 @@ def module_rows(slots: list[Slot], stats: dict[int, ParamStats], lr: float) -> l
 def block_norms(params: list[ParamGrad], slots: list[Slot], n_layers: int) -> list[float | None]:
     """Each decoder block's gradient norm over its trained parameters (None where none is trained)."""
     squares: list[float | None] = [None] * n_layers
-    for p, s in zip(params, slots):
+    for p, s in zip(params, slots, strict=True):
         if s.layer is not None and p.status == "trained" and p.grad_norm is not None:
             squares[s.layer] = (squares[s.layer] or 0.0) + p.grad_norm**2
     return [None if v is None else math.sqrt(v) for v in squares]

@@ -105,7 +105,8 @@ def rechunk(batches: Iterator) -> Iterator:
     rows each) joined, so that memory is bounded and per-chunk overhead stays negligible."""
     import pyarrow as pa
 
-    group, tokens = [], 0
+    group: list[Any] = []
+    tokens = 0
     for batch in batches:
         for piece in _slices(batch):
             if group and piece.schema != group[0].schema:

@@ -22,10 +22,10 @@ class Encoder:
         """Tokenize the texts not seen yet, in one batched call per kind."""
         new = list(dict.fromkeys(t for t in plain if t not in self.plain))
         if new:
-            self.plain.update(zip(new, self._encode(new, special=False, offsets=False)))
+            self.plain.update(zip(new, self._encode(new, special=False, offsets=False), strict=True))
         new = list(dict.fromkeys(t for t in with_offsets if t not in self.offsets))
         if new:
-            self.offsets.update(zip(new, self._encode(new, special=True, offsets=True)))
+            self.offsets.update(zip(new, self._encode(new, special=True, offsets=True), strict=True))
 
     def _encode(self, texts: list[str], special: bool, offsets: bool) -> list:
         """ids (or (ids, offsets)) per text: what ``tokenizer(texts, ...)`` gives. A fast tokenizer's Rust backend is
@@ -36,7 +36,7 @@ class Encoder:
             encodings = backend.encode_batch(texts, add_special_tokens=special)
             return [(e.ids, e.offsets) for e in encodings] if offsets else [e.ids for e in encodings]
         enc = self.tok(texts, add_special_tokens=special, return_offsets_mapping=offsets)
-        return list(zip(enc["input_ids"], enc["offset_mapping"])) if offsets else list(enc["input_ids"])
+        return list(zip(enc["input_ids"], enc["offset_mapping"], strict=True)) if offsets else list(enc["input_ids"])
 
     def ids(self, text: str) -> list[int]:
         """The text's token ids, without special tokens added."""

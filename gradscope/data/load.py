@@ -85,7 +85,7 @@ def read_jsonl(path: Path, limit: int | None = None) -> list[dict[str, list[int]
 
 
 def _parse_row(line: str, path: Path, number: int) -> dict[str, list[int]]:
-    where = {"path": path, "row": f"line {number}"}
+    where: dict[str, Any] = {"path": path, "row": f"line {number}"}
     return tokenized_row(loads(line, path, where["row"]), where)
 
 

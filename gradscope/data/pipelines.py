@@ -48,7 +48,7 @@ class DataOptions:
 class Prepared:
     """Batches ready for ``check_batches``, what the report should say about the data, and notes."""
 
-    batches: list[dict[str, torch.Tensor]]
+    batches: list[dict[str, Any]]  # tensors, and the keywords a pipeline passes with them (use_cache)
     data: dict[str, Any]
     notes: list[str] = field(default_factory=list)
 
@@ -205,7 +205,7 @@ class _Matcher:
     """Finds which derived row (and which part of it) a token sequence is, trying the next row in order first."""
 
     def __init__(self, rows: Sequence[RoleRow]) -> None:
-        self.rows, self.next, self.used = list(rows), 0, set()
+        self.rows, self.next, self.used = list(rows), 0, set[int]()
 
     def match(self, seq: list[int], strict: bool, pad_token_id: int | None, b: int) -> Iterator[tuple[int, RoleRow, int, int]]:
         """Yield (offset in seq, row, first token of the row, length) for each piece of seq, left to right."""
@@ -239,7 +239,7 @@ class _Matcher:
 
     def _mismatch(self, rest: list[int], b: int, at: int) -> DataError:
         expected = self.rows[min(self.next, len(self.rows) - 1)]
-        p = next((i for i, (x, y) in enumerate(zip(rest, expected.input_ids)) if x != y), min(len(rest), len(expected.input_ids)))
+        p = next((i for i, (x, y) in enumerate(zip(rest, expected.input_ids, strict=False)) if x != y), min(len(rest), len(expected.input_ids)))
         got = rest[p] if p < len(rest) else "end"
         want = expected.input_ids[p] if p < len(expected.input_ids) else "end"
         return DataError(

@@ -6,7 +6,7 @@ import bisect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from operator import itemgetter
-from typing import Any
+from typing import Any, cast
 
 from gradscope.constants import COMPLETION, PROMPT, UNKNOWN
 from gradscope.data.encoding import Encoder
@@ -99,7 +99,7 @@ class _Plan:
 
 def _plan(row: Mapping[str, Any], index: int, tokenizer: Any, spec: RoleSpec) -> _Plan:
     kind = row_kind(row)
-    where = {"path": spec.source, "row": index}
+    where: dict[str, Any] = {"path": spec.source, "row": index}
     if kind == "prompt-completion":
         return _prompt_completion(row, index, tokenizer, where)
     if kind == "chat":
@@ -190,7 +190,7 @@ def _chat(row: Mapping[str, Any], index: int, tokenizer: Any, spec: RoleSpec, wh
         render.encoder = encoder
         full = render.ids(texts[-1])
         bounds, starts, note = _message_bounds(render, texts, headers, full, tokenizer)
-        roles, owner = [PROMPT] * len(full), [None] * len(full)
+        roles, owner = [PROMPT] * len(full), [cast("int | None", None)] * len(full)
         for k in range(len(messages)):
             owner[bounds[k] : bounds[k + 1]] = [k] * (bounds[k + 1] - bounds[k])
         generation = render.generation_mask(full)
@@ -244,7 +244,7 @@ def _trailing_eos(ids: list[int], full: list[int], eos: int | None) -> bool:
 def _prefix_error(render: Renderer, k: int, text: str, ids: list[int], full: list[int], tokenizer: Any,
                   header: bool = False) -> DataError:
     """The precise error for a rendered prefix whose tokens are not a prefix of the whole conversation's tokens."""
-    at = next((p for p, (a, b) in enumerate(zip(ids, full)) if a != b), min(len(ids), len(full)))
+    at = next((p for p, (a, b) in enumerate(zip(ids, full, strict=False)) if a != b), min(len(ids), len(full)))
     alone, context = ids[at : at + 4], full[at : at + 4]
     if header:
         what = f"at the header of message {k} (assistant): the first {k} message(s) with the generation prompt"
@@ -311,7 +311,7 @@ def _text(row: Mapping[str, Any], index: int, tokenizer: Any, spec: RoleSpec, wh
     text = row["text"]
     if not isinstance(text, str):
         raise DataError("'text' must be a string", **where)
-    if spec.response_template is None:
+    if (response := spec.response_template) is None:
         raise DataError(
             "the row is plain text: gradscope cannot tell its prompt from its completion",
             **where,
@@ -324,9 +324,9 @@ def _text(row: Mapping[str, Any], index: int, tokenizer: Any, spec: RoleSpec, wh
     def finish(encoder: Encoder) -> RoleRow:
         ids, offsets = encoder.ids_offsets(full_text)
         find = _TemplateFinder(tokenizer, encoder, ids, offsets, full_text, where)
-        starts = find(spec.response_template, "response")
+        starts = find(response, "response")
         stops = find(spec.instruction_template, "instruction") if spec.instruction_template is not None else []
-        width = len(encoder.ids(spec.response_template))
+        width = len(encoder.ids(response))
         roles = [PROMPT] * len(ids)
         for begin in (start + width for start in starts):
             stop = min([s for s in stops if s >= begin], default=len(ids))
@@ -367,7 +367,7 @@ class _TemplateFinder:
 
     def _not_in_tokens(self, template: str, alone: list[int], begin: int, name: str) -> DataError:
         end = begin + len(template)
-        context = [i for i, (a, b) in zip(self.ids, self.offsets) if a < end and b > begin]
+        context = [i for i, (a, b) in zip(self.ids, self.offsets, strict=True) if a < end and b > begin]
         return DataError(
             f"the {name} template {template!r} is in the text but not in its tokens: alone it tokenizes as "
             f"{_show(alone, self.tok)}, in context as {_show(context, self.tok)} "

@@ -33,7 +33,7 @@ class RoleRow:
     @property
     def labels(self) -> list[int]:
         """gradscope's reference labels: the token where the role is completion, else -100."""
-        return [i if r == COMPLETION else IGNORE_INDEX for i, r in zip(self.input_ids, self.roles)]
+        return [i if r == COMPLETION else IGNORE_INDEX for i, r in zip(self.input_ids, self.roles, strict=True)]
 
     @property
     def completion_mask(self) -> list[int]:

@@ -194,7 +194,7 @@ def _json_column(rows: list[dict[str, Any]], name: str, first_row: int, path: Pa
     """One column of JSON rows as an Arrow array, its type inferred (floats stay floats, for the chunk to refuse)."""
     import pyarrow as pa
 
-    values = [row.get(name) for row in rows]
+    values: list[Any] = [row.get(name) for row in rows]
     try:
         return pa.array(values)
     except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as err:

@@ -14,7 +14,7 @@ transformers', axolotl's, LLaMA-Factory's and torchtune's collators never emit o
 from __future__ import annotations
 
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -155,7 +155,7 @@ def _first_reading(readers: list, ids: list[int], row: int) -> tuple[str, list[i
 
 def _readers(tokenizer: Any, ends: frozenset[int], sources: RoleSources) -> list:
     """(name, read(ids, row) -> (roles | None, reason)) for each source the user gave, in order."""
-    readers = []
+    readers: list[tuple[str, Callable[..., tuple[list[int] | None, str | None]]]] = []
     if sources.roles_from is not None:
         readers.append(("roles_from", _RawRows(sources.roles_from, sources.roles_from_path)))
     if sources.response_template is not None:
@@ -194,7 +194,7 @@ class _RawRows:
         if raw is None:
             raise DataError(f"roles_from has no row {row}, which the batch holds", path=self.path,
                             hint="give the raw rows the batch was made from, all of them, in the same order")
-        at = next((t for t, (a, b) in enumerate(zip(ids, raw.input_ids)) if a != b), None)
+        at = next((t for t, (a, b) in enumerate(zip(ids, raw.input_ids, strict=False)) if a != b), None)
         if at is None and len(ids) > len(raw.input_ids):
             at = len(raw.input_ids)
         if at is not None:
@@ -217,6 +217,7 @@ class _ResponseTemplate:
     instruction or response template, and runs to the row's end when neither nor an end token follows."""
 
     def __init__(self, tokenizer: Any, sources: RoleSources, ends: frozenset[int]) -> None:
+        assert sources.response_template is not None, "read only where a response template is given"
         self.response = _template_ids(tokenizer, sources.response_template)
         self.instruction = _template_ids(tokenizer, sources.instruction_template) if sources.instruction_template else []
         self.text, self.ends = sources.response_template, ends

@@ -14,7 +14,7 @@ END_OF_TURN_TOKENS = frozenset(
 """Special tokens that close a turn or a document in common chat templates."""
 
 
-def default_end_token_ids(model: nn.Module, tokenizer: Any = None) -> frozenset[int]:
+def default_end_token_ids(model: object, tokenizer: Any = None) -> frozenset[int]:
     """EOS ids of the config, generation config and tokenizer, and the tokenizer's end-of-turn tokens."""
     ids: set[int] = set()
     for cfg in (getattr(model, "config", None), getattr(model, "generation_config", None), tokenizer):
@@ -30,7 +30,7 @@ def default_end_token_ids(model: nn.Module, tokenizer: Any = None) -> frozenset[
     return frozenset(ids)
 
 
-def resolve_pad_token_id(model: nn.Module, tokenizer: Any = None) -> int | None:
+def resolve_pad_token_id(model: object, tokenizer: Any = None) -> int | None:
     """The pad id: the tokenizer's, else the model config's, else None."""
     for source in (tokenizer, getattr(model, "config", None)):
         value = getattr(source, "pad_token_id", None)

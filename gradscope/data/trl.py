@@ -154,7 +154,7 @@ def _trl_prepared(batches: list[dict], rows: list[RoleRow], config: Any, trainer
     wrapped = config.packing and config.packing_strategy != "bfd"
     pad_id = trainer.processing_class.pad_token_id
     used: set[int] = set()
-    out = []
+    out: list[dict[str, Any]] = []
     for batch in batches:
         batch, matched = attach_roles(batch, rows, pad_id, strict=not wrapped, count_cut=not wrapped)
         out.append({**batch, "use_cache": False})  # SFTTrainer.compute_loss passes it with every batch
@@ -168,7 +168,7 @@ def _trl_prepared(batches: list[dict], rows: list[RoleRow], config: Any, trainer
         )
     if wrapped:
         notes.append("packing_strategy='wrapped' splits rows across sequences: pieces gradscope cannot match to a row have no role")
-    data = {"pipeline": "trl", "trl": {k: _jsonable(getattr(config, k)) for k in (*TRL_FLAGS, "packing_strategy")}}
+    data: dict[str, Any] = {"pipeline": "trl", "trl": {k: _jsonable(getattr(config, k)) for k in (*TRL_FLAGS, "packing_strategy")}}
     data["trl"]["completion_only_loss"] = trainer.completion_only_loss
     return Prepared(out, data, notes)
 
@@ -184,7 +184,10 @@ def _sft_trainer(model: nn.Module, tokenizer: Any, config: Any, dataset: Any) ->
 
     template = getattr(tokenizer, "chat_template", None)
     try:
-        return SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
+        return SFTTrainer(
+            model=model,  # type: ignore[arg-type]  # any causal LM module works; TRL's annotation names PreTrainedModel
+            args=config, train_dataset=dataset, processing_class=tokenizer,
+        )
     except (ValueError, RuntimeError, TypeError, KeyError, TemplateError) as err:  # TRL rejecting the setup or data
         if config.assistant_only_loss and not (template and has_generation_markers(template)):
             raise DataError(
@@ -210,7 +213,7 @@ def _restored(model: nn.Module) -> Iterator[None]:
         yield
     finally:
         if had_forward:
-            model.forward = forward
+            model.__dict__["forward"] = forward
         else:
             model.__dict__.pop("forward", None)
         for c, k, v in saved:

@@ -33,9 +33,11 @@ def accumulate(graph: Graph, micro_batches: int) -> Accumulation:
     soft-capping or dtype copy), which is the only differentiable tensor of the micro-batch runs: no backward goes
     through the model. Models without an output embedding module are compared at the logits.
     """
+    assert graph.logits is not None, "the accumulation probe keeps the loss -> logits graph (loss_graph)"
     began = synced_clock(graph.logits.device)
     at_head = graph.head_output is not None and graph.head_output.requires_grad
-    full = torch.autograd.grad(graph.loss, graph.head_output if at_head else graph.logits, retain_graph=True)[0]
+    output = graph.head_output if graph.head_output is not None and at_head else graph.logits
+    full = torch.autograd.grad(graph.loss, output, retain_graph=True)[0]
     parts = [rows.tolist() for rows in torch.tensor_split(torch.arange(len(full)), micro_batches)]
     moments = torch.zeros(4, dtype=torch.float64)
     with differentiable_head(graph.model) as leaves:
@@ -61,7 +63,7 @@ def _moments(full: torch.Tensor, accumulated: torch.Tensor) -> torch.Tensor:
     micro-batch forward); the difference is taken before squaring, so equal gradients give exactly 0.
     """
     out = torch.zeros(4, dtype=torch.float64)
-    for a, b in zip(full.float().flatten(1), accumulated.float().flatten(1)):  # (T * V,) per row
+    for a, b in zip(full.float().flatten(1), accumulated.float().flatten(1), strict=True):  # (T * V,) per row
         sums = torch.stack([torch.dot(a, b), torch.dot(a, a), torch.dot(b, b), torch.linalg.vector_norm(b - a) ** 2])
         out += sums.double().cpu()
     return out

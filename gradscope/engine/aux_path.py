@@ -91,7 +91,7 @@ def padding_path(
     return PaddingPath(reached.cpu(), torch.where(reached, _norm(full), 0.0).cpu(), _sources(outputs, seen, names))
 
 
-def _recorder(name: str, outputs: list, shape: tuple[int, int]) -> Callable:
+def _recorder(name: str, outputs: list, shape: tuple[int, ...]) -> Callable:
     """A forward hook keeping the module's first output tensor when it holds one vector per token."""
 
     def hook(module: nn.Module, args: tuple, output: object) -> None:
@@ -104,7 +104,7 @@ def _recorder(name: str, outputs: list, shape: tuple[int, int]) -> Callable:
     return hook
 
 
-def _per_token(tensor: torch.Tensor, shape: tuple[int, int]) -> bool:
+def _per_token(tensor: torch.Tensor, shape: tuple[int, ...]) -> bool:
     """(B, T, ...) or (B * T, ...): the layouts a decoder's modules give their per-token outputs."""
     return tuple(tensor.shape[:2]) == shape or (tensor.dim() >= 1 and tensor.shape[0] == shape[0] * shape[1])
 

@@ -28,6 +28,7 @@ from gradscope.engine.run import (
 )
 from gradscope.errors import ModelCallError
 from gradscope.model.usercode import LossFn
+from gradscope.model.layers import input_embeddings, output_embeddings
 
 DEPTHS = ("full", "logits")
 """How deep ``check`` differentiates: through the network (``full``), or the loss's backward only (``logits``)."""
@@ -48,8 +49,8 @@ def _graph_from_head(model: nn.Module) -> Iterator[Recorder]:
     correct verdict, without the memory saving). Parameters are frozen throughout and restored on exit.
     """
     rec = Recorder(0)
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    at_head = isinstance(head, nn.Module)
+    head = output_embeddings(model)
+    at_head = head is not None
 
     def hook(module: nn.Module, args: tuple, output: object) -> object:
         if not isinstance(output, torch.Tensor):
@@ -60,7 +61,7 @@ def _graph_from_head(model: nn.Module) -> Iterator[Recorder]:
         torch.set_grad_enabled(True)  # from here on (the model's loss, the user's loss) autograd records
         return leaf
 
-    handle = (head if at_head else model.get_input_embeddings()).register_forward_hook(hook)
+    handle = (head if head is not None else input_embeddings(model)).register_forward_hook(hook)
     try:
         for p in model.parameters():
             p.requires_grad_(False)
@@ -112,7 +113,7 @@ def forward_loss_backward(
         )
     capture = build_capture(batch, loss, stats, None, rec)
     capture.network_backward = False
-    if keep_graph and stats.grad_norm is not None:
+    if after_backward is not None and stats.grad_norm is not None:
         with training_state(model, keep_dropout=keep_dropout):
             for p in model.parameters():
                 p.requires_grad_(False)

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from gradscope.engine.run import backward_error, call_model, training_state
-from gradscope.model.layers import find_decoder_layers
+from gradscope.model.layers import find_decoder_layers, input_embeddings
 from gradscope.model.usercode import LossFn
 
 ADAM_EPS = 1e-8
@@ -55,7 +55,7 @@ def _group_owners(model: nn.Module) -> dict[int, tuple[str, str, int | None]]:
         for p in module.parameters(recurse=recurse) if module is not None else ():
             owners.setdefault(id(p), (group, kind, layer))
 
-    claim(model.get_input_embeddings(), "embedding", "embedding")
+    claim(input_embeddings(model), "embedding", "embedding")
     for i, layer in enumerate(find_decoder_layers(model) or []):
         for child_name, child in layer.named_children():
             part = block_part(child_name, child)
@@ -175,6 +175,6 @@ def still_zero(
         _, again = param_backward(model, batch, loss_fn, zero, keep_dropout)
     finally:
         with torch.no_grad():
-            for (p, _), w in zip(moving, saved):
+            for (p, _), w in zip(moving, saved, strict=True):
                 p.copy_(w)
-    return {id(p) for p, g in zip(zero, again) if g is None or not bool(g.any())}
+    return {id(p) for p, g in zip(zero, again, strict=True) if g is None or not bool(g.any())}

@@ -40,8 +40,10 @@ def trace_dependence(graph: Graph, windows: list[Window], *, seed: int = SEED) -
     Returns:
         For every slice, row and position, whether the embedding there influences the slice's projected outputs.
     """
+    assert graph.embedding is not None, "probes run only at depths that keep the embedding"
     began = synced_clock(graph.embedding.device)
     output = graph.head_input if _aligned(graph.head_input, graph.logits) else graph.logits  # (B, T, D)
+    assert output is not None, "logits are freed only where the head's input is aligned"
     cotangent = _cotangents(output, windows, seed)  # (n, B, T, D)
     seen, batched = _vjp_nonzero(output, graph.embedding, cotangent)
     return Dependence(windows, seen, batched, synced_clock(graph.embedding.device) - began)

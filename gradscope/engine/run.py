@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -13,7 +14,7 @@ from gradscope.data.batch import model_inputs
 from gradscope.engine.logits import LogitStats, shift_to_targets
 from gradscope.engine.split_backward import backward_through_head, only_through
 from gradscope.errors import ModelCallError
-from gradscope.model.layers import find_decoder_layers
+from gradscope.model.layers import find_decoder_layers, input_embeddings, output_embeddings
 from gradscope.model.usercode import LossFn
 
 _DROPOUT_ATTRS = ("attention_dropout", "attn_dropout", "dropout", "hidden_dropout", "resid_dropout")
@@ -153,8 +154,8 @@ def instrumented(model: nn.Module, *, keep_dropout: bool = False) -> Iterator[Re
     layers = find_decoder_layers(model)
     recorder = Recorder(len(layers) if layers is not None else 0)
     with training_state(model, keep_dropout=keep_dropout):
-        handles = [model.get_input_embeddings().register_forward_hook(recorder.embedding_hook)]
-        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        handles = [input_embeddings(model).register_forward_hook(recorder.embedding_hook)]
+        head = output_embeddings(model)
         if isinstance(head, nn.Module):
             handles.append(head.register_forward_hook(recorder.head_hook))
         if layers is not None:
@@ -173,7 +174,7 @@ def _disable_dropout(model: nn.Module) -> list[tuple[object, str, float]]:
 
     Returns what was changed, to be restored.
     """
-    changed = []
+    changed: list[tuple[object, str, float]] = []
     for module in model.modules():
         if isinstance(module, nn.modules.dropout._DropoutNd):
             changed.append((module, "p", module.p))
@@ -233,10 +234,13 @@ def forward_backward(
         loss_uses_logits = False
         embedding_grad = None
         if split:
-            embedding_grad = backward_through_head(loss, logits, rec.head_input, rec.embedding, stats.hook)
-            logits = rec.head_output = None  # the probes start at the head's input
+            head_input = cast(torch.Tensor, rec.head_input)  # split: the head's and the embedding's hooks fired
+            embedding = cast(torch.Tensor, rec.embedding)
+            embedding_grad = backward_through_head(loss, logits, head_input, embedding, stats.hook)
+            logits = rec.head_output = None  # type: ignore[assignment]  # freed; the probes start at the head's input
         elif backward:
-            embedding_grad = _gradient_at(loss, rec.embedding, reentrant=reentrant, retain_graph=keep_graph)
+            embedding = cast(torch.Tensor, rec.embedding)  # backward: the embedding hook fired
+            embedding_grad = _gradient_at(loss, embedding, reentrant=reentrant, retain_graph=keep_graph)
         if backward:
             loss_uses_logits = stats.grad_norm is not None
         if loss.requires_grad and not loss_uses_logits:
@@ -245,7 +249,7 @@ def forward_backward(
                 hint="a fused loss that skips the logits? pass `loss`, a function of (logits, labels)",
             )
         capture = build_capture(batch, loss, stats, embedding_grad, rec)
-        if keep_graph and differentiable:
+        if after_backward is not None and differentiable:
             rec.remove_gradient_hooks()
             trained = stats.grad_norm > 0 if stats.grad_norm is not None else None
             after_backward(Graph(
@@ -259,7 +263,7 @@ def _splittable(loss: torch.Tensor, logits: torch.Tensor, rec: Recorder) -> bool
     network only through the logits, so its backward can be taken apart (``backward_through_head``)."""
     head_input = rec.head_input
     aligned = head_input is not None and head_input.requires_grad and head_input.shape[:-1] == logits.shape[:-1]
-    return aligned and only_through(loss, logits, rec.embedding)
+    return aligned and rec.embedding is not None and only_through(loss, logits, rec.embedding)
 
 
 def reentrant_checkpointing(model: nn.Module) -> bool:
@@ -341,9 +345,9 @@ def call_model(
     inputs = model_inputs(batch)
     labels = inputs.pop("labels") if loss_fn is not None else inputs.get("labels")
     try:
-        outputs = (forward or model)(**inputs)
+        outputs: Any = (forward or model)(**inputs)
         logits = outputs.logits if hasattr(outputs, "logits") else outputs[0]
-        loss = loss_fn(logits, labels) if loss_fn is not None else outputs.loss
+        loss = loss_fn(logits, cast(torch.Tensor, labels)) if loss_fn is not None else outputs.loss
     except (RuntimeError, TypeError, ValueError, IndexError, KeyError) as err:
         who = "the loss function" if loss_fn is not None else "model(**batch)"
         raise ModelCallError(f"{who} failed: {type(err).__name__}: {err}") from err

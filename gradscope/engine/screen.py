@@ -42,6 +42,7 @@ def screen(graph: Graph, starts: torch.Tensor, real: torch.Tensor) -> Screen:
         starts: (B, T) bool, document starts (``gradscope.batch.document_starts``).
         real: (B, T) bool, tokens that are not padding.
     """
+    assert graph.embedding is not None, "the screen runs only at depths that keep the embedding"
     began = synced_clock(graph.embedding.device)
     trained = graph.trained if graph.trained is not None else torch.zeros_like(real)
     after = after_the_loss(trained, starts, real)

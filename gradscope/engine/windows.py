@@ -9,6 +9,8 @@ from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
+from gradscope.model.layers import input_embeddings, output_embeddings
+
 
 SEED = 0
 
@@ -106,8 +108,8 @@ def differentiable_head(model: nn.Module) -> Iterator[list[torch.Tensor]]:
         leaves.append(output.detach().requires_grad_(True))
         return leaves[-1]
 
-    head = model.get_output_embeddings()
-    handle = (head if isinstance(head, nn.Module) else model.get_input_embeddings()).register_forward_hook(hook)
+    head = output_embeddings(model)
+    handle = (head if head is not None else input_embeddings(model)).register_forward_hook(hook)
     try:
         yield leaves
     finally:

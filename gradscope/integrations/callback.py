@@ -37,7 +37,7 @@ from gradscope.integrations.sources import (
 )
 from gradscope.integrations.verdict import RankVerdict, gather, merge, rank_verdict
 from gradscope.model.prepare import describe_model
-from gradscope.report import Report
+from gradscope.report import Finding, Report
 
 try:
     from transformers import Trainer, TrainerCallback
@@ -86,7 +86,7 @@ class GradscopeCallback(TrainerCallback):
             raise ValueError(f"train_on must be one of {TRAIN_ON}, not {train_on!r}")
         self.fail_on, self.train_on, self.end_token_ids, self.write_report = fail_on, train_on, end_token_ids, write_report
         self.report: Report | None = None
-        self._trainer: weakref.ref | None = None
+        self._trainer: weakref.ref[Any] | None = None
         self._observer: Observer | None = None
         self._tokenizer: Any = None
         self._micro_batch = 0
@@ -174,11 +174,12 @@ class GradscopeCallback(TrainerCallback):
             raise GradscopeError("gradscope could not check the first optimizer step: " + "; ".join(
                 f"rank {v.rank}: {v.error}" for v in failed))
         report = merge(verdicts, describe_model(observer.lm))
+        watched = [s for v in verdicts for s in v.samples]  # report.samples, with their place in the step
         report.data = {"watched": {
             "ranks": len(verdicts),
-            "micro_batches": max((s.micro_batch for s in report.samples), default=-1) + 1,
-            "read_at": sorted({s.read_at for s in report.samples}),
-            "roles_from": sorted({s.roles_from or "not judged" for s in report.samples}),
+            "micro_batches": max((s.micro_batch for s in watched), default=-1) + 1,
+            "read_at": sorted({s.read_at for s in watched}),
+            "roles_from": sorted({s.roles_from or "not judged" for s in watched}),
         }}
         return report
 
@@ -198,6 +199,7 @@ class GradscopeCallback(TrainerCallback):
                              "gradient from the loss; it was not checked")
                 continue
             micro, rl = record.context.get("micro_batch", n), rl_rows(record.inputs, record.context.get("inputs", {}))
+            sources: list[str | None]
             if rl is not None:  # GRPO-style inputs: prompt_ids + completion_ids, the loss over completion_mask
                 codes, sources = rl.codes, ["inputs"] * len(rl.codes)
                 idle += [(micro, b) for b in rl.idle]
@@ -231,7 +233,7 @@ class GradscopeCallback(TrainerCallback):
                        summary["warnings"], text)
         failing = report.errors if self.fail_on == "error" else report.findings if self.fail_on == "warning" else []
         if failing:
-            ranks = sorted({f.rank for f in failing if getattr(f, "rank", None) is not None})
+            ranks = sorted({rank for f in failing if (rank := getattr(f, "rank", None)) is not None})
             where = f" on rank(s) {', '.join(map(str, ranks))}" if ranks else ""
             raise MaskingError(
                 f"gradscope stopped training before the first optimizer step: the step has {len(failing)} masking "
@@ -250,7 +252,7 @@ def _unknown_reason(tokenizer: Any) -> str:
             "match the row's, no chat-template marker in it")
 
 
-def format_watched(findings: list) -> str:
+def format_watched(findings: list[Finding]) -> str:
     """One line per finding, saying where in the step it came from."""
     lines = []
     for f in findings:

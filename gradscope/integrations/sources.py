@@ -92,7 +92,7 @@ class PreferenceRoles:
         self.usable = {"prompt_ids", "chosen_ids", "rejected_ids"} <= columns
         self._prompt_length: dict[tuple[int, ...], int] = {}
         if self.usable:
-            for prompt, *answers in zip(dataset["prompt_ids"], dataset["chosen_ids"], dataset["rejected_ids"]):
+            for prompt, *answers in zip(dataset["prompt_ids"], dataset["chosen_ids"], dataset["rejected_ids"], strict=True):
                 for answer in answers:
                     self._prompt_length[tuple(prompt) + tuple(answer)] = len(prompt)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -77,6 +77,8 @@ def shift(values: torch.Tensor, fill: float) -> torch.Tensor:
 def capture_of(record: Observed, loss: float) -> Capture:
     """The record as the Capture gradscope's checks read (layer norms are not observed: none)."""
     b, t = record.inputs["input_ids"].shape
+    assert record.weight is not None and record.grad_norm is not None, "only a record the loss reached is checked"
+    assert record.token_loss is not None and record.target is not None, "only a record the loss reached is checked"
     weight = shift(record.weight.float(), 0.0)
     weight[:, 0] = float("nan")
     emb = record.embedding_grad_norm if record.embedding_grad_norm is not None else torch.zeros(b, t)
@@ -96,7 +98,7 @@ def record_batch(record: Observed, codes: torch.Tensor) -> dict[str, Any]:
     if "labels" not in batch and isinstance(labels, torch.Tensor) and labels.shape == batch["input_ids"].shape:
         batch["labels"] = labels.detach().cpu()
     if "labels" not in batch:  # DPO/GRPO-style losses pass none: show what the gradient trained
-        trained = shift(record.grad_norm, 0.0) > 0
+        trained = shift(cast(torch.Tensor, record.grad_norm), 0.0) > 0  # set on every record the loss reached
         batch["labels"] = torch.where(trained, batch["input_ids"], IGNORE_INDEX)
     batch[ROLE_CODES_KEY] = codes
     return batch
@@ -135,9 +137,9 @@ def rank_verdict(rank: int, records: list[tuple[int, Observed, torch.Tensor, lis
             out.samples.append(WatchedSample(**vars(sample), rank=rank, micro_batch=micro, row=b,
                                              read_at=record.where, roles_from=sources[b]))
         unjudged = [b for b, source in enumerate(sources) if source is None]
-        finding = roles_unknown(unjudged, [unknown_reason], noun="row", hint=WATCHED_ROLES_HINT)
-        if finding is not None:
-            out.findings.append(WatchedFinding(**vars(finding), rank=rank, micro_batch=micro))
+        unknown = roles_unknown(unjudged, [unknown_reason], noun="row", hint=WATCHED_ROLES_HINT)
+        if unknown is not None:
+            out.findings.append(WatchedFinding(**vars(unknown), rank=rank, micro_batch=micro))
         # Weights are compared where the gradient is the loss of the token itself (a wrong target has no such weight).
         trained = (capture.logit_grad_norm > 0) & (capture.target_id == batch["input_ids"]) & real_tokens(batch) & ~starts
         trained[:, 0] = False
@@ -161,7 +163,7 @@ def gather(local: RankVerdict) -> list[RankVerdict]:
 def merge(verdicts: list[RankVerdict], model: dict[str, Any]) -> Report:
     """One Report of the step: samples numbered in (rank, micro-batch, row) order, findings pointing at them."""
     report = Report(model=model)
-    number: dict[tuple[int, int, int], int] = {}
+    number: dict[tuple[int | None, int | None, int | None], int] = {}
     for verdict in sorted(verdicts, key=lambda v: v.rank):
         for sample in verdict.samples:
             number[(sample.rank, sample.micro_batch, sample.row)] = sample.index = len(report.samples)

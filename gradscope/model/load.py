@@ -63,7 +63,7 @@ def load_model(
     try:
         config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code)
         check_config(config, path)
-        model, info = AutoModelForCausalLM.from_pretrained(
+        loaded: Any = AutoModelForCausalLM.from_pretrained(  # output_loading_info: (model, info)
             path,
             config=config,
             dtype=DTYPES[dtype],
@@ -73,6 +73,7 @@ def load_model(
             output_loading_info=True,
             **placement,
         )
+        model, info = loaded
     except StrictDataclassError as err:  # config.json values of the wrong type: the first two lines name them
         lines = [line.strip() for line in str(err).splitlines() if line.strip()][:2]
         raise ModelLoadError(f"config.json: {' '.join(lines).split('. Errors:')[0]}", path=path) from None

@@ -163,8 +163,9 @@ class CheckView:
         r = self.report
         yield Verdict(r, "masking and gradient" if r.grads is not None else "masking")
         yield Text(model_line(r), style="grey50")
-        if _data_line(r):
-            yield Text(_data_line(r), style="grey50")
+        data_line = _data_line(r)
+        if data_line:
+            yield Text(data_line, style="grey50")
         for note in r.notes:
             yield Text(f"note: {note}", style="yellow")
         yield Text()

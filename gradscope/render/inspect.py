@@ -50,7 +50,7 @@ class HeatMap:
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         emb = [t.embedding_grad_norm for t in self.sample.tokens]
-        rows = [("emb", emb)] if None not in emb else []  # None: not computed (depth logits)
+        rows = [("emb", [x for x in emb if x is not None])] if None not in emb else []  # None: not computed (depth logits)
         rows += [(f"L{i}", norms) for i, norms in enumerate(self.sample.layer_grad_norms)]
         scale = LogScale(v for _, norms in rows for v in norms)
         width = max(8, options.max_width - 8)
@@ -107,7 +107,7 @@ class RolesView:
         self.rows, self.texts, self.max_rows = report.rows, report.texts, max_rows
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
-        for row, texts in zip(self.rows[: self.max_rows], self.texts):
+        for row, texts in zip(self.rows[: self.max_rows], self.texts, strict=False):
             roles = [ROLE_NAMES[r] for r in row.roles]
             title = (
                 f"row {row.index} ({row.kind}): {len(roles)} tokens, {roles.count('completion')} completion, "

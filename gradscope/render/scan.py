@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rich.console import Console, ConsoleOptions, Group, RenderResult
+from rich.console import Console, ConsoleOptions, Group, JustifyMethod, RenderResult
 from rich.table import Table
 from rich.text import Text
 
@@ -51,7 +51,10 @@ def _scan_verdict(r: ScanReport) -> Text:
 
 def _checks_table(r: ScanReport) -> Table:
     table = Table(title="Checks", title_justify="left")
-    for name, justify in (("check", "left"), ("rows", "right"), ("positions", "right"), ("first rows", "left")):
+    columns: tuple[tuple[str, JustifyMethod], ...] = (
+        ("check", "left"), ("rows", "right"), ("positions", "right"), ("first rows", "left"),
+    )
+    for name, justify in columns:
         table.add_column(name, justify=justify)
     for name, entry in r.checks.items():
         style = ("yellow" if name in SCAN_WARNINGS else "red") if entry["rows"] else "green"

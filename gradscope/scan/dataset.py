@@ -125,7 +125,8 @@ def scan(
     raw = _raw_settings(source, settings, options)
     read = None if raw is not None else _role_reader(settings, options)
     prefills = generation_prefills(settings.tokenizer)
-    in_process = raw is None and (read.available or bool(prefills))  # roles or prefills read row by row here
+    in_process = read is not None and (read.available or bool(prefills))  # roles or prefills read row by row here
+    checked: Iterator[tuple[Chunk, Verdicts]]
     if raw is not None:
         checked = ((chunk, verdicts(chunk, ends, settings.pad_token_id, *bos))
                    for chunk in with_prefills(raw_chunks(source, raw), prefills))

@@ -35,7 +35,7 @@ def token_roles(chunk: Chunk, read: RowRoles) -> Chunk:
     reasons: dict[str, None] = {}
     real = chunk.attention != 0 if chunk.attention is not None else np.ones(n, dtype=bool)
     ends = np.append(chunk.starts[1:], n).tolist()
-    for r, (begin, end) in enumerate(zip(chunk.starts.tolist(), ends)):
+    for r, (begin, end) in enumerate(zip(chunk.starts.tolist(), ends, strict=True)):
         positions = begin + np.flatnonzero(real[begin:end])
         _, roles, reason = read(chunk.input_ids[positions].tolist(), chunk.first_row + r)
         if roles is None:
@@ -56,6 +56,7 @@ def with_prefills(chunks: Iterable[Chunk], prefills: tuple[tuple[int, ...], ...]
 def prefill_mask(chunk: Chunk, prefills: tuple[tuple[int, ...], ...]) -> np.ndarray:
     """(N,) the positions ``SampleView.prefill`` names, for every row of the chunk at once (rows with known roles,
     padding no completion)."""
+    assert chunk.completion is not None, "with_prefills passes only chunks with a completion"
     completion = (chunk.completion > 0) & chunk.known_tokens()
     if chunk.attention is not None:
         completion &= chunk.attention != 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -32,6 +32,7 @@ from gradscope.engine.probes import PROBES, WINDOWS_PER_ROW, ProbeRun
 from gradscope.engine.run import Capture, forward_backward
 from gradscope.errors import DataError, InputError
 from gradscope.data.batch import prepare_batch
+from gradscope.model.layers import input_embeddings
 from gradscope.model.prepare import describe_model, to_device
 from gradscope.model.usercode import LossFn
 from gradscope.report.check import AccumulationReport, ProbeReport, Report
@@ -140,7 +141,8 @@ def check_batches(
     report = Report(model=describe_model(model, loss_fn), depth=depth)
     report.notes += [] if full_depth else [LOGITS_DEPTH_NOTE]
     runs, packed = [], (0, 0)
-    device = model.get_input_embeddings().weight.device  # the first device when layers are spread (device_map)
+    weight = cast(torch.Tensor, input_embeddings(model).weight)
+    device = weight.device  # the first device when layers are spread (device_map)
     pad_id = resolve_pad_token_id(model, tokenizer)
     media = media_token_ids(model, tokenizer)
     sources = role_sources(tokenizer, ends, response_template, instruction_template, roles_from, train_on)
@@ -179,7 +181,8 @@ def check_batches(
         unknown += [(v.index, read.reasons[i]) for i, v in enumerate(views) if read.sources[i] == UNKNOWN_SOURCE]
         report.losses.append(capture.loss)
         runs.append(run)
-        packed = tuple(a + b for a, b in zip(packed, _packing_extent(starts, real_tokens(full))))
+        extent = _packing_extent(starts, real_tokens(full))
+        packed = (packed[0] + extent[0], packed[1] + extent[1])
     finding = roles_unknown([i for i, _ in unknown], [r for _, r in unknown])
     report.findings += [finding] if finding is not None else []
     report.probes = _probe_reports(runs, chosen, packed)

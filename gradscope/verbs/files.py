@@ -149,12 +149,13 @@ def grads_files(
 ) -> Report:
     """``gradscope grads``: the gradient at the weights on the first batch, then ``overfit`` steps on it if asked."""
     loaded = load(inputs)
-    common = {"loss_fn": loaded.loss_fn, "keep_dropout": keep_dropout, "source": str(inputs.data)}
-    first = loaded.batches[0]
-    report = grads(loaded.model, first, lr=lr, max_grad_norm=max_grad_norm, **common)
+    model, first, loss_fn, source = loaded.model, loaded.batches[0], loaded.loss_fn, str(inputs.data)
+    report = grads(model, first, lr=lr, max_grad_norm=max_grad_norm, loss_fn=loss_fn, keep_dropout=keep_dropout,
+                   source=source)
     _first_batch(report, loaded, "gradscope grads")
     if overfit:
-        overfit_batch(loaded.model, first, steps=overfit, lr=lr, optimizer=optimizer, report=report, **common)
+        overfit_batch(model, first, steps=overfit, lr=lr, optimizer=optimizer, report=report, loss_fn=loss_fn,
+                      keep_dropout=keep_dropout, source=source)
     return report
 
 

@@ -65,8 +65,8 @@ def grads(
     """
     full = prepare_batch(model, batch, source)
     device = next(model.parameters()).device
-    options = {"loss_fn": loss_fn, "lr": lr, "max_grad_norm": max_grad_norm, "keep_dropout": keep_dropout}
-    g = gradient_report(model, to_device(full, device), **options)
+    g = gradient_report(model, to_device(full, device), loss_fn=loss_fn, lr=lr, max_grad_norm=max_grad_norm,
+                        keep_dropout=keep_dropout)
     if report is None:
         report = Report(model=describe_model(model, loss_fn), losses=[g.loss])
     report.grads = g
@@ -91,9 +91,9 @@ def gradient_report(
     slots = parameter_layout(model)
     trainable = [s.param for s in slots if s.param.requires_grad]
     loss, grads = param_backward(model, batch, loss_fn, trainable, keep_dropout)
-    stats = {id(p): gradient_stats(p, g) for p, g in zip(trainable, grads)}
+    stats = {id(p): gradient_stats(p, g) for p, g in zip(trainable, grads, strict=True)}
     zero = [p for p in trainable if stats[id(p)].zero]
-    moving = [(p, g) for p, g in zip(trainable, grads) if g is not None and stats[id(p)].finite and not stats[id(p)].zero]
+    moving = [(p, g) for p, g in zip(trainable, grads, strict=True) if g is not None and stats[id(p)].finite and not stats[id(p)].zero]
     del grads  # the reductions are all the report needs: free the full gradients before the probe
     stuck = still_zero(model, batch, loss_fn, keep_dropout, zero, moving) if zero else set()
     del moving

@@ -57,8 +57,8 @@ def overfit(
     full = prepare_batch(model, batch, source)
     device = next(model.parameters()).device
     student = copy.deepcopy(model)
-    options = {"steps": steps, "lr": lr, "optimizer": optimizer, "loss_fn": loss_fn, "keep_dropout": keep_dropout}
-    losses = loss_curve(student, to_device(full, device), **options)
+    losses = loss_curve(student, to_device(full, device), steps=steps, lr=lr, optimizer=optimizer, loss_fn=loss_fn,
+                        keep_dropout=keep_dropout)
     trainable = sum(p.numel() for p in student.parameters() if p.requires_grad)
     del student
     first, last = losses[0], losses[-1]

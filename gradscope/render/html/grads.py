@@ -7,7 +7,7 @@ import html
 import math
 from collections.abc import Sequence
 
-from gradscope.report import GradReport, ModuleGrad, Report
+from gradscope.report import GradReport, ModuleGrad, OverfitReport, VerifyReport
 from gradscope.report.text import format_number as fmt
 
 
@@ -145,8 +145,7 @@ def _module_table(modules: Sequence[ModuleGrad]) -> str:
     return f'<table class="modules">{head}{rows}</table>'
 
 
-def overfit_section(r: Report) -> str:
-    o = r.overfit
+def overfit_section(o: OverfitReport) -> str:
     steps = "".join(f"<td>{fmt(x)}</td>" for x in o.losses)
     heads = "".join(f"<th>{i}</th>" for i in range(len(o.losses)))
     verdict = "the loss drops" if o.dropped else "the loss does not drop"
@@ -156,8 +155,7 @@ def overfit_section(r: Report) -> str:
     )
 
 
-def verify_section(r: Report) -> str:
-    v = r.verify
+def verify_section(v: VerifyReport) -> str:
     head = "<tr><th>tensor</th><th>direction</th><th>autograd</th><th>finite difference</th><th>relative error</th><th>ok</th></tr>"
     rows = "".join(
         f"<tr><td>{html.escape(c.target)}</td><td>{html.escape(c.direction)}</td><td>{c.autograd:.6g}</td>"

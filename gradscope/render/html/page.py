@@ -105,9 +105,9 @@ def _report_sections(r: Report, root: str) -> list[str | list[str]]:
     if r.grads is not None:
         parts.append(grads_section(r.grads))
     if r.overfit is not None:
-        parts.append(overfit_section(r))
+        parts.append(overfit_section(r.overfit))
     if r.verify is not None:
-        parts.append(verify_section(r))
+        parts.append(verify_section(r.verify))
     return [p for p in parts if p]
 
 
