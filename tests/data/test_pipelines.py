@@ -149,7 +149,7 @@ def test_attach_roles_counts_truncation_and_refuses_foreign_tokens(derived):
     foreign = {"input_ids": torch.tensor([[9] + row.input_ids])}  # a BOS the derivation does not have
     with pytest.raises(DataError, match=r"batch row 0 from position 0 does not hold the tokens gradscope derived for data row 0: they first differ at token 0 \(9 in the batch, 1 from"):
         attach_roles(foreign, rows, 3, strict=True)
-    loose, used = attach_roles(foreign, rows, 3, strict=True)
+    loose, used = attach_roles(foreign, rows, 3, strict=False)
     assert (loose[ROLE_CODES_KEY] == UNKNOWN).all() and used == set()
 
 
