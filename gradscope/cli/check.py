@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, cast
 
 import typer
 from rich.console import Console, Group
@@ -56,6 +56,7 @@ from gradscope.cli.options import (
     writable,
 )
 from gradscope.engine.probes import WINDOWS_PER_ROW
+from gradscope.modes import Depth
 from gradscope.render.check import CheckView
 from gradscope.render.grads import GradsView
 from gradscope.render.inspect import InspectView
@@ -112,7 +113,8 @@ def check(
     quiet_transformers()
     report = guarded(lambda: check_files(
         named, keep_dropout=keep_dropout, probes=parse_probes(probes), accumulate=accumulate, windows=windows,
-        params=params, lr=lr, max_grad_norm=max_grad_norm, roles_from=roles_from, depth=depth,
+        params=params, lr=lr, max_grad_norm=max_grad_norm, roles_from=roles_from,
+        depth=cast(Depth, depth),  # check_files refuses any other value with an Error: line
     ))
     views = [CheckView(report, max_samples=show)] + ([GradsView(report)] if params else [])
     raise emit(report, output_format.value, output, Group(*views), strict, html)

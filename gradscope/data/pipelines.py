@@ -13,8 +13,7 @@ from gradscope.constants import CUT_KEY, ROLE_CODES_KEY, ROW_KEY, UNKNOWN
 from gradscope.data.batch import COMPLETION, collate, real_tokens
 from gradscope.data.roles import RoleRow, RoleSpec, derive_rows
 from gradscope.errors import DataError
-
-PIPELINES = ("reference", "trl")
+from gradscope.modes import Pipeline, TrainOn, TruncationMode
 
 
 @dataclass
@@ -34,12 +33,12 @@ class DataOptions:
 
     response_template: str | None = None
     instruction_template: str | None = None
-    train_on: str = "all-assistant"
+    train_on: TrainOn = "all-assistant"
     max_length: int | None = None
-    truncation_mode: str | None = None
+    truncation_mode: TruncationMode | None = None
     collate: str | None = None
     collate_input: str = "raw"
-    pipeline: str = "reference"
+    pipeline: Pipeline = "reference"
     trl_config: Path | None = None
     trl_options: dict[str, Any] = field(default_factory=dict)
 

@@ -14,9 +14,7 @@ from gradscope.data.reasoning import DROPPED_REASONING, bounds_without_reasoning
 from gradscope.data.chat_template import Renderer, row_tools
 from gradscope.errors import DataError
 from gradscope.data.rows import RoleRow
-
-TRAIN_ON = ("all-assistant", "last-assistant")
-
+from gradscope.modes import TrainOn, TruncationMode
 
 @dataclass
 class RoleSpec:
@@ -32,7 +30,7 @@ class RoleSpec:
     """
 
     end_token_ids: frozenset[int]
-    train_on: str = "all-assistant"
+    train_on: TrainOn = "all-assistant"
     response_template: str | None = None
     instruction_template: str | None = None
     chat_template: str | None = None
@@ -389,7 +387,7 @@ def _occurrences(text: str, pattern: str) -> list[int]:
 # --- truncation ------------------------------------------------------------------------------------------------
 
 
-def truncate(row: RoleRow, max_length: int | None, mode: str = "keep_start") -> RoleRow:
+def truncate(row: RoleRow, max_length: int | None, mode: TruncationMode = "keep_start") -> RoleRow:
     """Cut the row to max_length tokens (keep_start keeps the first ones, keep_end the last), counting the completion
     tokens removed."""
     if max_length is None or len(row.input_ids) <= max_length:

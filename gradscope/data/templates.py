@@ -10,6 +10,7 @@ from gradscope.constants import UNKNOWN
 from gradscope.data.batch import COMPLETION, PROMPT
 from gradscope.data.roles import RoleRow, RoleSpec, derive, find_subsequence
 from gradscope.errors import DataError
+from gradscope.modes import TrainOn
 
 # --- roles of already tokenized chats, read back from the template's markers --------------------------------------
 
@@ -51,7 +52,7 @@ class TemplateMarkers:
     tail: list[int] = field(default_factory=list)
     lead: list[int] = field(default_factory=list)
 
-    def roles(self, ids: Sequence[int], train_on: str = "all-assistant") -> list[int]:
+    def roles(self, ids: Sequence[int], train_on: TrainOn = "all-assistant") -> list[int]:
         """Roles of one token sequence: after each marker, through the first end token, is completion."""
         starts = sorted({m + len(r) for r in self.responses for m in find_subsequence(ids, r)})
         roles = [PROMPT] * len(ids)

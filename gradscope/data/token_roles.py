@@ -25,9 +25,10 @@ from gradscope.constants import COMPLETION, PROMPT, ROLE_CODES_KEY, ROLE_KEYS, R
 from gradscope.data.batch import real_tokens
 from gradscope.data.load import load_role_rows
 from gradscope.data.pipelines import DataOptions
-from gradscope.data.roles import TRAIN_ON, RoleRow, find_subsequence
+from gradscope.data.roles import RoleRow, find_subsequence
 from gradscope.data.templates import TemplateMarkers, template_markers
 from gradscope.errors import DataError
+from gradscope.modes import TRAIN_ON, TrainOn
 
 UNKNOWN_SOURCE = "unknown"
 
@@ -48,7 +49,7 @@ class RoleSources:
     instruction_template: str | None = None
     roles_from: Sequence[RoleRow] | None = None
     roles_from_path: str | None = None
-    train_on: str = "all-assistant"
+    train_on: TrainOn = "all-assistant"
 
 
 @dataclass
@@ -124,7 +125,7 @@ class RowRoles:
 
 def role_sources(
     tokenizer: Any, ends: frozenset[int], response_template: str | None, instruction_template: str | None,
-    roles_from: str | Path | None, train_on: str,
+    roles_from: str | Path | None, train_on: TrainOn,
 ) -> RoleSources:
     """The role sources of a check; ``roles_from`` rows are read, tokenized and split into roles here.
 
@@ -268,7 +269,7 @@ def chat_markers(tokenizer: Any, ends: frozenset[int]) -> tuple[TemplateMarkers 
     return cache[key], ""
 
 
-def _marker_roles(markers: TemplateMarkers, ids: list[int], train_on: str) -> tuple[list[int] | None, str | None]:
+def _marker_roles(markers: TemplateMarkers, ids: list[int], train_on: TrainOn) -> tuple[list[int] | None, str | None]:
     roles = markers.roles(ids, train_on)
     if COMPLETION not in roles:
         return None, "no assistant turn of the chat template is in the row's tokens"

@@ -30,8 +30,6 @@ from gradscope.errors import ModelCallError
 from gradscope.model.usercode import LossFn
 from gradscope.model.layers import input_embeddings, output_embeddings
 
-DEPTHS = ("full", "logits")
-"""How deep ``check`` differentiates: through the network (``full``), or the loss's backward only (``logits``)."""
 
 LOGITS_DEPTH_NOTE = (
     "depth logits: the loss's backward only, no backward through the network; embedding and layer gradient norms "

@@ -24,7 +24,7 @@ from typing import Any
 
 from torch import nn
 
-from gradscope.data.roles import TRAIN_ON, RoleSpec
+from gradscope.data.roles import RoleSpec
 from gradscope.data.tokens import default_end_token_ids, resolve_pad_token_id
 from gradscope.errors import GradscopeError, MaskingError
 from gradscope.integrations.observe import Observer
@@ -38,6 +38,7 @@ from gradscope.integrations.sources import (
 from gradscope.integrations.verdict import RankVerdict, gather, merge, rank_verdict
 from gradscope.model.prepare import describe_model
 from gradscope.report import Finding, Report
+from gradscope.modes import TRAIN_ON, FailOn, TrainOn
 
 try:
     from transformers import Trainer, TrainerCallback
@@ -77,7 +78,7 @@ class GradscopeCallback(TrainerCallback):
             finished Trainer is freed when its last reference goes, as it would be without the callback).
     """
 
-    def __init__(self, fail_on: str | None = "error", *, train_on: str = "all-assistant",
+    def __init__(self, fail_on: FailOn | None = "error", *, train_on: TrainOn = "all-assistant",
                  end_token_ids: frozenset[int] | None = None, write_report: bool = True,
                  keep_dropout: bool = False) -> None:
         if fail_on not in ("error", "warning", None):

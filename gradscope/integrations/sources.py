@@ -18,6 +18,7 @@ from gradscope.data.batch import document_starts, real_tokens
 from gradscope.data.roles import RoleSpec, derive, row_kind
 from gradscope.data.templates import TemplateMarkers, template_markers
 from gradscope.errors import DataError
+from gradscope.modes import TrainOn
 
 
 def from_inputs(inputs: Mapping[str, Any], *others: Mapping[str, Any]) -> torch.Tensor | None:
@@ -149,7 +150,7 @@ def rl_rows(inputs: Mapping[str, Any], given: Mapping[str, Any]) -> RLRows | Non
 
 
 def row_roles(ids: torch.Tensor, starts: torch.Tensor, real: torch.Tensor, dataset: DatasetRoles | PreferenceRoles | None,
-              markers: TemplateMarkers | LazyMarkers | None, train_on: str) -> tuple[list[int], str | None]:
+              markers: TemplateMarkers | LazyMarkers | None, train_on: TrainOn) -> tuple[list[int], str | None]:
     """Role codes of one row and what gave them: each packed document (its real tokens, padding after them) looked
     up in the dataset, else the template's markers over the row; UNKNOWN where neither applies."""
     ids_list, keep = ids.tolist(), real.tolist()
@@ -172,7 +173,7 @@ def row_roles(ids: torch.Tensor, starts: torch.Tensor, real: torch.Tensor, datas
 
 
 def batch_roles(inputs: Mapping[str, Any], context: Mapping[str, Any], dataset: DatasetRoles | None,
-                markers: TemplateMarkers | LazyMarkers | None, train_on: str,
+                markers: TemplateMarkers | LazyMarkers | None, train_on: TrainOn,
                 preference: PreferenceRoles | None = None) -> tuple[torch.Tensor, list[str | None]]:
     """Role codes (B, T) for one observed forward and, per row, which source gave them (None: not judged).
 
@@ -212,7 +213,7 @@ class LazyMarkers:
         self._markers: TemplateMarkers | None = None
         self._learnt = False
 
-    def roles(self, ids: list[int], train_on: str = "all-assistant") -> list[int]:
+    def roles(self, ids: list[int], train_on: TrainOn = "all-assistant") -> list[int]:
         """The markers' roles of ``ids``; every token UNKNOWN without a template gradscope can read."""
         if not self._learnt:
             self._markers, self._learnt = chat_markers(self.tokenizer, self.ends), True

@@ -23,6 +23,7 @@ from gradscope.model.checkpoint import (
     check_coverage,
     check_weight_files,
 )
+from gradscope.modes import Dtype
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
@@ -32,7 +33,7 @@ def load_model(
     path: str | Path,
     *,
     device: str = "cpu",
-    dtype: str = "float32",
+    dtype: Dtype = "float32",
     trust_remote_code: bool = False,
     device_map: str | None = None,
 ) -> nn.Module:
@@ -143,7 +144,7 @@ def load_model_and_tokenizer(
     *,
     base: str | Path | None = None,
     device: str = "cpu",
-    dtype: str = "float32",
+    dtype: Dtype = "float32",
     trust_remote_code: bool = False,
     device_map: str | None = None,
 ) -> tuple[nn.Module, Any | None]:

@@ -27,7 +27,7 @@ from gradscope.data.token_roles import UNKNOWN_SOURCE, batch_roles, role_sources
 from gradscope.data.tokens import default_end_token_ids, media_token_ids, resolve_pad_token_id
 from gradscope.engine.accumulate import Accumulation
 from gradscope.engine.aux_path import padding_path
-from gradscope.engine.loss_only import DEPTHS, LOGITS_DEPTH_NOTE, NOT_RUN_AT_LOGITS, forward_loss_backward
+from gradscope.engine.loss_only import LOGITS_DEPTH_NOTE, NOT_RUN_AT_LOGITS, forward_loss_backward
 from gradscope.engine.probes import PROBES, WINDOWS_PER_ROW, ProbeRun
 from gradscope.engine.run import Capture, forward_backward
 from gradscope.errors import DataError, InputError
@@ -38,6 +38,7 @@ from gradscope.model.usercode import LossFn
 from gradscope.report.check import AccumulationReport, ProbeReport, Report
 from gradscope.report.finding import Finding
 from gradscope.verbs.samples import sample_report, sample_views
+from gradscope.modes import DEPTHS, Depth, TrainOn
 
 
 def check(
@@ -54,8 +55,8 @@ def check(
     response_template: str | None = None,
     instruction_template: str | None = None,
     roles_from: str | Path | None = None,
-    train_on: str = "all-assistant",
-    depth: str = "full",
+    train_on: TrainOn = "all-assistant",
+    depth: Depth = "full",
 ) -> Report:
     """Check which tokens one batch trains and flag every masking leak.
 
@@ -125,8 +126,8 @@ def check_batches(
     response_template: str | None = None,
     instruction_template: str | None = None,
     roles_from: str | Path | None = None,
-    train_on: str = "all-assistant",
-    depth: str = "full",
+    train_on: TrainOn = "all-assistant",
+    depth: Depth = "full",
 ) -> Report:
     """``check`` over several batches, one forward and backward each (plus the probes'), merged into one Report.
 
@@ -208,7 +209,7 @@ def chosen_probes(probes: Iterable[str], accumulate: int | None = None, windows:
     return names
 
 
-def chosen_depth(depth: str) -> str:
+def chosen_depth(depth: Depth) -> str:
     """``depth``, checked.
 
     Raises:

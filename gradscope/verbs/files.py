@@ -31,6 +31,7 @@ from gradscope.verbs.check import check_batches, chosen_depth, chosen_probes
 from gradscope.verbs.grads import grads
 from gradscope.verbs.overfit import overfit as overfit_batch
 from gradscope.verbs.verify import verify
+from gradscope.modes import Depth, Dtype, Optimizer
 
 
 @dataclass
@@ -53,7 +54,7 @@ class Inputs:
     batch_size: int = 1
     loss: str | None = None
     device: str = "cpu"
-    dtype: str = "float32"
+    dtype: Dtype = "float32"
     trust_remote_code: bool = False
     base: str | Path | None = None
     device_map: str | None = None
@@ -98,7 +99,7 @@ def check_files(
     lr: float = DEFAULT_LR,
     max_grad_norm: float = DEFAULT_MAX_GRAD_NORM,
     roles_from: str | Path | None = None,
-    depth: str = "full",
+    depth: Depth = "full",
 ) -> Report:
     """``gradscope check``: the masking check of every batch, and with ``params`` the parameter pass on the first.
 
@@ -145,7 +146,7 @@ def grads_files(
     lr: float = DEFAULT_LR,
     max_grad_norm: float = DEFAULT_MAX_GRAD_NORM,
     overfit: int = 0,
-    optimizer: str = "adamw",
+    optimizer: Optimizer = "adamw",
 ) -> Report:
     """``gradscope grads``: the gradient at the weights on the first batch, then ``overfit`` steps on it if asked."""
     loaded = load(inputs)

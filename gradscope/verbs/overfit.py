@@ -11,13 +11,14 @@ from torch import nn
 
 from gradscope.checks.grads import DEFAULT_LR
 from gradscope.checks.overfit import MIN_DROP, cannot_overfit, dropped
-from gradscope.engine.optimize import OPTIMIZERS, loss_curve
+from gradscope.engine.optimize import loss_curve
 from gradscope.errors import InputError
 from gradscope.data.batch import prepare_batch
 from gradscope.model.prepare import describe_model, to_device
 from gradscope.model.usercode import LossFn
 from gradscope.report.check import Report
 from gradscope.report.weights import OverfitReport
+from gradscope.modes import OPTIMIZERS, Optimizer
 
 
 def overfit(
@@ -26,7 +27,7 @@ def overfit(
     *,
     steps: int,
     lr: float = DEFAULT_LR,
-    optimizer: str = "adamw",
+    optimizer: Optimizer = "adamw",
     loss_fn: LossFn | None = None,
     keep_dropout: bool = False,
     report: Report | None = None,
