@@ -1,4 +1,5 @@
-"""gradscope: read from the loss gradient which tokens a causal-LM fine-tune really trains, and what reaches the weights.
+"""gradscope: read from the loss gradient which tokens a causal-LM fine-tune really trains, and what reaches the
+weights.
 
     >>> report = gradscope.check(model, batch, tokenizer=tokenizer)
     >>> report.ok, [f.check for f in report.findings]

@@ -132,7 +132,8 @@ def bos_missing(s: SampleView) -> Finding | None:
         "error",
         s.index,
         missing,
-        f"sample {s.index} {where} without the BOS (id {s.bos_token_id}) at {format_positions(missing)}, though the tokenizer puts "
+        f"sample {s.index} {where} without the BOS (id {s.bos_token_id}) at "
+            f"{format_positions(missing)}, though the tokenizer puts "
         "it first in every encoding: the model trains on starts it never sees at inference, where the BOS is always "
         "there. Usual cause: text tokenized with add_special_tokens=False (or rendered by a template without "
         "{{ bos_token }}) and never given its BOS, or documents packed after their BOS was stripped. Tokenize with "
@@ -187,7 +188,8 @@ def packed_without_boundaries(s: SampleView) -> Finding | None:
         "error",
         s.index,
         starts_at,
-        f"sample {s.index} holds {len(starts_at) + 1} documents (new ones at {format_positions(starts_at)}, after a BOS/EOS "
+        f"sample {s.index} holds {len(starts_at) + 1} documents (new ones at "
+            f"{format_positions(starts_at)}, after a BOS/EOS "
         f"{tokens_word(len(starts_at))}) with no boundary declared: position_ids do not restart, and no seq_idx, "
         "cu_seq_lens or attention mask separates them, so each document attends to the ones before and its first "
         "token is trained as their continuation. Pack with position_ids restarting at 0 for each document (TRL's "

@@ -24,7 +24,8 @@ def no_loss(s: SampleView) -> Finding | None:
     head = f"no token of sample {s.index} is trained: every label is -100, so the sample adds nothing to the loss. "
     if s.completion_cut and not (s.roles == COMPLETION).any():
         cause = (
-            f"Truncation did it: the maximum length cut all {s.completion_cut} completion {tokens_word(s.completion_cut)}. "
+            f"Truncation did it: the maximum length cut all {s.completion_cut} completion "
+                f"{tokens_word(s.completion_cut)}. "
             "Raise max_length, shorten the prompt, or drop the row (TRL drops such rows itself)."
         )
     else:
@@ -67,7 +68,8 @@ def label_misaligned(s: SampleView) -> Finding | None:
         "error",
         s.index,
         wrong,
-        f"{len(wrong)} trained {tokens_word(len(wrong))} ({format_positions(wrong)}) point at the wrong target: {learns}. "
+        f"{len(wrong)} trained {tokens_word(len(wrong))} ({format_positions(wrong)}) point at "
+            f"the wrong target: {learns}. "
         "Usual cause: labels shifted by the pipeline and shifted again inside the model's loss. Pass labels aligned "
         "with input_ids (labels[t] is token t; transformers' causal-LM loss shifts internally).",
     )
@@ -114,7 +116,8 @@ def prompt_leak(s: SampleView) -> Finding | None:
         "error",
         s.index,
         leaked,
-        f"prompt {tokens_word(len(leaked))} {format_positions(leaked)} {'is' if len(leaked) == 1 else 'are'} trained: {cause}.",
+        f"prompt {tokens_word(len(leaked))} {format_positions(leaked)} "
+            f"{'is' if len(leaked) == 1 else 'are'} trained: {cause}.",
     )
 
 

@@ -62,7 +62,8 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    help="Read from the loss gradient which tokens a fine-tune really trains, flag every masking leak, and check the gradient that reaches the weights.",
+    help="Read from the loss gradient which tokens a fine-tune really trains, flag every masking "
+        "leak, and check the gradient that reaches the weights.",
 )
 
 

@@ -100,8 +100,12 @@ def check(
     max_grad_norm: MaxNormOpt = DEFAULT_MAX_GRAD_NORM,
     probes: Annotated[str, typer.Option("--probes", help="Structural probes, comma-separated: causal,packing,weights (or all, none).")] = "all",
     accumulate: Annotated[int | None, typer.Option("--accumulate", min=1, help="Also run each batch as K accumulated micro-batches and compare gradients.")] = None,
-    depth: Annotated[str, typer.Option("--depth", help="full: backward through the network (layer norms, causal and packing probes); logits: masking only, a forward and the loss's own backward (docs/performance.md).")] = "full",
-    windows: Annotated[int, typer.Option("--windows", min=0, help="Random-projection windows per row for the causal and packing probes, on top of the free screen (each about one activation-only backward).")] = WINDOWS_PER_ROW,
+    depth: Annotated[str, typer.Option("--depth", help="full: backward through the network "
+        "(layer norms, causal and packing probes); logits: masking only, a forward and the "
+            "loss's own backward (docs/performance.md).")] = "full",
+    windows: Annotated[int, typer.Option("--windows", min=0, help="Random-projection windows per "
+        "row for the causal and packing probes, on top of the free screen (each about one "
+            "activation-only backward).")] = WINDOWS_PER_ROW,
 ) -> None:
     """Run MODEL forward and backward on DATA and report which tokens the loss trains, and every leak."""
     options = data_options(

@@ -223,7 +223,8 @@ def _line_blocks(path: Path, size: int) -> Iterator[bytes]:
 
 
 def _arrow_batches(path: Path, columns: Callable[[list[str], Path], list[str]] | None = None) -> Iterator:
-    """An Arrow file read batch by batch with the columns ``columns(names, path)`` picks (default: the token columns)."""
+    """An Arrow file read batch by batch with the columns ``columns(names, path)`` picks (default: the token
+    columns)."""
     return arrow_batches(path, columns or _wanted)
 
 

@@ -1,4 +1,5 @@
-"""``--pipeline trl``: the batches TRL's own SFT preparation and collator build, with gradscope's roles matched onto them."""
+"""``--pipeline trl``: the batches TRL's own SFT preparation and collator build, with gradscope's roles matched
+onto them."""
 
 from __future__ import annotations
 
@@ -167,7 +168,8 @@ def _trl_prepared(batches: list[dict], rows: list[RoleRow], config: Any, trainer
             f"max_length={config.max_length} leaves without a trained token, so they train nothing"
         )
     if wrapped:
-        notes.append("packing_strategy='wrapped' splits rows across sequences: pieces gradscope cannot match to a row have no role")
+        notes.append("packing_strategy='wrapped' splits rows across sequences: pieces gradscope "
+            "cannot match to a row have no role")
     data: dict[str, Any] = {"pipeline": "trl", "trl": {k: _jsonable(getattr(config, k)) for k in (*TRL_FLAGS, "packing_strategy")}}
     data["trl"]["completion_only_loss"] = trainer.completion_only_loss
     return Prepared(out, data, notes)
@@ -194,7 +196,8 @@ def _sft_trainer(model: nn.Module, tokenizer: Any, config: Any, dataset: Any) ->
                 "assistant_only_loss=True needs a chat template with {% generation %} markers, and this tokenizer's "
                 "template has none (nor is it one TRL knows how to patch): the assistant mask would be all zeros and "
                 f"every sample would train nothing (no_loss). TRL says: {first_line(err)}",
-                hint="wrap each assistant turn's content and its closing token in {% generation %}...{% endgeneration %}, "
+                hint="wrap each assistant turn's content and its closing token in {% generation "
+                    "%}...{% endgeneration %}, "
                 "or use completion_only_loss with prompt/completion rows",
             ) from err
         raise DataError(f"TRL's SFTTrainer rejects this setup: {first_line(err)}", hint="fix the TRL options or the data") from err

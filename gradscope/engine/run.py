@@ -291,7 +291,8 @@ def _gradient_at(
                 raise backward_error(err) from err
             raise ModelCallError(
                 "the model's own code checkpoints its layers with use_reentrant=True, which allows no partial backward",
-                hint="enable checkpointing with transformers' gradient_checkpointing_enable(), or use use_reentrant=False",
+                hint="enable checkpointing with transformers' gradient_checkpointing_enable(), "
+                    "or use use_reentrant=False",
             ) from err
         except Exception as err:  # a custom autograd Function of the user's loss or model raised in its backward
             raise backward_error(err) from err
@@ -305,7 +306,8 @@ def _gradient_at(
 
 def backward_error(err: BaseException) -> ModelCallError:
     """The backward through the user's model or loss failed: bad input, named."""
-    return ModelCallError(f"the backward pass failed: {type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}",
+    return ModelCallError(f"the backward pass failed: {type(err).__name__}: "
+        f"{str(err).strip().splitlines()[0] if str(err).strip() else ''}",
                           hint="a custom autograd Function in the loss or model raises in its backward?")
 
 

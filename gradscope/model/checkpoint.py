@@ -76,7 +76,8 @@ def check_coverage(info: dict[str, list], path: Path) -> None:
             shown = ", ".join(sorted(names)[:_SHOWN]) + (f" and {len(names) - _SHOWN} more" if len(names) > _SHOWN else "")
             raise ModelLoadError(
                 f"the weights do not match the model: {len(names)} tensor(s) {what}: {shown}", path=path,
-                hint="give the weights that belong to this config (a missing tensor would be random, and its verdict meaningless)",
+                hint="give the weights that belong to this config (a missing tensor would be "
+                    "random, and its verdict meaningless)",
             )
 
 

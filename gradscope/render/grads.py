@@ -97,7 +97,8 @@ def _row_norm(g: GradReport, m: ModuleGrad) -> float | None:
 def _grads_summary(g: GradReport) -> Text:
     clip = "–" if g.clip_factor is None else f"{g.clip_factor:.3g}"
     line = (
-        f"loss {format_number(g.loss)} · global gradient norm {format_number(g.global_norm)} · clip factor {clip} at --max-grad-norm "
+        f"loss {format_number(g.loss)} · global gradient norm {format_number(g.global_norm)} · "
+            f"clip factor {clip} at --max-grad-norm "
         f"{g.max_grad_norm:g} · block 0 / last block {format_number(g.depth_ratio, 3)}"
     )
     return Text(line)
@@ -110,7 +111,8 @@ def _adapter_line(g: GradReport) -> Text | None:
     ad, base = a["adapter"], a["base"]
     return Text(
         f"adapter ({', '.join(a['peft_type'])}): {_count(ad['trainable_parameters'])} of {_count(ad['parameters'])} "
-        f"adapter parameters trainable, ‖∇‖ {format_number(ad['grad_norm'])}; base: {_count(base['trainable_parameters'])} of "
+        f"adapter parameters trainable, ‖∇‖ {format_number(ad['grad_norm'])}; base: "
+            f"{_count(base['trainable_parameters'])} of "
         f"{_count(base['parameters'])} trainable, ‖∇‖ {format_number(base['grad_norm'])}",
         style="cyan",
     )
@@ -137,7 +139,8 @@ class OverfitView:
         verdict = ("✓ the loss drops", "bold green") if o.dropped else ("✗ the loss does not drop", "bold yellow")
         change = "" if o.drop is None else f" ({-o.drop:+.0%})"
         yield Text.assemble(
-            f"overfit one batch: {o.steps} {o.optimizer} steps at lr {o.lr:g}: {format_number(o.losses[0])} → {format_number(o.losses[-1])}{change}  ",
+            f"overfit one batch: {o.steps} {o.optimizer} steps at lr {o.lr:g}: "
+                f"{format_number(o.losses[0])} → {format_number(o.losses[-1])}{change}  ",
             verdict,
         )
         yield Text(sparkline(o.losses), style="cyan")

@@ -14,7 +14,8 @@ from gradscope.report import SCAN_WARNINGS, Finding, Report, SampleReport, ScanR
 from gradscope.report.text import format_positions
 
 ROOT_CHECKS = ("no_loss", "label_misaligned")
-"""A sample that fails one of these is not judged by the others (``gradscope.checks.masking.check_sample``): they are skipped."""
+"""A sample that fails one of these is not judged by the others (``gradscope.checks.masking.check_sample``): they
+are skipped."""
 
 SAMPLE_CHECKS = (
     *ROOT_CHECKS, "prompt_leak", "pad_leak", "completion_untrained", "eos_untrained", "turn_end_untrained",

@@ -68,7 +68,8 @@ def _distributions(r: ScanReport) -> Group:
     lines = [Text("Distributions", style="bold")]
     if length.get("rows"):
         lines.append(Text(
-            f"tokens per row: min {length['min']}, median {length['p50']}, p90 {length['p90']}, p99 {length['p99']}, "
+            f"tokens per row: min {length['min']}, median {length['p50']}, p90 {length['p90']}, "
+                f"p99 {length['p99']}, "
             f"max {length['max']}, mean {length['mean']:.1f}"
         ))
     fraction = r.distributions.get("trained_fraction", {})

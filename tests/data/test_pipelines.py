@@ -147,7 +147,8 @@ def test_attach_roles_counts_truncation_and_refuses_foreign_tokens(derived):
     assert out[ROLE_CODES_KEY][0].tolist() == row.roles[-12:]
     assert out[CUT_KEY].tolist() == [row.roles.count(COMPLETION) - row.roles[-12:].count(COMPLETION)]
     foreign = {"input_ids": torch.tensor([[9] + row.input_ids])}  # a BOS the derivation does not have
-    with pytest.raises(DataError, match=r"batch row 0 from position 0 does not hold the tokens gradscope derived for data row 0: they first differ at token 0 \(9 in the batch, 1 from"):
+    with pytest.raises(DataError, match=r"batch row 0 from position 0 does not hold the tokens "
+        r"gradscope derived for data row 0: they first differ at token 0 \(9 in the batch, 1 from"):
         attach_roles(foreign, rows, 3, strict=True)
     loose, used = attach_roles(foreign, rows, 3, strict=False)
     assert (loose[ROLE_CODES_KEY] == UNKNOWN).all() and used == set()
@@ -171,10 +172,12 @@ def test_collator_on_raw_rows_with_the_chat_template_passes(tmp_path, checked):
         "from transformers import AutoTokenizer\n"
         f"TOK = AutoTokenizer.from_pretrained({str(FIXTURES / LLAMA)!r})\n"
         "def collate(rows):\n"
-        "    out = [TOK.apply_chat_template(r['messages'], return_dict=True, return_assistant_tokens_mask=True) for r in rows]\n"
+        "    out = [TOK.apply_chat_template(r['messages'], return_dict=True, "
+            "return_assistant_tokens_mask=True) for r in rows]\n"
         "    n = max(len(o['input_ids']) for o in out)\n"
         "    ids = [o['input_ids'] + [3] * (n - len(o['input_ids'])) for o in out]\n"
-        "    labels = [[i if m else -100 for i, m in zip(o['input_ids'], o['assistant_masks'])] + [-100] * (n - len(o['input_ids'])) for o in out]\n"
+        "    labels = [[i if m else -100 for i, m in zip(o['input_ids'], o['assistant_masks'])] "
+            "+ [-100] * (n - len(o['input_ids'])) for o in out]\n"
         "    mask = [[1] * len(o['input_ids']) + [0] * (n - len(o['input_ids'])) for o in out]\n"
         "    return {'input_ids': ids, 'labels': labels, 'attention_mask': mask}\n"
     )

@@ -21,7 +21,8 @@ P, C, U = PROMPT, COMPLETION, UNKNOWN
 
 @pytest.fixture
 def tok(fixture_tokenizer):
-    """``tok(name)``: the fixture tokenizer "chatml", "llama3", "mistral" or "gpt2" (conftest's ``fixture_tokenizer``)."""
+    """``tok(name)``: the fixture tokenizer "chatml", "llama3", "mistral" or "gpt2" (conftest's
+    ``fixture_tokenizer``)."""
     return fixture_tokenizer
 
 
@@ -200,7 +201,8 @@ def test_closing_token_the_template_gives_to_the_next_turn_is_still_completion(t
     template = (
         "{% for m in messages %}{% if not loop.first %}{{ '<|im_end|>\\n' }}{% endif %}"
         "{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] }}{% endfor %}"
-        "{% if add_generation_prompt %}{% if messages %}{{ '<|im_end|>\\n' }}{% endif %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+        "{% if add_generation_prompt %}{% if messages %}{{ '<|im_end|>\\n' }}{% endif %}{{ "
+            "'<|im_start|>assistant\\n' }}{% endif %}"
     )
     messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."},
                 {"role": "user", "content": "Bye"}]

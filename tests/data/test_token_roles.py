@@ -91,7 +91,8 @@ def test_a_prefix_break_other_than_a_trailing_eos_is_still_refused():
     tok = tokenizer("phi3-chat")
     # Earlier turns rendered differently once a later one follows: the last turn upper-cased.
     template = (
-        "{% for message in messages %}{% if loop.last %}{{ '<|' + message['role'] + '|>\\n' + message['content'] | upper }}"
+        "{% for message in messages %}{% if loop.last %}{{ '<|' + message['role'] + '|>\\n' + "
+            "message['content'] | upper }}"
         "{% else %}{{ '<|' + message['role'] + '|>\\n' + message['content'] }}{% endif %}{{ '<|end|>\\n' }}{% endfor %}"
         "{{ eos_token }}"
     )

@@ -35,7 +35,10 @@ def test_schema_rejects_what_readers_do_not_know(junit_schema):
     """The schema can fail: a test case without a name, and a count that is not a number."""
     assert not junit_schema.is_valid('<testsuites><testsuite name="a" tests="1" failures="0" errors="0"><testcase/></testsuite></testsuites>')
     assert not junit_schema.is_valid('<testsuites><testsuite name="a" tests="x" failures="0" errors="0"/></testsuites>')
-    assert junit_schema.is_valid('<testsuites><testsuite name="a" tests="1" failures="0" errors="0"><testcase name="b"/></testsuite></testsuites>')
+    assert junit_schema.is_valid(
+        '<testsuites><testsuite name="a" tests="1" failures="0" errors="0"><testcase name="b"/></testsuite>'
+        "</testsuites>"
+    )
 
 
 @pytest.mark.parametrize("name", ["llama_prompt_leak", "llama_clean", "llama_no_loss", "llama_unknown_roles",
@@ -153,7 +156,10 @@ def test_github_annotations_escape_and_level():
                 Finding("uneven_token_weights", "warning", None, [], "weights, differ")]
     report = Report(model={}, findings=findings, data={"source": "data/train.jsonl"})
     error, warning = github_annotations(report)
-    assert error == "::error file=data/train.jsonl,title=gradscope prompt_leak (sample 0)::positions 1-3, 9: line one%0Aline two: 100%25"
+    assert error == (
+        "::error file=data/train.jsonl,title=gradscope prompt_leak (sample 0)::positions 1-3, 9: "
+        "line one%0Aline two: 100%25"
+    )
     assert warning == "::warning file=data/train.jsonl,title=gradscope uneven_token_weights (batch)::weights, differ"
     assert github_annotations(report, strict=True)[1].startswith("::error ")
     assert "file=" not in github_annotations(Report(model={}, findings=findings, data={"source": "/abs/x"}))[0]

@@ -199,7 +199,8 @@ def _scale_key() -> str:
 def _controls(columns: dict[int, dict[str, Any]]) -> str:
     modes = [("role", "role × trained"), ("loss", "per-token loss"), ("glog", "‖∂L/∂logits‖"), ("gemb", "‖∂L/∂embedding‖")]
     radios = "".join(
-        f'<label><input type="radio" name="shade" value="{v}"{" checked" if v == "role" else ""}> {html.escape(t)}</label>'
+        '<label><input type="radio" name="shade" '
+            f'value="{v}"{" checked" if v == "role" else ""}> {html.escape(t)}</label>'
         for v, t in modes
     )
     ranges = html.escape(json.dumps(data.ranges(columns.values())), quote=True)
@@ -228,7 +229,8 @@ def _finding_row(i: int, f: Finding, root: str, linked: bool) -> str:
         sample = str(f.sample)
     positions = _position_links(f, root) if linked and f.sample is not None else html.escape(_runs_text(f.positions))
     return (
-        f'<tr data-check="{html.escape(f.check)}" data-severity="{f.severity}" data-sample="{"" if f.sample is None else f.sample}">'
+        f'<tr data-check="{html.escape(f.check)}" data-severity="{f.severity}" '
+            f'data-sample="{"" if f.sample is None else f.sample}">'
         f'<td>{html.escape(f.check)}</td><td class="{f.severity}">{f.severity}</td><td>{sample}</td>'
         f"<td>{positions}</td><td>{html.escape(f.message)}</td></tr>"
     )
@@ -302,14 +304,16 @@ def _scan_distributions(r: ScanReport) -> str:
     parts = []
     if length.get("rows"):
         parts.append(
-            f"<p>tokens per row: min {length['min']}, median {length['p50']}, p90 {length['p90']}, p99 {length['p99']}, "
+            f"<p>tokens per row: min {length['min']}, median {length['p50']}, p90 "
+                f"{length['p90']}, p99 {length['p99']}, "
             f"max {length['max']}, mean {length['mean']:.1f}</p>"
         )
     fraction = r.distributions.get("trained_fraction", {})
     counts, bins = fraction.get("rows", []), fraction.get("bins", [])
     top = max(counts, default=0) or 1
     bars = "".join(
-        f'<tr><th>{bins[i]:.1f}–{bins[i + 1]:.1f}</th><td><span class="bar" style="width:{200 * n / top:.0f}px"></span> {n}</td></tr>'
+        f'<tr><th>{bins[i]:.1f}–{bins[i + 1]:.1f}</th><td><span class="bar" '
+            f'style="width:{200 * n / top:.0f}px"></span> {n}</td></tr>'
         for i, n in enumerate(counts)
     )
     if bars:
@@ -324,6 +328,8 @@ def _worst_rows(r: ScanReport) -> str:
         f"<tr><td>{w['row']}</td><td>{w['positions']}</td><td>{html.escape(', '.join(w['checks']))}</td></tr>" for w in r.worst_rows
     )
     return (
-        '<section class="worst"><h2>Worst rows</h2><table><tr><th>row</th><th>flagged positions</th><th>checks</th></tr>'
-        f"{rows}</table><p>look at one with: <code>gradscope inspect MODEL DATA --row N --html FILE</code></p></section>"
+        '<section class="worst"><h2>Worst rows</h2><table><tr><th>row</th><th>flagged '
+            'positions</th><th>checks</th></tr>'
+        f"{rows}</table><p>look at one with: <code>gradscope inspect MODEL DATA --row N --html "
+            "FILE</code></p></section>"
     )
