@@ -17,7 +17,7 @@ LAYERS = (
     ("gradscope.data",),
     ("gradscope.model",),
     ("gradscope.render",),
-    ("gradscope.report", "gradscope.errors", "gradscope.constants", "gradscope.modes"),
+    ("gradscope.report", "gradscope.errors", "gradscope.constants", "gradscope.modes", "gradscope.tokenizer"),
 )
 """Top to bottom. A module may import its own layer and the layers below it, never one above."""
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
+from gradscope.tokenizer import Tokenizer
+
 
 
 class Encoder:
@@ -13,7 +15,7 @@ class Encoder:
     whole row is (the tokenizer's own special tokens added), with character offsets.
     """
 
-    def __init__(self, tokenizer: Any) -> None:
+    def __init__(self, tokenizer: Tokenizer) -> None:
         self.tok = tokenizer
         self.plain: dict[str, list[int]] = {}
         self.offsets: dict[str, tuple[list[int], list[tuple[int, int]]]] = {}
@@ -52,7 +54,7 @@ class Encoder:
         return list(ids), [tuple(o) for o in offsets] if offsets and not isinstance(offsets[0], tuple) else list(offsets)
 
 
-def _as_its_call_leaves_it(backend: Any, tokenizer: Any) -> bool:
+def _as_its_call_leaves_it(backend: Any, tokenizer: Tokenizer) -> bool:
     """Whether the backend is set as transformers' own call sets it before encoding (which it does every call)."""
     split = bool(getattr(tokenizer, "split_special_tokens", False))
     return backend.truncation is None and backend.padding is None and backend.encode_special_tokens == split

@@ -19,6 +19,7 @@ from gradscope.data.sources import TOKENIZED_KEYS, data_format
 from gradscope.data.trl import trl_batches
 from gradscope.errors import DataError, first_line
 from gradscope.model.usercode import import_function
+from gradscope.tokenizer import Tokenizer
 
 _INT64 = (-(2**63), 2**63 - 1)
 
@@ -139,7 +140,7 @@ def _require_same_keys(rows: list[dict[str, list[int]]], path: Path) -> None:
 def load_data(
     path: str | Path,
     *,
-    tokenizer: Any,
+    tokenizer: Tokenizer | None,
     model: nn.Module | None = None,
     samples: int | None = None,
     batch_size: int = 1,
@@ -192,7 +193,7 @@ def _tokenized_rows(path: str | Path, rows: list[dict[str, Any]]) -> list[dict[s
 
 def load_role_rows(
     path: str | Path,
-    tokenizer: Any,
+    tokenizer: Tokenizer | None,
     *,
     samples: int | None = None,
     options: DataOptions | None = None,
@@ -210,7 +211,7 @@ def load_role_rows(
     return [truncate(r, options.max_length, mode) for r in role_rows(read_rows(path, samples), tokenizer, spec)]
 
 
-def role_spec(tokenizer: Any, options: DataOptions, end_token_ids: frozenset[int] | None, source: str | None) -> RoleSpec:
+def role_spec(tokenizer: Tokenizer, options: DataOptions, end_token_ids: frozenset[int] | None, source: str | None) -> RoleSpec:
     """How rows split into roles, from the options; end tokens default to the tokenizer's EOS and end-of-turn."""
     from gradscope.data.tokens import default_end_token_ids
 
@@ -219,7 +220,7 @@ def role_spec(tokenizer: Any, options: DataOptions, end_token_ids: frozenset[int
 
 
 def _raw_batches(
-    path: str | Path, rows: list[dict[str, Any]], tokenizer: Any, model: nn.Module | None, spec: RoleSpec,
+    path: str | Path, rows: list[dict[str, Any]], tokenizer: Tokenizer, model: nn.Module | None, spec: RoleSpec,
     options: DataOptions, batch_size: int, pad: int,
 ) -> Prepared:
     """The reference, collate or TRL pipeline on raw rows."""

@@ -14,6 +14,7 @@ from gradscope.data.batch import COMPLETION, collate, real_tokens
 from gradscope.data.roles import RoleRow, RoleSpec, derive_rows
 from gradscope.errors import DataError
 from gradscope.modes import Pipeline, TrainOn, TruncationMode
+from gradscope.tokenizer import Tokenizer
 
 
 @dataclass
@@ -52,7 +53,7 @@ class Prepared:
     notes: list[str] = field(default_factory=list)
 
 
-def role_rows(rows: Sequence[Mapping[str, Any]], tokenizer: Any, spec: RoleSpec) -> list[RoleRow]:
+def role_rows(rows: Sequence[Mapping[str, Any]], tokenizer: Tokenizer, spec: RoleSpec) -> list[RoleRow]:
     """Every raw row tokenized with its roles (``roles.derive`` on each, the tokenizer called once per batch)."""
     return derive_rows(rows, tokenizer, spec)
 

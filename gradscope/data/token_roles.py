@@ -29,6 +29,7 @@ from gradscope.data.roles import RoleRow, find_subsequence
 from gradscope.data.templates import TemplateMarkers, template_markers
 from gradscope.errors import DataError
 from gradscope.modes import TRAIN_ON, TrainOn
+from gradscope.tokenizer import Tokenizer
 
 UNKNOWN_SOURCE = "unknown"
 
@@ -67,7 +68,7 @@ class BatchRoles:
     reasons: list[str | None]
 
 
-def batch_roles(batch: Mapping[str, Any], tokenizer: Any, end_token_ids: frozenset[int],
+def batch_roles(batch: Mapping[str, Any], tokenizer: Tokenizer | None, end_token_ids: frozenset[int],
                 sources: RoleSources | None = None, first_row: int = 0) -> BatchRoles:
     """The roles of every row of a tokenized batch, from the first source that gives them.
 
@@ -112,7 +113,7 @@ class RowRoles:
     many rows can skip reading them one by one.
     """
 
-    def __init__(self, tokenizer: Any, end_token_ids: frozenset[int], sources: RoleSources | None = None) -> None:
+    def __init__(self, tokenizer: Tokenizer | None, end_token_ids: frozenset[int], sources: RoleSources | None = None) -> None:
         self.readers = _readers(tokenizer, end_token_ids, sources or RoleSources())
         nothing = self.readers[0][1] if isinstance(self.readers[0][1], _NoSource) else None
         self.available = nothing is None
@@ -124,7 +125,7 @@ class RowRoles:
 
 
 def role_sources(
-    tokenizer: Any, ends: frozenset[int], response_template: str | None, instruction_template: str | None,
+    tokenizer: Tokenizer | None, ends: frozenset[int], response_template: str | None, instruction_template: str | None,
     roles_from: str | Path | None, train_on: TrainOn,
 ) -> RoleSources:
     """The role sources of a check; ``roles_from`` rows are read, tokenized and split into roles here.
@@ -154,7 +155,7 @@ def _first_reading(readers: list, ids: list[int], row: int) -> tuple[str, list[i
     return UNKNOWN_SOURCE, None, "; ".join(why) or "no role source"
 
 
-def _readers(tokenizer: Any, ends: frozenset[int], sources: RoleSources) -> list:
+def _readers(tokenizer: Tokenizer | None, ends: frozenset[int], sources: RoleSources) -> list:
     """(name, read(ids, row) -> (roles | None, reason)) for each source the user gave, in order."""
     readers: list[tuple[str, Callable[..., tuple[list[int] | None, str | None]]]] = []
     if sources.roles_from is not None:
@@ -217,7 +218,7 @@ class _ResponseTemplate:
     """After each response template is completion, through the first end token; it stops earlier at the next
     instruction or response template, and runs to the row's end when neither nor an end token follows."""
 
-    def __init__(self, tokenizer: Any, sources: RoleSources, ends: frozenset[int]) -> None:
+    def __init__(self, tokenizer: Tokenizer, sources: RoleSources, ends: frozenset[int]) -> None:
         assert sources.response_template is not None, "read only where a response template is given"
         self.response = _template_ids(tokenizer, sources.response_template)
         self.instruction = _template_ids(tokenizer, sources.instruction_template) if sources.instruction_template else []
@@ -238,7 +239,7 @@ class _ResponseTemplate:
         return roles, None
 
 
-def _template_ids(tokenizer: Any, text: str) -> list[int]:
+def _template_ids(tokenizer: Tokenizer, text: str) -> list[int]:
     ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
     if not ids:
         raise DataError(f"the template {text!r} has no tokens", hint="give the text that starts each completion")
@@ -250,7 +251,7 @@ def _template_ids(tokenizer: Any, text: str) -> list[int]:
 _MARKERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def chat_markers(tokenizer: Any, ends: frozenset[int]) -> tuple[TemplateMarkers | None, str]:
+def chat_markers(tokenizer: Tokenizer | None, ends: frozenset[int]) -> tuple[TemplateMarkers | None, str]:
     """The tokenizer's chat-template markers (learnt once per tokenizer and end tokens), or None and why not."""
     if tokenizer is None:
         return None, "no tokenizer was given"

@@ -19,6 +19,7 @@ from gradscope.data import deadline
 from gradscope.data.pipelines import DataOptions, Prepared, attach_roles, role_rows, row_notes
 from gradscope.data.roles import RoleRow, RoleSpec
 from gradscope.errors import DataError, first_line
+from gradscope.tokenizer import Tokenizer
 
 TRL_FLAGS = ("completion_only_loss", "assistant_only_loss", "packing", "padding_free", "max_length", "truncation_mode")
 
@@ -78,7 +79,7 @@ def require_trl() -> None:
 
 
 def trl_batches(
-    model: nn.Module, tokenizer: Any, raw: Sequence[Mapping[str, Any]], spec: RoleSpec, options: DataOptions,
+    model: nn.Module, tokenizer: Tokenizer, raw: Sequence[Mapping[str, Any]], spec: RoleSpec, options: DataOptions,
     batch_size: int,
 ) -> Prepared:
     """TRL's own SFT data preparation and collator on the rows, with gradscope's roles matched onto its batches.
@@ -106,7 +107,7 @@ def trl_batches(
     return _trl_prepared(batches, rows, config, trainer)
 
 
-def _bounded_renders(tokenizer: Any) -> list:
+def _bounded_renders(tokenizer: Any) -> list:  # gradscope's copy of transformers' tokenizer, given to TRL
     """Bound each chat-template rendering TRL asks of ``tokenizer`` (gradscope's copy, given to TRL alone) as
     gradscope bounds its own; the returned list holds the conversation being rendered, to name its row."""
     render = tokenizer.apply_chat_template
@@ -179,7 +180,7 @@ def _jsonable(value: Any) -> Any:
     return value if isinstance(value, (bool, int, float, str, type(None))) else str(value)
 
 
-def _sft_trainer(model: nn.Module, tokenizer: Any, config: Any, dataset: Any) -> Any:
+def _sft_trainer(model: nn.Module, tokenizer: Any, config: Any, dataset: Any) -> Any:  # TRL: transformers' own tokenizer
     from jinja2 import TemplateError
     from trl import SFTTrainer
     from trl.chat_template_utils import has_generation_markers

@@ -39,6 +39,7 @@ from gradscope.integrations.verdict import RankVerdict, gather, merge, rank_verd
 from gradscope.model.prepare import describe_model
 from gradscope.report import Finding, Report
 from gradscope.modes import TRAIN_ON, FailOn, TrainOn
+from gradscope.tokenizer import Tokenizer
 
 try:
     from transformers import Trainer, TrainerCallback
@@ -89,7 +90,7 @@ class GradscopeCallback(TrainerCallback):
         self.report: Report | None = None
         self._trainer: weakref.ref[Any] | None = None
         self._observer: Observer | None = None
-        self._tokenizer: Any = None
+        self._tokenizer: Tokenizer | None = None
         self._micro_batch = 0
 
     @property
@@ -244,7 +245,7 @@ class GradscopeCallback(TrainerCallback):
             )
 
 
-def _unknown_reason(tokenizer: Any) -> str:
+def _unknown_reason(tokenizer: Tokenizer | None) -> str:
     """Why a row of the watched step has no role source."""
     if tokenizer is None:
         return ("no role tensor in the inputs, and the Trainer was given no processing_class (tokenizer), so neither "

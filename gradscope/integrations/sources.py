@@ -19,6 +19,7 @@ from gradscope.data.roles import RoleSpec, derive, row_kind
 from gradscope.data.templates import TemplateMarkers, template_markers
 from gradscope.errors import DataError
 from gradscope.modes import TrainOn
+from gradscope.tokenizer import Tokenizer
 
 
 def from_inputs(inputs: Mapping[str, Any], *others: Mapping[str, Any]) -> torch.Tensor | None:
@@ -42,7 +43,7 @@ class DatasetRoles:
         spec: How gradscope splits rows into roles.
     """
 
-    def __init__(self, dataset: Any, tokenizer: Any, spec: RoleSpec) -> None:
+    def __init__(self, dataset: Any, tokenizer: Tokenizer | None, spec: RoleSpec) -> None:
         self.dataset, self.tokenizer, self.spec = dataset, tokenizer, spec
         self.mismatched: list[int] = []  # dataset rows gradscope tokenizes differently from the trainer
         columns = set(getattr(dataset, "column_names", None) or [])
@@ -73,6 +74,8 @@ class DatasetRoles:
 
     def _derive(self, index: int, ids: list[int]) -> list[int] | None:
         row = {k: v for k, v in self.dataset[index].items() if k in ("prompt", "completion", "messages", "tools")}
+        if self.tokenizer is None:  # not usable: roles() never gets here
+            return None
         try:
             derived = derive(row, index, self.tokenizer, self.spec)
         except DataError:
@@ -197,7 +200,7 @@ def batch_roles(inputs: Mapping[str, Any], context: Mapping[str, Any], dataset: 
     return torch.tensor(codes, dtype=torch.long), sources
 
 
-def chat_markers(tokenizer: Any, ends: frozenset[int]) -> TemplateMarkers | None:
+def chat_markers(tokenizer: Tokenizer | None, ends: frozenset[int]) -> TemplateMarkers | None:
     """The tokenizer's chat-template markers, or None without a template gradscope can read."""
     if tokenizer is None or not getattr(tokenizer, "chat_template", None):
         return None
@@ -208,7 +211,7 @@ class LazyMarkers:
     """The chat template's markers, learnt the first time a row needs them: most watched steps never do (the inputs
     or the train_dataset give every row's roles), and learning them renders a dozen probe chats."""
 
-    def __init__(self, tokenizer: Any, ends: frozenset[int]) -> None:
+    def __init__(self, tokenizer: Tokenizer | None, ends: frozenset[int]) -> None:
         self.tokenizer, self.ends = tokenizer, ends
         self._markers: TemplateMarkers | None = None
         self._learnt = False

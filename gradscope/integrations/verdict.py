@@ -18,6 +18,7 @@ from gradscope.engine.run import Capture
 from gradscope.integrations.observe import Observed
 from gradscope.report import Finding, Report, SampleReport
 from gradscope.verbs.samples import sample_report, sample_views
+from gradscope.tokenizer import Tokenizer
 
 STEP_WEIGHT_TOLERANCE = 0.05
 """Token weights within 5% are equal: under bf16 autocast (TRL's default, on the CPU too) the weight read back from a
@@ -104,7 +105,7 @@ def record_batch(record: Observed, codes: torch.Tensor) -> dict[str, Any]:
     return batch
 
 
-def rank_verdict(rank: int, records: list[tuple[int, Observed, torch.Tensor, list[str | None]]], tokenizer: Any,
+def rank_verdict(rank: int, records: list[tuple[int, Observed, torch.Tensor, list[str | None]]], tokenizer: Tokenizer | None,
                  ends: frozenset[int], pad_id: int | None, compare_weights: bool,
                  idle: frozenset[tuple[int, int]] = frozenset(), unknown_reason: str | None = None) -> RankVerdict:
     """Check one rank's micro-batches.

@@ -24,6 +24,7 @@ from gradscope.model.checkpoint import (
     check_weight_files,
 )
 from gradscope.modes import Dtype
+from gradscope.tokenizer import Tokenizer
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
@@ -147,7 +148,7 @@ def load_model_and_tokenizer(
     dtype: Dtype = "float32",
     trust_remote_code: bool = False,
     device_map: str | None = None,
-) -> tuple[nn.Module, Any | None]:
+) -> tuple[nn.Module, Tokenizer | None]:
     """A model directory, or a PEFT adapter directory loaded on its base model, and the tokenizer that goes with it.
 
     Args:
@@ -233,7 +234,7 @@ def load_adapter(path: str | Path, model: nn.Module) -> nn.Module:
     return adapted
 
 
-def load_tokenizer(path: str | Path, *, trust_remote_code: bool = False) -> Any | None:
+def load_tokenizer(path: str | Path, *, trust_remote_code: bool = False) -> Tokenizer | None:
     """The directory's tokenizer, or None when it has no tokenizer files.
 
     ``trust_remote_code`` is always passed explicitly: left as None, transformers asks on standard input whether to

@@ -23,6 +23,7 @@ from gradscope.scan.raw import RawSettings, raw_chunks
 from gradscope.scan.roles import with_prefills, with_token_roles
 from gradscope.scan.summary import ScanAccumulator
 from gradscope.scan.verdicts import CHECKS, UNKNOWN_ROLES, Verdicts, verdicts
+from gradscope.tokenizer import Tokenizer
 
 
 def scan_chunks(
@@ -175,7 +176,7 @@ class TokenSettings:
 
     end_token_ids: frozenset[int]
     pad_token_id: int | None
-    tokenizer: Any = None
+    tokenizer: Tokenizer | None = None
     directory: Path | None = None
     bos_token_id: int | None = None
     bos_added: bool = False  # the tokenizer puts its BOS first in every encoding

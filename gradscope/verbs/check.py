@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
 import torch
 from torch import nn
@@ -39,13 +39,14 @@ from gradscope.report.check import AccumulationReport, ProbeReport, Report
 from gradscope.report.finding import Finding
 from gradscope.verbs.samples import sample_report, sample_views
 from gradscope.modes import DEPTHS, Depth, TrainOn
+from gradscope.tokenizer import Tokenizer
 
 
 def check(
     model: nn.Module,
     batch: Mapping[str, torch.Tensor],
     *,
-    tokenizer: Any = None,
+    tokenizer: Tokenizer | None = None,
     loss_fn: LossFn | None = None,
     keep_dropout: bool = False,
     end_token_ids: Iterable[int] | None = None,
@@ -115,7 +116,7 @@ def check_batches(
     model: nn.Module,
     batches: Iterable[Mapping[str, torch.Tensor]],
     *,
-    tokenizer: Any = None,
+    tokenizer: Tokenizer | None = None,
     loss_fn: LossFn | None = None,
     keep_dropout: bool = False,
     end_token_ids: Iterable[int] | None = None,

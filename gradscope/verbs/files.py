@@ -32,6 +32,7 @@ from gradscope.verbs.grads import grads
 from gradscope.verbs.overfit import overfit as overfit_batch
 from gradscope.verbs.verify import verify
 from gradscope.modes import Depth, Dtype, Optimizer
+from gradscope.tokenizer import Tokenizer
 
 
 @dataclass
@@ -66,7 +67,7 @@ class Loaded:
     """Everything ``Inputs`` names, loaded."""
 
     model: nn.Module
-    tokenizer: Any
+    tokenizer: Tokenizer | None
     loss_fn: LossFn | None
     batches: list[dict[str, torch.Tensor]]
     data: dict[str, Any] = field(default_factory=dict)

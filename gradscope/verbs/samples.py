@@ -15,12 +15,13 @@ from gradscope.data.prefill import generation_prefills
 from gradscope.data.tokens import bos_added, resolve_bos_token_id
 from gradscope.engine.run import Capture
 from gradscope.report.check import SampleReport, TokenReport
+from gradscope.tokenizer import Tokenizer
 
 
 def sample_views(
     batch: Mapping[str, torch.Tensor],
     capture: Capture,
-    tokenizer: Any,
+    tokenizer: Tokenizer | None,
     ends: frozenset[int],
     pad_id: int | None,
     first: int,
@@ -69,7 +70,7 @@ def document_starts_of(starts: torch.Tensor, role_codes: torch.Tensor) -> frozen
 _TEXTS: weakref.WeakKeyDictionary[Any, dict[int, str | None]] = weakref.WeakKeyDictionary()
 
 
-def _decoder(tokenizer: Any) -> Callable[[int], str | None]:
+def _decoder(tokenizer: Tokenizer | None) -> Callable[[int], str | None]:
     """A cached id -> text function (None without a tokenizer); the cache lives as long as the tokenizer, so each
     token id is decoded once across batches and calls."""
     if tokenizer is None:
