@@ -28,6 +28,7 @@ from gradscope.report.scan import ScanReport
 from gradscope.report.weights import DirectionCheck, GradReport, ModuleGrad, OverfitReport, ParamGrad, VerifyReport
 from gradscope.scan.dataset import scan
 from gradscope.verbs.check import check, check_batches
+from gradscope.verbs.options import CheckOptions
 from gradscope.verbs.files import Inputs, check_files, grads_files, inspect_files, roles_files, verify_files
 from gradscope.verbs.grads import grads
 from gradscope.verbs.overfit import overfit
@@ -36,6 +37,7 @@ from gradscope.verbs.verify import verify
 __version__ = "0.1.0"
 
 __all__ = [
+    "CheckOptions",
     "DataError",
     "DataOptions",
     "DirectionCheck",

@@ -61,6 +61,7 @@ from gradscope.render.check import CheckView
 from gradscope.render.grads import GradsView
 from gradscope.render.inspect import InspectView
 from gradscope.verbs.files import check_files, inspect_files
+from gradscope.verbs.options import CheckOptions
 
 
 @app.command()
@@ -115,11 +116,11 @@ def check(
     )
     named = inputs(model, data, samples, batch_size, loss, device, dtype, trust_remote_code, options, base, device_map)
     quiet_transformers()
-    report = guarded(lambda: check_files(
-        named, keep_dropout=keep_dropout, probes=parse_probes(probes), accumulate=accumulate, windows=windows,
-        params=params, lr=lr, max_grad_norm=max_grad_norm, roles_from=roles_from,
-        depth=cast(Depth, depth),  # check_files refuses any other value with an Error: line
-    ))
+    checking = CheckOptions(
+        keep_dropout=keep_dropout, probes=parse_probes(probes), accumulate=accumulate, windows=windows,
+        roles_from=roles_from, depth=cast(Depth, depth),  # check_files refuses any other depth with an Error: line
+    )
+    report = guarded(lambda: check_files(named, options=checking, params=params, lr=lr, max_grad_norm=max_grad_norm))
     views = [CheckView(report, max_samples=show)] + ([GradsView(report)] if params else [])
     raise emit(report, output_format.value, output, Group(*views), strict, html)
 
