@@ -114,7 +114,8 @@ def check(
         pipeline, trl_config, completion_only_loss=completion_only_loss, assistant_only_loss=assistant_only_loss,
         packing=packing, padding_free=padding_free,
     )
-    named = inputs(model, data, samples, batch_size, loss, device, dtype, trust_remote_code, options, base, device_map)
+    named = inputs(model, data, samples=samples, batch_size=batch_size, loss=loss, device=device, dtype=dtype,
+                   trust_remote_code=trust_remote_code, options=options, base=base, device_map=device_map)
     quiet_transformers()
     checking = CheckOptions(
         keep_dropout=keep_dropout, probes=parse_probes(probes), accumulate=accumulate, windows=windows,
@@ -148,7 +149,8 @@ def inspect(
 ) -> None:
     """Show one row in detail: a per-token table and a layers x positions heat map of gradient norms."""
     options = data_options(response_template, instruction_template, train_on, max_length, truncation_mode)
-    named = inputs(model, data, None, batch_size, loss, device, dtype, trust_remote_code, options, base, device_map)
+    named = inputs(model, data, samples=None, batch_size=batch_size, loss=loss, device=device, dtype=dtype,
+                   trust_remote_code=trust_remote_code, options=options, base=base, device_map=device_map)
     quiet_transformers()
     report, sample = guarded(lambda: inspect_files(named, row, keep_dropout=keep_dropout, roles_from=roles_from))
     in_flags(report)

@@ -168,9 +168,9 @@ def quiet_transformers() -> None:
         pass
 
 
-def inputs(model: Path, data: Path, samples: int | None, batch_size: int, loss: str | None, device: str,
+def inputs(model: Path, data: Path, *, samples: int | None, batch_size: int, loss: str | None, device: str,
            dtype: DType, trust_remote_code: bool, options: DataOptions, base: Path | None = None,
            device_map: str | None = None) -> Inputs:
     """The library's Inputs from the flags every model-running command shares."""
-    return Inputs(model, data, samples, batch_size, loss, device, dtype.value, trust_remote_code, base, device_map,
-                  options)
+    return Inputs(model, data, samples=samples, batch_size=batch_size, loss=loss, device=device, dtype=dtype.value,
+                  trust_remote_code=trust_remote_code, base=base, device_map=device_map, options=options)
