@@ -494,7 +494,8 @@ def machine(threads: int | None = None) -> str:
                 cpu = line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return f"{cpu}, {os.cpu_count()} CPU cores, torch {torch.__version__}, {threads or torch.get_num_threads()} torch threads"
+    threads = threads or torch.get_num_threads()
+    return f"{cpu}, {os.cpu_count()} CPU cores, torch {torch.__version__}, {threads} torch threads"
 
 
 def main() -> None:

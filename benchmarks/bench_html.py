@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from gradscope.report import Finding, Report, SampleReport, TokenReport  # noqa: E402
-from gradscope.report.html import to_html  # noqa: E402
+from gradscope.render.html import to_html  # noqa: E402
 
 WORDS = [" the", " model", " learns", " to", " answer", " a", " question", ",", ".", " and", " it", " is", "\n",
          " capital", " of", " Kenya", " Nairobi", " sky", " blue", " token", " mask", " label", " loss", "ing", "s"]
@@ -83,7 +83,8 @@ def main() -> None:
         cpu.append(time.process_time() - start_cpu)
     size = len(page.encode("utf-8"))
     print(f"{args.samples} x {args.tokens} tokens, {args.layers} layers: render {statistics.median(times):.3f} s wall, "
-          f"{statistics.median(cpu):.3f} s CPU (medians of {args.repeats}; wall min {min(times):.3f}, max {max(times):.3f}), "
+          f"{statistics.median(cpu):.3f} s CPU (medians of {args.repeats}; wall min "
+              f"{min(times):.3f}, max {max(times):.3f}), "
           f"file {size / 1e6:.1f} MB ({size} bytes)")
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"python {platform.python_version()}, {platform.machine()}, {os.cpu_count()} CPUs, load average {load:.1f}")

@@ -13,10 +13,10 @@ sizes scanned (--rows, default 100k, 300k and 1M) show whether memory stays flat
 tokenized with the fixture tokenizer fixtures/models/tiny-llama-chat and its chat template. In one fresh process per
 file it times, side by side, (i) the tokenizer's own batched work for the same token ids, as a trainer's
 preprocessing pays it (loading the tokenizer and reading the JSON lines, then for prompt/completion the batched
-encode of prompt + completion + EOS, the text check tokenizes; for messages ``apply_chat_template`` over every row, then the batched encode of the
-rendered texts), and (ii) ``gradscope.scan(FILE, tokenizer=...)`` on the same file, and prints the ratio (ii)/(i)
-for the 1.3x target (medians of --repeats runs, the two sides alternated); for prompt/completion also the ratio with the encode that returns character offsets, as check
-tokenizes those rows.
+encode of prompt + completion + EOS, the text check tokenizes; for messages ``apply_chat_template`` over every row,
+then the batched encode of the rendered texts), and (ii) ``gradscope.scan(FILE, tokenizer=...)`` on the same file,
+and prints the ratio (ii)/(i) for the 1.3x target (medians of --repeats runs, the two sides alternated); for
+prompt/completion also the ratio with the encode that returns character offsets, as check tokenizes those rows.
 
     python benchmarks/bench_scan.py --raw --raw-rows 20000
 """
@@ -93,7 +93,9 @@ CHILD = """
 import json, sys, time
 from pathlib import Path
 from gradscope.scan import scan
-status = lambda key: next(int(l.split()[1]) for l in Path('/proc/self/status').read_text().splitlines() if l.startswith(key))
+def status(key):
+    lines = Path('/proc/self/status').read_text().splitlines()
+    return next(int(line.split()[1]) for line in lines if line.startswith(key))
 before = status('VmRSS')
 start = time.perf_counter()
 report = scan(sys.argv[1], end_token_ids=[2], num_proc=int(sys.argv[2]))
@@ -194,7 +196,8 @@ def raw_main(rows: int, out: Path, repeats: int) -> None:
         base = r["read"] + r["render"] + r["encode"]
         with_offsets = "–" if r["offsets"] is None else f"{r['offsets']:.2f} s"
         ratio_offsets = "–" if r["offsets"] is None else f"{r['scan'] / (base - r['encode'] + r['offsets']):.2f}"
-        print(f"| {r['rows']:,} | {kind} | {r['tokens']:,} | {r['read']:.2f} s | {r['render']:.2f} s | {r['encode']:.2f} s "
+        print(f"| {r['rows']:,} | {kind} | {r['tokens']:,} | {r['read']:.2f} s | "
+            f"{r['render']:.2f} s | {r['encode']:.2f} s "
               f"| {base:.2f} s | {r['scan']:.2f} s | {r['scan'] / base:.2f} | {with_offsets} | {ratio_offsets} |", flush=True)
 
 

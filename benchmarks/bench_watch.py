@@ -63,7 +63,10 @@ class StepTimer:
 
 def rows(n: int, length: int) -> list[dict]:
     rng = random.Random(0)
-    text = lambda k: " ".join(rng.choice(WORDS) for _ in range(k))
+
+    def text(k: int) -> str:
+        return " ".join(rng.choice(WORDS) for _ in range(k))
+
     return [{"prompt": text(length // 4) + "\nAnswer:", "completion": " " + text(length // 8)} for _ in range(n)]
 
 
@@ -98,7 +101,10 @@ def tokenize(data):
 
     def collate(batch):
         width = max(len(r["input_ids"]) for r in batch)
-        pad = lambda key, fill: torch.tensor([r[key] + [fill] * (width - len(r[key])) for r in batch])
+
+        def pad(key, fill):
+            return torch.tensor([r[key] + [fill] * (width - len(r[key])) for r in batch])
+
         mask = torch.tensor([[1] * len(r["input_ids"]) + [0] * (width - len(r["input_ids"])) for r in batch])
         return {"input_ids": pad("input_ids", 3), "labels": pad("labels", -100), "attention_mask": mask}
 
@@ -254,7 +260,7 @@ def main() -> None:
 def paired_ratio(watched: list[float], unwatched: list[float]) -> float:
     """The median over rounds of watched / unwatched within a round: the two runs of a round are back to back, so
     load that drifts over the benchmark cancels out of each ratio."""
-    return statistics.median(w / u for w, u in zip(watched, unwatched))
+    return statistics.median(w / u for w, u in zip(watched, unwatched, strict=True))
 
 if __name__ == "__main__":
     main()

@@ -16,6 +16,6 @@ OUT = ROOT / "docs" / "img" / "report.png"
 
 if __name__ == "__main__":
     OUT.parent.mkdir(parents=True, exist_ok=True)
-    test = "tests/report/test_browser.py::test_flagged_tokens_are_visible_and_styled_as_flagged"
+    test = "tests/render/test_browser.py::test_flagged_tokens_are_visible_and_styled_as_flagged"
     env = {**os.environ, "GRADSCOPE_SCREENSHOT": str(OUT), "CI": "true"}  # no Chromium is a failure here
     sys.exit(subprocess.call([sys.executable, "-m", "pytest", "-q", test], cwd=ROOT, env=env))

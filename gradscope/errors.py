@@ -84,3 +84,9 @@ class MaskingError(GradscopeError):
     def __init__(self, message: str, report: object) -> None:
         self.report = report
         super().__init__(message)
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message (its type's name when it has none): what an ``Error:`` line quotes."""
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__

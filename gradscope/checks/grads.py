@@ -10,8 +10,8 @@ from torch import nn
 
 from gradscope.engine.params import (
     Slot,
-    _Stats,
-    _wide,
+    ParamStats,
+    widened,
 )
 from gradscope.report.finding import Finding
 from gradscope.report.text import format_count, name_list
@@ -37,7 +37,7 @@ class GradThresholds:
     depth_ratio: float = 10.0
 
 
-def param_status(slot: Slot, stats: _Stats | None, stuck: set[int]) -> str:
+def param_status(slot: Slot, stats: ParamStats | None, stuck: set[int]) -> str:
     if not slot.param.requires_grad or stats is None:
         return "frozen"
     if stats.grad_norm is None:
@@ -51,8 +51,8 @@ def _ratio(lr: float, norm: float | None, weight_norm: float) -> float | None:
     return lr * norm / weight_norm if norm is not None and weight_norm > 0 else None
 
 
-def param_grad(slot: Slot, stats: _Stats | None, status: str, lr: float) -> ParamGrad:
-    weight_norm = stats.weight_norm if stats is not None else float(_wide(slot.param).norm())
+def param_grad(slot: Slot, stats: ParamStats | None, status: str, lr: float) -> ParamGrad:
+    weight_norm = stats.weight_norm if stats is not None else float(widened(slot.param).norm())
     grad_norm = stats.grad_norm if stats is not None else None
     adam = stats.adam_unit_norm if stats is not None else None
     return ParamGrad(
@@ -75,13 +75,13 @@ def _root_sum_squares(values: Sequence[float]) -> float:
     return math.sqrt(sum(v * v for v in values))
 
 
-def _module_row(slots: list[Slot], stats: dict[int, _Stats], lr: float) -> ModuleGrad:
+def _module_row(slots: list[Slot], stats: dict[int, ParamStats], lr: float) -> ModuleGrad:
     """One row: the group's (or its adapter part's) parameters summed."""
     first = slots[0]
     moved = [stats[id(s.param)] for s in slots if id(s.param) in stats and stats[id(s.param)].grad_norm is not None]
-    grad_norm = _root_sum_squares([m.grad_norm for m in moved]) if moved else None
+    grad_norm = _root_sum_squares([m.grad_norm for m in moved if m.grad_norm is not None]) if moved else None
     moved_weight = _root_sum_squares([m.weight_norm for m in moved])
-    adam = _root_sum_squares([m.adam_unit_norm for m in moved]) if moved else None
+    adam = _root_sum_squares([m.adam_unit_norm for m in moved if m.adam_unit_norm is not None]) if moved else None
     return ModuleGrad(
         name=first.group + (" (adapter)" if first.adapter else ""),
         kind=first.kind,
@@ -91,14 +91,14 @@ def _module_row(slots: list[Slot], stats: dict[int, _Stats], lr: float) -> Modul
         parameters=sum(s.param.numel() for s in slots),
         trainable_parameters=sum(s.param.numel() for s in slots if s.param.requires_grad),
         grad_norm=grad_norm,
-        weight_norm=_root_sum_squares([float(_wide(s.param).norm()) for s in slots]),
+        weight_norm=_root_sum_squares([float(widened(s.param).norm()) for s in slots]),
         sgd_update_ratio=_ratio(lr, grad_norm, moved_weight),
         adam_update_ratio=_ratio(lr, adam, moved_weight),
         group=first.group,
     )
 
 
-def module_rows(slots: list[Slot], stats: dict[int, _Stats], lr: float) -> list[ModuleGrad]:
+def module_rows(slots: list[Slot], stats: dict[int, ParamStats], lr: float) -> list[ModuleGrad]:
     """Rows per (group, adapter), in the model's order."""
     rows: dict[tuple[str, bool], list[Slot]] = {}
     for s in slots:
@@ -109,7 +109,7 @@ def module_rows(slots: list[Slot], stats: dict[int, _Stats], lr: float) -> list[
 def block_norms(params: list[ParamGrad], slots: list[Slot], n_layers: int) -> list[float | None]:
     """Each decoder block's gradient norm over its trained parameters (None where none is trained)."""
     squares: list[float | None] = [None] * n_layers
-    for p, s in zip(params, slots):
+    for p, s in zip(params, slots, strict=True):
         if s.layer is not None and p.status == "trained" and p.grad_norm is not None:
             squares[s.layer] = (squares[s.layer] or 0.0) + p.grad_norm**2
     return [None if v is None else math.sqrt(v) for v in squares]

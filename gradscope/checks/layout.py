@@ -12,7 +12,7 @@ import numpy as np
 from gradscope.checks.sample import SampleView
 from gradscope.constants import PAD
 from gradscope.report.finding import Finding
-from gradscope.report.text import _tokens, format_positions
+from gradscope.report.text import format_positions, tokens_word
 
 # --- the rules, over rows laid end to end (flat (N,) arrays, ``starts`` (R,)) -------------------------------------
 
@@ -132,7 +132,8 @@ def bos_missing(s: SampleView) -> Finding | None:
         "error",
         s.index,
         missing,
-        f"sample {s.index} {where} without the BOS (id {s.bos_token_id}) at {format_positions(missing)}, though the tokenizer puts "
+        f"sample {s.index} {where} without the BOS (id {s.bos_token_id}) at "
+            f"{format_positions(missing)}, though the tokenizer puts "
         "it first in every encoding: the model trains on starts it never sees at inference, where the BOS is always "
         "there. Usual cause: text tokenized with add_special_tokens=False (or rendered by a template without "
         "{{ bos_token }}) and never given its BOS, or documents packed after their BOS was stripped. Tokenize with "
@@ -187,8 +188,9 @@ def packed_without_boundaries(s: SampleView) -> Finding | None:
         "error",
         s.index,
         starts_at,
-        f"sample {s.index} holds {len(starts_at) + 1} documents (new ones at {format_positions(starts_at)}, after a BOS/EOS "
-        f"{_tokens(len(starts_at))}) with no boundary declared: position_ids do not restart, and no seq_idx, "
+        f"sample {s.index} holds {len(starts_at) + 1} documents (new ones at "
+            f"{format_positions(starts_at)}, after a BOS/EOS "
+        f"{tokens_word(len(starts_at))}) with no boundary declared: position_ids do not restart, and no seq_idx, "
         "cu_seq_lens or attention mask separates them, so each document attends to the ones before and its first "
         "token is trained as their continuation. Pack with position_ids restarting at 0 for each document (TRL's "
         "padding_free=True, or a collator that returns them) and -100 at each document's first label.",
@@ -209,7 +211,7 @@ def media_tokens_trained(s: SampleView) -> Finding | None:
         "error",
         s.index,
         trained,
-        f"{len(trained)} media placeholder {_tokens(len(trained))} ({', '.join(names)}) at "
+        f"{len(trained)} media placeholder {tokens_word(len(trained))} ({', '.join(names)}) at "
         f"{format_positions(trained)} {'is' if len(trained) == 1 else 'are'} trained: the model learns to predict "
         "where an image, video or audio goes, and these positions can outnumber the text. Usual cause: a VLM "
         "collator that masks only padding. Set labels to -100 at every media token id (and the prompt).",

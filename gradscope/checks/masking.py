@@ -13,7 +13,7 @@ from gradscope.data.batch import COMPLETION, PAD, PROMPT
 from gradscope.engine.run import Capture
 from gradscope.report import catalogue
 from gradscope.report.finding import Finding
-from gradscope.report.text import _tokens, format_positions
+from gradscope.report.text import format_positions, tokens_word
 
 Check = Callable[[SampleView], "Finding | None"]
 
@@ -25,7 +25,8 @@ def no_loss(s: SampleView) -> Finding | None:
     head = f"no token of sample {s.index} is trained: every label is -100, so the sample adds nothing to the loss. "
     if s.completion_cut and not (s.roles == COMPLETION).any():
         cause = (
-            f"Truncation did it: the maximum length cut all {s.completion_cut} completion {_tokens(s.completion_cut)}. "
+            f"Truncation did it: the maximum length cut all {s.completion_cut} completion "
+                f"{tokens_word(s.completion_cut)}. "
             "Raise max_length, shorten the prompt, or drop the row (TRL drops such rows itself)."
         )
     else:
@@ -93,7 +94,8 @@ def label_misaligned(s: SampleView) -> Finding | None:
         "error",
         s.index,
         wrong,
-        f"{len(wrong)} trained {_tokens(len(wrong))} ({format_positions(wrong)}) point at the wrong target: {learns}. "
+        f"{len(wrong)} trained {tokens_word(len(wrong))} ({format_positions(wrong)}) point at "
+            f"the wrong target: {learns}. "
         "Usual cause: labels shifted by the pipeline and shifted again inside the model's loss. Pass labels aligned "
         "with input_ids (labels[t] is token t; transformers' causal-LM loss shifts internally).",
     )
@@ -156,7 +158,8 @@ def prompt_leak(s: SampleView) -> Finding | None:
         "error",
         s.index,
         leaked,
-        f"prompt {_tokens(len(leaked))} {format_positions(leaked)} {'is' if len(leaked) == 1 else 'are'} trained: {cause}.",
+        f"prompt {tokens_word(len(leaked))} {format_positions(leaked)} "
+            f"{'is' if len(leaked) == 1 else 'are'} trained: {cause}.",
     )
 
 
@@ -186,7 +189,7 @@ def completion_untrained(s: SampleView) -> Finding | None:
         "error",
         s.index,
         missed,
-        f"completion {_tokens(len(missed))} {format_positions(missed)} {'is' if len(missed) == 1 else 'are'} not "
+        f"completion {tokens_word(len(missed))} {format_positions(missed)} {'is' if len(missed) == 1 else 'are'} not "
         "trained (label -100). Usual causes: the mask ends late or starts after the first response token (a prompt "
         "tokenized alone that is not a prefix of the full text), or a policy that trains only the last turn. "
         "Label every completion token.",
@@ -226,7 +229,7 @@ def eos_untrained(s: SampleView) -> Finding | None:
         "error",
         s.index,
         missed,
-        f"the end {_tokens(len(missed))} {', '.join(names)} at {format_positions(missed)} closing the completion "
+        f"the end {tokens_word(len(missed))} {', '.join(names)} at {format_positions(missed)} closing the completion "
         f"{'is' if len(missed) == 1 else 'are'} not trained: the model will not learn to stop. {cause}.",
     )
 
@@ -237,7 +240,7 @@ def _turn_end_untrained(s: SampleView, missed: list[int], names: list[str]) -> F
         "error",
         s.index,
         missed,
-        f"the end {_tokens(len(missed))} {', '.join(names)} at {format_positions(missed)} closing the "
+        f"the end {tokens_word(len(missed))} {', '.join(names)} at {format_positions(missed)} closing the "
         f"{len(missed)} earlier assistant turn(s) {'is' if len(missed) == 1 else 'are'} not trained; only the final "
         "turn's is. The model learns to stop after a last answer but to run on after every other one. Usual "
         "cause: the template or masking gives each turn's terminator to the next message (GLM, Nemotron-style "
@@ -256,7 +259,7 @@ def boundary_leak(s: SampleView) -> Finding | None:
         "error",
         s.index,
         leaked,
-        f"the first {_tokens(len(leaked))} of the packed {'document' if len(leaked) == 1 else 'documents'} at "
+        f"the first {tokens_word(len(leaked))} of the packed {'document' if len(leaked) == 1 else 'documents'} at "
         f"{format_positions(leaked)} {'is' if len(leaked) == 1 else 'are'} trained as the continuation of the "
         "previous document: the model learns to predict a new document from an unrelated one. Mask labels where "
         "position_ids == 0, the first token of every packed document (TRL's padding-free collator does).",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -23,7 +23,7 @@ from gradscope.errors import GradscopeError
 from gradscope.render.json import to_json
 from gradscope.render.junit import github_annotations, to_junit
 from gradscope.report.check import Report
-from gradscope.report.output import write_text
+from gradscope.cli.output import write_text
 from gradscope.report.scan import ScanReport
 from gradscope.report.verdict import verdict
 
@@ -35,17 +35,18 @@ T = TypeVar("T")
 class _Boundary(TyperGroup):
     """Typer's group with click's usage errors as one ``Error:`` line (typer draws a box around them)."""
 
-    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
-             standalone_mode: bool = True, **extra: Any) -> Any:
+    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, windows_expand_args: bool = True, **extra: Any) -> Any:
         try:
-            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+            code = super().main(args, prog_name, complete_var, standalone_mode=False,
+                                windows_expand_args=windows_expand_args, **extra)
         except click.NoArgsIsHelpError as err:
             print(err.ctx.get_help())
             code = EXIT_BAD_INPUT  # as click exits on a bare command
         except click.UsageError as err:
             command = f" (gradscope {err.ctx.info_name} --help)" if err.ctx and err.ctx.parent else ""
             message = err.format_message().replace("Value error, ", "")  # typer's validator prefix
-            if isinstance(err, click.MissingParameter) and getattr(err.param, "param_type_name", "") == "argument":
+            if isinstance(err, click.MissingParameter) and err.param is not None and err.param.param_type_name == "argument":
                 message = f"Missing argument {err.param.name.upper()}."
             print(f"Error: {message}{command}", file=sys.stderr)
             code = EXIT_BAD_INPUT
@@ -62,7 +63,8 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    help="Read from the loss gradient which tokens a fine-tune really trains, flag every masking leak, and check the gradient that reaches the weights.",
+    help="Read from the loss gradient which tokens a fine-tune really trains, flag every masking "
+        "leak, and check the gradient that reaches the weights.",
 )
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, cast
 
 import typer
 from rich.console import Console, Group
@@ -57,10 +57,12 @@ from gradscope.cli.options import (
     writable,
 )
 from gradscope.engine.probes import WINDOWS_PER_ROW
+from gradscope.modes import Depth
 from gradscope.render.check import CheckView
 from gradscope.render.grads import GradsView
 from gradscope.render.inspect import InspectView
 from gradscope.verbs.files import check_files, inspect_files
+from gradscope.verbs.options import CheckOptions
 
 
 @app.command()
@@ -101,8 +103,12 @@ def check(
     max_grad_norm: MaxNormOpt = DEFAULT_MAX_GRAD_NORM,
     probes: Annotated[str, typer.Option("--probes", help="Structural probes, comma-separated: causal,packing,weights (or all, none).")] = "all",
     accumulate: Annotated[int | None, typer.Option("--accumulate", min=1, help="Also run each batch as K accumulated micro-batches and compare gradients.")] = None,
-    depth: Annotated[str, typer.Option("--depth", help="full: backward through the network (layer norms, causal and packing probes); logits: masking only, a forward and the loss's own backward (docs/performance.md).")] = "full",
-    windows: Annotated[int, typer.Option("--windows", min=0, help="Random-projection windows per row for the causal and packing probes, on top of the free screen (each about one activation-only backward).")] = WINDOWS_PER_ROW,
+    depth: Annotated[str, typer.Option("--depth", help="full: backward through the network "
+        "(layer norms, causal and packing probes); logits: masking only, a forward and the "
+            "loss's own backward (docs/performance.md).")] = "full",
+    windows: Annotated[int, typer.Option("--windows", min=0, help="Random-projection windows per "
+        "row for the causal and packing probes, on top of the free screen (each about one "
+            "activation-only backward).")] = WINDOWS_PER_ROW,
 ) -> None:
     """Run MODEL forward and backward on DATA and report which tokens the loss trains, and every leak."""
     options = data_options(
@@ -110,12 +116,14 @@ def check(
         pipeline, trl_config, completion_only_loss=completion_only_loss, assistant_only_loss=assistant_only_loss,
         packing=packing, padding_free=padding_free,
     )
-    named = inputs(model, data, samples, batch_size, loss, device, dtype, trust_remote_code, options, base, device_map)
+    named = inputs(model, data, samples=samples, batch_size=batch_size, loss=loss, device=device, dtype=dtype,
+                   trust_remote_code=trust_remote_code, options=options, base=base, device_map=device_map)
     quiet_transformers()
-    report = guarded(lambda: check_files(
-        named, keep_dropout=keep_dropout, probes=parse_probes(probes), accumulate=accumulate, windows=windows,
-        params=params, lr=lr, max_grad_norm=max_grad_norm, roles_from=roles_from, depth=depth,
-    ))
+    checking = CheckOptions(
+        keep_dropout=keep_dropout, probes=parse_probes(probes), accumulate=accumulate, windows=windows,
+        roles_from=roles_from, depth=cast(Depth, depth),  # check_files refuses any other depth with an Error: line
+    )
+    report = guarded(lambda: check_files(named, options=checking, params=params, lr=lr, max_grad_norm=max_grad_norm))
     views = [CheckView(report, max_samples=show)] + ([GradsView(report)] if params else [])
     raise emit(report, output_format.value, output, Group(*views), strict, html, allow_unknown_roles)
 
@@ -144,7 +152,8 @@ def inspect(
 ) -> None:
     """Show one row in detail: a per-token table and a layers x positions heat map of gradient norms."""
     options = data_options(response_template, instruction_template, train_on, max_length, truncation_mode)
-    named = inputs(model, data, None, batch_size, loss, device, dtype, trust_remote_code, options, base, device_map)
+    named = inputs(model, data, samples=None, batch_size=batch_size, loss=loss, device=device, dtype=dtype,
+                   trust_remote_code=trust_remote_code, options=options, base=base, device_map=device_map)
     quiet_transformers()
     report, sample = guarded(lambda: inspect_files(named, row, keep_dropout=keep_dropout, roles_from=roles_from))
     in_flags(report)

@@ -68,7 +68,8 @@ def roles(
 
 @app.command()
 def scan(
-    data: Annotated[Path, typer.Argument(help="Tokenized rows, or raw rows given a tokenizer: .jsonl, .json, .parquet, .arrow, a saved datasets directory, or a .safetensors batch.")],
+    data: Annotated[Path, typer.Argument(help="Tokenized rows, or raw rows given a tokenizer: "
+        ".jsonl, .json, .parquet, .arrow, a saved datasets directory, or a .safetensors batch.")],
     tokenizer: Annotated[Path | None, typer.Option("--tokenizer", help="Tokenizer or model directory: names the end and pad tokens, decodes texts, tokenizes raw rows.")] = None,
     end_token_id: Annotated[list[int] | None, typer.Option("--end-token-id", help="A token id that closes a completion (repeatable); replaces the tokenizer's.")] = None,
     num_proc: Annotated[int, typer.Option("--num-proc", min=1, help="Processes, through datasets' Dataset.map (1: stream in this process).")] = 1,

@@ -13,7 +13,7 @@ from gradscope.cli.app import fail
 from gradscope.data.pipelines import DataOptions
 from gradscope.engine.probes import PROBES
 from gradscope.errors import OutputError
-from gradscope.report.output import check_writable
+from gradscope.cli.output import check_writable
 from gradscope.verbs.files import Inputs
 
 
@@ -54,10 +54,12 @@ class CollateInput(str, Enum):
     tokens = "tokens"
 
 
-ModelArg = Annotated[Path, typer.Argument(help="Local Hugging Face model directory (config.json + *.safetensors), or a PEFT adapter directory (adapter_config.json).")]
+ModelArg = Annotated[Path, typer.Argument(help="Local Hugging Face model directory (config.json "
+    "+ *.safetensors), or a PEFT adapter directory (adapter_config.json).")]
 DataArg = Annotated[
     Path,
-    typer.Argument(help="A .safetensors batch, pre-tokenized .jsonl, or raw rows: .jsonl, .json, .parquet or a saved dataset directory."),
+    typer.Argument(help="A .safetensors batch, pre-tokenized .jsonl, or raw rows: .jsonl, .json, "
+        ".parquet or a saved dataset directory."),
 ]
 SamplesOpt = Annotated[int | None, typer.Option("--samples", min=1, help="Use only the first N rows.")]
 BatchSizeOpt = Annotated[int, typer.Option("--batch-size", min=1, help="JSONL rows per batch (a .safetensors batch runs as is).")]
@@ -65,16 +67,19 @@ LossOpt = Annotated[str | None, typer.Option("--loss", help="FILE.py:FN or modul
 DeviceOpt = Annotated[str, typer.Option("--device", help="torch device to run on (cpu, cuda, cuda:N, mps).")]
 DeviceMapOpt = Annotated[
     str | None,
-    typer.Option("--device-map", help="Spread the model over the available devices through accelerate (auto, balanced, sequential); replaces --device when given."),
+    typer.Option("--device-map", help="Spread the model over the available devices through "
+        "accelerate (auto, balanced, sequential); replaces --device when given."),
 ]
 DTypeOpt = Annotated[DType, typer.Option("--dtype", help="Model dtype (gradient norms are always computed in fp32).")]
 RemoteOpt = Annotated[bool, typer.Option("--trust-remote-code", help="Allow code from the model directory to run.")]
 DropoutOpt = Annotated[bool, typer.Option("--keep-dropout", help="Leave dropout on (the report is then not deterministic).")]
-ResponseOpt = Annotated[str | None, typer.Option("--response-template", help="Text that starts each completion in 'text' rows, and in a tokenized batch without roles (found as tokens).")]
+ResponseOpt = Annotated[str | None, typer.Option("--response-template", help="Text that starts "
+    "each completion in 'text' rows, and in a tokenized batch without roles (found as tokens).")]
 InstructionOpt = Annotated[str | None, typer.Option("--instruction-template", help="Text that starts each prompt turn in multi-turn 'text' rows.")]
 RolesFromOpt = Annotated[
     Path | None,
-    typer.Option("--roles-from", help="The raw rows (.jsonl, .json, .parquet, dataset) a tokenized batch was made from: roles are read from them, matched token by token."),
+    typer.Option("--roles-from", help="The raw rows (.jsonl, .json, .parquet, dataset) a "
+        "tokenized batch was made from: roles are read from them, matched token by token."),
 ]
 TrainOnOpt = Annotated[TrainOn, typer.Option("--train-on", help="Which assistant turns of 'messages' rows are completion.")]
 MaxLengthOpt = Annotated[int | None, typer.Option("--max-length", min=1, help="Truncate each row to N tokens, as the trainer would.")]
@@ -100,7 +105,10 @@ def writable(path: Path | None) -> Path | None:
     return path
 
 
-FORMAT_HELP = "text: a terminal report; json: schema v1 on stdout; junit: JUnit XML on stdout (one test case per sample per check)."
+FORMAT_HELP = (
+    "text: a terminal report; json: schema v1 on stdout; junit: JUnit XML on stdout (one test case per sample per "
+    "check)."
+)
 FormatOpt = Annotated[Format, typer.Option("--format", help=FORMAT_HELP)]
 OutputOpt = Annotated[Path | None, typer.Option("--output", callback=writable, help="Also write the JSON report to this file.")]
 HtmlOpt = Annotated[Path | None, typer.Option("--html", callback=writable, help="Also write the report as one self-contained HTML page to this file.")]
@@ -161,9 +169,9 @@ def quiet_transformers() -> None:
         pass
 
 
-def inputs(model: Path, data: Path, samples: int | None, batch_size: int, loss: str | None, device: str,
+def inputs(model: Path, data: Path, *, samples: int | None, batch_size: int, loss: str | None, device: str,
            dtype: DType, trust_remote_code: bool, options: DataOptions, base: Path | None = None,
            device_map: str | None = None) -> Inputs:
     """The library's Inputs from the flags every model-running command shares."""
-    return Inputs(model, data, samples, batch_size, loss, device, dtype.value, trust_remote_code, base, device_map,
-                  options)
+    return Inputs(model, data, samples=samples, batch_size=batch_size, loss=loss, device=device, dtype=dtype.value,
+                  trust_remote_code=trust_remote_code, base=base, device_map=device_map, options=options)

@@ -73,7 +73,8 @@ def grads(
 ) -> None:
     """The gradient that reaches the weights: per-module norms, clipping, update ratios, untrained parameters."""
     options = data_options(response_template, instruction_template, train_on, max_length, truncation_mode)
-    named = inputs(model, data, samples, batch_size, loss, device, dtype, trust_remote_code, options, base, device_map)
+    named = inputs(model, data, samples=samples, batch_size=batch_size, loss=loss, device=device, dtype=dtype,
+                   trust_remote_code=trust_remote_code, options=options, base=base, device_map=device_map)
     quiet_transformers()
     report = guarded(lambda: grads_files(named, keep_dropout=keep_dropout, lr=lr, max_grad_norm=max_grad_norm,
                                          overfit=overfit, optimizer=optimizer.value))
@@ -104,7 +105,8 @@ def verify(
 ) -> None:
     """Check autograd's gradient of the loss against finite differences on a float64 copy of the model."""
     options = data_options(response_template, instruction_template, train_on, max_length, truncation_mode)
-    named = inputs(model, data, samples, batch_size, loss, device, DType.float32, trust_remote_code, options, base)
+    named = inputs(model, data, samples=samples, batch_size=batch_size, loss=loss, device=device, dtype=DType.float32,
+                   trust_remote_code=trust_remote_code, options=options, base=base)
     quiet_transformers()
     report = guarded(lambda: verify_files(named, directions=directions, parameters=param_sample, seed=seed),
                      "comparing autograd with finite differences…")

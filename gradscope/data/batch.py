@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Collection, Mapping, Sequence
+from typing import Any
 
 import torch
+from torch import nn
 
 from gradscope.constants import (  # noqa: F401  (the role codes are re-exported: batches carry them)
     COMPLETION,
@@ -19,12 +21,14 @@ from gradscope.constants import (  # noqa: F401  (the role codes are re-exported
     UNKNOWN,
 )
 from gradscope.errors import DataError
+from gradscope.model.layers import vocab_size
+from gradscope.model.prepare import learned_positions, model_arguments
 
 _PER_TOKEN_KEYS = ("labels", "position_ids", "seq_idx", *ROLE_KEYS, ROLE_CODES_KEY)
 
 
 def validate(
-    batch: Mapping[str, object],
+    batch: Mapping[str, Any],
     vocab_size: int | None,
     source: str | None = None,
     first_row: int = 0,
@@ -79,7 +83,7 @@ def _require_integers(values: torch.Tensor, key: str, source: str | None, exact:
                         hint=f"store '{key}' as int64, e.g. tensor.long()")
 
 
-def _check_keys(batch: Mapping[str, object], accepted: Collection[str], source: str | None) -> None:
+def _check_keys(batch: Mapping[str, Any], accepted: Collection[str], source: str | None) -> None:
     known = set(accepted) | set(META_KEYS) | set(CU_SEQ_LENS_KEYS) | {"input_ids", "labels"}
     for key in batch:
         if key not in known:
@@ -88,7 +92,7 @@ def _check_keys(batch: Mapping[str, object], accepted: Collection[str], source: 
             raise DataError(f"unknown key '{key}' in the batch: the model takes no such input", path=source, hint=hint)
 
 
-def _check_values(batch: Mapping[str, object], vocab_size: int | None, source: str | None, first_row: int) -> None:
+def _check_values(batch: Mapping[str, Any], vocab_size: int | None, source: str | None, first_row: int) -> None:
     """labels: int64, -100 or a token id; masks: 0 or 1; position_ids: non-negative integers."""
     if "labels" in batch:
         labels = batch["labels"]
@@ -115,7 +119,7 @@ def _check_binary(mask: torch.Tensor, key: str, source: str | None, first_row: i
                         if key == "attention_mask" else f"give '{key}' 1 for tokens meant to be trained, else 0")
 
 
-def _check_positions(batch: Mapping[str, object], max_positions: int, source: str | None, first_row: int) -> None:
+def _check_positions(batch: Mapping[str, Any], max_positions: int, source: str | None, first_row: int) -> None:
     """Rows no longer than the model's position table (an index past it fails deep in the model)."""
     ids = batch["input_ids"]
     positions = batch.get("position_ids")
@@ -129,7 +133,7 @@ def _check_positions(batch: Mapping[str, object], max_positions: int, source: st
 def _check_cu_seq_lens(cu: object, total: int, key: str, source: str | None) -> None:
     """Cumulative lengths: a 1D integer tensor rising from 0 and ending within the B * T flattened tokens."""
     ok = isinstance(cu, torch.Tensor) and cu.dim() == 1 and cu.numel() >= 2 and not cu.dtype.is_floating_point
-    if ok:
+    if ok and isinstance(cu, torch.Tensor):
         steps = cu[1:] - cu[:-1]
         ok = int(cu[0]) == 0 and bool((steps >= 0).all()) and int(cu[-1]) <= total
     if not ok:
@@ -216,7 +220,7 @@ def document_starts(batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
     return starts
 
 
-def select_rows(batch: Mapping[str, object], rows: slice | Sequence[int]) -> dict[str, object]:
+def select_rows(batch: Mapping[str, Any], rows: slice | Sequence[int]) -> dict[str, Any]:
     """The batch restricted to some rows.
 
     Tensors with one entry per row are indexed ((B, T) tensors, 4D masks, ``gradscope_cut``); the others are kept
@@ -300,3 +304,23 @@ def _pad(seqs: Sequence[Sequence[int]], width: int, fill: int) -> torch.Tensor:
 def _continue(positions: Sequence[int], width: int) -> list[int]:
     start = (positions[-1] + 1) if positions else 0
     return list(positions) + list(range(start, start + width - len(positions)))
+
+
+def prepare_batch(
+    model: nn.Module, batch: Mapping[str, torch.Tensor], source: str | None = None, first_row: int = 0
+) -> dict[str, torch.Tensor]:
+    """Validate a batch against the model and add the default ``labels`` when absent (tensors stay where they are).
+
+    Args:
+        model: The causal LM the batch is for.
+        batch: The batch dict.
+        source: The file the batch came from, for error messages.
+        first_row: The data row of the batch's first sample, so errors name rows of the data.
+
+    Raises:
+        DataError: naming the key, row and position of the first problem.
+    """
+    vocab = vocab_size(model)
+    validate(batch, vocab, source, first_row=first_row, accepted=model_arguments(model),
+             max_positions=learned_positions(model))
+    return with_default_labels(batch)

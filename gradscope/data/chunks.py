@@ -89,7 +89,7 @@ class Chunk:
         return out
 
 
-def _groups(rows: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
+def row_groups(rows: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
     group: list[dict[str, Any]] = []
     for row in rows:
         group.append(row)
@@ -100,12 +100,13 @@ def _groups(rows: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[str
         yield group
 
 
-def _rechunk(batches: Iterator) -> Iterator:
+def rechunk(batches: Iterator) -> Iterator:
     """Record batches of about CHUNK_TOKENS tokens: large ones sliced (no copy), small ones (datasets writes 1,000
     rows each) joined, so that memory is bounded and per-chunk overhead stays negligible."""
     import pyarrow as pa
 
-    group, tokens = [], 0
+    group: list[Any] = []
+    tokens = 0
     for batch in batches:
         for piece in _slices(batch):
             if group and piece.schema != group[0].schema:
@@ -267,7 +268,7 @@ def _check_ids(ids: np.ndarray, starts: np.ndarray, first_row: int, path: Path) 
                         position=at - int(starts[row]))
 
 
-def _safetensors_chunk(path: Path, vocab_size: int | None = None) -> Chunk:
+def safetensors_chunk(path: Path, vocab_size: int | None = None) -> Chunk:
     """A (B, T) batch file: each row is T tokens, padding marked by its attention_mask; validated as check
     validates a batch (bf16 ids, masks of 0.5, labels of -5 or of the wrong length are errors, not verdicts)."""
     from gradscope.data.batch import document_starts, validate

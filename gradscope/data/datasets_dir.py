@@ -50,7 +50,7 @@ def num_rows(info: Path) -> int | None:
         if isinstance(splits, dict) else [None]
     if not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts):
         raise DataError("'splits' must map split names to {\"num_examples\": N}", path=info, hint=_HINT)
-    return sum(counts) or None
+    return sum(c for c in counts if isinstance(c, int)) or None  # every count is an int here
 
 
 def check_saved_dataset(path: Path) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 from gradscope.data.datasets_dir import check_saved_dataset
 from gradscope.data.jsonio import decode_line, iter_json_array, loads
 from gradscope.data.sources import SUFFIXES, data_format
-from gradscope.errors import DataError
+from gradscope.errors import DataError, first_line
 
 
 def read_rows(path: str | Path, limit: int | None = None) -> list[dict[str, Any]]:
@@ -111,7 +111,7 @@ def _read_parquet(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
             if limit is not None and len(rows) >= limit:
                 break
     except (OSError, ValueError, TypeError) as err:  # pyarrow's ArrowInvalid is a ValueError
-        raise DataError(f"cannot read parquet: {_first_line(err)}", path=path) from err
+        raise DataError(f"cannot read parquet: {first_line(err)}", path=path) from err
     return rows if limit is None else rows[:limit]
 
 
@@ -130,11 +130,6 @@ def open_parquet(path: Path) -> Any:
     return pq.ParquetFile(path, pre_buffer=False, buffer_size=PARQUET_READ_BYTES)
 
 
-def _first_line(err: BaseException) -> str:
-    lines = str(err).strip().splitlines()
-    return lines[0] if lines else type(err).__name__
-
-
 def _read_arrow(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
     """The first ``limit`` rows of an Arrow file, batch by batch."""
     import pyarrow as pa
@@ -146,7 +141,7 @@ def _read_arrow(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
             if limit is not None and len(rows) >= limit:
                 break
     except (OSError, ValueError, pa.ArrowException) as err:
-        raise DataError(f"cannot read arrow: {_first_line(err)}", path=path) from err
+        raise DataError(f"cannot read arrow: {first_line(err)}", path=path) from err
     return rows if limit is None else rows[:limit]
 
 

@@ -17,9 +17,9 @@ from gradscope.data.pipelines import DataOptions, Prepared, collate_batches, ref
 from gradscope.data.roles import RoleRow, RoleSpec, row_kind, truncate
 from gradscope.data.sources import TOKENIZED_KEYS, data_format
 from gradscope.data.trl import trl_batches
-from gradscope.errors import DataError
-from gradscope.model.load import _first_line
+from gradscope.errors import DataError, first_line
 from gradscope.model.usercode import import_function
+from gradscope.tokenizer import Tokenizer
 
 _INT64 = (-(2**63), 2**63 - 1)
 
@@ -70,7 +70,7 @@ def read_safetensors(path: Path) -> dict[str, Any]:
     try:
         batch = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as err:
-        raise DataError(f"cannot read safetensors: {_first_line(err)}", path=path, hint="re-save it with safetensors.torch.save_file") from err
+        raise DataError(f"cannot read safetensors: {first_line(err)}", path=path, hint="re-save it with safetensors.torch.save_file") from err
     if not batch:
         raise DataError("the batch file holds no tensors", path=path, hint="save at least 'input_ids'")
     return {k: v.item() if v.dim() == 0 else v for k, v in batch.items()}
@@ -86,7 +86,7 @@ def read_jsonl(path: Path, limit: int | None = None) -> list[dict[str, list[int]
 
 
 def _parse_row(line: str, path: Path, number: int) -> dict[str, list[int]]:
-    where = {"path": path, "row": f"line {number}"}
+    where: dict[str, Any] = {"path": path, "row": f"line {number}"}
     return tokenized_row(loads(line, path, where["row"]), where)
 
 
@@ -140,7 +140,7 @@ def _require_same_keys(rows: list[dict[str, list[int]]], path: Path) -> None:
 def load_data(
     path: str | Path,
     *,
-    tokenizer: Any,
+    tokenizer: Tokenizer | None,
     model: nn.Module | None = None,
     samples: int | None = None,
     batch_size: int = 1,
@@ -193,7 +193,7 @@ def _tokenized_rows(path: str | Path, rows: list[dict[str, Any]]) -> list[dict[s
 
 def load_role_rows(
     path: str | Path,
-    tokenizer: Any,
+    tokenizer: Tokenizer | None,
     *,
     samples: int | None = None,
     options: DataOptions | None = None,
@@ -211,7 +211,7 @@ def load_role_rows(
     return [truncate(r, options.max_length, mode) for r in role_rows(read_rows(path, samples), tokenizer, spec)]
 
 
-def role_spec(tokenizer: Any, options: DataOptions, end_token_ids: frozenset[int] | None, source: str | None) -> RoleSpec:
+def role_spec(tokenizer: Tokenizer, options: DataOptions, end_token_ids: frozenset[int] | None, source: str | None) -> RoleSpec:
     """How rows split into roles, from the options; end tokens default to the tokenizer's EOS and end-of-turn."""
     from gradscope.data.tokens import default_end_token_ids
 
@@ -220,7 +220,7 @@ def role_spec(tokenizer: Any, options: DataOptions, end_token_ids: frozenset[int
 
 
 def _raw_batches(
-    path: str | Path, rows: list[dict[str, Any]], tokenizer: Any, model: nn.Module | None, spec: RoleSpec,
+    path: str | Path, rows: list[dict[str, Any]], tokenizer: Tokenizer, model: nn.Module | None, spec: RoleSpec,
     options: DataOptions, batch_size: int, pad: int,
 ) -> Prepared:
     """The reference, collate or TRL pipeline on raw rows."""

@@ -13,8 +13,8 @@ from gradscope.constants import CUT_KEY, ROLE_CODES_KEY, ROW_KEY, UNKNOWN
 from gradscope.data.batch import COMPLETION, collate, held_tokens
 from gradscope.data.roles import RoleRow, RoleSpec, derive_rows
 from gradscope.errors import DataError
-
-PIPELINES = ("reference", "trl")
+from gradscope.modes import Pipeline, TrainOn, TruncationMode
+from gradscope.tokenizer import Tokenizer
 
 
 @dataclass
@@ -34,12 +34,12 @@ class DataOptions:
 
     response_template: str | None = None
     instruction_template: str | None = None
-    train_on: str = "all-assistant"
+    train_on: TrainOn = "all-assistant"
     max_length: int | None = None
-    truncation_mode: str | None = None
+    truncation_mode: TruncationMode | None = None
     collate: str | None = None
     collate_input: str = "raw"
-    pipeline: str = "reference"
+    pipeline: Pipeline = "reference"
     trl_config: Path | None = None
     trl_options: dict[str, Any] = field(default_factory=dict)
 
@@ -48,12 +48,12 @@ class DataOptions:
 class Prepared:
     """Batches ready for ``check_batches``, what the report should say about the data, and notes."""
 
-    batches: list[dict[str, torch.Tensor]]
+    batches: list[dict[str, Any]]  # tensors, and the keywords a pipeline passes with them (use_cache)
     data: dict[str, Any]
     notes: list[str] = field(default_factory=list)
 
 
-def role_rows(rows: Sequence[Mapping[str, Any]], tokenizer: Any, spec: RoleSpec) -> list[RoleRow]:
+def role_rows(rows: Sequence[Mapping[str, Any]], tokenizer: Tokenizer, spec: RoleSpec) -> list[RoleRow]:
     """Every raw row tokenized with its roles (``roles.derive`` on each, the tokenizer called once per batch)."""
     return derive_rows(rows, tokenizer, spec)
 
@@ -206,7 +206,7 @@ class _Matcher:
     """Finds which derived row (and which part of it) a token sequence is, trying the next row in order first."""
 
     def __init__(self, rows: Sequence[RoleRow]) -> None:
-        self.rows, self.next, self.used = list(rows), 0, set()
+        self.rows, self.next, self.used = list(rows), 0, set[int]()
 
     def match(self, seq: list[int], strict: bool, pad_token_id: int | None, b: int) -> Iterator[tuple[int, RoleRow, int, int]]:
         """Yield (offset in seq, row, first token of the row, length) for each piece of seq, left to right."""
@@ -240,7 +240,7 @@ class _Matcher:
 
     def _mismatch(self, rest: list[int], b: int, at: int) -> DataError:
         expected = self.rows[min(self.next, len(self.rows) - 1)]
-        p = next((i for i, (x, y) in enumerate(zip(rest, expected.input_ids)) if x != y), min(len(rest), len(expected.input_ids)))
+        p = next((i for i, (x, y) in enumerate(zip(rest, expected.input_ids, strict=False)) if x != y), min(len(rest), len(expected.input_ids)))
         got = rest[p] if p < len(rest) else "end"
         want = expected.input_ids[p] if p < len(expected.input_ids) else "end"
         return DataError(

@@ -13,6 +13,7 @@ import weakref
 from typing import Any
 
 from gradscope.data import deadline
+from gradscope.tokenizer import Tokenizer
 
 _PROBE = [
     {"role": "user", "content": "Say one."},
@@ -29,14 +30,16 @@ answers (``apply_chat_template(..., enable_thinking=False)``)."""
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def generation_prefills(tokenizer: Any) -> tuple[tuple[int, ...], ...]:
+def generation_prefills(tokenizer: Tokenizer | None) -> tuple[tuple[int, ...], ...]:
     """The token runs the template's generation prompt writes after the assistant header, one per template option
     that writes one (none for most templates); learnt once per tokenizer and template.
 
     A template that fails on the probe, or whose generation prompt does not continue the conversation as its
     assistant turns do, gives none: gradscope then says nothing about prefills.
     """
-    template = getattr(tokenizer, "chat_template", None) if tokenizer is not None else None
+    if tokenizer is None:
+        return ()
+    template = getattr(tokenizer, "chat_template", None)
     if not isinstance(template, str) or not template:
         return ()
     try:
@@ -48,7 +51,7 @@ def generation_prefills(tokenizer: Any) -> tuple[tuple[int, ...], ...]:
     return cache[template]
 
 
-def _learn(tokenizer: Any) -> tuple[tuple[int, ...], ...]:
+def _learn(tokenizer: Tokenizer) -> tuple[tuple[int, ...], ...]:
     base, history = _render(tokenizer, _PROBE[:1]), _render(tokenizer, _PROBE)
     if base is None or history is None or not history.startswith(base) or "One." not in history[len(base):]:
         return ()
@@ -65,7 +68,7 @@ def _learn(tokenizer: Any) -> tuple[tuple[int, ...], ...]:
     return tuple(found)
 
 
-def _render(tokenizer: Any, messages: list[dict], generation_prompt: bool = False, **options: Any) -> str | None:
+def _render(tokenizer: Tokenizer, messages: list[dict], generation_prompt: bool = False, **options: Any) -> str | None:
     try:
         with deadline.bounded(deadline.TEMPLATE_SECONDS):
             text = tokenizer.apply_chat_template(
@@ -78,7 +81,7 @@ def _render(tokenizer: Any, messages: list[dict], generation_prompt: bool = Fals
     return text if isinstance(text, str) else None
 
 
-def _ids_in_context(tokenizer: Any, before: str, prefill: str) -> tuple[int, ...]:
+def _ids_in_context(tokenizer: Tokenizer, before: str, prefill: str) -> tuple[int, ...]:
     """The prefill's tokens as they follow the header (tokenized alone when the context merges them)."""
     head = list(tokenizer(before, add_special_tokens=False)["input_ids"])
     whole = list(tokenizer(before + prefill, add_special_tokens=False)["input_ids"])

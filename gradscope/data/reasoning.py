@@ -13,7 +13,8 @@ from __future__ import annotations
 import bisect
 import re
 from collections.abc import Mapping
-from typing import Any
+from gradscope.tokenizer import Tokenizer
+
 
 THINK = re.compile(r"<think>.*?</think>\s*", re.DOTALL)
 
@@ -26,7 +27,7 @@ DROPPED_REASONING = (
 
 
 def bounds_without_reasoning(
-    tokenizer: Any, texts: list[str], headers: Mapping[int, str], full: list[int]
+    tokenizer: Tokenizer, texts: list[str], headers: Mapping[int, str], full: list[int]
 ) -> tuple[list[int], dict[int, int]] | None:
     """Message bounds and assistant content starts, in tokens of the whole rendering, for a template whose only prefix
     break is dropping earlier turns' reasoning; None when the break is another one.

@@ -6,18 +6,16 @@ import bisect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from operator import itemgetter
-from typing import Any
+from typing import Any, cast
 
-from gradscope.constants import UNKNOWN
-from gradscope.data.batch import COMPLETION, PROMPT
+from gradscope.constants import COMPLETION, PROMPT, UNKNOWN
 from gradscope.data.encoding import Encoder
 from gradscope.data.reasoning import DROPPED_REASONING, bounds_without_reasoning
-from gradscope.data.render import Renderer, row_tools
+from gradscope.data.chat_template import Renderer, row_tools
 from gradscope.errors import DataError
-from gradscope.report.roles import RoleRow
-
-TRAIN_ON = ("all-assistant", "last-assistant")
-
+from gradscope.data.rows import RoleRow
+from gradscope.modes import TrainOn, TruncationMode
+from gradscope.tokenizer import Tokenizer
 
 @dataclass
 class RoleSpec:
@@ -33,7 +31,7 @@ class RoleSpec:
     """
 
     end_token_ids: frozenset[int]
-    train_on: str = "all-assistant"
+    train_on: TrainOn = "all-assistant"
     response_template: str | None = None
     instruction_template: str | None = None
     chat_template: str | None = None
@@ -49,7 +47,7 @@ def row_kind(row: Mapping[str, Any]) -> str:
     return "text" if "text" in row else ""
 
 
-def derive(row: Mapping[str, Any], index: int, tokenizer: Any, spec: RoleSpec) -> RoleRow:
+def derive(row: Mapping[str, Any], index: int, tokenizer: Tokenizer, spec: RoleSpec) -> RoleRow:
     """Tokenize one raw row and give every token its role.
 
     Raises:
@@ -59,7 +57,7 @@ def derive(row: Mapping[str, Any], index: int, tokenizer: Any, spec: RoleSpec) -
     return _plan(row, index, tokenizer, spec).finish(Encoder(tokenizer))
 
 
-def derive_rows(rows: Sequence[Mapping[str, Any]], tokenizer: Any, spec: RoleSpec, first: int = 0) -> list[RoleRow]:
+def derive_rows(rows: Sequence[Mapping[str, Any]], tokenizer: Tokenizer, spec: RoleSpec, first: int = 0) -> list[RoleRow]:
     """``derive`` on consecutive rows, with every text of every row tokenized in one batched tokenizer call.
 
     The rows are those ``derive`` gives one by one (the same code turns token ids into roles); a bad row raises the
@@ -98,9 +96,9 @@ class _Plan:
     finish: Callable[[Encoder], RoleRow]
 
 
-def _plan(row: Mapping[str, Any], index: int, tokenizer: Any, spec: RoleSpec) -> _Plan:
+def _plan(row: Mapping[str, Any], index: int, tokenizer: Tokenizer, spec: RoleSpec) -> _Plan:
     kind = row_kind(row)
-    where = {"path": spec.source, "row": index}
+    where: dict[str, Any] = {"path": spec.source, "row": index}
     if kind == "prompt-completion":
         return _prompt_completion(row, index, tokenizer, where)
     if kind == "chat":
@@ -117,13 +115,13 @@ def _plan(row: Mapping[str, Any], index: int, tokenizer: Any, spec: RoleSpec) ->
 # --- prompt + completion strings -------------------------------------------------------------------------------
 
 
-def _with_eos(text: str, tokenizer: Any) -> str:
+def _with_eos(text: str, tokenizer: Tokenizer) -> str:
     """Append the EOS token's text when missing, as TRL does for non-conversational rows."""
     eos = getattr(tokenizer, "eos_token", None)
     return text if not eos or text.endswith(eos) else text + eos
 
 
-def _require_fast(tokenizer: Any, where: dict) -> None:
+def _require_fast(tokenizer: Tokenizer, where: dict) -> None:
     if not getattr(tokenizer, "is_fast", False):
         raise DataError("roles from text need a fast tokenizer (tokenizer.json) for character offsets", **where)
 
@@ -140,7 +138,7 @@ def first_past(ends: list[int], boundary: int) -> int:
     return next((i for i, end in enumerate(ends) if end > boundary), len(ends))
 
 
-def _prompt_completion(row: Mapping[str, Any], index: int, tokenizer: Any, where: dict) -> _Plan:
+def _prompt_completion(row: Mapping[str, Any], index: int, tokenizer: Tokenizer, where: dict) -> _Plan:
     prompt, completion = row["prompt"], row["completion"]
     if not isinstance(prompt, str) or not isinstance(completion, str):
         raise DataError("'prompt' and 'completion' must both be strings or both be message lists", **where)
@@ -178,7 +176,7 @@ def _conversation(row: Mapping[str, Any], spec: RoleSpec, where: dict) -> tuple[
     return [dict(m) for m in messages], set(assistant)
 
 
-def _chat(row: Mapping[str, Any], index: int, tokenizer: Any, spec: RoleSpec, where: dict) -> _Plan:
+def _chat(row: Mapping[str, Any], index: int, tokenizer: Tokenizer, spec: RoleSpec, where: dict) -> _Plan:
     if not getattr(tokenizer, "chat_template", None) and spec.chat_template is None:
         raise DataError("chat rows need a tokenizer with a chat template, and this one has none", **where,
                         hint="add a chat_template to tokenizer_config.json, or give prompt/completion strings")
@@ -191,7 +189,7 @@ def _chat(row: Mapping[str, Any], index: int, tokenizer: Any, spec: RoleSpec, wh
         render.encoder = encoder
         full = render.ids(texts[-1])
         bounds, starts, note = _message_bounds(render, texts, headers, full, tokenizer)
-        roles, owner = [PROMPT] * len(full), [None] * len(full)
+        roles, owner = [PROMPT] * len(full), [cast("int | None", None)] * len(full)
         for k in range(len(messages)):
             owner[bounds[k] : bounds[k + 1]] = [k] * (bounds[k + 1] - bounds[k])
         generation = render.generation_mask(full)
@@ -205,7 +203,7 @@ def _chat(row: Mapping[str, Any], index: int, tokenizer: Any, spec: RoleSpec, wh
 
 
 def _message_bounds(render: Renderer, texts: list[str], headers: dict[int, str], full: list[int],
-                    tokenizer: Any) -> tuple[list[int], dict[int, int], str | None]:
+                    tokenizer: Tokenizer) -> tuple[list[int], dict[int, int], str | None]:
     """Where each message starts in the whole conversation's tokens, where each trained assistant's content starts,
     and a note when the template drops earlier turns' reasoning (the one prefix break read anyway)."""
     try:
@@ -218,7 +216,7 @@ def _message_bounds(render: Renderer, texts: list[str], headers: dict[int, str],
         return found[0], found[1], DROPPED_REASONING
 
 
-def _prefix_bounds(render: Renderer, texts: list[str], full: list[int], tokenizer: Any) -> list[int]:
+def _prefix_bounds(render: Renderer, texts: list[str], full: list[int], tokenizer: Tokenizer) -> list[int]:
     """Where each message starts in the whole conversation's tokens: the token count of each rendered prefix.
 
     What the template puts before the first message (a BOS, a default system turn) belongs to the first message.
@@ -242,10 +240,10 @@ def _trailing_eos(ids: list[int], full: list[int], eos: int | None) -> bool:
     return eos is not None and len(ids) > 1 and ids[-1] == eos == full[-1] and full[: len(ids) - 1] == ids[:-1]
 
 
-def _prefix_error(render: Renderer, k: int, text: str, ids: list[int], full: list[int], tokenizer: Any,
+def _prefix_error(render: Renderer, k: int, text: str, ids: list[int], full: list[int], tokenizer: Tokenizer,
                   header: bool = False) -> DataError:
     """The precise error for a rendered prefix whose tokens are not a prefix of the whole conversation's tokens."""
-    at = next((p for p, (a, b) in enumerate(zip(ids, full)) if a != b), min(len(ids), len(full)))
+    at = next((p for p, (a, b) in enumerate(zip(ids, full, strict=False)) if a != b), min(len(ids), len(full)))
     alone, context = ids[at : at + 4], full[at : at + 4]
     if header:
         what = f"at the header of message {k} (assistant): the first {k} message(s) with the generation prompt"
@@ -261,11 +259,11 @@ def _prefix_error(render: Renderer, k: int, text: str, ids: list[int], full: lis
     )
 
 
-def _show(ids: Sequence[int], tokenizer: Any) -> str:
+def _show(ids: Sequence[int], tokenizer: Tokenizer) -> str:
     return "[" + ", ".join(f"{i} {tokenizer.decode([i])!r}" for i in ids) + "]"
 
 
-def _header_end(render: Renderer, k: int, text: str, full: list[int], bounds: list[int], tokenizer: Any) -> int:
+def _header_end(render: Renderer, k: int, text: str, full: list[int], bounds: list[int], tokenizer: Tokenizer) -> int:
     """Where assistant message k's content starts: after what add_generation_prompt adds to the first k messages
     (``text``, their rendering with the generation prompt)."""
     ids = render.ids(text)
@@ -291,7 +289,7 @@ def _mark_assistant(roles: list[int], ids: list[int], header_end: int, end: int,
     roles[close + 1 : end] = [UNKNOWN] * (end - close - 1)
 
 
-def _header_glue(roles: list[int], ids: list[int], generation: list[int], first: int, start: int, tokenizer: Any) -> None:
+def _header_glue(roles: list[int], ids: list[int], generation: list[int], first: int, start: int, tokenizer: Tokenizer) -> None:
     """Not judged: the whitespace that ends an assistant header inside the template's ``{% generation %}`` block.
 
     TRL's Qwen2.5 training template opens the block before the ``\\n`` that ends ``<|im_start|>assistant``. The
@@ -308,11 +306,11 @@ def _header_glue(roles: list[int], ids: list[int], generation: list[int], first:
 # --- text rows with response / instruction templates ----------------------------------------------------------
 
 
-def _text(row: Mapping[str, Any], index: int, tokenizer: Any, spec: RoleSpec, where: dict) -> _Plan:
+def _text(row: Mapping[str, Any], index: int, tokenizer: Tokenizer, spec: RoleSpec, where: dict) -> _Plan:
     text = row["text"]
     if not isinstance(text, str):
         raise DataError("'text' must be a string", **where)
-    if spec.response_template is None:
+    if (response := spec.response_template) is None:
         raise DataError(
             "the row is plain text: gradscope cannot tell its prompt from its completion",
             **where,
@@ -325,9 +323,9 @@ def _text(row: Mapping[str, Any], index: int, tokenizer: Any, spec: RoleSpec, wh
     def finish(encoder: Encoder) -> RoleRow:
         ids, offsets = encoder.ids_offsets(full_text)
         find = _TemplateFinder(tokenizer, encoder, ids, offsets, full_text, where)
-        starts = find(spec.response_template, "response")
+        starts = find(response, "response")
         stops = find(spec.instruction_template, "instruction") if spec.instruction_template is not None else []
-        width = len(encoder.ids(spec.response_template))
+        width = len(encoder.ids(response))
         roles = [PROMPT] * len(ids)
         for begin in (start + width for start in starts):
             stop = min([s for s in stops if s >= begin], default=len(ids))
@@ -348,7 +346,7 @@ def find_subsequence(ids: Sequence[int], pattern: Sequence[int]) -> list[int]:
 class _TemplateFinder:
     """Finds a template string as tokens in one tokenized text, or says precisely why it is not there."""
 
-    def __init__(self, tokenizer: Any, encoder: Encoder, ids: list[int], offsets: list[tuple[int, int]], text: str,
+    def __init__(self, tokenizer: Tokenizer, encoder: Encoder, ids: list[int], offsets: list[tuple[int, int]], text: str,
                  where: dict):
         self.tok, self.encoder, self.ids, self.offsets, self.text, self.where = tokenizer, encoder, ids, offsets, text, where
 
@@ -368,7 +366,7 @@ class _TemplateFinder:
 
     def _not_in_tokens(self, template: str, alone: list[int], begin: int, name: str) -> DataError:
         end = begin + len(template)
-        context = [i for i, (a, b) in zip(self.ids, self.offsets) if a < end and b > begin]
+        context = [i for i, (a, b) in zip(self.ids, self.offsets, strict=True) if a < end and b > begin]
         return DataError(
             f"the {name} template {template!r} is in the text but not in its tokens: alone it tokenizes as "
             f"{_show(alone, self.tok)}, in context as {_show(context, self.tok)} "
@@ -390,7 +388,7 @@ def _occurrences(text: str, pattern: str) -> list[int]:
 # --- truncation ------------------------------------------------------------------------------------------------
 
 
-def truncate(row: RoleRow, max_length: int | None, mode: str = "keep_start") -> RoleRow:
+def truncate(row: RoleRow, max_length: int | None, mode: TruncationMode = "keep_start") -> RoleRow:
     """Cut the row to max_length tokens (keep_start keeps the first ones, keep_end the last), counting the completion
     tokens removed."""
     if max_length is None or len(row.input_ids) <= max_length:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gradscope.data.chunks import TOKEN_COLUMNS, Chunk, _groups, _rechunk, _safetensors_chunk, to_chunk
+from gradscope.data.chunks import TOKEN_COLUMNS, Chunk, row_groups, rechunk, safetensors_chunk, to_chunk
 from gradscope.data.datasets_dir import data_files, dataset_splits
 from gradscope.data.datasets_dir import num_rows as _num_rows
 from gradscope.data.files import arrow_batches, iter_jsonl, open_parquet, pick_split, read_rows
@@ -73,10 +73,10 @@ def chunks(source: Source, vocab_size: int | None = None) -> Iterator[Chunk]:
             rows, or negative token ids, naming the row.
     """
     if source.format == "safetensors":
-        yield _safetensors_chunk(source.path, vocab_size)
+        yield safetensors_chunk(source.path, vocab_size)
         return
     first = 0
-    for batch in _rechunk(_record_batches(source)):
+    for batch in rechunk(_record_batches(source)):
         chunk = to_chunk(batch, first, source.path, vocab_size)
         first += chunk.rows
         yield chunk
@@ -185,7 +185,7 @@ def _json_array_rows(path: Path) -> Iterator[dict[str, Any]]:
 def enumerate_groups(rows: Iterator[dict[str, Any]], size: int) -> Iterator[tuple[int, list[dict[str, Any]]]]:
     """Groups of ``size`` rows with the index of each group's first row."""
     start = 0
-    for group in _groups(rows, size):
+    for group in row_groups(rows, size):
         yield start, group
         start += len(group)
 
@@ -194,7 +194,7 @@ def _json_column(rows: list[dict[str, Any]], name: str, first_row: int, path: Pa
     """One column of JSON rows as an Arrow array, its type inferred (floats stay floats, for the chunk to refuse)."""
     import pyarrow as pa
 
-    values = [row.get(name) for row in rows]
+    values: list[Any] = [row.get(name) for row in rows]
     try:
         return pa.array(values)
     except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as err:
@@ -223,7 +223,8 @@ def _line_blocks(path: Path, size: int) -> Iterator[bytes]:
 
 
 def _arrow_batches(path: Path, columns: Callable[[list[str], Path], list[str]] | None = None) -> Iterator:
-    """An Arrow file read batch by batch with the columns ``columns(names, path)`` picks (default: the token columns)."""
+    """An Arrow file read batch by batch with the columns ``columns(names, path)`` picks (default: the token
+    columns)."""
     return arrow_batches(path, columns or _wanted)
 
 
@@ -308,13 +309,13 @@ def raw_row_batches(source: Source, size: int = RAW_CHUNK_ROWS) -> Iterator[list
     try:
         if source.format == "jsonl":
             rows = _json_array_rows(source.path) if _is_json_array(source.path) else iter_jsonl(source.path)
-            yield from _groups(rows, size)
+            yield from row_groups(rows, size)
         elif source.format == "parquet":
             for batch in open_parquet(source.path).iter_batches(batch_size=size):
                 yield batch.to_pylist()
         else:
             for path in source.files:
                 for batch in _arrow_batches(path, lambda names, _: names):
-                    yield from _groups(batch.to_pylist(), size)
+                    yield from row_groups(batch.to_pylist(), size)
     except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as err:
         raise DataError(f"cannot read {source.format}: {err}", path=source.path) from err

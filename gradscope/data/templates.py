@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from gradscope.constants import UNKNOWN
 from gradscope.data.batch import COMPLETION, PROMPT
 from gradscope.data.roles import RoleRow, RoleSpec, derive, find_subsequence
 from gradscope.errors import DataError
+from gradscope.modes import TrainOn
+from gradscope.tokenizer import Tokenizer
 
 # --- roles of already tokenized chats, read back from the template's markers --------------------------------------
 
@@ -51,7 +52,7 @@ class TemplateMarkers:
     tail: list[int] = field(default_factory=list)
     lead: list[int] = field(default_factory=list)
 
-    def roles(self, ids: Sequence[int], train_on: str = "all-assistant") -> list[int]:
+    def roles(self, ids: Sequence[int], train_on: TrainOn = "all-assistant") -> list[int]:
         """Roles of one token sequence: after each marker, through the first end token, is completion."""
         starts = sorted({m + len(r) for r in self.responses for m in find_subsequence(ids, r)})
         roles = [PROMPT] * len(ids)
@@ -70,7 +71,7 @@ class TemplateMarkers:
         return roles
 
 
-def template_markers(tokenizer: Any, end_token_ids: frozenset[int], chat_template: str | None = None) -> TemplateMarkers | None:
+def template_markers(tokenizer: Tokenizer, end_token_ids: frozenset[int], chat_template: str | None = None) -> TemplateMarkers | None:
     """Learn a chat template's assistant markers from probe chats; None when they cannot be learnt reliably.
 
     Each marker is the shortest run of tokens before an assistant completion that occurs nowhere else except before
@@ -90,7 +91,7 @@ def template_markers(tokenizer: Any, end_token_ids: frozenset[int], chat_templat
     return markers
 
 
-def _learn_markers(rows: list[RoleRow], tokenizer: Any, end_token_ids: frozenset[int]) -> TemplateMarkers | None:
+def _learn_markers(rows: list[RoleRow], tokenizer: Tokenizer, end_token_ids: frozenset[int]) -> TemplateMarkers | None:
     special = set(getattr(tokenizer, "all_special_ids", [])) | set(tokenizer.get_added_vocab().values())
     responses: list[list[int]] = []
     glue: list[int] | None = None

@@ -19,7 +19,7 @@ come before 2-4; preference rows before the role tensor too. Every route reads t
 from __future__ import annotations
 
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
@@ -31,9 +31,11 @@ from gradscope.constants import COMPLETION, PROMPT, ROLE_CODES_KEY, ROLE_KEYS, R
 from gradscope.data.batch import document_starts, held_tokens
 from gradscope.data.load import load_role_rows
 from gradscope.data.pipelines import DataOptions
-from gradscope.data.roles import TRAIN_ON, RoleRow, find_subsequence
+from gradscope.data.roles import RoleRow, find_subsequence
 from gradscope.data.templates import TemplateMarkers, template_markers
 from gradscope.errors import DataError
+from gradscope.modes import TRAIN_ON, TrainOn
+from gradscope.tokenizer import Tokenizer
 
 UNKNOWN_SOURCE = "unknown"
 LOOKUP_SOURCE = "train_dataset"
@@ -60,7 +62,7 @@ class RoleSources:
     instruction_template: str | None = None
     roles_from: Sequence[RoleRow] | None = None
     roles_from_path: str | None = None
-    train_on: str = "all-assistant"
+    train_on: TrainOn = "all-assistant"
     chat_template: str | None = None
     dataset: RowLookup | None = None
     preference: RowLookup | None = None
@@ -90,7 +92,7 @@ class BatchRoles:
     reasons: list[str | None]
 
 
-def batch_roles(batch: Mapping[str, Any], tokenizer: Any, end_token_ids: frozenset[int],
+def batch_roles(batch: Mapping[str, Any], tokenizer: Tokenizer | None, end_token_ids: frozenset[int],
                 sources: RoleSources | None = None, first_row: int = 0) -> BatchRoles:
     """The roles of every row of a tokenized batch, from the first source that gives them.
 
@@ -199,7 +201,7 @@ class RowRoles:
     many rows can skip reading them one by one.
     """
 
-    def __init__(self, tokenizer: Any, end_token_ids: frozenset[int], sources: RoleSources | None = None) -> None:
+    def __init__(self, tokenizer: Tokenizer | None, end_token_ids: frozenset[int], sources: RoleSources | None = None) -> None:
         self.readers = _readers(tokenizer, end_token_ids, sources or RoleSources())
         self.end_token_ids = end_token_ids
         nothing = self.readers[0][1] if isinstance(self.readers[0][1], _NoSource) else None
@@ -212,8 +214,8 @@ class RowRoles:
 
 
 def role_sources(
-    tokenizer: Any, ends: frozenset[int], response_template: str | None, instruction_template: str | None,
-    roles_from: str | Path | None, train_on: str,
+    tokenizer: Tokenizer | None, ends: frozenset[int], response_template: str | None, instruction_template: str | None,
+    roles_from: str | Path | None, train_on: TrainOn,
 ) -> RoleSources:
     """The role sources of a check; ``roles_from`` rows are read, tokenized and split into roles here.
 
@@ -242,9 +244,9 @@ def _first_reading(readers: list, ids: list[int], row: int) -> tuple[str, list[i
     return UNKNOWN_SOURCE, None, "; ".join(why) or "no role source"
 
 
-def _readers(tokenizer: Any, ends: frozenset[int], sources: RoleSources) -> list:
+def _readers(tokenizer: Tokenizer | None, ends: frozenset[int], sources: RoleSources) -> list:
     """(name, read(ids, row) -> (roles | None, reason)) for each source the user gave, in order."""
-    readers = []
+    readers: list[tuple[str, Callable[..., tuple[list[int] | None, str | None]]]] = []
     if sources.roles_from is not None:
         readers.append(("roles_from", _RawRows(sources.roles_from, sources.roles_from_path)))
     if sources.response_template is not None:
@@ -283,7 +285,7 @@ class _RawRows:
         if raw is None:
             raise DataError(f"roles_from has no row {row}, which the batch holds", path=self.path,
                             hint="give the raw rows the batch was made from, all of them, in the same order")
-        at = next((t for t, (a, b) in enumerate(zip(ids, raw.input_ids)) if a != b), None)
+        at = next((t for t, (a, b) in enumerate(zip(ids, raw.input_ids, strict=False)) if a != b), None)
         if at is None and len(ids) > len(raw.input_ids):
             at = len(raw.input_ids)
         if at is not None:
@@ -305,7 +307,8 @@ class _ResponseTemplate:
     """After each response template is completion, through the first end token; it stops earlier at the next
     instruction or response template, and runs to the row's end when neither nor an end token follows."""
 
-    def __init__(self, tokenizer: Any, sources: RoleSources, ends: frozenset[int]) -> None:
+    def __init__(self, tokenizer: Tokenizer, sources: RoleSources, ends: frozenset[int]) -> None:
+        assert sources.response_template is not None, "read only where a response template is given"
         self.response = _template_ids(tokenizer, sources.response_template)
         self.instruction = _template_ids(tokenizer, sources.instruction_template) if sources.instruction_template else []
         self.text, self.ends = sources.response_template, ends
@@ -325,7 +328,7 @@ class _ResponseTemplate:
         return roles, None
 
 
-def _template_ids(tokenizer: Any, text: str) -> list[int]:
+def _template_ids(tokenizer: Tokenizer, text: str) -> list[int]:
     ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
     if not ids:
         raise DataError(f"the template {text!r} has no tokens", hint="give the text that starts each completion")
@@ -337,7 +340,7 @@ def _template_ids(tokenizer: Any, text: str) -> list[int]:
 _MARKERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def chat_markers(tokenizer: Any, ends: frozenset[int],
+def chat_markers(tokenizer: Tokenizer | None, ends: frozenset[int],
                  chat_template: str | None = None) -> tuple[TemplateMarkers | None, str]:
     """The chat-template markers (learnt once per tokenizer, template and end tokens), or None and why not.
 
@@ -360,7 +363,7 @@ def chat_markers(tokenizer: Any, ends: frozenset[int],
     return cache[key], ""
 
 
-def _marker_roles(markers: TemplateMarkers, ids: list[int], train_on: str) -> tuple[list[int] | None, str | None]:
+def _marker_roles(markers: TemplateMarkers, ids: list[int], train_on: TrainOn) -> tuple[list[int] | None, str | None]:
     roles = markers.roles(ids, train_on)
     if COMPLETION not in roles:
         return None, "no assistant turn of the chat template is in the row's tokens"

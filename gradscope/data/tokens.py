@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 from torch import nn
+from gradscope.tokenizer import Tokenizer
+
 
 END_OF_TURN_TOKENS = frozenset(
     {"<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<end_of_turn>", "<|end|>", "</s>", "<|endoftext|>", "<|end_of_text|>"}
@@ -14,7 +15,7 @@ END_OF_TURN_TOKENS = frozenset(
 """Special tokens that close a turn or a document in common chat templates."""
 
 
-def default_end_token_ids(model: nn.Module, tokenizer: Any = None) -> frozenset[int]:
+def default_end_token_ids(model: object, tokenizer: Tokenizer | None = None) -> frozenset[int]:
     """EOS ids of the config, generation config and tokenizer, and the tokenizer's end-of-turn tokens."""
     ids: set[int] = set()
     for cfg in (getattr(model, "config", None), getattr(model, "generation_config", None), tokenizer):
@@ -30,7 +31,7 @@ def default_end_token_ids(model: nn.Module, tokenizer: Any = None) -> frozenset[
     return frozenset(ids)
 
 
-def resolve_pad_token_id(model: nn.Module, tokenizer: Any = None) -> int | None:
+def resolve_pad_token_id(model: object, tokenizer: Tokenizer | None = None) -> int | None:
     """The pad id: the tokenizer's, else the model config's, else None."""
     for source in (tokenizer, getattr(model, "config", None)):
         value = getattr(source, "pad_token_id", None)
@@ -49,7 +50,7 @@ _MEDIA_CONFIG_KEYS = ("image_token_id", "image_token_index", "video_token_id", "
                       "audio_token_index")
 
 
-def media_token_ids(model: nn.Module, tokenizer: Any = None) -> frozenset[int]:
+def media_token_ids(model: nn.Module, tokenizer: Tokenizer | None = None) -> frozenset[int]:
     """Ids of media placeholder tokens: those the model config names (``image_token_id`` and kin) and the
     tokenizer's tokens from ``MEDIA_TOKENS``."""
     config = getattr(model, "config", None)
@@ -62,7 +63,7 @@ def media_token_ids(model: nn.Module, tokenizer: Any = None) -> frozenset[int]:
     return frozenset(ids)
 
 
-def resolve_bos_token_id(tokenizer: Any = None) -> int | None:
+def resolve_bos_token_id(tokenizer: Tokenizer | None = None) -> int | None:
     """The tokenizer's BOS id, or None: the model config's bos_token_id is not used, since many configs name one
     that neither the tokenizer nor the template ever emits."""
     value = getattr(tokenizer, "bos_token_id", None)
@@ -72,12 +73,12 @@ def resolve_bos_token_id(tokenizer: Any = None) -> int | None:
 _BOS_PROBE = "Hello world."
 
 
-def bos_added(tokenizer: Any = None) -> bool:
+def bos_added(tokenizer: Tokenizer | None = None) -> bool:
     """Whether the tokenizer puts its BOS first in every encoding (``tokenizer(text)`` with special tokens, as
     pipelines tokenize). Found by encoding a probe text with and without special tokens, not from a config flag
     (``add_bos_token`` is absent from most fast tokenizers' files, and a post-processor can add it anyway)."""
     bos = resolve_bos_token_id(tokenizer)
-    if bos is None:
+    if bos is None or tokenizer is None:
         return False
     try:
         with_special = list(tokenizer(_BOS_PROBE)["input_ids"])

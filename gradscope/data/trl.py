@@ -1,4 +1,5 @@
-"""``--pipeline trl``: the batches TRL's own SFT preparation and collator build, with gradscope's roles matched onto them."""
+"""``--pipeline trl``: the batches TRL's own SFT preparation and collator build, with gradscope's roles matched
+onto them."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from torch import nn
 from gradscope.data import deadline
 from gradscope.data.pipelines import DataOptions, Prepared, attach_roles, role_rows, row_notes
 from gradscope.data.roles import RoleRow, RoleSpec
-from gradscope.errors import DataError
+from gradscope.errors import DataError, first_line
+from gradscope.tokenizer import Tokenizer
 
 TRL_FLAGS = ("completion_only_loss", "assistant_only_loss", "packing", "padding_free", "max_length", "truncation_mode")
 
@@ -77,7 +79,7 @@ def require_trl() -> None:
 
 
 def trl_batches(
-    model: nn.Module, tokenizer: Any, raw: Sequence[Mapping[str, Any]], spec: RoleSpec, options: DataOptions,
+    model: nn.Module, tokenizer: Tokenizer, raw: Sequence[Mapping[str, Any]], spec: RoleSpec, options: DataOptions,
     batch_size: int,
 ) -> Prepared:
     """TRL's own SFT data preparation and collator on the rows, with gradscope's roles matched onto its batches.
@@ -105,7 +107,7 @@ def trl_batches(
     return _trl_prepared(batches, rows, config, trainer)
 
 
-def _bounded_renders(tokenizer: Any) -> list:
+def _bounded_renders(tokenizer: Any) -> list:  # gradscope's copy of transformers' tokenizer, given to TRL
     """Bound each chat-template rendering TRL asks of ``tokenizer`` (gradscope's copy, given to TRL alone) as
     gradscope bounds its own; the returned list holds the conversation being rendered, to name its row."""
     render = tokenizer.apply_chat_template
@@ -146,7 +148,7 @@ def _dataset(raw: Sequence[Mapping[str, Any]]) -> Any:
     try:
         return Dataset.from_list([dict(r) for r in raw])
     except (ValueError, TypeError) as err:  # pyarrow cannot give the rows one schema
-        raise DataError(f"the rows do not make one datasets.Dataset, as TRL needs: {_first_line(err)}",
+        raise DataError(f"the rows do not make one datasets.Dataset, as TRL needs: {first_line(err)}",
                         hint="give every row the same fields with the same types") from err
 
 
@@ -154,7 +156,7 @@ def _trl_prepared(batches: list[dict], rows: list[RoleRow], config: Any, trainer
     wrapped = config.packing and config.packing_strategy != "bfd"
     pad_id = trainer.processing_class.pad_token_id
     used: set[int] = set()
-    out = []
+    out: list[dict[str, Any]] = []
     for batch in batches:
         batch, matched = attach_roles(batch, rows, pad_id, strict=not wrapped, count_cut=not wrapped)
         out.append({**batch, "use_cache": False})  # SFTTrainer.compute_loss passes it with every batch
@@ -167,8 +169,9 @@ def _trl_prepared(batches: list[dict], rows: list[RoleRow], config: Any, trainer
             f"max_length={config.max_length} leaves without a trained token, so they train nothing"
         )
     if wrapped:
-        notes.append("packing_strategy='wrapped' splits rows across sequences: pieces gradscope cannot match to a row have no role")
-    data = {"pipeline": "trl", "trl": {k: _jsonable(getattr(config, k)) for k in (*TRL_FLAGS, "packing_strategy")}}
+        notes.append("packing_strategy='wrapped' splits rows across sequences: pieces gradscope "
+            "cannot match to a row have no role")
+    data: dict[str, Any] = {"pipeline": "trl", "trl": {k: _jsonable(getattr(config, k)) for k in (*TRL_FLAGS, "packing_strategy")}}
     data["trl"]["completion_only_loss"] = trainer.completion_only_loss
     return Prepared(out, data, notes)
 
@@ -177,29 +180,28 @@ def _jsonable(value: Any) -> Any:
     return value if isinstance(value, (bool, int, float, str, type(None))) else str(value)
 
 
-def _sft_trainer(model: nn.Module, tokenizer: Any, config: Any, dataset: Any) -> Any:
+def _sft_trainer(model: nn.Module, tokenizer: Any, config: Any, dataset: Any) -> Any:  # TRL: transformers' own tokenizer
     from jinja2 import TemplateError
     from trl import SFTTrainer
     from trl.chat_template_utils import has_generation_markers
 
     template = getattr(tokenizer, "chat_template", None)
     try:
-        return SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
+        return SFTTrainer(
+            model=model,  # type: ignore[arg-type]  # any causal LM module works; TRL's annotation names PreTrainedModel
+            args=config, train_dataset=dataset, processing_class=tokenizer,
+        )
     except (ValueError, RuntimeError, TypeError, KeyError, TemplateError) as err:  # TRL rejecting the setup or data
         if config.assistant_only_loss and not (template and has_generation_markers(template)):
             raise DataError(
                 "assistant_only_loss=True needs a chat template with {% generation %} markers, and this tokenizer's "
                 "template has none (nor is it one TRL knows how to patch): the assistant mask would be all zeros and "
-                f"every sample would train nothing (no_loss). TRL says: {_first_line(err)}",
-                hint="wrap each assistant turn's content and its closing token in {% generation %}...{% endgeneration %}, "
+                f"every sample would train nothing (no_loss). TRL says: {first_line(err)}",
+                hint="wrap each assistant turn's content and its closing token in {% generation "
+                    "%}...{% endgeneration %}, "
                 "or use completion_only_loss with prompt/completion rows",
             ) from err
-        raise DataError(f"TRL's SFTTrainer rejects this setup: {_first_line(err)}", hint="fix the TRL options or the data") from err
-
-
-def _first_line(err: BaseException) -> str:
-    lines = str(err).strip().splitlines()
-    return lines[0] if lines else type(err).__name__
+        raise DataError(f"TRL's SFTTrainer rejects this setup: {first_line(err)}", hint="fix the TRL options or the data") from err
 
 
 @contextmanager
@@ -215,7 +217,7 @@ def _restored(model: nn.Module) -> Iterator[None]:
         yield
     finally:
         if had_forward:
-            model.forward = forward
+            model.__dict__["forward"] = forward
         else:
             model.__dict__.pop("forward", None)
         for c, k, v in saved:

@@ -9,7 +9,7 @@ import torch
 
 from gradscope.data.batch import select_rows
 from gradscope.engine.run import Graph, call_model
-from gradscope.engine.windows import _clock, _differentiable_head
+from gradscope.engine.windows import synced_clock, differentiable_head
 
 
 @dataclass
@@ -33,18 +33,20 @@ def accumulate(graph: Graph, micro_batches: int) -> Accumulation:
     soft-capping or dtype copy), which is the only differentiable tensor of the micro-batch runs: no backward goes
     through the model. Models without an output embedding module are compared at the logits.
     """
-    began = _clock(graph.logits.device)
+    assert graph.logits is not None, "the accumulation probe keeps the loss -> logits graph (loss_graph)"
+    began = synced_clock(graph.logits.device)
     at_head = graph.head_output is not None and graph.head_output.requires_grad
-    full = torch.autograd.grad(graph.loss, graph.head_output if at_head else graph.logits, retain_graph=True)[0]
+    output = graph.head_output if graph.head_output is not None and at_head else graph.logits
+    full = torch.autograd.grad(graph.loss, output, retain_graph=True)[0]
     parts = [rows.tolist() for rows in torch.tensor_split(torch.arange(len(full)), micro_batches)]
     moments = torch.zeros(4, dtype=torch.float64)
-    with _differentiable_head(graph.model) as leaves:
+    with differentiable_head(graph.model) as leaves:
         for rows in parts:
             logits, loss = call_model(graph.model, select_rows(graph.batch, rows), graph.loss_fn)
             output = leaves[-1] if at_head and leaves else logits  # (b, T, V)
             moments += _moments(full[rows], _grad_or_zero(loss / micro_batches, output))
     cosine, relative, scale = _compare(*moments.tolist())
-    return Accumulation(micro_batches, parts, cosine, relative, scale, _clock(graph.logits.device) - began)
+    return Accumulation(micro_batches, parts, cosine, relative, scale, synced_clock(graph.logits.device) - began)
 
 
 def _grad_or_zero(loss: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
@@ -61,7 +63,7 @@ def _moments(full: torch.Tensor, accumulated: torch.Tensor) -> torch.Tensor:
     micro-batch forward); the difference is taken before squaring, so equal gradients give exactly 0.
     """
     out = torch.zeros(4, dtype=torch.float64)
-    for a, b in zip(full.float().flatten(1), accumulated.float().flatten(1)):  # (T * V,) per row
+    for a, b in zip(full.float().flatten(1), accumulated.float().flatten(1), strict=True):  # (T * V,) per row
         sums = torch.stack([torch.dot(a, b), torch.dot(a, a), torch.dot(b, b), torch.linalg.vector_norm(b - a) ** 2])
         out += sums.double().cpu()
     return out

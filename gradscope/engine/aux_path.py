@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from gradscope.engine.run import _loss_logits, _reentrant_checkpointing, backward_error, call_model, instrumented
+from gradscope.engine.run import loss_logits, reentrant_checkpointing, backward_error, call_model, instrumented
 from gradscope.model.usercode import LossFn
 
 
@@ -65,7 +65,7 @@ def padding_path(
     outputs: list[tuple[str, torch.Tensor]] = []
     names = {m: n for n, m in model.named_modules() if n}
     shape = tuple(batch["input_ids"].shape)
-    if _reentrant_checkpointing(model):  # it refuses the partial backward passes this needs: nothing to name
+    if reentrant_checkpointing(model):  # it refuses the partial backward passes this needs: nothing to name
         return PaddingPath(torch.zeros(shape, dtype=torch.bool), torch.zeros(shape), [])
     with instrumented(model, keep_dropout=keep_dropout) as rec:
         handles = [m.register_forward_hook(_recorder(name, outputs, shape)) for m, name in names.items()]
@@ -74,7 +74,7 @@ def padding_path(
         finally:
             for h in handles:
                 h.remove()
-        logits = _loss_logits(logits, rec)
+        logits = loss_logits(logits, rec)
         if rec.embedding is None or not loss.requires_grad:
             return PaddingPath(torch.zeros(shape, dtype=torch.bool), torch.zeros(shape), [])
         pad = pad.to(rec.embedding.device)
@@ -91,7 +91,7 @@ def padding_path(
     return PaddingPath(reached.cpu(), torch.where(reached, _norm(full), 0.0).cpu(), _sources(outputs, seen, names))
 
 
-def _recorder(name: str, outputs: list, shape: tuple[int, int]) -> Callable:
+def _recorder(name: str, outputs: list, shape: tuple[int, ...]) -> Callable:
     """A forward hook keeping the module's first output tensor when it holds one vector per token."""
 
     def hook(module: nn.Module, args: tuple, output: object) -> None:
@@ -104,7 +104,7 @@ def _recorder(name: str, outputs: list, shape: tuple[int, int]) -> Callable:
     return hook
 
 
-def _per_token(tensor: torch.Tensor, shape: tuple[int, int]) -> bool:
+def _per_token(tensor: torch.Tensor, shape: tuple[int, ...]) -> bool:
     """(B, T, ...) or (B * T, ...): the layouts a decoder's modules give their per-token outputs."""
     return tuple(tensor.shape[:2]) == shape or (tensor.dim() >= 1 and tensor.shape[0] == shape[0] * shape[1])
 

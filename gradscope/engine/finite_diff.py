@@ -16,6 +16,7 @@ from gradscope.engine.run import call_model, training_state
 from gradscope.errors import ModelCallError
 from gradscope.model.usercode import LossFn
 from gradscope.report.weights import DirectionCheck
+from gradscope.model.layers import input_embeddings
 
 ScalarFn = Callable[[Sequence[torch.Tensor]], torch.Tensor]
 EMBEDDINGS = "input embeddings"
@@ -52,7 +53,7 @@ def autograd_gradients(fn: ScalarFn, inputs: Sequence[torch.Tensor]) -> tuple[fl
     leaves = [x.detach().clone().requires_grad_(True) for x in inputs]
     value = fn(leaves)
     grads = torch.autograd.grad(value, leaves, allow_unused=True) if value.requires_grad else [None] * len(leaves)
-    return float(value.detach()), [torch.zeros_like(x) if g is None else g.detach() for x, g in zip(leaves, grads)]
+    return float(value.detach()), [torch.zeros_like(x) if g is None else g.detach() for x, g in zip(leaves, grads, strict=True)]
 
 
 Point = Sequence[torch.Tensor]
@@ -141,7 +142,7 @@ def check_gradient(
     precision = precision or effective_precision(fn, inputs, grads, value)
     scale = precision.floor * max(1.0, abs(value))
     checks = []
-    for i, (name, grad) in enumerate(zip(names, grads)):
+    for i, (name, grad) in enumerate(zip(names, grads, strict=True)):
         for label, d in unit_directions(grad, directions, generator):
             ad = float((grad * d).sum())
             fd = finite_difference(fn, inputs, i, d, precision.step)
@@ -178,7 +179,7 @@ class KeepFloat64(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def _precision_context(model: nn.Module) -> AbstractContextManager:
+def precision_context(model: nn.Module) -> AbstractContextManager:
     return KeepFloat64() if next(model.parameters()).dtype == torch.float64 else nullcontext()
 
 
@@ -193,7 +194,7 @@ def probe_copy(
     for dtype in (torch.float64, torch.float32):
         probe, cast = copy.deepcopy(model).to(dtype), _cast(batch, dtype)
         try:
-            with training_state(probe), torch.no_grad(), _precision_context(probe):
+            with training_state(probe), torch.no_grad(), precision_context(probe):
                 call_model(probe, cast, loss_fn)
         except ModelCallError:
             if dtype == torch.float32:
@@ -219,7 +220,7 @@ def sample_parameters(model: nn.Module, count: int) -> list[str]:
 @contextmanager
 def _added_to_embeddings(model: nn.Module, delta: torch.Tensor) -> Iterator[None]:
     """Add ``delta`` (B, T, H) to the input embeddings' output for the forward inside the context."""
-    handle = model.get_input_embeddings().register_forward_hook(lambda m, a, out: out + delta)
+    handle = input_embeddings(model).register_forward_hook(lambda m, a, out: out + delta)
     try:
         yield
     finally:
@@ -233,12 +234,12 @@ def model_loss_fn(
 
     def fn(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
         delta, values = tensors[0], tensors[1:]
-        overrides = dict(zip(names, values))
+        overrides = dict(zip(names, values, strict=True))
 
         def forward(**inputs: torch.Tensor) -> object:
             return torch.func.functional_call(model, overrides, (), inputs)
 
-        with _added_to_embeddings(model, delta), _precision_context(model):
+        with _added_to_embeddings(model, delta), precision_context(model):
             return call_model(model, batch, loss_fn, forward=forward)[1]
 
     return fn

@@ -8,7 +8,7 @@ CHUNK_ELEMENTS = 1 << 22
 """Largest (positions, V) temporary the logit reductions make: 16 MiB in fp32."""
 
 
-class _LogitStats:
+class LogitStats:
     """What the run needs from the logits: read once after the forward, so the logits need not outlive it.
 
     After the forward: per-token loss, finiteness, and each position's two most likely tokens with their
@@ -117,7 +117,7 @@ def grad_stats(
     return norm, torch.where(trained, target, -1), torch.where(trained, weight, 0.0)
 
 
-def _shift(values: torch.Tensor, fill: float) -> torch.Tensor:
+def shift_to_targets(values: torch.Tensor, fill: float) -> torch.Tensor:
     """Move per-logit values (from logits[t]) onto the token they predict (position t + 1)."""
     out = torch.full_like(values, fill)
     out[:, 1:] = values[:, :-1]

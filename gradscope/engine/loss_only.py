@@ -16,21 +16,20 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from gradscope.engine.logits import _LogitStats
+from gradscope.engine.logits import LogitStats
 from gradscope.engine.run import (
     Capture,
     Graph,
-    _capture,
-    _loss_logits,
-    _Recorder,
+    build_capture,
+    loss_logits,
+    Recorder,
     call_model,
     training_state,
 )
 from gradscope.errors import ModelCallError
 from gradscope.model.usercode import LossFn
+from gradscope.model.layers import input_embeddings, output_embeddings
 
-DEPTHS = ("full", "logits")
-"""How deep ``check`` differentiates: through the network (``full``), or the loss's backward only (``logits``)."""
 
 LOGITS_DEPTH_NOTE = (
     "depth logits: the loss's backward only, no backward through the network; embedding and layer gradient norms "
@@ -40,16 +39,16 @@ NOT_RUN_AT_LOGITS = "not run: depth logits has no backward through the network (
 
 
 @contextmanager
-def _graph_from_head(model: nn.Module) -> Iterator[_Recorder]:
+def _graph_from_head(model: nn.Module) -> Iterator[Recorder]:
     """Run the network without autograd; make the LM head's output the leaf of a graph that holds the loss only.
 
     Yields a recorder whose ``head_output`` is that leaf (the first call's, when the head is called more than once).
     Without an output embedding module the whole forward keeps its graph from the input embedding's output (a
     correct verdict, without the memory saving). Parameters are frozen throughout and restored on exit.
     """
-    rec = _Recorder(0)
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    at_head = isinstance(head, nn.Module)
+    rec = Recorder(0)
+    head = output_embeddings(model)
+    at_head = head is not None
 
     def hook(module: nn.Module, args: tuple, output: object) -> object:
         if not isinstance(output, torch.Tensor):
@@ -60,7 +59,7 @@ def _graph_from_head(model: nn.Module) -> Iterator[_Recorder]:
         torch.set_grad_enabled(True)  # from here on (the model's loss, the user's loss) autograd records
         return leaf
 
-    handle = (head if at_head else model.get_input_embeddings()).register_forward_hook(hook)
+    handle = (head if head is not None else input_embeddings(model)).register_forward_hook(hook)
     try:
         for p in model.parameters():
             p.requires_grad_(False)
@@ -97,8 +96,8 @@ def forward_loss_backward(
     keep_graph = after_backward is not None
     with training_state(model, keep_dropout=keep_dropout), _graph_from_head(model) as rec:
         logits, loss = call_model(model, batch, loss_fn)
-        logits = _loss_logits(logits, rec)
-    stats = _LogitStats(logits, batch["input_ids"])
+        logits = loss_logits(logits, rec)
+    stats = LogitStats(logits, batch["input_ids"])
     grad = None
     if loss.requires_grad and logits.requires_grad:
         grad = torch.autograd.grad(loss, logits, allow_unused=True, retain_graph=keep_graph)[0]  # (B, T, V)
@@ -110,9 +109,9 @@ def forward_loss_backward(
             "the loss does not flow through outputs.logits, so gradscope cannot read which tokens it trains",
             hint="a fused loss that skips the logits? pass `loss`, a function of (logits, labels)",
         )
-    capture = _capture(batch, loss, stats, None, rec)
+    capture = build_capture(batch, loss, stats, None, rec)
     capture.network_backward = False
-    if keep_graph and stats.grad_norm is not None:
+    if after_backward is not None and stats.grad_norm is not None:
         with training_state(model, keep_dropout=keep_dropout):
             for p in model.parameters():
                 p.requires_grad_(False)

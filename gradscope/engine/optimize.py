@@ -8,9 +8,8 @@ import torch
 from torch import nn
 
 from gradscope.engine.run import call_model, training_state
+from gradscope.modes import Optimizer
 from gradscope.model.usercode import LossFn
-
-OPTIMIZERS = ("adamw", "sgd")
 
 
 def _optimizer(name: str, params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
@@ -26,7 +25,7 @@ def loss_curve(
     *,
     steps: int,
     lr: float,
-    optimizer: str = "adamw",
+    optimizer: Optimizer = "adamw",
     loss_fn: LossFn | None = None,
     keep_dropout: bool = False,
 ) -> list[float]:

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from gradscope.engine.run import backward_error, call_model, training_state
-from gradscope.model.layers import find_decoder_layers
+from gradscope.model.layers import find_decoder_layers, input_embeddings
 from gradscope.model.usercode import LossFn
 
 ADAM_EPS = 1e-8
@@ -55,7 +55,7 @@ def _group_owners(model: nn.Module) -> dict[int, tuple[str, str, int | None]]:
         for p in module.parameters(recurse=recurse) if module is not None else ():
             owners.setdefault(id(p), (group, kind, layer))
 
-    claim(model.get_input_embeddings(), "embedding", "embedding")
+    claim(input_embeddings(model), "embedding", "embedding")
     for i, layer in enumerate(find_decoder_layers(model) or []):
         for child_name, child in layer.named_children():
             part = block_part(child_name, child)
@@ -107,7 +107,7 @@ def parameter_layout(model: nn.Module) -> list[Slot]:
 
 
 @dataclass
-class _Stats:
+class ParamStats:
     """One parameter's gradient, reduced: the numbers the report needs (fp32/fp64 on the CPU)."""
 
     grad_norm: float | None
@@ -117,25 +117,25 @@ class _Stats:
     zero: bool
 
 
-def _wide(t: torch.Tensor) -> torch.Tensor:
+def widened(t: torch.Tensor) -> torch.Tensor:
     """At least fp32 for reductions: half-precision sums lose digits; float64 stays float64."""
     t = t.detach()
     return t if t.dtype == torch.float64 else t.float()
 
 
-def gradient_stats(param: torch.Tensor, grad: torch.Tensor | None) -> _Stats:
+def gradient_stats(param: torch.Tensor, grad: torch.Tensor | None) -> ParamStats:
     """Reduce one parameter's gradient to its norm, Adam's first-step update norm and flags."""
-    weight_norm = float(_wide(param).norm())
+    weight_norm = float(widened(param).norm())
     if grad is None:
-        return _Stats(None, None, weight_norm, True, False)
-    g = _wide(grad)
+        return ParamStats(None, None, weight_norm, True, False)
+    g = widened(grad)
     # Adam's first step with bias correction: m_hat = g, v_hat = g^2, update = lr * g / (|g| + eps)
     adam_unit = float((g / (g.abs() + ADAM_EPS)).norm())
     finite = bool(torch.isfinite(g).all())
-    return _Stats(float(g.norm()), adam_unit, weight_norm, finite, finite and not bool(g.any()))
+    return ParamStats(float(g.norm()), adam_unit, weight_norm, finite, finite and not bool(g.any()))
 
 
-def _backward(
+def param_backward(
     model: nn.Module,
     batch: Mapping[str, torch.Tensor],
     loss_fn: LossFn | None,
@@ -153,7 +153,7 @@ def _backward(
             raise backward_error(err) from err
 
 
-def _still_zero(
+def still_zero(
     model: nn.Module,
     batch: Mapping[str, torch.Tensor],
     loss_fn: LossFn | None,
@@ -172,9 +172,9 @@ def _still_zero(
         with torch.no_grad():
             for p, g in moving:
                 p.sub_(PROBE_STEP * g.sign().to(p.dtype))
-        _, again = _backward(model, batch, loss_fn, zero, keep_dropout)
+        _, again = param_backward(model, batch, loss_fn, zero, keep_dropout)
     finally:
         with torch.no_grad():
-            for (p, _), w in zip(moving, saved):
+            for (p, _), w in zip(moving, saved, strict=True):
                 p.copy_(w)
-    return {id(p) for p, g in zip(zero, again) if g is None or not bool(g.any())}
+    return {id(p) for p, g in zip(zero, again, strict=True) if g is None or not bool(g.any())}

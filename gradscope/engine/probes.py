@@ -10,7 +10,7 @@ import torch
 from gradscope.engine.accumulate import Accumulation, accumulate
 from gradscope.engine.run import Graph
 from gradscope.engine.screen import Screen, confirming_windows, screen, uncovered_rows
-from gradscope.engine.windows import SEED, Window, _clock, in_slices, plan_windows
+from gradscope.engine.windows import SEED, Window, synced_clock, in_slices, plan_windows
 
 PROBES = ("causal", "packing", "weights")
 """The probes ``--probes`` chooses from; all run by default."""
@@ -40,11 +40,13 @@ def trace_dependence(graph: Graph, windows: list[Window], *, seed: int = SEED) -
     Returns:
         For every slice, row and position, whether the embedding there influences the slice's projected outputs.
     """
-    began = _clock(graph.embedding.device)
+    assert graph.embedding is not None, "probes run only at depths that keep the embedding"
+    began = synced_clock(graph.embedding.device)
     output = graph.head_input if _aligned(graph.head_input, graph.logits) else graph.logits  # (B, T, D)
+    assert output is not None, "logits are freed only where the head's input is aligned"
     cotangent = _cotangents(output, windows, seed)  # (n, B, T, D)
     seen, batched = _vjp_nonzero(output, graph.embedding, cotangent)
-    return Dependence(windows, seen, batched, _clock(graph.embedding.device) - began)
+    return Dependence(windows, seen, batched, synced_clock(graph.embedding.device) - began)
 
 
 def _aligned(head_input: torch.Tensor | None, logits: torch.Tensor | None) -> bool:

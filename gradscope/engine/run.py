@@ -5,15 +5,16 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 import torch
 from torch import nn
 
 from gradscope.data.batch import model_inputs
-from gradscope.engine.logits import _LogitStats, _shift
+from gradscope.engine.logits import LogitStats, shift_to_targets
 from gradscope.engine.split_backward import backward_through_head, only_through
 from gradscope.errors import ModelCallError
-from gradscope.model.layers import find_decoder_layers
+from gradscope.model.layers import find_decoder_layers, input_embeddings, output_embeddings
 from gradscope.model.usercode import LossFn
 
 _DROPOUT_ATTRS = ("attention_dropout", "attn_dropout", "dropout", "hidden_dropout", "resid_dropout")
@@ -73,7 +74,7 @@ def _first_tensor(output: object) -> torch.Tensor | None:
     return None
 
 
-class _Recorder:
+class Recorder:
     """Holds what the hooks capture during one forward and backward."""
 
     def __init__(self, n_layers: int) -> None:
@@ -143,7 +144,7 @@ def training_state(model: nn.Module, *, keep_dropout: bool = False) -> Iterator[
 
 
 @contextmanager
-def instrumented(model: nn.Module, *, keep_dropout: bool = False) -> Iterator[_Recorder]:
+def instrumented(model: nn.Module, *, keep_dropout: bool = False) -> Iterator[Recorder]:
     """Prepare ``model`` for a gradscope run and always put it back as it was.
 
     Inside the context the model is in training mode (as a trainer runs it), every parameter is frozen, dropout is
@@ -151,10 +152,10 @@ def instrumented(model: nn.Module, *, keep_dropout: bool = False) -> Iterator[_R
     are removed and requires_grad, the training flags and dropout probabilities are restored.
     """
     layers = find_decoder_layers(model)
-    recorder = _Recorder(len(layers) if layers is not None else 0)
+    recorder = Recorder(len(layers) if layers is not None else 0)
     with training_state(model, keep_dropout=keep_dropout):
-        handles = [model.get_input_embeddings().register_forward_hook(recorder.embedding_hook)]
-        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        handles = [input_embeddings(model).register_forward_hook(recorder.embedding_hook)]
+        head = output_embeddings(model)
         if isinstance(head, nn.Module):
             handles.append(head.register_forward_hook(recorder.head_hook))
         if layers is not None:
@@ -173,7 +174,7 @@ def _disable_dropout(model: nn.Module) -> list[tuple[object, str, float]]:
 
     Returns what was changed, to be restored.
     """
-    changed = []
+    changed: list[tuple[object, str, float]] = []
     for module in model.modules():
         if isinstance(module, nn.modules.dropout._DropoutNd):
             changed.append((module, "p", module.p))
@@ -217,12 +218,12 @@ def forward_backward(
     """
     with instrumented(model, keep_dropout=keep_dropout) as rec:
         logits, loss = call_model(model, batch, loss_fn)
-        logits = _loss_logits(logits, rec)
-        stats = _LogitStats(logits, batch["input_ids"])
+        logits = loss_logits(logits, rec)
+        stats = LogitStats(logits, batch["input_ids"])
         keep_graph = after_backward is not None
         differentiable = rec.embedding is not None and logits.requires_grad
         backward = loss.requires_grad and differentiable
-        reentrant = backward and _reentrant_checkpointing(model)
+        reentrant = backward and reentrant_checkpointing(model)
         split = keep_graph and not loss_graph and backward and not reentrant and _splittable(loss, logits, rec)
         if backward and not split:
             rec.gradient_hooks.append(logits.register_hook(stats.hook))
@@ -233,10 +234,13 @@ def forward_backward(
         loss_uses_logits = False
         embedding_grad = None
         if split:
-            embedding_grad = backward_through_head(loss, logits, rec.head_input, rec.embedding, stats.hook)
-            logits = rec.head_output = None  # the probes start at the head's input
+            head_input = cast(torch.Tensor, rec.head_input)  # split: the head's and the embedding's hooks fired
+            embedding = cast(torch.Tensor, rec.embedding)
+            embedding_grad = backward_through_head(loss, logits, head_input, embedding, stats.hook)
+            logits = rec.head_output = None  # type: ignore[assignment]  # freed; the probes start at the head's input
         elif backward:
-            embedding_grad = _gradient_at(loss, rec.embedding, reentrant=reentrant, retain_graph=keep_graph)
+            embedding = cast(torch.Tensor, rec.embedding)  # backward: the embedding hook fired
+            embedding_grad = _gradient_at(loss, embedding, reentrant=reentrant, retain_graph=keep_graph)
         if backward:
             loss_uses_logits = stats.grad_norm is not None
         if loss.requires_grad and not loss_uses_logits:
@@ -244,8 +248,8 @@ def forward_backward(
                 "the loss does not flow through outputs.logits, so gradscope cannot read which tokens it trains",
                 hint="a fused loss that skips the logits? pass `loss`, a function of (logits, labels)",
             )
-        capture = _capture(batch, loss, stats, embedding_grad, rec)
-        if keep_graph and differentiable:
+        capture = build_capture(batch, loss, stats, embedding_grad, rec)
+        if after_backward is not None and differentiable:
             rec.remove_gradient_hooks()
             trained = stats.grad_norm > 0 if stats.grad_norm is not None else None
             after_backward(Graph(
@@ -254,15 +258,15 @@ def forward_backward(
         return capture
 
 
-def _splittable(loss: torch.Tensor, logits: torch.Tensor, rec: _Recorder) -> bool:
+def _splittable(loss: torch.Tensor, logits: torch.Tensor, rec: Recorder) -> bool:
     """The probes can start at the LM head's input (one vector per logits position) and the loss reaches the
     network only through the logits, so its backward can be taken apart (``backward_through_head``)."""
     head_input = rec.head_input
     aligned = head_input is not None and head_input.requires_grad and head_input.shape[:-1] == logits.shape[:-1]
-    return aligned and only_through(loss, logits, rec.embedding)
+    return aligned and rec.embedding is not None and only_through(loss, logits, rec.embedding)
 
 
-def _reentrant_checkpointing(model: nn.Module) -> bool:
+def reentrant_checkpointing(model: nn.Module) -> bool:
     """True when a layer runs under ``torch.utils.checkpoint`` with use_reentrant=True (transformers keeps the
     checkpoint function, a partial, on each checkpointed layer; torch's own default is reentrant)."""
     for module in model.modules():
@@ -287,7 +291,8 @@ def _gradient_at(
                 raise backward_error(err) from err
             raise ModelCallError(
                 "the model's own code checkpoints its layers with use_reentrant=True, which allows no partial backward",
-                hint="enable checkpointing with transformers' gradient_checkpointing_enable(), or use use_reentrant=False",
+                hint="enable checkpointing with transformers' gradient_checkpointing_enable(), "
+                    "or use use_reentrant=False",
             ) from err
         except Exception as err:  # a custom autograd Function of the user's loss or model raised in its backward
             raise backward_error(err) from err
@@ -301,11 +306,12 @@ def _gradient_at(
 
 def backward_error(err: BaseException) -> ModelCallError:
     """The backward through the user's model or loss failed: bad input, named."""
-    return ModelCallError(f"the backward pass failed: {type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}",
+    return ModelCallError(f"the backward pass failed: {type(err).__name__}: "
+        f"{str(err).strip().splitlines()[0] if str(err).strip() else ''}",
                           hint="a custom autograd Function in the loss or model raises in its backward?")
 
 
-def _loss_logits(logits: torch.Tensor, rec: _Recorder) -> torch.Tensor:
+def loss_logits(logits: torch.Tensor, rec: Recorder) -> torch.Tensor:
     """The logits the loss was computed from.
 
     Under mixed precision accelerate wraps the forward so that it returns its outputs cast to fp32 after the loss
@@ -341,9 +347,9 @@ def call_model(
     inputs = model_inputs(batch)
     labels = inputs.pop("labels") if loss_fn is not None else inputs.get("labels")
     try:
-        outputs = (forward or model)(**inputs)
+        outputs: Any = (forward or model)(**inputs)
         logits = outputs.logits if hasattr(outputs, "logits") else outputs[0]
-        loss = loss_fn(logits, labels) if loss_fn is not None else outputs.loss
+        loss = loss_fn(logits, cast(torch.Tensor, labels)) if loss_fn is not None else outputs.loss
     except (RuntimeError, TypeError, ValueError, IndexError, KeyError) as err:
         who = "the loss function" if loss_fn is not None else "model(**batch)"
         raise ModelCallError(f"{who} failed: {type(err).__name__}: {err}") from err
@@ -355,19 +361,19 @@ def call_model(
     return logits, loss.reshape(())
 
 
-def _capture(
+def build_capture(
     batch: Mapping[str, torch.Tensor],
     loss: torch.Tensor,
-    stats: _LogitStats,
+    stats: LogitStats,
     embedding_grad: torch.Tensor | None,
-    rec: _Recorder,
+    rec: Recorder,
 ) -> Capture:
     ids = batch["input_ids"]
     b, t = ids.shape
     zeros = torch.zeros(b, t)
-    grad_norm = _shift(stats.grad_norm, 0.0) if stats.grad_norm is not None else zeros
-    target = _shift(stats.target, -1).long() if stats.target is not None else torch.full((b, t), -1)
-    weight = _shift(stats.weight, 0.0) if stats.weight is not None else zeros
+    grad_norm = shift_to_targets(stats.grad_norm, 0.0) if stats.grad_norm is not None else zeros
+    target = shift_to_targets(stats.target, -1).long() if stats.target is not None else torch.full((b, t), -1)
+    weight = shift_to_targets(stats.weight, 0.0) if stats.weight is not None else zeros
     weight[:, 0] = float("nan")
     emb = embedding_grad.detach().float().norm(dim=-1).cpu() if embedding_grad is not None else zeros
     layers = [n if n is not None else zeros for n in rec.layer_norms]

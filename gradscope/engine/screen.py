@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from gradscope.engine.run import Graph
-from gradscope.engine.windows import Window, _clock
+from gradscope.engine.windows import Window, synced_clock
 
 
 @dataclass
@@ -42,11 +42,12 @@ def screen(graph: Graph, starts: torch.Tensor, real: torch.Tensor) -> Screen:
         starts: (B, T) bool, document starts (``gradscope.batch.document_starts``).
         real: (B, T) bool, tokens that are not padding.
     """
-    began = _clock(graph.embedding.device)
+    assert graph.embedding is not None, "the screen runs only at depths that keep the embedding"
+    began = synced_clock(graph.embedding.device)
     trained = graph.trained if graph.trained is not None else torch.zeros_like(real)
     after = after_the_loss(trained, starts, real)
     reached = (graph.loss_grad != 0).any(-1).cpu() & after if graph.loss_grad is not None else torch.zeros_like(after)
-    return Screen(after, reached, _screened_boundaries(after, starts, real), _clock(graph.embedding.device) - began)
+    return Screen(after, reached, _screened_boundaries(after, starts, real), synced_clock(graph.embedding.device) - began)
 
 
 def after_the_loss(trained: torch.Tensor, starts: torch.Tensor, real: torch.Tensor) -> torch.Tensor:

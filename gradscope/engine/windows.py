@@ -9,6 +9,8 @@ from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
+from gradscope.model.layers import input_embeddings, output_embeddings
+
 
 SEED = 0
 
@@ -94,7 +96,7 @@ def in_slices(windows: list[Window]) -> list[Window]:
 
 
 @contextmanager
-def _differentiable_head(model: nn.Module) -> Iterator[list[torch.Tensor]]:
+def differentiable_head(model: nn.Module) -> Iterator[list[torch.Tensor]]:
     """Make the LM head's output a leaf that requires grad, so the logits carry a graph to the loss only.
 
     Yields the list of leaves made, one per forward. Without an output embedding module, the input embedding's
@@ -106,15 +108,15 @@ def _differentiable_head(model: nn.Module) -> Iterator[list[torch.Tensor]]:
         leaves.append(output.detach().requires_grad_(True))
         return leaves[-1]
 
-    head = model.get_output_embeddings()
-    handle = (head if isinstance(head, nn.Module) else model.get_input_embeddings()).register_forward_hook(hook)
+    head = output_embeddings(model)
+    handle = (head if head is not None else input_embeddings(model)).register_forward_hook(hook)
     try:
         yield leaves
     finally:
         handle.remove()
 
 
-def _clock(device: torch.device) -> float:
+def synced_clock(device: torch.device) -> float:
     """Seconds, after the device's queued work is done (GPU kernels run asynchronously)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)

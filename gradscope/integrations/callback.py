@@ -25,6 +25,7 @@ from torch import nn
 from gradscope.integrations.sources import rendered_with
 from gradscope.integrations.watch import FailOn, StepWatcher, format_watched
 from gradscope.report import Report
+from gradscope.modes import TrainOn
 
 try:
     from transformers import Trainer, TrainerCallback
@@ -66,13 +67,13 @@ class GradscopeCallback(TrainerCallback):
         watcher: The StepWatcher that observes the step and gives the verdict.
     """
 
-    def __init__(self, fail_on: FailOn = "error", *, train_on: str = "all-assistant",
+    def __init__(self, fail_on: FailOn = "error", *, train_on: TrainOn = "all-assistant",
                  end_token_ids: frozenset[int] | None = None, write_report: bool = True,
                  keep_dropout: bool = False) -> None:
         self.watcher = StepWatcher(fail_on=fail_on, train_on=train_on, end_token_ids=end_token_ids,
                                    name="GradscopeCallback")
         self.write_report = write_report
-        self._trainer: weakref.ref | None = None
+        self._trainer: weakref.ref[Any] | None = None
 
     @property
     def report(self) -> Report | None:

@@ -16,12 +16,13 @@ moves them onto the token they predict, as ``gradscope.run`` does.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
 
 from gradscope.engine.logits import CHUNK_ELEMENTS, position_chunks
+from gradscope.model.layers import base_model, input_embeddings, output_embeddings
 
 ALIGNED_RESIDUAL = 0.5
 """The gradient of a cross-entropy on token y is w * (p - e_y) at the logits and w * W^T (p - e_y) at the LM head's
@@ -58,10 +59,7 @@ class Observed:
 
 def causal_lm(model: nn.Module) -> nn.Module:
     """The ``*ForCausalLM`` inside a PEFT or DDP wrapper (the module whose forward the trainer's call reaches)."""
-    model = getattr(model, "module", model)  # DistributedDataParallel
-    if hasattr(model, "get_base_model"):  # peft.PeftModel
-        model = model.get_base_model()
-    return model
+    return base_model(getattr(model, "module", model))  # DistributedDataParallel, then peft.PeftModel
 
 
 def input_embeddings(lm: nn.Module) -> nn.Module:
@@ -159,16 +157,16 @@ class Observer:
         record, self._current = self._current, None
         if record is None:
             return
-        ids = record.inputs["input_ids"]
+        ids, head = record.inputs["input_ids"], output_embeddings(self.lm)
         if self._logits is not None and self._logits.shape[:2] == ids.shape:
             record.where = "logits"
             _watch_logits(record, self._logits, ids, self.label_smoothing)
         elif (chunks := _logit_chunks(output, ids)) is not None:  # torchtune: a list of chunks, or bare logits
             record.where = "logits"
             _watch_chunks(record, chunks, ids, self.label_smoothing)
-        elif self._hidden is not None and self._hidden.shape[:2] == ids.shape:
+        elif self._hidden is not None and head is not None and self._hidden.shape[:2] == ids.shape:
             record.where = "lm_head_input"
-            _watch_hidden(record, self._hidden, ids, self.lm.get_output_embeddings(), self._autocast)
+            _watch_hidden(record, self._hidden, ids, head, self._autocast)
         record.inputs = {k: v.detach().cpu() for k, v in record.inputs.items()}
         self._hidden = self._logits = None
         self.records.append(record)
@@ -253,7 +251,7 @@ def _watch_hidden(record: Observed, hidden: torch.Tensor, ids: torch.Tensor, hea
     held = [hidden.detach()]
 
     def hook(grad: torch.Tensor) -> None:
-        w, bias = _full(head.weight), getattr(head, "bias", None)  # (V, D)
+        w, bias = _full(cast(torch.Tensor, head.weight)), getattr(head, "bias", None)  # (V, D)
         dtype = autocast or w.dtype
         w, bias = w.to(dtype), None if bias is None else _full(bias).to(dtype)
 

@@ -18,6 +18,8 @@ from gradscope.data.batch import roles
 from gradscope.data.roles import RoleSpec, derive, row_kind
 from gradscope.data.token_roles import UNKNOWN_SOURCE, RoleSources, batch_roles
 from gradscope.errors import DataError
+from gradscope.modes import TrainOn
+from gradscope.tokenizer import Tokenizer
 
 
 class DatasetRoles:
@@ -30,7 +32,7 @@ class DatasetRoles:
         spec: How gradscope splits rows into roles.
     """
 
-    def __init__(self, dataset: Any, tokenizer: Any, spec: RoleSpec) -> None:
+    def __init__(self, dataset: Any, tokenizer: Tokenizer | None, spec: RoleSpec) -> None:
         self.dataset, self.tokenizer, self.spec = dataset, tokenizer, spec
         self.mismatched: list[int] = []  # dataset rows gradscope tokenizes differently from the trainer
         columns = set(getattr(dataset, "column_names", None) or [])
@@ -61,6 +63,8 @@ class DatasetRoles:
 
     def _derive(self, index: int, ids: list[int]) -> list[int] | None:
         row = {k: v for k, v in self.dataset[index].items() if k in ("prompt", "completion", "messages", "tools")}
+        if self.tokenizer is None:  # not usable: roles() never gets here
+            return None
         try:
             derived = derive(row, index, self.tokenizer, self.spec)
         except DataError:
@@ -81,7 +85,7 @@ class PreferenceRoles:
         self.usable = {"prompt_ids", "chosen_ids", "rejected_ids"} <= columns
         self._prompt_length: dict[tuple[int, ...], int] = {}
         if self.usable:
-            for prompt, *answers in zip(dataset["prompt_ids"], dataset["chosen_ids"], dataset["rejected_ids"]):
+            for prompt, *answers in zip(dataset["prompt_ids"], dataset["chosen_ids"], dataset["rejected_ids"], strict=True):
                 for answer in answers:
                     self._prompt_length[tuple(prompt) + tuple(answer)] = len(prompt)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -19,6 +19,7 @@ from gradscope.engine.run import Capture
 from gradscope.integrations.observe import Observed
 from gradscope.report import Finding, Report, SampleReport
 from gradscope.verbs.samples import sample_report, sample_views
+from gradscope.tokenizer import Tokenizer
 
 STEP_WEIGHT_TOLERANCE = 0.05
 """Token weights within 5% are equal: under bf16 autocast (TRL's default, on the CPU too) the weight read back from a
@@ -79,6 +80,8 @@ def shift(values: torch.Tensor, fill: float) -> torch.Tensor:
 def capture_of(record: Observed, loss: float) -> Capture:
     """The record as the Capture gradscope's checks read (layer norms are not observed: none)."""
     b, t = record.inputs["input_ids"].shape
+    assert record.weight is not None and record.grad_norm is not None, "only a record the loss reached is checked"
+    assert record.token_loss is not None and record.target is not None, "only a record the loss reached is checked"
     weight = shift(record.weight.float(), 0.0)
     weight[:, 0] = float("nan")
     emb = record.embedding_grad_norm if record.embedding_grad_norm is not None else torch.zeros(b, t)
@@ -98,13 +101,13 @@ def record_batch(record: Observed, codes: torch.Tensor) -> dict[str, Any]:
     if "labels" not in batch and isinstance(labels, torch.Tensor) and labels.shape == batch["input_ids"].shape:
         batch["labels"] = labels.detach().cpu()
     if "labels" not in batch:  # DPO/GRPO-style losses pass none: show what the gradient trained
-        trained = shift(record.grad_norm, 0.0) > 0
+        trained = shift(cast(torch.Tensor, record.grad_norm), 0.0) > 0  # set on every record the loss reached
         batch["labels"] = torch.where(trained, batch["input_ids"], IGNORE_INDEX)
     batch[ROLE_CODES_KEY] = codes
     return batch
 
 
-def rank_verdict(rank: int, records: list[tuple[int, Observed, torch.Tensor, list[str | None]]], tokenizer: Any,
+def rank_verdict(rank: int, records: list[tuple[int, Observed, torch.Tensor, list[str | None]]], tokenizer: Tokenizer | None,
                  ends: frozenset[int], pad_id: int | None, compare_weights: bool,
                  idle: frozenset[tuple[int, int]] = frozenset(), unknown_reason: str | None = None,
                  media: frozenset[int] = frozenset()) -> RankVerdict:
@@ -170,7 +173,7 @@ def merge(verdicts: list[RankVerdict], model: dict[str, Any], ranks_averaged: bo
     ``ranks_averaged``: the ranks' gradients are averaged (DDP, FSDP), not summed; ``grad_scale``: the factor the
     loop multiplies the gradients by after the backward."""
     report = Report(model=model)
-    number: dict[tuple[int, int, int], int] = {}
+    number: dict[tuple[int | None, int | None, int | None], int] = {}
     for verdict in sorted(verdicts, key=lambda v: v.rank):
         for sample in verdict.samples:
             number[(sample.rank, sample.micro_batch, sample.row)] = sample.index = len(report.samples)

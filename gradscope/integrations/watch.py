@@ -31,9 +31,10 @@ import torch
 from torch import nn
 
 from gradscope.checks.masking import for_trainer
-from gradscope.data.roles import TRAIN_ON, RoleSpec
+from gradscope.data.roles import RoleSpec
 from gradscope.data.tokens import default_end_token_ids, media_token_ids, resolve_pad_token_id
 from gradscope.errors import GradscopeError, MaskingError
+from gradscope.modes import TRAIN_ON, TrainOn
 from gradscope.integrations.observe import Observed, Observer, causal_lm, input_embeddings
 from gradscope.data.token_roles import RoleSources
 from gradscope.integrations.sources import DatasetRoles, PreferenceRoles, rl_rows, step_roles
@@ -48,6 +49,7 @@ PREFERENCE_KEYS = ("chosen_input_ids", "rejected_input_ids", "prompt_ids", "comp
 """Loss inputs of preference / RL losses, whose token weights differ on purpose."""
 
 FailOn = Literal["error", "warning"] | None
+"""When a watched step stops the run: ``gradscope.modes.FailOn`` or None (only log)."""
 
 
 class MicroBatch:
@@ -89,7 +91,7 @@ class StepWatcher:
 
     def __init__(self, model: nn.Module | None = None, *, tokenizer: Any = None, dataset: Any = None,
                  chat_template: str | None = None,
-                 fail_on: FailOn = "error", train_on: str = "all-assistant",
+                 fail_on: FailOn = "error", train_on: TrainOn = "all-assistant",
                  end_token_ids: frozenset[int] | None = None, label_smoothing: float = 0.0,
                  report_path: str | Path | None = None, rank_reduction: Literal["mean", "sum"] = "mean",
                  name: str = "StepWatcher") -> None:

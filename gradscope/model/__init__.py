@@ -1,1 +1,2 @@
-"""Stage 1, model: the user's model and tokenizer from a local directory (adapters included), and the user's own code."""
+"""Stage 1, model: the user's model and tokenizer from a local directory (adapters included), and the user's own
+code."""

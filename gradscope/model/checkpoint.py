@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from gradscope.errors import ModelLoadError
+from gradscope.errors import ModelLoadError, first_line
 
 INDEX = "model.safetensors.index.json"
 _SHOWN = 5
@@ -34,7 +34,7 @@ def check_weight_files(path: Path) -> None:
             with safe_open(str(file), framework="pt") as f:
                 f.keys()
         except (SafetensorError, OSError, ValueError) as err:
-            raise ModelLoadError(f"cannot read {file.name}: {_first_line(err)}", path=path,
+            raise ModelLoadError(f"cannot read {file.name}: {first_line(err)}", path=path,
                                  hint="the file is corrupt or truncated; re-save the model with save_pretrained") from err
 
 
@@ -42,7 +42,7 @@ def _index_files(index: Path) -> set[str]:
     try:
         value = json.loads(index.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
-        raise ModelLoadError(f"cannot read {INDEX}: {_first_line(err)}", path=index.parent) from None
+        raise ModelLoadError(f"cannot read {INDEX}: {first_line(err)}", path=index.parent) from None
     weight_map = value.get("weight_map") if isinstance(value, dict) else None
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
         raise ModelLoadError(f"{INDEX} has no 'weight_map' of tensor names to files", path=index.parent)
@@ -76,7 +76,8 @@ def check_coverage(info: dict[str, list], path: Path) -> None:
             shown = ", ".join(sorted(names)[:_SHOWN]) + (f" and {len(names) - _SHOWN} more" if len(names) > _SHOWN else "")
             raise ModelLoadError(
                 f"the weights do not match the model: {len(names)} tensor(s) {what}: {shown}", path=path,
-                hint="give the weights that belong to this config (a missing tensor would be random, and its verdict meaningless)",
+                hint="give the weights that belong to this config (a missing tensor would be "
+                    "random, and its verdict meaningless)",
             )
 
 
@@ -89,7 +90,7 @@ def adapter_tensor_names(path: Path) -> set[str]:
         with safe_open(str(file), framework="pt") as f:
             return set(f.keys())
     except (SafetensorError, OSError, ValueError) as err:
-        raise ModelLoadError(f"cannot read adapter_model.safetensors: {_first_line(err)}", path=path,
+        raise ModelLoadError(f"cannot read adapter_model.safetensors: {first_line(err)}", path=path,
                              hint="the adapter file is corrupt or truncated; re-save it with save_pretrained") from err
 
 
@@ -104,6 +105,3 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from gradscope.errors import ModelLoadError
+from gradscope.errors import ModelLoadError, first_line
 from gradscope.model.checkpoint import (
     adapter_tensor_names,
     check_adapter_coverage,
@@ -23,6 +23,8 @@ from gradscope.model.checkpoint import (
     check_coverage,
     check_weight_files,
 )
+from gradscope.modes import Dtype
+from gradscope.tokenizer import Tokenizer
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
@@ -32,7 +34,7 @@ def load_model(
     path: str | Path,
     *,
     device: str = "cpu",
-    dtype: str = "float32",
+    dtype: Dtype = "float32",
     trust_remote_code: bool = False,
     device_map: str | None = None,
 ) -> nn.Module:
@@ -63,7 +65,7 @@ def load_model(
     try:
         config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code)
         check_config(config, path)
-        model, info = AutoModelForCausalLM.from_pretrained(
+        loaded: Any = AutoModelForCausalLM.from_pretrained(  # output_loading_info: (model, info)
             path,
             config=config,
             dtype=DTYPES[dtype],
@@ -73,11 +75,12 @@ def load_model(
             output_loading_info=True,
             **placement,
         )
+        model, info = loaded
     except StrictDataclassError as err:  # config.json values of the wrong type: the first two lines name them
         lines = [line.strip() for line in str(err).splitlines() if line.strip()][:2]
         raise ModelLoadError(f"config.json: {' '.join(lines).split('. Errors:')[0]}", path=path) from None
     except (OSError, ValueError, KeyError, TypeError, RuntimeError, ImportError) as err:
-        raise ModelLoadError(_first_line(err), path=path, hint=_model_hint(err, trust_remote_code)) from err
+        raise ModelLoadError(first_line(err), path=path, hint=_model_hint(err, trust_remote_code)) from err
     check_coverage(info, path)
     return model if target is None else _move(model, target)
 
@@ -100,7 +103,7 @@ def _move(model: nn.Module, device: torch.device) -> nn.Module:
     try:
         return model.to(device)
     except (RuntimeError, AssertionError) as err:  # torch asserts when built without the backend
-        raise ModelLoadError(f"cannot move the model to {device}: {_first_line(err)}") from err
+        raise ModelLoadError(f"cannot move the model to {device}: {first_line(err)}") from err
 
 
 def _require_model_dir(path: Path) -> None:
@@ -120,11 +123,6 @@ def _require_model_dir(path: Path) -> None:
             path=path,
             hint="gradscope loads safetensors only (nothing pickled); convert with model.save_pretrained(dir)",
         )
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__
 
 
 def _model_hint(err: BaseException, trust_remote_code: bool) -> str:
@@ -147,10 +145,10 @@ def load_model_and_tokenizer(
     *,
     base: str | Path | None = None,
     device: str = "cpu",
-    dtype: str = "float32",
+    dtype: Dtype = "float32",
     trust_remote_code: bool = False,
     device_map: str | None = None,
-) -> tuple[nn.Module, Any | None]:
+) -> tuple[nn.Module, Tokenizer | None]:
     """A model directory, or a PEFT adapter directory loaded on its base model, and the tokenizer that goes with it.
 
     Args:
@@ -198,7 +196,7 @@ def _adapter_config(adapter: Path) -> dict[str, Any]:
     try:
         config = json.loads((adapter / ADAPTER_CONFIG).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ModelLoadError(f"cannot read {ADAPTER_CONFIG}: {_first_line(err)}", path=adapter) from err
+        raise ModelLoadError(f"cannot read {ADAPTER_CONFIG}: {first_line(err)}", path=adapter) from err
     if not isinstance(config, dict):
         raise ModelLoadError(f"{ADAPTER_CONFIG} is not a JSON object", path=adapter)
     return config
@@ -231,12 +229,12 @@ def load_adapter(path: str | Path, model: nn.Module) -> nn.Module:
             warnings.simplefilter("ignore", UserWarning)  # its missing-keys warning: checked below, as an error
             adapted = PeftModel.from_pretrained(model, str(path), is_trainable=True)
     except (OSError, ValueError, KeyError, TypeError, RuntimeError, AttributeError) as err:
-        raise ModelLoadError(f"peft cannot load the adapter: {_first_line(err)}", path=path) from err
+        raise ModelLoadError(f"peft cannot load the adapter: {first_line(err)}", path=path) from err
     check_adapter_coverage(adapted, names, path)
     return adapted
 
 
-def load_tokenizer(path: str | Path, *, trust_remote_code: bool = False) -> Any | None:
+def load_tokenizer(path: str | Path, *, trust_remote_code: bool = False) -> Tokenizer | None:
     """The directory's tokenizer, or None when it has no tokenizer files.
 
     ``trust_remote_code`` is always passed explicitly: left as None, transformers asks on standard input whether to
@@ -250,5 +248,5 @@ def load_tokenizer(path: str | Path, *, trust_remote_code: bool = False) -> Any 
     try:
         return AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code)
     except Exception as err:  # tokenizers raises a bare Exception for a corrupt tokenizer.json: bad input
-        raise ModelLoadError(f"cannot load the tokenizer: {_first_line(err)}", path=path,
+        raise ModelLoadError(f"cannot load the tokenizer: {first_line(err)}", path=path,
                              hint=_model_hint(err, trust_remote_code)) from None

@@ -9,8 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from gradscope.data.batch import validate, with_default_labels
-from gradscope.model.layers import find_decoder_layers
+from gradscope.model.layers import base_model, find_decoder_layers, vocab_size
 from gradscope.model.usercode import LossFn
 
 
@@ -24,33 +23,13 @@ def describe_model(model: nn.Module, loss_fn: LossFn | None = None) -> dict[str,
         "architecture": type(model).__name__,
         "model_type": getattr(config, "model_type", None),
         "num_layers": len(layers) if layers is not None else 0,
-        "vocab_size": model.get_input_embeddings().num_embeddings,
+        "vocab_size": vocab_size(model),
         "parameters": sum(p.numel() for p in model.parameters()),
         "dtype": str(param.dtype).removeprefix("torch."),
         "device": str(param.device),
         "device_map": getattr(model, "hf_device_map", None),
         "loss": "outputs.loss" if loss_fn is None else getattr(loss_fn, "__qualname__", repr(loss_fn)),
     }
-
-
-def prepare_batch(
-    model: nn.Module, batch: Mapping[str, torch.Tensor], source: str | None = None, first_row: int = 0
-) -> dict[str, torch.Tensor]:
-    """Validate a batch against the model and add the default ``labels`` when absent (tensors stay where they are).
-
-    Args:
-        model: The causal LM the batch is for.
-        batch: The batch dict.
-        source: The file the batch came from, for error messages.
-        first_row: The data row of the batch's first sample, so errors name rows of the data.
-
-    Raises:
-        DataError: naming the key, row and position of the first problem.
-    """
-    vocab = model.get_input_embeddings().num_embeddings
-    validate(batch, vocab, source, first_row=first_row, accepted=model_arguments(model),
-             max_positions=learned_positions(model))
-    return with_default_labels(batch)
 
 
 _TRANSFORMERS_KWARGS = ("num_items_in_batch", "cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k",
@@ -61,9 +40,10 @@ _TRANSFORMERS_KWARGS = ("num_items_in_batch", "cu_seq_lens_q", "cu_seq_lens_k", 
 def model_arguments(model: nn.Module) -> frozenset[str] | None:
     """The keyword arguments the model's forward takes; None when it takes any keyword it is given (a user model
     whose ``**kwargs`` is not transformers')."""
-    if callable(getattr(model, "get_base_model", None)):  # a PEFT model passes its inputs on to its base
-        model = model.get_base_model()
+    model = base_model(model)  # a PEFT model passes its inputs on to its base
     forward = getattr(model, "forward", None)
+    if not callable(forward):
+        return None
     try:
         params = inspect.signature(forward).parameters
     except (TypeError, ValueError):

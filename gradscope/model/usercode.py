@@ -85,7 +85,7 @@ def _sandboxed(fn: Callable, name: str, error: type[InputError]) -> Callable:
 
     call.__qualname__ = getattr(fn, "__qualname__", name)
     call.__name__ = getattr(fn, "__name__", name)
-    call.__wrapped__ = fn
+    call.__wrapped__ = fn  # type: ignore[attr-defined]  # a function object takes any attribute; mypy knows none
     return call
 
 
@@ -93,6 +93,8 @@ def _import_file(path: Path, error: type[InputError]) -> Any:
     if not path.is_file():
         raise error("no such file", path=path, hint="give the path of a .py file defining the function")
     spec = importlib.util.spec_from_file_location(f"gradscope_user_{path.stem}", path)
+    if spec is None or spec.loader is None:
+        raise error("not a Python source file", path=path, hint="give the path of a .py file defining the function")
     module = importlib.util.module_from_spec(spec)
     try:
         spec.loader.exec_module(module)

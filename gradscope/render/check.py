@@ -10,7 +10,7 @@ from rich.text import Text
 
 from gradscope.report.check import ProbeReport, Report, SampleReport, TokenReport
 from gradscope.report.scan import ScanReport
-from gradscope.report.text import format_positions
+from gradscope.report.text import format_number, format_positions
 from gradscope.report.verdict import headline
 
 ROLE_STYLES = {"prompt": "cyan", "completion": "green", "pad": "grey42", None: "white"}
@@ -114,7 +114,7 @@ def _covered(name: str, probe: ProbeReport, report: Report) -> str:
     if name != "accumulate" or not report.accumulation:
         return probe.note
     results = "; ".join(
-        f"batch {a.batch}: cosine {_fmt(a.cosine)}, relative error {_fmt(a.relative_error, 3)}" for a in report.accumulation
+        f"batch {a.batch}: cosine {format_number(a.cosine)}, relative error {format_number(a.relative_error, 3)}" for a in report.accumulation
     )
     return f"{probe.note}; {results}"
 
@@ -132,9 +132,10 @@ class CheckView:
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         r = self.report
         yield Verdict(r, "masking and gradient" if r.grads is not None else "masking")
-        yield Text(_model_line(r), style="grey50")
-        if _data_line(r):
-            yield Text(_data_line(r), style="grey50")
+        yield Text(model_line(r), style="grey50")
+        data_line = _data_line(r)
+        if data_line:
+            yield Text(data_line, style="grey50")
         for note in r.notes:
             yield Text(f"note: {note}", style="yellow")
         yield Text()
@@ -162,7 +163,7 @@ def _data_line(r: Report) -> str | None:
     return f"data {d.get('source')} ({d.get('rows')} rows: {d.get('format')}); labels from {labels}"
 
 
-def _model_line(r: Report) -> str:
+def model_line(r: Report) -> str:
     m = r.model
     name = m.get("name_or_path") or m.get("architecture")
     losses = ", ".join("nan" if not math.isfinite(x) else f"{x:.4f}" for x in r.losses)
@@ -184,12 +185,6 @@ def _flagged_positions(report: Report) -> dict[int, set[int]]:
         if f.sample is not None:
             flagged.setdefault(f.sample, set()).update(f.positions)
     return flagged
-
-
-def _fmt(x: float | None, digits: int = 4) -> str:
-    if x is None:
-        return "–"
-    return "nan" if not math.isfinite(x) else f"{x:.{digits}g}"
 
 
 def render(report: Report, console: Console, *, max_samples: int = 8) -> None:

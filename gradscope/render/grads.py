@@ -9,10 +9,10 @@ from rich.console import Console, ConsoleOptions, RenderResult
 from rich.table import Table
 from rich.text import Text
 
-from gradscope.render.check import Verdict, _fmt, _model_line, findings_table
-from gradscope.render.inspect import HEAT, _LogScale
+from gradscope.render.check import Verdict, model_line, findings_table
+from gradscope.render.inspect import HEAT, LogScale
 from gradscope.report.check import Report
-from gradscope.report.text import name_list
+from gradscope.report.text import format_number, name_list
 from gradscope.report.weights import GradReport, ModuleGrad, OverfitReport, VerifyReport
 
 # ------------------------------------------------------------------------------------ parameter gradients
@@ -30,7 +30,7 @@ def _count(n: int) -> str:
     return str(n)
 
 
-def norm_bar(value: float | None, scale: _LogScale) -> Text:
+def norm_bar(value: float | None, scale: LogScale) -> Text:
     """A bar whose length is the norm on a log scale between the smallest and largest norms of the report."""
     if value is None:
         return Text("no gradient", style="red")
@@ -53,7 +53,7 @@ def module_table(g: GradReport) -> Table:
     )
     for name in ("module", "trainable", "‖∇‖", "", "SGD", "Adam"):
         table.add_column(name, justify="left" if name in ("module", "") else "right", no_wrap=True)
-    scale = _LogScale(m.grad_norm for m in g.modules if m.grad_norm is not None)
+    scale = LogScale(m.grad_norm for m in g.modules if m.grad_norm is not None)
     for m in g.modules:
         if m.trainable_parameters > 0:
             table.add_row(
@@ -97,8 +97,9 @@ def _row_norm(g: GradReport, m: ModuleGrad) -> float | None:
 def _grads_summary(g: GradReport) -> Text:
     clip = "–" if g.clip_factor is None else f"{g.clip_factor:.3g}"
     line = (
-        f"loss {_fmt(g.loss)} · global gradient norm {_fmt(g.global_norm)} · clip factor {clip} at --max-grad-norm "
-        f"{g.max_grad_norm:g} · block 0 / last block {_fmt(g.depth_ratio, 3)}"
+        f"loss {format_number(g.loss)} · global gradient norm {format_number(g.global_norm)} · "
+            f"clip factor {clip} at --max-grad-norm "
+        f"{g.max_grad_norm:g} · block 0 / last block {format_number(g.depth_ratio, 3)}"
     )
     return Text(line)
 
@@ -110,8 +111,9 @@ def _adapter_line(g: GradReport) -> Text | None:
     ad, base = a["adapter"], a["base"]
     return Text(
         f"adapter ({', '.join(a['peft_type'])}): {_count(ad['trainable_parameters'])} of {_count(ad['parameters'])} "
-        f"adapter parameters trainable, ‖∇‖ {_fmt(ad['grad_norm'])}; base: {_count(base['trainable_parameters'])} of "
-        f"{_count(base['parameters'])} trainable, ‖∇‖ {_fmt(base['grad_norm'])}",
+        f"adapter parameters trainable, ‖∇‖ {format_number(ad['grad_norm'])}; base: "
+            f"{_count(base['trainable_parameters'])} of "
+        f"{_count(base['parameters'])} trainable, ‖∇‖ {format_number(base['grad_norm'])}",
         style="cyan",
     )
 
@@ -136,7 +138,8 @@ class OverfitView:
         o = self.o
         verdict = (f"✓ {o.sentence()}", "bold green") if o.dropped else (f"✗ {o.sentence()}", "bold yellow")
         yield Text.assemble(
-            f"overfit one batch: {o.steps} {o.optimizer} steps at lr {o.lr:g}: {_fmt(o.losses[0])} → {_fmt(o.losses[-1])}  ",
+            f"overfit one batch: {o.steps} {o.optimizer} steps at lr {o.lr:g}: "
+            f"{format_number(o.losses[0])} → {format_number(o.losses[-1])}  ",
             verdict,
         )
         yield Text(sparkline(o.losses), style="cyan")
@@ -144,7 +147,7 @@ class OverfitView:
         table = Table(show_header=True, box=None)
         for step in steps:
             table.add_column(f"step {step}", justify="right")
-        table.add_row(*[_fmt(o.losses[step]) for step in steps])
+        table.add_row(*[format_number(o.losses[step]) for step in steps])
         yield table
 
 
@@ -158,7 +161,7 @@ class GradsView:
         r, g = self.report, self.report.grads
         if not r.samples:
             yield Verdict(r, "gradient")
-            yield Text(_model_line(r), style="grey50")
+            yield Text(model_line(r), style="grey50")
         if g is not None:
             yield _grads_summary(g)
             adapter = _adapter_line(g)
@@ -203,11 +206,11 @@ class VerifyView:
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         r, v = self.report, self.report.verify
         yield Verdict(r, "gradient")
-        yield Text(_model_line(r), style="grey50")
+        yield Text(model_line(r), style="grey50")
         if v is not None:
             yield Text(
                 f"{v.dtype} copy, loss computed in {v.precision}; step {v.step:g}, tolerance {v.tolerance:g}; largest "
-                f"relative error {_fmt(v.max_relative_error, 2)}"
+                f"relative error {format_number(v.max_relative_error, 2)}"
             )
             yield verify_table(v)
             for note in v.notes:

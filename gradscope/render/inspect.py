@@ -10,10 +10,11 @@ from rich.table import Table
 from rich.text import Text
 
 from gradscope.constants import ROLE_NAMES
-from gradscope.render.check import LEAK_STYLE, ROLE_STYLES, TokenStrip, _fmt, _model_line, findings_table, token_label
+from gradscope.render.check import LEAK_STYLE, ROLE_STYLES, TokenStrip, model_line, findings_table, token_label
 from gradscope.render.json import roles_sample
 from gradscope.report.check import Report, SampleReport
 from gradscope.report.roles import RolesReport
+from gradscope.report.text import format_number
 
 HEAT = ["grey23", "blue", "cyan", "green", "yellow", "dark_orange", "red"]
 
@@ -33,10 +34,10 @@ def token_table(sample: SampleReport, flagged: set[int]) -> Table:
             str(t.label),
             "yes" if t.trained else "",
             "" if t.target_id is None else str(t.target_id),
-            _fmt(t.loss),
-            _fmt(t.weight) if t.trained else "",
-            _fmt(t.logit_grad_norm, 3),
-            _fmt(t.embedding_grad_norm, 3),
+            format_number(t.loss),
+            format_number(t.weight) if t.trained else "",
+            format_number(t.logit_grad_norm, 3),
+            format_number(t.embedding_grad_norm, 3),
         )
     return table
 
@@ -49,9 +50,9 @@ class HeatMap:
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         emb = [t.embedding_grad_norm for t in self.sample.tokens]
-        rows = [("emb", emb)] if None not in emb else []  # None: not computed (depth logits)
+        rows = [("emb", [x for x in emb if x is not None])] if None not in emb else []  # None: not computed (depth logits)
         rows += [(f"L{i}", norms) for i, norms in enumerate(self.sample.layer_grad_norms)]
-        scale = _LogScale(v for _, norms in rows for v in norms)
+        scale = LogScale(v for _, norms in rows for v in norms)
         width = max(8, options.max_width - 8)
         yield Text(f"sample {self.sample.index}: ‖∂L/∂h‖ per layer output (rows) and position (columns)", style="bold")
         for start in range(0, len(self.sample.tokens), width):
@@ -64,7 +65,7 @@ class HeatMap:
         yield Text.assemble("scale: ", *[("█", c) for c in HEAT], f"  {scale.low:.2g} … {scale.high:.2g} (log)")
 
 
-class _LogScale:
+class LogScale:
     """Maps a norm to a HEAT index on a log scale between the smallest and largest positive norms."""
 
     def __init__(self, values: Iterable[float]) -> None:
@@ -89,7 +90,7 @@ class InspectView:
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         mine = [f for f in self.report.findings if f.sample in (self.sample.index, None)]
         flagged = {p for f in mine for p in f.positions}
-        yield Text(_model_line(self.report), style="grey50")
+        yield Text(model_line(self.report), style="grey50")
         yield token_table(self.sample, flagged)
         yield HeatMap(self.sample)
         if mine:
@@ -106,7 +107,7 @@ class RolesView:
         self.rows, self.texts, self.max_rows = report.rows, report.texts, max_rows
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
-        for row, texts in zip(self.rows[: self.max_rows], self.texts):
+        for row, texts in zip(self.rows[: self.max_rows], self.texts, strict=False):
             roles = [ROLE_NAMES[r] for r in row.roles]
             title = (
                 f"row {row.index} ({row.kind}): {len(roles)} tokens, {roles.count('completion')} completion, "

@@ -6,7 +6,7 @@ import json
 
 from gradscope.constants import ROLE_NAMES
 from gradscope.report.check import Report, SampleReport, TokenReport
-from gradscope.report.roles import RoleRow, RolesReport
+from gradscope.report.roles import RolesReport, RolesRow
 from gradscope.report.scan import ScanReport
 
 
@@ -15,11 +15,11 @@ def to_json(report: Report | ScanReport) -> str:
     return json.dumps(report.to_dict(), indent=2)
 
 
-def roles_sample(row: RoleRow, texts: list[str]) -> SampleReport:
+def roles_sample(row: RolesRow, texts: list[str]) -> SampleReport:
     """A derived row as a SampleReport with nothing run, so that TokenStrip can draw it (labels: the reference's)."""
     tokens = [
         TokenReport(t, i, text, ROLE_NAMES[r], label, False, None, None, None, 0.0, 0.0)
-        for t, (i, text, r, label) in enumerate(zip(row.input_ids, texts, row.roles, row.labels))
+        for t, (i, text, r, label) in enumerate(zip(row.input_ids, texts, row.roles, row.labels, strict=True))
     ]
     return SampleReport(index=row.index, tokens=tokens, layer_grad_norms=[])
 
@@ -27,10 +27,10 @@ def roles_sample(row: RoleRow, texts: list[str]) -> SampleReport:
 def roles_to_json(report: RolesReport) -> str:
     """The ``gradscope roles --format json`` document."""
     out = []
-    for row, texts in zip(report.rows, report.texts):
+    for row, texts in zip(report.rows, report.texts, strict=True):
         tokens = [
             {"position": t, "token_id": i, "text": text, "role": ROLE_NAMES[r], "message": m, "label": label}
-            for t, (i, text, r, m, label) in enumerate(zip(row.input_ids, texts, row.roles, row.messages, row.labels))
+            for t, (i, text, r, m, label) in enumerate(zip(row.input_ids, texts, row.roles, row.messages, row.labels, strict=True))
         ]
         out.append({"index": row.index, "format": row.kind, "completion_cut": row.cut, "tokens": tokens})
     return json.dumps({"schema_version": 1, "data": report.data, "rows": out}, indent=2)

@@ -10,7 +10,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from gradscope.report import SCAN_WARNINGS, Finding, Report, SampleReport, ScanReport
+from gradscope.report import SCAN_WARNINGS, Finding, Report, SampleReport, ScanReport, Severity
 from gradscope.report.catalogue import (
     FULL_DEPTH,
     PROBE_OF,
@@ -63,9 +63,9 @@ def _suite(parent: ET.Element, name: str, cases: Sequence[Case], strict: bool) -
     suite = ET.SubElement(parent, "testsuite", name=name)
     for case in cases:
         element = ET.SubElement(suite, "testcase", name=case.subject, classname=name, time="0")
-        failing = case.failure is not None and (case.failure.severity == "error" or strict)
-        if failing:
-            f = case.failure
+        f = case.failure
+        failing = f is not None and (f.severity == "error" or strict)
+        if f is not None and failing:
             failure = ET.SubElement(element, "failure", message=_headline(f), type=f.severity)
             failure.text = f.message
         elif case.skipped is not None:
@@ -164,7 +164,7 @@ def _scan_cases(r: ScanReport) -> list[Case]:
             first = ", ".join(map(str, entry["first_rows"])) + (" ..." if entry["rows"] > len(entry["first_rows"]) else "")
             examples = "\n".join(f"{'batch' if f.sample is None else f'row {f.sample}'}: {f.message}"
                                  for f in r.findings if f.check == name)
-            severity = "warning" if name in SCAN_WARNINGS else "error"
+            severity: Severity = "warning" if name in SCAN_WARNINGS else "error"
             failure = Finding(name, severity, None, [], f"{entry['rows']} of {r.rows} row(s) fail (rows {first})\n{examples}")
         subject, skipped = f"all {r.rows} rows", (f"not run: {r.not_run[name]}" if name in r.not_run else None)
         if name in ROLE_CHECKS and unknown and not skipped:  # judged only where the roles are known

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rich.console import Console, ConsoleOptions, Group, RenderResult
+from rich.console import Console, ConsoleOptions, Group, JustifyMethod, RenderResult
 from rich.table import Table
 from rich.text import Text
 
@@ -41,7 +41,10 @@ def _scan_verdict(r: ScanReport) -> Text:
 
 def _checks_table(r: ScanReport) -> Table:
     table = Table(title="Checks", title_justify="left")
-    for name, justify in (("check", "left"), ("rows", "right"), ("positions", "right"), ("first rows", "left")):
+    columns: tuple[tuple[str, JustifyMethod], ...] = (
+        ("check", "left"), ("rows", "right"), ("positions", "right"), ("first rows", "left"),
+    )
+    for name, justify in columns:
         table.add_column(name, justify=justify)
     for name, entry in r.checks.items():
         if name in r.not_run:
@@ -58,7 +61,8 @@ def _distributions(r: ScanReport) -> Group:
     lines = [Text("Distributions", style="bold")]
     if length.get("rows"):
         lines.append(Text(
-            f"tokens per row: min {length['min']}, median {length['p50']}, p90 {length['p90']}, p99 {length['p99']}, "
+            f"tokens per row: min {length['min']}, median {length['p50']}, p90 {length['p90']}, "
+                f"p99 {length['p99']}, "
             f"max {length['max']}, mean {length['mean']:.1f}"
         ))
     fraction = r.distributions.get("trained_fraction", {})

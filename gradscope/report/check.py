@@ -6,14 +6,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from gradscope.report.catalogue import NOT_VERIFIED
-from gradscope.report.finding import (
-    SCHEMA_VERSION,
-    Finding,
-    _clean,
-    _Findings,
-    _finite_or_none,
-    _HtmlView,
-)
+from gradscope.report.finding import SCHEMA_VERSION, Finding, Findings, HtmlView, clean_json, finite_or_none
 from gradscope.report.weights import GradReport, OverfitReport, VerifyReport
 
 
@@ -88,7 +81,7 @@ class AccumulationReport:
 
 
 @dataclass
-class Report(_Findings, _HtmlView):
+class Report(Findings, HtmlView):
     """Everything ``gradscope.check`` found.
 
     Attributes:
@@ -138,7 +131,7 @@ class Report(_Findings, _HtmlView):
             "errors": len(self.errors),
             "warnings": len(self.warnings),
             "checks_failed": sorted({f.check for f in self.findings}),
-            "loss": [_finite_or_none(x) for x in self.losses],
+            "loss": [finite_or_none(x) for x in self.losses],
             "notes": list(self.notes),
             "verified": not any(f.check in NOT_VERIFIED for f in self.findings),
         }
@@ -163,4 +156,4 @@ class Report(_Findings, _HtmlView):
             section = getattr(self, key)
             if section is not None:
                 out[key] = asdict(section)
-        return _clean(out)
+        return clean_json(out)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any, Literal
 
 SCHEMA_VERSION = 1
@@ -30,7 +31,7 @@ class Finding:
     message: str
 
 
-class _Findings:
+class Findings:
     """Errors and warnings among a report's findings."""
 
     findings: list[Finding]
@@ -44,31 +45,46 @@ class _Findings:
         return [f for f in self.findings if f.severity == "warning"]
 
 
-def _finite_or_none(x: float | None) -> float | None:
+def finite_or_none(x: float | None) -> float | None:
     return x if x is not None and math.isfinite(x) else None
 
 
-def _clean(obj: Any) -> Any:
+def clean_json(obj: Any) -> Any:
     """JSON has no NaN or Infinity: write them as null."""
     if isinstance(obj, float):
-        return _finite_or_none(obj)
+        return finite_or_none(obj)
     if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
+        return {k: clean_json(v) for k, v in obj.items()}
     if isinstance(obj, list):
-        return [_clean(v) for v in obj]
+        return [clean_json(v) for v in obj]
     return obj
 
 
-class _HtmlView:
+HtmlPage = Callable[..., str]
+"""A function from a report (and keyword options) to HTML."""
+
+_html: dict[str, HtmlPage] = {}
+"""The HTML view, installed by ``gradscope.render.html`` when it is imported (``import gradscope`` does): the
+report stage never imports a view; the view registers itself here."""
+
+
+def install_html_view(page: HtmlPage, fragment: HtmlPage) -> None:
+    """Make ``page`` the view ``to_html`` calls and ``fragment`` the one ``_repr_html_`` calls."""
+    _html.update(page=page, fragment=fragment)
+
+
+def _html_view(kind: str) -> HtmlPage:
+    if kind not in _html:
+        raise RuntimeError("no HTML view is installed: import gradscope.render.html (import gradscope does) first")
+    return _html[kind]
+
+
+class HtmlView:
     """The HTML view of a report: a page to write, and the same view inline in a notebook."""
 
     def to_html(self, *, sample: int | None = None) -> str:
         """One self-contained HTML page (inline CSS and JS, no network); ``sample``: that sample alone."""
-        from gradscope.report.html import to_html
-
-        return to_html(self, sample=sample)
+        return _html_view("page")(self, sample=sample)
 
     def _repr_html_(self) -> str:
-        from gradscope.report.html import html_fragment
-
-        return html_fragment(self)
+        return _html_view("fragment")(self)

@@ -1,43 +1,29 @@
-"""A raw row with the role of every token: what ``gradscope roles`` shows and what check's batches are built from."""
+"""What ``gradscope roles`` reports: rows with the role of every token, as the views read them."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
-from gradscope.constants import COMPLETION, IGNORE_INDEX
 
-
-@dataclass
-class RoleRow:
-    """One raw row, tokenized, with the role of every token.
-
-    Attributes:
-        index: The row's index in the data.
-        input_ids: Token ids of the whole row.
-        roles: PROMPT, COMPLETION or UNKNOWN (not judged) per token.
-        messages: The message each token belongs to (chat rows), else None per token.
-        kind: ``prompt-completion``, ``chat`` or ``text``.
-        cut: Completion tokens that truncation removed.
-        note: What the report should say about how this row's roles were read (a template that drops earlier
-            turns' reasoning), else None.
-    """
-
-    index: int
-    input_ids: list[int]
-    roles: list[int]
-    messages: list[int | None]
-    kind: str
-    cut: int = 0
-    note: str | None = None
+class RolesRow(Protocol):
+    """What a view reads of a row with roles (``gradscope.data.rows.RoleRow`` is one)."""
 
     @property
-    def labels(self) -> list[int]:
-        """gradscope's reference labels: the token where the role is completion, else -100."""
-        return [i if r == COMPLETION else IGNORE_INDEX for i, r in zip(self.input_ids, self.roles)]
-
+    def index(self) -> int: ...
     @property
-    def completion_mask(self) -> list[int]:
-        return [int(r == COMPLETION) for r in self.roles]
+    def input_ids(self) -> list[int]: ...
+    @property
+    def roles(self) -> list[int]: ...
+    @property
+    def messages(self) -> list[int | None]: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def cut(self) -> int: ...
+    @property
+    def labels(self) -> list[int]: ...
 
 
 @dataclass
@@ -50,6 +36,6 @@ class RolesReport:
         data: Where the rows came from and how they were cut (``source``, ``rows``, ``train_on``, ``max_length``).
     """
 
-    rows: list[RoleRow]
+    rows: Sequence[RolesRow]
     texts: list[list[str]]
-    data: dict = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)

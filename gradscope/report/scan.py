@@ -6,17 +6,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from gradscope.report.catalogue import NOT_VERIFIED, SCAN_WARNINGS
-from gradscope.report.finding import (
-    SCHEMA_VERSION,
-    Finding,
-    _clean,
-    _Findings,
-    _HtmlView,
-)
+from gradscope.report.finding import SCHEMA_VERSION, Finding, Findings, HtmlView, clean_json
+
 
 
 @dataclass
-class ScanReport(_Findings, _HtmlView):
+class ScanReport(Findings, HtmlView):
     """Everything ``gradscope scan`` found in a dataset, from its labels alone.
 
     Attributes:
@@ -91,7 +86,7 @@ class ScanReport(_Findings, _HtmlView):
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form, schema v1, ``"kind": "scan"``."""
-        return _clean(
+        return clean_json(
             {
                 "schema_version": SCHEMA_VERSION,
                 "kind": "scan",

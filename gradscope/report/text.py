@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from gradscope.report.finding import Finding
@@ -34,7 +35,15 @@ def name_list(names: Sequence[str], limit: int = 6) -> str:
     return shown if len(names) <= limit else f"{shown} and {len(names) - limit} more"
 
 
-def _tokens(n: int) -> str:
+def format_number(x: float | None, digits: int = 4) -> str:
+    """A number for a reader: ``digits`` significant digits, ``nan`` when not finite, ``–`` when None."""
+    if x is None:
+        return "–"
+    return "nan" if not math.isfinite(x) else f"{x:.{digits}g}"
+
+
+def tokens_word(n: int) -> str:
+    """'token' for 1, else 'tokens'."""
     return "token" if n == 1 else "tokens"
 
 

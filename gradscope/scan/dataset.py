@@ -23,6 +23,7 @@ from gradscope.scan.raw import RawSettings, raw_chunks
 from gradscope.scan.roles import with_prefills, with_token_roles
 from gradscope.scan.summary import ScanAccumulator
 from gradscope.scan.verdicts import CHECKS, UNKNOWN_ROLES, Verdicts, verdicts
+from gradscope.tokenizer import Tokenizer
 
 
 def scan_chunks(
@@ -125,7 +126,8 @@ def scan(
     raw = _raw_settings(source, settings, options)
     read = None if raw is not None else _role_reader(settings, options)
     prefills = generation_prefills(settings.tokenizer)
-    in_process = raw is None and (read.available or bool(prefills))  # roles or prefills read row by row here
+    in_process = read is not None and (read.available or bool(prefills))  # roles or prefills read row by row here
+    checked: Iterator[tuple[Chunk, Verdicts]]
     if raw is not None:
         checked = ((chunk, verdicts(chunk, ends, settings.pad_token_id, *bos))
                    for chunk in with_prefills(raw_chunks(source, raw), prefills))
@@ -174,7 +176,7 @@ class TokenSettings:
 
     end_token_ids: frozenset[int]
     pad_token_id: int | None
-    tokenizer: Any = None
+    tokenizer: Tokenizer | None = None
     directory: Path | None = None
     bos_token_id: int | None = None
     bos_added: bool = False  # the tokenizer puts its BOS first in every encoding

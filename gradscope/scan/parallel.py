@@ -77,7 +77,7 @@ def _quiet_datasets() -> Iterator[None]:
     try:
         yield
     finally:
-        os.environ = environ
+        os.environ = environ  # noqa: B003  (the object itself is given back, not its contents: see above)
         if not was_disabled:
             datasets.enable_progress_bars()
 

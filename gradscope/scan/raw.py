@@ -18,13 +18,14 @@ from gradscope.data.pipelines import DataOptions
 from gradscope.data.roles import RoleRow, RoleSpec, derive_rows, truncate
 from gradscope.data.stream import Source, raw_row_batches
 from gradscope.errors import DataError
+from gradscope.tokenizer import Tokenizer
 
 
 @dataclass
 class RawSettings:
     """How raw rows become tokens and roles, and what kinds of rows were seen."""
 
-    tokenizer: Any
+    tokenizer: Tokenizer
     spec: RoleSpec
     options: DataOptions
     kinds: set[str] = field(default_factory=set)

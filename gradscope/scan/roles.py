@@ -36,7 +36,7 @@ def token_roles(chunk: Chunk, read: RowRoles) -> Chunk:
     real = chunk.attention != 0 if chunk.attention is not None else np.ones(n, dtype=bool)
     hidden_ends = ~real & np.isin(chunk.input_ids, sorted(read.end_token_ids))
     ends = np.append(chunk.starts[1:], n).tolist()
-    for r, (begin, end) in enumerate(zip(chunk.starts.tolist(), ends)):
+    for r, (begin, end) in enumerate(zip(chunk.starts.tolist(), ends, strict=True)):
         positions = begin + _held(real[begin:end], hidden_ends[begin:end])
         _, roles, reason = read(chunk.input_ids[positions].tolist(), chunk.first_row + r)
         if roles is None:
@@ -68,6 +68,7 @@ def with_prefills(chunks: Iterable[Chunk], prefills: tuple[tuple[int, ...], ...]
 def prefill_mask(chunk: Chunk, prefills: tuple[tuple[int, ...], ...]) -> np.ndarray:
     """(N,) the positions ``SampleView.prefill`` names, for every row of the chunk at once (rows with known roles,
     padding no completion)."""
+    assert chunk.completion is not None, "with_prefills passes only chunks with a completion"
     completion = (chunk.completion > 0) & chunk.known_tokens()
     if chunk.attention is not None:
         completion &= chunk.attention != 0

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import heapq
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -90,7 +91,7 @@ class ScanAccumulator:
             self.shown[chunk.first_row + int(r)] = self._findings(chunk, int(r))
 
     def _offer_worst(self, chunk: Chunk, v: Verdicts) -> None:
-        score = sum(v.positions.values())  # (R,) flagged positions; a no_loss row counts all its tokens
+        score = cast(np.ndarray, sum(v.positions.values()))  # (R,) flagged positions; no_loss counts all tokens
         candidates = np.flatnonzero(score > 0)
         if self.worst.size == 0 or not len(candidates):
             return
@@ -99,7 +100,7 @@ class ScanAccumulator:
             kth = np.partition(score[candidates], len(candidates) - self.worst.size)[len(candidates) - self.worst.size]
             candidates = candidates[score[candidates] >= kth]
         for r in candidates.tolist():
-            self.worst.offer(int(score[r]), chunk.first_row + r, lambda r=r: self._findings(chunk, r))
+            self.worst.offer(int(score[r]), chunk.first_row + r, functools.partial(self._findings, chunk, r))
 
     def _roles(self, chunk: Chunk) -> None:
         """Count the rows whose roles are unknown (``roles_unknown``, a warning) and keep why."""

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import nn
@@ -27,33 +26,32 @@ from gradscope.data.token_roles import UNKNOWN_SOURCE, batch_roles, role_sources
 from gradscope.data.tokens import default_end_token_ids, media_token_ids, resolve_pad_token_id
 from gradscope.engine.accumulate import Accumulation
 from gradscope.engine.aux_path import padding_path
-from gradscope.engine.loss_only import DEPTHS, LOGITS_DEPTH_NOTE, NOT_RUN_AT_LOGITS, forward_loss_backward
-from gradscope.engine.probes import PROBES, WINDOWS_PER_ROW, ProbeRun
+from gradscope.engine.loss_only import LOGITS_DEPTH_NOTE, NOT_RUN_AT_LOGITS, forward_loss_backward
+from gradscope.engine.probes import PROBES, ProbeRun
 from gradscope.engine.run import Capture, forward_backward
 from gradscope.errors import DataError, InputError
-from gradscope.model.prepare import describe_model, prepare_batch, to_device
+from gradscope.data.batch import prepare_batch
+from gradscope.model.layers import input_embeddings
+from gradscope.model.prepare import describe_model, to_device
 from gradscope.model.usercode import LossFn
 from gradscope.report.check import AccumulationReport, ProbeReport, Report
 from gradscope.report.finding import Finding
 from gradscope.verbs.samples import sample_report, sample_views
+from gradscope.modes import DEPTHS, Depth
+from gradscope.tokenizer import Tokenizer
+from gradscope.verbs.options import CheckKeywords, CheckOptions, check_options
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 
 def check(
     model: nn.Module,
     batch: Mapping[str, torch.Tensor],
     *,
-    tokenizer: Any = None,
-    loss_fn: LossFn | None = None,
-    keep_dropout: bool = False,
-    end_token_ids: Iterable[int] | None = None,
-    probes: Iterable[str] = PROBES,
-    accumulate: int | None = None,
-    windows: int = WINDOWS_PER_ROW,
-    response_template: str | None = None,
-    instruction_template: str | None = None,
-    roles_from: str | Path | None = None,
-    train_on: str = "all-assistant",
-    depth: str = "full",
+    tokenizer: Tokenizer | None = None,
+    options: CheckOptions | None = None,
+    **keywords: Unpack[CheckKeywords],
 ) -> Report:
     """Check which tokens one batch trains and flag every masking leak.
 
@@ -63,6 +61,7 @@ def check(
             inputs, and a role tensor ``completion_mask`` or ``assistant_masks`` (1 = a token meant to be trained).
             Absent ``labels`` means input_ids with -100 where attention_mask is 0.
         tokenizer: Decodes token texts and names the end and pad tokens; optional.
+        options: A ``CheckOptions`` holding the options below; the keywords given override its fields.
         loss_fn: ``fn(logits, labels) -> scalar`` replacing the model's own loss.
         keep_dropout: Leave dropout on (the report is then not deterministic).
         end_token_ids: Token ids that close a completion; by default EOS from the config and tokenizer plus the
@@ -90,59 +89,40 @@ def check(
     Raises:
         InputError: the batch does not fit the model, or the model/loss fails on it, or an unknown probe.
     """
-    return check_batches(
-        model,
-        [batch],
-        tokenizer=tokenizer,
-        loss_fn=loss_fn,
-        keep_dropout=keep_dropout,
-        end_token_ids=end_token_ids,
-        probes=probes,
-        accumulate=accumulate,
-        windows=windows,
-        response_template=response_template,
-        instruction_template=instruction_template,
-        roles_from=roles_from,
-        train_on=train_on,
-        depth=depth,
-    )
+    return check_batches(model, [batch], tokenizer=tokenizer, options=check_options(options, keywords))
 
 
 def check_batches(
     model: nn.Module,
     batches: Iterable[Mapping[str, torch.Tensor]],
     *,
-    tokenizer: Any = None,
-    loss_fn: LossFn | None = None,
-    keep_dropout: bool = False,
-    end_token_ids: Iterable[int] | None = None,
+    tokenizer: Tokenizer | None = None,
     source: str | None = None,
-    probes: Iterable[str] = PROBES,
-    accumulate: int | None = None,
-    windows: int = WINDOWS_PER_ROW,
-    response_template: str | None = None,
-    instruction_template: str | None = None,
-    roles_from: str | Path | None = None,
-    train_on: str = "all-assistant",
-    depth: str = "full",
+    options: CheckOptions | None = None,
+    **keywords: Unpack[CheckKeywords],
 ) -> Report:
     """``check`` over several batches, one forward and backward each (plus the probes'), merged into one Report.
 
     Samples are numbered across batches in order, so a finding's ``sample`` is the row of the data.
     """
+    o = check_options(options, keywords)
+    loss_fn, keep_dropout, probes, accumulate, windows, depth = (
+        o.loss_fn, o.keep_dropout, o.probes, o.accumulate, o.windows, o.depth
+    )
     chosen = chosen_probes(probes, accumulate, windows)
     full_depth = chosen_depth(depth) == "full"
     runner = forward_backward if full_depth else forward_loss_backward
     # only the accumulation probe reads the loss -> logits graph; the logits depth has no other graph
     graph_options = {"loss_graph": bool(accumulate)} if full_depth else {}
-    ends = frozenset(end_token_ids) if end_token_ids is not None else default_end_token_ids(model, tokenizer)
+    ends = o.end_token_ids if o.end_token_ids is not None else default_end_token_ids(model, tokenizer)
     report = Report(model=describe_model(model, loss_fn), depth=depth)
     report.notes += [] if full_depth else [LOGITS_DEPTH_NOTE]
     runs, packed = [], (0, 0)
-    device = model.get_input_embeddings().weight.device  # the first device when layers are spread (device_map)
+    weight = cast(torch.Tensor, input_embeddings(model).weight)
+    device = weight.device  # the first device when layers are spread (device_map)
     pad_id = resolve_pad_token_id(model, tokenizer)
     media = media_token_ids(model, tokenizer)
-    sources = role_sources(tokenizer, ends, response_template, instruction_template, roles_from, train_on)
+    sources = role_sources(tokenizer, ends, o.response_template, o.instruction_template, o.roles_from, o.train_on)
     unknown: list[tuple[int, str | None]] = []
     said: tuple[list[int], list[int]] = ([], [])  # what the labels of those samples establish (label_facts)
     for index, batch in enumerate(batches):
@@ -182,7 +162,8 @@ def check_batches(
         said = (said[0] + copies, said[1] + masks)
         report.losses.append(capture.loss)
         runs.append(run)
-        packed = tuple(a + b for a, b in zip(packed, _packing_extent(starts, real_tokens(full))))
+        extent = _packing_extent(starts, real_tokens(full))
+        packed = (packed[0] + extent[0], packed[1] + extent[1])
     finding = roles_unknown([i for i, _ in unknown], [r for _, r in unknown], evidence=labels_evidence(*said))
     report.findings += [finding] if finding is not None else []
     report.probes = _probe_reports(runs, chosen, packed)
@@ -208,7 +189,7 @@ def chosen_probes(probes: Iterable[str], accumulate: int | None = None, windows:
     return names
 
 
-def chosen_depth(depth: str) -> str:
+def chosen_depth(depth: Depth) -> str:
     """``depth``, checked.
 
     Raises:

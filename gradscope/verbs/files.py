@@ -9,10 +9,9 @@ so a Python caller (a test suite, a notebook) does exactly what ``gradscope chec
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -21,7 +20,6 @@ from gradscope.checks.grads import DEFAULT_LR, DEFAULT_MAX_GRAD_NORM
 from gradscope.data.load import load_data, load_role_rows
 from gradscope.data.pipelines import DataOptions, row_notes
 from gradscope.data.tokens import config_end_token_ids, default_end_token_ids, resolve_pad_token_id
-from gradscope.engine.probes import PROBES, WINDOWS_PER_ROW
 from gradscope.errors import DataError
 from gradscope.model.load import load_model_and_tokenizer, load_tokenizer
 from gradscope.model.usercode import LossFn, load_loss_fn
@@ -31,6 +29,12 @@ from gradscope.verbs.check import check_batches, chosen_depth, chosen_probes
 from gradscope.verbs.grads import grads
 from gradscope.verbs.overfit import overfit as overfit_batch
 from gradscope.verbs.verify import verify
+from gradscope.modes import Dtype, Optimizer
+from gradscope.tokenizer import Tokenizer
+from gradscope.verbs.options import CheckKeywords, CheckOptions, check_options
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 
 @dataclass
@@ -53,7 +57,7 @@ class Inputs:
     batch_size: int = 1
     loss: str | None = None
     device: str = "cpu"
-    dtype: str = "float32"
+    dtype: Dtype = "float32"
     trust_remote_code: bool = False
     base: str | Path | None = None
     device_map: str | None = None
@@ -65,7 +69,7 @@ class Loaded:
     """Everything ``Inputs`` names, loaded."""
 
     model: nn.Module
-    tokenizer: Any
+    tokenizer: Tokenizer | None
     loss_fn: LossFn | None
     batches: list[dict[str, torch.Tensor]]
     data: dict[str, Any] = field(default_factory=dict)
@@ -90,37 +94,32 @@ def load(inputs: Inputs) -> Loaded:
 def check_files(
     inputs: Inputs,
     *,
-    keep_dropout: bool = False,
-    probes: Iterable[str] = PROBES,
-    accumulate: int | None = None,
-    windows: int = WINDOWS_PER_ROW,
+    options: CheckOptions | None = None,
     params: bool = False,
     lr: float = DEFAULT_LR,
     max_grad_norm: float = DEFAULT_MAX_GRAD_NORM,
-    roles_from: str | Path | None = None,
-    depth: str = "full",
+    **keywords: Unpack[CheckKeywords],
 ) -> Report:
     """``gradscope check``: the masking check of every batch, and with ``params`` the parameter pass on the first.
 
-    Roles of tokenized batches without a role tensor come from ``roles_from`` (the raw rows they were made from),
-    the response/instruction templates of ``inputs.options``, or the chat template.
+    ``options`` (and the keywords, which override its fields) are ``check``'s; the loss, the response and
+    instruction templates and ``train_on`` come from ``inputs`` instead. Roles of tokenized batches without a role
+    tensor come from ``roles_from`` (the raw rows they were made from), those templates, or the chat template.
     """
-    probes = tuple(probes)
-    chosen_probes(probes, accumulate, windows)  # bad probe names and depths fail before the model loads
-    chosen_depth(depth)
+    o = check_options(options, keywords)
+    chosen_probes(o.probes, o.accumulate, o.windows)  # bad probe names and depths fail before the model loads
+    chosen_depth(o.depth)
     loaded = load(inputs)
-    report = check_batches(
-        loaded.model, loaded.batches, tokenizer=loaded.tokenizer, loss_fn=loaded.loss_fn, keep_dropout=keep_dropout,
-        source=str(inputs.data), probes=probes, accumulate=accumulate, windows=windows,
-        response_template=inputs.options.response_template, instruction_template=inputs.options.instruction_template,
-        roles_from=roles_from, train_on=inputs.options.train_on, depth=depth,
-    )
+    data = inputs.options
+    o = replace(o, loss_fn=loaded.loss_fn, response_template=data.response_template,
+                instruction_template=data.instruction_template, train_on=data.train_on)
+    report = check_batches(loaded.model, loaded.batches, tokenizer=loaded.tokenizer, source=str(inputs.data), options=o)
     report.data = loaded.data
     report.notes = loaded.notes + report.notes
     if params:
         first = _first_batch(report, loaded, "the parameter-gradient pass")
         grads(loaded.model, first, loss_fn=loaded.loss_fn, lr=lr, max_grad_norm=max_grad_norm,
-              keep_dropout=keep_dropout, report=report, source=str(inputs.data))
+              keep_dropout=o.keep_dropout, report=report, source=str(inputs.data))
     return report
 
 
@@ -145,16 +144,17 @@ def grads_files(
     lr: float = DEFAULT_LR,
     max_grad_norm: float = DEFAULT_MAX_GRAD_NORM,
     overfit: int = 0,
-    optimizer: str = "adamw",
+    optimizer: Optimizer = "adamw",
 ) -> Report:
     """``gradscope grads``: the gradient at the weights on the first batch, then ``overfit`` steps on it if asked."""
     loaded = load(inputs)
-    common = {"loss_fn": loaded.loss_fn, "keep_dropout": keep_dropout, "source": str(inputs.data)}
-    first = loaded.batches[0]
-    report = grads(loaded.model, first, lr=lr, max_grad_norm=max_grad_norm, **common)
+    model, first, loss_fn, source = loaded.model, loaded.batches[0], loaded.loss_fn, str(inputs.data)
+    report = grads(model, first, lr=lr, max_grad_norm=max_grad_norm, loss_fn=loss_fn, keep_dropout=keep_dropout,
+                   source=source)
     _first_batch(report, loaded, "gradscope grads")
     if overfit:
-        overfit_batch(loaded.model, first, steps=overfit, lr=lr, optimizer=optimizer, report=report, **common)
+        overfit_batch(model, first, steps=overfit, lr=lr, optimizer=optimizer, report=report, loss_fn=loss_fn,
+                      keep_dropout=keep_dropout, source=source)
     return report
 
 

@@ -21,9 +21,10 @@ from gradscope.checks.grads import (
     param_grad,
     param_status,
 )
-from gradscope.engine.params import PROBE_STEP, Slot, _backward, _still_zero, gradient_stats, parameter_layout
+from gradscope.engine.params import PROBE_STEP, Slot, param_backward, still_zero, gradient_stats, parameter_layout
 from gradscope.model.layers import find_decoder_layers
-from gradscope.model.prepare import describe_model, prepare_batch, to_device
+from gradscope.data.batch import prepare_batch
+from gradscope.model.prepare import describe_model, to_device
 from gradscope.model.usercode import LossFn
 from gradscope.report.check import Report
 from gradscope.report.text import format_count
@@ -64,8 +65,8 @@ def grads(
     """
     full = prepare_batch(model, batch, source)
     device = next(model.parameters()).device
-    options = {"loss_fn": loss_fn, "lr": lr, "max_grad_norm": max_grad_norm, "keep_dropout": keep_dropout}
-    g = gradient_report(model, to_device(full, device), **options)
+    g = gradient_report(model, to_device(full, device), loss_fn=loss_fn, lr=lr, max_grad_norm=max_grad_norm,
+                        keep_dropout=keep_dropout)
     if report is None:
         report = Report(model=describe_model(model, loss_fn), losses=[g.loss])
     report.grads = g
@@ -89,12 +90,12 @@ def gradient_report(
     """
     slots = parameter_layout(model)
     trainable = [s.param for s in slots if s.param.requires_grad]
-    loss, grads = _backward(model, batch, loss_fn, trainable, keep_dropout)
-    stats = {id(p): gradient_stats(p, g) for p, g in zip(trainable, grads)}
+    loss, grads = param_backward(model, batch, loss_fn, trainable, keep_dropout)
+    stats = {id(p): gradient_stats(p, g) for p, g in zip(trainable, grads, strict=True)}
     zero = [p for p in trainable if stats[id(p)].zero]
-    moving = [(p, g) for p, g in zip(trainable, grads) if g is not None and stats[id(p)].finite and not stats[id(p)].zero]
+    moving = [(p, g) for p, g in zip(trainable, grads, strict=True) if g is not None and stats[id(p)].finite and not stats[id(p)].zero]
     del grads  # the reductions are all the report needs: free the full gradients before the probe
-    stuck = _still_zero(model, batch, loss_fn, keep_dropout, zero, moving) if zero else set()
+    stuck = still_zero(model, batch, loss_fn, keep_dropout, zero, moving) if zero else set()
     del moving
     params = [param_grad(s, stats.get(id(s.param)), param_status(s, stats.get(id(s.param)), stuck), lr) for s in slots]
     layers = find_decoder_layers(model)

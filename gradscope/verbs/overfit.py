@@ -11,12 +11,14 @@ from torch import nn
 
 from gradscope.checks.grads import DEFAULT_LR
 from gradscope.checks.overfit import MIN_DROP, cannot_overfit, dropped
-from gradscope.engine.optimize import OPTIMIZERS, loss_curve
+from gradscope.engine.optimize import loss_curve
 from gradscope.errors import InputError
-from gradscope.model.prepare import describe_model, prepare_batch, to_device
+from gradscope.data.batch import prepare_batch
+from gradscope.model.prepare import describe_model, to_device
 from gradscope.model.usercode import LossFn
 from gradscope.report.check import Report
 from gradscope.report.weights import OverfitReport
+from gradscope.modes import OPTIMIZERS, Optimizer
 
 
 def overfit(
@@ -25,7 +27,7 @@ def overfit(
     *,
     steps: int,
     lr: float = DEFAULT_LR,
-    optimizer: str = "adamw",
+    optimizer: Optimizer = "adamw",
     loss_fn: LossFn | None = None,
     keep_dropout: bool = False,
     report: Report | None = None,
@@ -56,8 +58,8 @@ def overfit(
     full = prepare_batch(model, batch, source)
     device = next(model.parameters()).device
     student = copy.deepcopy(model)
-    options = {"steps": steps, "lr": lr, "optimizer": optimizer, "loss_fn": loss_fn, "keep_dropout": keep_dropout}
-    losses = loss_curve(student, to_device(full, device), **options)
+    losses = loss_curve(student, to_device(full, device), steps=steps, lr=lr, optimizer=optimizer, loss_fn=loss_fn,
+                        keep_dropout=keep_dropout)
     trainable = sum(p.numel() for p in student.parameters() if p.requires_grad)
     del student
     first, last = losses[0], losses[-1]

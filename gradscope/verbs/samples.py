@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -15,12 +15,13 @@ from gradscope.data.prefill import generation_prefills
 from gradscope.data.tokens import bos_added, resolve_bos_token_id
 from gradscope.engine.run import Capture
 from gradscope.report.check import SampleReport, TokenReport
+from gradscope.tokenizer import Tokenizer
 
 
 def sample_views(
     batch: Mapping[str, torch.Tensor],
     capture: Capture,
-    tokenizer: Any,
+    tokenizer: Tokenizer | None,
     ends: frozenset[int],
     pad_id: int | None,
     first: int,
@@ -71,14 +72,15 @@ def document_starts_of(starts: torch.Tensor, role_codes: torch.Tensor) -> frozen
     return frozenset((starts & real & follows_real).nonzero().flatten().tolist())
 
 
-_TEXTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_TEXTS: weakref.WeakKeyDictionary[Any, dict[int, str | None]] = weakref.WeakKeyDictionary()
 
 
-def _decoder(tokenizer: Any):
+def _decoder(tokenizer: Tokenizer | None) -> Callable[[int], str | None]:
     """A cached id -> text function (None without a tokenizer); the cache lives as long as the tokenizer, so each
     token id is decoded once across batches and calls."""
     if tokenizer is None:
         return lambda token_id: None
+    cache: dict[int, str | None]
     try:
         cache = _TEXTS.setdefault(tokenizer, {})
     except TypeError:  # a tokenizer that takes no weak reference: a cache for this call only

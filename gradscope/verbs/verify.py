@@ -14,17 +14,19 @@ from gradscope.engine.finite_diff import (
     FLOAT32,
     FLOAT32_NOTE,
     Precision,
-    _precision_context,
+    precision_context,
     check_gradient,
     model_loss_fn,
     probe_copy,
     sample_parameters,
 )
 from gradscope.engine.run import training_state
-from gradscope.model.prepare import describe_model, prepare_batch, to_device
+from gradscope.data.batch import prepare_batch
+from gradscope.model.prepare import describe_model, to_device
 from gradscope.model.usercode import LossFn
 from gradscope.report.check import Report
 from gradscope.report.weights import DirectionCheck, VerifyReport
+from gradscope.model.layers import input_embeddings
 
 
 def verify(
@@ -74,7 +76,8 @@ def verify(
 
 
 def _check_probe(
-    probe: nn.Module, batch: Mapping[str, torch.Tensor], loss_fn: LossFn | None, names: Sequence[str], **options: int
+    probe: nn.Module, batch: Mapping[str, torch.Tensor], loss_fn: LossFn | None, names: Sequence[str], *,
+    directions: int, seed: int,
 ) -> tuple[float, Precision | None, list[DirectionCheck]]:
     """check_gradient on the probe's loss; no checks (and no precision) when the loss is not finite."""
     with training_state(probe):
@@ -84,12 +87,12 @@ def _check_probe(
         value = float(fn(inputs).detach())
         if not math.isfinite(value):
             return value, None, []
-        return check_gradient(fn, inputs, names=[EMBEDDINGS, *names], **options)
+        return check_gradient(fn, inputs, names=[EMBEDDINGS, *names], directions=directions, seed=seed)
 
 
 def _start_point(probe: nn.Module, batch: Mapping[str, torch.Tensor], names: Sequence[str]) -> list[torch.Tensor]:
     """[zero perturbation of the input embeddings (B, T, H), the current values of the sampled parameters]."""
-    with torch.no_grad(), _precision_context(probe):
-        embedded = probe.get_input_embeddings()(batch["input_ids"])
+    with torch.no_grad(), precision_context(probe):
+        embedded = input_embeddings(probe)(batch["input_ids"])
     params = dict(probe.named_parameters())
     return [torch.zeros_like(embedded)] + [params[n].detach() for n in names]

@@ -143,22 +143,22 @@ def test_format_positions():
     assert format_positions([4]) == "4"
 
 
-def _capture(loss, logits_finite=True, grads_finite=True, layers=()):
+def build_capture(loss, logits_finite=True, grads_finite=True, layers=()):
     z = torch.zeros(1, 8)
     return Capture(loss, z, z, z.long(), z, z, torch.zeros(1, 2, 8), logits_finite, grads_finite, True, list(layers))
 
 
 def test_nonfinite_is_batch_level_and_suppresses_role_checks():
     s = view(IDS, ROLES, [0, 1, 1, 1, 1, 1, 0, 0])
-    [f] = analyze(_capture(float("nan"), grads_finite=False, layers=[1]), [s], torch.tensor([IDS]))
+    [f] = analyze(build_capture(float("nan"), grads_finite=False, layers=[1]), [s], torch.tensor([IDS]))
     assert (f.check, f.sample) == ("nonfinite", None)
     assert "layer 1" in f.message
-    assert nonfinite(_capture(1.0)) is None
+    assert nonfinite(build_capture(1.0)) is None
 
 
 def test_nan_loss_from_zero_trained_tokens_is_no_loss():
     s = view(IDS, ROLES, [0] * 8)
-    [f] = analyze(_capture(float("nan"), grads_finite=False), [s], torch.full((1, 8), -100))
+    [f] = analyze(build_capture(float("nan"), grads_finite=False), [s], torch.full((1, 8), -100))
     assert f.check == "no_loss"
     assert "NaN" in f.message
 

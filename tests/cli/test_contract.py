@@ -1,8 +1,8 @@
 """The bad-input contract of every command, fuzzed: exit 2, exactly one ``Error:`` line, no traceback, nothing on
 stdout with ``--format json``; and a valid input's verdict unchanged by irrelevant perturbations.
 
-Each case is one of the classes of bad input users and attackers were seen to give (the classes the bad-input docs list); the
-generated ones (Hypothesis) cover JSON rows and safetensors headers.
+Each case is one of the classes of bad input users and attackers were seen to give (the classes the bad-input docs
+list); the generated ones (Hypothesis) cover JSON rows and safetensors headers.
 """
 
 from __future__ import annotations

@@ -75,7 +75,7 @@ def test_reference_batch_labels_exactly_the_completion(derived):
         n = len(row.input_ids)
         assert batch["input_ids"][b, :n].tolist() == row.input_ids
         assert batch[ROLE_CODES_KEY][b, :n].tolist() == row.roles
-        expected = [i if r == COMPLETION else -100 for i, r in zip(row.input_ids, row.roles)]
+        expected = [i if r == COMPLETION else -100 for i, r in zip(row.input_ids, row.roles, strict=True)]
         assert batch["labels"][b].tolist() == expected + [-100] * (batch["labels"].shape[1] - n)
         assert batch["attention_mask"][b].tolist() == [1] * n + [0] * (batch["labels"].shape[1] - n)
     assert batch[CUT_KEY].tolist() == [0, 0, 0]
@@ -97,7 +97,7 @@ def test_reference_masking_checks_clean_and_trains_exactly_the_completion(model,
     assert prepared.data["pipeline"] == "reference"
     _, tok = fixture_model(model)
     spec = RoleSpec(default_end_token_ids(None, tok), response_template=options.get("response_template"))
-    for sample, row in zip(report.samples, role_rows(rows_of(data) if data.endswith("l") else json.loads((RAW / data).read_text()), tok, spec)):
+    for sample, row in zip(report.samples, role_rows(rows_of(data) if data.endswith("l") else json.loads((RAW / data).read_text()), tok, spec), strict=True):
         real = [t for t in sample.tokens if t.role != "pad"]
         assert [t.token_id for t in real] == row.input_ids
         assert [t.role for t in real] == [ROLE_NAMES[r] for r in row.roles]
@@ -147,7 +147,8 @@ def test_attach_roles_counts_truncation_and_refuses_foreign_tokens(derived):
     assert out[ROLE_CODES_KEY][0].tolist() == row.roles[-12:]
     assert out[CUT_KEY].tolist() == [row.roles.count(COMPLETION) - row.roles[-12:].count(COMPLETION)]
     foreign = {"input_ids": torch.tensor([[9] + row.input_ids])}  # a BOS the derivation does not have
-    with pytest.raises(DataError, match=r"batch row 0 from position 0 does not hold the tokens gradscope derived for data row 0: they first differ at token 0 \(9 in the batch, 1 from"):
+    with pytest.raises(DataError, match=r"batch row 0 from position 0 does not hold the tokens "
+        r"gradscope derived for data row 0: they first differ at token 0 \(9 in the batch, 1 from"):
         attach_roles(foreign, rows, 3, strict=True)
     loose, used = attach_roles(foreign, rows, 3, strict=False)
     assert (loose[ROLE_CODES_KEY] == UNKNOWN).all() and used == set()
@@ -171,10 +172,12 @@ def test_collator_on_raw_rows_with_the_chat_template_passes(tmp_path, checked):
         "from transformers import AutoTokenizer\n"
         f"TOK = AutoTokenizer.from_pretrained({str(FIXTURES / LLAMA)!r})\n"
         "def collate(rows):\n"
-        "    out = [TOK.apply_chat_template(r['messages'], return_dict=True, return_assistant_tokens_mask=True) for r in rows]\n"
+        "    out = [TOK.apply_chat_template(r['messages'], return_dict=True, "
+            "return_assistant_tokens_mask=True) for r in rows]\n"
         "    n = max(len(o['input_ids']) for o in out)\n"
         "    ids = [o['input_ids'] + [3] * (n - len(o['input_ids'])) for o in out]\n"
-        "    labels = [[i if m else -100 for i, m in zip(o['input_ids'], o['assistant_masks'])] + [-100] * (n - len(o['input_ids'])) for o in out]\n"
+        "    labels = [[i if m else -100 for i, m in zip(o['input_ids'], o['assistant_masks'])] "
+            "+ [-100] * (n - len(o['input_ids'])) for o in out]\n"
         "    mask = [[1] * len(o['input_ids']) + [0] * (n - len(o['input_ids'])) for o in out]\n"
         "    return {'input_ids': ids, 'labels': labels, 'attention_mask': mask}\n"
     )
@@ -245,7 +248,7 @@ def test_trl_labels_are_clean_or_leak_the_prompt(data, options, leak, checked):
     prepared, report = checked(RAW / data, pipeline="trl", trl_options=options)
     assert prepared.data["pipeline"] == "trl" and report.notes == []
     assert pairs(report) == ([("prompt_leak", i) for i in range(3)] if leak else [])
-    for f, batch_roles in zip(report.findings, prepared.batches[0][ROLE_CODES_KEY]):
+    for f in report.findings:
         sample = report.samples[f.sample]
         prompt = [t.position for t in sample.tokens if t.role == "prompt" and t.position > 0]
         assert f.positions == prompt  # every prompt token, nothing else

@@ -21,7 +21,8 @@ P, C, U = PROMPT, COMPLETION, UNKNOWN
 
 @pytest.fixture
 def tok(fixture_tokenizer):
-    """``tok(name)``: the fixture tokenizer "chatml", "llama3", "mistral" or "gpt2" (conftest's ``fixture_tokenizer``)."""
+    """``tok(name)``: the fixture tokenizer "chatml", "llama3", "mistral" or "gpt2" (conftest's
+    ``fixture_tokenizer``)."""
     return fixture_tokenizer
 
 
@@ -85,7 +86,7 @@ def expected_roles(tok):
         t = tok(name)
         piece_ids = [t(text, add_special_tokens=False)["input_ids"] for text, _ in pieces]
         assert [i for p in piece_ids for i in p] == ids, "the pieces must cut the text on token boundaries"
-        return [role for p, (_, role) in zip(piece_ids, pieces) for _ in p]
+        return [role for p, (_, role) in zip(piece_ids, pieces, strict=True) for _ in p]
 
     return roles
 
@@ -97,7 +98,7 @@ def test_multi_turn_chat_roles_token_by_token(name, tok, spec, expected_roles):
     assert row.input_ids == rendered  # the same ids apply_chat_template (and TRL) produce
     assert "".join(text for text, _ in EXPECTED[name]) == tok(name).apply_chat_template(TOOL_CHAT, tokenize=False)
     assert row.roles == expected_roles(name, EXPECTED[name], row.input_ids)
-    assert row.labels == [i if r == C else -100 for i, r in zip(row.input_ids, row.roles)]
+    assert row.labels == [i if r == C else -100 for i, r in zip(row.input_ids, row.roles, strict=True)]
 
 
 def test_messages_are_attributed_to_their_turns(tok, spec):
@@ -200,7 +201,8 @@ def test_closing_token_the_template_gives_to_the_next_turn_is_still_completion(t
     template = (
         "{% for m in messages %}{% if not loop.first %}{{ '<|im_end|>\\n' }}{% endif %}"
         "{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] }}{% endfor %}"
-        "{% if add_generation_prompt %}{% if messages %}{{ '<|im_end|>\\n' }}{% endif %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+        "{% if add_generation_prompt %}{% if messages %}{{ '<|im_end|>\\n' }}{% endif %}{{ "
+            "'<|im_start|>assistant\\n' }}{% endif %}"
     )
     messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."},
                 {"role": "user", "content": "Bye"}]

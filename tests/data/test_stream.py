@@ -34,7 +34,7 @@ def test_rows_are_numbered_across_files_and_chunks(tmp_path, write_stream_rows, 
     path = write_stream_rows(tmp_path, "datasets")
     firsts = [(c.first_row, c.rows) for c in chunks(open_source(path))]
     assert firsts[0][0] == 0 and sum(n for _, n in firsts) == len(stream_rows)
-    assert all(a + n == b for (a, n), (b, _) in zip(firsts, firsts[1:]))
+    assert all(a + n == b for (a, n), (b, _) in zip(firsts, firsts[1:], strict=False))
 
 
 def test_safetensors_batch_is_read_as_rows():

@@ -91,7 +91,8 @@ def test_a_prefix_break_other_than_a_trailing_eos_is_still_refused():
     tok = tokenizer("phi3-chat")
     # Earlier turns rendered differently once a later one follows: the last turn upper-cased.
     template = (
-        "{% for message in messages %}{% if loop.last %}{{ '<|' + message['role'] + '|>\\n' + message['content'] | upper }}"
+        "{% for message in messages %}{% if loop.last %}{{ '<|' + message['role'] + '|>\\n' + "
+            "message['content'] | upper }}"
         "{% else %}{{ '<|' + message['role'] + '|>\\n' + message['content'] }}{% endif %}{{ '<|end|>\\n' }}{% endfor %}"
         "{{ eos_token }}"
     )
@@ -165,12 +166,12 @@ def test_trl_qwen25_training_template_header_newline_in_the_generation_block_is_
     rows, ends = raw_rows("qwen2.5-trl-chat")
     header = tok("<|im_start|>assistant", add_special_tokens=False)["input_ids"]
     newline = tok("\n", add_special_tokens=False)["input_ids"]
-    for row, chat in zip(rows, conversations()):
+    for row, chat in zip(rows, conversations(), strict=True):
         mask = tok.apply_chat_template(chat, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
         assert mask["input_ids"] == row.input_ids
         glue = [p + len(header) for p in range(len(row.input_ids)) if row.input_ids[p : p + len(header)] == header]
         assert glue and all(row.input_ids[g : g + len(newline)] == newline for g in glue)
-        for t, (role, masked) in enumerate(zip(row.roles, mask["assistant_masks"])):
+        for t, (role, masked) in enumerate(zip(row.roles, mask["assistant_masks"], strict=True)):
             if t in glue:
                 assert (role, masked) == (UNKNOWN, 1)
             elif role == COMPLETION:
@@ -181,7 +182,7 @@ def test_trl_qwen25_training_template_header_newline_in_the_generation_block_is_
 
 def _completion_texts(tok, row) -> list[str]:
     spans, current = [], None
-    for token, role in zip(row.input_ids, row.roles):
+    for token, role in zip(row.input_ids, row.roles, strict=True):
         if role == COMPLETION:
             current = (current or []) + [token]
         elif current is not None:

@@ -268,7 +268,10 @@ def test_a_row_the_screen_cannot_test_gets_a_window(tiny_model, make_batch):
     model = tiny_model("llama")
     batch = make_batch()
     # A loss on unshifted labels trains every logit up to the last real token: no token is after the loss.
-    unshifted = lambda logits, labels: F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
+
+    def unshifted(logits, labels):
+        return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
+
     labels = torch.where(batch["attention_mask"].bool(), batch["input_ids"], -100)
     report = gradscope.check(model, {**batch, "labels": labels}, loss_fn=unshifted, probes=["causal"])
     causal = report.probes["causal"]

@@ -47,7 +47,8 @@ def render(tok, messages, generation_prompt=False) -> list[int]:
 
 def turns(tok, chat):
     """(source, target) token pairs per exchange, as LLaMA-Factory's ``encode_multiturn`` gives them for its qwen
-    template: the source ends with ``<|im_start|>assistant\\n``, the target is the content, ``<|im_end|>`` and ``\\n``."""
+    template: the source ends with ``<|im_start|>assistant\\n``, the target is the content, ``<|im_end|>`` and
+    ``\\n``."""
     pairs, done = [], 0
     for k, message in enumerate(chat):
         if message["role"] != "assistant":
@@ -129,8 +130,9 @@ def block_causal_4d(lengths, width, dtype=torch.float32):
 
 def packed(tok, rows, width, *, neat=True, pad_positions="zero"):
     """Documents packed into one row, padded with the pad id (<|endoftext|>, label IGNORE, position 0, as
-    LLaMA-Factory's packed processor pads) to ``width``; position_ids restart per document. ``neat`` packing isolates documents with the block-causal 4D mask (no 2D mask with zeros
-    anywhere, so the trailing pads look like tokens); without it the mask is all ones over the documents.
+    LLaMA-Factory's packed processor pads) to ``width``; position_ids restart per document. ``neat`` packing
+    isolates documents with the block-causal 4D mask (no 2D mask with zeros anywhere, so the trailing pads look like
+    tokens); without it the mask is all ones over the documents.
     ``pad_positions="continue"`` numbers the pads on from the last document, as torchtune's PackedDataset pads
     ``input_pos``."""
     ids = [t for i, _ in rows for t in i]

@@ -74,7 +74,7 @@ def step(fused: bool, leak_on: int | None, token_mean: bool, per_world: bool = T
     report = callback.report
     return {
         "error": error,
-        "changed": any(not torch.equal(b, p.detach().to_local()) for b, p in zip(before, model.parameters())),
+        "changed": any(not torch.equal(b, p.detach().to_local()) for b, p in zip(before, model.parameters(), strict=True)),
         "findings": [[f.check, f.rank, f.sample] for f in report.findings],
         "read_at": report.data["watched"]["read_at"],
         "roles_from": report.data["watched"]["roles_from"],

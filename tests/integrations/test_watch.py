@@ -248,7 +248,7 @@ def test_assistant_mask_without_generation_markers_stops(tmp_path):
     for chat in CHATS:
         out = tokenizer.apply_chat_template(chat["messages"], return_dict=True, return_assistant_tokens_mask=True)
         rows.append({**chat, "input_ids": out["input_ids"],
-                     "labels": [t if m else -100 for t, m in zip(out["input_ids"], out["assistant_masks"])]})
+                     "labels": [t if m else -100 for t, m in zip(out["input_ids"], out["assistant_masks"], strict=True)]})
     run = train(plain(rows, tmp_path))
     assert_stops(run, ["no_loss"])
 
@@ -309,7 +309,7 @@ def test_positions_gathers_what_advanced_indexing_gives(layout):
 
     values = torch.randn(3, 7, 5) if layout == "contiguous" else torch.randn(7, 3, 5).transpose(0, 1)
     rows, cols = torch.tensor([0, 2, 2, 1, 0]), torch.tensor([6, 0, 3, 3, 0])
-    assert torch.equal(positions(values, rows, cols), torch.stack([values[r, c] for r, c in zip(rows, cols)]))
+    assert torch.equal(positions(values, rows, cols), torch.stack([values[r, c] for r, c in zip(rows, cols, strict=True)]))
 
 
 @pytest.mark.parametrize("fused", [True, False])

@@ -77,7 +77,7 @@ def test_fsdp_token_mean_over_the_step_trains(fsdp_ranks, path, read_at):
         assert run["read_at"] == [read_at] and run["roles_from"] == ["chat_template"]
         # Each token weighs 2 / (trained tokens of both ranks) at its own backward, 1 / N once FSDP averages the
         # two ranks' gradients, read off the sharded model's real gradient.
-        for weights, roles in zip(run["weights"], run["roles"]):
+        for weights, roles in zip(run["weights"], run["roles"], strict=True):
             torch.testing.assert_close(torch.tensor(weights), torch.full((len(weights),), 2 / run["trained_tokens"]),
                                        rtol=1e-3, atol=0)
             assert weights and set(roles) == {"completion"}

@@ -69,7 +69,7 @@ def test_grpo_trains_the_completion_mask_only(tmp_path):
     prompt, mask, advantages = inputs["prompt_mask"], inputs["completion_mask"], inputs["advantages"]
     assert len(report.samples) == len(mask) == 4  # 2 prompts x 2 generations, one forward
     width = prompt.shape[1]
-    for sample, p_mask, c_mask, advantage in zip(report.samples, prompt, mask, advantages):
+    for sample, p_mask, c_mask, advantage in zip(report.samples, prompt, mask, advantages, strict=True):
         trained = torch.tensor([t.trained for t in sample.tokens])
         expected = torch.cat([torch.zeros(width, dtype=torch.bool), c_mask.bool()]) & (advantage != 0)
         assert torch.equal(trained, expected)  # exactly the completion_mask, nothing of the prompt

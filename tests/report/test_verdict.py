@@ -13,7 +13,7 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
-import gradscope.report.html.page  # noqa: F401  (imported on demand by to_html: loaded before it is patched)
+import gradscope.render.html.page  # noqa: F401  (imported on demand by to_html: loaded before it is patched)
 import gradscope.report.verdict as verdicts
 from gradscope.cli import app, exit_code
 from gradscope.errors import MaskingError

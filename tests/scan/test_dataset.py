@@ -141,7 +141,7 @@ def test_scan_finds_exactly_what_check_finds_on_the_catalogue(case, fixture_mode
     batches = load_batches(FIXTURES / case["data"], pad_token_id=tokenizer.pad_token_id, batch_size=case.get("batch_size", 1))
     checked = gradscope.check_batches(model, batches, tokenizer=tokenizer, response_template=case.get("response_template"))
     assert [(f.check, f.sample, f.positions) for f in report.findings] == [(f.check, f.sample, f.positions) for f in checked.findings]
-    for scanned, found in zip(report.findings, checked.findings):  # check may add that the loss is NaN, and why
+    for scanned, found in zip(report.findings, checked.findings, strict=False):  # check may add that the loss is NaN, and why
         if found.check == "roles_unknown":  # the same reason; check names samples, scan rows
             assert scanned.message.split(" are unknown ")[1].split(".")[0] == found.message.split(" are unknown ")[1].split(".")[0]
         else:
@@ -178,7 +178,7 @@ def test_distributions_match_numpy(random_rows):
     assert (length["min"], length["max"]) == (tokens.min(), tokens.max())
     assert length["mean"] == pytest.approx(tokens.mean())
     trained = np.array([int(((r["labels"] != -100) & (np.arange(len(r["labels"])) > 0) & (r["attention_mask"] == 1)).sum()) for r in rows])
-    bins = [min(9, math.floor(Fraction(int(n), max(int(d), 1)) * 10)) for n, d in zip(trained, tokens)]
+    bins = [min(9, math.floor(Fraction(int(n), max(int(d), 1)) * 10)) for n, d in zip(trained, tokens, strict=True)]
     assert report.distributions["trained_fraction"]["rows"] == [bins.count(k) for k in range(10)]
     assert (report.rows, report.tokens, report.trained_tokens) == (500, tokens.sum(), trained.sum())
 
@@ -214,7 +214,7 @@ def test_row_sums_count_each_rows_hits_sparse_or_dense(density):
     lengths = rng.integers(1, 300, 400)
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
     mask = rng.random(int(lengths.sum())) < density
-    expected = [int(mask[a : a + n].sum()) for a, n in zip(starts, lengths)]
+    expected = [int(mask[a : a + n].sum()) for a, n in zip(starts, lengths, strict=True)]
     assert _row_sums(mask, starts).tolist() == expected
 
 

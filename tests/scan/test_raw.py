@@ -172,7 +172,10 @@ def test_a_bad_row_in_a_later_chunk_is_named_as_check_names_it(tmp_path):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     result = runner.invoke(app, ["scan", str(path), "--tokenizer", str(FIXTURES / LLAMA)])
     assert result.exit_code == 2
-    assert result.stderr.strip() == f"Error: {path}: row {RAW_CHUNK_ROWS + 5}: 'prompt' and 'completion' must both be strings or both be message lists"
+    assert result.stderr.strip() == (
+        f"Error: {path}: row {RAW_CHUNK_ROWS + 5}: 'prompt' and 'completion' must both be strings or both be "
+        "message lists"
+    )
 
 
 def test_raw_rows_without_a_tokenizer_are_one_error_line():

@@ -63,7 +63,7 @@ def as_chunk(rows: list[dict[str, np.ndarray]]) -> Chunk:
     flat = {k: np.concatenate([r[k] for r in rows]) for k in ("input_ids", "labels", "attention_mask", "completion_mask")
             if k in rows[0]}
     documents = np.zeros(len(flat["input_ids"]), dtype=bool)
-    for start, row in zip(starts, rows):
+    for start, row in zip(starts, rows, strict=True):
         if "position_ids" in row:
             p = row["position_ids"]
             documents[start + 1 : start + len(p)] = p[1:] != p[:-1] + 1

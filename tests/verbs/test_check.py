@@ -250,7 +250,7 @@ def test_bfloat16_model_reads_the_same_trained_tokens_with_fp32_norms(fixture_mo
     full = gradscope.check(fixture_model(LLAMA)[0], batch, tokenizer=tokenizer)
     assert half.model["dtype"] == "bfloat16"
     assert [(f.check, f.sample, f.positions) for f in half.findings] == [(f.check, f.sample, f.positions) for f in full.findings]
-    for s_half, s_full in zip(half.samples, full.samples):
+    for s_half, s_full in zip(half.samples, full.samples, strict=True):
         assert [t.trained for t in s_half.tokens] == [t.trained for t in s_full.tokens]
         torch.testing.assert_close(torch.tensor(s_half.layer_grad_norms), torch.tensor(s_full.layer_grad_norms), rtol=0.1, atol=1e-4)
 

@@ -10,6 +10,7 @@ from typing import Any
 from gradscope.data import deadline
 from gradscope.data.encoding import Encoder
 from gradscope.errors import DataError
+from gradscope.tokenizer import Tokenizer
 
 _GENERATION = re.compile(r"\{%-?\s*generation\s*-?%\}")
 
@@ -31,7 +32,7 @@ def row_tools(row: Mapping[str, Any], where: dict) -> Any:
 class Renderer:
     """Renders and tokenizes prefixes of one conversation with the chat template, as apply_chat_template does."""
 
-    def __init__(self, tokenizer: Any, messages: list[dict], tools: Any, chat_template: str | None, where: dict):
+    def __init__(self, tokenizer: Tokenizer, messages: list[dict], tools: Any, chat_template: str | None, where: dict):
         self.tok, self.messages, self.tools, self.template, self.where = tokenizer, messages, tools, chat_template, where
         self.encoder = Encoder(tokenizer)  # replaced by the batch's own when the row is finished
 

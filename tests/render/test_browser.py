@@ -20,7 +20,7 @@ import pytest
 
 from benchmarks.bench_html import synthetic_report
 from gradscope.report import Report, SampleReport, TokenReport
-from gradscope.report.html import to_html
+from gradscope.render.html import to_html
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 LOAD_LIMIT_S = 15.0
@@ -124,7 +124,7 @@ def test_flagged_tokens_are_visible_and_styled_as_flagged(chromium, leaking, tmp
     assert got["plain"] and all(s["outline"] == "none" and s["hatch"] == "none" for s in got["plain"])
     assert all(width == tokens for width, tokens in got["canvases"])  # one heat-map column per token
     assert not got["tip"]["hidden"] and "FLAGGED: prompt_leak" in got["tip"]["text"] and "‖∂L/∂embedding‖" in got["tip"]["text"]
-    assert all(n == len(s.tokens) for n, s in zip(got["shaded"], report.samples))  # shaded by loss, every token
+    assert all(n == len(s.tokens) for n, s in zip(got["shaded"], report.samples, strict=True))  # shaded by loss, every token
     assert got["link"]["open"] and got["link"]["cur"] == got["link"]["href"][1:]
 
 
@@ -176,7 +176,7 @@ def expected_heat(sample: SampleReport) -> list[tuple[int, int, int]]:
         else:
             f = (math.log(v) - lo) / (hi - lo) * 4
             i = min(3, int(f))
-            out.append(tuple(round(a + (b - a) * (f - i)) for a, b in zip(VIRIDIS[i], VIRIDIS[i + 1])))
+            out.append(tuple(round(a + (b - a) * (f - i)) for a, b in zip(VIRIDIS[i], VIRIDIS[i + 1], strict=True)))
     return out
 
 
@@ -188,11 +188,11 @@ def test_heat_map_colours_each_norm_on_the_samples_log_scale(chromium, tmp_path)
     cells = [tuple(px[o : o + 3]) for o in range(0, len(px), 4)]
     want = expected_heat(report.samples[0])
     assert len(cells) == len(want) == 24
-    for n, (c, w) in enumerate(zip(cells, want)):
-        assert all(abs(a - b) <= 1 for a, b in zip(c, w)), (divmod(n, 6), c, w)  # (row, position): rounding only
+    for n, (c, w) in enumerate(zip(cells, want, strict=True)):
+        assert all(abs(a - b) <= 1 for a, b in zip(c, w, strict=True)), (divmod(n, 6), c, w)  # (row, position): rounding only
     sample = report.samples[0]
     norms = [t.embedding_grad_norm for t in sample.tokens] + [v for row in sample.layer_grad_norms for v in row]
-    for n, (tip, v) in enumerate(zip(got["tips"], norms)):
+    for n, (tip, v) in enumerate(zip(got["tips"], norms, strict=True)):
         row, shown = divmod(n, 6)[0], tip.split("‖∂L/∂h‖ ")[-1]
         assert tip.startswith("emb: " if row == 0 else f"L{row - 1}: "), (n, tip)
         if v is None or not math.isfinite(v):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gradscope.errors import InputError
-from gradscope.report.output import check_writable, write_text
+from gradscope.cli.output import check_writable, write_text
 
 
 def test_a_missing_directory_is_named(tmp_path):

@@ -12,7 +12,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-import gradscope.report.html.data as data
+import gradscope.render.html.data as data
 from gradscope.report import Finding, Report, SampleReport
 
 OPEN_SAMPLES = 8
@@ -132,7 +132,8 @@ def _heat_frame(s: SampleReport) -> str:
         '<figure class="heat"><figcaption>‖∂L/∂h‖ per layer output (rows) and position (columns, 0 → '
         f"{len(s.tokens) - 1}, the strip's order); top bands: role × trained, flagged</figcaption>"
         f'<div class="heat-grid"><ol class="heat-rows">{rows}</ol><div class="heat-canvas">'
-        '<canvas role="img" aria-label="heat map of gradient norms"></canvas><div class="cursor" hidden></div></div></div></figure>'
+        '<canvas role="img" aria-label="heat map of gradient norms"></canvas><div class="cursor" '
+            'hidden></div></div></div></figure>'
     )
 
 

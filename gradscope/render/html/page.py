@@ -17,12 +17,12 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-import gradscope.report.html.data as data
+import gradscope.render.html.data as data
 from gradscope.report import SCAN_WARNINGS, Finding, Report, ScanReport
-from gradscope.report.html.assets import CSS, JS
-from gradscope.report.html.data import fmt
-from gradscope.report.html.grads import grads_section, overfit_section, verify_section
-from gradscope.report.html.strip import samples
+from gradscope.render.html.assets import CSS, JS
+from gradscope.report.text import format_number as fmt
+from gradscope.render.html.grads import grads_section, overfit_section, verify_section
+from gradscope.render.html.strip import samples
 from gradscope.report.text import position_runs
 from gradscope.report.verdict import headline, verdict
 
@@ -106,9 +106,9 @@ def _report_sections(r: Report, root: str) -> list[str | list[str]]:
     if r.grads is not None:
         parts.append(grads_section(r.grads))
     if r.overfit is not None:
-        parts.append(overfit_section(r))
+        parts.append(overfit_section(r.overfit))
     if r.verify is not None:
-        parts.append(verify_section(r))
+        parts.append(verify_section(r.verify))
     return [p for p in parts if p]
 
 
@@ -188,7 +188,8 @@ def _scale_key() -> str:
 def _controls(columns: dict[int, dict[str, Any]]) -> str:
     modes = [("role", "role × trained"), ("loss", "per-token loss"), ("glog", "‖∂L/∂logits‖"), ("gemb", "‖∂L/∂embedding‖")]
     radios = "".join(
-        f'<label><input type="radio" name="shade" value="{v}"{" checked" if v == "role" else ""}> {html.escape(t)}</label>'
+        '<label><input type="radio" name="shade" '
+            f'value="{v}"{" checked" if v == "role" else ""}> {html.escape(t)}</label>'
         for v, t in modes
     )
     ranges = html.escape(json.dumps(data.ranges(columns.values())), quote=True)
@@ -217,7 +218,8 @@ def _finding_row(i: int, f: Finding, root: str, linked: bool) -> str:
         sample = str(f.sample)
     positions = _position_links(f, root) if linked and f.sample is not None else html.escape(_runs_text(f.positions))
     return (
-        f'<tr data-check="{html.escape(f.check)}" data-severity="{f.severity}" data-sample="{"" if f.sample is None else f.sample}">'
+        f'<tr data-check="{html.escape(f.check)}" data-severity="{f.severity}" '
+            f'data-sample="{"" if f.sample is None else f.sample}">'
         f'<td>{html.escape(f.check)}</td><td class="{f.severity}">{f.severity}</td><td>{sample}</td>'
         f"<td>{positions}</td><td>{html.escape(f.message)}</td></tr>"
     )
@@ -284,14 +286,16 @@ def _scan_distributions(r: ScanReport) -> str:
     parts = []
     if length.get("rows"):
         parts.append(
-            f"<p>tokens per row: min {length['min']}, median {length['p50']}, p90 {length['p90']}, p99 {length['p99']}, "
+            f"<p>tokens per row: min {length['min']}, median {length['p50']}, p90 "
+                f"{length['p90']}, p99 {length['p99']}, "
             f"max {length['max']}, mean {length['mean']:.1f}</p>"
         )
     fraction = r.distributions.get("trained_fraction", {})
     counts, bins = fraction.get("rows", []), fraction.get("bins", [])
     top = max(counts, default=0) or 1
     bars = "".join(
-        f'<tr><th>{bins[i]:.1f}–{bins[i + 1]:.1f}</th><td><span class="bar" style="width:{200 * n / top:.0f}px"></span> {n}</td></tr>'
+        f'<tr><th>{bins[i]:.1f}–{bins[i + 1]:.1f}</th><td><span class="bar" '
+            f'style="width:{200 * n / top:.0f}px"></span> {n}</td></tr>'
         for i, n in enumerate(counts)
     )
     if bars:
@@ -306,6 +310,8 @@ def _worst_rows(r: ScanReport) -> str:
         f"<tr><td>{w['row']}</td><td>{w['positions']}</td><td>{html.escape(', '.join(w['checks']))}</td></tr>" for w in r.worst_rows
     )
     return (
-        '<section class="worst"><h2>Worst rows</h2><table><tr><th>row</th><th>flagged positions</th><th>checks</th></tr>'
-        f"{rows}</table><p>look at one with: <code>gradscope inspect MODEL DATA --row N --html FILE</code></p></section>"
+        '<section class="worst"><h2>Worst rows</h2><table><tr><th>row</th><th>flagged '
+            'positions</th><th>checks</th></tr>'
+        f"{rows}</table><p>look at one with: <code>gradscope inspect MODEL DATA --row N --html "
+            "FILE</code></p></section>"
     )

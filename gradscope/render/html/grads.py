@@ -7,8 +7,8 @@ import html
 import math
 from collections.abc import Sequence
 
-from gradscope.report import GradReport, ModuleGrad, Report
-from gradscope.report.html.data import fmt
+from gradscope.report import GradReport, ModuleGrad, OverfitReport, VerifyReport
+from gradscope.report.text import format_number as fmt
 
 
 def grads_section(g: GradReport) -> str:
@@ -31,7 +31,8 @@ def _adapter_line(g: GradReport) -> str:
     ad, base = a["adapter"], a["base"]
     text = (
         f"adapter ({', '.join(a['peft_type'])}): {ad['trainable_parameters']} of {ad['parameters']} adapter parameters "
-        f"trainable, ‖∇‖ {fmt(ad['grad_norm'])}; base: {base['trainable_parameters']} of {base['parameters']} trainable, "
+        f"trainable, ‖∇‖ {fmt(ad['grad_norm'])}; base: {base['trainable_parameters']} of "
+            f"{base['parameters']} trainable, "
         f"‖∇‖ {fmt(base['grad_norm'])}"
     )
     return f'<p class="adapter">{html.escape(text)}</p>'
@@ -138,15 +139,15 @@ def _kind_legend(kinds: list[str], width: int, height: int) -> str:
 def _module_table(modules: Sequence[ModuleGrad]) -> str:
     head = "<tr><th>module</th><th>trainable</th><th>‖∇‖</th><th>SGD update/weight</th><th>Adam update/weight</th></tr>"
     rows = "".join(
-        f'<tr data-module="{html.escape(m.name, quote=True)}"><td>{html.escape(m.name)}</td><td>{m.trainable_parameters}</td>'
+        f'<tr data-module="{html.escape(m.name, quote=True)}"><td>{html.escape(m.name)}</td>'
+        f"<td>{m.trainable_parameters}</td>"
         f"<td>{fmt(m.grad_norm)}</td><td>{fmt(m.sgd_update_ratio, 2)}</td><td>{fmt(m.adam_update_ratio, 2)}</td></tr>"
         for m in modules
     )
     return f'<table class="modules">{head}{rows}</table>'
 
 
-def overfit_section(r: Report) -> str:
-    o = r.overfit
+def overfit_section(o: OverfitReport) -> str:
     steps = "".join(f"<td>{fmt(x)}</td>" for x in o.losses)
     heads = "".join(f"<th>{i}</th>" for i in range(len(o.losses)))
     verdict = html.escape(o.sentence())
@@ -156,13 +157,18 @@ def overfit_section(r: Report) -> str:
     )
 
 
-def verify_section(r: Report) -> str:
-    v = r.verify
-    head = "<tr><th>tensor</th><th>direction</th><th>autograd</th><th>finite difference</th><th>relative error</th><th>ok</th></tr>"
+def verify_section(v: VerifyReport) -> str:
+    head = (
+        "<tr><th>tensor</th><th>direction</th><th>autograd</th><th>finite difference</th><th>relative error</th>"
+        "<th>ok</th></tr>"
+    )
     rows = "".join(
         f"<tr><td>{html.escape(c.target)}</td><td>{html.escape(c.direction)}</td><td>{c.autograd:.6g}</td>"
         f"<td>{c.finite_difference:.6g}</td><td>{c.relative_error:.2g}</td><td>{'✓' if c.ok else '✗'}</td></tr>"
         for c in v.checks
     )
     line = f"{v.dtype} copy, loss in {v.precision}; step {v.step:g}, tolerance {v.tolerance:g}"
-    return f'<section class="verify"><h2>Autograd against finite differences</h2><p>{html.escape(line)}</p><table>{head}{rows}</table></section>'
+    return (
+        f'<section class="verify"><h2>Autograd against finite differences</h2><p>{html.escape(line)}</p>'
+        f"<table>{head}{rows}</table></section>"
+    )

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from gradscope.report import Finding, ModuleGrad, Report, SampleReport, ScanReport, TokenReport
-from gradscope.report.html import html_fragment, to_html
-from gradscope.report.html.data import heat_norms
+from gradscope.render.html import html_fragment, to_html
+from gradscope.render.html.data import heat_norms
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 CATALOGUE = json.loads((FIXTURES / "catalogue.json").read_text())
@@ -78,7 +78,7 @@ def assert_tokens(page, report: Report, root: str = "gs") -> None:
     for s in report.samples:
         spans = page.tokens[s.index]
         assert [int(a["data-pos"]) for a in spans] == [t.position for t in s.tokens]  # each token once, in order
-        for t, a in zip(s.tokens, spans):
+        for t, a in zip(s.tokens, spans, strict=True):
             assert int(a["data-id"]) == t.token_id
             assert a["data-role"] == (t.role or "unknown")
             assert ("data-trained" in a) == t.trained
@@ -92,7 +92,7 @@ def assert_tokens(page, report: Report, root: str = "gs") -> None:
         assert data["label"] == [t.label for t in s.tokens]
         assert data["target"] == [t.target_id for t in s.tokens]
         for key, attr in (("loss", "loss"), ("weight", "weight"), ("glog", "logit_grad_norm"), ("gemb", "embedding_grad_norm")):
-            assert all(close(getattr(t, attr), v) for t, v in zip(s.tokens, data[key])), key
+            assert all(close(getattr(t, attr), v) for t, v in zip(s.tokens, data[key], strict=True)), key
         if s.layer_grad_norms:  # the heat map's layer rows, each norm's bfloat16; its embedding row is gemb
             assert data["heat"]["layers"] == len(s.layer_grad_norms) and {len(r) for r in s.layer_grad_norms} == {len(s.tokens)}
             assert data["heat"]["words"] == bf16_words(s.layer_grad_norms)
@@ -105,7 +105,7 @@ def assert_findings_linked(page, report: Report, root: str = "gs") -> None:
     assert [(r["data-check"], r["data-severity"], r["data-sample"]) for r in page.findings] == [
         (f.check, f.severity, "" if f.sample is None else str(f.sample)) for f in report.findings
     ]
-    for row, f in zip(page.findings, report.findings):
+    for row, f in zip(page.findings, report.findings, strict=True):
         for a in row["links"]:
             target = page.ids[a["href"].removeprefix("#")]  # every link lands on an element of the page
             if "data-pos" in a:
@@ -201,7 +201,7 @@ def test_heat_norms_are_bfloat16_truncations():
     assert len(got) == 12
     assert got[0] == 0.0 and math.isnan(got[6]) and got[8] == math.inf and got[11] == math.inf  # beyond float32: Inf
     assert got[3] == 1.0 and got[7] == 0.5  # exact in 8 significant bits
-    for v, g in zip([*rows[0], *rows[1]], got):
+    for v, g in zip([*rows[0], *rows[1]], got, strict=True):
         if math.isfinite(v) and 1.2e-38 <= v <= 3.4e38:  # a normal float32, truncated: at most 2**-7 below, never above
             f32 = struct.unpack("<f", struct.pack("<f", v))[0]
             assert f32 * (1 - 2**-7) <= g <= f32, (v, g)
@@ -239,7 +239,7 @@ def test_grads_page_charts_every_trainable_module(html_page, fixture_model):
 
 
 def test_depth_chart_orders_embedding_layers_head(html_page):
-    from gradscope.report.html.grads import depth_chart, depth_columns
+    from gradscope.render.html.grads import depth_chart, depth_columns
 
     def module(name, kind, layer):
         return ModuleGrad(name, kind, layer, False, [], 1, 1, 1.0, 1.0, None, None)

@@ -5,6 +5,9 @@ a notebook. Pure string building from the report's dataclasses: no torch, nothin
 compact number encoding the page's script decodes, ``assets`` the CSS and JS.
 """
 
-from gradscope.report.html.page import html_fragment, to_html
+from gradscope.render.html.page import html_fragment, to_html
+from gradscope.report.finding import install_html_view
+
+install_html_view(to_html, html_fragment)
 
 __all__ = ["html_fragment", "to_html"]

@@ -25,9 +25,9 @@ def columns(s: SampleReport) -> dict[str, Any]:
     column a list with None replaced (NaN in a float column, :data:`INT_NONE` in an int one), ``none`` the positions
     of each column that hold None (the loss and weight of position 0)."""
     rows = [(t.text, t.weight, t.loss, t.logit_grad_norm, t.embedding_grad_norm, t.label, t.target_id) for t in s.tokens]
-    texts, *numbers = map(list, zip(*rows)) if rows else [[]] * 7
+    texts, *numbers = map(list, zip(*rows, strict=True)) if rows else [[]] * 7
     out: dict[str, Any] = {"text": texts, "none": {}}
-    for key, values in zip((*FLOAT_COLUMNS, *INT_COLUMNS), numbers):
+    for key, values in zip((*FLOAT_COLUMNS, *INT_COLUMNS), numbers, strict=True):
         missing = _none_positions(values)
         fill = math.nan if key in FLOAT_COLUMNS else INT_NONE
         for i in missing:
@@ -38,7 +38,8 @@ def columns(s: SampleReport) -> dict[str, Any]:
 
 def _none_positions(values: list[Any]) -> list[int]:
     """Where ``values`` holds None, found by ``list.index`` (a C scan; None is rare)."""
-    found, i = [], -1
+    found: list[int] = []
+    i = -1
     while True:
         try:
             i = values.index(None, i + 1)
@@ -70,7 +71,7 @@ def little_endian(code: str, values: Sequence[float]) -> bytes:
         return out.tobytes()
 
 
-def _b64(raw: bytes) -> str:
+def _b64(raw: bytes | bytearray) -> str:
     return base64.b64encode(raw).decode("ascii")
 
 
@@ -111,9 +112,3 @@ def heat_norms(rows: Sequence[Sequence[float]]) -> str:
     halves[0::2], halves[1::2] = raw[2::4], raw[3::4]
     return _b64(halves)
 
-
-def fmt(x: float | None, digits: int = 4) -> str:
-    """A number for a reader: ``digits`` significant digits, ``nan`` when not finite, ``–`` when None."""
-    if x is None:
-        return "–"
-    return "nan" if not math.isfinite(x) else f"{x:.{digits}g}"
