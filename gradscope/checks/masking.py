@@ -70,7 +70,7 @@ def masked_label_trained(s: SampleView) -> Finding | None:
         "error",
         s.index,
         leaked,
-        f"{len(leaked)} {_tokens(len(leaked))} {format_positions(leaked)} whose label is -100 "
+        f"{len(leaked)} {tokens_word(len(leaked))} {format_positions(leaked)} whose label is -100 "
         f"{'is' if len(leaked) == 1 else 'are'} trained: the loss does not honour labels == -100, so every token "
         "the pipeline masked (prompt, padding) is trained anyway. Usual causes: a custom loss or compute_loss_func "
         "without ignore_index=-100 (or one that replaces or clamps -100 to a real token id), a fused or kernel loss "

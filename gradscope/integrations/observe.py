@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from gradscope.engine.logits import CHUNK_ELEMENTS, position_chunks
-from gradscope.model.layers import base_model, input_embeddings, output_embeddings
+from gradscope.model.layers import base_model
 
 ALIGNED_RESIDUAL = 0.5
 """The gradient of a cross-entropy on token y is w * (p - e_y) at the logits and w * W^T (p - e_y) at the LM head's
@@ -157,7 +157,7 @@ class Observer:
         record, self._current = self._current, None
         if record is None:
             return
-        ids, head = record.inputs["input_ids"], output_embeddings(self.lm)
+        ids, head = record.inputs["input_ids"], output_head(self.lm)
         if self._logits is not None and self._logits.shape[:2] == ids.shape:
             record.where = "logits"
             _watch_logits(record, self._logits, ids, self.label_smoothing)

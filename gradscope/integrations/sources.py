@@ -18,7 +18,6 @@ from gradscope.data.batch import roles
 from gradscope.data.roles import RoleSpec, derive, row_kind
 from gradscope.data.token_roles import UNKNOWN_SOURCE, RoleSources, batch_roles
 from gradscope.errors import DataError
-from gradscope.modes import TrainOn
 from gradscope.tokenizer import Tokenizer
 
 
