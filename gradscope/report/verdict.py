@@ -8,14 +8,40 @@ differ by use (``strict``, ``allow_unknown_roles``, the callback's ``fail_on``);
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Any, Literal, Protocol
 
 from gradscope.report.catalogue import NOT_VERIFIED
+from gradscope.report.finding import Finding
 
-if TYPE_CHECKING:
-    from gradscope.report.check import Report
-    from gradscope.report.scan import ScanReport
+
+class Report(Protocol):
+    """What the verdict reads of a ``check`` report (``gradscope.report.check.Report``, a watched step's); a
+    protocol, so that the report modules can call the verdict without an import circle."""
+
+    @property
+    def findings(self) -> list[Finding]: ...
+    @property
+    def errors(self) -> list[Finding]: ...
+    @property
+    def warnings(self) -> list[Finding]: ...
+    @property
+    def samples(self) -> Sequence[Any]: ...
+    def summary(self) -> dict[str, Any]: ...
+
+
+class ScanReport(Protocol):
+    """What the verdict reads of a ``scan`` report (``gradscope.report.scan.ScanReport``)."""
+
+    @property
+    def rows(self) -> int: ...
+    @property
+    def checks(self) -> dict[str, dict[str, Any]]: ...
+    @property
+    def failed_checks(self) -> list[str]: ...
+    def rows_failing(self, warnings: bool) -> int: ...
+    def summary(self) -> dict[str, Any]: ...
 
 Status = Literal["clean", "not verified", "warnings", "errors"]
 
@@ -61,7 +87,7 @@ def verdict(report: Report | ScanReport) -> Verdict:
         unverified = sum(scan.checks.get(name, {}).get("rows", 0) for name in NOT_VERIFIED)
         errors, warnings = scan.rows_failing(warnings=False), scan.rows_failing(warnings=True)
     else:
-        check: Report = report  # type: ignore[assignment]
+        check: Report = report
         errors = len(check.errors)
         warnings = sum(f.check not in NOT_VERIFIED for f in check.warnings)
         unknown = [f for f in check.findings if f.check in NOT_VERIFIED]
@@ -77,7 +103,7 @@ def headline(report: Report | ScanReport, subject: str = "masking") -> tuple[Ver
     v = verdict(report)
     if hasattr(report, "checks") and hasattr(report, "rows"):
         return v, *_scan_line(report, v)  # type: ignore[arg-type]
-    r: Report = report  # type: ignore[assignment]
+    r: Report = report
     s = r.summary()
     warned = sorted({f.check for f in r.warnings if f.check not in NOT_VERIFIED})
     extra = f", {v.warnings} warning(s) ({', '.join(warned)})" if v.warnings else ""
