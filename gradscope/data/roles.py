@@ -196,7 +196,7 @@ def _chat(row: Mapping[str, Any], index: int, tokenizer: Any, spec: RoleSpec, wh
             owner[bounds[k] : bounds[k + 1]] = [k] * (bounds[k + 1] - bounds[k])
         generation = render.generation_mask(full)
         for k in sorted(trained):
-            _mark_assistant(roles, full, starts[k], bounds[k + 1], spec)
+            _mark_assistant(roles, full, starts[k], bounds[k + 1], spec, full[bounds[k] : starts[k]])
             if generation is not None:
                 _header_glue(roles, full, generation, bounds[k], starts[k], tokenizer)
         return RoleRow(index, full, roles, owner, "chat", note=note)
@@ -274,14 +274,22 @@ def _header_end(render: Renderer, k: int, text: str, full: list[int], bounds: li
     return len(ids)
 
 
-def _mark_assistant(roles: list[int], ids: list[int], header_end: int, end: int, spec: RoleSpec) -> None:
+def _mark_assistant(roles: list[int], ids: list[int], header_end: int, end: int, spec: RoleSpec,
+                    header: list[int] | None = None) -> None:
     """Mark one trained assistant turn, whose content starts at header_end and whose tokens end before end.
 
     Content and the closing end token are completion; the template's glue after that token is not judged.
 
     A template that gives the closing token to the next turn still has it trained: it is the turn's end.
+
+    A turn of several messages the model writes itself (harmony: ``<|end|><|start|>assistant`` between its analysis
+    and its final message, or before a tool call) runs through the last of them: after a closing token, the
+    assistant ``header`` again inside the same message continues the turn, and the model writes that header too.
     """
     close = next((t for t in range(header_end, end) if ids[t] in spec.end_token_ids), None)
+    n = len(header or [])
+    while close is not None and n and close + 1 + n < end and ids[close + 1 : close + 1 + n] == header:
+        close = next((t for t in range(close + 1 + n, end) if ids[t] in spec.end_token_ids), None)
     if close is None:
         roles[header_end:end] = [COMPLETION] * (end - header_end)
         if end < len(ids) and ids[end] in spec.end_token_ids:

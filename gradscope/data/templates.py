@@ -28,6 +28,10 @@ _PROBES = (
         {"role": "tool", "content": "5"},
         {"role": "assistant", "content": "It is 5."},
     ],
+    [  # reasoning, under the names templates read it by (Qwen3 and GLM: reasoning_content; gpt-oss: thinking)
+        {"role": "user", "content": "Say three."},
+        {"role": "assistant", "reasoning_content": "Count.", "thinking": "Count.", "content": "Three."},
+    ],
 )
 
 
@@ -43,6 +47,9 @@ class TemplateMarkers:
         tail: Tokens the template ends every rendering with, not judged (Phi-3's EOS after the last turn).
         lead: Header tokens right before the completion that are not judged (the ``\\n`` TRL's Qwen2.5 training
             template puts inside ``{% generation %}``).
+        continues: The model writes the marker itself right after closing a message of its turn (harmony's
+            ``<|end|><|start|>assistant`` between the analysis and the final message): such a marker is completion
+            and continues the turn; a marker after anything else (a user turn, a tool result) opens a turn.
     """
 
     responses: list[list[int]]
@@ -50,16 +57,23 @@ class TemplateMarkers:
     end_token_ids: frozenset[int]
     tail: list[int] = field(default_factory=list)
     lead: list[int] = field(default_factory=list)
+    continues: bool = False
 
     def roles(self, ids: Sequence[int], train_on: str = "all-assistant") -> list[int]:
         """Roles of one token sequence: after each marker, through the first end token, is completion."""
-        starts = sorted({m + len(r) for r in self.responses for m in find_subsequence(ids, r)})
+        found = sorted({(m + len(r), m) for r in self.responses for m in find_subsequence(ids, r)})
+        starts = [s for s, _ in found]
+        limits = [next((x for x in starts if x > s), len(ids)) for s in starts]
+        closes = [next((t for t in range(s, lim) if ids[t] in self.end_token_ids), None) for s, lim in zip(starts, limits, strict=True)]
+        written = [self.continues and i > 0 and closes[i - 1] == m - 1 for i, (_, m) in enumerate(found)]
+        turns = [i for i in range(len(found)) if not written[i]]
+        first = turns[-1] if train_on == "last-assistant" and turns else 0
         roles = [PROMPT] * len(ids)
-        for start in starts[-1:] if train_on == "last-assistant" else starts:
-            limit = next((s for s in starts if s > start), len(ids))
-            close = next((t for t in range(start, limit) if ids[t] in self.end_token_ids), None)
-            stop = limit if close is None else close + 1
-            roles[start:stop] = [COMPLETION] * (stop - start)
+        for i in range(first, len(found)):
+            start, close = found[i][0], closes[i]
+            stop = limits[i] if close is None else close + 1
+            begin = found[i][1] if written[i] else start
+            roles[begin:stop] = [COMPLETION] * (stop - begin)
             if self.lead and start >= len(self.lead) and list(ids[start - len(self.lead) : start]) == self.lead:
                 roles[start - len(self.lead) : start] = [UNKNOWN] * len(self.lead)
             if close is not None and self.glue and list(ids[stop : stop + len(self.glue)]) == self.glue:
@@ -101,14 +115,20 @@ def _learn_markers(rows: list[RoleRow], tokenizer: Any, end_token_ids: frozenset
             if any(ids[start - len(r) : start] == r for r in responses):
                 continue
             valid = [c for c in (ids[start - n : start] for n in range(1, min(12, start) + 1))
-                     if all(m + len(c) in starts for m in find_subsequence(ids, c))]
+                     if all(m + len(c) in starts or _written(roles, m, len(c)) for m in find_subsequence(ids, c))]
             if not valid:
                 return None
             responses.append(next((c for c in valid if c[0] in special), valid[0]))
         glue = _glue(roles, ids) if glue is None else glue
     tail = _tail(rows[0].roles, rows[0].input_ids, glue or [])
     lead = _lead(rows[0].roles, rows[0].input_ids)
-    return TemplateMarkers(responses, glue or [], end_token_ids, tail, lead) if responses else None
+    continues = any(_written(r.roles, m, len(c)) for r in rows for c in responses for m in find_subsequence(r.input_ids, c))
+    return TemplateMarkers(responses, glue or [], end_token_ids, tail, lead, continues) if responses else None
+
+
+def _written(roles: list[int], at: int, n: int) -> bool:
+    """A marker the model writes inside its own turn: completion, right after completion."""
+    return at > 0 and all(r == COMPLETION for r in roles[at - 1 : at + n])
 
 
 def _glue(roles: list[int], ids: list[int]) -> list[int]:

@@ -8,6 +8,8 @@ from typing import Any
 
 from torch import nn
 
+from gradscope.data.closers import learnt_end_token_ids
+
 END_OF_TURN_TOKENS = frozenset(
     {"<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<end_of_turn>", "<|end|>", "</s>", "<|endoftext|>", "<|end_of_text|>"}
 )
@@ -15,7 +17,8 @@ END_OF_TURN_TOKENS = frozenset(
 
 
 def default_end_token_ids(model: nn.Module, tokenizer: Any = None) -> frozenset[int]:
-    """EOS ids of the config, generation config and tokenizer, and the tokenizer's end-of-turn tokens."""
+    """EOS ids of the config, generation config and tokenizer, the tokenizer's end-of-turn tokens, and the tokens
+    that close assistant turns in its chat template (learnt by rendering, ``closers.learnt_end_token_ids``)."""
     ids: set[int] = set()
     for cfg in (getattr(model, "config", None), getattr(model, "generation_config", None), tokenizer):
         value = getattr(cfg, "eos_token_id", None)
@@ -27,6 +30,7 @@ def default_end_token_ids(model: nn.Module, tokenizer: Any = None) -> frozenset[
             token_id = tokenizer.convert_tokens_to_ids(token)
             if isinstance(token_id, int) and tokenizer.convert_ids_to_tokens(token_id) == token:
                 ids.add(token_id)
+        ids.update(learnt_end_token_ids(tokenizer))
     return frozenset(ids)
 
 

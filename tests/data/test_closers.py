@@ -1,0 +1,53 @@
+"""End tokens learnt from rendering the chat template, against the closers each fixture template writes."""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+
+import pytest
+
+from gradscope.data.closers import learnt_end_token_ids
+from gradscope.data.tokens import default_end_token_ids
+
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
+
+# What each template closes an assistant turn with, read off the template's text (fixtures/make_*_fixtures.py).
+CLOSERS = {
+    "tokenizers/chatml-chat": {"<|im_end|>"},
+    "tokenizers/llama3-chat": {"<|eot_id|>"},
+    "tokenizers/gemma-chat": {"<end_of_turn>"},
+    "tokenizers/mistral-chat": {"</s>"},
+    "tokenizers/deepseek-chat": {"<｜end▁of▁sentence｜>"},
+    "tokenizers/phi3-chat": {"<|end|>", "<|endoftext|>"},
+    "models/tiny-harmony": {"<|end|>", "<|return|>", "<|call|>"},
+}
+
+
+@cache
+def tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(FIXTURES / path)
+
+
+@pytest.mark.parametrize("path", sorted(CLOSERS))
+def test_closers_are_learnt_from_what_the_template_renders(path):
+    tok = tokenizer(path)
+    assert {tok.convert_ids_to_tokens(i) for i in learnt_end_token_ids(tok)} == CLOSERS[path]
+
+
+def test_harmony_tool_call_closer_is_an_end_token_though_no_config_or_name_list_has_it():
+    tok = tokenizer("models/tiny-harmony")
+    call, ret = tok.convert_tokens_to_ids("<|call|>"), tok.convert_tokens_to_ids("<|return|>")
+    config = (FIXTURES / "models/tiny-harmony/config.json").read_text()
+    assert f'"eos_token_id": {ret}' in config and str(call) not in config
+    assert call in default_end_token_ids(None, tok)
+
+
+def test_a_template_that_fails_to_render_gives_no_learnt_closer():
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(FIXTURES / "tokenizers/chatml-chat")
+    tok.chat_template = "{{ raise_exception('no') }}"
+    assert learnt_end_token_ids(tok) == frozenset()
