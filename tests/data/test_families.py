@@ -7,16 +7,19 @@ import json
 from functools import cache
 from pathlib import Path
 
+import numpy as np
 import pytest
 from safetensors.torch import load_file
 
-from gradscope.constants import COMPLETION, PROMPT
+from gradscope.checks.sample import prefill_positions
+from gradscope.constants import COMPLETION, PROMPT, UNKNOWN
+from gradscope.data.prefill import generation_prefills
 from gradscope.data.roles import RoleSpec, derive
 from gradscope.data.token_roles import chat_markers
 from gradscope.data.tokens import default_end_token_ids
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
-FAMILIES = ["harmony"]
+FAMILIES = ["harmony", "glm", "smollm3"]
 
 
 @cache
@@ -33,24 +36,46 @@ def derived(family: str):
     return [derive(json.loads(line), i, tok, RoleSpec(ends)) for i, line in enumerate(lines)], ends
 
 
+def prefill_at(tok, ids: list[int], roles: list[int]) -> set[int]:
+    """Positions of the template's generation-prompt prefill at an assistant turn's start, as the checks see them."""
+    completion = np.array([r == COMPLETION for r in roles])
+    found = prefill_positions(np.array(ids), completion, np.zeros(1, dtype=np.int64), generation_prefills(tok))
+    return set(np.flatnonzero(found).tolist())
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_markers_read_each_chat_as_rendering_its_prefixes_does(family):
+    """Token by token, but for a prefill the raw row's system prompt asks for (SmolLM3's /no_think): rendering puts
+    it in the header, the markers at the start of the answer; either way it is the same prefill, not judged. The
+    header's whitespace before it is prompt by rendering and not judged by the markers (the header glue of a
+    {% generation %} block)."""
     rows, ends = derived(family)
-    markers, why = chat_markers(tokenizer(family), ends)
+    tok = tokenizer(family)
+    markers, why = chat_markers(tok, ends)
     assert markers is not None, why
     for row in rows:
-        assert markers.roles(row.input_ids) == row.roles, row.index
+        read = markers.roles(row.input_ids)
+        prefill = prefill_at(tok, row.input_ids, row.roles)
+        assert prefill == prefill_at(tok, row.input_ids, read), row.index
+        differ = {t for t, (a, b) in enumerate(zip(read, row.roles, strict=True)) if a != b}
+        glue = {t for t in differ if read[t] == UNKNOWN and row.roles[t] == PROMPT
+                and not tok.decode([row.input_ids[t]]).strip() and t + 1 in prefill}
+        assert differ <= prefill | glue, (row.index, sorted(differ - prefill - glue))
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_completion_is_what_the_generator_labelled_from_the_template_strings(family):
     rows, _ = derived(family)
     clean = load_file(FIXTURES / "batches" / f"{family}_clean_noroles.safetensors")
+    tok = tokenizer(family)
     for b, row in enumerate(rows):
         n = len(row.input_ids)
         assert clean["input_ids"][b, :n].tolist() == row.input_ids
         labelled = (clean["labels"][b, :n] != -100).tolist()
-        assert labelled == [r == COMPLETION for r in row.roles], b
+        prefill = prefill_at(tok, row.input_ids, row.roles)
+        assert labelled == [r == COMPLETION and t not in prefill for t, r in enumerate(row.roles)], b
+        extra = clean["input_ids"][b, n:][clean["attention_mask"][b, n:] == 1].tolist()
+        assert extra == ([tok.eos_token_id] if family == "glm" else [])  # the EOS a trainer appends after GLM's last turn
 
 
 def test_harmony_header_the_model_writes_inside_its_turn_is_completion():
@@ -63,3 +88,29 @@ def test_harmony_header_the_model_writes_inside_its_turn_is_completion():
     assert markers is not None and markers.continues
     assert [markers.roles(row.input_ids)[t] for t in inner] == [PROMPT, PROMPT, PROMPT, COMPLETION]  # system, developer, user; own
     assert markers.roles(row.input_ids, "last-assistant") == markers.roles(row.input_ids)
+
+
+@pytest.mark.parametrize("family", ["glm", "smollm3"])
+def test_the_thinking_off_prefill_is_learnt_though_the_option_also_changes_other_turns(family):
+    """GLM's enable_thinking=False appends /nothink to user turns and SmolLM3's writes /no_think into its system
+    message: the prefill is what the option adds to the generation prompt past the assistant header."""
+    tok = tokenizer(family)
+    text = {"glm": "\n<think></think>", "smollm3": "<think>\n\n</think>\n"}[family]
+    chat = [{"role": "user", "content": "Hi."}]
+    plain = tok.apply_chat_template(chat, tokenize=False)
+    off = tok.apply_chat_template(chat, tokenize=False, enable_thinking=False)
+    assert plain != off and tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True,
+                                                     enable_thinking=False).endswith(text)
+    assert tuple(tok(text, add_special_tokens=False)["input_ids"]) in generation_prefills(tok)
+
+
+def test_glm_turns_are_closed_by_the_next_role_tag_which_is_completion():
+    tok = tokenizer("glm")
+    rows, ends = derived("glm")
+    user, observation = tok.convert_tokens_to_ids("<|user|>"), tok.convert_tokens_to_ids("<|observation|>")
+    assert {user, observation} <= ends
+    for row in rows:
+        assistant = tok.convert_tokens_to_ids("<|assistant|>")
+        after = [t for t in range(1, len(row.input_ids)) if row.input_ids[t] in (user, observation)
+                 and assistant in row.input_ids[:t]]
+        assert after and all(row.roles[t] == COMPLETION for t in after)
