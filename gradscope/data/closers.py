@@ -19,7 +19,9 @@ from typing import Any
 
 from gradscope.data import deadline
 
-_CALL: dict[str, Any] = {"type": "function", "function": {"name": "add", "arguments": {"a": 2, "b": 3}}}
+PROBE_CALL: dict[str, Any] = {"type": "function", "id": "call0add1", "function": {"name": "add", "arguments": {"a": 2, "b": 3}}}
+"""The tool call of the probe chats, with an id of nine letters and digits (Mistral's templates refuse others)."""
+PROBE_RESULT: dict[str, Any] = {"role": "tool", "tool_call_id": "call0add1", "name": "add", "content": "5"}
 _PROBES: tuple[list[dict[str, Any]], ...] = (
     [
         {"role": "user", "content": "Say one."},
@@ -29,8 +31,8 @@ _PROBES: tuple[list[dict[str, Any]], ...] = (
     ],
     [
         {"role": "user", "content": "Add 2 and 3."},
-        {"role": "assistant", "content": "", "tool_calls": [_CALL]},
-        {"role": "tool", "content": "5"},
+        {"role": "assistant", "content": "", "tool_calls": [PROBE_CALL]},
+        PROBE_RESULT,
         {"role": "assistant", "content": "It is 5."},
     ],
 )

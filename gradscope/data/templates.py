@@ -7,13 +7,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gradscope.constants import UNKNOWN
+from gradscope.data.closers import PROBE_CALL, PROBE_RESULT
 from gradscope.data.batch import COMPLETION, PROMPT
 from gradscope.data.roles import RoleRow, RoleSpec, derive, find_subsequence
 from gradscope.errors import DataError
 
 # --- roles of already tokenized chats, read back from the template's markers --------------------------------------
 
-_CALL = {"type": "function", "function": {"name": "add", "arguments": {"a": 2, "b": 3}}}
 _PROBES = (
     [
         {"role": "system", "content": "Be brief."},
@@ -24,8 +24,8 @@ _PROBES = (
     ],
     [
         {"role": "user", "content": "Add 2 and 3."},
-        {"role": "assistant", "content": "", "tool_calls": [_CALL]},
-        {"role": "tool", "content": "5"},
+        {"role": "assistant", "content": "", "tool_calls": [PROBE_CALL]},
+        PROBE_RESULT,
         {"role": "assistant", "content": "It is 5."},
     ],
     [  # reasoning, under the names templates read it by (Qwen3 and GLM: reasoning_content; gpt-oss: thinking)
