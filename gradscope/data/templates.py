@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gradscope.constants import UNKNOWN
-from gradscope.data.closers import PROBE_CALL, PROBE_RESULT
 from gradscope.data.batch import COMPLETION, PROMPT
+from gradscope.data.closers import PROBE_CALL, PROBE_RESULT
 from gradscope.data.roles import RoleRow, RoleSpec, derive, find_subsequence
 from gradscope.errors import DataError
 
