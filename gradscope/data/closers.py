@@ -54,6 +54,16 @@ def learnt_end_token_ids(tokenizer: Any) -> frozenset[int]:
     return cache[template]
 
 
+def bos_closes_turns(tokenizer: Any) -> bool:
+    """The tokenizer's BOS is a token its chat template closes turns with and never opens a rendering with (Granite
+    3.x: BOS == EOS == PAD == ``<|end_of_text|>``): inside a chat it is a turn closer, not a document start."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if not isinstance(bos, int) or bos not in learnt_end_token_ids(tokenizer):
+        return False
+    first = _ids(tokenizer, _PROBES[0][:2])
+    return bool(first) and first[0] != bos
+
+
 def _learn(tokenizer: Any) -> frozenset[int]:
     special = _special_ids(tokenizer)
     closing: set[int] = set()

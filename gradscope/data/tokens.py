@@ -8,7 +8,7 @@ from typing import Any
 
 from torch import nn
 
-from gradscope.data.closers import learnt_end_token_ids
+from gradscope.data.closers import bos_closes_turns, learnt_end_token_ids
 
 END_OF_TURN_TOKENS = frozenset(
     {"<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<end_of_turn>", "<|end|>", "</s>", "<|endoftext|>", "<|end_of_text|>"}
@@ -68,9 +68,16 @@ def media_token_ids(model: nn.Module, tokenizer: Any = None) -> frozenset[int]:
 
 def resolve_bos_token_id(tokenizer: Any = None) -> int | None:
     """The tokenizer's BOS id, or None: the model config's bos_token_id is not used, since many configs name one
-    that neither the tokenizer nor the template ever emits."""
+    that neither the tokenizer nor the template ever emits.
+
+    None too when the chat template closes its turns with the BOS and never opens a rendering with it (Granite 3.x,
+    BOS == EOS == PAD): that token is then a turn closer, and a document start only where position_ids or another
+    declared boundary say so, which the packing checks read without a BOS.
+    """
     value = getattr(tokenizer, "bos_token_id", None)
-    return value if isinstance(value, int) else None
+    if not isinstance(value, int) or (not _encodes_first(tokenizer, value) and bos_closes_turns(tokenizer)):
+        return None
+    return value
 
 
 _BOS_PROBE = "Hello world."
@@ -81,8 +88,10 @@ def bos_added(tokenizer: Any = None) -> bool:
     pipelines tokenize). Found by encoding a probe text with and without special tokens, not from a config flag
     (``add_bos_token`` is absent from most fast tokenizers' files, and a post-processor can add it anyway)."""
     bos = resolve_bos_token_id(tokenizer)
-    if bos is None:
-        return False
+    return bos is not None and _encodes_first(tokenizer, bos)
+
+
+def _encodes_first(tokenizer: Any, bos: int) -> bool:
     try:
         with_special = list(tokenizer(_BOS_PROBE)["input_ids"])
         plain = list(tokenizer(_BOS_PROBE, add_special_tokens=False)["input_ids"])

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from gradscope.data.closers import learnt_end_token_ids
-from gradscope.data.tokens import default_end_token_ids
+from gradscope.data.closers import bos_closes_turns, learnt_end_token_ids
+from gradscope.data.tokens import default_end_token_ids, resolve_bos_token_id
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 
@@ -21,6 +21,10 @@ CLOSERS = {
     "tokenizers/deepseek-chat": {"<｜end▁of▁sentence｜>"},
     "tokenizers/phi3-chat": {"<|end|>", "<|endoftext|>"},
     "models/tiny-harmony": {"<|end|>", "<|return|>", "<|call|>"},
+    "models/tiny-glm": {"<|user|>", "<|observation|>"},
+    "models/tiny-smollm3": {"<|im_end|>"},
+    "models/tiny-mistral-small": {"</s>"},
+    "models/tiny-granite": {"<|end_of_text|>"},
 }
 
 
@@ -51,3 +55,14 @@ def test_a_template_that_fails_to_render_gives_no_learnt_closer():
     tok = AutoTokenizer.from_pretrained(FIXTURES / "tokenizers/chatml-chat")
     tok.chat_template = "{{ raise_exception('no') }}"
     assert learnt_end_token_ids(tok) == frozenset()
+
+
+def test_a_bos_that_closes_every_turn_is_no_document_start_but_a_bos_that_opens_renderings_is():
+    """Granite: BOS == EOS == PAD, written by the template only to close messages; GPT-2's has no chat template and
+    Llama 3's template opens with its BOS."""
+    granite = tokenizer("models/tiny-granite")
+    assert granite.bos_token_id == granite.eos_token_id == granite.pad_token_id
+    assert bos_closes_turns(granite) and resolve_bos_token_id(granite) is None
+    for path in ("models/tiny-gpt2", "tokenizers/llama3-chat"):
+        tok = tokenizer(path)
+        assert not bos_closes_turns(tok) and resolve_bos_token_id(tok) == tok.bos_token_id
