@@ -61,7 +61,7 @@ def bos_closes_turns(tokenizer: Any) -> bool:
     if not isinstance(bos, int) or bos not in learnt_end_token_ids(tokenizer):
         return False
     first = _ids(tokenizer, _PROBES[0][:2])
-    return bool(first) and first[0] != bos
+    return first is not None and len(first) > 0 and first[0] != bos
 
 
 def _learn(tokenizer: Any) -> frozenset[int]:
