@@ -85,23 +85,35 @@ class TemplateMarkers:
 
 
 def template_markers(tokenizer: Any, end_token_ids: frozenset[int], chat_template: str | None = None) -> TemplateMarkers | None:
-    """Learn a chat template's assistant markers from probe chats; None when they cannot be learnt reliably.
+    """Learn a chat template's assistant markers from probe chats; None when they cannot be learnt reliably."""
+    return learn_markers(tokenizer, end_token_ids, chat_template)[0]
+
+
+def learn_markers(tokenizer: Any, end_token_ids: frozenset[int],
+                  chat_template: str | None = None) -> tuple[TemplateMarkers | None, str]:
+    """A chat template's assistant markers learnt from probe chats, or None and why they cannot be (for the
+    "not verified" reason: never a guess).
 
     Each marker is the shortest run of tokens before an assistant completion that occurs nowhere else except before
     completions, preferring one that starts with a special token. The markers are kept only if reading every probe
     back with them gives the roles that rendering growing prefixes gave.
     """
     spec = RoleSpec(end_token_ids, chat_template=chat_template)
-    rows = []
+    rows, failed = [], []
     for i, probe in enumerate(_PROBES):
         try:
             rows.append(derive({"messages": probe}, i, tokenizer, spec))
-        except DataError:  # a template that rejects a system turn or tool calls: learn from the others
-            continue
-    markers = _learn_markers(rows, tokenizer, end_token_ids) if rows else None
-    if markers is None or any(markers.roles(r.input_ids) != r.roles for r in rows):
-        return None
-    return markers
+        except DataError as err:  # a template that rejects a system turn or tool calls: learn from the others
+            failed.append(err.detail)
+    if not rows:
+        return None, f"no probe chat could be split into roles ({failed[0] if failed else 'no probe'})"
+    markers = _learn_markers(rows, tokenizer, end_token_ids)
+    if markers is None:
+        return None, "no run of tokens before the assistant's answers occurs only there (the markers are ambiguous)"
+    wrong = next((r.index for r in rows if markers.roles(r.input_ids) != r.roles), None)
+    if wrong is not None:
+        return None, f"the markers do not read probe chat {wrong} back as rendering it does"
+    return markers, ""
 
 
 def _learn_markers(rows: list[RoleRow], tokenizer: Any, end_token_ids: frozenset[int]) -> TemplateMarkers | None:

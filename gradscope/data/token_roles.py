@@ -26,7 +26,7 @@ from gradscope.data.batch import real_tokens
 from gradscope.data.load import load_role_rows
 from gradscope.data.pipelines import DataOptions
 from gradscope.data.roles import TRAIN_ON, RoleRow, find_subsequence
-from gradscope.data.templates import TemplateMarkers, template_markers
+from gradscope.data.templates import TemplateMarkers, learn_markers
 from gradscope.errors import DataError
 
 UNKNOWN_SOURCE = "unknown"
@@ -261,10 +261,11 @@ def chat_markers(tokenizer: Any, ends: frozenset[int]) -> tuple[TemplateMarkers 
         cache = {}
     key = (str(template), ends)
     if key not in cache:
-        cache[key] = template_markers(tokenizer, ends)
-    if cache[key] is None:
-        return None, "the chat template's assistant markers could not be learnt from probe chats"
-    return cache[key], ""
+        cache[key] = learn_markers(tokenizer, ends)
+    markers, why = cache[key]
+    if markers is None:
+        return None, f"the chat template's assistant markers could not be learnt from probe chats: {why}"
+    return markers, ""
 
 
 def _marker_roles(markers: TemplateMarkers, ids: list[int], train_on: str) -> tuple[list[int] | None, str | None]:

@@ -114,3 +114,25 @@ def test_glm_turns_are_closed_by_the_next_role_tag_which_is_completion():
         after = [t for t in range(1, len(row.input_ids)) if row.input_ids[t] in (user, observation)
                  and assistant in row.input_ids[:t]]
         assert after and all(row.roles[t] == COMPLETION for t in after)
+
+
+def test_a_template_whose_probes_all_fail_is_not_verified_with_the_reason():
+    """A template that refuses every probe chat (here: any assistant message) gives no markers: the rows are
+    unknown, and the reason says what failed, never a guess."""
+    import copy
+
+    from gradscope.data.batch import collate
+    from gradscope.data.token_roles import batch_roles
+
+    tok = copy.deepcopy(tokenizer("granite"))
+    tok.chat_template = tok.chat_template.replace(
+        "{%- for message in loop_messages -%}",
+        "{%- for message in loop_messages -%}{%- if message['role'] == 'assistant' -%}"
+        "{{- raise_exception('assistant turns are not supported') -}}{%- endif -%}")
+    ends = default_end_token_ids(None, tok)
+    markers, why = chat_markers(tok, ends)
+    assert markers is None and "assistant turns are not supported" in why
+    rows, _ = derived("granite")
+    read = batch_roles(collate([{"input_ids": r.input_ids} for r in rows], tok.pad_token_id), tok, ends)
+    assert read.sources == ["unknown"] * len(rows)
+    assert all(r is not None and "could not be learnt" in r and "not supported" in r for r in read.reasons)
