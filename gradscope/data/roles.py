@@ -190,7 +190,7 @@ def _chat(row: Mapping[str, Any], index: int, tokenizer: Any, spec: RoleSpec, wh
     def finish(encoder: Encoder) -> RoleRow:
         render.encoder = encoder
         full = render.ids(texts[-1])
-        bounds, starts, note = _message_bounds(render, texts, headers, full, tokenizer)
+        bounds, starts, note = _message_bounds(render, texts, headers, full, tokenizer, spec.end_token_ids)
         roles, owner = [PROMPT] * len(full), [None] * len(full)
         for k in range(len(messages)):
             owner[bounds[k] : bounds[k + 1]] = [k] * (bounds[k + 1] - bounds[k])
@@ -205,11 +205,11 @@ def _chat(row: Mapping[str, Any], index: int, tokenizer: Any, spec: RoleSpec, wh
 
 
 def _message_bounds(render: Renderer, texts: list[str], headers: dict[int, str], full: list[int],
-                    tokenizer: Any) -> tuple[list[int], dict[int, int], str | None]:
+                    tokenizer: Any, ends: frozenset[int] = frozenset()) -> tuple[list[int], dict[int, int], str | None]:
     """Where each message starts in the whole conversation's tokens, where each trained assistant's content starts,
     and a note when the template drops earlier turns' reasoning (the one prefix break read anyway)."""
     try:
-        bounds = _prefix_bounds(render, texts, full, tokenizer)
+        bounds = _prefix_bounds(render, texts, full, tokenizer, ends)
         return bounds, {k: _header_end(render, k, h, full, bounds, tokenizer) for k, h in headers.items()}, None
     except DataError:
         found = bounds_without_reasoning(tokenizer, texts, headers, full)
@@ -218,12 +218,14 @@ def _message_bounds(render: Renderer, texts: list[str], headers: dict[int, str],
         return found[0], found[1], DROPPED_REASONING
 
 
-def _prefix_bounds(render: Renderer, texts: list[str], full: list[int], tokenizer: Any) -> list[int]:
+def _prefix_bounds(render: Renderer, texts: list[str], full: list[int], tokenizer: Any,
+                   ends: frozenset[int] = frozenset()) -> list[int]:
     """Where each message starts in the whole conversation's tokens: the token count of each rendered prefix.
 
     What the template puts before the first message (a BOS, a default system turn) belongs to the first message.
     A template that ends every rendering with EOS (Phi-3's) breaks the prefix property only there: a prefix whose
-    one extra token is that closing EOS, also the conversation's last token, ends before it.
+    one extra token is that closing EOS, also the conversation's last token, ends before it. A template that closes
+    the conversation's last message with another end token than earlier ones (harmony) differs in that one token.
     """
     bounds = [0]
     eos = getattr(tokenizer, "eos_token_id", None)
@@ -231,6 +233,8 @@ def _prefix_bounds(render: Renderer, texts: list[str], full: list[int], tokenize
         ids = render.ids(texts[k])
         if full[: len(ids)] != ids and k < len(texts) - 1 and _trailing_eos(ids, full, eos):
             ids = ids[:-1]
+        elif full[: len(ids)] != ids and ids[:-1] == full[: len(ids) - 1] and {ids[-1], full[len(ids) - 1]} <= ends:
+            ids = full[: len(ids)]  # the closer of the conversation's last message (harmony's <|return|> for <|end|>)
         if full[: len(ids)] != ids or len(ids) < bounds[-1]:
             raise _prefix_error(render, k, texts[k], ids, full, tokenizer)
         bounds.append(len(ids))

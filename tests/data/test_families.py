@@ -136,3 +136,18 @@ def test_a_template_whose_probes_all_fail_is_not_verified_with_the_reason():
     read = batch_roles(collate([{"input_ids": r.input_ids} for r in rows], tok.pad_token_id), tok, ends)
     assert read.sources == ["unknown"] * len(rows)
     assert all(r is not None and "could not be learnt" in r and "not supported" in r for r in read.reasons)
+
+
+def test_a_last_message_closer_that_is_not_the_eos_is_read_as_the_message_end():
+    """Harmony closes the conversation's last message with <|return|> and earlier ones with <|end|>: with an EOS
+    that is neither, the raw rows still split, each closer completion."""
+    import copy
+
+    tok = copy.deepcopy(tokenizer("harmony"))
+    tok.eos_token = "<|endoftext|>"
+    ends = default_end_token_ids(None, tok)
+    closers = {tok.convert_tokens_to_ids(t) for t in ("<|end|>", "<|return|>")}
+    assert closers <= ends and tok.eos_token_id not in closers
+    lines = (FIXTURES / "batches" / "harmony_raw_rows.jsonl").read_text().splitlines()
+    row = derive(json.loads(lines[0]), 0, tok, RoleSpec(ends))
+    assert row.roles == derived("harmony")[0][0].roles
