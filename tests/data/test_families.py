@@ -151,3 +151,28 @@ def test_a_last_message_closer_that_is_not_the_eos_is_read_as_the_message_end():
     lines = (FIXTURES / "batches" / "harmony_raw_rows.jsonl").read_text().splitlines()
     row = derive(json.loads(lines[0]), 0, tok, RoleSpec(ends))
     assert row.roles == derived("harmony")[0][0].roles
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_batch_roles_from_the_template_and_from_raw_rows_agree(family):
+    """The padded batch read both ways (the template's markers; --roles-from the raw rows), as the routes read it."""
+    from gradscope.data.batch import collate
+    from gradscope.data.token_roles import RoleSources, batch_roles
+
+    rows, ends = derived(family)
+    tok = tokenizer(family)
+    batch = collate([{"input_ids": r.input_ids} for r in rows], tok.pad_token_id)
+    read = batch_roles(batch, tok, ends)
+    raw = batch_roles(batch, tok, ends, RoleSources(roles_from=rows))
+    assert read.sources == ["chat_template"] * len(rows) and raw.sources == ["roles_from"] * len(rows)
+    for b, row in enumerate(rows):
+        n = len(row.input_ids)
+        assert raw.codes[b, :n].tolist() == row.roles
+        assert read.codes[b, :n].tolist() == markers_of(family).roles(row.input_ids)
+
+
+def markers_of(family: str):
+    tok = tokenizer(family)
+    markers, _ = chat_markers(tok, default_end_token_ids(None, tok))
+    assert markers is not None
+    return markers
