@@ -14,6 +14,7 @@ A template that cannot be rendered gives no learnt end token (the name list and 
 
 from __future__ import annotations
 
+import json
 import weakref
 from typing import Any
 
@@ -38,6 +39,16 @@ _PROBES: tuple[list[dict[str, Any]], ...] = (
 )
 
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def probe_variants(messages: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """A probe chat as given (tool-call arguments as an object, as transformers documents them), then, when it has
+    tool calls, with the arguments as a JSON string (the OpenAI form, which DeepSeek-V3's template concatenates)."""
+    if not any(m.get("tool_calls") for m in messages):
+        return [messages]
+    as_text = [{**m, "tool_calls": [{**c, "function": {**c["function"], "arguments": json.dumps(c["function"]["arguments"])}}
+                                    for c in m["tool_calls"]]} if m.get("tool_calls") else m for m in messages]
+    return [messages, as_text]
 
 
 def learnt_end_token_ids(tokenizer: Any) -> frozenset[int]:
@@ -69,8 +80,9 @@ def _learn(tokenizer: Any) -> frozenset[int]:
     closing: set[int] = set()
     opening: set[int] = set()
     has_closers = False
-    for probe in _PROBES:
-        parts = _message_parts(tokenizer, probe)
+    for variants in map(probe_variants, _PROBES):
+        probe, parts = next(((v, p) for v in variants if (p := _message_parts(tokenizer, v)) is not None),
+                            (variants[0], None))
         if parts is None:
             continue
         for k, message in enumerate(probe):

@@ -8,13 +8,13 @@ from typing import Any
 
 from gradscope.constants import UNKNOWN
 from gradscope.data.batch import COMPLETION, PROMPT
-from gradscope.data.closers import PROBE_CALL, PROBE_RESULT
+from gradscope.data.closers import PROBE_CALL, PROBE_RESULT, probe_variants
 from gradscope.data.roles import RoleRow, RoleSpec, derive, find_subsequence
 from gradscope.errors import DataError
 
 # --- roles of already tokenized chats, read back from the template's markers --------------------------------------
 
-_PROBES = (
+_PROBES: tuple[list[dict[str, Any]], ...] = (
     [
         {"role": "system", "content": "Be brief."},
         {"role": "user", "content": "Say one."},
@@ -101,10 +101,12 @@ def learn_markers(tokenizer: Any, end_token_ids: frozenset[int],
     spec = RoleSpec(end_token_ids, chat_template=chat_template)
     rows, failed = [], []
     for i, probe in enumerate(_PROBES):
-        try:
-            rows.append(derive({"messages": probe}, i, tokenizer, spec))
-        except DataError as err:  # a template that rejects a system turn or tool calls: learn from the others
-            failed.append(err.detail)
+        for variant in probe_variants(probe):
+            try:
+                rows.append(derive({"messages": variant}, i, tokenizer, spec))
+                break
+            except DataError as err:  # a template that rejects a system turn or tool calls: learn from the others
+                failed.append(err.detail)
     if not rows:
         return None, f"no probe chat could be split into roles ({failed[0] if failed else 'no probe'})"
     markers = _learn_markers(rows, tokenizer, end_token_ids)

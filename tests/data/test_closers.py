@@ -25,6 +25,7 @@ CLOSERS = {
     "models/tiny-smollm3": {"<|im_end|>"},
     "models/tiny-mistral-small": {"</s>"},
     "models/tiny-granite": {"<|end_of_text|>"},
+    "models/tiny-deepseek-v3": {"<｜end▁of▁sentence｜>"},
 }
 
 

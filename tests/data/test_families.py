@@ -19,7 +19,7 @@ from gradscope.data.token_roles import chat_markers
 from gradscope.data.tokens import default_end_token_ids
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
-FAMILIES = ["harmony", "glm", "smollm3", "mistral-small", "granite"]
+FAMILIES = ["harmony", "glm", "smollm3", "mistral-small", "granite", "deepseek-v3"]
 
 
 @cache

@@ -13,7 +13,7 @@ from gradscope.model.load import load_model, load_tokenizer
 
 pytest.importorskip("transformers")
 
-FAMILIES = ["harmony", "glm", "smollm3", "mistral-small", "granite"]
+FAMILIES = ["harmony", "glm", "smollm3", "mistral-small", "granite", "deepseek-v3"]
 PREFILL_IN_PROMPT_LEAK = {"glm", "smollm3"}  # labels = input_ids trains their empty think blocks too
 
 
