@@ -14,7 +14,8 @@ from gradscope.data.batch import collate, select_rows
 from gradscope.data.files import is_raw_file, is_tokenized, jsonl_lines, read_rows
 from gradscope.data.jsonio import loads
 from gradscope.data.pipelines import DataOptions, Prepared, collate_batches, reference_batches, role_rows, row_notes
-from gradscope.data.roles import RoleRow, RoleSpec, row_kind, truncate
+from gradscope.data.roles import RoleSpec, row_kind
+from gradscope.data.rows import RoleRow, truncate
 from gradscope.data.sources import TOKENIZED_KEYS, data_format
 from gradscope.data.trl import trl_batches
 from gradscope.errors import DataError, first_line

@@ -65,7 +65,35 @@ def _learn(tokenizer: Tokenizer) -> tuple[tuple[int, ...], ...]:
         ids = _ids_in_context(tokenizer, base + header, prefill) if prefill.strip() else ()
         if ids and ids not in found:
             found.append(ids)
+    for ids in _option_prefills(tokenizer, header):
+        if ids not in found:
+            found.append(ids)
     return tuple(found)
+
+
+def _option_prefills(tokenizer: Tokenizer, header: str) -> list[tuple[int, ...]]:
+    """What an option adds to the default generation prompt, each rendered with that option's own conversation.
+
+    ``enable_thinking=False`` may change more than the prompt: GLM appends ``/nothink`` to user turns, SmolLM3 writes
+    ``/no_think`` into its system message; the prefill (``\\n<think></think>``, ``<think>\\n\\n</think>\\n``) is then the
+    option's generation prompt past the default one (the assistant header).
+    """
+    base, prompted = _render(tokenizer, _PROBE[:1]), _render(tokenizer, _PROBE[:1], generation_prompt=True)
+    if base is None or prompted is None or not prompted.startswith(base):
+        return []
+    plain = prompted[len(base):]
+    if not plain or not (header.startswith(plain) or plain.startswith(header)):  # no prompt an answer continues
+        return []
+    found = []
+    for options in PREFILL_OPTIONS[1:]:
+        base_o = _render(tokenizer, _PROBE[:1], **options)
+        prompted_o = _render(tokenizer, _PROBE[:1], generation_prompt=True, **options)
+        if base_o is None or prompted_o is None or not prompted_o.startswith(base_o + plain):
+            continue
+        prefill = prompted_o[len(base_o + plain):]
+        if prefill.strip():
+            found.append(_ids_in_context(tokenizer, base_o + plain, prefill))
+    return found
 
 
 def _render(tokenizer: Tokenizer, messages: list[dict], generation_prompt: bool = False, **options: Any) -> str | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any, cast
 
@@ -13,8 +13,8 @@ from gradscope.data.encoding import Encoder
 from gradscope.data.reasoning import DROPPED_REASONING, bounds_without_reasoning
 from gradscope.data.chat_template import Renderer, row_tools
 from gradscope.errors import DataError
-from gradscope.data.rows import RoleRow
-from gradscope.modes import TrainOn, TruncationMode
+from gradscope.data.rows import RoleRow, find_subsequence
+from gradscope.modes import TrainOn
 from gradscope.tokenizer import Tokenizer
 
 @dataclass
@@ -188,13 +188,13 @@ def _chat(row: Mapping[str, Any], index: int, tokenizer: Tokenizer, spec: RoleSp
     def finish(encoder: Encoder) -> RoleRow:
         render.encoder = encoder
         full = render.ids(texts[-1])
-        bounds, starts, note = _message_bounds(render, texts, headers, full, tokenizer)
+        bounds, starts, note = _message_bounds(render, texts, headers, full, tokenizer, spec.end_token_ids)
         roles, owner = [PROMPT] * len(full), [cast("int | None", None)] * len(full)
         for k in range(len(messages)):
             owner[bounds[k] : bounds[k + 1]] = [k] * (bounds[k + 1] - bounds[k])
         generation = render.generation_mask(full)
         for k in sorted(trained):
-            _mark_assistant(roles, full, starts[k], bounds[k + 1], spec)
+            _mark_assistant(roles, full, starts[k], bounds[k + 1], spec, full[bounds[k] : starts[k]])
             if generation is not None:
                 _header_glue(roles, full, generation, bounds[k], starts[k], tokenizer)
         return RoleRow(index, full, roles, owner, "chat", note=note)
@@ -203,11 +203,11 @@ def _chat(row: Mapping[str, Any], index: int, tokenizer: Tokenizer, spec: RoleSp
 
 
 def _message_bounds(render: Renderer, texts: list[str], headers: dict[int, str], full: list[int],
-                    tokenizer: Tokenizer) -> tuple[list[int], dict[int, int], str | None]:
+                    tokenizer: Tokenizer, ends: frozenset[int] = frozenset()) -> tuple[list[int], dict[int, int], str | None]:
     """Where each message starts in the whole conversation's tokens, where each trained assistant's content starts,
     and a note when the template drops earlier turns' reasoning (the one prefix break read anyway)."""
     try:
-        bounds = _prefix_bounds(render, texts, full, tokenizer)
+        bounds = _prefix_bounds(render, texts, full, tokenizer, ends)
         return bounds, {k: _header_end(render, k, h, full, bounds, tokenizer) for k, h in headers.items()}, None
     except DataError:
         found = bounds_without_reasoning(tokenizer, texts, headers, full)
@@ -216,12 +216,14 @@ def _message_bounds(render: Renderer, texts: list[str], headers: dict[int, str],
         return found[0], found[1], DROPPED_REASONING
 
 
-def _prefix_bounds(render: Renderer, texts: list[str], full: list[int], tokenizer: Tokenizer) -> list[int]:
+def _prefix_bounds(render: Renderer, texts: list[str], full: list[int], tokenizer: Tokenizer,
+                   ends: frozenset[int] = frozenset()) -> list[int]:
     """Where each message starts in the whole conversation's tokens: the token count of each rendered prefix.
 
     What the template puts before the first message (a BOS, a default system turn) belongs to the first message.
     A template that ends every rendering with EOS (Phi-3's) breaks the prefix property only there: a prefix whose
-    one extra token is that closing EOS, also the conversation's last token, ends before it.
+    one extra token is that closing EOS, also the conversation's last token, ends before it. A template that closes
+    the conversation's last message with another end token than earlier ones (harmony) differs in that one token.
     """
     bounds = [0]
     eos = getattr(tokenizer, "eos_token_id", None)
@@ -229,6 +231,8 @@ def _prefix_bounds(render: Renderer, texts: list[str], full: list[int], tokenize
         ids = render.ids(texts[k])
         if full[: len(ids)] != ids and k < len(texts) - 1 and _trailing_eos(ids, full, eos):
             ids = ids[:-1]
+        elif full[: len(ids)] != ids and ids[:-1] == full[: len(ids) - 1] and {ids[-1], full[len(ids) - 1]} <= ends:
+            ids = full[: len(ids)]  # the closer of the conversation's last message (harmony's <|return|> for <|end|>)
         if full[: len(ids)] != ids or len(ids) < bounds[-1]:
             raise _prefix_error(render, k, texts[k], ids, full, tokenizer)
         bounds.append(len(ids))
@@ -272,14 +276,22 @@ def _header_end(render: Renderer, k: int, text: str, full: list[int], bounds: li
     return len(ids)
 
 
-def _mark_assistant(roles: list[int], ids: list[int], header_end: int, end: int, spec: RoleSpec) -> None:
+def _mark_assistant(roles: list[int], ids: list[int], header_end: int, end: int, spec: RoleSpec,
+                    header: list[int] | None = None) -> None:
     """Mark one trained assistant turn, whose content starts at header_end and whose tokens end before end.
 
     Content and the closing end token are completion; the template's glue after that token is not judged.
 
     A template that gives the closing token to the next turn still has it trained: it is the turn's end.
+
+    A turn of several messages the model writes itself (harmony: ``<|end|><|start|>assistant`` between its analysis
+    and its final message, or before a tool call) runs through the last of them: after a closing token, the
+    assistant ``header`` again inside the same message continues the turn, and the model writes that header too.
     """
     close = next((t for t in range(header_end, end) if ids[t] in spec.end_token_ids), None)
+    n = len(header or [])
+    while close is not None and n and close + 1 + n < end and ids[close + 1 : close + 1 + n] == header:
+        close = next((t for t in range(close + 1 + n, end) if ids[t] in spec.end_token_ids), None)
     if close is None:
         roles[header_end:end] = [COMPLETION] * (end - header_end)
         if end < len(ids) and ids[end] in spec.end_token_ids:
@@ -335,14 +347,6 @@ def _text(row: Mapping[str, Any], index: int, tokenizer: Tokenizer, spec: RoleSp
     return _Plan(templates, [full_text], finish)
 
 
-def find_subsequence(ids: Sequence[int], pattern: Sequence[int]) -> list[int]:
-    """Start positions of every occurrence of pattern in ids."""
-    n = len(pattern)
-    if n == 0:
-        return []
-    return [p for p in range(len(ids) - n + 1) if list(ids[p : p + n]) == list(pattern)]
-
-
 class _TemplateFinder:
     """Finds a template string as tokens in one tokenized text, or says precisely why it is not there."""
 
@@ -383,17 +387,3 @@ def _occurrences(text: str, pattern: str) -> list[int]:
         out.append(at)
         at = text.find(pattern, at + len(pattern))
     return out
-
-
-# --- truncation ------------------------------------------------------------------------------------------------
-
-
-def truncate(row: RoleRow, max_length: int | None, mode: TruncationMode = "keep_start") -> RoleRow:
-    """Cut the row to max_length tokens (keep_start keeps the first ones, keep_end the last), counting the completion
-    tokens removed."""
-    if max_length is None or len(row.input_ids) <= max_length:
-        return row
-    keep = slice(None, max_length) if mode == "keep_start" else slice(len(row.input_ids) - max_length, None)
-    roles = row.roles[keep]
-    cut = row.completion_mask.count(1) - roles.count(COMPLETION)
-    return replace(row, input_ids=row.input_ids[keep], roles=roles, messages=row.messages[keep], cut=row.cut + cut)

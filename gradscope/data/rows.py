@@ -1,10 +1,13 @@
-"""A raw row with the role of every token (the data stage's type): what check's batches are built from."""
+"""A raw row with the role of every token (the data stage's type): what check's batches are built from; its
+truncation, and finding a token sequence in a row."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 from gradscope.constants import COMPLETION, IGNORE_INDEX
+from gradscope.modes import TruncationMode
 
 
 @dataclass
@@ -38,3 +41,22 @@ class RoleRow:
     @property
     def completion_mask(self) -> list[int]:
         return [int(r == COMPLETION) for r in self.roles]
+
+
+def find_subsequence(ids: Sequence[int], pattern: Sequence[int]) -> list[int]:
+    """Start positions of every occurrence of pattern in ids."""
+    n = len(pattern)
+    if n == 0:
+        return []
+    return [p for p in range(len(ids) - n + 1) if list(ids[p : p + n]) == list(pattern)]
+
+
+def truncate(row: RoleRow, max_length: int | None, mode: TruncationMode = "keep_start") -> RoleRow:
+    """Cut the row to max_length tokens (keep_start keeps the first ones, keep_end the last), counting the completion
+    tokens removed."""
+    if max_length is None or len(row.input_ids) <= max_length:
+        return row
+    keep = slice(None, max_length) if mode == "keep_start" else slice(len(row.input_ids) - max_length, None)
+    roles = row.roles[keep]
+    cut = row.completion_mask.count(1) - roles.count(COMPLETION)
+    return replace(row, input_ids=row.input_ids[keep], roles=roles, messages=row.messages[keep], cut=row.cut + cut)

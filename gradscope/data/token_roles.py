@@ -31,8 +31,8 @@ from gradscope.constants import COMPLETION, PROMPT, ROLE_CODES_KEY, ROLE_KEYS, R
 from gradscope.data.batch import document_starts, held_tokens
 from gradscope.data.load import load_role_rows
 from gradscope.data.pipelines import DataOptions
-from gradscope.data.roles import RoleRow, find_subsequence
-from gradscope.data.templates import TemplateMarkers, template_markers
+from gradscope.data.rows import RoleRow, find_subsequence
+from gradscope.data.templates import TemplateMarkers, learn_markers
 from gradscope.errors import DataError
 from gradscope.modes import TRAIN_ON, TrainOn
 from gradscope.tokenizer import Tokenizer
@@ -357,10 +357,11 @@ def chat_markers(tokenizer: Tokenizer | None, ends: frozenset[int],
         cache = {}
     key = (str(template), ends)
     if key not in cache:
-        cache[key] = template_markers(tokenizer, ends, chat_template)
-    if cache[key] is None:
-        return None, "the chat template's assistant markers could not be learnt from probe chats"
-    return cache[key], ""
+        cache[key] = learn_markers(tokenizer, ends, chat_template)
+    markers, why = cache[key]
+    if markers is None:
+        return None, f"the chat template's assistant markers could not be learnt from probe chats: {why}"
+    return markers, ""
 
 
 def _marker_roles(markers: TemplateMarkers, ids: list[int], train_on: TrainOn) -> tuple[list[int] | None, str | None]:

@@ -9,6 +9,8 @@ from torch import nn
 from gradscope.tokenizer import Tokenizer
 
 
+from gradscope.data.closers import bos_closes_turns, learnt_end_token_ids
+
 END_OF_TURN_TOKENS = frozenset(
     {"<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<end_of_turn>", "<|end|>", "</s>", "<|endoftext|>", "<|end_of_text|>"}
 )
@@ -16,7 +18,8 @@ END_OF_TURN_TOKENS = frozenset(
 
 
 def default_end_token_ids(model: object, tokenizer: Tokenizer | None = None) -> frozenset[int]:
-    """EOS ids of the config, generation config and tokenizer, and the tokenizer's end-of-turn tokens."""
+    """EOS ids of the config, generation config and tokenizer, the tokenizer's end-of-turn tokens, and the tokens
+    that close assistant turns in its chat template (learnt by rendering, ``closers.learnt_end_token_ids``)."""
     ids: set[int] = set()
     for cfg in (getattr(model, "config", None), getattr(model, "generation_config", None), tokenizer):
         value = getattr(cfg, "eos_token_id", None)
@@ -28,6 +31,7 @@ def default_end_token_ids(model: object, tokenizer: Tokenizer | None = None) -> 
             token_id = tokenizer.convert_tokens_to_ids(token)
             if isinstance(token_id, int) and tokenizer.convert_ids_to_tokens(token_id) == token:
                 ids.add(token_id)
+        ids.update(learnt_end_token_ids(tokenizer))
     return frozenset(ids)
 
 
@@ -65,9 +69,16 @@ def media_token_ids(model: nn.Module, tokenizer: Tokenizer | None = None) -> fro
 
 def resolve_bos_token_id(tokenizer: Tokenizer | None = None) -> int | None:
     """The tokenizer's BOS id, or None: the model config's bos_token_id is not used, since many configs name one
-    that neither the tokenizer nor the template ever emits."""
+    that neither the tokenizer nor the template ever emits.
+
+    None too when the chat template closes its turns with the BOS and never opens a rendering with it (Granite 3.x,
+    BOS == EOS == PAD): that token is then a turn closer, and a document start only where position_ids or another
+    declared boundary say so, which the packing checks read without a BOS.
+    """
     value = getattr(tokenizer, "bos_token_id", None)
-    return value if isinstance(value, int) else None
+    if not isinstance(value, int) or (not _encodes_first(tokenizer, value) and bos_closes_turns(tokenizer)):
+        return None
+    return value
 
 
 _BOS_PROBE = "Hello world."
@@ -78,8 +89,10 @@ def bos_added(tokenizer: Tokenizer | None = None) -> bool:
     pipelines tokenize). Found by encoding a probe text with and without special tokens, not from a config flag
     (``add_bos_token`` is absent from most fast tokenizers' files, and a post-processor can add it anyway)."""
     bos = resolve_bos_token_id(tokenizer)
-    if bos is None or tokenizer is None:
-        return False
+    return bos is not None and tokenizer is not None and _encodes_first(tokenizer, bos)
+
+
+def _encodes_first(tokenizer: Tokenizer, bos: int) -> bool:
     try:
         with_special = list(tokenizer(_BOS_PROBE)["input_ids"])
         plain = list(tokenizer(_BOS_PROBE, add_special_tokens=False)["input_ids"])

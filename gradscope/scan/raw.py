@@ -15,7 +15,8 @@ from gradscope.constants import IGNORE_INDEX
 from gradscope.data.batch import COMPLETION
 from gradscope.data.chunks import Chunk
 from gradscope.data.pipelines import DataOptions
-from gradscope.data.roles import RoleRow, RoleSpec, derive_rows, truncate
+from gradscope.data.roles import RoleSpec, derive_rows
+from gradscope.data.rows import RoleRow, truncate
 from gradscope.data.stream import Source, raw_row_batches
 from gradscope.errors import DataError
 from gradscope.tokenizer import Tokenizer

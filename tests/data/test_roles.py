@@ -11,7 +11,8 @@ import pytest
 
 from gradscope.constants import UNKNOWN
 from gradscope.data.batch import COMPLETION, PROMPT
-from gradscope.data.roles import RoleSpec, derive, find_subsequence, truncate
+from gradscope.data.roles import RoleSpec, derive
+from gradscope.data.rows import find_subsequence, truncate
 from gradscope.data.templates import template_markers
 from gradscope.data.tokens import default_end_token_ids
 from gradscope.errors import DataError

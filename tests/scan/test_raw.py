@@ -15,7 +15,8 @@ from gradscope.cli import app
 from gradscope.data.files import read_rows
 from gradscope.data.load import load_data, role_spec
 from gradscope.data.pipelines import DataOptions
-from gradscope.data.roles import RoleSpec, derive, derive_rows, first_past, truncate
+from gradscope.data.roles import RoleSpec, derive, derive_rows, first_past
+from gradscope.data.rows import truncate
 from gradscope.data.stream import RAW_CHUNK_ROWS
 from gradscope.data.tokens import default_end_token_ids
 from gradscope.errors import DataError
