@@ -9,6 +9,7 @@ from rich.console import Console, ConsoleOptions, Group, RenderResult
 from rich.table import Table
 from rich.text import Text
 
+from gradscope.render.sanitize import escape_controls
 from gradscope.report.check import ProbeReport, Report, SampleReport, TokenReport
 from gradscope.report.scan import ScanReport
 from gradscope.report.text import format_positions
@@ -21,7 +22,7 @@ def token_label(token: TokenReport) -> str:
     """A token's text made visible: newlines and tabs shown, empty or unknown text as its id."""
     if token.text is None or token.text == "":
         return f"[{token.token_id}]"
-    return token.text.replace("\n", "↵").replace("\t", "→")
+    return escape_controls(token.text.replace("\n", "↵").replace("\t", "→"))
 
 
 class Verdict:

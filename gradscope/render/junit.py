@@ -11,6 +11,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from gradscope.report import SCAN_WARNINGS, Finding, Report, SampleReport, ScanReport
+from gradscope.render.sanitize import text_block, xml_text
 from gradscope.report.text import format_positions
 
 ROOT_CHECKS = ("no_loss", "label_misaligned")
@@ -63,7 +64,7 @@ def to_junit(report: Report | ScanReport, *, strict: bool = False) -> str:
         _suite(suites, f"gradscope.{check}", [c for c in cases if c.check == check], strict)
     _totals(suites, suites.findall("testsuite"), skipped=False)  # the common schema has no skipped on testsuites
     ET.indent(suites)
-    return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(suites, encoding="unicode") + "\n"
+    return xml_text('<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(suites, encoding="unicode") + "\n")
 
 
 def _suite(parent: ET.Element, name: str, cases: Sequence[Case], strict: bool) -> None:
@@ -201,7 +202,9 @@ def _source(report: Report | ScanReport) -> str | None:
 
 
 def _escape_data(text: str) -> str:
-    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+    """Controls shown escaped and command prefixes neutralised, then the runner's own escapes (its ``%0A`` is a
+    line break inside the annotation, not in the log)."""
+    return text_block(text).replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
 
 
 def _escape_property(text: str) -> str:
