@@ -37,6 +37,7 @@ from gradscope.integrations.sources import (
 )
 from gradscope.integrations.verdict import RankVerdict, gather, merge, rank_verdict
 from gradscope.model.prepare import describe_model
+from gradscope.render.sanitize import text_block
 from gradscope.report import Report
 
 try:
@@ -226,7 +227,7 @@ class GradscopeCallback(TrainerCallback):
             logger.info("gradscope: first optimizer step clean: %d of %d tokens trained", summary["trained_tokens"],
                         summary["tokens"])
             return
-        text = format_watched(report.findings)
+        text = text_block(format_watched(report.findings))  # token texts and names: no control byte, no command
         logger.warning("gradscope: first optimizer step: %d error(s), %d warning(s)\n%s", summary["errors"],
                        summary["warnings"], text)
         failing = report.errors if self.fail_on == "error" else report.findings if self.fail_on == "warning" else []
@@ -235,7 +236,7 @@ class GradscopeCallback(TrainerCallback):
             where = f" on rank(s) {', '.join(map(str, ranks))}" if ranks else ""
             raise MaskingError(
                 f"gradscope stopped training before the first optimizer step: the step has {len(failing)} masking "
-                f"problem(s){where}:\n{format_watched(failing)}\n"
+                f"problem(s){where}:\n{text_block(format_watched(failing))}\n"
                 "(GradscopeCallback(fail_on=None) logs them and lets training go on)",
                 report,
             )
