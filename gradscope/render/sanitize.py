@@ -11,19 +11,22 @@ Every view passes what it writes through one function of this module, at its out
   so neither a ``::stop-commands::`` nor a legacy ``##[add-mask]`` is read as a workflow command.
 - **JSON and JUnit stay faithful**: they use their own escapes, which a parser turns back into the original text
   while a log line shows the escape (JSON ``#\\u0023[`` and ``\\u007f``; XML ``#&#35;[``, ``&#58;:`` at a line start,
-  ``&#13;`` and ``&#127;``). XML 1.0 cannot hold C0 controls or lone surrogates at all, even as references: those
-  are shown as their Python escape there too.
+  ``&#13;``, ``&#9;`` and ``&#127;``). XML 1.0 cannot hold C0 controls or lone surrogates at all, even as
+  references: those are shown as their Python escape there too.
 
-The module imports no torch.
+The module imports no torch, and rich only where it prints a terminal view: the JSON and JUnit views use the
+standard library alone.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
-from rich.console import Console, RenderableType
-from rich.segment import Segment, Segments
+if TYPE_CHECKING:
+    from rich.console import Console, RenderableType
+    from rich.segment import Segment
 
 _OTHER_CONTROLS = r"\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff"
 CONTROL = re.compile(rf"[\x00-\x1f{_OTHER_CONTROLS}]")
@@ -86,13 +89,14 @@ _XML_ILLEGAL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff]")
 def xml_text(text: str) -> str:
     """An XML document made safe for a log, with XML's own character references where XML allows them."""
     text = _XML_ILLEGAL.sub(lambda m: _escape(m.group()), text)
-    text = re.sub(r"[\r\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]", lambda m: f"&#{ord(m.group())};", text)
+    text = re.sub(r"[\t\r\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]", lambda m: f"&#{ord(m.group())};", text)
     return _XML_LINE_START.sub(r"\1&#58;", text).replace(_LEGACY, "#&#35;[")
 
 
 def safe_segments(segments: Iterable[Segment]) -> list[Segment]:
     """Rendered terminal lines made safe: each segment's text escaped, then each line neutralised across its
     segments (a ``##`` and a ``[`` may be styled apart); rich's own styles are kept, as they are not in the text."""
+    from rich.segment import Segment
     segments = list(segments)
     out: list[Segment] = []
     for line in Segment.split_lines(segments):
@@ -103,18 +107,21 @@ def safe_segments(segments: Iterable[Segment]) -> list[Segment]:
 
 
 def _safe_line(line: list[Segment]) -> list[Segment]:
+    from rich.segment import Segment
     texts = [s.text if s.control else escape_controls(s.text) for s in line]
     marks = _command_marks("".join(texts))
-    out, start = [], 0
-    for text, segment in zip(texts, line):
-        if any(start <= i < start + len(text) for i in marks):
-            text = "".join(marks.get(start + k, c) for k, c in enumerate(text))
-        start += len(segment.text if segment.control else texts[len(out)])
-        out.append(Segment(text, segment.style, segment.control))
+    out: list[Segment] = []
+    start = 0
+    for text, segment in zip(texts, line, strict=True):
+        shown = "".join(marks.get(start + k, c) for k, c in enumerate(text)) if marks else text
+        out.append(Segment(shown, segment.style, segment.control))
+        start += len(text)
     return out
 
 
 def print_safe(console: Console, renderable: RenderableType) -> None:
     """Print a view through :func:`safe_segments`: the terminal report's output boundary."""
+    from rich.segment import Segments
+
     segments = safe_segments(console.render(renderable, console.options))
     console.print(Segments(segments), crop=False)
