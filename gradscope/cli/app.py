@@ -6,6 +6,7 @@ them as the flags the user typed (``--batch-size``). Any other exception is a bu
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import sys
@@ -48,6 +49,14 @@ class _Boundary(TyperGroup):
             if isinstance(err, click.MissingParameter) and getattr(err.param, "param_type_name", "") == "argument":
                 message = f"Missing argument {err.param.name.upper()}."
             print(f"Error: {one_line(message)}{command}", file=sys.stderr)
+            code = EXIT_BAD_INPUT
+        except OSError as err:
+            if err.errno != errno.ENAMETOOLONG:
+                raise
+            # any path the user gives (model, data, --html, --loss, ...) may be stat'ed first anywhere: one rule here
+            name = os.fsdecode(err.filename) if err.filename is not None else "a path"
+            print(f"Error: {one_line(name)}: a name in this path is too long for the file system; give a shorter path",
+                  file=sys.stderr)
             code = EXIT_BAD_INPUT
         except typer.Abort:  # EOF on a prompt; gradscope never prompts, but click may
             print("Error: interrupted", file=sys.stderr)

@@ -20,6 +20,7 @@ from gradscope.model.checkpoint import (
     adapter_tensor_names,
     check_adapter_coverage,
     check_config,
+    check_size,
     check_coverage,
     check_weight_files,
 )
@@ -63,6 +64,7 @@ def load_model(
     try:
         config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code)
         check_config(config, path)
+        check_size(config, path)
         model, info = AutoModelForCausalLM.from_pretrained(
             path,
             config=config,
