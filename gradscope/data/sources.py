@@ -28,7 +28,8 @@ def data_format(path: str | Path) -> str:
     if path.is_dir():
         return "datasets"
     if not path.is_file():
-        raise DataError("no such data file or directory", path=path, hint=f"give a {_KNOWN}")
+        what = "not a regular file (a FIFO, device or socket)" if path.exists() else "no such data file or directory"
+        raise DataError(what, path=path, hint=f"give a {_KNOWN}")
     try:
         return SUFFIXES[path.suffix.lower()]
     except KeyError:
