@@ -14,7 +14,7 @@ from gradscope.engine.logits import _LogitStats, _shift
 from gradscope.engine.split_backward import backward_through_head, only_through
 from gradscope.errors import ModelCallError
 from gradscope.model.layers import find_decoder_layers
-from gradscope.model.usercode import LossFn
+from gradscope.model.usercode import LossFn, raised_in
 
 _DROPOUT_ATTRS = ("attention_dropout", "attn_dropout", "dropout", "hidden_dropout", "resid_dropout")
 
@@ -233,7 +233,10 @@ def forward_backward(
         loss_uses_logits = False
         embedding_grad = None
         if split:
-            embedding_grad = backward_through_head(loss, logits, rec.head_input, rec.embedding, stats.hook)
+            try:
+                embedding_grad = backward_through_head(loss, logits, rec.head_input, rec.embedding, stats.hook)
+            except Exception as err:  # a custom autograd Function of the user's loss or model raised in its backward
+                raise backward_error(err) from err
             logits = rec.head_output = None  # the probes start at the head's input
         elif backward:
             embedding_grad = _gradient_at(loss, rec.embedding, reentrant=reentrant, retain_graph=keep_graph)
@@ -300,9 +303,12 @@ def _gradient_at(
 
 
 def backward_error(err: BaseException) -> ModelCallError:
-    """The backward through the user's model or loss failed: bad input, named."""
-    return ModelCallError(f"the backward pass failed: {type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}",
+    """The backward through the user's model or loss failed: bad input, named (with the user's function it was
+    raised in, when it was raised in code outside torch, transformers and gradscope)."""
+    where = raised_in(err)
+    return ModelCallError(f"the backward pass failed{where}: {type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}",
                           hint="a custom autograd Function in the loss or model raises in its backward?")
+
 
 
 def _loss_logits(logits: torch.Tensor, rec: _Recorder) -> torch.Tensor:
