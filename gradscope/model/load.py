@@ -90,6 +90,8 @@ def _device(name: str) -> torch.device:
         device = torch.device(name)
     except (RuntimeError, ValueError) as err:
         raise ModelLoadError(f"unknown device {name!r}", hint="use cpu, cuda, cuda:N or mps") from err
+    if device.type == "meta":  # shapes only: no value to run or to report on
+        raise ModelLoadError("the meta device holds no values to run the model on", hint="use cpu, cuda, cuda:N or mps")
     if device.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0 or (device.index is not None and device.index >= count):

@@ -10,8 +10,11 @@ sequences, NUL, DEL, a newline).
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -230,3 +233,158 @@ def test_a_hostile_role_name_is_one_error_line_or_shown_escaped(tmp_path):
         assert_safe(result)
         if result.exit_code == 2:
             assert_one_error_line(result)
+
+
+# ----------------------------------------------------------------------------------------------- crashes and hangs
+# Each runs in a child process with a wall-clock timeout and an address-space limit: a hang or unbounded growth fails
+# the test (a timeout or a MemoryError traceback) instead of stalling or exhausting the machine.
+
+LIMIT_SECONDS = 240
+LIMIT_BYTES = 8 << 30
+
+
+def _limited() -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (LIMIT_BYTES, LIMIT_BYTES))
+
+
+def run_bounded(*args: object) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    return subprocess.run([sys.executable, "-m", "gradscope", *map(str, args)], capture_output=True, text=True,
+                          timeout=LIMIT_SECONDS, preexec_fn=_limited, env=env, stdin=subprocess.DEVNULL)
+
+
+def assert_one_error(result: subprocess.CompletedProcess, *words: str) -> None:
+    __tracebackhide__ = True
+    assert result.returncode == 2, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert not RAW_CONTROL.findall(result.stderr) and result.stdout == ""
+    for word in words:
+        assert word in errors[0], errors[0]
+
+
+def _model_with(tmp_path: Path, **config: object) -> Path:
+    model = tmp_path / "model"
+    shutil.copytree(LLAMA, model)
+    values = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**values, **config}))
+    return model
+
+
+@pytest.mark.parametrize("config, words", [
+    ({"dtype": "bogus"}, ["dtype", "bogus"]),
+    ({"dtype": {}}, ["dtype"]),
+    ({"num_hidden_layers": 10**9}, ["parameters", "weight files"]),
+    ({"hidden_size": 10**7}, ["parameters"]),
+])
+def test_a_config_that_would_crash_or_grow_without_bound(tmp_path, config, words):
+    assert_one_error(run_bounded("check", _model_with(tmp_path, **config), LEAK, "--format", "json", *FAST), *words)
+
+
+def test_a_fifo_among_the_weight_files_is_refused(tmp_path):
+    model = _model_with(tmp_path)
+    os.mkfifo(model / "extra.safetensors")
+    assert_one_error(run_bounded("check", model, LEAK, *FAST), "extra.safetensors", "not a regular file")
+
+
+@pytest.mark.parametrize("special", ["/dev/zero", "fifo"])
+def test_a_special_trl_config_is_refused(tmp_path, special):
+    path = tmp_path / "config.json" if special == "fifo" else Path(special)
+    if special == "fifo":
+        os.mkfifo(path)
+    assert_one_error(run_bounded("check", LLAMA, CHAT, "--pipeline", "trl", "--trl-config", path, *FAST),
+                     "TRL config", "not a regular file")
+
+
+@pytest.mark.parametrize("args", [("check", LLAMA, "{fifo}"), ("scan", "{fifo}"),
+                                  ("check", LLAMA, LEAK, "--roles-from", "{fifo}")])
+def test_a_fifo_as_data_is_refused(tmp_path, args):
+    fifo = tmp_path / "rows.jsonl"
+    os.mkfifo(fifo)
+    result = run_bounded(*[str(a).replace("{fifo}", str(fifo)) for a in args])
+    assert_one_error(result, "rows.jsonl", "not a regular file")
+
+
+def test_a_template_that_renders_tens_of_millions_of_characters(tmp_path):
+    model = _model_with(tmp_path)
+    config = json.loads((model / "tokenizer_config.json").read_text())
+    config["chat_template"] = "{% for m in messages %}{{ m['content'] * 15000000 }}{% endfor %}"
+    (model / "tokenizer_config.json").write_text(json.dumps(config))
+    for args in (("roles", model, CHAT), ("check", model, CHAT, *FAST)):
+        assert_one_error(run_bounded(*args), "row 0", "characters")
+
+
+LONG = "a" * 300
+
+
+@pytest.mark.parametrize("args", [
+    ("check", f"/tmp/{LONG}", LEAK),
+    ("check", LLAMA, f"/tmp/{LONG}.jsonl"),
+    ("check", LLAMA, LEAK, "--html", f"/tmp/{LONG}.html"),
+    ("check", LLAMA, LEAK, "--output", f"/tmp/{LONG}.json"),
+    ("check", LLAMA, LEAK, "--roles-from", f"/tmp/{LONG}.jsonl"),
+    ("check", LLAMA, LEAK, "--loss", f"/tmp/{LONG}.py:loss"),
+    ("scan", f"/tmp/{LONG}.jsonl"),
+])
+def test_a_path_component_over_255_bytes(args):
+    assert_one_error_line(invoke(*args, *FAST if args[0] == "check" else ()), "too long")
+
+
+def test_a_non_utf8_data_path_with_html(tmp_path):
+    data = Path(os.fsdecode(bytes(tmp_path) + b"/rows\xff.jsonl"))
+    shutil.copy(LEAK_JSONL, data)
+    html = tmp_path / "report.html"
+    result = invoke("check", LLAMA, data, "--html", html, *FAST)
+    assert result.exit_code == 1, result.output
+    assert_safe(result)
+    html.read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("value", [1.5, "abc", {}, -5, 1e20, True])
+def test_scan_refuses_an_end_token_of_the_wrong_type(tmp_path, value):
+    model = _model_with(tmp_path, eos_token_id=value)
+    assert_one_error_line(invoke("scan", LEAK_JSONL, "--tokenizer", model, "--format", "json"), "eos_token_id")
+
+
+@pytest.mark.parametrize("source, words", [
+    ("class F(torch.autograd.Function):\n    @staticmethod\n    def forward(ctx, x):\n        return x.clone()\n"
+     "    @staticmethod\n    def backward(ctx, g):\n        raise ValueError('boom')\n"
+     "def loss(logits, labels):\n    return F.apply(logits).mean()\n", ["F.backward", "ValueError", "boom"]),
+    ("class F(torch.autograd.Function):\n    @staticmethod\n    def forward(ctx, x):\n        return x.clone()\n"
+     "    @staticmethod\n    def backward(ctx, g):\n        return g[:1]\n"
+     "def loss(logits, labels):\n    return F.apply(logits).mean()\n", ["FBackward", "invalid gradient"]),
+])
+@pytest.mark.parametrize("command", ["check", "grads", "verify", "inspect"])
+def test_a_loss_whose_backward_fails(tmp_path, source, words, command):
+    (tmp_path / "user_loss.py").write_text("import torch\n" + source)
+    result = invoke(command, LLAMA, LEAK, "--loss", f"{tmp_path / 'user_loss.py'}:loss")
+    assert_one_error_line(result, "backward", *words)
+
+
+@pytest.mark.parametrize("args, words", [
+    (("check", LLAMA, LEAK, "--device", "meta"), ["meta"]),
+    (("check", LLAMA, LEAK, "--params", "--lr", "inf"), ["--lr", "inf"]),
+    (("grads", LLAMA, LEAK, "--lr", "inf"), ["--lr", "inf"]),
+    (("scan", LEAK_JSONL, "--tokenizer", LLAMA, "--end-token-id", "480"), ["480", "vocabulary"]),
+    (("scan", LEAK_JSONL, "--end-token-id", "-5"), ["-5"]),
+])
+def test_remaining_bad_input(args, words):
+    assert_one_error_line(invoke(*args, *FAST if args[0] == "check" else ()), *words)
+
+
+def test_a_zero_byte_jsonl_scanned_is_an_error_not_a_verdict(tmp_path):
+    (tmp_path / "rows.jsonl").write_bytes(b"")
+    assert_one_error_line(invoke("scan", tmp_path / "rows.jsonl", "--format", "json"), "rows.jsonl", "no rows")
+
+
+@pytest.mark.parametrize("tokenizer", [False, True])
+def test_parquet_ids_beyond_int64_scanned(tmp_path, tokenizer):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "rows.parquet"
+    pq.write_table(pa.table({"input_ids": pa.array([[1, 2**64 - 1, 3]], type=pa.list_(pa.uint64()))}), path)
+    extra = ("--tokenizer", LLAMA) if tokenizer else ()
+    assert_one_error_line(invoke("scan", path, *extra, "--format", "json"), "rows.parquet", "18446744073709551615")
