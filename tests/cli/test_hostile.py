@@ -239,8 +239,8 @@ def test_a_hostile_role_name_is_one_error_line_or_shown_escaped(tmp_path):
 # Each runs in a child process with a wall-clock timeout and an address-space limit: a hang or unbounded growth fails
 # the test (a timeout or a MemoryError traceback) instead of stalling or exhausting the machine.
 
-LIMIT_SECONDS = 240
-LIMIT_BYTES = 8 << 30
+LIMIT_SECONDS = 120
+LIMIT_BYTES = 4 << 30
 
 
 def _limited() -> None:
