@@ -306,7 +306,8 @@ def backward_error(err: BaseException) -> ModelCallError:
     """The backward through the user's model or loss failed: bad input, named (with the user's function it was
     raised in, when it was raised in code outside torch, transformers and gradscope)."""
     where = raised_in(err)
-    return ModelCallError(f"the backward pass failed{where}: {type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}",
+    first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    return ModelCallError(f"the backward pass failed{where}: {type(err).__name__}: {first}",
                           hint="a custom autograd Function in the loss or model raises in its backward?")
 
 

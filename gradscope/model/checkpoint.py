@@ -5,7 +5,6 @@ every parameter of the model (a missing tensor would be randomly initialised, an
 from __future__ import annotations
 
 import json
-import math
 import stat
 from pathlib import Path
 from typing import Any
@@ -138,11 +137,11 @@ def estimated_parameters(config: Any) -> int | None:
     width = getattr(text, "hidden_size", None) or getattr(text, "n_embd", None)
     depth = getattr(text, "num_hidden_layers", None) or getattr(text, "n_layer", None)
     vocab = getattr(text, "vocab_size", None)
-    if not all(_is_int(v) for v in (width, depth, vocab)):
+    if not (isinstance(width, int) and isinstance(depth, int) and isinstance(vocab, int)):
         return None
     inner = getattr(text, "intermediate_size", None)
-    inner = inner if _is_int(inner) else 4 * width
-    return math.prod((depth, width)) * (2 * width + 2 * inner) + vocab * width
+    inner = inner if isinstance(inner, int) else 4 * width
+    return depth * width * (2 * width + 2 * inner) + vocab * width
 
 
 def check_coverage(info: dict[str, list], path: Path) -> None:

@@ -118,8 +118,8 @@ def raised_in(err: BaseException) -> str:
     """`` in Fn.backward (file.py:12)``: the innermost frame of the traceback outside torch, transformers, peft and
     gradscope (the user's own code), or ``""``."""
     libraries = [str(Path(__file__).parents[1])] + [
-        str(Path(module.__file__).parent) for name in ("torch", "transformers", "peft")
-        if (module := sys.modules.get(name)) is not None and getattr(module, "__file__", None)
+        str(Path(file).parent) for name in ("torch", "transformers", "peft")
+        if (file := getattr(sys.modules.get(name), "__file__", None))
     ]
     where, tb = "", err.__traceback__
     while tb is not None:
