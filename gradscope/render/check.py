@@ -190,14 +190,14 @@ def _data_line(r: Report) -> str | None:
         return None
     labels = {"reference": "gradscope's reference masking (what correct looks like)", "trl": "TRL's SFT preparation and collator",
               "collate": f"your collator {d.get('collate')}"}[d["pipeline"]]
-    return f"data {d.get('source')} ({d.get('rows')} rows: {d.get('format')}); labels from {labels}"
+    return escape_controls(f"data {d.get('source')} ({d.get('rows')} rows: {d.get('format')}); labels from {labels}")
 
 
 def _model_line(r: Report) -> str:
     m = r.model
     name = m.get("name_or_path") or m.get("architecture")
     losses = ", ".join("nan" if not math.isfinite(x) else f"{x:.4f}" for x in r.losses)
-    return (
+    return escape_controls(  # one line, whatever the path holds
         f"model {name} ({m.get('architecture')}, {m.get('num_layers')} layers, {m.get('dtype')}, {m.get('device')}); "
         f"loss {m.get('loss')} = {losses}"
     )

@@ -182,6 +182,16 @@ def test_a_model_path_with_a_newline_and_a_command(hostile, tmp_path):
                         env={"GITHUB_ACTIONS": "true", "COLUMNS": "300"})
         assert result.exit_code == 1, result.output
         assert_safe(result, annotations=True)
+    text = invoke("check", model, LEAK, *FAST, env={"COLUMNS": "300"}).stdout
+    assert [line for line in text.splitlines() if line.startswith("model ")][0].count("\\n::error file=a.py") == 1
+
+
+def test_a_data_path_with_a_newline_stays_on_the_scan_reports_data_line(tmp_path):
+    data = tmp_path / (INJECTED + ".jsonl")
+    shutil.copy(LEAK_JSONL, data)
+    result = invoke("scan", data, env={"GITHUB_ACTIONS": "true", "COLUMNS": "300"})
+    assert_safe(result, annotations=True)
+    assert [line for line in result.stdout.splitlines() if line.startswith("data ")][0].count("\\n::error") == 1
 
 
 @pytest.mark.parametrize("args", [
