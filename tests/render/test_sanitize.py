@@ -108,3 +108,16 @@ def test_print_safe_leaves_ordinary_output_as_rich_prints_it():
     plain = Console(file=io.StringIO(), width=12, force_terminal=True, color_system="standard")
     plain.print(text)
     assert _printed(text, width=12) == plain.file.getvalue()  # type: ignore[attr-defined]
+
+
+def test_the_callbacks_log_messages_follow_the_rule(catalogue_reports, caplog):
+    from gradscope.errors import MaskingError
+    from gradscope.integrations.callback import GradscopeCallback
+
+    report = copy.deepcopy(catalogue_reports["llama_prompt_leak"])
+    report.findings[0].message = "token ' ::stop-commands::x\n::error::y ##[add-mask]z \x1b[2K' is trained"
+    with caplog.at_level("WARNING", logger="gradscope"), pytest.raises(MaskingError) as stopped:
+        GradscopeCallback(fail_on="error")._act(report)
+    for text in (caplog.text, str(stopped.value)):
+        assert "::stop-commands::x" in text and not RAW_CONTROL.search(text.replace("\n", ""))
+        assert runner_commands(text) == []
