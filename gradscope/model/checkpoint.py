@@ -25,6 +25,16 @@ SIZE_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "intermediate_siz
 """Config values that size the model: positive integers when present."""
 
 
+def require_utf8(path: Path) -> None:
+    """The directory's path is valid UTF-8: the safetensors and tokenizers readers take no other (a non-UTF-8 name
+    reaches Python as lone surrogates)."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        raise ModelLoadError("the path is not valid UTF-8, and the safetensors and tokenizers readers open UTF-8 "
+                             "paths only", path=path, hint="rename the directory") from None
+
+
 def check_regular_file(file: Path, path: Path, *, max_bytes: int | None = None) -> None:
     """``file`` is a regular file (not a FIFO, device or socket, which would block or never end), and no larger
     than ``max_bytes``; checked by type before it is opened."""
@@ -49,6 +59,7 @@ def check_weight_files(path: Path) -> None:
     """
     from safetensors import SafetensorError, safe_open
 
+    require_utf8(path)
     check_regular_file(path / "config.json", path, max_bytes=CONFIG_BYTES)
     _check_raw_dtype(path)
     index = path / INDEX

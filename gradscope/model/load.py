@@ -21,6 +21,7 @@ from gradscope.model.checkpoint import (
     check_adapter_coverage,
     check_config,
     check_size,
+    require_utf8,
     check_coverage,
     check_weight_files,
 )
@@ -251,6 +252,7 @@ def load_tokenizer(path: str | Path, *, trust_remote_code: bool = False) -> Any 
     path = Path(path)
     if not any((path / name).is_file() for name in _TOKENIZER_FILES):
         return None
+    require_utf8(path)
     try:
         return AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code)
     except Exception as err:  # tokenizers raises a bare Exception for a corrupt tokenizer.json: bad input

@@ -398,3 +398,29 @@ def test_parquet_ids_beyond_int64_scanned(tmp_path, tokenizer):
     pq.write_table(pa.table({"input_ids": pa.array([[1, 2**64 - 1, 3]], type=pa.list_(pa.uint64()))}), path)
     extra = ("--tokenizer", LLAMA) if tokenizer else ()
     assert_one_error_line(invoke("scan", path, *extra, "--format", "json"), "rows.parquet", "18446744073709551615")
+
+
+def _non_utf8(tmp_path: Path, name: bytes) -> Path:
+    return Path(os.fsdecode(bytes(tmp_path) + b"/" + name))
+
+
+@pytest.mark.parametrize("kind", ["model", "tokenizer", "safetensors", "parquet"])
+def test_a_non_utf8_path_a_reader_cannot_open_is_named_as_such(tmp_path, kind):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if kind in ("model", "tokenizer"):
+        model = _non_utf8(tmp_path, b"model\xff")
+        shutil.copytree(LLAMA, model)
+        args = ("check", model, LEAK, *FAST) if kind == "model" else ("scan", LEAK_JSONL, "--tokenizer", model)
+    elif kind == "safetensors":
+        data = _non_utf8(tmp_path, b"batch\xff.safetensors")
+        shutil.copy(LEAK, data)
+        args = ("check", LLAMA, data, *FAST)
+    else:
+        pq.write_table(pa.table({"input_ids": pa.array([[1, 296, 202, 2]])}), tmp_path / "rows.parquet")
+        data = _non_utf8(tmp_path, b"rows\xff.parquet")
+        (tmp_path / "rows.parquet").rename(data)
+        args = ("scan", data)
+    line = assert_one_error_line(invoke(*args), "not valid UTF-8", "rename")
+    assert "\\udcff" in line and "corrupt" not in line
