@@ -1,5 +1,0 @@
-Failed to load /root/.pyenv/versions/3.11.7/lib/python3.11/site-packages/torchao/_C_mxfp8.cpython-310-x86_64-linux-gnu.so: Could not load this library: /root/.pyenv/versions/3.11.7/lib/python3.11/site-packages/torchao/_C_mxfp8.cpython-310-x86_64-linux-gnu.so
-Failed to load /root/.pyenv/versions/3.11.7/lib/python3.11/site-packages/torchao/_C_cutlass_90a.abi3.so: Could not load this library: /root/.pyenv/versions/3.11.7/lib/python3.11/site-packages/torchao/_C_cutlass_90a.abi3.so
-W1206 08:32:29.262000 22320 site-packages/torch/utils/_pytree.py:630] <enum 'KernelPreference'> is an Enum subclass and is now natively supported by torch.compile as an opaque value type. Calling register_constant() on Enum subclasses is deprecated and will be an error in a future release.
-W1206 08:32:29.307000 22320 site-packages/torch/utils/_pytree.py:630] <enum 'ScaleCalculationMode'> is an Enum subclass and is now natively supported by torch.compile as an opaque value type. Calling register_constant() on Enum subclasses is deprecated and will be an error in a future release.
-Error: --lr is inf; it must be a finite number, 0 or more
