@@ -6,6 +6,7 @@ them as the flags the user typed (``--batch-size``). Any other exception is a bu
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import sys
@@ -22,6 +23,7 @@ from typer.core import TyperGroup
 from gradscope.errors import GradscopeError
 from gradscope.render.json import to_json
 from gradscope.render.junit import github_annotations, to_junit
+from gradscope.render.sanitize import one_line, print_safe
 from gradscope.report.check import Report
 from gradscope.cli.output import write_text
 from gradscope.report.scan import ScanReport
@@ -48,7 +50,15 @@ class _Boundary(TyperGroup):
             message = err.format_message().replace("Value error, ", "")  # typer's validator prefix
             if isinstance(err, click.MissingParameter) and err.param is not None and err.param.param_type_name == "argument":
                 message = f"Missing argument {err.param.name.upper()}."
-            print(f"Error: {message}{command}", file=sys.stderr)
+            print(f"Error: {one_line(message)}{command}", file=sys.stderr)
+            code = EXIT_BAD_INPUT
+        except OSError as err:
+            if err.errno != errno.ENAMETOOLONG:
+                raise
+            # any path the user gives (model, data, --html, --loss, ...) may be stat'ed first anywhere: one rule here
+            name = os.fsdecode(err.filename) if err.filename is not None else "a path"
+            print(f"Error: {one_line(name)}: a name in this path is too long for the file system; give a shorter path",
+                  file=sys.stderr)
             code = EXIT_BAD_INPUT
         except typer.Abort:  # EOF on a prompt; gradscope never prompts, but click may
             print("Error: interrupted", file=sys.stderr)
@@ -78,8 +88,9 @@ def as_flags(text: str) -> str:
 
 
 def fail(err: GradscopeError) -> typer.Exit:
-    """One ``Error:`` line on stderr, exit status 2."""
-    print(f"Error: {as_flags(str(err))}", file=sys.stderr)
+    """One ``Error:`` line on stderr, exit status 2: the message's foreign text (paths, names, the user's exception)
+    cannot break the line or steer the terminal or a CI runner (``gradscope.render.sanitize``)."""
+    print(f"Error: {one_line(as_flags(str(err)))}", file=sys.stderr)
     return typer.Exit(EXIT_BAD_INPUT)
 
 
@@ -130,11 +141,16 @@ def emit(report: Report | ScanReport, output_format: str, output: Path | None, v
     elif output_format == "junit":
         sys.stdout.write(to_junit(report, strict=strict, allow_unknown_roles=allow_unknown_roles))
     else:
-        Console(highlight=False).print(view)
+        print_view(view)
     if os.environ.get("GITHUB_ACTIONS") == "true":
         for line in github_annotations(report, strict=strict):
             print(line, file=sys.stderr)
     return typer.Exit(exit_code(report, strict, allow_unknown_roles))
+
+
+def print_view(view: object) -> None:
+    """Print a terminal view on stdout through the output rule (``gradscope.render.sanitize``)."""
+    print_safe(Console(highlight=False), view)  # type: ignore[arg-type]  # every view is a rich renderable
 
 
 def write(path: Path | None, text: Callable[[], str]) -> None:

@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Annotated, cast
 
 import typer
-from rich.console import Console, Group
+from rich.console import Group
 
-from gradscope.cli.app import app, emit, exit_code, guarded, in_flags, write
+from gradscope.cli.app import app, emit, exit_code, guarded, in_flags, print_view, write
 from gradscope.cli.options import (
     DEFAULT_LR,
     DEFAULT_MAX_GRAD_NORM,
@@ -158,5 +158,5 @@ def inspect(
     report, sample = guarded(lambda: inspect_files(named, row, keep_dropout=keep_dropout, roles_from=roles_from))
     in_flags(report)
     write(html, lambda: report.to_html(sample=sample.index))
-    Console(highlight=False).print(InspectView(report, sample))
+    print_view(InspectView(report, sample))
     raise typer.Exit(exit_code(report, strict=False, allow_unknown_roles=allow_unknown_roles))

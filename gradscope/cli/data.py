@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from gradscope.cli.app import app, boundary, emit, fail
+from gradscope.cli.app import app, boundary, emit, fail, print_view
 from gradscope.cli.options import (
     AllowUnknownOpt,
     DataArg,
@@ -63,7 +63,7 @@ def roles(
     if output_format is Format.json:
         sys.stdout.write(roles_to_json(report) + "\n")
     else:
-        Console(highlight=False).print(RolesView(report, max_rows=show))
+        print_view(RolesView(report, max_rows=show))
 
 
 @app.command()

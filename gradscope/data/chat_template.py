@@ -39,21 +39,31 @@ class Renderer:
     def text(self, k: int, generation_prompt: bool = False) -> str:
         try:
             with deadline.bounded(deadline.TEMPLATE_SECONDS):
-                return self.tok.apply_chat_template(
+                text = self.tok.apply_chat_template(
                     self.messages[:k], tools=self.tools, chat_template=self.template, tokenize=False,
                     add_generation_prompt=generation_prompt,
                 )
         except deadline.RenderTimeout:
-            raise DataError(
-                f"the chat template did not finish rendering {k} message(s) within {deadline.TEMPLATE_SECONDS:g} s",
-                **self.where, hint="a loop that never ends? fix the chat_template in tokenizer_config.json",
-            ) from None
+            raise self._timeout(k) from None
         except Exception as err:  # jinja raises its own errors from the user's template: bad input, not a bug
             raise DataError(
                 f"the chat template fails on the first {k} message(s): {type(err).__name__}: {err}",
                 **self.where,
                 hint="roles come from rendering growing prefixes of the conversation; the template must accept them",
             ) from err
+        if isinstance(text, str) and len(text) > deadline.TEMPLATE_CHARS:  # before it is tokenized, prefix by prefix
+            raise DataError(
+                f"the chat template rendered {len(text)} characters for {k} message(s), more than the "
+                f"{deadline.TEMPLATE_CHARS} gradscope tokenizes", **self.where,
+                hint="a template that repeats its input? fix the chat_template in tokenizer_config.json",
+            )
+        return text
+
+    def _timeout(self, k: int) -> DataError:
+        return DataError(
+            f"the chat template did not finish rendering {k} message(s) within {deadline.TEMPLATE_SECONDS:g} s",
+            **self.where, hint="a loop that never ends? fix the chat_template in tokenizer_config.json",
+        )
 
     def ids(self, text: str) -> list[int]:
         return self.encoder.ids(text)
@@ -70,6 +80,8 @@ class Renderer:
                     self.messages, tools=self.tools, chat_template=self.template, tokenize=True, return_dict=True,
                     return_assistant_tokens_mask=True,
                 )
+        except deadline.RenderTimeout:  # a BaseException: it stops the template's own except clauses too
+            raise self._timeout(len(self.messages)) from None
         except Exception:  # the template rendered this conversation already: without a mask, nothing is glue
             return None
         return list(out["assistant_masks"]) if list(out["input_ids"]) == full else None

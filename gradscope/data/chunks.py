@@ -222,6 +222,11 @@ def _flat(batch, name: str, first_row: int, path: Path) -> tuple[np.ndarray, np.
     values = _integers(inner)
     if values.dtype.kind not in "iu" and not (values.dtype.kind == "b" and name != "input_ids" and name != "labels"):
         raise DataError(f"'{name}' must hold lists of integers, not {column.type}", path=path, row=first_row)
+    if values.dtype == np.uint64 and len(values) and values.max() > np.iinfo(np.int64).max:  # would wrap negative
+        at = int(np.flatnonzero(values > np.iinfo(np.int64).max)[0])
+        row = first_row + int(np.searchsorted(offsets - offsets[0], at, side="right")) - 1
+        raise DataError(f"'{name}' holds {int(values[at])}, beyond int64", path=path, row=row,
+                        hint="token ids and labels are int64 in training")
     return values, offsets - offsets[0]
 
 

@@ -17,6 +17,9 @@ from types import FrameType
 
 TEMPLATE_SECONDS = 10.0
 """How long one rendering of a chat template may take (real templates take milliseconds)."""
+TEMPLATE_CHARS = 4_000_000
+"""The most characters one rendering may produce before it is tokenized (about a million tokens; a template that
+repeats its input renders tens of millions, and tokenizing each prefix of them takes minutes and gigabytes)."""
 
 
 class RenderTimeout(BaseException):

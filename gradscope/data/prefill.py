@@ -106,7 +106,7 @@ def _render(tokenizer: Tokenizer, messages: list[dict], generation_prompt: bool 
         return None
     except Exception:  # jinja raises its own errors from the user's template: no prefill can be learnt from it
         return None
-    return text if isinstance(text, str) else None
+    return text if isinstance(text, str) and len(text) <= deadline.TEMPLATE_CHARS else None
 
 
 def _ids_in_context(tokenizer: Tokenizer, before: str, prefill: str) -> tuple[int, ...]:

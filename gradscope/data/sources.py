@@ -26,10 +26,28 @@ def data_format(path: str | Path) -> str:
     """
     path = Path(path)
     if path.is_dir():
+        if not is_utf8(path):
+            raise DataError("the path is not valid UTF-8, and the datasets reader opens UTF-8 paths only", path=path,
+                            hint="rename the directory")
         return "datasets"
     if not path.is_file():
-        raise DataError("no such data file or directory", path=path, hint=f"give a {_KNOWN}")
+        what = "not a regular file (a FIFO, device or socket)" if path.exists() else "no such data file or directory"
+        raise DataError(what, path=path, hint=f"give a {_KNOWN}")
     try:
-        return SUFFIXES[path.suffix.lower()]
+        kind = SUFFIXES[path.suffix.lower()]
     except KeyError:
         raise DataError(f"unknown data format {path.suffix!r}", path=path, hint=f"use a {_KNOWN}") from None
+    if kind not in ("jsonl", "json") and not is_utf8(path):
+        raise DataError(f"the path is not valid UTF-8, and the {kind} reader opens UTF-8 paths only", path=path,
+                        hint="rename the file (or its directory)")
+    return kind
+
+
+def is_utf8(path: str | Path) -> bool:
+    """Whether a path's name is valid UTF-8 (a non-UTF-8 name reaches Python as lone surrogates, which the
+    safetensors, tokenizers and Arrow readers cannot take)."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

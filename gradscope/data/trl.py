@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import stat
 import tempfile
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -57,12 +58,25 @@ def trl_config(options: DataOptions, batch_size: int, device: str, output_dir: s
         raise DataError(f"SFTConfig rejects these options: {err}", path=options.trl_config, hint="use SFTConfig's field names and values") from err
 
 
+CONFIG_BYTES = 1 << 20
+"""The largest --trl-config read (SFTConfig's options are a few hundred bytes)."""
+
+
 def _config_file(path: Path | None) -> dict[str, Any]:
     if path is None:
         return {}
     try:
-        values = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
+        kind = Path(path).stat().st_mode
+        if not stat.S_ISREG(kind):  # a FIFO would block, /dev/zero never end: refused by type before opening
+            raise DataError("the TRL config is not a regular file (a FIFO, device or directory)", path=path,
+                            hint="give a JSON file of SFTConfig options")
+        with open(path, "rb") as f:
+            raw = f.read(CONFIG_BYTES + 1)
+        if len(raw) > CONFIG_BYTES:
+            raise DataError(f"the TRL config is larger than {CONFIG_BYTES} bytes", path=path,
+                            hint="give a JSON file of SFTConfig options")
+        values = json.loads(raw.decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
         raise DataError(f"cannot read the TRL config: {err}", path=path, hint="give a JSON object of SFTConfig options") from err
     if not isinstance(values, dict):
         raise DataError("the TRL config must be a JSON object of SFTConfig options", path=path)

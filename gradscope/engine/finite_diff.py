@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from gradscope.engine.run import call_model, training_state
+from gradscope.engine.run import backward_error, call_model, training_state
 from gradscope.errors import ModelCallError
 from gradscope.model.usercode import LossFn
 from gradscope.report.weights import DirectionCheck
@@ -52,7 +52,10 @@ def autograd_gradients(fn: ScalarFn, inputs: Sequence[torch.Tensor]) -> tuple[fl
     """fn at ``inputs`` and autograd's gradient with respect to each (zeros where fn does not depend on it)."""
     leaves = [x.detach().clone().requires_grad_(True) for x in inputs]
     value = fn(leaves)
-    grads = torch.autograd.grad(value, leaves, allow_unused=True) if value.requires_grad else [None] * len(leaves)
+    try:
+        grads = torch.autograd.grad(value, leaves, allow_unused=True) if value.requires_grad else [None] * len(leaves)
+    except Exception as err:  # a custom autograd Function of the user's loss or model raised in its backward
+        raise backward_error(err) from err
     return float(value.detach()), [torch.zeros_like(x) if g is None else g.detach() for x, g in zip(leaves, grads, strict=True)]
 
 

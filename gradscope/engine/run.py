@@ -15,7 +15,7 @@ from gradscope.engine.logits import LogitStats, shift_to_targets
 from gradscope.engine.split_backward import backward_through_head, only_through
 from gradscope.errors import ModelCallError
 from gradscope.model.layers import find_decoder_layers, input_embeddings, output_embeddings
-from gradscope.model.usercode import LossFn
+from gradscope.model.usercode import LossFn, raised_in
 
 _DROPOUT_ATTRS = ("attention_dropout", "attn_dropout", "dropout", "hidden_dropout", "resid_dropout")
 
@@ -236,7 +236,10 @@ def forward_backward(
         if split:
             head_input = cast(torch.Tensor, rec.head_input)  # split: the head's and the embedding's hooks fired
             embedding = cast(torch.Tensor, rec.embedding)
-            embedding_grad = backward_through_head(loss, logits, head_input, embedding, stats.hook)
+            try:
+                embedding_grad = backward_through_head(loss, logits, head_input, embedding, stats.hook)
+            except Exception as err:  # a custom autograd Function of the user's loss or model raised in its backward
+                raise backward_error(err) from err
             logits = rec.head_output = None  # type: ignore[assignment]  # freed; the probes start at the head's input
         elif backward:
             embedding = cast(torch.Tensor, rec.embedding)  # backward: the embedding hook fired
@@ -305,9 +308,11 @@ def _gradient_at(
 
 
 def backward_error(err: BaseException) -> ModelCallError:
-    """The backward through the user's model or loss failed: bad input, named."""
-    return ModelCallError(f"the backward pass failed: {type(err).__name__}: "
-        f"{str(err).strip().splitlines()[0] if str(err).strip() else ''}",
+    """The backward through the user's model or loss failed: bad input, named (with the user's function it was
+    raised in, when it was raised in code outside torch, transformers and gradscope)."""
+    where = raised_in(err)
+    first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    return ModelCallError(f"the backward pass failed{where}: {type(err).__name__}: {first}",
                           hint="a custom autograd Function in the loss or model raises in its backward?")
 
 

@@ -40,6 +40,7 @@ from gradscope.data.token_roles import RoleSources
 from gradscope.integrations.sources import DatasetRoles, PreferenceRoles, rl_rows, step_roles
 from gradscope.integrations.verdict import RankVerdict, WatchedSample, gather, merge, rank_verdict
 from gradscope.model.prepare import describe_model
+from gradscope.render.sanitize import text_block
 from gradscope.report import Report
 from gradscope.report.verdict import verdict
 
@@ -270,7 +271,7 @@ class StepWatcher:
             logger.info("gradscope: first optimizer step clean: %d of %d tokens trained", summary["trained_tokens"],
                         summary["tokens"])
             return
-        text = format_watched(report.findings)
+        text = text_block(format_watched(report.findings))  # token texts and names: no control byte, no command
         # not verified is logged as a warning: only fail_on="warning" stops a run gradscope cannot read
         policy = f" (logged as a warning; {self.name}(fail_on='warning') stops on it)" if (
             v.status == "not verified" and self.fail_on != "warning") else ""
@@ -282,7 +283,7 @@ class StepWatcher:
             where = f" on rank(s) {', '.join(map(str, ranks))}" if ranks else ""
             raise MaskingError(
                 f"gradscope stopped training before the first optimizer step: the step has {len(failing)} masking "
-                f"problem(s){where}:\n{format_watched(failing)}\n"
+                f"problem(s){where}:\n{text_block(format_watched(failing))}\n"
                 f"({self.name}(fail_on=None) logs them and lets training go on)",
                 report,
             )

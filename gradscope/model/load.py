@@ -20,6 +20,8 @@ from gradscope.model.checkpoint import (
     adapter_tensor_names,
     check_adapter_coverage,
     check_config,
+    check_size,
+    require_utf8,
     check_coverage,
     check_weight_files,
 )
@@ -65,6 +67,7 @@ def load_model(
     try:
         config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code)
         check_config(config, path)
+        check_size(config, path)
         loaded: Any = AutoModelForCausalLM.from_pretrained(  # output_loading_info: (model, info)
             path,
             config=config,
@@ -91,6 +94,8 @@ def _device(name: str) -> torch.device:
         device = torch.device(name)
     except (RuntimeError, ValueError) as err:
         raise ModelLoadError(f"unknown device {name!r}", hint="use cpu, cuda, cuda:N or mps") from err
+    if device.type == "meta":  # shapes only: no value to run or to report on
+        raise ModelLoadError("the meta device holds no values to run the model on", hint="use cpu, cuda, cuda:N or mps")
     if device.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0 or (device.index is not None and device.index >= count):
@@ -245,6 +250,7 @@ def load_tokenizer(path: str | Path, *, trust_remote_code: bool = False) -> Toke
     path = Path(path)
     if not any((path / name).is_file() for name in _TOKENIZER_FILES):
         return None
+    require_utf8(path)
     try:
         return AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code)
     except Exception as err:  # tokenizers raises a bare Exception for a corrupt tokenizer.json: bad input

@@ -114,3 +114,19 @@ def _import_module(name: str, error: type[InputError]) -> Any:
         raise error(f"importing module {name!r} failed: {type(err).__name__}: {err}") from None
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def raised_in(err: BaseException) -> str:
+    """`` in Fn.backward (file.py:12)``: the innermost frame of the traceback outside torch, transformers, peft and
+    gradscope (the user's own code), or ``""``."""
+    libraries = [str(Path(__file__).parents[1])] + [
+        str(Path(file).parent) for name in ("torch", "transformers", "peft")
+        if (file := getattr(sys.modules.get(name), "__file__", None))
+    ]
+    where, tb = "", err.__traceback__
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        if not code.co_filename.startswith(tuple(libraries)):
+            where = f" in {code.co_qualname} ({Path(code.co_filename).name}:{tb.tb_lineno})"
+        tb = tb.tb_next
+    return where

@@ -8,6 +8,7 @@ from rich.console import Console, ConsoleOptions, Group, RenderResult
 from rich.table import Table
 from rich.text import Text
 
+from gradscope.render.sanitize import escape_controls
 from gradscope.report.check import ProbeReport, Report, SampleReport, TokenReport
 from gradscope.report.scan import ScanReport
 from gradscope.report.text import format_number, format_positions
@@ -21,7 +22,7 @@ def token_label(token: TokenReport) -> str:
     """A token's text made visible: newlines and tabs shown, empty or unknown text as its id."""
     if token.text is None or token.text == "":
         return f"[{token.token_id}]"
-    return token.text.replace("\n", "↵").replace("\t", "→")
+    return escape_controls(token.text.replace("\n", "↵").replace("\t", "→"))
 
 
 class Verdict:
@@ -160,14 +161,14 @@ def _data_line(r: Report) -> str | None:
         return None
     labels = {"reference": "gradscope's reference masking (what correct looks like)", "trl": "TRL's SFT preparation and collator",
               "collate": f"your collator {d.get('collate')}"}[d["pipeline"]]
-    return f"data {d.get('source')} ({d.get('rows')} rows: {d.get('format')}); labels from {labels}"
+    return escape_controls(f"data {d.get('source')} ({d.get('rows')} rows: {d.get('format')}); labels from {labels}")
 
 
 def model_line(r: Report) -> str:
     m = r.model
     name = m.get("name_or_path") or m.get("architecture")
     losses = ", ".join("nan" if not math.isfinite(x) else f"{x:.4f}" for x in r.losses)
-    return (
+    return escape_controls(  # one line, whatever the path holds
         f"model {name} ({m.get('architecture')}, {m.get('num_layers')} layers, {m.get('dtype')}, {m.get('device')}); "
         f"loss {m.get('loss')} = {losses}"
     )

@@ -5,14 +5,15 @@ from __future__ import annotations
 import json
 
 from gradscope.constants import ROLE_NAMES
+from gradscope.render.sanitize import json_text
 from gradscope.report.check import Report, SampleReport, TokenReport
 from gradscope.report.roles import RolesReport, RolesRow
 from gradscope.report.scan import ScanReport
 
 
 def to_json(report: Report | ScanReport) -> str:
-    """The JSON form of a report (schema v1)."""
-    return json.dumps(report.to_dict(), indent=2)
+    """The JSON form of a report (schema v1), safe to print in a CI log (``gradscope.render.sanitize``)."""
+    return json_text(json.dumps(report.to_dict(), indent=2))
 
 
 def roles_sample(row: RolesRow, texts: list[str]) -> SampleReport:
@@ -33,4 +34,4 @@ def roles_to_json(report: RolesReport) -> str:
             for t, (i, text, r, m, label) in enumerate(zip(row.input_ids, texts, row.roles, row.messages, row.labels, strict=True))
         ]
         out.append({"index": row.index, "format": row.kind, "completion_cut": row.cut, "tokens": tokens})
-    return json.dumps({"schema_version": 1, "data": report.data, "rows": out}, indent=2)
+    return json_text(json.dumps({"schema_version": 1, "data": report.data, "rows": out}, indent=2))

@@ -10,6 +10,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from gradscope.render.sanitize import text_block, xml_text
 from gradscope.report import SCAN_WARNINGS, Finding, Report, SampleReport, ScanReport, Severity
 from gradscope.report.catalogue import (
     FULL_DEPTH,
@@ -56,7 +57,7 @@ def to_junit(report: Report | ScanReport, *, strict: bool = False, allow_unknown
     _verdict_suite(suites, verdict(report), strict, allow_unknown_roles)
     _totals(suites, suites.findall("testsuite"), skipped=False)  # the common schema has no skipped on testsuites
     ET.indent(suites)
-    return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(suites, encoding="unicode") + "\n"
+    return xml_text('<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(suites, encoding="unicode") + "\n")
 
 
 def _suite(parent: ET.Element, name: str, cases: Sequence[Case], strict: bool) -> None:
@@ -203,7 +204,9 @@ def _source(report: Report | ScanReport) -> str | None:
 
 
 def _escape_data(text: str) -> str:
-    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+    """Controls shown escaped and command prefixes neutralised, then the runner's own escapes (its ``%0A`` is a
+    line break inside the annotation, not in the log)."""
+    return text_block(text).replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
 
 
 def _escape_property(text: str) -> str:

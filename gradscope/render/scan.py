@@ -7,6 +7,7 @@ from rich.table import Table
 from rich.text import Text
 
 from gradscope.render.check import STATUS_STYLES, findings_table
+from gradscope.render.sanitize import escape_controls
 from gradscope.report.scan import SCAN_WARNINGS, ScanReport
 from gradscope.report.verdict import headline
 
@@ -21,7 +22,8 @@ class ScanView:
         r = self.report
         yield _scan_verdict(r)
         src = r.source
-        yield Text(f"data {src['path']} ({src['format']}); end token ids {src['end_token_ids'] or 'none'}", style="grey50")
+        line = f"data {src['path']} ({src['format']}); end token ids {src['end_token_ids'] or 'none'}"
+        yield Text(escape_controls(line), style="grey50")
         for note in r.notes:
             yield Text(f"note: {note}", style="yellow")
         yield _checks_table(r)

@@ -16,7 +16,8 @@ from gradscope.data.prefill import generation_prefills
 from gradscope.data.stream import Source, chunks, open_source, raw_columns, raw_text_error
 from gradscope.data.token_roles import RoleSources, RowRoles
 from gradscope.data.tokens import bos_added, default_end_token_ids, resolve_bos_token_id, resolve_pad_token_id
-from gradscope.errors import ModelLoadError
+from gradscope.errors import DataError, InputError, ModelLoadError
+from gradscope.model.checkpoint import CONFIG_BYTES, check_config, check_regular_file
 from gradscope.model.load import load_tokenizer
 from gradscope.report.scan import ScanReport
 from gradscope.scan.raw import RawSettings, raw_chunks
@@ -149,6 +150,8 @@ def scan(
                           bos_token_id=settings.bos_token_id, bos_added=settings.bos_added, prefills=prefills)
     if raw is not None:
         scanned.source["raw"] = raw.describe()
+    if not scanned.rows:  # a verdict on nothing is not a pass
+        raise DataError("no rows to scan: the data is empty", path=source.path, hint="give a file with rows")
     return scanned
 
 
@@ -185,7 +188,10 @@ class TokenSettings:
     def load(cls, directory: str | Path | None, end_token_ids: Iterable[int] | None) -> TokenSettings:
         """From a tokenizer or model directory (tokenizer files, config.json, generation_config.json)."""
         if directory is None:
-            return cls(frozenset(end_token_ids or ()), None)
+            ends = frozenset(end_token_ids or ())
+            if any(i < 0 for i in ends):
+                raise InputError(f"`end_token_ids` {sorted(ends)} holds a negative id", hint="give token ids (>= 0)")
+            return cls(ends, None)
         directory = Path(directory)
         tokenizer = load_tokenizer(directory) if directory.is_dir() else None
         if tokenizer is None:
@@ -194,6 +200,10 @@ class TokenSettings:
         configs = SimpleNamespace(config=_json_config(directory / "config.json"),
                                   generation_config=_json_config(directory / "generation_config.json"))
         ends = frozenset(end_token_ids) if end_token_ids else default_end_token_ids(configs, tokenizer)
+        outside = sorted(i for i in ends if not 0 <= i < len(tokenizer))
+        if outside:
+            raise InputError(f"end token id(s) {outside} outside the tokenizer's vocabulary [0, {len(tokenizer)})",
+                             path=directory, hint="give `end_token_ids` this tokenizer has")
         return cls(ends, resolve_pad_token_id(configs, tokenizer), tokenizer, directory,
                    resolve_bos_token_id(tokenizer), bos_added(tokenizer))
 
@@ -218,10 +228,15 @@ class TokenSettings:
 
 def _json_config(path: Path) -> SimpleNamespace | None:
     """A config file's eos/pad ids, read as plain JSON (nothing from the directory runs)."""
-    if not path.is_file():
+    if not path.exists():
         return None
+    check_regular_file(path, path.parent, max_bytes=CONFIG_BYTES)
     try:
         values = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
         raise ModelLoadError(f"cannot read {path.name}: {err}", path=path) from err
-    return SimpleNamespace(eos_token_id=values.get("eos_token_id"), pad_token_id=values.get("pad_token_id"))
+    if not isinstance(values, dict):
+        raise ModelLoadError(f"{path.name} is not a JSON object", path=path)
+    ids = SimpleNamespace(eos_token_id=values.get("eos_token_id"), pad_token_id=values.get("pad_token_id"))
+    check_config(ids, path.parent)  # the same types check accepts: ids or lists of them (not 1.5, -5, true)
+    return ids

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import torch
@@ -22,6 +23,7 @@ from gradscope.checks.grads import (
     param_status,
 )
 from gradscope.engine.params import PROBE_STEP, Slot, param_backward, still_zero, gradient_stats, parameter_layout
+from gradscope.errors import InputError
 from gradscope.model.layers import find_decoder_layers
 from gradscope.data.batch import prepare_batch
 from gradscope.model.prepare import describe_model, to_device
@@ -63,6 +65,7 @@ def grads(
     Raises:
         InputError: the batch does not fit the model, or the model/loss fails on it.
     """
+    require_finite(lr=lr, max_grad_norm=max_grad_norm)
     full = prepare_batch(model, batch, source)
     device = next(model.parameters()).device
     g = gradient_report(model, to_device(full, device), loss_fn=loss_fn, lr=lr, max_grad_norm=max_grad_norm,
@@ -72,6 +75,13 @@ def grads(
     report.grads = g
     report.findings += grad_findings(g, thresholds)
     return report
+
+
+def require_finite(**values: float) -> None:
+    """Each value a finite, non-negative number (an infinite learning rate makes every ratio inf or nan)."""
+    for name, value in values.items():
+        if not math.isfinite(value) or value < 0:
+            raise InputError(f"`{name}` is {value}; it must be a finite number, 0 or more")
 
 
 def gradient_report(

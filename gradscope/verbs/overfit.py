@@ -19,6 +19,7 @@ from gradscope.model.usercode import LossFn
 from gradscope.report.check import Report
 from gradscope.report.weights import OverfitReport
 from gradscope.modes import OPTIMIZERS, Optimizer
+from gradscope.verbs.grads import require_finite
 
 
 def overfit(
@@ -55,6 +56,7 @@ def overfit(
     """
     if optimizer not in OPTIMIZERS:
         raise InputError(f"unknown optimizer {optimizer!r}", hint=f"use one of {', '.join(OPTIMIZERS)}")
+    require_finite(lr=lr)
     full = prepare_batch(model, batch, source)
     device = next(model.parameters()).device
     student = copy.deepcopy(model)

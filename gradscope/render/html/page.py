@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 import secrets
 from collections.abc import Sequence
 from dataclasses import replace
@@ -44,13 +45,19 @@ def to_html(report: Report | ScanReport, *, sample: int | None = None, title: st
         f'<meta name="viewport" content="width=device-width, initial-scale=1">\n<title>{head_title}</title>\n'
         f"<style>{CSS}</style>\n</head>\n<body>\n"
     )
-    return "".join([head, *_body(report, sample, root="gs"), f"\n<script>{JS}</script>\n</body>\n</html>\n"])
+    page = "".join([head, *_body(report, sample, root="gs"), f"\n<script>{JS}</script>\n</body>\n</html>\n"])
+    return _encodable(page)
 
 
 def html_fragment(report: Report | ScanReport, *, sample: int | None = None) -> str:
     """The same view as a fragment for a notebook cell: its style and script inline, its ids unique to it."""
     root = f"gs-{secrets.token_hex(4)}"
-    return "".join([f"<style>{CSS}</style>\n", *_body(report, sample, root), f"\n<script>{JS}</script>"])
+    return _encodable("".join([f"<style>{CSS}</style>\n", *_body(report, sample, root), f"\n<script>{JS}</script>"]))
+
+
+def _encodable(page: str) -> str:
+    """A lone surrogate (a token's broken UTF-16 half) shown as its escape, so that the page encodes as UTF-8."""
+    return re.sub("[\ud800-\udfff]", lambda m: f"\\u{ord(m.group()):04x}", page)
 
 
 def _title(report: Report | ScanReport) -> str:
