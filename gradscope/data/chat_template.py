@@ -29,6 +29,22 @@ def row_tools(row: Mapping[str, Any], where: dict) -> Any:
     return tools
 
 
+def render_probe(tokenizer: Tokenizer, messages: list[dict[str, Any]], generation_prompt: bool = False,
+                 **options: Any) -> str | None:
+    """A probe conversation rendered with the tokenizer's chat template, within the template bounds (time and
+    ``deadline.TEMPLATE_CHARS``); None when the template refuses it, overruns a bound or renders no text: nothing
+    is learnt from such a rendering."""
+    try:
+        with deadline.bounded(deadline.TEMPLATE_SECONDS):
+            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt,
+                                                 **options)
+    except deadline.RenderTimeout:
+        return None
+    except Exception:  # jinja raises its own errors from the user's template: nothing is learnt from it
+        return None
+    return text if isinstance(text, str) and len(text) <= deadline.TEMPLATE_CHARS else None
+
+
 class Renderer:
     """Renders and tokenizes prefixes of one conversation with the chat template, as apply_chat_template does."""
 

@@ -18,7 +18,7 @@ import json
 import weakref
 from typing import Any
 
-from gradscope.data import deadline
+from gradscope.data.chat_template import render_probe
 
 PROBE_CALL: dict[str, Any] = {"type": "function", "id": "call0add1", "function": {"name": "add", "arguments": {"a": 2, "b": 3}}}
 """The tool call of the probe chats, with an id of nine letters and digits (Mistral's templates refuse others)."""
@@ -153,11 +153,5 @@ def _last_solid(tokenizer: Any, ids: list[int]) -> int | None:
 
 
 def _ids(tokenizer: Any, messages: list[dict]) -> list[int] | None:
-    try:
-        with deadline.bounded(deadline.TEMPLATE_SECONDS):
-            text = tokenizer.apply_chat_template(messages, tokenize=False)
-        return list(tokenizer(text, add_special_tokens=False)["input_ids"]) if isinstance(text, str) else None
-    except deadline.RenderTimeout:
-        return None
-    except Exception:  # jinja raises its own errors from the user's template: nothing is learnt from it
-        return None
+    text = render_probe(tokenizer, messages)
+    return None if text is None else list(tokenizer(text, add_special_tokens=False)["input_ids"])

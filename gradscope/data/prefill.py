@@ -12,7 +12,7 @@ from __future__ import annotations
 import weakref
 from typing import Any
 
-from gradscope.data import deadline
+from gradscope.data.chat_template import render_probe
 from gradscope.tokenizer import Tokenizer
 
 _PROBE = [
@@ -97,16 +97,7 @@ def _option_prefills(tokenizer: Tokenizer, header: str) -> list[tuple[int, ...]]
 
 
 def _render(tokenizer: Tokenizer, messages: list[dict], generation_prompt: bool = False, **options: Any) -> str | None:
-    try:
-        with deadline.bounded(deadline.TEMPLATE_SECONDS):
-            text = tokenizer.apply_chat_template(
-                messages, tokenize=False, add_generation_prompt=generation_prompt, **options
-            )
-    except deadline.RenderTimeout:
-        return None
-    except Exception:  # jinja raises its own errors from the user's template: no prefill can be learnt from it
-        return None
-    return text if isinstance(text, str) and len(text) <= deadline.TEMPLATE_CHARS else None
+    return render_probe(tokenizer, messages, generation_prompt, **options)
 
 
 def _ids_in_context(tokenizer: Tokenizer, before: str, prefill: str) -> tuple[int, ...]:
