@@ -55,11 +55,10 @@ from gradscope.cli.options import (
     quiet_transformers,
     writable,
 )
-from gradscope.engine.probes import WINDOWS_PER_ROW
+from gradscope.constants import WINDOWS_PER_ROW
 from gradscope.render.check import CheckView
 from gradscope.render.grads import GradsView
 from gradscope.render.inspect import InspectView
-from gradscope.verbs.files import check_files, inspect_files
 
 
 @app.command()
@@ -103,6 +102,8 @@ def check(
     windows: Annotated[int, typer.Option("--windows", min=0, help="Random-projection windows per row for the causal and packing probes, on top of the free screen (each about one activation-only backward).")] = WINDOWS_PER_ROW,
 ) -> None:
     """Run MODEL forward and backward on DATA and report which tokens the loss trains, and every leak."""
+    from gradscope.verbs.files import check_files
+
     options = data_options(
         response_template, instruction_template, train_on, max_length, truncation_mode, collate, collate_input,
         pipeline, trl_config, completion_only_loss=completion_only_loss, assistant_only_loss=assistant_only_loss,
@@ -140,6 +141,8 @@ def inspect(
     html: Annotated[Path | None, typer.Option("--html", callback=writable, help="Also write this row's view (token strip, heat map, findings) as one self-contained HTML page.")] = None,
 ) -> None:
     """Show one row in detail: a per-token table and a layers x positions heat map of gradient norms."""
+    from gradscope.verbs.files import inspect_files
+
     options = data_options(response_template, instruction_template, train_on, max_length, truncation_mode)
     named = inputs(model, data, None, batch_size, loss, device, dtype, trust_remote_code, options, base, device_map)
     quiet_transformers()

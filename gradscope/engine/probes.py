@@ -7,17 +7,11 @@ from dataclasses import dataclass
 
 import torch
 
+from gradscope.constants import PROBES, WINDOWS_PER_ROW  # noqa: F401  (re-exported)
 from gradscope.engine.accumulate import Accumulation, accumulate
 from gradscope.engine.run import Graph
 from gradscope.engine.screen import Screen, confirming_windows, screen, uncovered_rows
 from gradscope.engine.windows import SEED, Window, _clock, in_slices, plan_windows
-
-PROBES = ("causal", "packing", "weights")
-"""The probes ``--probes`` chooses from; all run by default."""
-
-WINDOWS_PER_ROW = 0
-"""Random-projection windows per row on top of the screen, by default (``--windows``): each costs about one
-activation-only backward pass, while the screen is free."""
 
 
 @dataclass
