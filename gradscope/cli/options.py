@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -155,12 +157,10 @@ def quiet_transformers() -> None:
 
     logging.set_verbosity_error()
     logging.disable_progress_bar()
-    try:
-        import datasets
-
-        datasets.disable_progress_bars()  # TRL's dataset preparation (--pipeline trl)
-    except ImportError:
-        pass
+    if "datasets" in sys.modules:
+        sys.modules["datasets"].disable_progress_bars()  # TRL's dataset preparation (--pipeline trl)
+    else:  # read by datasets when a command imports it; importing it here would cost every command its start-up
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 
 
 def inputs(model: Path, data: Path, samples: int | None, batch_size: int, loss: str | None, device: str,
