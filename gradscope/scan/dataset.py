@@ -14,13 +14,14 @@ from gradscope.data.load import role_spec
 from gradscope.data.pipelines import DataOptions
 from gradscope.data.prefill import generation_prefills
 from gradscope.data.stream import Source, chunks, open_source, raw_columns, raw_text_error
-from gradscope.data.token_roles import RoleSources, RowRoles
+from gradscope.data.token_roles import RoleSources
 from gradscope.data.tokens import bos_added, default_end_token_ids, resolve_bos_token_id, resolve_pad_token_id
 from gradscope.errors import ModelLoadError
 from gradscope.model.load import load_tokenizer
 from gradscope.report.scan import ScanReport
 from gradscope.scan.raw import RawSettings, raw_chunks
 from gradscope.scan.roles import with_prefills, with_token_roles
+from gradscope.scan.stream_roles import ChunkRoles
 from gradscope.scan.summary import ScanAccumulator
 from gradscope.scan.verdicts import CHECKS, UNKNOWN_ROLES, Verdicts, verdicts
 
@@ -56,7 +57,7 @@ def scan_chunks(
 
 def checked_chunks(
     source: Source, end_token_ids: frozenset[int], pad_token_id: int | None = None, vocab_size: int | None = None,
-    read: RowRoles | None = None, bos_token_id: int | None = None, bos_added: bool = False,
+    read: ChunkRoles | None = None, bos_token_id: int | None = None, bos_added: bool = False,
     prefills: tuple[tuple[int, ...], ...] = (),
 ) -> Iterator[tuple[Chunk, Verdicts]]:
     """Read and check chunk after chunk in this process (token ids below ``vocab_size`` when it is known); rows
@@ -150,11 +151,11 @@ def scan(
     return scanned
 
 
-def _role_reader(settings: TokenSettings, options: DataOptions) -> RowRoles:
+def _role_reader(settings: TokenSettings, options: DataOptions) -> ChunkRoles:
     """How rows without a role mask get roles from their tokens: a response template, the chat template, or none."""
     sources = RoleSources(response_template=options.response_template,
                           instruction_template=options.instruction_template, train_on=options.train_on)
-    return RowRoles(settings.tokenizer, settings.end_token_ids, sources)
+    return ChunkRoles(settings.tokenizer, settings.end_token_ids, sources)
 
 
 def _raw_settings(source: Source, settings: TokenSettings, options: DataOptions) -> RawSettings | None:

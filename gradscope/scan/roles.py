@@ -18,22 +18,41 @@ from gradscope.checks.sample import prefill_positions
 from gradscope.constants import COMPLETION, PROMPT
 from gradscope.data.chunks import Chunk
 from gradscope.data.token_roles import RowRoles
+from gradscope.scan.stream_roles import ChunkRoles, Stream
 
 
-def with_token_roles(chunks: Iterable[Chunk], read: RowRoles) -> Iterator[Chunk]:
+def with_token_roles(chunks: Iterable[Chunk], read: ChunkRoles) -> Iterator[Chunk]:
     """Each chunk, its rows given the roles ``read`` finds when the data holds no role mask."""
     for chunk in chunks:
         yield chunk if chunk.completion is not None else token_roles(chunk, read)
 
 
-def token_roles(chunk: Chunk, read: RowRoles) -> Chunk:
+def token_roles(chunk: Chunk, read: ChunkRoles) -> Chunk:
     """The chunk with a role mask read from each row's real tokens (1 completion, 0 prompt, -1 neither) and
-    ``known`` rows; the reasons of the rows not read go to ``role_reasons``."""
+    ``known`` rows; the reasons of the rows not read go to ``role_reasons``. The whole chunk is read at once
+    (``stream_roles``), or row by row where its description needs the per-row reader."""
+    n = len(chunk.input_ids)
+    real = chunk.attention != 0 if chunk.attention is not None else np.ones(n, dtype=bool)
+    if not read.vectorized:
+        return _row_by_row(chunk, read.scalar, real)
+    stream = Stream.of(chunk.input_ids, chunk.starts, real)
+    codes, known = read(stream)
+    completion = np.zeros(n, dtype=np.int8)
+    completion[real] = np.where(codes == COMPLETION, 1, np.where(codes == PROMPT, 0, -1))
+    reasons: tuple[str, ...] = ()
+    if not known.all():  # each source gives every row it cannot read the same reason: ask the reader once
+        r = int(np.flatnonzero(~known)[0])
+        _, _, reason = read.scalar(stream.ids[stream.begin[r] : stream.end[r]].tolist(), chunk.first_row + r)
+        reasons = (reason or "no role source",)
+    return replace(chunk, completion=completion, known=known, role_reasons=reasons)
+
+
+def _row_by_row(chunk: Chunk, read: RowRoles, real: np.ndarray) -> Chunk:
+    """``token_roles`` with the per-row reader, one row after another."""
     n = len(chunk.input_ids)
     completion = np.zeros(n, dtype=np.int8)
     known = np.zeros(chunk.rows, dtype=bool)
     reasons: dict[str, None] = {}
-    real = chunk.attention != 0 if chunk.attention is not None else np.ones(n, dtype=bool)
     ends = np.append(chunk.starts[1:], n).tolist()
     for r, (begin, end) in enumerate(zip(chunk.starts.tolist(), ends)):
         positions = begin + np.flatnonzero(real[begin:end])
