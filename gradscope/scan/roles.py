@@ -37,8 +37,12 @@ def token_roles(chunk: Chunk, read: ChunkRoles) -> Chunk:
         return _row_by_row(chunk, read.scalar, real)
     stream = Stream.of(chunk.input_ids, chunk.starts, real)
     codes, known = read(stream)
-    completion = np.zeros(n, dtype=np.int8)
-    completion[real] = np.where(codes == COMPLETION, 1, np.where(codes == PROMPT, 0, -1))
+    mask = np.where(codes == COMPLETION, 1, np.where(codes == PROMPT, 0, -1)).astype(np.int8)
+    if len(mask) == n:  # no padding
+        completion = mask
+    else:
+        completion = np.zeros(n, dtype=np.int8)
+        completion[real] = mask
     reasons: tuple[str, ...] = ()
     if not known.all():  # each source gives every row it cannot read the same reason: ask the reader once
         r = int(np.flatnonzero(~known)[0])

@@ -31,33 +31,38 @@ class Stream:
 
     Attributes:
         ids: (M,) token ids.
-        row: (M,) the row (within the chunk) of each token.
         begin: (R,) where each row begins in ``ids``; ``end`` (R,) where it ends (rows may be empty).
     """
 
     ids: np.ndarray
-    row: np.ndarray
     begin: np.ndarray
     end: np.ndarray
 
     @classmethod
     def of(cls, ids: np.ndarray, starts: np.ndarray, real: np.ndarray) -> Stream:
         """The stream of ``ids`` (N,) laid out in rows at ``starts`` (R,), keeping the ``real`` (N,) tokens."""
+        if real.all():  # no padding: the chunk's own arrays, no copy
+            return cls(ids, starts, np.append(starts[1:], len(ids)))
         lengths = np.add.reduceat(real.astype(np.int64), starts) if len(starts) else np.zeros(0, np.int64)
         lengths[np.diff(starts, append=len(ids)) == 0] = 0  # reduceat gives an empty row its next token
         end = np.cumsum(lengths)
-        begin = end - lengths
-        return cls(ids[real], np.repeat(np.arange(len(starts)), lengths), begin, end)
+        return cls(ids[real], end - lengths, end)
 
-    def find(self, pattern: list[int]) -> np.ndarray:
-        """Start positions of every occurrence of ``pattern`` lying within one row."""
+    @property
+    def lengths(self) -> np.ndarray:
+        return self.end - self.begin
+
+    def find(self, pattern: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Start positions of every occurrence of ``pattern`` lying within one row, and that row."""
         k, n = len(pattern), len(self.ids)
         if k == 0 or n < k:
-            return np.zeros(0, np.int64)
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
         at = np.flatnonzero(self.ids[: n - k + 1] == pattern[0])
         for j in range(1, k):
             at = at[self.ids[at + j] == pattern[j]]
-        return at[self.row[at] == self.row[at + k - 1]]
+        row = np.searchsorted(self.end, at, side="right")  # the row holding position at
+        keep = at + k <= self.end[row]
+        return at[keep], row[keep]
 
     def equals_at(self, at: np.ndarray, pattern: list[int]) -> np.ndarray:
         """(len(at),) bool: ``pattern`` lies at each position (the caller keeps it inside the row)."""
@@ -68,25 +73,38 @@ class Stream:
             ok[inside] &= self.ids[at[inside] + j] == token
         return ok
 
-    def next_end(self, ends: frozenset[int]) -> np.ndarray:
-        """(M + 1,) the first position at or after each whose token is an end token (M where none)."""
-        is_end = np.isin(self.ids, np.fromiter(ends, np.int64, len(ends))) if ends else np.zeros(len(self.ids), bool)
+    def first_end(self, at: np.ndarray, ends: frozenset[int]) -> np.ndarray:
+        """The first position at or after each of ``at`` whose token is an end token (M where none)."""
+        is_end = np.zeros(len(self.ids), dtype=bool)
+        for token in ends:  # a few end tokens: one comparison each beats np.isin
+            is_end |= self.ids == token
         where = np.flatnonzero(is_end)
-        return np.append(where, len(self.ids))[np.searchsorted(where, np.arange(len(self.ids) + 1))]
+        return np.append(where, len(self.ids))[np.searchsorted(where, at)]
+
+    def per_row(self, flags: np.ndarray) -> np.ndarray:
+        """(R,) whether any of a row's tokens is flagged."""
+        counts = np.add.reduceat(flags.astype(np.int64), self.begin.clip(max=max(len(flags) - 1, 0))) if len(
+            flags) else np.zeros(len(self.begin), np.int64)
+        return (counts > 0) & (self.lengths > 0)
+
+    def spread(self, per_row: np.ndarray) -> np.ndarray:
+        """(M,) each row's value at each of its tokens."""
+        return np.repeat(per_row, self.lengths)
 
 
-def _paint(n: int, begin: np.ndarray, stop: np.ndarray) -> np.ndarray:
-    """(n,) bool: inside any of the disjoint spans [begin, stop) (empty ones skipped)."""
-    keep = stop > begin
+def _spans(n: int, begin: np.ndarray, stop: np.ndarray) -> np.ndarray:
+    """(n,) the index + 1 of the span [begin, stop) holding each position, 0 outside; spans are disjoint and
+    sorted (empty ones hold nothing)."""
+    keep = np.flatnonzero(stop > begin)
     marks = np.zeros(n + 1, np.int64)
-    np.add.at(marks, begin[keep], 1)
-    np.add.at(marks, stop[keep], -1)
-    return np.cumsum(marks[:n]) > 0
+    marks[begin[keep]] += keep + 1
+    marks[stop[keep]] -= keep + 1
+    return np.cumsum(marks[:n])
 
 
-def _span_stops(stream: Stream, begin: np.ndarray, limit: np.ndarray, next_end: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _span_stops(stream: Stream, begin: np.ndarray, limit: np.ndarray, ends: frozenset[int]) -> tuple[np.ndarray, np.ndarray]:
     """Each span's stop: through the first end token in [begin, limit), else at limit; and whether one closed it."""
-    close = next_end[begin]
+    close = stream.first_end(begin, ends)
     closed = close < limit
     return np.where(closed, close + 1, limit), closed
 
@@ -94,30 +112,25 @@ def _span_stops(stream: Stream, begin: np.ndarray, limit: np.ndarray, next_end: 
 def response_template_roles(stream: Stream, response: list[int], instruction: list[int],
                             ends: frozenset[int]) -> tuple[np.ndarray, np.ndarray]:
     """``_ResponseTemplate`` on every row: (M,) role codes and (R,) whether the row holds the template."""
-    found = stream.find(response)
-    row = stream.row[found]
+    found, row = stream.find(response)
     begin = found + len(response)
     # The next occurrence in the same row (its position, not its end), else the row's end.
-    following = np.append(found[1:], -1)
     same = np.append(row[1:] == row[:-1], False) if len(row) else np.zeros(0, bool)
-    limit = np.where(same, following, stream.end[row])
+    limit = np.where(same, np.append(found[1:], -1), stream.end[row])
     if instruction:
-        stops = stream.find(instruction)
-        at = np.searchsorted(stops, begin)  # the first instruction at or after begin, if in the same row
-        nxt = np.append(stops, len(stream.ids))[at]
-        in_row = nxt < stream.end[row]
-        limit = np.where(in_row, np.minimum(limit, nxt), limit)
-    stop, _ = _span_stops(stream, begin, np.maximum(limit, begin), stream.next_end(ends))  # limit < begin: empty
-    completion = _paint(len(stream.ids), begin, stop)
+        stops, _ = stream.find(instruction)
+        nxt = np.append(stops, len(stream.ids))[np.searchsorted(stops, begin)]  # the first at or after begin
+        limit = np.where(nxt < stream.end[row], np.minimum(limit, nxt), limit)  # if in the same row
+    stop, _ = _span_stops(stream, begin, np.maximum(limit, begin), ends)  # limit < begin: an empty span
     holds = np.zeros(len(stream.begin), dtype=bool)
     holds[row] = True
-    return np.where(completion, COMPLETION, PROMPT).astype(np.int8), holds
+    return (_spans(len(stream.ids), begin, stop) > 0).astype(np.int8) * np.int8(COMPLETION - PROMPT) + PROMPT, holds
 
 
 def marker_roles(stream: Stream, markers: TemplateMarkers, train_on: str) -> tuple[np.ndarray, np.ndarray]:
     """``TemplateMarkers.roles`` on every row: (M,) role codes and (R,) whether the row has a completion token."""
     n = len(stream.ids)
-    found = [(at + len(r), stream.row[at]) for r in markers.responses for at in [stream.find(r)]]
+    found = [(at + len(r), row) for r in markers.responses for at, row in [stream.find(r)]]
     found = found or [(np.zeros(0, np.int64), np.zeros(0, np.int64))]
     begin, first = np.unique(np.concatenate([b for b, _ in found]), return_index=True)  # one span per start
     row = np.concatenate([r for _, r in found])[first]  # (a start at a row's end is that row's, not the next)
@@ -125,23 +138,19 @@ def marker_roles(stream: Stream, markers: TemplateMarkers, train_on: str) -> tup
     limit = np.where(last, stream.end[row], np.append(begin[1:], 0))
     if train_on == "last-assistant":
         begin, row, limit = begin[last], row[last], limit[last]
-    stop, closed = _span_stops(stream, begin, limit, stream.next_end(markers.end_token_ids))
+    stop, closed = _span_stops(stream, begin, limit, markers.end_token_ids)
     # The per-row loop writes span after span (completion, then lead, then glue); the last write at a position
-    # wins: key 3 * span + (0 completion, 1 lead, 2 glue), the highest key at each position.
-    key = np.full(n, -1, np.int64)
-    painted = _paint(n, begin, stop)
-    key[painted] = 3 * (np.searchsorted(begin, np.flatnonzero(painted), side="right") - 1)
+    # wins: key 3 * span + (1 completion, 2 lead, 3 glue), the highest key at each position, 0 for none.
+    key = 3 * _spans(n, begin, stop) - 2
+    key[key < 0] = 0
     spans = np.arange(len(begin))
     for pattern, at, ok, write in _unjudged(stream, markers, begin, row, stop, closed):
         for j in range(len(pattern)):
             np.maximum.at(key, at[ok] + j, 3 * spans[ok] + write)
-    roles = np.full(n, PROMPT, np.int8)
-    has = key >= 0
-    roles[has] = np.where(key[has] % 3 == 0, COMPLETION, UNKNOWN)
+    roles = np.where(key % 3 == 1, np.int8(COMPLETION), np.int8(UNKNOWN))
+    roles[key == 0] = PROMPT
     _tail(stream, markers.tail, roles)
-    holds = np.zeros(len(stream.begin), dtype=bool)
-    holds[stream.row[roles == COMPLETION]] = True
-    return roles, holds
+    return roles, stream.per_row(roles == COMPLETION)
 
 
 def _unjudged(stream: Stream, markers: TemplateMarkers, begin: np.ndarray, row: np.ndarray, stop: np.ndarray,
@@ -152,13 +161,13 @@ def _unjudged(stream: Stream, markers: TemplateMarkers, begin: np.ndarray, row: 
     lead, glue = list(markers.lead), list(markers.glue)
     if lead:
         at = begin - len(lead)
-        ok = (begin - stream.begin[row] >= len(lead)) & (at >= 0)
-        ok[ok] = stream.equals_at(at[ok], lead) & (stream.row[at[ok]] == row[ok])
-        out.append((lead, at, ok, 1))
+        ok = begin - stream.begin[row] >= len(lead)
+        ok[ok] = stream.equals_at(at[ok], lead)
+        out.append((lead, at, ok, 2))
     if glue:
         ok = closed & (stop + len(glue) <= stream.end[row])
         ok[ok] = stream.equals_at(stop[ok], glue)
-        out.append((glue, stop, ok, 2))
+        out.append((glue, stop, ok, 3))
     return out
 
 
@@ -167,7 +176,7 @@ def _tail(stream: Stream, tail: list[int], roles: np.ndarray) -> None:
     n = len(tail)
     if not n:
         return
-    long = np.flatnonzero(stream.end - stream.begin > n)
+    long = np.flatnonzero(stream.lengths > n)
     at = stream.end[long] - n
     ok = stream.equals_at(at, tail)
     window = at[ok, None] + np.arange(n)  # (rows, n)
@@ -206,7 +215,7 @@ class ChunkRoles:
             found.append(marker_roles(stream, self.markers, self.train_on))
         for codes, holds in found:
             take = holds & ~read
-            tokens = take[stream.row]
+            tokens = stream.spread(take)
             roles[tokens] = codes[tokens]
             read |= take
         return roles, read
