@@ -251,10 +251,10 @@ from gradscope.scan import scan
 path, small, num_proc, mode = sys.argv[1], sys.argv[2], int(sys.argv[3]), json.loads(sys.argv[4])
 options = DataOptions(response_template=mode.pop("response_template", None))
 scan(small, num_proc=num_proc, options=options, **mode)  # warm: imports and the tokenizer's first load are not timed
-start = time.perf_counter()
+start, cpu = time.perf_counter(), time.process_time()
 report = scan(path, num_proc=num_proc, options=options, **mode)
-seconds = time.perf_counter() - start
-print(json.dumps({"rows": report.rows, "tokens": report.tokens, "seconds": seconds, "notes": report.notes,
+seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+print(json.dumps({"rows": report.rows, "tokens": report.tokens, "seconds": seconds, "cpu": cpu, "notes": report.notes,
                   "failed": {k: v["rows"] for k, v in report.checks.items() if v["rows"]}}))
 """
 
@@ -273,6 +273,7 @@ def roles_main(rows: int, out: Path, repeats: int, procs: list[int]) -> None:
             pq.write_table(rows_of.slice(0, 1000), path.with_suffix(".warm.parquet"))
     env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
     times: dict[tuple[str, int], list[float]] = {}
+    cpus: dict[tuple[str, int], list[float]] = {}  # this process's CPU seconds: what a loaded machine does not stretch
     results: dict[tuple[str, int], dict] = {}
     for _ in range(repeats):  # the modes alternate, so that a change in the machine's load falls on all of them
         for name, mode in ROLE_MODES.items():
@@ -290,17 +291,24 @@ def roles_main(rows: int, out: Path, repeats: int, procs: list[int]) -> None:
                 if {k: v for k, v in r["failed"].items() if k in ("no_loss", "prompt_leak")} != wanted:
                     raise SystemExit(f"{name}: found {r['failed']}, generated {expected}")
                 times.setdefault((name, num_proc), []).append(r["seconds"])
+                cpus.setdefault((name, num_proc), []).append(r["cpu"])
                 results[(name, num_proc)] = r
     base = {p: statistics.median(times[("label-only", p)]) for p in procs}
-    print("| mode | rows | tokens | --num-proc | seconds | tokens/s | × label-only (same --num-proc) | roles read |")
-    print("|---|---|---|---|---|---|---|---|")
+    base_cpu = {p: statistics.median(cpus[("label-only", p)]) for p in procs}
+    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs at the end; median of {repeats} runs; CPU: "
+          "this process's CPU seconds (its worker processes with --num-proc > 1 not counted)")
+    print()
+    print("| mode | rows | tokens | --num-proc | wall s | tokens/s | × label-only | CPU s | tokens/CPU s | × label-only "
+          "| roles read |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for (name, num_proc), r in results.items():
-        seconds = statistics.median(times[(name, num_proc)])
+        seconds, cpu = statistics.median(times[(name, num_proc)]), statistics.median(cpus[(name, num_proc)])
         unknown = r["failed"].get("roles_unknown", 0)
         read = "none" if name == "label-only" else f"{r['rows'] - unknown:,} rows"
-        note = " (not used: " + r["notes"][0][:60] + "…)" if r["notes"] else ""
+        note = " (not used: roles read in this process)" if r["notes"] else ""
         print(f"| {name} | {r['rows']:,} | {r['tokens']:,} | {num_proc}{note} | {seconds:.2f} | "
-              f"{r['tokens'] / seconds / 1e6:.1f}M | {base[num_proc] / seconds:.2f} | {read} |", flush=True)
+              f"{r['tokens'] / seconds / 1e6:.1f}M | {base[num_proc] / seconds:.2f} | {cpu:.2f} | "
+              f"{r['tokens'] / cpu / 1e6:.1f}M | {base_cpu[num_proc] / cpu:.2f} | {read} |", flush=True)
 
 
 def main() -> None:
