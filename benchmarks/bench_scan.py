@@ -202,12 +202,14 @@ CHAT_USER, CHAT_ASSISTANT, CHAT_END = [1, 296, 202], [1, 290, 202], [2, 202]
 """tiny-llama-chat's ChatML: ``<|im_start|>user\n``, ``<|im_start|>assistant\n``, ``<|im_end|>\n``."""
 ROLE_MODES = {
     "label-only": {"end_token_ids": [2]},
-    "roles-from-column": {"tokenizer": str(TOKENIZER), "column": True},
+    "roles-from-column": {"end_token_ids": [2], "column": True},
+    "roles-from-column, --tokenizer": {"tokenizer": str(TOKENIZER), "column": True},
     "roles-from-template": {"tokenizer": str(TOKENIZER)},
     "roles-from-response-template": {"tokenizer": str(TOKENIZER), "response_template": "<|im_start|>assistant\n"},
 }
-"""The same chat rows scanned four ways: labels alone, roles from a completion_mask column, from the chat
-template's markers, from a response template."""
+"""The same chat rows scanned five ways: labels alone, roles from a completion_mask column (without and with the
+tokenizer, whose pad id adds the trailing-padding rule), from the chat template's markers, from a response
+template (these two need the tokenizer)."""
 
 
 def generate_chat(rows: int, seed: int = 0):
