@@ -126,7 +126,7 @@ def scan(
     raw = _raw_settings(source, settings, options)
     read = None if raw is not None else _role_reader(settings, options)
     prefills = generation_prefills(settings.tokenizer)
-    in_process = raw is None and (read.available or bool(prefills))  # roles or prefills read row by row here
+    in_process = read is not None and read.available and not read.vectorized  # roles read row by row, here
     if raw is not None:
         checked = ((chunk, verdicts(chunk, ends, settings.pad_token_id, *bos))
                    for chunk in with_prefills(raw_chunks(source, raw), prefills))
@@ -136,11 +136,11 @@ def scan(
     elif num_proc and num_proc > 1 and source.format != "safetensors" and not in_process:
         from gradscope.scan.parallel import parallel_checked_chunks
 
-        checked = parallel_checked_chunks(source, ends, num_proc, settings.pad_token_id, *bos)
+        checked = parallel_checked_chunks(source, ends, num_proc, settings.pad_token_id, *bos, read, prefills)
     else:
         if num_proc and num_proc > 1 and in_process:
-            report.notes.append("`num_proc` was not used: roles or the chat template's generation-prompt prefill are "
-                                "read from the rows' tokens in this process")
+            report.notes.append("`num_proc` was not used: the chat template's markers are read from the rows' tokens "
+                                "row by row, in this process")
         checked = checked_chunks(source, ends, settings.pad_token_id, settings.vocab_size, read, *bos, prefills)
     scanned = scan_chunks(checked, report, end_token_ids=settings.end_token_ids, pad_token_id=settings.pad_token_id,
                           decode=settings.decode, examples=examples, worst=worst, progress=advance,

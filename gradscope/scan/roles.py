@@ -18,7 +18,7 @@ from gradscope.checks.sample import prefill_positions
 from gradscope.constants import COMPLETION, PROMPT
 from gradscope.data.chunks import Chunk
 from gradscope.data.token_roles import RowRoles
-from gradscope.scan.stream_roles import ChunkRoles, Stream
+from gradscope.scan.stream_roles import ChunkRoles, Stream, StreamReader
 
 
 def with_token_roles(chunks: Iterable[Chunk], read: ChunkRoles) -> Iterator[Chunk]:
@@ -31,24 +31,33 @@ def token_roles(chunk: Chunk, read: ChunkRoles) -> Chunk:
     """The chunk with a role mask read from each row's real tokens (1 completion, 0 prompt, -1 neither) and
     ``known`` rows; the reasons of the rows not read go to ``role_reasons``. The whole chunk is read at once
     (``stream_roles``), or row by row where its description needs the per-row reader."""
-    n = len(chunk.input_ids)
-    real = chunk.attention != 0 if chunk.attention is not None else np.ones(n, dtype=bool)
     if not read.vectorized:
-        return _row_by_row(chunk, read.scalar, real)
-    stream = Stream.of(chunk.input_ids, chunk.starts, real)
-    codes, known = read(stream)
+        return _row_by_row(chunk, read.scalar, _real(chunk))
+    chunk = stream_token_roles(chunk, read.stream)
+    unread = np.flatnonzero(~chunk.known_rows())
+    if not len(unread):
+        return chunk
+    r = int(unread[0])
+    end = chunk.starts[r + 1] if r + 1 < chunk.rows else len(chunk.input_ids)
+    ids = chunk.input_ids[chunk.starts[r] : end][_real(chunk)[chunk.starts[r] : end]]
+    return replace(chunk, role_reasons=(read.unread_reason(ids.tolist(), chunk.first_row + r),))
+
+
+def stream_token_roles(chunk: Chunk, read: StreamReader) -> Chunk:
+    """``token_roles`` from the token stream, without the reasons (what a ``--num-proc`` worker computes)."""
+    real = _real(chunk)
+    codes, known = read(Stream.of(chunk.input_ids, chunk.starts, real))
     mask = np.where(codes == COMPLETION, 1, np.where(codes == PROMPT, 0, -1)).astype(np.int8)
-    if len(mask) == n:  # no padding
+    if len(mask) == len(real):  # no padding
         completion = mask
     else:
-        completion = np.zeros(n, dtype=np.int8)
+        completion = np.zeros(len(real), dtype=np.int8)
         completion[real] = mask
-    reasons: tuple[str, ...] = ()
-    if not known.all():  # each source gives every row it cannot read the same reason: ask the reader once
-        r = int(np.flatnonzero(~known)[0])
-        _, _, reason = read.scalar(stream.ids[stream.begin[r] : stream.end[r]].tolist(), chunk.first_row + r)
-        reasons = (reason or "no role source",)
-    return replace(chunk, completion=completion, known=known, role_reasons=reasons)
+    return replace(chunk, completion=completion, known=known)
+
+
+def _real(chunk: Chunk) -> np.ndarray:
+    return chunk.attention != 0 if chunk.attention is not None else np.ones(len(chunk.input_ids), dtype=bool)
 
 
 def _row_by_row(chunk: Chunk, read: RowRoles, real: np.ndarray) -> Chunk:

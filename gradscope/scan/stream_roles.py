@@ -184,24 +184,17 @@ def _tail(stream: Stream, tail: list[int], roles: np.ndarray) -> None:
     roles[window[prompt].ravel()] = UNKNOWN
 
 
-class ChunkRoles:
-    """Reads the roles of a chunk's rows, as ``RowRoles`` reads each row, from its token stream at once.
+@dataclass
+class StreamReader:
+    """What the stream reader reads roles from, in the per-row reader's order: the response template's tokens
+    (and the instruction template's), then the chat template's markers. Plain data: it travels to ``scan
+    --num-proc``'s worker processes."""
 
-    Args:
-        tokenizer: Tokenizes the response and instruction templates and carries the chat template.
-        end_token_ids: Tokens that close a turn.
-        sources: What the user gave to read roles from.
-    """
-
-    def __init__(self, tokenizer: Any, end_token_ids: frozenset[int], sources: RoleSources) -> None:
-        self.scalar = RowRoles(tokenizer, end_token_ids, sources)
-        self.available, self.reason = self.scalar.available, self.scalar.reason
-        self.ends, self.train_on = end_token_ids, sources.train_on
-        names = [name for name, _ in self.scalar.readers]
-        self.response = _ids(tokenizer, sources.response_template) if "response_template" in names else None
-        self.instruction = _ids(tokenizer, sources.instruction_template) if sources.instruction_template else []
-        self.markers = chat_markers(tokenizer, end_token_ids)[0] if "chat_template" in names else None
-        self.vectorized = "roles_from" not in names and (self.markers is None or _known(self.markers))
+    response: list[int] | None
+    instruction: list[int]
+    markers: TemplateMarkers | None
+    ends: frozenset[int]
+    train_on: str
 
     def __call__(self, stream: Stream) -> tuple[np.ndarray, np.ndarray]:
         """(M,) role codes and (R,) which rows a source read; the first source that reads a row gives its roles, and
@@ -219,6 +212,48 @@ class ChunkRoles:
             roles[tokens] = codes[tokens]
             read |= take
         return roles, read
+
+
+class ChunkRoles:
+    """Reads the roles of a chunk's rows, as ``RowRoles`` reads each row, from its token stream at once.
+
+    Args:
+        tokenizer: Tokenizes the response and instruction templates and carries the chat template.
+        end_token_ids: Tokens that close a turn.
+        sources: What the user gave to read roles from.
+    """
+
+    def __init__(self, tokenizer: Any, end_token_ids: frozenset[int], sources: RoleSources) -> None:
+        self.scalar = RowRoles(tokenizer, end_token_ids, sources)
+        self.available, self.reason = self.scalar.available, self.scalar.reason
+        names = [name for name, _ in self.scalar.readers]
+        self.stream = StreamReader(
+            _ids(tokenizer, sources.response_template) if "response_template" in names else None,
+            _ids(tokenizer, sources.instruction_template) if sources.instruction_template else [],
+            chat_markers(tokenizer, end_token_ids)[0] if "chat_template" in names else None,
+            end_token_ids, sources.train_on,
+        )
+        markers = self.stream.markers
+        self.vectorized = "roles_from" not in names and (markers is None or _known(markers))
+
+    @property
+    def markers(self) -> TemplateMarkers | None:
+        return self.stream.markers
+
+    @property
+    def response(self) -> list[int] | None:
+        return self.stream.response
+
+    @property
+    def instruction(self) -> list[int]:
+        return self.stream.instruction
+
+    def __call__(self, stream: Stream) -> tuple[np.ndarray, np.ndarray]:
+        return self.stream(stream)
+
+    def unread_reason(self, ids: list[int], row: int) -> str:
+        """Why no source reads a row (each source gives every row it cannot read the same reason)."""
+        return self.scalar(ids, row)[2] or "no role source"
 
 
 def _known(markers: TemplateMarkers) -> bool:
