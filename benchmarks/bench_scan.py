@@ -280,12 +280,12 @@ def roles_main(rows: int, out: Path, repeats: int, procs: list[int]) -> None:
     for _ in range(repeats):  # the modes alternate, so that a change in the machine's load falls on all of them
         for name, mode in ROLE_MODES.items():
             for num_proc in procs:
-                mode = dict(mode)
-                path = paths[bool(mode.pop("column", False))]
+                spec = dict(mode)
+                path = paths[bool(spec.pop("column", False))]
                 with tempfile.TemporaryDirectory(prefix="gradscope-bench-cache-") as cache:
                     warm = path.with_suffix(".warm.parquet")
                 done = subprocess.run([sys.executable, "-c", ROLES_CHILD, str(path), str(warm), str(num_proc),
-                                       json.dumps(mode)],
+                                       json.dumps(spec)],
                                           env=dict(env, HF_DATASETS_CACHE=cache), check=True, capture_output=True,
                                           text=True)
                 r = json.loads(done.stdout.strip().splitlines()[-1])
