@@ -27,7 +27,8 @@ def forward_again(model: nn.Module, batch: Mapping[str, torch.Tensor], loss_fn: 
     logits, loss = call_model(model, batch, loss_fn)
     logits = _loss_logits(logits, rec)
     rec.remove_gradient_hooks()
-    head_input, kept = rec.head_input, (rec.head_output, logits)
+    head_input = rec.head_input
+    kept: tuple[torch.Tensor | None, torch.Tensor | None] = (rec.head_output, logits)
     if head_input is not None and head_input.requires_grad and head_input.shape[:-1] == logits.shape[:-1]:
         kept = None, None
     del logits

@@ -102,7 +102,8 @@ def _spans(n: int, begin: np.ndarray, stop: np.ndarray) -> np.ndarray:
     return np.cumsum(marks[:n])
 
 
-def _span_stops(stream: Stream, begin: np.ndarray, limit: np.ndarray, ends: frozenset[int]) -> tuple[np.ndarray, np.ndarray]:
+def _span_stops(stream: Stream, begin: np.ndarray, limit: np.ndarray,
+                ends: frozenset[int]) -> tuple[np.ndarray, np.ndarray]:
     """Each span's stop: through the first end token in [begin, limit), else at limit; and whether one closed it."""
     close = stream.first_end(begin, ends)
     closed = close < limit
