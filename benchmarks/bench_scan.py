@@ -201,6 +201,121 @@ def raw_main(rows: int, out: Path, repeats: int) -> None:
               f"| {base:.2f} s | {r['scan']:.2f} s | {r['scan'] / base:.2f} | {with_offsets} | {ratio_offsets} |", flush=True)
 
 
+CHAT_USER, CHAT_ASSISTANT, CHAT_END = [1, 296, 202], [1, 290, 202], [2, 202]
+"""tiny-llama-chat's ChatML: ``<|im_start|>user\n``, ``<|im_start|>assistant\n``, ``<|im_end|>\n``."""
+ROLE_MODES = {
+    "label-only": {"end_token_ids": [2]},
+    "roles-from-column": {"end_token_ids": [2], "column": True},
+    "roles-from-column, --tokenizer": {"tokenizer": str(TOKENIZER), "column": True},
+    "roles-from-template": {"tokenizer": str(TOKENIZER)},
+    "roles-from-response-template": {"tokenizer": str(TOKENIZER), "response_template": "<|im_start|>assistant\n"},
+}
+"""The same chat rows scanned five ways: labels alone, roles from a completion_mask column (without and with the
+tokenizer, whose pad id adds the trailing-padding rule), from the chat template's markers, from a response
+template (these two need the tokenizer)."""
+
+
+def generate_chat(rows: int, seed: int = 0):
+    """Rows rendered as tiny-llama-chat's template renders one exchange (user turn, assistant turn; mean 128
+    tokens), completion (assistant content + <|im_end|>) trained; 1% with the prompt trained, 0.5% with nothing
+    trained. A pyarrow Table with a completion_mask column, and the failures expected with roles."""
+    import pyarrow as pa
+
+    rng = np.random.default_rng(seed)
+    prompt, answer = rng.integers(10, 110, rows), rng.integers(10, 110, rows)
+    head, mid, tail = np.array(CHAT_USER), np.array(CHAT_END + CHAT_ASSISTANT), np.array(CHAT_END)
+    lengths = len(head) + prompt + len(mid) + answer + len(tail)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    n = int(offsets[-1])
+    row_of = np.repeat(np.arange(rows), lengths)
+    position = np.arange(n) - offsets[:-1][row_of]
+    ids = rng.integers(4, 200, n, dtype=np.int64)  # content: no marker, end or newline token
+    cut = {"mid": len(head) + prompt, "answer": len(head) + prompt + len(mid), "tail": lengths - len(tail)}
+    at = lambda name: position - cut[name][row_of]  # noqa: E731
+    ids = np.where(position < len(head), head[np.minimum(position, len(head) - 1)], ids)
+    in_mid = (at("mid") >= 0) & (at("answer") < 0)
+    ids[in_mid] = mid[at("mid")[in_mid]]
+    in_tail = at("tail") >= 0
+    ids[in_tail] = tail[at("tail")[in_tail]]
+    completion = ((at("answer") >= 0) & (at("tail") <= 0)).astype(np.int8)  # content and <|im_end|>
+    labels = np.where(completion == 1, ids, -100)
+    leak = rng.random(rows) < 0.01
+    labels = np.where(leak[row_of] & (position > 0), ids, labels)
+    no_loss = rng.random(rows) < 0.005
+    labels[no_loss[row_of]] = -100
+    lists = lambda values: pa.LargeListArray.from_arrays(offsets, values)  # noqa: E731
+    table = pa.table({"input_ids": lists(ids.astype(np.int32)), "attention_mask": lists(np.ones(n, np.int8)),
+                      "labels": lists(labels), "completion_mask": lists(completion)})
+    return table, {"no_loss": int(no_loss.sum()), "prompt_leak": int((leak & ~no_loss).sum())}
+
+
+ROLES_CHILD = """
+import json, sys, time
+from gradscope.data.pipelines import DataOptions
+from gradscope.scan import scan
+path, small, num_proc, mode = sys.argv[1], sys.argv[2], int(sys.argv[3]), json.loads(sys.argv[4])
+options = DataOptions(response_template=mode.pop("response_template", None))
+scan(small, num_proc=num_proc, options=options, **mode)  # warm: imports and the tokenizer's first load are not timed
+start, cpu = time.perf_counter(), time.process_time()
+report = scan(path, num_proc=num_proc, options=options, **mode)
+seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+print(json.dumps({"rows": report.rows, "tokens": report.tokens, "seconds": seconds, "cpu": cpu, "notes": report.notes,
+                  "failed": {k: v["rows"] for k, v in report.checks.items() if v["rows"]}}))
+"""
+
+
+def roles_main(rows: int, out: Path, repeats: int, procs: list[int]) -> None:
+    """The roles table: the same chat rows scanned from labels alone and with roles from each source, each in a
+    fresh process warmed by a scan of the first 1,000 rows (imports and the tokenizer's first load not timed)."""
+    import pyarrow.parquet as pq
+
+    table, expected = generate_chat(rows)
+    paths = {True: out / f"chat{rows}-column.parquet", False: out / f"chat{rows}.parquet"}
+    if not paths[True].exists():
+        for column, path in paths.items():
+            rows_of = table if column else table.drop(["completion_mask"])
+            pq.write_table(rows_of, path, row_group_size=65536)
+            pq.write_table(rows_of.slice(0, 1000), path.with_suffix(".warm.parquet"))
+    env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    times: dict[tuple[str, int], list[float]] = {}
+    cpus: dict[tuple[str, int], list[float]] = {}  # this process's CPU seconds: what a loaded machine does not stretch
+    results: dict[tuple[str, int], dict] = {}
+    for _ in range(repeats):  # the modes alternate, so that a change in the machine's load falls on all of them
+        for name, mode in ROLE_MODES.items():
+            for num_proc in procs:
+                spec = dict(mode)
+                path = paths[bool(spec.pop("column", False))]
+                with tempfile.TemporaryDirectory(prefix="gradscope-bench-cache-") as cache:
+                    warm = path.with_suffix(".warm.parquet")
+                done = subprocess.run([sys.executable, "-c", ROLES_CHILD, str(path), str(warm), str(num_proc),
+                                       json.dumps(spec)],
+                                          env=dict(env, HF_DATASETS_CACHE=cache), check=True, capture_output=True,
+                                          text=True)
+                r = json.loads(done.stdout.strip().splitlines()[-1])
+                wanted = {"no_loss": expected["no_loss"]} if name == "label-only" else expected
+                if {k: v for k, v in r["failed"].items() if k in ("no_loss", "prompt_leak")} != wanted:
+                    raise SystemExit(f"{name}: found {r['failed']}, generated {expected}")
+                times.setdefault((name, num_proc), []).append(r["seconds"])
+                cpus.setdefault((name, num_proc), []).append(r["cpu"])
+                results[(name, num_proc)] = r
+    base = {p: statistics.median(times[("label-only", p)]) for p in procs}
+    base_cpu = {p: statistics.median(cpus[("label-only", p)]) for p in procs}
+    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs at the end; median of {repeats} runs; CPU: "
+          "this process's CPU seconds (its worker processes with --num-proc > 1 not counted)")
+    print()
+    print("| mode | rows | tokens | --num-proc | wall s | tokens/s | × label-only | CPU s | tokens/CPU s | × label-only "
+          "| roles read |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for (name, num_proc), r in results.items():
+        seconds, cpu = statistics.median(times[(name, num_proc)]), statistics.median(cpus[(name, num_proc)])
+        unknown = r["failed"].get("roles_unknown", 0)
+        read = "none" if name == "label-only" else f"{r['rows'] - unknown:,} rows"
+        note = " (not used: roles read in this process)" if r["notes"] else ""
+        print(f"| {name} | {r['rows']:,} | {r['tokens']:,} | {num_proc}{note} | {seconds:.2f} | "
+              f"{r['tokens'] / seconds / 1e6:.1f}M | {base[num_proc] / seconds:.2f} | {cpu:.2f} | "
+              f"{r['tokens'] / cpu / 1e6:.1f}M | {base_cpu[num_proc] / cpu:.2f} | {read} |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("/tmp/gradscope-scan-bench"))
@@ -210,12 +325,19 @@ def main() -> None:
     parser.add_argument("--num-proc", default="1,2", help="process counts to try (comma-separated)")
     parser.add_argument("--raw", action="store_true", help="measure raw rows (scan --tokenizer) instead")
     parser.add_argument("--raw-rows", type=int, default=20000, help="rows of each raw file")
+    parser.add_argument("--roles", action="store_true",
+                        help="scan the same chat rows from labels alone and with roles from a column, the chat "
+                             "template and a response template, side by side")
+    parser.add_argument("--roles-rows", type=int, default=200000, help="rows of the --roles dataset")
     parser.add_argument("--repeats", type=int, default=3,
                         help="fresh-process runs of each scan (median time, highest peak); raw: alternated repeats of each side")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     if args.raw:
         raw_main(args.raw_rows, args.out, args.repeats)
+        return
+    if args.roles:
+        roles_main(args.roles_rows, args.out, args.repeats, [int(p) for p in args.num_proc.split(",")])
         return
     formats = args.formats.split(",")
     print("| format | rows | tokens | --num-proc | seconds | tokens/s | peak RSS | peak RSS above the imports |")

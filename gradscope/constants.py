@@ -26,3 +26,14 @@ ROLE_NAMES = {UNKNOWN: None, PROMPT: "prompt", COMPLETION: "completion", PAD: "p
 
 CU_SEQ_LENS_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k")
 """Cumulative document lengths over the flattened (B * T) batch, as flash-attention varlen reads them."""
+
+# Defaults the command line declares; here so that parsing flags needs no torch.
+DEFAULT_LR = 5e-5
+"""transformers' ``TrainingArguments.learning_rate`` default."""
+DEFAULT_MAX_GRAD_NORM = 1.0
+"""transformers' ``TrainingArguments.max_grad_norm`` default."""
+PROBES = ("causal", "packing", "weights")
+"""The probes ``--probes`` chooses from; all run by default."""
+WINDOWS_PER_ROW = 0
+"""Random-projection windows per row on top of the screen, by default (``--windows``): each costs about one
+activation-only backward pass, while the screen is free."""

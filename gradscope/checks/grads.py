@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from gradscope.constants import DEFAULT_LR, DEFAULT_MAX_GRAD_NORM  # noqa: F401  (re-exported)
 from gradscope.engine.params import (
     Slot,
     ParamStats,
@@ -17,10 +18,6 @@ from gradscope.report.finding import Finding
 from gradscope.report.text import format_count, name_list
 from gradscope.report.weights import GradReport, ModuleGrad, ParamGrad
 
-DEFAULT_LR = 5e-5
-"""transformers' ``TrainingArguments.learning_rate`` default."""
-DEFAULT_MAX_GRAD_NORM = 1.0
-"""transformers' ``TrainingArguments.max_grad_norm`` default."""
 CLIP_EPS = 1e-6
 """What ``clip_grad_norm_`` adds to the norm before dividing."""
 

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -76,6 +76,22 @@ app = typer.Typer(
     help="Read from the loss gradient which tokens a fine-tune really trains, flag every masking "
         "leak, and check the gradient that reaches the weights.",
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from gradscope import __version__
+
+        print(f"gradscope {__version__}")
+        raise typer.Exit(EXIT_OK)
+
+
+@app.callback()
+def _options(
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="Print gradscope's version and exit.")] = False,
+) -> None:
+    """The options before the command; each command imports what it runs (torch, transformers) only when called."""
 
 
 FLAGS = {"end_token_ids": "--end-token-id", "parameters": "--param-sample"}

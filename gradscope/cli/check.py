@@ -56,13 +56,11 @@ from gradscope.cli.options import (
     quiet_transformers,
     writable,
 )
-from gradscope.engine.probes import WINDOWS_PER_ROW
+from gradscope.constants import WINDOWS_PER_ROW
 from gradscope.modes import Depth
 from gradscope.render.check import CheckView
 from gradscope.render.grads import GradsView
 from gradscope.render.inspect import InspectView
-from gradscope.verbs.files import check_files, inspect_files
-from gradscope.verbs.options import CheckOptions
 
 
 @app.command()
@@ -111,6 +109,9 @@ def check(
             "activation-only backward).")] = WINDOWS_PER_ROW,
 ) -> None:
     """Run MODEL forward and backward on DATA and report which tokens the loss trains, and every leak."""
+    from gradscope.verbs.files import check_files
+    from gradscope.verbs.options import CheckOptions
+
     options = data_options(
         response_template, instruction_template, train_on, max_length, truncation_mode, collate, collate_input,
         pipeline, trl_config, completion_only_loss=completion_only_loss, assistant_only_loss=assistant_only_loss,
@@ -151,6 +152,8 @@ def inspect(
     html: Annotated[Path | None, typer.Option("--html", callback=writable, help="Also write this row's view (token strip, heat map, findings) as one self-contained HTML page.")] = None,
 ) -> None:
     """Show one row in detail: a per-token table and a layers x positions heat map of gradient norms."""
+    from gradscope.verbs.files import inspect_files
+
     options = data_options(response_template, instruction_template, train_on, max_length, truncation_mode)
     named = inputs(model, data, samples=None, batch_size=batch_size, loss=loss, device=device, dtype=dtype,
                    trust_remote_code=trust_remote_code, options=options, base=base, device_map=device_map)

@@ -35,8 +35,6 @@ from gradscope.errors import InputError
 from gradscope.render.inspect import RolesView
 from gradscope.render.json import roles_to_json
 from gradscope.render.scan import ScanView
-from gradscope.scan.dataset import scan as scan_dataset
-from gradscope.verbs.files import roles_files
 
 
 @app.command()
@@ -54,6 +52,8 @@ def roles(
 ) -> None:
     """Show how gradscope splits DATA's raw rows into prompt and completion tokens, from the tokenizer and its chat
     template; no model runs."""
+    from gradscope.verbs.files import roles_files
+
     options = data_options(response_template, instruction_template, train_on, max_length, truncation_mode)
     if output_format is Format.junit:
         raise fail(InputError("`format` junit reports checks; roles runs none", hint="use text or json"))
@@ -88,6 +88,8 @@ def scan(
 ) -> None:
     """Audit every row of a dataset from its labels, without a model (same checks as check); raw rows are tokenized
     with --tokenizer and labelled as check's reference pipeline does."""
+    from gradscope.scan.dataset import scan as scan_dataset
+
     options = data_options(response_template, instruction_template, train_on, max_length, truncation_mode)
     quiet_transformers()
     with boundary(), _progress() as advance:

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from gradscope.checks.grads import DEFAULT_LR, DEFAULT_MAX_GRAD_NORM  # noqa: F401  (defaults of LrOpt, MaxNormOpt)
 from gradscope.cli.app import fail
-from gradscope.data.pipelines import DataOptions
-from gradscope.engine.probes import PROBES
+from gradscope.constants import DEFAULT_LR, DEFAULT_MAX_GRAD_NORM, PROBES  # noqa: F401  (defaults of LrOpt, MaxNormOpt)
 from gradscope.errors import OutputError
 from gradscope.cli.output import check_writable
-from gradscope.verbs.files import Inputs
+
+if TYPE_CHECKING:  # torch-heavy: imported when a command runs, never for --help or a usage error
+    from gradscope.data.pipelines import DataOptions
+    from gradscope.verbs.files import Inputs
 
 
 class Format(str, Enum):
@@ -132,6 +135,8 @@ def data_options(
     **trl_flags: bool | None,
 ) -> DataOptions:
     """The data options from parsed flags; TRL flags left unset (None) defer to --trl-config and TRL's defaults."""
+    from gradscope.data.pipelines import DataOptions
+
     return DataOptions(
         response_template=response_template,
         instruction_template=instruction_template,
@@ -161,17 +166,17 @@ def quiet_transformers() -> None:
 
     logging.set_verbosity_error()
     logging.disable_progress_bar()
-    try:
-        import datasets
-
-        datasets.disable_progress_bars()  # TRL's dataset preparation (--pipeline trl)
-    except ImportError:
-        pass
+    if "datasets" in sys.modules:
+        sys.modules["datasets"].disable_progress_bars()  # TRL's dataset preparation (--pipeline trl)
+    else:  # read by datasets when a command imports it; importing it here would cost every command its start-up
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 
 
 def inputs(model: Path, data: Path, *, samples: int | None, batch_size: int, loss: str | None, device: str,
            dtype: DType, trust_remote_code: bool, options: DataOptions, base: Path | None = None,
            device_map: str | None = None) -> Inputs:
     """The library's Inputs from the flags every model-running command shares."""
+    from gradscope.verbs.files import Inputs
+
     return Inputs(model, data, samples=samples, batch_size=batch_size, loss=loss, device=device, dtype=dtype.value,
                   trust_remote_code=trust_remote_code, base=base, device_map=device_map, options=options)

@@ -41,7 +41,6 @@ from gradscope.cli.options import (
     quiet_transformers,
 )
 from gradscope.render.grads import GradsView, VerifyView
-from gradscope.verbs.files import grads_files, verify_files
 
 
 @app.command()
@@ -72,6 +71,8 @@ def grads(
     truncation_mode: TruncationOpt = None,
 ) -> None:
     """The gradient that reaches the weights: per-module norms, clipping, update ratios, untrained parameters."""
+    from gradscope.verbs.files import grads_files
+
     options = data_options(response_template, instruction_template, train_on, max_length, truncation_mode)
     named = inputs(model, data, samples=samples, batch_size=batch_size, loss=loss, device=device, dtype=dtype,
                    trust_remote_code=trust_remote_code, options=options, base=base, device_map=device_map)
@@ -104,6 +105,8 @@ def verify(
     truncation_mode: TruncationOpt = None,
 ) -> None:
     """Check autograd's gradient of the loss against finite differences on a float64 copy of the model."""
+    from gradscope.verbs.files import verify_files
+
     options = data_options(response_template, instruction_template, train_on, max_length, truncation_mode)
     named = inputs(model, data, samples=samples, batch_size=batch_size, loss=loss, device=device, dtype=DType.float32,
                    trust_remote_code=trust_remote_code, options=options, base=base)

@@ -7,17 +7,11 @@ from dataclasses import dataclass
 
 import torch
 
+from gradscope.constants import PROBES, WINDOWS_PER_ROW  # noqa: F401  (re-exported)
 from gradscope.engine.accumulate import Accumulation, accumulate
 from gradscope.engine.run import Graph
 from gradscope.engine.screen import Screen, confirming_windows, screen, uncovered_rows
 from gradscope.engine.windows import SEED, Window, synced_clock, in_slices, plan_windows
-
-PROBES = ("causal", "packing", "weights")
-"""The probes ``--probes`` chooses from; all run by default."""
-
-WINDOWS_PER_ROW = 0
-"""Random-projection windows per row on top of the screen, by default (``--windows``): each costs about one
-activation-only backward pass, while the screen is free."""
 
 
 @dataclass
@@ -129,7 +123,11 @@ class ProbeRun:
             self.screen = screen(graph, self.starts, self.real)
             self.windows = self._windows(self.screen)
         if self.windows:
-            self.dependence = trace_dependence(graph, self.windows)
+            began = synced_clock(graph.device)
+            network = graph.network()  # the forward again when the core run freed it (clean batches never get here)
+            rerun = synced_clock(graph.device) - began if graph.rerun is not None else 0.0
+            self.dependence = trace_dependence(network, self.windows)
+            self.dependence.seconds += rerun
 
     @property
     def unexplained(self) -> list[int]:

@@ -61,6 +61,18 @@ class Graph:
     loss: torch.Tensor  # ()
     loss_grad: torch.Tensor | None = None  # (B, T, D) the core backward's dL/d embedding
     trained: torch.Tensor | None = None  # (B, T) bool on the CPU: dL/dlogits[t] != 0 (logit positions, unshifted)
+    rerun: Callable[[], Graph] | None = None
+    """Set when the core backward freed the graph (``forward_backward(..., rerun=True)``): runs the forward again
+    and returns its graph, for a probe that needs one; ``embedding``, ``head_input``, ``head_output`` and
+    ``logits`` are then None."""
+
+    @property
+    def device(self) -> torch.device:
+        return self.loss.device
+
+    def network(self) -> Graph:
+        """The differentiable forward: this one when it was kept, else the forward run again."""
+        return self.rerun() if self.rerun is not None else self
 
 
 def _first_tensor(output: object) -> torch.Tensor | None:
@@ -105,6 +117,10 @@ class Recorder:
                 self.gradient_hooks.append(hidden.register_hook(self._store_norm(index)))
 
         return hook
+
+    def forget_forward(self) -> None:
+        """Forget what the last forward recorded, so that the hooks record the next one."""
+        self.embedding = self.head_input = self.head_output = None
 
     def remove_gradient_hooks(self) -> None:
         """Detach the gradient hooks from the graph, so that later backward passes through it record nothing."""
@@ -195,6 +211,7 @@ def forward_backward(
     keep_dropout: bool = False,
     after_backward: Callable[[Graph], None] | None = None,
     loss_graph: bool = True,
+    rerun: bool = False,
 ) -> Capture:
     """Run ``model(**batch)``, take the loss, and backpropagate it to the input embeddings with hooks.
 
@@ -209,6 +226,9 @@ def forward_backward(
         loss_graph: Keep the loss -> logits part of the graph for ``after_backward`` (the accumulation probe
             reads it). When False and the loss reaches the network only through the logits, the logits and the
             loss's saved tensors are freed before the backward through the network; ``Graph.logits`` is then None.
+        rerun: Free the graph in the core backward, as a plain training step does, and give ``after_backward`` a
+            Graph without it whose ``rerun`` runs the forward again, for probes that need it only sometimes (the
+            windows, where the screen fires). Ignored with ``keep_dropout``: a second forward would drop other units.
 
     Returns:
         The captured per-position quantities.
@@ -220,7 +240,7 @@ def forward_backward(
         logits, loss = call_model(model, batch, loss_fn)
         logits = loss_logits(logits, rec)
         stats = LogitStats(logits, batch["input_ids"])
-        keep_graph = after_backward is not None
+        keep_graph = after_backward is not None and not (rerun and not keep_dropout)
         differentiable = rec.embedding is not None and logits.requires_grad
         backward = loss.requires_grad and differentiable
         reentrant = backward and reentrant_checkpointing(model)
@@ -255,9 +275,15 @@ def forward_backward(
         if after_backward is not None and differentiable:
             rec.remove_gradient_hooks()
             trained = stats.grad_norm > 0 if stats.grad_norm is not None else None
-            after_backward(Graph(
-                model, batch, loss_fn, rec.embedding, rec.head_input, rec.head_output, logits, loss, embedding_grad, trained
-            ))
+            if keep_graph:
+                after_backward(Graph(model, batch, loss_fn, rec.embedding, rec.head_input, rec.head_output, logits,
+                                     loss, embedding_grad, trained))
+            else:
+                from gradscope.engine.rerun import forward_again  # it builds on this module
+
+                rec.forget_forward()
+                after_backward(Graph(model, batch, loss_fn, None, None, None, None, loss.detach(), embedding_grad,
+                                     trained, rerun=lambda: forward_again(model, batch, loss_fn, rec)))
         return capture
 
 

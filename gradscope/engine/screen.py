@@ -42,12 +42,11 @@ def screen(graph: Graph, starts: torch.Tensor, real: torch.Tensor) -> Screen:
         starts: (B, T) bool, document starts (``gradscope.batch.document_starts``).
         real: (B, T) bool, tokens that are not padding.
     """
-    assert graph.embedding is not None, "the screen runs only at depths that keep the embedding"
-    began = synced_clock(graph.embedding.device)
+    began = synced_clock(graph.device)
     trained = graph.trained if graph.trained is not None else torch.zeros_like(real)
     after = after_the_loss(trained, starts, real)
     reached = (graph.loss_grad != 0).any(-1).cpu() & after if graph.loss_grad is not None else torch.zeros_like(after)
-    return Screen(after, reached, _screened_boundaries(after, starts, real), synced_clock(graph.embedding.device) - began)
+    return Screen(after, reached, _screened_boundaries(after, starts, real), synced_clock(graph.device) - began)
 
 
 def after_the_loss(trained: torch.Tensor, starts: torch.Tensor, real: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,7 @@ from gradscope.data.load import role_spec
 from gradscope.data.pipelines import DataOptions
 from gradscope.data.prefill import generation_prefills
 from gradscope.data.stream import Source, chunks, open_source, raw_columns, raw_text_error
-from gradscope.data.token_roles import RoleSources, RowRoles
+from gradscope.data.token_roles import RoleSources
 from gradscope.data.tokens import bos_added, default_end_token_ids, resolve_bos_token_id, resolve_pad_token_id
 from gradscope.errors import DataError, InputError, ModelLoadError
 from gradscope.model.checkpoint import CONFIG_BYTES, check_config, check_regular_file
@@ -22,6 +22,7 @@ from gradscope.model.load import load_tokenizer
 from gradscope.report.scan import ScanReport
 from gradscope.scan.raw import RawSettings, raw_chunks
 from gradscope.scan.roles import with_prefills, with_token_roles
+from gradscope.scan.stream_roles import ChunkRoles
 from gradscope.scan.summary import ScanAccumulator
 from gradscope.scan.verdicts import CHECKS, UNKNOWN_ROLES, Verdicts, verdicts
 from gradscope.tokenizer import Tokenizer
@@ -58,7 +59,7 @@ def scan_chunks(
 
 def checked_chunks(
     source: Source, end_token_ids: frozenset[int], pad_token_id: int | None = None, vocab_size: int | None = None,
-    read: RowRoles | None = None, bos_token_id: int | None = None, bos_added: bool = False,
+    read: ChunkRoles | None = None, bos_token_id: int | None = None, bos_added: bool = False,
     prefills: tuple[tuple[int, ...], ...] = (),
 ) -> Iterator[tuple[Chunk, Verdicts]]:
     """Read and check chunk after chunk in this process (token ids below ``vocab_size`` when it is known); rows
@@ -127,7 +128,7 @@ def scan(
     raw = _raw_settings(source, settings, options)
     read = None if raw is not None else _role_reader(settings, options)
     prefills = generation_prefills(settings.tokenizer)
-    in_process = read is not None and (read.available or bool(prefills))  # roles or prefills read row by row here
+    in_process = read is not None and read.available and not read.vectorized  # roles read row by row, here
     checked: Iterator[tuple[Chunk, Verdicts]]
     if raw is not None:
         checked = ((chunk, verdicts(chunk, ends, settings.pad_token_id, *bos))
@@ -138,11 +139,11 @@ def scan(
     elif num_proc and num_proc > 1 and source.format != "safetensors" and not in_process:
         from gradscope.scan.parallel import parallel_checked_chunks
 
-        checked = parallel_checked_chunks(source, ends, num_proc, settings.pad_token_id, *bos)
+        checked = parallel_checked_chunks(source, ends, num_proc, settings.pad_token_id, *bos, read, prefills)
     else:
         if num_proc and num_proc > 1 and in_process:
-            report.notes.append("`num_proc` was not used: roles or the chat template's generation-prompt prefill are "
-                                "read from the rows' tokens in this process")
+            report.notes.append("`num_proc` was not used: the chat template's markers are read from the rows' tokens "
+                                "row by row, in this process")
         checked = checked_chunks(source, ends, settings.pad_token_id, settings.vocab_size, read, *bos, prefills)
     scanned = scan_chunks(checked, report, end_token_ids=settings.end_token_ids, pad_token_id=settings.pad_token_id,
                           decode=settings.decode, examples=examples, worst=worst, progress=advance,
@@ -155,11 +156,11 @@ def scan(
     return scanned
 
 
-def _role_reader(settings: TokenSettings, options: DataOptions) -> RowRoles:
+def _role_reader(settings: TokenSettings, options: DataOptions) -> ChunkRoles:
     """How rows without a role mask get roles from their tokens: a response template, the chat template, or none."""
     sources = RoleSources(response_template=options.response_template,
                           instruction_template=options.instruction_template, train_on=options.train_on)
-    return RowRoles(settings.tokenizer, settings.end_token_ids, sources)
+    return ChunkRoles(settings.tokenizer, settings.end_token_ids, sources)
 
 
 def _raw_settings(source: Source, settings: TokenSettings, options: DataOptions) -> RawSettings | None:

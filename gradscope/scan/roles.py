@@ -18,26 +18,74 @@ from gradscope.checks.sample import prefill_positions
 from gradscope.constants import COMPLETION, PROMPT
 from gradscope.data.chunks import Chunk
 from gradscope.data.token_roles import RowRoles
+from gradscope.scan.stream_roles import ChunkRoles, Stream, StreamReader
 
 
-def with_token_roles(chunks: Iterable[Chunk], read: RowRoles) -> Iterator[Chunk]:
+def with_token_roles(chunks: Iterable[Chunk], read: ChunkRoles) -> Iterator[Chunk]:
     """Each chunk, its rows given the roles ``read`` finds when the data holds no role mask."""
     for chunk in chunks:
         yield chunk if chunk.completion is not None else token_roles(chunk, read)
 
 
-def token_roles(chunk: Chunk, read: RowRoles) -> Chunk:
+def token_roles(chunk: Chunk, read: ChunkRoles) -> Chunk:
     """The chunk with a role mask read from each row's real tokens (1 completion, 0 prompt, -1 neither) and
-    ``known`` rows; the reasons of the rows not read go to ``role_reasons``."""
+    ``known`` rows; the reasons of the rows not read go to ``role_reasons``. The whole chunk is read at once
+    (``stream_roles``), or row by row where its description needs the per-row reader."""
+    if not read.vectorized:
+        return _row_by_row(chunk, read.scalar, held_mask(chunk, read.scalar.end_token_ids))
+    chunk = stream_token_roles(chunk, read.stream)
+    unread = np.flatnonzero(~chunk.known_rows())
+    if not len(unread):
+        return chunk
+    r = int(unread[0])
+    end = chunk.starts[r + 1] if r + 1 < chunk.rows else len(chunk.input_ids)
+    ids = chunk.input_ids[chunk.starts[r] : end][held_mask(chunk, read.stream.ends)[chunk.starts[r] : end]]
+    return replace(chunk, role_reasons=(read.unread_reason(ids.tolist(), chunk.first_row + r),))
+
+
+def stream_token_roles(chunk: Chunk, read: StreamReader) -> Chunk:
+    """``token_roles`` from the token stream, without the reasons (what a ``--num-proc`` worker computes)."""
+    real = held_mask(chunk, read.ends)
+    codes, known = read(Stream.of(chunk.input_ids, chunk.starts, real))
+    mask = np.where(codes == COMPLETION, 1, np.where(codes == PROMPT, 0, -1)).astype(np.int8)
+    if len(mask) == len(real):  # no padding
+        completion = mask
+    else:
+        completion = np.zeros(len(real), dtype=np.int8)
+        completion[real] = mask
+    return replace(chunk, completion=completion, known=known)
+
+
+def held_mask(chunk: Chunk, end_token_ids: frozenset[int]) -> np.ndarray:
+    """(N,) the tokens each row holds: its real ones (a 2D mask's ones), and the end tokens the mask hides between a
+    row's first and last real token (pad == eos: the model's EOS, not padding; ``gradscope.data.batch.held_tokens``
+    for a chunk's rows at once)."""
+    n = len(chunk.input_ids)
+    if chunk.attention is None:
+        return np.ones(n, dtype=bool)
+    real = chunk.attention != 0
+    hidden = ~real & np.isin(chunk.input_ids, sorted(end_token_ids))
+    if n == 0 or not hidden.any():
+        return real
+    lengths = np.diff(np.append(chunk.starts, n))
+    row_of = np.repeat(np.arange(chunk.rows), lengths)
+    pos = np.arange(n)
+    nonempty = lengths > 0  # reduceat over the rows that have tokens (their starts are distinct)
+    first, last = np.full(chunk.rows, n), np.full(chunk.rows, -1)
+    first[nonempty] = np.minimum.reduceat(np.where(real, pos, n), chunk.starts[nonempty])
+    last[nonempty] = np.maximum.reduceat(np.where(real, pos, -1), chunk.starts[nonempty])
+    return real | (hidden & (pos >= first[row_of]) & (pos <= last[row_of]))
+
+
+def _row_by_row(chunk: Chunk, read: RowRoles, held: np.ndarray) -> Chunk:
+    """``token_roles`` with the per-row reader, one row after another."""
     n = len(chunk.input_ids)
     completion = np.zeros(n, dtype=np.int8)
     known = np.zeros(chunk.rows, dtype=bool)
     reasons: dict[str, None] = {}
-    real = chunk.attention != 0 if chunk.attention is not None else np.ones(n, dtype=bool)
-    hidden_ends = ~real & np.isin(chunk.input_ids, sorted(read.end_token_ids))
     ends = np.append(chunk.starts[1:], n).tolist()
     for r, (begin, end) in enumerate(zip(chunk.starts.tolist(), ends, strict=True)):
-        positions = begin + _held(real[begin:end], hidden_ends[begin:end])
+        positions = begin + np.flatnonzero(held[begin:end])
         _, roles, reason = read(chunk.input_ids[positions].tolist(), chunk.first_row + r)
         if roles is None:
             reasons[reason or "no role source"] = None
@@ -46,17 +94,6 @@ def token_roles(chunk: Chunk, read: RowRoles) -> Chunk:
         codes = np.asarray(roles)
         completion[positions] = np.where(codes == COMPLETION, 1, np.where(codes == PROMPT, 0, -1))
     return replace(chunk, completion=completion, known=known, role_reasons=tuple(reasons))
-
-
-def _held(real: np.ndarray, hidden_ends: np.ndarray) -> np.ndarray:
-    """Positions of one row's held tokens: its real ones, and the end tokens the mask hides between its first and
-    last real token (``gradscope.data.batch.held_tokens``, for one row of a chunk)."""
-    inside = np.flatnonzero(real)
-    if len(inside) == 0 or not hidden_ends.any():
-        return inside
-    held = real.copy()
-    held[inside[0] : inside[-1] + 1] |= hidden_ends[inside[0] : inside[-1] + 1]
-    return np.flatnonzero(held)
 
 
 def with_prefills(chunks: Iterable[Chunk], prefills: tuple[tuple[int, ...], ...]) -> Iterator[Chunk]:

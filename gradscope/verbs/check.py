@@ -112,8 +112,9 @@ def check_batches(
     chosen = chosen_probes(probes, accumulate, windows)
     full_depth = chosen_depth(depth) == "full"
     runner = forward_backward if full_depth else forward_loss_backward
-    # only the accumulation probe reads the loss -> logits graph; the logits depth has no other graph
-    graph_options = {"loss_graph": bool(accumulate)} if full_depth else {}
+    # only the accumulation probe reads the loss -> logits graph; the logits depth has no other graph. The windows
+    # need the network's: kept when they always run (--windows), else run again only where the screen fires
+    graph_options = {"loss_graph": bool(accumulate), "rerun": not (accumulate or windows)} if full_depth else {}
     ends = o.end_token_ids if o.end_token_ids is not None else default_end_token_ids(model, tokenizer)
     report = Report(model=describe_model(model, loss_fn), depth=depth)
     report.notes += [] if full_depth else [LOGITS_DEPTH_NOTE]

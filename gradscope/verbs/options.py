@@ -8,7 +8,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, TypedDict
 
-from gradscope.engine.probes import PROBES, WINDOWS_PER_ROW
+from gradscope.constants import PROBES, WINDOWS_PER_ROW
 from gradscope.model.usercode import LossFn
 from gradscope.modes import Depth, TrainOn
 

@@ -90,7 +90,8 @@ def test_ctrl_c_is_one_line_and_exit_130(monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("gradscope.cli.check.check_files", interrupted)
+    # the command imports check_files when it runs (start-up loads no torch), so the library's name is patched
+    monkeypatch.setattr("gradscope.verbs.files.check_files", interrupted)
     result = run("check", LLAMA, CLEAN)
     assert result.exit_code == 130, result.output
     assert result.stderr.strip().splitlines() == ["Error: interrupted"] and "Traceback" not in result.output

@@ -1,0 +1,266 @@
+"""Roles read from a whole chunk's token stream at once: the per-row reader's rules, on arrays.
+
+``data.token_roles.RowRoles`` reads one row at a time, in Python; it stays the reference. Here the same sources,
+in the same order (the response template, then the chat template's learnt markers), are read from a chunk's flat
+ids: every occurrence of each marker is found at once (NumPy comparisons on shifted ids), and each completion span
+runs from a marker to the first end token before the next marker (``searchsorted`` on the end tokens), painted
+with a cumulative sum. Rows are the chunk's real tokens only, as the per-row reader sees them.
+
+A description this module does not know (a ``TemplateMarkers`` field it does not read, a ``roles_from`` source)
+is read by the per-row reader instead, for the chunk's rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
+
+from gradscope.constants import COMPLETION, PROMPT, UNKNOWN
+from gradscope.data.templates import TemplateMarkers
+from gradscope.data.token_roles import RoleSources, RowRoles, chat_markers
+
+MARKER_FIELDS = frozenset({"responses", "glue", "end_token_ids", "tail", "lead"})
+"""The ``TemplateMarkers`` fields read here; markers with another field set are read row by row."""
+
+
+@dataclass
+class Stream:
+    """The real tokens of a chunk's rows, end to end.
+
+    Attributes:
+        ids: (M,) token ids.
+        begin: (R,) where each row begins in ``ids``; ``end`` (R,) where it ends (rows may be empty).
+    """
+
+    ids: np.ndarray
+    begin: np.ndarray
+    end: np.ndarray
+
+    @classmethod
+    def of(cls, ids: np.ndarray, starts: np.ndarray, real: np.ndarray) -> Stream:
+        """The stream of ``ids`` (N,) laid out in rows at ``starts`` (R,), keeping the ``real`` (N,) tokens."""
+        if real.all():  # no padding: the chunk's own arrays, no copy
+            return cls(ids, starts, np.append(starts[1:], len(ids)))
+        lengths = np.add.reduceat(real.astype(np.int64), starts) if len(starts) else np.zeros(0, np.int64)
+        lengths[np.diff(starts, append=len(ids)) == 0] = 0  # reduceat gives an empty row its next token
+        end = np.cumsum(lengths)
+        return cls(ids[real], end - lengths, end)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return self.end - self.begin
+
+    def find(self, pattern: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Start positions of every occurrence of ``pattern`` lying within one row, and that row."""
+        k, n = len(pattern), len(self.ids)
+        if k == 0 or n < k:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        at = np.flatnonzero(self.ids[: n - k + 1] == pattern[0])
+        for j in range(1, k):
+            at = at[self.ids[at + j] == pattern[j]]
+        row = np.searchsorted(self.end, at, side="right")  # the row holding position at
+        keep = at + k <= self.end[row]
+        return at[keep], row[keep]
+
+    def equals_at(self, at: np.ndarray, pattern: list[int]) -> np.ndarray:
+        """(len(at),) bool: ``pattern`` lies at each position (the caller keeps it inside the row)."""
+        ok = np.ones(len(at), dtype=bool)
+        for j, token in enumerate(pattern):
+            inside = at + j < len(self.ids)
+            ok &= inside
+            ok[inside] &= self.ids[at[inside] + j] == token
+        return ok
+
+    def first_end(self, at: np.ndarray, ends: frozenset[int]) -> np.ndarray:
+        """The first position at or after each of ``at`` whose token is an end token (M where none)."""
+        is_end = np.zeros(len(self.ids), dtype=bool)
+        for token in ends:  # a few end tokens: one comparison each beats np.isin
+            is_end |= self.ids == token
+        where = np.flatnonzero(is_end)
+        return np.append(where, len(self.ids))[np.searchsorted(where, at)]
+
+    def per_row(self, flags: np.ndarray) -> np.ndarray:
+        """(R,) whether any of a row's tokens is flagged."""
+        counts = np.add.reduceat(flags.astype(np.int64), self.begin.clip(max=max(len(flags) - 1, 0))) if len(
+            flags) else np.zeros(len(self.begin), np.int64)
+        return (counts > 0) & (self.lengths > 0)
+
+    def spread(self, per_row: np.ndarray) -> np.ndarray:
+        """(M,) each row's value at each of its tokens."""
+        return np.repeat(per_row, self.lengths)
+
+
+def _spans(n: int, begin: np.ndarray, stop: np.ndarray) -> np.ndarray:
+    """(n,) the index + 1 of the span [begin, stop) holding each position, 0 outside; spans are disjoint and
+    sorted (empty ones hold nothing)."""
+    keep = np.flatnonzero(stop > begin)
+    marks = np.zeros(n + 1, np.int64)
+    marks[begin[keep]] += keep + 1
+    marks[stop[keep]] -= keep + 1
+    return np.cumsum(marks[:n])
+
+
+def _span_stops(stream: Stream, begin: np.ndarray, limit: np.ndarray,
+                ends: frozenset[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Each span's stop: through the first end token in [begin, limit), else at limit; and whether one closed it."""
+    close = stream.first_end(begin, ends)
+    closed = close < limit
+    return np.where(closed, close + 1, limit), closed
+
+
+def response_template_roles(stream: Stream, response: list[int], instruction: list[int],
+                            ends: frozenset[int]) -> tuple[np.ndarray, np.ndarray]:
+    """``_ResponseTemplate`` on every row: (M,) role codes and (R,) whether the row holds the template."""
+    found, row = stream.find(response)
+    begin = found + len(response)
+    # The next occurrence in the same row (its position, not its end), else the row's end.
+    same = np.append(row[1:] == row[:-1], False) if len(row) else np.zeros(0, bool)
+    limit = np.where(same, np.append(found[1:], -1), stream.end[row])
+    if instruction:
+        stops, _ = stream.find(instruction)
+        nxt = np.append(stops, len(stream.ids))[np.searchsorted(stops, begin)]  # the first at or after begin
+        limit = np.where(nxt < stream.end[row], np.minimum(limit, nxt), limit)  # if in the same row
+    stop, _ = _span_stops(stream, begin, np.maximum(limit, begin), ends)  # limit < begin: an empty span
+    holds = np.zeros(len(stream.begin), dtype=bool)
+    holds[row] = True
+    return (_spans(len(stream.ids), begin, stop) > 0).astype(np.int8) * np.int8(COMPLETION - PROMPT) + PROMPT, holds
+
+
+def marker_roles(stream: Stream, markers: TemplateMarkers, train_on: str) -> tuple[np.ndarray, np.ndarray]:
+    """``TemplateMarkers.roles`` on every row: (M,) role codes and (R,) whether the row has a completion token."""
+    n = len(stream.ids)
+    found = [(at + len(r), row) for r in markers.responses for at, row in [stream.find(r)]]
+    found = found or [(np.zeros(0, np.int64), np.zeros(0, np.int64))]
+    begin, first = np.unique(np.concatenate([b for b, _ in found]), return_index=True)  # one span per start
+    row = np.concatenate([r for _, r in found])[first]  # (a start at a row's end is that row's, not the next)
+    last = np.append(row[1:] != row[:-1], True) if len(row) else np.zeros(0, bool)
+    limit = np.where(last, stream.end[row], np.append(begin[1:], 0))
+    if train_on == "last-assistant":
+        begin, row, limit = begin[last], row[last], limit[last]
+    stop, closed = _span_stops(stream, begin, limit, markers.end_token_ids)
+    # The per-row loop writes span after span (completion, then lead, then glue); the last write at a position
+    # wins: key 3 * span + (1 completion, 2 lead, 3 glue), the highest key at each position, 0 for none.
+    key = 3 * _spans(n, begin, stop) - 2
+    key[key < 0] = 0
+    spans = np.arange(len(begin))
+    for pattern, at, ok, write in _unjudged(stream, markers, begin, row, stop, closed):
+        for j in range(len(pattern)):
+            np.maximum.at(key, at[ok] + j, 3 * spans[ok] + write)
+    roles = np.where(key % 3 == 1, np.int8(COMPLETION), np.int8(UNKNOWN))
+    roles[key == 0] = PROMPT
+    _tail(stream, markers.tail, roles)
+    return roles, stream.per_row(roles == COMPLETION)
+
+
+def _unjudged(stream: Stream, markers: TemplateMarkers, begin: np.ndarray, row: np.ndarray, stop: np.ndarray,
+              closed: np.ndarray) -> list[tuple[list[int], np.ndarray, np.ndarray, int]]:
+    """The lead before each span and the glue after each closed one, where the ids match: (pattern, positions,
+    which spans, write order)."""
+    out = []
+    lead, glue = list(markers.lead), list(markers.glue)
+    if lead:
+        at = begin - len(lead)
+        ok = begin - stream.begin[row] >= len(lead)
+        ok[ok] = stream.equals_at(at[ok], lead)
+        out.append((lead, at, ok, 2))
+    if glue:
+        ok = closed & (stop + len(glue) <= stream.end[row])
+        ok[ok] = stream.equals_at(stop[ok], glue)
+        out.append((glue, stop, ok, 3))
+    return out
+
+
+def _tail(stream: Stream, tail: list[int], roles: np.ndarray) -> None:
+    """The template's closing tokens at a row's end, where no span reached them, are not judged."""
+    n = len(tail)
+    if not n:
+        return
+    long = np.flatnonzero(stream.lengths > n)
+    at = stream.end[long] - n
+    ok = stream.equals_at(at, tail)
+    window = at[ok, None] + np.arange(n)  # (rows, n)
+    prompt = (roles[window] == PROMPT).all(1)
+    roles[window[prompt].ravel()] = UNKNOWN
+
+
+@dataclass
+class StreamReader:
+    """What the stream reader reads roles from, in the per-row reader's order: the response template's tokens
+    (and the instruction template's), then the chat template's markers. Plain data: it travels to ``scan
+    --num-proc``'s worker processes."""
+
+    response: list[int] | None
+    instruction: list[int]
+    markers: TemplateMarkers | None
+    ends: frozenset[int]
+    train_on: str
+
+    def __call__(self, stream: Stream) -> tuple[np.ndarray, np.ndarray]:
+        """(M,) role codes and (R,) which rows a source read; the first source that reads a row gives its roles, and
+        a row none reads is all PROMPT."""
+        roles = np.full(len(stream.ids), PROMPT, np.int8)
+        read = np.zeros(len(stream.begin), dtype=bool)
+        found: list[tuple[np.ndarray, np.ndarray]] = []
+        if self.response is not None:
+            found.append(response_template_roles(stream, self.response, self.instruction, self.ends))
+        if self.markers is not None:
+            found.append(marker_roles(stream, self.markers, self.train_on))
+        for codes, holds in found:
+            take = holds & ~read
+            tokens = stream.spread(take)
+            roles[tokens] = codes[tokens]
+            read |= take
+        return roles, read
+
+
+class ChunkRoles:
+    """Reads the roles of a chunk's rows, as ``RowRoles`` reads each row, from its token stream at once.
+
+    Args:
+        tokenizer: Tokenizes the response and instruction templates and carries the chat template.
+        end_token_ids: Tokens that close a turn.
+        sources: What the user gave to read roles from.
+    """
+
+    def __init__(self, tokenizer: Any, end_token_ids: frozenset[int], sources: RoleSources) -> None:
+        self.scalar = RowRoles(tokenizer, end_token_ids, sources)
+        self.available, self.reason = self.scalar.available, self.scalar.reason
+        names = [name for name, _ in self.scalar.readers]
+        self.stream = StreamReader(
+            _ids(tokenizer, sources.response_template) if "response_template" in names else None,
+            _ids(tokenizer, sources.instruction_template) if sources.instruction_template else [],
+            chat_markers(tokenizer, end_token_ids, sources.chat_template)[0] if "chat_template" in names else None,
+            end_token_ids, sources.train_on,
+        )
+        markers = self.stream.markers
+        self.vectorized = "roles_from" not in names and (markers is None or _known(markers))
+
+    @property
+    def markers(self) -> TemplateMarkers | None:
+        return self.stream.markers
+
+    @property
+    def response(self) -> list[int] | None:
+        return self.stream.response
+
+    @property
+    def instruction(self) -> list[int]:
+        return self.stream.instruction
+
+    def __call__(self, stream: Stream) -> tuple[np.ndarray, np.ndarray]:
+        return self.stream(stream)
+
+    def unread_reason(self, ids: list[int], row: int) -> str:
+        """Why no source reads a row (each source gives every row it cannot read the same reason)."""
+        return self.scalar(ids, row)[2] or "no role source"
+
+
+def _known(markers: TemplateMarkers) -> bool:
+    """Every field the markers set is one this module reads."""
+    return all(f.name in MARKER_FIELDS or not getattr(markers, f.name) for f in fields(markers))
+
+
+def _ids(tokenizer: Any, text: str | None) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []

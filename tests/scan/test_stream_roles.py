@@ -1,0 +1,125 @@
+"""The token-stream role reader against the per-row reader it stands for (``TemplateMarkers.roles``,
+``_ResponseTemplate``, ``RowRoles``), on random rows dense with markers, end tokens, glue, lead, tail and padding."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gradscope.constants import COMPLETION
+from gradscope.data.chunks import Chunk
+from gradscope.data.templates import TemplateMarkers
+from gradscope.data.token_roles import RoleSources, RowRoles, _ResponseTemplate
+from gradscope.model.load import load_tokenizer
+from gradscope.scan import stream_roles
+from gradscope.scan.roles import _row_by_row, token_roles
+from gradscope.scan.stream_roles import ChunkRoles, Stream, marker_roles, response_template_roles
+
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
+ALPHABET = 7  # few distinct ids: markers, ends and glue occur often, overlap, and sit at row edges
+
+
+def _rows(rng: np.random.Generator, count: int = 60) -> list[list[int]]:
+    return [rng.integers(0, ALPHABET, int(rng.integers(0, 28))).tolist() for _ in range(count)]
+
+
+def _stream(rows: list[list[int]]) -> Stream:
+    lengths = np.array([len(r) for r in rows], dtype=np.int64)
+    ids = np.array([t for r in rows for t in r], dtype=np.int64)
+    return Stream.of(ids, np.concatenate([[0], np.cumsum(lengths)[:-1]]), np.ones(len(ids), dtype=bool))
+
+
+def _pattern(rng: np.random.Generator, longest: int) -> list[int]:
+    return rng.integers(0, ALPHABET, int(rng.integers(1, longest + 1))).tolist()
+
+
+def _markers(rng: np.random.Generator) -> TemplateMarkers:
+    responses = [_pattern(rng, 3) for _ in range(int(rng.integers(1, 4)))]
+    ends = frozenset(rng.choice(ALPHABET, int(rng.integers(0, 3)), replace=False).tolist())
+    maybe = lambda longest: _pattern(rng, longest) if rng.random() < 0.6 else []  # noqa: E731
+    return TemplateMarkers(responses, maybe(2), ends, tail=maybe(2), lead=maybe(2))
+
+
+@pytest.mark.parametrize("seed", range(40))
+@pytest.mark.parametrize("train_on", ["all-assistant", "last-assistant"])
+def test_marker_roles_equal_the_per_row_reading(seed, train_on):
+    rng = np.random.default_rng(seed)
+    markers, rows = _markers(rng), _rows(rng)
+    stream = _stream(rows)
+    roles, holds = marker_roles(stream, markers, train_on)
+    for r, ids in enumerate(rows):
+        expected = markers.roles(ids, train_on)
+        assert roles[stream.begin[r] : stream.end[r]].tolist() == expected, (markers, ids)
+        assert holds[r] == (COMPLETION in expected)
+
+
+class _Tokens:
+    """Tokenizes the test's template texts: "a b" -> [a, b]."""
+
+    def __call__(self, text: str, add_special_tokens: bool = False) -> dict[str, list[int]]:
+        return {"input_ids": [int(t) for t in text.split()]}
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_response_template_roles_equal_the_per_row_reading(seed):
+    rng = np.random.default_rng(1000 + seed)
+    response, instruction = _pattern(rng, 3), (_pattern(rng, 2) if rng.random() < 0.6 else [])
+    ends = frozenset(rng.choice(ALPHABET, int(rng.integers(0, 3)), replace=False).tolist())
+    text = lambda ids: " ".join(map(str, ids)) or None  # noqa: E731
+    reader = _ResponseTemplate(_Tokens(), RoleSources(text(response), text(instruction)), ends)
+    rows = _rows(rng)
+    stream = _stream(rows)
+    roles, holds = response_template_roles(stream, response, instruction, ends)
+    for r, ids in enumerate(rows):
+        expected, _ = reader(ids, r)
+        assert holds[r] == (expected is not None), ids
+        if expected is not None:
+            assert roles[stream.begin[r] : stream.end[r]].tolist() == expected, (response, instruction, ids)
+
+
+def _chunk(rng: np.random.Generator, pieces: list[int]) -> Chunk:
+    """Rows of fixture-tokenizer ids drawn from ``pieces`` (the chat marker first, end, glue tokens), some padded."""
+    rows = [rng.choice(pieces, int(rng.integers(1, 40))) for _ in range(80)]
+    rows[0] = np.array([pieces[-1], *pieces[:3]])  # a row that ends with the chat marker: an empty turn
+    ids = np.concatenate(rows).astype(np.int64)
+    attention = (rng.random(len(ids)) > 0.1).astype(np.int8)
+    starts = np.concatenate([[0], np.cumsum([len(r) for r in rows])[:-1]]).astype(np.int64)
+    return Chunk(first_row=5, starts=starts, input_ids=ids, labels=ids.copy(), attention=attention)
+
+
+@pytest.mark.parametrize("lead", [False, True], ids=["", "lead"])
+@pytest.mark.parametrize("response_template", [None, "Answer:"])
+@pytest.mark.parametrize("train_on", ["all-assistant", "last-assistant"])
+def test_a_chunk_reads_as_the_row_reader_reads_each_row(response_template, train_on, lead, monkeypatch):
+    tokenizer = load_tokenizer(FIXTURES / "models/tiny-llama-chat")
+    ends = frozenset({tokenizer.eos_token_id})
+    sources = RoleSources(response_template=response_template, instruction_template="Question:" if response_template
+                          else None, train_on=train_on)
+    read = ChunkRoles(tokenizer, ends, sources)
+    assert read.vectorized and read.markers is not None
+    if lead:  # the markers both readers share (learnt once per tokenizer): the marker's last token not judged
+        monkeypatch.setattr(read.markers, "lead", read.markers.responses[0][-1:])
+    template = [read.markers.responses[0], read.markers.glue, [tokenizer.eos_token_id], read.response or [],
+                read.instruction, [7, 8, 9]]
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        chunk = _chunk(rng, [t for piece in template for t in piece])
+        fast, slow = token_roles(chunk, read), _row_by_row(chunk, RowRoles(tokenizer, ends, sources),
+                                                           chunk.attention != 0)
+        assert 0 < fast.known.sum() < chunk.rows  # rows read and rows not read, both
+        assert np.array_equal(fast.known, slow.known) and np.array_equal(fast.completion, slow.completion)
+        assert fast.role_reasons == slow.role_reasons
+
+
+def test_markers_with_a_field_it_does_not_read_go_row_by_row(monkeypatch):
+    """A description the stream reader does not know is read by the per-row reader, with the same result."""
+    tokenizer = load_tokenizer(FIXTURES / "models/tiny-llama-chat")
+    ends = frozenset({tokenizer.eos_token_id})
+    read = ChunkRoles(tokenizer, ends, RoleSources())
+    monkeypatch.setattr(stream_roles, "MARKER_FIELDS", frozenset({"responses", "end_token_ids"}))
+    unknown = ChunkRoles(tokenizer, ends, RoleSources())
+    assert read.vectorized and not unknown.vectorized  # glue is set, and now not a field it reads
+    chunk = _chunk(np.random.default_rng(1), [1, 290, 202, 2, 7, 8])
+    assert np.array_equal(token_roles(chunk, unknown).completion, token_roles(chunk, read).completion)
