@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from gradscope.data.batch import select_rows
-from gradscope.engine.run import Graph, call_model
+from gradscope.engine.forward import Graph, call_model
 from gradscope.engine.windows import synced_clock, differentiable_head
 
 

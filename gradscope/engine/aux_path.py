@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from gradscope.engine.run import loss_logits, reentrant_checkpointing, backward_error, call_model, instrumented
+from gradscope.engine.run import reentrant_checkpointing, instrumented
+from gradscope.engine.forward import backward_error, call_model, loss_logits
 from gradscope.model.usercode import LossFn
 
 

@@ -12,7 +12,8 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from gradscope.engine.run import backward_error, call_model, training_state
+from gradscope.engine.run import training_state
+from gradscope.engine.forward import backward_error, call_model
 from gradscope.errors import ModelCallError
 from gradscope.model.usercode import LossFn
 from gradscope.report.weights import DirectionCheck

@@ -17,15 +17,8 @@ import torch
 from torch import nn
 
 from gradscope.engine.logits import LogitStats
-from gradscope.engine.run import (
-    Capture,
-    Graph,
-    build_capture,
-    loss_logits,
-    Recorder,
-    call_model,
-    training_state,
-)
+from gradscope.engine.run import Capture, build_capture, training_state
+from gradscope.engine.forward import Graph, Recorder, call_model, loss_logits
 from gradscope.errors import ModelCallError
 from gradscope.model.usercode import LossFn
 from gradscope.model.layers import input_embeddings, output_embeddings

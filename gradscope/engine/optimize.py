@@ -7,7 +7,8 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from gradscope.engine.run import call_model, training_state
+from gradscope.engine.run import training_state
+from gradscope.engine.forward import call_model
 from gradscope.modes import Optimizer
 from gradscope.model.usercode import LossFn
 

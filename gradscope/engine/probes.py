@@ -9,7 +9,7 @@ import torch
 
 from gradscope.constants import PROBES, WINDOWS_PER_ROW  # noqa: F401  (re-exported)
 from gradscope.engine.accumulate import Accumulation, accumulate
-from gradscope.engine.run import Graph
+from gradscope.engine.forward import Graph
 from gradscope.engine.screen import Screen, confirming_windows, screen, uncovered_rows
 from gradscope.engine.windows import SEED, Window, synced_clock, in_slices, plan_windows
 

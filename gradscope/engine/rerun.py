@@ -12,12 +12,12 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from gradscope.engine.run import Graph, _loss_logits, _Recorder, call_model
+from gradscope.engine.forward import Graph, Recorder, call_model, loss_logits
 from gradscope.model.usercode import LossFn
 
 
 def forward_again(model: nn.Module, batch: Mapping[str, torch.Tensor], loss_fn: LossFn | None,
-                  rec: _Recorder) -> Graph:
+                  rec: Recorder) -> Graph:
     """The core run's forward once more, inside the same model state and hooks, as a Graph for the probes.
 
     Only the network's part is kept: the loss is detached (its (B, T, V) saved tensors freed) and the logits are
@@ -25,7 +25,7 @@ def forward_again(model: nn.Module, batch: Mapping[str, torch.Tensor], loss_fn: 
     """
     rec.forget_forward()
     logits, loss = call_model(model, batch, loss_fn)
-    logits = _loss_logits(logits, rec)
+    logits = loss_logits(logits, rec)
     rec.remove_gradient_hooks()
     head_input = rec.head_input
     kept: tuple[torch.Tensor | None, torch.Tensor | None] = (rec.head_output, logits)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from gradscope.engine.run import Graph
+from gradscope.engine.forward import Graph
 from gradscope.engine.windows import Window, synced_clock
 
 

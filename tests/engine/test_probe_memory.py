@@ -11,6 +11,7 @@ import torch
 
 import gradscope
 from gradscope.engine import rerun as rerun_module
+from gradscope.engine import run as run_module
 from gradscope.engine.probes import ProbeRun
 from gradscope.engine.run import forward_backward
 
@@ -39,7 +40,7 @@ def test_probes_on_the_freed_graph_match_the_kept_graph(arch, use_cache, tiny_mo
     kept = _probes(model, _packed_batch())
     reruns = []
     real = rerun_module.forward_again
-    monkeypatch.setattr(rerun_module, "forward_again", lambda *a: reruns.append(1) or real(*a))
+    monkeypatch.setattr(run_module, "forward_again", lambda *a: reruns.append(1) or real(*a))  # where it is called
     freed = _probes(model, _packed_batch(), rerun=True)
     assert torch.equal(freed.screen.reached, kept.screen.reached) and freed.windows == kept.windows
     assert len(reruns) == (1 if use_cache else 0)  # a clean batch never runs the forward again

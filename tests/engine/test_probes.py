@@ -15,7 +15,8 @@ from gradscope.engine import accumulate as accumulate_module
 from gradscope.engine import screen
 from gradscope.engine.accumulate import accumulate
 from gradscope.engine.probes import trace_dependence
-from gradscope.engine.run import Graph, forward_backward
+from gradscope.engine.run import forward_backward
+from gradscope.engine.forward import Graph
 from gradscope.engine.windows import Window, plan_windows
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"

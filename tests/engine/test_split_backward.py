@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from gradscope.engine.run import Graph, find_decoder_layers, forward_backward
+from gradscope.engine.run import find_decoder_layers, forward_backward
+from gradscope.engine.forward import Graph
 from gradscope.engine.split_backward import only_through
 
 

@@ -117,7 +117,7 @@ def test_the_callbacks_log_messages_follow_the_rule(catalogue_reports, caplog):
     report = copy.deepcopy(catalogue_reports["llama_prompt_leak"])
     report.findings[0].message = "token ' ::stop-commands::x\n::error::y ##[add-mask]z \x1b[2K' is trained"
     with caplog.at_level("WARNING", logger="gradscope"), pytest.raises(MaskingError) as stopped:
-        GradscopeCallback(fail_on="error")._act(report)
+        GradscopeCallback(fail_on="error").watcher._act(report)
     for text in (caplog.text, str(stopped.value)):
         assert "::stop-commands::x" in text and not RAW_CONTROL.search(text.replace("\n", ""))
         assert runner_commands(text) == []

@@ -3,18 +3,22 @@
 
 from __future__ import annotations
 
+import itertools
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
-from gradscope.constants import COMPLETION
+from gradscope.constants import COMPLETION, PROMPT
+from gradscope.data.batch import held_tokens
 from gradscope.data.chunks import Chunk
 from gradscope.data.templates import TemplateMarkers
 from gradscope.data.token_roles import RoleSources, RowRoles, _ResponseTemplate
 from gradscope.model.load import load_tokenizer
 from gradscope.scan import stream_roles
-from gradscope.scan.roles import _row_by_row, token_roles
+from gradscope.scan.roles import held_mask, token_roles
 from gradscope.scan.stream_roles import ChunkRoles, Stream, marker_roles, response_template_roles
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
@@ -89,6 +93,40 @@ def _chunk(rng: np.random.Generator, pieces: list[int]) -> Chunk:
     return Chunk(first_row=5, starts=starts, input_ids=ids, labels=ids.copy(), attention=attention)
 
 
+def _row_reference(chunk: Chunk, read: RowRoles, ends: frozenset[int]) -> Chunk:
+    """What ``check`` reads: each row alone, its held tokens from ``data.batch.held_tokens`` (torch), read by the
+    per-row reader."""
+    completion, known = np.zeros(len(chunk.input_ids), dtype=np.int8), np.zeros(chunk.rows, dtype=bool)
+    reasons: dict[str, None] = {}
+    bounds = [*chunk.starts.tolist(), len(chunk.input_ids)]
+    for r, (begin, end) in enumerate(itertools.pairwise(bounds)):
+        row = {"input_ids": torch.from_numpy(chunk.input_ids[begin:end])[None],
+               "attention_mask": torch.from_numpy(chunk.attention[begin:end].astype(np.int64))[None]}
+        positions = begin + np.flatnonzero(held_tokens(row, ends)[0].numpy())
+        _, roles, reason = read(chunk.input_ids[positions].tolist(), chunk.first_row + r)
+        if roles is None:
+            reasons[reason or "no role source"] = None
+            continue
+        known[r] = True
+        codes = np.asarray(roles)
+        completion[positions] = np.where(codes == COMPLETION, 1, np.where(codes == PROMPT, 0, -1))
+    return replace(chunk, completion=completion, known=known, role_reasons=tuple(reasons))
+
+
+def test_held_mask_is_held_tokens_row_by_row():
+    """The chunk's held tokens (real ones, and end tokens a mask hides between real ones) are what
+    ``data.batch.held_tokens`` gives each row."""
+    rng = np.random.default_rng(1)
+    chunk = _chunk(rng, [5, 2, 2, 9, 11, 2])
+    ends = frozenset({2})
+    expected = np.concatenate([
+        held_tokens({"input_ids": torch.from_numpy(chunk.input_ids[a:b])[None],
+                     "attention_mask": torch.from_numpy(chunk.attention[a:b].astype(np.int64))[None]}, ends)[0].numpy()
+        for a, b in itertools.pairwise([*chunk.starts.tolist(), len(chunk.input_ids)])])
+    got = held_mask(chunk, ends)
+    assert np.array_equal(got, expected) and (got & (chunk.attention == 0)).any()  # hidden end tokens held
+
+
 @pytest.mark.parametrize("lead", [False, True], ids=["", "lead"])
 @pytest.mark.parametrize("response_template", [None, "Answer:"])
 @pytest.mark.parametrize("train_on", ["all-assistant", "last-assistant"])
@@ -106,8 +144,7 @@ def test_a_chunk_reads_as_the_row_reader_reads_each_row(response_template, train
     rng = np.random.default_rng(0)
     for _ in range(5):
         chunk = _chunk(rng, [t for piece in template for t in piece])
-        fast, slow = token_roles(chunk, read), _row_by_row(chunk, RowRoles(tokenizer, ends, sources),
-                                                           chunk.attention != 0)
+        fast, slow = token_roles(chunk, read), _row_reference(chunk, RowRoles(tokenizer, ends, sources), ends)
         assert 0 < fast.known.sum() < chunk.rows  # rows read and rows not read, both
         assert np.array_equal(fast.known, slow.known) and np.array_equal(fast.completion, slow.completion)
         assert fast.role_reasons == slow.role_reasons
