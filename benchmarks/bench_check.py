@@ -100,8 +100,15 @@ def build_model(name: str, device: str, dtype: str):
         return load_model(FIXTURE_MODEL, device=device, dtype=dtype), load_tokenizer(FIXTURE_MODEL)
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=32000, hidden_size=768, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=12,
-        num_key_value_heads=4, tie_word_embeddings=True, max_position_embeddings=8192, eos_token_id=2,
+        vocab_size=32000,
+        hidden_size=768,
+        intermediate_size=2048,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        num_key_value_heads=4,
+        tie_word_embeddings=True,
+        max_position_embeddings=8192,
+        eos_token_id=2,
         pad_token_id=0,
     )
     model = LlamaForCausalLM(config).to(device=device, dtype=getattr(torch, dtype))
@@ -359,11 +366,16 @@ def _rows(model, batch, tokenizer, measured: list[int], probes, wanted: str) -> 
         "l": gradscope_check(model, batch, tokenizer, {"depth": "logits"}) if has_depth() else None,
         "d": captum_attribution(model, batch, measured) if captum else None,
     }
-    if set(BREAKDOWN) & set(wanted):  # --breakdown: where (b)'s time goes, next to the floor any per-position gradient map pays
+    if set(BREAKDOWN) & set(
+        wanted
+    ):  # --breakdown: where (b)'s time goes, next to the floor any per-position gradient map pays
         windowed = probes[2] if probes else None
-        rows.update(f=forward_only(model, batch), h=run_only(model, batch),
-                    w=gradscope_check(model, batch, tokenizer, windowed) if windowed else None,
-                    t=captum_attribution(model, batch, measured[:1]) if captum else None)
+        rows.update(
+            f=forward_only(model, batch),
+            h=run_only(model, batch),
+            w=gradscope_check(model, batch, tokenizer, windowed) if windowed else None,
+            t=captum_attribution(model, batch, measured[:1]) if captum else None,
+        )
     return {k: fn if k in wanted else None for k, fn in rows.items()}
 
 
@@ -395,10 +407,29 @@ def _has_captum() -> bool:
 
 def run_case(case: Case, args: argparse.Namespace) -> dict:
     """The case in a fresh process, so that memory starts clean and one case cannot disturb the next."""
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-    command = [sys.executable, __file__, "--worker", case.name, "--repeats", str(case.repeats),
-               "--captum-measured", str(case.captum_measured), "--targets", str(args.targets),
-               "--device", args.device, "--dtype", args.dtype, "--rows", args.rows, "--clock", args.clock] + (["--threads", str(args.threads)] if args.threads else [])
+    env = dict(
+        os.environ, MALLOC_MMAP_THRESHOLD_="65536", PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
+    )
+    command = [
+        sys.executable,
+        __file__,
+        "--worker",
+        case.name,
+        "--repeats",
+        str(case.repeats),
+        "--captum-measured",
+        str(case.captum_measured),
+        "--targets",
+        str(args.targets),
+        "--device",
+        args.device,
+        "--dtype",
+        args.dtype,
+        "--rows",
+        args.rows,
+        "--clock",
+        args.clock,
+    ] + (["--threads", str(args.threads)] if args.threads else [])
     out = subprocess.run(command, env=env, check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -501,19 +532,28 @@ def machine(threads: int | None = None) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cases", help="comma-separated MODEL:SEQ (default: all of " + ", ".join(c.name for c in CASES) + ")")
+    parser.add_argument(
+        "--cases", help="comma-separated MODEL:SEQ (default: all of " + ", ".join(c.name for c in CASES) + ")"
+    )
     parser.add_argument("--repeats", type=int, help="timed repeats per row (default: per case)")
     parser.add_argument("--targets", type=int, default=32, help="target tokens Captum attributes (default 32)")
     parser.add_argument("--captum-measured", type=int, help="target tokens Captum really runs (default: per case)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--rows", default="".join(ROWS), help=f"which rows to run, e.g. 'ab' (default {''.join(ROWS)})")
-    parser.add_argument("--breakdown", action="store_true",
-                        help="also time a forward alone, forward + activation-only backward, gradscope's run alone, "
-                             "and one Captum target")
+    parser.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="also time a forward alone, forward + activation-only backward, gradscope's run alone, "
+        "and one Captum target",
+    )
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice)")
-    parser.add_argument("--clock", default="wall", choices=["wall", "cpu"],
-                        help="wall clock (default), or process CPU time (use with --threads 1 on a shared machine)")
+    parser.add_argument(
+        "--clock",
+        default="wall",
+        choices=["wall", "cpu"],
+        help="wall clock (default), or process CPU time (use with --threads 1 on a shared machine)",
+    )
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -529,20 +569,30 @@ def main() -> None:
         print(json.dumps(worker(case, args.targets, args.device, args.dtype, args.rows, args.clock)))
         return
     cases = _select(args)
-    print(f"machine: {machine(args.threads)}; device {args.device}, dtype {args.dtype}, clock {args.clock}", file=sys.stderr)
+    print(
+        f"machine: {machine(args.threads)}; device {args.device}, dtype {args.dtype}, clock {args.clock}",
+        file=sys.stderr,
+    )
     results = []
     for case in cases:
         start = time.perf_counter()
         results.append(run_case(case, args))
-        print(f"{case.name}: {time.perf_counter() - start:.0f} s, memory calibration: a 256 MiB tensor measured "
-              f"{results[-1]['calibration_mib']:.0f} MiB", file=sys.stderr)
+        print(
+            f"{case.name}: {time.perf_counter() - start:.0f} s, memory calibration: a 256 MiB tensor measured "
+            f"{results[-1]['calibration_mib']:.0f} MiB",
+            file=sys.stderr,
+        )
         if args.json:  # after every case, so that a long run interrupted keeps what it measured
-            args.json.write_text(json.dumps({"machine": machine(args.threads), "clock": args.clock, "results": results}, indent=2))
+            args.json.write_text(
+                json.dumps({"machine": machine(args.threads), "clock": args.clock, "results": results}, indent=2)
+            )
     print(table(results))
     print()
     print(targets_report(results))
     if args.json:
-        args.json.write_text(json.dumps({"machine": machine(args.threads), "clock": args.clock, "results": results}, indent=2))
+        args.json.write_text(
+            json.dumps({"machine": machine(args.threads), "clock": args.clock, "results": results}, indent=2)
+        )
 
 
 def _select(args: argparse.Namespace) -> list[Case]:
@@ -550,9 +600,7 @@ def _select(args: argparse.Namespace) -> list[Case]:
     if args.cases:
         wanted = args.cases.split(",")
         cases = [c for c in CASES if c.name in wanted] or [Case(*_parse(w), 3, 32) for w in wanted]
-    return [
-        Case(c.model, c.seq, args.repeats or c.repeats, args.captum_measured or c.captum_measured) for c in cases
-    ]
+    return [Case(c.model, c.seq, args.repeats or c.repeats, args.captum_measured or c.captum_measured) for c in cases]
 
 
 def _parse(spec: str) -> tuple[str, int]:

@@ -23,15 +23,42 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from gradscope.report import Finding, Report, SampleReport, TokenReport  # noqa: E402
 from gradscope.render.html import to_html  # noqa: E402
+from gradscope.report import Finding, Report, SampleReport, TokenReport  # noqa: E402
 
-WORDS = [" the", " model", " learns", " to", " answer", " a", " question", ",", ".", " and", " it", " is", "\n",
-         " capital", " of", " Kenya", " Nairobi", " sky", " blue", " token", " mask", " label", " loss", "ing", "s"]
+WORDS = [
+    " the",
+    " model",
+    " learns",
+    " to",
+    " answer",
+    " a",
+    " question",
+    ",",
+    ".",
+    " and",
+    " it",
+    " is",
+    "\n",
+    " capital",
+    " of",
+    " Kenya",
+    " Nairobi",
+    " sky",
+    " blue",
+    " token",
+    " mask",
+    " label",
+    " loss",
+    "ing",
+    "s",
+]
 SPECIAL = ["<|im_start|>", "system", "\n", "<|im_end|>", "\n", "<|im_start|>", "user", "\n"]
 
 
-def synthetic_sample(index: int, tokens: int, layers: int, leak: bool, rng: random.Random) -> tuple[SampleReport, Finding | None]:
+def synthetic_sample(
+    index: int, tokens: int, layers: int, leak: bool, rng: random.Random
+) -> tuple[SampleReport, Finding | None]:
     """One chat-like row: a prompt of about a third of the row, a completion closed by <|im_end|>, then padding."""
     prompt_end, real_end = tokens // 3, tokens - tokens // 16
     texts = SPECIAL + [rng.choice(WORDS) for _ in range(tokens - len(SPECIAL))]
@@ -42,17 +69,35 @@ def synthetic_sample(index: int, tokens: int, layers: int, leak: bool, rng: rand
         role = "prompt" if t < prompt_end else "completion" if t < real_end else "pad"
         trained = t > 0 and (role == "completion" or (leak and role == "prompt"))
         loss = rng.uniform(0.5, 9.0) if t > 0 else None
-        rows.append(TokenReport(
-            t, rng.randrange(32000), texts[t] if role != "pad" else "<pad>", role, rng.randrange(32000) if trained else -100,
-            trained, rng.randrange(32000) if t > 0 else None, loss, (1 / tokens if trained else 0.0) if t > 0 else None,
-            rng.lognormvariate(-6, 1.5) if trained else 0.0, rng.lognormvariate(-4, 1.0) if role != "pad" else 0.0,
-        ))
-    norms = [[rng.lognormvariate(-3 - 2 * layer / max(1, layers), 1.0) if t < real_end else 0.0 for t in range(tokens)]
-             for layer in range(layers)]
+        rows.append(
+            TokenReport(
+                t,
+                rng.randrange(32000),
+                texts[t] if role != "pad" else "<pad>",
+                role,
+                rng.randrange(32000) if trained else -100,
+                trained,
+                rng.randrange(32000) if t > 0 else None,
+                loss,
+                (1 / tokens if trained else 0.0) if t > 0 else None,
+                rng.lognormvariate(-6, 1.5) if trained else 0.0,
+                rng.lognormvariate(-4, 1.0) if role != "pad" else 0.0,
+            )
+        )
+    norms = [
+        [rng.lognormvariate(-3 - 2 * layer / max(1, layers), 1.0) if t < real_end else 0.0 for t in range(tokens)]
+        for layer in range(layers)
+    ]
     finding = None
     if leak:
         leaked = list(range(1, prompt_end))
-        finding = Finding("prompt_leak", "error", index, leaked, f"prompt tokens 1–{prompt_end - 1} are trained: the labels copy input_ids")
+        finding = Finding(
+            "prompt_leak",
+            "error",
+            index,
+            leaked,
+            f"prompt tokens 1–{prompt_end - 1} are trained: the labels copy input_ids",
+        )
     return SampleReport(index, rows, norms), finding
 
 
@@ -60,8 +105,14 @@ def synthetic_report(samples: int = 64, tokens: int = 2048, layers: int = 32, se
     """A Report of ``samples`` x ``tokens`` tokens; every other sample leaks its prompt."""
     rng = random.Random(seed)
     built = [synthetic_sample(i, tokens, layers, leak=i % 2 == 1, rng=rng) for i in range(samples)]
-    model = {"name_or_path": "synthetic", "architecture": "LlamaForCausalLM", "num_layers": layers, "dtype": "float32",
-             "device": "cpu", "loss": "outputs.loss"}
+    model = {
+        "name_or_path": "synthetic",
+        "architecture": "LlamaForCausalLM",
+        "num_layers": layers,
+        "dtype": "float32",
+        "device": "cpu",
+        "loss": "outputs.loss",
+    }
     return Report(model=model, samples=[s for s, _ in built], findings=[f for _, f in built if f], losses=[2.5])
 
 
@@ -82,10 +133,12 @@ def main() -> None:
         times.append(time.perf_counter() - start)
         cpu.append(time.process_time() - start_cpu)
     size = len(page.encode("utf-8"))
-    print(f"{args.samples} x {args.tokens} tokens, {args.layers} layers: render {statistics.median(times):.3f} s wall, "
-          f"{statistics.median(cpu):.3f} s CPU (medians of {args.repeats}; wall min "
-              f"{min(times):.3f}, max {max(times):.3f}), "
-          f"file {size / 1e6:.1f} MB ({size} bytes)")
+    print(
+        f"{args.samples} x {args.tokens} tokens, {args.layers} layers: render {statistics.median(times):.3f} s wall, "
+        f"{statistics.median(cpu):.3f} s CPU (medians of {args.repeats}; wall min "
+        f"{min(times):.3f}, max {max(times):.3f}), "
+        f"file {size / 1e6:.1f} MB ({size} bytes)"
+    )
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"python {platform.python_version()}, {platform.machine()}, {os.cpu_count()} CPUs, load average {load:.1f}")
     if args.out is not None:

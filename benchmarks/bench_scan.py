@@ -59,10 +59,14 @@ def generate(rows: int, seed: int = 0):
     no_loss = rng.random(rows) < 0.005
     labels[no_loss[row_of]] = -100
     lists = lambda values: pa.LargeListArray.from_arrays(offsets, values)  # noqa: E731
-    table = pa.table({
-        "input_ids": lists(ids), "attention_mask": lists(np.ones(n, np.int8)),
-        "labels": lists(labels), "completion_mask": lists(completion),
-    })
+    table = pa.table(
+        {
+            "input_ids": lists(ids),
+            "attention_mask": lists(np.ones(n, np.int8)),
+            "labels": lists(labels),
+            "completion_mask": lists(completion),
+        }
+    )
     return table, {"no_loss": int(no_loss.sum()), "prompt_leak": int((leak & ~no_loss).sum())}
 
 
@@ -109,15 +113,20 @@ print(json.dumps({"rows": report.rows, "tokens": report.tokens, "seconds": secon
 def scan_in_child(path: Path, num_proc: int) -> dict:
     """Scan in a fresh process, with an empty datasets cache (so --num-proc pays datasets' conversion every time)."""
     with tempfile.TemporaryDirectory(prefix="gradscope-bench-cache-") as cache:
-        env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", HF_DATASETS_CACHE=cache)
-        out = subprocess.run([sys.executable, "-c", CHILD, str(path), str(num_proc)], env=env, check=True,
-                             capture_output=True, text=True)
+        env = dict(
+            os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", HF_DATASETS_CACHE=cache
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", CHILD, str(path), str(num_proc)], env=env, check=True, capture_output=True, text=True
+        )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 TOKENIZER = ROOT / "fixtures/models/tiny-llama-chat"
-WORDS = ("the sky is blue and the capital of kenya is nairobi what colour is it reverse the word cat two plus three "
-         "is five answer briefly please explain why water boils at one hundred degrees").split()
+WORDS = (
+    "the sky is blue and the capital of kenya is nairobi what colour is it reverse the word cat two plus three "
+    "is five answer briefly please explain why water boils at one hundred degrees"
+).split()
 
 
 def generate_raw(rows: int, kind: str, seed: int = 0) -> list[dict]:
@@ -180,25 +189,35 @@ print(json.dumps({"rows": report.rows, "tokens": tokens, "offsets": None, **medi
 
 def raw_main(rows: int, out: Path, repeats: int) -> None:
     """The raw-data table: the tokenizer's batched time against scan --tokenizer on the same file (medians)."""
-    print("| rows | kind | tokens | load + read JSON | render | batched encode | tokenizer total (i) "
-          "| scan --tokenizer (ii) | (ii) / (i) | encode with offsets, as check | (ii) / (i) with it |")
+    print(
+        "| rows | kind | tokens | load + read JSON | render | batched encode | tokenizer total (i) "
+        "| scan --tokenizer (ii) | (ii) / (i) | encode with offsets, as check | (ii) / (i) with it |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for kind in ("prompt-completion", "messages"):
         path = out / f"raw-{kind}-{rows}.jsonl"
         if not path.exists():
             path.write_text("".join(json.dumps(r) + "\n" for r in generate_raw(rows, kind)))
         env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-        done = subprocess.run([sys.executable, "-c", RAW_CHILD, str(path), str(TOKENIZER), kind, str(repeats)], env=env, check=True,
-                              capture_output=True, text=True)
+        done = subprocess.run(
+            [sys.executable, "-c", RAW_CHILD, str(path), str(TOKENIZER), kind, str(repeats)],
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
         r = json.loads(done.stdout.strip().splitlines()[-1])
         if r["failed"]:
             raise SystemExit(f"{kind}: the scan found {r['failed']} in generated rows")
         base = r["read"] + r["render"] + r["encode"]
         with_offsets = "–" if r["offsets"] is None else f"{r['offsets']:.2f} s"
         ratio_offsets = "–" if r["offsets"] is None else f"{r['scan'] / (base - r['encode'] + r['offsets']):.2f}"
-        print(f"| {r['rows']:,} | {kind} | {r['tokens']:,} | {r['read']:.2f} s | "
+        print(
+            f"| {r['rows']:,} | {kind} | {r['tokens']:,} | {r['read']:.2f} s | "
             f"{r['render']:.2f} s | {r['encode']:.2f} s "
-              f"| {base:.2f} s | {r['scan']:.2f} s | {r['scan'] / base:.2f} | {with_offsets} | {ratio_offsets} |", flush=True)
+            f"| {base:.2f} s | {r['scan']:.2f} s | {r['scan'] / base:.2f} | {with_offsets} | {ratio_offsets} |",
+            flush=True,
+        )
 
 
 CHAT_USER, CHAT_ASSISTANT, CHAT_END = [1, 296, 202], [1, 290, 202], [2, 202]
@@ -244,8 +263,14 @@ def generate_chat(rows: int, seed: int = 0):
     no_loss = rng.random(rows) < 0.005
     labels[no_loss[row_of]] = -100
     lists = lambda values: pa.LargeListArray.from_arrays(offsets, values)  # noqa: E731
-    table = pa.table({"input_ids": lists(ids.astype(np.int32)), "attention_mask": lists(np.ones(n, np.int8)),
-                      "labels": lists(labels), "completion_mask": lists(completion)})
+    table = pa.table(
+        {
+            "input_ids": lists(ids.astype(np.int32)),
+            "attention_mask": lists(np.ones(n, np.int8)),
+            "labels": lists(labels),
+            "completion_mask": lists(completion),
+        }
+    )
     return table, {"no_loss": int(no_loss.sum()), "prompt_leak": int((leak & ~no_loss).sum())}
 
 
@@ -287,10 +312,13 @@ def roles_main(rows: int, out: Path, repeats: int, procs: list[int]) -> None:
                 path = paths[bool(spec.pop("column", False))]
                 with tempfile.TemporaryDirectory(prefix="gradscope-bench-cache-") as cache:
                     warm = path.with_suffix(".warm.parquet")
-                done = subprocess.run([sys.executable, "-c", ROLES_CHILD, str(path), str(warm), str(num_proc),
-                                       json.dumps(spec)],
-                                          env=dict(env, HF_DATASETS_CACHE=cache), check=True, capture_output=True,
-                                          text=True)
+                done = subprocess.run(
+                    [sys.executable, "-c", ROLES_CHILD, str(path), str(warm), str(num_proc), json.dumps(spec)],
+                    env=dict(env, HF_DATASETS_CACHE=cache),
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                )
                 r = json.loads(done.stdout.strip().splitlines()[-1])
                 wanted = {"no_loss": expected["no_loss"]} if name == "label-only" else expected
                 if {k: v for k, v in r["failed"].items() if k in ("no_loss", "prompt_leak")} != wanted:
@@ -300,20 +328,27 @@ def roles_main(rows: int, out: Path, repeats: int, procs: list[int]) -> None:
                 results[(name, num_proc)] = r
     base = {p: statistics.median(times[("label-only", p)]) for p in procs}
     base_cpu = {p: statistics.median(cpus[("label-only", p)]) for p in procs}
-    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs at the end; median of {repeats} runs; CPU: "
-          "this process's CPU seconds (its worker processes with --num-proc > 1 not counted)")
+    print(
+        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs at the end; median of {repeats} runs; CPU: "
+        "this process's CPU seconds (its worker processes with --num-proc > 1 not counted)"
+    )
     print()
-    print("| mode | rows | tokens | --num-proc | wall s | tokens/s | × label-only | CPU s | tokens/CPU s | × label-only "
-          "| roles read |")
+    print(
+        "| mode | rows | tokens | --num-proc | wall s | tokens/s | × label-only | CPU s | tokens/CPU s | × label-only "
+        "| roles read |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for (name, num_proc), r in results.items():
         seconds, cpu = statistics.median(times[(name, num_proc)]), statistics.median(cpus[(name, num_proc)])
         unknown = r["failed"].get("roles_unknown", 0)
         read = "none" if name == "label-only" else f"{r['rows'] - unknown:,} rows"
         note = " (not used: roles read in this process)" if r["notes"] else ""
-        print(f"| {name} | {r['rows']:,} | {r['tokens']:,} | {num_proc}{note} | {seconds:.2f} | "
-              f"{r['tokens'] / seconds / 1e6:.1f}M | {base[num_proc] / seconds:.2f} | {cpu:.2f} | "
-              f"{r['tokens'] / cpu / 1e6:.1f}M | {base_cpu[num_proc] / cpu:.2f} | {read} |", flush=True)
+        print(
+            f"| {name} | {r['rows']:,} | {r['tokens']:,} | {num_proc}{note} | {seconds:.2f} | "
+            f"{r['tokens'] / seconds / 1e6:.1f}M | {base[num_proc] / seconds:.2f} | {cpu:.2f} | "
+            f"{r['tokens'] / cpu / 1e6:.1f}M | {base_cpu[num_proc] / cpu:.2f} | {read} |",
+            flush=True,
+        )
 
 
 def main() -> None:
@@ -325,12 +360,19 @@ def main() -> None:
     parser.add_argument("--num-proc", default="1,2", help="process counts to try (comma-separated)")
     parser.add_argument("--raw", action="store_true", help="measure raw rows (scan --tokenizer) instead")
     parser.add_argument("--raw-rows", type=int, default=20000, help="rows of each raw file")
-    parser.add_argument("--roles", action="store_true",
-                        help="scan the same chat rows from labels alone and with roles from a column, the chat "
-                             "template and a response template, side by side")
+    parser.add_argument(
+        "--roles",
+        action="store_true",
+        help="scan the same chat rows from labels alone and with roles from a column, the chat "
+        "template and a response template, side by side",
+    )
     parser.add_argument("--roles-rows", type=int, default=200000, help="rows of the --roles dataset")
-    parser.add_argument("--repeats", type=int, default=3,
-                        help="fresh-process runs of each scan (median time, highest peak); raw: alternated repeats of each side")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="fresh-process runs of each scan (median time, highest peak); raw: alternated repeats of each side",
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     if args.raw:
@@ -356,11 +398,16 @@ def main() -> None:
                 runs = [scan_in_child(path, num_proc) for _ in range(args.repeats)]
                 for r in runs:
                     if r["failed"] != expected:
-                        raise SystemExit(f"{fmt} {rows} rows, --num-proc {num_proc}: found {r['failed']}, generated {expected}")
+                        raise SystemExit(
+                            f"{fmt} {rows} rows, --num-proc {num_proc}: found {r['failed']}, generated {expected}"
+                        )
                 r, seconds = runs[0], statistics.median(r["seconds"] for r in runs)
                 peak, above = max(r["peak_mib"] for r in runs), max(r["scan_mib"] for r in runs)
-                print(f"| {fmt} | {r['rows']:,} | {r['tokens']:,} | {num_proc} | {seconds:.2f} | "
-                      f"{r['tokens'] / seconds / 1e6:.1f}M | {peak:.0f} MiB | {above:.0f} MiB |", flush=True)
+                print(
+                    f"| {fmt} | {r['rows']:,} | {r['tokens']:,} | {num_proc} | {seconds:.2f} | "
+                    f"{r['tokens'] / seconds / 1e6:.1f}M | {peak:.0f} MiB | {above:.0f} MiB |",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

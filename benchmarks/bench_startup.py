@@ -92,8 +92,9 @@ def measure(repeats: int) -> dict[str, float]:
 
 def in_one_process() -> list[float]:
     """Seconds of the first and the second check_files in one process."""
-    done = subprocess.run([sys.executable, "-c", TWICE], env=environment(), cwd=ROOT, capture_output=True,
-                          text=True, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", TWICE], env=environment(), cwd=ROOT, capture_output=True, text=True, check=True
+    )
     return [float(line) for line in done.stdout.split()]
 
 
@@ -109,8 +110,11 @@ def table(medians: dict[str, float], repeats: int) -> str:
     lines += [f"| `{name}` | {seconds:.3f} | {seconds / torch_s:.2f} |" for name, seconds in medians.items()]
     check_s = medians["gradscope check (fixture model, json)"]
     floor_s = medians["floor of check: imports, load, one step"]
-    lines += ["", f"check overhead beyond imports + model load + one step: {check_s - floor_s:.3f} s "
-              f"({check_s:.3f} s against {floor_s:.3f} s)"]
+    lines += [
+        "",
+        f"check overhead beyond imports + model load + one step: {check_s - floor_s:.3f} s "
+        f"({check_s:.3f} s against {floor_s:.3f} s)",
+    ]
     return "\n".join(lines)
 
 

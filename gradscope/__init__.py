@@ -15,6 +15,7 @@ import types
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import gradscope.render.html  # noqa: F401,E402  (no torch: installs the HTML view behind Report.to_html and _repr_html_)
 from gradscope.errors import (
     DataError,
     GradscopeError,
@@ -26,14 +27,12 @@ from gradscope.errors import (
     OutputError,
 )
 
-import gradscope.render.html  # noqa: F401,E402  (no torch: installs the HTML view behind Report.to_html and _repr_html_)
-
 if TYPE_CHECKING:
     from gradscope.checks.grads import GradThresholds
     from gradscope.data.pipelines import DataOptions
+    from gradscope.data.rows import RoleRow
     from gradscope.report.check import Report, SampleReport, TokenReport
     from gradscope.report.finding import Finding
-    from gradscope.data.rows import RoleRow
     from gradscope.report.roles import RolesReport
     from gradscope.report.scan import ScanReport
     from gradscope.report.weights import (
@@ -46,9 +45,9 @@ if TYPE_CHECKING:
     )
     from gradscope.scan.dataset import scan
     from gradscope.verbs.check import check, check_batches
-    from gradscope.verbs.options import CheckOptions
     from gradscope.verbs.files import Inputs, check_files, grads_files, inspect_files, roles_files, verify_files
     from gradscope.verbs.grads import grads
+    from gradscope.verbs.options import CheckOptions
     from gradscope.verbs.overfit import overfit
     from gradscope.verbs.verify import verify
 

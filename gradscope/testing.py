@@ -1,9 +1,9 @@
 """Assertions for users' test suites: make masking correctness a CI check.
 
-    from gradscope.testing import assert_masking
+from gradscope.testing import assert_masking
 
-    def test_collator_masks_the_prompt(model, tokenizer, collator, rows):
-        assert_masking(model, collator(rows), tokenizer=tokenizer)
+def test_collator_masks_the_prompt(model, tokenizer, collator, rows):
+    assert_masking(model, collator(rows), tokenizer=tokenizer)
 """
 
 from __future__ import annotations

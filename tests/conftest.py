@@ -50,8 +50,15 @@ def _tiny_llama(dropout: float = 0.0):
 
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
-        num_key_value_heads=2, eos_token_id=5, pad_token_id=0, attention_dropout=dropout,
+        vocab_size=97,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        eos_token_id=5,
+        pad_token_id=0,
+        attention_dropout=dropout,
     )
     return LlamaForCausalLM(config).eval()
 
@@ -61,8 +68,16 @@ def _tiny_gpt2(dropout: float = 0.0):
 
     torch.manual_seed(0)
     config = GPT2Config(
-        vocab_size=97, n_embd=32, n_layer=3, n_head=4, n_positions=64, bos_token_id=5, eos_token_id=5,
-        resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout,
+        vocab_size=97,
+        n_embd=32,
+        n_layer=3,
+        n_head=4,
+        n_positions=64,
+        bos_token_id=5,
+        eos_token_id=5,
+        resid_pdrop=dropout,
+        embd_pdrop=dropout,
+        attn_pdrop=dropout,
     )
     return GPT2LMHeadModel(config).eval()
 
@@ -251,7 +266,9 @@ def write_stream_rows(stream_rows) -> Callable[[Path, str], Path]:
     def table():
         import pyarrow as pa
 
-        return pa.table({k: pa.array([r[k].tolist() for r in stream_rows], pa.list_(pa.int32())) for k in STREAM_COLUMNS})
+        return pa.table(
+            {k: pa.array([r[k].tolist() for r in stream_rows], pa.list_(pa.int32())) for k in STREAM_COLUMNS}
+        )
 
     def write(tmp: Path, fmt: str) -> Path:
         import pyarrow as pa
@@ -281,8 +298,15 @@ def write_stream_rows(stream_rows) -> Callable[[Path, str], Path]:
 
 
 def _scan_summary(report) -> tuple:
-    return (report.rows, report.tokens, report.trained_tokens, report.checks, report.distributions,
-            report.worst_rows, [vars(f) for f in report.findings])
+    return (
+        report.rows,
+        report.tokens,
+        report.trained_tokens,
+        report.checks,
+        report.distributions,
+        report.worst_rows,
+        [vars(f) for f in report.findings],
+    )
 
 
 @pytest.fixture(scope="session")
@@ -308,12 +332,20 @@ def run_case(fixture_model, fixtures_dir):
 
     def run(case: dict, **options) -> gradscope.Report:
         model, tokenizer = fixture_model(case["model"], case.get("trust_remote_code", False))
-        batches = load_batches(fixtures_dir / case["data"], pad_token_id=tokenizer.pad_token_id, batch_size=case.get("batch_size", 1))
+        batches = load_batches(
+            fixtures_dir / case["data"], pad_token_id=tokenizer.pad_token_id, batch_size=case.get("batch_size", 1)
+        )
         loss_fn = load_loss_fn(str(fixtures_dir / case["loss"])) if "loss" in case else None
         roles_from = fixtures_dir / case["roles_from"] if "roles_from" in case else None
         return gradscope.check_batches(
-            model, batches, tokenizer=tokenizer, loss_fn=loss_fn, accumulate=case.get("accumulate"),
-            response_template=case.get("response_template"), roles_from=roles_from, **options,
+            model,
+            batches,
+            tokenizer=tokenizer,
+            loss_fn=loss_fn,
+            accumulate=case.get("accumulate"),
+            response_template=case.get("response_template"),
+            roles_from=roles_from,
+            **options,
         )
 
     return run

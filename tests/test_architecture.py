@@ -48,20 +48,27 @@ def imports_of(source: str, known: set[str]) -> set[str]:
 def third_party(source: str) -> set[str]:
     tree = ast.parse(source)
     names = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-    names |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module and n.level == 0}
+    names |= {
+        n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module and n.level == 0
+    }
     return names
 
 
 def layer_of(module: str) -> int:
-    matches = [(len(prefix), i) for i, layer in enumerate(LAYERS) for prefix in layer
-               if module == prefix or module.startswith(prefix + ".")]
+    matches = [
+        (len(prefix), i)
+        for i, layer in enumerate(LAYERS)
+        for prefix in layer
+        if module == prefix or module.startswith(prefix + ".")
+    ]
     assert matches, f"{module} is in no layer: add it to LAYERS"
     return max(matches)[1]  # the longest prefix decides: gradscope.cli.app is cli, not the package root
 
 
 def upward_imports(graph: dict[str, set[str]]) -> list[str]:
-    return sorted(f"{m} imports {d}" for m, deps in graph.items() for d in deps
-                  if d != "gradscope" and layer_of(d) < layer_of(m))
+    return sorted(
+        f"{m} imports {d}" for m, deps in graph.items() for d in deps if d != "gradscope" and layer_of(d) < layer_of(m)
+    )
 
 
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -71,7 +78,7 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
         state[node] = "open"
         for dep in sorted(graph.get(node, ())):
             if state.get(dep) == "open":
-                found.append(path[path.index(dep):] + [dep] if dep in path else [node, dep])
+                found.append(path[path.index(dep) :] + [dep] if dep in path else [node, dep])
             elif dep not in state:
                 visit(dep, path + [dep])
         state[node] = "done"
@@ -128,8 +135,11 @@ def private_imports(sources: dict[str, str]) -> list[str]:
     for module, source in sources.items():
         for node in ast.walk(ast.parse(source)):
             if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("gradscope"):
-                found += [f"{module} imports {node.module}.{a.name}" for a in node.names
-                          if a.name.startswith("_") and not (a.name.startswith("__") and a.name.endswith("__"))]
+                found += [
+                    f"{module} imports {node.module}.{a.name}"
+                    for a in node.names
+                    if a.name.startswith("_") and not (a.name.startswith("__") and a.name.endswith("__"))
+                ]
     return sorted(found)
 
 

@@ -22,7 +22,9 @@ def _imported_modules(tree: ast.Module) -> list[tuple[int, str]]:
         elif isinstance(node, ast.ImportFrom):
             base = "." * node.level + (node.module or "")
             found.append((node.lineno, base))
-            found += [(node.lineno, f"{base}.{alias.name}".replace("..", ".")) for alias in node.names if not node.module]
+            found += [
+                (node.lineno, f"{base}.{alias.name}".replace("..", ".")) for alias in node.names if not node.module
+            ]
     return found
 
 
@@ -30,8 +32,12 @@ def _is_test_code(module: str) -> bool:
     """``tests``, ``tests.*`` (conftest included), ``conftest``, any relative import, or a test module by name."""
     last = module.rsplit(".", 1)[-1]
     return (
-        module.startswith(".") or module == "tests" or module.startswith("tests.") or module == "conftest"
-        or last.startswith("test_") or last == "conftest"
+        module.startswith(".")
+        or module == "tests"
+        or module.startswith("tests.")
+        or module == "conftest"
+        or last.startswith("test_")
+        or last == "conftest"
     )
 
 

@@ -5,8 +5,9 @@ Routes: the tensors as given (``check_batches`` on the .safetensors or .jsonl fi
 JSON lines; ``scan`` (labels only); ``assert_masking``; a transformers Trainer with ``GradscopeCallback``. The views
 (terminal, HTML, JUnit, JSON) and the exit code are read from the reference report. A case a route cannot carry is
 listed below with the reason. The raw-row routes (reference pipeline, ``--pipeline trl``, ``--collate``, and the rows
-tokenized with ``--roles-from``) take raw rows, which the catalogue's tensors are not: they run on fixtures/raw. The reports of the reference route are the session's (``catalogue_reports``); each
-fixture model is loaded once (``fixture_model``).
+tokenized with ``--roles-from``) take raw rows, which the catalogue's tensors are not: they run on fixtures/raw. The
+reports of the reference route are the session's (``catalogue_reports``); each fixture model is loaded once
+(``fixture_model``).
 """
 
 from __future__ import annotations
@@ -36,8 +37,14 @@ FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 CATALOGUE = json.loads((FIXTURES / "catalogue.json").read_text())
 NAMES = [c["name"] for c in CATALOGUE]
 
-STRUCTURAL = {"causal_leak", "cross_document_leak", "uneven_token_weights", "accumulation_mismatch",
-              "aux_loss_reaches_padding", "boundary_leak"}
+STRUCTURAL = {
+    "causal_leak",
+    "cross_document_leak",
+    "uneven_token_weights",
+    "accumulation_mismatch",
+    "aux_loss_reaches_padding",
+    "boundary_leak",
+}
 """Findings of the structural probes: they need the model's gradient and the probes' extra passes."""
 
 
@@ -106,8 +113,13 @@ def status_in_views(report: gradscope.Report) -> dict[str, str]:
     title = re.search(r"<title>gradscope [a-z]+: ([a-z ]+)</title>", page)
     suites = ET.fromstring(to_junit(report)).findall("testsuite")
     [case] = [c for s in suites if s.get("name") == "gradscope.verdict" for c in s.findall("testcase")]
-    return {"terminal": terminal, "html": banner.group(1) if banner else "", "title": title.group(1) if title else "",
-            "junit": case.get("name") or "", "json": json.loads(json.dumps(report.to_dict()))["summary"]["status"]}
+    return {
+        "terminal": terminal,
+        "html": banner.group(1) if banner else "",
+        "title": title.group(1) if title else "",
+        "junit": case.get("name") or "",
+        "json": json.loads(json.dumps(report.to_dict()))["summary"]["status"],
+    }
 
 
 def case_of(name: str) -> dict:
@@ -121,7 +133,8 @@ def test_every_view_says_the_one_status(name, catalogue_reports):
     assert set(status_in_views(report).values()) == {status}
     assert exit_code(report, strict=False) == int(verdict(report).fails())
     assert sorted({(e["check"], e["sample"]) for e in case_of(name)["expect"]}, key=str) == sorted(
-        {(f.check, f.sample) for f in report.findings}, key=str)
+        {(f.check, f.sample) for f in report.findings}, key=str
+    )
 
 
 @pytest.mark.parametrize("name", [n for n in NAMES if _jsonl_cannot(case_of(n)) is None])
@@ -135,8 +148,15 @@ def test_json_lines_route(name, catalogue_reports, fixture_model, tmp_path):
     batches = load_batches(path, pad_token_id=tokenizer.pad_token_id, batch_size=len(rows))
     loss_fn = load_loss_fn(str(FIXTURES / case["loss"])) if "loss" in case else None
     roles_from = FIXTURES / case["roles_from"] if "roles_from" in case else None
-    report = gradscope.check_batches(model, batches, tokenizer=tokenizer, loss_fn=loss_fn, roles_from=roles_from,
-                                     accumulate=case.get("accumulate"), response_template=case.get("response_template"))
+    report = gradscope.check_batches(
+        model,
+        batches,
+        tokenizer=tokenizer,
+        loss_fn=loss_fn,
+        roles_from=roles_from,
+        accumulate=case.get("accumulate"),
+        response_template=case.get("response_template"),
+    )
     reference = catalogue_reports[name]
     assert found(report) == found(reference)
     assert verdict(report).status == verdict(reference).status
@@ -145,8 +165,12 @@ def test_json_lines_route(name, catalogue_reports, fixture_model, tmp_path):
 @pytest.mark.parametrize("name", [n for n in NAMES if _scan_cannot(case_of(n)) is None])
 def test_scan_route(name, catalogue_reports):
     case = case_of(name)
-    report = scan(FIXTURES / case["data"], tokenizer=FIXTURES / case["model"], examples=10,
-                  options=DataOptions(response_template=case.get("response_template")))
+    report = scan(
+        FIXTURES / case["data"],
+        tokenizer=FIXTURES / case["model"],
+        examples=10,
+        options=DataOptions(response_template=case.get("response_template")),
+    )
     reference = catalogue_reports[name]
     rows = [(f.check, f.sample, f.positions) for f in reference.findings if f.check != "roles_unknown"]
     assert [(f.check, f.sample, f.positions) for f in report.findings if f.check != "roles_unknown"] == rows
@@ -158,10 +182,13 @@ def test_assert_masking_route(name, catalogue_reports, fixture_model):
     case = case_of(name)
     model, tokenizer = fixture_model(case["model"], case.get("trust_remote_code", False))
     [batch] = load_batches(FIXTURES / case["data"], pad_token_id=tokenizer.pad_token_id)
-    kwargs = {"tokenizer": tokenizer, "accumulate": case.get("accumulate"),
-              "response_template": case.get("response_template"),
-              "roles_from": FIXTURES / case["roles_from"] if "roles_from" in case else None,
-              "loss_fn": load_loss_fn(str(FIXTURES / case["loss"])) if "loss" in case else None}
+    kwargs = {
+        "tokenizer": tokenizer,
+        "accumulate": case.get("accumulate"),
+        "response_template": case.get("response_template"),
+        "roles_from": FIXTURES / case["roles_from"] if "roles_from" in case else None,
+        "loss_fn": load_loss_fn(str(FIXTURES / case["loss"])) if "loss" in case else None,
+    }
     reference = catalogue_reports[name]
     if verdict(reference).fails():
         with pytest.raises(AssertionError, match=re.escape(f"({verdict(reference).status})")):
@@ -177,7 +204,10 @@ def _callback_cannot(case: dict) -> str | None:
     if not keys:
         return "JSON lines in several batches: a Trainer step is one batch here"
     if case.get("response_template") or case.get("roles_from"):
-        return "the callback reads roles from the trainer (inputs, train_dataset, chat template): no response template or roles_from"
+        return (
+            "the callback reads roles from the trainer (inputs, train_dataset, chat template): no response template "
+            "or roles_from"
+        )
     if case.get("loss") or case.get("accumulate"):
         return "the trainer computes its own loss, one micro-batch per step here"
     if {e["check"] for e in case["expect"]} & STRUCTURAL or any(len(s) != 2 for s in keys.values()):
@@ -205,12 +235,26 @@ def test_trainer_callback_route(name, catalogue_reports, tmp_path):
     [batch] = load_batches(FIXTURES / case["data"], pad_token_id=tokenizer.pad_token_id)
     rows = len(batch["input_ids"])
     callback = GradscopeCallback(fail_on=None, write_report=False)
-    args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True, save_strategy="no",
-                             logging_strategy="no", per_device_train_batch_size=rows, max_steps=1,
-                             remove_unused_columns=False, learning_rate=1e-2, disable_tqdm=True)
-    trainer = Trainer(model=load_model(FIXTURES / case["model"]), args=args, train_dataset=[{"row": i} for i in range(rows)],
-                      processing_class=tokenizer, data_collator=lambda _: {k: v.clone() for k, v in batch.items()},
-                      callbacks=[callback])
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        logging_strategy="no",
+        per_device_train_batch_size=rows,
+        max_steps=1,
+        remove_unused_columns=False,
+        learning_rate=1e-2,
+        disable_tqdm=True,
+    )
+    trainer = Trainer(
+        model=load_model(FIXTURES / case["model"]),
+        args=args,
+        train_dataset=[{"row": i} for i in range(rows)],
+        processing_class=tokenizer,
+        data_collator=lambda _: {k: v.clone() for k, v in batch.items()},
+        callbacks=[callback],
+    )
     trainer.train()
     reference = catalogue_reports[name]
     assert found(callback.report) == [f for f in found(reference) if f[0] != "uneven_token_weights"]
@@ -230,8 +274,20 @@ def cli_check(*args: object) -> dict:
 
     from gradscope.cli import app
 
-    result = CliRunner().invoke(app, ["check", str(FIXTURES / "models/tiny-llama-chat"), *map(str, args),
-                                      "--depth", "logits", "--batch-size", "3", "--format", "json"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "check",
+            str(FIXTURES / "models/tiny-llama-chat"),
+            *map(str, args),
+            "--depth",
+            "logits",
+            "--batch-size",
+            "3",
+            "--format",
+            "json",
+        ],
+    )
     assert result.exit_code in (0, 1), result.output
     data = json.loads(result.stdout)
     assert result.exit_code == int(data["summary"]["status"] != "clean")
@@ -247,8 +303,11 @@ def test_raw_rows_routes_agree(name, tmp_path):
     """A correct pipeline is clean on every route; the labels-copy bug is the same prompt_leak on every route."""
     rows = FIXTURES / "raw" / f"{name}.jsonl"
     trl = ["--pipeline", "trl"] + (["--assistant-only-loss"] if name == "chat" else [])
-    clean = [cli_check(rows), cli_check(rows, *trl),
-             cli_check(rows, "--collate", f"{COLLATORS}:mask_prompt", "--collate-input", "tokens")]
+    clean = [
+        cli_check(rows),
+        cli_check(rows, *trl),
+        cli_check(rows, "--collate", f"{COLLATORS}:mask_prompt", "--collate-input", "tokens"),
+    ]
     assert [json_found(d) for d in clean] == [("clean", [])] * 3
     leaking = cli_check(rows, "--collate", f"{COLLATORS}:labels_copy_input_ids", "--collate-input", "tokens")
     status, findings = json_found(leaking)

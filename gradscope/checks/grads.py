@@ -10,8 +10,8 @@ from torch import nn
 
 from gradscope.constants import DEFAULT_LR, DEFAULT_MAX_GRAD_NORM  # noqa: F401  (re-exported)
 from gradscope.engine.params import (
-    Slot,
     ParamStats,
+    Slot,
     widened,
 )
 from gradscope.report.finding import Finding

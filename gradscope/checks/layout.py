@@ -27,7 +27,9 @@ def row_openings(skip: np.ndarray, starts: np.ndarray) -> np.ndarray:
     return np.minimum(first, ends)
 
 
-def opening_skip(ids: np.ndarray, pad: np.ndarray, starts: np.ndarray, pad_id: int | None, bos: int | None) -> np.ndarray:
+def opening_skip(
+    ids: np.ndarray, pad: np.ndarray, starts: np.ndarray, pad_id: int | None, bos: int | None
+) -> np.ndarray:
     """(N,) what comes before a row's first token: padding (attention_mask 0) and leading pad ids (attended left
     padding), unless the pad id is the BOS (with pad == bos a leading pad cannot be told from a BOS)."""
     if pad_id is None or pad_id == bos or not len(ids) or not (ids[starts] == pad_id).any():
@@ -57,7 +59,12 @@ def bos_absent(ids: np.ndarray, starts: np.ndarray, opening: np.ndarray, documen
 
 
 def undeclared_documents(
-    ids: np.ndarray, real: np.ndarray, starts: np.ndarray, opening: np.ndarray, documents: np.ndarray, bos: int,
+    ids: np.ndarray,
+    real: np.ndarray,
+    starts: np.ndarray,
+    opening: np.ndarray,
+    documents: np.ndarray,
+    bos: int,
     bos_is_end: bool,
 ) -> np.ndarray:
     """(N,) where a new document starts inside a row with nothing to declare it: a BOS after a real token (with BOS
@@ -133,7 +140,7 @@ def bos_missing(s: SampleView) -> Finding | None:
         s.index,
         missing,
         f"sample {s.index} {where} without the BOS (id {s.bos_token_id}) at "
-            f"{format_positions(missing)}, though the tokenizer puts "
+        f"{format_positions(missing)}, though the tokenizer puts "
         "it first in every encoding: the model trains on starts it never sees at inference, where the BOS is always "
         "there. Usual cause: text tokenized with add_special_tokens=False (or rendered by a template without "
         "{{ bos_token }}) and never given its BOS, or documents packed after their BOS was stripped. Tokenize with "
@@ -189,7 +196,7 @@ def packed_without_boundaries(s: SampleView) -> Finding | None:
         s.index,
         starts_at,
         f"sample {s.index} holds {len(starts_at) + 1} documents (new ones at "
-            f"{format_positions(starts_at)}, after a BOS/EOS "
+        f"{format_positions(starts_at)}, after a BOS/EOS "
         f"{tokens_word(len(starts_at))}) with no boundary declared: position_ids do not restart, and no seq_idx, "
         "cu_seq_lens or attention mask separates them, so each document attends to the ones before and its first "
         "token is trained as their continuation. Pack with position_ids restarting at 0 for each document (TRL's "
@@ -242,5 +249,10 @@ def prefill_trained(s: SampleView) -> Finding | None:
 
 
 LAYOUT_CHECKS = (
-    bos_duplicated, bos_missing, pads_attended, packed_without_boundaries, media_tokens_trained, prefill_trained
+    bos_duplicated,
+    bos_missing,
+    pads_attended,
+    packed_without_boundaries,
+    media_tokens_trained,
+    prefill_trained,
 )

@@ -26,7 +26,7 @@ def no_loss(s: SampleView) -> Finding | None:
     if s.completion_cut and not (s.roles == COMPLETION).any():
         cause = (
             f"Truncation did it: the maximum length cut all {s.completion_cut} completion "
-                f"{tokens_word(s.completion_cut)}. "
+            f"{tokens_word(s.completion_cut)}. "
             "Raise max_length, shorten the prompt, or drop the row (TRL drops such rows itself)."
         )
     else:
@@ -95,7 +95,7 @@ def label_misaligned(s: SampleView) -> Finding | None:
         s.index,
         wrong,
         f"{len(wrong)} trained {tokens_word(len(wrong))} ({format_positions(wrong)}) point at "
-            f"the wrong target: {learns}. "
+        f"the wrong target: {learns}. "
         "Usual cause: labels shifted by the pipeline and shifted again inside the model's loss. Pass labels aligned "
         "with input_ids (labels[t] is token t; transformers' causal-LM loss shifts internally).",
     )
@@ -114,12 +114,12 @@ def _likely_offset(s: SampleView, positions: Sequence[int]) -> int:
 
 FIXES = {
     "sft": "the labels copy input_ids instead of masking the prompt; set them to -100 (TRL: "
-           "completion_only_loss=True or assistant_only_loss=True)",
+    "completion_only_loss=True or assistant_only_loss=True)",
     "preference": "the loss's completion mask covers the prompt: a preference loss (DPO) sums log-probabilities over "
-                  "the chosen and rejected completions only; TRL's DPOTrainer masks the prompt itself, so a custom "
-                  "collator must set completion_mask to 0 on the prompt",
+    "the chosen and rejected completions only; TRL's DPOTrainer masks the prompt itself, so a custom "
+    "collator must set completion_mask to 0 on the prompt",
     "rl": "the loss's completion mask covers the prompt: an RL loss (GRPO) trains the completion_ids only; set "
-          "completion_mask to 0 on the prompt",
+    "completion_mask to 0 on the prompt",
 }
 """prompt_leak's fix when the whole prompt is trained, by the kind of trainer in use (``for_trainer``)."""
 
@@ -135,8 +135,11 @@ def prompt_leak(s: SampleView) -> Finding | None:
     """A prompt-role token is trained."""
     closing = set(s.closing)
     ids = s.input_ids.tolist()
-    prompt = [p for p in s.where(s.roles == PROMPT)
-              if p not in closing and ids[p] not in s.media_token_ids and p not in s.prefill]
+    prompt = [
+        p
+        for p in s.where(s.roles == PROMPT)
+        if p not in closing and ids[p] not in s.media_token_ids and p not in s.prefill
+    ]
     trained = s.trained.tolist()
     leaked = [p for p in prompt if trained[p]]
     if not leaked:
@@ -159,7 +162,7 @@ def prompt_leak(s: SampleView) -> Finding | None:
         s.index,
         leaked,
         f"prompt {tokens_word(len(leaked))} {format_positions(leaked)} "
-            f"{'is' if len(leaked) == 1 else 'are'} trained: {cause}.",
+        f"{'is' if len(leaked) == 1 else 'are'} trained: {cause}.",
     )
 
 
@@ -266,10 +269,21 @@ def boundary_leak(s: SampleView) -> Finding | None:
     )
 
 
-FUNCTIONS: dict[str, Check] = {check.__name__: check for check in (
-    no_loss, masked_label_trained, label_misaligned, prompt_leak, pad_leak, completion_untrained, eos_untrained, completion_truncated,
-    boundary_leak, *LAYOUT_CHECKS,
-)}
+FUNCTIONS: dict[str, Check] = {
+    check.__name__: check
+    for check in (
+        no_loss,
+        masked_label_trained,
+        label_misaligned,
+        prompt_leak,
+        pad_leak,
+        completion_untrained,
+        eos_untrained,
+        completion_truncated,
+        boundary_leak,
+        *LAYOUT_CHECKS,
+    )
+}
 """The per-sample check functions by the name their findings carry (``eos_untrained`` also gives
 ``turn_end_untrained``); the catalogue orders them."""
 ROOT_CHECKS: tuple[Check, ...] = tuple(FUNCTIONS[name] for name in catalogue.ROOT_CHECKS)

@@ -20,8 +20,14 @@ ROLES_HINT = (
 )
 
 
-def roles_unknown(samples: Sequence[int], reasons: Sequence[str | None], noun: str = "sample",
-                  total: int | None = None, hint: str | None = None, evidence: str = "") -> Finding | None:
+def roles_unknown(
+    samples: Sequence[int],
+    reasons: Sequence[str | None],
+    noun: str = "sample",
+    total: int | None = None,
+    hint: str | None = None,
+    evidence: str = "",
+) -> Finding | None:
     """A warning naming the samples whose roles are unknown and why: their prompt was not checked.
 
     Args:
@@ -74,11 +80,14 @@ def labels_evidence(copies: Sequence[int], masks: Sequence[int], noun: str = "sa
     """``label_facts`` in words, for the ``roles_unknown`` warning ("" when the labels establish nothing)."""
     parts = []
     if copies:
-        parts.append(f"the labels train every real token of {_which(noun, copies)}: they copy input_ids, so a prompt "
-                     "there, if any, is trained")
+        parts.append(
+            f"the labels train every real token of {_which(noun, copies)}: they copy input_ids, so a prompt "
+            "there, if any, is trained"
+        )
     if masks:
-        parts.append(f"the labels of {_which(noun, masks)} mask some real tokens (-100) and the gradient trains none "
-                     "of them")
+        parts.append(
+            f"the labels of {_which(noun, masks)} mask some real tokens (-100) and the gradient trains none of them"
+        )
     return "; ".join(parts)
 
 

@@ -54,7 +54,10 @@ def step_scale(step: StepTokens) -> Finding | None:
         return None
     normaliser = step.trained / factor
     return Finding(
-        "step_scale", "error", None, [],
+        "step_scale",
+        "error",
+        None,
+        [],
         f"every trained token of the first optimizer step weighs ×{factor:.3g} of a token mean over the step: the "
         f"update is the loss summed over the step's {step.trained} trained tokens divided by {normaliser:.4g}, not "
         f"by {step.trained} ({step.micro_batches} micro-batch(es) per rank, {step.ranks} rank(s), ranks' gradients "
@@ -70,36 +73,52 @@ def scale_cause(factor: float, step: StepTokens) -> str:
     """The likely cause of a step scale ``factor`` and the setting that fixes it."""
     ga, ranks, n = step.micro_batches, step.ranks, step.trained
     if ga > 1 and _near(factor, ga):
-        return (f"×{ga} = the gradient accumulation steps: each micro-batch's loss is normalised by its own tokens "
-                "(or by the whole step's) but not divided by the accumulation steps (transformers #47688, a loss "
-                "that ignores num_items_in_batch). Divide the summed token losses by num_items_in_batch, the "
-                "trained tokens of the whole accumulated step, or let the trainer divide by "
-                "gradient_accumulation_steps.")
+        return (
+            f"×{ga} = the gradient accumulation steps: each micro-batch's loss is normalised by its own tokens "
+            "(or by the whole step's) but not divided by the accumulation steps (transformers #47688, a loss "
+            "that ignores num_items_in_batch). Divide the summed token losses by num_items_in_batch, the "
+            "trained tokens of the whole accumulated step, or let the trainer divide by "
+            "gradient_accumulation_steps."
+        )
     if ga > 1 and _near(factor, 1 / ga):
-        return (f"÷{ga} = the gradient accumulation steps: the loss is divided by the step's tokens and again by "
-                "the accumulation steps (unsloth #8261; accelerate's backward divides by gradient_accumulation_steps "
-                "too). Divide once: by num_items_in_batch, or multiply the loss by the accumulation steps before "
-                "accelerator.backward.")
+        return (
+            f"÷{ga} = the gradient accumulation steps: the loss is divided by the step's tokens and again by "
+            "the accumulation steps (unsloth #8261; accelerate's backward divides by gradient_accumulation_steps "
+            "too). Divide once: by num_items_in_batch, or multiply the loss by the accumulation steps before "
+            "accelerator.backward."
+        )
     if ranks > 1 and _near(factor, 1 / ranks):
-        return (f"÷{ranks} = the ranks: each rank divides by the trained tokens of every rank, and the ranks' "
-                "gradients are averaged (DDP, FSDP, context parallelism: Megatron-LM #7513). Multiply the loss by "
-                "the world size (transformers does so with average_tokens_across_devices=True).")
+        return (
+            f"÷{ranks} = the ranks: each rank divides by the trained tokens of every rank, and the ranks' "
+            "gradients are averaged (DDP, FSDP, context parallelism: Megatron-LM #7513). Multiply the loss by "
+            "the world size (transformers does so with average_tokens_across_devices=True)."
+        )
     if ranks > 1 and _near(factor, ranks):
-        return (f"×{ranks} = the ranks: the loss is multiplied by the world size but the ranks' gradients are "
-                "summed, or each rank divides by its own tokens only; set average_tokens_across_devices=True and do "
-                "not scale the loss by hand.")
+        return (
+            f"×{ranks} = the ranks: the loss is multiplied by the world size but the ranks' gradients are "
+            "summed, or each rank divides by its own tokens only; set average_tokens_across_devices=True and do "
+            "not scale the loss by hand."
+        )
     if factor < 1 and step.predicted > n and _near(factor, n / step.predicted):
-        return (f"×{n}/{step.predicted}: the denominator counts every predicted position ({step.predicted}), masked "
-                "ones included, not the trained tokens (a mean over attention_mask, not over labels != -100; "
-                "trl #6369, miles #2796). Divide by the number of trained tokens (labels != -100).")
+        return (
+            f"×{n}/{step.predicted}: the denominator counts every predicted position ({step.predicted}), masked "
+            "ones included, not the trained tokens (a mean over attention_mask, not over labels != -100; "
+            "trl #6369, miles #2796). Divide by the number of trained tokens (labels != -100)."
+        )
     if _near(factor, n):
-        return ("×N: the loss is a sum of token losses with no normaliser. Divide by the step's trained tokens "
-                "(num_items_in_batch).")
+        return (
+            "×N: the loss is a sum of token losses with no normaliser. Divide by the step's trained tokens "
+            "(num_items_in_batch)."
+        )
     if factor < 1:
-        return ("The denominator is larger than the step's trained tokens: it counts tokens the loss does not train "
-                "(masked, padding or truncated completions, fully masked rows). Divide by the trained tokens.")
-    return ("The denominator is smaller than the step's trained tokens, or the loss is scaled up. Divide the summed "
-            "token losses by the step's trained tokens (num_items_in_batch).")
+        return (
+            "The denominator is larger than the step's trained tokens: it counts tokens the loss does not train "
+            "(masked, padding or truncated completions, fully masked rows). Divide by the trained tokens."
+        )
+    return (
+        "The denominator is smaller than the step's trained tokens, or the loss is scaled up. Divide the summed "
+        "token losses by the step's trained tokens (num_items_in_batch)."
+    )
 
 
 STEP_CHECKS = (step_scale,)

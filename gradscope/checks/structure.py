@@ -114,8 +114,9 @@ def _seen(windows: Sequence[Window], seen: torch.Tensor, region) -> tuple[list[i
     return sorted(positions), hit
 
 
-def causal_leak(sample: int, windows: Sequence[Window], seen: torch.Tensor, facts: CallFacts,
-                row: int = 0) -> Finding | None:
+def causal_leak(
+    sample: int, windows: Sequence[Window], seen: torch.Tensor, facts: CallFacts, row: int = 0
+) -> Finding | None:
     """The outputs before a cut depend on tokens at or after it, other than those of a span the model attends
     bidirectionally (Gemma 3's image tokens) that holds the window's last output.
 
@@ -167,8 +168,7 @@ def _causal_cause(facts: CallFacts) -> str:
     if facts.is_causal is False:
         return "The config sets is_causal=False (bidirectional attention); causal LM training needs True."
     return (
-        f"The attention ({facts.attention}) is not causal: check custom attention code and any mask the model "
-        "builds."
+        f"The attention ({facts.attention}) is not causal: check custom attention code and any mask the model builds."
     )
 
 
@@ -214,7 +214,11 @@ def _packing_causes(facts: CallFacts, starts: Sequence[int], row: int) -> list[s
             "only when attention_mask is None (TRL's padding-free collator returns none)."
         )
     if facts.use_cache and facts.mask_dims != 4:
-        where = "The batch passes use_cache=True" if facts.use_cache_from == "batch" else "The model's config has use_cache=True"
+        where = (
+            "The batch passes use_cache=True"
+            if facts.use_cache_from == "batch"
+            else "The model's config has use_cache=True"
+        )
         causes.append(
             f"{where}: transformers then builds a KV cache and skips packed-sequence masking. Pass "
             "use_cache=False (TRL's SFTTrainer does) or set model.config.use_cache = False (transformers' "
@@ -263,7 +267,9 @@ def uneven_token_weights(
     )
 
 
-def mean_weights(weight: torch.Tensor, trained: torch.Tensor, documents: torch.Tensor) -> list[tuple[float, int, int, int]]:
+def mean_weights(
+    weight: torch.Tensor, trained: torch.Tensor, documents: torch.Tensor
+) -> list[tuple[float, int, int, int]]:
     """(mean weight, row, document, trained tokens) of every sequence with a trained token."""
     groups = []
     for row in range(len(weight)):

@@ -20,12 +20,12 @@ from rich.console import Console
 from typer._click import exceptions as click  # typer vendors click; its errors are these
 from typer.core import TyperGroup
 
+from gradscope.cli.output import write_text
 from gradscope.errors import GradscopeError
 from gradscope.render.json import to_json
 from gradscope.render.junit import github_annotations, to_junit
 from gradscope.render.sanitize import one_line, print_safe
 from gradscope.report.check import Report
-from gradscope.cli.output import write_text
 from gradscope.report.scan import ScanReport
 from gradscope.report.verdict import verdict
 
@@ -37,18 +37,30 @@ T = TypeVar("T")
 class _Boundary(TyperGroup):
     """Typer's group with click's usage errors as one ``Error:`` line (typer draws a box around them)."""
 
-    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None, complete_var: str | None = None,
-             standalone_mode: bool = True, windows_expand_args: bool = True, **extra: Any) -> Any:
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        windows_expand_args: bool = True,
+        **extra: Any,
+    ) -> Any:
         try:
-            code = super().main(args, prog_name, complete_var, standalone_mode=False,
-                                windows_expand_args=windows_expand_args, **extra)
+            code = super().main(
+                args, prog_name, complete_var, standalone_mode=False, windows_expand_args=windows_expand_args, **extra
+            )
         except click.NoArgsIsHelpError as err:
             print(err.ctx.get_help())
             code = EXIT_BAD_INPUT  # as click exits on a bare command
         except click.UsageError as err:
             command = f" (gradscope {err.ctx.info_name} --help)" if err.ctx and err.ctx.parent else ""
             message = err.format_message().replace("Value error, ", "")  # typer's validator prefix
-            if isinstance(err, click.MissingParameter) and err.param is not None and err.param.param_type_name == "argument":
+            if (
+                isinstance(err, click.MissingParameter)
+                and err.param is not None
+                and err.param.param_type_name == "argument"
+            ):
                 message = f"Missing argument {err.param.name.upper()}."
             print(f"Error: {one_line(message)}{command}", file=sys.stderr)
             code = EXIT_BAD_INPUT
@@ -57,8 +69,10 @@ class _Boundary(TyperGroup):
                 raise
             # any path the user gives (model, data, --html, --loss, ...) may be stat'ed first anywhere: one rule here
             name = os.fsdecode(err.filename) if err.filename is not None else "a path"
-            print(f"Error: {one_line(name)}: a name in this path is too long for the file system; give a shorter path",
-                  file=sys.stderr)
+            print(
+                f"Error: {one_line(name)}: a name in this path is too long for the file system; give a shorter path",
+                file=sys.stderr,
+            )
             code = EXIT_BAD_INPUT
         except typer.Abort:  # EOF on a prompt; gradscope never prompts, but click may
             print("Error: interrupted", file=sys.stderr)
@@ -74,7 +88,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     help="Read from the loss gradient which tokens a fine-tune really trains, flag every masking "
-        "leak, and check the gradient that reaches the weights.",
+    "leak, and check the gradient that reaches the weights.",
 )
 
 
@@ -88,8 +102,10 @@ def _print_version(value: bool) -> None:
 
 @app.callback()
 def _options(
-    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
-                                          help="Print gradscope's version and exit.")] = False,
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Print gradscope's version and exit."),
+    ] = False,
 ) -> None:
     """The options before the command; each command imports what it runs (torch, transformers) only when called."""
 
@@ -145,8 +161,15 @@ def in_flags(report: Report | ScanReport) -> Report | ScanReport:
     return report
 
 
-def emit(report: Report | ScanReport, output_format: str, output: Path | None, view: object, strict: bool,
-         html: Path | None = None, allow_unknown_roles: bool = False) -> typer.Exit:
+def emit(
+    report: Report | ScanReport,
+    output_format: str,
+    output: Path | None,
+    view: object,
+    strict: bool,
+    html: Path | None = None,
+    allow_unknown_roles: bool = False,
+) -> typer.Exit:
     """Write the JSON and HTML files, print the report as asked (and GitHub annotations under Actions), and give
     the exit code."""
     in_flags(report)

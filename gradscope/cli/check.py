@@ -96,33 +96,81 @@ def check(
     packing: PackingOpt = None,
     padding_free: PaddingFreeOpt = None,
     base: BaseOpt = None,
-    params: Annotated[bool, typer.Option("--params", help="Also run the parameter-gradient pass (as gradscope grads) on the first batch.")] = False,
+    params: Annotated[
+        bool,
+        typer.Option("--params", help="Also run the parameter-gradient pass (as gradscope grads) on the first batch."),
+    ] = False,
     lr: LrOpt = DEFAULT_LR,
     max_grad_norm: MaxNormOpt = DEFAULT_MAX_GRAD_NORM,
-    probes: Annotated[str, typer.Option("--probes", help="Structural probes, comma-separated: causal,packing,weights (or all, none).")] = "all",
-    accumulate: Annotated[int | None, typer.Option("--accumulate", min=1, help="Also run each batch as K accumulated micro-batches and compare gradients.")] = None,
-    depth: Annotated[str, typer.Option("--depth", help="full: backward through the network "
-        "(layer norms, causal and packing probes); logits: masking only, a forward and the "
-            "loss's own backward (docs/performance.md).")] = "full",
-    windows: Annotated[int, typer.Option("--windows", min=0, help="Random-projection windows per "
-        "row for the causal and packing probes, on top of the free screen (each about one "
-            "activation-only backward).")] = WINDOWS_PER_ROW,
+    probes: Annotated[
+        str, typer.Option("--probes", help="Structural probes, comma-separated: causal,packing,weights (or all, none).")
+    ] = "all",
+    accumulate: Annotated[
+        int | None,
+        typer.Option(
+            "--accumulate", min=1, help="Also run each batch as K accumulated micro-batches and compare gradients."
+        ),
+    ] = None,
+    depth: Annotated[
+        str,
+        typer.Option(
+            "--depth",
+            help="full: backward through the network "
+            "(layer norms, causal and packing probes); logits: masking only, a forward and the "
+            "loss's own backward (docs/performance.md).",
+        ),
+    ] = "full",
+    windows: Annotated[
+        int,
+        typer.Option(
+            "--windows",
+            min=0,
+            help="Random-projection windows per "
+            "row for the causal and packing probes, on top of the free screen (each about one "
+            "activation-only backward).",
+        ),
+    ] = WINDOWS_PER_ROW,
 ) -> None:
     """Run MODEL forward and backward on DATA and report which tokens the loss trains, and every leak."""
     from gradscope.verbs.files import check_files
     from gradscope.verbs.options import CheckOptions
 
     options = data_options(
-        response_template, instruction_template, train_on, max_length, truncation_mode, collate, collate_input,
-        pipeline, trl_config, completion_only_loss=completion_only_loss, assistant_only_loss=assistant_only_loss,
-        packing=packing, padding_free=padding_free,
+        response_template,
+        instruction_template,
+        train_on,
+        max_length,
+        truncation_mode,
+        collate,
+        collate_input,
+        pipeline,
+        trl_config,
+        completion_only_loss=completion_only_loss,
+        assistant_only_loss=assistant_only_loss,
+        packing=packing,
+        padding_free=padding_free,
     )
-    named = inputs(model, data, samples=samples, batch_size=batch_size, loss=loss, device=device, dtype=dtype,
-                   trust_remote_code=trust_remote_code, options=options, base=base, device_map=device_map)
+    named = inputs(
+        model,
+        data,
+        samples=samples,
+        batch_size=batch_size,
+        loss=loss,
+        device=device,
+        dtype=dtype,
+        trust_remote_code=trust_remote_code,
+        options=options,
+        base=base,
+        device_map=device_map,
+    )
     quiet_transformers()
     checking = CheckOptions(
-        keep_dropout=keep_dropout, probes=parse_probes(probes), accumulate=accumulate, windows=windows,
-        roles_from=roles_from, depth=cast(Depth, depth),  # check_files refuses any other depth with an Error: line
+        keep_dropout=keep_dropout,
+        probes=parse_probes(probes),
+        accumulate=accumulate,
+        windows=windows,
+        roles_from=roles_from,
+        depth=cast(Depth, depth),  # check_files refuses any other depth with an Error: line
     )
     report = guarded(lambda: check_files(named, options=checking, params=params, lr=lr, max_grad_norm=max_grad_norm))
     views = [CheckView(report, max_samples=show)] + ([GradsView(report)] if params else [])
@@ -149,14 +197,32 @@ def inspect(
     truncation_mode: TruncationOpt = None,
     base: BaseOpt = None,
     allow_unknown_roles: AllowUnknownOpt = False,
-    html: Annotated[Path | None, typer.Option("--html", callback=writable, help="Also write this row's view (token strip, heat map, findings) as one self-contained HTML page.")] = None,
+    html: Annotated[
+        Path | None,
+        typer.Option(
+            "--html",
+            callback=writable,
+            help="Also write this row's view (token strip, heat map, findings) as one self-contained HTML page.",
+        ),
+    ] = None,
 ) -> None:
     """Show one row in detail: a per-token table and a layers x positions heat map of gradient norms."""
     from gradscope.verbs.files import inspect_files
 
     options = data_options(response_template, instruction_template, train_on, max_length, truncation_mode)
-    named = inputs(model, data, samples=None, batch_size=batch_size, loss=loss, device=device, dtype=dtype,
-                   trust_remote_code=trust_remote_code, options=options, base=base, device_map=device_map)
+    named = inputs(
+        model,
+        data,
+        samples=None,
+        batch_size=batch_size,
+        loss=loss,
+        device=device,
+        dtype=dtype,
+        trust_remote_code=trust_remote_code,
+        options=options,
+        base=base,
+        device_map=device_map,
+    )
     quiet_transformers()
     report, sample = guarded(lambda: inspect_files(named, row, keep_dropout=keep_dropout, roles_from=roles_from))
     in_flags(report)

@@ -39,7 +39,9 @@ from gradscope.render.scan import ScanView
 
 @app.command()
 def roles(
-    model: Annotated[Path, typer.Argument(help="A model or tokenizer directory: its tokenizer (and chat template) is used.")],
+    model: Annotated[
+        Path, typer.Argument(help="A model or tokenizer directory: its tokenizer (and chat template) is used.")
+    ],
     data: DataArg,
     samples: SamplesOpt = None,
     response_template: ResponseOpt = None,
@@ -47,7 +49,10 @@ def roles(
     train_on: TrainOnOpt = TrainOn.all_assistant,
     max_length: MaxLengthOpt = None,
     truncation_mode: TruncationOpt = None,
-    output_format: Annotated[Format, typer.Option("--format", help="text: coloured token strips; json: every token's role (junit: not for roles).")] = Format.text,
+    output_format: Annotated[
+        Format,
+        typer.Option("--format", help="text: coloured token strips; json: every token's role (junit: not for roles)."),
+    ] = Format.text,
     show: Annotated[int, typer.Option("--show", min=0, help="Rows to show in the terminal view.")] = 8,
 ) -> None:
     """Show how gradscope splits DATA's raw rows into prompt and completion tokens, from the tokenizer and its chat
@@ -68,11 +73,30 @@ def roles(
 
 @app.command()
 def scan(
-    data: Annotated[Path, typer.Argument(help="Tokenized rows, or raw rows given a tokenizer: "
-        ".jsonl, .json, .parquet, .arrow, a saved datasets directory, or a .safetensors batch.")],
-    tokenizer: Annotated[Path | None, typer.Option("--tokenizer", help="Tokenizer or model directory: names the end and pad tokens, decodes texts, tokenizes raw rows.")] = None,
-    end_token_id: Annotated[list[int] | None, typer.Option("--end-token-id", help="A token id that closes a completion (repeatable); replaces the tokenizer's.")] = None,
-    num_proc: Annotated[int, typer.Option("--num-proc", min=1, help="Processes, through datasets' Dataset.map (1: stream in this process).")] = 1,
+    data: Annotated[
+        Path,
+        typer.Argument(
+            help="Tokenized rows, or raw rows given a tokenizer: "
+            ".jsonl, .json, .parquet, .arrow, a saved datasets directory, or a .safetensors batch."
+        ),
+    ],
+    tokenizer: Annotated[
+        Path | None,
+        typer.Option(
+            "--tokenizer",
+            help="Tokenizer or model directory: names the end and pad tokens, decodes texts, tokenizes raw rows.",
+        ),
+    ] = None,
+    end_token_id: Annotated[
+        list[int] | None,
+        typer.Option(
+            "--end-token-id", help="A token id that closes a completion (repeatable); replaces the tokenizer's."
+        ),
+    ] = None,
+    num_proc: Annotated[
+        int,
+        typer.Option("--num-proc", min=1, help="Processes, through datasets' Dataset.map (1: stream in this process)."),
+    ] = 1,
     examples: Annotated[int, typer.Option("--examples", min=1, help="Rows of each failing check given in full.")] = 3,
     worst: Annotated[int, typer.Option("--worst", min=0, help="Rows with the most flagged positions to list.")] = 10,
     output_format: FormatOpt = Format.text,
@@ -93,8 +117,16 @@ def scan(
     options = data_options(response_template, instruction_template, train_on, max_length, truncation_mode)
     quiet_transformers()
     with boundary(), _progress() as advance:
-        report = scan_dataset(data, tokenizer=tokenizer, end_token_ids=end_token_id, options=options,
-                              examples=examples, worst=worst, num_proc=num_proc, progress=advance)
+        report = scan_dataset(
+            data,
+            tokenizer=tokenizer,
+            end_token_ids=end_token_id,
+            options=options,
+            examples=examples,
+            worst=worst,
+            num_proc=num_proc,
+            progress=advance,
+        )
     raise emit(report, output_format.value, output, ScanView(report), strict, html, allow_unknown_roles)
 
 

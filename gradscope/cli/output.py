@@ -26,4 +26,6 @@ def write_text(path: str | Path, text: str) -> None:
     try:
         path.write_text(text, encoding="utf-8")
     except OSError as err:
-        raise OutputError(f"cannot write {path}: {err.strerror or err}", hint="check the path and its permissions") from None
+        raise OutputError(
+            f"cannot write {path}: {err.strerror or err}", hint="check the path and its permissions"
+        ) from None

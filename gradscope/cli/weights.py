@@ -58,8 +58,18 @@ def grads(
     base: BaseOpt = None,
     lr: LrOpt = DEFAULT_LR,
     max_grad_norm: MaxNormOpt = DEFAULT_MAX_GRAD_NORM,
-    overfit: Annotated[int, typer.Option("--overfit", min=0, help="Also take N optimizer steps on the batch alone (on a copy) and report the loss curve.")] = 0,
-    optimizer: Annotated[Optimizer, typer.Option("--optimizer", help="Optimizer of the overfit steps (AdamW with weight decay 0, or SGD).")] = Optimizer.adamw,
+    overfit: Annotated[
+        int,
+        typer.Option(
+            "--overfit",
+            min=0,
+            help="Also take N optimizer steps on the batch alone (on a copy) and report the loss curve.",
+        ),
+    ] = 0,
+    optimizer: Annotated[
+        Optimizer,
+        typer.Option("--optimizer", help="Optimizer of the overfit steps (AdamW with weight decay 0, or SGD)."),
+    ] = Optimizer.adamw,
     output_format: FormatOpt = Format.text,
     output: OutputOpt = None,
     html: HtmlOpt = None,
@@ -74,11 +84,30 @@ def grads(
     from gradscope.verbs.files import grads_files
 
     options = data_options(response_template, instruction_template, train_on, max_length, truncation_mode)
-    named = inputs(model, data, samples=samples, batch_size=batch_size, loss=loss, device=device, dtype=dtype,
-                   trust_remote_code=trust_remote_code, options=options, base=base, device_map=device_map)
+    named = inputs(
+        model,
+        data,
+        samples=samples,
+        batch_size=batch_size,
+        loss=loss,
+        device=device,
+        dtype=dtype,
+        trust_remote_code=trust_remote_code,
+        options=options,
+        base=base,
+        device_map=device_map,
+    )
     quiet_transformers()
-    report = guarded(lambda: grads_files(named, keep_dropout=keep_dropout, lr=lr, max_grad_norm=max_grad_norm,
-                                         overfit=overfit, optimizer=optimizer.value))
+    report = guarded(
+        lambda: grads_files(
+            named,
+            keep_dropout=keep_dropout,
+            lr=lr,
+            max_grad_norm=max_grad_norm,
+            overfit=overfit,
+            optimizer=optimizer.value,
+        )
+    )
     raise emit(report, output_format.value, output, GradsView(report), strict, html)
 
 
@@ -92,8 +121,16 @@ def verify(
     device: DeviceOpt = "cpu",
     trust_remote_code: RemoteOpt = False,
     base: BaseOpt = None,
-    directions: Annotated[int, typer.Option("--directions", min=0, help="Random directions per tensor, after the gradient's own direction.")] = 2,
-    param_sample: Annotated[int, typer.Option("--param-sample", min=0, help="Parameters to check besides the input embeddings, spread over the model.")] = 4,
+    directions: Annotated[
+        int,
+        typer.Option("--directions", min=0, help="Random directions per tensor, after the gradient's own direction."),
+    ] = 2,
+    param_sample: Annotated[
+        int,
+        typer.Option(
+            "--param-sample", min=0, help="Parameters to check besides the input embeddings, spread over the model."
+        ),
+    ] = 4,
     seed: Annotated[int, typer.Option("--seed", min=0, max=2**63 - 1, help="Seed of the random directions.")] = 0,
     output_format: FormatOpt = Format.text,
     output: OutputOpt = None,
@@ -108,9 +145,21 @@ def verify(
     from gradscope.verbs.files import verify_files
 
     options = data_options(response_template, instruction_template, train_on, max_length, truncation_mode)
-    named = inputs(model, data, samples=samples, batch_size=batch_size, loss=loss, device=device, dtype=DType.float32,
-                   trust_remote_code=trust_remote_code, options=options, base=base)
+    named = inputs(
+        model,
+        data,
+        samples=samples,
+        batch_size=batch_size,
+        loss=loss,
+        device=device,
+        dtype=DType.float32,
+        trust_remote_code=trust_remote_code,
+        options=options,
+        base=base,
+    )
     quiet_transformers()
-    report = guarded(lambda: verify_files(named, directions=directions, parameters=param_sample, seed=seed),
-                     "comparing autograd with finite differences…")
+    report = guarded(
+        lambda: verify_files(named, directions=directions, parameters=param_sample, seed=seed),
+        "comparing autograd with finite differences…",
+    )
     raise emit(report, output_format.value, output, VerifyView(report), strict)

@@ -56,8 +56,11 @@ def validate(
     if not isinstance(ids, torch.Tensor) or ids.dim() != 2:
         raise DataError("'input_ids' must be a 2D tensor (batch, sequence)", path=source)
     if ids.numel() == 0:
-        raise DataError(f"the batch is empty: 'input_ids' has shape {tuple(ids.shape)}", path=source,
-                        hint="give at least one row with one token")
+        raise DataError(
+            f"the batch is empty: 'input_ids' has shape {tuple(ids.shape)}",
+            path=source,
+            hint="give at least one row with one token",
+        )
     _require_integers(ids, "input_ids", source)
     _check_range(ids, "input_ids", 0, vocab_size, source, first_row)
     if accepted is not None:
@@ -76,11 +79,17 @@ def validate(
 def _require_integers(values: torch.Tensor, key: str, source: str | None, exact: bool = False) -> None:
     """Token ids and labels are integers (labels int64: the loss indexes with them)."""
     if values.dtype.is_floating_point or values.dtype.is_complex or values.dtype == torch.bool:
-        raise DataError(f"'{key}' has dtype {values.dtype}; it must hold integers (torch.int64)", path=source,
-                        hint=f"store '{key}' as int64, e.g. tensor.long()")
+        raise DataError(
+            f"'{key}' has dtype {values.dtype}; it must hold integers (torch.int64)",
+            path=source,
+            hint=f"store '{key}' as int64, e.g. tensor.long()",
+        )
     if exact and values.dtype != torch.int64:
-        raise DataError(f"'{key}' has dtype {values.dtype}; the loss needs torch.int64 (long)", path=source,
-                        hint=f"store '{key}' as int64, e.g. tensor.long()")
+        raise DataError(
+            f"'{key}' has dtype {values.dtype}; the loss needs torch.int64 (long)",
+            path=source,
+            hint=f"store '{key}' as int64, e.g. tensor.long()",
+        )
 
 
 def _check_keys(batch: Mapping[str, Any], accepted: Collection[str], source: str | None) -> None:
@@ -97,8 +106,16 @@ def _check_values(batch: Mapping[str, Any], vocab_size: int | None, source: str 
     if "labels" in batch:
         labels = batch["labels"]
         _require_integers(labels, "labels", source, exact=True)
-        _check_range(torch.where(labels == IGNORE_INDEX, 0, labels), "labels", 0, vocab_size, source, first_row,
-                     what="label", allowed=f"{IGNORE_INDEX} or ")
+        _check_range(
+            torch.where(labels == IGNORE_INDEX, 0, labels),
+            "labels",
+            0,
+            vocab_size,
+            source,
+            first_row,
+            what="label",
+            allowed=f"{IGNORE_INDEX} or ",
+        )
     for key in ("attention_mask", *ROLE_KEYS):
         mask = batch.get(key)
         if isinstance(mask, torch.Tensor) and mask.dim() == 2:
@@ -114,9 +131,15 @@ def _check_binary(mask: torch.Tensor, key: str, source: str | None, first_row: i
     bad = ~((mask == 0) | (mask == 1))  # NaN compares unequal to both
     if bad.any():
         row, pos = (int(i) for i in bad.nonzero()[0])
-        raise DataError(f"'{key}' holds {mask[row, pos].item()!r}; it must hold only 0 and 1", path=source,
-                        row=first_row + row, position=pos, hint=f"give '{key}' 1 for each real token and 0 for padding"
-                        if key == "attention_mask" else f"give '{key}' 1 for tokens meant to be trained, else 0")
+        raise DataError(
+            f"'{key}' holds {mask[row, pos].item()!r}; it must hold only 0 and 1",
+            path=source,
+            row=first_row + row,
+            position=pos,
+            hint=f"give '{key}' 1 for each real token and 0 for padding"
+            if key == "attention_mask"
+            else f"give '{key}' 1 for tokens meant to be trained, else 0",
+        )
 
 
 def _check_positions(batch: Mapping[str, Any], max_positions: int, source: str | None, first_row: int) -> None:
@@ -126,8 +149,11 @@ def _check_positions(batch: Mapping[str, Any], max_positions: int, source: str |
     if isinstance(positions, torch.Tensor) and positions.shape == ids.shape:
         _check_range(positions, "position_ids", 0, max_positions, source, first_row, what="position")
     elif ids.shape[1] > max_positions:
-        raise DataError(f"rows have {ids.shape[1]} tokens but the model has {max_positions} positions", path=source,
-                        hint=f"truncate rows to at most {max_positions} tokens (`max_length`)")
+        raise DataError(
+            f"rows have {ids.shape[1]} tokens but the model has {max_positions} positions",
+            path=source,
+            hint=f"truncate rows to at most {max_positions} tokens (`max_length`)",
+        )
 
 
 def _check_cu_seq_lens(cu: object, total: int, key: str, source: str | None) -> None:
@@ -164,8 +190,14 @@ def _check_shape(batch: Mapping[str, torch.Tensor], key: str, source: str | None
 
 
 def _check_range(
-    values: torch.Tensor, key: str, low: int, high: int | None, source: str | None, first_row: int,
-    what: str = "token id", allowed: str = "",
+    values: torch.Tensor,
+    key: str,
+    low: int,
+    high: int | None,
+    source: str | None,
+    first_row: int,
+    what: str = "token id",
+    allowed: str = "",
 ) -> None:
     bad = values < low if high is None else (values < low) | (values >= high)
     if bad.any():
@@ -206,7 +238,10 @@ def document_starts(batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
     ids = batch["input_ids"]
     rows, width = ids.shape
     starts = torch.zeros(rows, width, dtype=torch.bool)
-    for key, restarts in (("position_ids", lambda v: v[:, 1:] != v[:, :-1] + 1), ("seq_idx", lambda v: v[:, 1:] != v[:, :-1])):
+    for key, restarts in (
+        ("position_ids", lambda v: v[:, 1:] != v[:, :-1] + 1),
+        ("seq_idx", lambda v: v[:, 1:] != v[:, :-1]),
+    ):
         values = batch.get(key)
         if isinstance(values, torch.Tensor) and values.shape == ids.shape:
             starts[:, 1:] |= restarts(values.cpu())
@@ -321,6 +356,12 @@ def prepare_batch(
         DataError: naming the key, row and position of the first problem.
     """
     vocab = vocab_size(model)
-    validate(batch, vocab, source, first_row=first_row, accepted=model_arguments(model),
-             max_positions=learned_positions(model))
+    validate(
+        batch,
+        vocab,
+        source,
+        first_row=first_row,
+        accepted=model_arguments(model),
+        max_positions=learned_positions(model),
+    )
     return with_default_labels(batch)

@@ -22,22 +22,27 @@ def row_tools(row: Mapping[str, Any], where: dict) -> Any:
         try:
             tools = json.loads(tools)
         except (json.JSONDecodeError, RecursionError) as err:
-            raise DataError(f"'tools' is a string but not JSON ({getattr(err, 'msg', 'nested too deeply')})", **where,
-                            hint="give 'tools' as a list of tool definitions, or a JSON string of one") from None
+            raise DataError(
+                f"'tools' is a string but not JSON ({getattr(err, 'msg', 'nested too deeply')})",
+                **where,
+                hint="give 'tools' as a list of tool definitions, or a JSON string of one",
+            ) from None
     if tools is not None and not isinstance(tools, list):
         raise DataError(f"'tools' is a {type(tools).__name__}; it must be a list of tool definitions", **where)
     return tools
 
 
-def render_probe(tokenizer: Tokenizer, messages: list[dict[str, Any]], generation_prompt: bool = False,
-                 **options: Any) -> str | None:
+def render_probe(
+    tokenizer: Tokenizer, messages: list[dict[str, Any]], generation_prompt: bool = False, **options: Any
+) -> str | None:
     """A probe conversation rendered with the tokenizer's chat template, within the template bounds (time and
     ``deadline.TEMPLATE_CHARS``); None when the template refuses it, overruns a bound or renders no text: nothing
     is learnt from such a rendering."""
     try:
         with deadline.bounded(deadline.TEMPLATE_SECONDS):
-            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt,
-                                                 **options)
+            text = tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=generation_prompt, **options
+            )
     except deadline.RenderTimeout:
         return None
     except Exception:  # jinja raises its own errors from the user's template: nothing is learnt from it
@@ -49,14 +54,23 @@ class Renderer:
     """Renders and tokenizes prefixes of one conversation with the chat template, as apply_chat_template does."""
 
     def __init__(self, tokenizer: Tokenizer, messages: list[dict], tools: Any, chat_template: str | None, where: dict):
-        self.tok, self.messages, self.tools, self.template, self.where = tokenizer, messages, tools, chat_template, where
+        self.tok, self.messages, self.tools, self.template, self.where = (
+            tokenizer,
+            messages,
+            tools,
+            chat_template,
+            where,
+        )
         self.encoder = Encoder(tokenizer)  # replaced by the batch's own when the row is finished
 
     def text(self, k: int, generation_prompt: bool = False) -> str:
         try:
             with deadline.bounded(deadline.TEMPLATE_SECONDS):
                 text = self.tok.apply_chat_template(
-                    self.messages[:k], tools=self.tools, chat_template=self.template, tokenize=False,
+                    self.messages[:k],
+                    tools=self.tools,
+                    chat_template=self.template,
+                    tokenize=False,
                     add_generation_prompt=generation_prompt,
                 )
         except deadline.RenderTimeout:
@@ -70,7 +84,8 @@ class Renderer:
         if isinstance(text, str) and len(text) > deadline.TEMPLATE_CHARS:  # before it is tokenized, prefix by prefix
             raise DataError(
                 f"the chat template rendered {len(text)} characters for {k} message(s), more than the "
-                f"{deadline.TEMPLATE_CHARS} gradscope tokenizes", **self.where,
+                f"{deadline.TEMPLATE_CHARS} gradscope tokenizes",
+                **self.where,
                 hint="a template that repeats its input? fix the chat_template in tokenizer_config.json",
             )
         return text
@@ -78,7 +93,8 @@ class Renderer:
     def _timeout(self, k: int) -> DataError:
         return DataError(
             f"the chat template did not finish rendering {k} message(s) within {deadline.TEMPLATE_SECONDS:g} s",
-            **self.where, hint="a loop that never ends? fix the chat_template in tokenizer_config.json",
+            **self.where,
+            hint="a loop that never ends? fix the chat_template in tokenizer_config.json",
         )
 
     def ids(self, text: str) -> list[int]:
@@ -93,7 +109,11 @@ class Renderer:
         try:
             with deadline.bounded(deadline.TEMPLATE_SECONDS):
                 out = self.tok.apply_chat_template(
-                    self.messages, tools=self.tools, chat_template=self.template, tokenize=True, return_dict=True,
+                    self.messages,
+                    tools=self.tools,
+                    chat_template=self.template,
+                    tokenize=True,
+                    return_dict=True,
                     return_assistant_tokens_mask=True,
                 )
         except deadline.RenderTimeout:  # a BaseException: it stops the template's own except clauses too

@@ -225,8 +225,12 @@ def _flat(batch, name: str, first_row: int, path: Path) -> tuple[np.ndarray, np.
     if values.dtype == np.uint64 and len(values) and values.max() > np.iinfo(np.int64).max:  # would wrap negative
         at = int(np.flatnonzero(values > np.iinfo(np.int64).max)[0])
         row = first_row + int(np.searchsorted(offsets - offsets[0], at, side="right")) - 1
-        raise DataError(f"'{name}' holds {int(values[at])}, beyond int64", path=path, row=row,
-                        hint="token ids and labels are int64 in training")
+        raise DataError(
+            f"'{name}' holds {int(values[at])}, beyond int64",
+            path=path,
+            row=row,
+            hint="token ids and labels are int64 in training",
+        )
     return values, offsets - offsets[0]
 
 
@@ -250,27 +254,42 @@ def _check_column(name: str, values: np.ndarray, starts: np.ndarray, first_row: 
     if len(values) and bad.any():
         at = int(np.flatnonzero(bad)[0])
         row = int(np.searchsorted(starts, at, side="right")) - 1
-        allowed = {"labels": f"{IGNORE_INDEX} or a token id", "position_ids": "no negative value",
-                   "seq_idx": "no negative value"}.get(name, "only 0 and 1")
-        raise DataError(f"'{name}' holds {values[at].item()!r}; it must hold {allowed}", path=path,
-                        row=first_row + row, position=at - int(starts[row]))
+        allowed = {
+            "labels": f"{IGNORE_INDEX} or a token id",
+            "position_ids": "no negative value",
+            "seq_idx": "no negative value",
+        }.get(name, "only 0 and 1")
+        raise DataError(
+            f"'{name}' holds {values[at].item()!r}; it must hold {allowed}",
+            path=path,
+            row=first_row + row,
+            position=at - int(starts[row]),
+        )
 
 
 def _check_vocab(ids: np.ndarray, starts: np.ndarray, vocab_size: int, first_row: int, path: Path) -> None:
     if len(ids) and ids.max() >= vocab_size:
         at = int(np.flatnonzero(ids >= vocab_size)[0])
         row = int(np.searchsorted(starts, at, side="right")) - 1
-        raise DataError(f"'input_ids' holds token id {int(ids[at])}, outside the tokenizer's vocabulary [0, {vocab_size})",
-                        path=path, row=first_row + row, position=at - int(starts[row]),
-                        hint="tokenize with this tokenizer, or give the tokenizer the data was made with")
+        raise DataError(
+            f"'input_ids' holds token id {int(ids[at])}, outside the tokenizer's vocabulary [0, {vocab_size})",
+            path=path,
+            row=first_row + row,
+            position=at - int(starts[row]),
+            hint="tokenize with this tokenizer, or give the tokenizer the data was made with",
+        )
 
 
 def _check_ids(ids: np.ndarray, starts: np.ndarray, first_row: int, path: Path) -> None:
     if len(ids) and ids.min() < 0:
         at = int(np.flatnonzero(ids < 0)[0])
         row = int(np.searchsorted(starts, at, side="right")) - 1
-        raise DataError(f"'input_ids' holds a negative token id {int(ids[at])}", path=path, row=first_row + row,
-                        position=at - int(starts[row]))
+        raise DataError(
+            f"'input_ids' holds a negative token id {int(ids[at])}",
+            path=path,
+            row=first_row + row,
+            position=at - int(starts[row]),
+        )
 
 
 def safetensors_chunk(path: Path, vocab_size: int | None = None) -> Chunk:

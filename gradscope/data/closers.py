@@ -20,7 +20,11 @@ from typing import Any
 
 from gradscope.data.chat_template import render_probe
 
-PROBE_CALL: dict[str, Any] = {"type": "function", "id": "call0add1", "function": {"name": "add", "arguments": {"a": 2, "b": 3}}}
+PROBE_CALL: dict[str, Any] = {
+    "type": "function",
+    "id": "call0add1",
+    "function": {"name": "add", "arguments": {"a": 2, "b": 3}},
+}
 """The tool call of the probe chats, with an id of nine letters and digits (Mistral's templates refuse others)."""
 PROBE_RESULT: dict[str, Any] = {"role": "tool", "tool_call_id": "call0add1", "name": "add", "content": "5"}
 _PROBES: tuple[list[dict[str, Any]], ...] = (
@@ -46,8 +50,18 @@ def probe_variants(messages: list[dict[str, Any]]) -> list[list[dict[str, Any]]]
     tool calls, with the arguments as a JSON string (the OpenAI form, which DeepSeek-V3's template concatenates)."""
     if not any(m.get("tool_calls") for m in messages):
         return [messages]
-    as_text = [{**m, "tool_calls": [{**c, "function": {**c["function"], "arguments": json.dumps(c["function"]["arguments"])}}
-                                    for c in m["tool_calls"]]} if m.get("tool_calls") else m for m in messages]
+    as_text = [
+        {
+            **m,
+            "tool_calls": [
+                {**c, "function": {**c["function"], "arguments": json.dumps(c["function"]["arguments"])}}
+                for c in m["tool_calls"]
+            ],
+        }
+        if m.get("tool_calls")
+        else m
+        for m in messages
+    ]
     return [messages, as_text]
 
 
@@ -81,8 +95,9 @@ def _learn(tokenizer: Any) -> frozenset[int]:
     opening: set[int] = set()
     has_closers = False
     for variants in map(probe_variants, _PROBES):
-        probe, parts = next(((v, p) for v in variants if (p := _message_parts(tokenizer, v)) is not None),
-                            (variants[0], None))
+        probe, parts = next(
+            ((v, p) for v in variants if (p := _message_parts(tokenizer, v)) is not None), (variants[0], None)
+        )
         if parts is None:
             continue
         for k, message in enumerate(probe):
@@ -134,7 +149,7 @@ def _as_last(tokenizer: Any, messages: list[dict], k: int) -> list[int]:
     before, through = _ids(tokenizer, messages[:k]), _ids(tokenizer, messages[: k + 1])
     if before is None or through is None:
         return []
-    return through[_shared(before, through):]
+    return through[_shared(before, through) :]
 
 
 def _shared(a: list[int], b: list[int]) -> int:

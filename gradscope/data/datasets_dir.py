@@ -32,8 +32,9 @@ def data_files(path: Path) -> list[Path]:
     for i, entry in enumerate(entries):
         name = entry.get("filename") if isinstance(entry, dict) else None
         if not isinstance(name, str) or not _plain(name) or not (path / name).is_file():
-            raise DataError(f"'_data_files' entry {i} names no Arrow file of this directory ({name!r})", path=file,
-                            hint=_HINT)
+            raise DataError(
+                f"'_data_files' entry {i} names no Arrow file of this directory ({name!r})", path=file, hint=_HINT
+            )
         files.append(path / name)
     return files
 
@@ -46,8 +47,11 @@ def num_rows(info: Path) -> int | None:
     splits = value.get("splits") if isinstance(value, dict) else None
     if splits is None:
         return None
-    counts = [s.get("num_examples") if isinstance(s, dict) else None for s in splits.values()] \
-        if isinstance(splits, dict) else [None]
+    counts = (
+        [s.get("num_examples") if isinstance(s, dict) else None for s in splits.values()]
+        if isinstance(splits, dict)
+        else [None]
+    )
     if not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts):
         raise DataError("'splits' must map split names to {\"num_examples\": N}", path=info, hint=_HINT)
     return sum(c for c in counts if isinstance(c, int)) or None  # every count is an int here

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
-from gradscope.tokenizer import Tokenizer
 
+from gradscope.tokenizer import Tokenizer
 
 
 class Encoder:
@@ -51,7 +51,9 @@ class Encoder:
         if text not in self.offsets:
             self.prepare([], [text])
         ids, offsets = self.offsets[text]
-        return list(ids), [tuple(o) for o in offsets] if offsets and not isinstance(offsets[0], tuple) else list(offsets)
+        return list(ids), [tuple(o) for o in offsets] if offsets and not isinstance(offsets[0], tuple) else list(
+            offsets
+        )
 
 
 def _as_its_call_leaves_it(backend: Any, tokenizer: Tokenizer) -> bool:

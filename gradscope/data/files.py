@@ -150,7 +150,6 @@ def arrow_batches(path: Path, pick: Callable[[list[str], Path], list[str]]) -> I
     resident set stays flat), with the columns ``pick(names, path)`` chooses."""
     import pyarrow as pa
 
-
     with pa.OSFile(str(path)) as f:
         try:
             reader = pa.ipc.open_stream(f)
@@ -170,12 +169,18 @@ def _read_dataset_dir(path: Path, limit: int | None) -> list[dict[str, Any]]:
     try:
         import datasets
     except ImportError as err:
-        raise DataError("reading a saved dataset needs the datasets library", path=path, hint="install the trl extra: pip install -e '.[trl]' in a clone of gradscope") from err
+        raise DataError(
+            "reading a saved dataset needs the datasets library",
+            path=path,
+            hint="install the trl extra: pip install -e '.[trl]' in a clone of gradscope",
+        ) from err
     check_saved_dataset(path)
     try:
         loaded = datasets.load_from_disk(str(path))
     except (FileNotFoundError, OSError, ValueError, TypeError, KeyError, AttributeError) as err:
-        raise DataError(f"not a saved dataset ({err})", path=path, hint="save it with Dataset.save_to_disk(dir)") from err
+        raise DataError(
+            f"not a saved dataset ({err})", path=path, hint="save it with Dataset.save_to_disk(dir)"
+        ) from err
     if isinstance(loaded, datasets.DatasetDict):
         loaded = loaded[pick_split(list(loaded), path)]
     if limit is not None:
@@ -193,5 +198,8 @@ def pick_split(splits: list[str], path: Path) -> str:
         return "train"
     if len(splits) == 1:
         return splits[0]
-    raise DataError(f"the dataset has splits {sorted(splits)} and none is 'train'", path=path,
-                    hint=f"give {path}/<split> to read one of them")
+    raise DataError(
+        f"the dataset has splits {sorted(splits)} and none is 'train'",
+        path=path,
+        hint=f"give {path}/<split> to read one of them",
+    )

@@ -21,8 +21,12 @@ def decode_line(data: bytes, path: Path, row: str | int | None) -> str:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:
-        raise DataError(f"invalid UTF-8 at byte {err.start} ({data[err.start:err.start + 1]!r})", path=path, row=row,
-                        hint="save the file as UTF-8") from err
+        raise DataError(
+            f"invalid UTF-8 at byte {err.start} ({data[err.start : err.start + 1]!r})",
+            path=path,
+            row=row,
+            hint="save the file as UTF-8",
+        ) from err
     return text.removeprefix(_BOM)
 
 
@@ -31,7 +35,9 @@ def loads(text: str, path: Path, row: str | int | None) -> Any:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as err:
-        raise DataError(f"invalid JSON ({err.msg} at line {err.lineno} column {err.colno})", path=path, row=row) from err
+        raise DataError(
+            f"invalid JSON ({err.msg} at line {err.lineno} column {err.colno})", path=path, row=row
+        ) from err
     except RecursionError:
         raise DataError("JSON nested too deeply to read", path=path, row=row, hint="flatten the row") from None
     check_text(value, path, row)
@@ -57,8 +63,12 @@ def _check_string(text: str, path: Path, row: str | int | None) -> None:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as err:
-        raise DataError(f"a string holds a lone surrogate ({text[err.start]!r} at character {err.start})", path=path,
-                        row=row, hint="fix the text: a \\ud800-\\udfff escape must be half of a pair") from None
+        raise DataError(
+            f"a string holds a lone surrogate ({text[err.start]!r} at character {err.start})",
+            path=path,
+            row=row,
+            hint="fix the text: a \\ud800-\\udfff escape must be half of a pair",
+        ) from None
 
 
 def read_json_file(path: Path, what: str = "JSON file") -> Any:
@@ -115,8 +125,9 @@ class _ArrayReader:
         try:
             text = self.decoder.decode(data, final=self.eof)
         except UnicodeDecodeError as err:
-            raise DataError(f"invalid UTF-8 at byte {self.read_bytes + err.start}", path=self.path,
-                            hint="save the file as UTF-8") from err
+            raise DataError(
+                f"invalid UTF-8 at byte {self.read_bytes + err.start}", path=self.path, hint="save the file as UTF-8"
+            ) from err
         self._drop()
         self.buffer += text
         self.read_bytes += len(data)
@@ -153,7 +164,11 @@ class _ArrayReader:
 
     def expect(self, char: str, message: str) -> None:
         if self.peek() != char:
-            raise DataError(f"invalid JSON: {message} (at {self.where(self.pos)})", path=self.path, hint="or write one row per line as .jsonl")
+            raise DataError(
+                f"invalid JSON: {message} (at {self.where(self.pos)})",
+                path=self.path,
+                hint="or write one row per line as .jsonl",
+            )
         self.take()
 
     def expect_end(self) -> None:
@@ -168,10 +183,13 @@ class _ArrayReader:
             except json.JSONDecodeError as err:
                 if self._more(max(_READ_BYTES, len(self.buffer))):
                     continue  # the row may run past what is read so far
-                raise DataError(f"invalid JSON ({err.msg} at {self.where(err.pos)})", path=self.path, row=index) from err
+                raise DataError(
+                    f"invalid JSON ({err.msg} at {self.where(err.pos)})", path=self.path, row=index
+                ) from err
             except RecursionError:
-                raise DataError("JSON nested too deeply to read", path=self.path, row=index,
-                                hint="flatten the row") from None
+                raise DataError(
+                    "JSON nested too deeply to read", path=self.path, row=index, hint="flatten the row"
+                ) from None
             if end >= len(self.buffer) and self._more():  # a number may go on past the buffer
                 continue
             check_text(value, self.path, index)

@@ -71,7 +71,9 @@ def read_safetensors(path: Path) -> dict[str, Any]:
     try:
         batch = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as err:
-        raise DataError(f"cannot read safetensors: {first_line(err)}", path=path, hint="re-save it with safetensors.torch.save_file") from err
+        raise DataError(
+            f"cannot read safetensors: {first_line(err)}", path=path, hint="re-save it with safetensors.torch.save_file"
+        ) from err
     if not batch:
         raise DataError("the batch file holds no tensors", path=path, hint="save at least 'input_ids'")
     return {k: v.item() if v.dim() == 0 else v for k, v in batch.items()}
@@ -94,7 +96,9 @@ def _parse_row(line: str, path: Path, number: int) -> dict[str, list[int]]:
 def tokenized_row(obj: Any, where: dict[str, Any]) -> dict[str, list[int]]:
     """A pre-tokenized row's per-token lists, checked: integer lists as long as ``input_ids``."""
     if not isinstance(obj, dict) or "input_ids" not in obj:
-        raise DataError("the row has no 'input_ids'", **where, hint="each row needs a list of token ids under 'input_ids'")
+        raise DataError(
+            "the row has no 'input_ids'", **where, hint="each row needs a list of token ids under 'input_ids'"
+        )
     row = {k: obj[k] for k in TOKENIZED_KEYS if k in obj}
     _unknown_token_keys(obj, where)
     for key, values in row.items():
@@ -102,8 +106,11 @@ def tokenized_row(obj: Any, where: dict[str, Any]) -> dict[str, list[int]]:
             raise DataError(f"'{key}' must be a list of integers", **where)
         big = next((i for i, v in enumerate(values) if not _INT64[0] <= v <= _INT64[1]), None)
         if big is not None:
-            raise DataError(f"'{key}' holds {values[big]}, past int64", **{**where, "position": big},
-                            hint="token ids are small non-negative integers")
+            raise DataError(
+                f"'{key}' holds {values[big]}, past int64",
+                **{**where, "position": big},
+                hint="token ids are small non-negative integers",
+            )
         if len(values) != len(row["input_ids"]):
             raise DataError(
                 f"'{key}' has {len(values)} entries but 'input_ids' has {len(row['input_ids'])}",
@@ -122,8 +129,11 @@ def _unknown_token_keys(obj: dict[str, Any], where: dict[str, Any]) -> None:
     for key, value in obj.items():
         if key not in TOKENIZED_KEYS and isinstance(value, list) and isinstance(ids, list) and len(value) == len(ids):
             close = difflib.get_close_matches(key, TOKENIZED_KEYS, n=1)
-            raise DataError(f"unknown per-token key '{key}'", **where,
-                            hint=f"did you mean '{close[0]}'?" if close else f"use one of {', '.join(TOKENIZED_KEYS)}")
+            raise DataError(
+                f"unknown per-token key '{key}'",
+                **where,
+                hint=f"did you mean '{close[0]}'?" if close else f"use one of {', '.join(TOKENIZED_KEYS)}",
+            )
 
 
 def _require_same_keys(rows: list[dict[str, list[int]]], path: Path) -> None:
@@ -163,12 +173,20 @@ def load_data(
     rows = read_rows(path, samples) if is_raw_file(path) else None
     if rows is None or all(is_tokenized(r) for r in rows):
         if options.collate or options.pipeline == "trl":
-            raise DataError("`collate` and `pipeline` trl build batches from raw rows; this data is already tokenized",
-                            path=path, hint="give rows with prompt/completion, messages or text")
-        return Prepared(_tokenized_batches(path, rows, pad, samples, batch_size), {"source": str(path), "format": "tokens"})
+            raise DataError(
+                "`collate` and `pipeline` trl build batches from raw rows; this data is already tokenized",
+                path=path,
+                hint="give rows with prompt/completion, messages or text",
+            )
+        return Prepared(
+            _tokenized_batches(path, rows, pad, samples, batch_size), {"source": str(path), "format": "tokens"}
+        )
     if tokenizer is None:
-        raise DataError("raw rows need a tokenizer, and the model directory has none", path=path,
-                        hint="add the tokenizer files (tokenizer.json, tokenizer_config.json) to the model directory")
+        raise DataError(
+            "raw rows need a tokenizer, and the model directory has none",
+            path=path,
+            hint="add the tokenizer files (tokenizer.json, tokenizer_config.json) to the model directory",
+        )
     spec = role_spec(tokenizer, options, end_token_ids, source=str(path))
     prepared = _raw_batches(path, rows, tokenizer, model, spec, options, batch_size, pad)
     prepared.data = {"source": str(path), "rows": len(rows), "format": _formats(rows), **prepared.data}
@@ -203,16 +221,23 @@ def load_role_rows(
     """Raw rows tokenized and split into roles (truncated to ``options.max_length``), without running a model."""
     options = options or DataOptions()
     if tokenizer is None:
-        raise DataError("raw rows need a tokenizer, and the directory has none", hint="give a directory with tokenizer.json")
+        raise DataError(
+            "raw rows need a tokenizer, and the directory has none", hint="give a directory with tokenizer.json"
+        )
     if not is_raw_file(path):
-        raise DataError("the data is a batch or pre-tokenized rows: roles are derived from raw rows", path=path,
-                        hint="give rows with prompt/completion, messages or text")
+        raise DataError(
+            "the data is a batch or pre-tokenized rows: roles are derived from raw rows",
+            path=path,
+            hint="give rows with prompt/completion, messages or text",
+        )
     spec = role_spec(tokenizer, options, end_token_ids, source=str(path))
     mode = options.truncation_mode or "keep_start"
     return [truncate(r, options.max_length, mode) for r in role_rows(read_rows(path, samples), tokenizer, spec)]
 
 
-def role_spec(tokenizer: Tokenizer, options: DataOptions, end_token_ids: frozenset[int] | None, source: str | None) -> RoleSpec:
+def role_spec(
+    tokenizer: Tokenizer, options: DataOptions, end_token_ids: frozenset[int] | None, source: str | None
+) -> RoleSpec:
     """How rows split into roles, from the options; end tokens default to the tokenizer's EOS and end-of-turn."""
     from gradscope.data.tokens import default_end_token_ids
 
@@ -221,8 +246,14 @@ def role_spec(tokenizer: Tokenizer, options: DataOptions, end_token_ids: frozens
 
 
 def _raw_batches(
-    path: str | Path, rows: list[dict[str, Any]], tokenizer: Tokenizer, model: nn.Module | None, spec: RoleSpec,
-    options: DataOptions, batch_size: int, pad: int,
+    path: str | Path,
+    rows: list[dict[str, Any]],
+    tokenizer: Tokenizer,
+    model: nn.Module | None,
+    spec: RoleSpec,
+    options: DataOptions,
+    batch_size: int,
+    pad: int,
 ) -> Prepared:
     """The reference, collate or TRL pipeline on raw rows."""
     if options.pipeline == "trl":
@@ -235,12 +266,17 @@ def _raw_batches(
     cut = [truncate(r, options.max_length, options.truncation_mode or "keep_start") for r in derived]
     data = {"pipeline": "reference", "train_on": options.train_on, "max_length": options.max_length}
     if options.collate:
-        fn = import_function(options.collate, "`collate`", DataError, "fn(rows) -> batch dict", "my_collator.py:collate")
+        fn = import_function(
+            options.collate, "`collate`", DataError, "fn(rows) -> batch dict", "my_collator.py:collate"
+        )
         # The collator gets the truncated tokens (or raw rows); its batch is matched against the whole rows, so a
         # truncation it makes is seen as one.
         batches = collate_batches(fn, rows, derived, cut, options, batch_size, pad)
-        return Prepared(batches, {**data, "pipeline": "collate", "collate": options.collate, "collate_input": options.collate_input},
-                        row_notes(derived))
+        return Prepared(
+            batches,
+            {**data, "pipeline": "collate", "collate": options.collate, "collate_input": options.collate_input},
+            row_notes(derived),
+        )
     return Prepared(reference_batches(cut, batch_size, pad), data, row_notes(derived))
 
 

@@ -168,7 +168,11 @@ def attach_roles(
             for offset, row, first, length in matcher.match(seq, strict, pad_token_id, b):
                 codes[b, start + offset : start + offset + length] = torch.tensor(row.roles[first : first + length])
                 held[b].add(row.index)
-                if count_cut and length < len(row.input_ids) and not _rest_masked(ids[b], start + offset, row, first, length):
+                if (
+                    count_cut
+                    and length < len(row.input_ids)
+                    and not _rest_masked(ids[b], start + offset, row, first, length)
+                ):
                     cut[b] += row.roles.count(COMPLETION) - row.roles[first : first + length].count(COMPLETION)
     out = dict(batch)
     out[ROLE_CODES_KEY], out[CUT_KEY] = codes, cut
@@ -208,7 +212,9 @@ class _Matcher:
     def __init__(self, rows: Sequence[RoleRow]) -> None:
         self.rows, self.next, self.used = list(rows), 0, set[int]()
 
-    def match(self, seq: list[int], strict: bool, pad_token_id: int | None, b: int) -> Iterator[tuple[int, RoleRow, int, int]]:
+    def match(
+        self, seq: list[int], strict: bool, pad_token_id: int | None, b: int
+    ) -> Iterator[tuple[int, RoleRow, int, int]]:
         """Yield (offset in seq, row, first token of the row, length) for each piece of seq, left to right."""
         at = 0
         while at < len(seq):
@@ -240,7 +246,10 @@ class _Matcher:
 
     def _mismatch(self, rest: list[int], b: int, at: int) -> DataError:
         expected = self.rows[min(self.next, len(self.rows) - 1)]
-        p = next((i for i, (x, y) in enumerate(zip(rest, expected.input_ids, strict=False)) if x != y), min(len(rest), len(expected.input_ids)))
+        p = next(
+            (i for i, (x, y) in enumerate(zip(rest, expected.input_ids, strict=False)) if x != y),
+            min(len(rest), len(expected.input_ids)),
+        )
         got = rest[p] if p < len(rest) else "end"
         want = expected.input_ids[p] if p < len(expected.input_ids) else "end"
         return DataError(

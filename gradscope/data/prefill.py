@@ -53,7 +53,7 @@ def generation_prefills(tokenizer: Tokenizer | None) -> tuple[tuple[int, ...], .
 
 def _learn(tokenizer: Tokenizer) -> tuple[tuple[int, ...], ...]:
     base, history = _render(tokenizer, _PROBE[:1]), _render(tokenizer, _PROBE)
-    if base is None or history is None or not history.startswith(base) or "One." not in history[len(base):]:
+    if base is None or history is None or not history.startswith(base) or "One." not in history[len(base) :]:
         return ()
     header = history[len(base) : history.index("One.", len(base))]
     found: list[tuple[int, ...]] = []
@@ -61,7 +61,7 @@ def _learn(tokenizer: Tokenizer) -> tuple[tuple[int, ...], ...]:
         prompted = _render(tokenizer, _PROBE[:1], generation_prompt=True, **options)
         if prompted is None or not prompted.startswith(base + header):
             continue
-        prefill = prompted[len(base + header):]
+        prefill = prompted[len(base + header) :]
         ids = _ids_in_context(tokenizer, base + header, prefill) if prefill.strip() else ()
         if ids and ids not in found:
             found.append(ids)
@@ -74,14 +74,15 @@ def _learn(tokenizer: Tokenizer) -> tuple[tuple[int, ...], ...]:
 def _option_prefills(tokenizer: Tokenizer, header: str) -> list[tuple[int, ...]]:
     """What an option adds to the default generation prompt, each rendered with that option's own conversation.
 
-    ``enable_thinking=False`` may change more than the prompt: GLM appends ``/nothink`` to user turns, SmolLM3 writes
-    ``/no_think`` into its system message; the prefill (``\\n<think></think>``, ``<think>\\n\\n</think>\\n``) is then the
+    ``enable_thinking=False`` may change more than the prompt: GLM appends ``/nothink`` to user turns, SmolLM3
+    writes ``/no_think`` into its system message; the prefill (``\\n<think></think>``, ``<think>\\n\\n</think>\\n``) is
+    then the
     option's generation prompt past the default one (the assistant header).
     """
     base, prompted = _render(tokenizer, _PROBE[:1]), _render(tokenizer, _PROBE[:1], generation_prompt=True)
     if base is None or prompted is None or not prompted.startswith(base):
         return []
-    plain = prompted[len(base):]
+    plain = prompted[len(base) :]
     if not plain or not (header.startswith(plain) or plain.startswith(header)):  # no prompt an answer continues
         return []
     found = []
@@ -90,7 +91,7 @@ def _option_prefills(tokenizer: Tokenizer, header: str) -> list[tuple[int, ...]]
         prompted_o = _render(tokenizer, _PROBE[:1], generation_prompt=True, **options)
         if base_o is None or prompted_o is None or not prompted_o.startswith(base_o + plain):
             continue
-        prefill = prompted_o[len(base_o + plain):]
+        prefill = prompted_o[len(base_o + plain) :]
         if prefill.strip():
             found.append(_ids_in_context(tokenizer, base_o + plain, prefill))
     return found
@@ -105,5 +106,5 @@ def _ids_in_context(tokenizer: Tokenizer, before: str, prefill: str) -> tuple[in
     head = list(tokenizer(before, add_special_tokens=False)["input_ids"])
     whole = list(tokenizer(before + prefill, add_special_tokens=False)["input_ids"])
     if whole[: len(head)] == head and len(whole) > len(head):
-        return tuple(whole[len(head):])
+        return tuple(whole[len(head) :])
     return tuple(tokenizer(prefill, add_special_tokens=False)["input_ids"])

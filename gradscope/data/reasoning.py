@@ -13,8 +13,8 @@ from __future__ import annotations
 import bisect
 import re
 from collections.abc import Mapping
-from gradscope.tokenizer import Tokenizer
 
+from gradscope.tokenizer import Tokenizer
 
 THINK = re.compile(r"<think>.*?</think>\s*", re.DOTALL)
 

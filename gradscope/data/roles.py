@@ -9,13 +9,14 @@ from operator import itemgetter
 from typing import Any, cast
 
 from gradscope.constants import COMPLETION, PROMPT, UNKNOWN
+from gradscope.data.chat_template import Renderer, row_tools
 from gradscope.data.encoding import Encoder
 from gradscope.data.reasoning import DROPPED_REASONING, bounds_without_reasoning
-from gradscope.data.chat_template import Renderer, row_tools
-from gradscope.errors import DataError
 from gradscope.data.rows import RoleRow, find_subsequence
+from gradscope.errors import DataError
 from gradscope.modes import TrainOn
 from gradscope.tokenizer import Tokenizer
+
 
 @dataclass
 class RoleSpec:
@@ -57,7 +58,9 @@ def derive(row: Mapping[str, Any], index: int, tokenizer: Tokenizer, spec: RoleS
     return _plan(row, index, tokenizer, spec).finish(Encoder(tokenizer))
 
 
-def derive_rows(rows: Sequence[Mapping[str, Any]], tokenizer: Tokenizer, spec: RoleSpec, first: int = 0) -> list[RoleRow]:
+def derive_rows(
+    rows: Sequence[Mapping[str, Any]], tokenizer: Tokenizer, spec: RoleSpec, first: int = 0
+) -> list[RoleRow]:
     """``derive`` on consecutive rows, with every text of every row tokenized in one batched tokenizer call.
 
     The rows are those ``derive`` gives one by one (the same code turns token ids into roles); a bad row raises the
@@ -178,8 +181,11 @@ def _conversation(row: Mapping[str, Any], spec: RoleSpec, where: dict) -> tuple[
 
 def _chat(row: Mapping[str, Any], index: int, tokenizer: Tokenizer, spec: RoleSpec, where: dict) -> _Plan:
     if not getattr(tokenizer, "chat_template", None) and spec.chat_template is None:
-        raise DataError("chat rows need a tokenizer with a chat template, and this one has none", **where,
-                        hint="add a chat_template to tokenizer_config.json, or give prompt/completion strings")
+        raise DataError(
+            "chat rows need a tokenizer with a chat template, and this one has none",
+            **where,
+            hint="add a chat_template to tokenizer_config.json, or give prompt/completion strings",
+        )
     messages, trained = _conversation(row, spec, where)
     render = Renderer(tokenizer, messages, row_tools(row, where), spec.chat_template, where)
     texts = [""] + [render.text(k) for k in range(1, len(messages) + 1)]
@@ -202,8 +208,14 @@ def _chat(row: Mapping[str, Any], index: int, tokenizer: Tokenizer, spec: RoleSp
     return _Plan([*texts, *headers.values()], [], finish)
 
 
-def _message_bounds(render: Renderer, texts: list[str], headers: dict[int, str], full: list[int],
-                    tokenizer: Tokenizer, ends: frozenset[int] = frozenset()) -> tuple[list[int], dict[int, int], str | None]:
+def _message_bounds(
+    render: Renderer,
+    texts: list[str],
+    headers: dict[int, str],
+    full: list[int],
+    tokenizer: Tokenizer,
+    ends: frozenset[int] = frozenset(),
+) -> tuple[list[int], dict[int, int], str | None]:
     """Where each message starts in the whole conversation's tokens, where each trained assistant's content starts,
     and a note when the template drops earlier turns' reasoning (the one prefix break read anyway)."""
     try:
@@ -216,8 +228,9 @@ def _message_bounds(render: Renderer, texts: list[str], headers: dict[int, str],
         return found[0], found[1], DROPPED_REASONING
 
 
-def _prefix_bounds(render: Renderer, texts: list[str], full: list[int], tokenizer: Tokenizer,
-                   ends: frozenset[int] = frozenset()) -> list[int]:
+def _prefix_bounds(
+    render: Renderer, texts: list[str], full: list[int], tokenizer: Tokenizer, ends: frozenset[int] = frozenset()
+) -> list[int]:
     """Where each message starts in the whole conversation's tokens: the token count of each rendered prefix.
 
     What the template puts before the first message (a BOS, a default system turn) belongs to the first message.
@@ -244,8 +257,9 @@ def _trailing_eos(ids: list[int], full: list[int], eos: int | None) -> bool:
     return eos is not None and len(ids) > 1 and ids[-1] == eos == full[-1] and full[: len(ids) - 1] == ids[:-1]
 
 
-def _prefix_error(render: Renderer, k: int, text: str, ids: list[int], full: list[int], tokenizer: Tokenizer,
-                  header: bool = False) -> DataError:
+def _prefix_error(
+    render: Renderer, k: int, text: str, ids: list[int], full: list[int], tokenizer: Tokenizer, header: bool = False
+) -> DataError:
     """The precise error for a rendered prefix whose tokens are not a prefix of the whole conversation's tokens."""
     at = next((p for p, (a, b) in enumerate(zip(ids, full, strict=False)) if a != b), min(len(ids), len(full)))
     alone, context = ids[at : at + 4], full[at : at + 4]
@@ -276,8 +290,9 @@ def _header_end(render: Renderer, k: int, text: str, full: list[int], bounds: li
     return len(ids)
 
 
-def _mark_assistant(roles: list[int], ids: list[int], header_end: int, end: int, spec: RoleSpec,
-                    header: list[int] | None = None) -> None:
+def _mark_assistant(
+    roles: list[int], ids: list[int], header_end: int, end: int, spec: RoleSpec, header: list[int] | None = None
+) -> None:
     """Mark one trained assistant turn, whose content starts at header_end and whose tokens end before end.
 
     Content and the closing end token are completion; the template's glue after that token is not judged.
@@ -301,7 +316,9 @@ def _mark_assistant(roles: list[int], ids: list[int], header_end: int, end: int,
     roles[close + 1 : end] = [UNKNOWN] * (end - close - 1)
 
 
-def _header_glue(roles: list[int], ids: list[int], generation: list[int], first: int, start: int, tokenizer: Tokenizer) -> None:
+def _header_glue(
+    roles: list[int], ids: list[int], generation: list[int], first: int, start: int, tokenizer: Tokenizer
+) -> None:
     """Not judged: the whitespace that ends an assistant header inside the template's ``{% generation %}`` block.
 
     TRL's Qwen2.5 training template opens the block before the ``\\n`` that ends ``<|im_start|>assistant``. The
@@ -350,9 +367,23 @@ def _text(row: Mapping[str, Any], index: int, tokenizer: Tokenizer, spec: RoleSp
 class _TemplateFinder:
     """Finds a template string as tokens in one tokenized text, or says precisely why it is not there."""
 
-    def __init__(self, tokenizer: Tokenizer, encoder: Encoder, ids: list[int], offsets: list[tuple[int, int]], text: str,
-                 where: dict):
-        self.tok, self.encoder, self.ids, self.offsets, self.text, self.where = tokenizer, encoder, ids, offsets, text, where
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        encoder: Encoder,
+        ids: list[int],
+        offsets: list[tuple[int, int]],
+        text: str,
+        where: dict,
+    ):
+        self.tok, self.encoder, self.ids, self.offsets, self.text, self.where = (
+            tokenizer,
+            encoder,
+            ids,
+            offsets,
+            text,
+            where,
+        )
 
     def __call__(self, template: str, name: str) -> list[int]:
         """Token positions where the template starts; every occurrence in the text must be found as tokens."""
@@ -361,8 +392,11 @@ class _TemplateFinder:
         spans = [(self.offsets[p][0], self.offsets[p + len(alone) - 1][1]) for p in found]
         chars = _occurrences(self.text, template)
         if not chars and name == "response":
-            raise DataError(f"the response template {template!r} does not occur in the text {self.text[:80]!r}",
-                            **self.where, hint="check `response_template` against the data")
+            raise DataError(
+                f"the response template {template!r} does not occur in the text {self.text[:80]!r}",
+                **self.where,
+                hint="check `response_template` against the data",
+            )
         missed = [c for c in chars if not any(a < c + len(template) and b > c for a, b in spans)]
         if missed:
             raise self._not_in_tokens(template, alone, missed[0], name)

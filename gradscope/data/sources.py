@@ -27,8 +27,11 @@ def data_format(path: str | Path) -> str:
     path = Path(path)
     if path.is_dir():
         if not is_utf8(path):
-            raise DataError("the path is not valid UTF-8, and the datasets reader opens UTF-8 paths only", path=path,
-                            hint="rename the directory")
+            raise DataError(
+                "the path is not valid UTF-8, and the datasets reader opens UTF-8 paths only",
+                path=path,
+                hint="rename the directory",
+            )
         return "datasets"
     if not path.is_file():
         what = "not a regular file (a FIFO, device or socket)" if path.exists() else "no such data file or directory"
@@ -38,8 +41,11 @@ def data_format(path: str | Path) -> str:
     except KeyError:
         raise DataError(f"unknown data format {path.suffix!r}", path=path, hint=f"use a {_KNOWN}") from None
     if kind not in ("jsonl", "json") and not is_utf8(path):
-        raise DataError(f"the path is not valid UTF-8, and the {kind} reader opens UTF-8 paths only", path=path,
-                        hint="rename the file (or its directory)")
+        raise DataError(
+            f"the path is not valid UTF-8, and the {kind} reader opens UTF-8 paths only",
+            path=path,
+            hint="rename the file (or its directory)",
+        )
     return kind
 
 

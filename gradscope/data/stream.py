@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gradscope.data.chunks import TOKEN_COLUMNS, Chunk, row_groups, rechunk, safetensors_chunk, to_chunk
+from gradscope.data.chunks import TOKEN_COLUMNS, Chunk, rechunk, row_groups, safetensors_chunk, to_chunk
 from gradscope.data.datasets_dir import data_files, dataset_splits
 from gradscope.data.datasets_dir import num_rows as _num_rows
 from gradscope.data.files import arrow_batches, iter_jsonl, open_parquet, pick_split, read_rows
@@ -60,7 +60,11 @@ def _datasets_dir(path: Path) -> Source:
         return _datasets_dir(path / pick_split(dataset_splits(path), path))
     state = path / "state.json"
     if not state.is_file():
-        raise DataError("not a saved datasets directory (no state.json)", path=path, hint="give a directory written by Dataset.save_to_disk, or a data file")
+        raise DataError(
+            "not a saved datasets directory (no state.json)",
+            path=path,
+            hint="give a directory written by Dataset.save_to_disk, or a data file",
+        )
     return Source(path, "datasets", _num_rows(path / "dataset_info.json"), data_files(path))
 
 
@@ -90,7 +94,9 @@ def _record_batches(source: Source) -> Iterator:
             yield from (_json_array_batches if _is_json_array(source.path) else _json_batches)(source.path)
         elif source.format == "parquet":
             file = open_parquet(source.path)
-            yield from file.iter_batches(batch_size=_PARQUET_BATCH_ROWS, columns=_wanted(file.schema_arrow.names, source.path))
+            yield from file.iter_batches(
+                batch_size=_PARQUET_BATCH_ROWS, columns=_wanted(file.schema_arrow.names, source.path)
+            )
         else:
             for path in source.files:
                 yield from _arrow_batches(path)
@@ -138,8 +144,9 @@ def _read_json_block(block: bytes, options, first_row: int, path: Path):
         found = re.search(r"\s*in row (\d+)$", str(err))
         if found is None:
             raise
-        raise DataError(f"cannot read JSON lines: {str(err)[: found.start()]}", path=path,
-                        row=first_row + int(found.group(1))) from err
+        raise DataError(
+            f"cannot read JSON lines: {str(err)[: found.start()]}", path=path, row=first_row + int(found.group(1))
+        ) from err
 
 
 def _locate_bad_row(block: bytes, names: list[str], first_row: int, path: Path) -> None:
@@ -157,8 +164,10 @@ def _locate_bad_row(block: bytes, names: list[str], first_row: int, path: Path) 
             raise DataError(f"the row is a {type(value).__name__}, not a JSON object", path=path, row=row)
         for name in names:
             column = value.get(name)
-            if column is not None and not (isinstance(column, list) and all(
-                    isinstance(v, int) and not isinstance(v, bool) and -(2**63) <= v < 2**63 for v in column)):
+            if column is not None and not (
+                isinstance(column, list)
+                and all(isinstance(v, int) and not isinstance(v, bool) and -(2**63) <= v < 2**63 for v in column)
+            ):
                 raise DataError(f"'{name}' must hold lists of integers (int64)", path=path, row=row)
         row += 1
 
@@ -198,11 +207,17 @@ def _json_column(rows: list[dict[str, Any]], name: str, first_row: int, path: Pa
     try:
         return pa.array(values)
     except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as err:
-        bad = next((i for i, v in enumerate(values) if not isinstance(v, list) or not all(isinstance(x, int) for x in v)), None)
+        bad = next(
+            (i for i, v in enumerate(values) if not isinstance(v, list) or not all(isinstance(x, int) for x in v)), None
+        )
         if bad is None and isinstance(err, OverflowError):
             bad = next(i for i, v in enumerate(values) if any(not -(2**63) <= x < 2**63 for x in v))
-            raise DataError(f"'{name}' holds an integer past int64", path=path, row=first_row + bad,
-                            hint="token ids are small non-negative integers") from None
+            raise DataError(
+                f"'{name}' holds an integer past int64",
+                path=path,
+                row=first_row + bad,
+                hint="token ids are small non-negative integers",
+            ) from None
         raise DataError(f"'{name}' must hold lists of integers ({err})", path=path, row=first_row + (bad or 0)) from err
 
 
@@ -233,7 +248,11 @@ def _wanted(names: list[str], path: Path) -> list[str]:
     if "input_ids" not in names:
         if _raw_names(names):
             raise raw_text_error(names, path)
-        raise DataError(f"no 'input_ids' column (columns: {', '.join(names)})", path=path, hint="store the token ids under 'input_ids'")
+        raise DataError(
+            f"no 'input_ids' column (columns: {', '.join(names)})",
+            path=path,
+            hint="store the token ids under 'input_ids'",
+        )
     return [c for c in TOKEN_COLUMNS if c in names]
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-
 from typing import Any
 
 from gradscope.constants import UNKNOWN
@@ -68,7 +67,10 @@ class TemplateMarkers:
         found = sorted({(m + len(r), m) for r in self.responses for m in find_subsequence(ids, r)})
         starts = [s for s, _ in found]
         limits = [next((x for x in starts if x > s), len(ids)) for s in starts]
-        closes = [next((t for t in range(s, lim) if ids[t] in self.end_token_ids), None) for s, lim in zip(starts, limits, strict=True)]
+        closes = [
+            next((t for t in range(s, lim) if ids[t] in self.end_token_ids), None)
+            for s, lim in zip(starts, limits, strict=True)
+        ]
         written = [self.continues and i > 0 and closes[i - 1] == m - 1 for i, (_, m) in enumerate(found)]
         turns = [i for i in range(len(found)) if not written[i]]
         first = turns[-1] if train_on == "last-assistant" and turns else 0
@@ -88,13 +90,16 @@ class TemplateMarkers:
         return roles
 
 
-def template_markers(tokenizer: Tokenizer, end_token_ids: frozenset[int], chat_template: str | None = None) -> TemplateMarkers | None:
+def template_markers(
+    tokenizer: Tokenizer, end_token_ids: frozenset[int], chat_template: str | None = None
+) -> TemplateMarkers | None:
     """Learn a chat template's assistant markers from probe chats; None when they cannot be learnt reliably."""
     return learn_markers(tokenizer, end_token_ids, chat_template)[0]
 
 
-def learn_markers(tokenizer: Tokenizer, end_token_ids: frozenset[int],
-                  chat_template: str | None = None) -> tuple[TemplateMarkers | None, str]:
+def learn_markers(
+    tokenizer: Tokenizer, end_token_ids: frozenset[int], chat_template: str | None = None
+) -> tuple[TemplateMarkers | None, str]:
     """A chat template's assistant markers learnt from probe chats, or None and why they cannot be (for the
     "not verified" reason: never a guess).
 
@@ -132,15 +137,20 @@ def _learn_markers(rows: list[RoleRow], tokenizer: Tokenizer, end_token_ids: fro
         for start in starts:
             if any(ids[start - len(r) : start] == r for r in responses):
                 continue
-            valid = [c for c in (ids[start - n : start] for n in range(1, min(12, start) + 1))
-                     if all(m + len(c) in starts or _written(roles, m, len(c)) for m in find_subsequence(ids, c))]
+            valid = [
+                c
+                for c in (ids[start - n : start] for n in range(1, min(12, start) + 1))
+                if all(m + len(c) in starts or _written(roles, m, len(c)) for m in find_subsequence(ids, c))
+            ]
             if not valid:
                 return None
             responses.append(next((c for c in valid if c[0] in special), valid[0]))
         glue = _glue(roles, ids) if glue is None else glue
     tail = _tail(rows[0].roles, rows[0].input_ids, glue or [])
     lead = _lead(rows[0].roles, rows[0].input_ids)
-    continues = any(_written(r.roles, m, len(c)) for r in rows for c in responses for m in find_subsequence(r.input_ids, c))
+    continues = any(
+        _written(r.roles, m, len(c)) for r in rows for c in responses for m in find_subsequence(r.input_ids, c)
+    )
     return TemplateMarkers(responses, glue or [], end_token_ids, tail, lead, continues) if responses else None
 
 
@@ -175,4 +185,4 @@ def _tail(roles: list[int], ids: list[int], glue: list[int]) -> list[int]:
     if start == len(roles) or start == 0 or roles[start - 1] != COMPLETION:
         return []
     run = ids[start:]
-    return run[len(glue):] if run[: len(glue)] == glue else []
+    return run[len(glue) :] if run[: len(glue)] == glue else []

@@ -92,8 +92,13 @@ class BatchRoles:
     reasons: list[str | None]
 
 
-def batch_roles(batch: Mapping[str, Any], tokenizer: Tokenizer | None, end_token_ids: frozenset[int],
-                sources: RoleSources | None = None, first_row: int = 0) -> BatchRoles:
+def batch_roles(
+    batch: Mapping[str, Any],
+    tokenizer: Tokenizer | None,
+    end_token_ids: frozenset[int],
+    sources: RoleSources | None = None,
+    first_row: int = 0,
+) -> BatchRoles:
     """The roles of every row of a tokenized batch, from the first source that gives them.
 
     Args:
@@ -140,8 +145,14 @@ def batch_roles(batch: Mapping[str, Any], tokenizer: Tokenizer | None, end_token
 # --- rows the trainer was given, looked up by token ids ---------------------------------------------------------
 
 
-def _looked_up(batch: Mapping[str, Any], held: torch.Tensor, starts: torch.Tensor, lookup: RowLookup | None,
-               glue: list[int] | None, ends: frozenset[int]) -> torch.Tensor | None:
+def _looked_up(
+    batch: Mapping[str, Any],
+    held: torch.Tensor,
+    starts: torch.Tensor,
+    lookup: RowLookup | None,
+    glue: list[int] | None,
+    ends: frozenset[int],
+) -> torch.Tensor | None:
     """Role codes of every row from ``lookup``, or None unless it gives every row's."""
     if lookup is None or not lookup.usable:
         return None
@@ -156,8 +167,9 @@ def _looked_up(batch: Mapping[str, Any], held: torch.Tensor, starts: torch.Tenso
     return codes
 
 
-def _documents(ids: list[int], edges: list[int], lookups: Sequence[RowLookup | None], glue: list[int] | None,
-               ends: frozenset[int]) -> list[int] | None:
+def _documents(
+    ids: list[int], edges: list[int], lookups: Sequence[RowLookup | None], glue: list[int] | None, ends: frozenset[int]
+) -> list[int] | None:
     """Roles of a row's documents (split at ``edges``) from the first lookup that finds any of them; documents it
     does not find stay UNKNOWN. The template's glue after a closing token is not judged (``unjudged_glue``)."""
     bounds = [0, *[e for e in edges if e > 0], len(ids)]
@@ -201,7 +213,9 @@ class RowRoles:
     many rows can skip reading them one by one.
     """
 
-    def __init__(self, tokenizer: Tokenizer | None, end_token_ids: frozenset[int], sources: RoleSources | None = None) -> None:
+    def __init__(
+        self, tokenizer: Tokenizer | None, end_token_ids: frozenset[int], sources: RoleSources | None = None
+    ) -> None:
         self.readers = _readers(tokenizer, end_token_ids, sources or RoleSources())
         self.end_token_ids = end_token_ids
         nothing = self.readers[0][1] if isinstance(self.readers[0][1], _NoSource) else None
@@ -214,8 +228,12 @@ class RowRoles:
 
 
 def role_sources(
-    tokenizer: Tokenizer | None, ends: frozenset[int], response_template: str | None, instruction_template: str | None,
-    roles_from: str | Path | None, train_on: TrainOn,
+    tokenizer: Tokenizer | None,
+    ends: frozenset[int],
+    response_template: str | None,
+    instruction_template: str | None,
+    roles_from: str | Path | None,
+    train_on: TrainOn,
 ) -> RoleSources:
     """The role sources of a check; ``roles_from`` rows are read, tokenized and split into roles here.
 
@@ -226,11 +244,13 @@ def role_sources(
         raise DataError(f"train_on {train_on!r} is not one of {', '.join(TRAIN_ON)}")
     rows = None
     if roles_from is not None:
-        options = DataOptions(response_template=response_template, instruction_template=instruction_template,
-                              train_on=train_on)
+        options = DataOptions(
+            response_template=response_template, instruction_template=instruction_template, train_on=train_on
+        )
         rows = load_role_rows(roles_from, tokenizer, options=options, end_token_ids=ends)
-    return RoleSources(response_template, instruction_template, rows, None if roles_from is None else str(roles_from),
-                       train_on)
+    return RoleSources(
+        response_template, instruction_template, rows, None if roles_from is None else str(roles_from), train_on
+    )
 
 
 def _first_reading(readers: list, ids: list[int], row: int) -> tuple[str, list[int] | None, str | None]:
@@ -283,8 +303,11 @@ class _RawRows:
     def __call__(self, ids: list[int], row: int) -> tuple[list[int] | None, str | None]:
         raw = self.rows.get(row)
         if raw is None:
-            raise DataError(f"roles_from has no row {row}, which the batch holds", path=self.path,
-                            hint="give the raw rows the batch was made from, all of them, in the same order")
+            raise DataError(
+                f"roles_from has no row {row}, which the batch holds",
+                path=self.path,
+                hint="give the raw rows the batch was made from, all of them, in the same order",
+            )
         at = next((t for t, (a, b) in enumerate(zip(ids, raw.input_ids, strict=False)) if a != b), None)
         if at is None and len(ids) > len(raw.input_ids):
             at = len(raw.input_ids)
@@ -293,7 +316,10 @@ class _RawRows:
             want = raw.input_ids[at] if at < len(raw.input_ids) else "nothing (the raw row ends)"
             raise DataError(
                 f"the batch's tokens differ from the raw row's at real token {at}: the batch holds {have}, the raw "
-                f"row tokenizes to {want}", path=self.path, row=row, position=at,
+                f"row tokenizes to {want}",
+                path=self.path,
+                row=row,
+                position=at,
                 hint="give the raw rows the batch was made from, in the same order, with the same tokenizer and "
                 "chat template (a batch truncated at the end is accepted)",
             )
@@ -310,7 +336,9 @@ class _ResponseTemplate:
     def __init__(self, tokenizer: Tokenizer, sources: RoleSources, ends: frozenset[int]) -> None:
         assert sources.response_template is not None, "read only where a response template is given"
         self.response = _template_ids(tokenizer, sources.response_template)
-        self.instruction = _template_ids(tokenizer, sources.instruction_template) if sources.instruction_template else []
+        self.instruction = (
+            _template_ids(tokenizer, sources.instruction_template) if sources.instruction_template else []
+        )
         self.text, self.ends = sources.response_template, ends
 
     def __call__(self, ids: list[int], row: int) -> tuple[list[int] | None, str | None]:
@@ -320,8 +348,10 @@ class _ResponseTemplate:
         stops = find_subsequence(ids, self.instruction) if self.instruction else []
         roles = [PROMPT] * len(ids)
         for begin in starts:
-            stop = min([s for s in stops if s >= begin] + [s - len(self.response) for s in starts if s > begin],
-                       default=len(ids))
+            stop = min(
+                [s for s in stops if s >= begin] + [s - len(self.response) for s in starts if s > begin],
+                default=len(ids),
+            )
             close = next((t for t in range(begin, stop) if ids[t] in self.ends), None)
             stop = stop if close is None else close + 1
             roles[begin:stop] = [COMPLETION] * (stop - begin)
@@ -340,8 +370,9 @@ def _template_ids(tokenizer: Tokenizer, text: str) -> list[int]:
 _MARKERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def chat_markers(tokenizer: Tokenizer | None, ends: frozenset[int],
-                 chat_template: str | None = None) -> tuple[TemplateMarkers | None, str]:
+def chat_markers(
+    tokenizer: Tokenizer | None, ends: frozenset[int], chat_template: str | None = None
+) -> tuple[TemplateMarkers | None, str]:
     """The chat-template markers (learnt once per tokenizer, template and end tokens), or None and why not.
 
     ``chat_template`` is the template the data is rendered with when it is not the tokenizer's own.
@@ -369,4 +400,3 @@ def _marker_roles(markers: TemplateMarkers, ids: list[int], train_on: TrainOn) -
     if COMPLETION not in roles:
         return None, "no assistant turn of the chat template is in the row's tokens"
     return roles, None
-

@@ -6,10 +6,9 @@ import json
 from pathlib import Path
 
 from torch import nn
-from gradscope.tokenizer import Tokenizer
-
 
 from gradscope.data.closers import bos_closes_turns, learnt_end_token_ids
+from gradscope.tokenizer import Tokenizer
 
 END_OF_TURN_TOKENS = frozenset(
     {"<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<end_of_turn>", "<|end|>", "</s>", "<|endoftext|>", "<|end_of_text|>"}
@@ -45,13 +44,34 @@ def resolve_pad_token_id(model: object, tokenizer: Tokenizer | None = None) -> i
 
 
 MEDIA_TOKENS = frozenset(
-    {"<image>", "<video>", "<audio>", "<|image_pad|>", "<|video_pad|>", "<|audio_pad|>", "<|AUDIO|>", "<|IMAGE|>",
-     "<image_soft_token>", "<audio_soft_token>", "<|image|>", "<|video|>", "<|audio|>", "<IMG_CONTEXT>", "[IMG]"}
+    {
+        "<image>",
+        "<video>",
+        "<audio>",
+        "<|image_pad|>",
+        "<|video_pad|>",
+        "<|audio_pad|>",
+        "<|AUDIO|>",
+        "<|IMAGE|>",
+        "<image_soft_token>",
+        "<audio_soft_token>",
+        "<|image|>",
+        "<|video|>",
+        "<|audio|>",
+        "<IMG_CONTEXT>",
+        "[IMG]",
+    }
 )
 """Placeholder tokens that multimodal processors expand into image, video or audio features."""
 
-_MEDIA_CONFIG_KEYS = ("image_token_id", "image_token_index", "video_token_id", "video_token_index", "audio_token_id",
-                      "audio_token_index")
+_MEDIA_CONFIG_KEYS = (
+    "image_token_id",
+    "image_token_index",
+    "video_token_id",
+    "video_token_index",
+    "audio_token_id",
+    "audio_token_index",
+)
 
 
 def media_token_ids(model: nn.Module, tokenizer: Tokenizer | None = None) -> frozenset[int]:
@@ -76,7 +96,11 @@ def resolve_bos_token_id(tokenizer: Tokenizer | None = None) -> int | None:
     declared boundary say so, which the packing checks read without a BOS.
     """
     value = getattr(tokenizer, "bos_token_id", None)
-    if not isinstance(value, int) or (not _encodes_first(tokenizer, value) and bos_closes_turns(tokenizer)):
+    if (
+        tokenizer is None
+        or not isinstance(value, int)
+        or (not _encodes_first(tokenizer, value) and bos_closes_turns(tokenizer))
+    ):
         return None
     return value
 

@@ -44,9 +44,17 @@ def trl_config(options: DataOptions, batch_size: int, device: str, output_dir: s
     if options.truncation_mode is not None:
         values["truncation_mode"] = options.truncation_mode
     forced = dict(
-        output_dir=output_dir, report_to=[], save_strategy="no", logging_strategy="no", use_cpu=device == "cpu",
-        train_sampling_strategy="sequential", shuffle_dataset=False, bf16=False, fp16=False,
-        dataloader_num_workers=0, dataset_num_proc=None,
+        output_dir=output_dir,
+        report_to=[],
+        save_strategy="no",
+        logging_strategy="no",
+        use_cpu=device == "cpu",
+        train_sampling_strategy="sequential",
+        shuffle_dataset=False,
+        bf16=False,
+        fp16=False,
+        dataloader_num_workers=0,
+        dataset_num_proc=None,
     )
     known = {f.name for f in dataclasses.fields(SFTConfig)}  # older versions lack some (rows are matched in any order)
     values.update({k: v for k, v in forced.items() if k in known})
@@ -55,7 +63,11 @@ def trl_config(options: DataOptions, batch_size: int, device: str, output_dir: s
             warnings.simplefilter("ignore", FutureWarning)
             return SFTConfig(**values)
     except (TypeError, ValueError) as err:
-        raise DataError(f"SFTConfig rejects these options: {err}", path=options.trl_config, hint="use SFTConfig's field names and values") from err
+        raise DataError(
+            f"SFTConfig rejects these options: {err}",
+            path=options.trl_config,
+            hint="use SFTConfig's field names and values",
+        ) from err
 
 
 CONFIG_BYTES = 1 << 20
@@ -68,16 +80,24 @@ def _config_file(path: Path | None) -> dict[str, Any]:
     try:
         kind = Path(path).stat().st_mode
         if not stat.S_ISREG(kind):  # a FIFO would block, /dev/zero never end: refused by type before opening
-            raise DataError("the TRL config is not a regular file (a FIFO, device or directory)", path=path,
-                            hint="give a JSON file of SFTConfig options")
+            raise DataError(
+                "the TRL config is not a regular file (a FIFO, device or directory)",
+                path=path,
+                hint="give a JSON file of SFTConfig options",
+            )
         with open(path, "rb") as f:
             raw = f.read(CONFIG_BYTES + 1)
         if len(raw) > CONFIG_BYTES:
-            raise DataError(f"the TRL config is larger than {CONFIG_BYTES} bytes", path=path,
-                            hint="give a JSON file of SFTConfig options")
+            raise DataError(
+                f"the TRL config is larger than {CONFIG_BYTES} bytes",
+                path=path,
+                hint="give a JSON file of SFTConfig options",
+            )
         values = json.loads(raw.decode("utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
-        raise DataError(f"cannot read the TRL config: {err}", path=path, hint="give a JSON object of SFTConfig options") from err
+        raise DataError(
+            f"cannot read the TRL config: {err}", path=path, hint="give a JSON object of SFTConfig options"
+        ) from err
     if not isinstance(values, dict):
         raise DataError("the TRL config must be a JSON object of SFTConfig options", path=path)
     return values
@@ -89,11 +109,18 @@ def require_trl() -> None:
         import datasets  # noqa: F401
         import trl  # noqa: F401
     except ImportError as err:
-        raise DataError(f"`pipeline` trl needs TRL and datasets ({err})", hint="install the trl extra: pip install -e '.[trl]' in a clone of gradscope") from err
+        raise DataError(
+            f"`pipeline` trl needs TRL and datasets ({err})",
+            hint="install the trl extra: pip install -e '.[trl]' in a clone of gradscope",
+        ) from err
 
 
 def trl_batches(
-    model: nn.Module, tokenizer: Tokenizer, raw: Sequence[Mapping[str, Any]], spec: RoleSpec, options: DataOptions,
+    model: nn.Module,
+    tokenizer: Tokenizer,
+    raw: Sequence[Mapping[str, Any]],
+    spec: RoleSpec,
+    options: DataOptions,
     batch_size: int,
 ) -> Prepared:
     """TRL's own SFT data preparation and collator on the rows, with gradscope's roles matched onto its batches.
@@ -143,7 +170,9 @@ def _render_timeout(rendering: list, rows: list[dict[str, Any]], source: str | N
     size = f"{len(conversation)} message(s)" if isinstance(conversation, list) else "a conversation"
     return DataError(
         f"the chat template did not finish rendering {size} within {deadline.TEMPLATE_SECONDS:g} s in TRL's data "
-        "preparation", path=source, row=row,
+        "preparation",
+        path=source,
+        row=row,
         hint="a loop that never ends? fix the chat_template in tokenizer_config.json (TRL renders it with the row's "
         "chat_template_kwargs and tools)",
     )
@@ -162,8 +191,10 @@ def _dataset(raw: Sequence[Mapping[str, Any]]) -> Any:
     try:
         return Dataset.from_list([dict(r) for r in raw])
     except (ValueError, TypeError) as err:  # pyarrow cannot give the rows one schema
-        raise DataError(f"the rows do not make one datasets.Dataset, as TRL needs: {first_line(err)}",
-                        hint="give every row the same fields with the same types") from err
+        raise DataError(
+            f"the rows do not make one datasets.Dataset, as TRL needs: {first_line(err)}",
+            hint="give every row the same fields with the same types",
+        ) from err
 
 
 def _trl_prepared(batches: list[dict], rows: list[RoleRow], config: Any, trainer: Any) -> Prepared:
@@ -183,9 +214,14 @@ def _trl_prepared(batches: list[dict], rows: list[RoleRow], config: Any, trainer
             f"max_length={config.max_length} leaves without a trained token, so they train nothing"
         )
     if wrapped:
-        notes.append("packing_strategy='wrapped' splits rows across sequences: pieces gradscope "
-            "cannot match to a row have no role")
-    data: dict[str, Any] = {"pipeline": "trl", "trl": {k: _jsonable(getattr(config, k)) for k in (*TRL_FLAGS, "packing_strategy")}}
+        notes.append(
+            "packing_strategy='wrapped' splits rows across sequences: pieces gradscope "
+            "cannot match to a row have no role"
+        )
+    data: dict[str, Any] = {
+        "pipeline": "trl",
+        "trl": {k: _jsonable(getattr(config, k)) for k in (*TRL_FLAGS, "packing_strategy")},
+    }
     data["trl"]["completion_only_loss"] = trainer.completion_only_loss
     return Prepared(out, data, notes)
 
@@ -194,7 +230,9 @@ def _jsonable(value: Any) -> Any:
     return value if isinstance(value, (bool, int, float, str, type(None))) else str(value)
 
 
-def _sft_trainer(model: nn.Module, tokenizer: Any, config: Any, dataset: Any) -> Any:  # TRL: transformers' own tokenizer
+def _sft_trainer(
+    model: nn.Module, tokenizer: Any, config: Any, dataset: Any
+) -> Any:  # TRL: transformers' own tokenizer
     from jinja2 import TemplateError
     from trl import SFTTrainer
     from trl.chat_template_utils import has_generation_markers
@@ -203,7 +241,9 @@ def _sft_trainer(model: nn.Module, tokenizer: Any, config: Any, dataset: Any) ->
     try:
         return SFTTrainer(
             model=model,  # type: ignore[arg-type]  # any causal LM module works; TRL's annotation names PreTrainedModel
-            args=config, train_dataset=dataset, processing_class=tokenizer,
+            args=config,
+            train_dataset=dataset,
+            processing_class=tokenizer,
         )
     except (ValueError, RuntimeError, TypeError, KeyError, TemplateError) as err:  # TRL rejecting the setup or data
         if config.assistant_only_loss and not (template and has_generation_markers(template)):
@@ -212,10 +252,12 @@ def _sft_trainer(model: nn.Module, tokenizer: Any, config: Any, dataset: Any) ->
                 "template has none (nor is it one TRL knows how to patch): the assistant mask would be all zeros and "
                 f"every sample would train nothing (no_loss). TRL says: {first_line(err)}",
                 hint="wrap each assistant turn's content and its closing token in {% generation "
-                    "%}...{% endgeneration %}, "
+                "%}...{% endgeneration %}, "
                 "or use completion_only_loss with prompt/completion rows",
             ) from err
-        raise DataError(f"TRL's SFTTrainer rejects this setup: {first_line(err)}", hint="fix the TRL options or the data") from err
+        raise DataError(
+            f"TRL's SFTTrainer rejects this setup: {first_line(err)}", hint="fix the TRL options or the data"
+        ) from err
 
 
 @contextmanager

@@ -9,7 +9,7 @@ import torch
 
 from gradscope.data.batch import select_rows
 from gradscope.engine.forward import Graph, call_model
-from gradscope.engine.windows import synced_clock, differentiable_head
+from gradscope.engine.windows import differentiable_head, synced_clock
 
 
 @dataclass

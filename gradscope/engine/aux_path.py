@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from gradscope.engine.run import reentrant_checkpointing, instrumented
 from gradscope.engine.forward import backward_error, call_model, loss_logits
+from gradscope.engine.run import instrumented, reentrant_checkpointing
 from gradscope.model.usercode import LossFn
 
 
@@ -96,8 +96,14 @@ def _recorder(name: str, outputs: list, shape: tuple[int, ...]) -> Callable:
     """A forward hook keeping the module's first output tensor when it holds one vector per token."""
 
     def hook(module: nn.Module, args: tuple, output: object) -> None:
-        tensor = output if isinstance(output, torch.Tensor) else (
-            output[0] if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor) else None
+        tensor = (
+            output
+            if isinstance(output, torch.Tensor)
+            else (
+                output[0]
+                if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor)
+                else None
+            )
         )
         if tensor is not None and tensor.requires_grad and tensor.is_floating_point() and _per_token(tensor, shape):
             outputs.append((name, tensor))

@@ -12,12 +12,12 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from gradscope.engine.run import training_state
 from gradscope.engine.forward import backward_error, call_model
+from gradscope.engine.run import training_state
 from gradscope.errors import ModelCallError
+from gradscope.model.layers import input_embeddings
 from gradscope.model.usercode import LossFn
 from gradscope.report.weights import DirectionCheck
-from gradscope.model.layers import input_embeddings
 
 ScalarFn = Callable[[Sequence[torch.Tensor]], torch.Tensor]
 EMBEDDINGS = "input embeddings"
@@ -57,7 +57,9 @@ def autograd_gradients(fn: ScalarFn, inputs: Sequence[torch.Tensor]) -> tuple[fl
         grads = torch.autograd.grad(value, leaves, allow_unused=True) if value.requires_grad else [None] * len(leaves)
     except Exception as err:  # a custom autograd Function of the user's loss or model raised in its backward
         raise backward_error(err) from err
-    return float(value.detach()), [torch.zeros_like(x) if g is None else g.detach() for x, g in zip(leaves, grads, strict=True)]
+    return float(value.detach()), [
+        torch.zeros_like(x) if g is None else g.detach() for x, g in zip(leaves, grads, strict=True)
+    ]
 
 
 Point = Sequence[torch.Tensor]

@@ -114,8 +114,10 @@ def backward_error(err: BaseException) -> ModelCallError:
     raised in, when it was raised in code outside torch, transformers and gradscope)."""
     where = raised_in(err)
     first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-    return ModelCallError(f"the backward pass failed{where}: {type(err).__name__}: {first}",
-                          hint="a custom autograd Function in the loss or model raises in its backward?")
+    return ModelCallError(
+        f"the backward pass failed{where}: {type(err).__name__}: {first}",
+        hint="a custom autograd Function in the loss or model raises in its backward?",
+    )
 
 
 def loss_logits(logits: torch.Tensor, rec: Recorder) -> torch.Tensor:
@@ -162,7 +164,9 @@ def call_model(
         raise ModelCallError(f"{who} failed: {type(err).__name__}: {err}") from err
     if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
         raise ModelCallError(
-            "the model returned no loss" if loss is None else f"the loss is not a scalar tensor (got {type(loss).__name__})",
+            "the model returned no loss"
+            if loss is None
+            else f"the loss is not a scalar tensor (got {type(loss).__name__})",
             hint="include 'labels' in the batch, or pass `loss` FILE.py:FN returning a scalar tensor",
         )
     return logits, loss.reshape(())

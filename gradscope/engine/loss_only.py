@@ -16,13 +16,12 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from gradscope.engine.forward import Graph, Recorder, call_model, loss_logits
 from gradscope.engine.logits import LogitStats
 from gradscope.engine.run import Capture, build_capture, training_state
-from gradscope.engine.forward import Graph, Recorder, call_model, loss_logits
 from gradscope.errors import ModelCallError
-from gradscope.model.usercode import LossFn
 from gradscope.model.layers import input_embeddings, output_embeddings
-
+from gradscope.model.usercode import LossFn
 
 LOGITS_DEPTH_NOTE = (
     "depth logits: the loss's backward only, no backward through the network; embedding and layer gradient norms "
@@ -108,7 +107,7 @@ def forward_loss_backward(
         with training_state(model, keep_dropout=keep_dropout):
             for p in model.parameters():
                 p.requires_grad_(False)
-            after_backward(Graph(
-                model, batch, loss_fn, None, None, rec.head_output, logits, loss, None, stats.grad_norm > 0
-            ))
+            after_backward(
+                Graph(model, batch, loss_fn, None, None, rec.head_output, logits, loss, None, stats.grad_norm > 0)
+            )
     return capture

@@ -7,10 +7,10 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from gradscope.engine.run import training_state
 from gradscope.engine.forward import call_model
-from gradscope.modes import Optimizer
+from gradscope.engine.run import training_state
 from gradscope.model.usercode import LossFn
+from gradscope.modes import Optimizer
 
 
 def _optimizer(name: str, params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:

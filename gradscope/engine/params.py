@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from gradscope.engine.run import training_state
 from gradscope.engine.forward import backward_error, call_model
+from gradscope.engine.run import training_state
 from gradscope.model.layers import find_decoder_layers, input_embeddings
 from gradscope.model.usercode import LossFn
 

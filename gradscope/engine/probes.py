@@ -11,7 +11,7 @@ from gradscope.constants import PROBES, WINDOWS_PER_ROW  # noqa: F401  (re-expor
 from gradscope.engine.accumulate import Accumulation, accumulate
 from gradscope.engine.forward import Graph
 from gradscope.engine.screen import Screen, confirming_windows, screen, uncovered_rows
-from gradscope.engine.windows import SEED, Window, synced_clock, in_slices, plan_windows
+from gradscope.engine.windows import SEED, Window, in_slices, plan_windows, synced_clock
 
 
 @dataclass
@@ -77,7 +77,7 @@ def _vjp_nonzero(output: torch.Tensor, leaf: torch.Tensor, cotangent: torch.Tens
 
 def _sees_forbidden(w: Window, seen: torch.Tensor) -> bool:
     """The window's outputs depend on its future (when checked) or on earlier documents (when a boundary)."""
-    return bool((w.future and seen[w.cut:].any()) or (w.boundary and seen[: w.start].any()))
+    return bool((w.future and seen[w.cut :].any()) or (w.boundary and seen[: w.start].any()))
 
 
 class ProbeRun:
@@ -137,7 +137,8 @@ class ProbeRun:
             return []
         dep = self.dependence
         return [
-            r for r in self.screen.rows
+            r
+            for r in self.screen.rows
             if dep is None or not any(_sees_forbidden(w, dep.seen[w.slice, r]) for w in dep.windows if w.row == r)
         ]
 

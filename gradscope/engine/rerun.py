@@ -16,8 +16,7 @@ from gradscope.engine.forward import Graph, Recorder, call_model, loss_logits
 from gradscope.model.usercode import LossFn
 
 
-def forward_again(model: nn.Module, batch: Mapping[str, torch.Tensor], loss_fn: LossFn | None,
-                  rec: Recorder) -> Graph:
+def forward_again(model: nn.Module, batch: Mapping[str, torch.Tensor], loss_fn: LossFn | None, rec: Recorder) -> Graph:
     """The core run's forward once more, inside the same model state and hooks, as a Graph for the probes.
 
     Only the network's part is kept: the loss is detached (its (B, T, V) saved tensors freed) and the logits are

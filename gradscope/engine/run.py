@@ -10,12 +10,12 @@ from typing import cast
 import torch
 from torch import nn
 
+from gradscope.engine.forward import Graph, Recorder, backward_error, call_model, loss_logits
 from gradscope.engine.logits import LogitStats, shift_to_targets
+from gradscope.engine.rerun import forward_again
 from gradscope.engine.split_backward import backward_through_head, only_through
 from gradscope.errors import ModelCallError
 from gradscope.model.layers import find_decoder_layers, input_embeddings, output_embeddings
-from gradscope.engine.forward import Graph, Recorder, backward_error, call_model, loss_logits
-from gradscope.engine.rerun import forward_again
 from gradscope.model.usercode import LossFn
 
 _DROPOUT_ATTRS = ("attention_dropout", "attn_dropout", "dropout", "hidden_dropout", "resid_dropout")
@@ -183,13 +183,37 @@ def forward_backward(
             rec.remove_gradient_hooks()
             trained = stats.grad_norm > 0 if stats.grad_norm is not None else None
             if keep_graph:
-                after_backward(Graph(model, batch, loss_fn, rec.embedding, rec.head_input, rec.head_output, logits,
-                                     loss, embedding_grad, trained))
+                after_backward(
+                    Graph(
+                        model,
+                        batch,
+                        loss_fn,
+                        rec.embedding,
+                        rec.head_input,
+                        rec.head_output,
+                        logits,
+                        loss,
+                        embedding_grad,
+                        trained,
+                    )
+                )
             else:
-
                 rec.forget_forward()
-                after_backward(Graph(model, batch, loss_fn, None, None, None, None, loss.detach(), embedding_grad,
-                                     trained, rerun=lambda: forward_again(model, batch, loss_fn, rec)))
+                after_backward(
+                    Graph(
+                        model,
+                        batch,
+                        loss_fn,
+                        None,
+                        None,
+                        None,
+                        None,
+                        loss.detach(),
+                        embedding_grad,
+                        trained,
+                        rerun=lambda: forward_again(model, batch, loss_fn, rec),
+                    )
+                )
         return capture
 
 
@@ -227,7 +251,7 @@ def _gradient_at(
             raise ModelCallError(
                 "the model's own code checkpoints its layers with use_reentrant=True, which allows no partial backward",
                 hint="enable checkpointing with transformers' gradient_checkpointing_enable(), "
-                    "or use use_reentrant=False",
+                "or use use_reentrant=False",
             ) from err
         except Exception as err:  # a custom autograd Function of the user's loss or model raised in its backward
             raise backward_error(err) from err

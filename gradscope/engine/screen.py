@@ -70,7 +70,9 @@ def _screened_boundaries(after: torch.Tensor, starts: torch.Tensor, real: torch.
     return int((_boundary_tested(after, starts.long().cumsum(1)) & starts & real).sum())
 
 
-def confirming_windows(found: Screen, starts: torch.Tensor, real: torch.Tensor, *, causal: bool, packing: bool) -> list[Window]:
+def confirming_windows(
+    found: Screen, starts: torch.Tensor, real: torch.Tensor, *, causal: bool, packing: bool
+) -> list[Window]:
     """The windows that say what the screen found, in each row where it fired.
 
     Take s, the last token the loss's gradient wrongly reaches. Its own logit is untrained and so are those after
@@ -93,7 +95,9 @@ def confirming_windows(found: Screen, starts: torch.Tensor, real: torch.Tensor, 
     return out
 
 
-def uncovered_rows(found: Screen, starts: torch.Tensor, real: torch.Tensor, *, causal: bool, packing: bool) -> torch.Tensor:
+def uncovered_rows(
+    found: Screen, starts: torch.Tensor, real: torch.Tensor, *, causal: bool, packing: bool
+) -> torch.Tensor:
     """(B, T) ``real`` restricted to the rows the screen tests nothing in: no token after the loss (causal), or a
     packed row none of whose boundaries it tests (packing). Those rows get windows."""
     doc = starts.long().cumsum(1)
@@ -105,5 +109,7 @@ def uncovered_rows(found: Screen, starts: torch.Tensor, real: torch.Tensor, *, c
 
 def _boundary_tested(after: torch.Tensor, doc: torch.Tensor) -> torch.Tensor:
     """(B, T) bool: the document before position t's document holds a token after the loss."""
-    has_after = torch.zeros(doc.shape[0], doc.shape[1] + 1, dtype=torch.long).scatter_reduce(1, doc, after.long(), "amax")
+    has_after = torch.zeros(doc.shape[0], doc.shape[1] + 1, dtype=torch.long).scatter_reduce(
+        1, doc, after.long(), "amax"
+    )
     return has_after.gather(1, (doc - 1).clamp(min=0)).bool()

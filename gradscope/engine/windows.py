@@ -9,8 +9,8 @@ from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
-from gradscope.model.layers import input_embeddings, output_embeddings
 
+from gradscope.model.layers import input_embeddings, output_embeddings
 
 SEED = 0
 

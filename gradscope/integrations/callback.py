@@ -24,8 +24,8 @@ from torch import nn
 
 from gradscope.integrations.sources import rendered_with
 from gradscope.integrations.watch import FailOn, StepWatcher, format_watched
-from gradscope.report import Report
 from gradscope.modes import TrainOn
+from gradscope.report import Report
 
 try:
     from transformers import Trainer, TrainerCallback
@@ -67,11 +67,18 @@ class GradscopeCallback(TrainerCallback):
         watcher: The StepWatcher that observes the step and gives the verdict.
     """
 
-    def __init__(self, fail_on: FailOn = "error", *, train_on: TrainOn = "all-assistant",
-                 end_token_ids: frozenset[int] | None = None, write_report: bool = True,
-                 keep_dropout: bool = False) -> None:
-        self.watcher = StepWatcher(fail_on=fail_on, train_on=train_on, end_token_ids=end_token_ids,
-                                   name="GradscopeCallback")
+    def __init__(
+        self,
+        fail_on: FailOn = "error",
+        *,
+        train_on: TrainOn = "all-assistant",
+        end_token_ids: frozenset[int] | None = None,
+        write_report: bool = True,
+        keep_dropout: bool = False,
+    ) -> None:
+        self.watcher = StepWatcher(
+            fail_on=fail_on, train_on=train_on, end_token_ids=end_token_ids, name="GradscopeCallback"
+        )
         self.write_report = write_report
         self._trainer: weakref.ref[Any] | None = None
 
@@ -87,8 +94,15 @@ class GradscopeCallback(TrainerCallback):
     def trainer(self, trainer: Any) -> None:
         self._trainer = weakref.ref(trainer) if trainer is not None else None
 
-    def on_train_begin(self, args: Any, state: Any, control: Any, model: nn.Module | None = None,
-                       processing_class: Any = None, **kwargs: Any) -> None:
+    def on_train_begin(
+        self,
+        args: Any,
+        state: Any,
+        control: Any,
+        model: nn.Module | None = None,
+        processing_class: Any = None,
+        **kwargs: Any,
+    ) -> None:
         """Start observing the model's training forwards (and the trainer's compute_loss when it is found)."""
         self.watcher.tokenizer = getattr(processing_class, "tokenizer", processing_class)
         self._close()

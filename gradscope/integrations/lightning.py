@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from gradscope.integrations.watch import FailOn, MicroBatch, StepWatcher
+from gradscope.modes import TrainOn
 
 try:
     from lightning.pytorch import Callback  # type: ignore[import-not-found]
@@ -21,10 +22,10 @@ except ImportError:
     try:
         from pytorch_lightning import Callback
     except ImportError:  # the [lightning] extra is not installed: the class still imports, for the docs
-        Callback = object  # type: ignore[assignment,misc]
+        Callback = object
 
 
-class GradscopeLightningCallback(Callback):  # type: ignore[misc]
+class GradscopeLightningCallback(Callback):
     """Check the first optimizer step of ``Trainer.fit`` before it changes any weight.
 
     Args:
@@ -40,12 +41,25 @@ class GradscopeLightningCallback(Callback):  # type: ignore[misc]
         watcher: The StepWatcher; ``watcher.report`` is the step's Report once checked.
     """
 
-    def __init__(self, tokenizer: Any = None, dataset: Any = None, *, fail_on: FailOn = "error",
-                 train_on: str = "all-assistant", end_token_ids: frozenset[int] | None = None,
-                 report_path: str | Path | None = None) -> None:
-        self.watcher = StepWatcher(tokenizer=tokenizer, dataset=dataset, fail_on=fail_on, train_on=train_on,
-                                   end_token_ids=end_token_ids, report_path=report_path,
-                                   name="GradscopeLightningCallback")
+    def __init__(
+        self,
+        tokenizer: Any = None,
+        dataset: Any = None,
+        *,
+        fail_on: FailOn = "error",
+        train_on: TrainOn = "all-assistant",
+        end_token_ids: frozenset[int] | None = None,
+        report_path: str | Path | None = None,
+    ) -> None:
+        self.watcher = StepWatcher(
+            tokenizer=tokenizer,
+            dataset=dataset,
+            fail_on=fail_on,
+            train_on=train_on,
+            end_token_ids=end_token_ids,
+            report_path=report_path,
+            name="GradscopeLightningCallback",
+        )
         self._micro: MicroBatch | None = None
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:

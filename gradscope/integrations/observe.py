@@ -150,7 +150,12 @@ class Observer:
                 self._autocast = autocast_dtype(self._hidden.device.type)
 
     def _head(self, module: nn.Module, args: tuple, output: Any) -> None:
-        if self._current is not None and isinstance(output, torch.Tensor) and output.requires_grad and output.dim() == 3:
+        if (
+            self._current is not None
+            and isinstance(output, torch.Tensor)
+            and output.requires_grad
+            and output.dim() == 3
+        ):
             self._logits = output
 
     def _end(self, module: nn.Module, args: tuple, kwargs: dict[str, Any], output: Any) -> None:
@@ -211,8 +216,9 @@ def _watch_chunks(record: Observed, chunks: list[torch.Tensor], ids: torch.Tenso
         chunk.register_hook(assemble)
 
 
-def _watch_logits(record: Observed, logits: torch.Tensor, ids: torch.Tensor, epsilon: float,
-                  targets: torch.Tensor | None = None) -> None:
+def _watch_logits(
+    record: Observed, logits: torch.Tensor, ids: torch.Tensor, epsilon: float, targets: torch.Tensor | None = None
+) -> None:
     """Read the loss at the logits, in the backward: the gradient there is read as w * d, d the cross-entropy
     direction ``p - (1 - eps) e_y - eps / V`` (label smoothing eps), with a residual saying whether it points at y.
     The logits are held (detached) until this micro-batch's backward has been read, then let go."""
@@ -235,8 +241,9 @@ def _watch_logits(record: Observed, logits: torch.Tensor, ids: torch.Tensor, eps
     logits.register_hook(_guarded(record, hook, held))
 
 
-def _watch_hidden(record: Observed, hidden: torch.Tensor, ids: torch.Tensor, head: nn.Module,
-                  autocast: torch.dtype | None = None) -> None:
+def _watch_hidden(
+    record: Observed, hidden: torch.Tensor, ids: torch.Tensor, head: nn.Module, autocast: torch.dtype | None = None
+) -> None:
     """Read the loss at the LM head's input, in the backward: the loss and the direction W^T (p - e_y) the gradient
     of a loss on token y has there come from a no-grad re-projection through the head of the trained positions
     (of every row at once: one (positions, D) x (D, V) product per chunk, not one per row).

@@ -84,7 +84,9 @@ class PreferenceRoles:
         self.usable = {"prompt_ids", "chosen_ids", "rejected_ids"} <= columns
         self._prompt_length: dict[tuple[int, ...], int] = {}
         if self.usable:
-            for prompt, *answers in zip(dataset["prompt_ids"], dataset["chosen_ids"], dataset["rejected_ids"], strict=True):
+            for prompt, *answers in zip(
+                dataset["prompt_ids"], dataset["chosen_ids"], dataset["rejected_ids"], strict=True
+            ):
                 for answer in answers:
                     self._prompt_length[tuple(prompt) + tuple(answer)] = len(prompt)
 
@@ -140,8 +142,9 @@ def rl_rows(inputs: Mapping[str, Any], given: Mapping[str, Any]) -> RLRows | Non
     return RLRows(codes[rows], [b for b, j in enumerate(rows) if not active[j]])
 
 
-def step_roles(inputs: Mapping[str, Any], context: Mapping[str, Any], tokenizer: Any, ends: frozenset[int],
-               sources: RoleSources) -> tuple[torch.Tensor, list[str | None]]:
+def step_roles(
+    inputs: Mapping[str, Any], context: Mapping[str, Any], tokenizer: Any, ends: frozenset[int], sources: RoleSources
+) -> tuple[torch.Tensor, list[str | None]]:
     """Role codes (B, T) of one observed forward and, per row, which source gave them (None: not judged), read by
     the roles engine (``gradscope.data.token_roles.batch_roles``) like every other route. A role tensor the trainer's
     ``compute_loss`` received but the model did not is the batch's too."""

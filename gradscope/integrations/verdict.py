@@ -18,8 +18,8 @@ from gradscope.data.batch import document_starts, real_tokens
 from gradscope.engine.run import Capture
 from gradscope.integrations.observe import Observed
 from gradscope.report import Finding, Report, SampleReport
-from gradscope.verbs.samples import sample_report, sample_views
 from gradscope.tokenizer import Tokenizer
+from gradscope.verbs.samples import sample_report, sample_views
 
 STEP_WEIGHT_TOLERANCE = 0.05
 """Token weights within 5% are equal: under bf16 autocast (TRL's default, on the CPU too) the weight read back from a
@@ -87,10 +87,16 @@ def capture_of(record: Observed, loss: float) -> Capture:
     emb = record.embedding_grad_norm if record.embedding_grad_norm is not None else torch.zeros(b, t)
     grad_norm = shift(record.grad_norm.float(), 0.0)
     return Capture(
-        loss=loss, token_loss=shift(record.token_loss.float(), float("nan")), logit_grad_norm=grad_norm,
-        target_id=shift(record.target, -1).long(), weight=weight, embedding_grad_norm=emb,
-        layer_grad_norms=torch.zeros(b, 0, t), logits_finite=True,
-        grads_finite=record.finite and bool(torch.isfinite(emb).all()), loss_uses_logits=True,
+        loss=loss,
+        token_loss=shift(record.token_loss.float(), float("nan")),
+        logit_grad_norm=grad_norm,
+        target_id=shift(record.target, -1).long(),
+        weight=weight,
+        embedding_grad_norm=emb,
+        layer_grad_norms=torch.zeros(b, 0, t),
+        logits_finite=True,
+        grads_finite=record.finite and bool(torch.isfinite(emb).all()),
+        loss_uses_logits=True,
     )
 
 
@@ -107,10 +113,17 @@ def record_batch(record: Observed, codes: torch.Tensor) -> dict[str, Any]:
     return batch
 
 
-def rank_verdict(rank: int, records: list[tuple[int, Observed, torch.Tensor, list[str | None]]], tokenizer: Tokenizer | None,
-                 ends: frozenset[int], pad_id: int | None, compare_weights: bool,
-                 idle: frozenset[tuple[int, int]] = frozenset(), unknown_reason: str | None = None,
-                 media: frozenset[int] = frozenset()) -> RankVerdict:
+def rank_verdict(
+    rank: int,
+    records: list[tuple[int, Observed, torch.Tensor, list[str | None]]],
+    tokenizer: Tokenizer | None,
+    ends: frozenset[int],
+    pad_id: int | None,
+    compare_weights: bool,
+    idle: frozenset[tuple[int, int]] = frozenset(),
+    unknown_reason: str | None = None,
+    media: frozenset[int] = frozenset(),
+) -> RankVerdict:
     """Check one rank's micro-batches.
 
     Args:
@@ -139,15 +152,25 @@ def rank_verdict(rank: int, records: list[tuple[int, Observed, torch.Tensor, lis
             out.findings.append(WatchedFinding(**vars(finding), rank=rank, micro_batch=micro, row=finding.sample))
         for b, view in enumerate(views):
             sample = sample_report(view, batch, capture, b, sources[b] or "unknown")
-            out.samples.append(WatchedSample(**vars(sample), rank=rank, micro_batch=micro, row=b,
-                                             read_at=record.where, roles_from=sources[b]))
+            out.samples.append(
+                WatchedSample(
+                    **vars(sample), rank=rank, micro_batch=micro, row=b, read_at=record.where, roles_from=sources[b]
+                )
+            )
         unjudged = [b for b, source in enumerate(sources) if source is None]
-        finding = roles_unknown(unjudged, [unknown_reason], noun="row", hint=WATCHED_ROLES_HINT,
-                                evidence=labels_evidence(*label_facts([views[b] for b in unjudged]), noun="row"))
-        if finding is not None:
-            out.findings.append(WatchedFinding(**vars(finding), rank=rank, micro_batch=micro))
+        unknown = roles_unknown(
+            unjudged,
+            [unknown_reason],
+            noun="row",
+            hint=WATCHED_ROLES_HINT,
+            evidence=labels_evidence(*label_facts([views[b] for b in unjudged]), noun="row"),
+        )
+        if unknown is not None:
+            out.findings.append(WatchedFinding(**vars(unknown), rank=rank, micro_batch=micro))
         # Weights are compared where the gradient is the loss of the token itself (a wrong target has no such weight).
-        trained = (capture.logit_grad_norm > 0) & (capture.target_id == batch["input_ids"]) & real_tokens(batch) & ~starts
+        trained = (
+            (capture.logit_grad_norm > 0) & (capture.target_id == batch["input_ids"]) & real_tokens(batch) & ~starts
+        )
         trained[:, 0] = False
         out.predicted += int((real_tokens(batch) & ~starts)[:, 1:].sum())
         for mean, row, doc, count in mean_weights(capture.weight, trained, starts.cumsum(1)):
@@ -167,8 +190,9 @@ def gather(local: RankVerdict) -> list[RankVerdict]:
     return everyone
 
 
-def merge(verdicts: list[RankVerdict], model: dict[str, Any], ranks_averaged: bool = True,
-          grad_scale: float = 1.0) -> Report:
+def merge(
+    verdicts: list[RankVerdict], model: dict[str, Any], ranks_averaged: bool = True, grad_scale: float = 1.0
+) -> Report:
     """One Report of the step: samples numbered in (rank, micro-batch, row) order, findings pointing at them;
     ``ranks_averaged``: the ranks' gradients are averaged (DDP, FSDP), not summed; ``grad_scale``: the factor the
     loop multiplies the gradients by after the backward."""
@@ -193,8 +217,10 @@ def merge(verdicts: list[RankVerdict], model: dict[str, Any], ranks_averaged: bo
     scale = step_scale(step_tokens(verdicts, ranks_averaged, grad_scale)) if scaled else None
     report.findings += [WatchedFinding(**vars(scale))] if scale is not None else []
     if not comparable and groups:
-        report.notes.append("token weights were not compared, nor the step's scale (step_scale): a preference or RL "
-                            "loss (DPO, GRPO: advantages, chosen/rejected ids) weighs tokens differently by design")
+        report.notes.append(
+            "token weights were not compared, nor the step's scale (step_scale): a preference or RL "
+            "loss (DPO, GRPO: advantages, chosen/rejected ids) weighs tokens differently by design"
+        )
     return report
 
 
@@ -202,8 +228,14 @@ def step_tokens(verdicts: list[RankVerdict], ranks_averaged: bool, grad_scale: f
     """What the step-scale check reads: the trained tokens' weights and counts over every micro-batch and rank."""
     groups = [g for v in verdicts for g in v.groups]
     micro = max((len({g[1] for g in v.groups}) for v in verdicts), default=0)
-    return StepTokens(sum(g[4] * g[5] for g in groups) * grad_scale, sum(g[5] for g in groups),
-                      sum(v.predicted for v in verdicts), micro, len(verdicts), ranks_averaged)
+    return StepTokens(
+        sum(g[4] * g[5] for g in groups) * grad_scale,
+        sum(g[5] for g in groups),
+        sum(v.predicted for v in verdicts),
+        micro,
+        len(verdicts),
+        ranks_averaged,
+    )
 
 
 def step_weights(groups: list[tuple[int, int, int, int, float, int]], comparable: bool) -> WatchedFinding | None:
@@ -220,11 +252,15 @@ def step_weights(groups: list[tuple[int, int, int, int, float, int]], comparable
         return None
     level, cause = _weight_cause(groups)
     return WatchedFinding(
-        "uneven_step_weights", "error", None, [],
+        "uneven_step_weights",
+        "error",
+        None,
+        [],
         f"trained tokens of the first optimizer step weigh differently in the update: ×{high[4] / low[4]:.2f}, from "
         f"{low[4]:.3g} (rank {low[0]}, micro-batch {low[1]}, row {low[2]}) to {high[4]:.3g} (rank {high[0]}, "
         f"micro-batch {high[1]}, row {high[2]}); they differ across {level}. {cause}",
-        rank=high[0] if level == "ranks" else None, micro_batch=high[1] if level == "micro-batches" else None,
+        rank=high[0] if level == "ranks" else None,
+        micro_batch=high[1] if level == "micro-batches" else None,
     )
 
 

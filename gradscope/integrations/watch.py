@@ -32,14 +32,14 @@ from torch import nn
 
 from gradscope.checks.masking import for_trainer
 from gradscope.data.roles import RoleSpec
+from gradscope.data.token_roles import RoleSources
 from gradscope.data.tokens import default_end_token_ids, media_token_ids, resolve_pad_token_id
 from gradscope.errors import GradscopeError, MaskingError
-from gradscope.modes import TRAIN_ON, TrainOn
 from gradscope.integrations.observe import Observed, Observer, causal_lm, input_embeddings
-from gradscope.data.token_roles import RoleSources
 from gradscope.integrations.sources import DatasetRoles, PreferenceRoles, rl_rows, step_roles
 from gradscope.integrations.verdict import RankVerdict, WatchedSample, gather, merge, rank_verdict
 from gradscope.model.prepare import describe_model
+from gradscope.modes import TRAIN_ON, TrainOn
 from gradscope.render.sanitize import text_block
 from gradscope.report import Report
 from gradscope.report.verdict import verdict
@@ -90,12 +90,21 @@ class StepWatcher:
         report: The Report of the first optimizer step, once it has been checked (on every rank).
     """
 
-    def __init__(self, model: nn.Module | None = None, *, tokenizer: Any = None, dataset: Any = None,
-                 chat_template: str | None = None,
-                 fail_on: FailOn = "error", train_on: TrainOn = "all-assistant",
-                 end_token_ids: frozenset[int] | None = None, label_smoothing: float = 0.0,
-                 report_path: str | Path | None = None, rank_reduction: Literal["mean", "sum"] = "mean",
-                 name: str = "StepWatcher") -> None:
+    def __init__(
+        self,
+        model: nn.Module | None = None,
+        *,
+        tokenizer: Any = None,
+        dataset: Any = None,
+        chat_template: str | None = None,
+        fail_on: FailOn = "error",
+        train_on: TrainOn = "all-assistant",
+        end_token_ids: frozenset[int] | None = None,
+        label_smoothing: float = 0.0,
+        report_path: str | Path | None = None,
+        rank_reduction: Literal["mean", "sum"] = "mean",
+        name: str = "StepWatcher",
+    ) -> None:
         if fail_on not in ("error", "warning", None):
             raise ValueError(f"fail_on must be 'error', 'warning' or None, not {fail_on!r}")
         if train_on not in TRAIN_ON:
@@ -126,8 +135,9 @@ class StepWatcher:
         return self
 
     @contextmanager
-    def micro_batch(self, inputs: Mapping[str, Any] | None = None, *,
-                    num_items_in_batch: Any = None) -> Iterator[MicroBatch]:
+    def micro_batch(
+        self, inputs: Mapping[str, Any] | None = None, *, num_items_in_batch: Any = None
+    ) -> Iterator[MicroBatch]:
         """Mark the forwards inside the block as one micro-batch whose loss sees ``inputs`` (role tensors, labels,
         RL ids and advantages); set ``.loss`` on what it yields to record the loss."""
         micro = self.start_micro_batch(inputs, num_items_in_batch=num_items_in_batch)
@@ -138,14 +148,18 @@ class StepWatcher:
                 self.observer.context = {}
         self.end_micro_batch(micro)
 
-    def start_micro_batch(self, inputs: Mapping[str, Any] | None = None, *,
-                          num_items_in_batch: Any = None) -> MicroBatch:
+    def start_micro_batch(
+        self, inputs: Mapping[str, Any] | None = None, *, num_items_in_batch: Any = None
+    ) -> MicroBatch:
         """``micro_batch`` for loops driven by events (callbacks): the forwards from here to ``end_micro_batch``
         are one micro-batch whose loss sees ``inputs``."""
         micro = MicroBatch(self._micro_batch)
         if self.observer is not None:
-            self.observer.context = {"inputs": dict(inputs or {}), "micro_batch": micro.index,
-                                     "num_items_in_batch": num_items_in_batch}
+            self.observer.context = {
+                "inputs": dict(inputs or {}),
+                "micro_batch": micro.index,
+                "num_items_in_batch": num_items_in_batch,
+            }
         return micro
 
     def end_micro_batch(self, micro: MicroBatch, loss: Any = None) -> None:
@@ -192,8 +206,9 @@ class StepWatcher:
             raise ValueError("StepWatcher needs a model: StepWatcher(model, ...) or watcher.attach(model)")
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
-                 traceback: TracebackType | None) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
         if kind is None:
             self.check()
         self.close()
@@ -207,17 +222,22 @@ class StepWatcher:
         verdicts = gather(local)
         failed = [v for v in verdicts if v.error is not None]
         if failed:
-            raise GradscopeError("gradscope could not check the first optimizer step: " + "; ".join(
-                f"rank {v.rank}: {v.error}" for v in failed))
-        report = merge(verdicts, model_section(observer.lm), ranks_averaged=self.rank_reduction == "mean",
-                       grad_scale=grad_scale)
+            raise GradscopeError(
+                "gradscope could not check the first optimizer step: "
+                + "; ".join(f"rank {v.rank}: {v.error}" for v in failed)
+            )
+        report = merge(
+            verdicts, model_section(observer.lm), ranks_averaged=self.rank_reduction == "mean", grad_scale=grad_scale
+        )
         samples = [s for s in report.samples if isinstance(s, WatchedSample)]
-        report.data = {"watched": {
-            "ranks": len(verdicts),
-            "micro_batches": max((s.micro_batch for s in samples), default=-1) + 1,
-            "read_at": sorted({s.read_at for s in samples}),
-            "roles_from": sorted({s.roles_from or "not judged" for s in samples}),
-        }}
+        report.data = {
+            "watched": {
+                "ranks": len(verdicts),
+                "micro_batches": max((s.micro_batch for s in samples), default=-1) + 1,
+                "read_at": sorted({s.read_at for s in samples}),
+                "roles_from": sorted({s.roles_from or "not judged" for s in samples}),
+            }
+        }
         return report
 
     def _rank_verdict(self, observer: Observer) -> RankVerdict:
@@ -227,8 +247,9 @@ class StepWatcher:
         rows = as_dataset(self.dataset)
         dataset = DatasetRoles(rows, tokenizer, spec) if rows is not None else None
         preference = PreferenceRoles(rows)
-        sources = RoleSources(train_on=self.train_on, chat_template=self.chat_template, dataset=dataset,
-                              preference=preference)
+        sources = RoleSources(
+            train_on=self.train_on, chat_template=self.chat_template, dataset=dataset, preference=preference
+        )
         notes, idle = [], []
         prepared: list[tuple[int, Observed, torch.Tensor, list[str | None]]] = []
         names: list[str | None]
@@ -238,8 +259,10 @@ class StepWatcher:
             raise GradscopeError(f"reading the backward of a training forward failed: {failed[0]}")
         for n, record in enumerate(observer.records):
             if not record.reached:
-                notes.append(f"a training forward ({record.where or 'no logits or last hidden state'}) never received "
-                             "gradient from the loss; it was not checked")
+                notes.append(
+                    f"a training forward ({record.where or 'no logits or last hidden state'}) never received "
+                    "gradient from the loss; it was not checked"
+                )
                 continue
             micro, rl = record.context.get("micro_batch", n), rl_rows(record.inputs, record.context.get("inputs", {}))
             if rl is not None:  # GRPO-style inputs: prompt_ids + completion_ids, the loss over completion_mask
@@ -249,18 +272,33 @@ class StepWatcher:
                 codes, names = step_roles(record.inputs, record.context, tokenizer, ends, sources)
             prepared.append((micro, record, codes, names))
         comparable = not any(k in r.context.get("inputs", {}) for _, r, _, _ in prepared for k in PREFERENCE_KEYS)
-        verdict = rank_verdict(_rank(), prepared, tokenizer, ends, resolve_pad_token_id(lm, tokenizer), comparable,
-                               frozenset(idle), unknown_reason(tokenizer), media_token_ids(lm, tokenizer))
-        for_trainer(verdict.findings, "rl" if rl_seen else "preference" if preference.usable or not comparable else "sft")
+        verdict = rank_verdict(
+            _rank(),
+            prepared,
+            tokenizer,
+            ends,
+            resolve_pad_token_id(lm, tokenizer),
+            comparable,
+            frozenset(idle),
+            unknown_reason(tokenizer),
+            media_token_ids(lm, tokenizer),
+        )
+        for_trainer(
+            verdict.findings, "rl" if rl_seen else "preference" if preference.usable or not comparable else "sft"
+        )
         if idle:
-            notes.append(f"{len(idle)} RL row(s) (micro-batch, row) {sorted(idle)[:8]} have advantage 0 (equal rewards "
-                         "in their group) or an empty completion_mask: the trainer's loss gives them no gradient on "
-                         "purpose; no_loss, completion_untrained and eos_untrained were not checked there")
+            notes.append(
+                f"{len(idle)} RL row(s) (micro-batch, row) {sorted(idle)[:8]} have advantage 0 (equal rewards "
+                "in their group) or an empty completion_mask: the trainer's loss gives them no gradient on "
+                "purpose; no_loss, completion_untrained and eos_untrained were not checked there"
+            )
         if not observer.records:
             notes.append("no training forward was observed before the first optimizer step: nothing was checked")
         if dataset is not None and dataset.mismatched:
-            notes.append(f"gradscope tokenizes train_dataset rows {sorted(set(dataset.mismatched))[:8]} differently "
-                         "from the trainer: their roles were not read from the dataset")
+            notes.append(
+                f"gradscope tokenizes train_dataset rows {sorted(set(dataset.mismatched))[:8]} differently "
+                "from the trainer: their roles were not read from the dataset"
+            )
         verdict.notes += notes
         return verdict
 
@@ -268,18 +306,30 @@ class StepWatcher:
         """Log the verdict; raise MaskingError (the same on every rank) when the verdict reaches fail_on."""
         summary, v = report.summary(), verdict(report)
         if v.status == "clean":
-            logger.info("gradscope: first optimizer step clean: %d of %d tokens trained", summary["trained_tokens"],
-                        summary["tokens"])
+            logger.info(
+                "gradscope: first optimizer step clean: %d of %d tokens trained",
+                summary["trained_tokens"],
+                summary["tokens"],
+            )
             return
         text = text_block(format_watched(report.findings))  # token texts and names: no control byte, no command
         # not verified is logged as a warning: only fail_on="warning" stops a run gradscope cannot read
-        policy = f" (logged as a warning; {self.name}(fail_on='warning') stops on it)" if (
-            v.status == "not verified" and self.fail_on != "warning") else ""
-        logger.warning("gradscope: first optimizer step %s%s: %d error(s), %d warning(s)\n%s", v.status, policy,
-                       summary["errors"], summary["warnings"], text)
+        policy = (
+            f" (logged as a warning; {self.name}(fail_on='warning') stops on it)"
+            if (v.status == "not verified" and self.fail_on != "warning")
+            else ""
+        )
+        logger.warning(
+            "gradscope: first optimizer step %s%s: %d error(s), %d warning(s)\n%s",
+            v.status,
+            policy,
+            summary["errors"],
+            summary["warnings"],
+            text,
+        )
         if stops(report, self.fail_on):
             failing = (report.errors if self.fail_on == "error" else report.findings) or report.findings
-            ranks = sorted({f.rank for f in failing if getattr(f, "rank", None) is not None})
+            ranks = sorted({rank for f in failing if (rank := getattr(f, "rank", None)) is not None})
             where = f" on rank(s) {', '.join(map(str, ranks))}" if ranks else ""
             raise MaskingError(
                 f"gradscope stopped training before the first optimizer step: the step has {len(failing)} masking "
@@ -297,13 +347,16 @@ def find_causal_lm(model: nn.Module) -> nn.Module:
     for module in model.modules():
         if _is_lm(module):
             return module
-    raise GradscopeError(f"{type(model).__name__} holds no causal LM (a transformers PreTrainedModel with "
-                         "get_input_embeddings, or a torchtune TransformerDecoder): pass that model to the watcher")
+    raise GradscopeError(
+        f"{type(model).__name__} holds no causal LM (a transformers PreTrainedModel with "
+        "get_input_embeddings, or a torchtune TransformerDecoder): pass that model to the watcher"
+    )
 
 
 def _is_lm(module: nn.Module) -> bool:
     return callable(getattr(module, "get_input_embeddings", None)) or (
-        isinstance(getattr(module, "tok_embeddings", None), nn.Embedding) and hasattr(module, "output"))
+        isinstance(getattr(module, "tok_embeddings", None), nn.Embedding) and hasattr(module, "output")
+    )
 
 
 def model_section(lm: nn.Module) -> dict[str, Any]:
@@ -311,10 +364,18 @@ def model_section(lm: nn.Module) -> dict[str, Any]:
     if callable(getattr(lm, "get_input_embeddings", None)):
         return describe_model(lm)
     param = next(lm.parameters())
-    return {"name_or_path": None, "architecture": type(lm).__name__, "model_type": None,
-            "num_layers": len(getattr(lm, "layers", [])), "vocab_size": input_embeddings(lm).num_embeddings,
-            "parameters": sum(p.numel() for p in lm.parameters()), "dtype": str(param.dtype).removeprefix("torch."),
-            "device": str(param.device), "device_map": None, "loss": "the loop's loss"}
+    return {
+        "name_or_path": None,
+        "architecture": type(lm).__name__,
+        "model_type": None,
+        "num_layers": len(getattr(lm, "layers", [])),
+        "vocab_size": input_embeddings(lm).num_embeddings,
+        "parameters": sum(p.numel() for p in lm.parameters()),
+        "dtype": str(param.dtype).removeprefix("torch."),
+        "device": str(param.device),
+        "device_map": None,
+        "loss": "the loop's loss",
+    }
 
 
 def stops(report: Report, fail_on: FailOn) -> bool:
@@ -328,7 +389,7 @@ def as_dataset(rows: Any) -> Any:
     """The rows as a ``datasets.Dataset`` (what the role sources read), or None without rows."""
     if rows is None or hasattr(rows, "column_names"):
         return rows
-    from datasets import Dataset  # type: ignore[import-untyped]
+    from datasets import Dataset
 
     return Dataset.from_list(list(rows))
 
@@ -336,18 +397,26 @@ def as_dataset(rows: Any) -> Any:
 def unknown_reason(tokenizer: Any) -> str:
     """Why a row of the watched step has no role source."""
     if tokenizer is None:
-        return ("no role tensor in the inputs, and no tokenizer was given (processing_class on a Trainer, tokenizer= "
-                "on StepWatcher), so neither the dataset rows nor a chat template could be read")
-    return ("no role tensor in the inputs, no dataset row with prompt/completion or messages whose tokens "
-            "match the row's, no chat-template marker in it")
+        return (
+            "no role tensor in the inputs, and no tokenizer was given (processing_class on a Trainer, tokenizer= "
+            "on StepWatcher), so neither the dataset rows nor a chat template could be read"
+        )
+    return (
+        "no role tensor in the inputs, no dataset row with prompt/completion or messages whose tokens "
+        "match the row's, no chat-template marker in it"
+    )
 
 
 def format_watched(findings: list) -> str:
     """One line per finding, saying where in the step it came from."""
     lines = []
     for f in findings:
-        places = (("rank", getattr(f, "rank", None)), ("micro-batch", getattr(f, "micro_batch", None)),
-                  ("sample", f.sample), ("row", getattr(f, "row", None)))
+        places = (
+            ("rank", getattr(f, "rank", None)),
+            ("micro-batch", getattr(f, "micro_batch", None)),
+            ("sample", f.sample),
+            ("row", getattr(f, "row", None)),
+        )
         where = [f"{k} {v}" for k, v in places if v is not None]
         at = f"; positions {f.positions}" if f.positions else ""
         lines.append(f"- {f.check} ({', '.join(where) or 'whole step'}{at}): {f.message}")

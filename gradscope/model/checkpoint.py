@@ -20,8 +20,19 @@ PARAMETERS_PER_BYTE = 4
 """A config may imply at most this many parameters per byte of its weight files (fp32 holds 1/4 per byte, 4-bit
 weights 2): a config that implies more describes a model its weights cannot be, and building it first would
 allocate without bound (``num_hidden_layers: 1000000000``)."""
-SIZE_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "intermediate_size", "num_attention_heads",
-             "num_key_value_heads", "max_position_embeddings", "n_embd", "n_layer", "n_head", "n_positions")
+SIZE_KEYS = (
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "intermediate_size",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "max_position_embeddings",
+    "n_embd",
+    "n_layer",
+    "n_head",
+    "n_positions",
+)
 """Config values that size the model: positive integers when present."""
 
 
@@ -31,8 +42,11 @@ def require_utf8(path: Path) -> None:
     try:
         str(path).encode("utf-8")
     except UnicodeEncodeError:
-        raise ModelLoadError("the path is not valid UTF-8, and the safetensors and tokenizers readers open UTF-8 "
-                             "paths only", path=path, hint="rename the directory") from None
+        raise ModelLoadError(
+            "the path is not valid UTF-8, and the safetensors and tokenizers readers open UTF-8 paths only",
+            path=path,
+            hint="rename the directory",
+        ) from None
 
 
 def check_regular_file(file: Path, path: Path, *, max_bytes: int | None = None) -> None:
@@ -43,11 +57,15 @@ def check_regular_file(file: Path, path: Path, *, max_bytes: int | None = None) 
     except OSError as err:
         raise ModelLoadError(f"cannot read {file.name}: {err.strerror or err}", path=path) from None
     if not stat.S_ISREG(info.st_mode):
-        raise ModelLoadError(f"{file.name} is not a regular file (a FIFO, device or socket)", path=path,
-                             hint="give a directory of ordinary files saved with save_pretrained")
+        raise ModelLoadError(
+            f"{file.name} is not a regular file (a FIFO, device or socket)",
+            path=path,
+            hint="give a directory of ordinary files saved with save_pretrained",
+        )
     if max_bytes is not None and info.st_size > max_bytes:
-        raise ModelLoadError(f"{file.name} is {info.st_size} bytes, more than the {max_bytes} a config can be",
-                             path=path)
+        raise ModelLoadError(
+            f"{file.name} is {info.st_size} bytes, more than the {max_bytes} a config can be", path=path
+        )
 
 
 def check_weight_files(path: Path) -> None:
@@ -67,16 +85,22 @@ def check_weight_files(path: Path) -> None:
         check_regular_file(index, path, max_bytes=CONFIG_BYTES)
         for name in _index_files(index):
             if not name.endswith(".safetensors") or Path(name).name != name or not (path / name).is_file():
-                raise ModelLoadError(f"{INDEX} names {name!r}, not a safetensors file of this directory", path=path,
-                                     hint="gradscope reads safetensors only (nothing pickled); re-save with save_pretrained")
+                raise ModelLoadError(
+                    f"{INDEX} names {name!r}, not a safetensors file of this directory",
+                    path=path,
+                    hint="gradscope reads safetensors only (nothing pickled); re-save with save_pretrained",
+                )
     for file in sorted(path.glob("*.safetensors")):
         check_regular_file(file, path)
         try:
             with safe_open(str(file), framework="pt") as f:
                 f.keys()
         except (SafetensorError, OSError, ValueError) as err:
-            raise ModelLoadError(f"cannot read {file.name}: {first_line(err)}", path=path,
-                                 hint="the file is corrupt or truncated; re-save the model with save_pretrained") from err
+            raise ModelLoadError(
+                f"cannot read {file.name}: {first_line(err)}",
+                path=path,
+                hint="the file is corrupt or truncated; re-save the model with save_pretrained",
+            ) from err
 
 
 def _index_files(index: Path) -> set[str]:
@@ -99,8 +123,9 @@ def check_config(config: Any, path: Path) -> None:
         value = getattr(config, key, None)
         values = value if isinstance(value, list) else [value]
         if not all(v is None or (_is_int(v) and v >= 0) for v in values):
-            raise ModelLoadError(f"config.json has {key} {value!r}; it must be a token id, a list of them, or null",
-                                 path=path)
+            raise ModelLoadError(
+                f"config.json has {key} {value!r}; it must be a token id, a list of them, or null", path=path
+            )
     for key in SIZE_KEYS:
         value = getattr(config, key, None)
         if value is not None and (not _is_int(value) or value <= 0):
@@ -126,8 +151,9 @@ def _check_dtype(value: object, path: Path) -> None:
     if value is None or value == "auto" or isinstance(value, torch.dtype):
         return
     if not (isinstance(value, str) and isinstance(getattr(torch, value, None), torch.dtype)):
-        raise ModelLoadError(f"config.json has dtype {value!r}; it must name a torch dtype (float32, bfloat16, ...)",
-                             path=path)
+        raise ModelLoadError(
+            f"config.json has dtype {value!r}; it must name a torch dtype (float32, bfloat16, ...)", path=path
+        )
 
 
 def check_size(config: Any, path: Path) -> None:
@@ -137,7 +163,8 @@ def check_size(config: Any, path: Path) -> None:
     if estimate is not None and estimate > PARAMETERS_PER_BYTE * weights + 1_000_000:
         raise ModelLoadError(
             f"config.json implies about {estimate:.3g} parameters, but the weight files hold {weights} bytes",
-            path=path, hint="give the config.json that belongs to these weights",
+            path=path,
+            hint="give the config.json that belongs to these weights",
         )
 
 
@@ -166,11 +193,14 @@ def check_coverage(info: dict[str, list], path: Path) -> None:
     mismatched = [str(m[0]) if isinstance(m, tuple) else str(m) for m in info.get("mismatched_keys") or ()]
     for what, names in (("missing", missing), ("unexpected", unexpected), ("of the wrong shape", mismatched)):
         if names:
-            shown = ", ".join(sorted(names)[:_SHOWN]) + (f" and {len(names) - _SHOWN} more" if len(names) > _SHOWN else "")
+            shown = ", ".join(sorted(names)[:_SHOWN]) + (
+                f" and {len(names) - _SHOWN} more" if len(names) > _SHOWN else ""
+            )
             raise ModelLoadError(
-                f"the weights do not match the model: {len(names)} tensor(s) {what}: {shown}", path=path,
+                f"the weights do not match the model: {len(names)} tensor(s) {what}: {shown}",
+                path=path,
                 hint="give the weights that belong to this config (a missing tensor would be "
-                    "random, and its verdict meaningless)",
+                "random, and its verdict meaningless)",
             )
 
 
@@ -183,8 +213,11 @@ def adapter_tensor_names(path: Path) -> set[str]:
         with safe_open(str(file), framework="pt") as f:
             return set(f.keys())
     except (SafetensorError, OSError, ValueError) as err:
-        raise ModelLoadError(f"cannot read adapter_model.safetensors: {first_line(err)}", path=path,
-                             hint="the adapter file is corrupt or truncated; re-save it with save_pretrained") from err
+        raise ModelLoadError(
+            f"cannot read adapter_model.safetensors: {first_line(err)}",
+            path=path,
+            hint="the adapter file is corrupt or truncated; re-save it with save_pretrained",
+        ) from err
 
 
 def check_adapter_coverage(model: Any, names: set[str], path: Path) -> None:
@@ -196,5 +229,3 @@ def check_adapter_coverage(model: Any, names: set[str], path: Path) -> None:
 
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
-
-

@@ -20,10 +20,10 @@ from gradscope.model.checkpoint import (
     adapter_tensor_names,
     check_adapter_coverage,
     check_config,
-    check_size,
-    require_utf8,
     check_coverage,
+    check_size,
     check_weight_files,
+    require_utf8,
 )
 from gradscope.modes import Dtype
 from gradscope.tokenizer import Tokenizer
@@ -99,8 +99,10 @@ def _device(name: str) -> torch.device:
     if device.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0 or (device.index is not None and device.index >= count):
-            raise ModelLoadError(f"device {name!r} is not available: this machine has {count} CUDA device(s)",
-                                 hint="set `device` to cpu, or cuda:N with N below the device count")
+            raise ModelLoadError(
+                f"device {name!r} is not available: this machine has {count} CUDA device(s)",
+                hint="set `device` to cpu, or cuda:N with N below the device count",
+            )
     return device
 
 
@@ -177,7 +179,9 @@ def load_model_and_tokenizer(
     base_dir = resolve_base(path, base)
     model = load_model(base_dir, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
     tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
-    return load_adapter(path, model).to(device), tokenizer or load_tokenizer(base_dir, trust_remote_code=trust_remote_code)
+    return load_adapter(path, model).to(device), tokenizer or load_tokenizer(
+        base_dir, trust_remote_code=trust_remote_code
+    )
 
 
 def resolve_base(adapter: Path, base: str | Path | None = None) -> Path:
@@ -186,7 +190,9 @@ def resolve_base(adapter: Path, base: str | Path | None = None) -> Path:
         return Path(base)
     named = _adapter_config(adapter).get("base_model_name_or_path")
     if not isinstance(named, str) or not named:
-        raise ModelLoadError("adapter_config.json names no base_model_name_or_path", path=adapter, hint="pass `base` DIR")
+        raise ModelLoadError(
+            "adapter_config.json names no base_model_name_or_path", path=adapter, hint="pass `base` DIR"
+        )
     for candidate in (Path(os.path.normpath(adapter / named)), Path(named)):
         if (candidate / "config.json").is_file():
             return candidate
@@ -224,7 +230,9 @@ def load_adapter(path: str | Path, model: nn.Module) -> nn.Module:
         from peft import PeftModel
     except ImportError as err:
         raise ModelLoadError(
-            "loading an adapter directory needs peft", path=path, hint="install the peft extra: pip install -e '.[peft]' in a clone of gradscope"
+            "loading an adapter directory needs peft",
+            path=path,
+            hint="install the peft extra: pip install -e '.[peft]' in a clone of gradscope",
         ) from err
     names = adapter_tensor_names(path)
     try:
@@ -254,5 +262,6 @@ def load_tokenizer(path: str | Path, *, trust_remote_code: bool = False) -> Toke
     try:
         return AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code)
     except Exception as err:  # tokenizers raises a bare Exception for a corrupt tokenizer.json: bad input
-        raise ModelLoadError(f"cannot load the tokenizer: {first_line(err)}", path=path,
-                             hint=_model_hint(err, trust_remote_code)) from None
+        raise ModelLoadError(
+            f"cannot load the tokenizer: {first_line(err)}", path=path, hint=_model_hint(err, trust_remote_code)
+        ) from None

@@ -32,8 +32,18 @@ def describe_model(model: nn.Module, loss_fn: LossFn | None = None) -> dict[str,
     }
 
 
-_TRANSFORMERS_KWARGS = ("num_items_in_batch", "cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k",
-                        "position_ids", "is_causal", "seq_idx", "output_attentions", "output_hidden_states")
+_TRANSFORMERS_KWARGS = (
+    "num_items_in_batch",
+    "cu_seq_lens_q",
+    "cu_seq_lens_k",
+    "max_length_q",
+    "max_length_k",
+    "position_ids",
+    "is_causal",
+    "seq_idx",
+    "output_attentions",
+    "output_hidden_states",
+)
 """What transformers' models take through ``**kwargs`` (TransformersKwargs: flash-attention varlen and loss)."""
 
 

@@ -32,8 +32,10 @@ def _checked_loss(fn: Callable) -> LossFn:
         value = fn(logits, labels)
         problem = _not_a_loss(value, logits.requires_grad)
         if problem:
-            raise LossSpecError(f"the loss function {name} returned {problem}",
-                                hint="return a real scalar tensor computed from the logits, e.g. cross_entropy(...)")
+            raise LossSpecError(
+                f"the loss function {name} returned {problem}",
+                hint="return a real scalar tensor computed from the logits, e.g. cross_entropy(...)",
+            )
         return value
 
     loss.__qualname__ = loss.__name__ = name
@@ -113,6 +115,7 @@ def _import_module(name: str, error: type[InputError]) -> Any:
     except (Exception, SystemExit) as err:  # importing ran the user's code, and it failed
         raise error(f"importing module {name!r} failed: {type(err).__name__}: {err}") from None
 
+
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -120,13 +123,14 @@ def raised_in(err: BaseException) -> str:
     """`` in Fn.backward (file.py:12)``: the innermost frame of the traceback outside torch, transformers, peft and
     gradscope (the user's own code), or ``""``."""
     libraries = [str(Path(__file__).parents[1])] + [
-        str(Path(file).parent) for name in ("torch", "transformers", "peft")
+        str(Path(file).parent)
+        for name in ("torch", "transformers", "peft")
         if (file := getattr(sys.modules.get(name), "__file__", None))
     ]
     where, tb = "", err.__traceback__
     while tb is not None:
         code = tb.tb_frame.f_code
         if not code.co_filename.startswith(tuple(libraries)):
-            where = f" in {code.co_qualname} ({Path(code.co_filename).name}:{tb.tb_lineno})"
+            where = f" in {getattr(code, 'co_qualname', code.co_name)} ({Path(code.co_filename).name}:{tb.tb_lineno})"
         tb = tb.tb_next
     return where

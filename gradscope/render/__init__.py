@@ -6,4 +6,14 @@ from gradscope.render.inspect import InspectView, RolesView
 from gradscope.render.json import roles_to_json, to_json
 from gradscope.render.scan import ScanView
 
-__all__ = ["CheckView", "GradsView", "InspectView", "OverfitView", "RolesView", "ScanView", "VerifyView", "roles_to_json", "to_json"]
+__all__ = [
+    "CheckView",
+    "GradsView",
+    "InspectView",
+    "OverfitView",
+    "RolesView",
+    "ScanView",
+    "VerifyView",
+    "roles_to_json",
+    "to_json",
+]

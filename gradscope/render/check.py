@@ -97,7 +97,9 @@ def probes_table(report: Report) -> Table:
     for name in ("probe", "extra passes", "seconds", "covered"):
         table.add_column(name, justify="right" if name == "seconds" else "left", ratio=1 if name == "covered" else None)
     for name, probe in report.probes.items():
-        table.add_row(name, _passes(probe), f"{probe.seconds:.3f}" if probe.ran else "–", Text(_covered(name, probe, report)))
+        table.add_row(
+            name, _passes(probe), f"{probe.seconds:.3f}" if probe.ran else "–", Text(_covered(name, probe, report))
+        )
     return table
 
 
@@ -115,7 +117,8 @@ def _covered(name: str, probe: ProbeReport, report: Report) -> str:
     if name != "accumulate" or not report.accumulation:
         return probe.note
     results = "; ".join(
-        f"batch {a.batch}: cosine {format_number(a.cosine)}, relative error {format_number(a.relative_error, 3)}" for a in report.accumulation
+        f"batch {a.batch}: cosine {format_number(a.cosine)}, relative error {format_number(a.relative_error, 3)}"
+        for a in report.accumulation
     )
     return f"{probe.note}; {results}"
 
@@ -159,8 +162,11 @@ def _data_line(r: Report) -> str | None:
     d = r.data
     if not d.get("pipeline"):
         return None
-    labels = {"reference": "gradscope's reference masking (what correct looks like)", "trl": "TRL's SFT preparation and collator",
-              "collate": f"your collator {d.get('collate')}"}[d["pipeline"]]
+    labels = {
+        "reference": "gradscope's reference masking (what correct looks like)",
+        "trl": "TRL's SFT preparation and collator",
+        "collate": f"your collator {d.get('collate')}",
+    }[d["pipeline"]]
     return escape_controls(f"data {d.get('source')} ({d.get('rows')} rows: {d.get('format')}); labels from {labels}")
 
 

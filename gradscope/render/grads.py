@@ -9,7 +9,7 @@ from rich.console import Console, ConsoleOptions, RenderResult
 from rich.table import Table
 from rich.text import Text
 
-from gradscope.render.check import Verdict, model_line, findings_table
+from gradscope.render.check import Verdict, findings_table, model_line
 from gradscope.render.inspect import HEAT, LogScale
 from gradscope.report.check import Report
 from gradscope.report.text import format_number, name_list
@@ -98,7 +98,7 @@ def _grads_summary(g: GradReport) -> Text:
     clip = "–" if g.clip_factor is None else f"{g.clip_factor:.3g}"
     line = (
         f"loss {format_number(g.loss)} · global gradient norm {format_number(g.global_norm)} · "
-            f"clip factor {clip} at --max-grad-norm "
+        f"clip factor {clip} at --max-grad-norm "
         f"{g.max_grad_norm:g} · block 0 / last block {format_number(g.depth_ratio, 3)}"
     )
     return Text(line)
@@ -112,7 +112,7 @@ def _adapter_line(g: GradReport) -> Text | None:
     return Text(
         f"adapter ({', '.join(a['peft_type'])}): {_count(ad['trainable_parameters'])} of {_count(ad['parameters'])} "
         f"adapter parameters trainable, ‖∇‖ {format_number(ad['grad_norm'])}; base: "
-            f"{_count(base['trainable_parameters'])} of "
+        f"{_count(base['trainable_parameters'])} of "
         f"{_count(base['parameters'])} trainable, ‖∇‖ {format_number(base['grad_norm'])}",
         style="cyan",
     )
@@ -124,7 +124,8 @@ def sparkline(values: list[float]) -> str:
     lo, hi = min(finite, default=0.0), max(finite, default=0.0)
     span = hi - lo
     return "".join(
-        "×" if not math.isfinite(v) else SPARKS[0 if span == 0 else round((v - lo) / span * (len(SPARKS) - 1))] for v in values
+        "×" if not math.isfinite(v) else SPARKS[0 if span == 0 else round((v - lo) / span * (len(SPARKS) - 1))]
+        for v in values
     )
 
 
@@ -193,7 +194,9 @@ def verify_table(v: VerifyReport) -> Table:
         table.add_column(name, justify="left" if name in ("tensor", "direction", "") else "right")
     for c in v.checks:
         mark = Text("✓", style="green") if c.ok else Text("✗", style="bold red")
-        table.add_row(c.target, c.direction, f"{c.autograd:.6g}", f"{c.finite_difference:.6g}", f"{c.relative_error:.2g}", mark)
+        table.add_row(
+            c.target, c.direction, f"{c.autograd:.6g}", f"{c.finite_difference:.6g}", f"{c.relative_error:.2g}", mark
+        )
     return table
 
 

@@ -10,7 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 from gradscope.constants import ROLE_NAMES
-from gradscope.render.check import LEAK_STYLE, ROLE_STYLES, TokenStrip, model_line, findings_table, token_label
+from gradscope.render.check import LEAK_STYLE, ROLE_STYLES, TokenStrip, findings_table, model_line, token_label
 from gradscope.render.json import roles_sample
 from gradscope.report.check import Report, SampleReport
 from gradscope.report.roles import RolesReport
@@ -50,7 +50,9 @@ class HeatMap:
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         emb = [t.embedding_grad_norm for t in self.sample.tokens]
-        rows = [("emb", [x for x in emb if x is not None])] if None not in emb else []  # None: not computed (depth logits)
+        rows = (
+            [("emb", [x for x in emb if x is not None])] if None not in emb else []
+        )  # None: not computed (depth logits)
         rows += [(f"L{i}", norms) for i, norms in enumerate(self.sample.layer_grad_norms)]
         scale = LogScale(v for _, norms in rows for v in norms)
         width = max(8, options.max_width - 8)
@@ -111,13 +113,19 @@ class RolesView:
             roles = [ROLE_NAMES[r] for r in row.roles]
             title = (
                 f"row {row.index} ({row.kind}): {len(roles)} tokens, {roles.count('completion')} completion, "
-                f"{roles.count(None)} not judged" + (f", {row.cut} completion tokens cut by --max-length" if row.cut else "")
+                f"{roles.count(None)} not judged"
+                + (f", {row.cut} completion tokens cut by --max-length" if row.cut else "")
             )
             yield TokenStrip(roles_sample(row, texts), set(), title)
             yield Text()
         if len(self.rows) > self.max_rows:
             yield Text(f"… {len(self.rows) - self.max_rows} more row(s) not shown (--show N)", style="grey50")
         yield Text.assemble(
-            "legend: ", ("prompt", ROLE_STYLES["prompt"]), "  ", ("completion", ROLE_STYLES["completion"]), "  ",
-            ("not judged (template glue after a closing token)", ROLE_STYLES[None]), ("  · separates tokens", "grey42"),
+            "legend: ",
+            ("prompt", ROLE_STYLES["prompt"]),
+            "  ",
+            ("completion", ROLE_STYLES["completion"]),
+            "  ",
+            ("not judged (template glue after a closing token)", ROLE_STYLES[None]),
+            ("  · separates tokens", "grey42"),
         )

@@ -31,7 +31,9 @@ def roles_to_json(report: RolesReport) -> str:
     for row, texts in zip(report.rows, report.texts, strict=True):
         tokens = [
             {"position": t, "token_id": i, "text": text, "role": ROLE_NAMES[r], "message": m, "label": label}
-            for t, (i, text, r, m, label) in enumerate(zip(row.input_ids, texts, row.roles, row.messages, row.labels, strict=True))
+            for t, (i, text, r, m, label) in enumerate(
+                zip(row.input_ids, texts, row.roles, row.messages, row.labels, strict=True)
+            )
         ]
         out.append({"index": row.index, "format": row.kind, "completion_cut": row.cut, "tokens": tokens})
     return json_text(json.dumps({"schema_version": 1, "data": report.data, "rows": out}, indent=2))

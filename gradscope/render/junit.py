@@ -139,7 +139,11 @@ def _probe_skip(r: Report, check: str) -> str | None:
     probe = r.probes.get(PROBE_OF.get(check, ""))
     if probe is None or probe.ran:
         return None
-    return f"the {PROBE_OF[check]} probe did not run: {probe.note}" if probe.note else f"the {PROBE_OF[check]} probe did not run"
+    return (
+        f"the {PROBE_OF[check]} probe did not run: {probe.note}"
+        if probe.note
+        else f"the {PROBE_OF[check]} probe did not run"
+    )
 
 
 def _batch_checks(r: Report) -> list[str]:
@@ -162,11 +166,18 @@ def _scan_cases(r: ScanReport) -> list[Case]:
     for name, entry in r.checks.items():
         failure = None
         if entry["rows"]:
-            first = ", ".join(map(str, entry["first_rows"])) + (" ..." if entry["rows"] > len(entry["first_rows"]) else "")
-            examples = "\n".join(f"{'batch' if f.sample is None else f'row {f.sample}'}: {f.message}"
-                                 for f in r.findings if f.check == name)
+            first = ", ".join(map(str, entry["first_rows"])) + (
+                " ..." if entry["rows"] > len(entry["first_rows"]) else ""
+            )
+            examples = "\n".join(
+                f"{'batch' if f.sample is None else f'row {f.sample}'}: {f.message}"
+                for f in r.findings
+                if f.check == name
+            )
             severity: Severity = "warning" if name in SCAN_WARNINGS else "error"
-            failure = Finding(name, severity, None, [], f"{entry['rows']} of {r.rows} row(s) fail (rows {first})\n{examples}")
+            failure = Finding(
+                name, severity, None, [], f"{entry['rows']} of {r.rows} row(s) fail (rows {first})\n{examples}"
+            )
         subject, skipped = f"all {r.rows} rows", (f"not run: {r.not_run[name]}" if name in r.not_run else None)
         if name in ROLE_CHECKS and unknown and not skipped:  # judged only where the roles are known
             subject = f"the {r.rows - unknown} of {r.rows} rows with known roles"

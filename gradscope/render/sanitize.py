@@ -97,6 +97,7 @@ def safe_segments(segments: Iterable[Segment]) -> list[Segment]:
     """Rendered terminal lines made safe: each segment's text escaped, then each line neutralised across its
     segments (a ``##`` and a ``[`` may be styled apart); rich's own styles are kept, as they are not in the text."""
     from rich.segment import Segment
+
     segments = list(segments)
     out: list[Segment] = []
     for line in Segment.split_lines(segments):
@@ -108,6 +109,7 @@ def safe_segments(segments: Iterable[Segment]) -> list[Segment]:
 
 def _safe_line(line: list[Segment]) -> list[Segment]:
     from rich.segment import Segment
+
     texts = [s.text if s.control else escape_controls(s.text) for s in line]
     marks = _command_marks("".join(texts))
     out: list[Segment] = []

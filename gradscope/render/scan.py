@@ -44,7 +44,10 @@ def _scan_verdict(r: ScanReport) -> Text:
 def _checks_table(r: ScanReport) -> Table:
     table = Table(title="Checks", title_justify="left")
     columns: tuple[tuple[str, JustifyMethod], ...] = (
-        ("check", "left"), ("rows", "right"), ("positions", "right"), ("first rows", "left"),
+        ("check", "left"),
+        ("rows", "right"),
+        ("positions", "right"),
+        ("first rows", "left"),
     )
     for name, justify in columns:
         table.add_column(name, justify=justify)
@@ -62,11 +65,13 @@ def _distributions(r: ScanReport) -> Group:
     length = r.distributions.get("length", {})
     lines = [Text("Distributions", style="bold")]
     if length.get("rows"):
-        lines.append(Text(
-            f"tokens per row: min {length['min']}, median {length['p50']}, p90 {length['p90']}, "
+        lines.append(
+            Text(
+                f"tokens per row: min {length['min']}, median {length['p50']}, p90 {length['p90']}, "
                 f"p99 {length['p99']}, "
-            f"max {length['max']}, mean {length['mean']:.1f}"
-        ))
+                f"max {length['max']}, mean {length['mean']:.1f}"
+            )
+        )
     fraction = r.distributions.get("trained_fraction", {})
     rows = fraction.get("rows", [])
     top = max(rows, default=0) or 1

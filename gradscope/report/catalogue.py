@@ -51,7 +51,9 @@ class CheckSpec:
     fixture: str | None = None
 
 
-def _sample(name: str, severity: Literal["error", "warning"] = "error", *, scan: bool = True, **kw: object) -> CheckSpec:
+def _sample(
+    name: str, severity: Literal["error", "warning"] = "error", *, scan: bool = True, **kw: object
+) -> CheckSpec:
     return CheckSpec(name, severity, "sample", scan=name if scan else None, **kw)  # type: ignore[arg-type]
 
 
@@ -65,8 +67,11 @@ CATALOGUE: tuple[CheckSpec, ...] = (
     _sample("completion_untrained", needs_roles=True),
     _sample("eos_untrained"),
     _sample("turn_end_untrained", docs="docs/roles.md"),
-    _sample("completion_truncated", "warning",
-            fixture="tests/checks/test_masking.py::test_completion_truncated_is_a_warning_counting_kept_and_cut_tokens"),
+    _sample(
+        "completion_truncated",
+        "warning",
+        fixture="tests/checks/test_masking.py::test_completion_truncated_is_a_warning_counting_kept_and_cut_tokens",
+    ),
     _sample("boundary_leak", probe="packing"),
     _sample("bos_duplicated", docs="docs/roles.md"),
     _sample("bos_missing"),
@@ -81,22 +86,52 @@ CATALOGUE: tuple[CheckSpec, ...] = (
     # What could not be judged: a warning that makes the report "not verified", never "clean".
     CheckSpec("roles_unknown", "warning", "batch", not_verified=True, scan="roles_unknown", docs="docs/roles.md"),
     # Once per batch or run.
-    CheckSpec("nonfinite", "error", "batch", passes=("check", "grads", "verify"),
-              fixture="tests/checks/test_masking.py::test_nonfinite_is_batch_level_and_suppresses_role_checks"),
+    CheckSpec(
+        "nonfinite",
+        "error",
+        "batch",
+        passes=("check", "grads", "verify"),
+        fixture="tests/checks/test_masking.py::test_nonfinite_is_batch_level_and_suppresses_role_checks",
+    ),
     CheckSpec("uneven_token_weights", "warning", "batch", probe="weights"),
     CheckSpec("accumulation_mismatch", "error", "batch", probe="accumulate"),
-    CheckSpec("step_scale", "error", "batch", docs="docs/findings.md",
-              fixture="tests/integrations/test_watch_loops.py::test_plain_loop_mis_scaled_accumulation_gets_step_scale"),
-    CheckSpec("frozen_model", "error", "batch", passes=("grads",),
-              fixture="tests/verbs/test_grads.py::test_frozen_model_is_the_only_finding"),
+    CheckSpec(
+        "step_scale",
+        "error",
+        "batch",
+        docs="docs/findings.md",
+        fixture="tests/integrations/test_watch_loops.py::test_plain_loop_mis_scaled_accumulation_gets_step_scale",
+    ),
+    CheckSpec(
+        "frozen_model",
+        "error",
+        "batch",
+        passes=("grads",),
+        fixture="tests/verbs/test_grads.py::test_frozen_model_is_the_only_finding",
+    ),
     CheckSpec("untrained_parameters", "error", "batch", passes=("grads",)),
     CheckSpec("exploding_gradient", "warning", "batch", passes=("grads",)),
-    CheckSpec("vanishing_gradient", "warning", "batch", passes=("grads",),
-              fixture="tests/verbs/test_grads.py::test_depth_checks"),
-    CheckSpec("cannot_overfit", "warning", "batch", passes=("overfit",),
-              fixture="tests/verbs/test_overfit.py::test_a_learning_rate_of_zero_cannot_overfit"),
-    CheckSpec("gradient_mismatch", "error", "batch", passes=("verify",),
-              fixture="tests/verbs/test_verify.py::test_verify_catches_the_wrong_backward_loss"),
+    CheckSpec(
+        "vanishing_gradient",
+        "warning",
+        "batch",
+        passes=("grads",),
+        fixture="tests/verbs/test_grads.py::test_depth_checks",
+    ),
+    CheckSpec(
+        "cannot_overfit",
+        "warning",
+        "batch",
+        passes=("overfit",),
+        fixture="tests/verbs/test_overfit.py::test_a_learning_rate_of_zero_cannot_overfit",
+    ),
+    CheckSpec(
+        "gradient_mismatch",
+        "error",
+        "batch",
+        passes=("verify",),
+        fixture="tests/verbs/test_verify.py::test_verify_catches_the_wrong_backward_loss",
+    ),
 )
 
 BY_NAME: dict[str, CheckSpec] = {spec.name: spec for spec in CATALOGUE}

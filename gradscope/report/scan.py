@@ -9,7 +9,6 @@ from gradscope.report.catalogue import NOT_VERIFIED, SCAN_WARNINGS
 from gradscope.report.finding import SCHEMA_VERSION, Finding, Findings, HtmlView, clean_json
 
 
-
 @dataclass
 class ScanReport(Findings, HtmlView):
     """Everything ``gradscope scan`` found in a dataset, from its labels alone.
@@ -64,8 +63,14 @@ class ScanReport(Findings, HtmlView):
         counted = self.warning_rows if warnings else self.error_rows
         if counted is not None:
             return counted
-        return max((entry["rows"] for name, entry in self.checks.items()
-                    if (name in SCAN_WARNINGS) == warnings and name not in NOT_VERIFIED), default=0)
+        return max(
+            (
+                entry["rows"]
+                for name, entry in self.checks.items()
+                if (name in SCAN_WARNINGS) == warnings and name not in NOT_VERIFIED
+            ),
+            default=0,
+        )
 
     def summary(self) -> dict[str, Any]:
         from gradscope.report.verdict import verdict

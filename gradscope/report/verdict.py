@@ -43,6 +43,7 @@ class ScanReport(Protocol):
     def rows_failing(self, warnings: bool) -> int: ...
     def summary(self) -> dict[str, Any]: ...
 
+
 Status = Literal["clean", "not verified", "warnings", "errors"]
 
 MARKS: dict[str, str] = {"clean": "✓", "not verified": "?", "warnings": "!", "errors": "✗"}
@@ -113,8 +114,14 @@ def headline(report: Report | ScanReport, subject: str = "masking") -> tuple[Ver
         where = "the batch" if samples == {None} else f"{len(samples - {None})} of {s['samples']} sample(s)"
         return v, f"✗ {subject} errors", f": {v.errors}{f' in {where}' if r.samples else ''} ({what}){extra}"
     if v.status == "not verified":
-        return v, v.mark, (f": roles unknown for {v.unverified} of {s['samples']} sample(s), so their prompt was not "
-                           f"checked (roles_unknown); {s['trained_tokens']} of {s['tokens']} tokens trained{extra}")
+        return (
+            v,
+            v.mark,
+            (
+                f": roles unknown for {v.unverified} of {s['samples']} sample(s), so their prompt was not "
+                f"checked (roles_unknown); {s['trained_tokens']} of {s['tokens']} tokens trained{extra}"
+            ),
+        )
     trained = f": {s['samples']} sample(s), {s['trained_tokens']} of {s['tokens']} tokens trained" if r.samples else ""
     return v, v.mark, trained + (extra if trained or not extra else ": " + extra[2:])
 
@@ -125,9 +132,10 @@ def _scan_line(r: ScanReport, v: Verdict) -> tuple[str, str]:
     if v.status == "errors":
         return "✗ masking errors", f" in {v.errors} of {s['rows']} row(s): {what}"
     if v.status == "not verified":
-        return v.mark, (f": roles unknown for {v.unverified} of {s['rows']} row(s), so their prompt was not checked "
-                        f"(roles_unknown); {s['trained_tokens']} of {s['tokens']} tokens trained"
-                        + (f"; {what}" if what else ""))
+        return v.mark, (
+            f": roles unknown for {v.unverified} of {s['rows']} row(s), so their prompt was not checked "
+            f"(roles_unknown); {s['trained_tokens']} of {s['tokens']} tokens trained" + (f"; {what}" if what else "")
+        )
     if v.status == "warnings":
         return v.mark, f" in {v.warnings} of {s['rows']} row(s): {what}"
     return v.mark, f": {s['rows']} row(s), {s['trained_tokens']} of {s['tokens']} tokens trained"

@@ -121,7 +121,11 @@ class OverfitReport:
             return f"the loss does not fall {self.min_drop:.0%} (it went non-finite)"
         moved = f"it {'fell' if self.drop >= 0 else 'rose'} {abs(self.drop):.0%}"
         if self.dropped:
-            return f"the loss at least halves ({moved})" if self.min_drop == 0.5 else f"the loss falls {self.min_drop:.0%} ({moved})"
+            return (
+                f"the loss at least halves ({moved})"
+                if self.min_drop == 0.5
+                else f"the loss falls {self.min_drop:.0%} ({moved})"
+            )
         rule = "does not halve" if self.min_drop == 0.5 else f"does not fall {self.min_drop:.0%}"
         return f"the loss {rule} ({moved}, it must fall {self.min_drop:.0%})"
 

@@ -46,10 +46,18 @@ def scan_chunks(
     """Fold a stream of checked chunks into ``report`` (``no_roles``: why rows without a role mask have none)."""
     for name in (*CHECKS, UNKNOWN_ROLES):
         report.checks.setdefault(name, {"rows": 0, "positions": 0, "first_rows": []})
-    acc = ScanAccumulator(report, end_token_ids=end_token_ids, pad_token_id=pad_token_id, decode=decode,
-                          examples=examples, worst=worst, bos_token_id=bos_token_id, bos_added=bos_added,
-                          prefills=prefills,
-                          **({"no_roles": no_roles} if no_roles else {}))
+    acc = ScanAccumulator(
+        report,
+        end_token_ids=end_token_ids,
+        pad_token_id=pad_token_id,
+        decode=decode,
+        examples=examples,
+        worst=worst,
+        bos_token_id=bos_token_id,
+        bos_added=bos_added,
+        prefills=prefills,
+        **({"no_roles": no_roles} if no_roles else {}),
+    )
     for chunk, v in checked:
         acc.add(chunk, v)
         if progress is not None:
@@ -58,8 +66,13 @@ def scan_chunks(
 
 
 def checked_chunks(
-    source: Source, end_token_ids: frozenset[int], pad_token_id: int | None = None, vocab_size: int | None = None,
-    read: ChunkRoles | None = None, bos_token_id: int | None = None, bos_added: bool = False,
+    source: Source,
+    end_token_ids: frozenset[int],
+    pad_token_id: int | None = None,
+    vocab_size: int | None = None,
+    read: ChunkRoles | None = None,
+    bos_token_id: int | None = None,
+    bos_added: bool = False,
     prefills: tuple[tuple[int, ...], ...] = (),
 ) -> Iterator[tuple[Chunk, Verdicts]]:
     """Read and check chunk after chunk in this process (token ids below ``vocab_size`` when it is known); rows
@@ -131,24 +144,39 @@ def scan(
     in_process = read is not None and read.available and not read.vectorized  # roles read row by row, here
     checked: Iterator[tuple[Chunk, Verdicts]]
     if raw is not None:
-        checked = ((chunk, verdicts(chunk, ends, settings.pad_token_id, *bos))
-                   for chunk in with_prefills(raw_chunks(source, raw), prefills))
+        checked = (
+            (chunk, verdicts(chunk, ends, settings.pad_token_id, *bos))
+            for chunk in with_prefills(raw_chunks(source, raw), prefills)
+        )
         if num_proc and num_proc > 1:
-            report.notes.append("`num_proc` was not used: raw rows are tokenized in this process, by the tokenizer's "
-                                "batched call")
+            report.notes.append(
+                "`num_proc` was not used: raw rows are tokenized in this process, by the tokenizer's batched call"
+            )
     elif num_proc and num_proc > 1 and source.format != "safetensors" and not in_process:
         from gradscope.scan.parallel import parallel_checked_chunks
 
         checked = parallel_checked_chunks(source, ends, num_proc, settings.pad_token_id, *bos, read, prefills)
     else:
         if num_proc and num_proc > 1 and in_process:
-            report.notes.append("`num_proc` was not used: the chat template's markers are read from the rows' tokens "
-                                "row by row, in this process")
+            report.notes.append(
+                "`num_proc` was not used: the chat template's markers are read from the rows' tokens "
+                "row by row, in this process"
+            )
         checked = checked_chunks(source, ends, settings.pad_token_id, settings.vocab_size, read, *bos, prefills)
-    scanned = scan_chunks(checked, report, end_token_ids=settings.end_token_ids, pad_token_id=settings.pad_token_id,
-                          decode=settings.decode, examples=examples, worst=worst, progress=advance,
-                          no_roles=None if read is None else read.reason,
-                          bos_token_id=settings.bos_token_id, bos_added=settings.bos_added, prefills=prefills)
+    scanned = scan_chunks(
+        checked,
+        report,
+        end_token_ids=settings.end_token_ids,
+        pad_token_id=settings.pad_token_id,
+        decode=settings.decode,
+        examples=examples,
+        worst=worst,
+        progress=advance,
+        no_roles=None if read is None else read.reason,
+        bos_token_id=settings.bos_token_id,
+        bos_added=settings.bos_added,
+        prefills=prefills,
+    )
     if raw is not None:
         scanned.source["raw"] = raw.describe()
     if not scanned.rows:  # a verdict on nothing is not a pass
@@ -158,8 +186,11 @@ def scan(
 
 def _role_reader(settings: TokenSettings, options: DataOptions) -> ChunkRoles:
     """How rows without a role mask get roles from their tokens: a response template, the chat template, or none."""
-    sources = RoleSources(response_template=options.response_template,
-                          instruction_template=options.instruction_template, train_on=options.train_on)
+    sources = RoleSources(
+        response_template=options.response_template,
+        instruction_template=options.instruction_template,
+        train_on=options.train_on,
+    )
     return ChunkRoles(settings.tokenizer, settings.end_token_ids, sources)
 
 
@@ -196,17 +227,31 @@ class TokenSettings:
         directory = Path(directory)
         tokenizer = load_tokenizer(directory) if directory.is_dir() else None
         if tokenizer is None:
-            raise ModelLoadError("no tokenizer files in this directory", path=directory,
-                                 hint="give the model's directory (tokenizer.json, tokenizer_config.json)")
-        configs = SimpleNamespace(config=_json_config(directory / "config.json"),
-                                  generation_config=_json_config(directory / "generation_config.json"))
+            raise ModelLoadError(
+                "no tokenizer files in this directory",
+                path=directory,
+                hint="give the model's directory (tokenizer.json, tokenizer_config.json)",
+            )
+        configs = SimpleNamespace(
+            config=_json_config(directory / "config.json"),
+            generation_config=_json_config(directory / "generation_config.json"),
+        )
         ends = frozenset(end_token_ids) if end_token_ids else default_end_token_ids(configs, tokenizer)
         outside = sorted(i for i in ends if not 0 <= i < len(tokenizer))
         if outside:
-            raise InputError(f"end token id(s) {outside} outside the tokenizer's vocabulary [0, {len(tokenizer)})",
-                             path=directory, hint="give `end_token_ids` this tokenizer has")
-        return cls(ends, resolve_pad_token_id(configs, tokenizer), tokenizer, directory,
-                   resolve_bos_token_id(tokenizer), bos_added(tokenizer))
+            raise InputError(
+                f"end token id(s) {outside} outside the tokenizer's vocabulary [0, {len(tokenizer)})",
+                path=directory,
+                hint="give `end_token_ids` this tokenizer has",
+            )
+        return cls(
+            ends,
+            resolve_pad_token_id(configs, tokenizer),
+            tokenizer,
+            directory,
+            resolve_bos_token_id(tokenizer),
+            bos_added(tokenizer),
+        )
 
     @property
     def vocab_size(self) -> int | None:

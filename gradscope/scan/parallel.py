@@ -23,8 +23,13 @@ MAP_BATCH_ROWS = 16384
 
 
 def parallel_checked_chunks(
-    source: Source, end_token_ids: frozenset[int], num_proc: int, pad_token_id: int | None = None,
-    bos_token_id: int | None = None, bos_added: bool = False, read: ChunkRoles | None = None,
+    source: Source,
+    end_token_ids: frozenset[int],
+    num_proc: int,
+    pad_token_id: int | None = None,
+    bos_token_id: int | None = None,
+    bos_added: bool = False,
+    read: ChunkRoles | None = None,
     prefills: tuple[tuple[int, ...], ...] = (),
 ) -> Iterator[tuple[Any, Verdicts]]:
     """Check every row in ``num_proc`` processes; yield (rows, verdicts) in the order of the data. Rows without a
@@ -42,9 +47,16 @@ def parallel_checked_chunks(
             num_proc=num_proc,
             remove_columns=dataset.column_names,
             cache_file_name=str(Path(tmp) / "verdicts.arrow"),
-            fn_kwargs={"columns": columns, "ends": sorted(end_token_ids), "path": str(source.path), "pad": pad_token_id,
-                       "bos": bos_token_id, "adds_bos": bos_added, "roles": roles.stream if roles else None,
-                       "prefills": prefills},
+            fn_kwargs={
+                "columns": columns,
+                "ends": sorted(end_token_ids),
+                "path": str(source.path),
+                "pad": pad_token_id,
+                "bos": bos_token_id,
+                "adds_bos": bos_added,
+                "roles": roles.stream if roles else None,
+                "prefills": prefills,
+            },
         )
         first = 0
         for batch in table.with_format("arrow").iter(batch_size=MAP_BATCH_ROWS * 4):
@@ -92,9 +104,18 @@ def _quiet_datasets() -> Iterator[None]:
             datasets.enable_progress_bars()
 
 
-def _verdict_table(batch, indices: list[int], columns: list[str], ends: list[int], path: str, pad: int | None = None,
-                   bos: int | None = None, adds_bos: bool = False, roles: Any = None,
-                   prefills: tuple[tuple[int, ...], ...] = ()):
+def _verdict_table(
+    batch,
+    indices: list[int],
+    columns: list[str],
+    ends: list[int],
+    path: str,
+    pad: int | None = None,
+    bos: int | None = None,
+    adds_bos: bool = False,
+    roles: Any = None,
+    prefills: tuple[tuple[int, ...], ...] = (),
+):
     """In a worker: one batch of rows (a pyarrow Table) to its verdicts, one row each; rows without a role mask get
     the roles ``roles`` (a ``StreamReader``) reads, and their prefill positions."""
     import pyarrow as pa

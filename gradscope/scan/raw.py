@@ -80,8 +80,12 @@ def role_chunk(rows: list[RoleRow], first: int, source: Source) -> Chunk:
     """Derived rows as one Chunk: ids, reference labels, the completion mask and the tokens truncation cut."""
     lengths = np.fromiter((len(r.input_ids) for r in rows), dtype=np.int64, count=len(rows))
     if len(lengths) and not lengths.all():
-        raise DataError("the row tokenizes to no tokens", path=source.path, row=first + int(np.flatnonzero(lengths == 0)[0]),
-                        hint="give the row some text")
+        raise DataError(
+            "the row tokenizes to no tokens",
+            path=source.path,
+            row=first + int(np.flatnonzero(lengths == 0)[0]),
+            hint="give the row some text",
+        )
     total = int(lengths.sum())
     ids = np.fromiter(chain.from_iterable(r.input_ids for r in rows), dtype=np.int64, count=total)
     roles = np.fromiter(chain.from_iterable(r.roles for r in rows), dtype=np.int8, count=total)

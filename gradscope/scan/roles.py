@@ -99,7 +99,9 @@ def _row_by_row(chunk: Chunk, read: RowRoles, held: np.ndarray) -> Chunk:
 def with_prefills(chunks: Iterable[Chunk], prefills: tuple[tuple[int, ...], ...]) -> Iterator[Chunk]:
     """Each chunk with its prefill positions, when the template writes a generation-prompt prefill."""
     for chunk in chunks:
-        yield chunk if not prefills or chunk.completion is None else replace(chunk, prefill=prefill_mask(chunk, prefills))
+        yield (
+            chunk if not prefills or chunk.completion is None else replace(chunk, prefill=prefill_mask(chunk, prefills))
+        )
 
 
 def prefill_mask(chunk: Chunk, prefills: tuple[tuple[int, ...], ...]) -> np.ndarray:

@@ -83,8 +83,11 @@ class Stream:
 
     def per_row(self, flags: np.ndarray) -> np.ndarray:
         """(R,) whether any of a row's tokens is flagged."""
-        counts = np.add.reduceat(flags.astype(np.int64), self.begin.clip(max=max(len(flags) - 1, 0))) if len(
-            flags) else np.zeros(len(self.begin), np.int64)
+        counts = (
+            np.add.reduceat(flags.astype(np.int64), self.begin.clip(max=max(len(flags) - 1, 0)))
+            if len(flags)
+            else np.zeros(len(self.begin), np.int64)
+        )
         return (counts > 0) & (self.lengths > 0)
 
     def spread(self, per_row: np.ndarray) -> np.ndarray:
@@ -102,16 +105,18 @@ def _spans(n: int, begin: np.ndarray, stop: np.ndarray) -> np.ndarray:
     return np.cumsum(marks[:n])
 
 
-def _span_stops(stream: Stream, begin: np.ndarray, limit: np.ndarray,
-                ends: frozenset[int]) -> tuple[np.ndarray, np.ndarray]:
+def _span_stops(
+    stream: Stream, begin: np.ndarray, limit: np.ndarray, ends: frozenset[int]
+) -> tuple[np.ndarray, np.ndarray]:
     """Each span's stop: through the first end token in [begin, limit), else at limit; and whether one closed it."""
     close = stream.first_end(begin, ends)
     closed = close < limit
     return np.where(closed, close + 1, limit), closed
 
 
-def response_template_roles(stream: Stream, response: list[int], instruction: list[int],
-                            ends: frozenset[int]) -> tuple[np.ndarray, np.ndarray]:
+def response_template_roles(
+    stream: Stream, response: list[int], instruction: list[int], ends: frozenset[int]
+) -> tuple[np.ndarray, np.ndarray]:
     """``_ResponseTemplate`` on every row: (M,) role codes and (R,) whether the row holds the template."""
     found, row = stream.find(response)
     begin = found + len(response)
@@ -154,8 +159,9 @@ def marker_roles(stream: Stream, markers: TemplateMarkers, train_on: str) -> tup
     return roles, stream.per_row(roles == COMPLETION)
 
 
-def _unjudged(stream: Stream, markers: TemplateMarkers, begin: np.ndarray, row: np.ndarray, stop: np.ndarray,
-              closed: np.ndarray) -> list[tuple[list[int], np.ndarray, np.ndarray, int]]:
+def _unjudged(
+    stream: Stream, markers: TemplateMarkers, begin: np.ndarray, row: np.ndarray, stop: np.ndarray, closed: np.ndarray
+) -> list[tuple[list[int], np.ndarray, np.ndarray, int]]:
     """The lead before each span and the glue after each closed one, where the ids match: (pattern, positions,
     which spans, write order)."""
     out = []
@@ -232,7 +238,8 @@ class ChunkRoles:
             _ids(tokenizer, sources.response_template) if "response_template" in names else None,
             _ids(tokenizer, sources.instruction_template) if sources.instruction_template else [],
             chat_markers(tokenizer, end_token_ids, sources.chat_template)[0] if "chat_template" in names else None,
-            end_token_ids, sources.train_on,
+            end_token_ids,
+            sources.train_on,
         )
         markers = self.stream.markers
         self.vectorized = "roles_from" not in names and (markers is None or _known(markers))

@@ -52,10 +52,20 @@ class _Worst:
 class ScanAccumulator:
     """Folds the verdicts of chunk after chunk into one ScanReport, in memory that does not grow with the rows."""
 
-    def __init__(self, report: ScanReport, *, end_token_ids: frozenset[int], pad_token_id: int | None,
-                 decode: Callable[[int], str | None], examples: int, worst: int, bos_token_id: int | None = None,
-                 bos_added: bool = False, no_roles: str = "the rows hold no completion_mask or assistant_masks",
-                 prefills: tuple[tuple[int, ...], ...] = ()) -> None:
+    def __init__(
+        self,
+        report: ScanReport,
+        *,
+        end_token_ids: frozenset[int],
+        pad_token_id: int | None,
+        decode: Callable[[int], str | None],
+        examples: int,
+        worst: int,
+        bos_token_id: int | None = None,
+        bos_added: bool = False,
+        no_roles: str = "the rows hold no completion_mask or assistant_masks",
+        prefills: tuple[tuple[int, ...], ...] = (),
+    ) -> None:
         self.report, self.ends, self.pad_id, self.decode = report, end_token_ids, pad_token_id, decode
         self.bos = (bos_token_id, bos_added)
         self.prefills = prefills
@@ -124,15 +134,18 @@ class ScanAccumulator:
 
     def _findings(self, chunk: Chunk, r: int) -> list[Finding]:
         """The row's findings in full, exactly as ``check`` writes them (``analyze.check_sample``)."""
-        view = sample_view(chunk.row(r), chunk.first_row + r, self.ends, self.pad_id, self.decode, *self.bos,
-                           prefills=self.prefills)
+        view = sample_view(
+            chunk.row(r), chunk.first_row + r, self.ends, self.pad_id, self.decode, *self.bos, prefills=self.prefills
+        )
         return check_sample(view)
 
     def finish(self) -> ScanReport:
         """The report: counts, distributions, the worst rows and the findings of every row shown."""
         r = self.report
         worst = self.worst.rows()
-        r.worst_rows = [{"row": row, "positions": score, "checks": sorted({f.check for f in found})} for row, score, found in worst]
+        r.worst_rows = [
+            {"row": row, "positions": score, "checks": sorted({f.check for f in found})} for row, score, found in worst
+        ]
         shown = dict(self.shown)
         shown.update({row: found for row, _, found in worst})
         r.findings = [f for row in sorted(shown) for f in shown[row]]
@@ -152,8 +165,11 @@ class ScanAccumulator:
         if r.rows and r.checks[UNKNOWN_ROLES]["rows"] == r.rows:
             out.update(dict.fromkeys(ROLE_CHECKS, "no row's roles are known (roles_unknown)"))
         if not self.ends:
-            out.update(dict.fromkeys(("eos_untrained", "turn_end_untrained"),
-                                     "no end token ids: give `tokenizer` DIR or `end_token_ids`"))
+            out.update(
+                dict.fromkeys(
+                    ("eos_untrained", "turn_end_untrained"), "no end token ids: give `tokenizer` DIR or `end_token_ids`"
+                )
+            )
         if bos is None:
             out.update(dict.fromkeys(("bos_duplicated", "bos_missing"), "no tokenizer names a BOS token"))
         elif not bos_added:
@@ -186,9 +202,16 @@ def _length_summary(lengths: np.ndarray) -> dict[str, Any]:
     return out
 
 
-def sample_view(row: dict[str, np.ndarray], index: int, ends: frozenset[int], pad_id: int | None,
-                decode: Callable[[int], str | None], bos_token_id: int | None = None,
-                bos_added: bool = False, prefills: tuple[tuple[int, ...], ...] = ()) -> SampleView:
+def sample_view(
+    row: dict[str, np.ndarray],
+    index: int,
+    ends: frozenset[int],
+    pad_id: int | None,
+    decode: Callable[[int], str | None],
+    bos_token_id: int | None = None,
+    bos_added: bool = False,
+    prefills: tuple[tuple[int, ...], ...] = (),
+) -> SampleView:
     """One row as ``analyze`` sees it, with the trained map and targets read from the labels; its declared
     documents (``document_starts``) are read as check reads a batch's (``verbs.samples``)."""
     ids = torch.tensor(np.asarray(row["input_ids"], dtype=np.int64))

@@ -43,7 +43,10 @@ class Verdicts:
 
 
 def verdicts(
-    chunk: Chunk, end_token_ids: Iterable[int], pad_token_id: int | None = None, bos_token_id: int | None = None,
+    chunk: Chunk,
+    end_token_ids: Iterable[int],
+    pad_token_id: int | None = None,
+    bos_token_id: int | None = None,
     bos_added: bool = False,
 ) -> Verdicts:
     """Every check on every row of a chunk, vectorized; the rules are those of ``gradscope.analyze``.
@@ -69,8 +72,14 @@ def verdicts(
     end_token_ids = set(end_token_ids)
     ends = _isin(chunk.input_ids, end_token_ids)
     pad_is_end = pad_token_id is not None and pad_token_id in end_token_ids
-    padding = trailing_padding(pad, (chunk.input_ids == pad_token_id) & ~labelled, starts) if pad_token_id is not None else pad
-    eos_as_pad = padding & ~_after(padding, first) & (chunk.input_ids == pad_token_id) if pad_is_end else np.zeros_like(pad)
+    padding = (
+        trailing_padding(pad, (chunk.input_ids == pad_token_id) & ~labelled, starts)
+        if pad_token_id is not None
+        else pad
+    )
+    eos_as_pad = (
+        padding & ~_after(padding, first) & (chunk.input_ids == pad_token_id) if pad_is_end else np.zeros_like(pad)
+    )
     masks: dict[str, np.ndarray] = {
         "label_misaligned": trained & (chunk.labels != chunk.input_ids) & ~pad,  # padding: pad_leak
         "pad_leak": trained & pad,
@@ -115,17 +124,25 @@ def _documents(declared: np.ndarray | None, pad: np.ndarray, first: np.ndarray) 
 
 
 def _layout_counts(
-    chunk: Chunk, pad: np.ndarray, documents: np.ndarray, ends: set[int], pad_token_id: int | None,
-    bos: int | None, bos_added: bool,
+    chunk: Chunk,
+    pad: np.ndarray,
+    documents: np.ndarray,
+    ends: set[int],
+    pad_token_id: int | None,
+    bos: int | None,
+    bos_added: bool,
 ) -> dict[str, np.ndarray]:
     """bos_duplicated, bos_missing and packed_without_boundaries per row, by ``checks.layout``'s own rules."""
     if bos is None:
         return {}
     ids, starts = chunk.input_ids, chunk.starts
     opening = row_openings(opening_skip(ids, pad, starts, pad_token_id, bos), starts)
-    out = {"bos_duplicated": 2 * bos_twice(ids, starts, opening, bos).astype(np.int64),
-           "packed_without_boundaries": _row_sums(undeclared_documents(ids, ~pad, starts, opening, documents, bos,
-                                                                        bos in ends), starts)}
+    out = {
+        "bos_duplicated": 2 * bos_twice(ids, starts, opening, bos).astype(np.int64),
+        "packed_without_boundaries": _row_sums(
+            undeclared_documents(ids, ~pad, starts, opening, documents, bos, bos in ends), starts
+        ),
+    }
     if bos_added:
         out["bos_missing"] = _row_sums(bos_absent(ids, starts, opening, documents, bos), starts)
     return out
@@ -139,7 +156,10 @@ def _with_precedence(
     misaligned = ~no_loss & (counts["label_misaligned"] > 0)
     roles_apply = ~no_loss & ~misaligned
     fails = {"no_loss": no_loss, "label_misaligned": misaligned}
-    positions = {"no_loss": np.where(no_loss, tokens, 0), "label_misaligned": np.where(misaligned, counts["label_misaligned"], 0)}
+    positions = {
+        "no_loss": np.where(no_loss, tokens, 0),
+        "label_misaligned": np.where(misaligned, counts["label_misaligned"], 0),
+    }
     for name in JUDGED:
         count = counts.get(name, np.zeros_like(tokens))
         fails[name] = roles_apply & (count > 0)

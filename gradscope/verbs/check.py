@@ -21,7 +21,7 @@ from gradscope.checks.structure import (
     uneven_token_weights,
 )
 from gradscope.constants import ROLE_CODES_KEY
-from gradscope.data.batch import document_starts, real_tokens
+from gradscope.data.batch import document_starts, prepare_batch, real_tokens
 from gradscope.data.token_roles import UNKNOWN_SOURCE, batch_roles, role_sources
 from gradscope.data.tokens import default_end_token_ids, media_token_ids, resolve_pad_token_id
 from gradscope.engine.accumulate import Accumulation
@@ -30,16 +30,15 @@ from gradscope.engine.loss_only import LOGITS_DEPTH_NOTE, NOT_RUN_AT_LOGITS, for
 from gradscope.engine.probes import PROBES, ProbeRun
 from gradscope.engine.run import Capture, forward_backward
 from gradscope.errors import DataError, InputError
-from gradscope.data.batch import prepare_batch
 from gradscope.model.layers import input_embeddings
 from gradscope.model.prepare import describe_model, to_device
 from gradscope.model.usercode import LossFn
+from gradscope.modes import DEPTHS, Depth
 from gradscope.report.check import AccumulationReport, ProbeReport, Report
 from gradscope.report.finding import Finding
-from gradscope.verbs.samples import sample_report, sample_views
-from gradscope.modes import DEPTHS, Depth
 from gradscope.tokenizer import Tokenizer
 from gradscope.verbs.options import CheckKeywords, CheckOptions, check_options
+from gradscope.verbs.samples import sample_report, sample_views
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -107,7 +106,12 @@ def check_batches(
     """
     o = check_options(options, keywords)
     loss_fn, keep_dropout, probes, accumulate, windows, depth = (
-        o.loss_fn, o.keep_dropout, o.probes, o.accumulate, o.windows, o.depth
+        o.loss_fn,
+        o.keep_dropout,
+        o.probes,
+        o.accumulate,
+        o.windows,
+        o.depth,
     )
     chosen = chosen_probes(probes, accumulate, windows)
     full_depth = chosen_depth(depth) == "full"
@@ -134,11 +138,18 @@ def check_batches(
         _require_rows(full, accumulate, index, source)
         starts = document_starts(full)
         run = ProbeRun(
-            starts, real_tokens(full), causal="causal" in chosen and full_depth,
-            packing="packing" in chosen and full_depth, per_row=windows, micro_batches=accumulate,
+            starts,
+            real_tokens(full),
+            causal="causal" in chosen and full_depth,
+            packing="packing" in chosen and full_depth,
+            per_row=windows,
+            micro_batches=accumulate,
         )
         capture = runner(
-            model, to_device(full, device), loss_fn=loss_fn, keep_dropout=keep_dropout,
+            model,
+            to_device(full, device),
+            loss_fn=loss_fn,
+            keep_dropout=keep_dropout,
             after_backward=run if run.needed else None,  # a graph kept for nothing costs the logits' memory
             **graph_options,
         )
@@ -239,8 +250,12 @@ def _structural_findings(
 
 
 def _padding_reached(
-    model: nn.Module, batch: Mapping[str, torch.Tensor], capture: Capture, views: list[SampleView],
-    loss_fn: LossFn | None, keep_dropout: bool,
+    model: nn.Module,
+    batch: Mapping[str, torch.Tensor],
+    capture: Capture,
+    views: list[SampleView],
+    loss_fn: LossFn | None,
+    keep_dropout: bool,
 ) -> list[Finding]:
     """aux_loss_reaches_padding per sample: run only where the core run's gradient reaches a pad's embedding."""
     pad = ~real_tokens(batch)
@@ -279,7 +294,9 @@ def _probe_reports(runs: list[ProbeRun], chosen: frozenset[str], packed: tuple[i
     reports = {
         "causal": _vjp_report(runs, after + cuts > 0, ["packing"] if tested else [], _causal_note(runs, cuts)),
         "packing": _vjp_report(
-            runs, screened + tested > 0, ["causal"] if cuts else [],
+            runs,
+            screened + tested > 0,
+            ["causal"] if cuts else [],
             f"{screened} of {packed[0]} document boundaries screened at no cost by the loss's own gradient, {tested} "
             f"tested by random-projection windows, in {packed[1]} packed row(s)",
         ),

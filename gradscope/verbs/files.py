@@ -23,15 +23,15 @@ from gradscope.data.tokens import config_end_token_ids, default_end_token_ids, r
 from gradscope.errors import DataError
 from gradscope.model.load import load_model_and_tokenizer, load_tokenizer
 from gradscope.model.usercode import LossFn, load_loss_fn
+from gradscope.modes import Dtype, Optimizer
 from gradscope.report.check import Report, SampleReport
 from gradscope.report.roles import RolesReport
+from gradscope.tokenizer import Tokenizer
 from gradscope.verbs.check import check_batches, chosen_depth, chosen_probes
 from gradscope.verbs.grads import grads
+from gradscope.verbs.options import CheckKeywords, CheckOptions, check_options
 from gradscope.verbs.overfit import overfit as overfit_batch
 from gradscope.verbs.verify import verify
-from gradscope.modes import Dtype, Optimizer
-from gradscope.tokenizer import Tokenizer
-from gradscope.verbs.options import CheckKeywords, CheckOptions, check_options
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -80,12 +80,21 @@ def load(inputs: Inputs) -> Loaded:
     """Load the model (or adapter on its base), tokenizer, loss and batches that ``inputs`` names."""
     loss_fn = load_loss_fn(inputs.loss) if inputs.loss else None
     model, tokenizer = load_model_and_tokenizer(
-        inputs.model, base=inputs.base, device=inputs.device, dtype=inputs.dtype,
-        trust_remote_code=inputs.trust_remote_code, device_map=inputs.device_map,
+        inputs.model,
+        base=inputs.base,
+        device=inputs.device,
+        dtype=inputs.dtype,
+        trust_remote_code=inputs.trust_remote_code,
+        device_map=inputs.device_map,
     )
     prepared = load_data(
-        inputs.data, tokenizer=tokenizer, model=model, samples=inputs.samples, batch_size=inputs.batch_size,
-        options=inputs.options, pad_token_id=resolve_pad_token_id(model, tokenizer),
+        inputs.data,
+        tokenizer=tokenizer,
+        model=model,
+        samples=inputs.samples,
+        batch_size=inputs.batch_size,
+        options=inputs.options,
+        pad_token_id=resolve_pad_token_id(model, tokenizer),
         end_token_ids=default_end_token_ids(model, tokenizer),
     )
     return Loaded(model, tokenizer, loss_fn, prepared.batches, prepared.data, prepared.notes)
@@ -111,20 +120,34 @@ def check_files(
     chosen_depth(o.depth)
     loaded = load(inputs)
     data = inputs.options
-    o = replace(o, loss_fn=loaded.loss_fn, response_template=data.response_template,
-                instruction_template=data.instruction_template, train_on=data.train_on)
+    o = replace(
+        o,
+        loss_fn=loaded.loss_fn,
+        response_template=data.response_template,
+        instruction_template=data.instruction_template,
+        train_on=data.train_on,
+    )
     report = check_batches(loaded.model, loaded.batches, tokenizer=loaded.tokenizer, source=str(inputs.data), options=o)
     report.data = loaded.data
     report.notes = loaded.notes + report.notes
     if params:
         first = _first_batch(report, loaded, "the parameter-gradient pass")
-        grads(loaded.model, first, loss_fn=loaded.loss_fn, lr=lr, max_grad_norm=max_grad_norm,
-              keep_dropout=o.keep_dropout, report=report, source=str(inputs.data))
+        grads(
+            loaded.model,
+            first,
+            loss_fn=loaded.loss_fn,
+            lr=lr,
+            max_grad_norm=max_grad_norm,
+            keep_dropout=o.keep_dropout,
+            report=report,
+            source=str(inputs.data),
+        )
     return report
 
 
-def inspect_files(inputs: Inputs, row: int = 0, *, keep_dropout: bool = False,
-                  roles_from: str | Path | None = None) -> tuple[Report, SampleReport]:
+def inspect_files(
+    inputs: Inputs, row: int = 0, *, keep_dropout: bool = False, roles_from: str | Path | None = None
+) -> tuple[Report, SampleReport]:
     """``gradscope inspect``: one row, run inside the batch it belongs to so that its loss weights are training's."""
     if row < 0:
         raise DataError(f"row {row}: rows count from 0")
@@ -132,8 +155,9 @@ def inspect_files(inputs: Inputs, row: int = 0, *, keep_dropout: bool = False,
         inputs = replace(inputs, samples=(row // inputs.batch_size + 1) * inputs.batch_size)
     report = check_files(inputs, keep_dropout=keep_dropout, roles_from=roles_from)
     if row >= len(report.samples):
-        raise DataError(f"there is no row {row}: the data has {len(report.samples)}", path=inputs.data,
-                        hint="pick a row from 0")
+        raise DataError(
+            f"there is no row {row}: the data has {len(report.samples)}", path=inputs.data, hint="pick a row from 0"
+        )
     return report, report.samples[row]
 
 
@@ -149,32 +173,51 @@ def grads_files(
     """``gradscope grads``: the gradient at the weights on the first batch, then ``overfit`` steps on it if asked."""
     loaded = load(inputs)
     model, first, loss_fn, source = loaded.model, loaded.batches[0], loaded.loss_fn, str(inputs.data)
-    report = grads(model, first, lr=lr, max_grad_norm=max_grad_norm, loss_fn=loss_fn, keep_dropout=keep_dropout,
-                   source=source)
+    report = grads(
+        model, first, lr=lr, max_grad_norm=max_grad_norm, loss_fn=loss_fn, keep_dropout=keep_dropout, source=source
+    )
     _first_batch(report, loaded, "gradscope grads")
     if overfit:
-        overfit_batch(model, first, steps=overfit, lr=lr, optimizer=optimizer, report=report, loss_fn=loss_fn,
-                      keep_dropout=keep_dropout, source=source)
+        overfit_batch(
+            model,
+            first,
+            steps=overfit,
+            lr=lr,
+            optimizer=optimizer,
+            report=report,
+            loss_fn=loss_fn,
+            keep_dropout=keep_dropout,
+            source=source,
+        )
     return report
 
 
 def verify_files(inputs: Inputs, *, directions: int = 2, parameters: int = 4, seed: int = 0) -> Report:
     """``gradscope verify``: autograd against finite differences on the first batch (the model loads in float32)."""
     loaded = load(replace(inputs, dtype="float32"))
-    report = verify(loaded.model, loaded.batches[0], loss_fn=loaded.loss_fn, directions=directions,
-                    parameters=parameters, seed=seed, source=str(inputs.data))
+    report = verify(
+        loaded.model,
+        loaded.batches[0],
+        loss_fn=loaded.loss_fn,
+        directions=directions,
+        parameters=parameters,
+        seed=seed,
+        source=str(inputs.data),
+    )
     _first_batch(report, loaded, "gradscope verify")
     return report
 
 
-def roles_files(tokenizer_dir: str | Path, data: str | Path, *, samples: int | None = None,
-                options: DataOptions | None = None) -> RolesReport:
+def roles_files(
+    tokenizer_dir: str | Path, data: str | Path, *, samples: int | None = None, options: DataOptions | None = None
+) -> RolesReport:
     """``gradscope roles``: how raw rows split into prompt and completion tokens under a tokenizer; no model runs."""
     tokenizer_dir = Path(tokenizer_dir)
     tokenizer = load_tokenizer(tokenizer_dir) if tokenizer_dir.is_dir() else None
     if tokenizer is None:
-        raise DataError("no tokenizer files in this directory", path=tokenizer_dir,
-                        hint="give a model or tokenizer directory")
+        raise DataError(
+            "no tokenizer files in this directory", path=tokenizer_dir, hint="give a model or tokenizer directory"
+        )
     ends = frozenset(config_end_token_ids(tokenizer_dir) | default_end_token_ids(None, tokenizer))
     options = options or DataOptions()
     rows = load_role_rows(data, tokenizer, samples=samples, options=options, end_token_ids=ends)
@@ -190,6 +233,7 @@ def _first_batch(report: Report, loaded: Loaded, what: str) -> dict[str, torch.T
     report.data = report.data or loaded.data
     if len(loaded.batches) > 1:
         rows = len(loaded.batches[0]["input_ids"])
-        report.notes.append(f"{what} ran on the first batch ({rows} row(s)) of {len(loaded.batches)}; "
-                            "use `batch_size` to size it")
+        report.notes.append(
+            f"{what} ran on the first batch ({rows} row(s)) of {len(loaded.batches)}; use `batch_size` to size it"
+        )
     return loaded.batches[0]

@@ -22,10 +22,10 @@ from gradscope.checks.grads import (
     param_grad,
     param_status,
 )
-from gradscope.engine.params import PROBE_STEP, Slot, param_backward, still_zero, gradient_stats, parameter_layout
+from gradscope.data.batch import prepare_batch
+from gradscope.engine.params import PROBE_STEP, Slot, gradient_stats, param_backward, parameter_layout, still_zero
 from gradscope.errors import InputError
 from gradscope.model.layers import find_decoder_layers
-from gradscope.data.batch import prepare_batch
 from gradscope.model.prepare import describe_model, to_device
 from gradscope.model.usercode import LossFn
 from gradscope.report.check import Report
@@ -68,8 +68,9 @@ def grads(
     require_finite(lr=lr, max_grad_norm=max_grad_norm)
     full = prepare_batch(model, batch, source)
     device = next(model.parameters()).device
-    g = gradient_report(model, to_device(full, device), loss_fn=loss_fn, lr=lr, max_grad_norm=max_grad_norm,
-                        keep_dropout=keep_dropout)
+    g = gradient_report(
+        model, to_device(full, device), loss_fn=loss_fn, lr=lr, max_grad_norm=max_grad_norm, keep_dropout=keep_dropout
+    )
     if report is None:
         report = Report(model=describe_model(model, loss_fn), losses=[g.loss])
     report.grads = g
@@ -103,7 +104,11 @@ def gradient_report(
     loss, grads = param_backward(model, batch, loss_fn, trainable, keep_dropout)
     stats = {id(p): gradient_stats(p, g) for p, g in zip(trainable, grads, strict=True)}
     zero = [p for p in trainable if stats[id(p)].zero]
-    moving = [(p, g) for p, g in zip(trainable, grads, strict=True) if g is not None and stats[id(p)].finite and not stats[id(p)].zero]
+    moving = [
+        (p, g)
+        for p, g in zip(trainable, grads, strict=True)
+        if g is not None and stats[id(p)].finite and not stats[id(p)].zero
+    ]
     del grads  # the reductions are all the report needs: free the full gradients before the probe
     stuck = still_zero(model, batch, loss_fn, keep_dropout, zero, moving) if zero else set()
     del moving

@@ -80,4 +80,3 @@ def check_options(options: CheckOptions | None = None, keywords: Mapping[str, An
     if unknown:
         raise TypeError(f"unexpected keyword argument {unknown[0]!r} (check options: {', '.join(sorted(FIELDS))})")
     return replace(options or CheckOptions(), **(keywords or {}))
-

@@ -11,14 +11,14 @@ from torch import nn
 
 from gradscope.checks.grads import DEFAULT_LR
 from gradscope.checks.overfit import MIN_DROP, cannot_overfit, dropped
+from gradscope.data.batch import prepare_batch
 from gradscope.engine.optimize import loss_curve
 from gradscope.errors import InputError
-from gradscope.data.batch import prepare_batch
 from gradscope.model.prepare import describe_model, to_device
 from gradscope.model.usercode import LossFn
+from gradscope.modes import OPTIMIZERS, Optimizer
 from gradscope.report.check import Report
 from gradscope.report.weights import OverfitReport
-from gradscope.modes import OPTIMIZERS, Optimizer
 from gradscope.verbs.grads import require_finite
 
 
@@ -60,8 +60,15 @@ def overfit(
     full = prepare_batch(model, batch, source)
     device = next(model.parameters()).device
     student = copy.deepcopy(model)
-    losses = loss_curve(student, to_device(full, device), steps=steps, lr=lr, optimizer=optimizer, loss_fn=loss_fn,
-                        keep_dropout=keep_dropout)
+    losses = loss_curve(
+        student,
+        to_device(full, device),
+        steps=steps,
+        lr=lr,
+        optimizer=optimizer,
+        loss_fn=loss_fn,
+        keep_dropout=keep_dropout,
+    )
     trainable = sum(p.numel() for p in student.parameters() if p.requires_grad)
     del student
     first, last = losses[0], losses[-1]

@@ -121,5 +121,8 @@ def sample_report(
         for t in range(len(ids))
     ]
     return SampleReport(
-        index=view.index, tokens=tokens, layer_grad_norms=capture.layer_grad_norms[b].tolist(), roles_source=roles_source
+        index=view.index,
+        tokens=tokens,
+        layer_grad_norms=capture.layer_grad_norms[b].tolist(),
+        roles_source=roles_source,
     )

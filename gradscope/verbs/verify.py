@@ -9,24 +9,24 @@ import torch
 from torch import nn
 
 from gradscope.checks.verify import gradient_mismatch, nonfinite_loss
+from gradscope.data.batch import prepare_batch
 from gradscope.engine.finite_diff import (
     EMBEDDINGS,
     FLOAT32,
     FLOAT32_NOTE,
     Precision,
-    precision_context,
     check_gradient,
     model_loss_fn,
+    precision_context,
     probe_copy,
     sample_parameters,
 )
 from gradscope.engine.run import training_state
-from gradscope.data.batch import prepare_batch
+from gradscope.model.layers import input_embeddings
 from gradscope.model.prepare import describe_model, to_device
 from gradscope.model.usercode import LossFn
 from gradscope.report.check import Report
 from gradscope.report.weights import DirectionCheck, VerifyReport
-from gradscope.model.layers import input_embeddings
 
 
 def verify(
@@ -76,8 +76,13 @@ def verify(
 
 
 def _check_probe(
-    probe: nn.Module, batch: Mapping[str, torch.Tensor], loss_fn: LossFn | None, names: Sequence[str], *,
-    directions: int, seed: int,
+    probe: nn.Module,
+    batch: Mapping[str, torch.Tensor],
+    loss_fn: LossFn | None,
+    names: Sequence[str],
+    *,
+    directions: int,
+    seed: int,
 ) -> tuple[float, Precision | None, list[DirectionCheck]]:
     """check_gradient on the probe's loss; no checks (and no precision) when the loss is not finite."""
     with training_state(probe):

@@ -19,14 +19,34 @@ P, C, X, U = PROMPT, COMPLETION, PAD, UNKNOWN
 IM_END, ENDOFTEXT, PAD_ID, BOS = 2, 0, 3, 1
 
 
-def view(ids, roles, trained, *, pad=PAD_ID, bos=None, ends=(IM_END, ENDOFTEXT), starts=(), known=True, adds_bos=False,
-         prefills=()):
+def view(
+    ids,
+    roles,
+    trained,
+    *,
+    pad=PAD_ID,
+    bos=None,
+    ends=(IM_END, ENDOFTEXT),
+    starts=(),
+    known=True,
+    adds_bos=False,
+    prefills=(),
+):
     ids = torch.tensor(ids)
     trained = torch.tensor(trained, dtype=torch.bool)
     return SampleView(
-        index=0, input_ids=ids, roles=torch.tensor(roles), trained=trained, target_id=torch.where(trained, ids, -1),
-        texts=[f"t{i}" for i in ids.tolist()], end_token_ids=frozenset(ends), pad_token_id=pad,
-        document_starts=frozenset(starts), bos_token_id=bos, boundaries_known=known, bos_added=adds_bos,
+        index=0,
+        input_ids=ids,
+        roles=torch.tensor(roles),
+        trained=trained,
+        target_id=torch.where(trained, ids, -1),
+        texts=[f"t{i}" for i in ids.tolist()],
+        end_token_ids=frozenset(ends),
+        pad_token_id=pad,
+        document_starts=frozenset(starts),
+        bos_token_id=bos,
+        boundaries_known=known,
+        bos_added=adds_bos,
         prefills=prefills,
     )
 
@@ -127,7 +147,10 @@ def test_bos_missing_when_the_tokenizer_adds_one_and_the_row_lacks_it():
     # A tokenizer that adds no BOS (GPT-2, ChatML/Qwen) says nothing about it, even with a BOS id known.
     assert bos_missing(view([10, 11, IM_END], [P, C, C], [0, 1, 1], bos=BOS)) is None
     # Left padding, masked or attended: the first real token is the BOS.
-    assert bos_missing(view([PAD_ID, PAD_ID, BOS, 10, IM_END], [X, X, P, C, C], [0, 0, 0, 1, 1], bos=BOS, adds_bos=True)) is None
+    assert (
+        bos_missing(view([PAD_ID, PAD_ID, BOS, 10, IM_END], [X, X, P, C, C], [0, 0, 0, 1, 1], bos=BOS, adds_bos=True))
+        is None
+    )
     attended = view([PAD_ID, PAD_ID, BOS, 10, IM_END], [P, P, P, C, C], [0, 0, 0, 1, 1], bos=BOS, adds_bos=True)
     assert bos_missing(attended) is None and names(attended) == [("pads_attended", [0, 1])]
     assert bos_missing(view([PAD_ID, 10, IM_END], [X, P, C], [0, 0, 1], bos=BOS, adds_bos=True)).positions == [1]
@@ -161,9 +184,15 @@ def test_media_tokens_trained_whatever_their_role_and_not_as_prompt_leak():
     ids = [10, image, image, 11, 12, IM_END]
     roles = [P, P, P, P, C, C]
     s = SampleView(
-        index=0, input_ids=torch.tensor(ids), roles=torch.tensor(roles), trained=torch.tensor([0, 1, 1, 0, 1, 1]).bool(),
-        target_id=torch.tensor([-1, image, image, -1, 12, IM_END]), texts=["a", "<image>", "<image>", "b", "c", "e"],
-        end_token_ids=frozenset({IM_END}), pad_token_id=PAD_ID, media_token_ids=frozenset({image}),
+        index=0,
+        input_ids=torch.tensor(ids),
+        roles=torch.tensor(roles),
+        trained=torch.tensor([0, 1, 1, 0, 1, 1]).bool(),
+        target_id=torch.tensor([-1, image, image, -1, 12, IM_END]),
+        texts=["a", "<image>", "<image>", "b", "c", "e"],
+        end_token_ids=frozenset({IM_END}),
+        pad_token_id=PAD_ID,
+        media_token_ids=frozenset({image}),
     )
     assert names(s) == [("media_tokens_trained", [1, 2])]
     assert "'<image>'" in check_sample(s)[0].message
@@ -185,7 +214,9 @@ def test_prefill_trained_at_the_start_of_an_assistant_turn():
     s = view(ids, roles, trained, prefills=(EMPTY_THINK,))
     assert names(s) == [("prefill_trained", [2, 3, 4, 5])]
     finding = prefill_trained(s)
-    assert finding.severity == "warning" and "'t40t42t41t42'" in finding.message and "enable_thinking" in finding.message
+    assert (
+        finding.severity == "warning" and "'t40t42t41t42'" in finding.message and "enable_thinking" in finding.message
+    )
     # Masked, the fix: silent, and not completion_untrained either.
     assert names(view(ids, roles, [0, 0, 0, 0, 0, 0, 1, 1, 0], prefills=(EMPTY_THINK,))) == []
     # Without the template's prefill known, those are ordinary completion tokens.
@@ -198,8 +229,9 @@ def test_prefill_counted_as_prompt_is_prefill_trained_not_prompt_leak():
     s = view(ids, roles, [0, 0, 1, 1, 1, 1, 1, 1], prefills=(EMPTY_THINK,))
     assert names(s) == [("prefill_trained", [2, 3, 4, 5])]
     # A run of those tokens elsewhere (not at an assistant turn's start) is no prefill.
-    inside = view([10, 12, THINK, NL, UNTHINK, NL, IM_END], [P, C, C, C, C, C, C], [0, 1, 1, 1, 1, 1, 1],
-                  prefills=(EMPTY_THINK,))
+    inside = view(
+        [10, 12, THINK, NL, UNTHINK, NL, IM_END], [P, C, C, C, C, C, C], [0, 1, 1, 1, 1, 1, 1], prefills=(EMPTY_THINK,)
+    )
     assert names(inside) == []
     unknown = view(ids, [U] * 8, [0, 0, 1, 1, 1, 1, 1, 1], prefills=(EMPTY_THINK,))
     assert prefill_trained(unknown) is None

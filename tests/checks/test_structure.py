@@ -19,8 +19,14 @@ T = 10
 
 def facts(**changes) -> CallFacts:
     base = dict(
-        attention="sdpa", mask_dims=0, mask_is_float=False, use_cache=False, use_cache_from="config", is_causal=None,
-        restarts=torch.zeros(1, T, dtype=torch.bool), declared_by=("position_ids",),
+        attention="sdpa",
+        mask_dims=0,
+        mask_is_float=False,
+        use_cache=False,
+        use_cache_from="config",
+        is_causal=None,
+        restarts=torch.zeros(1, T, dtype=torch.bool),
+        declared_by=("position_ids",),
     )
     return CallFacts(**{**base, **changes})
 
@@ -54,8 +60,9 @@ def test_eager_attention_with_a_boolean_4d_mask_is_named():
 def test_earlier_documents_seen_are_a_cross_document_leak_with_every_cause():
     restarts = torch.zeros(1, T, dtype=torch.bool)
     measured = seen(range(0, 4), range(2, 8))  # the document at 5 sees 2-4
-    found = cross_document_leak(1, CUT, measured, facts(mask_dims=2, use_cache=True, restarts=restarts,
-                                                        declared_by=("cu_seq_lens_q",)), 0)
+    found = cross_document_leak(
+        1, CUT, measured, facts(mask_dims=2, use_cache=True, restarts=restarts, declared_by=("cu_seq_lens_q",)), 0
+    )
     assert (found.check, found.sample, found.positions) == ("cross_document_leak", 1, [2, 3, 4])
     assert "attention_mask is passed" in found.message
     assert "config has use_cache=True" in found.message

@@ -31,13 +31,16 @@ def one_error_line(result) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize("args, expected", [
-    (["check", LLAMA, CLEAN, "--format", "xml"], "'xml' is not one of 'text', 'json'"),
-    (["check", LLAMA, CLEAN, "--bogus"], "No such option: --bogus"),
-    (["check"], "Missing argument"),
-    (["scan", CLEAN, "--num-proc", "0"], "--num-proc"),
-    (["frobnicate"], "No such command 'frobnicate'"),
-])
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["check", LLAMA, CLEAN, "--format", "xml"], "'xml' is not one of 'text', 'json'"),
+        (["check", LLAMA, CLEAN, "--bogus"], "No such option: --bogus"),
+        (["check"], "Missing argument"),
+        (["scan", CLEAN, "--num-proc", "0"], "--num-proc"),
+        (["frobnicate"], "No such command 'frobnicate'"),
+    ],
+)
 def test_usage_errors_are_one_error_line(args, expected):
     assert expected in one_error_line(run(*args))
 
@@ -58,7 +61,10 @@ def test_a_json_line_that_is_not_an_object_is_bad_input(tmp_path):
 
 
 def test_library_parameters_are_shown_as_flags():
-    assert as_flags("give `accumulate` at most 2 (raise `batch_size`)") == "give --accumulate at most 2 (raise --batch-size)"
+    assert (
+        as_flags("give `accumulate` at most 2 (raise `batch_size`)")
+        == "give --accumulate at most 2 (raise --batch-size)"
+    )
     assert as_flags("give `tokenizer` DIR or `end_token_ids`") == "give --tokenizer DIR or --end-token-id"
     assert as_flags("no backticks, no change: a_b") == "no backticks, no change: a_b"
 

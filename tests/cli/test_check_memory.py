@@ -50,8 +50,9 @@ def _table(rows: int, seed: int = 0) -> pa.Table:
     ids = np.random.default_rng(seed).integers(3, 480, size=rows * WIDTH, dtype=np.int64)  # (rows * WIDTH,)
     offsets = np.arange(0, rows * WIDTH + 1, WIDTH, dtype=np.int32)
     labels = np.where(np.arange(rows * WIDTH) % WIDTH < WIDTH // 2, -100, ids)  # the second half of each row trained
-    return pa.table({"input_ids": pa.ListArray.from_arrays(offsets, ids),
-                     "labels": pa.ListArray.from_arrays(offsets, labels)})
+    return pa.table(
+        {"input_ids": pa.ListArray.from_arrays(offsets, ids), "labels": pa.ListArray.from_arrays(offsets, labels)}
+    )
 
 
 def _write_json(path: Path, table: pa.Table, repeat: int = 1) -> None:

@@ -124,27 +124,47 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[list, str]]:
         "corrupt safetensors": ([LLAMA, corrupt], "cannot read safetensors"),
         "invalid json line": ([LLAMA, bad_json], "line 2: invalid JSON"),
         "empty data": ([LLAMA, empty], "no rows"),
-        "id outside vocab": ([LLAMA, _tensors(tmp / "vocab.safetensors", input_ids=[[1, 2, 99999]])], "row 0: position 2"),
-        "labels shape": ([LLAMA, _tensors(tmp / "labels.safetensors", input_ids=[[1, 2, 3]], labels=[[1, 2]])], "'labels' has shape"),
+        "id outside vocab": (
+            [LLAMA, _tensors(tmp / "vocab.safetensors", input_ids=[[1, 2, 99999]])],
+            "row 0: position 2",
+        ),
+        "labels shape": (
+            [LLAMA, _tensors(tmp / "labels.safetensors", input_ids=[[1, 2, 3]], labels=[[1, 2]])],
+            "'labels' has shape",
+        ),
         "role shape": (
             [LLAMA, _tensors(tmp / "role.safetensors", input_ids=[[1, 2, 3]], completion_mask=[[1, 1, 1, 1]])],
             "'completion_mask' has shape",
         ),
         "id outside vocab, later batch": (
-            [LLAMA, _jsonl(tmp / "later.jsonl", '{"input_ids": [1, 2]}\n{"input_ids": [1, 99999]}'), "--batch-size", "1"],
+            [
+                LLAMA,
+                _jsonl(tmp / "later.jsonl", '{"input_ids": [1, 2]}\n{"input_ids": [1, 99999]}'),
+                "--batch-size",
+                "1",
+            ],
             "row 1: position 1",
         ),
-        "jsonl length": ([LLAMA, _jsonl(tmp / "len.jsonl", '{"input_ids": [1, 2], "labels": [1]}')], "line 1: 'labels' has 1"),
+        "jsonl length": (
+            [LLAMA, _jsonl(tmp / "len.jsonl", '{"input_ids": [1, 2], "labels": [1]}')],
+            "line 1: 'labels' has 1",
+        ),
         "unknown format": ([LLAMA, _jsonl(tmp / "data.csv", "a,b")], "unknown data format"),
         "loss file missing": ([LLAMA, good, "--loss", tmp / "nope.py:fn"], "nope.py: no such file"),
         "loss function missing": ([LLAMA, good, "--loss", f"{_jsonl(tmp / 'l.py', 'x = 1')}:fn"], "no function 'fn'"),
         "loss module missing": ([LLAMA, good, "--loss", "no_such_module_xyz:fn"], "cannot import module"),
         "loss spec malformed": ([LLAMA, good, "--loss", "justaname"], "is not FILE.py:FN"),
-        "template not in tokens": ([GPT2, RAW / "text.jsonl", "--response-template", "swer:"], "row 0: the response template 'swer:' is in the text but not in its tokens"),
+        "template not in tokens": (
+            [GPT2, RAW / "text.jsonl", "--response-template", "swer:"],
+            "row 0: the response template 'swer:' is in the text but not in its tokens",
+        ),
         "plain text, no template": ([GPT2, RAW / "text.jsonl"], "row 0: the row is plain text"),
         "raw rows, no tokenizer": ([_no_tokenizer(tmp), RAW / "chat.jsonl"], "raw rows need a tokenizer"),
         "collate and trl": ([LLAMA, RAW / "chat.jsonl", "--pipeline", "trl", "--collate", "x.py:f"], "pick one"),
-        "trl config key": ([LLAMA, RAW / "chat.jsonl", "--pipeline", "trl", "--trl-config", _jsonl(tmp / "c.json", '{"nope": 1}')], "SFTConfig rejects"),
+        "trl config key": (
+            [LLAMA, RAW / "chat.jsonl", "--pipeline", "trl", "--trl-config", _jsonl(tmp / "c.json", '{"nope": 1}')],
+            "SFTConfig rejects",
+        ),
     }
 
 
@@ -164,10 +184,29 @@ def _jsonl(path: Path, text: str) -> Path:
 @pytest.mark.parametrize(
     "case",
     [
-        "missing model", "not a model", "unreadable model", "model is a file", "missing data", "corrupt safetensors",
-        "invalid json line", "empty data", "id outside vocab", "id outside vocab, later batch", "labels shape", "role shape", "jsonl length",
-        "unknown format", "loss file missing", "loss function missing", "loss module missing", "loss spec malformed",
-        "template not in tokens", "plain text, no template", "raw rows, no tokenizer", "collate and trl", "trl config key",
+        "missing model",
+        "not a model",
+        "unreadable model",
+        "model is a file",
+        "missing data",
+        "corrupt safetensors",
+        "invalid json line",
+        "empty data",
+        "id outside vocab",
+        "id outside vocab, later batch",
+        "labels shape",
+        "role shape",
+        "jsonl length",
+        "unknown format",
+        "loss file missing",
+        "loss function missing",
+        "loss module missing",
+        "loss spec malformed",
+        "template not in tokens",
+        "plain text, no template",
+        "raw rows, no tokenizer",
+        "collate and trl",
+        "trl config key",
     ],
 )
 def test_bad_input_exits_2_with_one_error_line(case, tmp_path):
@@ -199,8 +238,9 @@ def test_every_command_has_help_and_is_documented():
         assert f"gradscope {command}" in readme
         assert f"## gradscope {command}" in reference
         section = reference.split(f"## gradscope {command}\n", 1)[1].split("\n## ", 1)[0]
-        options = [o for param in commands[command].params for o in (*param.opts, *param.secondary_opts)
-                   if o.startswith("--")]  # from the command itself, not its help text at some terminal width
+        options = [
+            o for param in commands[command].params for o in (*param.opts, *param.secondary_opts) if o.startswith("--")
+        ]  # from the command itself, not its help text at some terminal width
         assert options or not commands[command].params
         for option in options:
             assert option in section, f"{command} {option} is not documented in docs/cli.md"
@@ -209,8 +249,14 @@ def test_every_command_has_help_and_is_documented():
 def test_raw_chat_and_prompt_completion_files_check_clean_with_reference_masking():
     result, data = run_json(LLAMA, RAW / "chat.jsonl", "--batch-size", "3")
     assert result.exit_code == 0, result.output
-    assert data["data"] == {"source": str(RAW / "chat.jsonl"), "rows": 3, "format": "chat", "pipeline": "reference",
-                            "train_on": "all-assistant", "max_length": None}
+    assert data["data"] == {
+        "source": str(RAW / "chat.jsonl"),
+        "rows": 3,
+        "format": "chat",
+        "pipeline": "reference",
+        "train_on": "all-assistant",
+        "max_length": None,
+    }
     result, data = run_json(GPT2, RAW / "prompt_completion.jsonl")
     assert result.exit_code == 0 and data["findings"] == []
     text = run("check", LLAMA, RAW / "chat.jsonl", "--show", "1")
@@ -218,10 +264,28 @@ def test_raw_chat_and_prompt_completion_files_check_clean_with_reference_masking
 
 
 def test_max_length_warns_and_strict_fails_on_it():
-    result, data = run_json(LLAMA, RAW / "chat.jsonl", "--samples", "2", "--max-length", "20", "--truncation-mode", "keep_end")
+    result, data = run_json(
+        LLAMA, RAW / "chat.jsonl", "--samples", "2", "--max-length", "20", "--truncation-mode", "keep_end"
+    )
     assert result.exit_code == 0
-    assert [(f["check"], f["severity"], f["sample"]) for f in data["findings"]] == [("completion_truncated", "warning", 0)]
-    assert run("check", LLAMA, RAW / "chat.jsonl", "--samples", "2", "--max-length", "20", "--truncation-mode", "keep_end", "--strict").exit_code == 1
+    assert [(f["check"], f["severity"], f["sample"]) for f in data["findings"]] == [
+        ("completion_truncated", "warning", 0)
+    ]
+    assert (
+        run(
+            "check",
+            LLAMA,
+            RAW / "chat.jsonl",
+            "--samples",
+            "2",
+            "--max-length",
+            "20",
+            "--truncation-mode",
+            "keep_end",
+            "--strict",
+        ).exit_code
+        == 1
+    )
 
 
 def test_pipeline_trl_flags_and_config_file(tmp_path):
@@ -232,7 +296,9 @@ def test_pipeline_trl_flags_and_config_file(tmp_path):
     result, data = run_json(LLAMA, RAW / "chat.jsonl", "--pipeline", "trl", "--trl-config", config)
     assert result.exit_code == 0, result.output
     assert data["data"]["trl"]["assistant_only_loss"] is True and len(data["summary"]["loss"]) == 2  # batches of 2
-    result, data = run_json(LLAMA, RAW / "chat.jsonl", "--pipeline", "trl", "--trl-config", config, "--no-assistant-only-loss")
+    result, data = run_json(
+        LLAMA, RAW / "chat.jsonl", "--pipeline", "trl", "--trl-config", config, "--no-assistant-only-loss"
+    )
     assert result.exit_code == 1  # a flag overrides the file
 
 
@@ -305,7 +371,9 @@ def test_grads_overfit_reports_the_curve(tmp_path):
     assert len(curve["losses"]) == 5 and curve["losses"][-1] < curve["losses"][0]
     assert curve["optimizer"] == "adamw" and curve["lr"] == 1e-3
     assert json.loads(out.read_text()) == data
-    text = run_wide("grads", LLAMA, BATCHES / "llama_clean.safetensors", "--overfit", "2", "--optimizer", "sgd", "--lr", "0")
+    text = run_wide(
+        "grads", LLAMA, BATCHES / "llama_clean.safetensors", "--overfit", "2", "--optimizer", "sgd", "--lr", "0"
+    )
     assert "cannot_overfit" in text.stdout and "the loss does not halve" in text.stdout
 
 
@@ -368,7 +436,9 @@ def test_scan_exit_codes_and_json():
     data = json.loads(result.stdout)
     assert data["schema_version"] == 1 and data["kind"] == "scan" and data["summary"]["ok"] is True
     assert data["summary"]["rows"] == 4 and data["findings"] == []
-    result = run("scan", BATCHES / "llama_prompt_leak.jsonl", "--tokenizer", LLAMA, "--format", "json", "--examples", "1")
+    result = run(
+        "scan", BATCHES / "llama_prompt_leak.jsonl", "--tokenizer", LLAMA, "--format", "json", "--examples", "1"
+    )
     assert result.exit_code == 1
     data = json.loads(result.stdout)
     assert data["checks"]["prompt_leak"]["rows"] == 4 and data["checks"]["prompt_leak"]["first_rows"] == [0]

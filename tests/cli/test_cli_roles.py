@@ -49,10 +49,14 @@ def test_copy_labels_without_roles_is_a_prompt_leak(model, extra, source):
     assert data["summary"]["verified"] is True
 
 
-@pytest.mark.parametrize(("model", "batch", "extra"), [
-    (LLAMA, "llama_unknown_roles", []),
-    (GPT2, "gpt2_clean_noroles", ["--response-template", "Answer:"]),
-], ids=["llama", "gpt2"])
+@pytest.mark.parametrize(
+    ("model", "batch", "extra"),
+    [
+        (LLAMA, "llama_unknown_roles", []),
+        (GPT2, "gpt2_clean_noroles", ["--response-template", "Answer:"]),
+    ],
+    ids=["llama", "gpt2"],
+)
 def test_the_correct_twin_is_clean(model, batch, extra):
     code, data, _ = check(model, BATCHES / f"{batch}.safetensors", *extra, "--strict")
     assert code == 0 and data["findings"] == [] and data["summary"]["verified"] is True
@@ -78,8 +82,9 @@ def test_roles_from_rows_that_do_not_match_is_one_error_line(tmp_path):
     rows = (BATCHES / "gpt2_raw_rows.jsonl").read_text().splitlines()
     other = tmp_path / "rows.jsonl"
     other.write_text("\n".join([rows[1], rows[0], rows[2]]) + "\n")
-    result = runner.invoke(app, ["check", str(GPT2), str(BATCHES / "gpt2_prompt_leak_noroles.safetensors"),
-                                 "--roles-from", str(other)])
+    result = runner.invoke(
+        app, ["check", str(GPT2), str(BATCHES / "gpt2_prompt_leak_noroles.safetensors"), "--roles-from", str(other)]
+    )
     assert result.exit_code == 2
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith(f"Error: {other}: row 0: position ")

@@ -140,8 +140,21 @@ def test_bad_batch_on_the_other_model_commands(tmp_path, command, case):
     assert_bad_input(result, *words, json_stdout=bool(fmt))
 
 
-SCAN_BATCHES = ["mask_2", "mask_-1", "mask_0.5", "mask_nan", "labels_float", "labels_-5", "ids_bf16", "ids_bool",
-                "ids_negative", "empty_batch", "zero_length_rows", "mask_wrong_length", "role_mask_3"]
+SCAN_BATCHES = [
+    "mask_2",
+    "mask_-1",
+    "mask_0.5",
+    "mask_nan",
+    "labels_float",
+    "labels_-5",
+    "ids_bf16",
+    "ids_bool",
+    "ids_negative",
+    "empty_batch",
+    "zero_length_rows",
+    "mask_wrong_length",
+    "role_mask_3",
+]
 
 
 @pytest.mark.parametrize("case", SCAN_BATCHES)
@@ -184,8 +197,10 @@ ROW_FILES = {
     "labels_-5": (_row(input_ids=IDS, labels=[-100, -100, -5, 279, 405, 2]).encode() + b"\n", ["labels", "-5"]),
     "ids_past_vocab": (_row(input_ids=[1, 296, 9999]).encode() + b"\n", ["input_ids", "9999"]),
     "tools_not_json": (
-        _row(messages=[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}],
-             tools="{not json").encode() + b"\n",
+        _row(
+            messages=[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}], tools="{not json"
+        ).encode()
+        + b"\n",
         ["row 0", "tools"],
     ),
     "not_an_object": (b"[1, 2, 3]\n", ["line 1", "object"]),
@@ -202,8 +217,17 @@ def test_bad_jsonl_rows_on_check(tmp_path, case):
     assert_bad_input(result, "rows.jsonl", *words, json_stdout=True)
 
 
-SCAN_ROWS = ["invalid_utf8", "deep_nesting", "int_past_int64", "float_ids", "bool_ids", "null_in_ids", "nested_ids",
-             "empty_ids", "not_an_object"]
+SCAN_ROWS = [
+    "invalid_utf8",
+    "deep_nesting",
+    "int_past_int64",
+    "float_ids",
+    "bool_ids",
+    "null_in_ids",
+    "nested_ids",
+    "empty_ids",
+    "not_an_object",
+]
 
 
 @pytest.mark.parametrize("case", SCAN_ROWS)
@@ -224,13 +248,16 @@ def test_bad_raw_rows_on_roles(tmp_path, case):
     assert_bad_input(result, "rows.jsonl", json_stdout=True)
 
 
-@pytest.mark.parametrize("body, words", [
-    pytest.param(b"[" * 10000 + b"]" * 10000, ["nest"], id="deep_nesting"),
-    pytest.param(b'[{"prompt": "\xff", "completion": "x"}]', ["UTF-8"], id="invalid_utf8"),
-    pytest.param(b'[{"input_ids": [1, 99999999999999999999999]}]', ["row 0", "int64"], id="int_past_int64"),
-    pytest.param(b'[{"input_ids": [1, 2]}, 7]', ["row 1", "object"], id="not_an_object"),
-    pytest.param(b'[{"input_ids": [1, 2]}', ["JSON"], id="unterminated"),
-])
+@pytest.mark.parametrize(
+    "body, words",
+    [
+        pytest.param(b"[" * 10000 + b"]" * 10000, ["nest"], id="deep_nesting"),
+        pytest.param(b'[{"prompt": "\xff", "completion": "x"}]', ["UTF-8"], id="invalid_utf8"),
+        pytest.param(b'[{"input_ids": [1, 99999999999999999999999]}]', ["row 0", "int64"], id="int_past_int64"),
+        pytest.param(b'[{"input_ids": [1, 2]}, 7]', ["row 1", "object"], id="not_an_object"),
+        pytest.param(b'[{"input_ids": [1, 2]}', ["JSON"], id="unterminated"),
+    ],
+)
 @pytest.mark.parametrize("command", ["check", "scan"])
 def test_bad_json_arrays(tmp_path, body, words, command):
     # (scan reads a .json file that is not an array as JSON lines: that is its documented leniency; check does not)
@@ -279,16 +306,19 @@ def test_a_json_file_that_is_not_an_array_is_bad_input_to_check(tmp_path):
     assert_bad_input(invoke("check", LLAMA, path, "--format", "json"), "rows.json", "array", json_stdout=True)
 
 
-@pytest.mark.parametrize("file, content", [
-    ("dataset_dict.json", "{not json"),
-    ("dataset_dict.json", "[1, 2]"),
-    ("dataset_dict.json", '{"splits": "train"}'),
-    ("train/state.json", "{not json"),
-    ("train/state.json", '{"_data_files": 3}'),
-    ("train/state.json", '{"_data_files": [{"filename": "../../../etc/passwd"}]}'),
-    ("train/dataset_info.json", "\xff"),
-    ("train/dataset_info.json", '{"splits": [1]}'),
-])
+@pytest.mark.parametrize(
+    "file, content",
+    [
+        ("dataset_dict.json", "{not json"),
+        ("dataset_dict.json", "[1, 2]"),
+        ("dataset_dict.json", '{"splits": "train"}'),
+        ("train/state.json", "{not json"),
+        ("train/state.json", '{"_data_files": 3}'),
+        ("train/state.json", '{"_data_files": [{"filename": "../../../etc/passwd"}]}'),
+        ("train/dataset_info.json", "\xff"),
+        ("train/dataset_info.json", '{"splits": [1]}'),
+    ],
+)
 @pytest.mark.parametrize("command", ["check", "scan"])
 def test_corrupt_saved_dataset(tmp_path, file, content, command):
     path = _saved_dataset(tmp_path)
@@ -334,8 +364,9 @@ MODEL_DIRS = {
     "missing_half_layers": (lambda p: _keep_weights(p, lambda k: "layers.1." not in k), ["missing", "layers.1"]),
     "no_expected_tensor": (lambda p: save_file({"x": torch.zeros(2)}, str(p / "model.safetensors")), ["missing"]),
     "unexpected_tensor": (
-        lambda p: save_file({**load_file(str(p / "model.safetensors")), "extra.weight": torch.zeros(2)},
-                            str(p / "model.safetensors")),
+        lambda p: save_file(
+            {**load_file(str(p / "model.safetensors")), "extra.weight": torch.zeros(2)}, str(p / "model.safetensors")
+        ),
         ["unexpected", "extra.weight"],
     ),
     "tokenizer_json_corrupt": (lambda p: (p / "tokenizer.json").write_text("{"), ["tokenizer"]),
@@ -368,12 +399,15 @@ def _adapter_copy(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("edit", [
-    lambda p: _truncate(p / "adapter_model.safetensors"),
-    lambda p: (p / "adapter_model.safetensors").write_bytes(b"\x08" + b"\x00" * 7 + b"{bad json"),
-    lambda p: (p / "adapter_config.json").write_text("[]"),
-    lambda p: save_file({"nothing.weight": torch.zeros(2)}, str(p / "adapter_model.safetensors")),
-])
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda p: _truncate(p / "adapter_model.safetensors"),
+        lambda p: (p / "adapter_model.safetensors").write_bytes(b"\x08" + b"\x00" * 7 + b"{bad json"),
+        lambda p: (p / "adapter_config.json").write_text("[]"),
+        lambda p: save_file({"nothing.weight": torch.zeros(2)}, str(p / "adapter_model.safetensors")),
+    ],
+)
 def test_bad_adapter_directory(tmp_path, edit):
     adapter = _adapter_copy(tmp_path)
     edit(adapter)
@@ -384,7 +418,10 @@ def test_bad_adapter_directory(tmp_path, edit):
 # ----------------------------------------------------------------------------------------------- user code
 
 LOSSES = {
-    "raises": ("def loss(logits, labels):\n    raise ZeroDivisionError('boom')\n", ["loss", "ZeroDivisionError", "boom"]),
+    "raises": (
+        "def loss(logits, labels):\n    raise ZeroDivisionError('boom')\n",
+        ["loss", "ZeroDivisionError", "boom"],
+    ),
     "exits": ("import sys\ndef loss(logits, labels):\n    sys.exit(3)\n", ["loss", "SystemExit"]),
     "raises_in_backward": (
         "import torch\n"
@@ -399,8 +436,10 @@ LOSSES = {
     "detached": ("def loss(logits, labels):\n    return logits.sum().detach()\n", ["loss", "gradient"]),
     "integer": ("def loss(logits, labels):\n    return (logits.sum() > 0).long()\n", ["loss", "int64"]),
     "not_a_tensor": ("def loss(logits, labels):\n    return 1.5\n", ["loss", "float"]),
-    "import_fails": ("import no_such_module_anywhere\ndef loss(logits, labels):\n    return logits.sum()\n",
-                     ["ModuleNotFoundError"]),
+    "import_fails": (
+        "import no_such_module_anywhere\ndef loss(logits, labels):\n    return logits.sum()\n",
+        ["ModuleNotFoundError"],
+    ),
     "import_exits": ("import sys\nsys.exit(0)\n", ["SystemExit"]),
     "syntax_error": ("def loss(logits, labels)\n    return 1\n", ["SyntaxError"]),
 }
@@ -428,8 +467,16 @@ COLLATORS = {
 def test_bad_collator(tmp_path, case):
     source, words = COLLATORS[case]
     (tmp_path / "user_collate.py").write_text(source)
-    result = invoke("check", LLAMA, FIXTURES / "raw/prompt_completion.jsonl", "--collate",
-                    f"{tmp_path / 'user_collate.py'}:collate", "--format", "json", *FAST)
+    result = invoke(
+        "check",
+        LLAMA,
+        FIXTURES / "raw/prompt_completion.jsonl",
+        "--collate",
+        f"{tmp_path / 'user_collate.py'}:collate",
+        "--format",
+        "json",
+        *FAST,
+    )
     assert_bad_input(result, *words, json_stdout=True)
 
 
@@ -437,13 +484,16 @@ def test_bad_collator(tmp_path, case):
 # These need the CLI's single error boundary (usage errors and output paths are the CLI's to report).
 
 
-@pytest.mark.parametrize("args, words", [
-    (("check", LLAMA, CLEAN, "--format", "yaml"), ["--format", "text", "json"]),
-    (("check", LLAMA, CLEAN, "--samples", "0"), ["--samples"]),
-    (("verify", LLAMA, CLEAN, "--seed", str(2**70)), ["--seed"]),
-    (("scan", CLEAN, "--num-proc", "x"), ["--num-proc"]),
-    (("check", LLAMA), ["DATA"]),
-])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (("check", LLAMA, CLEAN, "--format", "yaml"), ["--format", "text", "json"]),
+        (("check", LLAMA, CLEAN, "--samples", "0"), ["--samples"]),
+        (("verify", LLAMA, CLEAN, "--seed", str(2**70)), ["--seed"]),
+        (("scan", CLEAN, "--num-proc", "x"), ["--num-proc"]),
+        (("check", LLAMA), ["DATA"]),
+    ],
+)
 def test_usage_errors_are_one_error_line(args, words):
     assert_bad_input(invoke(*args), *words)
 
@@ -459,13 +509,23 @@ def test_unwritable_output_path(tmp_path, command, where):
 
 # ----------------------------------------------------------------------------------------------- generated inputs
 
-_JSON_SCALARS = st.one_of(st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70),
-                          st.floats(allow_nan=False), st.text(max_size=5))
+_JSON_SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=False),
+    st.text(max_size=5),
+)
 _TOKEN_LISTS = st.lists(st.one_of(st.integers(min_value=-5, max_value=600), _JSON_SCALARS), max_size=6)
 _ROWS = st.fixed_dictionaries(
     {"input_ids": st.one_of(_TOKEN_LISTS, _JSON_SCALARS)},
-    optional={"labels": _TOKEN_LISTS, "attention_mask": _TOKEN_LISTS, "completion_mask": _TOKEN_LISTS,
-              "prompt": _JSON_SCALARS, "attention_masks": _TOKEN_LISTS},
+    optional={
+        "labels": _TOKEN_LISTS,
+        "attention_mask": _TOKEN_LISTS,
+        "completion_mask": _TOKEN_LISTS,
+        "prompt": _JSON_SCALARS,
+        "attention_masks": _TOKEN_LISTS,
+    },
 )
 
 
@@ -481,11 +541,13 @@ def test_generated_json_rows_keep_the_contract(tmp_path, rows):
 _DTYPES = st.sampled_from(["I64", "I32", "I8", "U8", "BOOL", "F32", "F16", "BF16", "F64", "XX", 7])
 _HEADER = st.dictionaries(
     st.sampled_from(["input_ids", "labels", "attention_mask", "__metadata__"]),
-    st.fixed_dictionaries({
-        "dtype": _DTYPES,
-        "shape": st.lists(st.integers(min_value=-1, max_value=4), max_size=3),
-        "data_offsets": st.lists(st.integers(min_value=-1, max_value=80), min_size=0, max_size=3),
-    }),
+    st.fixed_dictionaries(
+        {
+            "dtype": _DTYPES,
+            "shape": st.lists(st.integers(min_value=-1, max_value=4), max_size=3),
+            "data_offsets": st.lists(st.integers(min_value=-1, max_value=80), min_size=0, max_size=3),
+        }
+    ),
     min_size=1,
 )
 

@@ -129,8 +129,9 @@ def test_the_hostile_tokenizer_decodes_to_the_hostile_texts(hostile):
 @pytest.mark.parametrize("actions", ["true", "false"])
 @pytest.mark.parametrize("output_format", ["text", "json", "junit"])
 def test_hostile_tokens_through_check(hostile, output_format, actions):
-    result = invoke("check", hostile, LEAK, "--format", output_format, *FAST,
-                    env={"GITHUB_ACTIONS": actions, "COLUMNS": "60"})
+    result = invoke(
+        "check", hostile, LEAK, "--format", output_format, *FAST, env={"GITHUB_ACTIONS": actions, "COLUMNS": "60"}
+    )
     assert result.exit_code == 1, result.output
     assert_safe(result, annotations=actions == "true")
     if actions == "true":
@@ -151,8 +152,10 @@ def test_the_terminal_report_shows_the_hostile_texts_escaped(hostile):
 
 @pytest.mark.parametrize("output_format", ["text", "json"])
 def test_hostile_tokens_through_scan_roles_and_inspect(hostile, output_format):
-    for args in (("scan", LEAK_JSONL, "--tokenizer", hostile, "--format", output_format),
-                 ("roles", hostile, CHAT, "--format", output_format)):
+    for args in (
+        ("scan", LEAK_JSONL, "--tokenizer", hostile, "--format", output_format),
+        ("roles", hostile, CHAT, "--format", output_format),
+    ):
         assert_safe(invoke(*args, env={"COLUMNS": "60"}))
     if output_format == "text":
         assert_safe(invoke("inspect", hostile, LEAK, env={"COLUMNS": "60"}))
@@ -178,8 +181,9 @@ def test_a_model_path_with_a_newline_and_a_command(hostile, tmp_path):
     model = tmp_path / INJECTED
     shutil.copytree(LLAMA, model)
     for output_format in ("text", "json", "junit"):
-        result = invoke("check", model, LEAK, "--format", output_format, *FAST,
-                        env={"GITHUB_ACTIONS": "true", "COLUMNS": "300"})
+        result = invoke(
+            "check", model, LEAK, "--format", output_format, *FAST, env={"GITHUB_ACTIONS": "true", "COLUMNS": "300"}
+        )
         assert result.exit_code == 1, result.output
         assert_safe(result, annotations=True)
     text = invoke("check", model, LEAK, *FAST, env={"COLUMNS": "300"}).stdout
@@ -194,14 +198,17 @@ def test_a_data_path_with_a_newline_stays_on_the_scan_reports_data_line(tmp_path
     assert [line for line in result.stdout.splitlines() if line.startswith("data ")][0].count("\\n::error") == 1
 
 
-@pytest.mark.parametrize("args", [
-    ("check", f"/nonexistent/{INJECTED}", LEAK),
-    ("check", LLAMA, f"/nonexistent/{INJECTED}.jsonl"),
-    ("check", LLAMA, LEAK, "--loss", f"/nonexistent/{INJECTED}.py:loss"),
-    ("check", LLAMA, LEAK, "--html", f"/nonexistent/{INJECTED}/r.html"),
-    ("check", LLAMA, LEAK, "--format", INJECTED),
-    ("scan", f"/nonexistent/{INJECTED}.jsonl"),
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("check", f"/nonexistent/{INJECTED}", LEAK),
+        ("check", LLAMA, f"/nonexistent/{INJECTED}.jsonl"),
+        ("check", LLAMA, LEAK, "--loss", f"/nonexistent/{INJECTED}.py:loss"),
+        ("check", LLAMA, LEAK, "--html", f"/nonexistent/{INJECTED}/r.html"),
+        ("check", LLAMA, LEAK, "--format", INJECTED),
+        ("scan", f"/nonexistent/{INJECTED}.jsonl"),
+    ],
+)
 def test_an_error_naming_a_hostile_path_is_one_line(args):
     line = assert_one_error_line(invoke(*args))
     assert "\\n" in line  # the newline is shown, escaped
@@ -235,10 +242,14 @@ def test_a_template_error_text_is_one_error_line(tmp_path):
 
 def test_a_hostile_role_name_is_one_error_line_or_shown_escaped(tmp_path):
     rows = tmp_path / "rows.jsonl"
-    rows.write_text(json.dumps({"messages": [{"role": INJECTED, "content": "hi"},
-                                             {"role": "assistant", "content": "yo"}]}) + "\n")
-    for args in (("roles", LLAMA, rows), ("roles", LLAMA, rows, "--format", "json"),
-                 ("check", LLAMA, rows, "--format", "json", *FAST)):
+    rows.write_text(
+        json.dumps({"messages": [{"role": INJECTED, "content": "hi"}, {"role": "assistant", "content": "yo"}]}) + "\n"
+    )
+    for args in (
+        ("roles", LLAMA, rows),
+        ("roles", LLAMA, rows, "--format", "json"),
+        ("check", LLAMA, rows, "--format", "json", *FAST),
+    ):
         result = invoke(*args)
         assert_safe(result)
         if result.exit_code == 2:
@@ -261,8 +272,15 @@ def _limited() -> None:
 
 def run_bounded(*args: object) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    return subprocess.run([sys.executable, "-m", "gradscope", *map(str, args)], capture_output=True, text=True,
-                          timeout=LIMIT_SECONDS, preexec_fn=_limited, env=env, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [sys.executable, "-m", "gradscope", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=LIMIT_SECONDS,
+        preexec_fn=_limited,
+        env=env,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def assert_one_error(result: subprocess.CompletedProcess, *words: str) -> None:
@@ -283,12 +301,15 @@ def _model_with(tmp_path: Path, **config: object) -> Path:
     return model
 
 
-@pytest.mark.parametrize("config, words", [
-    ({"dtype": "bogus"}, ["dtype", "bogus"]),
-    ({"dtype": {}}, ["dtype"]),
-    ({"num_hidden_layers": 10**9}, ["parameters", "weight files"]),
-    ({"hidden_size": 10**7}, ["parameters"]),
-])
+@pytest.mark.parametrize(
+    "config, words",
+    [
+        ({"dtype": "bogus"}, ["dtype", "bogus"]),
+        ({"dtype": {}}, ["dtype"]),
+        ({"num_hidden_layers": 10**9}, ["parameters", "weight files"]),
+        ({"hidden_size": 10**7}, ["parameters"]),
+    ],
+)
 def test_a_config_that_would_crash_or_grow_without_bound(tmp_path, config, words):
     assert_one_error(run_bounded("check", _model_with(tmp_path, **config), LEAK, "--format", "json", *FAST), *words)
 
@@ -304,12 +325,16 @@ def test_a_special_trl_config_is_refused(tmp_path, special):
     path = tmp_path / "config.json" if special == "fifo" else Path(special)
     if special == "fifo":
         os.mkfifo(path)
-    assert_one_error(run_bounded("check", LLAMA, CHAT, "--pipeline", "trl", "--trl-config", path, *FAST),
-                     "TRL config", "not a regular file")
+    assert_one_error(
+        run_bounded("check", LLAMA, CHAT, "--pipeline", "trl", "--trl-config", path, *FAST),
+        "TRL config",
+        "not a regular file",
+    )
 
 
-@pytest.mark.parametrize("args", [("check", LLAMA, "{fifo}"), ("scan", "{fifo}"),
-                                  ("check", LLAMA, LEAK, "--roles-from", "{fifo}")])
+@pytest.mark.parametrize(
+    "args", [("check", LLAMA, "{fifo}"), ("scan", "{fifo}"), ("check", LLAMA, LEAK, "--roles-from", "{fifo}")]
+)
 def test_a_fifo_as_data_is_refused(tmp_path, args):
     fifo = tmp_path / "rows.jsonl"
     os.mkfifo(fifo)
@@ -329,15 +354,18 @@ def test_a_template_that_renders_tens_of_millions_of_characters(tmp_path):
 LONG = "a" * 300
 
 
-@pytest.mark.parametrize("args", [
-    ("check", f"/tmp/{LONG}", LEAK),
-    ("check", LLAMA, f"/tmp/{LONG}.jsonl"),
-    ("check", LLAMA, LEAK, "--html", f"/tmp/{LONG}.html"),
-    ("check", LLAMA, LEAK, "--output", f"/tmp/{LONG}.json"),
-    ("check", LLAMA, LEAK, "--roles-from", f"/tmp/{LONG}.jsonl"),
-    ("check", LLAMA, LEAK, "--loss", f"/tmp/{LONG}.py:loss"),
-    ("scan", f"/tmp/{LONG}.jsonl"),
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("check", f"/tmp/{LONG}", LEAK),
+        ("check", LLAMA, f"/tmp/{LONG}.jsonl"),
+        ("check", LLAMA, LEAK, "--html", f"/tmp/{LONG}.html"),
+        ("check", LLAMA, LEAK, "--output", f"/tmp/{LONG}.json"),
+        ("check", LLAMA, LEAK, "--roles-from", f"/tmp/{LONG}.jsonl"),
+        ("check", LLAMA, LEAK, "--loss", f"/tmp/{LONG}.py:loss"),
+        ("scan", f"/tmp/{LONG}.jsonl"),
+    ],
+)
 def test_a_path_component_over_255_bytes(args):
     assert_one_error_line(invoke(*args, *FAST if args[0] == "check" else ()), "too long")
 
@@ -358,14 +386,23 @@ def test_scan_refuses_an_end_token_of_the_wrong_type(tmp_path, value):
     assert_one_error_line(invoke("scan", LEAK_JSONL, "--tokenizer", model, "--format", "json"), "eos_token_id")
 
 
-@pytest.mark.parametrize("source, words", [
-    ("class F(torch.autograd.Function):\n    @staticmethod\n    def forward(ctx, x):\n        return x.clone()\n"
-     "    @staticmethod\n    def backward(ctx, g):\n        raise ValueError('boom')\n"
-     "def loss(logits, labels):\n    return F.apply(logits).mean()\n", ["F.backward", "ValueError", "boom"]),
-    ("class F(torch.autograd.Function):\n    @staticmethod\n    def forward(ctx, x):\n        return x.clone()\n"
-     "    @staticmethod\n    def backward(ctx, g):\n        return g[:1]\n"
-     "def loss(logits, labels):\n    return F.apply(logits).mean()\n", ["FBackward", "invalid gradient"]),
-])
+@pytest.mark.parametrize(
+    "source, words",
+    [
+        (
+            "class F(torch.autograd.Function):\n    @staticmethod\n    def forward(ctx, x):\n        return x.clone()\n"
+            "    @staticmethod\n    def backward(ctx, g):\n        raise ValueError('boom')\n"
+            "def loss(logits, labels):\n    return F.apply(logits).mean()\n",
+            ["F.backward", "ValueError", "boom"],
+        ),
+        (
+            "class F(torch.autograd.Function):\n    @staticmethod\n    def forward(ctx, x):\n        return x.clone()\n"
+            "    @staticmethod\n    def backward(ctx, g):\n        return g[:1]\n"
+            "def loss(logits, labels):\n    return F.apply(logits).mean()\n",
+            ["FBackward", "invalid gradient"],
+        ),
+    ],
+)
 @pytest.mark.parametrize("command", ["check", "grads", "verify", "inspect"])
 def test_a_loss_whose_backward_fails(tmp_path, source, words, command):
     (tmp_path / "user_loss.py").write_text("import torch\n" + source)
@@ -373,13 +410,16 @@ def test_a_loss_whose_backward_fails(tmp_path, source, words, command):
     assert_one_error_line(result, "backward", *words)
 
 
-@pytest.mark.parametrize("args, words", [
-    (("check", LLAMA, LEAK, "--device", "meta"), ["meta"]),
-    (("check", LLAMA, LEAK, "--params", "--lr", "inf"), ["--lr", "inf"]),
-    (("grads", LLAMA, LEAK, "--lr", "inf"), ["--lr", "inf"]),
-    (("scan", LEAK_JSONL, "--tokenizer", LLAMA, "--end-token-id", "480"), ["480", "vocabulary"]),
-    (("scan", LEAK_JSONL, "--end-token-id", "-5"), ["-5"]),
-])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (("check", LLAMA, LEAK, "--device", "meta"), ["meta"]),
+        (("check", LLAMA, LEAK, "--params", "--lr", "inf"), ["--lr", "inf"]),
+        (("grads", LLAMA, LEAK, "--lr", "inf"), ["--lr", "inf"]),
+        (("scan", LEAK_JSONL, "--tokenizer", LLAMA, "--end-token-id", "480"), ["480", "vocabulary"]),
+        (("scan", LEAK_JSONL, "--end-token-id", "-5"), ["-5"]),
+    ],
+)
 def test_remaining_bad_input(args, words):
     assert_one_error_line(invoke(*args, *FAST if args[0] == "check" else ()), *words)
 

@@ -19,6 +19,7 @@ runner = CliRunner(env={"COLUMNS": "100"})
 def run(*args):
     return runner.invoke(app, [str(a) for a in args])
 
+
 LEAK = BATCHES / "llama_prompt_leak.safetensors"
 
 
@@ -45,10 +46,19 @@ def test_grads_and_scan_html(tmp_path, html_page):
     assert result.exit_code == 0, result.output
     grads = html_page((tmp_path / "g.html").read_text(encoding="utf-8"))
     assert [a for tag, a in grads.elements if tag == "g" and "mark" in (a.get("class") or "")]
-    result = run("scan", BATCHES / "gpt2_eos_untrained_lm_collator.safetensors", "--tokenizer", GPT2, "--html", tmp_path / "s.html")
+    result = run(
+        "scan",
+        BATCHES / "gpt2_eos_untrained_lm_collator.safetensors",
+        "--tokenizer",
+        GPT2,
+        "--html",
+        tmp_path / "s.html",
+    )
     assert result.exit_code == 1, result.output
     scan = html_page((tmp_path / "s.html").read_text(encoding="utf-8"))
-    assert {a["data-check"]: a["data-state"] for tag, a in scan.elements if tag == "tr" and "data-state" in a}["eos_untrained"] == "error"
+    assert {a["data-check"]: a["data-state"] for tag, a in scan.elements if tag == "tr" and "data-state" in a}[
+        "eos_untrained"
+    ] == "error"
 
 
 def test_format_junit_on_stdout(junit_schema):
@@ -59,11 +69,17 @@ def test_format_junit_on_stdout(junit_schema):
     assert failed == ["sample 0", "sample 1", "sample 2", "errors"]  # the last: the report's verdict
 
 
-COMMANDS = {"check": ["check", LLAMA, LEAK], "grads": ["grads", LLAMA, LEAK], "inspect": ["inspect", LLAMA, LEAK], "scan": ["scan", LEAK]}
+COMMANDS = {
+    "check": ["check", LLAMA, LEAK],
+    "grads": ["grads", LLAMA, LEAK],
+    "inspect": ["inspect", LLAMA, LEAK],
+    "scan": ["scan", LEAK],
+}
 
 
 @pytest.mark.parametrize(
-    "name, option", [(name, "--html") for name in COMMANDS] + [(name, "--output") for name in ("check", "grads", "scan")]
+    "name, option",
+    [(name, "--html") for name in COMMANDS] + [(name, "--output") for name in ("check", "grads", "scan")],
 )
 def test_unwritable_path_is_one_error_line(tmp_path, name, option):
     command = COMMANDS[name]
@@ -71,7 +87,9 @@ def test_unwritable_path_is_one_error_line(tmp_path, name, option):
         result = run(*command, option, path)
         assert result.exit_code == 2, result.output
         lines = [line for line in result.stderr.splitlines() if line.strip()]
-        assert len(lines) == 1 and lines[0].startswith(f"Error: cannot write {path}") and said in lines[0], result.stderr
+        assert len(lines) == 1 and lines[0].startswith(f"Error: cannot write {path}") and said in lines[0], (
+            result.stderr
+        )
         assert result.stdout == "" and "Traceback" not in result.output  # refused before the model ran
 
 
@@ -79,7 +97,9 @@ def test_github_annotations_only_under_actions(monkeypatch):
     monkeypatch.setenv("GITHUB_ACTIONS", "true")
     result = run("check", LLAMA, LEAK, "--format", "json")
     lines = [line for line in result.stderr.splitlines() if line.startswith("::")]
-    assert len(lines) == 3 and all(line.startswith("::error ") and "title=gradscope prompt_leak (sample" in line for line in lines)
+    assert len(lines) == 3 and all(
+        line.startswith("::error ") and "title=gradscope prompt_leak (sample" in line for line in lines
+    )
     monkeypatch.setenv("GITHUB_ACTIONS", "false")
     assert "::error" not in run("check", LLAMA, LEAK, "--format", "json").stderr
 

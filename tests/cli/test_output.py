@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gradscope.errors import InputError
 from gradscope.cli.output import check_writable, write_text
+from gradscope.errors import InputError
 
 
 def test_a_missing_directory_is_named(tmp_path):

@@ -17,21 +17,28 @@ HEAVY = ("torch", "transformers", "numpy", "datasets", "safetensors", "tokenizer
 def imported(*code: str) -> tuple[set[str], subprocess.CompletedProcess[str]]:
     """The top-level packages a fresh ``python -X importtime ...`` imports, and the finished process."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "100"}
-    done = subprocess.run([sys.executable, "-X", "importtime", *code], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=120)
-    names = {line.rsplit("|", 1)[1].strip().split(".")[0] for line in done.stderr.splitlines()
-             if line.startswith("import time:") and line.count("|") == 2}
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", *code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    names = {
+        line.rsplit("|", 1)[1].strip().split(".")[0]
+        for line in done.stderr.splitlines()
+        if line.startswith("import time:") and line.count("|") == 2
+    }
     return names - {"package"}, done  # "package" is the header row's last column
 
 
-@pytest.mark.parametrize("args", [
-    ["--help"],
-    ["check", "--help"],
-    ["scan", "--help"],
-    ["--version"],
-    ["check", "model", "batch.safetensors", "--dtype", "float8"],  # a usage error
-    ["check"],  # a missing argument
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--help"],
+        ["check", "--help"],
+        ["scan", "--help"],
+        ["--version"],
+        ["check", "model", "batch.safetensors", "--dtype", "float8"],  # a usage error
+        ["check"],  # a missing argument
+    ],
+)
 def test_the_command_line_answers_without_torch(args: list[str]) -> None:
     names, done = imported("-m", "gradscope", *args)
     assert "gradscope" in names and "typer" in names, done.stderr[-2000:]  # the list was read
@@ -40,9 +47,11 @@ def test_the_command_line_answers_without_torch(args: list[str]) -> None:
 
 
 def test_import_gradscope_is_lazy_and_its_names_still_resolve() -> None:
-    code = ("import sys, gradscope; light = 'torch' not in sys.modules; "
-            "import gradscope.scan.roles; print(light, gradscope.check.__module__, gradscope.scan.__module__, "
-            "gradscope.Report.__name__, sorted(set(gradscope.__all__) - set(dir(gradscope))))")
+    code = (
+        "import sys, gradscope; light = 'torch' not in sys.modules; "
+        "import gradscope.scan.roles; print(light, gradscope.check.__module__, gradscope.scan.__module__, "
+        "gradscope.Report.__name__, sorted(set(gradscope.__all__) - set(dir(gradscope))))"
+    )
     names, done = imported("-c", code)
     assert done.stdout.split() == ["True", "gradscope.verbs.check", "gradscope.scan.dataset", "Report", "[]"]
     assert "torch" in names  # the names did resolve, through the modules that need torch

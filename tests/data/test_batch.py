@@ -40,8 +40,12 @@ def test_a_plain_batch_has_one_document_per_row():
 
 
 def test_select_rows_keeps_what_is_not_per_row():
-    batch = {"input_ids": torch.arange(6).view(3, 2), "attention_mask": torch.ones(3, 1, 2, 2), "use_cache": False,
-             "cu_seq_lens_q": torch.tensor([0, 3])}
+    batch = {
+        "input_ids": torch.arange(6).view(3, 2),
+        "attention_mask": torch.ones(3, 1, 2, 2),
+        "use_cache": False,
+        "cu_seq_lens_q": torch.tensor([0, 3]),
+    }
     part = select_rows(batch, [2])
     assert part["input_ids"].tolist() == [[4, 5]] and part["attention_mask"].shape == (1, 1, 2, 2)
     assert part["use_cache"] is False and part["cu_seq_lens_q"].tolist() == [0, 3]
@@ -49,7 +53,8 @@ def test_select_rows_keeps_what_is_not_per_row():
 
 
 @pytest.mark.parametrize(
-    "cu", [torch.tensor([1, 3]), torch.tensor([0, 5, 3]), torch.tensor([0, 9]), torch.tensor([0.0, 4.0]), torch.tensor(4)]
+    "cu",
+    [torch.tensor([1, 3]), torch.tensor([0, 5, 3]), torch.tensor([0, 9]), torch.tensor([0.0, 4.0]), torch.tensor(4)],
 )
 def test_bad_cu_seq_lens_are_bad_input(cu):
     with pytest.raises(DataError, match="cu_seq_lens_q"):

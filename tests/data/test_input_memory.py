@@ -26,8 +26,9 @@ print(next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith(
 
 def _peak_kib(path: Path) -> int:
     env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
-    out = subprocess.run([sys.executable, "-c", _PROBE, str(path)], capture_output=True, text=True, env=env,
-                         check=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", _PROBE, str(path)], capture_output=True, text=True, env=env, check=True, timeout=120
+    )
     return int(out.stdout.strip())
 
 

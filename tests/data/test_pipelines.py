@@ -53,8 +53,14 @@ def checked(fixture_model):
         if options.get("pipeline") == "trl":
             pytest.importorskip("trl")  # the [trl] extra, which CI installs
         m, tok = fixture_model(model)
-        prepared = load_data(path, tokenizer=tok, model=m, batch_size=batch_size, options=DataOptions(**options),
-                             pad_token_id=tok.pad_token_id)
+        prepared = load_data(
+            path,
+            tokenizer=tok,
+            model=m,
+            batch_size=batch_size,
+            options=DataOptions(**options),
+            pad_token_id=tok.pad_token_id,
+        )
         report = gradscope.check_batches(m, prepared.batches, tokenizer=tok)
         return prepared, report
 
@@ -97,7 +103,11 @@ def test_reference_masking_checks_clean_and_trains_exactly_the_completion(model,
     assert prepared.data["pipeline"] == "reference"
     _, tok = fixture_model(model)
     spec = RoleSpec(default_end_token_ids(None, tok), response_template=options.get("response_template"))
-    for sample, row in zip(report.samples, role_rows(rows_of(data) if data.endswith("l") else json.loads((RAW / data).read_text()), tok, spec), strict=True):
+    for sample, row in zip(
+        report.samples,
+        role_rows(rows_of(data) if data.endswith("l") else json.loads((RAW / data).read_text()), tok, spec),
+        strict=True,
+    ):
         real = [t for t in sample.tokens if t.role != "pad"]
         assert [t.token_id for t in real] == row.input_ids
         assert [t.role for t in real] == [ROLE_NAMES[r] for r in row.roles]
@@ -111,8 +121,14 @@ def test_truncated_reference_reports_completion_truncated_and_no_loss_by_truncat
     rows = derived()
     cut = rows[1].roles.count(COMPLETION) - rows[1].roles[:20].count(COMPLETION)
     assert by[("completion_truncated", 1)].severity == "warning"
-    assert f"cut {cut} of the {rows[1].roles.count(COMPLETION)} completion tokens" in by[("completion_truncated", 1)].message
-    assert f"Truncation did it: the maximum length cut all {rows[0].roles.count(COMPLETION)} completion tokens" in by[("no_loss", 0)].message
+    assert (
+        f"cut {cut} of the {rows[1].roles.count(COMPLETION)} completion tokens"
+        in by[("completion_truncated", 1)].message
+    )
+    assert (
+        f"Truncation did it: the maximum length cut all {rows[0].roles.count(COMPLETION)} completion tokens"
+        in by[("no_loss", 0)].message
+    )
 
 
 # --- matching derived roles onto another pipeline's batch -------------------------------------------------------
@@ -147,8 +163,11 @@ def test_attach_roles_counts_truncation_and_refuses_foreign_tokens(derived):
     assert out[ROLE_CODES_KEY][0].tolist() == row.roles[-12:]
     assert out[CUT_KEY].tolist() == [row.roles.count(COMPLETION) - row.roles[-12:].count(COMPLETION)]
     foreign = {"input_ids": torch.tensor([[9] + row.input_ids])}  # a BOS the derivation does not have
-    with pytest.raises(DataError, match=r"batch row 0 from position 0 does not hold the tokens "
-        r"gradscope derived for data row 0: they first differ at token 0 \(9 in the batch, 1 from"):
+    with pytest.raises(
+        DataError,
+        match=r"batch row 0 from position 0 does not hold the tokens "
+        r"gradscope derived for data row 0: they first differ at token 0 \(9 in the batch, 1 from",
+    ):
         attach_roles(foreign, rows, 3, strict=True)
     loose, used = attach_roles(foreign, rows, 3, strict=False)
     assert (loose[ROLE_CODES_KEY] == UNKNOWN).all() and used == set()
@@ -173,11 +192,11 @@ def test_collator_on_raw_rows_with_the_chat_template_passes(tmp_path, checked):
         f"TOK = AutoTokenizer.from_pretrained({str(FIXTURES / LLAMA)!r})\n"
         "def collate(rows):\n"
         "    out = [TOK.apply_chat_template(r['messages'], return_dict=True, "
-            "return_assistant_tokens_mask=True) for r in rows]\n"
+        "return_assistant_tokens_mask=True) for r in rows]\n"
         "    n = max(len(o['input_ids']) for o in out)\n"
         "    ids = [o['input_ids'] + [3] * (n - len(o['input_ids'])) for o in out]\n"
         "    labels = [[i if m else -100 for i, m in zip(o['input_ids'], o['assistant_masks'])] "
-            "+ [-100] * (n - len(o['input_ids'])) for o in out]\n"
+        "+ [-100] * (n - len(o['input_ids'])) for o in out]\n"
         "    mask = [[1] * len(o['input_ids']) + [0] * (n - len(o['input_ids'])) for o in out]\n"
         "    return {'input_ids': ids, 'labels': labels, 'attention_mask': mask}\n"
     )
@@ -263,7 +282,9 @@ def test_trl_conversational_prompt_completion_trains_the_glue_after_the_closing_
 
 
 def test_trl_truncation_drops_rows_and_warns_on_cut_completions(checked):
-    prepared, report = checked(RAW / "chat.jsonl", pipeline="trl", max_length=20, trl_options={"assistant_only_loss": True})
+    prepared, report = checked(
+        RAW / "chat.jsonl", pipeline="trl", max_length=20, trl_options={"assistant_only_loss": True}
+    )
     assert pairs(report) == [("completion_truncated", 1)]  # sample indices are data rows
     assert [s.index for s in report.samples] == [1]
     assert prepared.notes == [
@@ -346,7 +367,11 @@ def test_trl_padding_free_batches_are_checked_as_trl_calls_the_model(fixture_mod
     """TRL's SFTTrainer passes use_cache=False with every batch; the model's own config (use_cache=True) is put back."""
     model, _ = fixture_model(LLAMA)
     assert model.config.use_cache is True
-    prepared, report = checked(RAW / "chat.jsonl", pipeline="trl", trl_options={"assistant_only_loss": True, "padding_free": True, "max_length": None})
+    prepared, report = checked(
+        RAW / "chat.jsonl",
+        pipeline="trl",
+        trl_options={"assistant_only_loss": True, "padding_free": True, "max_length": None},
+    )
     assert model.config.use_cache is True
     assert all(b["use_cache"] is False for b in prepared.batches)
     assert report.probes["packing"].ran and report.findings == []
@@ -366,7 +391,9 @@ def test_trl_qwen25_training_template_is_clean_and_a_block_over_the_header_leaks
     _, tok = fixture_model(LLAMA)
     template = _trl_qwen25_template()
     if broken:
-        template = template.replace("{{ '<|im_start|>assistant' }}{% generation %}", "{% generation %}{{ '<|im_start|>assistant' }}")
+        template = template.replace(
+            "{{ '<|im_start|>assistant' }}{% generation %}", "{% generation %}{{ '<|im_start|>assistant' }}"
+        )
         assert template != _trl_qwen25_template()
     tok.chat_template, saved = template, tok.chat_template
     try:

@@ -17,8 +17,9 @@ def qwen3(fixtures_dir):
 
 def test_qwen3_non_thinking_prompt_prefills_an_empty_think_block(qwen3):
     # The tokens the template adds after the assistant header with enable_thinking=False, tokenized here alone.
-    prompted = qwen3.apply_chat_template([{"role": "user", "content": "Hi."}], tokenize=False,
-                                         add_generation_prompt=True, enable_thinking=False)
+    prompted = qwen3.apply_chat_template(
+        [{"role": "user", "content": "Hi."}], tokenize=False, add_generation_prompt=True, enable_thinking=False
+    )
     assert prompted.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
     expected = tuple(qwen3("<think>\n\n</think>\n\n", add_special_tokens=False)["input_ids"])
     assert generation_prefills(qwen3) == (expected,)
@@ -33,7 +34,8 @@ def test_a_prefill_written_whatever_the_options_is_found(qwen3):
     """DeepSeek-R1's generation prompt ends with "<think>\\n" by default; earlier answers have no think block."""
     tok = copy.deepcopy(qwen3)
     tok.chat_template = qwen3.chat_template.replace(
-        "{{ '<|im_start|>assistant\\n' }}{% if enable_thinking", "{{ '<|im_start|>assistant\\n<think>\\n' }}{% if enable_thinking"
+        "{{ '<|im_start|>assistant\\n' }}{% if enable_thinking",
+        "{{ '<|im_start|>assistant\\n<think>\\n' }}{% if enable_thinking",
     )
     assert tok.chat_template != qwen3.chat_template
     found = generation_prefills(tok)

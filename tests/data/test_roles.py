@@ -53,11 +53,17 @@ TOOL_CHAT = [
 EXPECTED = {
     "chatml": [
         ("<|im_start|>system\nUse the tools.<|im_end|>\n<|im_start|>user\nWhat is 2 plus 3?<|im_end|>\n", P),
-        ("<|im_start|>assistant\n", P), ("<|im_end|>", C), ("\n", U),
+        ("<|im_start|>assistant\n", P),
+        ("<|im_end|>", C),
+        ("\n", U),
         ("<|im_start|>tool\n5<|im_end|>\n", P),
-        ("<|im_start|>assistant\n", P), ("It is 5.<|im_end|>", C), ("\n", U),
+        ("<|im_start|>assistant\n", P),
+        ("It is 5.<|im_end|>", C),
+        ("\n", U),
         ("<|im_start|>user\nThanks.<|im_end|>\n", P),
-        ("<|im_start|>assistant\n", P), ("You are welcome.<|im_end|>", C), ("\n", U),
+        ("<|im_start|>assistant\n", P),
+        ("You are welcome.<|im_end|>", C),
+        ("\n", U),
     ],
     "llama3": [
         ("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nUse the tools.<|eot_id|>", P),
@@ -65,16 +71,20 @@ EXPECTED = {
         ("<|start_header_id|>assistant<|end_header_id|>\n\n", P),
         ('{"name": "add", "parameters": {"a": 2, "b": 3}}<|eot_id|>', C),
         ("<|start_header_id|>ipython<|end_header_id|>\n\n5<|eot_id|>", P),
-        ("<|start_header_id|>assistant<|end_header_id|>\n\n", P), ("It is 5.<|eot_id|>", C),
+        ("<|start_header_id|>assistant<|end_header_id|>\n\n", P),
+        ("It is 5.<|eot_id|>", C),
         ("<|start_header_id|>user<|end_header_id|>\n\nThanks.<|eot_id|>", P),
-        ("<|start_header_id|>assistant<|end_header_id|>\n\n", P), ("You are welcome.<|eot_id|>", C),
+        ("<|start_header_id|>assistant<|end_header_id|>\n\n", P),
+        ("You are welcome.<|eot_id|>", C),
     ],
     # No assistant header: [/INST] ends the user turn; the tool call marker is generated, so it is completion.
     "mistral": [
         ("<s>[INST] Use the tools.\n\nWhat is 2 plus 3? [/INST]", P),
         ('[TOOL_CALLS] [{"name": "add", "arguments": {"a": 2, "b": 3}}]</s>', C),
-        ("[TOOL_RESULTS] 5 [/TOOL_RESULTS]", P), ("It is 5.</s>", C),
-        ("[INST] Thanks. [/INST]", P), ("You are welcome.</s>", C),
+        ("[TOOL_RESULTS] 5 [/TOOL_RESULTS]", P),
+        ("It is 5.</s>", C),
+        ("[INST] Thanks. [/INST]", P),
+        ("You are welcome.</s>", C),
     ],
 }
 
@@ -105,7 +115,10 @@ def test_multi_turn_chat_roles_token_by_token(name, tok, spec, expected_roles):
 def test_messages_are_attributed_to_their_turns(tok, spec):
     row = derive({"messages": TOOL_CHAT}, 0, tok("chatml"), spec("chatml"))
     t = tok("chatml")
-    per_message = [t.apply_chat_template(TOOL_CHAT[: k + 1], tokenize=True, return_dict=True)["input_ids"] for k in range(len(TOOL_CHAT))]
+    per_message = [
+        t.apply_chat_template(TOOL_CHAT[: k + 1], tokenize=True, return_dict=True)["input_ids"]
+        for k in range(len(TOOL_CHAT))
+    ]
     bounds = [0] + [len(ids) for ids in per_message]
     assert row.messages == [k for k in range(len(TOOL_CHAT)) for _ in range(bounds[k + 1] - bounds[k])]
 
@@ -145,10 +158,14 @@ def test_completion_starts_at_the_token_holding_its_first_character(tok, spec):
 def test_text_rows_with_response_and_instruction_templates(tok, spec, expected_roles):
     t = tok("gpt2")
     text = "### Human: Add 2 and 3.\n### Assistant: 5\n### Human: Thanks.\n### Assistant: Welcome."
-    row = derive({"text": text}, 0, t, spec("gpt2", response_template="### Assistant:", instruction_template="### Human:"))
+    row = derive(
+        {"text": text}, 0, t, spec("gpt2", response_template="### Assistant:", instruction_template="### Human:")
+    )
     pieces = [
-        ("### Human: Add 2 and 3.\n### Assistant:", P), (" 5\n", C),
-        ("### Human: Thanks.\n### Assistant:", P), (" Welcome." + t.eos_token, C),
+        ("### Human: Add 2 and 3.\n### Assistant:", P),
+        (" 5\n", C),
+        ("### Human: Thanks.\n### Assistant:", P),
+        (" Welcome." + t.eos_token, C),
     ]
     assert row.roles == expected_roles("gpt2", pieces, row.input_ids)
 
@@ -185,9 +202,13 @@ def test_template_that_breaks_the_prefix_property_is_named_precisely(tok, spec):
         "{{ messages[0]['content'] + '\\n\\n' }}{% endif %}{{ m['content'] + ' [/INST]' }}"
         "{% elif m['role'] == 'assistant' %}{{ m['content'] + eos_token }}{% endif %}{% endfor %}"
     )
-    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
-                {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Bye"},
-                {"role": "assistant", "content": "Bye."}]
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello."},
+        {"role": "user", "content": "Bye"},
+        {"role": "assistant", "content": "Bye."},
+    ]
     with pytest.raises(DataError) as err:
         derive({"messages": messages}, 7, tok("mistral"), spec("mistral", chat_template=template))
     assert str(err.value).startswith(
@@ -203,14 +224,24 @@ def test_closing_token_the_template_gives_to_the_next_turn_is_still_completion(t
         "{% for m in messages %}{% if not loop.first %}{{ '<|im_end|>\\n' }}{% endif %}"
         "{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] }}{% endfor %}"
         "{% if add_generation_prompt %}{% if messages %}{{ '<|im_end|>\\n' }}{% endif %}{{ "
-            "'<|im_start|>assistant\\n' }}{% endif %}"
+        "'<|im_start|>assistant\\n' }}{% endif %}"
     )
-    messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."},
-                {"role": "user", "content": "Bye"}]
+    messages = [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello."},
+        {"role": "user", "content": "Bye"},
+    ]
     row = derive({"messages": messages}, 0, tok("chatml"), spec("chatml", chat_template=template))
-    assert tok("chatml").apply_chat_template(messages, tokenize=False, chat_template=template).startswith("<|im_start|>user\nHi<|im_end|>")
-    pieces = [("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n", P), ("Hello.<|im_end|>", C),
-              ("\n<|im_start|>user\nBye", P)]
+    assert (
+        tok("chatml")
+        .apply_chat_template(messages, tokenize=False, chat_template=template)
+        .startswith("<|im_start|>user\nHi<|im_end|>")
+    )
+    pieces = [
+        ("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n", P),
+        ("Hello.<|im_end|>", C),
+        ("\n<|im_start|>user\nBye", P),
+    ]
     assert row.roles == expected_roles("chatml", pieces, row.input_ids)
 
 
@@ -235,7 +266,11 @@ def test_template_markers_read_roles_back_from_token_ids(name, tok, spec):
     ends = default_end_token_ids(None, tok(name))
     markers = template_markers(tok(name), ends)
     assert markers is not None
-    for messages, policy in ((TOOL_CHAT, "all-assistant"), (TOOL_CHAT, "last-assistant"), (TOOL_CHAT[1:5], "all-assistant")):
+    for messages, policy in (
+        (TOOL_CHAT, "all-assistant"),
+        (TOOL_CHAT, "last-assistant"),
+        (TOOL_CHAT[1:5], "all-assistant"),
+    ):
         row = derive({"messages": messages}, 0, tok(name), spec(name, train_on=policy))
         assert markers.roles(row.input_ids, policy) == row.roles
 

@@ -52,14 +52,26 @@ def _jsonl(tmp: Path, *lines: str) -> Path:
 BAD = {
     "raw text": (['{"prompt": "hi", "completion": "there"}'], "raw text (prompt, completion)"),
     "no input_ids": (['{"ids": [1, 2]}'], "no 'input_ids' column"),
-    "length differs": (['{"input_ids": [1, 2], "labels": [1, 2]}', '{"input_ids": [1, 2, 3], "labels": [1, 2]}'], "row 1: 'labels' has 2 entries but 'input_ids' has 3"),
+    "length differs": (
+        ['{"input_ids": [1, 2], "labels": [1, 2]}', '{"input_ids": [1, 2, 3], "labels": [1, 2]}'],
+        "row 1: 'labels' has 2 entries but 'input_ids' has 3",
+    ),
     "empty row": (['{"input_ids": [1, 2]}', '{"input_ids": []}'], "row 1: 'input_ids' is empty"),
-    "negative id": (['{"input_ids": [1, 2]}', '{"input_ids": [4, -3]}'], "row 1: position 1: 'input_ids' holds a negative"),
-    "null": (['{"input_ids": [1, 2], "labels": [1, 2]}', '{"input_ids": [1, 2], "labels": null}'], "row 1: 'labels' is null"),
+    "negative id": (
+        ['{"input_ids": [1, 2]}', '{"input_ids": [4, -3]}'],
+        "row 1: position 1: 'input_ids' holds a negative",
+    ),
+    "null": (
+        ['{"input_ids": [1, 2], "labels": [1, 2]}', '{"input_ids": [1, 2], "labels": null}'],
+        "row 1: 'labels' is null",
+    ),
     "not json": (['{"input_ids": [1, 2]}', '{"input_ids": [1, 2]', "oops"], "row 1: cannot read JSON lines"),
     "strings": (['{"input_ids": ["a", "b"]}'], "lists of integers"),
     "strings later": (['{"input_ids": [1, 2]}', '{"input_ids": [3, 4]}', '{"input_ids": [5, "b"]}'], "row 2: "),
-    "null entry": (['{"input_ids": [1, 2]}', '{"input_ids": [3, 4]}', '{"input_ids": [1, null]}'], "row 2: 'input_ids' holds a null"),
+    "null entry": (
+        ['{"input_ids": [1, 2]}', '{"input_ids": [3, 4]}', '{"input_ids": [1, null]}'],
+        "row 2: 'input_ids' holds a null",
+    ),
     "floats": (['{"input_ids": [1, 2.5]}'], "row 0: 'input_ids' must hold lists of integers"),
 }
 

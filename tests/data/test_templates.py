@@ -58,8 +58,14 @@ def test_markers_read_each_chat_as_rendering_its_prefixes_does(family):
         prefill = prefill_at(tok, row.input_ids, row.roles)
         assert prefill == prefill_at(tok, row.input_ids, read), row.index
         differ = {t for t, (a, b) in enumerate(zip(read, row.roles, strict=True)) if a != b}
-        glue = {t for t in differ if read[t] == UNKNOWN and row.roles[t] == PROMPT
-                and not tok.decode([row.input_ids[t]]).strip() and t + 1 in prefill}
+        glue = {
+            t
+            for t in differ
+            if read[t] == UNKNOWN
+            and row.roles[t] == PROMPT
+            and not tok.decode([row.input_ids[t]]).strip()
+            and t + 1 in prefill
+        }
         assert differ <= prefill | glue, (row.index, sorted(differ - prefill - glue))
 
 
@@ -75,7 +81,9 @@ def test_completion_is_what_the_generator_labelled_from_the_template_strings(fam
         prefill = prefill_at(tok, row.input_ids, row.roles)
         assert labelled == [r == COMPLETION and t not in prefill for t, r in enumerate(row.roles)], b
         extra = clean["input_ids"][b, n:][clean["attention_mask"][b, n:] == 1].tolist()
-        assert extra == ([tok.eos_token_id] if family == "glm" else [])  # the EOS a trainer appends after GLM's last turn
+        assert extra == (
+            [tok.eos_token_id] if family == "glm" else []
+        )  # the EOS a trainer appends after GLM's last turn
 
 
 def test_harmony_header_the_model_writes_inside_its_turn_is_completion():
@@ -86,7 +94,12 @@ def test_harmony_header_the_model_writes_inside_its_turn_is_completion():
     row = rows[2]  # one turn: analysis, then the final message
     inner = [t for t in range(1, len(row.input_ids)) if row.input_ids[t] == start and row.input_ids[t - 1] == end]
     assert markers is not None and markers.continues
-    assert [markers.roles(row.input_ids)[t] for t in inner] == [PROMPT, PROMPT, PROMPT, COMPLETION]  # system, developer, user; own
+    assert [markers.roles(row.input_ids)[t] for t in inner] == [
+        PROMPT,
+        PROMPT,
+        PROMPT,
+        COMPLETION,
+    ]  # system, developer, user; own
     assert markers.roles(row.input_ids, "last-assistant") == markers.roles(row.input_ids)
 
 
@@ -99,8 +112,9 @@ def test_the_thinking_off_prefill_is_learnt_though_the_option_also_changes_other
     chat = [{"role": "user", "content": "Hi."}]
     plain = tok.apply_chat_template(chat, tokenize=False)
     off = tok.apply_chat_template(chat, tokenize=False, enable_thinking=False)
-    assert plain != off and tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True,
-                                                     enable_thinking=False).endswith(text)
+    assert plain != off and tok.apply_chat_template(
+        chat, tokenize=False, add_generation_prompt=True, enable_thinking=False
+    ).endswith(text)
     assert tuple(tok(text, add_special_tokens=False)["input_ids"]) in generation_prefills(tok)
 
 
@@ -111,8 +125,11 @@ def test_glm_turns_are_closed_by_the_next_role_tag_which_is_completion():
     assert {user, observation} <= ends
     for row in rows:
         assistant = tok.convert_tokens_to_ids("<|assistant|>")
-        after = [t for t in range(1, len(row.input_ids)) if row.input_ids[t] in (user, observation)
-                 and assistant in row.input_ids[:t]]
+        after = [
+            t
+            for t in range(1, len(row.input_ids))
+            if row.input_ids[t] in (user, observation) and assistant in row.input_ids[:t]
+        ]
         assert after and all(row.roles[t] == COMPLETION for t in after)
 
 
@@ -128,7 +145,8 @@ def test_a_template_whose_probes_all_fail_is_not_verified_with_the_reason():
     tok.chat_template = tok.chat_template.replace(
         "{%- for message in loop_messages -%}",
         "{%- for message in loop_messages -%}{%- if message['role'] == 'assistant' -%}"
-        "{{- raise_exception('assistant turns are not supported') -}}{%- endif -%}")
+        "{{- raise_exception('assistant turns are not supported') -}}{%- endif -%}",
+    )
     ends = default_end_token_ids(None, tok)
     markers, why = chat_markers(tok, ends)
     assert markers is None and "assistant turns are not supported" in why

@@ -17,7 +17,17 @@ from gradscope.data.tokens import default_end_token_ids
 from gradscope.errors import DataError
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
-FAMILIES = ["chatml-chat", "qwen3-chat", "qwen3-original-chat", "qwen2.5-trl-chat", "llama3-chat", "gemma-chat", "mistral-chat", "phi3-chat", "deepseek-chat"]
+FAMILIES = [
+    "chatml-chat",
+    "qwen3-chat",
+    "qwen3-original-chat",
+    "qwen2.5-trl-chat",
+    "llama3-chat",
+    "gemma-chat",
+    "mistral-chat",
+    "phi3-chat",
+    "deepseek-chat",
+]
 RAW_FILES = ("chat.jsonl", "tool_chat.jsonl", "think_chat.jsonl")
 
 
@@ -92,7 +102,7 @@ def test_a_prefix_break_other_than_a_trailing_eos_is_still_refused():
     # Earlier turns rendered differently once a later one follows: the last turn upper-cased.
     template = (
         "{% for message in messages %}{% if loop.last %}{{ '<|' + message['role'] + '|>\\n' + "
-            "message['content'] | upper }}"
+        "message['content'] | upper }}"
         "{% else %}{{ '<|' + message['role'] + '|>\\n' + message['content'] }}{% endif %}{{ '<|end|>\\n' }}{% endfor %}"
         "{{ eos_token }}"
     )
@@ -107,7 +117,9 @@ def test_response_template_as_tokens_stops_at_the_end_token_and_says_when_absent
     text = "Question: What is 2 plus 3?\nAnswer: 5<|im_end|>Question: Hot?\nAnswer: cold<|im_end|>"
     ids = tok(text, add_special_tokens=False)["input_ids"]
     batch = {"input_ids": torch.tensor([ids, ids])}
-    batch["input_ids"][1] = torch.tensor(tok("no template here " * 6, add_special_tokens=False)["input_ids"][: len(ids)])
+    batch["input_ids"][1] = torch.tensor(
+        tok("no template here " * 6, add_special_tokens=False)["input_ids"][: len(ids)]
+    )
     read = batch_roles(batch, tok, ends, RoleSources(response_template="Answer:"))
     answer = tok("Answer:", add_special_tokens=False)["input_ids"]
     expected, t = [PROMPT] * len(ids), 0
@@ -149,13 +161,19 @@ def test_roles_from_rows_that_differ_from_the_batch_name_row_and_position():
     ids = list(rows[1].input_ids)
     ids[7] = ids[7] + 1
     with pytest.raises(DataError) as err:
-        batch_roles({"input_ids": torch.tensor([ids])}, tokenizer("chatml-chat"), ends,
-                    RoleSources(roles_from=rows, roles_from_path="raw.jsonl"), first_row=1)
+        batch_roles(
+            {"input_ids": torch.tensor([ids])},
+            tokenizer("chatml-chat"),
+            ends,
+            RoleSources(roles_from=rows, roles_from_path="raw.jsonl"),
+            first_row=1,
+        )
     assert "raw.jsonl: row 1: position 7:" in str(err.value) and "differ" in str(err.value)
     # A batch truncated at the end is the raw row's start: accepted, with the roles of that start.
     short = rows[1].input_ids[:9]
-    read = batch_roles({"input_ids": torch.tensor([short])}, tokenizer("chatml-chat"), ends,
-                       RoleSources(roles_from=rows), first_row=1)
+    read = batch_roles(
+        {"input_ids": torch.tensor([short])}, tokenizer("chatml-chat"), ends, RoleSources(roles_from=rows), first_row=1
+    )
     assert read.codes[0].tolist() == rows[1].roles[:9]
 
 
@@ -212,15 +230,22 @@ def test_qwen3_original_template_that_drops_earlier_reasoning_is_read_on_the_who
     single = chats[1]  # one exchange: no later turn drops anything, the last turn gets an empty think block
     assert rows[1].note is None
     assert _completion_texts(tok, rows[1]) == [f"<think>\n\n</think>\n\n{single[1]['content']}<|im_end|>"]
-    prepared = load_data(FIXTURES / "raw" / "think_chat.jsonl", tokenizer=tok, batch_size=2, options=DataOptions(),
-                         pad_token_id=tok.pad_token_id)
+    prepared = load_data(
+        FIXTURES / "raw" / "think_chat.jsonl",
+        tokenizer=tok,
+        batch_size=2,
+        options=DataOptions(),
+        pad_token_id=tok.pad_token_id,
+    )
     assert prepared.notes == [f"row(s) 0: {rows[4].note}"]
 
 
 def test_a_prefix_break_beyond_dropped_reasoning_is_still_refused():
     tok = tokenizer("qwen3-original-chat")
-    template = tok.chat_template.replace("{% else %}{{ '<|im_start|>assistant\\n' + content }}",
-                                         "{% else %}{{ '<|im_start|>assistant\\n' + content | upper }}")
+    template = tok.chat_template.replace(
+        "{% else %}{{ '<|im_start|>assistant\\n' + content }}",
+        "{% else %}{{ '<|im_start|>assistant\\n' + content | upper }}",
+    )
     assert template != tok.chat_template
     spec = RoleSpec(default_end_token_ids(None, tok), chat_template=template)
     with pytest.raises(DataError, match="prefix property"):

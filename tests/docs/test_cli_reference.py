@@ -22,8 +22,13 @@ def generator():
 def test_cli_reference_is_up_to_date(generator):
     written = (DOCS / "cli.md").read_text(encoding="utf-8")
     fresh = generator.render_reference()
-    diff = "".join(list(difflib.unified_diff(written.splitlines(True), fresh.splitlines(True), "docs/cli.md",
-                                             "the commands' help now"))[:40])
+    diff = "".join(
+        list(
+            difflib.unified_diff(
+                written.splitlines(True), fresh.splitlines(True), "docs/cli.md", "the commands' help now"
+            )
+        )[:40]
+    )
     assert written == fresh, f"docs/cli.md is stale: run `{generator.REFRESH}` and commit it\n{diff}"
 
 

@@ -20,7 +20,9 @@ def defined_tests() -> set[str]:
     names = set()
     for path in (ROOT / "tests/integrations").glob("test_*.py"):
         tree = ast.parse(path.read_text(encoding="utf-8"))
-        names |= {node.name for node in tree.body if isinstance(node, ast.FunctionDef) and node.name.startswith("test_")}
+        names |= {
+            node.name for node in tree.body if isinstance(node, ast.FunctionDef) and node.name.startswith("test_")
+        }
     return names
 
 

@@ -34,9 +34,10 @@ def _batch(vocab: int = 97, seed: int = 0) -> dict[str, torch.Tensor]:
 
 
 def _per_token(report: gradscope.Report, key: str) -> torch.Tensor:
-    return torch.tensor([
-        float("nan") if getattr(t, key) is None else float(getattr(t, key)) for s in report.samples for t in s.tokens
-    ], dtype=torch.float64)
+    return torch.tensor(
+        [float("nan") if getattr(t, key) is None else float(getattr(t, key)) for s in report.samples for t in s.tokens],
+        dtype=torch.float64,
+    )
 
 
 @pytest.mark.parametrize("case", CATALOGUE, ids=[c["name"] for c in CATALOGUE])
@@ -50,8 +51,11 @@ def test_logits_depth_gives_the_full_checks_verdict_on_every_catalogue_case(case
     for key in ("target_id", "label", "token_id"):
         torch.testing.assert_close(_per_token(masking, key), _per_token(full, key), rtol=0, atol=0, equal_nan=True)
     for key in ("loss", "weight", "logit_grad_norm"):
-        torch.testing.assert_close(_per_token(masking, key), _per_token(full, key), rtol=1e-5, atol=1e-7, equal_nan=True)
+        torch.testing.assert_close(
+            _per_token(masking, key), _per_token(full, key), rtol=1e-5, atol=1e-7, equal_nan=True
+        )
     torch.testing.assert_close(torch.tensor(masking.losses), torch.tensor(full.losses), equal_nan=True)
+
     def findings(report):
         return [(f.check, f.severity, f.sample, f.positions, f.message) for f in report.findings]
 

@@ -14,9 +14,9 @@ import gradscope
 from gradscope.engine import accumulate as accumulate_module
 from gradscope.engine import screen
 from gradscope.engine.accumulate import accumulate
+from gradscope.engine.forward import Graph
 from gradscope.engine.probes import trace_dependence
 from gradscope.engine.run import forward_backward
-from gradscope.engine.forward import Graph
 from gradscope.engine.windows import Window, plan_windows
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
@@ -31,13 +31,17 @@ def _starts(t: int, *boundaries: int) -> torch.Tensor:
 def test_unpacked_row_is_cut_at_quarters():
     windows = plan_windows(_starts(12), torch.ones(1, 12, dtype=torch.bool), causal=True, packing=True, per_row=3)
     assert [(w.slice, w.start, w.cut, w.boundary, w.future) for w in windows] == [
-        (0, 0, 3, False, True), (1, 0, 6, False, True), (2, 0, 9, False, True)
+        (0, 0, 3, False, True),
+        (1, 0, 6, False, True),
+        (2, 0, 9, False, True),
     ]
 
 
 def test_packed_row_windows_start_at_boundaries_and_cut_inside_documents():
     # documents [0, 4), [4, 10), [10, 12)
-    windows = plan_windows(_starts(12, 4, 10), torch.ones(1, 12, dtype=torch.bool), causal=True, packing=True, per_row=3)
+    windows = plan_windows(
+        _starts(12, 4, 10), torch.ones(1, 12, dtype=torch.bool), causal=True, packing=True, per_row=3
+    )
     assert [(w.start, w.cut, w.boundary) for w in windows] == [(0, 1, False), (4, 7, True), (10, 12, True)]
     assert [w.future for w in windows] == [True, True, False]  # the last document's cut is the row's end
 
@@ -97,7 +101,9 @@ def test_dependence_matches_brute_force_jacobian_when_documents_leak(arch, tiny_
     # Independent: the full Jacobian of the logits with respect to the input embeddings, one output at a time.
     embeds = model.get_input_embeddings()(batch["input_ids"]).detach().requires_grad_(True)
     logits = model(inputs_embeds=embeds, position_ids=batch["position_ids"]).logits[0]  # (T, V)
-    depends = torch.stack([torch.autograd.grad(logits[t].sum(), embeds, retain_graph=True)[0][0].ne(0).any(-1) for t in range(12)])
+    depends = torch.stack(
+        [torch.autograd.grad(logits[t].sum(), embeds, retain_graph=True)[0][0].ne(0).any(-1) for t in range(12)]
+    )
     for w in windows:
         assert torch.equal(dep.seen[w.slice, 0], depends[w.start : w.cut].any(0)), w
     assert depends[5:, :5].any()  # the second document sees the first: the leak is real
@@ -168,7 +174,9 @@ def test_accumulation_matches_plain_autograd_and_the_closed_form(tiny_model, mak
     residual = (logits[:, :-1].softmax(-1) - F.one_hot(targets.clamp_min(0), 97)).pow(2).sum(-1) * (targets != -100)
     per_row = residual.sum(1)
     ratio = counts.sum() / (3 * counts)
-    assert acc.relative_error == pytest.approx(math.sqrt(float((per_row * (ratio - 1) ** 2).sum() / per_row.sum())), rel=1e-5)
+    assert acc.relative_error == pytest.approx(
+        math.sqrt(float((per_row * (ratio - 1) ** 2).sum() / per_row.sum())), rel=1e-5
+    )
     assert acc.rows == [[0], [1], [2]]
 
 
@@ -259,7 +267,8 @@ def test_screen_reads_the_loss_gradient_where_no_trained_logit_may_look(arch, us
     if use_cache:  # document 2 sees document 1's last tokens; the future stays unseen
         assert found.reached[0].nonzero().flatten().tolist() == [2, 3, 4]
         assert screen.confirming_windows(found, starts, real, causal=True, packing=True) == [
-            Window(0, 0, 0, 4, boundary=False, future=True), Window(0, 0, 5, 12, boundary=True, future=False)
+            Window(0, 0, 0, 4, boundary=False, future=True),
+            Window(0, 0, 5, 12, boundary=True, future=False),
         ]
     else:
         assert not found.reached.any()
@@ -291,9 +300,18 @@ def test_a_loss_term_outside_the_logits_is_no_leak(make_batch):
 
     torch.manual_seed(0)
     config = MixtralConfig(
-        vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2, output_router_logits=True,
-        router_aux_loss_coef=0.1, eos_token_id=5, pad_token_id=0,
+        vocab_size=97,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_local_experts=4,
+        num_experts_per_tok=2,
+        output_router_logits=True,
+        router_aux_loss_coef=0.1,
+        eos_token_id=5,
+        pad_token_id=0,
     )
     report = gradscope.check(MixtralForCausalLM(config).eval(), make_batch())
     assert report.findings == []
@@ -308,5 +326,7 @@ def test_a_packed_row_that_sees_everything_has_both_leaks(tiny_model):
     batch["attention_mask"] = torch.zeros(1, 1, 12, 12)  # an additive 4D mask that masks nothing
     report = gradscope.check(model, batch)
     assert [(f.check, f.positions) for f in report.findings] == [
-        ("causal_leak", [11]), ("cross_document_leak", [0, 1, 2, 3, 4]), ("roles_unknown", [])  # no tokenizer
+        ("causal_leak", [11]),
+        ("cross_document_leak", [0, 1, 2, 3, 4]),
+        ("roles_unknown", []),  # no tokenizer
     ]

@@ -22,7 +22,10 @@ def _reference(model, batch):
     """The same quantities by plain autograd: per-token CE, the closed-form logit gradient, grads at activations."""
     layers = find_decoder_layers(model)
     outputs = []
-    handles = [layer.register_forward_hook(lambda m, a, o: outputs.append(o[0] if isinstance(o, tuple) else o)) for layer in layers]
+    handles = [
+        layer.register_forward_hook(lambda m, a, o: outputs.append(o[0] if isinstance(o, tuple) else o))
+        for layer in layers
+    ]
     embeds = model.get_input_embeddings()(batch["input_ids"]).detach().requires_grad_(True)
     try:
         out = model(inputs_embeds=embeds, attention_mask=batch["attention_mask"], labels=batch["labels"])
@@ -99,7 +102,9 @@ def test_custom_loss_fn_is_used(tiny_model, make_batch):
 
     def summed(logits, labels):  # sum, not mean: every trained token weighs 1
         calls.append(labels.shape)
-        return F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100, reduction="sum")
+        return F.cross_entropy(
+            logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100, reduction="sum"
+        )
 
     capture = forward_backward(model, batch, loss_fn=summed)
     assert calls == [batch["labels"].shape]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from gradscope.engine.run import find_decoder_layers, forward_backward
 from gradscope.engine.forward import Graph
+from gradscope.engine.run import find_decoder_layers, forward_backward
 from gradscope.engine.split_backward import only_through
 
 
@@ -23,8 +23,11 @@ def _run(model, batch, loss_graph: bool, loss_fn=None) -> tuple[object, list[Gra
     def after(graph: Graph) -> None:
         graphs.append(graph)
         # what a probe does: a VJP from the head's input to the embeddings through the kept graph
-        dependence.append(torch.autograd.grad(graph.head_input, graph.embedding, torch.ones_like(graph.head_input),
-                                              retain_graph=True)[0])
+        dependence.append(
+            torch.autograd.grad(
+                graph.head_input, graph.embedding, torch.ones_like(graph.head_input), retain_graph=True
+            )[0]
+        )
 
     capture = forward_backward(model, batch, loss_fn=loss_fn, after_backward=after, loss_graph=loss_graph)
     return capture, graphs, dependence[0]

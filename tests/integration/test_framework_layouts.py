@@ -19,9 +19,13 @@ import gradscope
 IGNORE = -100
 LLAMA, GPT2 = "models/tiny-llama-chat", "models/tiny-gpt2"
 CHATS = [
-    [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "What colour is the sky?"},
-     {"role": "assistant", "content": "The sky is blue."}, {"role": "user", "content": "What is the capital of Kenya?"},
-     {"role": "assistant", "content": "The capital of Kenya is Nairobi."}],
+    [
+        {"role": "system", "content": "Answer briefly."},
+        {"role": "user", "content": "What colour is the sky?"},
+        {"role": "assistant", "content": "The sky is blue."},
+        {"role": "user", "content": "What is the capital of Kenya?"},
+        {"role": "assistant", "content": "The capital of Kenya is Nairobi."},
+    ],
     [{"role": "user", "content": "What is 2 plus 3?"}, {"role": "assistant", "content": "2 plus 3 is 5."}],
 ]
 
@@ -55,7 +59,7 @@ def turns(tok, chat):
             continue
         head = render(tok, chat[:k], generation_prompt=True)
         whole = render(tok, chat[: k + 1])
-        pairs.append((head[done:], whole[len(head):]))
+        pairs.append((head[done:], whole[len(head) :]))
         done = len(whole)
     return pairs
 
@@ -142,11 +146,17 @@ def packed(tok, rows, width, *, neat=True, pad_positions="zero"):
     batch = {
         "input_ids": torch.tensor([ids + [tok.pad_token_id] * pads]),
         "labels": torch.tensor([labels + [IGNORE] * pads]),
-        "position_ids": torch.tensor([positions + ([0] * pads if pad_positions == "zero" else
-                                                   list(range(positions[-1] + 1, positions[-1] + 1 + pads)))]),
+        "position_ids": torch.tensor(
+            [
+                positions
+                + ([0] * pads if pad_positions == "zero" else list(range(positions[-1] + 1, positions[-1] + 1 + pads)))
+            ]
+        ),
     }
     lengths = [len(i) for i, _ in rows]
-    batch["attention_mask"] = block_causal_4d(lengths + [pads], width) if neat else torch.ones(1, width, dtype=torch.long)
+    batch["attention_mask"] = (
+        block_causal_4d(lengths + [pads], width) if neat else torch.ones(1, width, dtype=torch.long)
+    )
     return batch
 
 

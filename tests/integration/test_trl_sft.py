@@ -68,10 +68,18 @@ def _ids(tok) -> dict:
 def _llama(tok):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    return LlamaForCausalLM(LlamaConfig(
-        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=256, **_ids(tok),
-    ))
+    return LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tok),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+            **_ids(tok),
+        )
+    )
 
 
 def _gpt2(tok):
@@ -85,46 +93,89 @@ def _gpt2(tok):
 def _qwen2(tok):
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    return Qwen2ForCausalLM(Qwen2Config(
-        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=256, **_ids(tok),
-    ))
+    return Qwen2ForCausalLM(
+        Qwen2Config(
+            vocab_size=len(tok),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+            **_ids(tok),
+        )
+    )
 
 
 def _mistral(tok):
     from transformers import MistralConfig, MistralForCausalLM
 
-    return MistralForCausalLM(MistralConfig(
-        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=256, sliding_window=None, **_ids(tok),
-    ))
+    return MistralForCausalLM(
+        MistralConfig(
+            vocab_size=len(tok),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+            sliding_window=None,
+            **_ids(tok),
+        )
+    )
 
 
 def _gemma(tok):
     from transformers import GemmaConfig, GemmaForCausalLM
 
-    return GemmaForCausalLM(GemmaConfig(
-        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=1, head_dim=8, max_position_embeddings=256, **_ids(tok),
-    ))
+    return GemmaForCausalLM(
+        GemmaConfig(
+            vocab_size=len(tok),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=1,
+            head_dim=8,
+            max_position_embeddings=256,
+            **_ids(tok),
+        )
+    )
 
 
 def _phi3(tok):
     from transformers import Phi3Config, Phi3ForCausalLM
 
-    return Phi3ForCausalLM(Phi3Config(
-        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=256, original_max_position_embeddings=256, **_ids(tok),
-    ))
+    return Phi3ForCausalLM(
+        Phi3Config(
+            vocab_size=len(tok),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+            original_max_position_embeddings=256,
+            **_ids(tok),
+        )
+    )
 
 
 def _opt(tok):
     from transformers import OPTConfig, OPTForCausalLM
 
-    return OPTForCausalLM(OPTConfig(
-        vocab_size=len(tok), hidden_size=32, ffn_dim=64, word_embed_proj_dim=32, num_hidden_layers=2,
-        num_attention_heads=4, max_position_embeddings=256, **_ids(tok),
-    ))
+    return OPTForCausalLM(
+        OPTConfig(
+            vocab_size=len(tok),
+            hidden_size=32,
+            ffn_dim=64,
+            word_embed_proj_dim=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=256,
+            **_ids(tok),
+        )
+    )
 
 
 ARCHITECTURES = {
@@ -331,7 +382,9 @@ def test_full_conversation_loss_flags_prompt_leak(arch, tok, tmp_path):
     rows = [{"messages": m} for m in CONVERSATIONS]
     _, batch = trl_batch(model, tok, tmp_path, rows, assistant_only_loss=False)
     # TRL's batch as it is: the template's markers give the roles, so the leak is seen without a role tensor.
-    assert pairs(gradscope.check(model, batch, tokenizer=tok)) == {("prompt_leak", i) for i in range(len(CONVERSATIONS))}
+    assert pairs(gradscope.check(model, batch, tokenizer=tok)) == {
+        ("prompt_leak", i) for i in range(len(CONVERSATIONS))
+    }
     roles = chat_assistant_masks(tok, batch)
     report = gradscope.check(model, {**batch, "assistant_masks": roles}, tokenizer=tok)
     assert pairs(report) == {("prompt_leak", i) for i in range(len(CONVERSATIONS))}

@@ -15,8 +15,10 @@ torch.set_num_threads(1)
 
 from fixtures.trainers import sft, train
 
-ROWS = [{"prompt": "Question: What colour is the sky?\nAnswer:", "completion": " blue"},
-        {"prompt": "Question: Count to seven.\nAnswer:", "completion": " one two three four five six seven"}]
+ROWS = [
+    {"prompt": "Question: What colour is the sky?\nAnswer:", "completion": " blue"},
+    {"prompt": "Question: Count to seven.\nAnswer:", "completion": " one two three four five six seven"},
+]
 
 
 def leaky_on_rank_1():

@@ -74,7 +74,9 @@ def step(fused: bool, leak_on: int | None, token_mean: bool, per_world: bool = T
     report = callback.report
     return {
         "error": error,
-        "changed": any(not torch.equal(b, p.detach().to_local()) for b, p in zip(before, model.parameters(), strict=True)),
+        "changed": any(
+            not torch.equal(b, p.detach().to_local()) for b, p in zip(before, model.parameters(), strict=True)
+        ),
         "findings": [[f.check, f.rank, f.sample] for f in report.findings],
         "read_at": report.data["watched"]["read_at"],
         "roles_from": report.data["watched"]["roles_from"],
@@ -86,11 +88,16 @@ def step(fused: bool, leak_on: int | None, token_mean: bool, per_world: bool = T
 
 def main(out: Path) -> None:
     dist.init_process_group("gloo")
-    results = {f"{'fused' if fused else 'logits'} {name}": step(fused, leak_on, token_mean, per_world)
-               for fused in (True, False)
-               for name, leak_on, token_mean, per_world in (
-                   ("clean", None, True, True), ("leak_on_rank_1", 1, True, True), ("rank_means", None, False, True),
-                   ("not_per_world", None, True, False))}
+    results = {
+        f"{'fused' if fused else 'logits'} {name}": step(fused, leak_on, token_mean, per_world)
+        for fused in (True, False)
+        for name, leak_on, token_mean, per_world in (
+            ("clean", None, True, True),
+            ("leak_on_rank_1", 1, True, True),
+            ("rank_means", None, False, True),
+            ("not_per_world", None, True, False),
+        )
+    }
     (out / f"rank{dist.get_rank()}.json").write_text(json.dumps(results))
     dist.barrier()
     dist.destroy_process_group()  # before exit: gloo threads torn down at interpreter exit abort the process

@@ -59,7 +59,9 @@ def _hooked(callback):
 
 
 def _leaky_batch(tokenizer):
-    ids = torch.tensor([tokenizer.apply_chat_template(CHATS[1]["messages"], tokenize=True, return_dict=True)["input_ids"]])
+    ids = torch.tensor(
+        [tokenizer.apply_chat_template(CHATS[1]["messages"], tokenize=True, return_dict=True)["input_ids"]]
+    )
     return {"input_ids": ids, "labels": ids.clone(), "attention_mask": torch.ones_like(ids)}
 
 

@@ -125,17 +125,41 @@ def padding_free(keep_boundaries: bool):
 
 
 def test_padding_free_collator_trains(tmp_path):
-    run = train(plain(tokenized(PROMPT_COMPLETION, mask_prompt=False), tmp_path, collator=padding_free(False),
-                      per_device_train_batch_size=3, remove_unused_columns=False))
+    run = train(
+        plain(
+            tokenized(PROMPT_COMPLETION, mask_prompt=False),
+            tmp_path,
+            collator=padding_free(False),
+            per_device_train_batch_size=3,
+            remove_unused_columns=False,
+        )
+    )
     assert run.error is not None  # labels copy the prompt: caught per packed document
     assert {c for c, _ in run.checks} == {"prompt_leak"} and not run.changed
-    assert_trains(train(plain(tokenized(PROMPT_COMPLETION), tmp_path, collator=padding_free(False),
-                              per_device_train_batch_size=3, remove_unused_columns=False)), roles_from="train_dataset")
+    assert_trains(
+        train(
+            plain(
+                tokenized(PROMPT_COMPLETION),
+                tmp_path,
+                collator=padding_free(False),
+                per_device_train_batch_size=3,
+                remove_unused_columns=False,
+            )
+        ),
+        roles_from="train_dataset",
+    )
 
 
 def test_padding_free_collator_that_keeps_boundaries_stops(tmp_path):
-    run = train(plain(tokenized(PROMPT_COMPLETION), tmp_path, collator=padding_free(True),
-                      per_device_train_batch_size=3, remove_unused_columns=False))
+    run = train(
+        plain(
+            tokenized(PROMPT_COMPLETION),
+            tmp_path,
+            collator=padding_free(True),
+            per_device_train_batch_size=3,
+            remove_unused_columns=False,
+        )
+    )
     assert_stops(run, ["boundary_leak"])
 
 
@@ -150,8 +174,9 @@ def test_sft_label_smoothing_reads_the_logits_and_trains(tmp_path):
 
 
 def test_plain_trainer_with_a_correct_collator_trains(tmp_path):
-    report = assert_trains(train(plain(tokenized(PROMPT_COMPLETION), tmp_path)), read_at="logits",
-                           roles_from="train_dataset")
+    report = assert_trains(
+        train(plain(tokenized(PROMPT_COMPLETION), tmp_path)), read_at="logits", roles_from="train_dataset"
+    )
     # A token-mean loss: every trained token weighs 1 / (trained tokens of the step), read off the real gradient.
     weights = torch.tensor([t.weight for s in report.samples for t in s.tokens if t.trained])
     torch.testing.assert_close(weights, torch.full_like(weights, 1 / len(weights)), rtol=0.03, atol=0)
@@ -204,8 +229,15 @@ def varied_rows():
 
 
 def test_accumulation_with_a_micro_batch_mean_stops(tmp_path):
-    run = train(plain(varied_rows(), tmp_path, compute_loss_func=micro_batch_mean, gradient_accumulation_steps=4,
-                      per_device_train_batch_size=1))
+    run = train(
+        plain(
+            varied_rows(),
+            tmp_path,
+            compute_loss_func=micro_batch_mean,
+            gradient_accumulation_steps=4,
+            per_device_train_batch_size=1,
+        )
+    )
     assert_stops(run, ["uneven_step_weights"])
     assert run.callback.report.data["watched"]["micro_batches"] == 4
     (finding,) = run.callback.report.findings
@@ -213,12 +245,21 @@ def test_accumulation_with_a_micro_batch_mean_stops(tmp_path):
     # Independent reading: each micro-batch's tokens weigh 1 / (its own trained tokens).
     for sample in run.callback.report.samples:
         weights = [t.weight for t in sample.tokens if t.trained]
-        torch.testing.assert_close(torch.tensor(weights), torch.full((len(weights),), 1 / len(weights)), rtol=0.03, atol=0)
+        torch.testing.assert_close(
+            torch.tensor(weights), torch.full((len(weights),), 1 / len(weights)), rtol=0.03, atol=0
+        )
 
 
 def test_accumulation_with_num_items_in_batch_trains(tmp_path):
-    run = train(plain(varied_rows(), tmp_path, compute_loss_func=token_mean, gradient_accumulation_steps=4,
-                      per_device_train_batch_size=1))
+    run = train(
+        plain(
+            varied_rows(),
+            tmp_path,
+            compute_loss_func=token_mean,
+            gradient_accumulation_steps=4,
+            per_device_train_batch_size=1,
+        )
+    )
     report = assert_trains(run)
     assert report.data["watched"]["micro_batches"] == 4
     weights = torch.tensor([t.weight for s in report.samples for t in s.tokens if t.trained])
@@ -247,8 +288,13 @@ def test_assistant_mask_without_generation_markers_stops(tmp_path):
     rows = []
     for chat in CHATS:
         out = tokenizer.apply_chat_template(chat["messages"], return_dict=True, return_assistant_tokens_mask=True)
-        rows.append({**chat, "input_ids": out["input_ids"],
-                     "labels": [t if m else -100 for t, m in zip(out["input_ids"], out["assistant_masks"], strict=True)]})
+        rows.append(
+            {
+                **chat,
+                "input_ids": out["input_ids"],
+                "labels": [t if m else -100 for t, m in zip(out["input_ids"], out["assistant_masks"], strict=True)],
+            }
+        )
     run = train(plain(rows, tmp_path))
     assert_stops(run, ["no_loss"])
 
@@ -263,9 +309,12 @@ def test_watch_adds_the_callback_and_fail_on_none_lets_it_train(tmp_path):
     from fixtures.trainers import COMMON, MODEL
     from gradscope.model.load import load_model, load_tokenizer
 
-    trainer = SFTTrainer(model=load_model(MODEL), args=SFTConfig(output_dir=str(tmp_path), completion_only_loss=False,
-                                                                 **COMMON),
-                         train_dataset=Dataset.from_list(PROMPT_COMPLETION), processing_class=load_tokenizer(MODEL))
+    trainer = SFTTrainer(
+        model=load_model(MODEL),
+        args=SFTConfig(output_dir=str(tmp_path), completion_only_loss=False, **COMMON),
+        train_dataset=Dataset.from_list(PROMPT_COMPLETION),
+        processing_class=load_tokenizer(MODEL),
+    )
     callback = watch(trainer, fail_on=None)
     assert callback in trainer.callback_handler.callbacks and callback.trainer is trainer
     trainer.train()
@@ -297,7 +346,9 @@ def test_the_first_step_only_is_watched(tmp_path):
     run = train(sft(PROMPT_COMPLETION, tmp_path, max_steps=3))
     assert run.trainer.state.global_step == 3 and len(run.callback.report.samples) == 2
     # Later steps run untouched: no gradscope hook is left on any module, no wrapper on the trainer.
-    hooks = [h for m in run.trainer.model.modules() for h in (*m._forward_hooks.values(), *m._forward_pre_hooks.values())]
+    hooks = [
+        h for m in run.trainer.model.modules() for h in (*m._forward_hooks.values(), *m._forward_pre_hooks.values())
+    ]
     assert not [h for h in hooks if "gradscope" in getattr(h, "__module__", "")]
     assert all(h.__qualname__.startswith("PreTrainedModel.enable_input_require_grads") for h in hooks)  # TRL's own
     assert "compute_loss" not in run.trainer.__dict__
@@ -309,7 +360,9 @@ def test_positions_gathers_what_advanced_indexing_gives(layout):
 
     values = torch.randn(3, 7, 5) if layout == "contiguous" else torch.randn(7, 3, 5).transpose(0, 1)
     rows, cols = torch.tensor([0, 2, 2, 1, 0]), torch.tensor([6, 0, 3, 3, 0])
-    assert torch.equal(positions(values, rows, cols), torch.stack([values[r, c] for r, c in zip(rows, cols, strict=True)]))
+    assert torch.equal(
+        positions(values, rows, cols), torch.stack([values[r, c] for r, c in zip(rows, cols, strict=True)])
+    )
 
 
 @pytest.mark.parametrize("fused", [True, False])
@@ -397,5 +450,7 @@ def test_fused_path_re_projects_in_the_precision_the_head_ran_in(dtype, autocast
     assert torch.equal(record.grad_norm[:, :-1] > 0, trained)
     own = -out.log_probs.detach().float()
     torch.testing.assert_close(record.token_loss[:, :-1][trained], own[trained], rtol=0, atol=1e-5)
-    torch.testing.assert_close(record.weight[:, :-1][trained], torch.full((int(trained.sum()),), 1 / 7), rtol=0.01, atol=0)
+    torch.testing.assert_close(
+        record.weight[:, :-1][trained], torch.full((int(trained.sum()),), 1 / 7), rtol=0.01, atol=0
+    )
     assert torch.equal(record.target[:, :-1][trained], ids[:, 1:][trained])

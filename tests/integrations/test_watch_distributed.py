@@ -26,8 +26,19 @@ def free_port() -> int:
 
 def launch(worker: Path, out: Path) -> list[dict]:
     env = {**os.environ, "PYTHONPATH": str(worker.parents[2]), "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-               "--master_port", str(free_port()), str(worker), str(out)]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(free_port()),
+        str(worker),
+        str(out),
+    ]
     done = subprocess.run(command, check=False, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-4000:]
     return [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
@@ -78,8 +89,9 @@ def test_fsdp_token_mean_over_the_step_trains(fsdp_ranks, path, read_at):
         # Each token weighs 2 / (trained tokens of both ranks) at its own backward, 1 / N once FSDP averages the
         # two ranks' gradients, read off the sharded model's real gradient.
         for weights, roles in zip(run["weights"], run["roles"], strict=True):
-            torch.testing.assert_close(torch.tensor(weights), torch.full((len(weights),), 2 / run["trained_tokens"]),
-                                       rtol=1e-3, atol=0)
+            torch.testing.assert_close(
+                torch.tensor(weights), torch.full((len(weights),), 2 / run["trained_tokens"]), rtol=1e-3, atol=0
+            )
             assert weights and set(roles) == {"completion"}
 
 
@@ -97,8 +109,9 @@ def test_fsdp_per_rank_means_stop_with_uneven_step_weights(fsdp_ranks, path):
     assert zero["error"] == one["error"] and "across ranks" in zero["error"]
     assert {f[0] for f in zero["findings"]} == {"uneven_step_weights"} and not zero["changed"]
     for weights in zero["weights"]:  # each rank's own token mean: 1 / (that rank's trained tokens)
-        torch.testing.assert_close(torch.tensor(weights), torch.full((len(weights),), 1 / len(weights)), rtol=1e-3,
-                                   atol=0)
+        torch.testing.assert_close(
+            torch.tensor(weights), torch.full((len(weights),), 1 / len(weights)), rtol=1e-3, atol=0
+        )
 
 
 @pytest.mark.parametrize("path", ["fused", "logits"])
@@ -110,5 +123,6 @@ def test_fsdp_token_mean_not_scaled_by_the_world_size_stops_with_step_scale(fsdp
     assert [f[0] for f in zero["findings"]] == ["step_scale"]
     assert "×0.5 of a token mean" in zero["error"] and "÷2 = the ranks" in zero["error"]
     for weights in zero["weights"]:  # read: 1 / (both ranks' trained tokens); in the update, half that
-        torch.testing.assert_close(torch.tensor(weights), torch.full((len(weights),), 1 / zero["trained_tokens"]),
-                                   rtol=1e-3, atol=0)
+        torch.testing.assert_close(
+            torch.tensor(weights), torch.full((len(weights),), 1 / zero["trained_tokens"]), rtol=1e-3, atol=0
+        )

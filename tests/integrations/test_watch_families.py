@@ -20,8 +20,10 @@ PREFILL_IN_PROMPT_LEAK = {"glm", "smollm3"}  # labels = input_ids trains their e
 def rows(name: str) -> list[dict[str, list[int]]]:
     batch = load_file(FIXTURES / "batches" / f"{name}.safetensors")
     real = batch["attention_mask"].bool()
-    return [{"input_ids": batch["input_ids"][b][real[b]].tolist(), "labels": batch["labels"][b][real[b]].tolist()}
-            for b in range(len(real))]
+    return [
+        {"input_ids": batch["input_ids"][b][real[b]].tolist(), "labels": batch["labels"][b][real[b]].tolist()}
+        for b in range(len(real))
+    ]
 
 
 def family_trainer(family: str, name: str, tmp_path):
@@ -38,13 +40,22 @@ def family_trainer(family: str, name: str, tmp_path):
             return torch.tensor([list(r[key]) + [fill] * (width - len(r[key])) for r in batch])
 
         mask = torch.tensor([[1] * len(r["input_ids"]) + [0] * (width - len(r["input_ids"])) for r in batch])
-        return {"input_ids": pad("input_ids", tokenizer.pad_token_id), "labels": pad("labels", -100),
-                "attention_mask": mask}
+        return {
+            "input_ids": pad("input_ids", tokenizer.pad_token_id),
+            "labels": pad("labels", -100),
+            "attention_mask": mask,
+        }
 
     def make(callbacks):
         args = TrainingArguments(output_dir=str(tmp_path), **{**COMMON, "per_device_train_batch_size": 3})
-        return Trainer(model=load_model(directory), args=args, train_dataset=Dataset.from_list(rows(name)),
-                       processing_class=tokenizer, data_collator=collate, callbacks=callbacks)
+        return Trainer(
+            model=load_model(directory),
+            args=args,
+            train_dataset=Dataset.from_list(rows(name)),
+            processing_class=tokenizer,
+            data_collator=collate,
+            callbacks=callbacks,
+        )
 
     return make
 

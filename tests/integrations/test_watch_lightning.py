@@ -43,14 +43,23 @@ class CausalLMModule(pl.LightningModule):
 
 def fit(rows: list[dict[str, Any]], loss: Any, accumulation: int = 1, batch_size: int = 2):
     torch.manual_seed(0)
-    loader = torch.utils.data.DataLoader(rows[: accumulation * batch_size], batch_size=batch_size,
-                                         collate_fn=pad_collator)
+    loader = torch.utils.data.DataLoader(
+        rows[: accumulation * batch_size], batch_size=batch_size, collate_fn=pad_collator
+    )
     module = CausalLMModule(loss, step_of(list(loader), accumulation))
     before = [p.detach().clone() for p in module.parameters()]
     callback = GradscopeLightningCallback(tokenizer=load_tokenizer(MODEL), dataset=rows)
-    trainer = pl.Trainer(max_steps=1, accelerator="cpu", devices=1, accumulate_grad_batches=accumulation,
-                         callbacks=[callback], logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False)
+    trainer = pl.Trainer(
+        max_steps=1,
+        accelerator="cpu",
+        devices=1,
+        accumulate_grad_batches=accumulation,
+        callbacks=[callback],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     error = None
     try:
         trainer.fit(module, loader)
@@ -71,11 +80,15 @@ def test_lightning_token_mean_with_accumulation_trains():
     assert not callback.watcher.watching and not trainer.lightning_module.model._forward_hooks
 
 
-@pytest.mark.parametrize("rows, loss, accumulation, expected", [
-    (tokenized(PROMPT_COMPLETION, mask_prompt=False), token_mean, 1, "prompt_leak"),
-    (tokenized(PROMPT_COMPLETION), ignores_the_mask, 1, "masked_label_trained"),
-    (varied_rows(), micro_batch_mean, 4, "uneven_step_weights"),
-], ids=["labels_copy_the_prompt", "loss_ignores_the_mask", "per_micro_batch_means"])
+@pytest.mark.parametrize(
+    "rows, loss, accumulation, expected",
+    [
+        (tokenized(PROMPT_COMPLETION, mask_prompt=False), token_mean, 1, "prompt_leak"),
+        (tokenized(PROMPT_COMPLETION), ignores_the_mask, 1, "masked_label_trained"),
+        (varied_rows(), micro_batch_mean, 4, "uneven_step_weights"),
+    ],
+    ids=["labels_copy_the_prompt", "loss_ignores_the_mask", "per_micro_batch_means"],
+)
 def test_lightning_broken_steps_stop_before_the_optimizer_step(rows, loss, accumulation, expected):
     batch_size = 1 if accumulation > 1 else 2
     callback, trainer, error, changed = fit(rows, loss, accumulation=accumulation, batch_size=batch_size)

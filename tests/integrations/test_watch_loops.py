@@ -31,7 +31,6 @@ from gradscope.model.load import load_model, load_tokenizer
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
 
 
-
 @dataclass
 class LoopRun:
     watcher: StepWatcher
@@ -43,8 +42,9 @@ class LoopRun:
         return sorted({f.check for f in self.watcher.report.findings})
 
 
-def plain_loop(rows: list[dict[str, Any]], loss: Loss, accumulation: int = 1, batch_size: int = 2,
-               **options: Any) -> LoopRun:
+def plain_loop(
+    rows: list[dict[str, Any]], loss: Loss, accumulation: int = 1, batch_size: int = 2, **options: Any
+) -> LoopRun:
     """One optimizer step of a plain PyTorch loop over ``rows``, watched as the module docstring of
     gradscope.integrations.watch shows."""
     torch.manual_seed(0)
@@ -113,10 +113,13 @@ def test_plain_loop_accumulation_with_a_step_token_mean_trains():
     assert run.watcher.report.data["watched"]["micro_batches"] == 4
 
 
-@pytest.mark.parametrize("loss, factor, cause", [
-    (accumulation_inflated, "×2 of a token mean", "×2 = the gradient accumulation steps"),
-    (divided_twice, "×0.5 of a token mean", "÷2 = the gradient accumulation steps"),
-])
+@pytest.mark.parametrize(
+    "loss, factor, cause",
+    [
+        (accumulation_inflated, "×2 of a token mean", "×2 = the gradient accumulation steps"),
+        (divided_twice, "×0.5 of a token mean", "÷2 = the gradient accumulation steps"),
+    ],
+)
 def test_plain_loop_mis_scaled_accumulation_gets_step_scale(loss, factor, cause):
     run = plain_loop(equal_rows(), loss, accumulation=2, batch_size=2)
     assert_stops(run, ["step_scale"])
@@ -177,8 +180,9 @@ def accelerate_loop(rows: list[dict[str, Any]], loss: Loss, accumulation: int = 
     accelerator = Accelerator(gradient_accumulation_steps=accumulation, cpu=True)
     model, tokenizer = load_model(MODEL), load_tokenizer(MODEL)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-2)
-    loader = torch.utils.data.DataLoader(rows[: accumulation * batch_size], batch_size=batch_size,
-                                         collate_fn=pad_collator)
+    loader = torch.utils.data.DataLoader(
+        rows[: accumulation * batch_size], batch_size=batch_size, collate_fn=pad_collator
+    )
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     model.train()
     before = [p.detach().clone() for p in model.parameters()]
@@ -241,20 +245,32 @@ def policy_gradient_step(train_tool_output: bool = False, train_prompt: bool = F
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-2)
     before = [p.detach().clone() for p in model.parameters()]
-    prompts = [tokenizer("Question: What colour is the sky?\nAnswer:").input_ids,
-               tokenizer("Question: Add 2 and 3.\nAnswer:").input_ids]
+    prompts = [
+        tokenizer("Question: What colour is the sky?\nAnswer:").input_ids,
+        tokenizer("Question: Add 2 and 3.\nAnswer:").input_ids,
+    ]
     width = max(map(len, prompts))
     prompt_ids = torch.tensor([[3] * (width - len(p)) + p for p in prompts])  # left-padded, as RL trainers do
     prompt_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
-    completion_ids = torch.tensor([tokenizer(" calling a tool: result 42 blue").input_ids[:8],
-                                   tokenizer(" the sum is five, done now").input_ids[:8]])
+    completion_ids = torch.tensor(
+        [
+            tokenizer(" calling a tool: result 42 blue").input_ids[:8],
+            tokenizer(" the sum is five, done now").input_ids[:8],
+        ]
+    )
     completion_mask = torch.ones_like(completion_ids)
     completion_mask[1, 6:] = 0  # the second completion ended early: padding after it
     tool_mask = torch.ones_like(completion_ids)
     tool_mask[0, 3:6] = 0  # a tool's output inside the first completion
     advantages = torch.tensor([[1.0], [-0.5]]).expand_as(completion_ids)  # per token (GRPO: per row)
-    inputs = {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "completion_ids": completion_ids,
-              "completion_mask": completion_mask, "tool_mask": tool_mask, "advantages": advantages}
+    inputs = {
+        "prompt_ids": prompt_ids,
+        "prompt_mask": prompt_mask,
+        "completion_ids": completion_ids,
+        "completion_mask": completion_mask,
+        "tool_mask": tool_mask,
+        "advantages": advantages,
+    }
     loss_mask = completion_mask * (1 if train_tool_output else tool_mask)
     watcher, error = StepWatcher(model, tokenizer=tokenizer), None
     try:
@@ -263,7 +279,7 @@ def policy_gradient_step(train_tool_output: bool = False, train_prompt: bool = F
             logits = model(input_ids=ids, attention_mask=torch.cat([prompt_mask, completion_mask], 1)).logits
             logp = logits[:, width - 1 : -1].float().log_softmax(-1).gather(-1, completion_ids[..., None]).squeeze(-1)
             if train_prompt:  # a loss that also takes the prompt's log-probabilities
-                prompt_logp = logits[:, :width - 1].float().log_softmax(-1).gather(-1, ids[:, 1:width, None])
+                prompt_logp = logits[:, : width - 1].float().log_softmax(-1).gather(-1, ids[:, 1:width, None])
                 logp = torch.cat([prompt_logp.squeeze(-1), logp], 1)
                 loss_mask = torch.cat([prompt_mask[:, 1:], loss_mask], 1)
                 advantages = torch.cat([advantages[:, :1].expand(-1, width - 1), advantages], 1)
@@ -286,10 +302,12 @@ def test_policy_gradient_step_trains_the_model_tokens_only():
     assert [t.trained for t in first.tokens[width:]] == [True] * 3 + [False] * 3 + [True] * 2  # not the tool output
     assert [t.trained for t in second.tokens[width:]] == [True] * 6 + [False] * 2
     # Weights: the token's advantage over the step's loss-mask tokens (11), sign included; not a token mean.
-    torch.testing.assert_close(torch.tensor([t.weight for t in first.tokens if t.trained]), torch.full((5,), 1 / 11),
-                               rtol=0.03, atol=0)
-    torch.testing.assert_close(torch.tensor([t.weight for t in second.tokens if t.trained]),
-                               torch.full((6,), -0.5 / 11), rtol=0.03, atol=0)
+    torch.testing.assert_close(
+        torch.tensor([t.weight for t in first.tokens if t.trained]), torch.full((5,), 1 / 11), rtol=0.03, atol=0
+    )
+    torch.testing.assert_close(
+        torch.tensor([t.weight for t in second.tokens if t.trained]), torch.full((6,), -0.5 / 11), rtol=0.03, atol=0
+    )
 
 
 def test_policy_gradient_step_that_trains_the_tool_output_stops():

@@ -23,9 +23,14 @@ def dpo(tmp_path, collator=None):
     from gradscope.model.load import load_model, load_tokenizer
 
     def make(callbacks):
-        return DPOTrainer(model=load_model(MODEL), args=DPOConfig(output_dir=str(tmp_path), **COMMON),
-                          train_dataset=Dataset.from_list(PAIRS), processing_class=load_tokenizer(MODEL),
-                          data_collator=collator, callbacks=callbacks)
+        return DPOTrainer(
+            model=load_model(MODEL),
+            args=DPOConfig(output_dir=str(tmp_path), **COMMON),
+            train_dataset=Dataset.from_list(PAIRS),
+            processing_class=load_tokenizer(MODEL),
+            data_collator=collator,
+            callbacks=callbacks,
+        )
 
     return make
 

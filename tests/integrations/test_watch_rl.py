@@ -35,9 +35,13 @@ def grpo_class(fold_prompt: bool):
             self.seen.append(inputs)
             if fold_prompt:
                 prompt, mask = inputs["prompt_ids"], inputs["prompt_mask"]
-                inputs = {**inputs, "prompt_ids": prompt[:, :1], "prompt_mask": mask[:, :1],
-                          "completion_ids": torch.cat([prompt[:, 1:], inputs["completion_ids"]], 1),
-                          "completion_mask": torch.cat([mask[:, 1:], inputs["completion_mask"]], 1)}
+                inputs = {
+                    **inputs,
+                    "prompt_ids": prompt[:, :1],
+                    "prompt_mask": mask[:, :1],
+                    "completion_ids": torch.cat([prompt[:, 1:], inputs["completion_ids"]], 1),
+                    "completion_mask": torch.cat([mask[:, 1:], inputs["completion_mask"]], 1),
+                }
             return super()._compute_loss(model, inputs)
 
     Recorded.seen = []
@@ -51,11 +55,21 @@ def grpo(tmp_path, reward=text_reward, fold_prompt=False, **options):
     from gradscope.model.load import load_model, load_tokenizer
 
     def make(callbacks):
-        args = GRPOConfig(output_dir=str(tmp_path), **{**COMMON, "per_device_train_batch_size": 4}, num_generations=2,
-                          max_completion_length=4, **options)
-        return grpo_class(fold_prompt)(model=load_model(MODEL), reward_funcs=reward, args=args,
-                                       train_dataset=Dataset.from_list(PROMPTS), processing_class=load_tokenizer(MODEL),
-                                       callbacks=callbacks)
+        args = GRPOConfig(
+            output_dir=str(tmp_path),
+            **{**COMMON, "per_device_train_batch_size": 4},
+            num_generations=2,
+            max_completion_length=4,
+            **options,
+        )
+        return grpo_class(fold_prompt)(
+            model=load_model(MODEL),
+            reward_funcs=reward,
+            args=args,
+            train_dataset=Dataset.from_list(PROMPTS),
+            processing_class=load_tokenizer(MODEL),
+            callbacks=callbacks,
+        )
 
     return make
 
@@ -106,12 +120,14 @@ def test_rl_rows_match_a_sub_batch_and_read_tool_output_as_prompt():
     from gradscope.constants import COMPLETION, PROMPT
     from gradscope.integrations.sources import rl_rows
 
-    given = {"prompt_ids": torch.tensor([[3, 5, 6], [7, 8, 9], [7, 8, 9]]),
-             "prompt_mask": torch.tensor([[0, 1, 1], [1, 1, 1], [1, 1, 1]]),
-             "completion_ids": torch.tensor([[10, 2, 3], [11, 12, 2], [13, 2, 3]]),
-             "completion_mask": torch.tensor([[1, 1, 0], [1, 1, 1], [1, 1, 0]]),
-             "tool_mask": torch.tensor([[1, 1, 1], [1, 0, 1], [1, 1, 1]]),
-             "advantages": torch.tensor([0.5, 0.0, -0.5])}
+    given = {
+        "prompt_ids": torch.tensor([[3, 5, 6], [7, 8, 9], [7, 8, 9]]),
+        "prompt_mask": torch.tensor([[0, 1, 1], [1, 1, 1], [1, 1, 1]]),
+        "completion_ids": torch.tensor([[10, 2, 3], [11, 12, 2], [13, 2, 3]]),
+        "completion_mask": torch.tensor([[1, 1, 0], [1, 1, 1], [1, 1, 0]]),
+        "tool_mask": torch.tensor([[1, 1, 1], [1, 0, 1], [1, 1, 1]]),
+        "advantages": torch.tensor([0.5, 0.0, -0.5]),
+    }
     # A forward over rows 2 and 1 only (a sub-batch, in another order).
     rl = rl_rows({"input_ids": torch.tensor([[7, 8, 9, 13, 2, 3], [7, 8, 9, 11, 12, 2]])}, given)
     P, C = PROMPT, COMPLETION
@@ -154,11 +170,20 @@ def grpo_tools(tmp_path, drop_tool_mask: bool):
     from gradscope.model.load import load_model, load_tokenizer
 
     def make(callbacks):
-        args = GRPOConfig(output_dir=str(tmp_path), **{**COMMON, "per_device_train_batch_size": 4}, num_generations=2,
-                          max_completion_length=4)
-        return grpo_with_tools(drop_tool_mask)(model=load_model(MODEL), reward_funcs=text_reward, args=args,
-                                               train_dataset=Dataset.from_list(PROMPTS),
-                                               processing_class=load_tokenizer(MODEL), callbacks=callbacks)
+        args = GRPOConfig(
+            output_dir=str(tmp_path),
+            **{**COMMON, "per_device_train_batch_size": 4},
+            num_generations=2,
+            max_completion_length=4,
+        )
+        return grpo_with_tools(drop_tool_mask)(
+            model=load_model(MODEL),
+            reward_funcs=text_reward,
+            args=args,
+            train_dataset=Dataset.from_list(PROMPTS),
+            processing_class=load_tokenizer(MODEL),
+            callbacks=callbacks,
+        )
 
     return make
 
@@ -168,8 +193,9 @@ def test_grpo_with_tools_trains_the_model_tokens_only(tmp_path):
     assert run.error is None and run.changed and run.callback.report.findings == []
     (inputs,) = run.trainer.seen
     width = inputs["prompt_ids"].shape[1]
-    for sample, mask, advantage in zip(run.callback.report.samples, inputs["completion_mask"], inputs["advantages"],
-                                       strict=True):
+    for sample, mask, advantage in zip(
+        run.callback.report.samples, inputs["completion_mask"], inputs["advantages"], strict=True
+    ):
         trained = torch.tensor([t.trained for t in sample.tokens[width:]])
         expected = mask.bool() & (inputs["tool_mask"][0].bool()) & (advantage != 0)
         assert torch.equal(trained, expected)  # the tool's output is not trained
@@ -182,8 +208,11 @@ def test_grpo_loss_that_trains_the_tool_output_stops_with_prompt_leak(tmp_path):
     assert sorted({c for c, _ in run.checks}) == ["prompt_leak"]
     (inputs,) = run.trainer.seen
     width = inputs["prompt_ids"].shape[1]
-    leaking = {b for b, (a, m) in enumerate(zip(inputs["advantages"].tolist(), inputs["completion_mask"], strict=True))
-               if a != 0 and m[1:3].any()}
+    leaking = {
+        b
+        for b, (a, m) in enumerate(zip(inputs["advantages"].tolist(), inputs["completion_mask"], strict=True))
+        if a != 0 and m[1:3].any()
+    }
     assert {s for _, s in run.checks} == leaking and leaking
     for finding in run.callback.report.findings:  # exactly the tool's tokens inside the completion mask
         mask = inputs["completion_mask"][finding.sample]

@@ -33,8 +33,13 @@ def test_qwen25_assistant_only_loss_trains_under_trls_training_template(tmp_path
 
     def make(callbacks):
         args = SFTConfig(output_dir=str(tmp_path), assistant_only_loss=True, **COMMON)
-        return SFTTrainer(model=resized(tokenizer), args=args, train_dataset=Dataset.from_list(CHATS),
-                          processing_class=tokenizer, callbacks=callbacks)
+        return SFTTrainer(
+            model=resized(tokenizer),
+            args=args,
+            train_dataset=Dataset.from_list(CHATS),
+            processing_class=tokenizer,
+            callbacks=callbacks,
+        )
 
     run = train(make)
     assert run.trainer.chat_template is not None and run.trainer.chat_template != tokenizer.chat_template
@@ -57,8 +62,21 @@ def test_check_pipeline_trl_agrees_on_the_same_model_and_rows(tmp_path):
     tokenizer = load_tokenizer(QWEN25)
     resized(tokenizer).save_pretrained(tmp_path / "model")
     tokenizer.save_pretrained(tmp_path / "model")
-    result = CliRunner().invoke(app, ["check", str(tmp_path / "model"), str(FIXTURES / "raw/chat.jsonl"), "--pipeline",
-                                      "trl", "--assistant-only-loss", "--probes", "none", "--format", "json"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "check",
+            str(tmp_path / "model"),
+            str(FIXTURES / "raw/chat.jsonl"),
+            "--pipeline",
+            "trl",
+            "--assistant-only-loss",
+            "--probes",
+            "none",
+            "--format",
+            "json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["findings"] == [] and len(data["samples"]) == len(CHATS)
@@ -72,8 +90,13 @@ def test_qwen25_without_assistant_only_loss_still_stops(tmp_path):
 
     def make(callbacks):
         args = SFTConfig(output_dir=str(tmp_path), assistant_only_loss=False, **COMMON)
-        return SFTTrainer(model=resized(tokenizer), args=args, train_dataset=Dataset.from_list(CHATS),
-                          processing_class=tokenizer, callbacks=callbacks)
+        return SFTTrainer(
+            model=resized(tokenizer),
+            args=args,
+            train_dataset=Dataset.from_list(CHATS),
+            processing_class=tokenizer,
+            callbacks=callbacks,
+        )
 
     run = train(make)
     assert run.error is not None and not run.changed
@@ -102,8 +125,10 @@ def test_not_verified_says_what_the_labels_alone_establish(tmp_path):
     assert "not verified" in finding.message and "rows 0–1: they copy input_ids" in finding.message
     masked = train(plain(tokenized(PROMPT_COMPLETION), tmp_path, with_tokenizer=False))
     (finding,) = masked.callback.report.findings
-    assert "not verified" in finding.message and "mask some real tokens (-100) and the gradient trains none" in \
-        finding.message
+    assert (
+        "not verified" in finding.message
+        and "mask some real tokens (-100) and the gradient trains none" in finding.message
+    )
 
 
 def test_dpo_conversational_leaves_the_template_glue_unjudged(tmp_path):
@@ -112,18 +137,26 @@ def test_dpo_conversational_leaves_the_template_glue_unjudged(tmp_path):
     from trl import DPOConfig, DPOTrainer
 
     pairs = [
-        {"prompt": [{"role": "user", "content": "What colour is the sky?"}],
-         "chosen": [{"role": "assistant", "content": "Blue."}],
-         "rejected": [{"role": "assistant", "content": "Green."}]},
-        {"prompt": [{"role": "user", "content": "What is 2 plus 3?"}],
-         "chosen": [{"role": "assistant", "content": "5."}],
-         "rejected": [{"role": "assistant", "content": "Seven."}]},
+        {
+            "prompt": [{"role": "user", "content": "What colour is the sky?"}],
+            "chosen": [{"role": "assistant", "content": "Blue."}],
+            "rejected": [{"role": "assistant", "content": "Green."}],
+        },
+        {
+            "prompt": [{"role": "user", "content": "What is 2 plus 3?"}],
+            "chosen": [{"role": "assistant", "content": "5."}],
+            "rejected": [{"role": "assistant", "content": "Seven."}],
+        },
     ]
 
     def make(callbacks):
-        return DPOTrainer(model=load_model(MODEL), args=DPOConfig(output_dir=str(tmp_path), **COMMON),
-                          train_dataset=Dataset.from_list(pairs), processing_class=load_tokenizer(MODEL),
-                          callbacks=callbacks)
+        return DPOTrainer(
+            model=load_model(MODEL),
+            args=DPOConfig(output_dir=str(tmp_path), **COMMON),
+            train_dataset=Dataset.from_list(pairs),
+            processing_class=load_tokenizer(MODEL),
+            callbacks=callbacks,
+        )
 
     run = train(make)
     assert run.error is None and run.changed, run.error
@@ -148,8 +181,14 @@ def test_pad_equal_to_eos_masked_interior_end_token_is_eos_untrained_alone(tmp_p
 
     def make(callbacks):
         args = TrainingArguments(output_dir=str(tmp_path), **{**COMMON, "per_device_train_batch_size": 3})
-        return Trainer(model=load_model(llama3), args=args, train_dataset=rows, processing_class=load_tokenizer(llama3),
-                       data_collator=lambda r: {k: torch.stack([x[k] for x in r]) for k in r[0]}, callbacks=callbacks)
+        return Trainer(
+            model=load_model(llama3),
+            args=args,
+            train_dataset=rows,
+            processing_class=load_tokenizer(llama3),
+            data_collator=lambda r: {k: torch.stack([x[k] for x in r]) for k in r[0]},
+            callbacks=callbacks,
+        )
 
     run = train(make)
     assert run.error is not None and not run.changed
@@ -173,8 +212,10 @@ def test_the_engine_reads_roles_with_the_template_the_data_is_rendered_with():
     training = get_training_chat_template(tokenizer)
     assert training is not None and training != tokenizer.chat_template
     assert rendered_with(SimpleNamespace(chat_template=training)) == training
-    assert rendered_with(SimpleNamespace(chat_template=None, data_collator=SimpleNamespace(chat_template=training))) \
+    assert (
+        rendered_with(SimpleNamespace(chat_template=None, data_collator=SimpleNamespace(chat_template=training)))
         == training
+    )
     assert rendered_with(SimpleNamespace()) is None
     ids = tokenizer.apply_chat_template(CHATS[1]["messages"], tokenize=True, return_dict=True)["input_ids"]
     inputs = {"input_ids": torch.tensor([list(ids)])}

@@ -61,12 +61,19 @@ def model():
     from torchtune.models.llama3 import llama3
 
     torch.manual_seed(0)
-    return llama3(vocab_size=480, num_layers=2, num_heads=4, num_kv_heads=2, embed_dim=64, max_seq_len=128,
-                  intermediate_dim=176)
+    return llama3(
+        vocab_size=480, num_layers=2, num_heads=4, num_kv_heads=2, embed_dim=64, max_seq_len=128, intermediate_dim=176
+    )
 
 
-def recipe_step(rows: list[dict[str, Any]], accumulation: int = 2, batch_size: int = 1,
-                per_micro_batch_mean: bool = False, loss_ignores_labels: bool = False, scale_grads_after: bool = True):
+def recipe_step(
+    rows: list[dict[str, Any]],
+    accumulation: int = 2,
+    batch_size: int = 1,
+    per_micro_batch_mean: bool = False,
+    loss_ignores_labels: bool = False,
+    scale_grads_after: bool = True,
+):
     """One optimizer step of the recipe's train loop (``full_finetune_single_device.train``, torchtune 0.6)."""
     from torchtune.modules.loss import CEWithChunkedOutputLoss
 
@@ -122,7 +129,11 @@ def test_torchtune_recipe_step_trains():
     assert error is None and changed
     report = watcher.report
     assert report.findings == [] and report.data["watched"] == {
-        "ranks": 1, "micro_batches": 2, "read_at": ["logits"], "roles_from": ["inputs"]}
+        "ranks": 1,
+        "micro_batches": 2,
+        "read_at": ["logits"],
+        "roles_from": ["inputs"],
+    }
     # The read weight of each trained token is 1 (loss * current_num_tokens); scale_grads makes it 1 / N.
     weights = torch.tensor([t.weight for s in report.samples for t in s.tokens if t.trained])
     torch.testing.assert_close(weights, torch.ones_like(weights), rtol=1e-3, atol=0)

@@ -70,7 +70,9 @@ def test_unreadable_adapter_config(tmp_path):
 
 def test_without_peft_installed_the_error_says_how_to_get_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "peft", None)  # import peft now raises ImportError
-    with pytest.raises(ModelLoadError, match=r"needs peft.*the peft extra: pip install -e .\.\[peft\]. in a clone of gradscope"):
+    with pytest.raises(
+        ModelLoadError, match=r"needs peft.*the peft extra: pip install -e .\.\[peft\]. in a clone of gradscope"
+    ):
         load_model_and_tokenizer(ADAPTER)
 
 

@@ -154,7 +154,11 @@ def test_an_endless_chat_template_is_stopped_with_a_clear_error(tmp_path, monkey
     config = json.loads((model / "tokenizer_config.json").read_text())
     config["chat_template"] = _ENDLESS
     (model / "tokenizer_config.json").write_text(json.dumps(config))
-    args = {"check": ("check", model, CHAT), "roles": ("roles", model, CHAT), "scan": ("scan", CHAT, "--tokenizer", model)}
+    args = {
+        "check": ("check", model, CHAT),
+        "roles": ("roles", model, CHAT),
+        "scan": ("scan", CHAT, "--tokenizer", model),
+    }
     start = time.monotonic()
     result = invoke(*args[command], "--format", "json")
     assert time.monotonic() - start < 30

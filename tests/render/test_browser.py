@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from benchmarks.bench_html import synthetic_report
-from gradscope.report import Report, SampleReport, TokenReport
 from gradscope.render.html import to_html
+from gradscope.report import Report, SampleReport, TokenReport
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 LOAD_LIMIT_S = 15.0
@@ -123,8 +123,14 @@ def test_flagged_tokens_are_visible_and_styled_as_flagged(chromium, leaking, tmp
         assert s["outline"] == "solid" and s["outlineWidth"] >= 2 and "repeating-linear-gradient" in s["hatch"]
     assert got["plain"] and all(s["outline"] == "none" and s["hatch"] == "none" for s in got["plain"])
     assert all(width == tokens for width, tokens in got["canvases"])  # one heat-map column per token
-    assert not got["tip"]["hidden"] and "FLAGGED: prompt_leak" in got["tip"]["text"] and "‖∂L/∂embedding‖" in got["tip"]["text"]
-    assert all(n == len(s.tokens) for n, s in zip(got["shaded"], report.samples, strict=True))  # shaded by loss, every token
+    assert (
+        not got["tip"]["hidden"]
+        and "FLAGGED: prompt_leak" in got["tip"]["text"]
+        and "‖∂L/∂embedding‖" in got["tip"]["text"]
+    )
+    assert all(
+        n == len(s.tokens) for n, s in zip(got["shaded"], report.samples, strict=True)
+    )  # shaded by loss, every token
     assert got["link"]["open"] and got["link"]["cur"] == got["link"]["href"][1:]
 
 
@@ -133,8 +139,10 @@ def test_64_by_2048_page_loads_and_scrolls(chromium, tmp_path, record_property):
     page = to_html(report)
     got = probe(chromium, page, tmp_path / "big.html")
     record_property("load_ms", got["loaded_ms"])
-    print(f"\n64 x 2048 tokens, {len(page.encode()) / 1e6:.1f} MB: loaded in {got['loaded_ms']:.0f} ms, scrolled to the "
-          f"end in {got['scroll_ms']:.0f} ms, all samples opened in {got['open_all_ms']:.0f} ms")
+    print(
+        f"\n64 x 2048 tokens, {len(page.encode()) / 1e6:.1f} MB: loaded in {got['loaded_ms']:.0f} ms, scrolled to the "
+        f"end in {got['scroll_ms']:.0f} ms, all samples opened in {got['open_all_ms']:.0f} ms"
+    )
     assert got["loaded_ms"] < LOAD_LIMIT_S * 1000
     assert got["scroll_ms"] < LOAD_LIMIT_S * 1000
     assert len(got["flagged"]) == sum(len(f.positions) for f in report.findings[:8])  # the first 8 leaking samples open
@@ -145,9 +153,27 @@ def heat_report() -> Report:
     """One sample of 6 tokens: an embedding row and 3 layers of norms spanning 8 decades, with zeros, NaN, Inf and a
     missing embedding norm."""
     emb = [0.5, 2.0, 0.0, 1e-3, None, 0.25]
-    layers = [[0.0, 1e-4, 3.3e-3, 0.02, 0.9, math.nan], [math.inf, 5.0, 1e-6, 12.5, 0.0, 0.07], [1.5e-6, 2e-6, 4e-5, 100.0, 3.0, 1e-3]]
-    tokens = [TokenReport(t, 10 + t, f"w{t}", "completion", 10 + t, t > 0, 10 + t if t else None, 1.0 if t else None,
-                          0.2 if t else None, 0.1, emb[t]) for t in range(6)]
+    layers = [
+        [0.0, 1e-4, 3.3e-3, 0.02, 0.9, math.nan],
+        [math.inf, 5.0, 1e-6, 12.5, 0.0, 0.07],
+        [1.5e-6, 2e-6, 4e-5, 100.0, 3.0, 1e-3],
+    ]
+    tokens = [
+        TokenReport(
+            t,
+            10 + t,
+            f"w{t}",
+            "completion",
+            10 + t,
+            t > 0,
+            10 + t if t else None,
+            1.0 if t else None,
+            0.2 if t else None,
+            0.1,
+            emb[t],
+        )
+        for t in range(6)
+    ]
     return Report(model={"architecture": "Tiny"}, samples=[SampleReport(0, tokens, layers)], findings=[], losses=[1.0])
 
 
@@ -189,7 +215,11 @@ def test_heat_map_colours_each_norm_on_the_samples_log_scale(chromium, tmp_path)
     want = expected_heat(report.samples[0])
     assert len(cells) == len(want) == 24
     for n, (c, w) in enumerate(zip(cells, want, strict=True)):
-        assert all(abs(a - b) <= 1 for a, b in zip(c, w, strict=True)), (divmod(n, 6), c, w)  # (row, position): rounding only
+        assert all(abs(a - b) <= 1 for a, b in zip(c, w, strict=True)), (
+            divmod(n, 6),
+            c,
+            w,
+        )  # (row, position): rounding only
     sample = report.samples[0]
     norms = [t.embedding_grad_norm for t in sample.tokens] + [v for row in sample.layer_grad_norms for v in row]
     for n, (tip, v) in enumerate(zip(got["tips"], norms, strict=True)):

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from gradscope.report import Finding, ModuleGrad, Report, SampleReport, ScanReport, TokenReport
 from gradscope.render.html import html_fragment, to_html
 from gradscope.render.html.data import heat_norms
+from gradscope.report import Finding, ModuleGrad, Report, SampleReport, ScanReport, TokenReport
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 CATALOGUE = json.loads((FIXTURES / "catalogue.json").read_text())
@@ -91,10 +91,17 @@ def assert_tokens(page, report: Report, root: str = "gs") -> None:
         assert data["text"] == [t.text for t in s.tokens]
         assert data["label"] == [t.label for t in s.tokens]
         assert data["target"] == [t.target_id for t in s.tokens]
-        for key, attr in (("loss", "loss"), ("weight", "weight"), ("glog", "logit_grad_norm"), ("gemb", "embedding_grad_norm")):
+        for key, attr in (
+            ("loss", "loss"),
+            ("weight", "weight"),
+            ("glog", "logit_grad_norm"),
+            ("gemb", "embedding_grad_norm"),
+        ):
             assert all(close(getattr(t, attr), v) for t, v in zip(s.tokens, data[key], strict=True)), key
         if s.layer_grad_norms:  # the heat map's layer rows, each norm's bfloat16; its embedding row is gemb
-            assert data["heat"]["layers"] == len(s.layer_grad_norms) and {len(r) for r in s.layer_grad_norms} == {len(s.tokens)}
+            assert data["heat"]["layers"] == len(s.layer_grad_norms) and {len(r) for r in s.layer_grad_norms} == {
+                len(s.tokens)
+            }
             assert data["heat"]["words"] == bf16_words(s.layer_grad_norms)
         else:
             assert "heat" not in data
@@ -141,7 +148,10 @@ def summary_status(report: Report) -> str:
 def test_fragment_is_the_same_view_with_its_own_ids(reports, html_page):
     report = report_for(reports, next(c for c in CATALOGUE if c["name"] == "llama_prompt_leak"))
     first, second = report._repr_html_(), html_fragment(report)
-    roots = [next(a["id"] for t, a in html_page(x).elements if t == "div" and a.get("class") == "gs") for x in (first, second)]
+    roots = [
+        next(a["id"] for t, a in html_page(x).elements if t == "div" and a.get("class") == "gs")
+        for x in (first, second)
+    ]
     assert roots[0] != roots[1]
     assert_tokens(html_page(first), report, root=roots[0])
     assert_findings_linked(html_page(first), report, root=roots[0])
@@ -150,8 +160,17 @@ def test_fragment_is_the_same_view_with_its_own_ids(reports, html_page):
 
 
 def token(position: int, text: str | None, **kw) -> TokenReport:
-    values = dict(token_id=10 + position, role="completion", label=-100, trained=False, target_id=None, loss=None,
-                  weight=None, logit_grad_norm=0.0, embedding_grad_norm=0.5)
+    values = dict(
+        token_id=10 + position,
+        role="completion",
+        label=-100,
+        trained=False,
+        target_id=None,
+        loss=None,
+        weight=None,
+        logit_grad_norm=0.0,
+        embedding_grad_norm=0.5,
+    )
     values.update(kw)
     return TokenReport(position=position, text=text, **values)
 
@@ -185,7 +204,9 @@ def test_whitespace_and_special_tokens_are_visible(html_page):
 
 
 def test_inspect_view_is_one_sample_and_its_findings(html_page):
-    report = one_sample(["a", "b"], [Finding("pad_leak", "error", 0, [1], "pad"), Finding("nonfinite", "error", None, [], "nan")])
+    report = one_sample(
+        ["a", "b"], [Finding("pad_leak", "error", 0, [1], "pad"), Finding("nonfinite", "error", None, [], "nan")]
+    )
     other = SampleReport(1, [token(0, "c")], [[1.0]])
     report.samples.append(other)
     report.findings.append(Finding("prompt_leak", "error", 1, [0], "leak"))
@@ -244,22 +265,34 @@ def test_depth_chart_orders_embedding_layers_head(html_page):
     def module(name, kind, layer):
         return ModuleGrad(name, kind, layer, False, [], 1, 1, 1.0, 1.0, None, None)
 
-    modules = [module("head", "head", None), module("layer 1 mlp", "mlp", 1), module("embedding", "embedding", None),
-               module("layer 0 attention", "attention", 0)]
+    modules = [
+        module("head", "head", None),
+        module("layer 1 mlp", "mlp", 1),
+        module("embedding", "embedding", None),
+        module("layer 0 attention", "attention", 0),
+    ]
     assert depth_columns(modules) == ["embedding", "L0", "L1", "head"]
     modules[1].grad_norm, modules[3].grad_norm = None, math.nan
     marks = [a for tag, a in html_page(depth_chart(modules)).elements if tag == "g"]
     assert [(a["data-module"], "none" in a["class"].split()) for a in marks] == [
-        ("head", False), ("layer 1 mlp", True), ("embedding", False), ("layer 0 attention", True)
+        ("head", False),
+        ("layer 1 mlp", True),
+        ("embedding", False),
+        ("layer 0 attention", True),
     ]
 
 
 def test_scan_page_lists_every_check(html_page):
     report = ScanReport(
-        source={"path": "rows.jsonl", "format": "jsonl", "end_token_ids": [5]}, rows=4, tokens=40, trained_tokens=10,
-        checks={"no_loss": {"rows": 0, "positions": 0, "first_rows": []},
-                "prompt_leak": {"rows": 2, "positions": 9, "first_rows": [1, 3]},
-                "completion_truncated": {"rows": 1, "positions": 2, "first_rows": [2]}},
+        source={"path": "rows.jsonl", "format": "jsonl", "end_token_ids": [5]},
+        rows=4,
+        tokens=40,
+        trained_tokens=10,
+        checks={
+            "no_loss": {"rows": 0, "positions": 0, "first_rows": []},
+            "prompt_leak": {"rows": 2, "positions": 9, "first_rows": [1, 3]},
+            "completion_truncated": {"rows": 1, "positions": 2, "first_rows": [2]},
+        },
         worst_rows=[{"row": 1, "positions": 7, "checks": ["prompt_leak"]}],
         findings=[Finding("prompt_leak", "error", 1, [0, 1], "prompt tokens 0–1 are trained")],
     )

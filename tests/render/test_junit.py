@@ -18,7 +18,6 @@ FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 CATALOGUE = json.loads((FIXTURES / "catalogue.json").read_text())
 
 
-
 @pytest.fixture(scope="module")
 def reports(catalogue_reports) -> dict[str, Report]:
     return catalogue_reports
@@ -35,7 +34,9 @@ def cases(xml: str) -> list[ET.Element]:
 
 def test_schema_rejects_what_readers_do_not_know(junit_schema):
     """The schema can fail: a test case without a name, and a count that is not a number."""
-    assert not junit_schema.is_valid('<testsuites><testsuite name="a" tests="1" failures="0" errors="0"><testcase/></testsuite></testsuites>')
+    assert not junit_schema.is_valid(
+        '<testsuites><testsuite name="a" tests="1" failures="0" errors="0"><testcase/></testsuite></testsuites>'
+    )
     assert not junit_schema.is_valid('<testsuites><testsuite name="a" tests="x" failures="0" errors="0"/></testsuites>')
     assert junit_schema.is_valid(
         '<testsuites><testsuite name="a" tests="1" failures="0" errors="0"><testcase name="b"/></testsuite>'
@@ -43,15 +44,28 @@ def test_schema_rejects_what_readers_do_not_know(junit_schema):
     )
 
 
-@pytest.mark.parametrize("name", ["llama_prompt_leak", "llama_clean", "llama_no_loss", "llama_unknown_roles",
-                                  "llama_per_sequence_mean_loss", "gpt2_packed_mask_leak", "llama_accumulate_mismatch"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "llama_prompt_leak",
+        "llama_clean",
+        "llama_no_loss",
+        "llama_unknown_roles",
+        "llama_per_sequence_mean_loss",
+        "gpt2_packed_mask_leak",
+        "llama_accumulate_mismatch",
+    ],
+)
 def test_junit_validates_and_each_error_is_a_failed_case(reports, name, junit_schema):
     report = report_of(reports, name)
     xml = to_junit(report)
     junit_schema.validate(xml)
-    failed = [(c.get("classname"), c.get("name"), c.find("failure").text) for c in cases(xml) if c.find("failure") is not None]
+    failed = [
+        (c.get("classname"), c.get("name"), c.find("failure").text) for c in cases(xml) if c.find("failure") is not None
+    ]
     expected = [
-        (f"gradscope.{f.check}", "the batch" if f.sample is None else f"sample {f.sample}", f.message) for f in report.errors
+        (f"gradscope.{f.check}", "the batch" if f.sample is None else f"sample {f.sample}", f.message)
+        for f in report.errors
     ]
     assert sorted(failed) == sorted(expected)
     root = ET.fromstring(xml)
@@ -71,7 +85,11 @@ def test_one_case_per_sample_per_check(reports):
 def test_failure_message_names_check_sample_and_positions(reports):
     report = report_of(reports, "llama_prompt_leak")
     f = report.errors[0]
-    [case] = [c for c in cases(to_junit(report)) if c.get("classname") == "gradscope.prompt_leak" and c.get("name") == f"sample {f.sample}"]
+    [case] = [
+        c
+        for c in cases(to_junit(report))
+        if c.get("classname") == "gradscope.prompt_leak" and c.get("name") == f"sample {f.sample}"
+    ]
     message = case.find("failure").get("message")
     assert message.startswith(f"prompt_leak (sample {f.sample}, positions {f.positions[0]}-")
     assert case.find("failure").get("type") == "error"
@@ -88,7 +106,11 @@ def test_warning_passes_unless_strict(reports):
 
 def test_checks_that_did_not_run_are_skipped_not_passed(reports):
     unknown = report_of(reports, "gpt2_prompt_leak_not_verified")
-    skipped = {(c.get("classname"), c.find("skipped").get("message")) for c in cases(to_junit(unknown)) if c.find("skipped") is not None}
+    skipped = {
+        (c.get("classname"), c.find("skipped").get("message"))
+        for c in cases(to_junit(unknown))
+        if c.find("skipped") is not None
+    }
     assert ("gradscope.prompt_leak", ROLES_UNKNOWN) in skipped
     no_loss = report_of(reports, "llama_no_loss")  # sample 1 has no loss: nothing else is judged there
     judged = [c for c in cases(to_junit(no_loss)) if c.get("name") == "sample 1" and c.find("skipped") is None]
@@ -111,9 +133,12 @@ def test_unknown_check_still_fails():
 
 def test_scan_junit_one_case_per_check(junit_schema):
     report = ScanReport(
-        source={"path": "rows.jsonl"}, rows=10,
-        checks={"no_loss": {"rows": 0, "positions": 0, "first_rows": []},
-                "prompt_leak": {"rows": 2, "positions": 9, "first_rows": [3, 7]}},
+        source={"path": "rows.jsonl"},
+        rows=10,
+        checks={
+            "no_loss": {"rows": 0, "positions": 0, "first_rows": []},
+            "prompt_leak": {"rows": 2, "positions": 9, "first_rows": [3, 7]},
+        },
         findings=[Finding("prompt_leak", "error", 3, [1, 2], "prompt tokens 1–2 are trained")],
     )
     xml = to_junit(report)
@@ -127,8 +152,13 @@ def test_scan_junit_one_case_per_check(junit_schema):
 def _scan_without_roles(unknown: int) -> ScanReport:
     entry = lambda rows, first: {"rows": rows, "positions": 0, "first_rows": first}  # noqa: E731
     return ScanReport(
-        source={"path": "rows.jsonl"}, rows=4,
-        checks={"prompt_leak": entry(0, []), "pad_leak": entry(0, []), "roles_unknown": entry(unknown, list(range(unknown)))},
+        source={"path": "rows.jsonl"},
+        rows=4,
+        checks={
+            "prompt_leak": entry(0, []),
+            "pad_leak": entry(0, []),
+            "roles_unknown": entry(unknown, list(range(unknown))),
+        },
         findings=[Finding("roles_unknown", "warning", None, [], "not verified: the roles of rows ... are unknown")],
     )
 
@@ -148,15 +178,19 @@ def test_scan_role_checks_are_skipped_where_no_row_has_roles_and_narrowed_where_
 def test_xml_special_characters_survive(junit_schema):
     token = TokenReport(0, 1, "x", "prompt", -100, False, None, None, None, 0.0, 0.0)
     message = 'labels <-100> & "quoted" \x1b'.replace("\x1b", "")
-    report = Report(model={}, samples=[SampleReport(0, [token], [])], findings=[Finding("prompt_leak", "error", 0, [0], message)])
+    report = Report(
+        model={}, samples=[SampleReport(0, [token], [])], findings=[Finding("prompt_leak", "error", 0, [0], message)]
+    )
     xml = to_junit(report)
     junit_schema.validate(xml)
     assert [c.find("failure").text for c in cases(xml) if c.find("failure") is not None] == [message]
 
 
 def test_github_annotations_escape_and_level():
-    findings = [Finding("prompt_leak", "error", 0, [1, 2, 3, 9], "line one\nline two: 100%"),
-                Finding("uneven_token_weights", "warning", None, [], "weights, differ")]
+    findings = [
+        Finding("prompt_leak", "error", 0, [1, 2, 3, 9], "line one\nline two: 100%"),
+        Finding("uneven_token_weights", "warning", None, [], "weights, differ"),
+    ]
     report = Report(model={}, findings=findings, data={"source": "data/train.jsonl"})
     error, warning = github_annotations(report)
     assert error == (
@@ -177,5 +211,7 @@ def test_views_import_no_torch():
         imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
         gradscope_modules = {m for m in imported if m.startswith("gradscope")}
         allowed = ("gradscope.report", "gradscope.render.sanitize")  # the output rule: standard library only
-        assert all(m in allowed or m.startswith(("gradscope.report.", "gradscope.render.html")) for m in gradscope_modules), path
+        assert all(
+            m in allowed or m.startswith(("gradscope.report.", "gradscope.render.html")) for m in gradscope_modules
+        ), path
         assert not {m for m in imported if m.split(".")[0] in ("torch", "numpy", "rich", "transformers")}, path

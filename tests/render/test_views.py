@@ -65,16 +65,21 @@ def test_grads_view_names_the_untrained_block(fixture_model, fixture_batch):
 
 
 def test_scan_view_points_to_inspect():
-    report = gradscope.scan(FIXTURES / "batches/gpt2_eos_untrained_lm_collator.safetensors", tokenizer=FIXTURES / "models/tiny-gpt2")
+    report = gradscope.scan(
+        FIXTURES / "batches/gpt2_eos_untrained_lm_collator.safetensors", tokenizer=FIXTURES / "models/tiny-gpt2"
+    )
     text = rendered(ScanView(report))
     assert "eos_untrained" in text and "gradscope inspect MODEL DATA --row N" in text
 
 
-@pytest.mark.parametrize("drop, dropped, expected", [
-    (0.34, False, "the loss does not halve (it fell 34%, it must fall 50%)"),
-    (-0.10, False, "the loss does not halve (it rose 10%, it must fall 50%)"),
-    (0.62, True, "the loss at least halves (it fell 62%)"),
-])
+@pytest.mark.parametrize(
+    "drop, dropped, expected",
+    [
+        (0.34, False, "the loss does not halve (it fell 34%, it must fall 50%)"),
+        (-0.10, False, "the loss does not halve (it rose 10%, it must fall 50%)"),
+        (0.62, True, "the loss at least halves (it fell 62%)"),
+    ],
+)
 def test_the_overfit_sentence_states_its_rule(drop, dropped, expected):
     """A loss that fell 34% is not a loss that "does not drop": the rule is that it at least halves."""
     from gradscope.render.grads import OverfitView

@@ -66,12 +66,18 @@ def test_every_finding_a_check_function_gives_is_declared():
 
 
 def test_the_lists_of_other_modules_are_the_catalogue_s():
-    assert [c.__name__ for c in masking.ROOT_CHECKS] == list(catalogue.ROOT_CHECKS) == ["no_loss", "masked_label_trained", "label_misaligned"]
+    assert (
+        [c.__name__ for c in masking.ROOT_CHECKS]
+        == list(catalogue.ROOT_CHECKS)
+        == ["no_loss", "masked_label_trained", "label_misaligned"]
+    )
     per_sample = [c.__name__ for c in masking.SAMPLE_CHECKS]
     assert per_sample == [n for n in catalogue.SAMPLE_CHECKS if n in per_sample]  # in the catalogue's order
     assert set(catalogue.SAMPLE_CHECKS) - set(per_sample) - set(catalogue.ROOT_CHECKS) == {
         "turn_end_untrained",  # eos_untrained's finding when each turn's end but the last is untrained
-        "causal_leak", "cross_document_leak", "aux_loss_reaches_padding",  # structural probes (engine)
+        "causal_leak",
+        "cross_document_leak",
+        "aux_loss_reaches_padding",  # structural probes (engine)
     }
     assert SCANNED == tuple(s.scan for s in CATALOGUE if s.scan and not s.not_verified)
     assert junit.SAMPLE_CHECKS is catalogue.SAMPLE_CHECKS and junit.ROLE_CHECKS is catalogue.ROLE_CHECKS
@@ -81,8 +87,14 @@ def test_the_lists_of_other_modules_are_the_catalogue_s():
 
 def test_no_module_keeps_its_own_list_of_checks():
     """grep: no second ROLE_CHECKS, SCAN_WARNINGS, SAMPLE_CHECKS or ROOT_CHECKS written out as names."""
-    pattern = re.compile(r"^(ROLE_CHECKS|SCAN_WARNINGS|SAMPLE_CHECKS|ROOT_CHECKS|CHECKS|PROBE_OF|NETWORK_CHECKS)\b[^=]*=\s*"
-                         r"(frozenset\(\{|\(|\{)\s*\"", re.M)
-    offenders = [str(p.relative_to(ROOT)) for p in (ROOT / "gradscope").rglob("*.py")
-                 if p.name != "catalogue.py" and pattern.search(p.read_text())]
+    pattern = re.compile(
+        r"^(ROLE_CHECKS|SCAN_WARNINGS|SAMPLE_CHECKS|ROOT_CHECKS|CHECKS|PROBE_OF|NETWORK_CHECKS)\b[^=]*=\s*"
+        r"(frozenset\(\{|\(|\{)\s*\"",
+        re.M,
+    )
+    offenders = [
+        str(p.relative_to(ROOT))
+        for p in (ROOT / "gradscope").rglob("*.py")
+        if p.name != "catalogue.py" and pattern.search(p.read_text())
+    ]
     assert offenders == []

@@ -49,10 +49,16 @@ def report(*findings: Finding, unknown: int = 0) -> Report:
         ((), 0, Verdict("clean", 0, 0, 0)),
         ((finding("prefill_trained", "warning"),), 0, Verdict("warnings", 0, 1, 0)),
         ((finding("roles_unknown", "warning", None),), 2, Verdict("not verified", 0, 0, 2)),
-        ((finding("roles_unknown", "warning", None), finding("completion_truncated", "warning")), 1,
-         Verdict("not verified", 0, 1, 1)),
-        ((finding("prompt_leak"), finding("pad_leak", sample=1), finding("roles_unknown", "warning", None)), 1,
-         Verdict("errors", 2, 0, 1)),
+        (
+            (finding("roles_unknown", "warning", None), finding("completion_truncated", "warning")),
+            1,
+            Verdict("not verified", 0, 1, 1),
+        ),
+        (
+            (finding("prompt_leak"), finding("pad_leak", sample=1), finding("roles_unknown", "warning", None)),
+            1,
+            Verdict("errors", 2, 0, 1),
+        ),
     ],
 )
 def test_status_and_counts(findings, unknown, expected):
@@ -61,20 +67,40 @@ def test_status_and_counts(findings, unknown, expected):
 
 def test_policy_per_use():
     """Status is one; the policy differs: not verified fails unless allowed, warnings only under strict."""
-    table = {(s, strict, allow): Verdict(s, 0, 0, 0).fails(strict=strict, allow_unknown_roles=allow)  # type: ignore[arg-type]
-             for s in STATUSES for strict in (False, True) for allow in (False, True)}
+    table = {
+        (s, strict, allow): Verdict(s, 0, 0, 0).fails(strict=strict, allow_unknown_roles=allow)  # type: ignore[arg-type]
+        for s in STATUSES
+        for strict in (False, True)
+        for allow in (False, True)
+    }
     assert [k for k, fails in table.items() if fails] == [
-        ("not verified", False, False), ("not verified", True, False), ("not verified", True, True),
-        ("warnings", True, False), ("warnings", True, True),
-        ("errors", False, False), ("errors", False, True), ("errors", True, False), ("errors", True, True),
+        ("not verified", False, False),
+        ("not verified", True, False),
+        ("not verified", True, True),
+        ("warnings", True, False),
+        ("warnings", True, True),
+        ("errors", False, False),
+        ("errors", False, True),
+        ("errors", True, False),
+        ("errors", True, True),
     ]
 
 
 def scan_report(error_rows: int, checks: dict[str, int], unknown: int = 0) -> ScanReport:
-    entries = {name: {"rows": rows, "positions": rows, "first_rows": list(range(min(rows, 3)))} for name, rows in checks.items()}
+    entries = {
+        name: {"rows": rows, "positions": rows, "first_rows": list(range(min(rows, 3)))}
+        for name, rows in checks.items()
+    }
     entries["roles_unknown"] = {"rows": unknown, "positions": 0, "first_rows": list(range(min(unknown, 3)))}
-    return ScanReport(source={"path": "rows.jsonl", "format": "jsonl", "end_token_ids": [2]}, rows=500_000, tokens=9,
-                      trained_tokens=3, checks=entries, error_rows=error_rows, warning_rows=0)
+    return ScanReport(
+        source={"path": "rows.jsonl", "format": "jsonl", "end_token_ids": [2]},
+        rows=500_000,
+        tokens=9,
+        trained_tokens=3,
+        checks=entries,
+        error_rows=error_rows,
+        warning_rows=0,
+    )
 
 
 def test_scan_headline_counts_the_rows_that_fail():
@@ -200,8 +226,15 @@ def test_not_verified_is_never_shown_as_clean_nor_a_silent_pass(catalogue_report
     r = catalogue_reports["gpt2_prompt_leak_not_verified"]
     assert views(r) == agree("not verified")
     page = tmp_path / "page.html"
-    args = ["check", FIXTURES / "models/tiny-gpt2", FIXTURES / "batches/gpt2_prompt_leak_noroles.safetensors",
-            "--depth", "logits", "--html", page]
+    args = [
+        "check",
+        FIXTURES / "models/tiny-gpt2",
+        FIXTURES / "batches/gpt2_prompt_leak_noroles.safetensors",
+        "--depth",
+        "logits",
+        "--html",
+        page,
+    ]
     runner = CliRunner(env={"COLUMNS": "160"})
     result = runner.invoke(app, [str(a) for a in args])
     assert result.exit_code == 1 and result.stdout.startswith("? not verified"), result.output
@@ -210,7 +243,9 @@ def test_not_verified_is_never_shown_as_clean_nor_a_silent_pass(catalogue_report
     assert allowed.exit_code == 0 and '<testcase name="not verified"' in allowed.stdout
     scanned = runner.invoke(app, ["scan", str(args[2]), "--tokenizer", str(args[1]), "--format", "json"])
     assert scanned.exit_code == 1 and json.loads(scanned.stdout)["summary"]["status"] == "not verified"
-    assert runner.invoke(app, ["scan", str(args[2]), "--tokenizer", str(args[1]), "--allow-unknown-roles"]).exit_code == 0
+    assert (
+        runner.invoke(app, ["scan", str(args[2]), "--tokenizer", str(args[1]), "--allow-unknown-roles"]).exit_code == 0
+    )
 
 
 def test_the_callback_logs_not_verified_as_a_warning_and_says_what_stops_it(catalogue_reports, caplog):

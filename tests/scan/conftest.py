@@ -14,8 +14,16 @@ from gradscope.data.batch import COMPLETION, PAD, PROMPT, UNKNOWN
 EOS, PAD_ID = 2, 0
 
 
-def _reference_view(row: dict[str, np.ndarray], index: int, pad_id: int = PAD_ID, *, prefills: tuple = (),
-                    bos: int | None = None, adds_bos: bool = False, documents: bool = False) -> SampleView:
+def _reference_view(
+    row: dict[str, np.ndarray],
+    index: int,
+    pad_id: int = PAD_ID,
+    *,
+    prefills: tuple = (),
+    bos: int | None = None,
+    adds_bos: bool = False,
+    documents: bool = False,
+) -> SampleView:
     """The row as check sees it. With ``documents``, packed documents start where position_ids do not continue,
     between real tokens, and the boundaries are known (the packing probe's view)."""
     ids = torch.tensor(row["input_ids"])
@@ -31,9 +39,22 @@ def _reference_view(row: dict[str, np.ndarray], index: int, pad_id: int = PAD_ID
         p = row["position_ids"]
         starts = {t for t in range(1, len(p)) if p[t] != p[t - 1] + 1 and real[t] and real[t - 1]}
     cut = int(row["completion_cut"][0]) if "completion_cut" in row else 0
-    return SampleView(index, ids, role, trained, torch.where(trained, labels, -1), [None] * len(ids), frozenset({EOS}),
-                      pad_id, document_starts=frozenset(starts), completion_cut=cut, bos_token_id=bos,
-                      bos_added=adds_bos, boundaries_known=documents, prefills=prefills)
+    return SampleView(
+        index,
+        ids,
+        role,
+        trained,
+        torch.where(trained, labels, -1),
+        [None] * len(ids),
+        frozenset({EOS}),
+        pad_id,
+        document_starts=frozenset(starts),
+        completion_cut=cut,
+        bos_token_id=bos,
+        bos_added=adds_bos,
+        boundaries_known=documents,
+        prefills=prefills,
+    )
 
 
 @pytest.fixture

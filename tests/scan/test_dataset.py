@@ -34,8 +34,15 @@ def as_chunk(rows: list[dict[str, np.ndarray]]) -> Chunk:
     lengths = [len(r["input_ids"]) for r in rows]
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
     flat = {k: np.concatenate([r[k] for r in rows]) for k in rows[0]}
-    return Chunk(0, starts, flat["input_ids"], flat["labels"], flat["attention_mask"], flat.get("completion_mask"),
-                 flat.get("completion_cut"))
+    return Chunk(
+        0,
+        starts,
+        flat["input_ids"],
+        flat["labels"],
+        flat["attention_mask"],
+        flat.get("completion_mask"),
+        flat.get("completion_cut"),
+    )
 
 
 @pytest.mark.parametrize("pad_id", [PAD_ID, EOS], ids=["pad", "pad is eos"])
@@ -53,8 +60,13 @@ def test_vectorized_checks_equal_analyze_row_by_row(roles, pad_id, random_rows, 
         assert got == expected, f"row {i}: {row}"
         seen.update(got)
     no_roles = {"prompt_leak", "completion_untrained", "turn_end_untrained", "completion_truncated"}
-    layout = {"boundary_leak", "bos_duplicated", "bos_missing", "packed_without_boundaries",  # tests/scan/test_verdicts
-              "prefill_trained"}  # below
+    layout = {
+        "boundary_leak",
+        "bos_duplicated",
+        "bos_missing",
+        "packed_without_boundaries",  # tests/scan/test_verdicts
+        "prefill_trained",
+    }  # below
     expected_checks = (set(CHECKS) if roles else set(CHECKS) - no_roles) - layout
     if pad_id == EOS:  # a pad that is an end token is never read as left padding
         expected_checks -= {"pads_attended"}
@@ -101,9 +113,13 @@ def test_prefill_positions_and_verdicts_equal_check_row_by_row(random_rows, refe
 
 
 def test_a_scan_reports_a_trained_prefill_as_check_does():
-    scanned = scan(FIXTURES / "batches" / "qwen3_prefill_trained.safetensors", tokenizer=FIXTURES / "models" / "tiny-qwen3-chat")
+    scanned = scan(
+        FIXTURES / "batches" / "qwen3_prefill_trained.safetensors", tokenizer=FIXTURES / "models" / "tiny-qwen3-chat"
+    )
     assert scanned.checks["prefill_trained"]["rows"] > 0 and scanned.ok  # a warning
-    twin = scan(FIXTURES / "batches" / "qwen3_prefill_masked.safetensors", tokenizer=FIXTURES / "models" / "tiny-qwen3-chat")
+    twin = scan(
+        FIXTURES / "batches" / "qwen3_prefill_masked.safetensors", tokenizer=FIXTURES / "models" / "tiny-qwen3-chat"
+    )
     assert twin.failed_checks == [] and twin.verified
 
 
@@ -115,42 +131,66 @@ def _catalogue_scan(case: dict) -> gradscope.ScanReport:
 # The structural cases (causal, packed, loss and accumulation probes) need the model: scan reads labels only; and
 # scan reads no raw rows beside a tokenized file (roles_from).
 LABEL_CASES = [
-    c for c in CATALOGUE
-    if {e["check"] for e in c["expect"]} <= {*CHECKS, "roles_unknown"} and not c.get("loss") and not c.get("accumulate")
+    c
+    for c in CATALOGUE
+    if {e["check"] for e in c["expect"]} <= {*CHECKS, "roles_unknown"}
+    and not c.get("loss")
+    and not c.get("accumulate")
     and not c.get("roles_from")
 ]
 
 
 def _as_check_names(report: gradscope.ScanReport) -> list[tuple[str, int | None]]:
     """(check, row) per failing row, as the catalogue lists findings: roles_unknown is one finding of the batch."""
-    rows = [(name, row) for name, entry in report.checks.items() for row in entry["first_rows"] if name != "roles_unknown"]
-    return sorted(rows + ([("roles_unknown", None)] if report.checks["roles_unknown"]["rows"] else []),
-                  key=lambda pair: (pair[0], -1 if pair[1] is None else pair[1]))
+    rows = [
+        (name, row) for name, entry in report.checks.items() for row in entry["first_rows"] if name != "roles_unknown"
+    ]
+    return sorted(
+        rows + ([("roles_unknown", None)] if report.checks["roles_unknown"]["rows"] else []),
+        key=lambda pair: (pair[0], -1 if pair[1] is None else pair[1]),
+    )
 
 
 @pytest.mark.parametrize("case", LABEL_CASES, ids=[c["name"] for c in LABEL_CASES])
 def test_scan_finds_exactly_what_check_finds_on_the_catalogue(case, fixture_model):
     """Roles included: where the batch holds no role mask, scan reads them from the tokens as check does."""
     report = _catalogue_scan(case)
-    expected = sorted(((e["check"], e["sample"]) for e in case["expect"]),
-                      key=lambda pair: (pair[0], -1 if pair[1] is None else pair[1]))
+    expected = sorted(
+        ((e["check"], e["sample"]) for e in case["expect"]),
+        key=lambda pair: (pair[0], -1 if pair[1] is None else pair[1]),
+    )
     assert _as_check_names(report) == expected
     unknown = report.checks["roles_unknown"]["rows"]
-    assert sum(e["rows"] for e in report.checks.values()) - unknown == len([e for e in case["expect"] if e["sample"] is not None])
+    assert sum(e["rows"] for e in report.checks.values()) - unknown == len(
+        [e for e in case["expect"] if e["sample"] is not None]
+    )
     model, tokenizer = fixture_model(case["model"])
-    batches = load_batches(FIXTURES / case["data"], pad_token_id=tokenizer.pad_token_id, batch_size=case.get("batch_size", 1))
-    checked = gradscope.check_batches(model, batches, tokenizer=tokenizer, response_template=case.get("response_template"))
-    assert [(f.check, f.sample, f.positions) for f in report.findings] == [(f.check, f.sample, f.positions) for f in checked.findings]
-    for scanned, found in zip(report.findings, checked.findings, strict=False):  # check may add that the loss is NaN, and why
+    batches = load_batches(
+        FIXTURES / case["data"], pad_token_id=tokenizer.pad_token_id, batch_size=case.get("batch_size", 1)
+    )
+    checked = gradscope.check_batches(
+        model, batches, tokenizer=tokenizer, response_template=case.get("response_template")
+    )
+    assert [(f.check, f.sample, f.positions) for f in report.findings] == [
+        (f.check, f.sample, f.positions) for f in checked.findings
+    ]
+    for scanned, found in zip(
+        report.findings, checked.findings, strict=False
+    ):  # check may add that the loss is NaN, and why
         if found.check == "roles_unknown":  # the same reason; check names samples, scan rows
-            assert scanned.message.split(" are unknown ")[1].split(".")[0] == found.message.split(" are unknown ")[1].split(".")[0]
+            assert (
+                scanned.message.split(" are unknown ")[1].split(".")[0]
+                == found.message.split(" are unknown ")[1].split(".")[0]
+            )
         else:
             assert found.message.endswith(scanned.message)
     assert report.summary()["verified"] == checked.summary()["verified"]
 
 
 def test_a_scan_without_roles_is_not_verified_and_names_the_rows():
-    report = scan(FIXTURES / "batches" / "gpt2_prompt_leak_noroles.safetensors", tokenizer=FIXTURES / "models" / "tiny-gpt2")
+    report = scan(
+        FIXTURES / "batches" / "gpt2_prompt_leak_noroles.safetensors", tokenizer=FIXTURES / "models" / "tiny-gpt2"
+    )
     assert report.ok and not report.verified and report.checks["roles_unknown"]["rows"] == 3
     (finding,) = report.findings
     assert finding.check == "roles_unknown" and finding.severity == "warning"
@@ -159,12 +199,17 @@ def test_a_scan_without_roles_is_not_verified_and_names_the_rows():
 
 def test_roles_read_from_a_chat_template_find_the_copied_prompt():
     """The copy-labels batch without a role mask: scan reads roles from the template's markers, as check does."""
-    report = scan(FIXTURES / "batches" / "llama_prompt_leak_noroles.safetensors",
-                  tokenizer=FIXTURES / "models" / "tiny-llama-chat")
+    report = scan(
+        FIXTURES / "batches" / "llama_prompt_leak_noroles.safetensors",
+        tokenizer=FIXTURES / "models" / "tiny-llama-chat",
+    )
     assert not report.ok and report.verified
     assert report.checks["prompt_leak"]["first_rows"] == [0, 1, 2]
-    twin = scan(FIXTURES / "batches" / "gpt2_clean_noroles.safetensors", tokenizer=FIXTURES / "models" / "tiny-gpt2",
-                options=DataOptions(response_template="Answer:"))
+    twin = scan(
+        FIXTURES / "batches" / "gpt2_clean_noroles.safetensors",
+        tokenizer=FIXTURES / "models" / "tiny-gpt2",
+        options=DataOptions(response_template="Answer:"),
+    )
     assert twin.ok and twin.verified and twin.failed_checks == [] and twin.findings == []
 
 
@@ -177,7 +222,12 @@ def test_distributions_match_numpy(random_rows):
         assert length[f"p{round(q * 100)}"] == int(np.quantile(tokens, q, method="inverted_cdf"))
     assert (length["min"], length["max"]) == (tokens.min(), tokens.max())
     assert length["mean"] == pytest.approx(tokens.mean())
-    trained = np.array([int(((r["labels"] != -100) & (np.arange(len(r["labels"])) > 0) & (r["attention_mask"] == 1)).sum()) for r in rows])
+    trained = np.array(
+        [
+            int(((r["labels"] != -100) & (np.arange(len(r["labels"])) > 0) & (r["attention_mask"] == 1)).sum())
+            for r in rows
+        ]
+    )
     bins = [min(9, math.floor(Fraction(int(n), max(int(d), 1)) * 10)) for n, d in zip(trained, tokens, strict=True)]
     assert report.distributions["trained_fraction"]["rows"] == [bins.count(k) for k in range(10)]
     assert (report.rows, report.tokens, report.trained_tokens) == (500, tokens.sum(), trained.sum())
@@ -203,7 +253,13 @@ def scan_rows(rows: list[dict[str, np.ndarray]], **kwargs) -> gradscope.ScanRepo
 
     chunk = as_chunk(rows)
     report = ScanReport(source={})
-    return scan_chunks(iter([(chunk, verdicts(chunk, [EOS], pad_token_id=PAD_ID))]), report, end_token_ids=frozenset({EOS}), pad_token_id=PAD_ID, **kwargs)
+    return scan_chunks(
+        iter([(chunk, verdicts(chunk, [EOS], pad_token_id=PAD_ID))]),
+        report,
+        end_token_ids=frozenset({EOS}),
+        pad_token_id=PAD_ID,
+        **kwargs,
+    )
 
 
 @pytest.mark.parametrize("density", [0.0, 0.001, 0.01, 0.2, 1.0])
@@ -222,20 +278,33 @@ def test_checks_a_scan_could_not_run_are_shown_as_not_run_never_as_zero():
     """Without a tokenizer a tokenized batch without a role mask has no roles and no end token: prompt_leak,
     completion_untrained, prefill_trained, eos_untrained and turn_end_untrained did not run; no view counts them 0."""
     report = scan(FIXTURES / "batches" / "gpt2_prompt_leak_noroles.safetensors")
-    assert set(report.not_run) == {"prompt_leak", "completion_untrained", "prefill_trained", "eos_untrained",
-                                   "turn_end_untrained", "bos_duplicated", "bos_missing"}
+    assert set(report.not_run) == {
+        "prompt_leak",
+        "completion_untrained",
+        "prefill_trained",
+        "eos_untrained",
+        "turn_end_untrained",
+        "bos_duplicated",
+        "bos_missing",
+    }
     assert report.summary()["checks_not_run"] == report.not_run
     out = io.StringIO()
     Console(file=out, width=200, highlight=False).print(ScanView(report))
-    rows = {line.split("│")[1].strip(): line.split("│")[2].strip() for line in out.getvalue().splitlines()
-            if line.count("│") >= 4}
+    rows = {
+        line.split("│")[1].strip(): line.split("│")[2].strip()
+        for line in out.getvalue().splitlines()
+        if line.count("│") >= 4
+    }
     assert rows["prompt_leak"] == rows["eos_untrained"] == "not run" and rows["pad_leak"] == "0"
     assert 'data-check="prompt_leak" data-state="not run"' in report.to_html()
     junit = {c.get("classname"): c for c in ET.fromstring(to_junit(report)).iter("testcase")}
     assert junit["gradscope.prompt_leak"].find("skipped") is not None
     assert junit["gradscope.pad_leak"].find("skipped") is None
-    known = scan(FIXTURES / "batches" / "gpt2_prompt_leak_noroles.safetensors", tokenizer=FIXTURES / "models" / "tiny-gpt2",
-                 options=DataOptions(response_template="Answer:"))
+    known = scan(
+        FIXTURES / "batches" / "gpt2_prompt_leak_noroles.safetensors",
+        tokenizer=FIXTURES / "models" / "tiny-gpt2",
+        options=DataOptions(response_template="Answer:"),
+    )
     assert "prompt_leak" not in known.not_run and "eos_untrained" not in known.not_run
 
 
@@ -247,8 +316,13 @@ def test_failing_rows_are_counted_once_each(write_stream_rows, tmp_path):
     report = scan(write_stream_rows(tmp_path, "jsonl"), end_token_ids=[2], examples=10_000)
 
     def union(warnings: bool) -> set[int]:
-        return {row for name, entry in report.checks.items() if (name in SCAN_WARNINGS) == warnings
-                and name not in NOT_VERIFIED for row in entry["first_rows"]}
+        return {
+            row
+            for name, entry in report.checks.items()
+            if (name in SCAN_WARNINGS) == warnings and name not in NOT_VERIFIED
+            for row in entry["first_rows"]
+        }
+
     per_check = sum(e["rows"] for n, e in report.checks.items() if n not in SCAN_WARNINGS)
     assert report.summary()["errors"] == len(union(False)) < per_check  # some rows fail two checks
     assert report.summary()["warnings"] == len(union(True))

@@ -22,7 +22,9 @@ def test_num_proc_leaves_the_process_environment_as_it_was(tmp_path, write_strea
     assert os.environ is environ
 
 
-def test_num_proc_reads_json_lines_through_datasets(tmp_path, write_stream_rows, scan_summary, stream_reference, monkeypatch):
+def test_num_proc_reads_json_lines_through_datasets(
+    tmp_path, write_stream_rows, scan_summary, stream_reference, monkeypatch
+):
     import datasets
 
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")  # datasets converts JSON there

@@ -39,7 +39,11 @@ runner = CliRunner(env={"COLUMNS": "100"})  # the terminal width rich reads, wha
 def derived_or_error(rows, tokenizer, spec, batched: bool):
     """The RoleRows (as tuples), or the message of the first error, row by row or batched."""
     try:
-        out = derive_rows(rows, tokenizer, spec) if batched else [derive(r, i, tokenizer, spec) for i, r in enumerate(rows)]
+        out = (
+            derive_rows(rows, tokenizer, spec)
+            if batched
+            else [derive(r, i, tokenizer, spec) for i, r in enumerate(rows)]
+        )
     except DataError as err:
         return str(err)
     return [(r.index, r.input_ids, r.roles, r.messages, r.kind) for r in out]
@@ -53,7 +57,10 @@ def generated_rows(seed: int, n: int, chat: bool = True) -> list[dict]:
     rows = []
     for _ in range(n):
         kind = rng.choice(["pc", "chat", "chat-pc", "text"] if chat else ["pc", "text"])
-        turns = [{"role": r, "content": say()} for r in rng.choice([["user", "assistant"], ["system", "user", "assistant", "user", "assistant"]])]
+        turns = [
+            {"role": r, "content": say()}
+            for r in rng.choice([["user", "assistant"], ["system", "user", "assistant", "user", "assistant"]])
+        ]
         if kind == "pc":
             rows.append({"prompt": say(), "completion": say() or "x"})
         elif kind == "chat":
@@ -103,13 +110,23 @@ def checked(fixture_model):
     def run(model_name: str, path, options: DataOptions):
         model, tokenizer = fixture_model(model_name)
         try:
-            prepared = load_data(path, tokenizer=tokenizer, model=model, options=options,
-                                 end_token_ids=default_end_token_ids(model, tokenizer), pad_token_id=tokenizer.pad_token_id)
+            prepared = load_data(
+                path,
+                tokenizer=tokenizer,
+                model=model,
+                options=options,
+                end_token_ids=default_end_token_ids(model, tokenizer),
+                pad_token_id=tokenizer.pad_token_id,
+            )
         except DataError as err:
             return str(err)
         report = gradscope.check_batches(model, prepared.batches, tokenizer=tokenizer, probes=())
         # check prefixes why the loss is NaN when no row of a batch is trained; the rest of the message is the scan's
-        return sorted((f.sample, f.check, f.positions, f.message.removeprefix(NAN)) for f in report.findings if f.sample is not None)
+        return sorted(
+            (f.sample, f.check, f.positions, f.message.removeprefix(NAN))
+            for f in report.findings
+            if f.sample is not None
+        )
 
     return run
 
@@ -143,14 +160,19 @@ def test_truncation_that_cuts_the_completion_is_reported_as_check_reports_it(che
     assert report.checks["completion_truncated"]["rows"] >= 1 and report.ok is False
     assert {f.check for f in report.findings} == {"completion_truncated", "no_loss"}
     assert any("Truncation did it" in f.message for f in report.findings if f.check == "no_loss")
-    assert sorted((f.sample, f.check, f.positions, f.message) for f in report.findings) == checked(LLAMA, RAW / "prompt_completion.jsonl", options)
+    assert sorted((f.sample, f.check, f.positions, f.message) for f in report.findings) == checked(
+        LLAMA, RAW / "prompt_completion.jsonl", options
+    )
     assert report.summary()["warnings"] == report.checks["completion_truncated"]["rows"]
 
 
 def test_rows_are_numbered_across_chunks(tmp_path, fixture_tokenizer):
     """Rows past the first chunk: counts and row numbers against derive + truncate row by row."""
     rng = random.Random(5)
-    rows = [{"prompt": "q" * rng.randint(1, 12), "completion": "a" * rng.randint(1, 12)} for _ in range(RAW_CHUNK_ROWS + 300)]
+    rows = [
+        {"prompt": "q" * rng.randint(1, 12), "completion": "a" * rng.randint(1, 12)}
+        for _ in range(RAW_CHUNK_ROWS + 300)
+    ]
     path = tmp_path / "pc.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     t = fixture_tokenizer("chatml")
@@ -192,8 +214,14 @@ def test_raw_scan_json_and_exit_codes():
     assert clean.exit_code == 0, clean.stderr
     out = json.loads(clean.stdout)
     assert out["kind"] == "scan" and out["source"]["format"] == "jsonl"
-    assert out["source"]["raw"] == {"kinds": ["chat"], "train_on": "all-assistant", "response_template": None,
-                                    "instruction_template": None, "max_length": None, "truncation_mode": "keep_start"}
+    assert out["source"]["raw"] == {
+        "kinds": ["chat"],
+        "train_on": "all-assistant",
+        "response_template": None,
+        "instruction_template": None,
+        "max_length": None,
+        "truncation_mode": "keep_start",
+    }
     assert out["summary"]["rows"] == 3 and out["summary"]["ok"] is True
     # rows whose completion is partly cut: a warning (exit 0, 1 with --strict); wholly cut: no_loss (exit 1)
     partial = runner.invoke(app, [*args, "--max-length", "40"])
@@ -212,7 +240,10 @@ def test_first_past_equals_a_plain_scan_on_any_offsets():
         if rng.random() < 0.5 and ends:  # special tokens at (0, 0), overlapping pieces: ends that do not grow
             ends[rng.randrange(len(ends))] = rng.randint(0, 30)
         boundary = rng.randint(-1, 31)
-        assert first_past(ends, boundary) == next((i for i, e in enumerate(ends) if e > boundary), len(ends)), (ends, boundary)
+        assert first_past(ends, boundary) == next((i for i, e in enumerate(ends) if e > boundary), len(ends)), (
+            ends,
+            boundary,
+        )
 
 
 @pytest.mark.parametrize("fmt", ["parquet", "datasets", "json array"])
@@ -220,7 +251,9 @@ def test_raw_rows_in_every_format_scan_alike(tmp_path, fmt, checked):
     import datasets
 
     rows = read_rows(RAW / "chat.jsonl") + read_rows(RAW / "tool_chat.jsonl")
-    path = {"parquet": tmp_path / "rows.parquet", "datasets": tmp_path / "rows", "json array": tmp_path / "rows.json"}[fmt]
+    path = {"parquet": tmp_path / "rows.parquet", "datasets": tmp_path / "rows", "json array": tmp_path / "rows.json"}[
+        fmt
+    ]
     if fmt == "json array":
         path.write_text(json.dumps(rows))
     else:
@@ -240,7 +273,9 @@ def with_bos():
 
     t = AutoTokenizer.from_pretrained(FIXTURES / LLAMA)
     bos = t.convert_tokens_to_ids("<|im_start|>")
-    t.backend_tokenizer.post_processor = TemplateProcessing(single="<|im_start|> $A", special_tokens=[("<|im_start|>", bos)])
+    t.backend_tokenizer.post_processor = TemplateProcessing(
+        single="<|im_start|> $A", special_tokens=[("<|im_start|>", bos)]
+    )
     assert t("a")["input_ids"] == [bos, *t("a", add_special_tokens=False)["input_ids"]]
     return t
 

@@ -100,8 +100,10 @@ def _row_reference(chunk: Chunk, read: RowRoles, ends: frozenset[int]) -> Chunk:
     reasons: dict[str, None] = {}
     bounds = [*chunk.starts.tolist(), len(chunk.input_ids)]
     for r, (begin, end) in enumerate(itertools.pairwise(bounds)):
-        row = {"input_ids": torch.from_numpy(chunk.input_ids[begin:end])[None],
-               "attention_mask": torch.from_numpy(chunk.attention[begin:end].astype(np.int64))[None]}
+        row = {
+            "input_ids": torch.from_numpy(chunk.input_ids[begin:end])[None],
+            "attention_mask": torch.from_numpy(chunk.attention[begin:end].astype(np.int64))[None],
+        }
         positions = begin + np.flatnonzero(held_tokens(row, ends)[0].numpy())
         _, roles, reason = read(chunk.input_ids[positions].tolist(), chunk.first_row + r)
         if roles is None:
@@ -119,10 +121,18 @@ def test_held_mask_is_held_tokens_row_by_row():
     rng = np.random.default_rng(1)
     chunk = _chunk(rng, [5, 2, 2, 9, 11, 2])
     ends = frozenset({2})
-    expected = np.concatenate([
-        held_tokens({"input_ids": torch.from_numpy(chunk.input_ids[a:b])[None],
-                     "attention_mask": torch.from_numpy(chunk.attention[a:b].astype(np.int64))[None]}, ends)[0].numpy()
-        for a, b in itertools.pairwise([*chunk.starts.tolist(), len(chunk.input_ids)])])
+    expected = np.concatenate(
+        [
+            held_tokens(
+                {
+                    "input_ids": torch.from_numpy(chunk.input_ids[a:b])[None],
+                    "attention_mask": torch.from_numpy(chunk.attention[a:b].astype(np.int64))[None],
+                },
+                ends,
+            )[0].numpy()
+            for a, b in itertools.pairwise([*chunk.starts.tolist(), len(chunk.input_ids)])
+        ]
+    )
     got = held_mask(chunk, ends)
     assert np.array_equal(got, expected) and (got & (chunk.attention == 0)).any()  # hidden end tokens held
 
@@ -133,14 +143,23 @@ def test_held_mask_is_held_tokens_row_by_row():
 def test_a_chunk_reads_as_the_row_reader_reads_each_row(response_template, train_on, lead, monkeypatch):
     tokenizer = load_tokenizer(FIXTURES / "models/tiny-llama-chat")
     ends = frozenset({tokenizer.eos_token_id})
-    sources = RoleSources(response_template=response_template, instruction_template="Question:" if response_template
-                          else None, train_on=train_on)
+    sources = RoleSources(
+        response_template=response_template,
+        instruction_template="Question:" if response_template else None,
+        train_on=train_on,
+    )
     read = ChunkRoles(tokenizer, ends, sources)
     assert read.vectorized and read.markers is not None
     if lead:  # the markers both readers share (learnt once per tokenizer): the marker's last token not judged
         monkeypatch.setattr(read.markers, "lead", read.markers.responses[0][-1:])
-    template = [read.markers.responses[0], read.markers.glue, [tokenizer.eos_token_id], read.response or [],
-                read.instruction, [7, 8, 9]]
+    template = [
+        read.markers.responses[0],
+        read.markers.glue,
+        [tokenizer.eos_token_id],
+        read.response or [],
+        read.instruction,
+        [7, 8, 9],
+    ]
     rng = np.random.default_rng(0)
     for _ in range(5):
         chunk = _chunk(rng, [t for piece in template for t in piece])

@@ -45,7 +45,9 @@ def packed_row(rng: np.random.Generator, bos: int) -> dict[str, np.ndarray]:
     labels = np.where(completion == 1, ids, -100)
     kind = rng.integers(0, 5)
     if kind == 2:
-        labels[rng.random(len(labels)) < 0.3] = -100  # holes: completion tokens (documents' first ones among them) missed
+        labels[
+            rng.random(len(labels)) < 0.3
+        ] = -100  # holes: completion tokens (documents' first ones among them) missed
     elif kind == 0:
         labels = np.where(attention == 1, ids, -100)  # every real token trained, documents' first ones too
     elif kind == 1:
@@ -60,15 +62,25 @@ def packed_row(rng: np.random.Generator, bos: int) -> dict[str, np.ndarray]:
 def as_chunk(rows: list[dict[str, np.ndarray]]) -> Chunk:
     lengths = [len(r["input_ids"]) for r in rows]
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
-    flat = {k: np.concatenate([r[k] for r in rows]) for k in ("input_ids", "labels", "attention_mask", "completion_mask")
-            if k in rows[0]}
+    flat = {
+        k: np.concatenate([r[k] for r in rows])
+        for k in ("input_ids", "labels", "attention_mask", "completion_mask")
+        if k in rows[0]
+    }
     documents = np.zeros(len(flat["input_ids"]), dtype=bool)
     for start, row in zip(starts, rows, strict=True):
         if "position_ids" in row:
             p = row["position_ids"]
             documents[start + 1 : start + len(p)] = p[1:] != p[:-1] + 1
-    return Chunk(0, starts, flat["input_ids"], flat["labels"], flat["attention_mask"], flat.get("completion_mask"),
-                 documents=documents)
+    return Chunk(
+        0,
+        starts,
+        flat["input_ids"],
+        flat["labels"],
+        flat["attention_mask"],
+        flat.get("completion_mask"),
+        documents=documents,
+    )
 
 
 @pytest.mark.parametrize("roles", [True, False], ids=["roles", "no roles"])

@@ -42,9 +42,24 @@ def test_catalogue_covers_every_check_on_both_architectures():
     for case in CATALOGUE:
         found = by_model.setdefault(case["model"], set())
         found.update(e["check"] for e in case["expect"]) or found.add("clean")
-    assert {"clean", "prompt_leak", "pad_leak", "eos_untrained", "no_loss", "label_misaligned"} <= by_model[GPT2] | {"clean"}
-    assert {"prompt_leak", "pad_leak", "completion_untrained", "eos_untrained", "no_loss", "label_misaligned"} <= by_model[LLAMA]
-    structural = {"causal_leak", "cross_document_leak", "boundary_leak", "uneven_token_weights", "accumulation_mismatch"}
+    assert {"clean", "prompt_leak", "pad_leak", "eos_untrained", "no_loss", "label_misaligned"} <= by_model[GPT2] | {
+        "clean"
+    }
+    assert {
+        "prompt_leak",
+        "pad_leak",
+        "completion_untrained",
+        "eos_untrained",
+        "no_loss",
+        "label_misaligned",
+    } <= by_model[LLAMA]
+    structural = {
+        "causal_leak",
+        "cross_document_leak",
+        "boundary_leak",
+        "uneven_token_weights",
+        "accumulation_mismatch",
+    }
     assert structural <= by_model[LLAMA] and structural <= by_model[GPT2]
     assert any(not c["expect"] for c in CATALOGUE if c["model"] == GPT2)
     assert any(not c["expect"] for c in CATALOGUE if c["model"] == LLAMA)
@@ -85,8 +100,19 @@ def test_report_json_schema_v1(run_case):
     assert data["schema_version"] == 1
     assert set(data) >= {"model", "samples", "findings", "summary"}
     token = data["samples"][0]["tokens"][1]
-    assert set(token) >= {"position", "token_id", "text", "role", "label", "trained", "target_id", "loss", "weight",
-                          "logit_grad_norm", "embedding_grad_norm"}
+    assert set(token) >= {
+        "position",
+        "token_id",
+        "text",
+        "role",
+        "label",
+        "trained",
+        "target_id",
+        "loss",
+        "weight",
+        "logit_grad_norm",
+        "embedding_grad_norm",
+    }
     assert data["samples"][0]["tokens"][0]["loss"] is None
     layers = data["samples"][0]["layer_grad_norms"]
     assert len(layers) == data["model"]["num_layers"] == 2
@@ -173,7 +199,9 @@ def test_trl_padding_free_batch_is_clean_only_when_the_call_isolates_documents(a
     isolated = clean.probes["packing"]  # the screen tests both boundaries, so no extra backward pass runs
     assert isolated.ran and isolated.backward_passes == 0 and "2 of 2 document boundaries screened" in isolated.note
     ones = gradscope.check(model, {**batch, "attention_mask": torch.ones_like(batch["input_ids"])})
-    assert [(f.check, f.sample, f.positions) for f in _beyond_roles(ones)] == [("cross_document_leak", 0, list(range(12)))]
+    assert [(f.check, f.sample, f.positions) for f in _beyond_roles(ones)] == [
+        ("cross_document_leak", 0, list(range(12)))
+    ]
     assert "attention_mask is passed" in ones.findings[0].message
     model.config.use_cache = True
     cached = gradscope.check(model, batch)
@@ -181,7 +209,12 @@ def test_trl_padding_free_batch_is_clean_only_when_the_call_isolates_documents(a
     assert "config has use_cache=True" in cached.findings[0].message
     assert _beyond_roles(gradscope.check(model, {**batch, "use_cache": False})) == []  # TRL's compute_loss passes it
     packing = cached.probes["packing"]  # the screen fired: two confirming windows (the future, later documents)
-    assert packing.ran and packing.backward_passes == 2 and packing.batched and "2 of 2 document boundaries" in packing.note
+    assert (
+        packing.ran
+        and packing.backward_passes == 2
+        and packing.batched
+        and "2 of 2 document boundaries" in packing.note
+    )
 
 
 def test_documents_declared_only_for_flash_attention_leak_under_sdpa(tiny_model):
@@ -204,7 +237,11 @@ def test_eager_attention_adds_a_boolean_4d_mask_instead_of_masking(tiny_model, m
     assert gradscope.check(model, batch).findings == []  # sdpa reads a boolean mask as "may attend"
     model.set_attn_implementation("eager")
     report = gradscope.check(model, batch)
-    assert [(f.check, f.sample) for f in report.findings] == [("causal_leak", 0), ("causal_leak", 1), ("causal_leak", 2)]
+    assert [(f.check, f.sample) for f in report.findings] == [
+        ("causal_leak", 0),
+        ("causal_leak", 1),
+        ("causal_leak", 2),
+    ]
     assert "additive float mask" in report.findings[0].message
     additive = torch.zeros(causal.shape).masked_fill(~causal, torch.finfo(torch.float32).min)
     assert gradscope.check(model, {**batch, "attention_mask": additive}).findings == []
@@ -220,11 +257,21 @@ def test_probes_can_be_chosen_and_their_cost_is_reported(tiny_model):
     assert set(data) == {"causal", "packing", "weights"}
     # The screen sees the loss reach tokens it may not; the causal window finds no future dependence.
     assert data["causal"]["ran"] and data["causal"]["backward_passes"] == 1 and data["causal"]["shared"] == []
-    assert "in 1 row(s) the loss's gradient reaches such tokens but no window of the chosen probes" in data["causal"]["note"]
+    assert (
+        "in 1 row(s) the loss's gradient reaches such tokens but no window of the chosen probes"
+        in data["causal"]["note"]
+    )
     windows = gradscope.check(model, batch, probes=["causal"], windows=3).to_dict()["probes"]["causal"]
     assert windows["backward_passes"] == 4 and "4 random-projection cut(s)" in windows["note"]  # 3 asked, 1 confirming
-    assert data["packing"] == {"ran": False, "seconds": 0.0, "backward_passes": 0, "forward_passes": 0, "batched": None,
-                               "shared": [], "note": "not chosen (--probes)"}
+    assert data["packing"] == {
+        "ran": False,
+        "seconds": 0.0,
+        "backward_passes": 0,
+        "forward_passes": 0,
+        "batched": None,
+        "shared": [],
+        "note": "not chosen (--probes)",
+    }
     none = gradscope.check(model, batch, probes=[])
     assert not any(p.ran for p in none.probes.values())
     with pytest.raises(gradscope.InputError, match="unknown probe 'casual'"):
@@ -251,10 +298,14 @@ def test_bfloat16_model_reads_the_same_trained_tokens_with_fp32_norms(fixture_mo
     half = gradscope.check(model, batch, tokenizer=tokenizer)
     full = gradscope.check(fixture_model(LLAMA)[0], batch, tokenizer=tokenizer)
     assert half.model["dtype"] == "bfloat16"
-    assert [(f.check, f.sample, f.positions) for f in half.findings] == [(f.check, f.sample, f.positions) for f in full.findings]
+    assert [(f.check, f.sample, f.positions) for f in half.findings] == [
+        (f.check, f.sample, f.positions) for f in full.findings
+    ]
     for s_half, s_full in zip(half.samples, full.samples, strict=True):
         assert [t.trained for t in s_half.tokens] == [t.trained for t in s_full.tokens]
-        torch.testing.assert_close(torch.tensor(s_half.layer_grad_norms), torch.tensor(s_full.layer_grad_norms), rtol=0.1, atol=1e-4)
+        torch.testing.assert_close(
+            torch.tensor(s_half.layer_grad_norms), torch.tensor(s_full.layer_grad_norms), rtol=0.1, atol=1e-4
+        )
 
 
 def test_end_token_ids_are_the_vocabulary_end_tokens_and_never_the_unknown_token(fixture_model):
@@ -282,14 +333,28 @@ def _tiny_gemma3():
 
     torch.manual_seed(0)
     text = Gemma3TextConfig(
-        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-        num_key_value_heads=1, head_dim=16, max_position_embeddings=128, sliding_window=64,
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        max_position_embeddings=128,
+        sliding_window=64,
         layer_types=["full_attention", "full_attention"],
     )
-    vision = SiglipVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                                image_size=28, patch_size=14)
-    config = Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4, image_token_index=60,
-                          boi_token_index=61, eoi_token_index=62)
+    vision = SiglipVisionConfig(
+        hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=28, patch_size=14
+    )
+    config = Gemma3Config(
+        text_config=text,
+        vision_config=vision,
+        mm_tokens_per_image=4,
+        image_token_index=60,
+        boi_token_index=61,
+        eoi_token_index=62,
+    )
     model = Gemma3ForConditionalGeneration(config).eval()
     model.config.use_cache = False
     return model

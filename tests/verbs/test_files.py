@@ -42,7 +42,10 @@ def write(tmp: Path, fmt: str) -> Path:
 
 
 def verdict(report: gradscope.Report) -> tuple:
-    return ([[t.trained for t in s.tokens] for s in report.samples], sorted((f.check, f.sample) for f in report.findings))
+    return (
+        [[t.trained for t in s.tokens] for s in report.samples],
+        sorted((f.check, f.sample) for f in report.findings),
+    )
 
 
 @pytest.mark.parametrize("fmt", ["json", "parquet", "arrow"])

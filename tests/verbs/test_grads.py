@@ -200,7 +200,11 @@ def test_a_detached_block_cuts_everything_below_it(tiny_model, make_batch):
         report = grads(model, make_batch())
     finally:
         handle.remove()
-    expected = {n.rpartition(".")[0] for n, _ in model.named_parameters() if re.match(r"model\.(embed_tokens|layers\.[01]\.)", n)}
+    expected = {
+        n.rpartition(".")[0]
+        for n, _ in model.named_parameters()
+        if re.match(r"model\.(embed_tokens|layers\.[01]\.)", n)
+    }
     assert _untrained_modules(report) == expected
     assert [f.check for f in report.findings] == ["untrained_parameters"]
 

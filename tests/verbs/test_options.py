@@ -15,8 +15,19 @@ LLAMA = "models/tiny-llama-chat"
 
 def test_the_keywords_are_the_option_fields():
     assert set(typing.get_type_hints(CheckKeywords, include_extras=False)) == FIELDS
-    assert FIELDS == {"loss_fn", "keep_dropout", "end_token_ids", "probes", "accumulate", "windows",
-                      "response_template", "instruction_template", "roles_from", "train_on", "depth"}
+    assert FIELDS == {
+        "loss_fn",
+        "keep_dropout",
+        "end_token_ids",
+        "probes",
+        "accumulate",
+        "windows",
+        "response_template",
+        "instruction_template",
+        "roles_from",
+        "train_on",
+        "depth",
+    }
 
 
 def test_options_are_frozen_and_keywords_override_them():
@@ -36,8 +47,9 @@ def test_check_with_options_is_check_with_keywords(fixture_model, fixture_batch)
     batch = fixture_batch("llama_prompt_leak")
     by_keywords = gradscope.check(model, batch, tokenizer=tokenizer, probes=(), depth="logits")
     by_options = gradscope.check(model, batch, tokenizer=tokenizer, options=CheckOptions(probes=(), depth="logits"))
-    overridden = gradscope.check(model, batch, tokenizer=tokenizer, options=CheckOptions(probes=(), depth="full"),
-                                 depth="logits")
+    overridden = gradscope.check(
+        model, batch, tokenizer=tokenizer, options=CheckOptions(probes=(), depth="full"), depth="logits"
+    )
     assert by_keywords.depth == by_options.depth == overridden.depth == "logits"
     assert by_keywords.to_dict() == by_options.to_dict() == overridden.to_dict()
     assert [f.check for f in by_options.findings] == ["prompt_leak"] * 3

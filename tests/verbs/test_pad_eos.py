@@ -55,8 +55,16 @@ def test_cli_check_roles_from_and_collate_agree(tmp_path):
     routes = {
         "check": [MODEL, BATCH],
         "roles-from": [MODEL, BATCH, "--roles-from", RAW],
-        "collate": [MODEL, RAW, "--collate", f"{tmp_path / 'pad_eos_collator.py'}:mask_by_id",
-                    "--collate-input", "tokens", "--batch-size", "3"],
+        "collate": [
+            MODEL,
+            RAW,
+            "--collate",
+            f"{tmp_path / 'pad_eos_collator.py'}:mask_by_id",
+            "--collate-input",
+            "tokens",
+            "--batch-size",
+            "3",
+        ],
     }
     seen = {}
     for name, args in routes.items():
@@ -71,6 +79,7 @@ def test_cli_check_roles_from_and_collate_agree(tmp_path):
 def test_scan_reads_the_same_roles_and_agrees_with_check():
     scanned = gradscope.scan(BATCH, tokenizer=MODEL)
     checked = gradscope.check(load_model(MODEL), load_file(BATCH), tokenizer=load_tokenizer(MODEL), probes=())
-    assert [(f.check, f.sample, f.positions) for f in scanned.findings] == \
-        [(f.check, f.sample, f.positions) for f in checked.findings]
+    assert [(f.check, f.sample, f.positions) for f in scanned.findings] == [
+        (f.check, f.sample, f.positions) for f in checked.findings
+    ]
     assert {f.check for f in scanned.findings} == {"eos_untrained"}

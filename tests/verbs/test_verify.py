@@ -148,7 +148,10 @@ def test_verify_passes_on_the_fixture_models(name, fixture_model, fixture_batch)
     v = report.verify
     assert report.findings == [], v.checks
     assert v.dtype == "float64" and v.precision == "float64"
-    assert {c.target for c in v.checks} == {"input embeddings", next(n for n, p in model.named_parameters() if p.requires_grad)}
+    assert {c.target for c in v.checks} == {
+        "input embeddings",
+        next(n for n, p in model.named_parameters() if p.requires_grad),
+    }
     assert v.max_relative_error < FLOAT64.tolerance
     assert all(torch.equal(t, before[k]) for k, t in model.state_dict().items())
     assert next(model.parameters()).dtype == torch.float32
@@ -197,6 +200,8 @@ def test_falls_back_to_float32_when_the_loss_refuses_float64(tiny_model, make_ba
 
 
 def test_a_nan_loss_is_nonfinite_with_nothing_to_compare(tiny_model, make_batch):
-    report = verify(tiny_model("llama"), make_batch(), loss_fn=lambda logits, labels: logits.sum() * float("nan"), parameters=1)
+    report = verify(
+        tiny_model("llama"), make_batch(), loss_fn=lambda logits, labels: logits.sum() * float("nan"), parameters=1
+    )
     assert [f.check for f in report.findings] == ["nonfinite"]
     assert report.verify.checks == [] and report.verify.max_relative_error is None

@@ -24,7 +24,9 @@ def columns(s: SampleReport) -> dict[str, Any]:
     """A sample's per-token values as columns, read in one pass over its tokens: ``text`` a list, each number
     column a list with None replaced (NaN in a float column, :data:`INT_NONE` in an int one), ``none`` the positions
     of each column that hold None (the loss and weight of position 0)."""
-    rows = [(t.text, t.weight, t.loss, t.logit_grad_norm, t.embedding_grad_norm, t.label, t.target_id) for t in s.tokens]
+    rows = [
+        (t.text, t.weight, t.loss, t.logit_grad_norm, t.embedding_grad_norm, t.label, t.target_id) for t in s.tokens
+    ]
     texts, *numbers = map(list, zip(*rows, strict=True)) if rows else [[]] * 7
     out: dict[str, Any] = {"text": texts, "none": {}}
     for key, values in zip((*FLOAT_COLUMNS, *INT_COLUMNS), numbers, strict=True):
@@ -92,7 +94,7 @@ def _extent(values: list[float], positive: bool) -> tuple[float, float] | None:
     if positive:
         kept = list(filter(None, kept))
         if kept and min(kept) < 0:  # a norm is never negative; a value that is does not count either
-            kept = list(filter(0.0.__lt__, kept))
+            kept = list(filter((0.0).__lt__, kept))
     return (min(kept), max(kept)) if kept else None
 
 
@@ -111,4 +113,3 @@ def heat_norms(rows: Sequence[Sequence[float]]) -> str:
     halves = bytearray(len(raw) // 2)  # the high half of each little-endian float32: its bytes 2 and 3
     halves[0::2], halves[1::2] = raw[2::4], raw[3::4]
     return _b64(halves)
-

@@ -32,7 +32,7 @@ def _adapter_line(g: GradReport) -> str:
     text = (
         f"adapter ({', '.join(a['peft_type'])}): {ad['trainable_parameters']} of {ad['parameters']} adapter parameters "
         f"trainable, ‖∇‖ {fmt(ad['grad_norm'])}; base: {base['trainable_parameters']} of "
-            f"{base['parameters']} trainable, "
+        f"{base['parameters']} trainable, "
         f"‖∇‖ {fmt(base['grad_norm'])}"
     )
     return f'<p class="adapter">{html.escape(text)}</p>'
@@ -64,11 +64,12 @@ def depth_chart(modules: Sequence[ModuleGrad], width: int = 720, height: int = 2
     x = lambda col: 50 + (width - 70) * (col + 0.5) / len(columns)  # noqa: E731
     marks = "".join(_depth_mark(m, x(columns.index(_column(m))), y, height - 40, kinds) for m in shown)
     ticks = "".join(
-        f'<text x="{x(i):.1f}" y="{height - 22}" text-anchor="middle">{html.escape(c)}</text>' for i, c in enumerate(columns)
+        f'<text x="{x(i):.1f}" y="{height - 22}" text-anchor="middle">{html.escape(c)}</text>'
+        for i, c in enumerate(columns)
     )
     return (
         f'<figure class="depth"><figcaption>‖∇‖ per module across depth (log scale; {fmt(lo, 2)} … {fmt(hi, 2)})'
-        f"</figcaption><svg viewBox=\"0 0 {width} {height}\" width=\"{width}\" height=\"{height}\" role=\"img\" "
+        f'</figcaption><svg viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img" '
         f'aria-label="gradient norm per module across depth">{_axis(y, lo, hi, width, height)}{ticks}{marks}'
         f"{_kind_legend(kinds, width, height)}</svg></figure>"
     )
@@ -105,8 +106,12 @@ def _depth_mark(m: ModuleGrad, cx: float, y, baseline: float, kinds: list[str]) 
     ok = m.grad_norm is not None and m.grad_norm > 0 and math.isfinite(m.grad_norm)
     colour = _KIND_COLOURS[k]
     shape = _shape(_KIND_MARKS[k], cx, y(m.grad_norm) if ok else baseline, colour if ok else "#fff", colour)
-    title = f"<title>{html.escape(m.name)}: ‖∇‖ {fmt(m.grad_norm) if m.grad_norm is not None else 'no gradient'}</title>"
-    attrs = f'data-module="{html.escape(m.name, quote=True)}" data-norm="{"" if m.grad_norm is None else fmt(m.grad_norm)}"'
+    title = (
+        f"<title>{html.escape(m.name)}: ‖∇‖ {fmt(m.grad_norm) if m.grad_norm is not None else 'no gradient'}</title>"
+    )
+    attrs = (
+        f'data-module="{html.escape(m.name, quote=True)}" data-norm="{"" if m.grad_norm is None else fmt(m.grad_norm)}"'
+    )
     return f'<g class="mark{"" if ok else " none"}" {attrs}>{shape}{title}</g>'
 
 

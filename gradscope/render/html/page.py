@@ -19,11 +19,11 @@ from dataclasses import replace
 from typing import Any
 
 import gradscope.render.html.data as data
-from gradscope.report import SCAN_WARNINGS, Finding, Report, ScanReport
 from gradscope.render.html.assets import CSS, JS
-from gradscope.report.text import format_number as fmt
 from gradscope.render.html.grads import grads_section, overfit_section, verify_section
 from gradscope.render.html.strip import samples
+from gradscope.report import SCAN_WARNINGS, Finding, Report, ScanReport
+from gradscope.report.text import format_number as fmt
 from gradscope.report.text import position_runs
 from gradscope.report.verdict import headline, verdict
 
@@ -125,7 +125,7 @@ def _header(r: Report) -> str:
         subject = "masking and gradient"
     summary = r.summary()
     return (
-        f'<header>\n<h1>gradscope {_command(r)}</h1>\n{_verdict(r, subject)}\n'
+        f"<header>\n<h1>gradscope {_command(r)}</h1>\n{_verdict(r, subject)}\n"
         f'<dl class="summary">{_pairs(_model_summary(r, summary))}{_pairs(_data_summary(r.data))}</dl>\n</header>'
     )
 
@@ -135,8 +135,10 @@ def _verdict(r: Report | ScanReport, subject: str = "masking") -> str:
     reads the same."""
     v, label, rest = headline(r, subject)
     css = {"clean": "ok", "not verified": "warn", "warnings": "warn", "errors": "fail"}[v.status]
-    return (f'<p class="verdict {css}" role="status" data-status="{html.escape(v.status)}"><b>{html.escape(label)}</b>'
-            f"{html.escape(rest)}</p>")
+    return (
+        f'<p class="verdict {css}" role="status" data-status="{html.escape(v.status)}"><b>{html.escape(label)}</b>'
+        f"{html.escape(rest)}</p>"
+    )
 
 
 def _model_summary(r: Report, s: dict[str, Any]) -> dict[str, Any]:
@@ -155,11 +157,17 @@ def _model_summary(r: Report, s: dict[str, Any]) -> dict[str, Any]:
 
 def _data_summary(data: dict[str, Any]) -> dict[str, Any]:
     """The scalar facts of where the batches came from (nested ones are in the JSON report)."""
-    return {f"data {k}": ", ".join(map(str, v)) if isinstance(v, list) else v for k, v in data.items() if not isinstance(v, dict)}
+    return {
+        f"data {k}": ", ".join(map(str, v)) if isinstance(v, list) else v
+        for k, v in data.items()
+        if not isinstance(v, dict)
+    }
 
 
 def _pairs(items: dict[str, Any]) -> str:
-    return "".join(f"<dt>{html.escape(str(k))}</dt><dd>{html.escape(str(v))}</dd>" for k, v in items.items() if v not in (None, ""))
+    return "".join(
+        f"<dt>{html.escape(str(k))}</dt><dd>{html.escape(str(v))}</dd>" for k, v in items.items() if v not in (None, "")
+    )
 
 
 def _notes(notes: Sequence[str]) -> str:
@@ -179,9 +187,13 @@ def _legend() -> str:
         ('data-role="prompt" data-trained data-flag="example"', "flagged by a check (hatched, outlined, ! after it)"),
         ('data-role="prompt" data-special', "special token"),
     ]
-    items = "".join(f'<li><span {attrs}>token</span> {html.escape(text)}</li>' for attrs, text in keys)
-    glyphs = "<li>whitespace shown: <code>␣</code> a space-only token, <code>↵</code> a newline, <code>→</code> a tab</li>"
-    return f'<section class="legend" aria-label="legend"><h2>Legend</h2><ul>{items}{glyphs}</ul>{_scale_key()}</section>'
+    items = "".join(f"<li><span {attrs}>token</span> {html.escape(text)}</li>" for attrs, text in keys)
+    glyphs = (
+        "<li>whitespace shown: <code>␣</code> a space-only token, <code>↵</code> a newline, <code>→</code> a tab</li>"
+    )
+    return (
+        f'<section class="legend" aria-label="legend"><h2>Legend</h2><ul>{items}{glyphs}</ul>{_scale_key()}</section>'
+    )
 
 
 def _scale_key() -> str:
@@ -193,10 +205,15 @@ def _scale_key() -> str:
 
 
 def _controls(columns: dict[int, dict[str, Any]]) -> str:
-    modes = [("role", "role × trained"), ("loss", "per-token loss"), ("glog", "‖∂L/∂logits‖"), ("gemb", "‖∂L/∂embedding‖")]
+    modes = [
+        ("role", "role × trained"),
+        ("loss", "per-token loss"),
+        ("glog", "‖∂L/∂logits‖"),
+        ("gemb", "‖∂L/∂embedding‖"),
+    ]
     radios = "".join(
         '<label><input type="radio" name="shade" '
-            f'value="{v}"{" checked" if v == "role" else ""}> {html.escape(t)}</label>'
+        f'value="{v}"{" checked" if v == "role" else ""}> {html.escape(t)}</label>'
         for v, t in modes
     )
     ranges = html.escape(json.dumps(data.ranges(columns.values())), quote=True)
@@ -226,7 +243,7 @@ def _finding_row(i: int, f: Finding, root: str, linked: bool) -> str:
     positions = _position_links(f, root) if linked and f.sample is not None else html.escape(_runs_text(f.positions))
     return (
         f'<tr data-check="{html.escape(f.check)}" data-severity="{f.severity}" '
-            f'data-sample="{"" if f.sample is None else f.sample}">'
+        f'data-sample="{"" if f.sample is None else f.sample}">'
         f'<td>{html.escape(f.check)}</td><td class="{f.severity}">{f.severity}</td><td>{sample}</td>'
         f"<td>{positions}</td><td>{html.escape(f.message)}</td></tr>"
     )
@@ -239,7 +256,8 @@ def _runs_text(positions: Sequence[int]) -> str:
 def _position_links(f: Finding, root: str) -> str:
     """Each run of positions links to its first token."""
     links = [
-        f'<a href="#{root}-s{f.sample}-p{a}" data-pos="{a}">{a if a == b else f"{a}–{b}"}</a>' for a, b in position_runs(f.positions)
+        f'<a href="#{root}-s{f.sample}-p{a}" data-pos="{a}">{a if a == b else f"{a}–{b}"}</a>'
+        for a, b in position_runs(f.positions)
     ]
     return ", ".join(links) or "–"
 
@@ -276,8 +294,10 @@ def _scan_checks(r: ScanReport) -> str:
     rows = ""
     for name, entry in r.checks.items():
         if name in r.not_run:
-            rows += (f'<tr data-check="{html.escape(name)}" data-state="not run"><td class="not-run">'
-                     f'{html.escape(name)}</td><td colspan="3">not run: {html.escape(r.not_run[name])}</td></tr>')
+            rows += (
+                f'<tr data-check="{html.escape(name)}" data-state="not run"><td class="not-run">'
+                f'{html.escape(name)}</td><td colspan="3">not run: {html.escape(r.not_run[name])}</td></tr>'
+            )
             continue
         state = ("warning" if name in SCAN_WARNINGS else "error") if entry["rows"] else "pass"
         first = ", ".join(map(str, entry["first_rows"])) + (" …" if entry["rows"] > len(entry["first_rows"]) else "")
@@ -294,7 +314,7 @@ def _scan_distributions(r: ScanReport) -> str:
     if length.get("rows"):
         parts.append(
             f"<p>tokens per row: min {length['min']}, median {length['p50']}, p90 "
-                f"{length['p90']}, p99 {length['p99']}, "
+            f"{length['p90']}, p99 {length['p99']}, "
             f"max {length['max']}, mean {length['mean']:.1f}</p>"
         )
     fraction = r.distributions.get("trained_fraction", {})
@@ -302,7 +322,7 @@ def _scan_distributions(r: ScanReport) -> str:
     top = max(counts, default=0) or 1
     bars = "".join(
         f'<tr><th>{bins[i]:.1f}–{bins[i + 1]:.1f}</th><td><span class="bar" '
-            f'style="width:{200 * n / top:.0f}px"></span> {n}</td></tr>'
+        f'style="width:{200 * n / top:.0f}px"></span> {n}</td></tr>'
         for i, n in enumerate(counts)
     )
     if bars:
@@ -314,11 +334,12 @@ def _worst_rows(r: ScanReport) -> str:
     if not r.worst_rows:
         return ""
     rows = "".join(
-        f"<tr><td>{w['row']}</td><td>{w['positions']}</td><td>{html.escape(', '.join(w['checks']))}</td></tr>" for w in r.worst_rows
+        f"<tr><td>{w['row']}</td><td>{w['positions']}</td><td>{html.escape(', '.join(w['checks']))}</td></tr>"
+        for w in r.worst_rows
     )
     return (
         '<section class="worst"><h2>Worst rows</h2><table><tr><th>row</th><th>flagged '
-            'positions</th><th>checks</th></tr>'
+        "positions</th><th>checks</th></tr>"
         f"{rows}</table><p>look at one with: <code>gradscope inspect MODEL DATA --row N --html "
-            "FILE</code></p></section>"
+        "FILE</code></p></section>"
     )

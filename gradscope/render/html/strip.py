@@ -133,7 +133,7 @@ def _heat_frame(s: SampleReport) -> str:
         f"{len(s.tokens) - 1}, the strip's order); top bands: role × trained, flagged</figcaption>"
         f'<div class="heat-grid"><ol class="heat-rows">{rows}</ol><div class="heat-canvas">'
         '<canvas role="img" aria-label="heat map of gradient norms"></canvas><div class="cursor" '
-            'hidden></div></div></div></figure>'
+        "hidden></div></div></div></figure>"
     )
 
 
@@ -146,4 +146,9 @@ def _sample_json(s: SampleReport, columns: dict[str, Any]) -> list[str]:
     block = json.dumps(data.encoded(columns), ensure_ascii=False, separators=(",", ":")).replace("<", "\\u003c")
     if not s.layer_grad_norms:
         return [block]
-    return [block[:-1], f',"heat":{{"layers":{len(s.layer_grad_norms)},"bf16":"', data.heat_norms(s.layer_grad_norms), '"}}']
+    return [
+        block[:-1],
+        f',"heat":{{"layers":{len(s.layer_grad_norms)},"bf16":"',
+        data.heat_norms(s.layer_grad_norms),
+        '"}}',
+    ]
