@@ -12,7 +12,8 @@ from gradscope.constants import COMPLETION, PROMPT, UNKNOWN
 from gradscope.data.chat_template import Renderer, row_tools
 from gradscope.data.encoding import Encoder
 from gradscope.data.reasoning import DROPPED_REASONING, bounds_without_reasoning
-from gradscope.data.rows import RoleRow, find_subsequence
+from gradscope.data.rows import RoleRow
+from gradscope.data.text_templates import TemplateFinder, show_tokens
 from gradscope.errors import DataError
 from gradscope.modes import TrainOn
 from gradscope.tokenizer import Tokenizer
@@ -269,16 +270,12 @@ def _prefix_error(
         what = f"at message {k - 1} ({render.messages[k - 1].get('role')}): the first {k} message(s)"
     return DataError(
         f"the chat template breaks the prefix property {what} render as text ending {text[-60:]!r}, whose tokens "
-        f"alone at position {at} are {_show(alone, tokenizer)} but in the whole conversation "
-        f"{_show(context, tokenizer)}; gradscope cannot tell which tokens belong to which message",
+        f"alone at position {at} are {show_tokens(alone, tokenizer)} but in the whole conversation "
+        f"{show_tokens(context, tokenizer)}; gradscope cannot tell which tokens belong to which message",
         **render.where,
         hint="use a template that renders earlier turns the same whatever follows "
         "(TRL's get_training_chat_template patches the common ones)",
     )
-
-
-def _show(ids: Sequence[int], tokenizer: Tokenizer) -> str:
-    return "[" + ", ".join(f"{i} {tokenizer.decode([i])!r}" for i in ids) + "]"
 
 
 def _header_end(render: Renderer, k: int, text: str, full: list[int], bounds: list[int], tokenizer: Tokenizer) -> int:
@@ -351,7 +348,7 @@ def _text(row: Mapping[str, Any], index: int, tokenizer: Tokenizer, spec: RoleSp
 
     def finish(encoder: Encoder) -> RoleRow:
         ids, offsets = encoder.ids_offsets(full_text)
-        find = _TemplateFinder(tokenizer, encoder, ids, offsets, full_text, where)
+        find = TemplateFinder(tokenizer, encoder, ids, offsets, full_text, where)
         starts = find(response, "response")
         stops = find(spec.instruction_template, "instruction") if spec.instruction_template is not None else []
         width = len(encoder.ids(response))
@@ -362,62 +359,3 @@ def _text(row: Mapping[str, Any], index: int, tokenizer: Tokenizer, spec: RoleSp
         return RoleRow(index, ids, roles, [None] * len(ids), "text")
 
     return _Plan(templates, [full_text], finish)
-
-
-class _TemplateFinder:
-    """Finds a template string as tokens in one tokenized text, or says precisely why it is not there."""
-
-    def __init__(
-        self,
-        tokenizer: Tokenizer,
-        encoder: Encoder,
-        ids: list[int],
-        offsets: list[tuple[int, int]],
-        text: str,
-        where: dict,
-    ):
-        self.tok, self.encoder, self.ids, self.offsets, self.text, self.where = (
-            tokenizer,
-            encoder,
-            ids,
-            offsets,
-            text,
-            where,
-        )
-
-    def __call__(self, template: str, name: str) -> list[int]:
-        """Token positions where the template starts; every occurrence in the text must be found as tokens."""
-        alone = self.encoder.ids(template)
-        found = find_subsequence(self.ids, alone)
-        spans = [(self.offsets[p][0], self.offsets[p + len(alone) - 1][1]) for p in found]
-        chars = _occurrences(self.text, template)
-        if not chars and name == "response":
-            raise DataError(
-                f"the response template {template!r} does not occur in the text {self.text[:80]!r}",
-                **self.where,
-                hint="check `response_template` against the data",
-            )
-        missed = [c for c in chars if not any(a < c + len(template) and b > c for a, b in spans)]
-        if missed:
-            raise self._not_in_tokens(template, alone, missed[0], name)
-        return found
-
-    def _not_in_tokens(self, template: str, alone: list[int], begin: int, name: str) -> DataError:
-        end = begin + len(template)
-        context = [i for i, (a, b) in zip(self.ids, self.offsets, strict=True) if a < end and b > begin]
-        return DataError(
-            f"the {name} template {template!r} is in the text but not in its tokens: alone it tokenizes as "
-            f"{_show(alone, self.tok)}, in context as {_show(context, self.tok)} "
-            f"(text {self.text[max(0, begin - 30) : end + 30]!r})",
-            **self.where,
-            hint=f"give --{name}-template with the text that precedes it (e.g. a leading newline or space) so that "
-            "it tokenizes as in context",
-        )
-
-
-def _occurrences(text: str, pattern: str) -> list[int]:
-    out, at = [], text.find(pattern)
-    while at >= 0:
-        out.append(at)
-        at = text.find(pattern, at + len(pattern))
-    return out

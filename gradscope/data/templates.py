@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -186,3 +187,33 @@ def _tail(roles: list[int], ids: list[int], glue: list[int]) -> list[int]:
         return []
     run = ids[start:]
     return run[len(glue) :] if run[: len(glue)] == glue else []
+
+
+# --- chat-template markers -------------------------------------------------------------------------------------
+
+_MARKERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def chat_markers(
+    tokenizer: Tokenizer | None, ends: frozenset[int], chat_template: str | None = None
+) -> tuple[TemplateMarkers | None, str]:
+    """The chat-template markers (learnt once per tokenizer, template and end tokens), or None and why not.
+
+    ``chat_template`` is the template the data is rendered with when it is not the tokenizer's own.
+    """
+    if tokenizer is None:
+        return None, "no tokenizer was given"
+    template = chat_template or getattr(tokenizer, "chat_template", None)
+    if not template:
+        return None, "the tokenizer has no chat template"
+    try:
+        cache = _MARKERS.setdefault(tokenizer, {})
+    except TypeError:
+        cache = {}
+    key = (str(template), ends)
+    if key not in cache:
+        cache[key] = learn_markers(tokenizer, ends, chat_template)
+    markers, why = cache[key]
+    if markers is None:
+        return None, f"the chat template's assistant markers could not be learnt from probe chats: {why}"
+    return markers, ""

@@ -18,7 +18,6 @@ come before 2-4; preference rows before the role tensor too. Every route reads t
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
@@ -32,7 +31,7 @@ from gradscope.data.batch import document_starts, held_tokens
 from gradscope.data.load import load_role_rows
 from gradscope.data.pipelines import DataOptions
 from gradscope.data.rows import RoleRow, find_subsequence
-from gradscope.data.templates import TemplateMarkers, learn_markers
+from gradscope.data.templates import TemplateMarkers, chat_markers
 from gradscope.errors import DataError
 from gradscope.modes import TRAIN_ON, TrainOn
 from gradscope.tokenizer import Tokenizer
@@ -363,36 +362,6 @@ def _template_ids(tokenizer: Tokenizer, text: str) -> list[int]:
     if not ids:
         raise DataError(f"the template {text!r} has no tokens", hint="give the text that starts each completion")
     return ids
-
-
-# --- chat-template markers -------------------------------------------------------------------------------------
-
-_MARKERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def chat_markers(
-    tokenizer: Tokenizer | None, ends: frozenset[int], chat_template: str | None = None
-) -> tuple[TemplateMarkers | None, str]:
-    """The chat-template markers (learnt once per tokenizer, template and end tokens), or None and why not.
-
-    ``chat_template`` is the template the data is rendered with when it is not the tokenizer's own.
-    """
-    if tokenizer is None:
-        return None, "no tokenizer was given"
-    template = chat_template or getattr(tokenizer, "chat_template", None)
-    if not template:
-        return None, "the tokenizer has no chat template"
-    try:
-        cache = _MARKERS.setdefault(tokenizer, {})
-    except TypeError:
-        cache = {}
-    key = (str(template), ends)
-    if key not in cache:
-        cache[key] = learn_markers(tokenizer, ends, chat_template)
-    markers, why = cache[key]
-    if markers is None:
-        return None, f"the chat template's assistant markers could not be learnt from probe chats: {why}"
-    return markers, ""
 
 
 def _marker_roles(markers: TemplateMarkers, ids: list[int], train_on: TrainOn) -> tuple[list[int] | None, str | None]:

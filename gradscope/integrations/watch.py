@@ -35,10 +35,10 @@ from gradscope.data.roles import RoleSpec
 from gradscope.data.token_roles import RoleSources
 from gradscope.data.tokens import default_end_token_ids, media_token_ids, resolve_pad_token_id
 from gradscope.errors import GradscopeError, MaskingError
-from gradscope.integrations.observe import Observed, Observer, causal_lm, input_embeddings
+from gradscope.integrations.lm import find_causal_lm, model_section
+from gradscope.integrations.observe import Observed, Observer
 from gradscope.integrations.sources import DatasetRoles, PreferenceRoles, rl_rows, step_roles
 from gradscope.integrations.verdict import RankVerdict, WatchedSample, gather, merge, rank_verdict
-from gradscope.model.prepare import describe_model
 from gradscope.modes import TRAIN_ON, TrainOn
 from gradscope.render.sanitize import text_block
 from gradscope.report import Report
@@ -337,45 +337,6 @@ class StepWatcher:
                 f"({self.name}(fail_on=None) logs them and lets training go on)",
                 report,
             )
-
-
-def find_causal_lm(model: nn.Module) -> nn.Module:
-    """The causal LM the loop trains: the model itself (a DDP or PEFT wrapper is looked through by the observer),
-    else the first submodule with input and output embeddings (a LightningModule or a user's wrapper holding it)."""
-    if _is_lm(causal_lm(model)):
-        return model
-    for module in model.modules():
-        if _is_lm(module):
-            return module
-    raise GradscopeError(
-        f"{type(model).__name__} holds no causal LM (a transformers PreTrainedModel with "
-        "get_input_embeddings, or a torchtune TransformerDecoder): pass that model to the watcher"
-    )
-
-
-def _is_lm(module: nn.Module) -> bool:
-    return callable(getattr(module, "get_input_embeddings", None)) or (
-        isinstance(getattr(module, "tok_embeddings", None), nn.Embedding) and hasattr(module, "output")
-    )
-
-
-def model_section(lm: nn.Module) -> dict[str, Any]:
-    """The report's ``model`` section (of a torchtune model too, which has no config)."""
-    if callable(getattr(lm, "get_input_embeddings", None)):
-        return describe_model(lm)
-    param = next(lm.parameters())
-    return {
-        "name_or_path": None,
-        "architecture": type(lm).__name__,
-        "model_type": None,
-        "num_layers": len(getattr(lm, "layers", [])),
-        "vocab_size": input_embeddings(lm).num_embeddings,
-        "parameters": sum(p.numel() for p in lm.parameters()),
-        "dtype": str(param.dtype).removeprefix("torch."),
-        "device": str(param.device),
-        "device_map": None,
-        "loss": "the loop's loss",
-    }
 
 
 def stops(report: Report, fail_on: FailOn) -> bool:

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 
 from gradscope.constants import COMPLETION, PROMPT, UNKNOWN
-from gradscope.data.templates import TemplateMarkers
-from gradscope.data.token_roles import RoleSources, RowRoles, chat_markers
+from gradscope.data.templates import TemplateMarkers, chat_markers
+from gradscope.data.token_roles import RoleSources, RowRoles
 
 MARKER_FIELDS = frozenset({"responses", "glue", "end_token_ids", "tail", "lead"})
 """The ``TemplateMarkers`` fields read here; markers with another field set are read row by row."""

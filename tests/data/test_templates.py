@@ -15,7 +15,7 @@ from gradscope.checks.sample import prefill_positions
 from gradscope.constants import COMPLETION, PROMPT, UNKNOWN
 from gradscope.data.prefill import generation_prefills
 from gradscope.data.roles import RoleSpec, derive
-from gradscope.data.token_roles import chat_markers
+from gradscope.data.templates import chat_markers
 from gradscope.data.tokens import default_end_token_ids
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"

@@ -12,7 +12,8 @@ import torch
 from gradscope.constants import COMPLETION, PROMPT, UNKNOWN
 from gradscope.data.batch import collate, roles
 from gradscope.data.roles import RoleSpec, derive
-from gradscope.data.token_roles import RoleSources, batch_roles, chat_markers
+from gradscope.data.templates import chat_markers
+from gradscope.data.token_roles import RoleSources, batch_roles
 from gradscope.data.tokens import default_end_token_ids
 from gradscope.errors import DataError
 
