@@ -123,3 +123,32 @@ def scale_cause(factor: float, step: StepTokens) -> str:
 
 STEP_CHECKS = (step_scale,)
 """Checks of a whole watched step (the per-sample ones are gradscope.checks.masking's)."""
+
+
+def step_unobserved(observed: int, unreached: list[str]) -> Finding | None:
+    """``step_unobserved``: the watched step's loss was not seen, so nothing (or part of it) was checked.
+
+    Args:
+        observed: Training forwards the watcher saw before the optimizer step.
+        unreached: Where each seen forward that the loss's backward never reached was read (``logits``, ...).
+    """
+    if observed and not unreached:
+        return None
+    if not observed:
+        what = (
+            "no training forward was observed before the first optimizer step, so nothing was checked: the "
+            "model was not called in training mode, or was called outside the watched model"
+        )
+    else:
+        what = (
+            f"{len(unreached)} of {observed} training forward(s) never received gradient from the loss before "
+            f"the optimizer step ({', '.join(sorted(set(unreached)))}), so they were not checked"
+        )
+    return Finding(
+        "step_unobserved",
+        "warning",
+        None,
+        [],
+        f"{what}. The step is not verified. Attach the watcher to the model the loop trains (the wrapper's module "
+        "is found inside it) and call check() after the backward of every micro-batch, before optimizer.step().",
+    )

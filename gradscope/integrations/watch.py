@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from gradscope.checks.masking import for_trainer
+from gradscope.checks.step import step_unobserved
 from gradscope.data.roles import RoleSpec
 from gradscope.data.token_roles import RoleSources
 from gradscope.data.tokens import default_end_token_ids, media_token_ids, resolve_pad_token_id
@@ -38,7 +39,7 @@ from gradscope.errors import GradscopeError, MaskingError
 from gradscope.integrations.lm import find_causal_lm, model_section
 from gradscope.integrations.observe import Observed, Observer
 from gradscope.integrations.sources import DatasetRoles, PreferenceRoles, rl_rows, step_roles
-from gradscope.integrations.verdict import RankVerdict, WatchedSample, gather, merge, rank_verdict
+from gradscope.integrations.verdict import RankVerdict, WatchedFinding, WatchedSample, gather, merge, rank_verdict
 from gradscope.modes import TRAIN_ON, TrainOn
 from gradscope.render.sanitize import text_block
 from gradscope.report import Report
@@ -257,12 +258,10 @@ class StepWatcher:
         failed = [r.error for r in observer.records if r.error is not None]
         if failed:
             raise GradscopeError(f"reading the backward of a training forward failed: {failed[0]}")
+        unreached: list[str] = []
         for n, record in enumerate(observer.records):
             if not record.reached:
-                notes.append(
-                    f"a training forward ({record.where or 'no logits or last hidden state'}) never received "
-                    "gradient from the loss; it was not checked"
-                )
+                unreached.append(record.where or "no logits or last hidden state")
                 continue
             micro, rl = record.context.get("micro_batch", n), rl_rows(record.inputs, record.context.get("inputs", {}))
             if rl is not None:  # GRPO-style inputs: prompt_ids + completion_ids, the loss over completion_mask
@@ -292,8 +291,9 @@ class StepWatcher:
                 "in their group) or an empty completion_mask: the trainer's loss gives them no gradient on "
                 "purpose; no_loss, completion_untrained and eos_untrained were not checked there"
             )
-        if not observer.records:
-            notes.append("no training forward was observed before the first optimizer step: nothing was checked")
+        unobserved = step_unobserved(len(observer.records), unreached)
+        if unobserved is not None:  # the step is not verified, never clean
+            verdict.findings.append(WatchedFinding(**vars(unobserved), rank=_rank()))
         if dataset is not None and dataset.mismatched:
             notes.append(
                 f"gradscope tokenizes train_dataset rows {sorted(set(dataset.mismatched))[:8]} differently "

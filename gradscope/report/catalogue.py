@@ -85,6 +85,14 @@ CATALOGUE: tuple[CheckSpec, ...] = (
     # A new per-sample check (e.g. one on the labels' declared intent) goes here, with its scan twin if any.
     # What could not be judged: a warning that makes the report "not verified", never "clean".
     CheckSpec("roles_unknown", "warning", "batch", not_verified=True, scan="roles_unknown", docs="docs/roles.md"),
+    CheckSpec(
+        "step_unobserved",
+        "warning",
+        "batch",
+        not_verified=True,
+        docs="docs/findings.md",
+        fixture="tests/integrations/test_watch_loops.py::test_a_step_whose_loss_is_never_seen_is_not_verified",
+    ),
     # Once per batch or run.
     CheckSpec(
         "nonfinite",

@@ -114,6 +114,10 @@ def headline(report: Report | ScanReport, subject: str = "masking") -> tuple[Ver
         where = "the batch" if samples == {None} else f"{len(samples - {None})} of {s['samples']} sample(s)"
         return v, f"✗ {subject} errors", f": {v.errors}{f' in {where}' if r.samples else ''} ({what}){extra}"
     if v.status == "not verified":
+        unseen = [f for f in r.findings if f.check in NOT_VERIFIED and f.check != "roles_unknown"]
+        if unseen:  # not a question of roles: part of the run was never seen (step_unobserved)
+            why = "; ".join(dict.fromkeys(f.message.split(". ")[0] for f in unseen))
+            return v, v.mark, f": {why} ({', '.join(dict.fromkeys(f.check for f in unseen))}){extra}"
         return (
             v,
             v.mark,

@@ -95,7 +95,9 @@ def test_a_forward_without_labels_is_not_checked(caplog):
     batch = _leaky_batch(tokenizer)
     del batch["labels"]
     _step(callback, model, batch)
-    assert callback.report.samples == [] and "never received gradient" in callback.report.notes[0]
+    assert callback.report.samples == [] and [f.check for f in callback.report.findings] == ["step_unobserved"]
+    assert "never received gradient" in callback.report.findings[0].message
+    assert callback.report.summary()["status"] == "not verified"  # nothing was checked: never clean
 
 
 def test_bad_arguments():

@@ -151,6 +151,28 @@ def test_watcher_as_a_context_manager_stops_before_the_step_and_removes_its_hook
     assert watcher.check() is None  # checked once: later steps are not watched
 
 
+def test_a_step_whose_loss_is_never_seen_is_not_verified():
+    """A model run in eval mode (no training forward), or a loss that never reaches what was watched: nothing was
+    checked, so the step is not verified (never clean); it stops only under fail_on="warning"."""
+    torch.manual_seed(0)
+    model, tokenizer, rows = load_model(MODEL), load_tokenizer(MODEL), prompt_completion_rows()
+    batch = pad_collator(rows[:2])
+    model.eval()  # the loop forgot model.train(): the watcher records training forwards only
+    watcher = StepWatcher(model, tokenizer=tokenizer, dataset=rows)
+    token_mean(model, batch, step_of([batch], 1)).backward()
+    report = watcher.check()
+    assert [f.check for f in report.findings] == ["step_unobserved"] and "no training forward" in report.findings[
+        0
+    ].message
+    assert report.summary()["status"] == "not verified" and not report.summary()["verified"]
+    model.train()  # a forward seen whose output the loss never reaches (a detached copy of the logits)
+    strict = StepWatcher(model, tokenizer=tokenizer, dataset=rows, fail_on="warning")
+    logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits.detach().requires_grad_()
+    torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), batch["labels"][:, 1:].flatten()).backward()
+    with pytest.raises(gradscope.MaskingError, match="step_unobserved"):
+        strict.check()
+
+
 def test_role_tensor_given_with_the_micro_batch_judges_the_rows():
     """No tokenizer and no dataset: a completion_mask given with the micro-batch gives the roles."""
     torch.manual_seed(0)
