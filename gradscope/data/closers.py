@@ -27,20 +27,21 @@ PROBE_CALL: dict[str, Any] = {
 }
 """The tool call of the probe chats, with an id of nine letters and digits (Mistral's templates refuse others)."""
 PROBE_RESULT: dict[str, Any] = {"role": "tool", "tool_call_id": "call0add1", "name": "add", "content": "5"}
-_PROBES: tuple[list[dict[str, Any]], ...] = (
-    [
-        {"role": "user", "content": "Say one."},
-        {"role": "assistant", "content": "One."},
-        {"role": "user", "content": "Say two."},
-        {"role": "assistant", "content": "Two."},
-    ],
-    [
-        {"role": "user", "content": "Add 2 and 3."},
-        {"role": "assistant", "content": "", "tool_calls": [PROBE_CALL]},
-        PROBE_RESULT,
-        {"role": "assistant", "content": "It is 5."},
-    ],
-)
+PROBE_TURNS: list[dict[str, Any]] = [
+    {"role": "user", "content": "Say one."},
+    {"role": "assistant", "content": "One."},
+    {"role": "user", "content": "Say two."},
+    {"role": "assistant", "content": "Two."},
+]
+"""Two plain turns: the probe chat every template renders."""
+PROBE_TOOL_TURN: list[dict[str, Any]] = [
+    {"role": "user", "content": "Add 2 and 3."},
+    {"role": "assistant", "content": "", "tool_calls": [PROBE_CALL]},
+    PROBE_RESULT,
+    {"role": "assistant", "content": "It is 5."},
+]
+"""A tool call, its result and the answer after it."""
+_PROBES: tuple[list[dict[str, Any]], ...] = (PROBE_TURNS, PROBE_TOOL_TURN)
 
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from gradscope.constants import UNKNOWN
 from gradscope.data.batch import COMPLETION, PROMPT
-from gradscope.data.closers import PROBE_CALL, PROBE_RESULT, probe_variants
+from gradscope.data.closers import PROBE_TOOL_TURN, PROBE_TURNS, probe_variants
 from gradscope.data.roles import RoleSpec, derive
 from gradscope.data.rows import RoleRow, find_subsequence
 from gradscope.errors import DataError
@@ -19,19 +19,8 @@ from gradscope.tokenizer import Tokenizer
 # --- roles of already tokenized chats, read back from the template's markers --------------------------------------
 
 _PROBES: tuple[list[dict[str, Any]], ...] = (
-    [
-        {"role": "system", "content": "Be brief."},
-        {"role": "user", "content": "Say one."},
-        {"role": "assistant", "content": "One."},
-        {"role": "user", "content": "Say two."},
-        {"role": "assistant", "content": "Two."},
-    ],
-    [
-        {"role": "user", "content": "Add 2 and 3."},
-        {"role": "assistant", "content": "", "tool_calls": [PROBE_CALL]},
-        PROBE_RESULT,
-        {"role": "assistant", "content": "It is 5."},
-    ],
+    [{"role": "system", "content": "Be brief."}, *PROBE_TURNS],
+    PROBE_TOOL_TURN,
     [  # reasoning, under the names templates read it by (Qwen3 and GLM: reasoning_content; gpt-oss: thinking)
         {"role": "user", "content": "Say three."},
         {"role": "assistant", "reasoning_content": "Count.", "thinking": "Count.", "content": "Three."},
