@@ -29,6 +29,7 @@ from gradscope.data.pipelines import DataOptions
 from gradscope.model.usercode import load_loss_fn
 from gradscope.render.check import CheckView
 from gradscope.render.junit import to_junit
+from gradscope.report.catalogue import CATALOGUE as CHECK_CATALOGUE
 from gradscope.report.verdict import verdict
 from gradscope.scan.dataset import scan
 from gradscope.testing import assert_masking
@@ -37,15 +38,11 @@ FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 CATALOGUE = json.loads((FIXTURES / "catalogue.json").read_text())
 NAMES = [c["name"] for c in CATALOGUE]
 
-STRUCTURAL = {
-    "causal_leak",
-    "cross_document_leak",
-    "uneven_token_weights",
-    "accumulation_mismatch",
-    "aux_loss_reaches_padding",
-    "boundary_leak",
-}
+STRUCTURAL = frozenset(s.name for s in CHECK_CATALOGUE if s.probe or s.full_depth)
 """Findings of the structural probes: they need the model's gradient and the probes' extra passes."""
+
+NO_SCAN_TWIN = frozenset(s.name for s in CHECK_CATALOGUE if s.scan is None)
+"""Findings that ``scan`` cannot give (the catalogue's ``scan=``): a case expecting one is not carried by scan."""
 
 
 def _keys(case: dict) -> dict[str, tuple[int, ...]]:
@@ -72,8 +69,10 @@ def _scan_cannot(case: dict) -> str | None:
     expected = {e["check"] for e in case["expect"]}
     if expected & STRUCTURAL or case.get("loss") or case.get("accumulate"):
         return "a structural probe's or the loss's finding: scan reads labels, runs no model"
-    if expected & {"media_tokens_trained"} or "vlm" in case["name"]:
+    if "vlm" in case["name"]:
         return "media tokens are named by the model config, which scan does not load"
+    if expected & NO_SCAN_TWIN:
+        return "a check without a scan twin (the catalogue's scan=None): it needs the model's gradient or config"
     if case.get("roles_from"):
         return "scan reads no raw rows beside a tokenized file (roles_from)"
     if _keys(case).get("attention_mask", (0, 0, 0)).__len__() == 4:
