@@ -179,6 +179,30 @@ def rank_verdict(
     return out
 
 
+def nothing_checked(rank: int, eval_forwards: int, observed: bool) -> WatchedFinding:
+    """The not-verified warning of a step in which no training forward reached the loss's gradient: nothing was
+    checked, so the step is never called clean; ``eval_forwards``: grad-enabled forwards the model ran in eval
+    mode (not watched); ``observed``: some training forward ran but the loss's backward never reached it."""
+    if eval_forwards:
+        why = (
+            f"{eval_forwards} grad-enabled forward(s) ran with the model in eval mode (from_pretrained "
+            "returns it so): call model.train() before the step's forwards"
+        )
+    elif observed:
+        why = "the training forwards never received gradient from the loss: call loss.backward() before check()"
+    else:
+        why = "no training forward ran between StepWatcher(model) and check(): watch the step's own forwards"
+    return WatchedFinding(
+        "roles_unknown",
+        "warning",
+        None,
+        [],
+        f"not verified: no training forward was observed before the first optimizer step, so nothing was "
+        f"checked ({why}).",
+        rank=rank,
+    )
+
+
 def gather(local: RankVerdict) -> list[RankVerdict]:
     """Every rank's verdict on every rank (one all_gather_object of small objects); just this one when alone."""
     import torch.distributed as dist

@@ -38,7 +38,14 @@ from gradscope.errors import GradscopeError, MaskingError
 from gradscope.integrations.lm import find_causal_lm, model_section
 from gradscope.integrations.observe import Observed, Observer
 from gradscope.integrations.sources import DatasetRoles, PreferenceRoles, rl_rows, step_roles
-from gradscope.integrations.verdict import RankVerdict, WatchedSample, gather, merge, rank_verdict
+from gradscope.integrations.verdict import (
+    RankVerdict,
+    WatchedSample,
+    gather,
+    merge,
+    nothing_checked,
+    rank_verdict,
+)
 from gradscope.modes import TRAIN_ON, TrainOn
 from gradscope.render.sanitize import text_block
 from gradscope.report import Report
@@ -292,8 +299,8 @@ class StepWatcher:
                 "in their group) or an empty completion_mask: the trainer's loss gives them no gradient on "
                 "purpose; no_loss, completion_untrained and eos_untrained were not checked there"
             )
-        if not observer.records:
-            notes.append("no training forward was observed before the first optimizer step: nothing was checked")
+        if not prepared:
+            verdict.findings.append(nothing_checked(_rank(), observer.eval_forwards, bool(observer.records)))
         if dataset is not None and dataset.mismatched:
             notes.append(
                 f"gradscope tokenizes train_dataset rows {sorted(set(dataset.mismatched))[:8]} differently "

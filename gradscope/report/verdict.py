@@ -113,6 +113,8 @@ def headline(report: Report | ScanReport, subject: str = "masking") -> tuple[Ver
         samples = {f.sample for f in r.errors}
         where = "the batch" if samples == {None} else f"{len(samples - {None})} of {s['samples']} sample(s)"
         return v, f"✗ {subject} errors", f": {v.errors}{f' in {where}' if r.samples else ''} ({what}){extra}"
+    if v.status == "not verified" and not s["samples"]:
+        return v, v.mark, f": no sample was checked (roles_unknown){extra}"
     if v.status == "not verified":
         return (
             v,

@@ -27,6 +27,7 @@ from fixtures.loops import (
 from fixtures.trainers import MODEL, pad_collator
 from gradscope.integrations import StepWatcher
 from gradscope.model.load import load_model, load_tokenizer
+from gradscope.report.verdict import headline, verdict
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
 
@@ -135,6 +136,35 @@ def test_plain_loop_denominator_counting_masked_tokens_gets_step_scale():
     assert step.positions > step.tokens
     assert f"×{step.tokens}/{step.positions}" in str(run.error)
     assert f"×{step.tokens / step.positions:.3g} of a token mean" in str(run.error)
+
+
+@pytest.mark.parametrize(
+    "train, backward, cause",
+    [
+        (False, True, "grad-enabled forward(s) ran with the model in eval mode"),
+        (True, False, "never received gradient from the loss"),
+    ],
+)
+def test_a_step_with_nothing_checked_is_not_verified(train, backward, cause):
+    """from_pretrained returns the model in eval mode: a loop that forgets model.train(), or checks before its
+    backward, has its forwards unread; the step is then not verified, never clean, though its labels leak."""
+    torch.manual_seed(0)
+    model, tokenizer, rows = load_model(MODEL), load_tokenizer(MODEL), prompt_completion_rows(mask_prompt=False)
+    model.train(train)
+    batches = [pad_collator(rows[i : i + 1]) for i in range(len(rows))]
+    step = step_of(batches, len(batches))
+    watcher = StepWatcher(model, tokenizer=tokenizer, dataset=rows)
+    for batch in batches:
+        loss = token_mean(model, batch, step)
+        if backward:
+            loss.backward()
+    report = watcher.check()
+    assert report is not None and report.samples == []
+    assert verdict(report).status == "not verified" and not report.summary()["verified"]
+    assert [f.check for f in report.findings] == ["roles_unknown"] and cause in report.findings[0].message
+    assert "no sample was checked" in headline(report)[2]
+    with pytest.raises(gradscope.MaskingError, match="nothing was checked"):
+        StepWatcher(model, tokenizer=tokenizer, fail_on="warning").check()
 
 
 def test_watcher_as_a_context_manager_stops_before_the_step_and_removes_its_hooks():
