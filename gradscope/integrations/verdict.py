@@ -27,8 +27,10 @@ bf16 gradient scatters by about 2%; the bugs it looks for differ by the ratio of
 
 WATCHED_ROLES_HINT = (
     "To give roles: a completion_mask in the trainer's inputs (TRL's completion-only and assistant-only collators "
-    "add one); processing_class=tokenizer on the Trainer and a train_dataset with prompt/completion or messages "
-    "columns whose tokens are the trainer's; or a tokenizer whose chat template gradscope can read"
+    "add one; in a loop, with watcher.micro_batch(inputs)); the tokenizer (processing_class on a Trainer, "
+    "tokenizer= on StepWatcher) and the dataset rows (train_dataset, dataset= on StepWatcher) with input_ids and "
+    "prompt/completion or messages whose tokens are the trainer's; or a tokenizer whose chat template gradscope "
+    "can read"
 )
 
 UNTRAINED_CHECKS = frozenset({"no_loss", "completion_untrained", "eos_untrained", "turn_end_untrained"})

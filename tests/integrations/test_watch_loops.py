@@ -44,7 +44,12 @@ class LoopRun:
 
 
 def plain_loop(
-    rows: list[dict[str, Any]], loss: Loss, accumulation: int = 1, batch_size: int = 2, **options: Any
+    rows: list[dict[str, Any]],
+    loss: Loss,
+    accumulation: int = 1,
+    batch_size: int = 2,
+    dataset_rows: list[dict[str, Any]] | None = None,
+    **options: Any,
 ) -> LoopRun:
     """One optimizer step of a plain PyTorch loop over ``rows``, watched as the module docstring of
     gradscope.integrations.watch shows."""
@@ -55,7 +60,8 @@ def plain_loop(
     before = [p.detach().clone() for p in model.parameters()]
     batches = [pad_collator(rows[i : i + batch_size]) for i in range(0, batch_size * accumulation, batch_size)]
     step = step_of(batches, accumulation)
-    watcher, error = StepWatcher(model, tokenizer=tokenizer, dataset=rows, **options), None
+    dataset = rows if dataset_rows is None else dataset_rows
+    watcher, error = StepWatcher(model, tokenizer=tokenizer, dataset=dataset, **options), None
     try:
         for batch in batches:
             loss(model, batch, step).backward()
@@ -165,6 +171,17 @@ def test_a_step_with_nothing_checked_is_not_verified(train, backward, cause):
     assert "no sample was checked" in headline(report)[2]
     with pytest.raises(gradscope.MaskingError, match="nothing was checked"):
         StepWatcher(model, tokenizer=tokenizer, fail_on="warning").check()
+
+
+def test_rows_without_input_ids_leave_the_step_not_verified_and_say_how_a_loop_gives_roles():
+    """dataset= rows with prompt/completion but no input_ids cannot be matched to the step's rows: not verified,
+    and the hint names StepWatcher's own arguments, not only a Trainer's."""
+    rows = [{k: row[k] for k in ("prompt", "completion")} for row in prompt_completion_rows()]
+    run = plain_loop(prompt_completion_rows(), token_mean, dataset_rows=rows)
+    assert run.error is None and verdict(run.watcher.report).status == "not verified"
+    assert run.checks == ["roles_unknown"]
+    message = run.watcher.report.findings[0].message
+    assert "tokenizer= on StepWatcher" in message and "dataset= on StepWatcher" in message
 
 
 def test_watcher_as_a_context_manager_stops_before_the_step_and_removes_its_hooks():
