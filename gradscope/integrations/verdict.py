@@ -309,11 +309,11 @@ def _weight_cause(groups: list[tuple[int, int, int, int, float, int]]) -> tuple[
     counts = "; ".join(f"rank {r} micro-batch {m}: {n} tokens × {w:.3g}" for (r, m), (w, n) in sorted(mean.items()))
     if any(_spread([w for (r, _), (w, _) in mean.items() if r == rank]) for rank in ranks):
         return "micro-batches", (
-            f"Each micro-batch's loss is a mean over its own trained tokens ({counts}), and the Trainer divides it "
-            "by gradient_accumulation_steps: tokens of micro-batches with fewer trained tokens weigh more (the "
-            "gradient-accumulation bug of transformers PR #34191). Normalise over the whole accumulated batch: take "
-            "num_items_in_batch in compute_loss_func (sum of token losses / num_items_in_batch), or let the model's "
-            "own loss receive it."
+            f"Each micro-batch's loss is a mean over its own trained tokens ({counts}), divided by the "
+            "accumulation steps (the Trainer's gradient_accumulation_steps): tokens of micro-batches with fewer "
+            "trained tokens weigh more (the gradient-accumulation bug of transformers PR #34191). Normalise over "
+            "the whole accumulated batch: the sum of token losses / the step's trained tokens (on a Trainer, take "
+            "num_items_in_batch in compute_loss_func, or let the model's own loss receive it)."
         )
     return "ranks", (
         f"Each rank normalises by its own trained-token count ({counts}) and DDP averages the ranks' gradients: "

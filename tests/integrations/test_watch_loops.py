@@ -112,6 +112,8 @@ def test_plain_loop_per_micro_batch_means_under_accumulation_stop():
     run = plain_loop(varied_rows(), micro_batch_mean, accumulation=4, batch_size=1)
     assert_stops(run, ["uneven_step_weights"])
     assert run.watcher.report.data["watched"]["micro_batches"] == 4
+    assert "the Trainer divides" not in str(run.error)  # a plain loop has no Trainer: the fix is the loop's own
+    assert "the sum of token losses / the step's trained tokens" in str(run.error)
 
 
 def test_plain_loop_accumulation_with_a_step_token_mean_trains():
