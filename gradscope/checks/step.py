@@ -125,30 +125,32 @@ STEP_CHECKS = (step_scale,)
 """Checks of a whole watched step (the per-sample ones are gradscope.checks.masking's)."""
 
 
-def step_unobserved(observed: int, unreached: list[str]) -> Finding | None:
+def step_unobserved(observed: int, unreached: list[str], eval_forwards: int = 0) -> Finding | None:
     """``step_unobserved``: the watched step's loss was not seen, so nothing (or part of it) was checked.
 
     Args:
         observed: Training forwards the watcher saw before the optimizer step.
         unreached: Where each seen forward that the loss's backward never reached was read (``logits``, ...).
+        eval_forwards: Grad-enabled forwards the model ran in eval mode (not watched: a loop that forgot
+            ``model.train()``; ``from_pretrained`` returns the model in eval mode).
     """
     if observed and not unreached:
         return None
-    if not observed:
+    if not observed and eval_forwards:
         what = (
-            "no training forward was observed before the first optimizer step, so nothing was checked: the "
-            "model was not called in training mode, or was called outside the watched model"
+            f"{eval_forwards} grad-enabled forward(s) ran with the model in eval mode (from_pretrained returns "
+            "it so) and no training forward, so nothing was checked: call model.train() before the step's "
+            "forwards"
+        )
+    elif not observed:
+        what = (
+            "no training forward was observed before the first optimizer step, so nothing was checked: attach "
+            "the watcher to the model the loop trains (a wrapper's model is found inside it)"
         )
     else:
         what = (
             f"{len(unreached)} of {observed} training forward(s) never received gradient from the loss before "
-            f"the optimizer step ({', '.join(sorted(set(unreached)))}), so they were not checked"
+            f"the check ({', '.join(sorted(set(unreached)))}), so they were not checked: call loss.backward() "
+            "on every micro-batch before check(), and compute the loss from the model's own output"
         )
-    return Finding(
-        "step_unobserved",
-        "warning",
-        None,
-        [],
-        f"{what}. The step is not verified. Attach the watcher to the model the loop trains (the wrapper's module "
-        "is found inside it) and call check() after the backward of every micro-batch, before optimizer.step().",
-    )
+    return Finding("step_unobserved", "warning", None, [], f"{what}. The step is not verified.")

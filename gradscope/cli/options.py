@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging as std_logging
 import os
 import sys
 from enum import Enum
@@ -235,8 +236,16 @@ def parse_probes(spec: str) -> tuple[str, ...]:
     return tuple(name.strip() for name in spec.split(",") if name.strip())
 
 
+IMPORT_NOTICES = ("torchao", "torch.utils._pytree")
+"""Loggers that speak when transformers imports an optional package it found installed (torchao's native
+libraries that do not load, torch's deprecation notice for the enums torchao registers): nothing gradscope uses."""
+
+
 def quiet_transformers() -> None:
-    """Keep transformers' progress bars and advice off the terminal: stderr is for gradscope's diagnostics."""
+    """Keep transformers' progress bars and advice, and the import notices of the optional packages it loads, off
+    the terminal: stderr is for gradscope's diagnostics."""
+    for name in IMPORT_NOTICES:
+        std_logging.getLogger(name).setLevel(std_logging.ERROR)
     from transformers.utils import logging
 
     logging.set_verbosity_error()

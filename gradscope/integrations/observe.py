@@ -97,6 +97,7 @@ class Observer:
         self.lm = causal_lm(model)
         self.label_smoothing = label_smoothing
         self.records: list[Observed] = []
+        self.eval_forwards = 0  # grad-enabled forwards in eval mode: not recorded, named when nothing else was
         self.context: dict[str, Any] = {}
         self.active = True
         self._current: Observed | None = None
@@ -123,6 +124,8 @@ class Observer:
 
     def _begin(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
         if not (self.active and module.training and torch.is_grad_enabled()) or self._current is not None:
+            if self.active and torch.is_grad_enabled() and not module.training and self._current is None:
+                self.eval_forwards += 1
             return  # evaluation, a no-grad forward (reference model, metrics, generation), or a nested call
         ids = kwargs.get("input_ids", kwargs.get("tokens", args[0] if args else None))  # tokens: torchtune
         if not isinstance(ids, torch.Tensor) or ids.dim() != 2:

@@ -27,8 +27,10 @@ bf16 gradient scatters by about 2%; the bugs it looks for differ by the ratio of
 
 WATCHED_ROLES_HINT = (
     "To give roles: a completion_mask in the trainer's inputs (TRL's completion-only and assistant-only collators "
-    "add one); processing_class=tokenizer on the Trainer and a train_dataset with prompt/completion or messages "
-    "columns whose tokens are the trainer's; or a tokenizer whose chat template gradscope can read"
+    "add one; in a loop, with watcher.micro_batch(inputs)); the tokenizer (processing_class on a Trainer, "
+    "tokenizer= on StepWatcher) and the dataset rows (train_dataset, dataset= on StepWatcher) with input_ids and "
+    "prompt/completion or messages whose tokens are the trainer's; or a tokenizer whose chat template gradscope "
+    "can read"
 )
 
 UNTRAINED_CHECKS = frozenset({"no_loss", "completion_untrained", "eos_untrained", "turn_end_untrained"})
@@ -283,11 +285,11 @@ def _weight_cause(groups: list[tuple[int, int, int, int, float, int]]) -> tuple[
     counts = "; ".join(f"rank {r} micro-batch {m}: {n} tokens × {w:.3g}" for (r, m), (w, n) in sorted(mean.items()))
     if any(_spread([w for (r, _), (w, _) in mean.items() if r == rank]) for rank in ranks):
         return "micro-batches", (
-            f"Each micro-batch's loss is a mean over its own trained tokens ({counts}), and the Trainer divides it "
-            "by gradient_accumulation_steps: tokens of micro-batches with fewer trained tokens weigh more (the "
-            "gradient-accumulation bug of transformers PR #34191). Normalise over the whole accumulated batch: take "
-            "num_items_in_batch in compute_loss_func (sum of token losses / num_items_in_batch), or let the model's "
-            "own loss receive it."
+            f"Each micro-batch's loss is a mean over its own trained tokens ({counts}), divided by the "
+            "accumulation steps (the Trainer's gradient_accumulation_steps): tokens of micro-batches with fewer "
+            "trained tokens weigh more (the gradient-accumulation bug of transformers PR #34191). Normalise over "
+            "the whole accumulated batch: the sum of token losses / the step's trained tokens (on a Trainer, take "
+            "num_items_in_batch in compute_loss_func, or let the model's own loss receive it)."
         )
     return "ranks", (
         f"Each rank normalises by its own trained-token count ({counts}) and DDP averages the ranks' gradients: "

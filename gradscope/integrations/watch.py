@@ -291,7 +291,7 @@ class StepWatcher:
                 "in their group) or an empty completion_mask: the trainer's loss gives them no gradient on "
                 "purpose; no_loss, completion_untrained and eos_untrained were not checked there"
             )
-        unobserved = step_unobserved(len(observer.records), unreached)
+        unobserved = step_unobserved(len(observer.records), unreached, observer.eval_forwards)
         if unobserved is not None:  # the step is not verified, never clean
             verdict.findings.append(WatchedFinding(**vars(unobserved), rank=_rank()))
         if dataset is not None and dataset.mismatched:

@@ -81,8 +81,8 @@ def findings_table(report: Report | ScanReport, title: str = "Findings") -> Tabl
     table.add_column("check", style="bold", no_wrap=True)
     table.add_column("severity", no_wrap=True)
     table.add_column("sample", justify="right")
-    table.add_column("positions")
-    table.add_column("message", ratio=1)
+    table.add_column("positions", overflow="fold")
+    table.add_column("message", ratio=1, overflow="fold")  # a long word (the fix) folds, never ends in "…"
     for f in report.findings:
         severity = Text(f.severity, style="red" if f.severity == "error" else "yellow")
         sample = "batch" if f.sample is None else str(f.sample)

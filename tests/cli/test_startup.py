@@ -65,6 +65,16 @@ def test_a_command_that_runs_a_model_still_loads_torch() -> None:
     assert {"torch", "transformers"} <= names
 
 
+def test_a_clean_check_writes_nothing_on_stderr() -> None:
+    """stderr is for gradscope's diagnostics: a clean check writes nothing there, though transformers imports the
+    optional packages it finds installed (torchao, with the torchtune extra, logs at import time)."""
+    model, batch = ROOT / "fixtures/models/tiny-llama-chat", ROOT / "fixtures/batches/llama_clean.safetensors"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "100"}
+    args = [sys.executable, "-m", "gradscope", "check", str(model), str(batch), "--format", "json", "--depth", "logits"]
+    done = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stderr) == (0, "")
+
+
 def test_version_prints_the_package_version() -> None:
     from gradscope import __version__
 

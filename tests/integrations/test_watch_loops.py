@@ -27,6 +27,7 @@ from fixtures.loops import (
 from fixtures.trainers import MODEL, pad_collator
 from gradscope.integrations import StepWatcher
 from gradscope.model.load import load_model, load_tokenizer
+from gradscope.report.verdict import headline, verdict
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
 
@@ -43,7 +44,12 @@ class LoopRun:
 
 
 def plain_loop(
-    rows: list[dict[str, Any]], loss: Loss, accumulation: int = 1, batch_size: int = 2, **options: Any
+    rows: list[dict[str, Any]],
+    loss: Loss,
+    accumulation: int = 1,
+    batch_size: int = 2,
+    dataset_rows: list[dict[str, Any]] | None = None,
+    **options: Any,
 ) -> LoopRun:
     """One optimizer step of a plain PyTorch loop over ``rows``, watched as the module docstring of
     gradscope.integrations.watch shows."""
@@ -54,7 +60,8 @@ def plain_loop(
     before = [p.detach().clone() for p in model.parameters()]
     batches = [pad_collator(rows[i : i + batch_size]) for i in range(0, batch_size * accumulation, batch_size)]
     step = step_of(batches, accumulation)
-    watcher, error = StepWatcher(model, tokenizer=tokenizer, dataset=rows, **options), None
+    dataset = rows if dataset_rows is None else dataset_rows
+    watcher, error = StepWatcher(model, tokenizer=tokenizer, dataset=dataset, **options), None
     try:
         for batch in batches:
             loss(model, batch, step).backward()
@@ -105,6 +112,8 @@ def test_plain_loop_per_micro_batch_means_under_accumulation_stop():
     run = plain_loop(varied_rows(), micro_batch_mean, accumulation=4, batch_size=1)
     assert_stops(run, ["uneven_step_weights"])
     assert run.watcher.report.data["watched"]["micro_batches"] == 4
+    assert "the Trainer divides" not in str(run.error)  # a plain loop has no Trainer: the fix is the loop's own
+    assert "the sum of token losses / the step's trained tokens" in str(run.error)
 
 
 def test_plain_loop_accumulation_with_a_step_token_mean_trains():
@@ -135,6 +144,47 @@ def test_plain_loop_denominator_counting_masked_tokens_gets_step_scale():
     assert step.positions > step.tokens
     assert f"×{step.tokens}/{step.positions}" in str(run.error)
     assert f"×{step.tokens / step.positions:.3g} of a token mean" in str(run.error)
+
+
+@pytest.mark.parametrize(
+    "train, backward, cause",
+    [
+        (False, True, "grad-enabled forward(s) ran with the model in eval mode"),
+        (True, False, "never received gradient from the loss"),
+    ],
+)
+def test_a_step_with_nothing_checked_is_not_verified(train, backward, cause):
+    """from_pretrained returns the model in eval mode: a loop that forgets model.train(), or checks before its
+    backward, has its forwards unread; the step is then not verified, never clean, though its labels leak."""
+    torch.manual_seed(0)
+    model, tokenizer, rows = load_model(MODEL), load_tokenizer(MODEL), prompt_completion_rows(mask_prompt=False)
+    model.train(train)
+    batches = [pad_collator(rows[i : i + 1]) for i in range(len(rows))]
+    step = step_of(batches, len(batches))
+    watcher = StepWatcher(model, tokenizer=tokenizer, dataset=rows)
+    for batch in batches:
+        loss = token_mean(model, batch, step)
+        if backward:
+            loss.backward()
+    report = watcher.check()
+    assert report is not None and report.samples == []
+    assert verdict(report).status == "not verified" and not report.summary()["verified"]
+    assert [f.check for f in report.findings] == ["step_unobserved"] and cause in report.findings[0].message
+    assert "nothing was checked" in headline(report)[2] or "not checked" in headline(report)[2]
+    assert headline(report)[2].endswith("(step_unobserved)")
+    with pytest.raises(gradscope.MaskingError, match="nothing was checked"):
+        StepWatcher(model, tokenizer=tokenizer, fail_on="warning").check()
+
+
+def test_rows_without_input_ids_leave_the_step_not_verified_and_say_how_a_loop_gives_roles():
+    """dataset= rows with prompt/completion but no input_ids cannot be matched to the step's rows: not verified,
+    and the hint names StepWatcher's own arguments, not only a Trainer's."""
+    rows = [{k: row[k] for k in ("prompt", "completion")} for row in prompt_completion_rows()]
+    run = plain_loop(prompt_completion_rows(), token_mean, dataset_rows=rows)
+    assert run.error is None and verdict(run.watcher.report).status == "not verified"
+    assert run.checks == ["roles_unknown"]
+    message = run.watcher.report.findings[0].message
+    assert "tokenizer= on StepWatcher" in message and "dataset= on StepWatcher" in message
 
 
 def test_watcher_as_a_context_manager_stops_before_the_step_and_removes_its_hooks():

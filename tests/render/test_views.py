@@ -45,6 +45,21 @@ def test_check_view_names_the_leak_and_the_probes(fixture_model):
     assert "Probes" in text and "prompt_leak" in text
 
 
+def test_findings_are_never_cut_at_80_columns(fixture_model):
+    """A pipe or a CI log gets 80 columns: every finding's message reads in full there, its fix included (a long
+    word is folded onto the next line, never cut with an ellipsis)."""
+    report = checked(fixture_model, "llama_prompt_leak")
+    console = Console(width=80, file=io.StringIO(), highlight=False)
+    console.print(CheckView(report))
+    text = console.file.getvalue()
+    assert "…" not in text.split("Findings")[1]
+    cells = [line.split("│")[-2] for line in text.split("Findings")[1].splitlines() if line.count("│") > 2]
+    shown = "".join("".join(cells).split())
+    for finding in report.findings:
+        assert "".join(finding.message.split()) in shown
+    assert "completion_only_loss=True" in report.findings[0].message
+
+
 def test_inspect_view_of_one_row(fixture_model):
     report = checked(fixture_model, "llama_pad_leak")
     assert "pad_leak" in rendered(InspectView(report, report.samples[1]))
