@@ -64,8 +64,10 @@ def held_mask(chunk: Chunk, end_token_ids: frozenset[int]) -> np.ndarray:
     if chunk.attention is None:
         return np.ones(n, dtype=bool)
     real = chunk.attention != 0
+    if n == 0 or real.all():
+        return real
     hidden = ~real & np.isin(chunk.input_ids, sorted(end_token_ids))
-    if n == 0 or not hidden.any():
+    if not hidden.any():
         return real
     lengths = np.diff(np.append(chunk.starts, n))
     row_of = np.repeat(np.arange(chunk.rows), lengths)
