@@ -12,6 +12,7 @@ is read by the per-row reader instead, for the chunk's rows.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -224,12 +225,15 @@ class StreamReader:
         a row none reads is all PROMPT."""
         roles = np.full(len(stream.ids), PROMPT, np.int8)
         read = np.zeros(len(stream.begin), dtype=bool)
-        found: list[tuple[np.ndarray, np.ndarray]] = []
+        sources: list[Callable[[], tuple[np.ndarray, np.ndarray]]] = []
         if self.response is not None:
-            found.append(response_template_roles(stream, self.response, self.instruction, self.ends))
-        if self.markers is not None:
-            found.append(marker_roles(stream, self.markers, self.train_on))
-        for codes, holds in found:
+            sources.append(lambda: response_template_roles(stream, self.response or [], self.instruction, self.ends))
+        if (markers := self.markers) is not None:
+            sources.append(lambda: marker_roles(stream, markers, self.train_on))
+        for source in sources:
+            if read.all():  # a later source reads no row that an earlier one read: not run
+                break
+            codes, holds = source()
             take = holds & ~read
             if take.all():  # every row read by this source: its codes as they are
                 roles = codes
