@@ -109,9 +109,23 @@ def padding(s: SampleView) -> torch.Tensor:
 # --- rules over rows laid end to end (flat (N,) arrays, ``starts`` (R,)): check reads one row, scan a chunk -----
 
 
+TRAILING_SPARSE = 2
+"""Fewer padding or pad-like tokens than one in TRAILING_SPARSE (half): ``trailing_padding`` reads them one by one
+(measured faster than the cumulative sum over every token below about half)."""
+
+
 def trailing_padding(pad: np.ndarray, pad_like: np.ndarray, starts: np.ndarray) -> np.ndarray:
     """(N,) the mask's padding and each row's trailing run of padding or ``pad_like`` tokens (untrained pad ids)."""
     n = len(pad)
+    candidates = np.flatnonzero(pad | pad_like)
+    if len(candidates) * TRAILING_SPARSE < n:  # few: each is trailing when the candidates fill the rest of its row
+        out = pad.copy()
+        ends = np.append(starts[1:], n)
+        row = np.searchsorted(starts, candidates, side="right") - 1
+        row_end = ends[row]
+        rest = np.searchsorted(candidates, ends)[row] - np.arange(len(candidates))  # candidates in [t, row end)
+        out[candidates[rest == row_end - candidates]] = True
+        return out
     other = np.cumsum((~(pad | pad_like))[::-1])[::-1]  # tokens from t to the end that are not pad-like
     row_end = np.repeat(np.append(starts[1:], n), np.diff(starts, append=n))
     later = np.append(other, 0)[row_end]  # those of the rows after t's row

@@ -20,6 +20,10 @@ from gradscope.data.chunks import Chunk
 from gradscope.data.token_roles import RowRoles
 from gradscope.scan.stream_roles import ChunkRoles, Stream, StreamReader
 
+MASK_OF_CODE = np.full(256, -1, dtype=np.int8)
+"""A role code (int8, read as uint8) -> the completion mask's value: 1 completion, 0 prompt, -1 neither."""
+MASK_OF_CODE[COMPLETION % 256], MASK_OF_CODE[PROMPT % 256] = 1, 0
+
 
 def with_token_roles(chunks: Iterable[Chunk], read: ChunkRoles) -> Iterator[Chunk]:
     """Each chunk, its rows given the roles ``read`` finds when the data holds no role mask."""
@@ -47,7 +51,7 @@ def stream_token_roles(chunk: Chunk, read: StreamReader) -> Chunk:
     """``token_roles`` from the token stream, without the reasons (what a ``--num-proc`` worker computes)."""
     real = held_mask(chunk, read.ends)
     codes, known = read(Stream.of(chunk.input_ids, chunk.starts, real))
-    mask = np.where(codes == COMPLETION, 1, np.where(codes == PROMPT, 0, -1)).astype(np.int8)
+    mask = MASK_OF_CODE[codes.astype(np.uint8)]
     if len(mask) == len(real):  # no padding
         completion = mask
     else:
@@ -64,8 +68,10 @@ def held_mask(chunk: Chunk, end_token_ids: frozenset[int]) -> np.ndarray:
     if chunk.attention is None:
         return np.ones(n, dtype=bool)
     real = chunk.attention != 0
+    if n == 0 or real.all():
+        return real
     hidden = ~real & np.isin(chunk.input_ids, sorted(end_token_ids))
-    if n == 0 or not hidden.any():
+    if not hidden.any():
         return real
     lengths = np.diff(np.append(chunk.starts, n))
     row_of = np.repeat(np.arange(chunk.rows), lengths)

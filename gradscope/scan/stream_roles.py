@@ -12,6 +12,7 @@ is read by the per-row reader instead, for the chunk's rows.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -83,26 +84,25 @@ class Stream:
 
     def per_row(self, flags: np.ndarray) -> np.ndarray:
         """(R,) whether any of a row's tokens is flagged."""
-        counts = (
-            np.add.reduceat(flags.astype(np.int64), self.begin.clip(max=max(len(flags) - 1, 0)))
-            if len(flags)
-            else np.zeros(len(self.begin), np.int64)
-        )
-        return (counts > 0) & (self.lengths > 0)
+        if not len(flags):
+            return np.zeros(len(self.begin), dtype=bool)
+        return np.logical_or.reduceat(flags, self.begin.clip(max=len(flags) - 1)) & (self.lengths > 0)
 
     def spread(self, per_row: np.ndarray) -> np.ndarray:
         """(M,) each row's value at each of its tokens."""
         return np.repeat(per_row, self.lengths)
 
 
-def _spans(n: int, begin: np.ndarray, stop: np.ndarray) -> np.ndarray:
-    """(n,) the index + 1 of the span [begin, stop) holding each position, 0 outside; spans are disjoint and
-    sorted (empty ones hold nothing)."""
-    keep = np.flatnonzero(stop > begin)
-    marks = np.zeros(n + 1, np.int64)
-    marks[begin[keep]] += keep + 1
-    marks[stop[keep]] -= keep + 1
-    return np.cumsum(marks[:n])
+def _painted(n: int, begin: np.ndarray, stop: np.ndarray) -> np.ndarray:
+    """(n,) bool: the positions inside a span [begin, stop); spans are disjoint and sorted (empty ones hold
+    nothing). Written run by run: the gap before each span, then the span."""
+    keep = stop > begin
+    begin, stop = begin[keep], stop[keep]
+    runs = np.empty(2 * len(begin) + 1, np.int64)
+    runs[0:-1:2] = begin - np.append(0, stop[:-1])  # the gap before each span
+    runs[1::2] = stop - begin
+    runs[-1] = n - (stop[-1] if len(stop) else 0)
+    return np.repeat(np.arange(len(runs)) % 2 == 1, runs)
 
 
 def _span_stops(
@@ -130,7 +130,7 @@ def response_template_roles(
     stop, _ = _span_stops(stream, begin, np.maximum(limit, begin), ends)  # limit < begin: an empty span
     holds = np.zeros(len(stream.begin), dtype=bool)
     holds[row] = True
-    return (_spans(len(stream.ids), begin, stop) > 0).astype(np.int8) * np.int8(COMPLETION - PROMPT) + PROMPT, holds
+    return np.where(_painted(len(stream.ids), begin, stop), np.int8(COMPLETION), np.int8(PROMPT)), holds
 
 
 def marker_roles(stream: Stream, markers: TemplateMarkers, train_on: str) -> tuple[np.ndarray, np.ndarray]:
@@ -145,16 +145,8 @@ def marker_roles(stream: Stream, markers: TemplateMarkers, train_on: str) -> tup
     if train_on == "last-assistant":
         begin, row, limit = begin[last], row[last], limit[last]
     stop, closed = _span_stops(stream, begin, limit, markers.end_token_ids)
-    # The per-row loop writes span after span (completion, then lead, then glue); the last write at a position
-    # wins: key 3 * span + (1 completion, 2 lead, 3 glue), the highest key at each position, 0 for none.
-    key = 3 * _spans(n, begin, stop) - 2
-    key[key < 0] = 0
-    spans = np.arange(len(begin))
-    for pattern, at, ok, write in _unjudged(stream, markers, begin, row, stop, closed):
-        for j in range(len(pattern)):
-            np.maximum.at(key, at[ok] + j, 3 * spans[ok] + write)
-    roles = np.where(key % 3 == 1, np.int8(COMPLETION), np.int8(UNKNOWN))
-    roles[key == 0] = PROMPT
+    roles = np.where(_painted(n, begin, stop), np.int8(COMPLETION), np.int8(PROMPT))
+    _overwrite(roles, begin, stop, _unjudged(stream, markers, begin, row, stop, closed))
     _tail(stream, markers.tail, roles)
     return roles, stream.per_row(roles == COMPLETION)
 
@@ -176,6 +168,31 @@ def _unjudged(
         ok[ok] = stream.equals_at(stop[ok], glue)
         out.append((glue, stop, ok, 3))
     return out
+
+
+def _overwrite(
+    roles: np.ndarray,
+    begin: np.ndarray,
+    stop: np.ndarray,
+    unjudged: list[tuple[list[int], np.ndarray, np.ndarray, int]],
+) -> None:
+    """Where a lead or glue lies, the role of the last write there. The per-row loop writes span after span
+    (completion, then lead, then glue); the last write at a position wins: key 3 * span + (1 completion, 2 lead,
+    3 glue), the highest key at each position (UNKNOWN unless a completion's)."""
+    writes = [
+        ((at[ok, None] + np.arange(len(pattern))).ravel(), np.repeat(3 * np.flatnonzero(ok) + write, len(pattern)))
+        for pattern, at, ok, write in unjudged
+    ]
+    if not writes:
+        return
+    at, key = np.concatenate([w for w, _ in writes]), np.concatenate([k for _, k in writes])
+    span = np.searchsorted(begin, at, side="right") - 1  # the completion span that may hold it
+    inside = (span >= 0) & (at < stop[span.clip(0)] if len(stop) else False)
+    key = np.where(inside, np.maximum(key, 3 * span + 1), key)
+    where, which = np.unique(at, return_inverse=True)
+    last = np.zeros(len(where), np.int64)
+    np.maximum.at(last, which, key)
+    roles[where] = np.where(last % 3 == 1, np.int8(COMPLETION), np.int8(UNKNOWN))
 
 
 def _tail(stream: Stream, tail: list[int], roles: np.ndarray) -> None:
@@ -208,13 +225,20 @@ class StreamReader:
         a row none reads is all PROMPT."""
         roles = np.full(len(stream.ids), PROMPT, np.int8)
         read = np.zeros(len(stream.begin), dtype=bool)
-        found: list[tuple[np.ndarray, np.ndarray]] = []
+        sources: list[Callable[[], tuple[np.ndarray, np.ndarray]]] = []
         if self.response is not None:
-            found.append(response_template_roles(stream, self.response, self.instruction, self.ends))
-        if self.markers is not None:
-            found.append(marker_roles(stream, self.markers, self.train_on))
-        for codes, holds in found:
+            sources.append(lambda: response_template_roles(stream, self.response or [], self.instruction, self.ends))
+        if (markers := self.markers) is not None:
+            sources.append(lambda: marker_roles(stream, markers, self.train_on))
+        for source in sources:
+            if read.all():  # a later source reads no row that an earlier one read: not run
+                break
+            codes, holds = source()
             take = holds & ~read
+            if take.all():  # every row read by this source: its codes as they are
+                roles = codes
+                read = take
+                continue
             tokens = stream.spread(take)
             roles[tokens] = codes[tokens]
             read |= take

@@ -196,31 +196,39 @@ def _closing_with_roles(
     completion: np.ndarray, ends: np.ndarray, pad: np.ndarray, first: np.ndarray, eos_as_pad: np.ndarray
 ) -> np.ndarray:
     """``analyze.closing_positions`` with roles: the last end token each completion span holds; for a span holding
-    none, the end token right after it (not padding, unless an EOS masked as padding)."""
-    begins = completion & ~_after(completion, first)
-    span = np.cumsum(begins)  # the span number of each completion token
-    held = np.flatnonzero(completion & ends)
-    closing = np.zeros_like(completion)
-    if len(held):
-        closing[held[np.append(span[held][1:] != span[held][:-1], True)]] = True  # the last held end of each span
+    none, the end token right after it (not padding, unless an EOS masked as padding). Spans are read from their
+    first and last tokens, a few per row."""
+    n = len(completion)
+    begins = np.flatnonzero(completion & ~_after(completion, first))  # each span's first token
     continues = np.zeros_like(completion)
     continues[:-1] = completion[1:] & ~first[1:]
-    last = completion & ~continues & ~np.isin(span, span[held])
-    closing |= _after(last, first) & ends & (~pad | eos_as_pad)
+    lasts = np.flatnonzero(completion & ~continues)  # each span's last token, in the same order
+    held = np.flatnonzero(completion & ends)
+    span = np.searchsorted(begins, held, side="right") - 1  # the span holding each held end token
+    closing = np.zeros_like(completion)
+    if len(held):
+        closing[held[np.append(span[1:] != span[:-1], True)]] = True  # the last held end of each span
+    holds = np.zeros(len(begins), dtype=bool)
+    holds[span] = True
+    after = lasts[~holds] + 1  # the token right after a span holding no end token
+    after = after[after < n]
+    after = after[ends[after] & (~pad[after] | eos_as_pad[after])]  # a row's first token: dropped below
+    closing[after] = True
     return closing & ~first
 
 
 def _leading_pads_attended(is_pad_id: np.ndarray, pad: np.ndarray, starts: np.ndarray) -> np.ndarray:
     """(R,) ``layout.pads_attended``: per row, the attended tokens of its leading run of pad ids, 0 when the run is
-    the whole row."""
+    the whole row. Each pad id is read on its own: it leads its row when pad ids fill the row up to it."""
     n = len(is_pad_id)
     lengths = np.diff(starts, append=n)
-    where = np.arange(n)
-    first_other = np.minimum.reduceat(np.where(is_pad_id, n, where), starts) if n else np.zeros(0, dtype=np.int64)
-    row_first_other = np.repeat(first_other, lengths)
-    lead = where < row_first_other
-    counts = _row_sums(lead & ~pad, starts)
-    return np.where(first_other < starts + lengths, counts, 0)
+    ids = np.flatnonzero(is_pad_id)
+    row = np.searchsorted(starts, ids, side="right") - 1
+    row_first = np.searchsorted(ids, starts)  # (R,) the index in ids of each row's first pad id
+    lead = ids - starts[row] == np.arange(len(ids)) - row_first[row]  # every position before it a pad id too
+    run = np.bincount(row[lead], minlength=len(starts))
+    attended = np.bincount(row[lead & ~pad[ids]], minlength=len(starts))
+    return np.where(run < lengths, attended, 0)
 
 
 def _turn_ends_only(closing: np.ndarray, trained: np.ndarray, starts: np.ndarray) -> np.ndarray:

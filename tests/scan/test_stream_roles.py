@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from gradscope.constants import COMPLETION, PROMPT
+from gradscope.constants import COMPLETION, PROMPT, UNKNOWN
 from gradscope.data.batch import held_tokens
 from gradscope.data.chunks import Chunk
 from gradscope.data.templates import TemplateMarkers
@@ -179,3 +179,60 @@ def test_markers_with_a_field_it_does_not_read_go_row_by_row(monkeypatch):
     assert read.vectorized and not unknown.vectorized  # glue is set, and now not a field it reads
     chunk = _chunk(np.random.default_rng(1), [1, 290, 202, 2, 7, 8])
     assert np.array_equal(token_roles(chunk, unknown).completion, token_roles(chunk, read).completion)
+
+
+# --- painting spans and their lead and glue: against the whole-stream key rule they replace -----------------------
+
+
+def keyed_roles(n: int, begin: np.ndarray, stop: np.ndarray, writes: list) -> np.ndarray:
+    """The reference: a key at every position, 3 * span + (1 completion, 2 lead, 3 glue), the highest wins."""
+    keep = np.flatnonzero(stop > begin)
+    marks = np.zeros(n + 1, np.int64)
+    marks[begin[keep]] += keep + 1
+    marks[stop[keep]] -= keep + 1
+    key = 3 * np.cumsum(marks[:n]) - 2
+    key[key < 0] = 0
+    for pattern, at, ok, write in writes:
+        for j in range(len(pattern)):
+            np.maximum.at(key, at[ok] + j, 3 * np.flatnonzero(ok) + write)
+    roles = np.where(key % 3 == 1, np.int8(COMPLETION), np.int8(UNKNOWN))
+    roles[key == 0] = PROMPT
+    return roles
+
+
+def random_spans(rng: np.random.Generator) -> tuple[int, np.ndarray, np.ndarray, list]:
+    """Disjoint sorted spans (some empty, some touching), a lead before and a glue after some of them, overlapping
+    their neighbours."""
+    n = int(rng.integers(1, 40))
+    cuts = np.sort(rng.integers(0, n + 1, 2 * int(rng.integers(0, 8))))  # begin <= stop <= the next begin
+    begin, stop = cuts[0::2], cuts[1::2]
+    distinct = np.append(begin[1:] != begin[:-1], True)[: len(begin)]  # an empty span at the next one's begin: dropped
+    begin, stop = begin[distinct], stop[distinct]
+    writes = []
+    for write, longest in ((2, 3), (3, 5)):  # lead, then glue, as _unjudged lists them
+        k = int(rng.integers(1, longest + 1))
+        at = begin - k if write == 2 else stop
+        ok = (rng.random(len(begin)) < 0.7) & (at >= 0) & (at + k <= n)
+        if rng.random() < 0.8:
+            writes.append(([0] * k, at, ok, write))
+    return n, begin, stop, writes
+
+
+def test_painted_spans_and_their_lead_and_glue_equal_the_key_rule():
+    rng = np.random.default_rng(3)
+    for _ in range(5000):
+        n, begin, stop, writes = random_spans(rng)
+        roles = np.where(stream_roles._painted(n, begin, stop), np.int8(COMPLETION), np.int8(PROMPT))
+        stream_roles._overwrite(roles, begin, stop, writes)
+        assert roles.tolist() == keyed_roles(n, begin, stop, writes).tolist(), (n, begin, stop, writes)
+
+
+def test_a_later_lead_wins_over_an_earlier_glue_inside_a_span():
+    """Spans [0, 2), [3, 5), [7, 9); span 0's glue covers 2-4, span 2's lead 4-6: at 4 the lead is written last."""
+    begin, stop = np.array([0, 3, 7]), np.array([2, 5, 9])
+    writes = [([0] * 3, np.array([0, 0, 4]), np.array([False, False, True]), 2)]
+    writes.append(([0] * 3, np.array([2, 0, 0]), np.array([True, False, False]), 3))
+    roles = np.where(stream_roles._painted(10, begin, stop), np.int8(COMPLETION), np.int8(PROMPT))
+    stream_roles._overwrite(roles, begin, stop, writes)
+    c, u, p = COMPLETION, UNKNOWN, PROMPT
+    assert roles.tolist() == [c, c, u, c, u, u, u, c, c, p]

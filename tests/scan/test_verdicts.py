@@ -7,7 +7,7 @@ import pytest
 
 from gradscope.checks.masking import check_sample
 from gradscope.data.chunks import Chunk
-from gradscope.scan.verdicts import CHECKS, verdicts
+from gradscope.scan.verdicts import CHECKS, _closing_with_roles, _leading_pads_attended, verdicts
 
 EOS, PAD_ID, BOS = 2, 0, 1
 LAYOUT = {"boundary_leak", "bos_duplicated", "bos_missing", "packed_without_boundaries"}
@@ -110,3 +110,88 @@ def test_no_bos_known_no_bos_verdicts():
     v = verdicts(as_chunk(rows), [EOS], pad_token_id=PAD_ID)
     for name in ("bos_duplicated", "bos_missing", "packed_without_boundaries"):
         assert not v.fails[name].any()
+
+
+# --- the span and pad-id rules read from a few positions, against the whole-chunk rules they replace -------------
+
+
+def after_reference(mask: np.ndarray, first: np.ndarray) -> np.ndarray:
+    out = np.zeros_like(mask)
+    out[1:] = mask[:-1]
+    return out & ~first
+
+
+def closing_with_roles_reference(
+    completion: np.ndarray, ends: np.ndarray, pad: np.ndarray, first: np.ndarray, eos_as_pad: np.ndarray
+) -> np.ndarray:
+    """The span numbers of every token (a cumulative sum) and np.isin over them."""
+    begins = completion & ~after_reference(completion, first)
+    span = np.cumsum(begins)
+    held = np.flatnonzero(completion & ends)
+    closing = np.zeros_like(completion)
+    if len(held):
+        closing[held[np.append(span[held][1:] != span[held][:-1], True)]] = True
+    continues = np.zeros_like(completion)
+    continues[:-1] = completion[1:] & ~first[1:]
+    last = completion & ~continues & ~np.isin(span, span[held])
+    closing |= after_reference(last, first) & ends & (~pad | eos_as_pad)
+    return closing & ~first
+
+
+def leading_pads_attended_reference(is_pad_id: np.ndarray, pad: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Each row's first token that is not a pad id (a minimum over every token), then the run before it."""
+    n = len(is_pad_id)
+    lengths = np.diff(starts, append=n)
+    where = np.arange(n)
+    first_other = np.minimum.reduceat(np.where(is_pad_id, n, where), starts)
+    lead = where < np.repeat(first_other, lengths)
+    counts = np.add.reduceat(lead & ~pad, starts, dtype=np.int64)
+    return np.where(first_other < starts + lengths, counts, 0)
+
+
+def flat_rows(rng: np.random.Generator, nonempty: bool = False) -> tuple[np.ndarray, np.ndarray, int]:
+    """Rows of 1-14 tokens (0-14 unless ``nonempty``; never the last one empty) laid end to end: starts, first, N."""
+    lengths = rng.integers(1 if nonempty else 0, 15, int(rng.integers(1, 30)))
+    lengths[-1] = max(int(lengths[-1]), 1)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    n = int(lengths.sum())
+    first = np.zeros(n, dtype=bool)
+    first[starts] = True
+    return starts, first, n
+
+
+def test_closing_with_roles_equals_the_span_number_rule():
+    rng = np.random.default_rng(23)
+    closed = 0
+    for _ in range(3000):
+        _, first, n = flat_rows(rng)
+        completion = rng.random(n) < rng.choice([0.2, 0.5, 0.9])
+        ends = rng.random(n) < rng.choice([0.05, 0.2, 0.5])
+        pad = rng.random(n) < rng.choice([0.0, 0.2, 0.6])
+        eos_as_pad = pad & (rng.random(n) < 0.5)
+        got = _closing_with_roles(completion, ends, pad, first, eos_as_pad)
+        assert got.tolist() == closing_with_roles_reference(completion, ends, pad, first, eos_as_pad).tolist()
+        closed += int(got.sum())
+    assert closed > 1000
+
+
+def test_leading_pads_attended_equals_the_minimum_rule():
+    rng = np.random.default_rng(29)
+    seen = set()
+    for _ in range(3000):
+        starts, _, n = flat_rows(rng, nonempty=True)  # the reference's reduceat reads an empty row's next token
+        is_pad_id = rng.random(n) < rng.choice([0.0, 0.3, 0.8, 1.0])
+        for start, length in zip(starts.tolist(), np.diff(starts, append=n).tolist(), strict=True):
+            if rng.random() < 0.4:  # a leading run of pad ids
+                is_pad_id[start : start + int(rng.integers(1, length + 1))] = True
+        pad = rng.random(n) < rng.choice([0.0, 0.5, 1.0])
+        got = _leading_pads_attended(is_pad_id, pad, starts)
+        assert got.tolist() == leading_pads_attended_reference(is_pad_id, pad, starts).tolist()
+        seen.update(np.sign(got).tolist())
+    assert seen == {0, 1}
+
+
+def test_leading_pads_attended_on_empty_rows():
+    is_pad_id = np.array([True, True, False, True, True])  # rows: [P, P, x], [], [P, P]
+    pad = np.array([False, True, False, False, False])
+    assert _leading_pads_attended(is_pad_id, pad, np.array([0, 3, 3])).tolist() == [1, 0, 0]
