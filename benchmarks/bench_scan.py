@@ -312,13 +312,13 @@ def roles_main(rows: int, out: Path, repeats: int, procs: list[int]) -> None:
                 path = paths[bool(spec.pop("column", False))]
                 with tempfile.TemporaryDirectory(prefix="gradscope-bench-cache-") as cache:
                     warm = path.with_suffix(".warm.parquet")
-                done = subprocess.run(
-                    [sys.executable, "-c", ROLES_CHILD, str(path), str(warm), str(num_proc), json.dumps(spec)],
-                    env=dict(env, HF_DATASETS_CACHE=cache),
-                    check=True,
-                    capture_output=True,
-                    text=True,
-                )
+                    done = subprocess.run(  # inside the block: the cache directory lives until the child is done
+                        [sys.executable, "-c", ROLES_CHILD, str(path), str(warm), str(num_proc), json.dumps(spec)],
+                        env=dict(env, HF_DATASETS_CACHE=cache),
+                        check=True,
+                        capture_output=True,
+                        text=True,
+                    )
                 r = json.loads(done.stdout.strip().splitlines()[-1])
                 wanted = {"no_loss": expected["no_loss"]} if name == "label-only" else expected
                 if {k: v for k, v in r["failed"].items() if k in ("no_loss", "prompt_leak")} != wanted:
