@@ -37,19 +37,21 @@ def token_roles(chunk: Chunk, read: ChunkRoles) -> Chunk:
     (``stream_roles``), or row by row where its description needs the per-row reader."""
     if not read.vectorized:
         return _row_by_row(chunk, read.scalar, held_mask(chunk, read.scalar.end_token_ids))
-    chunk = stream_token_roles(chunk, read.stream)
+    held = held_mask(chunk, read.stream.ends)
+    chunk = stream_token_roles(chunk, read.stream, held)
     unread = np.flatnonzero(~chunk.known_rows())
     if not len(unread):
         return chunk
     r = int(unread[0])
     end = chunk.starts[r + 1] if r + 1 < chunk.rows else len(chunk.input_ids)
-    ids = chunk.input_ids[chunk.starts[r] : end][held_mask(chunk, read.stream.ends)[chunk.starts[r] : end]]
+    ids = chunk.input_ids[chunk.starts[r] : end][held[chunk.starts[r] : end]]
     return replace(chunk, role_reasons=(read.unread_reason(ids.tolist(), chunk.first_row + r),))
 
 
-def stream_token_roles(chunk: Chunk, read: StreamReader) -> Chunk:
-    """``token_roles`` from the token stream, without the reasons (what a ``--num-proc`` worker computes)."""
-    real = held_mask(chunk, read.ends)
+def stream_token_roles(chunk: Chunk, read: StreamReader, held: np.ndarray | None = None) -> Chunk:
+    """``token_roles`` from the token stream, without the reasons (what a ``--num-proc`` worker computes);
+    ``held``: the chunk's ``held_mask``, when the caller has it already."""
+    real = held_mask(chunk, read.ends) if held is None else held
     codes, known = read(Stream.of(chunk.input_ids, chunk.starts, real))
     mask = MASK_OF_CODE[codes.astype(np.uint8)]
     if len(mask) == len(real):  # no padding
