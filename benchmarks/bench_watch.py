@@ -112,11 +112,9 @@ def model(options):
     return LlamaForCausalLM(config)
 
 
-def sft_trainer(options, data, callbacks, out):
-    from datasets import Dataset
-    from trl import SFTConfig, SFTTrainer
-
-    args = SFTConfig(
+def trainer_settings(options, out):
+    """What both trainers are given: the same steps and batches, on the CPU, nothing saved or logged."""
+    return dict(
         output_dir=out,
         report_to=[],
         use_cpu=True,
@@ -126,6 +124,13 @@ def sft_trainer(options, data, callbacks, out):
         per_device_train_batch_size=options.batch,
         disable_tqdm=True,
     )
+
+
+def sft_trainer(options, data, callbacks, out):
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    args = SFTConfig(**trainer_settings(options, out))
     return SFTTrainer(
         model=model(options),
         args=args,
@@ -161,16 +166,7 @@ def plain_trainer(options, data, callbacks, out):
     from transformers import Trainer, TrainingArguments
 
     tokenized, collate = tokenize(data)
-    args = TrainingArguments(
-        output_dir=out,
-        report_to=[],
-        use_cpu=True,
-        save_strategy="no",
-        logging_strategy="no",
-        max_steps=options.steps,
-        per_device_train_batch_size=options.batch,
-        disable_tqdm=True,
-    )
+    args = TrainingArguments(**trainer_settings(options, out))
     return Trainer(
         model=model(options),
         args=args,
