@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -215,6 +215,7 @@ class TokenSettings:
     directory: Path | None = None
     bos_token_id: int | None = None
     bos_added: bool = False  # the tokenizer puts its BOS first in every encoding
+    _texts: dict[int, str] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def load(cls, directory: str | Path | None, end_token_ids: Iterable[int] | None) -> TokenSettings:
@@ -259,7 +260,12 @@ class TokenSettings:
         return len(self.tokenizer) if self.tokenizer is not None else None
 
     def decode(self, token_id: int) -> str | None:
-        return self.tokenizer.decode([token_id]) if self.tokenizer is not None else None
+        """The token's text (each id decoded once: the rows shown repeat their tokens)."""
+        if self.tokenizer is None:
+            return None
+        if token_id not in self._texts:
+            self._texts[token_id] = self.tokenizer.decode([token_id])
+        return self._texts[token_id]
 
     def describe(self, source: Source) -> dict[str, Any]:
         return {

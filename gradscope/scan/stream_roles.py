@@ -105,6 +105,15 @@ def _painted(n: int, begin: np.ndarray, stop: np.ndarray) -> np.ndarray:
     return np.repeat(np.arange(len(runs)) % 2 == 1, runs)
 
 
+def _span_codes(n: int, begin: np.ndarray, stop: np.ndarray) -> np.ndarray:
+    """(n,) int8 role codes: COMPLETION inside the spans [begin, stop), PROMPT elsewhere. With the codes 1 and 0,
+    the painted booleans read as int8 are those codes (no pass over the tokens)."""
+    painted = _painted(n, begin, stop)
+    if (COMPLETION, PROMPT) == (1, 0):
+        return painted.view(np.int8)
+    return np.where(painted, np.int8(COMPLETION), np.int8(PROMPT))
+
+
 def _span_stops(
     stream: Stream, begin: np.ndarray, limit: np.ndarray, ends: frozenset[int]
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -130,7 +139,7 @@ def response_template_roles(
     stop, _ = _span_stops(stream, begin, np.maximum(limit, begin), ends)  # limit < begin: an empty span
     holds = np.zeros(len(stream.begin), dtype=bool)
     holds[row] = True
-    return np.where(_painted(len(stream.ids), begin, stop), np.int8(COMPLETION), np.int8(PROMPT)), holds
+    return _span_codes(len(stream.ids), begin, stop), holds
 
 
 def marker_roles(stream: Stream, markers: TemplateMarkers, train_on: str) -> tuple[np.ndarray, np.ndarray]:
@@ -145,7 +154,7 @@ def marker_roles(stream: Stream, markers: TemplateMarkers, train_on: str) -> tup
     if train_on == "last-assistant":
         begin, row, limit = begin[last], row[last], limit[last]
     stop, closed = _span_stops(stream, begin, limit, markers.end_token_ids)
-    roles = np.where(_painted(n, begin, stop), np.int8(COMPLETION), np.int8(PROMPT))
+    roles = _span_codes(n, begin, stop)
     _overwrite(roles, begin, stop, _unjudged(stream, markers, begin, row, stop, closed))
     _tail(stream, markers.tail, roles)
     return roles, stream.per_row(roles == COMPLETION)

@@ -32,21 +32,26 @@ FRACTION_BINS = 10
 
 @dataclass
 class _Worst:
-    """A bounded min-heap of the rows with the most flagged positions (ties: the earlier row wins)."""
+    """A bounded min-heap of the rows with the most flagged positions (ties: the earlier row wins). Each row kept
+    carries how to write its findings, called only for the rows kept at the end."""
 
     size: int
-    heap: list[tuple[int, int, list[Finding]]] = field(default_factory=list)
+    heap: list[tuple[int, int, Callable[[], list[Finding]]]] = field(default_factory=list)
+
+    def admits(self, score: int, row: int) -> bool:
+        """Whether the row would be kept now."""
+        return len(self.heap) < self.size or (score, -row) > self.heap[0][:2]
 
     def offer(self, score: int, row: int, findings: Callable[[], list[Finding]]) -> None:
-        item = (score, -row)
         if len(self.heap) < self.size:
-            heapq.heappush(self.heap, (*item, findings()))
-        elif item > self.heap[0][:2]:
-            heapq.heapreplace(self.heap, (*item, findings()))
+            heapq.heappush(self.heap, (score, -row, findings))
+        elif (score, -row) > self.heap[0][:2]:  # rows are distinct: the callables are never compared
+            heapq.heapreplace(self.heap, (score, -row, findings))
 
     def rows(self) -> list[tuple[int, int, list[Finding]]]:
         """(row, score, findings), worst first."""
-        return [(-neg_row, score, found) for score, neg_row, found in sorted(self.heap, reverse=True)]
+        kept = sorted(self.heap, key=lambda item: item[:2], reverse=True)
+        return [(-neg_row, score, findings()) for score, neg_row, findings in kept]
 
 
 class ScanAccumulator:
@@ -110,7 +115,10 @@ class ScanAccumulator:
             kth = np.partition(score[candidates], len(candidates) - self.worst.size)[len(candidates) - self.worst.size]
             candidates = candidates[score[candidates] >= kth]
         for r in candidates.tolist():
-            self.worst.offer(int(score[r]), chunk.first_row + r, functools.partial(self._findings, chunk, r))
+            row = chunk.first_row + r
+            if self.worst.admits(int(score[r]), row):  # the row's own arrays: the chunk is not kept alive
+                copied = {name: values.copy() for name, values in chunk.row(r).items()}
+                self.worst.offer(int(score[r]), row, functools.partial(self._row_findings, copied, row))
 
     def _roles(self, chunk: Chunk) -> None:
         """Count the rows whose roles are unknown (``roles_unknown``, a warning) and keep why."""
@@ -134,9 +142,10 @@ class ScanAccumulator:
 
     def _findings(self, chunk: Chunk, r: int) -> list[Finding]:
         """The row's findings in full, exactly as ``check`` writes them (``analyze.check_sample``)."""
-        view = sample_view(
-            chunk.row(r), chunk.first_row + r, self.ends, self.pad_id, self.decode, *self.bos, prefills=self.prefills
-        )
+        return self._row_findings(chunk.row(r), chunk.first_row + r)
+
+    def _row_findings(self, row: dict[str, np.ndarray], index: int) -> list[Finding]:
+        view = sample_view(row, index, self.ends, self.pad_id, self.decode, *self.bos, prefills=self.prefills)
         return check_sample(view)
 
     def finish(self) -> ScanReport:

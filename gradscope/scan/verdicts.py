@@ -66,51 +66,68 @@ def verdicts(
     first = np.zeros(n, dtype=bool)
     first[starts] = True  # position 0 of each row: never a prediction target
     pad = chunk.attention == 0 if chunk.attention is not None else np.zeros(n, dtype=bool)
+    padded = bool(pad.any())  # else every "& ~pad" below is skipped
     documents = _documents(chunk.documents, pad, first)
-    labelled = (chunk.labels != IGNORE_INDEX) & ~first
-    trained = labelled & ~documents  # a document's first token is no prediction target either: boundary_leak
+    declared = chunk.documents is not None and bool(documents.any())
+    labelled = chunk.labels != IGNORE_INDEX
+    labelled[starts] = False  # a row's first token is no target
+    trained = labelled & ~documents if declared else labelled  # a document's first token neither: boundary_leak
     end_token_ids = set(end_token_ids)
     ends = _isin(chunk.input_ids, end_token_ids)
     pad_is_end = pad_token_id is not None and pad_token_id in end_token_ids
-    padding = (
-        trailing_padding(pad, (chunk.input_ids == pad_token_id) & ~labelled, starts)
-        if pad_token_id is not None
-        else pad
-    )
-    eos_as_pad = (
-        padding & ~_after(padding, first) & (chunk.input_ids == pad_token_id) if pad_is_end else np.zeros_like(pad)
-    )
-    masks: dict[str, np.ndarray] = {
-        "label_misaligned": trained & (chunk.labels != chunk.input_ids) & ~pad,  # padding: pad_leak
-        "pad_leak": trained & pad,
+    is_pad_id = chunk.input_ids == pad_token_id if pad_token_id is not None else None
+    padding = trailing_padding(pad, is_pad_id & ~labelled, starts) if is_pad_id is not None else pad
+    eos_as_pad = padding & ~_after(padding, first) & is_pad_id if pad_is_end else np.zeros_like(pad)
+    misaligned = trained & (chunk.labels != chunk.input_ids)
+    counts = {
+        "label_misaligned": _row_sums(misaligned & ~pad if padded else misaligned, starts),  # padding: pad_leak
+        "pad_leak": _row_sums(trained & pad, starts) if padded else _none(starts),
     }
-    known = chunk.known_tokens()  # rows whose roles are known (all, or none without a role mask)
-    closing = np.zeros(n, dtype=bool)
+    every_row = bool(chunk.known_rows().all())  # roles known for every row (a role mask, or roles read)
+    known = None if every_row else chunk.known_tokens()
+    closing = np.zeros(0, dtype=np.int64)  # closing positions, sorted
     if chunk.completion is not None:
-        completion = (chunk.completion > 0) & ~pad & known
-        prompt = (chunk.completion == 0) & ~pad & known  # -1: a token of no role (a template's glue)
-        closing = _closing_with_roles(completion, ends, padding, first, eos_as_pad)
-        prefill = chunk.prefill if chunk.prefill is not None else np.zeros(n, dtype=bool)  # judged on its own
-        masks["prompt_leak"] = prompt & trained & ~closing & ~prefill
-        masks["completion_untrained"] = completion & ~labelled & ~closing & ~first & ~documents & ~prefill
-        masks["prefill_trained"] = prefill & trained
-    if not known.all():  # roles unknown: an end token right after a trained token (not itself one) closes it
+        completion, prompt = chunk.completion > 0, chunk.completion == 0  # -1: a token of no role (a template's glue)
+        judged = known  # the tokens whose roles are judged: real ones, of rows whose roles are known
+        if padded:
+            judged = ~pad if judged is None else judged & ~pad
+        if judged is not None:
+            completion &= judged
+            prompt &= judged
+        closing = _closing_with_roles(completion, ends, padding, first, eos_as_pad, starts)
+        leak, untrained = prompt & trained, completion & ~labelled
+        untrained[starts] = False
+        if declared:
+            untrained &= ~documents
+        if chunk.prefill is not None:  # judged on its own
+            leak &= ~chunk.prefill
+            untrained &= ~chunk.prefill
+        leak[closing] = untrained[closing] = False
+        counts["prompt_leak"] = _row_sums(leak, starts)
+        counts["completion_untrained"] = _row_sums(untrained, starts)
+        prefill_trained = chunk.prefill & trained if chunk.prefill is not None else None
+        counts["prefill_trained"] = _row_sums(prefill_trained, starts) if prefill_trained is not None else _none(starts)
+    if known is not None:  # roles unknown: an end token right after a trained token (not itself one) closes it
         bare = _after(labelled & ~_run_holds(labelled, ends, first), first)  # after a trained run holding no end token
-        closing |= ~known & ends & (~padding | (eos_as_pad & bare)) & _after(labelled & ~ends, first) & ~documents
-    masks["eos_untrained"] = closing & ~labelled
-    masks["boundary_leak"] = documents & labelled
-    counts = {name: _row_sums(mask, starts) for name, mask in masks.items()}
+        unknown = ~known & ends & (~padding | (eos_as_pad & bare)) & _after(labelled & ~ends, first)
+        if declared:
+            unknown &= ~documents
+        unknown[closing] = True
+        closing = np.flatnonzero(unknown)
+    counts["eos_untrained"] = _row_counts(closing[~labelled[closing]], starts)
+    counts["boundary_leak"] = _row_sums(documents & labelled, starts) if declared else _none(starts)
     counts.update(_layout_counts(chunk, pad, documents, end_token_ids, pad_token_id, bos_token_id, bos_added))
     if chunk.completion is not None:  # every closing token missed but the last: turn_end_untrained instead
         turn = _turn_ends_only(closing, labelled, starts) & chunk.known_rows()
         counts["turn_end_untrained"] = np.where(turn, counts["eos_untrained"], 0)
         counts["eos_untrained"] = np.where(turn, 0, counts["eos_untrained"])
-    if pad_token_id is not None and not pad_is_end:
-        counts["pads_attended"] = _leading_pads_attended(chunk.input_ids == pad_token_id, pad, starts)
+    if is_pad_id is not None and not pad_is_end:
+        counts["pads_attended"] = _leading_pads_attended(is_pad_id, pad, starts)
     if chunk.cut is not None:
         counts["completion_truncated"] = chunk.cut  # its "positions": the completion tokens cut
-    tokens = np.diff(starts, append=n) - _row_sums(pad, starts)
-    trained_real = _row_sums(labelled & ~pad, starts)
+    lengths = np.diff(starts, append=n)
+    tokens = lengths - _row_sums(pad, starts) if padded else lengths
+    trained_real = _row_sums(labelled & ~pad if padded else labelled, starts)
     any_trained = (trained_real + counts["pad_leak"]) > 0  # padding included: a trained pad is still a loss term
     return Verdicts(tokens, trained_real, *_with_precedence(counts, any_trained, tokens))
 
@@ -193,28 +210,51 @@ def _run_holds(mask: np.ndarray, ends: np.ndarray, first: np.ndarray) -> np.ndar
 
 
 def _closing_with_roles(
-    completion: np.ndarray, ends: np.ndarray, pad: np.ndarray, first: np.ndarray, eos_as_pad: np.ndarray
+    completion: np.ndarray,
+    ends: np.ndarray,
+    pad: np.ndarray,
+    first: np.ndarray,
+    eos_as_pad: np.ndarray,
+    starts: np.ndarray,
 ) -> np.ndarray:
-    """``analyze.closing_positions`` with roles: the last end token each completion span holds; for a span holding
-    none, the end token right after it (not padding, unless an EOS masked as padding). Spans are read from their
-    first and last tokens, a few per row."""
+    """``analyze.closing_positions`` with roles, as sorted positions: the last end token each completion span holds;
+    for a span holding none, the end token right after it (not padding, unless an EOS masked as padding). Spans are
+    read from their first and last tokens, a few per row."""
     n = len(completion)
-    begins = np.flatnonzero(completion & ~_after(completion, first))  # each span's first token
-    continues = np.zeros_like(completion)
-    continues[:-1] = completion[1:] & ~first[1:]
-    lasts = np.flatnonzero(completion & ~continues)  # each span's last token, in the same order
-    held = np.flatnonzero(completion & ends)
+    begins, lasts = _spans(completion, starts)
+    held = np.flatnonzero(ends)
+    held = held[completion[held]]  # the end tokens inside a span
     span = np.searchsorted(begins, held, side="right") - 1  # the span holding each held end token
-    closing = np.zeros_like(completion)
-    if len(held):
-        closing[held[np.append(span[1:] != span[:-1], True)]] = True  # the last held end of each span
+    closing = held[np.append(span[1:] != span[:-1], True)] if len(held) else held  # the last held end of each span
     holds = np.zeros(len(begins), dtype=bool)
     holds[span] = True
     after = lasts[~holds] + 1  # the token right after a span holding no end token
     after = after[after < n]
     after = after[ends[after] & (~pad[after] | eos_as_pad[after])]  # a row's first token: dropped below
-    closing[after] = True
-    return closing & ~first
+    if len(after):
+        closing = np.union1d(closing, after)
+    return closing[~first[closing]]
+
+
+def _spans(mask: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The first and the last position of each run of ``mask`` within a row, in order: where the mask (read as
+    int8) steps up and down, and where a row's start cuts a run in two."""
+    n = len(mask)
+    if not n:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    step = np.diff(mask.view(np.int8))  # 1 before a run's first token, -1 at its last
+    edge = np.flatnonzero(step)
+    up = step[edge] == 1
+    begins, lasts = edge[up] + 1, edge[~up]
+    if mask[0]:
+        begins = np.concatenate([[0], begins])
+    if mask[-1]:
+        lasts = np.append(lasts, n - 1)
+    cut = starts[(starts > 0) & (starts < n)]
+    cut = cut[mask[cut] & mask[cut - 1]]  # a run going on across a row's start
+    if len(cut):
+        begins, lasts = np.union1d(begins, cut), np.union1d(lasts, cut - 1)
+    return begins, lasts
 
 
 def _leading_pads_attended(is_pad_id: np.ndarray, pad: np.ndarray, starts: np.ndarray) -> np.ndarray:
@@ -232,8 +272,9 @@ def _leading_pads_attended(is_pad_id: np.ndarray, pad: np.ndarray, starts: np.nd
 
 
 def _turn_ends_only(closing: np.ndarray, trained: np.ndarray, starts: np.ndarray) -> np.ndarray:
-    """(R,) rows with more than one closing token whose last is trained and every other one is not."""
-    idx = np.flatnonzero(closing)
+    """(R,) rows with more than one closing token (``closing``: their positions, sorted) whose last is trained and
+    every other one is not."""
+    idx = closing
     out = np.zeros(len(starts), dtype=bool)
     if not len(idx):
         return out
@@ -254,5 +295,15 @@ def _row_sums(mask: np.ndarray, starts: np.ndarray) -> np.ndarray:
     """Per-row counts of a boolean mask over a chunk's flat tokens (int64, one per row)."""
     hits = np.count_nonzero(mask)
     if hits * SPARSE < len(mask):  # each hit's row by binary search: a few hits cost far less than a full pass
-        return np.bincount(np.searchsorted(starts, np.flatnonzero(mask), side="right") - 1, minlength=len(starts))
+        return _row_counts(np.flatnonzero(mask), starts)
     return np.add.reduceat(mask.view(np.uint8), starts, dtype=np.int64)
+
+
+def _row_counts(positions: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Per-row counts of positions in a chunk's flat tokens (int64, one per row)."""
+    return np.bincount(np.searchsorted(starts, positions, side="right") - 1, minlength=len(starts))
+
+
+def _none(starts: np.ndarray) -> np.ndarray:
+    """A count of 0 for every row."""
+    return np.zeros(len(starts), dtype=np.int64)

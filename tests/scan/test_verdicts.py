@@ -164,14 +164,15 @@ def test_closing_with_roles_equals_the_span_number_rule():
     rng = np.random.default_rng(23)
     closed = 0
     for _ in range(3000):
-        _, first, n = flat_rows(rng)
+        starts, first, n = flat_rows(rng)
         completion = rng.random(n) < rng.choice([0.2, 0.5, 0.9])
         ends = rng.random(n) < rng.choice([0.05, 0.2, 0.5])
         pad = rng.random(n) < rng.choice([0.0, 0.2, 0.6])
         eos_as_pad = pad & (rng.random(n) < 0.5)
-        got = _closing_with_roles(completion, ends, pad, first, eos_as_pad)
-        assert got.tolist() == closing_with_roles_reference(completion, ends, pad, first, eos_as_pad).tolist()
-        closed += int(got.sum())
+        got = _closing_with_roles(completion, ends, pad, first, eos_as_pad, starts)
+        expected = closing_with_roles_reference(completion, ends, pad, first, eos_as_pad)
+        assert got.tolist() == np.flatnonzero(expected).tolist()
+        closed += len(got)
     assert closed > 1000
 
 
