@@ -305,10 +305,11 @@ def roles_main(rows: int, out: Path, repeats: int, procs: list[int]) -> None:
     times: dict[tuple[str, int], list[float]] = {}
     cpus: dict[tuple[str, int], list[float]] = {}  # this process's CPU seconds: what a loaded machine does not stretch
     results: dict[tuple[str, int], dict] = {}
-    for _ in range(repeats):  # the modes alternate, so that a change in the machine's load falls on all of them
-        for name, mode in ROLE_MODES.items():
+    names = list(ROLE_MODES)
+    for round_ in range(repeats):  # the modes alternate, so that a change in the machine's load falls on all of them
+        for name in names[round_ % len(names) :] + names[: round_ % len(names)]:  # each round starts one mode later
             for num_proc in procs:
-                spec = dict(mode)
+                spec = dict(ROLE_MODES[name])
                 path = paths[bool(spec.pop("column", False))]
                 with tempfile.TemporaryDirectory(prefix="gradscope-bench-cache-") as cache:
                     warm = path.with_suffix(".warm.parquet")
@@ -326,11 +327,11 @@ def roles_main(rows: int, out: Path, repeats: int, procs: list[int]) -> None:
                 times.setdefault((name, num_proc), []).append(r["seconds"])
                 cpus.setdefault((name, num_proc), []).append(r["cpu"])
                 results[(name, num_proc)] = r
-    base = {p: statistics.median(times[("label-only", p)]) for p in procs}
-    base_cpu = {p: statistics.median(cpus[("label-only", p)]) for p in procs}
     print(
-        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs at the end; median of {repeats} runs; CPU: "
-        "this process's CPU seconds (its worker processes with --num-proc > 1 not counted)"
+        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs at the end; {repeats} rounds; seconds: the "
+        "median of the rounds; × label-only: the median over the rounds of label-only's time in the same round ÷ the "
+        "mode's, and [lowest, highest]; CPU: this process's CPU seconds (its worker processes with --num-proc > 1 "
+        "not counted)"
     )
     print()
     print(
@@ -338,17 +339,27 @@ def roles_main(rows: int, out: Path, repeats: int, procs: list[int]) -> None:
         "| roles read |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for (name, num_proc), r in results.items():
+    for (name, num_proc), r in sorted(results.items(), key=lambda item: (names.index(item[0][0]), item[0][1])):
         seconds, cpu = statistics.median(times[(name, num_proc)]), statistics.median(cpus[(name, num_proc)])
+        wall_x = _paired(times[("label-only", num_proc)], times[(name, num_proc)])
+        cpu_x = _paired(cpus[("label-only", num_proc)], cpus[(name, num_proc)])
         unknown = r["failed"].get("roles_unknown", 0)
         read = "none" if name == "label-only" else f"{r['rows'] - unknown:,} rows"
         note = " (not used: roles read in this process)" if r["notes"] else ""
         print(
             f"| {name} | {r['rows']:,} | {r['tokens']:,} | {num_proc}{note} | {seconds:.2f} | "
-            f"{r['tokens'] / seconds / 1e6:.1f}M | {base[num_proc] / seconds:.2f} | {cpu:.2f} | "
-            f"{r['tokens'] / cpu / 1e6:.1f}M | {base_cpu[num_proc] / cpu:.2f} | {read} |",
+            f"{r['tokens'] / seconds / 1e6:.1f}M | {wall_x} | {cpu:.2f} | "
+            f"{r['tokens'] / cpu / 1e6:.1f}M | {cpu_x} | {read} |",
             flush=True,
         )
+
+
+def _paired(base: list[float], mode: list[float]) -> str:
+    """label-only's time ÷ the mode's, round by round: the median and [lowest, highest]."""
+    ratios = [b / m for b, m in zip(base, mode, strict=True)]
+    if len(ratios) == 1:
+        return f"{ratios[0]:.2f}"
+    return f"{statistics.median(ratios):.2f} [{min(ratios):.2f}, {max(ratios):.2f}]"
 
 
 def main() -> None:

@@ -38,6 +38,25 @@ class Stream:
     ids: np.ndarray
     begin: np.ndarray
     end: np.ndarray
+    indexed: tuple[frozenset[int], np.ndarray, np.ndarray] | None = None  # tokens, their positions, their ids
+
+    def index(self, tokens: frozenset[int]) -> None:
+        """Find every position of these tokens in one pass over the ids, for ``at`` to read from."""
+        hit = np.zeros(len(self.ids), dtype=bool)
+        for token in sorted(tokens):  # a few tokens: one comparison each beats np.isin
+            hit |= self.ids == token
+        where = np.flatnonzero(hit)
+        self.indexed = (tokens, where, self.ids[where])
+
+    def at(self, tokens: frozenset[int]) -> np.ndarray:
+        """The positions of these tokens, in order: read from the index when it holds them, else one pass."""
+        if self.indexed is not None and tokens <= self.indexed[0]:
+            _, where, ids = self.indexed
+            return where[np.isin(ids, sorted(tokens))]
+        hit = np.zeros(len(self.ids), dtype=bool)
+        for token in sorted(tokens):
+            hit |= self.ids == token
+        return np.flatnonzero(hit)
 
     @classmethod
     def of(cls, ids: np.ndarray, starts: np.ndarray, real: np.ndarray) -> Stream:
@@ -58,7 +77,8 @@ class Stream:
         k, n = len(pattern), len(self.ids)
         if k == 0 or n < k:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
-        at = np.flatnonzero(self.ids[: n - k + 1] == pattern[0])
+        at = self.at(frozenset(pattern[:1]))
+        at = at[at <= n - k]
         for j in range(1, k):
             at = at[self.ids[at + j] == pattern[j]]
         row = np.searchsorted(self.end, at, side="right")  # the row holding position at
@@ -76,10 +96,7 @@ class Stream:
 
     def first_end(self, at: np.ndarray, ends: frozenset[int]) -> np.ndarray:
         """The first position at or after each of ``at`` whose token is an end token (M where none)."""
-        is_end = np.zeros(len(self.ids), dtype=bool)
-        for token in ends:  # a few end tokens: one comparison each beats np.isin
-            is_end |= self.ids == token
-        where = np.flatnonzero(is_end)
+        where = self.at(ends)
         return np.append(where, len(self.ids))[np.searchsorted(where, at)]
 
     def per_row(self, flags: np.ndarray) -> np.ndarray:
@@ -229,11 +246,18 @@ class StreamReader:
     ends: frozenset[int]
     train_on: str
 
+    @property
+    def searched(self) -> frozenset[int]:
+        """The tokens the sources search the stream for: each template's first token, and the end tokens."""
+        patterns = [self.response or [], self.instruction, *(self.markers.responses if self.markers else [])]
+        return frozenset(p[0] for p in patterns if p) | self.ends | (self.markers.end_token_ids if self.markers else set())
+
     def __call__(self, stream: Stream) -> tuple[np.ndarray, np.ndarray]:
         """(M,) role codes and (R,) which rows a source read; the first source that reads a row gives its roles, and
         a row none reads is all PROMPT."""
         roles = np.full(len(stream.ids), PROMPT, np.int8)
         read = np.zeros(len(stream.begin), dtype=bool)
+        stream.index(self.searched)  # every token a search starts from, found in one pass
         sources: list[Callable[[], tuple[np.ndarray, np.ndarray]]] = []
         if self.response is not None:
             sources.append(lambda: response_template_roles(stream, self.response or [], self.instruction, self.ends))
