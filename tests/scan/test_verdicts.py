@@ -7,7 +7,7 @@ import pytest
 
 from gradscope.checks.masking import check_sample
 from gradscope.data.chunks import Chunk
-from gradscope.scan.verdicts import CHECKS, _closing_with_roles, _leading_pads_attended, verdicts
+from gradscope.scan.verdicts import CHECKS, _closing_with_roles, _leading_pads_attended, _row_sums, verdicts
 
 EOS, PAD_ID, BOS = 2, 0, 1
 LAYOUT = {"boundary_leak", "bos_duplicated", "bos_missing", "packed_without_boundaries"}
@@ -196,3 +196,47 @@ def test_leading_pads_attended_on_empty_rows():
     is_pad_id = np.array([True, True, False, True, True])  # rows: [P, P, x], [], [P, P]
     pad = np.array([False, True, False, False, False])
     assert _leading_pads_attended(is_pad_id, pad, np.array([0, 3, 3])).tolist() == [1, 0, 0]
+
+
+@pytest.mark.parametrize("prefills", [(), ((5, 6),)], ids=["no prefill", "prefill"])
+def test_verdicts_with_some_rows_of_unknown_roles_equal_check_row_by_row(prefills, reference_view):
+    """Rows whose roles are known beside rows whose roles no source gave (``known``), and a template's prefill."""
+    from dataclasses import replace
+
+    from gradscope.scan.roles import prefill_mask
+
+    rng = np.random.default_rng(31 + len(prefills))
+    rows = [packed_row(rng, BOS) for _ in range(1500)]
+    for row in rows:  # a prefill run where a completion span starts, in some rows
+        begins = np.flatnonzero(np.diff(row["completion_mask"], prepend=0) == 1)
+        if len(begins) and begins[0] + 2 <= len(row["input_ids"]) and rng.random() < 0.5:
+            row["input_ids"][begins[0] : begins[0] + 2] = (5, 6)
+            row["labels"] = np.where(row["labels"] != -100, row["input_ids"], -100)
+    known = rng.random(len(rows)) < 0.6
+    chunk = replace(as_chunk(rows), known=known)
+    if prefills:
+        chunk = replace(chunk, prefill=prefill_mask(chunk, prefills))
+    v = verdicts(chunk, [EOS], pad_token_id=PAD_ID, bos_token_id=BOS, bos_added=True)
+    seen = set()
+    for i, row in enumerate(rows):
+        shown = row if known[i] else {k: x for k, x in row.items() if k != "completion_mask"}
+        view = reference_view(shown, i, bos=BOS, adds_bos=True, documents=True, prefills=prefills)
+        expected = {f.check: len(f.positions) for f in check_sample(view)}
+        got = {name: int(v.positions[name][i]) for name in CHECKS if v.fails[name][i]}
+        if "no_loss" in got:
+            got["no_loss"] = 0
+        assert got == expected, f"row {i}: {row}"
+        seen.update(got)
+    wanted = {"prompt_leak", "completion_untrained", "eos_untrained"} | ({"prefill_trained"} if prefills else set())
+    assert wanted <= seen  # the random rows reached the role checks
+
+
+def test_row_sums_count_each_rows_hits_sparse_or_dense():
+    rng = np.random.default_rng(37)
+    for density in (0.0, 0.001, 0.3, 1.0):  # by hit (below one in SPARSE) and by a sum over every token
+        lengths = rng.integers(1, 300, 500)
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+        mask = rng.random(int(lengths.sum())) < density
+        expected = [int(mask[a : a + k].sum()) for a, k in zip(starts, lengths, strict=True)]
+        got = _row_sums(mask, starts)
+        assert got.dtype == np.int64 and got.tolist() == expected
