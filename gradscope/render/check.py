@@ -174,9 +174,10 @@ def model_line(r: Report) -> str:
     m = r.model
     name = m.get("name_or_path") or m.get("architecture")
     losses = ", ".join("nan" if not math.isfinite(x) else f"{x:.4f}" for x in r.losses)
+    loss = f"loss {m.get('loss')} = {losses}" if r.losses else f"loss {m.get('loss')}: none observed"
     return escape_controls(  # one line, whatever the path holds
         f"model {name} ({m.get('architecture')}, {m.get('num_layers')} layers, {m.get('dtype')}, {m.get('device')}); "
-        f"loss {m.get('loss')} = {losses}"
+        + loss
     )
 
 

@@ -27,6 +27,7 @@ from fixtures.loops import (
 from fixtures.trainers import MODEL, pad_collator
 from gradscope.integrations import StepWatcher
 from gradscope.model.load import load_model, load_tokenizer
+from gradscope.render.check import model_line
 from gradscope.report.verdict import headline, verdict
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
@@ -172,6 +173,7 @@ def test_a_step_with_nothing_checked_is_not_verified(train, backward, cause):
     assert [f.check for f in report.findings] == ["step_unobserved"] and cause in report.findings[0].message
     assert "nothing was checked" in headline(report)[2] or "not checked" in headline(report)[2]
     assert headline(report)[2].endswith("(step_unobserved)")
+    assert model_line(report).endswith("; loss outputs.loss: none observed")  # no loss: said, not left blank
     with pytest.raises(gradscope.MaskingError, match="nothing was checked"):
         StepWatcher(model, tokenizer=tokenizer, fail_on="warning").check()
 
