@@ -111,7 +111,7 @@ def parallel_checked_chunks(job: Job, num_proc: int) -> Iterator[tuple[Any, Verd
         yield from job.checked()
         return
     first, failed = 0, None
-    with closing(_in_workers(job, parts, min(num_proc, len(parts)))) as results:
+    with closing(_in_processes(job, parts, min(num_proc, len(parts)) - 1)) as results:
         for done in results:
             if isinstance(done, str):
                 failed = done
@@ -130,48 +130,71 @@ _JOB: Job | None = None
 """The job of a worker process, set before the pool forks it."""
 
 
-def _in_workers(
+@dataclass
+class _Pending:
+    """A part on its way: checked by a worker (``future``), or here (``future`` None); ``done`` once checked."""
+
+    part: Part
+    future: Future | None
+    done: list[tuple[ShownRows, Verdicts]] | str | None = None
+
+
+def _in_processes(
     job: Job, parts: list[Part], workers: int
 ) -> Generator[list[tuple[ShownRows, Verdicts]] | str, None, None]:
-    """Each part's checked chunks (or its error), in order, from ``workers`` processes; at most two parts a worker
-    ahead of the parent, so that memory stays bounded.
+    """Each part's checked chunks (or its error), in order, from ``workers`` worker processes and this one: while
+    the part next in order is being checked by a worker, this process checks the earliest part no worker has
+    started. At most two parts a process are on their way, so that memory stays bounded.
 
-    The workers are forked: they inherit the modules the parent imported (gradscope.scan imports torch: a spawned
+    The workers are forked: they inherit the modules this process imported (gradscope.scan imports torch: a spawned
     or forkserver worker imports it again, about a second of CPU each) and the job with its role reader, nothing
     pickled. Forking is safe here because a worker calls only NumPy and pyarrow's readers: no torch and no tokenizer
     (the role reader's stream works on token arrays; its reasons on token lists), and pyarrow starts its thread
     pools anew in a forked child."""
     global _JOB
     _JOB = job
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
-    broken = False
-
-    def later(part: Part) -> tuple[Part, Future | None]:
-        return part, None if broken else pool.submit(_check_part, part)
-
-    todo = iter(parts)
+    context = multiprocessing.get_context("fork")
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_one_thread)
+    todo, queue, broken = iter(parts), deque[_Pending](), False
     try:
-        queue = deque(later(part) for part in islice(todo, 2 * workers))
-        while queue:
-            part, future = queue.popleft()
-            try:
-                done = _check_part(part) if future is None else future.result()
-            except BrokenProcessPool:  # a worker died (killed): this part and the next read here
-                broken = True
-                done = _check_part(part)
-                queue = deque((p, None) for p, _ in queue)
-            queue.extend(later(more) for more in islice(todo, 1))
-            yield done
+        while True:
+            for part in islice(todo, 2 * (workers + 1) - len(queue)):
+                queue.append(_Pending(part, None if broken else pool.submit(_check_part, part)))
+            if not queue:
+                break
+            head = queue[0]
+            if head.done is None and head.future is not None and not head.future.done():
+                idle = next((p for p in queue if p.done is None and (p.future is None or p.future.cancel())), None)
+                if idle is not None:  # this process would wait: it checks a part no worker started
+                    idle.future, idle.done = None, _check_part(idle.part)
+                    continue
+            queue.popleft()
+            if head.done is None and head.future is not None:
+                try:
+                    head.done = head.future.result()
+                except BrokenProcessPool:  # a worker died (killed): the parts on their way are checked here
+                    broken = True
+                    for pending in queue:
+                        pending.future = None
+            yield head.done if head.done is not None else _check_part(head.part)
+        pool.shutdown()  # every part done: the workers end, and are waited for
     finally:
-        pool.shutdown(wait=False, cancel_futures=True)
+        pool.shutdown(wait=False, cancel_futures=True)  # stopped early (an error): parts not started are dropped
         _JOB = None
 
 
+def _one_thread() -> None:
+    """In a worker: pyarrow decodes in this thread alone (the workers, and this process, are the parallelism)."""
+    import pyarrow as pa
+
+    pa.set_cpu_count(1)
+
+
 def _check_part(part: Part) -> list[tuple[ShownRows, Verdicts]] | str:
-    """In a worker: one part read and checked, chunk by chunk; or, when it cannot be, the error's message (the
-    parent reads the data again to report it as one process does)."""
+    """One part read and checked, chunk by chunk (in a worker, or here); or, when it cannot be, the error's message
+    (the parent then reads the data again, to report it as one process does)."""
     job = _JOB
-    assert job is not None, "set by _in_workers before the fork"
+    assert job is not None, "set by _in_processes before the fork"
     try:
         return [(ShownRows.of(chunk, v, job.examples, job.worst), v) for chunk, v in job.checked(part)]
     except Exception as err:  # noqa: BLE001  (any failure: the parent's own read names it)
