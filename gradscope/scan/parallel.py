@@ -127,7 +127,7 @@ def parallel_checked_chunks(job: Job, num_proc: int) -> Iterator[tuple[Any, Verd
 
 
 _JOB: Job | None = None
-"""The job of a worker process, set before the pool forks it."""
+"""A worker process's job (set as it starts)."""
 
 
 @dataclass
@@ -151,10 +151,8 @@ def _in_processes(
     pickled. Forking is safe here because a worker calls only NumPy and pyarrow's readers: no torch and no tokenizer
     (the role reader's stream works on token arrays; its reasons on token lists), and pyarrow starts its thread
     pools anew in a forked child."""
-    global _JOB
-    _JOB = job
     context = multiprocessing.get_context("fork")
-    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_one_thread)
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_start, initargs=(job,))
     todo, queue, broken = iter(parts), deque[_Pending](), False
     try:
         while True:
@@ -166,7 +164,7 @@ def _in_processes(
             if head.done is None and head.future is not None and not head.future.done():
                 idle = next((p for p in queue if p.done is None and (p.future is None or p.future.cancel())), None)
                 if idle is not None:  # this process would wait: it checks a part no worker started
-                    idle.future, idle.done = None, _check_part(idle.part)
+                    idle.future, idle.done = None, _check(job, idle.part)
                     continue
             queue.popleft()
             if head.done is None and head.future is not None:
@@ -176,25 +174,31 @@ def _in_processes(
                     broken = True
                     for pending in queue:
                         pending.future = None
-            yield head.done if head.done is not None else _check_part(head.part)
+            yield head.done if head.done is not None else _check(job, head.part)
         pool.shutdown()  # every part done: the workers end, and are waited for
     finally:
         pool.shutdown(wait=False, cancel_futures=True)  # stopped early (an error): parts not started are dropped
-        _JOB = None
 
 
-def _one_thread() -> None:
-    """In a worker: pyarrow decodes in this thread alone (the workers, and this process, are the parallelism)."""
+def _start(job: Job) -> None:
+    """A worker starts: its job (handed over by the fork, not pickled), and pyarrow decoding in this thread alone
+    (the processes are the parallelism)."""
     import pyarrow as pa
 
+    global _JOB
+    _JOB = job
     pa.set_cpu_count(1)
 
 
 def _check_part(part: Part) -> list[tuple[ShownRows, Verdicts]] | str:
+    """In a worker: ``_check`` of its job."""
+    assert _JOB is not None, "set by _start"
+    return _check(_JOB, part)
+
+
+def _check(job: Job, part: Part) -> list[tuple[ShownRows, Verdicts]] | str:
     """One part read and checked, chunk by chunk (in a worker, or here); or, when it cannot be, the error's message
     (the parent then reads the data again, to report it as one process does)."""
-    job = _JOB
-    assert job is not None, "set by _in_processes before the fork"
     try:
         return [(ShownRows.of(chunk, v, job.examples, job.worst), v) for chunk, v in job.checked(part)]
     except Exception as err:  # noqa: BLE001  (any failure: the parent's own read names it)

@@ -106,11 +106,20 @@ def test_num_proc_gives_the_report_of_one_process(tmp_path, small_parts, small_c
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_the_parts_are_checked_in_worker_processes(tmp_path, small_parts, stream_rows, fmt):
+def test_the_parts_are_checked_in_worker_processes(tmp_path, small_parts, stream_rows, fmt, monkeypatch):
+    checkers, check = tmp_path / "checkers", Job.checked
+    checkers.mkdir()
+
+    def recorded(job: Job, part=None):
+        (checkers / str(os.getpid())).touch()  # the process that checks this part
+        return check(job, part)
+
+    monkeypatch.setattr(Job, "checked", recorded)  # the workers are forked: they inherit it
     source = open_source(_write([dict(r) for r in stream_rows], tmp_path, fmt))
     assert len(parts_module.source_parts(source, 2)) >= 2
     checked = list(parallel_checked_chunks(Job(source, frozenset({2})), 2))
-    assert all(isinstance(rows, ShownRows) for rows, _ in checked)  # each chunk's rows came back from a worker
+    assert {p.name for p in checkers.iterdir()} - {str(os.getpid())}  # a worker process checked parts
+    assert all(isinstance(rows, ShownRows) for rows, _ in checked)  # each chunk's rows came back as a stand-in
     assert [rows.first_row for rows, _ in checked] == list(np.cumsum([0] + [rows.rows for rows, _ in checked])[:-1])
     assert sum(rows.rows for rows, _ in checked) == len(stream_rows)
 
