@@ -1,9 +1,10 @@
-"""``scan --num-proc N``: the source cut into parts (``gradscope.scan.parts``), each read and checked in a worker
-process by the pipeline of one process; the parent folds the parts' verdicts in the order of the data.
+"""``scan --num-proc N``: the source cut into parts (``gradscope.scan.parts``), each read and checked by the
+pipeline of one process, in N - 1 forked workers and this process; this process folds the parts' verdicts in the
+order of the data.
 
-A worker sends back, per chunk, its verdicts, which rows have roles and why the others have none, and copies of only
-the rows the parent's ``ScanAccumulator`` can show (``ShownRows``): the accumulator runs unchanged, and the report
-is the one one process writes."""
+Per chunk, a part's checker keeps its verdicts, which rows have roles and why the others have none, and copies of
+only the rows the ``ScanAccumulator`` can show (``ShownRows``): the accumulator runs unchanged, and the report is
+the one one process writes."""
 
 from __future__ import annotations
 
@@ -96,9 +97,10 @@ def shown_rows(v: Verdicts, examples: int, worst: int) -> list[int]:
 
 
 def parallel_checked_chunks(job: Job, num_proc: int) -> Iterator[tuple[Any, Verdicts]]:
-    """Check every row of ``job.source`` in up to ``num_proc`` processes; yield the chunks (``ShownRows``, which
-    stand in for a Chunk, for those checked in a worker) with their verdicts, in the order of the data, as
-    ``job.checked()`` yields them in one.
+    """Check every row of ``job.source`` in up to ``num_proc`` processes (this one and ``num_proc - 1`` workers, no
+    more than the source has parts; one part: this process alone); yield the chunks with their verdicts, in the
+    order of the data, as ``job.checked()`` yields them in one process (``ShownRows`` stand in for the chunks where
+    the source was cut into parts).
 
     Raises:
         DataError: bad data, as one process reports it (the same message and row).
