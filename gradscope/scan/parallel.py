@@ -55,8 +55,10 @@ class Job:
 
 @dataclass
 class ShownRows:
-    """Stands in for a chunk checked in a worker: what ``ScanAccumulator.add`` reads of a chunk, with copies of only
-    the rows it can show (``shown_rows``)."""
+    """Stands in for a chunk of a part: what ``ScanAccumulator.add`` reads of a chunk, with copies of only the rows
+    it can show (``shown_rows``). ``first_row`` counts from the part's first row until the parts before it are
+    counted; ``role_reasons`` were read with those row numbers, which no stream reader's reason names (only
+    ``roles_from`` rows, which are read in one process, do)."""
 
     first_row: int
     rows: int
@@ -150,9 +152,9 @@ def _in_processes(
 
     The workers are forked: they inherit the modules this process imported (gradscope.scan imports torch: a spawned
     or forkserver worker imports it again, about a second of CPU each) and the job with its role reader, nothing
-    pickled. Forking is safe here because a worker calls only NumPy and pyarrow's readers: no torch and no tokenizer
-    (the role reader's stream works on token arrays; its reasons on token lists), and pyarrow starts its thread
-    pools anew in a forked child."""
+    pickled. Forking is safe here because a worker calls only NumPy and pyarrow's readers and writes nothing out: no
+    torch and no tokenizer (the role reader's stream works on token arrays; its reasons on token lists), and pyarrow
+    starts its thread pools anew in a forked child. The pool is made before this process reads any part."""
     context = multiprocessing.get_context("fork")
     pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_start, initargs=(job,))
     todo, queue, broken = iter(parts), deque[_Pending](), False
