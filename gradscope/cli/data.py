@@ -95,7 +95,12 @@ def scan(
     ] = None,
     num_proc: Annotated[
         int,
-        typer.Option("--num-proc", min=1, help="Processes, through datasets' Dataset.map (1: stream in this process)."),
+        typer.Option(
+            "--num-proc",
+            min=1,
+            help="Processes that check the rows, each reading its own parts of the data (Parquet row groups, Arrow "
+            "record batches, JSON-lines byte ranges): this one and N-1 forked workers (1: this process alone).",
+        ),
     ] = 1,
     examples: Annotated[int, typer.Option("--examples", min=1, help="Rows of each failing check given in full.")] = 3,
     worst: Annotated[int, typer.Option("--worst", min=0, help="Rows with the most flagged positions to list.")] = 10,

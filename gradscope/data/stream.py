@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,18 @@ class Source:
     format: str  # jsonl | parquet | arrow | datasets | safetensors
     rows: int | None  # known without reading the data, else None
     files: list[Path]
+
+
+@dataclass(frozen=True)
+class Part:
+    """A piece of a source that one process reads alone: Parquet row groups [start, stop), record batches
+    [start, stop) of the ``file``-th Arrow file, or JSON lines bytes [start, stop) (cut at line ends), typed with
+    the ``columns`` of the file's first block (``json_columns``)."""
+
+    file: int
+    start: int
+    stop: int
+    columns: tuple[str, ...] = ()
 
 
 def open_source(path: str | Path) -> Source:
@@ -68,9 +81,9 @@ def _datasets_dir(path: Path) -> Source:
     return Source(path, "datasets", _num_rows(path / "dataset_info.json"), data_files(path))
 
 
-def chunks(source: Source, vocab_size: int | None = None) -> Iterator[Chunk]:
+def chunks(source: Source, vocab_size: int | None = None, part: Part | None = None) -> Iterator[Chunk]:
     """The source's rows, chunk by chunk, numbered from 0 across files; token ids checked against ``vocab_size``
-    when it is known (the tokenizer's).
+    when it is known (the tokenizer's). With ``part``: that part's rows only, numbered from 0 within it.
 
     Raises:
         DataError: missing or raw-text columns, nulls, per-token lists whose length differs from input_ids', empty
@@ -80,23 +93,30 @@ def chunks(source: Source, vocab_size: int | None = None) -> Iterator[Chunk]:
         yield safetensors_chunk(source.path, vocab_size)
         return
     first = 0
-    for batch in rechunk(_record_batches(source)):
+    for batch in rechunk(_record_batches(source, part)):
         chunk = to_chunk(batch, first, source.path, vocab_size)
         first += chunk.rows
         yield chunk
 
 
-def _record_batches(source: Source) -> Iterator:
+def _record_batches(source: Source, part: Part | None = None) -> Iterator:
     import pyarrow as pa
 
     try:
         if source.format == "jsonl":
-            yield from (_json_array_batches if _is_json_array(source.path) else _json_batches)(source.path)
+            if part is not None:
+                yield from _json_batches(source.path, part)
+            else:
+                yield from (_json_array_batches if _is_json_array(source.path) else _json_batches)(source.path)
         elif source.format == "parquet":
             file = open_parquet(source.path)
             yield from file.iter_batches(
-                batch_size=_PARQUET_BATCH_ROWS, columns=_wanted(file.schema_arrow.names, source.path)
+                batch_size=_PARQUET_BATCH_ROWS,
+                row_groups=None if part is None else range(part.start, part.stop),
+                columns=_wanted(file.schema_arrow.names, source.path),
             )
+        elif part is not None:
+            yield from _arrow_part(source.files[part.file], part.start, part.stop)
         else:
             for path in source.files:
                 yield from _arrow_batches(path)
@@ -104,18 +124,19 @@ def _record_batches(source: Source) -> Iterator:
         raise DataError(f"cannot read {source.format}: {err}", path=source.path) from err
 
 
-def _json_batches(path: Path) -> Iterator:
+def _json_batches(path: Path, part: Part | None = None) -> Iterator:
     """JSON lines parsed block by block (one block in memory at a time: pyarrow's own streaming reader reads ahead),
-    typed by the first block: token columns as lists of int64, other fields skipped."""
+    typed by the first block: token columns as lists of int64, other fields skipped. With ``part``: its bytes,
+    typed by its ``columns``."""
     import pyarrow as pa
     import pyarrow.json as pj
 
     options, first = None, 0
-    for block in _line_blocks(path, _JSON_BLOCK_BYTES):
+    for block in _line_blocks(path, _JSON_BLOCK_BYTES, *((part.start, part.stop) if part else ())):
         if options is None:
             # Typed before pyarrow reads anything: left to infer types, pyarrow follows a 10,000-deep nested value
             # of the first block down and crashes the process.
-            names = _wanted(_block_names(block, path), path)
+            names = list(part.columns) if part else _wanted(_block_names(block, path), path)
             schema = pa.schema([(name, pa.list_(pa.int64())) for name in names])
             options = pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
         table = _read_json_block(block, options, first, path)
@@ -221,13 +242,24 @@ def _json_column(rows: list[dict[str, Any]], name: str, first_row: int, path: Pa
         raise DataError(f"'{name}' must hold lists of integers ({err})", path=path, row=first_row + (bad or 0)) from err
 
 
-def _line_blocks(path: Path, size: int) -> Iterator[bytes]:
-    """The file in blocks of about ``size`` bytes, each ending at a line end."""
+def json_columns(path: Path) -> tuple[str, ...] | None:
+    """The token columns ``chunks`` types JSON lines with (the first block's), or None for a .json array."""
+    if _is_json_array(path):
+        return None
+    block = next(_line_blocks(path, _JSON_BLOCK_BYTES), b"")
+    return tuple(_wanted(_block_names(block, path), path))
+
+
+def _line_blocks(path: Path, size: int, start: int = 0, stop: int | None = None) -> Iterator[bytes]:
+    """The file (or its bytes [start, stop), cut at line ends) in blocks of about ``size`` bytes, each ending at a
+    line end."""
     rest = b""
     with path.open("rb") as f:
-        if f.read(3) != b"\xef\xbb\xbf":  # a UTF-8 BOM is not part of the first row
+        if start:
+            f.seek(start)
+        elif f.read(3) != b"\xef\xbb\xbf":  # a UTF-8 BOM is not part of the first row
             f.seek(0)
-        while data := f.read(size):
+        while data := f.read(size if stop is None else min(size, stop - f.tell())):
             data = rest + data
             cut = data.rfind(b"\n") + 1
             block, rest = (data[:cut], data[cut:]) if cut else (b"", data)
@@ -241,6 +273,23 @@ def _arrow_batches(path: Path, columns: Callable[[list[str], Path], list[str]] |
     """An Arrow file read batch by batch with the columns ``columns(names, path)`` picks (default: the token
     columns)."""
     return arrow_batches(path, columns or _wanted)
+
+
+def _arrow_part(path: Path, start: int, stop: int) -> Iterator:
+    """Record batches [start, stop) of an Arrow file (IPC stream or file format), memory-mapped: the batches before
+    them are skipped without being read."""
+    import pyarrow as pa
+
+    mapped = pa.memory_map(str(path))
+    batches: Iterator
+    try:
+        stream = pa.ipc.open_stream(mapped)
+        names, batches = _wanted(stream.schema.names, path), islice(stream, start, stop)
+    except pa.ArrowInvalid:
+        file = pa.ipc.open_file(mapped)
+        names, batches = _wanted(file.schema.names, path), (file.get_batch(i) for i in range(start, stop))
+    for batch in batches:
+        yield batch.select(names)
 
 
 def _wanted(names: list[str], path: Path) -> list[str]:

@@ -114,8 +114,8 @@ def scan(
             ``truncation_mode``, as ``check`` reads them (the other fields do not apply to a scan).
         examples: Rows of each check given in full (positions and message) in ``findings``.
         worst: How many of the rows with the most flagged positions to list.
-        num_proc: Processes for ``datasets.Dataset.map`` (None or 1: one process, streaming); pre-tokenized data
-            only.
+        num_proc: Processes that read and check parts of the data (None or 1: this process alone); pre-tokenized
+            data only.
         progress: Called as ``progress(rows_done, total_rows_or_None)`` after each chunk.
 
     Returns:
@@ -153,9 +153,10 @@ def scan(
                 "`num_proc` was not used: raw rows are tokenized in this process, by the tokenizer's batched call"
             )
     elif num_proc and num_proc > 1 and source.format != "safetensors" and not in_process:
-        from gradscope.scan.parallel import parallel_checked_chunks
+        from gradscope.scan.parallel import Job, parallel_checked_chunks
 
-        checked = parallel_checked_chunks(source, ends, num_proc, settings.pad_token_id, *bos, read, prefills)
+        job = Job(source, ends, settings.pad_token_id, *bos, settings.vocab_size, read, prefills, examples, worst)
+        checked = parallel_checked_chunks(job, num_proc)
     else:
         if num_proc and num_proc > 1 and in_process:
             report.notes.append(

@@ -1,187 +1,209 @@
-"""``scan --num-proc N``: the same checks spread over processes by ``datasets.Dataset.map``."""
+"""``scan --num-proc N``: the source cut into parts (``gradscope.scan.parts``), each read and checked by the
+pipeline of one process, in N - 1 forked workers and this process; this process folds the parts' verdicts in the
+order of the data.
+
+Per chunk, a part's checker keeps its verdicts, which rows have roles and why the others have none, and copies of
+only the rows the ``ScanAccumulator`` can show (``ShownRows``): the accumulator runs unchanged, and the report is
+the one one process writes."""
 
 from __future__ import annotations
 
-import os
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
-from pathlib import Path
-from typing import Any
+import multiprocessing
+from collections import deque
+from collections.abc import Generator, Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import closing
+from dataclasses import dataclass, field
+from itertools import islice
+from typing import Any, cast
 
 import numpy as np
 
-from gradscope.data.chunks import TOKEN_COLUMNS, Chunk, to_chunk
-from gradscope.data.stream import Source
+from gradscope.data.chunks import Chunk
+from gradscope.data.stream import Part, Source, chunks
 from gradscope.errors import DataError
-from gradscope.scan.roles import prefill_mask, stream_token_roles, token_roles
+from gradscope.scan.parts import source_parts
+from gradscope.scan.roles import with_prefills, with_token_roles
 from gradscope.scan.stream_roles import ChunkRoles
 from gradscope.scan.verdicts import CHECKS, Verdicts, verdicts
 
-MAP_BATCH_ROWS = 16384
 
+@dataclass(frozen=True)
+class Job:
+    """What each process needs to read and check a part of the source, as ``dataset.checked_chunks`` does."""
 
-def parallel_checked_chunks(
-    source: Source,
-    end_token_ids: frozenset[int],
-    num_proc: int,
-    pad_token_id: int | None = None,
-    bos_token_id: int | None = None,
-    bos_added: bool = False,
-    read: ChunkRoles | None = None,
-    prefills: tuple[tuple[int, ...], ...] = (),
-) -> Iterator[tuple[Any, Verdicts]]:
-    """Check every row in ``num_proc`` processes; yield (rows, verdicts) in the order of the data. Rows without a
-    role mask get the roles ``read`` finds in their tokens (its stream reader runs in the workers)."""
-    roles = read if read is not None and read.available and read.vectorized else None
-    dataset = as_dataset(source)
-    columns = [c for c in TOKEN_COLUMNS if c in dataset.column_names]
-    # The verdict tables go to a temporary directory: by default datasets writes them beside the user's files.
-    with tempfile.TemporaryDirectory(prefix="gradscope-scan-") as tmp, _quiet_datasets():
-        table = dataset.with_format("arrow").map(
-            _verdict_table,
-            batched=True,
-            batch_size=MAP_BATCH_ROWS,
-            with_indices=True,
-            num_proc=num_proc,
-            remove_columns=dataset.column_names,
-            cache_file_name=str(Path(tmp) / "verdicts.arrow"),
-            fn_kwargs={
-                "columns": columns,
-                "ends": sorted(end_token_ids),
-                "path": str(source.path),
-                "pad": pad_token_id,
-                "bos": bos_token_id,
-                "adds_bos": bos_added,
-                "roles": roles.stream if roles else None,
-                "prefills": prefills,
-            },
-        )
-        first = 0
-        for batch in table.with_format("arrow").iter(batch_size=MAP_BATCH_ROWS * 4):
-            known = batch.column("known").to_numpy(zero_copy_only=False).astype(bool)
-            rows = DatasetRows(dataset, columns, first, batch.num_rows, source.path, known, roles)
-            if roles is not None and not known.all():
-                rows.role_reasons = (_reason(rows, int(np.flatnonzero(~known)[0]), roles),)
-            yield rows, _verdicts_of(batch)
-            first += batch.num_rows
-        del table  # its files are memory-mapped from tmp
+    source: Source
+    end_token_ids: frozenset[int]
+    pad_token_id: int | None = None
+    bos_token_id: int | None = None
+    bos_added: bool = False
+    vocab_size: int | None = None
+    read: ChunkRoles | None = None  # roles for rows without a role mask (its stream reader: whole chunks at once)
+    prefills: tuple[tuple[int, ...], ...] = ()
+    examples: int = 3  # the accumulator's: which rows it may show
+    worst: int = 10
 
-
-def as_dataset(source: Source):
-    """The source as a ``datasets.Dataset`` (JSON lines and Parquet are converted into datasets' cache first)."""
-    import datasets
-
-    path = str(source.path)
-    try:
-        if source.format == "datasets":
-            return datasets.load_from_disk(path)
-        if source.format == "arrow":
-            return datasets.Dataset.from_file(path)
-        if source.format == "parquet":
-            return datasets.Dataset.from_parquet(path)
-        return datasets.Dataset.from_json(path)
-    except (OSError, ValueError, TypeError) as err:
-        raise DataError(f"datasets cannot load it: {err}", path=source.path) from err
-
-
-@contextmanager
-def _quiet_datasets() -> Iterator[None]:
-    """datasets' own progress bars off for the map (gradscope draws its own on stderr), then as they were; and the
-    process's ``os.environ`` given back: ``Dataset.map`` with ``num_proc`` replaces it with a copy, which the caller's
-    later changes to the environment (and anything holding the original, as rich's consoles do) no longer see."""
-    import datasets
-
-    was_disabled = datasets.are_progress_bars_disabled()
-    environ = os.environ
-    datasets.disable_progress_bars()
-    try:
-        yield
-    finally:
-        os.environ = environ  # noqa: B003  (the object itself is given back, not its contents: see above)
-        if not was_disabled:
-            datasets.enable_progress_bars()
-
-
-def _verdict_table(
-    batch,
-    indices: list[int],
-    columns: list[str],
-    ends: list[int],
-    path: str,
-    pad: int | None = None,
-    bos: int | None = None,
-    adds_bos: bool = False,
-    roles: Any = None,
-    prefills: tuple[tuple[int, ...], ...] = (),
-):
-    """In a worker: one batch of rows (a pyarrow Table) to its verdicts, one row each; rows without a role mask get
-    the roles ``roles`` (a ``StreamReader``) reads, and their prefill positions."""
-    import pyarrow as pa
-
-    record = batch.select(columns).combine_chunks().to_batches()
-    if not record:
-        return pa.table({name: pa.array([], pa.int64()) for name in _verdict_columns()})
-    chunk = to_chunk(record[0], indices[0], Path(path))
-    if roles is not None and chunk.completion is None:
-        chunk = stream_token_roles(chunk, roles)
-    if prefills and chunk.completion is not None:
-        chunk = replace(chunk, prefill=prefill_mask(chunk, prefills))
-    v = verdicts(chunk, ends, pad, bos, adds_bos)
-    out = {"tokens": v.tokens, "trained": v.trained, "known": chunk.known_rows()}
-    for name in CHECKS:
-        out[f"positions.{name}"] = v.positions[name]
-        out[f"fails.{name}"] = v.fails[name]
-    return pa.table(out)
-
-
-def _verdict_columns() -> list[str]:
-    return ["tokens", "trained", "known", *(f"{kind}.{name}" for name in CHECKS for kind in ("positions", "fails"))]
-
-
-def _verdicts_of(batch) -> Verdicts:
-    column = lambda name: batch.column(name).to_numpy(zero_copy_only=False)  # noqa: E731
-    return Verdicts(
-        tokens=column("tokens"),
-        trained=column("trained"),
-        positions={name: column(f"positions.{name}") for name in CHECKS},
-        fails={name: column(f"fails.{name}").astype(bool) for name in CHECKS},
-    )
+    def checked(self, part: Part | None = None) -> Iterator[tuple[Chunk, Verdicts]]:
+        """The chunks of the source (or of one part of it) with their verdicts: the pipeline of one process."""
+        read_chunks: Iterable[Chunk] = chunks(self.source, self.vocab_size, part)
+        if self.read is not None and self.read.available:
+            read_chunks = with_token_roles(read_chunks, self.read)
+        for chunk in with_prefills(read_chunks, self.prefills):
+            yield chunk, verdicts(chunk, self.end_token_ids, self.pad_token_id, self.bos_token_id, self.bos_added)
 
 
 @dataclass
-class DatasetRows:
-    """Stands in for a Chunk whose tokens stayed in the dataset: rows are read back one by one when shown."""
+class ShownRows:
+    """Stands in for a chunk of a part: what ``ScanAccumulator.add`` reads of a chunk, with copies of only the rows
+    it can show (``shown_rows``). ``first_row`` counts from the part's first row until the parts before it are
+    counted; ``role_reasons`` were read with those row numbers, which no stream reader's reason names (only
+    ``roles_from`` rows, which are read in one process, do)."""
 
-    dataset: Any
-    columns: list[str]
     first_row: int
     rows: int
-    path: Path
-    known: np.ndarray  # (R,) the rows whose roles are known (a role column, or read from the tokens)
-    roles: ChunkRoles | None = None  # reads a row's roles again when it is shown
-    role_reasons: tuple[str, ...] = field(default=())
-
-    @property
-    def has_roles(self) -> bool:
-        return any(c in self.columns for c in ("completion_mask", "assistant_masks")) or self.roles is not None
+    known: np.ndarray  # (R,) the rows whose roles are known
+    role_reasons: tuple[str, ...]
+    kept: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)  # row in the chunk -> its arrays
 
     def known_rows(self) -> np.ndarray:
-        """(R,) True where the row's roles are known."""
         return self.known
 
     def row(self, r: int) -> dict[str, np.ndarray]:
-        return self._chunk(r).row(0)
+        return self.kept[r]  # a KeyError, never a wrong row, if the accumulator asked for one not sent
 
-    def _chunk(self, r: int) -> Chunk:
-        index = self.first_row + r
-        table = self.dataset.with_format("arrow")[index : index + 1].select(self.columns)
-        chunk: Chunk = to_chunk(table.combine_chunks().to_batches()[0], index, self.path)
-        return token_roles(chunk, self.roles) if self.roles is not None and chunk.completion is None else chunk
+    @classmethod
+    def of(cls, chunk: Chunk, v: Verdicts, examples: int, worst: int) -> ShownRows:
+        kept = {r: {k: a.copy() for k, a in chunk.row(r).items()} for r in shown_rows(v, examples, worst)}
+        return cls(chunk.first_row, chunk.rows, chunk.known_rows(), chunk.role_reasons, kept)
 
 
-def _reason(rows: DatasetRows, r: int, roles: ChunkRoles) -> str:
-    """Why no source reads row r (the same for every such row)."""
-    chunk = rows._chunk(r)
-    return chunk.role_reasons[0] if chunk.role_reasons else roles.unread_reason([], chunk.first_row)
+def shown_rows(v: Verdicts, examples: int, worst: int) -> list[int]:
+    """The rows of a chunk ``ScanAccumulator`` may ask for: the first ``examples`` failing rows of each check
+    (``_count``), and every row ``_offer_worst`` may admit into its heap of ``worst`` rows. Those are offered only
+    from the rows of the chunk's ``worst`` highest scores and every row tied with the lowest of them (the k-th);
+    the heap keeps the highest (score, -row), so a tied row is admitted only while fewer than ``worst`` rows of
+    the chunk offered before it beat it: the rows tied with the k-th, in order, after the first ``worst`` of them
+    are never admitted, and are not sent."""
+    rows: set[int] = set()
+    for name in CHECKS:
+        rows.update(np.flatnonzero(v.fails[name])[:examples].tolist())
+    score = cast(np.ndarray, sum(v.positions.values()))  # the accumulator's score
+    candidates = np.flatnonzero(score > 0)
+    if worst and len(candidates) > worst:
+        kth = np.partition(score[candidates], len(candidates) - worst)[len(candidates) - worst]
+        tied = candidates[score[candidates] == kth][:worst]
+        candidates = np.concatenate([candidates[score[candidates] > kth], tied])
+    rows.update(candidates.tolist() if worst else ())
+    return sorted(rows)
+
+
+def parallel_checked_chunks(job: Job, num_proc: int) -> Iterator[tuple[Any, Verdicts]]:
+    """Check every row of ``job.source`` in up to ``num_proc`` processes (this one and ``num_proc - 1`` workers, no
+    more than the source has parts; one part: this process alone); yield the chunks with their verdicts, in the
+    order of the data, as ``job.checked()`` yields them in one process (``ShownRows`` stand in for the chunks where
+    the source was cut into parts).
+
+    Raises:
+        DataError: bad data, as one process reports it (the same message and row).
+    """
+    try:
+        parts = source_parts(job.source, num_proc)
+    except Exception:  # unreadable: the reader of one process says why, in its own words
+        parts = []
+    if len(parts) < 2:  # nothing to share: no process started
+        yield from job.checked()
+        return
+    first, failed = 0, None
+    with closing(_in_processes(job, parts, min(num_proc, len(parts)) - 1)) as results:
+        for done in results:
+            if isinstance(done, str):
+                failed = done
+                break
+            for rows, v in done:
+                rows.first_row += first
+                yield rows, v
+            first += sum(rows.rows for rows, _ in done)
+    if failed is not None:  # bad data in a part: the data read as one process reads it, to report it as one process
+        for _ in job.checked():
+            pass
+        raise DataError(f"a worker process could not read its part of the data: {failed}", path=job.source.path)
+
+
+_JOB: Job | None = None
+"""A worker process's job (set as it starts)."""
+
+
+@dataclass
+class _Pending:
+    """A part on its way: checked by a worker (``future``), or here (``future`` None); ``done`` once checked."""
+
+    part: Part
+    future: Future | None
+    done: list[tuple[ShownRows, Verdicts]] | str | None = None
+
+
+def _in_processes(
+    job: Job, parts: list[Part], workers: int
+) -> Generator[list[tuple[ShownRows, Verdicts]] | str, None, None]:
+    """Each part's checked chunks (or its error), in order, from ``workers`` worker processes and this one: while
+    the part next in order is being checked by a worker, this process checks the earliest part no worker has
+    started. At most two parts a process are on their way, so that memory stays bounded.
+
+    The workers are forked: they inherit the modules this process imported (gradscope.scan imports torch: a spawned
+    or forkserver worker imports it again, about a second of CPU each) and the job with its role reader, nothing
+    pickled. Forking is safe here because a worker calls only NumPy and pyarrow's readers and writes nothing out: no
+    torch and no tokenizer (the role reader's stream works on token arrays; its reasons on token lists), and pyarrow
+    starts its thread pools anew in a forked child. The pool is made before this process reads any part."""
+    context = multiprocessing.get_context("fork")
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_start, initargs=(job,))
+    todo, queue, broken = iter(parts), deque[_Pending](), False
+    try:
+        while True:
+            for part in islice(todo, 2 * (workers + 1) - len(queue)):
+                queue.append(_Pending(part, None if broken else pool.submit(_check_part, part)))
+            if not queue:
+                break
+            head = queue[0]
+            if head.done is None and head.future is not None and not head.future.done():
+                idle = next((p for p in queue if p.done is None and (p.future is None or p.future.cancel())), None)
+                if idle is not None:  # this process would wait: it checks a part no worker started
+                    idle.future, idle.done = None, _check(job, idle.part)
+                    continue
+            queue.popleft()
+            if head.done is None and head.future is not None:
+                try:
+                    head.done = head.future.result()
+                except BrokenProcessPool:  # a worker died (killed): the parts on their way are checked here
+                    broken = True
+                    for pending in queue:
+                        pending.future = None
+            yield head.done if head.done is not None else _check(job, head.part)
+        pool.shutdown()  # every part done: the workers end, and are waited for
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)  # stopped early (an error): parts not started are dropped
+
+
+def _start(job: Job) -> None:
+    """A worker starts: its job (handed over by the fork, not pickled), and pyarrow decoding in this thread alone
+    (the processes are the parallelism)."""
+    import pyarrow as pa
+
+    global _JOB
+    _JOB = job
+    pa.set_cpu_count(1)
+
+
+def _check_part(part: Part) -> list[tuple[ShownRows, Verdicts]] | str:
+    """In a worker: ``_check`` of its job."""
+    assert _JOB is not None, "set by _start"
+    return _check(_JOB, part)
+
+
+def _check(job: Job, part: Part) -> list[tuple[ShownRows, Verdicts]] | str:
+    """One part read and checked, chunk by chunk (in a worker, or here); or, when it cannot be, the error's message
+    (the parent then reads the data again, to report it as one process does)."""
+    try:
+        return [(ShownRows.of(chunk, v, job.examples, job.worst), v) for chunk, v in job.checked(part)]
+    except Exception as err:  # noqa: BLE001  (any failure: the parent's own read names it)
+        return f"{type(err).__name__}: {err}"
