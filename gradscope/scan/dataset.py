@@ -13,15 +13,16 @@ from gradscope.data.chunks import Chunk
 from gradscope.data.load import role_spec
 from gradscope.data.pipelines import DataOptions
 from gradscope.data.prefill import generation_prefills
-from gradscope.data.stream import Source, chunks, open_source, raw_columns, raw_text_error
+from gradscope.data.stream import Source, open_source, raw_columns, raw_text_error
 from gradscope.data.token_roles import RoleSources
 from gradscope.data.tokens import bos_added, default_end_token_ids, resolve_bos_token_id, resolve_pad_token_id
 from gradscope.errors import DataError, InputError, ModelLoadError
 from gradscope.model.checkpoint import CONFIG_BYTES, check_config, check_regular_file
 from gradscope.model.load import load_tokenizer
 from gradscope.report.scan import ScanReport
+from gradscope.scan.pipeline import Job
 from gradscope.scan.raw import RawSettings, raw_chunks
-from gradscope.scan.roles import with_prefills, with_token_roles
+from gradscope.scan.roles import with_prefills
 from gradscope.scan.stream_roles import ChunkRoles
 from gradscope.scan.summary import ScanAccumulator
 from gradscope.scan.verdicts import CHECKS, UNKNOWN_ROLES, Verdicts, verdicts
@@ -63,25 +64,6 @@ def scan_chunks(
         if progress is not None:
             progress(chunk.rows)
     return acc.finish()
-
-
-def checked_chunks(
-    source: Source,
-    end_token_ids: frozenset[int],
-    pad_token_id: int | None = None,
-    vocab_size: int | None = None,
-    read: ChunkRoles | None = None,
-    bos_token_id: int | None = None,
-    bos_added: bool = False,
-    prefills: tuple[tuple[int, ...], ...] = (),
-) -> Iterator[tuple[Chunk, Verdicts]]:
-    """Read and check chunk after chunk in this process (token ids below ``vocab_size`` when it is known); rows
-    without a role mask get the roles ``read`` finds in their tokens."""
-    read_chunks = chunks(source, vocab_size)
-    if read is not None and read.available:
-        read_chunks = with_token_roles(read_chunks, read)
-    for chunk in with_prefills(read_chunks, prefills):
-        yield chunk, verdicts(chunk, end_token_ids, pad_token_id, bos_token_id, bos_added)
 
 
 # ------------------------------------------------------------------------------------------------ entry point
@@ -142,6 +124,7 @@ def scan(
     read = None if raw is not None else _role_reader(settings, options)
     prefills = generation_prefills(settings.tokenizer)
     in_process = read is not None and read.available and not read.vectorized  # roles read row by row, here
+    job = Job(source, ends, settings.pad_token_id, *bos, settings.vocab_size, read, prefills, examples, worst)
     checked: Iterator[tuple[Chunk, Verdicts]]
     if raw is not None:
         checked = (
@@ -153,9 +136,8 @@ def scan(
                 "`num_proc` was not used: raw rows are tokenized in this process, by the tokenizer's batched call"
             )
     elif num_proc and num_proc > 1 and source.format != "safetensors" and not in_process:
-        from gradscope.scan.parallel import Job, parallel_checked_chunks
+        from gradscope.scan.parallel import parallel_checked_chunks
 
-        job = Job(source, ends, settings.pad_token_id, *bos, settings.vocab_size, read, prefills, examples, worst)
         checked = parallel_checked_chunks(job, num_proc)
     else:
         if num_proc and num_proc > 1 and in_process:
@@ -163,7 +145,7 @@ def scan(
                 "`num_proc` was not used: the chat template's markers are read from the rows' tokens "
                 "row by row, in this process"
             )
-        checked = checked_chunks(source, ends, settings.pad_token_id, settings.vocab_size, read, *bos, prefills)
+        checked = job.checked()
     scanned = scan_chunks(
         checked,
         report,

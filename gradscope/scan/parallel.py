@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import multiprocessing
 from collections import deque
-from collections.abc import Generator, Iterable, Iterator
+from collections.abc import Generator, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import closing
@@ -21,36 +21,11 @@ from typing import Any, cast
 import numpy as np
 
 from gradscope.data.chunks import Chunk
-from gradscope.data.stream import Part, Source, chunks
+from gradscope.data.stream import Part
 from gradscope.errors import DataError
 from gradscope.scan.parts import source_parts
-from gradscope.scan.roles import with_prefills, with_token_roles
-from gradscope.scan.stream_roles import ChunkRoles
-from gradscope.scan.verdicts import CHECKS, Verdicts, verdicts
-
-
-@dataclass(frozen=True)
-class Job:
-    """What each process needs to read and check a part of the source, as ``dataset.checked_chunks`` does."""
-
-    source: Source
-    end_token_ids: frozenset[int]
-    pad_token_id: int | None = None
-    bos_token_id: int | None = None
-    bos_added: bool = False
-    vocab_size: int | None = None
-    read: ChunkRoles | None = None  # roles for rows without a role mask (its stream reader: whole chunks at once)
-    prefills: tuple[tuple[int, ...], ...] = ()
-    examples: int = 3  # the accumulator's: which rows it may show
-    worst: int = 10
-
-    def checked(self, part: Part | None = None) -> Iterator[tuple[Chunk, Verdicts]]:
-        """The chunks of the source (or of one part of it) with their verdicts: the pipeline of one process."""
-        read_chunks: Iterable[Chunk] = chunks(self.source, self.vocab_size, part)
-        if self.read is not None and self.read.available:
-            read_chunks = with_token_roles(read_chunks, self.read)
-        for chunk in with_prefills(read_chunks, self.prefills):
-            yield chunk, verdicts(chunk, self.end_token_ids, self.pad_token_id, self.bos_token_id, self.bos_added)
+from gradscope.scan.pipeline import Job
+from gradscope.scan.verdicts import CHECKS, Verdicts
 
 
 @dataclass

@@ -49,8 +49,8 @@ def token_roles(chunk: Chunk, read: ChunkRoles) -> Chunk:
 
 
 def stream_token_roles(chunk: Chunk, read: StreamReader, held: np.ndarray | None = None) -> Chunk:
-    """``token_roles`` from the token stream, without the reasons (what a ``--num-proc`` worker computes);
-    ``held``: the chunk's ``held_mask``, when the caller has it already."""
+    """``token_roles`` from the token stream, without the reasons; ``held``: the chunk's ``held_mask``, when the
+    caller has it already."""
     real = held_mask(chunk, read.ends) if held is None else held
     codes, known = read(Stream.of(chunk.input_ids, chunk.starts, real))
     mask = codes if CODES_ARE_MASK else np.select([codes == COMPLETION, codes == PROMPT], [1, 0], -1).astype(np.int8)

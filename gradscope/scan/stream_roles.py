@@ -237,8 +237,8 @@ def _tail(stream: Stream, tail: list[int], roles: np.ndarray) -> None:
 @dataclass
 class StreamReader:
     """What the stream reader reads roles from, in the per-row reader's order: the response template's tokens
-    (and the instruction template's), then the chat template's markers. Plain data: it travels to ``scan
-    --num-proc``'s worker processes."""
+    (and the instruction template's), then the chat template's markers. Plain data, token ids only: no tokenizer
+    is called while it reads (``scan --num-proc``'s forked workers run it)."""
 
     response: list[int] | None
     instruction: list[int]
@@ -249,8 +249,9 @@ class StreamReader:
     @property
     def searched(self) -> frozenset[int]:
         """The tokens the sources search the stream for: each template's first token, and the end tokens."""
-        patterns = [self.response or [], self.instruction, *(self.markers.responses if self.markers else [])]
-        return frozenset(p[0] for p in patterns if p) | self.ends | (self.markers.end_token_ids if self.markers else set())
+        markers = self.markers
+        patterns = [self.response or [], self.instruction, *(markers.responses if markers else [])]
+        return frozenset(p[0] for p in patterns if p) | self.ends | (markers.end_token_ids if markers else frozenset())
 
     def __call__(self, stream: Stream) -> tuple[np.ndarray, np.ndarray]:
         """(M,) role codes and (R,) which rows a source read; the first source that reads a row gives its roles, and

@@ -17,7 +17,8 @@ from gradscope.data.stream import open_source
 from gradscope.errors import DataError
 from gradscope.scan import parts as parts_module
 from gradscope.scan.dataset import scan
-from gradscope.scan.parallel import Job, ShownRows, parallel_checked_chunks
+from gradscope.scan.parallel import ShownRows, parallel_checked_chunks
+from gradscope.scan.pipeline import Job
 
 TOKENIZER = Path(__file__).resolve().parents[2] / "fixtures/models/tiny-llama-chat"
 FORMATS = ("parquet", "jsonl", "arrow", "datasets")
