@@ -19,6 +19,15 @@ and prints the ratio (ii)/(i) for the 1.3x target (medians of --repeats runs, th
 prompt/completion also the ratio with the encode that returns character offsets, as check tokenizes those rows.
 
     python benchmarks/bench_scan.py --raw --raw-rows 20000
+
+``--roles`` scans the same chat rows (as the fixture tokenizer's chat template renders one exchange, written as
+Parquet without and with a completion_mask column) five ways: from the labels alone, with roles from the column
+(without and with the tokenizer), from the chat template and from a response template. Each scan runs in a fresh
+process warmed by a scan of 1,000 rows; the modes alternate, each round starting one mode later. Per mode: the
+median seconds and CPU seconds over the rounds, and label-only's time in the same round ÷ the mode's (the median
+over the rounds, [lowest, highest]).
+
+    python benchmarks/bench_scan.py --roles --roles-rows 300000 --repeats 7 --num-proc 1,2
 """
 
 from __future__ import annotations
