@@ -15,14 +15,10 @@ from dataclasses import replace
 import numpy as np
 
 from gradscope.checks.sample import prefill_positions
-from gradscope.constants import COMPLETION, PROMPT, UNKNOWN
+from gradscope.constants import COMPLETION, PROMPT
 from gradscope.data.chunks import Chunk
 from gradscope.data.token_roles import RowRoles
 from gradscope.scan.stream_roles import ChunkRoles, Stream, StreamReader
-
-CODES_ARE_MASK = (COMPLETION, PROMPT, UNKNOWN) == (1, 0, -1)
-"""The stream reader's role codes (COMPLETION, PROMPT, UNKNOWN) are the completion mask's values (1 completion, 0
-prompt, -1 neither): its codes are the mask as they are, with no pass over the tokens."""
 
 
 def with_token_roles(chunks: Iterable[Chunk], read: ChunkRoles) -> Iterator[Chunk]:
@@ -53,7 +49,7 @@ def stream_token_roles(chunk: Chunk, read: StreamReader, held: np.ndarray | None
     caller has it already."""
     real = held_mask(chunk, read.ends) if held is None else held
     codes, known = read(Stream.of(chunk.input_ids, chunk.starts, real))
-    mask = codes if CODES_ARE_MASK else np.select([codes == COMPLETION, codes == PROMPT], [1, 0], -1).astype(np.int8)
+    mask = codes  # the role codes COMPLETION 1, PROMPT 0, UNKNOWN -1 are the completion mask's values
     if len(mask) == len(real):  # no padding
         completion = mask
     else:

@@ -123,12 +123,9 @@ def _painted(n: int, begin: np.ndarray, stop: np.ndarray) -> np.ndarray:
 
 
 def _span_codes(n: int, begin: np.ndarray, stop: np.ndarray) -> np.ndarray:
-    """(n,) int8 role codes: COMPLETION inside the spans [begin, stop), PROMPT elsewhere. With the codes 1 and 0,
-    the painted booleans read as int8 are those codes (no pass over the tokens)."""
-    painted = _painted(n, begin, stop)
-    if (COMPLETION, PROMPT) == (1, 0):
-        return painted.view(np.int8)
-    return np.where(painted, np.int8(COMPLETION), np.int8(PROMPT))
+    """(n,) int8 role codes: COMPLETION (1) inside the spans [begin, stop), PROMPT (0) elsewhere: the painted
+    booleans read as int8 (no pass over the tokens)."""
+    return _painted(n, begin, stop).view(np.int8)
 
 
 def _span_stops(

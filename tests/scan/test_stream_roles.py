@@ -236,3 +236,11 @@ def test_a_later_lead_wins_over_an_earlier_glue_inside_a_span():
     stream_roles._overwrite(roles, begin, stop, writes)
     c, u, p = COMPLETION, UNKNOWN, PROMPT
     assert roles.tolist() == [c, c, u, c, u, u, u, c, c, p]
+
+
+def test_the_role_codes_are_the_completion_masks_values():
+    """The stream reader hands its codes over as the completion mask (1 completion, 0 prompt, -1 neither) and paints
+    spans as booleans read as int8: both rest on these values."""
+    assert (COMPLETION, PROMPT, UNKNOWN) == (1, 0, -1)
+    roles = stream_roles._span_codes(6, np.array([1, 4]), np.array([3, 5]))
+    assert roles.dtype == np.int8 and roles.tolist() == [PROMPT, COMPLETION, COMPLETION, PROMPT, COMPLETION, PROMPT]
