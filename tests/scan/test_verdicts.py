@@ -7,7 +7,14 @@ import pytest
 
 from gradscope.checks.masking import check_sample
 from gradscope.data.chunks import Chunk
-from gradscope.scan.verdicts import CHECKS, _closing_with_roles, _leading_pads_attended, _row_sums, verdicts
+from gradscope.scan.verdicts import (
+    CHECKS,
+    Verdicts,
+    _closing_with_roles,
+    _leading_pads_attended,
+    _row_sums,
+    verdicts,
+)
 
 EOS, PAD_ID, BOS = 2, 0, 1
 LAYOUT = {"boundary_leak", "bos_duplicated", "bos_missing", "packed_without_boundaries"}
@@ -83,6 +90,20 @@ def as_chunk(rows: list[dict[str, np.ndarray]]) -> Chunk:
     )
 
 
+def equal_to_check_row_by_row(v: Verdicts, views: list) -> set[str]:
+    """Assert that each row's scan verdicts are check's on the row's view (``check_sample``: the same checks, the same
+    number of positions); the checks that fired."""
+    seen = set()
+    for i, view in enumerate(views):
+        expected = {f.check: len(f.positions) for f in check_sample(view)}
+        got = {name: int(v.positions[name][i]) for name in CHECKS if v.fails[name][i]}
+        if "no_loss" in got:
+            got["no_loss"] = 0
+        assert got == expected, f"row {i}: {view.input_ids.tolist()}"
+        seen.update(got)
+    return seen
+
+
 @pytest.mark.parametrize("roles", [True, False], ids=["roles", "no roles"])
 @pytest.mark.parametrize("bos", [BOS, EOS], ids=["bos", "bos is eos"])
 @pytest.mark.parametrize("adds_bos", [True, False], ids=["adds bos", "adds none"])
@@ -92,15 +113,8 @@ def test_layout_verdicts_equal_check_row_by_row(bos, adds_bos, roles, reference_
     if not roles:
         rows = [{k: v for k, v in r.items() if k != "completion_mask"} for r in rows]
     v = verdicts(as_chunk(rows), [EOS], pad_token_id=PAD_ID, bos_token_id=bos, bos_added=adds_bos)
-    seen = set()
-    for i, row in enumerate(rows):
-        view = reference_view(row, i, bos=bos, adds_bos=adds_bos, documents=True)
-        expected = {f.check: len(f.positions) for f in check_sample(view)}
-        got = {name: int(v.positions[name][i]) for name in CHECKS if v.fails[name][i]}
-        if "no_loss" in got:
-            got["no_loss"] = 0
-        assert got == expected, f"row {i}: {row}"
-        seen.update(got)
+    views = [reference_view(row, i, bos=bos, adds_bos=adds_bos, documents=True) for i, row in enumerate(rows)]
+    seen = equal_to_check_row_by_row(v, views)
     wanted = LAYOUT - (set() if adds_bos else {"bos_missing"})
     assert wanted <= seen  # the random rows reached every layout check
 
@@ -217,16 +231,13 @@ def test_verdicts_with_some_rows_of_unknown_roles_equal_check_row_by_row(prefill
     if prefills:
         chunk = replace(chunk, prefill=prefill_mask(chunk, prefills))
     v = verdicts(chunk, [EOS], pad_token_id=PAD_ID, bos_token_id=BOS, bos_added=True)
-    seen = set()
-    for i, row in enumerate(rows):
-        shown = row if known[i] else {k: x for k, x in row.items() if k != "completion_mask"}
-        view = reference_view(shown, i, bos=BOS, adds_bos=True, documents=True, prefills=prefills)
-        expected = {f.check: len(f.positions) for f in check_sample(view)}
-        got = {name: int(v.positions[name][i]) for name in CHECKS if v.fails[name][i]}
-        if "no_loss" in got:
-            got["no_loss"] = 0
-        assert got == expected, f"row {i}: {row}"
-        seen.update(got)
+    shown = [
+        row if known[i] else {k: x for k, x in row.items() if k != "completion_mask"} for i, row in enumerate(rows)
+    ]
+    views = [
+        reference_view(row, i, bos=BOS, adds_bos=True, documents=True, prefills=prefills) for i, row in enumerate(shown)
+    ]
+    seen = equal_to_check_row_by_row(v, views)
     wanted = {"prompt_leak", "completion_untrained", "eos_untrained"} | ({"prefill_trained"} if prefills else set())
     assert wanted <= seen  # the random rows reached the role checks
 
