@@ -9,6 +9,9 @@ the one one process writes."""
 from __future__ import annotations
 
 import multiprocessing
+import os
+import threading
+import time
 from collections import deque
 from collections.abc import Generator, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -160,13 +163,26 @@ def _in_processes(
 
 
 def _start(job: Job) -> None:
-    """A worker starts: its job (handed over by the fork, not pickled), and pyarrow decoding in this thread alone
-    (the processes are the parallelism)."""
+    """A worker starts: its job (handed over by the fork, not pickled), pyarrow decoding in this thread alone (the
+    processes are the parallelism), and a watch on the process that forked it."""
     import pyarrow as pa
 
     global _JOB
     _JOB = job
     pa.set_cpu_count(1)
+    threading.Thread(target=_end_with, args=(os.getppid(),), daemon=True).start()
+
+
+PARENT_POLL_SECONDS = 0.5
+
+
+def _end_with(parent: int) -> None:
+    """End this worker once the process that forked it is gone. Killed (SIGTERM, SIGKILL, the OOM killer), that
+    process cannot stop its pool, and a forked worker never sees its queue close: each holds the queue's other end
+    too, so it would wait for work forever."""
+    while os.getppid() == parent:
+        time.sleep(PARENT_POLL_SECONDS)
+    os._exit(1)
 
 
 def _check_part(part: Part) -> list[tuple[ShownRows, Verdicts]] | str:

@@ -212,3 +212,59 @@ def test_num_proc_reads_roles_from_the_chat_template_in_its_workers(tmp_path, sm
     assert not two.notes  # the workers read the roles: --num-proc was used
     assert one.checks["prompt_leak"]["rows"] > 0 and one.checks["roles_unknown"]["rows"] > 0
     assert asdict(two) == asdict(one)
+
+
+KILLED_PARENT = """
+import os, sys, time
+from pathlib import Path
+from gradscope.scan import parts
+from gradscope.scan.dataset import scan
+from gradscope.scan.pipeline import Job
+
+parts.PART_ROWS = 40
+parent, check, pids = os.getpid(), Job.checked, Path(sys.argv[2])
+
+def stuck(job, part=None):
+    if os.getpid() != parent:  # a worker: says it is there, then never finishes its part
+        (pids / str(os.getpid())).touch()
+        time.sleep(600)
+    return check(job, part)
+
+Job.checked = stuck
+scan(sys.argv[1], end_token_ids=[2], num_proc=3)
+"""
+
+
+def _gone(pid: int) -> bool:
+    """The process has ended (exited and reaped, or a zombie nobody reaped yet)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc (Linux)")
+def test_workers_end_when_the_scan_process_is_killed(tmp_path, stream_rows):
+    """SIGKILL (the OOM killer's) leaves the pool no chance to stop its workers: they end on their own."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path, pids = _write([dict(r) for r in stream_rows], tmp_path, "parquet"), tmp_path / "pids"
+    pids.mkdir()
+    child = subprocess.Popen([sys.executable, "-c", KILLED_PARENT, str(path), str(pids)])
+    deadline = time.monotonic() + 60
+    while len(list(pids.iterdir())) < 2 and time.monotonic() < deadline and child.poll() is None:
+        time.sleep(0.1)
+    workers = [int(p.name) for p in pids.iterdir()]
+    assert len(workers) == 2, "both workers started"
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    deadline = time.monotonic() + 20
+    while not all(_gone(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = [pid for pid in workers if not _gone(pid)]
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)  # not left behind by the test either
+    assert left == [], "workers outlived the killed scan"
