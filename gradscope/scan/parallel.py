@@ -19,7 +19,7 @@ from concurrent.futures.process import BrokenProcessPool
 from contextlib import closing
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 
@@ -28,6 +28,7 @@ from gradscope.data.stream import Part
 from gradscope.errors import DataError
 from gradscope.scan.parts import source_parts
 from gradscope.scan.pipeline import Job
+from gradscope.scan.summary import row_scores, worst_candidates
 from gradscope.scan.verdicts import CHECKS, Verdicts
 
 
@@ -58,21 +59,11 @@ class ShownRows:
 
 def shown_rows(v: Verdicts, examples: int, worst: int) -> list[int]:
     """The rows of a chunk ``ScanAccumulator`` may ask for: the first ``examples`` failing rows of each check
-    (``_count``), and every row ``_offer_worst`` may admit into its heap of ``worst`` rows. Those are offered only
-    from the rows of the chunk's ``worst`` highest scores and every row tied with the lowest of them (the k-th);
-    the heap keeps the highest (score, -row), so a tied row is admitted only while fewer than ``worst`` rows of
-    the chunk offered before it beat it: the rows tied with the k-th, in order, after the first ``worst`` of them
-    are never admitted, and are not sent."""
+    (``_count``), and the rows ``_offer_worst`` offers to its heap of ``worst`` rows (``worst_candidates``)."""
     rows: set[int] = set()
     for name in CHECKS:
         rows.update(np.flatnonzero(v.fails[name])[:examples].tolist())
-    score = cast(np.ndarray, sum(v.positions.values()))  # the accumulator's score
-    candidates = np.flatnonzero(score > 0)
-    if worst and len(candidates) > worst:
-        kth = np.partition(score[candidates], len(candidates) - worst)[len(candidates) - worst]
-        tied = candidates[score[candidates] == kth][:worst]
-        candidates = np.concatenate([candidates[score[candidates] > kth], tied])
-    rows.update(candidates.tolist() if worst else ())
+    rows.update(worst_candidates(row_scores(v), worst).tolist())
     return sorted(rows)
 
 

@@ -44,10 +44,8 @@ def token_roles(chunk: Chunk, read: ChunkRoles) -> Chunk:
     return replace(chunk, role_reasons=(read.unread_reason(ids.tolist(), chunk.first_row + r),))
 
 
-def stream_token_roles(chunk: Chunk, read: StreamReader, held: np.ndarray | None = None) -> Chunk:
-    """``token_roles`` from the token stream, without the reasons; ``held``: the chunk's ``held_mask``, when the
-    caller has it already."""
-    real = held_mask(chunk, read.ends) if held is None else held
+def stream_token_roles(chunk: Chunk, read: StreamReader, real: np.ndarray) -> Chunk:
+    """``token_roles`` from the token stream, without the reasons; ``real``: the chunk's ``held_mask``."""
     codes, known = read(Stream.of(chunk.input_ids, chunk.starts, real))
     mask = codes  # the role codes COMPLETION 1, PROMPT 0, UNKNOWN -1 are the completion mask's values
     if len(mask) == len(real):  # no padding

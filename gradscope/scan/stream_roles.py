@@ -42,10 +42,7 @@ class Stream:
 
     def index(self, tokens: frozenset[int]) -> None:
         """Find every position of these tokens in one pass over the ids, for ``at`` to read from."""
-        hit = np.zeros(len(self.ids), dtype=bool)
-        for token in sorted(tokens):  # a few tokens: one comparison each beats np.isin
-            hit |= self.ids == token
-        where = np.flatnonzero(hit)
+        where = self._positions(tokens)
         self.indexed = (tokens, where, self.ids[where])
 
     def at(self, tokens: frozenset[int]) -> np.ndarray:
@@ -53,8 +50,11 @@ class Stream:
         if self.indexed is not None and tokens <= self.indexed[0]:
             _, where, ids = self.indexed
             return where[np.isin(ids, sorted(tokens))]
+        return self._positions(tokens)
+
+    def _positions(self, tokens: frozenset[int]) -> np.ndarray:
         hit = np.zeros(len(self.ids), dtype=bool)
-        for token in sorted(tokens):
+        for token in sorted(tokens):  # a few tokens: one comparison each beats np.isin
             hit |= self.ids == token
         return np.flatnonzero(hit)
 

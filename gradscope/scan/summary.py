@@ -106,15 +106,8 @@ class ScanAccumulator:
             self.shown[chunk.first_row + int(r)] = self._findings(chunk, int(r))
 
     def _offer_worst(self, chunk: Chunk, v: Verdicts) -> None:
-        score = cast(np.ndarray, sum(v.positions.values()))  # (R,) flagged positions; no_loss counts all tokens
-        candidates = np.flatnonzero(score > 0)
-        if self.worst.size == 0 or not len(candidates):
-            return
-        if len(candidates) > self.worst.size:  # only the chunk's own best can enter the heap
-            # Every row tied with the k-th best too: the heap breaks ties by row, argpartition would not.
-            kth = np.partition(score[candidates], len(candidates) - self.worst.size)[len(candidates) - self.worst.size]
-            candidates = candidates[score[candidates] >= kth]
-        for r in candidates.tolist():
+        score = row_scores(v)
+        for r in worst_candidates(score, self.worst.size).tolist():
             row = chunk.first_row + r
             if self.worst.admits(int(score[r]), row):  # the row's own arrays: the chunk is not kept alive
                 copied = {name: values.copy() for name, values in chunk.row(r).items()}
@@ -189,6 +182,26 @@ class ScanAccumulator:
         edges = [round(i / FRACTION_BINS, 2) for i in range(FRACTION_BINS + 1)]
         mean = self.report.trained_tokens / self.report.tokens if self.report.tokens else None
         return {"bins": edges, "rows": self.fractions.tolist(), "token_weighted_mean": mean}
+
+
+def row_scores(v: Verdicts) -> np.ndarray:
+    """(R,) each row's flagged positions, the worst rows' score (no_loss counts all the row's tokens)."""
+    return cast(np.ndarray, sum(v.positions.values()))
+
+
+def worst_candidates(score: np.ndarray, worst: int) -> np.ndarray:
+    """The rows of a chunk, in order, that a heap of the ``worst`` highest (score, -row) may admit: only the
+    chunk's own best can. Those are the rows above the k-th highest score and the first ``worst`` rows tied with it:
+    offered in order, a later tied row finds ``worst`` rows that beat it (the heap breaks ties by row, which
+    argpartition would not)."""
+    candidates = np.flatnonzero(score > 0)
+    if not worst:
+        return candidates[:0]
+    if len(candidates) > worst:
+        kth = np.partition(score[candidates], len(candidates) - worst)[len(candidates) - worst]
+        tied = candidates[score[candidates] == kth][:worst]
+        candidates = np.sort(np.concatenate([candidates[score[candidates] > kth], tied]))
+    return candidates
 
 
 def _rows_failing(v: Verdicts, names: list[str]) -> int:
